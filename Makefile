@@ -1,0 +1,62 @@
+# Thin wrapper around CMake. The two commands of the README:
+#   make run    build and serve rooms/ on port 1999 with SQLite storage
+#   make test   build everything (release + ASan/UBSan) and run every test
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+PORT       ?= 1999
+
+.PHONY: all build asan run test test-c test-spec test-asan test-integration bench clean format deps
+
+all: build
+
+build:
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+asan:
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DLR_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_BUILD) -j$(JOBS)
+
+run: build
+	./$(BUILD)/lunaroom serve rooms --port $(PORT)
+
+test: build asan test-c test-spec test-asan test-integration
+	@echo "all test suites passed"
+
+test-c: build
+	./$(BUILD)/lr_tests
+
+test-spec: build
+	./$(BUILD)/lunaroom test spec
+
+# The same C tests and specs under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-asan: asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  ./$(ASAN_BUILD)/lr_tests
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  ./$(ASAN_BUILD)/lunaroom test spec
+
+# Wire-level tests: the real binary driven by the npm @signe/sync client and ws.
+test-integration: build
+	@if [ -f spec/integration/run.mjs ]; then \
+	  cd spec/integration && npm ci --no-audit --no-fund --loglevel=error && node run.mjs; \
+	else echo "no integration tests"; fi
+
+bench: build
+	./$(BUILD)/bench/patch_bench
+	./$(BUILD)/bench/storage_bench 1
+
+format:
+	clang-format -i host/*.c host/*.h host/tests/*.c host/tests/*.h bench/*.c
+
+# Debian 12 packages the build and the tests need (used by .ci/run).
+deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  build-essential cmake pkg-config liblua5.4-dev lua5.4 libwebsockets-dev lua-cjson \
+	  libsqlite3-dev libjwt-dev lua-busted sqlite3 >/dev/null
+	command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,164 @@
+/*
+ * engine.h - the room engine's own types, shared by room.c (lifecycle, sync
+ * and storage scheduling), lua_api.c (what Lua sees of them) and headless.c.
+ *
+ * Owns: lr_server, lr_room, lr_conn and timer structures.
+ * Must not: be included by transports (they use server.h only).
+ */
+#ifndef LR_ENGINE_H
+#define LR_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+#include "buf.h"
+#include "server.h"
+#include "storage.h"
+#include "value.h"
+
+typedef struct lr_room lr_room;
+
+/* ---- timers ---- */
+typedef enum { LR_T_SYNC = 1, LR_T_STORE, LR_T_LUA } lr_timer_kind;
+typedef struct lr_timer {
+  int64_t when;
+  uint64_t seq; /* tie-break: FIFO for equal times; also the public id */
+  lr_timer_kind kind;
+  lr_room *room; /* retained, or NULL */
+  int fn_ref;    /* LR_T_LUA: registry ref of the callback */
+  bool cancelled;
+} lr_timer;
+
+/* ---- connections ---- */
+typedef enum { LR_C_JOINING = 0, LR_C_JOINED, LR_C_CLOSING, LR_C_GONE } lr_conn_phase;
+
+struct lr_conn {
+  lr_server *srv;
+  lr_room *room; /* retained */
+  char id[16];   /* random base36 */
+  const lr_transport_vt *vt;
+  void *tp;
+  int ref; /* registry ref of the Lua conn table */
+  lr_conn_phase phase;
+  bool parked; /* autoSync off: waiting for applySync to get its snapshot */
+  bool in_room_list;
+  /* Frames received while joining (handled in order once joined). */
+  lr_buf early; /* concatenated frames */
+  uint32_t *early_len;
+  uint32_t nearly, capearly;
+  uint32_t refs;
+  lua_State *L;  /* for releasing ref even after the server is gone */
+  lr_conn **box; /* the Lua handle's weak slot, cleared when c is freed */
+};
+
+/* ---- rooms ---- */
+struct lr_room {
+  lr_server *srv;
+  char *ns, *id, *key; /* key = ns "/" id */
+  uint32_t refs;
+  bool disposed;
+  lr_node *root;   /* the state tree */
+  int ref;         /* registry ref of the Lua room instance */
+  lr_conn **conns; /* joined connections, in join order */
+  uint32_t nconns, capconns;
+  /* sync */
+  int64_t throttle_sync, throttle_storage;
+  bool auto_sync;
+  bool has_interceptor;
+  int64_t sync_window_end; /* leading edge allowed again at this time */
+  bool sync_timer, store_timer;
+  int64_t store_retry_ms; /* backoff after a storage failure */
+  int64_t budget;         /* instructions per call, 0 = default */
+  /* the "touched" list of the server (rooms written since the last pass) */
+  bool touched;
+  lr_room *touched_next;
+  lr_room *hash_next;
+  lr_room **box; /* the Lua handle's weak slot, cleared when r is freed */
+};
+
+struct lr_server {
+  lua_State *L;
+  int ref; /* registry ref of the Lua server table (runtime.lua) */
+  lr_store *store;
+  bool own_store;
+  bool virtual_clock;
+  int64_t vnow;         /* virtual: current ms */
+  int64_t wall0, mono0; /* real: wall ms at start and monotonic ms at start */
+  lr_timer **heap;
+  uint32_t nheap, capheap;
+  uint64_t timer_seq;
+  lr_room **rooms; /* hash buckets */
+  uint32_t nbuckets, nrooms;
+  lr_room *touched;
+  uint64_t rng[2];
+  bool shutting_down;
+  bool in_tick;
+  /* headless: connections whose close is pending delivery */
+  lr_conn **pending_close;
+  uint32_t npending_close, cappending_close;
+  char parties_prefix[32]; /* "/parties" */
+};
+
+/* ---- room.c ---- */
+lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool virtual_clock,
+                         uint64_t seed);
+void lr_server_free(lr_server *s);
+int64_t lr_now(const lr_server *s);
+void lr_random_id(lr_server *s, char *out, size_t n, const char *alphabet);
+
+lr_room *lr_room_new(lr_server *s, const char *ns, const char *id);
+lr_room *lr_room_find(lr_server *s, const char *ns, const char *id);
+static inline lr_room *lr_room_retain(lr_room *r) {
+  r->refs++;
+  return r;
+}
+void lr_room_release(lr_room *r);
+void lr_room_dispose(lr_room *r);
+/* A state write happened in r: schedule the end-of-call flush pass. */
+void lr_room_touch(lr_room *r);
+/* Run the flush pass for every touched room (sync per throttle/autoSync,
+ * storage per throttle). Called after every entry into Lua. */
+void lr_server_flush_touched(lr_server *s);
+/* Send the pending sync patch now (applySync / throttle end). If nothing is
+ * pending and full_if_clean, every connection gets the full state. Parked
+ * connections get pId + full state. */
+void lr_room_flush_sync(lr_room *r, bool full_if_clean);
+/* Write pending persisted changes now; returns 0 or a storage error. */
+int lr_room_flush_storage(lr_room *r);
+/* Encode and send one packet to one connection (through the interceptor). */
+void lr_conn_send_value(lr_conn *c, const lr_node *v);
+void lr_conn_send_msg(lr_conn *c, lr_msg *m, const char *json, size_t len);
+/* Broadcast a packet to every joined connection except the listed conn ids. */
+void lr_room_broadcast(lr_room *r, const lr_node *v, const char *const *except, size_t nexcept);
+/* Add c to the broadcast list after sending it its pId snapshot. */
+void lr_room_join(lr_room *r, lr_conn *c, const char *public_id);
+void lr_conn_close(lr_conn *c, int code, const char *reason);
+void lr_conn_retain(lr_conn *c);
+void lr_conn_release(lr_conn *c);
+/* Timers. */
+lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_room *r, int fn_ref);
+void lr_timer_cancel(lr_server *s, uint64_t id);
+/* Virtual clock: advance by ms, firing timers in order. */
+void lr_server_advance(lr_server *s, int64_t ms);
+/* Call the Lua function runtime[name] with the server table, then nargs
+ * values already pushed; returns lr_vm_pcall's status. Stack [-nargs, +nres]. */
+int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what, int nargs,
+                    int nres, char *err, size_t errlen);
+
+/* ---- lua_api.c ---- */
+/* Push the Lua value of n (scalars as Lua values, containers as live proxies
+ * bound to room r; r may be NULL for plain copies). [-0,+1] */
+void lr_lua_push_node(lua_State *L, lr_node *n, lr_room *r);
+/* Push a plain Lua copy of n (tables; arrays marked). [-0,+1] */
+void lr_lua_push_copy(lua_State *L, const lr_node *n);
+/* Convert the Lua value at idx to a new node tree; NULL with err on failure
+ * (function, cycle, NaN, invalid UTF-8, ...). where names the path for errors. */
+lr_node *lr_lua_to_node(lua_State *L, int idx, const char *where, char *err, size_t errlen);
+/* Push the Lua conn table of c. [-0,+1] */
+void lr_lua_push_conn(lua_State *L, lr_conn *c);
+/* Create a conn's Lua table (id, sessionId, state, handle). [-0,+0] */
+void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id);
+
+#endif

@@ -1,0 +1,29 @@
+/*
+ * log.h - one-line log records on stderr (human text by default, JSON lines
+ * with --log-format json).
+ *
+ * Owns: formatting and the output stream of log lines.
+ * Must not: allocate per line beyond a stack buffer, or log secrets (callers
+ * never pass them).
+ */
+#ifndef LR_LOG_H
+#define LR_LOG_H
+
+enum { LR_LOG_DEBUG = 0, LR_LOG_INFO, LR_LOG_WARN, LR_LOG_ERROR };
+
+void lr_log_set_level(int level);
+/* Capture mode (specs): lines go to an in-memory list (the last 256) instead
+ * of stderr. lr_log_captured(i) returns line i (0-based) or NULL. */
+void lr_log_capture(int on);
+const char *lr_log_captured(long i);
+void lr_log_capture_clear(void);
+void lr_log_set_json(int on);
+/* Log one line. msg is printf-style. */
+void lr_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define lr_info(...) lr_log(LR_LOG_INFO, __VA_ARGS__)
+#define lr_warn(...) lr_log(LR_LOG_WARN, __VA_ARGS__)
+#define lr_error(...) lr_log(LR_LOG_ERROR, __VA_ARGS__)
+#define lr_debug(...) lr_log(LR_LOG_DEBUG, __VA_ARGS__)
+
+#endif

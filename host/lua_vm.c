@@ -1,0 +1,181 @@
+/*
+ * lua_vm.c - the Lua state of the process (see lua_vm.h).
+ *
+ * The protected-call helper is the only way the host enters Lua. It pushes a
+ * traceback message handler, arms an instruction-count hook for the budget,
+ * takes an undo mark for state writes, and logs failures with the room, what
+ * was running and the traceback. Once a budget is exceeded the hook switches
+ * to firing on every line, so a pcall inside the script cannot swallow the
+ * stop (the technique of Redis' script_lua.c).
+ * Must not: know rooms, sockets or JSON.
+ */
+#include "lua_vm.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "buf.h"
+#include "log.h"
+#include "undo.h"
+
+int luaopen_lunaroom_core(lua_State *L);
+
+#define HOOK_EVERY 10000
+
+typedef struct vm {
+  size_t used, limit;
+  char *lua_dir;
+  int depth;         /* nesting of lr_vm_pcall */
+  int64_t remaining; /* instructions left in the outermost call */
+  int killed;        /* budget exceeded in the current outermost call */
+} vm;
+
+static vm *get_vm(lua_State *L) {
+  void *ud;
+  lua_getallocf(L, &ud);
+  return ud;
+}
+
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  vm *v = ud;
+  if (!ptr) osize = 0;
+  if (nsize == 0) {
+    free(ptr);
+    v->used -= osize;
+    return NULL;
+  }
+  if (v->limit && nsize > osize && v->used + (nsize - osize) > v->limit) return NULL;
+  void *p = realloc(ptr, nsize);
+  if (!p) return NULL;
+  v->used = v->used - osize + nsize;
+  return p;
+}
+
+static int vm_panic(lua_State *L) {
+  lr_error("lua panic: %s", lua_tostring(L, -1));
+  abort();
+  return 0;
+}
+
+lua_State *lr_vm_open(const char *lua_dir, size_t mem_limit) {
+  vm *v = lr_xcalloc(1, sizeof *v);
+  v->limit = mem_limit;
+  v->lua_dir = lr_xstrndup(lua_dir, strlen(lua_dir));
+  lua_State *L = lua_newstate(vm_alloc, v);
+  if (!L) {
+    free(v->lua_dir);
+    free(v);
+    return NULL;
+  }
+  lua_atpanic(L, vm_panic);
+  luaL_openlibs(L);
+  /* package.path: our Lua half first. */
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", lua_dir, lua_dir, lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_lunaroom_core);
+  lua_setfield(L, -2, "lunaroom.core");
+  lua_pop(L, 2);
+  return L;
+}
+
+void lr_vm_close(lua_State *L) {
+  if (!L) return;
+  vm *v = get_vm(L);
+  lua_close(L);
+  free(v->lua_dir);
+  free(v);
+}
+
+size_t lr_vm_memory(lua_State *L) {
+  return get_vm(L)->used;
+}
+void lr_vm_set_memory_limit(lua_State *L, size_t limit) {
+  get_vm(L)->limit = limit;
+}
+const char *lr_vm_lua_dir(lua_State *L) {
+  return get_vm(L)->lua_dir;
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+  vm *v = get_vm(L);
+  if (ar->event == LUA_HOOKCOUNT) v->remaining -= HOOK_EVERY;
+  if (v->killed || v->remaining <= 0) {
+    if (!v->killed) {
+      v->killed = 1;
+      /* From now on fire on every line too: a pcall in the script that
+       * catches this error cannot keep running. */
+      lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+    }
+    luaL_error(L, "instruction budget exceeded (script stopped)");
+  }
+}
+
+static int msgh(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
+      msg = lua_tostring(L, -1);
+    } else {
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/* Coroutines (handlers that await) get the same hook while they run. */
+void lr_vm_arm_thread(lua_State *co) {
+  vm *v = get_vm(co);
+  if (v->depth > 0)
+    lua_sethook(co, budget_hook, v->killed ? (LUA_MASKCOUNT | LUA_MASKLINE) : LUA_MASKCOUNT,
+                v->killed ? 1 : HOOK_EVERY);
+}
+
+int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
+  vm *v = get_vm(L);
+  int outer = v->depth == 0;
+  if (outer) {
+    v->remaining = ci && ci->budget > 0 ? ci->budget : LR_DEFAULT_BUDGET;
+    v->killed = 0;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  }
+  v->depth++;
+  size_t mark = lr_undo_mark();
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, msgh);
+  lua_insert(L, base);
+  int rc = lua_pcall(L, nargs, nres, base);
+  lua_remove(L, base);
+  v->depth--;
+  int killed = v->killed;
+  if (outer) {
+    lua_sethook(L, NULL, 0, 0);
+    v->killed = 0;
+  }
+  if (rc == LUA_OK) {
+    lr_undo_release(mark);
+    return 0;
+  }
+  lr_undo_rollback(mark);
+  const char *msg = lua_tostring(L, -1);
+  if (!msg) msg = "(no message)";
+  if (ci) {
+    const char *nl = strchr(msg, '\n');
+    size_t n = nl ? (size_t)(nl - msg) : strlen(msg);
+    if (n >= sizeof ci->err) n = sizeof ci->err - 1;
+    memcpy(ci->err, msg, n);
+    ci->err[n] = 0;
+    ci->budget_hit = killed;
+  }
+  lr_error("room %s: %s failed%s: %s", ci && ci->room ? ci->room : "-",
+           ci && ci->what ? ci->what : "call", rc == LUA_ERRMEM ? " (out of memory)" : "", msg);
+  lua_pop(L, 1);
+  return rc;
+}

@@ -1,0 +1,48 @@
+/*
+ * lua_vm.h - the process's Lua 5.4 state: allocator with a memory limit, the
+ * one protected-call helper every C->Lua call goes through (traceback,
+ * instruction budget, state-write transaction), and room-script sandboxes.
+ *
+ * Owns: lua_State creation and teardown, budgets, error reporting of Lua
+ * calls. Must not: know rooms, sockets or JSON.
+ */
+#ifndef LR_LUA_VM_H
+#define LR_LUA_VM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+/* Default instruction budget of one call from the host into Lua. */
+#define LR_DEFAULT_BUDGET 50000000LL
+
+/* Create the state: all standard libraries (specs and the runtime need them;
+ * room scripts only see their sandbox, built by lunaroom/sandbox.lua),
+ * package.path with lua_dir/?.lua and lua_dir/?/init.lua first, and
+ * "lunaroom.core" in package.preload. mem_limit 0 = unlimited. */
+lua_State *lr_vm_open(const char *lua_dir, size_t mem_limit);
+void lr_vm_close(lua_State *L);
+/* Bytes currently allocated by the state, and the limit (0 = none). */
+size_t lr_vm_memory(lua_State *L);
+void lr_vm_set_memory_limit(lua_State *L, size_t limit);
+
+typedef struct lr_callinfo {
+  const char *room; /* room id for the log line, or NULL */
+  const char *what; /* "action move", "onJoin", "timer", ... */
+  int64_t budget;   /* instructions; 0 = LR_DEFAULT_BUDGET */
+  char err[512];    /* out: first line of the error message on failure */
+  int budget_hit;   /* out: 1 if the call was stopped by the budget */
+} lr_callinfo;
+
+/* Call the function below nargs arguments on the stack in protected mode.
+ * Stack: [-(nargs+1), +nres] on success (LUA_MULTRET allowed), [-(nargs+1), +0]
+ * on failure. On failure every state write the call made is rolled back
+ * (undo.h), the error is logged with room, what and the traceback, and a
+ * non-zero status is returned. Nested calls share the outer budget. */
+int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci);
+
+/* The lua_dir the state was opened with. */
+const char *lr_vm_lua_dir(lua_State *L);
+
+#endif

@@ -1,0 +1,262 @@
+/*
+ * main.c - the lunaroom command line: `serve`, `test`, `check`.
+ *
+ * Owns: argument parsing, defaults, wiring the Lua state, the storage, the
+ * engine and the transport together, and the exit status.
+ * Must not: contain engine or transport logic.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "engine.h"
+#include "log.h"
+#include "lua_vm.h"
+#include "net.h"
+
+void lr_lua_push_server(lua_State *L, lr_server *s, bool owned);
+
+static const char *usage =
+    "usage: lunaroom <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  serve [ROOMS_DIR]     serve the rooms in ROOMS_DIR (default rooms/) over HTTP and "
+    "WebSocket\n"
+    "  test [busted args]    run busted specs (default spec/) inside the host, headless\n"
+    "  check [ROOMS_DIR]     compile and validate every room file; non-zero exit on the first "
+    "error\n"
+    "\n"
+    "serve options:\n"
+    "  --port N              listen port (default 1999; 0 = any free port)\n"
+    "  --host ADDR           bind address (default: all interfaces)\n"
+    "  --storage SPEC        sqlite:PATH (default sqlite:data/lunaroom.sqlite), memory, "
+    "memory:SNAPSHOT\n"
+    "  --max-frame BYTES     largest incoming WebSocket message (default 65536)\n"
+    "  --max-queue BYTES     outgoing bytes queued per connection before it is dropped (default "
+    "4194304)\n"
+    "  --static DIR          serve static files from DIR at /\n"
+    "  --log-format FMT      text (default) or json\n"
+    "  --lua-path DIR        where the lunaroom Lua modules live (default: the source tree's "
+    "lua/)\n"
+    "  --help                this text\n";
+
+static const char *default_lua_dir(void) {
+  static char buf[4096];
+  const char *env = getenv("LUNAROOM_LUA_PATH");
+  if (env && *env) return env;
+  struct stat st;
+  if (stat("lua/lunaroom/init.lua", &st) == 0) return "lua";
+  snprintf(buf, sizeof buf, "%s/lua", LR_SOURCE_DIR);
+  return buf;
+}
+
+/* Call require(mod) and leave the module on the stack; 0 on success. */
+static int require_mod(lua_State *L, const char *mod) {
+  lua_getglobal(L, "require");
+  lua_pushstring(L, mod);
+  lr_callinfo ci = {.what = mod};
+  return lr_vm_pcall(L, 1, 1, &ci);
+}
+
+static int traceback(lua_State *L) {
+  luaL_traceback(L, L, lua_tostring(L, 1), 1);
+  return 1;
+}
+
+static int cmd_test(int argc, char **argv, const char *lua_dir) {
+  lua_State *L = lr_vm_open(lua_dir, 0);
+  if (!L) {
+    fprintf(stderr, "lunaroom: cannot create a Lua state\n");
+    return 2;
+  }
+  /* Specs read log lines through lunaroom.testing (capture); set
+   * LUNAROOM_LOG=1 to see them on stderr instead. */
+  if (getenv("LUNAROOM_LOG"))
+    lr_log_set_level(LR_LOG_DEBUG);
+  else
+    lr_log_capture(1);
+  /* busted reads its command line from the global `arg`. */
+  lua_createtable(L, argc, 1);
+  lua_pushstring(L, "lunaroom test");
+  lua_rawseti(L, -2, 0);
+  int n = 0;
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, ++n);
+  }
+  if (n == 0) {
+    lua_pushstring(L, "spec");
+    lua_rawseti(L, -2, ++n);
+  }
+  lua_setglobal(L, "arg");
+  const char *boot = "require('busted.runner')({ standalone = false })";
+  int rc = luaL_loadbuffer(L, boot, strlen(boot), "@lunaroom-test");
+  if (rc == LUA_OK) {
+    /* The runner itself is not room code: no budget and no undo log, so
+     * every room call a spec makes is an outermost call with its own
+     * budget, exactly as under the event loop. */
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, -2);
+    rc = lua_pcall(L, 0, 0, -2);
+    if (rc != LUA_OK) fprintf(stderr, "%s\n", lua_tostring(L, -1));
+  } else {
+    fprintf(stderr, "%s\n", lua_tostring(L, -1));
+  }
+  lr_vm_close(L);
+  return rc == LUA_OK ? 0 : 1;
+}
+
+static int cmd_check(const char *dir, const char *lua_dir) {
+  lua_State *L = lr_vm_open(lua_dir, 0);
+  if (require_mod(L, "lunaroom.sandbox") != 0) return 2;
+  int sandbox = lua_gettop(L);
+  lua_getfield(L, sandbox, "list_rooms");
+  lua_pushstring(L, dir);
+  lr_callinfo ci = {.what = "check"};
+  if (lr_vm_pcall(L, 1, 2, &ci) != 0 || !lua_istable(L, -2)) {
+    fprintf(stderr, "lunaroom check: %s\n", lua_tostring(L, -1));
+    lr_vm_close(L);
+    return 2;
+  }
+  lua_pop(L, 1);
+  int files = lua_gettop(L);
+  int status = 0, rooms = 0;
+  lua_Integer nfiles = (lua_Integer)lua_rawlen(L, files);
+  for (lua_Integer i = 1; i <= nfiles && status == 0; i++) {
+    lua_rawgeti(L, files, i);
+    const char *path = lua_tostring(L, -1);
+    lua_getfield(L, sandbox, "load_room_file");
+    lua_pushvalue(L, -2);
+    lua_pushstring(L, dir);
+    lr_callinfo c2 = {.what = "check"};
+    if (lr_vm_pcall(L, 2, 2, &c2) != 0) {
+      fprintf(stderr, "%s\n", c2.err);
+      status = 1;
+    } else if (lua_isnil(L, -2)) {
+      const char *err = lua_tostring(L, -1);
+      if (err && strcmp(err, "not a room") == 0) {
+        printf("%s: module (not a room)\n", path);
+      } else {
+        fprintf(stderr, "%s\n", err ? err : "unknown error");
+        status = 1;
+      }
+    } else {
+      lua_getfield(L, -2, "path");
+      printf("%s: ok (path %s, version %s)\n", path, lua_tostring(L, -1), lua_tostring(L, -2));
+      lua_pop(L, 1);
+      rooms++;
+    }
+    lua_pop(L, 3);
+  }
+  if (status == 0) printf("%d room(s) ok\n", rooms);
+  lr_vm_close(L);
+  return status;
+}
+
+static int cmd_serve(int argc, char **argv, const char *lua_dir) {
+  const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite";
+  lr_net_opts no;
+  lr_net_defaults(&no);
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (strcmp(a, "--port") == 0 && v)
+      no.port = atoi(argv[++i]);
+    else if (strcmp(a, "--host") == 0 && v)
+      no.host = argv[++i];
+    else if (strcmp(a, "--storage") == 0 && v)
+      storage = argv[++i];
+    else if (strcmp(a, "--max-frame") == 0 && v)
+      no.max_frame = (size_t)atoll(argv[++i]);
+    else if (strcmp(a, "--max-queue") == 0 && v)
+      no.max_queue_bytes = (size_t)atoll(argv[++i]);
+    else if (strcmp(a, "--static") == 0 && v)
+      no.static_dir = argv[++i];
+    else if (strcmp(a, "--log-format") == 0 && v)
+      lr_log_set_json(strcmp(argv[++i], "json") == 0);
+    else if (strcmp(a, "--no-watch") == 0) { /* hot reload lands with its issue */
+    } else if (a[0] != '-')
+      dir = a;
+    else {
+      fprintf(stderr, "lunaroom serve: unknown option %s\n\n%s", a, usage);
+      return 2;
+    }
+  }
+  char err[256];
+  lr_store *st = lr_store_open_spec(storage, err, sizeof err);
+  if (!st) {
+    lr_error("cannot open storage %s: %s", storage, err);
+    return 1;
+  }
+  lua_State *L = lr_vm_open(lua_dir, 0);
+  lr_server *s = lr_server_new(L, st, true, false, 0);
+  if (require_mod(L, "lunaroom.runtime") != 0) return 1;
+  int rt = lua_gettop(L);
+  /* srv = runtime.new_server(handle, {env = {...}}) */
+  lua_getfield(L, rt, "new_server");
+  lr_lua_push_server(L, s, false);
+  lua_createtable(L, 0, 1);
+  lua_createtable(L, 0, 2);
+  const char *envs[] = {"SHARD_SECRET", "AUTH_JWT_SECRET", "WORLD_ID"};
+  for (size_t i = 0; i < sizeof envs / sizeof *envs; i++) {
+    const char *e = getenv(envs[i]);
+    if (e) {
+      lua_pushstring(L, e);
+      lua_setfield(L, -2, envs[i]);
+    }
+  }
+  lua_setfield(L, -2, "env");
+  lr_callinfo ci = {.what = "startup"};
+  if (lr_vm_pcall(L, 2, 1, &ci) != 0) return 1;
+  int srv = lua_gettop(L);
+  lua_getfield(L, rt, "load_dir");
+  lua_pushvalue(L, srv);
+  lua_pushstring(L, dir);
+  if (lr_vm_pcall(L, 2, 2, &ci) != 0) return 1;
+  if (lua_isnil(L, -2)) {
+    lr_error("cannot load rooms from %s: %s", dir, lua_tostring(L, -1));
+    return 1;
+  }
+  lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,
+          storage);
+  lua_settop(L, 0);
+  int rc = lr_net_run(s, &no);
+  lr_server_shutdown(s);
+  lr_server_free(s);
+  lr_vm_close(L);
+  lr_info("stopped");
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  const char *lua_dir = default_lua_dir();
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    fputs(usage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  /* --lua-path anywhere after the command. */
+  for (int i = 2; i + 1 < argc; i++) {
+    if (strcmp(argv[i], "--lua-path") == 0) {
+      lua_dir = argv[i + 1];
+      memmove(&argv[i], &argv[i + 2], (size_t)(argc - i - 2) * sizeof *argv);
+      argc -= 2;
+      break;
+    }
+  }
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0) {
+      fputs(usage, stdout);
+      return 0;
+    }
+  }
+  if (strcmp(argv[1], "serve") == 0) return cmd_serve(argc - 2, argv + 2, lua_dir);
+  if (strcmp(argv[1], "test") == 0) return cmd_test(argc - 2, argv + 2, lua_dir);
+  if (strcmp(argv[1], "check") == 0) return cmd_check(argc > 2 ? argv[2] : "rooms", lua_dir);
+  fprintf(stderr, "lunaroom: unknown command %s\n\n%s", argv[1], usage);
+  return 2;
+}

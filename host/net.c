@@ -1,0 +1,1184 @@
+/*
+ * net.c - the real-socket transport: one libwebsockets (4.1) context with one
+ * vhost and one protocol that serves HTTP/1.1 and WebSocket on one port and
+ * drives the engine through server.h.
+ *
+ * Owns: the lws context and its callbacks; per-connection WebSocket state
+ * (frame assembly, the outgoing FIFO of lr_msg references, close handshake);
+ * per-request HTTP state (headers, bounded body, deferred response, static
+ * files); the engine timer; SIGINT/SIGTERM and the bounded shutdown drain.
+ * Must not: parse JSON, call Lua, know rooms beyond server.h, call back into
+ * the engine from inside an lr_transport_vt function (they only queue), or
+ * write to a socket outside a WRITEABLE callback (the only exception is the
+ * refusal of a WebSocket upgrade, answered with lws_return_http_status from
+ * HTTP_CONFIRM_UPGRADE as lws documents).
+ *
+ * The loop. lws 4.1 ignores the timeout argument of lws_service(): it sleeps
+ * until a socket event or its own earliest lws_sul timer. So the engine clock
+ * is driven by one lws_sul ("engine_sul") re-armed before every
+ * lws_service() with lr_server_next_timeout(); its callback does nothing but
+ * end the poll. lr_server_tick() runs after every lws_service() return, so
+ * timers fire on time and work queued by callbacks (a broadcast, a throttled
+ * sync due "now") is flushed on the same iteration. Stop signals set a flag
+ * and call lws_cancel_service(); poll also returns with EINTR.
+ *
+ * One wsi carries at most one of our objects at a time, in its opaque user
+ * data (lws_set_opaque_user_data survives the HTTP -> ws protocol rebinding,
+ * the per-session user_space does not): a net_conn (WebSocket) or a net_req
+ * (the current HTTP transaction). Both start with a `kind` field.
+ *
+ * Send queue (net_conn). vt->send retains the lr_msg and appends it to a
+ * growable ring; queued bytes are counted as payload + NET_MSG_OVERHEAD so
+ * that floods of tiny messages are bounded too. SERVER_WRITEABLE pops ONE
+ * message, does ONE lws_write straight from the message's LR_MSG_PRE headroom
+ * (the shared payload is never copied or modified; lws writes the frame header
+ * into the headroom, which is the same for every server->client frame), then
+ * releases it and asks for another WRITEABLE if more is queued. A partial
+ * kernel write is kept by lws, which withholds WRITEABLE until it drains, so a
+ * client that stops reading makes the ring grow: past max_queue_bytes the ring
+ * is released at once, the connection is marked dropping and closed with 1008
+ * "slow consumer" when possible (or killed by a short lws timeout). vt->close
+ * marks the connection closing: the ring drains first, then the close frame
+ * goes out (code 0 = an empty close frame, the peer sees 1005).
+ *
+ * HTTP (net_req). LWS_CALLBACK_HTTP copies method, path, query, headers and
+ * peer; a body is collected up to max_http_body (a larger Content-Length is
+ * answered 413 at once). The request is then dispatched with
+ * lr_server_http(srv, req, net_http_done, nr). The engine may call done at
+ * once or later. done copies the response into nr and asks for WRITEABLE;
+ * HTTP_WRITEABLE writes the header block, then the body in bounded chunks,
+ * one lws_write per callback, then completes the transaction (keep-alive).
+ * If the socket closes while the engine still holds nr, nr is marked `gone`
+ * and detached from the wsi; the later done() call sees `gone` and only frees
+ * nr. So nr is freed by whichever of {response written or socket gone, done
+ * called} happens last.
+ *
+ * Paths. lws 4.1 percent-decodes the URL and collapses "//", "/./", "/../"
+ * while parsing and splits the query on '&' and ';' (decoding '+' and %XX).
+ * The engine gets the path and query re-encoded from those pieces: equal to
+ * the raw text for every ordinary URL; the known losses are "%2F" in a path
+ * (it arrives as a '/'), ';' as a query separator (becomes '&') and an
+ * encoded '=' inside a query parameter name (lws turns it into '_').
+ */
+#include "net.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libwebsockets.h>
+
+#include "buf.h"
+#include "log.h"
+
+_Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame header");
+
+/* ---- limits that are not options ---- */
+
+#define NET_MSG_OVERHEAD 16      /* bytes charged per queued message on top of its payload */
+#define NET_HTTP_CHUNK 65536     /* body bytes per lws_write on HTTP */
+#define NET_HEADER_DATA 8192     /* request header bytes per connection (lws ah) */
+#define NET_RX_BUFFER 4096       /* per-connection ws rx buffer (frames arrive in pieces) */
+#define NET_TX_PACKET 65536      /* largest single send(); lws keeps the rest of a write */
+#define NET_SERV_BUF 32768       /* lws per-thread read buffer */
+#define NET_TIMEOUT_SECS 10      /* lws network round trips: headers, body, handshake */
+#define NET_HTTP_HANDLER_SECS 60 /* how long the engine may take to answer a request */
+#define NET_HTTP_WRITE_SECS 30   /* progress timeout while writing a response */
+#define NET_DROP_SECS 3          /* a dropped slow consumer that cannot take its close frame */
+#define NET_DRAIN_MS 1000        /* shutdown: time given to close frames and answers */
+#define NET_MAX_HEADERS 128      /* request headers passed to the engine */
+#ifndef NET_PING_SECS            /* idle WebSocket: ping after, hang up after */
+#define NET_PING_SECS 30
+#endif
+#ifndef NET_HANGUP_SECS
+#define NET_HANGUP_SECS 75
+#endif
+
+enum { NET_KIND_WS = 0x5753, NET_KIND_HTTP = 0x4854 };
+
+/* ---- the loop ---- */
+
+typedef struct net_loop {
+  lr_server *srv;
+  lr_net_opts o;
+  struct lws_context *ctx;
+  lws_sorted_usec_list_t engine_sul;
+  char *static_root; /* realpath of o.static_dir, or NULL */
+  size_t nconns;     /* net_conn objects alive */
+  size_t nreqs;      /* net_req objects attached to a wsi */
+  bool stopping;     /* lr_server_shutdown was called: refuse new upgrades */
+  bool destroying;   /* inside lws_context_destroy: no more lws calls from vt */
+} net_loop;
+
+static volatile sig_atomic_t net_stop_flag;
+static struct lws_context *volatile net_ctx; /* for lr_net_stop and the signal handler */
+
+/* ---- WebSocket connection ---- */
+
+typedef struct net_conn {
+  int kind; /* NET_KIND_WS */
+  net_loop *loop;
+  struct lws *wsi;
+  lr_conn *conn; /* the engine's; NULL once lr_conn_closed was called */
+  /* outgoing ring of retained messages */
+  lr_msg **q;
+  uint32_t qhead, qlen, qcap;
+  size_t qbytes;
+  /* incoming message being assembled */
+  lr_buf rx;
+  bool rx_in_msg;
+  bool established; /* LWS_CALLBACK_ESTABLISHED seen: writes allowed */
+  bool closing;     /* vt->close called: drain, then close frame */
+  bool dropping;    /* over max_queue_bytes: ring released, close 1008 */
+  bool gone;        /* socket closed; vt calls are refused */
+  int close_code;
+  size_t close_reason_len;
+  char close_reason[124];
+  char label[112]; /* "peer path" for log lines */
+} net_conn;
+
+/* ---- HTTP request ---- */
+
+typedef struct net_hdr {
+  char *name; /* "name\0value\0" in one allocation; value = name + strlen(name) + 1 */
+} net_hdr;
+
+typedef struct net_req {
+  int kind; /* NET_KIND_HTTP */
+  net_loop *loop;
+  struct lws *wsi; /* NULL once gone */
+  /* request */
+  const char *method;
+  char *path;    /* re-encoded for the engine */
+  char *query;   /* re-encoded, "" if none */
+  char *fs_path; /* decoded path as lws gave it (static files) */
+  lr_header *hdrs;
+  size_t nhdrs;
+  char peer[64];
+  lr_buf body;
+  bool head;
+  bool dispatched; /* handed to lr_server_http */
+  bool answered;   /* done() was called (or the transport answered itself) */
+  bool gone;       /* socket closed before done(): done() only frees */
+  /* response */
+  bool ready; /* a response is waiting for HTTP_WRITEABLE */
+  bool hdrs_sent;
+  bool close_after; /* close the connection after the response */
+  int status;
+  char **rh; /* response headers: "name\0value\0" each */
+  size_t nrh;
+  unsigned char *out; /* LWS_PRE headroom + body (memory responses) */
+  size_t outlen, sent;
+  int fd; /* static file body source, or -1 */
+} net_req;
+
+static void net_req_free(net_req *nr);
+
+/* ---- small helpers ---- */
+
+static int64_t net_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static net_loop *net_loop_of(struct lws *wsi) {
+  return lws_context_user(lws_get_context(wsi));
+}
+
+static void net_lws_log(int level, const char *line) {
+  char buf[512];
+  size_t n = strlen(line);
+  if (n >= sizeof buf) n = sizeof buf - 1;
+  memcpy(buf, line, n);
+  while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+    n--;
+  buf[n] = '\0';
+  lr_log(level == LLL_ERR ? LR_LOG_ERROR : LR_LOG_WARN, "lws: %s", buf);
+}
+
+/* Append s[0..n) percent-encoding every byte outside `keep` and the RFC 3986
+ * unreserved set. */
+static void net_pct_encode(lr_buf *b, const char *s, size_t n, const char *keep) {
+  static const char hex[] = "0123456789ABCDEF";
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+        c == '.' || c == '_' || c == '~' || (c && strchr(keep, c))) {
+      lr_buf_putc(b, (char)c);
+    } else {
+      lr_buf_putc(b, '%');
+      lr_buf_putc(b, hex[c >> 4]);
+      lr_buf_putc(b, hex[c & 15]);
+    }
+  }
+}
+
+/* Copy a whole header token into a new string, or NULL if absent. */
+static char *net_hdr_dup(struct lws *wsi, enum lws_token_indexes t) {
+  int len = lws_hdr_total_length(wsi, t);
+  if (len <= 0) return NULL;
+  char *s = lr_xmalloc((size_t)len + 1);
+  if (lws_hdr_copy(wsi, s, len + 1, t) < 0) {
+    free(s);
+    return NULL;
+  }
+  return s;
+}
+
+/* Custom (non-lextable) headers we look up by name: lws 4.1 has no way to
+ * enumerate them. Keep lower-case; lws stores custom names lower-cased. */
+static const char *const net_custom_headers[] = {
+    "x-access-shard",
+    "x-shard-id",
+    "x-shard-world-id",
+    "x-forwarded-by-shard",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-original-client-ip",
+    "x-requested-with",
+    "x-request-id",
+    "x-api-key",
+    "x-world-id",
+    "x-test",
+    "sec-fetch-mode",
+    "sec-fetch-site",
+    "sec-fetch-dest",
+    "dnt",
+    "upgrade-insecure-requests",
+    "priority",
+};
+
+/* Collect every request header lws kept, lower-cased, into a new array of
+ * lr_header whose strings live in one allocation per header. The caller
+ * frees with net_hdrs_free. */
+static lr_header *net_hdrs_collect(struct lws *wsi, size_t *nout) {
+  lr_header *h = lr_xcalloc(NET_MAX_HEADERS, sizeof *h);
+  size_t n = 0;
+  for (int t = 0; t < (int)WSI_TOKEN_COUNT && n < NET_MAX_HEADERS; t++) {
+    if (t == WSI_TOKEN_HTTP_URI_ARGS || t >= (int)_WSI_TOKEN_CLIENT_SENT_PROTOCOLS) continue;
+    const char *nm = (const char *)lws_token_to_string((enum lws_token_indexes)t);
+    if (!nm) continue;
+    size_t nl = strlen(nm);
+    /* Header tokens are "name:"; methods, "http/1.1 " and h2 pseudo-headers
+     * (":path") are not headers. */
+    if (nl < 2 || nm[nl - 1] != ':' || nm[0] == ':') continue;
+    int vl = lws_hdr_total_length(wsi, (enum lws_token_indexes)t);
+    if (vl <= 0) continue;
+    char *s = lr_xmalloc(nl + (size_t)vl + 1);
+    memcpy(s, nm, nl - 1);
+    s[nl - 1] = '\0';
+    for (size_t i = 0; i < nl - 1; i++)
+      if (s[i] >= 'A' && s[i] <= 'Z') s[i] = (char)(s[i] + 32);
+    if (lws_hdr_copy(wsi, s + nl, vl + 1, (enum lws_token_indexes)t) < 0) {
+      free(s);
+      continue;
+    }
+    h[n].name = s;
+    h[n].value = s + nl;
+    n++;
+  }
+  for (size_t i = 0; i < sizeof net_custom_headers / sizeof *net_custom_headers; i++) {
+    if (n >= NET_MAX_HEADERS) break;
+    char key[64];
+    int kl = snprintf(key, sizeof key, "%s:", net_custom_headers[i]);
+    int vl = lws_hdr_custom_length(wsi, key, kl);
+    if (vl < 0) continue;
+    size_t nl = (size_t)kl; /* name + NUL */
+    char *s = lr_xmalloc(nl + (size_t)vl + 1);
+    memcpy(s, net_custom_headers[i], nl - 1);
+    s[nl - 1] = '\0';
+    if (lws_hdr_custom_copy(wsi, s + nl, vl + 1, key, kl) < 0) {
+      free(s);
+      continue;
+    }
+    h[n].name = s;
+    h[n].value = s + nl;
+    n++;
+  }
+  *nout = n;
+  return h;
+}
+
+static void net_hdrs_free(lr_header *h, size_t n) {
+  if (!h) return;
+  for (size_t i = 0; i < n; i++)
+    free((char *)h[i].name);
+  free(h);
+}
+
+/* The path as the engine wants it: percent-encoded again. */
+static char *net_path_encode(const char *decoded) {
+  lr_buf b;
+  lr_buf_init(&b);
+  net_pct_encode(&b, decoded, strlen(decoded), "/!$&'()*+,;=:@");
+  char *s = lr_xstrndup(lr_buf_cstr(&b), b.len);
+  lr_buf_free(&b);
+  return s;
+}
+
+/* The raw query without '?', rebuilt from lws's decoded fragments. */
+static char *net_query_collect(struct lws *wsi) {
+  int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS);
+  if (total <= 0) return lr_xstrndup("", 0);
+  char *frag = lr_xmalloc((size_t)total + 1);
+  lr_buf b;
+  lr_buf_init(&b);
+  for (int i = 0;; i++) {
+    int fl = lws_hdr_copy_fragment(wsi, frag, total + 1, WSI_TOKEN_HTTP_URI_ARGS, i);
+    if (fl < 0) break;
+    if (fl == 0) continue;
+    if (b.len) lr_buf_putc(&b, '&');
+    const char *eq = memchr(frag, '=', (size_t)fl);
+    if (eq) {
+      net_pct_encode(&b, frag, (size_t)(eq - frag), "!$'()*,:@/?");
+      lr_buf_putc(&b, '=');
+      net_pct_encode(&b, eq + 1, (size_t)(fl - (eq + 1 - frag)), "!$'()*,:@/?=");
+    } else {
+      net_pct_encode(&b, frag, (size_t)fl, "!$'()*,:@/?");
+    }
+  }
+  free(frag);
+  char *s = lr_xstrndup(lr_buf_cstr(&b), b.len);
+  lr_buf_free(&b);
+  return s;
+}
+
+static void net_peer(struct lws *wsi, char *buf, size_t len) {
+  buf[0] = '\0';
+  if (!lws_get_peer_simple(wsi, buf, len)) {
+    snprintf(buf, len, "unknown");
+    return;
+  }
+  /* An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d */
+  if (!strncmp(buf, "::ffff:", 7) && strchr(buf + 7, '.'))
+    memmove(buf, buf + 7, strlen(buf + 7) + 1);
+}
+
+static const char *net_method(struct lws *wsi, bool *head) {
+  static const char *const names[] = {"GET",   "POST",   "OPTIONS", "PUT",
+                                      "PATCH", "DELETE", "CONNECT", "HEAD"};
+  char *uri;
+  int ulen;
+  int m = lws_http_get_uri_and_method(wsi, &uri, &ulen);
+  *head = m == LWSHUMETH_HEAD;
+  if (m < 0 || m >= (int)(sizeof names / sizeof *names)) return NULL;
+  return names[m];
+}
+
+/* ======================= WebSocket ======================= */
+
+static void net_conn_release_queue(net_conn *nc) {
+  while (nc->qlen) {
+    lr_msg_release(nc->q[nc->qhead]);
+    nc->qhead = (nc->qhead + 1) % nc->qcap;
+    nc->qlen--;
+  }
+  nc->qbytes = 0;
+  free(nc->q);
+  nc->q = NULL;
+  nc->qhead = nc->qcap = 0;
+}
+
+/* Mark c as a slow consumer: free what it holds and close it with 1008. */
+static void net_conn_drop(net_conn *nc, size_t wanted) {
+  lr_warn("ws %s: slow consumer, %zu bytes queued (limit %zu), closing with 1008", nc->label,
+          wanted, nc->loop->o.max_queue_bytes);
+  net_conn_release_queue(nc);
+  nc->dropping = true;
+  nc->close_code = 1008;
+  nc->close_reason_len = strlen("slow consumer");
+  memcpy(nc->close_reason, "slow consumer", nc->close_reason_len);
+  if (nc->established && !nc->loop->destroying) {
+    lws_set_timeout(nc->wsi, PENDING_TIMEOUT_USER_OK, NET_DROP_SECS);
+    lws_callback_on_writable(nc->wsi);
+  }
+}
+
+/* vt->send: queue a reference to m. */
+static int net_ws_send(lr_conn *c, lr_msg *m) {
+  net_conn *nc = lr_conn_transport(c);
+  if (!nc || nc->gone || nc->closing || nc->dropping) return -1;
+  size_t cost = (size_t)m->len + NET_MSG_OVERHEAD;
+  if (nc->qbytes + cost > nc->loop->o.max_queue_bytes) {
+    net_conn_drop(nc, nc->qbytes + cost);
+    return -1;
+  }
+  if (nc->qlen == nc->qcap) {
+    uint32_t cap = nc->qcap ? nc->qcap * 2 : 8;
+    lr_msg **q = lr_xmalloc(sizeof *q * cap);
+    for (uint32_t i = 0; i < nc->qlen; i++)
+      q[i] = nc->q[(nc->qhead + i) % nc->qcap];
+    free(nc->q);
+    nc->q = q;
+    nc->qhead = 0;
+    nc->qcap = cap;
+  }
+  nc->q[(nc->qhead + nc->qlen) % nc->qcap] = lr_msg_retain(m);
+  nc->qlen++;
+  nc->qbytes += cost;
+  if (nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
+  return 0;
+}
+
+/* vt->close: close after the queued data. code 0 = close frame without a
+ * status. */
+static void net_ws_close(lr_conn *c, int code, const char *reason) {
+  net_conn *nc = lr_conn_transport(c);
+  if (!nc || nc->gone || nc->closing || nc->dropping) return;
+  nc->closing = true;
+  nc->close_code = code > 0 ? code : 0;
+  nc->close_reason_len = 0;
+  if (code > 0 && reason) {
+    size_t n = strlen(reason);
+    if (n > 123) n = 123;
+    memcpy(nc->close_reason, reason, n);
+    nc->close_reason_len = n;
+  }
+  if (nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
+}
+
+static const lr_transport_vt net_vt = {net_ws_send, net_ws_close};
+
+/* The socket is gone: tell the engine (exactly once) and free nc. */
+static void net_conn_finish(net_conn *nc) {
+  nc->gone = true;
+  if (nc->wsi) lws_set_opaque_user_data(nc->wsi, NULL);
+  nc->wsi = NULL;
+  if (nc->conn) {
+    lr_conn *c = nc->conn;
+    nc->conn = NULL;
+    lr_conn_closed(c);
+  }
+  net_conn_release_queue(nc);
+  lr_buf_free(&nc->rx);
+  nc->loop->nconns--;
+  free(nc);
+}
+
+/* HTTP_CONFIRM_UPGRADE: the headers are parsed and we can still answer with
+ * an HTTP status. Returns the lws callback result: 0 to go on with the
+ * upgrade, 1 after answering, -1 to hang up. */
+static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
+  if (!strcasecmp(up, "h2c")) {
+    /* lws 4.1 upgrades h1 -> h2c fine for body-less requests, but loses the
+     * body of one that has one (curl --http2 -d ...): refuse those. */
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 ||
+        lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
+      lws_return_http_status(wsi, HTTP_STATUS_BAD_REQUEST, "h2c upgrade with a body: use HTTP/1.1");
+      return 1;
+    }
+    return 0;
+  }
+  if (strcasecmp(up, "websocket")) return -1; /* lws answers other upgrades with 403 first */
+  bool head;
+  const char *method = net_method(wsi, &head);
+  char *dpath = net_hdr_dup(wsi, WSI_TOKEN_GET_URI);
+  if (!method || strcmp(method, "GET") || !dpath) {
+    free(dpath);
+    return -1;
+  }
+  if (strncmp(dpath, "/parties/", 9) || L->stopping) {
+    free(dpath);
+    lws_return_http_status(
+        wsi, L->stopping ? HTTP_STATUS_SERVICE_UNAVAILABLE : HTTP_STATUS_NOT_FOUND, NULL);
+    return 1;
+  }
+  lr_request req = {0};
+  req.method = "GET";
+  char *path = net_path_encode(dpath);
+  free(dpath);
+  char *query = net_query_collect(wsi);
+  char peer[64];
+  net_peer(wsi, peer, sizeof peer);
+  size_t nh = 0;
+  lr_header *h = net_hdrs_collect(wsi, &nh);
+  req.path = path;
+  req.query = query;
+  req.headers = h;
+  req.nheaders = nh;
+  req.remote_addr = peer;
+
+  net_conn *nc = lr_xcalloc(1, sizeof *nc);
+  nc->kind = NET_KIND_WS;
+  nc->loop = L;
+  nc->wsi = wsi;
+  snprintf(nc->label, sizeof nc->label, "%s %s", peer, path);
+  lr_buf_init(&nc->rx);
+  L->nconns++;
+  lws_set_opaque_user_data(wsi, nc);
+  lr_conn *conn = NULL;
+  int st = lr_server_ws_open(L->srv, &req, &net_vt, nc, &conn);
+  net_hdrs_free(h, nh);
+  free(query);
+  if (st != 0 || !conn) {
+    lr_debug("ws upgrade %s refused with %d", path, st ? st : 404);
+    free(path);
+    nc->conn = NULL;
+    nc->wsi = NULL;
+    lws_set_opaque_user_data(wsi, NULL);
+    net_conn_finish(nc); /* no engine conn: only frees */
+    lws_return_http_status(wsi, st >= 400 && st < 600 ? (unsigned)st : HTTP_STATUS_NOT_FOUND, NULL);
+    return 1;
+  }
+  free(path);
+  nc->conn = conn;
+  return 0;
+}
+
+static int net_ws_writeable(net_conn *nc) {
+  struct lws *wsi = nc->wsi;
+  if (nc->dropping) {
+    lws_close_reason(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, (unsigned char *)nc->close_reason,
+                     nc->close_reason_len);
+    return -1;
+  }
+  if (nc->qlen) {
+    lr_msg *m = nc->q[nc->qhead];
+    nc->qhead = (nc->qhead + 1) % nc->qcap;
+    nc->qlen--;
+    nc->qbytes -= (size_t)m->len + NET_MSG_OVERHEAD;
+    int n = lws_write(wsi, m->data + LR_MSG_PRE, m->len, LWS_WRITE_TEXT);
+    lr_msg_release(m);
+    if (n < 0) return -1;
+    if (nc->qlen || nc->closing) lws_callback_on_writable(wsi);
+    return 0;
+  }
+  if (nc->closing) {
+    if (nc->close_code > 0) {
+      lws_close_reason(wsi, (enum lws_close_status)nc->close_code,
+                       (unsigned char *)nc->close_reason, nc->close_reason_len);
+    } else {
+      /* No status: an empty close frame (opcode 8), as the reference's
+       * conn.close() sends. lws_close_reason() always writes a status, so
+       * write the frame directly (4 = LWS_WRITE_CLOSE inside lws). */
+      unsigned char buf[LWS_PRE + 1];
+      lws_write(wsi, buf + LWS_PRE, 0, (enum lws_write_protocol)4);
+    }
+    return -1;
+  }
+  return 0;
+}
+
+static int net_ws_receive(net_conn *nc, const char *in, size_t len) {
+  if (!nc->conn || nc->closing || nc->dropping) return 0; /* closing: drop input */
+  struct lws *wsi = nc->wsi;
+  if (!nc->rx_in_msg) {
+    lr_buf_reset(&nc->rx);
+    nc->rx_in_msg = true;
+  }
+  if (nc->rx.len + len > nc->loop->o.max_frame) {
+    lr_warn("ws %s: incoming message over %zu bytes, closing with 1009", nc->label,
+            nc->loop->o.max_frame);
+    lr_buf_free(&nc->rx);
+    static const char why[] = "message too big";
+    lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why, sizeof why - 1);
+    return -1;
+  }
+  if (len) lr_buf_put(&nc->rx, in, len);
+  if (lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi)) {
+    nc->rx_in_msg = false;
+    lr_conn_message(nc->conn, lr_buf_cstr(&nc->rx), nc->rx.len);
+    /* Do not keep a big buffer around for an idle connection. */
+    if (nc->rx.cap > 16384)
+      lr_buf_free(&nc->rx);
+    else
+      lr_buf_reset(&nc->rx);
+  }
+  return 0;
+}
+
+/* ======================= HTTP ======================= */
+
+static void net_req_free(net_req *nr) {
+  free(nr->path);
+  free(nr->query);
+  free(nr->fs_path);
+  net_hdrs_free(nr->hdrs, nr->nhdrs);
+  lr_buf_free(&nr->body);
+  for (size_t i = 0; i < nr->nrh; i++)
+    free(nr->rh[i]);
+  free(nr->rh);
+  free(nr->out);
+  if (nr->fd >= 0) close(nr->fd);
+  free(nr);
+}
+
+/* Drop the request inputs once the engine has seen them. */
+static void net_req_free_inputs(net_req *nr) {
+  free(nr->path);
+  free(nr->query);
+  nr->path = nr->query = NULL;
+  net_hdrs_free(nr->hdrs, nr->nhdrs);
+  nr->hdrs = NULL;
+  nr->nhdrs = 0;
+  lr_buf_free(&nr->body);
+}
+
+/* The wsi is going away (or its transaction is over): detach nr. */
+static void net_req_detach(net_req *nr) {
+  if (nr->wsi) {
+    lws_set_opaque_user_data(nr->wsi, NULL);
+    nr->wsi = NULL;
+    nr->loop->nreqs--;
+  }
+  if (nr->dispatched && !nr->answered)
+    nr->gone = true; /* done() will free */
+  else
+    net_req_free(nr);
+}
+
+static void net_req_add_header(net_req *nr, const char *name, const char *value, size_t vlen) {
+  size_t nl = strlen(name);
+  char *s = lr_xmalloc(nl + vlen + 2);
+  memcpy(s, name, nl + 1);
+  memcpy(s + nl + 1, value, vlen);
+  s[nl + 1 + vlen] = '\0';
+  nr->rh = lr_xrealloc(nr->rh, sizeof *nr->rh * (nr->nrh + 1));
+  nr->rh[nr->nrh++] = s;
+}
+
+static void net_req_set_body(net_req *nr, const char *body, size_t len) {
+  nr->out = lr_xmalloc(LWS_PRE + len + 1);
+  if (len) memcpy(nr->out + LWS_PRE, body, len);
+  nr->outlen = len;
+}
+
+/* Queue a response written by the transport itself. */
+static void net_http_simple(net_req *nr, int status, const char *ctype, const char *body, bool cors,
+                            bool close_after) {
+  nr->answered = true;
+  nr->status = status;
+  net_req_add_header(nr, "content-type", ctype, strlen(ctype));
+  if (cors) {
+    static const char *const c[][2] = {
+        {"access-control-allow-origin", "*"},
+        {"access-control-allow-methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS"},
+        {"access-control-allow-headers", "Content-Type, Authorization, X-Requested-With"},
+        {"access-control-max-age", "86400"},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof *c; i++)
+      net_req_add_header(nr, c[i][0], c[i][1], strlen(c[i][1]));
+  }
+  net_req_set_body(nr, body, strlen(body));
+  nr->close_after = close_after;
+  nr->ready = true;
+  lws_callback_on_writable(nr->wsi);
+}
+
+/* The engine's answer. May run inside lr_server_http() or any time later. */
+static void net_http_done(void *ud, const lr_response *r) {
+  net_req *nr = ud;
+  if (nr->answered) {
+    lr_error("http: response callback called twice (ignored)");
+    return;
+  }
+  nr->answered = true;
+  if (nr->gone) {
+    net_req_free(nr);
+    return;
+  }
+  nr->status = r->status > 0 ? r->status : 500;
+  for (size_t i = 0; i < r->nheaders; i++) {
+    const char *n = r->headers[i].name, *v = r->headers[i].value;
+    if (!n || !v || !*n) continue;
+    if (!strcasecmp(n, "content-length") || !strcasecmp(n, "transfer-encoding") ||
+        !strcasecmp(n, "connection"))
+      continue;
+    net_req_add_header(nr, n, v, strlen(v));
+  }
+  net_req_set_body(nr, r->body ? r->body : "", r->body ? r->bodylen : 0);
+  nr->ready = true;
+  if (!nr->loop->destroying) lws_callback_on_writable(nr->wsi);
+}
+
+static void net_http_dispatch(net_req *nr) {
+  if (nr->dispatched || nr->answered) return;
+  nr->dispatched = true;
+  lws_set_timeout(nr->wsi, PENDING_TIMEOUT_USER_OK, NET_HTTP_HANDLER_SECS);
+  lr_request req = {0};
+  req.method = nr->method;
+  req.path = nr->path;
+  req.query = nr->query;
+  req.headers = nr->hdrs;
+  req.nheaders = nr->nhdrs;
+  req.body = nr->body.len ? nr->body.data : NULL;
+  req.bodylen = nr->body.len;
+  req.remote_addr = nr->peer;
+  lr_server_http(nr->loop->srv, &req, net_http_done, nr);
+  /* nr is still alive here: a synchronous done() never frees an attached
+   * request. */
+  net_req_free_inputs(nr);
+}
+
+static const char *net_mime(const char *path) {
+  static const char *const map[][2] = {
+      {".html", "text/html; charset=utf-8"},
+      {".htm", "text/html; charset=utf-8"},
+      {".js", "text/javascript; charset=utf-8"},
+      {".mjs", "text/javascript; charset=utf-8"},
+      {".css", "text/css; charset=utf-8"},
+      {".json", "application/json"},
+      {".png", "image/png"},
+      {".svg", "image/svg+xml"},
+      {".ico", "image/x-icon"},
+      {".txt", "text/plain; charset=utf-8"},
+      {".wasm", "application/wasm"},
+      {".jpg", "image/jpeg"},
+      {".map", "application/json"},
+  };
+  const char *dot = strrchr(path, '.');
+  const char *slash = strrchr(path, '/');
+  if (dot && (!slash || dot > slash))
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+      if (!strcasecmp(dot, map[i][0])) return map[i][1];
+  return "application/octet-stream";
+}
+
+/* Serve nr->fs_path from the static folder, or 404. */
+static void net_http_static(net_req *nr) {
+  net_loop *L = nr->loop;
+  const char *p = nr->fs_path;
+  bool ok = L->static_root && (!strcmp(nr->method, "GET") || nr->head) && p[0] == '/';
+  /* lws already collapsed "..", but do not rely on it. */
+  for (const char *s = p; ok && (s = strstr(s, "..")); s += 2)
+    if ((s == p || s[-1] == '/') && (s[2] == '/' || s[2] == '\0')) ok = false;
+  char full[PATH_MAX], real[PATH_MAX];
+  int fd = -1;
+  struct stat st;
+  if (ok) {
+    int n = snprintf(full, sizeof full, "%s%s%s", L->static_root, p,
+                     p[strlen(p) - 1] == '/' ? "index.html" : "");
+    ok = n > 0 && (size_t)n < sizeof full;
+  }
+  if (ok && stat(full, &st) == 0 && S_ISDIR(st.st_mode)) {
+    size_t l = strlen(full);
+    ok = l + sizeof "/index.html" <= sizeof full;
+    if (ok) memcpy(full + l, "/index.html", sizeof "/index.html");
+  }
+  if (ok && realpath(full, real)) {
+    size_t rl = strlen(L->static_root);
+    ok = !strncmp(real, L->static_root, rl) && real[rl] == '/';
+  } else {
+    ok = false;
+  }
+  if (ok) fd = open(real, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+    close(fd);
+    fd = -1;
+  }
+  if (fd < 0) {
+    net_http_simple(nr, 404, "text/plain; charset=utf-8", "Not Found", false, false);
+    return;
+  }
+  nr->answered = true;
+  nr->status = 200;
+  const char *mime = net_mime(real);
+  net_req_add_header(nr, "content-type", mime, strlen(mime));
+  nr->fd = fd;
+  nr->outlen = (size_t)st.st_size;
+  nr->out = lr_xmalloc(LWS_PRE + NET_HTTP_CHUNK);
+  nr->ready = true;
+  lws_callback_on_writable(nr->wsi);
+}
+
+/* LWS_CALLBACK_HTTP: a request's headers are in. */
+static int net_http_begin(net_loop *L, struct lws *wsi) {
+  void *old = lws_get_opaque_user_data(wsi);
+  if (old) { /* should not happen: the previous transaction was completed */
+    if (*(int *)old == NET_KIND_HTTP)
+      net_req_detach(old);
+    else
+      return -1;
+  }
+  bool head = false;
+  const char *method = net_method(wsi, &head);
+  char *uri = NULL;
+  int ulen = 0;
+  if (!method || lws_http_get_uri_and_method(wsi, &uri, &ulen) < 0 || !uri) return -1;
+
+  net_req *nr = lr_xcalloc(1, sizeof *nr);
+  nr->kind = NET_KIND_HTTP;
+  nr->loop = L;
+  nr->wsi = wsi;
+  nr->fd = -1;
+  nr->method = method;
+  nr->head = head;
+  lr_buf_init(&nr->body);
+  nr->fs_path = lr_xstrndup(uri, (size_t)ulen);
+  lws_set_opaque_user_data(wsi, nr);
+  L->nreqs++;
+
+  if (strncmp(nr->fs_path, "/parties/", 9)) {
+    net_http_static(nr);
+    return 0;
+  }
+  nr->path = net_path_encode(nr->fs_path);
+  nr->query = net_query_collect(wsi);
+  nr->hdrs = net_hdrs_collect(wsi, &nr->nhdrs);
+  net_peer(wsi, nr->peer, sizeof nr->peer);
+
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
+    /* lws 4.1 does not decode chunked request bodies. */
+    net_http_simple(nr, 411, "application/json", "{\"error\":\"Length Required\"}", true, true);
+    return 0;
+  }
+  char *cl = net_hdr_dup(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH);
+  unsigned long long want = 0;
+  if (cl) {
+    char *end;
+    errno = 0;
+    want = strtoull(cl, &end, 10);
+    bool bad = errno || end == cl || *end || cl[0] == '-';
+    free(cl);
+    if (bad) {
+      net_http_simple(nr, 400, "application/json", "{\"error\":\"Bad Content-Length\"}", true,
+                      true);
+      return 0;
+    }
+  }
+  if (want > L->o.max_http_body) {
+    lr_warn("http %s %s: body of %llu bytes over the %zu limit, 413", method, nr->path, want,
+            L->o.max_http_body);
+    net_http_simple(nr, 413, "application/json", "{\"error\":\"Request body too large\"}", true,
+                    true);
+    return 0;
+  }
+  if (want > 0) {
+    /* No reservation up front: memory follows the bytes that arrive. */
+    return 0; /* HTTP_BODY ... HTTP_BODY_COMPLETION */
+  }
+  net_http_dispatch(nr);
+  return 0;
+}
+
+static int net_http_body(net_req *nr, const char *in, size_t len) {
+  if (nr->answered || nr->dispatched) return 0; /* answered early: discard */
+  if (nr->body.len + len > nr->loop->o.max_http_body) {
+    net_http_simple(nr, 413, "application/json", "{\"error\":\"Request body too large\"}", true,
+                    true);
+    return 0;
+  }
+  lr_buf_put(&nr->body, in, len);
+  return 0;
+}
+
+/* Finish the transaction after the last byte of a response. */
+static int net_http_complete(net_req *nr) {
+  struct lws *wsi = nr->wsi;
+  bool close_after = nr->close_after;
+  net_req_detach(nr); /* answered: frees */
+  if (close_after) return -1;
+  if (lws_http_transaction_completed(wsi)) return -1;
+  return 0;
+}
+
+static int net_http_writeable(net_req *nr) {
+  struct lws *wsi = nr->wsi;
+  if (!nr->ready) return 0;
+  lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, NET_HTTP_WRITE_SECS);
+  if (!nr->hdrs_sent) {
+    size_t need = LWS_PRE + 512;
+    for (size_t i = 0; i < nr->nrh; i++) {
+      size_t nl = strlen(nr->rh[i]);
+      need += nl + strlen(nr->rh[i] + nl + 1) + 8;
+    }
+    unsigned char *buf = lr_xmalloc(need);
+    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + need - 1;
+    int bad = lws_add_http_header_status(wsi, (unsigned)nr->status, &p, end);
+    for (size_t i = 0; !bad && i < nr->nrh; i++) {
+      char name[256];
+      size_t nl = strlen(nr->rh[i]);
+      if (nl + 2 > sizeof name) continue;
+      memcpy(name, nr->rh[i], nl);
+      name[nl] = ':';
+      name[nl + 1] = '\0';
+      const char *v = nr->rh[i] + nl + 1;
+      bad = lws_add_http_header_by_name(wsi, (unsigned char *)name, (const unsigned char *)v,
+                                        (int)strlen(v), &p, end);
+    }
+    if (!bad) {
+      if (nr->head) {
+        char len[24];
+        int n = snprintf(len, sizeof len, "%zu", nr->outlen);
+        bad = lws_add_http_header_by_name(
+            wsi, (unsigned char *)"content-length:", (unsigned char *)len, n, &p, end);
+      } else {
+        bad = lws_add_http_header_content_length(wsi, nr->outlen, &p, end);
+      }
+    }
+    if (!bad && nr->close_after)
+      bad = lws_add_http_header_by_name(
+          wsi, (unsigned char *)"connection:", (unsigned char *)"close", 5, &p, end);
+    if (!bad) bad = lws_finalize_write_http_header(wsi, start, &p, end);
+    free(buf);
+    if (bad) {
+      lr_error("http: cannot write the response header block");
+      return -1;
+    }
+    nr->hdrs_sent = true;
+    if (nr->head || nr->outlen == 0) return net_http_complete(nr);
+    lws_callback_on_writable(wsi);
+    return 0;
+  }
+  size_t left = nr->outlen - nr->sent;
+  size_t n = left < NET_HTTP_CHUNK ? left : NET_HTTP_CHUNK;
+  unsigned char *p;
+  if (nr->fd >= 0) {
+    p = nr->out + LWS_PRE;
+    ssize_t r = read(nr->fd, p, n);
+    if (r <= 0) {
+      lr_error("http: static file read failed: %s", r < 0 ? strerror(errno) : "short file");
+      return -1;
+    }
+    n = (size_t)r;
+  } else {
+    /* The bytes before this chunk were already written: lws may use them as
+     * its LWS_PRE headroom. */
+    p = nr->out + LWS_PRE + nr->sent;
+  }
+  bool last = nr->sent + n == nr->outlen;
+  if (lws_write(wsi, p, n, last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) < 0) return -1;
+  nr->sent += n;
+  if (last) return net_http_complete(nr);
+  lws_callback_on_writable(wsi);
+  return 0;
+}
+
+/* ======================= the protocol callback ======================= */
+
+/* Whatever we hang on wsi is finished: the socket is closing or destroyed. */
+static void net_detach(struct lws *wsi) {
+  void *o = lws_get_opaque_user_data(wsi);
+  if (!o) return;
+  if (*(int *)o == NET_KIND_WS)
+    net_conn_finish(o);
+  else if (*(int *)o == NET_KIND_HTTP)
+    net_req_detach(o);
+}
+
+static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                        size_t len) {
+  net_loop *L = wsi ? net_loop_of(wsi) : NULL;
+  void *o = wsi ? lws_get_opaque_user_data(wsi) : NULL;
+  net_conn *nc = o && *(int *)o == NET_KIND_WS ? o : NULL;
+  net_req *nr = o && *(int *)o == NET_KIND_HTTP ? o : NULL;
+
+  switch (reason) {
+  case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+    if (o) net_detach(wsi);
+    return net_ws_upgrade(L, wsi, in ? (const char *)in : "");
+
+  case LWS_CALLBACK_ESTABLISHED:
+    if (!nc) return -1;
+    nc->established = true;
+    if (nc->dropping) lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, NET_DROP_SECS);
+    if (nc->qlen || nc->closing || nc->dropping) lws_callback_on_writable(wsi);
+    return 0;
+
+  case LWS_CALLBACK_RECEIVE:
+    if (!nc) return -1;
+    return net_ws_receive(nc, in, len);
+
+  case LWS_CALLBACK_SERVER_WRITEABLE:
+    if (!nc) return 0;
+    return net_ws_writeable(nc);
+
+  case LWS_CALLBACK_HTTP:
+    return net_http_begin(L, wsi);
+
+  case LWS_CALLBACK_HTTP_BODY:
+    if (!nr) return 0;
+    return net_http_body(nr, in, len);
+
+  case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+    if (!nr) return 0;
+    if (!nr->answered) net_http_dispatch(nr);
+    return 0;
+
+  case LWS_CALLBACK_HTTP_WRITEABLE:
+    if (!nr) return 0;
+    return net_http_writeable(nr);
+
+  case LWS_CALLBACK_CLOSED:
+  case LWS_CALLBACK_CLOSED_HTTP:
+  case LWS_CALLBACK_WSI_DESTROY:
+    if (o) net_detach(wsi);
+    return 0;
+
+  case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+  case LWS_CALLBACK_HTTP_BIND_PROTOCOL:
+  case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+  case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+    return 0;
+
+  default:
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+  }
+}
+
+static const struct lws_protocols net_protocols[] = {
+    /* tx_packet_size: without it lws 4.1 caps every send() at rx_buffer_size
+     * (4 KiB) and drains a big message one poll iteration per 4 KiB. */
+    {"lunaroom", net_callback, 0, NET_RX_BUFFER, 0, NULL, NET_TX_PACKET},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+/* Idle WebSocket connections get a ping, and are dropped if nothing valid
+ * (pong or data) arrives for NET_HANGUP_SECS. */
+static const lws_retry_bo_t net_idle_policy = {
+    .secs_since_valid_ping = NET_PING_SECS,
+    .secs_since_valid_hangup = NET_HANGUP_SECS,
+};
+
+/* ======================= the loop ======================= */
+
+static void net_engine_sul_cb(lws_sorted_usec_list_t *sul) {
+  (void)sul; /* the poll returned: lr_net_run ticks the engine */
+}
+
+/* Schedule the engine wake-up, at most max_ms away (-1 = no cap). */
+static void net_arm(net_loop *L, int64_t max_ms) {
+  int64_t t = lr_server_next_timeout(L->srv);
+  if (max_ms >= 0 && (t < 0 || t > max_ms)) t = max_ms;
+  if (t < 0) {
+    lws_sul_cancel(&L->engine_sul);
+    return;
+  }
+  lws_sul_schedule(L->ctx, 0, &L->engine_sul, net_engine_sul_cb, (lws_usec_t)t * LWS_US_PER_MS);
+}
+
+static void net_on_signal(int sig) {
+  (void)sig;
+  net_stop_flag = 1;
+  if (net_ctx) lws_cancel_service(net_ctx);
+}
+
+void lr_net_defaults(lr_net_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->host = NULL;
+  o->port = 1999;
+  o->max_frame = 64 * 1024;
+  o->max_queue_bytes = 4 * 1024 * 1024;
+  o->max_http_body = 1024 * 1024;
+  o->static_dir = NULL;
+}
+
+void lr_net_stop(void) {
+  net_stop_flag = 1;
+  if (net_ctx) lws_cancel_service(net_ctx);
+}
+
+int lr_net_run(lr_server *s, const lr_net_opts *o) {
+  net_loop L;
+  memset(&L, 0, sizeof L);
+  L.srv = s;
+  lr_net_defaults(&L.o);
+  if (o) {
+    L.o.host = o->host;
+    L.o.port = o->port;
+    if (o->max_frame) L.o.max_frame = o->max_frame;
+    if (o->max_queue_bytes) L.o.max_queue_bytes = o->max_queue_bytes;
+    if (o->max_http_body) L.o.max_http_body = o->max_http_body;
+    L.o.static_dir = o->static_dir;
+  }
+  if (L.o.port < 0 || L.o.port > 65535) {
+    lr_error("invalid port %d", L.o.port);
+    return 1;
+  }
+  if (L.o.static_dir) {
+    L.static_root = realpath(L.o.static_dir, NULL);
+    if (!L.static_root) {
+      lr_error("static folder %s: %s", L.o.static_dir, strerror(errno));
+      return 1;
+    }
+  }
+
+  lws_set_log_level(LLL_ERR | LLL_WARN, net_lws_log);
+  struct lws_context_creation_info info;
+  memset(&info, 0, sizeof info);
+  info.port = L.o.port;
+  info.iface = L.o.host;
+  info.protocols = net_protocols;
+  info.vhost_name = "lunaroom";
+  info.user = &L;
+  info.options = 0; /* no UTF-8 validation: text and binary frames reach the engine as bytes */
+  info.timeout_secs = NET_TIMEOUT_SECS;
+  info.timeout_secs_ah_idle = NET_TIMEOUT_SECS;
+  info.keepalive_timeout = 10; /* longer than the 5 s idle of Node's keep-alive agent */
+  info.max_http_header_data = NET_HEADER_DATA;
+  info.pt_serv_buf_size = NET_SERV_BUF;
+  info.retry_and_idle_policy = &net_idle_policy;
+  info.gid = -1;
+  info.uid = -1;
+
+  net_stop_flag = 0;
+  L.ctx = lws_create_context(&info);
+  struct lws_vhost *vh = L.ctx ? lws_get_vhost_by_name(L.ctx, "lunaroom") : NULL;
+  int port = vh ? lws_get_vhost_listen_port(vh) : -1;
+  if (!L.ctx || !vh || port <= 0) {
+    lr_error("cannot listen on %s:%d", L.o.host ? L.o.host : "0.0.0.0", L.o.port);
+    if (L.ctx) lws_context_destroy(L.ctx);
+    free(L.static_root);
+    return 1;
+  }
+  net_ctx = L.ctx;
+
+  struct sigaction sa, old_int, old_term, old_pipe;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = net_on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  sa.sa_handler = SIG_IGN;
+  sigaction(SIGPIPE, &sa, &old_pipe);
+
+  lr_info("listening on http://%s:%d", L.o.host ? L.o.host : "0.0.0.0", port);
+
+  int rc = 0;
+  while (!net_stop_flag) {
+    net_arm(&L, -1);
+    if (lws_service(L.ctx, 0) < 0) {
+      lr_error("event loop failed");
+      rc = 1;
+      break;
+    }
+    lr_server_tick(s);
+  }
+
+  /* Shutdown: the engine closes every socket with 1001; give the close
+   * frames and pending answers a bounded time to go out. */
+  lr_info("shutting down");
+  L.stopping = true;
+  lr_server_shutdown(s);
+  int64_t deadline = net_now_ms() + NET_DRAIN_MS;
+  while (rc == 0 && (L.nconns || L.nreqs)) {
+    int64_t left = deadline - net_now_ms();
+    if (left <= 0) break;
+    net_arm(&L, left);
+    if (lws_service(L.ctx, 0) < 0) break;
+    lr_server_tick(s);
+  }
+  if (L.nconns || L.nreqs)
+    lr_warn("shutdown: %zu connections and %zu requests still open after %d ms, dropping them",
+            L.nconns, L.nreqs, NET_DRAIN_MS);
+  lws_sul_cancel(&L.engine_sul);
+  net_ctx = NULL;
+  L.destroying = true;
+  lws_context_destroy(L.ctx); /* remaining sockets: CLOSED -> lr_conn_closed */
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
+  sigaction(SIGPIPE, &old_pipe, NULL);
+  free(L.static_root);
+  return rc;
+}

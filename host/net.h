@@ -1,0 +1,37 @@
+/*
+ * net.h - the real-socket transport: one libwebsockets context, HTTP/1.1 and
+ * WebSocket on one port, driving the engine through server.h.
+ *
+ * Owns: listening, frame assembly and size limits, per-connection outgoing
+ * queues of lr_msg references written from WRITEABLE, HTTP request bodies and
+ * responses, slowloris/idle timeouts, signals to stop the loop.
+ * Must not: parse JSON, call Lua, or know about rooms beyond server.h.
+ */
+#ifndef LR_NET_H
+#define LR_NET_H
+
+#include <stddef.h>
+
+#include "server.h"
+
+typedef struct lr_net_opts {
+  const char *host;       /* bind address, default "127.0.0.1"? no: NULL = all interfaces */
+  int port;               /* default 1999; 0 = pick a free port (printed in the listen log line) */
+  size_t max_frame;       /* largest incoming WebSocket message, default 64 KiB */
+  size_t max_queue_bytes; /* outgoing bytes queued per connection before it is dropped, default 4
+                             MiB */
+  size_t max_http_body;   /* default 1 MiB */
+  const char *static_dir; /* optional folder served at "/" (GET only), NULL = none */
+} lr_net_opts;
+
+/* Fill opts with the defaults above. */
+void lr_net_defaults(lr_net_opts *o);
+
+/* Run the loop until SIGINT/SIGTERM (or lr_net_stop). On a stop signal it
+ * calls lr_server_shutdown(s) (which closes sockets with 1001), lets the
+ * queued close frames go out (bounded, ~1 s), and returns 0. Returns non-zero
+ * if it cannot listen (the error is logged). */
+int lr_net_run(lr_server *s, const lr_net_opts *o);
+void lr_net_stop(void);
+
+#endif

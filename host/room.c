@@ -1,0 +1,1106 @@
+/*
+ * room.c - the room engine: servers, room instances, connections, the timer
+ * heap and virtual clock, and the flush pass that turns state writes into
+ * sync packets (encoded once per flush) and storage batches.
+ *
+ * Owns: lifecycle of lr_server / lr_room / lr_conn, the server.h functions
+ * transports call, sync throttling (leading edge + trailing window),
+ * autoSync/applySync, storage throttling (max-delay, never a debounce that a
+ * busy room could postpone forever), and retries of failed storage writes.
+ * Must not: implement room rules (sessions, guards, dispatch: runtime.lua),
+ * talk to sockets (net.c), or build Lua values itself (lua_api.c).
+ */
+#include "engine.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+#include "json.h"
+#include "log.h"
+#include "lua_vm.h"
+
+#define MAX_EARLY_FRAMES 256
+
+/* ------------------------------------------------------------------ clock */
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t lr_now(const lr_server *s) {
+  return s->virtual_clock ? s->vnow : s->wall0 + (mono_ms() - s->mono0);
+}
+
+static uint64_t rng_next(lr_server *s) {
+  uint64_t s1 = s->rng[0];
+  const uint64_t s0 = s->rng[1];
+  s->rng[0] = s0;
+  s1 ^= s1 << 23;
+  s->rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+  return s->rng[1] + s0;
+}
+
+void lr_random_id(lr_server *s, char *out, size_t n, const char *alphabet) {
+  size_t k = strlen(alphabet);
+  for (size_t i = 0; i < n; i++)
+    out[i] = alphabet[rng_next(s) % k];
+  out[n] = 0;
+}
+
+/* ----------------------------------------------------------------- server */
+
+lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool virtual_clock,
+                         uint64_t seed) {
+  lr_server *s = lr_xcalloc(1, sizeof *s);
+  s->L = L;
+  s->ref = LUA_NOREF;
+  s->store = store;
+  s->own_store = own_store;
+  s->virtual_clock = virtual_clock;
+  s->vnow = 1767225600000LL; /* 2026-01-01T00:00:00Z: a fixed, readable start */
+  s->wall0 = wall_ms();
+  s->mono0 = mono_ms();
+  s->nbuckets = 64;
+  s->rooms = lr_xcalloc(s->nbuckets, sizeof *s->rooms);
+  if (!seed) {
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd >= 0) {
+      ssize_t r = read(fd, &seed, sizeof seed);
+      (void)r;
+      close(fd);
+    }
+    seed ^= (uint64_t)wall_ms() * 0x9E3779B97F4A7C15ULL;
+  }
+  s->rng[0] = seed ^ 0x5DEECE66DULL;
+  s->rng[1] = (seed << 7) ^ 0xB5AD4ECEDA1CE2A9ULL;
+  for (int i = 0; i < 8; i++)
+    rng_next(s);
+  strcpy(s->parties_prefix, "/parties");
+  return s;
+}
+
+static void timer_free(lr_server *s, lr_timer *t) {
+  if (t->fn_ref != LUA_NOREF && t->fn_ref != 0) luaL_unref(s->L, LUA_REGISTRYINDEX, t->fn_ref);
+  if (t->room) lr_room_release(t->room);
+  free(t);
+}
+
+void lr_server_free(lr_server *s) {
+  if (!s) return;
+  s->shutting_down = true;
+  for (uint32_t i = 0; i < s->nheap; i++)
+    timer_free(s, s->heap[i]);
+  free(s->heap);
+  s->heap = NULL;
+  s->nheap = 0;
+  for (uint32_t b = 0; b < s->nbuckets; b++) {
+    while (s->rooms[b])
+      lr_room_dispose(s->rooms[b]);
+  }
+  for (uint32_t i = 0; i < s->npending_close; i++)
+    lr_conn_release(s->pending_close[i]);
+  free(s->pending_close);
+  free(s->rooms);
+  if (s->ref != LUA_NOREF) luaL_unref(s->L, LUA_REGISTRYINDEX, s->ref);
+  if (s->own_store) lr_store_close(s->store);
+  free(s);
+}
+
+/* ----------------------------------------------------------------- timers */
+
+static bool timer_before(const lr_timer *a, const lr_timer *b) {
+  return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+}
+
+static void heap_up(lr_server *s, uint32_t i) {
+  while (i > 0) {
+    uint32_t p = (i - 1) / 2;
+    if (!timer_before(s->heap[i], s->heap[p])) break;
+    lr_timer *t = s->heap[i];
+    s->heap[i] = s->heap[p];
+    s->heap[p] = t;
+    i = p;
+  }
+}
+
+static void heap_down(lr_server *s, uint32_t i) {
+  for (;;) {
+    uint32_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < s->nheap && timer_before(s->heap[l], s->heap[m])) m = l;
+    if (r < s->nheap && timer_before(s->heap[r], s->heap[m])) m = r;
+    if (m == i) break;
+    lr_timer *t = s->heap[i];
+    s->heap[i] = s->heap[m];
+    s->heap[m] = t;
+    i = m;
+  }
+}
+
+lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_room *r, int fn_ref) {
+  lr_timer *t = lr_xcalloc(1, sizeof *t);
+  t->when = lr_now(s) + (delay_ms > 0 ? delay_ms : 0);
+  t->seq = ++s->timer_seq;
+  t->kind = kind;
+  t->room = r ? lr_room_retain(r) : NULL;
+  t->fn_ref = fn_ref;
+  if (s->nheap == s->capheap) {
+    s->capheap = s->capheap ? s->capheap * 2 : 64;
+    s->heap = lr_xrealloc(s->heap, s->capheap * sizeof *s->heap);
+  }
+  s->heap[s->nheap++] = t;
+  heap_up(s, s->nheap - 1);
+  return t;
+}
+
+void lr_timer_cancel(lr_server *s, uint64_t id) {
+  for (uint32_t i = 0; i < s->nheap; i++) {
+    if (s->heap[i]->seq == id) {
+      s->heap[i]->cancelled = true;
+      return;
+    }
+  }
+}
+
+static lr_timer *heap_pop(lr_server *s) {
+  lr_timer *t = s->heap[0];
+  s->heap[0] = s->heap[--s->nheap];
+  if (s->nheap) heap_down(s, 0);
+  return t;
+}
+
+static void fire(lr_server *s, lr_timer *t) {
+  lr_room *r = t->room;
+  if (t->cancelled || (r && r->disposed)) return;
+  switch (t->kind) {
+  case LR_T_SYNC:
+    r->sync_timer = false;
+    if (r->auto_sync && lr_state_dirty(r->root, LR_CH_SYNC)) {
+      lr_room_flush_sync(r, false);
+      r->sync_window_end = lr_now(s) + r->throttle_sync;
+    }
+    break;
+  case LR_T_STORE:
+    r->store_timer = false;
+    if (lr_room_flush_storage(r) != 0 && !r->store_timer) {
+      r->store_timer = true;
+      lr_timer_add(s, r->store_retry_ms, LR_T_STORE, r, LUA_NOREF);
+    }
+    break;
+  case LR_T_LUA: {
+    lua_State *L = s->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+    lr_callinfo ci = {.room = r ? r->key : NULL, .what = "timer", .budget = r ? r->budget : 0};
+    lr_vm_pcall(L, 0, 0, &ci);
+    break;
+  }
+  }
+}
+
+static void run_due(lr_server *s, int64_t now) {
+  while (s->nheap && s->heap[0]->when <= now) {
+    lr_timer *t = heap_pop(s);
+    fire(s, t);
+    timer_free(s, t);
+    lr_server_flush_touched(s);
+  }
+}
+
+int64_t lr_server_next_timeout(lr_server *s) {
+  while (s->nheap && s->heap[0]->cancelled)
+    timer_free(s, heap_pop(s));
+  if (!s->nheap) return -1;
+  int64_t d = s->heap[0]->when - lr_now(s);
+  return d < 0 ? 0 : d;
+}
+
+static void deliver_pending_closes(lr_server *s);
+
+void lr_server_tick(lr_server *s) {
+  if (s->in_tick) return;
+  s->in_tick = true;
+  if (!s->virtual_clock) run_due(s, lr_now(s));
+  lr_server_flush_touched(s);
+  deliver_pending_closes(s);
+  s->in_tick = false;
+}
+
+void lr_server_advance(lr_server *s, int64_t ms) {
+  int64_t target = s->vnow + (ms > 0 ? ms : 0);
+  while (s->nheap && s->heap[0]->when <= target) {
+    if (s->heap[0]->when > s->vnow) s->vnow = s->heap[0]->when;
+    run_due(s, s->vnow);
+  }
+  s->vnow = target;
+  lr_server_flush_touched(s);
+  deliver_pending_closes(s);
+}
+
+/* ------------------------------------------------------------------ rooms */
+
+static uint32_t hash_str(const char *k) {
+  uint32_t h = 2166136261u;
+  for (; *k; k++)
+    h = (h ^ (unsigned char)*k) * 16777619u;
+  return h;
+}
+
+static char *room_key(const char *ns, const char *id) {
+  size_t a = strlen(ns), b = strlen(id);
+  char *k = lr_xmalloc(a + b + 2);
+  memcpy(k, ns, a);
+  k[a] = '/';
+  memcpy(k + a + 1, id, b + 1);
+  return k;
+}
+
+lr_room *lr_room_find(lr_server *s, const char *ns, const char *id) {
+  char *k = room_key(ns, id);
+  lr_room *r = s->rooms[hash_str(k) % s->nbuckets];
+  while (r && strcmp(r->key, k) != 0)
+    r = r->hash_next;
+  free(k);
+  return r;
+}
+
+static void rehash(lr_server *s) {
+  uint32_t nb = s->nbuckets * 2;
+  lr_room **b = lr_xcalloc(nb, sizeof *b);
+  for (uint32_t i = 0; i < s->nbuckets; i++) {
+    lr_room *r = s->rooms[i];
+    while (r) {
+      lr_room *next = r->hash_next;
+      uint32_t h = hash_str(r->key) % nb;
+      r->hash_next = b[h];
+      b[h] = r;
+      r = next;
+    }
+  }
+  free(s->rooms);
+  s->rooms = b;
+  s->nbuckets = nb;
+}
+
+lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
+  lr_room *r = lr_xcalloc(1, sizeof *r);
+  r->srv = s;
+  r->ns = lr_xstrndup(ns, strlen(ns));
+  r->id = lr_xstrndup(id, strlen(id));
+  r->key = room_key(ns, id);
+  r->refs = 1; /* the server's hash holds this one */
+  r->root = lr_node_new(LR_OBJECT);
+  r->ref = LUA_NOREF;
+  r->auto_sync = true;
+  r->store_retry_ms = 1000;
+  if (s->nrooms + 1 > s->nbuckets * 2) rehash(s);
+  uint32_t h = hash_str(r->key) % s->nbuckets;
+  r->hash_next = s->rooms[h];
+  s->rooms[h] = r;
+  s->nrooms++;
+  return r;
+}
+
+void lr_room_release(lr_room *r) {
+  if (--r->refs) return;
+  if (r->box) *r->box = NULL;
+  lr_node_release(r->root);
+  free(r->conns);
+  free(r->ns);
+  free(r->id);
+  free(r->key);
+  free(r);
+}
+
+static void unlink_room(lr_room *r) {
+  lr_server *s = r->srv;
+  lr_room **pp = &s->rooms[hash_str(r->key) % s->nbuckets];
+  while (*pp && *pp != r)
+    pp = &(*pp)->hash_next;
+  if (*pp) {
+    *pp = r->hash_next;
+    s->nrooms--;
+  }
+  for (lr_room **t = &s->touched; *t; t = &(*t)->touched_next) {
+    if (*t == r) {
+      *t = r->touched_next;
+      r->touched = false;
+      break;
+    }
+  }
+}
+
+/* Remove the room from its server: flush storage, close its sockets (1001),
+ * drop the Lua instance. Proxies that still point into its tree keep the
+ * nodes alive but writes to them no longer reach anybody. */
+void lr_room_dispose(lr_room *r) {
+  if (r->disposed) return;
+  lr_server *s = r->srv;
+  lr_room_retain(r);
+  if (lr_state_dirty(r->root, LR_CH_PERSIST)) lr_room_flush_storage(r);
+  r->disposed = true;
+  unlink_room(r);
+  while (r->nconns) {
+    lr_conn *c = r->conns[r->nconns - 1];
+    r->nconns--;
+    c->in_room_list = false;
+    if (c->phase != LR_C_GONE) lr_conn_close(c, 1001, "room disposed");
+  }
+  if (r->ref != LUA_NOREF) {
+    luaL_unref(s->L, LUA_REGISTRYINDEX, r->ref);
+    r->ref = LUA_NOREF;
+  }
+  if (s->ref != LUA_NOREF && !s->shutting_down) {
+    lua_pushstring(s->L, r->key);
+    lr_runtime_call(s, NULL, "forget_room", "dispose", 1, 0, NULL, 0);
+  }
+  lr_info("room %s disposed", r->key);
+  r->refs--; /* the hash's reference (ours, taken above, keeps r alive) */
+  lr_room_release(r);
+}
+
+void lr_room_touch(lr_room *r) {
+  if (r->touched || r->disposed) return;
+  r->touched = true;
+  r->touched_next = r->srv->touched;
+  r->srv->touched = r;
+}
+
+static void schedule_storage(lr_room *r) {
+  lr_server *s = r->srv;
+  if (!lr_state_dirty(r->root, LR_CH_PERSIST) || r->store_timer) return;
+  if (r->throttle_storage <= 0 || s->shutting_down) {
+    if (lr_room_flush_storage(r) != 0) {
+      r->store_timer = true;
+      lr_timer_add(s, r->store_retry_ms, LR_T_STORE, r, LUA_NOREF);
+    }
+    return;
+  }
+  r->store_timer = true;
+  lr_timer_add(s, r->throttle_storage, LR_T_STORE, r, LUA_NOREF);
+}
+
+static void schedule_sync(lr_room *r) {
+  lr_server *s = r->srv;
+  if (!r->auto_sync || !lr_state_dirty(r->root, LR_CH_SYNC)) return;
+  if (r->throttle_sync <= 0) {
+    lr_room_flush_sync(r, false);
+    return;
+  }
+  int64_t now = lr_now(s);
+  if (now >= r->sync_window_end && !r->sync_timer) {
+    /* Leading edge: send now and open a window. */
+    lr_room_flush_sync(r, false);
+    r->sync_window_end = now + r->throttle_sync;
+    return;
+  }
+  if (!r->sync_timer) {
+    r->sync_timer = true;
+    lr_timer_add(s, r->sync_window_end - now, LR_T_SYNC, r, LUA_NOREF);
+  }
+}
+
+void lr_server_flush_touched(lr_server *s) {
+  while (s->touched) {
+    lr_room *r = s->touched;
+    s->touched = r->touched_next;
+    r->touched = false;
+    lr_room_retain(r);
+    schedule_sync(r);
+    schedule_storage(r);
+    lr_room_release(r);
+  }
+}
+
+/* ------------------------------------------------------------ sending */
+
+static void conn_send_raw(lr_conn *c, lr_msg *m) {
+  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  if (c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "outgoing queue full");
+}
+
+/* Send an already-encoded packet to c, through the room's interceptor when it
+ * has one (the only per-connection Lua work on the send path). */
+void lr_conn_send_msg(lr_conn *c, lr_msg *m, const char *json, size_t len) {
+  lr_room *r = c->room;
+  if (!r || !r->has_interceptor) {
+    lr_msg *own = m ? m : lr_msg_new(json, len);
+    conn_send_raw(c, own);
+    if (!m) lr_msg_release(own);
+    return;
+  }
+  lua_State *L = c->srv->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+  lr_lua_push_conn(L, c);
+  if (m)
+    lua_pushlstring(L, lr_msg_payload(m), m->len);
+  else
+    lua_pushlstring(L, json, len);
+  char err[256];
+  if (lr_runtime_call(c->srv, r, "intercept", "interceptorPacket", 3, 1, err, sizeof err) != 0) {
+    lua_settop(L, top);
+    return; /* a failing interceptor drops the packet (logged) */
+  }
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    if (m && n == m->len && memcmp(s, lr_msg_payload(m), n) == 0) {
+      conn_send_raw(c, m);
+    } else {
+      lr_msg *own = lr_msg_new(s, n);
+      conn_send_raw(c, own);
+      lr_msg_release(own);
+    }
+  }
+  lua_settop(L, top);
+}
+
+void lr_conn_send_value(lr_conn *c, const lr_node *v) {
+  lr_buf b;
+  lr_buf_init(&b);
+  lr_json_encode(v, 0, &b);
+  lr_conn_send_msg(c, NULL, b.data, b.len);
+  lr_buf_free(&b);
+}
+
+static bool excluded(const lr_conn *c, const char *const *except, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(c->id, except[i]) == 0) return true;
+  return false;
+}
+
+void lr_room_broadcast(lr_room *r, const lr_node *v, const char *const *except, size_t nexcept) {
+  lr_buf b;
+  lr_buf_init(&b);
+  lr_json_encode(v, 0, &b);
+  lr_msg *m = lr_msg_new(b.data, b.len);
+  lr_buf_free(&b);
+  lr_room_retain(r);
+  for (uint32_t i = 0; i < r->nconns; i++) {
+    lr_conn *c = r->conns[i];
+    if (!c->parked && !excluded(c, except, nexcept)) lr_conn_send_msg(c, m, NULL, 0);
+  }
+  lr_room_release(r);
+  lr_msg_release(m);
+}
+
+/* Full-state packet for one connection: {"type":"sync","value":{"pId":..,...}}. */
+static void encode_snapshot(lr_room *r, const char *public_id, lr_buf *out) {
+  lr_buf st;
+  lr_buf_init(&st);
+  lr_json_encode(r->root, LR_F_NOSYNC, &st);
+  lr_buf_puts(out, "{\"type\":\"sync\",\"value\":{");
+  if (public_id) {
+    lr_buf_puts(out, "\"pId\":");
+    lr_json_put_string(out, public_id, strlen(public_id));
+    if (st.len > 2) lr_buf_putc(out, ',');
+  }
+  if (st.len > 2)
+    lr_buf_put(out, st.data + 1, st.len - 1);
+  else
+    lr_buf_putc(out, '}');
+  lr_buf_putc(out, '}');
+  lr_buf_free(&st);
+}
+
+static const char *conn_public_id(lr_conn *c, char *buf, size_t n) {
+  lua_State *L = c->srv->L;
+  lr_lua_push_conn(L, c);
+  const char *res = NULL;
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "state");
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, "publicId");
+      if (lua_type(L, -1) == LUA_TSTRING) {
+        snprintf(buf, n, "%s", lua_tostring(L, -1));
+        res = buf;
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return res;
+}
+
+void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
+  bool dirty = lr_state_dirty(r->root, LR_CH_SYNC);
+  bool parked = false;
+  for (uint32_t i = 0; i < r->nconns; i++)
+    parked |= r->conns[i]->parked;
+  if (!dirty && !full_if_clean && !parked) return;
+  lr_room_retain(r);
+  lr_msg *m = NULL;
+  lr_buf b;
+  lr_buf_init(&b);
+  if (dirty) {
+    lr_buf_puts(&b, "{\"type\":\"sync\",\"value\":");
+    lr_json_encode_patch(r->root, LR_CH_SYNC, &b);
+    lr_buf_putc(&b, '}');
+    lr_state_clear_dirty(r->root, LR_CH_SYNC);
+  } else if (full_if_clean) {
+    encode_snapshot(r, NULL, &b);
+  }
+  if (b.len) m = lr_msg_new(b.data, b.len);
+  for (uint32_t i = 0; i < r->nconns; i++) {
+    lr_conn *c = r->conns[i];
+    if (c->parked) {
+      char pid[64];
+      lr_buf snap;
+      lr_buf_init(&snap);
+      encode_snapshot(r, conn_public_id(c, pid, sizeof pid), &snap);
+      c->parked = false;
+      lr_conn_send_msg(c, NULL, snap.data, snap.len);
+      lr_buf_free(&snap);
+    } else if (m) {
+      lr_conn_send_msg(c, m, NULL, 0);
+    }
+  }
+  lr_msg_release(m);
+  lr_buf_free(&b);
+  lr_room_release(r);
+}
+
+/* ------------------------------------------------------------ storage */
+
+typedef struct {
+  lr_store_op *ops;
+  size_t n, cap;
+  lr_buf keys;  /* all keys and values, NUL-separated; ops point into it */
+  size_t *offs; /* (keyoff, valoff) pairs, fixed up before apply */
+} opsbuf;
+
+static void ops_push(opsbuf *o, lr_store_op_kind kind, const char *k1, const char *k2, size_t k2len,
+                     const char *val, size_t vallen) {
+  if (o->n == o->cap) {
+    o->cap = o->cap ? o->cap * 2 : 16;
+    o->ops = lr_xrealloc(o->ops, o->cap * sizeof *o->ops);
+    o->offs = lr_xrealloc(o->offs, o->cap * 2 * sizeof *o->offs);
+  }
+  size_t koff = o->keys.len;
+  lr_buf_puts(&o->keys, k1);
+  lr_buf_put(&o->keys, k2, k2len);
+  size_t klen = o->keys.len - koff;
+  lr_buf_putc(&o->keys, 0);
+  size_t voff = o->keys.len;
+  if (val) {
+    lr_buf_put(&o->keys, val, vallen);
+    lr_buf_putc(&o->keys, 0);
+  }
+  o->ops[o->n] = (lr_store_op){kind, NULL, klen, NULL, vallen};
+  o->offs[2 * o->n] = koff;
+  o->offs[2 * o->n + 1] = val ? voff : (size_t)-1;
+  o->n++;
+}
+
+static void on_put(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen) {
+  opsbuf *o = ud;
+  if (pathlen == 0) { /* the whole state: compacted form */
+    ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
+    ops_push(o, LR_STORE_PUT, "state:", ".", 1, json, jsonlen);
+    return;
+  }
+  /* A value replaces everything stored below its path. */
+  lr_buf tmp;
+  lr_buf_init(&tmp);
+  lr_buf_put(&tmp, path, pathlen);
+  lr_buf_putc(&tmp, '.');
+  ops_push(o, LR_STORE_DEL_PREFIX, "state:", tmp.data, tmp.len, NULL, 0);
+  lr_buf_free(&tmp);
+  ops_push(o, LR_STORE_PUT, "state:", path, pathlen, json, jsonlen);
+}
+
+static void on_del(void *ud, const char *path, size_t pathlen) {
+  (void)ud;
+  (void)path;
+  (void)pathlen; /* deletions compact the whole state (below) */
+}
+
+int lr_room_flush_storage(lr_room *r) {
+  lr_server *s = r->srv;
+  if (!lr_state_dirty(r->root, LR_CH_PERSIST)) return 0;
+  if (!s->store) {
+    lr_state_clear_dirty(r->root, LR_CH_PERSIST);
+    return 0;
+  }
+  opsbuf o = {0};
+  lr_buf_init(&o.keys);
+  if (lr_state_has_dels(r->root, LR_CH_PERSIST)) {
+    /* Compaction, as the reference does after a delete: every state: key
+     * goes, the whole persisted state is written at state:. */
+    lr_buf full;
+    lr_buf_init(&full);
+    lr_json_encode(r->root, LR_F_NOPERSIST, &full);
+    ops_push(&o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
+    ops_push(&o, LR_STORE_PUT, "state:", ".", 1, full.data, full.len);
+    lr_buf_free(&full);
+  } else {
+    lr_persist_ops cb = {&o, on_put, on_del};
+    lr_json_walk_persist(r->root, &cb);
+  }
+  for (size_t i = 0; i < o.n; i++) {
+    o.ops[i].key = o.keys.data + o.offs[2 * i];
+    o.ops[i].val = o.offs[2 * i + 1] == (size_t)-1 ? NULL : o.keys.data + o.offs[2 * i + 1];
+  }
+  char err[256] = "";
+  int rc = o.n ? lr_store_apply(s->store, r->ns, r->id, o.ops, o.n, err, sizeof err) : 0;
+  if (rc == 0) {
+    lr_state_clear_dirty(r->root, LR_CH_PERSIST);
+    r->store_retry_ms = 1000;
+  } else {
+    lr_error("room %s: storage write of %zu ops failed (%s); kept pending, retry in %lld ms",
+             r->key, o.n, err, (long long)r->store_retry_ms);
+    if (r->store_retry_ms < 30000) r->store_retry_ms *= 2;
+  }
+  free(o.ops);
+  free(o.offs);
+  lr_buf_free(&o.keys);
+  return rc;
+}
+
+/* ------------------------------------------------------------ connections */
+
+void lr_conn_retain(lr_conn *c) {
+  c->refs++;
+}
+
+void lr_conn_release(lr_conn *c) {
+  if (--c->refs) return;
+  if (c->box) *c->box = NULL;
+  if (c->ref != LUA_NOREF) luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
+  if (c->room) lr_room_release(c->room);
+  lr_buf_free(&c->early);
+  free(c->early_len);
+  free(c);
+}
+
+void *lr_conn_transport(lr_conn *c) {
+  return c->tp;
+}
+
+static void remove_from_room(lr_conn *c) {
+  lr_room *r = c->room;
+  if (!r || !c->in_room_list) return;
+  for (uint32_t i = 0; i < r->nconns; i++) {
+    if (r->conns[i] == c) {
+      memmove(&r->conns[i], &r->conns[i + 1], (r->nconns - i - 1) * sizeof *r->conns);
+      r->nconns--;
+      break;
+    }
+  }
+  c->in_room_list = false;
+}
+
+void lr_conn_close(lr_conn *c, int code, const char *reason) {
+  if (c->phase == LR_C_CLOSING || c->phase == LR_C_GONE) return;
+  c->phase = LR_C_CLOSING;
+  lr_info("conn %s room %s: closing (%d %s)", c->id, c->room ? c->room->key : "-", code,
+          reason ? reason : "");
+  c->vt->close(c, code, reason ? reason : "");
+}
+
+void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
+  if (c->phase != LR_C_JOINING) return;
+  /* Changes made while this client joined reach the others first (it gets
+   * them in its snapshot), as in the reference's join order. */
+  if (r->auto_sync && r->throttle_sync <= 0) lr_room_flush_sync(r, false);
+  if (r->auto_sync) {
+    lr_buf b;
+    lr_buf_init(&b);
+    encode_snapshot(r, public_id, &b);
+    lr_conn_send_msg(c, NULL, b.data, b.len);
+    lr_buf_free(&b);
+  } else {
+    c->parked = true;
+  }
+  if (r->nconns == r->capconns) {
+    r->capconns = r->capconns ? r->capconns * 2 : 8;
+    r->conns = lr_xrealloc(r->conns, r->capconns * sizeof *r->conns);
+  }
+  r->conns[r->nconns++] = c;
+  c->in_room_list = true;
+  c->phase = LR_C_JOINED;
+}
+
+/* ------------------------------------------------------------ runtime glue */
+
+int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what, int nargs,
+                    int nres, char *err, size_t errlen) {
+  lua_State *L = s->L;
+  lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.runtime");
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
+  lua_rotate(L, -(nargs + 2), 2); /* fn, srv, args... */
+  lr_callinfo ci = {.room = r ? r->key : NULL, .what = what, .budget = r ? r->budget : 0};
+  bool was_dirty[LR_NCH] = {false, false};
+  if (r) {
+    lr_room_retain(r);
+    for (int ch = 0; ch < LR_NCH; ch++)
+      was_dirty[ch] = lr_state_dirty(r->root, ch);
+  }
+  int rc = lr_vm_pcall(L, nargs + 1, nres, &ci);
+  if (rc && r) {
+    /* The failed call was rolled back. If nothing was pending before it, the
+     * marks the rollback left describe no change: drop them, so a failed
+     * handler sends nothing and writes nothing. */
+    for (int ch = 0; ch < LR_NCH; ch++)
+      if (!was_dirty[ch]) lr_state_clear_dirty(r->root, ch);
+  }
+  if (r) lr_room_release(r);
+  if (rc && err)
+    snprintf(err, errlen, "%s", ci.budget_hit ? "instruction budget exceeded" : ci.err);
+  return rc;
+}
+
+static void send_error(lr_conn *c, const char *code, const char *action, const char *message) {
+  lr_buf b;
+  lr_buf_init(&b);
+  lr_buf_puts(&b, "{\"type\":\"error\",\"value\":{\"code\":");
+  lr_json_put_string(&b, code, strlen(code));
+  if (action) {
+    lr_buf_puts(&b, ",\"action\":");
+    lr_json_put_string(&b, action, strlen(action));
+  }
+  lr_buf_puts(&b, ",\"message\":");
+  lr_json_put_string(&b, message, strlen(message));
+  lr_buf_puts(&b, "}}");
+  lr_msg *m = lr_msg_new(b.data, b.len);
+  conn_send_raw(c, m); /* errors bypass the interceptor: they are ours */
+  lr_msg_release(m);
+  lr_buf_free(&b);
+}
+
+/* Split "/parties/{ns}/{room}[/rest]" (percent-decoding ns and room). */
+static int parse_party_path(const lr_server *s, const char *path, char *ns, size_t nsz, char *id,
+                            size_t idsz, const char **rest) {
+  size_t pl = strlen(s->parties_prefix);
+  if (strncmp(path, s->parties_prefix, pl) != 0 || path[pl] != '/') return -1;
+  const char *p = path + pl + 1;
+  char *outs[2] = {ns, id};
+  size_t sz[2] = {nsz, idsz};
+  for (int part = 0; part < 2; part++) {
+    size_t j = 0;
+    while (*p && *p != '/') {
+      int ch = (unsigned char)*p;
+      if (ch == '%' && p[1] && p[2]) {
+        char hex[3] = {p[1], p[2], 0};
+        char *end;
+        long v = strtol(hex, &end, 16);
+        if (*end || v == 0) return -1;
+        ch = (int)v;
+        p += 3;
+      } else {
+        p++;
+      }
+      if (j + 1 >= sz[part]) return -1;
+      outs[part][j++] = (char)ch;
+    }
+    outs[part][j] = 0;
+    if (j == 0) return -1;
+    if (part == 0) {
+      if (*p != '/') return -1;
+      p++;
+    }
+  }
+  if (rest) *rest = p;
+  return 0;
+}
+
+/* Find or create the room for ns/id. NULL if no definition matches. */
+static lr_room *get_room(lr_server *s, const char *ns, const char *id) {
+  lr_room *r = lr_room_find(s, ns, id);
+  if (r || s->shutting_down) return r;
+  lua_State *L = s->L;
+  lua_pushstring(L, ns);
+  lua_pushstring(L, id);
+  char err[256];
+  if (lr_runtime_call(s, NULL, "create_room", "create room", 2, 0, err, sizeof err) != 0) {
+    lr_error("room %s/%s: could not be created: %s", ns, id, err);
+    r = lr_room_find(s, ns, id);
+    if (r) lr_room_dispose(r);
+    return NULL;
+  }
+  lr_server_flush_touched(s);
+  return lr_room_find(s, ns, id);
+}
+
+/* Push the request as a Lua table {method, path, query, headers, url, ip}. */
+static void push_request(lua_State *L, const lr_request *req) {
+  lua_createtable(L, 0, 8);
+  lua_pushstring(L, req->method ? req->method : "GET");
+  lua_setfield(L, -2, "method");
+  lua_pushstring(L, req->path ? req->path : "/");
+  lua_setfield(L, -2, "path");
+  lua_pushstring(L, req->query ? req->query : "");
+  lua_setfield(L, -2, "query");
+  lua_createtable(L, 0, (int)req->nheaders);
+  for (size_t i = 0; i < req->nheaders; i++) {
+    lua_pushstring(L, req->headers[i].value ? req->headers[i].value : "");
+    lua_setfield(L, -2, req->headers[i].name);
+  }
+  lua_setfield(L, -2, "headers");
+  if (req->body) {
+    lua_pushlstring(L, req->body, req->bodylen);
+    lua_setfield(L, -2, "body");
+  }
+  lua_pushstring(L, req->remote_addr ? req->remote_addr : "");
+  lua_setfield(L, -2, "ip");
+}
+
+int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                      lr_conn **out) {
+  *out = NULL;
+  char ns[256], id[256];
+  const char *rest;
+  if (s->shutting_down) return 503;
+  if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
+    lr_warn("websocket refused: path %s is not /parties/{party}/{room}", req->path);
+    return 404;
+  }
+  lr_room *r = get_room(s, ns, id);
+  if (!r) {
+    lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
+    return 404;
+  }
+  lr_conn *c = lr_xcalloc(1, sizeof *c);
+  c->srv = s;
+  c->L = s->L;
+  c->room = lr_room_retain(r);
+  c->vt = vt;
+  c->tp = tp;
+  c->refs = 1; /* the transport's */
+  c->ref = LUA_NOREF;
+  lr_buf_init(&c->early);
+  lr_random_id(s, c->id, 10, "0123456789abcdefghijklmnopqrstuvwxyz");
+  *out = c;
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  lr_lua_new_conn(L, c, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+  lr_lua_push_conn(L, c);
+  push_request(L, req);
+  lr_info("conn %s room %s: open from %s", c->id, r->key,
+          req->remote_addr ? req->remote_addr : "-");
+  lr_conn_retain(c);
+  char err[256];
+  if (lr_runtime_call(s, r, "connect", "connect", 3, 0, err, sizeof err) != 0) {
+    lua_settop(L, top);
+    lr_conn_close(c, 1011, "connect failed");
+  }
+  lr_server_flush_touched(s);
+  /* Frames that arrived while the room handled the connect. */
+  if (c->phase == LR_C_JOINED && c->nearly) {
+    lr_buf early = c->early;
+    uint32_t *lens = c->early_len, n = c->nearly;
+    lr_buf_init(&c->early);
+    c->early_len = NULL;
+    c->nearly = c->capearly = 0;
+    size_t off = 0;
+    for (uint32_t i = 0; i < n && c->phase == LR_C_JOINED; i++) {
+      lr_conn_message(c, early.data + off, lens[i]);
+      off += lens[i];
+    }
+    lr_buf_free(&early);
+    free(lens);
+  }
+  lr_conn_release(c);
+  return 0;
+}
+
+void lr_conn_message(lr_conn *c, const char *data, size_t len) {
+  lr_server *s = c->srv;
+  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  if (c->phase == LR_C_JOINING) {
+    if (c->nearly >= MAX_EARLY_FRAMES) {
+      lr_conn_close(c, 4008, "too many frames before join");
+      return;
+    }
+    if (c->nearly == c->capearly) {
+      c->capearly = c->capearly ? c->capearly * 2 : 8;
+      c->early_len = lr_xrealloc(c->early_len, c->capearly * sizeof *c->early_len);
+    }
+    lr_buf_put(&c->early, data, len);
+    c->early_len[c->nearly++] = (uint32_t)len;
+    return;
+  }
+  char err[256];
+  lr_json_limits lim = LR_JSON_DEFAULT_LIMITS;
+  lr_node *pkt = lr_json_decode(data, len, &lim, err, sizeof err);
+  if (!pkt) {
+    lr_warn("conn %s room %s: rejected frame: %s", c->id, c->room->key, err);
+    send_error(c, "invalid_packet", NULL, err);
+    return;
+  }
+  lr_node *action = pkt->type == LR_OBJECT ? lr_obj_get(pkt, "action", 6) : NULL;
+  if (!action || action->type != LR_STRING) {
+    lr_warn("conn %s room %s: rejected packet without a string action", c->id, c->room->key);
+    send_error(c, "invalid_packet", NULL, "a packet is {\"action\": string, \"value\": any}");
+    lr_node_release(pkt);
+    return;
+  }
+  lr_node *value = lr_obj_get(pkt, "value", 5);
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  lr_room *r = lr_room_retain(c->room);
+  lr_conn_retain(c);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+  lr_lua_push_conn(L, c);
+  lua_pushlstring(L, action->u.str.s, action->u.str.len);
+  if (value)
+    lr_lua_push_copy(L, value);
+  else
+    lua_pushnil(L);
+  char what[160];
+  snprintf(what, sizeof what, "action %.120s", action->u.str.s);
+  if (lr_runtime_call(s, r, "message", what, 4, 2, err, sizeof err) != 0) {
+    send_error(c, "handler", action->u.str.s, err);
+  } else if (lua_type(L, -2) == LUA_TSTRING) {
+    const char *code = lua_tostring(L, -2);
+    const char *msg = lua_tostring(L, -1);
+    lr_info("conn %s room %s: action %s rejected (%s: %s)", c->id, r->key, action->u.str.s, code,
+            msg ? msg : "");
+    send_error(c, code, action->u.str.s, msg ? msg : code);
+  }
+  lua_settop(L, top);
+  lr_node_release(pkt);
+  lr_server_flush_touched(s);
+  lr_conn_release(c);
+  lr_room_release(r);
+}
+
+void lr_conn_closed(lr_conn *c) {
+  lr_server *s = c->srv;
+  if (c->phase == LR_C_GONE) return;
+  bool was_member = c->in_room_list || c->phase == LR_C_JOINING || c->phase == LR_C_CLOSING;
+  c->phase = LR_C_GONE;
+  remove_from_room(c); /* before onLeave: the reference's adapters do the same */
+  lr_room *r = c->room;
+  if (was_member && r && !r->disposed && !s->shutting_down) {
+    lua_State *L = s->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+    lr_lua_push_conn(L, c);
+    lr_runtime_call(s, r, "close", "close", 2, 0, NULL, 0);
+    lua_settop(L, top);
+    lr_server_flush_touched(s);
+  }
+  lr_info("conn %s room %s: closed", c->id, r ? r->key : "-");
+  lr_conn_release(c); /* the transport's reference */
+}
+
+static void deliver_pending_closes(lr_server *s) {
+  while (s->npending_close) {
+    lr_conn *c = s->pending_close[0];
+    memmove(s->pending_close, s->pending_close + 1, --s->npending_close * sizeof *s->pending_close);
+    lr_conn_closed(c);
+  }
+}
+
+/* ------------------------------------------------------------ HTTP */
+
+static const lr_header cors_headers[] = {
+    {"Access-Control-Allow-Origin", "*"},
+    {"Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS"},
+    {"Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With"},
+    {"Access-Control-Max-Age", "86400"},
+};
+
+static void respond_simple(lr_response_cb done, void *ud, int status, const char *body) {
+  lr_header h[5];
+  memcpy(h, cors_headers, sizeof cors_headers);
+  h[4] = (lr_header){"Content-Type", "application/json"};
+  lr_response resp = {status, h, 5, body, strlen(body)};
+  done(ud, &resp);
+}
+
+void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
+  char ns[256], id[256];
+  const char *rest;
+  if (strcmp(req->method, "OPTIONS") == 0) {
+    respond_simple(done, ud, 200, "{}");
+    return;
+  }
+  if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
+    lr_header h[1] = {{"Content-Type", "text/plain"}};
+    lr_response resp = {404, h, 1, "Not Found", 9};
+    done(ud, &resp);
+    return;
+  }
+  lr_room *r = get_room(s, ns, id);
+  if (!r) {
+    lr_warn("http %s %s: no room definition matches %s/%s", req->method, req->path, ns, id);
+    respond_simple(done, ud, 404, "{\"error\":\"Not found\"}");
+    return;
+  }
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  lr_room_retain(r);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+  push_request(L, req);
+  lua_pushstring(L, *rest ? rest : "/"); /* routed path, leading '/' */
+  char err[256];
+  if (lr_runtime_call(s, r, "request", "request", 3, 1, err, sizeof err) != 0 ||
+      !lua_istable(L, -1)) {
+    lua_settop(L, top);
+    respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
+  } else {
+    /* {status=, headers={{name,value},...}, body=string} */
+    lua_getfield(L, -1, "status");
+    int status = (int)luaL_optinteger(L, -1, 200);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "body");
+    size_t blen = 0;
+    const char *body = lua_tolstring(L, -1, &blen);
+    lua_getfield(L, -2, "headers");
+    size_t nh = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    lr_header *h = lr_xcalloc(nh + 1, sizeof *h);
+    size_t k = 0;
+    for (size_t i = 1; i <= nh; i++) {
+      lua_rawgeti(L, -1, (lua_Integer)i);
+      lua_rawgeti(L, -1, 1);
+      lua_rawgeti(L, -2, 2);
+      if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
+        h[k++] = (lr_header){lua_tostring(L, -2), lua_tostring(L, -1)};
+      lua_pop(L, 2); /* strings stay alive: the header table holds them */
+      lua_pop(L, 1);
+    }
+    lr_response resp = {status, h, k, body ? body : "", body ? blen : 0};
+    done(ud, &resp);
+    free(h);
+    lua_settop(L, top);
+  }
+  lr_server_flush_touched(s);
+  lr_room_release(r);
+}
+
+/* ------------------------------------------------------------ shutdown */
+
+void lr_server_shutdown(lr_server *s) {
+  if (s->shutting_down) return;
+  lr_info("shutting down: flushing rooms and closing connections");
+  s->shutting_down = true;
+  for (uint32_t b = 0; b < s->nbuckets; b++) {
+    for (lr_room *r = s->rooms[b]; r; r = r->hash_next) {
+      lr_room_retain(r);
+      if (r->auto_sync) lr_room_flush_sync(r, false);
+      lr_room_flush_storage(r);
+      for (uint32_t i = r->nconns; i-- > 0;)
+        lr_conn_close(r->conns[i], 1001, "server shutdown");
+      lr_room_release(r);
+    }
+  }
+}

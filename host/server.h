@@ -1,0 +1,102 @@
+/*
+ * server.h - the engine's face towards transports (net.c for real sockets,
+ * headless.c for specs): open/message/close of WebSocket connections, HTTP
+ * requests, and the clock/timer pass the event loop drives.
+ *
+ * Owns: the contract between a transport and the room engine.
+ * Must not: contain socket code (net.c) or room logic (room.c, runtime.lua).
+ *
+ * Threading: everything here runs on the one loop thread.
+ * Re-entrancy: the engine calls lr_transport_vt functions from inside the
+ * lr_* calls below (e.g. a message triggers a broadcast). Transport callbacks
+ * must only queue work (never call back into the engine synchronously).
+ */
+#ifndef LR_SERVER_H
+#define LR_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+typedef struct lr_server lr_server;
+typedef struct lr_conn lr_conn;
+
+/* What a transport implements for one connection. */
+typedef struct lr_transport_vt {
+  /* Queue m for sending: the transport takes a reference (lr_msg_retain) and
+   * releases it once written or dropped. Returns 0, or -1 if the connection
+   * is gone or over its outgoing byte limit (the transport then closes it). */
+  int (*send)(lr_conn *c, lr_msg *m);
+  /* Close after queued data with a WebSocket close code (1000, 1001, 4001,
+   * 4004, 4008, 4029, ...; 0 = no code) and a short reason. The transport
+   * later calls lr_conn_closed() exactly once. */
+  void (*close)(lr_conn *c, int code, const char *reason);
+} lr_transport_vt;
+
+/* A request as the transport saw it (WebSocket upgrade or HTTP). All strings
+ * are borrowed for the duration of the call; the engine copies what it keeps. */
+typedef struct lr_header {
+  const char *name; /* lower-case */
+  const char *value;
+} lr_header;
+
+typedef struct lr_request {
+  const char *method; /* "GET", "POST", ... */
+  const char *path;   /* URL path, still percent-encoded, e.g. /parties/main/game */
+  const char *query;  /* raw query string without '?', or "" */
+  const lr_header *headers;
+  size_t nheaders;
+  const char *body; /* HTTP only; may be NULL */
+  size_t bodylen;
+  const char *remote_addr; /* "127.0.0.1" */
+} lr_request;
+
+/* ---- WebSocket ---- */
+
+/* A client asks to open a WebSocket. On success returns 0 and *out is the
+ * engine's connection (the transport stores it and passes it back). On
+ * refusal before the socket is accepted (path outside /parties, unknown room
+ * or party) returns an HTTP status (404) and *out is NULL. Guard rejections,
+ * maxUsers etc. happen after acceptance, through vt->close(). */
+int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                      lr_conn **out);
+/* The transport's per-connection pointer given to lr_server_ws_open. */
+void *lr_conn_transport(lr_conn *c);
+/* One complete text (or binary, treated as UTF-8) message from the client. */
+void lr_conn_message(lr_conn *c, const char *data, size_t len);
+/* The socket is gone (either side closed). After this call the engine never
+ * calls the transport for c again; c is freed by the engine. */
+void lr_conn_closed(lr_conn *c);
+
+/* ---- HTTP ---- */
+
+typedef struct lr_response {
+  int status;
+  lr_header *headers; /* owned by the engine until done() returns */
+  size_t nheaders;
+  const char *body;
+  size_t bodylen;
+} lr_response;
+
+/* Handle an HTTP request. done is called exactly once, possibly before
+ * lr_server_http returns or later (a handler that awaits); r and everything
+ * in it are valid only during done. */
+typedef void (*lr_response_cb)(void *ud, const lr_response *r);
+void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud);
+
+/* ---- clock and timers (driven by the loop) ---- */
+
+/* Milliseconds until the next engine timer is due (0 = now), or -1 if none. */
+int64_t lr_server_next_timeout(lr_server *s);
+/* Run due timers and pending flushes. Call after each loop iteration. */
+void lr_server_tick(lr_server *s);
+
+/* ---- shutdown ---- */
+
+/* Flush pending syncs and storage writes, close every connection with code
+ * 1001, and stop creating rooms. Safe to call more than once. */
+void lr_server_shutdown(lr_server *s);
+
+#endif

@@ -1,0 +1,413 @@
+/*
+ * storage.c - the backend-neutral part of storage: the --storage spec parser
+ * and the checks every backend runs before it writes anything.
+ *
+ * Owns: lr_store_open_spec(), error formatting, UTF-8 validation, the
+ * allocation-free JSON grammar scanner used to validate PUT values and to
+ * find raw value spans in memory snapshots, and lr__store_check_ops().
+ * Must not: hold state, know about SQLite or the memory maps, build JSON
+ * trees, or know the key layout of rooms.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "storage.h"
+
+void lr__store_errf(char *err, size_t errlen, const char *fmt, ...) {
+  if (!err || errlen == 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+}
+
+/* ---- UTF-8 ---- */
+
+size_t lr__store_utf8_seq(const unsigned char *p, size_t n) {
+  if (n == 0) return 0;
+  unsigned c = p[0];
+  if (c < 0x80) return 1;
+  size_t len;
+  unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0; /* no overlongs */
+    if (c == 0xED) hi = 0x9F; /* no surrogates */
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90; /* no overlongs */
+    if (c == 0xF4) hi = 0x8F; /* <= U+10FFFF */
+  } else {
+    return 0;
+  }
+  if (n < len) return 0;
+  if (p[1] < lo || p[1] > hi) return 0;
+  for (size_t i = 2; i < len; i++)
+    if ((p[i] & 0xC0) != 0x80) return 0;
+  return len;
+}
+
+int lr__store_utf8_valid(const char *s, size_t n) {
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0;
+  while (i < n) {
+    if (p[i] < 0x80) {
+      i++;
+      continue;
+    }
+    size_t k = lr__store_utf8_seq(p + i, n - i);
+    if (!k) return 0;
+    i += k;
+  }
+  return 1;
+}
+
+/* ---- JSON grammar scanner ---- */
+
+static int is_ws(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+static int is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
+static int is_hex(char c) {
+  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static size_t skip_ws(const char *s, size_t len, size_t p) {
+  while (p < len && is_ws(s[p]))
+    p++;
+  return p;
+}
+
+/* s[*p] == '"'. Validates the string (escapes, raw UTF-8, no control
+ * characters) and leaves *p past the closing quote. Returns 0 or -1. */
+static int scan_string(const char *s, size_t len, size_t *p, const char **why) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t i = *p + 1;
+  for (;;) {
+    if (i >= len) {
+      *why = "unterminated string";
+      *p = i;
+      return -1;
+    }
+    unsigned char c = u[i];
+    if (c == '"') break;
+    if (c == '\\') {
+      if (i + 1 >= len) {
+        *why = "unterminated string";
+        *p = i + 1;
+        return -1;
+      }
+      char e = s[i + 1];
+      if (e == 'u') {
+        for (size_t k = 2; k < 6; k++) {
+          if (i + k >= len || !is_hex(s[i + k])) {
+            *why = "invalid \\u escape";
+            *p = i;
+            return -1;
+          }
+        }
+        i += 6;
+      } else if (e && strchr("\"\\/bfnrt", e)) {
+        i += 2;
+      } else {
+        *why = "invalid escape";
+        *p = i;
+        return -1;
+      }
+    } else if (c < 0x20) {
+      *why = "control character in string";
+      *p = i;
+      return -1;
+    } else if (c < 0x80) {
+      i++;
+    } else {
+      size_t k = lr__store_utf8_seq(u + i, len - i);
+      if (!k) {
+        *why = "invalid UTF-8";
+        *p = i;
+        return -1;
+      }
+      i += k;
+    }
+  }
+  *p = i + 1;
+  return 0;
+}
+
+/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int scan_number(const char *s, size_t len, size_t *p, const char **why) {
+  size_t i = *p;
+  if (i < len && s[i] == '-') i++;
+  if (i < len && s[i] == '0') {
+    i++;
+  } else if (i < len && is_digit(s[i])) {
+    while (i < len && is_digit(s[i]))
+      i++;
+  } else {
+    goto bad;
+  }
+  if (i < len && s[i] == '.') {
+    i++;
+    if (i >= len || !is_digit(s[i])) goto bad;
+    while (i < len && is_digit(s[i]))
+      i++;
+  }
+  if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    if (i < len && (s[i] == '+' || s[i] == '-')) i++;
+    if (i >= len || !is_digit(s[i])) goto bad;
+    while (i < len && is_digit(s[i]))
+      i++;
+  }
+  *p = i;
+  return 0;
+bad:
+  *why = "invalid number";
+  *p = i;
+  return -1;
+}
+
+enum { SC_VALUE, SC_KEY, SC_AFTER };
+
+int lr__store_json_scan(const char *s, size_t len, size_t *pos, char *err, size_t errlen) {
+  /* Open containers as '{' / '['; grows onto the heap past 64 levels. */
+  char small[64], *stack = small;
+  size_t depth = 0, cap = sizeof small;
+  size_t p = *pos;
+  const char *why = NULL;
+  int state = SC_VALUE;
+
+  for (;;) {
+    if (state == SC_VALUE) {
+      p = skip_ws(s, len, p);
+      if (p >= len) {
+        why = "unexpected end of input";
+        goto fail;
+      }
+      char c = s[p];
+      if (c == '{' || c == '[') {
+        size_t q = skip_ws(s, len, p + 1);
+        if (q < len && s[q] == (c == '{' ? '}' : ']')) {
+          p = q + 1;
+          state = SC_AFTER;
+          continue;
+        }
+        if (depth == cap) {
+          size_t ncap = cap * 2;
+          char *ns = lr_xmalloc(ncap);
+          memcpy(ns, stack, depth);
+          if (stack != small) free(stack);
+          stack = ns;
+          cap = ncap;
+        }
+        stack[depth++] = c;
+        p++;
+        state = c == '{' ? SC_KEY : SC_VALUE;
+        continue;
+      }
+      if (c == '"') {
+        if (scan_string(s, len, &p, &why)) goto fail;
+      } else if (c == '-' || is_digit(c)) {
+        if (scan_number(s, len, &p, &why)) goto fail;
+      } else {
+        static const char *const lits[] = {"true", "false", "null"};
+        size_t i;
+        for (i = 0; i < 3; i++) {
+          size_t l = strlen(lits[i]);
+          if (len - p >= l && memcmp(s + p, lits[i], l) == 0) {
+            p += l;
+            break;
+          }
+        }
+        if (i == 3) {
+          why = "unexpected character";
+          goto fail;
+        }
+      }
+      state = SC_AFTER;
+    } else if (state == SC_KEY) {
+      p = skip_ws(s, len, p);
+      if (p >= len || s[p] != '"') {
+        why = "expected a string key";
+        goto fail;
+      }
+      if (scan_string(s, len, &p, &why)) goto fail;
+      p = skip_ws(s, len, p);
+      if (p >= len || s[p] != ':') {
+        why = "expected ':'";
+        goto fail;
+      }
+      p++;
+      state = SC_VALUE;
+    } else { /* SC_AFTER */
+      if (depth == 0) break;
+      p = skip_ws(s, len, p);
+      char open = stack[depth - 1];
+      if (p < len && s[p] == ',') {
+        p++;
+        state = open == '{' ? SC_KEY : SC_VALUE;
+      } else if (p < len && s[p] == (open == '{' ? '}' : ']')) {
+        p++;
+        depth--;
+      } else {
+        why = open == '{' ? "expected ',' or '}'" : "expected ',' or ']'";
+        goto fail;
+      }
+    }
+  }
+  if (stack != small) free(stack);
+  *pos = p;
+  return 0;
+fail:
+  if (stack != small) free(stack);
+  lr__store_errf(err, errlen, "%s at offset %zu", why, p);
+  return -1;
+}
+
+/* ---- op validation ---- */
+
+static const char *kind_name(lr_store_op_kind k) {
+  switch (k) {
+  case LR_STORE_PUT:
+    return "PUT";
+  case LR_STORE_DEL:
+    return "DEL";
+  case LR_STORE_DEL_PREFIX:
+    return "DEL_PREFIX";
+  }
+  return "?";
+}
+
+/* Keys in messages: at most 48 bytes, non-printable bytes as '?'. */
+static void key_preview(const char *k, size_t n, char *out, size_t outlen) {
+  size_t j = 0;
+  for (size_t i = 0; i < n && j + 4 < outlen; i++) {
+    unsigned char c = (unsigned char)k[i];
+    if (i == 48) {
+      memcpy(out + j, "...", 3);
+      j += 3;
+      break;
+    }
+    out[j++] = (c >= 0x20 && c != 0x7F) ? (char)c : '?';
+  }
+  out[j] = '\0';
+}
+
+int lr__store_check_ops(const char *ns, const char *room, const lr_store_op *ops, size_t n,
+                        char *err, size_t errlen) {
+  if (!ns || !room) {
+    lr__store_errf(err, errlen, "storage: namespace and room id are required");
+    return LR_STORE_EARG;
+  }
+  if (!lr__store_utf8_valid(ns, strlen(ns)) || !lr__store_utf8_valid(room, strlen(room))) {
+    lr__store_errf(err, errlen, "storage: namespace or room id is not valid UTF-8");
+    return LR_STORE_EARG;
+  }
+  if (n && !ops) {
+    lr__store_errf(err, errlen, "storage: %zu ops given but ops is NULL", n);
+    return LR_STORE_EARG;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const lr_store_op *o = &ops[i];
+    char kp[64], why[96];
+    if (o->kind != LR_STORE_PUT && o->kind != LR_STORE_DEL && o->kind != LR_STORE_DEL_PREFIX) {
+      lr__store_errf(err, errlen, "storage: op %zu has unknown kind %d", i, (int)o->kind);
+      return LR_STORE_EARG;
+    }
+    if (!o->key && o->keylen) {
+      lr__store_errf(err, errlen, "storage: op %zu (%s) has a NULL key", i, kind_name(o->kind));
+      return LR_STORE_EARG;
+    }
+    const char *key = o->key ? o->key : "";
+    key_preview(key, o->keylen, kp, sizeof kp);
+    if (memchr(key, '\0', o->keylen) || !lr__store_utf8_valid(key, o->keylen)) {
+      lr__store_errf(err, errlen, "storage: op %zu (%s \"%s\"): key is not valid UTF-8 text", i,
+                     kind_name(o->kind), kp);
+      return LR_STORE_EARG;
+    }
+    if (o->kind != LR_STORE_PUT) continue;
+    if (!o->val) {
+      lr__store_errf(err, errlen, "storage: op %zu (PUT \"%s\"): value is NULL", i, kp);
+      return LR_STORE_EARG;
+    }
+    size_t p = 0;
+    if (lr__store_json_scan(o->val, o->vallen, &p, why, sizeof why) == 0) {
+      p = skip_ws(o->val, o->vallen, p);
+      if (p == o->vallen) continue;
+      snprintf(why, sizeof why, "trailing characters at offset %zu", p);
+    }
+    lr__store_errf(err, errlen, "storage: op %zu (PUT \"%s\"): value is not valid JSON: %s", i, kp,
+                   why);
+    return LR_STORE_EARG;
+  }
+  return 0;
+}
+
+/* ---- files ---- */
+
+int lr__store_mkdir_parent(const char *path, char *err, size_t errlen) {
+  const char *slash = strrchr(path, '/');
+  if (!slash || slash == path) return 0; /* relative to cwd, or in "/" */
+  char *dir = lr_xstrndup(path, (size_t)(slash - path));
+  int rc = 0;
+  for (char *p = dir + 1;; p++) {
+    if (*p != '/' && *p != '\0') continue;
+    char saved = *p;
+    *p = '\0';
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+      if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+        lr__store_errf(err, errlen, "storage: cannot create directory %s: %s", dir,
+                       strerror(errno));
+        rc = LR_STORE_EIO;
+        break;
+      }
+    } else if (!S_ISDIR(st.st_mode)) {
+      lr__store_errf(err, errlen, "storage: %s exists and is not a directory", dir);
+      rc = LR_STORE_EIO;
+      break;
+    }
+    *p = saved;
+    if (!saved) break;
+  }
+  free(dir);
+  return rc;
+}
+
+/* ---- spec ---- */
+
+lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
+  if (!spec) {
+    lr__store_errf(err, errlen, "storage: no storage spec given");
+    return NULL;
+  }
+  if (strcmp(spec, "memory") == 0) return lr_store_memory_open(NULL, err, errlen);
+  const char *path = NULL;
+  int sqlite = 0;
+  if (strncmp(spec, "memory:", 7) == 0) {
+    path = spec + 7;
+  } else if (strncmp(spec, "sqlite:", 7) == 0) {
+    path = spec + 7;
+    sqlite = 1;
+  } else {
+    lr__store_errf(err, errlen,
+                   "unknown storage spec '%s' (expected memory, memory:SNAPSHOT or sqlite:PATH)",
+                   spec);
+    return NULL;
+  }
+  if (!*path) {
+    lr__store_errf(err, errlen, "storage spec '%s' has an empty path", spec);
+    return NULL;
+  }
+  if (!sqlite) return lr_store_memory_open(path, err, errlen);
+  lr_sqlite_opts o = {.path = path};
+  return lr_store_sqlite_open(&o, err, errlen);
+}

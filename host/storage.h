@@ -1,0 +1,144 @@
+/*
+ * storage.h - the storage interface rooms persist through, and its backends.
+ *
+ * Owns: the backend-neutral API (get / list / atomic batch of puts and
+ * deletes, per namespace and room id). Values are JSON text, exactly what
+ * @signe/room stores (protocol.md §9.3), so a database written by either
+ * side opens in the other.
+ * Must not: know the key layout of rooms (state:, session:, ...; that is
+ * room logic), encode JSON, or call Lua.
+ *
+ * Errors: functions return 0 on success, LR_STORE_NOTFOUND (get only), or a
+ * negative LR_STORE_E* code with a human-readable message in err (err may be
+ * NULL or errlen 0). A failed lr_store_apply() changes nothing (all or
+ * nothing).
+ *
+ * Validation (both backends, before anything is written): ns and room must
+ * be non-NULL valid UTF-8; every op key valid UTF-8 without NUL bytes; every
+ * PUT value non-NULL, valid UTF-8 and exactly one JSON value (RFC 8259
+ * grammar, surrounding whitespace allowed). Anything else is LR_STORE_EARG
+ * naming the op. This keeps every row JSON.parse-able by the reference and
+ * every memory snapshot valid JSON.
+ *
+ * Reentrancy: a list callback may call get and list on the same store, but
+ * lr_store_apply() from inside a list callback is refused (LR_STORE_EARG).
+ * A callback must return normally (never longjmp, e.g. lua_error, out of it).
+ * A store is used by one thread at a time.
+ */
+#ifndef LR_STORAGE_H
+#define LR_STORAGE_H
+
+#include <stddef.h>
+
+#include "buf.h"
+
+#define LR_STORE_NOTFOUND 1
+#define LR_STORE_EIO (-1)   /* backend failure (disk full, corrupt file, ...) */
+#define LR_STORE_EBUSY (-2) /* locked past the busy timeout */
+#define LR_STORE_EARG (-3)  /* bad arguments (e.g. invalid table name) */
+
+typedef enum lr_store_op_kind {
+  LR_STORE_PUT = 1,        /* key = val */
+  LR_STORE_DEL = 2,        /* delete key */
+  LR_STORE_DEL_PREFIX = 3, /* delete every key that starts with key (bytewise) */
+} lr_store_op_kind;
+
+typedef struct lr_store_op {
+  lr_store_op_kind kind;
+  const char *key;
+  size_t keylen;
+  const char *val; /* PUT only: JSON text */
+  size_t vallen;
+} lr_store_op;
+
+/* list callback: key/val are only valid during the call; return non-zero to stop. */
+typedef int (*lr_store_list_cb)(void *ud, const char *key, size_t keylen, const char *val,
+                                size_t vallen);
+
+typedef struct lr_store lr_store;
+typedef struct lr_store_vt {
+  const char *name; /* "sqlite", "memory" */
+  /* out is reset, then receives the stored JSON text (NUL-terminated). */
+  int (*get)(lr_store *s, const char *ns, const char *room, const char *key, lr_buf *out, char *err,
+             size_t errlen);
+  /* Keys starting with prefix ("" = all), ascending bytewise order. */
+  int (*list)(lr_store *s, const char *ns, const char *room, const char *prefix,
+              lr_store_list_cb cb, void *ud, char *err, size_t errlen);
+  /* Apply ops in order, atomically (one transaction). */
+  int (*apply)(lr_store *s, const char *ns, const char *room, const lr_store_op *ops, size_t n,
+               char *err, size_t errlen);
+  /* Number of stored keys for (ns, room); for every room of ns when room is
+   * NULL; for the whole store when ns is NULL too. -1 on backend failure. */
+  long (*count)(lr_store *s, const char *ns, const char *room);
+  void (*close)(lr_store *s); /* frees s */
+} lr_store_vt;
+
+struct lr_store {
+  const lr_store_vt *vt;
+};
+
+static inline int lr_store_get(lr_store *s, const char *ns, const char *room, const char *key,
+                               lr_buf *out, char *err, size_t errlen) {
+  return s->vt->get(s, ns, room, key, out, err, errlen);
+}
+static inline int lr_store_list(lr_store *s, const char *ns, const char *room, const char *prefix,
+                                lr_store_list_cb cb, void *ud, char *err, size_t errlen) {
+  return s->vt->list(s, ns, room, prefix, cb, ud, err, errlen);
+}
+static inline int lr_store_apply(lr_store *s, const char *ns, const char *room,
+                                 const lr_store_op *ops, size_t n, char *err, size_t errlen) {
+  return s->vt->apply(s, ns, room, ops, n, err, errlen);
+}
+static inline long lr_store_count(lr_store *s, const char *ns, const char *room) {
+  return s->vt->count(s, ns, room);
+}
+static inline void lr_store_close(lr_store *s) {
+  if (s) s->vt->close(s);
+}
+
+/* In-memory backend. snapshot_path may be NULL; when set and the file
+ * exists it is loaded at open (format below), and lr_store_memory_save()
+ * writes it. Snapshot format (the reference's storage.snapshot()):
+ *   {"main:demo":[["state:count",1],["session:s1",{...}]], ...}
+ * i.e. "namespace:roomId" (each part encodeURIComponent-ed) -> [[key, value]].
+ * Values are embedded as raw JSON text and loaded back byte for byte. A
+ * missing snapshot file is an empty store; an unreadable or malformed one
+ * makes open fail (NULL, message in err). */
+lr_store *lr_store_memory_open(const char *snapshot_path, char *err, size_t errlen);
+/* Write the snapshot of memory store s to path (NULL: the snapshot_path given
+ * at open) atomically: temp file in the same directory, fsync, rename, fsync
+ * of the directory. On failure the previous file is untouched. */
+int lr_store_memory_save(lr_store *s, const char *path, char *err, size_t errlen);
+
+typedef struct lr_sqlite_opts {
+  const char *path;         /* database file; parent directory is created */
+  const char *table;        /* default "signe_room_storage"; [A-Za-z_][A-Za-z0-9_]* */
+  int busy_timeout_ms;      /* default 5000 (0 selects the default; < 0 is an error) */
+  const char *journal_mode; /* default "WAL"; DELETE|TRUNCATE|PERSIST|MEMORY|WAL|OFF */
+} lr_sqlite_opts;
+lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen);
+
+/* Parse a --storage spec: "memory", "memory:SNAPSHOT", "sqlite:PATH". */
+lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen);
+
+/* ---- for the backends only (defined in storage.c) ---- */
+
+/* printf into err (no-op when err is NULL or errlen is 0). */
+void lr__store_errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0 if invalid
+ * (overlong, surrogate, > U+10FFFF, truncated). */
+size_t lr__store_utf8_seq(const unsigned char *p, size_t n);
+int lr__store_utf8_valid(const char *s, size_t n);
+/* Scan one JSON value in s[*pos..len) (leading whitespace skipped) without
+ * allocating a tree; on success *pos is just past the value and 0 is
+ * returned, else -1 with "... at offset N" in err. Depth is unbounded. */
+int lr__store_json_scan(const char *s, size_t len, size_t *pos, char *err, size_t errlen);
+/* Create the parent directory of path (and its parents) if missing.
+ * 0, or LR_STORE_EIO with the failing directory and strerror in err. */
+int lr__store_mkdir_parent(const char *path, char *err, size_t errlen);
+/* The validation described at the top of this file; LR_STORE_EARG or 0. */
+int lr__store_check_ops(const char *ns, const char *room, const lr_store_op *ops, size_t n,
+                        char *err, size_t errlen);
+
+#endif

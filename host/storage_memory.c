@@ -1,0 +1,922 @@
+/*
+ * storage_memory.c - the in-memory storage backend and its JSON snapshot file
+ * (the reference's createMemoryNodeRoomStorage, protocol.md §9.2).
+ *
+ * Owns: one AVL tree (key -> JSON text, bytewise order) per (namespace, room)
+ * found through a hash table, so get/put/delete are O(log n) and a listing
+ * only walks the keys of its room; snapshot load and atomic save in the
+ * reference's format {"ns:room":[[key,value],...]} with encodeURIComponent
+ * names and values embedded as raw JSON text (byte for byte).
+ * Must not: parse values into trees, know the key layout of rooms, or leave a
+ * half-applied batch or a half-written snapshot behind.
+ *
+ * Atomicity: lr_store_apply() validates every op (lr__store_check_ops) before
+ * touching a tree; after that nothing can fail (allocation failure aborts), so
+ * a batch is applied entirely or not at all.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "storage.h"
+
+/* ---- AVL tree of keys ---- */
+
+typedef struct mnode {
+  struct mnode *l, *r;
+  char *val; /* owned JSON text, NUL-terminated */
+  size_t vlen;
+  size_t klen;
+  int h;
+  char key[]; /* klen bytes + NUL */
+} mnode;
+
+static int key_cmp(const char *a, size_t alen, const char *b, size_t blen) {
+  int c = memcmp(a, b, alen < blen ? alen : blen);
+  if (c) return c;
+  return alen < blen ? -1 : alen > blen;
+}
+
+static int height(const mnode *n) {
+  return n ? n->h : 0;
+}
+static void fix_height(mnode *n) {
+  int hl = height(n->l), hr = height(n->r);
+  n->h = (hl > hr ? hl : hr) + 1;
+}
+static mnode *rot_right(mnode *n) {
+  mnode *l = n->l;
+  n->l = l->r;
+  l->r = n;
+  fix_height(n);
+  fix_height(l);
+  return l;
+}
+static mnode *rot_left(mnode *n) {
+  mnode *r = n->r;
+  n->r = r->l;
+  r->l = n;
+  fix_height(n);
+  fix_height(r);
+  return r;
+}
+/* Restore the AVL invariant at n (children already balanced). */
+static mnode *rebalance(mnode *n) {
+  fix_height(n);
+  int bf = height(n->l) - height(n->r);
+  if (bf > 1) {
+    if (height(n->l->l) < height(n->l->r)) n->l = rot_left(n->l);
+    return rot_right(n);
+  }
+  if (bf < -1) {
+    if (height(n->r->r) < height(n->r->l)) n->r = rot_right(n->r);
+    return rot_left(n);
+  }
+  return n;
+}
+
+static char *dup_bytes(const char *s, size_t n) {
+  char *d = lr_xmalloc(n + 1);
+  memcpy(d, s, n);
+  d[n] = '\0';
+  return d;
+}
+
+/* Insert or overwrite key. Copies key and val. *added is set to 1 when the
+ * key was new. Returns the new subtree root. */
+static mnode *avl_put(mnode *t, const char *key, size_t klen, const char *val, size_t vlen,
+                      int *added) {
+  if (!t) {
+    mnode *n = lr_xmalloc(sizeof *n + klen + 1);
+    n->l = n->r = NULL;
+    n->h = 1;
+    n->klen = klen;
+    memcpy(n->key, key, klen);
+    n->key[klen] = '\0';
+    n->val = dup_bytes(val, vlen);
+    n->vlen = vlen;
+    *added = 1;
+    return n;
+  }
+  int c = key_cmp(key, klen, t->key, t->klen);
+  if (c == 0) {
+    char *nv = dup_bytes(val, vlen);
+    free(t->val);
+    t->val = nv;
+    t->vlen = vlen;
+    return t;
+  }
+  if (c < 0)
+    t->l = avl_put(t->l, key, klen, val, vlen, added);
+  else
+    t->r = avl_put(t->r, key, klen, val, vlen, added);
+  return rebalance(t);
+}
+
+/* Unlink the smallest node of t into *min; returns the new subtree root. */
+static mnode *avl_unlink_min(mnode *t, mnode **min) {
+  if (!t->l) {
+    *min = t;
+    return t->r;
+  }
+  t->l = avl_unlink_min(t->l, min);
+  return rebalance(t);
+}
+
+/* Unlink key from t into *out (NULL if absent; the caller frees it). key may
+ * point into the node being removed: it is not read after the match. */
+static mnode *avl_unlink(mnode *t, const char *key, size_t klen, mnode **out) {
+  if (!t) return NULL;
+  int c = key_cmp(key, klen, t->key, t->klen);
+  if (c < 0) {
+    t->l = avl_unlink(t->l, key, klen, out);
+  } else if (c > 0) {
+    t->r = avl_unlink(t->r, key, klen, out);
+  } else {
+    *out = t;
+    if (!t->l) return t->r;
+    if (!t->r) return t->l;
+    mnode *m;
+    mnode *r = avl_unlink_min(t->r, &m);
+    m->l = t->l;
+    m->r = r;
+    return rebalance(m);
+  }
+  return rebalance(t);
+}
+
+static mnode *avl_find(mnode *t, const char *key, size_t klen) {
+  while (t) {
+    int c = key_cmp(key, klen, t->key, t->klen);
+    if (c == 0) return t;
+    t = c < 0 ? t->l : t->r;
+  }
+  return NULL;
+}
+
+static void node_free(mnode *n) {
+  free(n->val);
+  free(n);
+}
+
+static void avl_free(mnode *t) {
+  if (!t) return;
+  avl_free(t->l);
+  avl_free(t->r);
+  node_free(t);
+}
+
+/* In-order iterator from the first key >= a bound. The stack holds at most
+ * the tree height (< 1.45 log2(n + 2)), so 96 covers any addressable tree. */
+typedef struct miter {
+  mnode *st[96];
+  int n;
+} miter;
+
+static void it_seek(miter *it, mnode *t, const char *key, size_t klen) {
+  it->n = 0;
+  while (t) {
+    if (key_cmp(t->key, t->klen, key, klen) >= 0) {
+      it->st[it->n++] = t;
+      t = t->l;
+    } else {
+      t = t->r;
+    }
+  }
+}
+
+static mnode *it_next(miter *it) {
+  if (it->n == 0) return NULL;
+  mnode *x = it->st[--it->n];
+  for (mnode *t = x->r; t; t = t->l)
+    it->st[it->n++] = t;
+  return x;
+}
+
+static int has_prefix(const mnode *n, const char *p, size_t plen) {
+  return n->klen >= plen && memcmp(n->key, p, plen) == 0;
+}
+
+/* ---- rooms ---- */
+
+typedef struct mroom {
+  struct mroom *next; /* hash chain */
+  uint64_t hash;
+  char *ns, *room; /* owned, NUL-terminated */
+  size_t nslen, roomlen;
+  mnode *root;
+  size_t count;
+} mroom;
+
+typedef struct mstore {
+  lr_store base;
+  mroom **buckets;
+  size_t nbuckets, nrooms;
+  char *path;  /* snapshot path given at open, or NULL */
+  int listing; /* > 0 while a list callback runs */
+} mstore;
+
+static const lr_store_vt memory_vt;
+
+static uint64_t room_hash(const char *ns, size_t nslen, const char *room, size_t roomlen) {
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < nslen; i++)
+    h = (h ^ (unsigned char)ns[i]) * 1099511628211ULL;
+  h = (h ^ 0xFFu) * 1099511628211ULL; /* 0xFF never occurs in UTF-8 */
+  for (size_t i = 0; i < roomlen; i++)
+    h = (h ^ (unsigned char)room[i]) * 1099511628211ULL;
+  return h;
+}
+
+static mroom *room_find(mstore *m, const char *ns, size_t nslen, const char *room, size_t roomlen) {
+  uint64_t h = room_hash(ns, nslen, room, roomlen);
+  for (mroom *r = m->buckets[h & (m->nbuckets - 1)]; r; r = r->next)
+    if (r->hash == h && r->nslen == nslen && r->roomlen == roomlen &&
+        memcmp(r->ns, ns, nslen) == 0 && memcmp(r->room, room, roomlen) == 0)
+      return r;
+  return NULL;
+}
+
+static mroom *room_get_or_add(mstore *m, const char *ns, size_t nslen, const char *room,
+                              size_t roomlen) {
+  mroom *r = room_find(m, ns, nslen, room, roomlen);
+  if (r) return r;
+  if (m->nrooms >= m->nbuckets) { /* grow at load factor 1 */
+    size_t nb = m->nbuckets * 2;
+    mroom **b = lr_xcalloc(nb, sizeof *b);
+    for (size_t i = 0; i < m->nbuckets; i++) {
+      mroom *x = m->buckets[i];
+      while (x) {
+        mroom *next = x->next;
+        x->next = b[x->hash & (nb - 1)];
+        b[x->hash & (nb - 1)] = x;
+        x = next;
+      }
+    }
+    free(m->buckets);
+    m->buckets = b;
+    m->nbuckets = nb;
+  }
+  r = lr_xcalloc(1, sizeof *r);
+  r->hash = room_hash(ns, nslen, room, roomlen);
+  r->ns = dup_bytes(ns, nslen);
+  r->nslen = nslen;
+  r->room = dup_bytes(room, roomlen);
+  r->roomlen = roomlen;
+  r->next = m->buckets[r->hash & (m->nbuckets - 1)];
+  m->buckets[r->hash & (m->nbuckets - 1)] = r;
+  m->nrooms++;
+  return r;
+}
+
+static void room_free(mroom *r) {
+  avl_free(r->root);
+  free(r->ns);
+  free(r->room);
+  free(r);
+}
+
+/* Unlink and free r (rooms with no keys are dropped, as in the reference's
+ * snapshot). */
+static void room_remove(mstore *m, mroom *r) {
+  mroom **pp = &m->buckets[r->hash & (m->nbuckets - 1)];
+  while (*pp != r)
+    pp = &(*pp)->next;
+  *pp = r->next;
+  m->nrooms--;
+  room_free(r);
+}
+
+static void room_put(mroom *r, const char *key, size_t klen, const char *val, size_t vlen) {
+  int added = 0;
+  r->root = avl_put(r->root, key, klen, val, vlen, &added);
+  r->count += (size_t)added;
+}
+
+static void room_del(mroom *r, const char *key, size_t klen) {
+  mnode *out = NULL;
+  r->root = avl_unlink(r->root, key, klen, &out);
+  if (out) {
+    node_free(out);
+    r->count--;
+  }
+}
+
+static void room_del_prefix(mroom *r, const char *p, size_t plen) {
+  if (plen == 0) {
+    avl_free(r->root);
+    r->root = NULL;
+    r->count = 0;
+    return;
+  }
+  /* The matching keys are contiguous in order: collect, then unlink each. */
+  mnode **v = NULL;
+  size_t n = 0, cap = 0;
+  miter it;
+  it_seek(&it, r->root, p, plen);
+  for (mnode *x; (x = it_next(&it)) && has_prefix(x, p, plen);) {
+    if (n == cap) {
+      cap = cap ? cap * 2 : 16;
+      v = lr_xrealloc(v, cap * sizeof *v);
+    }
+    v[n++] = x;
+  }
+  for (size_t i = 0; i < n; i++) {
+    mnode *out = NULL;
+    r->root = avl_unlink(r->root, v[i]->key, v[i]->klen, &out);
+    node_free(out);
+  }
+  r->count -= n;
+  free(v);
+}
+
+/* ---- vtable (the contracts are in storage.h) ---- */
+
+static int mem_get(lr_store *s, const char *ns, const char *room, const char *key, lr_buf *out,
+                   char *err, size_t errlen) {
+  mstore *m = (mstore *)s;
+  if (!ns || !room || !key || !out) {
+    lr__store_errf(err, errlen, "storage: get needs a namespace, room id, key and buffer");
+    return LR_STORE_EARG;
+  }
+  lr_buf_reset(out);
+  mroom *r = room_find(m, ns, strlen(ns), room, strlen(room));
+  mnode *n = r ? avl_find(r->root, key, strlen(key)) : NULL;
+  if (!n) return LR_STORE_NOTFOUND;
+  lr_buf_put(out, n->val, n->vlen);
+  lr_buf_cstr(out);
+  return 0;
+}
+
+static int mem_list(lr_store *s, const char *ns, const char *room, const char *prefix,
+                    lr_store_list_cb cb, void *ud, char *err, size_t errlen) {
+  mstore *m = (mstore *)s;
+  if (!ns || !room || !cb) {
+    lr__store_errf(err, errlen, "storage: list needs a namespace, room id and callback");
+    return LR_STORE_EARG;
+  }
+  if (!prefix) prefix = "";
+  size_t plen = strlen(prefix);
+  mroom *r = room_find(m, ns, strlen(ns), room, strlen(room));
+  if (!r) return 0;
+  miter it;
+  it_seek(&it, r->root, prefix, plen);
+  m->listing++;
+  for (mnode *x; (x = it_next(&it)) && has_prefix(x, prefix, plen);)
+    if (cb(ud, x->key, x->klen, x->val, x->vlen)) break;
+  m->listing--;
+  return 0;
+}
+
+static int mem_apply(lr_store *s, const char *ns, const char *room, const lr_store_op *ops,
+                     size_t n, char *err, size_t errlen) {
+  mstore *m = (mstore *)s;
+  int rc = lr__store_check_ops(ns, room, ops, n, err, errlen);
+  if (rc) return rc;
+  if (m->listing) {
+    lr__store_errf(err, errlen, "storage: apply called from inside a list callback");
+    return LR_STORE_EARG;
+  }
+  size_t nslen = strlen(ns), roomlen = strlen(room);
+  mroom *r = room_find(m, ns, nslen, room, roomlen);
+  for (size_t i = 0; i < n; i++) {
+    const lr_store_op *o = &ops[i];
+    const char *key = o->key ? o->key : "";
+    if (o->kind == LR_STORE_PUT) {
+      if (!r) r = room_get_or_add(m, ns, nslen, room, roomlen);
+      room_put(r, key, o->keylen, o->val, o->vallen);
+    } else if (!r) {
+      continue;
+    } else if (o->kind == LR_STORE_DEL) {
+      room_del(r, key, o->keylen);
+    } else {
+      room_del_prefix(r, key, o->keylen);
+    }
+  }
+  if (r && r->count == 0) room_remove(m, r);
+  return 0;
+}
+
+static long mem_count(lr_store *s, const char *ns, const char *room) {
+  mstore *m = (mstore *)s;
+  if (ns && room) {
+    mroom *r = room_find(m, ns, strlen(ns), room, strlen(room));
+    return r ? (long)r->count : 0;
+  }
+  size_t nslen = ns ? strlen(ns) : 0, total = 0;
+  for (size_t i = 0; i < m->nbuckets; i++)
+    for (mroom *r = m->buckets[i]; r; r = r->next)
+      if (!ns || (r->nslen == nslen && memcmp(r->ns, ns, nslen) == 0)) total += r->count;
+  return (long)total;
+}
+
+static void mem_close(lr_store *s) {
+  mstore *m = (mstore *)s;
+  for (size_t i = 0; i < m->nbuckets; i++) {
+    mroom *r = m->buckets[i];
+    while (r) {
+      mroom *next = r->next;
+      room_free(r);
+      r = next;
+    }
+  }
+  free(m->buckets);
+  free(m->path);
+  free(m);
+}
+
+static const lr_store_vt memory_vt = {
+    .name = "memory",
+    .get = mem_get,
+    .list = mem_list,
+    .apply = mem_apply,
+    .count = mem_count,
+    .close = mem_close,
+};
+
+/* ---- snapshot text helpers ---- */
+
+/* encodeURIComponent: everything but A-Z a-z 0-9 - _ . ! ~ * ' ( ) as %XX. */
+static void uri_encode(lr_buf *out, const char *s, size_t n) {
+  static const char hex[] = "0123456789ABCDEF";
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+        (c && strchr("-_.!~*'()", c))) {
+      lr_buf_putc(out, (char)c);
+      continue;
+    }
+    char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+    lr_buf_put(out, e, 3);
+  }
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* decodeURIComponent into out (reset first). The result must be valid UTF-8
+ * without NUL (it becomes a C string). Returns 0 or -1. */
+static int uri_decode(lr_buf *out, const char *s, size_t n) {
+  lr_buf_reset(out);
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] != '%') {
+      lr_buf_putc(out, s[i]);
+      continue;
+    }
+    int hi = i + 2 < n ? hexval(s[i + 1]) : -1, lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+    if (hi < 0 || lo < 0) return -1;
+    lr_buf_putc(out, (char)(hi << 4 | lo));
+    i += 2;
+  }
+  lr_buf_cstr(out);
+  if (memchr(out->data, '\0', out->len)) return -1;
+  return lr__store_utf8_valid(out->data, out->len) ? 0 : -1;
+}
+
+/* Append s as a JSON string literal (the escapes of JSON.stringify). */
+static void put_json_string(lr_buf *out, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  lr_buf_putc(out, '"');
+  size_t run = 0; /* start of the pending unescaped run */
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    lr_buf_put(out, s + run, i - run);
+    run = i + 1;
+    switch (c) {
+    case '"':
+      lr_buf_puts(out, "\\\"");
+      break;
+    case '\\':
+      lr_buf_puts(out, "\\\\");
+      break;
+    case '\b':
+      lr_buf_puts(out, "\\b");
+      break;
+    case '\f':
+      lr_buf_puts(out, "\\f");
+      break;
+    case '\n':
+      lr_buf_puts(out, "\\n");
+      break;
+    case '\r':
+      lr_buf_puts(out, "\\r");
+      break;
+    case '\t':
+      lr_buf_puts(out, "\\t");
+      break;
+    default: {
+      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+      lr_buf_put(out, e, 6);
+    }
+    }
+  }
+  lr_buf_put(out, s + run, n - run);
+  lr_buf_putc(out, '"');
+}
+
+/* ---- snapshot load ---- */
+
+typedef struct snap {
+  const char *s;
+  size_t len, p;
+  const char *why; /* set on error */
+} snap;
+
+static void sws(snap *x) {
+  while (x->p < x->len &&
+         (x->s[x->p] == ' ' || x->s[x->p] == '\t' || x->s[x->p] == '\n' || x->s[x->p] == '\r'))
+    x->p++;
+}
+
+/* Skip whitespace and consume c. */
+static int expect(snap *x, char c, const char *why) {
+  sws(x);
+  if (x->p < x->len && x->s[x->p] == c) {
+    x->p++;
+    return 0;
+  }
+  x->why = why;
+  return -1;
+}
+
+/* Next non-whitespace byte (not consumed), or -1 at the end. */
+static int peek(snap *x) {
+  sws(x);
+  return x->p < x->len ? (unsigned char)x->s[x->p] : -1;
+}
+
+static int hex4(const char *s, unsigned *v) {
+  *v = 0;
+  for (int i = 0; i < 4; i++) {
+    int h = hexval(s[i]);
+    if (h < 0) return -1;
+    *v = *v << 4 | (unsigned)h;
+  }
+  return 0;
+}
+
+static void put_utf8(lr_buf *out, unsigned cp) {
+  char b[4];
+  size_t n;
+  if (cp < 0x80) {
+    b[0] = (char)cp;
+    n = 1;
+  } else if (cp < 0x800) {
+    b[0] = (char)(0xC0 | cp >> 6);
+    b[1] = (char)(0x80 | (cp & 0x3F));
+    n = 2;
+  } else if (cp < 0x10000) {
+    b[0] = (char)(0xE0 | cp >> 12);
+    b[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+    b[2] = (char)(0x80 | (cp & 0x3F));
+    n = 3;
+  } else {
+    b[0] = (char)(0xF0 | cp >> 18);
+    b[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+    b[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+    b[3] = (char)(0x80 | (cp & 0x3F));
+    n = 4;
+  }
+  lr_buf_put(out, b, n);
+}
+
+/* Decode the JSON string at x->p into out (reset first). Keys and names
+ * become C strings, so "\u0000" and lone surrogates are refused. */
+static int parse_string(snap *x, lr_buf *out) {
+  lr_buf_reset(out);
+  if (expect(x, '"', "expected a string")) return -1;
+  const char *s = x->s;
+  for (;;) {
+    if (x->p >= x->len) {
+      x->why = "unterminated string";
+      return -1;
+    }
+    unsigned char c = (unsigned char)s[x->p];
+    if (c == '"') {
+      x->p++;
+      break;
+    }
+    if (c < 0x20) {
+      x->why = "control character in string";
+      return -1;
+    }
+    if (c >= 0x80) {
+      size_t k = lr__store_utf8_seq((const unsigned char *)s + x->p, x->len - x->p);
+      if (!k) {
+        x->why = "invalid UTF-8";
+        return -1;
+      }
+      lr_buf_put(out, s + x->p, k);
+      x->p += k;
+      continue;
+    }
+    if (c != '\\') {
+      lr_buf_putc(out, (char)c);
+      x->p++;
+      continue;
+    }
+    if (x->p + 1 >= x->len) {
+      x->why = "unterminated string";
+      return -1;
+    }
+    char e = s[x->p + 1];
+    const char *simple = strchr("\"\\/bfnrt", e);
+    if (e && simple) {
+      static const char map[] = "\"\\/\b\f\n\r\t";
+      lr_buf_putc(out, map[simple - "\"\\/bfnrt"]);
+      x->p += 2;
+      continue;
+    }
+    unsigned cp;
+    if (e != 'u' || x->p + 6 > x->len || hex4(s + x->p + 2, &cp)) {
+      x->why = "invalid escape";
+      return -1;
+    }
+    x->p += 6;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+      unsigned lo;
+      if (x->p + 6 > x->len || s[x->p] != '\\' || s[x->p + 1] != 'u' || hex4(s + x->p + 2, &lo) ||
+          lo < 0xDC00 || lo > 0xDFFF) {
+        x->why = "lone surrogate in string";
+        return -1;
+      }
+      x->p += 6;
+      cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+    } else if ((cp >= 0xDC00 && cp <= 0xDFFF) || cp == 0) {
+      x->why = cp ? "lone surrogate in string" : "NUL character in string";
+      return -1;
+    }
+    put_utf8(out, cp);
+  }
+  lr_buf_cstr(out);
+  return 0;
+}
+
+/* Parse the snapshot text into m. On error returns -1 with x->why set and
+ * x->p at the offending offset. */
+static int parse_snapshot(mstore *m, snap *x) {
+  lr_buf name, ns, room, key;
+  lr_buf_init(&name);
+  lr_buf_init(&ns);
+  lr_buf_init(&room);
+  lr_buf_init(&key);
+  int rc = -1;
+  if (expect(x, '{', "expected '{'")) goto done;
+  if (peek(x) == '}') {
+    x->p++;
+  } else {
+    for (;;) {
+      size_t name_at = x->p;
+      if (parse_string(x, &name)) goto done;
+      const char *colon = memchr(name.data, ':', name.len);
+      if (!colon || uri_decode(&ns, name.data, (size_t)(colon - name.data)) ||
+          uri_decode(&room, colon + 1, name.len - (size_t)(colon - name.data) - 1)) {
+        x->p = name_at;
+        x->why = "room name is not \"encodeURIComponent(ns):encodeURIComponent(room)\"";
+        goto done;
+      }
+      if (expect(x, ':', "expected ':'") || expect(x, '[', "expected '[' (list of pairs)"))
+        goto done;
+      if (peek(x) == ']') {
+        x->p++;
+      } else {
+        mroom *r = room_get_or_add(m, ns.data, ns.len, room.data, room.len);
+        for (;;) {
+          if (expect(x, '[', "expected '[' (a [key, value] pair)")) goto done;
+          if (parse_string(x, &key)) goto done;
+          if (expect(x, ',', "expected ','")) goto done;
+          sws(x);
+          size_t vstart = x->p;
+          if (lr__store_json_scan(x->s, x->len, &x->p, NULL, 0)) {
+            x->why = "invalid JSON value";
+            goto done;
+          }
+          room_put(r, key.data, key.len, x->s + vstart, x->p - vstart);
+          if (expect(x, ']', "expected ']' after a [key, value] pair")) goto done;
+          int c = peek(x);
+          x->p++;
+          if (c == ']') break;
+          if (c != ',') {
+            x->p--;
+            x->why = "expected ',' or ']'";
+            goto done;
+          }
+        }
+      }
+      int c = peek(x);
+      x->p++;
+      if (c == '}') break;
+      if (c != ',') {
+        x->p--;
+        x->why = "expected ',' or '}'";
+        goto done;
+      }
+    }
+  }
+  sws(x);
+  if (x->p != x->len) {
+    x->why = "trailing characters";
+    goto done;
+  }
+  rc = 0;
+done:
+  lr_buf_free(&name);
+  lr_buf_free(&ns);
+  lr_buf_free(&room);
+  lr_buf_free(&key);
+  return rc;
+}
+
+/* Read the whole file into a new buffer. Returns 0, 1 if it does not exist,
+ * or -1 with a message. */
+static int read_file(const char *path, char **data, size_t *len, char *err, size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    if (errno == ENOENT) return 1;
+    lr__store_errf(err, errlen, "storage: cannot open snapshot %s: %s", path, strerror(errno));
+    return -1;
+  }
+  lr_buf b;
+  lr_buf_init(&b);
+  char chunk[65536];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    lr_buf_put(&b, chunk, n);
+  if (ferror(f)) {
+    lr__store_errf(err, errlen, "storage: cannot read snapshot %s: %s", path, strerror(errno));
+    fclose(f);
+    lr_buf_free(&b);
+    return -1;
+  }
+  fclose(f);
+  lr_buf_cstr(&b);
+  *data = b.data;
+  *len = b.len;
+  return 0;
+}
+
+lr_store *lr_store_memory_open(const char *snapshot_path, char *err, size_t errlen) {
+  mstore *m = lr_xcalloc(1, sizeof *m);
+  m->base.vt = &memory_vt;
+  m->nbuckets = 16;
+  m->buckets = lr_xcalloc(m->nbuckets, sizeof *m->buckets);
+  if (!snapshot_path) return &m->base;
+  m->path = lr_xstrndup(snapshot_path, strlen(snapshot_path));
+  char *data = NULL;
+  size_t len = 0;
+  int rc = read_file(snapshot_path, &data, &len, err, errlen);
+  if (rc == 1) return &m->base; /* no snapshot yet: start empty */
+  if (rc == 0) {
+    snap x = {data, len, 0, NULL};
+    if (parse_snapshot(m, &x) == 0) {
+      free(data);
+      return &m->base;
+    }
+    lr__store_errf(err, errlen, "storage: snapshot %s is malformed: %s at offset %zu",
+                   snapshot_path, x.why, x.p);
+  }
+  free(data);
+  mem_close(&m->base);
+  return NULL;
+}
+
+/* ---- snapshot save ---- */
+
+typedef struct named_room {
+  char *name; /* "enc(ns):enc(room)", owned */
+  size_t len;
+  const mroom *r;
+} named_room;
+
+static int by_name(const void *a, const void *b) {
+  const named_room *x = a, *y = b;
+  return key_cmp(x->name, x->len, y->name, y->len);
+}
+
+/* Write one room's pairs; flushes the buffer to f when it grows. */
+static int write_room(FILE *f, lr_buf *b, const named_room *nr) {
+  put_json_string(b, nr->name, nr->len);
+  lr_buf_puts(b, ":[");
+  miter it;
+  it_seek(&it, nr->r->root, "", 0);
+  int first = 1;
+  for (mnode *x; (x = it_next(&it));) {
+    if (!first) lr_buf_putc(b, ',');
+    first = 0;
+    lr_buf_putc(b, '[');
+    put_json_string(b, x->key, x->klen);
+    lr_buf_putc(b, ',');
+    lr_buf_put(b, x->val, x->vlen);
+    lr_buf_putc(b, ']');
+    if (b->len >= 65536) {
+      if (fwrite(b->data, 1, b->len, f) != b->len) return -1;
+      lr_buf_reset(b);
+    }
+  }
+  lr_buf_putc(b, ']');
+  return 0;
+}
+
+static int fsync_dir(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir =
+      slash ? lr_xstrndup(path, slash == path ? 1 : (size_t)(slash - path)) : lr_xstrndup(".", 1);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  free(dir);
+  if (fd < 0) return -1;
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
+}
+
+int lr_store_memory_save(lr_store *s, const char *path, char *err, size_t errlen) {
+  if (!s || s->vt != &memory_vt) {
+    lr__store_errf(err, errlen, "storage: snapshot save needs a memory store");
+    return LR_STORE_EARG;
+  }
+  mstore *m = (mstore *)s;
+  if (!path) path = m->path;
+  if (!path || !*path) {
+    lr__store_errf(err, errlen, "storage: no snapshot path to save to");
+    return LR_STORE_EARG;
+  }
+  int rc = lr__store_mkdir_parent(path, err, errlen);
+  if (rc) return rc;
+
+  /* Rooms in a stable order: by encoded name. */
+  named_room *rooms = lr_xcalloc(m->nrooms ? m->nrooms : 1, sizeof *rooms);
+  size_t nr = 0;
+  lr_buf b;
+  lr_buf_init(&b);
+  for (size_t i = 0; i < m->nbuckets; i++) {
+    for (mroom *r = m->buckets[i]; r; r = r->next) {
+      lr_buf_reset(&b);
+      uri_encode(&b, r->ns, r->nslen);
+      lr_buf_putc(&b, ':');
+      uri_encode(&b, r->room, r->roomlen);
+      rooms[nr++] = (named_room){lr_xstrndup(b.data, b.len), b.len, r};
+    }
+  }
+  qsort(rooms, nr, sizeof *rooms, by_name);
+
+  size_t plen = strlen(path);
+  char *tmp = lr_xmalloc(plen + 16);
+  memcpy(tmp, path, plen);
+  memcpy(tmp + plen, ".tmp-XXXXXX", 12);
+  const char *step = "create";
+  FILE *f = NULL, *cf;
+  int fd = mkstemp(tmp);
+  if (fd < 0) goto fail;
+  step = "write";
+  if (fchmod(fd, 0644) != 0 || !(f = fdopen(fd, "wb"))) {
+    close(fd);
+    goto fail_unlink;
+  }
+  lr_buf_reset(&b);
+  lr_buf_putc(&b, '{');
+  for (size_t i = 0; i < nr; i++) {
+    if (i) lr_buf_putc(&b, ',');
+    if (write_room(f, &b, &rooms[i])) goto fail_unlink;
+  }
+  lr_buf_putc(&b, '}');
+  if (fwrite(b.data, 1, b.len, f) != b.len || fflush(f) != 0) goto fail_unlink;
+  step = "fsync";
+  if (fsync(fileno(f)) != 0) goto fail_unlink;
+  step = "close";
+  cf = f;
+  f = NULL;
+  if (fclose(cf) != 0) goto fail_unlink;
+  step = "rename";
+  if (rename(tmp, path) != 0) goto fail_unlink;
+  fsync_dir(path); /* best effort: the data itself is already durable */
+  rc = 0;
+  goto done;
+
+fail_unlink : {
+  int e = errno;
+  if (f) fclose(f);
+  unlink(tmp);
+  errno = e;
+}
+fail:
+  lr__store_errf(err, errlen, "storage: cannot save snapshot %s (%s %s): %s", path, step, tmp,
+                 strerror(errno));
+  rc = LR_STORE_EIO;
+done:
+  for (size_t i = 0; i < nr; i++)
+    free(rooms[i].name);
+  free(rooms);
+  free(tmp);
+  lr_buf_free(&b);
+  return rc;
+}

@@ -1,0 +1,140 @@
+/*
+ * undo.c - the transaction log of state writes (see undo.h).
+ *
+ * Records are restored newest first. A write under an array is recorded as a
+ * copy of the OUTERMOST array (array nodes keep their identity, so restoring
+ * the whole array in place undoes any change below it). A deleted key keeps
+ * the detached node itself, so later records that refer to that node still
+ * restore into the tree.
+ * Must not: call Lua, encode, or touch storage.
+ */
+#include "undo.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+
+enum { U_ASSIGN, U_REATTACH, U_ABSENT, U_ARRAY };
+
+typedef struct {
+  int kind;
+  lr_node *container; /* retained */
+  char *key;          /* owned, objects only */
+  size_t keylen;
+  lr_node *old; /* retained: a clone (ASSIGN, ARRAY) or the detached node (REATTACH) */
+} urec;
+
+static urec *log_;
+static size_t nlog, caplog;
+
+size_t lr_undo_mark(void) {
+  return nlog;
+}
+
+static void push(urec r) {
+  if (nlog == caplog) {
+    caplog = caplog ? caplog * 2 : 64;
+    log_ = lr_xrealloc(log_, caplog * sizeof *log_);
+  }
+  log_[nlog++] = r;
+}
+
+static lr_node *outermost_array(lr_node *n) {
+  lr_node *found = NULL;
+  for (lr_node *p = n; p; p = p->parent)
+    if (p->type == LR_ARRAY) found = p;
+  return found;
+}
+
+void lr_undo_record_array(lr_node *arr) {
+  lr_node *outer = outermost_array(arr);
+  if (!outer) outer = arr;
+  push((urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer)});
+}
+
+void lr_undo_record_key(lr_node *obj, const char *key, size_t keylen) {
+  lr_node *arr = outermost_array(obj);
+  if (arr) {
+    push((urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr)});
+    return;
+  }
+  lr_node *cur = lr_obj_get(obj, key, keylen);
+  urec r = {U_ABSENT, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, NULL};
+  if (cur) {
+    /* The node may be detached by this write (delete) or changed in place
+     * (assign). Keep both: the node itself to reattach, and its contents. */
+    r.kind = U_REATTACH;
+    r.old = lr_node_retain(cur);
+    push(r);
+    urec a = {U_ASSIGN, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, lr_node_clone(cur)};
+    push(a);
+    return;
+  }
+  push(r);
+}
+
+/* Remove key from obj's pending deletions (it is about to exist again). */
+static void forget_deletion(lr_node *obj, const char *key, size_t keylen) {
+  for (int ch = 0; ch < LR_NCH; ch++) {
+    lr_keylist *kl = &obj->u.obj.dels[ch];
+    for (uint32_t i = 0; i < kl->len; i++) {
+      if (strlen(kl->keys[i]) == keylen && memcmp(kl->keys[i], key, keylen) == 0) {
+        free(kl->keys[i]);
+        kl->keys[i] = kl->keys[--kl->len];
+        i--;
+      }
+    }
+  }
+}
+
+static void free_rec(urec *r) {
+  if (r->container) lr_node_release(r->container);
+  if (r->old) lr_node_release(r->old);
+  free(r->key);
+}
+
+void lr_undo_rollback(size_t mark) {
+  while (nlog > mark) {
+    urec *r = &log_[--nlog];
+    switch (r->kind) {
+    case U_ARRAY:
+      lr_state_assign(r->container, r->old);
+      break;
+    case U_ABSENT:
+      lr_state_delete(r->container, r->key, r->keylen);
+      break;
+    case U_REATTACH: {
+      lr_node *cur = lr_obj_get(r->container, r->key, r->keylen);
+      if (cur != r->old) {
+        /* Put the original node back (it was deleted or replaced). */
+        if (r->old->parent) {
+          /* Still attached elsewhere: nothing sensible to do but copy. */
+          lr_state_set(r->container, r->key, r->keylen, r->old, r->old->flags);
+        } else {
+          forget_deletion(r->container, r->key, r->keylen);
+          lr_obj_put(r->container, r->key, r->keylen, lr_node_retain(r->old));
+          lr_state_mark(r->old);
+        }
+      }
+      break;
+    }
+    case U_ASSIGN: {
+      lr_node *cur = lr_obj_get(r->container, r->key, r->keylen);
+      if (cur) lr_state_assign(cur, r->old);
+      break;
+    }
+    }
+    free_rec(r);
+  }
+}
+
+void lr_undo_release(size_t mark) {
+  while (nlog > mark)
+    free_rec(&log_[--nlog]);
+  if (nlog == 0 && caplog > 1024) {
+    free(log_);
+    log_ = NULL;
+    caplog = 0;
+  }
+}

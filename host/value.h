@@ -1,0 +1,183 @@
+/*
+ * value.h - the C-owned JSON value tree that holds room state, and its dirty
+ * tracking for the two output channels (sync to clients, persist to storage).
+ *
+ * Owns: lr_node allocation, refcounts, object/array containers, in-place
+ * assignment with dirty marking, and per-channel pending deletions.
+ * Must not: encode JSON (json.c), know about Lua, rooms, sockets or storage.
+ *
+ * Ownership model
+ * - Every node is refcounted. A container holds one reference on each child.
+ *   A Lua proxy (lua_api.c) holds one reference on the node it points to.
+ * - A node has at most one parent. When it is removed from its parent (key
+ *   deleted, array element popped), parent becomes NULL ("detached") and the
+ *   parent's reference is dropped; it is freed when the last reference goes.
+ * - Assignment through lr_state_assign() mutates the target node IN PLACE
+ *   (its identity, flags and outstanding proxies stay valid), even when the
+ *   type changes.
+ *
+ * Dirty tracking (per channel ch in {LR_CH_SYNC, LR_CH_PERSIST})
+ * - LR_D_SELF on a node: its whole current value must be emitted at its path.
+ * - LR_D_CHILD on a node: descend into it; some child is dirty or it has
+ *   pending deletions (obj.dels[ch]).
+ * - A change under an array marks the OUTERMOST array ancestor LR_D_SELF
+ *   (arrays are always re-sent whole, protocol.md Part 1 row 3).
+ * - A node whose own flags or any ancestor's flags exclude the channel
+ *   (LR_F_NOSYNC for sync, LR_F_NOPERSIST for persist) is never marked on it.
+ * - Marking propagates LR_D_CHILD up to the root, stopping early when an
+ *   ancestor already has it (or has LR_D_SELF: then nothing more is needed).
+ * - Deleting key k from object o records k in o->u.obj.dels[ch] (unless o or
+ *   an ancestor is already SELF on ch, or o is under an array: then the array
+ *   is marked SELF instead). Re-adding k before the flush removes it from dels
+ *   and marks the new child SELF.
+ * - lr_state_clear_dirty(root, ch) clears every mark and deletion of ch.
+ */
+#ifndef LR_VALUE_H
+#define LR_VALUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum lr_type {
+  LR_NULL = 0,
+  LR_BOOL,
+  LR_INT,   /* int64 */
+  LR_FLOAT, /* double */
+  LR_STRING,
+  LR_OBJECT, /* ordered: insertion order */
+  LR_ARRAY
+} lr_type;
+
+enum { LR_CH_SYNC = 0, LR_CH_PERSIST = 1, LR_NCH = 2 };
+
+/* node->flags */
+#define LR_F_NOSYNC 0x01    /* subtree never sent to clients */
+#define LR_F_NOPERSIST 0x02 /* subtree never written to storage */
+
+/* node->dirty[ch] */
+#define LR_D_SELF 0x01
+#define LR_D_CHILD 0x02
+
+typedef struct lr_node lr_node;
+
+typedef struct lr_member {
+  char *key; /* owned, NUL-terminated, may contain any bytes except NUL */
+  uint32_t keylen;
+  lr_node *val; /* owned reference */
+} lr_member;
+
+typedef struct lr_keylist { /* pending deleted keys of one channel */
+  char **keys;              /* owned NUL-terminated strings */
+  uint32_t len, cap;
+} lr_keylist;
+
+struct lr_node {
+  uint8_t type;  /* lr_type */
+  uint8_t flags; /* LR_F_* */
+  uint8_t dirty[LR_NCH];
+  uint32_t refs;
+  lr_node *parent; /* NULL for a root or a detached node */
+  union {
+    bool b;
+    int64_t i;
+    double f;
+    struct {
+      char *s; /* owned, NUL-terminated, valid UTF-8 */
+      size_t len;
+    } str;
+    struct {
+      lr_node **items; /* owned references */
+      uint32_t len, cap;
+    } arr;
+    struct {
+      lr_member *m; /* members in insertion order */
+      uint32_t len, cap;
+      uint32_t *idx; /* open-addressing hash index (member position + 1, 0 = empty); NULL while len
+                        is small */
+      uint32_t idxcap;
+      lr_keylist dels[LR_NCH];
+    } obj;
+  } u;
+};
+
+/* ---- construction and lifetime (no dirty marking) ---- */
+lr_node *lr_node_new(lr_type t); /* empty container / zero scalar, refs == 1 */
+lr_node *lr_node_null(void);
+lr_node *lr_node_bool(bool b);
+lr_node *lr_node_int(int64_t i);
+lr_node *lr_node_float(double f);
+lr_node *lr_node_string(const char *s, size_t len); /* copies; caller validated UTF-8 */
+static inline lr_node *lr_node_retain(lr_node *n) {
+  n->refs++;
+  return n;
+}
+/* Drop one reference; at zero frees the node and releases its children. */
+void lr_node_release(lr_node *n);
+/* Deep copy (flags copied, dirty marks not, parent NULL, refs == 1). */
+lr_node *lr_node_clone(const lr_node *n);
+/* Deep structural equality (int 3 == float 3.0 is true; flags ignored). */
+bool lr_node_equal(const lr_node *a, const lr_node *b);
+
+/* ---- plain container access (no dirty marking; for building values) ---- */
+lr_node *lr_obj_get(const lr_node *obj, const char *key, size_t keylen); /* borrowed or NULL */
+/* Insert or replace key; takes ownership of child's reference. The child must
+ * be detached (parent NULL). A replaced child is detached and released. */
+void lr_obj_put(lr_node *obj, const char *key, size_t keylen, lr_node *child);
+/* Remove key; returns true if it existed (child detached and released). */
+bool lr_obj_remove(lr_node *obj, const char *key, size_t keylen);
+void lr_arr_push(lr_node *arr, lr_node *child); /* takes ownership */
+static inline lr_node *lr_arr_get(const lr_node *arr, uint32_t i) {
+  return i < arr->u.arr.len ? arr->u.arr.items[i] : NULL;
+}
+/* Position of child in its parent (array index or member index), or -1. */
+int64_t lr_node_index_in_parent(const lr_node *child);
+/* Key of child in its parent object (borrowed), or NULL if parent is not an object. */
+const char *lr_node_key_in_parent(const lr_node *child, uint32_t *keylen);
+/* Dot-joined path from the root ("users.AbC.x"; array indices as decimal,
+ * 0-based; "" for the root). Written into out (reset first). */
+struct lr_buf;
+void lr_node_path(const lr_node *n, struct lr_buf *out);
+
+/* ---- state writes (mutate in place, mark dirty) ---- */
+
+/* Make target's value equal to src (src is not consumed, it is read/copied).
+ * - scalar -> scalar: if equal (lr_node_equal) nothing is marked; otherwise
+ *   the value is replaced and target is marked SELF.
+ * - object -> object: merge: keys of target absent from src are deleted
+ *   (lr_state_delete semantics, recorded in dels); each key of src is
+ *   assigned recursively (existing child nodes are reused in place, new ones
+ *   are cloned from src and marked SELF).
+ * - array -> array: items replaced by clones of src's items; marked SELF if
+ *   anything differs.
+ * - type change: the node's old contents are freed (old children detached),
+ *   it takes a clone of src's contents, and is marked SELF.
+ * Target keeps its flags. Marking follows the rules at the top of this file. */
+void lr_state_assign(lr_node *target, const lr_node *src);
+
+/* obj[key] = src. If key exists, lr_state_assign on the existing child.
+ * Otherwise a clone of src is inserted and marked SELF (with child_flags).
+ * Returns the child node (borrowed). obj must be an object. */
+lr_node *lr_state_set(lr_node *obj, const char *key, size_t keylen, const lr_node *src,
+                      uint8_t child_flags);
+/* Delete obj[key]: records the deletion (see top). Returns false if absent. */
+bool lr_state_delete(lr_node *obj, const char *key, size_t keylen);
+/* arr[i] = src, 0 <= i <= len (i == len appends). Marks the array SELF. */
+void lr_state_arr_set(lr_node *arr, uint32_t i, const lr_node *src);
+/* Remove arr[i], shifting later items down. Marks the array SELF. */
+void lr_state_arr_remove(lr_node *arr, uint32_t i);
+/* Insert a clone of src at i (0 <= i <= len), shifting. Marks SELF. */
+void lr_state_arr_insert(lr_node *arr, uint32_t i, const lr_node *src);
+
+/* Mark n changed on every channel its flags allow (used after direct edits). */
+void lr_state_mark(lr_node *n);
+/* True if the tree under root has anything pending on ch. */
+static inline bool lr_state_dirty(const lr_node *root, int ch) {
+  return root->dirty[ch] != 0;
+}
+/* Clear all marks and pending deletions of channel ch below root. */
+void lr_state_clear_dirty(lr_node *root, int ch);
+/* True if any pending deletion of channel ch exists below root. */
+bool lr_state_has_dels(const lr_node *root, int ch);
+
+#endif

@@ -1,0 +1,227 @@
+-- lunaroom: the room DSL that room scripts `require "lunaroom"`.
+--
+-- Owns: the descriptors a room file is written with (room, schema, sync,
+-- users, connected, array, null, v) and the validation of a room definition.
+-- Must not: touch the host (no lunaroom.core calls except the null/array
+-- sentinels), keep state, or depend on anything a sandbox does not offer.
+
+local core = require "lunaroom.core"
+local v = require "lunaroom.schema"
+
+v.set_null(core.null)
+
+local lr = {}
+
+lr.v = v
+--- The JSON null value (a table field set to lr.null is sent as null).
+lr.null = core.null
+
+--- Mark a Lua table as a JSON array (needed for empty arrays).
+function lr.array(t)
+  return setmetatable(t or {}, core.array_mt)
+end
+
+local FIELD = {} -- metatable of field descriptors
+
+--- A synced field with a default value.
+-- opts.persist (default true): stored in the room's storage.
+-- opts.sync (default true): sent to clients.
+function lr.sync(default, opts)
+  opts = opts or {}
+  return setmetatable({
+    kind = "sync",
+    default = default,
+    persist = opts.persist ~= false,
+    sync = opts.sync ~= false,
+  }, FIELD)
+end
+
+--- A stored but never sent field (@persist() of the reference).
+function lr.persist(default)
+  return lr.sync(default, { sync = false, persist = true })
+end
+
+--- True while the user has a socket open (@connected()). Synced, not stored.
+function lr.connected()
+  return setmetatable({ kind = "connected", default = false, persist = false, sync = true }, FIELD)
+end
+
+local SCHEMA = {}
+
+--- What one entry of a users collection holds.
+function lr.schema(fields)
+  assert(type(fields) == "table", "lr.schema expects a table of fields")
+  local s = { kind = "schema", fields = {}, connected = nil }
+  for k, f in pairs(fields) do
+    if type(k) ~= "string" then error("schema field names must be strings", 2) end
+    if getmetatable(f) ~= FIELD then f = lr.sync(f) end
+    if f.kind == "users" then error("a users collection cannot be nested in a schema", 2) end
+    s.fields[k] = f
+    if f.kind == "connected" then
+      if s.connected then error("a schema has at most one lr.connected() field", 2) end
+      s.connected = k
+    end
+  end
+  return setmetatable(s, SCHEMA)
+end
+
+--- A users collection keyed by publicId (@users(Player)).
+function lr.users(schema)
+  if getmetatable(schema) ~= SCHEMA then schema = lr.schema(schema or {}) end
+  return setmetatable({ kind = "users", schema = schema, persist = true, sync = true }, FIELD)
+end
+
+function lr.is_field(x) return getmetatable(x) == FIELD end
+function lr.is_schema(x) return getmetatable(x) == SCHEMA end
+
+local ROOM = {}
+
+local KNOWN = {
+  path = "string", party = "string", maxUsers = "number", throttleSync = "number",
+  throttleStorage = "number", sessionExpiryTime = "number", transferExpiryTime = "number",
+  autoSync = "boolean", hibernate = "boolean", budget = "number",
+  guards = "table", state = "table", actions = "table", requests = "table",
+  unhandled = "function|table", onCreate = "function", onJoin = "function",
+  onLeave = "function", onSessionRestore = "function", onStorageRestore = "function",
+  onUserStorageRestore = "function", interceptorPacket = "function", onReload = "function",
+}
+
+local RESERVED = {
+  send = true, broadcast = true, applySync = true, autoSync = true, sessionTransfer = true,
+  parties = true, id = true, params = true, name = true, timer = true, cancel = true,
+  dispose = true, connections = true, storage = true, h = true, now = true, log = true,
+}
+
+local function typeok(x, spec)
+  for t in spec:gmatch("[^|]+") do
+    if type(x) == t then return true end
+  end
+  return false
+end
+
+local function check_guards(g, where)
+  if type(g) == "function" then return { g } end
+  if g == nil then return {} end
+  if type(g) ~= "table" then error(where .. ": guards must be a function or a list of functions", 3) end
+  for i, f in ipairs(g) do
+    if type(f) ~= "function" then error(where .. ": guard " .. i .. " is not a function", 3) end
+  end
+  return g
+end
+
+--- Normalise one action or route entry to {run, guards, schema}.
+local function handler(entry, where)
+  if type(entry) == "function" then return { run = entry, guards = {} } end
+  if type(entry) ~= "table" or type(entry.run) ~= "function" then
+    error(where .. " must be a function or a table with a run function", 3)
+  end
+  if entry.schema ~= nil and not v.is_schema(entry.schema) then
+    error(where .. ": schema must be built with lr.v", 3)
+  end
+  return { run = entry.run, guards = check_guards(entry.guards, where), schema = entry.schema }
+end
+
+--- Parse "GET /players/:id" into {method, segments}.
+local function parse_route(key)
+  local method, path = key:match("^(%u+)%s+(/%S*)$")
+  if not method then
+    if key:sub(1, 1) == "/" then method, path = "GET", key else return nil end
+  end
+  local segs = {}
+  for seg in path:gmatch("[^/]+") do
+    segs[#segs + 1] = seg:sub(1, 1) == ":" and { param = seg:sub(2) } or seg
+  end
+  return { method = method, segs = segs, key = key }
+end
+
+--- Compile a path pattern like "game-{id}" into a matcher.
+local function compile_path(p)
+  local names = {}
+  local pat = "^" .. p:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"):gsub("{(%w+)}", function(n)
+    names[#names + 1] = n
+    return "([%w_%-]+)"
+  end) .. "$"
+  return function(id)
+    local caps = { id:match(pat) }
+    if #caps == 0 then
+      if id == p then return {} end
+      return nil
+    end
+    local params = {}
+    for i, n in ipairs(names) do params[n] = caps[i] end
+    return params
+  end
+end
+
+--- Declare a room. Validates the definition and returns it (frozen shape).
+function lr.room(def)
+  if type(def) ~= "table" then error("lr.room expects a table", 2) end
+  for k, val in pairs(def) do
+    if type(k) ~= "string" then error("room definition keys must be strings", 2) end
+    local spec = KNOWN[k]
+    if not spec then
+      if k:sub(1, 1) ~= "_" then error("unknown room option '" .. k .. "'", 2) end
+    elseif not typeok(val, spec) then
+      error("room option '" .. k .. "' must be a " .. spec .. ", got " .. type(val), 2)
+    end
+  end
+  if type(def.path) ~= "string" or def.path == "" then error("a room needs a path, e.g. path = \"game-{id}\"", 2) end
+  local d = { path = def.path, party = def.party or "main", src = def }
+  d.match = compile_path(def.path)
+  d.guards = check_guards(def.guards, "guards")
+  d.fields, d.users_field, d.field_order = {}, nil, {}
+  for k, f in pairs(def.state or {}) do
+    if type(k) ~= "string" then error("state field names must be strings", 2) end
+    if RESERVED[k] then error("state field '" .. k .. "' collides with a room method", 2) end
+    if getmetatable(f) ~= FIELD then f = lr.sync(f) end
+    if f.kind == "users" then
+      if d.users_field then error("a room has at most one lr.users() collection", 2) end
+      d.users_field = k
+    end
+    d.fields[k] = f
+    d.field_order[#d.field_order + 1] = k
+  end
+  table.sort(d.field_order)
+  d.actions = {}
+  for name, a in pairs(def.actions or {}) do
+    if type(name) ~= "string" then error("action names must be strings", 2) end
+    d.actions[name] = handler(a, "action '" .. name .. "'")
+  end
+  if def.unhandled then d.unhandled = handler(def.unhandled, "unhandled") end
+  d.routes = {}
+  for key, h in pairs(def.requests or {}) do
+    local r = type(key) == "string" and parse_route(key)
+    if not r then error("request key '" .. tostring(key) .. "' must look like \"GET /path/:param\"", 2) end
+    local hd = handler(h, "request '" .. key .. "'")
+    r.run, r.guards, r.schema = hd.run, hd.guards, hd.schema
+    d.routes[#d.routes + 1] = r
+  end
+  -- Whole-path routing: static segments before params, then by key.
+  table.sort(d.routes, function(a, b)
+    for i = 1, math.max(#a.segs, #b.segs) do
+      local x, y = a.segs[i], b.segs[i]
+      if x == nil or y == nil then return x == nil end
+      local sx, sy = type(x) == "string", type(y) == "string"
+      if sx ~= sy then return sx end
+    end
+    return a.key < b.key
+  end)
+  d.maxUsers = def.maxUsers
+  d.throttleSync = def.throttleSync or 0
+  d.throttleStorage = def.throttleStorage or 0
+  d.sessionExpiryTime = def.sessionExpiryTime or 300000
+  d.transferExpiryTime = def.transferExpiryTime or 300000
+  d.autoSync = def.autoSync ~= false
+  d.budget = def.budget
+  for _, hook in ipairs { "onCreate", "onJoin", "onLeave", "onSessionRestore", "onStorageRestore",
+    "onUserStorageRestore", "interceptorPacket", "onReload" } do
+    d[hook] = def[hook]
+  end
+  return setmetatable(d, ROOM)
+end
+
+function lr.is_room(x) return getmetatable(x) == ROOM end
+
+lr.FIELD, lr.SCHEMA, lr.ROOM = FIELD, SCHEMA, ROOM
+
+return lr

@@ -1,0 +1,758 @@
+-- lunaroom.runtime: the room rules the C host calls into.
+--
+-- Owns: room instances (state initialisation, restore from storage),
+-- sessions (privateId/publicId, reconnect, multi-socket, expiry, transfer),
+-- message dispatch (room guards, action guards, schema, handler), HTTP
+-- routing and responses, and the packet interceptor glue.
+-- Must not: encode packets, schedule flushes or touch sockets (C does), or
+-- be reachable from room scripts (they only see lunaroom / lunaroom.schema).
+--
+-- Every function named in M.entry is called by room.c through the one
+-- protected-call helper, with the server table as first argument. A user
+-- callback that may fail on its own (onJoin, onLeave, timers, route handlers)
+-- goes through core.pcall so its writes are rolled back alone.
+
+local core = require "lunaroom.core"
+local lr = require "lunaroom"
+local sandbox = require "lunaroom.sandbox"
+
+local M = {}
+local null = core.null
+local NOSYNC, NOPERSIST = core.NOSYNC, core.NOPERSIST
+local PID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+-- Connection tables share this metatable: conn:send(v), conn:close().
+local Conn = {}
+Conn.__index = Conn
+function Conn:send(v) core.send(self, v) end
+function Conn:close(code, reason) core.conn_close(self, code or 1000, reason or "") end
+
+------------------------------------------------------------------ helpers
+
+local function deepcopy(x)
+  if type(x) ~= "table" then return x end
+  local t = {}
+  for k, val in pairs(x) do t[k] = deepcopy(val) end
+  return setmetatable(t, getmetatable(x))
+end
+
+local function log(level, fmt, ...) core.log(level, string.format(fmt, ...)) end
+
+local function flags_of(f)
+  local fl = 0
+  if not f.sync then fl = fl | NOSYNC end
+  if not f.persist then fl = fl | NOPERSIST end
+  return fl
+end
+
+local function urldecode(s)
+  s = s:gsub("+", " ")
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function parse_query(q)
+  local t = {}
+  for pair in (q or ""):gmatch("[^&]+") do
+    local k, val = pair:match("^([^=]*)=?(.*)$")
+    if k and k ~= "" then t[urldecode(k)] = urldecode(val) end
+  end
+  return t
+end
+M.parse_query = parse_query
+
+-- dset semantics for restore: write value at a dotted path (objects only).
+local function dset(root, path, value)
+  local cur = root
+  local parts = {}
+  for p in path:gmatch("[^.]+") do parts[#parts + 1] = p end
+  for i = 1, #parts - 1 do
+    local k = parts[i]
+    if type(cur[k]) ~= "table" then cur[k] = {} end
+    cur = cur[k]
+  end
+  if #parts > 0 then cur[parts[#parts]] = value end
+end
+
+local function has_delete(x)
+  if x == "$delete" then return true end
+  if type(x) == "table" then
+    for k, val in pairs(x) do
+      if val == "$delete" then x[k] = nil; return true end
+      if has_delete(val) then return true end
+    end
+  end
+  return false
+end
+
+local function strip_deletes(x)
+  if type(x) ~= "table" then return end
+  for k, val in pairs(x) do
+    if val == "$delete" then x[k] = nil else strip_deletes(val) end
+  end
+end
+
+------------------------------------------------------------------ the room object
+
+local Room = {} -- methods seen by handlers as room:method(...)
+
+function Room:send(conn, value) core.send(conn, value) end
+function Room:broadcast(value, except) core.broadcast(rawget(self, "h"), value, except) end
+function Room:applySync() core.room_apply_sync(rawget(self, "h")) end
+function Room:connections() return core.room_conns(rawget(self, "h")) end
+function Room:now() return core.now(rawget(self, "srv").h) end
+function Room:dispose() core.room_dispose(rawget(self, "h")) end
+function Room:log(...) log("info", "room %s: %s", rawget(self, "key"), table.concat({ ... }, " ")) end
+
+--- room:timer(ms, fn) -> id. fn(room) runs after ms (protected, budgeted).
+function Room:timer(ms, fn)
+  local srv = rawget(self, "srv")
+  return core.timer(srv.h, rawget(self, "h"), math.floor(ms), function()
+    local ok, err = core.pcall(fn, rawget(self, "key"), "timer", self)
+    if not ok then log("warn", "room %s: timer failed: %s", rawget(self, "key"), err) end
+  end)
+end
+function Room:cancel(id) core.cancel(rawget(self, "srv").h, id) end
+
+--- room:sessionTransfer(conn, targetRoomId) -> token | nil, err
+function Room:sessionTransfer(conn, target)
+  return M.session_transfer(rawget(self, "srv"), self, conn, target)
+end
+
+local RoomMT = {}
+RoomMT.__index = function(self, k)
+  local d = rawget(self, "def")
+  if d.fields[k] then return rawget(self, "root")[k] end
+  if k == "autoSync" then return rawget(self, "_autoSync") end
+  if k == "storage" then return rawget(self, "_storage") end
+  return Room[k]
+end
+RoomMT.__newindex = function(self, k, value)
+  local d = rawget(self, "def")
+  if d.fields[k] then
+    rawget(self, "root")[k] = value
+  elseif k == "autoSync" then
+    rawset(self, "_autoSync", value and true or false)
+    core.room_config(rawget(self, "h"), { autoSync = value and true or false })
+  else
+    rawset(self, k, value)
+  end
+end
+RoomMT.__tostring = function(self) return "room " .. rawget(self, "key") end
+
+local function users_of(room)
+  local d = rawget(room, "def")
+  return d.users_field and rawget(room, "root")[d.users_field] or nil
+end
+
+local function user_of(room, conn)
+  local users = users_of(room)
+  local pid = conn.state and conn.state.publicId
+  if users and pid then return users[pid] end
+  return nil
+end
+
+-- Storage facade for room code and specs: room.storage:get(key) ...
+local Storage = {}
+Storage.__index = Storage
+function Storage:get(key) return core.store_get(self.h, key) end
+function Storage:put(key, value) return core.store_apply(self.h, { { "put", key, value } }) end
+function Storage:delete(key) return core.store_apply(self.h, { { "del", key } }) end
+function Storage:list(prefix)
+  local out = {}
+  for _, kv in ipairs(core.store_list(self.h, prefix or "")) do out[kv[1]] = kv[2] end
+  return out
+end
+function Storage:entries(prefix) return core.store_list(self.h, prefix or "") end
+function Storage:count() return core.store_count(self.h) end
+
+------------------------------------------------------------------ servers
+
+--- Create the Lua side of a server around a C server handle.
+function M.new_server(h, opts)
+  local srv = { h = h, defs = {}, rooms = {}, opts = opts or {}, env = (opts or {}).env or {} }
+  core.server_bind(h, srv)
+  return srv
+end
+
+--- Add (or replace, by file) a room definition. Order of addition is the
+--- resolution order, like the reference's rooms array.
+function M.add_definition(srv, def, file, version)
+  for i, e in ipairs(srv.defs) do
+    if file and e.file == file then
+      srv.defs[i] = { def = def, file = file, version = version }
+      return
+    end
+  end
+  srv.defs[#srv.defs + 1] = { def = def, file = file, version = version }
+end
+
+--- Load every *.lua file of dir that returns a room. Returns count, errors.
+function M.load_dir(srv, dir)
+  local files, err = sandbox.list_rooms(dir)
+  if not files then return nil, err end
+  local errors = {}
+  for _, f in ipairs(files) do
+    local def, version_or_err = sandbox.load_room_file(f, dir)
+    if def then
+      M.add_definition(srv, def, f, version_or_err)
+      log("info", "loaded %s (path %s, version %s)", f, def.path, version_or_err)
+    elseif version_or_err ~= sandbox.NOT_A_ROOM then
+      errors[#errors + 1] = version_or_err
+      log("error", "%s", version_or_err)
+    end
+  end
+  return #srv.defs, errors
+end
+
+local function resolve(srv, ns, id)
+  local party_has_defs = false
+  for _, e in ipairs(srv.defs) do
+    if e.def.party == ns then party_has_defs = true break end
+  end
+  local want = party_has_defs and ns or "main"
+  for _, e in ipairs(srv.defs) do
+    if e.def.party == want then
+      local params = e.def.match(id)
+      if params then return e, params end
+    end
+  end
+  return nil
+end
+
+------------------------------------------------------------------ room creation and restore
+
+local function user_defaults(schema)
+  local t = {}
+  for k, f in pairs(schema.fields) do t[k] = deepcopy(f.default) end
+  return t
+end
+
+local function apply_user_flags(user_proxy, schema)
+  for k, f in pairs(schema.fields) do
+    if user_proxy[k] ~= nil then
+      local fl = flags_of(f)
+      if fl ~= 0 then core.set_flags(user_proxy, k, fl) end
+    end
+  end
+end
+
+local function is_internal(k)
+  return k:sub(1, 6) == "state:" or k:sub(1, 8) == "session:" or k:sub(1, 15) == "session-public:"
+    or k:sub(1, 9) == "transfer:" or k:sub(1, 6) == "$room:"
+end
+
+-- Read the persisted snapshot (§4.5), migrating the legacy layout.
+local function read_snapshot(room)
+  local h = rawget(room, "h")
+  local entries = core.store_list(h, "state:")
+  local legacy = false
+  local root
+  if #entries == 0 then
+    local all = core.store_list(h, "")
+    local ops, found = {}, false
+    for _, kv in ipairs(all) do
+      local k = kv[1]
+      if not is_internal(k) then
+        found = true
+        if k == "." then root = kv[2] else entries[#entries + 1] = { "state:" .. k, kv[2] } end
+        ops[#ops + 1] = { "put", "state:" .. k, kv[2] }
+        ops[#ops + 1] = { "del", k }
+      end
+    end
+    if found then
+      legacy = true
+      local ok, err = core.store_apply(h, ops)
+      if not ok then log("error", "room %s: legacy migration failed: %s", rawget(room, "key"), err) end
+      log("info", "room %s: migrated %d legacy keys to the state: layout", rawget(room, "key"), #ops // 2)
+    end
+  end
+  local compact = false
+  for _, kv in ipairs(entries) do
+    if kv[1] == "state:." then root = kv[2] end
+  end
+  root = type(root) == "table" and root or {}
+  for _, kv in ipairs(entries) do
+    if kv[1] ~= "state:." then
+      if kv[2] == "$delete" then compact = true end
+      dset(root, kv[1]:sub(7), kv[2])
+    end
+  end
+  if has_delete(root) then compact = true end
+  strip_deletes(root)
+  return root, legacy, compact
+end
+
+local function restore(room, d)
+  local snapshot, legacy, compact = read_snapshot(room)
+  local key = rawget(room, "key")
+  if d.onStorageRestore then
+    local ok, res = core.pcall(d.onStorageRestore, key, "onStorageRestore",
+      { snapshot = snapshot, room = room, legacy = legacy })
+    if ok and type(res) == "table" then snapshot = res end
+  end
+  local root = rawget(room, "root")
+  for _, k in ipairs(d.field_order) do
+    local f = d.fields[k]
+    local val = snapshot[k]
+    if val ~= nil then
+      if f.kind == "users" then
+        local users = root[k]
+        for pid, usnap in pairs(val) do
+          if type(usnap) == "table" then
+            if d.onUserStorageRestore then
+              local helper = user_defaults(f.schema)
+              local ok, res = core.pcall(d.onUserStorageRestore, key, "onUserStorageRestore",
+                { userSnapshot = usnap, user = helper, publicId = pid, room = room, legacy = legacy })
+              if ok and type(res) == "table" then usnap = res end
+            end
+            local u = user_defaults(f.schema)
+            for fk, fv in pairs(usnap) do
+              if f.schema.fields[fk] and fk ~= f.schema.connected then u[fk] = fv end
+            end
+            users[pid] = u
+            apply_user_flags(users[pid], f.schema)
+          end
+        end
+      elseif f.persist then
+        root[k] = val
+      end
+    end
+  end
+  return compact or legacy
+end
+
+--- Called by C when a client or request names a room that is not live yet.
+function M.create_room(srv, ns, id)
+  local e, params = resolve(srv, ns, id)
+  if not e then return nil end
+  local d = e.def
+  local room = setmetatable({
+    def = d, srv = srv, id = id, name = ns, params = params, key = ns .. "/" .. id,
+    file = e.file, version = e.version, _autoSync = d.autoSync,
+    sockets = {},   -- privateId -> number of open sockets
+    expiry = {},    -- privateId -> timer id
+  }, RoomMT)
+  local h = core.room_new(srv.h, ns, id, room)
+  rawset(room, "h", h)
+  rawset(room, "_storage", setmetatable({ h = h }, Storage))
+  local root = core.room_root(h)
+  rawset(room, "root", root)
+  for _, k in ipairs(d.field_order) do
+    local f = d.fields[k]
+    root[k] = f.kind == "users" and {} or deepcopy(f.default)
+    local fl = flags_of(f)
+    if fl ~= 0 then core.set_flags(root, k, fl) end
+  end
+  local needs_write = restore(room, d)
+  core.room_clear_dirty(h)
+  if needs_write then core.room_mark_all(h) end -- compaction / migration writes state:.
+  core.room_config(h, {
+    throttleSync = d.throttleSync, throttleStorage = d.throttleStorage, autoSync = d.autoSync,
+    interceptor = d.interceptorPacket ~= nil, budget = d.budget,
+  })
+  srv.rooms[room.key] = room
+  -- Sessions left "connected" by a crash are offline now (Part 1 row 12).
+  for _, kv in ipairs(core.store_list(h, "session:")) do
+    local s = kv[2]
+    if type(s) == "table" and s.connected then
+      s.connected = false
+      s.disconnectedAt = core.now(srv.h)
+      core.store_apply(h, { { "put", kv[1], s } })
+      M.arm_expiry(room, kv[1]:sub(9), d.sessionExpiryTime)
+    end
+  end
+  if d.onCreate then core.pcall(d.onCreate, room.key, "onCreate", room) end
+  return room
+end
+
+------------------------------------------------------------------ sessions
+
+local function now(room) return core.now(rawget(room, "srv").h) end
+
+local function get_session(room, priv) return core.store_get(rawget(room, "h"), "session:" .. priv) end
+
+local function put_session(room, priv, s, index_pid)
+  local ops = { { "put", "session:" .. priv, s } }
+  if index_pid then
+    local h = rawget(room, "h")
+    local idx = core.store_get(h, "session-public:" .. index_pid) or {}
+    local present = false
+    for _, p in ipairs(idx) do if p == priv then present = true end end
+    if not present then idx[#idx + 1] = priv end
+    ops[#ops + 1] = { "put", "session-public:" .. index_pid, lr.array(idx) }
+  end
+  local ok, err = core.store_apply(rawget(room, "h"), ops)
+  if not ok then log("error", "room %s: session %s not saved: %s", rawget(room, "key"), priv, err) end
+end
+
+-- Delete a session; delete its user when no other session maps to it.
+local function expire_session(room, priv)
+  local h = rawget(room, "h")
+  local s = get_session(room, priv)
+  if not s or s.connected or (rawget(room, "sockets")[priv] or 0) > 0 then return end
+  local pid = s.publicId
+  local idx = core.store_get(h, "session-public:" .. pid) or {}
+  local rest = {}
+  for _, p in ipairs(idx) do if p ~= priv then rest[#rest + 1] = p end end
+  local ops = { { "del", "session:" .. priv } }
+  if #rest == 0 then ops[#ops + 1] = { "del", "session-public:" .. pid }
+  else ops[#ops + 1] = { "put", "session-public:" .. pid, lr.array(rest) } end
+  core.store_apply(h, ops)
+  rawget(room, "expiry")[priv] = nil
+  local users = users_of(room)
+  if #rest == 0 and users and users[pid] ~= nil then
+    users[pid] = nil
+    log("info", "room %s: session %s expired, user %s removed", rawget(room, "key"), priv, pid)
+  end
+end
+
+function M.arm_expiry(room, priv, ms)
+  if type(ms) ~= "number" or ms < 0 or ms ~= ms or ms == math.huge then return end
+  local srv = rawget(room, "srv")
+  local exp = rawget(room, "expiry")
+  if exp[priv] then core.cancel(srv.h, exp[priv]) end
+  exp[priv] = core.timer(srv.h, rawget(room, "h"), math.floor(ms), function()
+    exp[priv] = nil
+    expire_session(room, priv)
+  end)
+end
+
+local function run_guards(guards, a, b, room)
+  for _, g in ipairs(guards) do
+    if not g(a, b, room) then return false end
+  end
+  return true
+end
+
+-- Count distinct online sessions (for maxUsers).
+local function online_sessions(room)
+  local n = 0
+  for _, c in pairs(rawget(room, "sockets")) do if c > 0 then n = n + 1 end end
+  return n
+end
+
+local function redeem_transfer(room, token)
+  local h = rawget(room, "h")
+  local t = core.store_get(h, "transfer:" .. token)
+  if t == nil then return nil end
+  core.store_apply(h, { { "del", "transfer:" .. token } })
+  local d = rawget(room, "def")
+  if type(t) ~= "table" or type(t.created) ~= "number" or now(room) - t.created >= d.transferExpiryTime then
+    return nil
+  end
+  return t
+end
+
+--- A socket opened on room. Runs guards, restores or creates the session and
+--- the user, runs onJoin and sends the pId snapshot (core.join).
+function M.connect(srv, room, conn, req)
+  local d = rawget(room, "def")
+  local key = rawget(room, "key")
+  local q = parse_query(req.query)
+  local sid = q.id and q.id:match("^%s*(.-)%s*$") or nil
+  if sid == "" then sid = nil end
+  sid = sid or (q._pk ~= "" and q._pk) or nil
+  conn.sessionId = sid or conn.id
+  local ctx = {
+    request = {
+      method = req.method, url = "http://" .. (req.headers.host or "localhost") .. req.path
+        .. (req.query ~= "" and ("?" .. req.query) or ""),
+      path = req.path, headers = req.headers, query = q, ip = req.ip,
+    },
+  }
+  if not run_guards(d.guards, conn, ctx, room) then
+    log("info", "room %s: connection %s refused by a room guard", key, conn.id)
+    conn:close(4001, "unauthorized")
+    return
+  end
+  local priv = conn.sessionId
+  local transfer = q.transferToken and redeem_transfer(room, q.transferToken)
+  if transfer then priv = transfer.privateId end
+  local users = users_of(room)
+  local session = users and get_session(room, priv) or nil
+  local sockets = rawget(room, "sockets")
+  if d.maxUsers and (sockets[priv] or 0) == 0 and online_sessions(room) >= d.maxUsers then
+    log("info", "room %s: connection %s refused, room full (maxUsers %d)", key, conn.id, d.maxUsers)
+    conn:close(4029, "room full")
+    return
+  end
+  local pid = session and session.publicId
+  if not pid then
+    repeat pid = core.random_id(srv.h, 8, PID_ALPHABET) until not (users and users[pid] ~= nil)
+  end
+  sockets[priv] = (sockets[priv] or 0) + 1
+  local schema = users and d.fields[d.users_field].schema
+  if users then
+    if users[pid] == nil then
+      users[pid] = user_defaults(schema)
+      apply_user_flags(users[pid], schema)
+    end
+    local created = session and session.created or now(room)
+    local s = { publicId = pid, created = created, connected = true }
+    if session and session.state ~= nil then s.state = session.state end
+    put_session(room, priv, s, pid)
+    local exp = rawget(room, "expiry")
+    if exp[priv] then core.cancel(srv.h, exp[priv]); exp[priv] = nil end
+    if schema.connected then users[pid][schema.connected] = true end
+  end
+  conn.state.publicId = pid
+  conn.state.privateId = priv
+  if d.onJoin then
+    local ok, err = core.pcall(d.onJoin, key, "onJoin", room, users and users[pid] or nil, conn, ctx)
+    if not ok then
+      conn:close(1011, "onJoin failed")
+      return
+    end
+  end
+  core.join(rawget(room, "h"), conn, pid)
+end
+
+--- The last step of a socket: offline marking, expiry, onLeave.
+function M.close(srv, room, conn)
+  local d = rawget(room, "def")
+  local priv = conn.state and conn.state.privateId
+  if not priv then return end
+  local sockets = rawget(room, "sockets")
+  local n = (sockets[priv] or 1) - 1
+  sockets[priv] = n > 0 and n or nil
+  if n > 0 then return end -- another socket of this session is still open
+  local users = users_of(room)
+  local pid = conn.state.publicId
+  local user = users and users[pid] or nil
+  if users then
+    local s = get_session(room, priv) or { publicId = pid, created = now(room) }
+    s.connected = false
+    s.disconnectedAt = now(room)
+    put_session(room, priv, s)
+    M.arm_expiry(room, priv, d.sessionExpiryTime)
+    local schema = d.fields[d.users_field].schema
+    if user and schema.connected then user[schema.connected] = false end
+  end
+  if d.onLeave then core.pcall(d.onLeave, rawget(room, "key"), "onLeave", room, user, conn) end
+  if not (users and d.fields[d.users_field].schema.connected) then
+    core.broadcast(rawget(room, "h"), { type = "user_disconnected", value = { publicId = pid } })
+  end
+end
+
+------------------------------------------------------------------ messages
+
+--- An action packet. Returns nil, or an error code and message for the sender.
+function M.message(srv, room, conn, action, value)
+  local d = rawget(room, "def")
+  if value == null then value = nil end
+  if not run_guards(d.guards, conn, value, room) then return "guard", "rejected by a room guard" end
+  local user = user_of(room, conn)
+  local a = d.actions[action]
+  if a then
+    if not run_guards(a.guards, conn, value, room) then return "guard", "rejected by an action guard" end
+    if a.schema then
+      local ok, res = a.schema:parse(value)
+      if not ok then return "validation", res.message end
+      value = res
+    end
+    a.run(room, user, value, conn)
+    return nil
+  end
+  local u = d.unhandled
+  if u then
+    local msg = { action = action, value = value }
+    if not run_guards(u.guards, conn, msg, room) then return "guard", "rejected by the unhandled-action guard" end
+    u.run(room, user, msg, conn)
+    return nil
+  end
+  return "unknown_action", "unknown action '" .. tostring(action) .. "'"
+end
+
+--- Per-recipient packet filter. Returns the JSON to send, or nil to drop.
+function M.intercept(srv, room, conn, json)
+  local d = rawget(room, "def")
+  local packet = core.decode(json)
+  local res = d.interceptorPacket(room, user_of(room, conn), packet, conn)
+  if res == nil or res == null then return nil end
+  return core.encode(res)
+end
+
+------------------------------------------------------------------ HTTP
+
+local CORS = {
+  { "Access-Control-Allow-Origin", "*" },
+  { "Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS" },
+  { "Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With" },
+  { "Access-Control-Max-Age", "86400" },
+}
+
+local RESPONSE = {}
+
+local function response(status, body, ctype, extra)
+  local headers = {}
+  for _, h in ipairs(CORS) do headers[#headers + 1] = h end
+  local set = {}
+  for _, h in ipairs(extra or {}) do set[h[1]:lower()] = true; headers[#headers + 1] = h end
+  if not set["content-type"] then headers[#headers + 1] = { "Content-Type", ctype or "application/json" } end
+  return setmetatable({ status = status, headers = headers, body = body }, RESPONSE)
+end
+
+local function json_response(status, value, extra)
+  if value == nil then value = {} end
+  return response(status, core.encode(value), "application/json", extra)
+end
+
+-- res: the seed's ServerResponse helpers. Terminal helpers return a response.
+local Res = {}
+Res.__index = Res
+local function new_res() return setmetatable({ _status = 200, _headers = {} }, Res) end
+function Res:status(code) self._status = code; return self end
+function Res:header(name, value) self._headers[#self._headers + 1] = { name, tostring(value) }; return self end
+function Res:setHeaders(t) for k, val in pairs(t) do self:header(k, val) end; return self end
+function Res:json(body) return json_response(self._status, body, self._headers) end
+function Res:send(body) return json_response(self._status, body, self._headers) end
+function Res:text(str) return response(self._status, tostring(str), "text/plain", self._headers) end
+function Res:redirect(url, code)
+  local h = { { "Location", url } }
+  for _, x in ipairs(self._headers) do h[#h + 1] = x end
+  return json_response(code or 302, {}, h)
+end
+function Res:success(body) return json_response(200, body, self._headers) end
+function Res:badRequest(message, details)
+  local b = { error = message }
+  for k, val in pairs(details or {}) do b[k] = val end
+  return json_response(400, b, self._headers)
+end
+function Res:unauthorized(m) return json_response(401, { error = m or "Unauthorized" }, self._headers) end
+function Res:notPermitted(m) return json_response(403, { error = m or "Not permitted" }, self._headers) end
+function Res:notFound(m) return json_response(404, { error = m or "Not found" }, self._headers) end
+function Res:serverError(m) return json_response(500, { error = m or "Internal Server Error" }, self._headers) end
+
+local function match_route(routes, method, path)
+  local segs = {}
+  for s in path:gmatch("[^/]+") do segs[#segs + 1] = s end
+  for _, r in ipairs(routes) do
+    if r.method == method and #r.segs == #segs then
+      local params, ok = {}, true
+      for i, s in ipairs(r.segs) do
+        if type(s) == "table" then params[s.param] = urldecode(segs[i])
+        elseif s ~= segs[i] then ok = false break end
+      end
+      if ok then return r, params end
+    end
+  end
+  return nil
+end
+
+local function to_response(res, result)
+  if getmetatable(result) == RESPONSE then return result end
+  if type(result) == "string" then return response(200, result, "text/plain", res._headers) end
+  if result == nil then return json_response(200, {}, res._headers) end
+  if result == null then return response(200, "null", "application/json", res._headers) end
+  return json_response(200, result, res._headers)
+end
+
+--- An HTTP request for room, routed on path (the part after the room id).
+function M.request(srv, room, req, path)
+  local d = rawget(room, "def")
+  local key = rawget(room, "key")
+  if req.method == "POST" and path:match("/session%-transfer$") then
+    return M.transfer_request(srv, room, req)
+  end
+  local route, params = match_route(d.routes, req.method, path)
+  if not route then return json_response(404, { error = "Not found" }) end
+  local ctype = req.headers["content-type"] or ""
+  local r = {
+    method = req.method, path = path, query = parse_query(req.query), headers = req.headers,
+    params = params, body = req.body, ip = req.ip, data = nil,
+    url = "http://" .. (req.headers.host or "localhost") .. req.path .. (req.query ~= "" and ("?" .. req.query) or ""),
+  }
+  function r.json() return core.decode(r.body or "") end
+  function r.text() return r.body or "" end
+  local m = req.method
+  if (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
+    local data, err = core.decode(req.body or "")
+    if data == nil and err then return json_response(400, { error = "Failed to parse request body" }) end
+    if route.schema then
+      local ok, res = route.schema:parse(data ~= null and data or nil)
+      if not ok then
+        return json_response(400, { error = "Invalid request body", details = { issues = res.issues, name = "ZodError" } })
+      end
+      data = res
+    end
+    r.data = data
+  end
+  local res = new_res()
+  for _, g in ipairs(route.guards) do
+    local ok, verdict = core.pcall(g, key, "guard " .. route.key, nil, r, room)
+    if not ok then return json_response(500, { error = "Internal Server Error" }) end
+    if getmetatable(verdict) == RESPONSE then return verdict end
+    if not verdict then return json_response(403, { error = "Not permitted" }) end
+  end
+  local ok, result = core.pcall(route.run, key, "request " .. route.key, room, r, res)
+  if not ok then return json_response(500, { error = "Internal Server Error" }) end
+  return to_response(res, result)
+end
+
+------------------------------------------------------------------ session transfer (same process)
+
+function M.transfer_request(srv, room, req)
+  -- Only the same process (room:sessionTransfer) or a shard with the secret.
+  local secret = srv.env.SHARD_SECRET
+  if not (secret and secret ~= "" and req.headers["x-access-shard"] == secret) then
+    return json_response(401, { error = "Invalid shard credentials" })
+  end
+  local data = core.decode(req.body or "")
+  local code, body = M.transfer_in(srv, room, data)
+  return json_response(code, body)
+end
+
+function M.transfer_in(srv, room, data)
+  if type(data) ~= "table" or type(data.privateId) ~= "string" or type(data.publicId) ~= "string" then
+    return 400, { error = "Missing privateId or publicId in transfer data" }
+  end
+  local d = rawget(room, "def")
+  local h = rawget(room, "h")
+  local t = now(room)
+  local s = { publicId = data.publicId, created = t, connected = false, disconnectedAt = t }
+  if data.sessionState ~= nil then s.state = data.sessionState end
+  put_session(room, data.privateId, s, data.publicId)
+  M.arm_expiry(room, data.privateId, d.transferExpiryTime)
+  local users = users_of(room)
+  if type(data.userSnapshot) == "table" and users then
+    local snap = data.userSnapshot
+    if d.onSessionRestore then
+      local ok, res = core.pcall(d.onSessionRestore, rawget(room, "key"), "onSessionRestore", {
+        userSnapshot = snap, user = user_defaults(d.fields[d.users_field].schema), publicId = data.publicId,
+        privateId = data.privateId, sessionState = data.sessionState, room = room })
+      if ok and type(res) == "table" then snap = res end
+    end
+    local schema = d.fields[d.users_field].schema
+    local u = user_defaults(schema)
+    for k, val in pairs(snap) do if schema.fields[k] and k ~= schema.connected then u[k] = val end end
+    users[data.publicId] = u
+    apply_user_flags(users[data.publicId], schema)
+  end
+  local token = core.random_id(srv.h, 8, PID_ALPHABET)
+  core.store_apply(h, { { "put", "transfer:" .. token,
+    { privateId = data.privateId, publicId = data.publicId, restored = true, created = t } } })
+  return 200, { transferToken = token }
+end
+
+function M.session_transfer(srv, room, conn, target_id)
+  local users = users_of(room)
+  local pid = conn.state and conn.state.publicId
+  if not users or not pid or users[pid] == nil then return nil, "no user for this connection" end
+  local target = srv.rooms[rawget(room, "name") .. "/" .. target_id]
+  if not target then
+    target = M.create_room(srv, rawget(room, "name"), target_id)
+    if not target then return nil, "Room not available" end
+  end
+  local snap = core.copy(users[pid], NOPERSIST)
+  local code, body = M.transfer_in(srv, target, {
+    privateId = conn.state.privateId, publicId = pid, userSnapshot = snap })
+  if code ~= 200 then return nil, body.error end
+  return body.transferToken
+end
+
+------------------------------------------------------------------ registration
+
+function M.forget_room(srv, key) srv.rooms[key] = nil end
+
+core.set_runtime(M, Conn)
+return M

@@ -1,0 +1,128 @@
+-- lunaroom.sandbox: loads room scripts, each into its own _ENV.
+--
+-- Owns: the allow-list of globals a room script sees, read-only library
+-- tables, `require` for room scripts (only "lunaroom", "lunaroom.schema" and
+-- plain Lua modules from the rooms folder, each in its own sandbox), and the
+-- code version (content hash of the file and the modules it required).
+-- Must not: give room code io, os.execute, load/loadfile/dofile, debug,
+-- package, collectgarbage, or any C module.
+
+local core = require "lunaroom.core"
+local lr = require "lunaroom"
+
+local M = {}
+M.NOT_A_ROOM = "not a room"
+
+local function ro(t, name)
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function(_, k) error("cannot modify the read-only library " .. name .. " (key " .. tostring(k) .. ")", 2) end,
+    __metatable = false,
+    __pairs = function() return next, t, nil end,
+  })
+end
+
+local RO = {
+  string = ro(string, "string"), table = ro(table, "table"), math = ro(math, "math"),
+  utf8 = ro(utf8, "utf8"), coroutine = ro(coroutine, "coroutine"),
+  os = ro({ time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }, "os"),
+  lunaroom = ro(lr, "lunaroom"), schema = ro(lr.v, "lunaroom.schema"),
+}
+
+local SAFE = { "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber",
+  "tostring", "type", "xpcall", "rawequal", "rawget", "rawlen", "rawset", "setmetatable",
+  "getmetatable", "_VERSION" }
+
+local function new_env(file, ctx)
+  local env = {}
+  for _, k in ipairs(SAFE) do env[k] = _G[k] end
+  for k, t in pairs(RO) do if k ~= "lunaroom" and k ~= "schema" then env[k] = t end end
+  env.print = function(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    core.log("info", file .. ": " .. table.concat(parts, "\t"))
+  end
+  env.require = function(name) return M.require(name, ctx) end
+  env._G = env
+  return env
+end
+
+local function read(path)
+  local src, err = core.readfile(path)
+  if not src then return nil, err end
+  return src
+end
+
+--- require for room scripts: lunaroom modules, or name.lua from the rooms folder.
+function M.require(name, ctx)
+  if name == "lunaroom" then return RO.lunaroom end
+  if name == "lunaroom.schema" then return RO.schema end
+  if type(name) ~= "string" or not name:match("^[%w_][%w_%.%-]*$") then
+    error("require: bad module name " .. tostring(name), 2)
+  end
+  local cached = ctx.loaded[name]
+  if cached then
+    if cached.loading then error("require: circular dependency on " .. name, 2) end
+    return cached.value
+  end
+  if not ctx.dir then error("require: no module " .. name .. " (no rooms folder)", 2) end
+  local path = ctx.dir .. "/" .. name:gsub("%.", "/") .. ".lua"
+  local src, err = read(path)
+  if not src then error("require: no module " .. name .. " in " .. ctx.dir .. " (" .. err .. ")", 2) end
+  local entry = { loading = true, file = path, src = src }
+  ctx.loaded[name] = entry
+  local chunk, cerr = load(src, "@" .. path, "t", new_env(path, ctx))
+  if not chunk then error(cerr, 0) end
+  local value = chunk(name)
+  if value == nil then value = true end
+  entry.value, entry.loading = value, nil
+  return value
+end
+
+--- Compile and run room source in a fresh sandbox.
+-- Returns def, version, deps (list of module files) or nil, "file:line: message".
+function M.load_room_source(src, chunkname, dir)
+  local ctx = { dir = dir, loaded = {} }
+  local file = chunkname:gsub("^@", "")
+  local chunk, err = load(src, chunkname, "t", new_env(file, ctx))
+  if not chunk then return nil, err end
+  local ok, res = pcall(chunk)
+  if not ok then return nil, tostring(res) end
+  if not lr.is_room(res) then
+    if type(res) == "table" and type(res.path) == "string" and (res.actions or res.state) then
+      local ok2, def = pcall(lr.room, res)
+      if not ok2 then return nil, file .. ": " .. tostring(def) end
+      res = def
+    else
+      return nil, M.NOT_A_ROOM
+    end
+  end
+  local parts, deps = { src }, {}
+  local names = {}
+  for name in pairs(ctx.loaded) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    parts[#parts + 1] = ctx.loaded[name].src
+    deps[#deps + 1] = ctx.loaded[name].file
+  end
+  res.deps = deps
+  return res, core.hash(table.concat(parts, "\0")), deps
+end
+
+--- Load a room file. Returns def, version or nil, error.
+function M.load_room_file(path, dir)
+  local src, err = read(path)
+  if not src then return nil, err end
+  return M.load_room_source(src, "@" .. path, dir or path:match("^(.*)/[^/]*$") or ".")
+end
+
+--- Sorted paths of the *.lua files directly in dir.
+function M.list_rooms(dir)
+  local names, err = core.listdir(dir)
+  if not names then return nil, err end
+  local out = {}
+  for i, n in ipairs(names) do out[i] = dir .. "/" .. n end
+  return out
+end
+
+return M

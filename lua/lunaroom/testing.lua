@@ -1,0 +1,199 @@
+-- lunaroom.testing: headless rooms for busted specs.
+--
+-- Owns: a test server per room under test (virtual clock, memory storage by
+-- default), fake clients that go through the same C engine as sockets do
+-- (core.hl_*), decoded packets per client, HTTP calls, storage access.
+-- Must not: reimplement engine behaviour; everything goes through the host.
+--
+--   local testing = require "lunaroom.testing"
+--   local t = testing.room("rooms/game.lua")            -- or a lr.room{} table
+--   local c = t:client{ id = "sess-1", query = { name = "ann" } }
+--   c:send("move", { x = 1, y = 2 })
+--   assert.are.same({ type = "sync", value = { ... } }, c.packets[#c.packets])
+--   t:advance(100)                                      -- virtual clock
+--   t.storage:get("state:count"); t:http("GET", "/status")
+
+local core = require "lunaroom.core"
+local runtime = require "lunaroom.runtime"
+local sandbox = require "lunaroom.sandbox"
+local lr = require "lunaroom"
+
+local M = {}
+M.null = core.null
+M.decode = core.decode
+M.encode = core.encode
+
+--- Log lines written since the last call (when specs capture logs).
+function M.logs() return core.log_lines() end
+
+local Client = {}
+
+local function drain(c)
+  if not c._hl then return end
+  local raws, code, reason = core.hl_drain(c._hl)
+  for _, r in ipairs(raws) do
+    c._raw[#c._raw + 1] = r
+    c._packets[#c._packets + 1] = core.decode(r)
+  end
+  if code and not c._closed then c._closed = { code = code, reason = reason } end
+end
+
+Client.__index = function(c, k)
+  if k == "packets" then drain(c) return c._packets end
+  if k == "raw" then drain(c) return c._raw end
+  if k == "closed" then drain(c) return c._closed end
+  if k == "conn" then return c._hl and core.hl_conn(c._hl) end
+  if k == "publicId" then
+    local conn = c._hl and core.hl_conn(c._hl)
+    return conn and conn.state.publicId
+  end
+  return Client[k]
+end
+
+--- Send an action packet {action, value}.
+function Client:send(action, value)
+  self:send_raw(core.encode({ action = action, value = value == nil and core.null or value }))
+end
+
+--- Send any text frame as is.
+function Client:send_raw(text)
+  core.hl_send(self._hl, text)
+end
+
+--- Packets received since the last clear (decoded), and forget them.
+function Client:take()
+  drain(self)
+  local p = self._packets
+  self._packets, self._raw = {}, {}
+  return p
+end
+
+function Client:clear() self:take() end
+
+--- The last packet (or the last of a type).
+function Client:last(type_)
+  drain(self)
+  for i = #self._packets, 1, -1 do
+    local p = self._packets[i]
+    if type_ == nil or (type(p) == "table" and p.type == type_) then return p end
+  end
+end
+
+function Client:close()
+  core.hl_close(self._hl)
+  drain(self)
+end
+
+local T = {}
+T.__index = T
+
+local function query_string(q)
+  local parts = {}
+  local keys = {}
+  for k in pairs(q) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local val = tostring(q[k]):gsub("[^%w%-_%.~]", function(ch) return string.format("%%%02X", ch:byte()) end)
+    parts[#parts + 1] = k .. "=" .. val
+  end
+  return table.concat(parts, "&")
+end
+
+--- A fake WebSocket client. opts: id (session id), query, headers, party.
+function T:client(opts)
+  opts = opts or {}
+  local q = {}
+  for k, val in pairs(opts.query or {}) do q[k] = val end
+  if opts.id then q.id = opts.id end
+  local path = "/parties/" .. (opts.party or self.party) .. "/" .. (opts.room or self.id)
+  local hl, status = core.hl_connect(self.srv.h, path, query_string(q), opts.headers or {})
+  local c = setmetatable({ _hl = hl, _packets = {}, _raw = {}, status = status }, Client)
+  if not hl then c._closed = { code = status, reason = "refused" } end
+  return c
+end
+
+--- Advance the virtual clock by ms (throttles and timers fire in order).
+function T:advance(ms) core.advance(self.srv.h, ms) end
+function T:now() return core.now(self.srv.h) end
+
+--- HTTP request to the room: t:http("POST", "/scores", {body = {...}, headers = {...}})
+function T:http(method, path, opts)
+  opts = opts or {}
+  local body = opts.body
+  local headers = {}
+  for k, val in pairs(opts.headers or {}) do headers[k:lower()] = val end
+  if type(body) == "table" then
+    body = core.encode(body)
+    headers["content-type"] = headers["content-type"] or "application/json"
+  end
+  local p, q = path:match("^([^?]*)%??(.*)$")
+  local full = "/parties/" .. (opts.party or self.party) .. "/" .. (opts.room or self.id) .. (p == "/" and "" or p)
+  local res = core.http(self.srv.h, method, full, q, headers, body)
+  if (res.headers["content-type"] or ""):find("json", 1, true) then res.json = core.decode(res.body) end
+  return res
+end
+
+--- The live room instance (state proxies, plain fields, methods).
+function T:instance(id)
+  return self.srv.rooms[self.party .. "/" .. (id or self.id)]
+end
+
+function T:close()
+  if self.srv then core.server_close(self.srv.h) end
+  self.srv = nil
+end
+
+--- Storage of the room under test (state:..., session:... keys).
+local StorageView = {}
+StorageView.__index = StorageView
+function StorageView:get(key) return self.t.room.storage:get(key) end
+function StorageView:list(prefix) return self.t.room.storage:list(prefix) end
+function StorageView:entries(prefix) return self.t.room.storage:entries(prefix) end
+function StorageView:count() return self.t.room.storage:count() end
+function StorageView:put(key, v) return self.t.room.storage:put(key, v) end
+
+local function load_def(src)
+  if lr.is_room(src) then return src end
+  if type(src) == "table" then return lr.room(src) end
+  local def, err = sandbox.load_room_file(src)
+  if not def then error("cannot load room " .. tostring(src) .. ": " .. tostring(err), 3) end
+  return def
+end
+
+local function default_id(def)
+  if not def.path:find("{", 1, true) then return def.path end
+  return (def.path:gsub("{%w+}", "test"))
+end
+
+--- A headless server with one room definition (file path or lr.room table).
+-- opts: id (room id, default from the path), storage ("memory" or
+-- "sqlite:PATH"), seed (random ids), env, rooms (more definitions).
+function M.room(src, opts)
+  opts = opts or {}
+  local def = load_def(src)
+  local h = core.server_new { virtual = true, storage = opts.storage or "memory", seed = opts.seed or 42 }
+  local srv = runtime.new_server(h, { env = opts.env })
+  runtime.add_definition(srv, def, type(src) == "string" and src or nil)
+  for _, more in ipairs(opts.rooms or {}) do runtime.add_definition(srv, load_def(more)) end
+  local t = setmetatable({ srv = srv, def = def, id = opts.id or default_id(def), party = def.party }, T)
+  t.storage = setmetatable({ t = t }, StorageView)
+  t.storage_spec = opts.storage
+  -- Create the room now (as the reference's testRoom does with onStart).
+  local room = srv.rooms[t.party .. "/" .. t.id]
+  if not room then
+    room = runtime.create_room(srv, t.party, t.id)
+    if not room then error("no definition matches room id " .. t.id, 2) end
+    core.tick(h)
+  end
+  t.room = room
+  return t
+end
+
+--- Restart: a new server on the same storage (sqlite path) to test restore.
+function M.restart(t, src)
+  local storage = t.storage_spec
+  t:close()
+  return M.room(src or t.def, { id = t.id, storage = storage })
+end
+
+return M

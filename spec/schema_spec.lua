@@ -1,0 +1,594 @@
+-- spec/schema_spec.lua: busted spec for lua/lunaroom/schema.lua (lr.v).
+-- Self-contained: depends on nothing else from Lunaroom.
+-- Run from the repo root: lua5.4 /usr/bin/busted spec/schema_spec.lua
+
+local prefix = "lua/?.lua;lua/?/init.lua;"
+if package.path:sub(1, #prefix) ~= prefix then package.path = prefix .. package.path end
+
+local v = require "lunaroom.schema"
+
+local function marked(kind, t) return setmetatable(t or {}, { __jsontype = kind }) end
+
+-- parse and expect success; returns the parsed value.
+local function ok(schema, value)
+  local good, out = schema:parse(value)
+  assert.is_true(good, not good and out.message or nil)
+  return out
+end
+
+-- parse and expect failure; returns err.
+local function fail(schema, value)
+  local good, err = schema:parse(value)
+  assert.is_false(good, "expected a failure")
+  assert.is_table(err)
+  assert.is_string(err.message)
+  assert.is_table(err.issues)
+  return err
+end
+
+local function message(schema, value) return fail(schema, value).message end
+
+describe("lr.v", function()
+  describe("v.number", function()
+    it("accepts Lua integers and floats", function()
+      assert.are.equal(3, ok(v.number(), 3))
+      assert.are.equal("integer", math.type(ok(v.number(), 3)))
+      assert.are.equal(2.5, ok(v.number(), 2.5))
+      assert.are.equal(-0.0, ok(v.number(), -0.0))
+    end)
+
+    it("rejects other types with invalid_type", function()
+      local err = fail(v.number(), "5")
+      assert.are.equal("must be a number", err.message)
+      assert.are.same({ code = "invalid_type", expected = "number", received = "string",
+        message = "must be a number", path = {} }, err.issues[1])
+      assert.are.equal("boolean", fail(v.number(), true).issues[1].received)
+      assert.are.equal("object", fail(v.number(), { a = 1 }).issues[1].received)
+      assert.are.equal("array", fail(v.number(), { 1 }).issues[1].received)
+      assert.are.equal("function", fail(v.number(), print).issues[1].received)
+    end)
+
+    it("rejects NaN and infinities", function()
+      for _, x in ipairs { 0 / 0, math.huge, -math.huge } do
+        local err = fail(v.number(), x)
+        assert.are.equal("must be a finite number", err.message)
+        assert.are.equal("not_finite", err.issues[1].code)
+      end
+    end)
+
+    it("reports a missing value as required (received undefined)", function()
+      local err = fail(v.number(), nil)
+      assert.are.equal("is required", err.message)
+      assert.are.equal("invalid_type", err.issues[1].code)
+      assert.are.equal("number", err.issues[1].expected)
+      assert.are.equal("undefined", err.issues[1].received)
+    end)
+
+    it(":min and :max bound the value inclusively", function()
+      local s = v.number():min(0):max(1000)
+      assert.are.equal(0, ok(s, 0))
+      assert.are.equal(1000, ok(s, 1000))
+      assert.are.equal(999.5, ok(s, 999.5))
+      local err = fail(s, 1000.5)
+      assert.are.equal("must be <= 1000", err.message)
+      assert.are.equal("too_big", err.issues[1].code)
+      assert.are.equal(1000, err.issues[1].maximum)
+      err = fail(s, -1)
+      assert.are.equal("must be >= 0", err.message)
+      assert.are.equal("too_small", err.issues[1].code)
+      assert.are.equal(0, err.issues[1].minimum)
+    end)
+
+    it("prints bounds the way JSON clients expect", function()
+      assert.are.equal("must be <= 1000", message(v.number():max(1000.0), 2000))
+      assert.are.equal("must be >= 0.1", message(v.number():min(0.1), 0))
+      assert.are.equal("must be >= -2.5", message(v.number():min(-2.5), -3))
+    end)
+
+    it(":int requires an integer value", function()
+      local s = v.number():int()
+      assert.are.equal(4, ok(s, 4))
+      local err = fail(s, 4.5)
+      assert.are.equal("must be an integer", err.message)
+      assert.are.same({ "invalid_type", "integer", "number" },
+        { err.issues[1].code, err.issues[1].expected, err.issues[1].received })
+    end)
+  end)
+
+  describe("v.integer", function()
+    it("accepts integers, including integral floats, and returns a Lua integer", function()
+      assert.are.equal(3, ok(v.integer(), 3))
+      local out = ok(v.integer(), 3.0)
+      assert.are.equal(3, out)
+      assert.are.equal("integer", math.type(out))
+      assert.are.equal(-7, ok(v.integer(), -7.0))
+    end)
+
+    it("keeps integral floats outside the integer range as floats", function()
+      assert.are.equal(2 ^ 70, ok(v.integer(), 2 ^ 70))
+    end)
+
+    it("rejects fractions, non-numbers and non-finite values", function()
+      assert.are.equal("must be an integer", message(v.integer(), 1.5))
+      local err = fail(v.integer(), "1")
+      assert.are.equal("must be an integer", err.message)
+      assert.are.equal("integer", err.issues[1].expected)
+      assert.are.equal("string", err.issues[1].received)
+      assert.are.equal("must be a finite number", message(v.integer(), math.huge))
+      assert.are.equal("integer", fail(v.integer(), nil).issues[1].expected)
+    end)
+
+    it("collects the integer issue and the bound issues together", function()
+      local err = fail(v.integer():max(10), 10.5)
+      assert.are.equal(2, #err.issues)
+      assert.are.equal("invalid_type", err.issues[1].code)
+      assert.are.equal("too_big", err.issues[2].code)
+    end)
+  end)
+
+  describe("v.string", function()
+    it("accepts strings only", function()
+      assert.are.equal("hi", ok(v.string(), "hi"))
+      assert.are.equal("", ok(v.string(), ""))
+      assert.are.equal("must be a string", message(v.string(), 1))
+    end)
+
+    it(":min, :max and :length bound the length", function()
+      local s = v.string():min(2):max(4)
+      assert.are.equal("ab", ok(s, "ab"))
+      assert.are.equal("abcd", ok(s, "abcd"))
+      local err = fail(s, "a")
+      assert.are.equal("must have length >= 2", err.message)
+      assert.are.equal("too_small", err.issues[1].code)
+      assert.are.equal("string", err.issues[1].type)
+      assert.are.equal("must have length <= 4", message(s, "abcde"))
+      local exact = v.string():length(3)
+      assert.are.equal("abc", ok(exact, "abc"))
+      assert.are.equal("must have length 3", message(exact, "ab"))
+      assert.are.equal("too_small", fail(exact, "ab").issues[1].code)
+      assert.are.equal("too_big", fail(exact, "abcd").issues[1].code)
+    end)
+
+    it("counts UTF-8 characters, not bytes", function()
+      assert.are.equal("héé", ok(v.string():length(3), "héé"))
+    end)
+
+    it(":pattern matches a Lua pattern (unanchored unless ^ $)", function()
+      local s = v.string():pattern("^%a+$")
+      assert.are.equal("abc", ok(s, "abc"))
+      local err = fail(s, "ab1")
+      assert.are.equal("must match pattern ^%a+$", err.message)
+      assert.are.equal("invalid_string", err.issues[1].code)
+      assert.are.equal("abc1", ok(v.string():pattern("%d"), "abc1"))
+    end)
+
+    it(":pattern rejects a malformed pattern when the schema is built", function()
+      assert.has_error(function() v.string():pattern("[a") end)
+    end)
+
+    it("collects length and pattern issues together", function()
+      local err = fail(v.string():min(3):pattern("^%d+$"), "a")
+      assert.are.equal(2, #err.issues)
+      assert.are.equal("must have length >= 3", err.message)
+      assert.are.equal("invalid_string", err.issues[2].code)
+    end)
+  end)
+
+  describe("v.boolean", function()
+    it("accepts true and false only", function()
+      assert.is_true(ok(v.boolean(), true))
+      assert.is_false(ok(v.boolean(), false))
+      assert.are.equal("must be a boolean", message(v.boolean(), 0))
+      assert.are.equal("must be a boolean", message(v.boolean(), "true"))
+    end)
+  end)
+
+  describe("v.enum", function()
+    it("accepts one of the listed values", function()
+      local s = v.enum { "a", "b" }
+      assert.are.equal("b", ok(s, "b"))
+      local err = fail(s, "c")
+      assert.are.equal("must be one of: a, b", err.message)
+      assert.are.equal("invalid_enum_value", err.issues[1].code)
+      assert.are.same({ "a", "b" }, err.issues[1].options)
+      assert.are.equal("c", err.issues[1].received)
+      assert.are.equal("must be one of: a, b", message(s, 1))
+    end)
+
+    it("does not keep a reference to the caller's list", function()
+      local list = { "a" }
+      local s = v.enum(list)
+      list[1] = "z"
+      assert.are.equal("a", ok(s, "a"))
+    end)
+
+    it("requires a non-empty list of strings or numbers", function()
+      assert.has_error(function() v.enum {} end)
+      assert.has_error(function() v.enum { {} } end)
+    end)
+  end)
+
+  describe("v.literal", function()
+    it("accepts exactly the value", function()
+      assert.are.equal("move", ok(v.literal("move"), "move"))
+      assert.are.equal(42, ok(v.literal(42), 42))
+      assert.is_true(ok(v.literal(true), true))
+      local err = fail(v.literal("move"), "jump")
+      assert.are.equal("must equal move", err.message)
+      assert.are.same({ "invalid_literal", "move", "jump" },
+        { err.issues[1].code, err.issues[1].expected, err.issues[1].received })
+      assert.are.equal("must equal 42", message(v.literal(42), 41))
+    end)
+
+    it("rejects nil and tables as the literal", function()
+      assert.has_error(function() v.literal(nil) end)
+      assert.has_error(function() v.literal({}) end)
+    end)
+  end)
+
+  describe("v.any", function()
+    it("accepts anything, nil included, and returns it as given", function()
+      local t = { 1, 2 }
+      assert.are.equal(t, ok(v.any(), t))
+      assert.are.equal("x", ok(v.any(), "x"))
+      assert.is_nil(ok(v.any(), nil))
+      assert.are.same({ a = {} }, ok(v.object { a = v.any() }, { a = {} }))
+    end)
+  end)
+
+  describe("v.array", function()
+    it("accepts sequences and returns a new marked array", function()
+      local input = { 1, 2, 3 }
+      local out = ok(v.array(v.number()), input)
+      assert.are.same({ 1, 2, 3 }, out)
+      assert.are_not.equal(input, out)
+      assert.are.equal("array", getmetatable(out).__jsontype)
+    end)
+
+    it("accepts an empty table and a marked empty array", function()
+      assert.are.same({}, ok(v.array(v.number()), {}))
+      assert.are.same({}, ok(v.array(v.number()), marked("array")))
+      assert.are.equal("array", getmetatable(ok(v.array(v.number()), {})).__jsontype)
+    end)
+
+    it("rejects objects and non-tables", function()
+      local s = v.array(v.number())
+      assert.are.equal("must be an array", message(s, { a = 1 }))
+      assert.are.equal("must be an array", message(s, { [2] = 1 }))
+      assert.are.equal("must be an array", message(s, marked("object")))
+      local err = fail(s, "x")
+      assert.are.same({ "invalid_type", "array", "string" },
+        { err.issues[1].code, err.issues[1].expected, err.issues[1].received })
+    end)
+
+    it("reports item issues with 0-based indices, all of them", function()
+      local err = fail(v.array(v.number():max(10)), { 1, 20, "x" })
+      assert.are.equal("1: must be <= 10", err.message)
+      assert.are.equal(2, #err.issues)
+      assert.are.same({ 1 }, err.issues[1].path)
+      assert.are.same({ 2 }, err.issues[2].path)
+      assert.are.equal("must be a number", err.issues[2].message)
+    end)
+
+    it(":min, :max and :length bound the number of items", function()
+      local s = v.array(v.any()):min(1):max(2)
+      assert.are.equal("must have length >= 1", message(s, {}))
+      assert.are.equal("must have length <= 2", message(s, { 1, 2, 3 }))
+      assert.are.equal("array", fail(s, {}).issues[1].type)
+      assert.are.same({ 1, 2 }, ok(s, { 1, 2 }))
+      assert.are.equal("must have length 2", message(v.array(v.any()):length(2), { 1 }))
+    end)
+
+    it("requires a schema for items", function()
+      assert.has_error(function() v.array("number") end)
+    end)
+  end)
+
+  describe("v.object", function()
+    local point = v.object { x = v.number(), y = v.number() }
+
+    it("accepts tables with the fields and returns a new marked object", function()
+      local input = { x = 1, y = 2 }
+      local out = ok(point, input)
+      assert.are.same({ x = 1, y = 2 }, out)
+      assert.are_not.equal(input, out)
+      assert.are.equal("object", getmetatable(out).__jsontype)
+    end)
+
+    it("accepts an empty table and a marked object as objects", function()
+      assert.are.same({}, ok(v.object {}, {}))
+      assert.are.same({}, ok(v.object {}, marked("object")))
+      assert.are.same({ n = 1 }, ok(v.object { n = v.number() }, marked("object", { n = 1 })))
+    end)
+
+    it("rejects arrays and non-tables", function()
+      assert.are.equal("must be an object", message(point, { 1, 2 }))
+      assert.are.equal("must be an object", message(v.object {}, marked("array")))
+      local err = fail(point, 5)
+      assert.are.same({ "invalid_type", "object", "number" },
+        { err.issues[1].code, err.issues[1].expected, err.issues[1].received })
+    end)
+
+    it("reports a missing field as required", function()
+      local err = fail(point, { x = 1 })
+      assert.are.equal("y: is required", err.message)
+      assert.are.same({ code = "invalid_type", expected = "number", received = "undefined",
+        message = "is required", path = { "y" } }, err.issues[1])
+    end)
+
+    it("strips unknown keys by default without touching the input", function()
+      local input = { x = 1, y = 2, z = 3, [1] = "a" }
+      assert.are.same({ x = 1, y = 2 }, ok(point, input))
+      assert.are.equal(3, input.z)
+    end)
+
+    it(":strict reports each unknown key at the object's path", function()
+      local s = point:strict()
+      assert.are.same({ x = 1, y = 2 }, ok(s, { x = 1, y = 2 }))
+      local err = fail(s, { x = 1, y = 2, z = 3, a = 4 })
+      assert.are.equal("unknown key: a", err.message)
+      assert.are.equal(2, #err.issues)
+      assert.are.same({ code = "unrecognized_keys", keys = { "a" }, message = "unknown key: a",
+        path = {} }, err.issues[1])
+      assert.are.equal("unknown key: z", err.issues[2].message)
+      local nested = v.object { p = s }
+      assert.are.equal("p: unknown key: q", message(nested, { p = { x = 1, y = 2, q = 0 } }))
+    end)
+
+    it("collects all issues in sorted key order, message from the first", function()
+      local err = fail(v.object { b = v.string(), a = v.number(), c = v.boolean() },
+        { a = "no", b = 1, c = true })
+      assert.are.equal("a: must be a number", err.message)
+      assert.are.equal(2, #err.issues)
+      assert.are.same({ "b" }, err.issues[2].path)
+    end)
+
+    it("validates the design.md move schema", function()
+      local move = v.object { x = v.number():min(0):max(1000), y = v.number():min(0):max(1000) }
+      assert.are.same({ x = 10, y = 999.5 }, ok(move, { x = 10, y = 999.5 }))
+      local err = fail(move, { x = 2000, y = 5 })
+      assert.are.equal("x: must be <= 1000", err.message)
+      assert.are.same({ code = "too_big", message = "must be <= 1000", path = { "x" },
+        maximum = 1000, inclusive = true, exact = false, type = "number" }, err.issues[1])
+      assert.are.equal("y: must be >= 0", message(move, { x = 0, y = -1 }))
+      assert.are.equal("y: must be a number", message(move, { x = 0, y = "1" }))
+      assert.are.equal("must be an object", message(move, "move"))
+      assert.are.equal("object{x:number>=0<=1000,y:number>=0<=1000}", move:describe())
+    end)
+
+    it("builds nested dotted paths with 0-based array indices", function()
+      local s = v.object { players = v.array(v.object { x = v.number():max(1000) }) }
+      local err = fail(s, { players = { { x = 1 }, { x = 2 }, { x = 5000 } } })
+      assert.are.equal("players.2.x: must be <= 1000", err.message)
+      assert.are.same({ "players", 2, "x" }, err.issues[1].path)
+      assert.are.equal("players.0.x: must be <= 1000",
+        message(s, { players = { { x = 1001 } } }))
+      local deep = v.object { a = v.object { b = v.array(v.array(v.string())) } }
+      assert.are.equal("a.b.1.0: must be a string", message(deep, { a = { b = { {}, { 7 } } } }))
+    end)
+
+    it("requires field schemas and string field names", function()
+      assert.has_error(function() v.object { x = "number" } end)
+      assert.has_error(function() v.object { v.number() } end)
+      assert.has_error(function() v.object("x") end)
+    end)
+
+    it("does not keep a reference to the caller's shape", function()
+      local shape = { x = v.number() }
+      local s = v.object(shape)
+      shape.y = v.number()
+      assert.are.same({ x = 1 }, ok(s, { x = 1 }))
+    end)
+  end)
+
+  describe(":optional", function()
+    it("accepts nil and leaves the field out", function()
+      local s = v.object { name = v.string():optional(), n = v.number() }
+      assert.are.same({ n = 1 }, ok(s, { n = 1 }))
+      assert.are.same({ n = 1, name = "a" }, ok(s, { n = 1, name = "a" }))
+      assert.are.equal("name: must be a string", message(s, { n = 1, name = 3 }))
+      assert.is_nil(ok(v.number():optional(), nil))
+    end)
+
+    it("still validates present values", function()
+      assert.are.equal("must be <= 3", message(v.number():max(3):optional(), 4))
+    end)
+  end)
+
+  describe(":default", function()
+    it("replaces nil with the default", function()
+      local s = v.object { hp = v.number():default(100), tag = v.string():default("x") }
+      assert.are.same({ hp = 100, tag = "x" }, ok(s, {}))
+      assert.are.same({ hp = 5, tag = "x" }, ok(s, { hp = 5 }))
+      assert.is_false(ok(v.boolean():default(false), nil))
+    end)
+
+    it("does not replace a present but invalid value", function()
+      assert.are.equal("hp: must be a number",
+        message(v.object { hp = v.number():default(100) }, { hp = "a" }))
+    end)
+
+    it("gives each parse its own copy of a table default, validated", function()
+      local s = v.object { opts = v.object { size = v.number():default(1) }:default({}) }
+      local a = ok(s, {})
+      assert.are.same({ opts = { size = 1 } }, a)
+      a.opts.size = 99
+      assert.are.same({ opts = { size = 1 } }, ok(s, {}))
+      local tags = v.array(v.string()):default({ "a" })
+      local t1 = ok(tags, nil)
+      t1[2] = "b"
+      assert.are.same({ "a" }, ok(tags, nil))
+    end)
+
+    it("rejects nil as a default", function()
+      assert.has_error(function() v.number():default(nil) end)
+    end)
+  end)
+
+  describe("v.union", function()
+    local s = v.union { v.number(), v.string() }
+
+    it("returns the first option that accepts the value", function()
+      assert.are.equal(1, ok(s, 1))
+      assert.are.equal("a", ok(s, "a"))
+      local shapes = v.union {
+        v.object { kind = v.literal("circle"), r = v.number() },
+        v.object { kind = v.literal("rect"), w = v.number(), h = v.number() },
+      }
+      assert.are.same({ kind = "rect", w = 1, h = 2 },
+        ok(shapes, { kind = "rect", w = 1, h = 2, r = 3 }))
+    end)
+
+    it("reports invalid_union when no option matches the type", function()
+      local err = fail(s, true)
+      assert.are.equal("must match one of: number, string", err.message)
+      assert.are.equal("invalid_union", err.issues[1].code)
+      assert.are.equal("boolean", err.issues[1].received)
+      assert.are.equal(2, #err.issues[1].unionErrors)
+      assert.are.equal("must be a number", err.issues[1].unionErrors[1][1].message)
+      local lit = v.union { v.literal("a"), v.literal("b") }
+      assert.are.equal("invalid_union", fail(lit, "c").issues[1].code)
+    end)
+
+    it("reports the issues of an option whose shape matched", function()
+      local u = v.union { v.string(), v.object { x = v.number():max(10) } }
+      assert.are.equal("x: must be <= 10", message(u, { x = 11 }))
+      assert.are.equal("must be <= 5", message(v.union { v.number():max(5), v.boolean() }, 6))
+      local nested = v.object { p = u }
+      assert.are.equal("p.x: must be <= 10", message(nested, { p = { x = 11 } }))
+    end)
+
+    it("is required unless optional", function()
+      assert.are.equal("is required", message(s, nil))
+      assert.are.equal("number|string", fail(s, nil).issues[1].expected)
+      assert.is_nil(ok(s:optional(), nil))
+    end)
+
+    it("requires a non-empty list of schemas", function()
+      assert.has_error(function() v.union {} end)
+      assert.has_error(function() v.union { v.number(), 3 } end)
+    end)
+  end)
+
+  describe("modifiers", function()
+    it("return new schemas and never mutate the original", function()
+      local base = v.number()
+      local bounded = base:min(0):max(10)
+      local opt = bounded:optional()
+      assert.are_not.equal(base, bounded)
+      assert.are.equal(50, ok(base, 50))
+      assert.are.equal("must be <= 10", message(bounded, 50))
+      assert.are.equal("is required", message(bounded, nil))
+      assert.is_nil(ok(opt, nil))
+      assert.are.equal("number", base:describe())
+      assert.are.equal("number>=0<=10", bounded:describe())
+
+      local obj = v.object { a = v.number() }
+      local strict = obj:strict()
+      assert.are.same({ a = 1 }, ok(obj, { a = 1, b = 2 }))
+      assert.are.equal("unknown key: b", message(strict, { a = 1, b = 2 }))
+
+      local str = v.string()
+      local pat = str:pattern("^a")
+      assert.are.equal("b", ok(str, "b"))
+      assert.are.equal("must match pattern ^a", message(pat, "b"))
+      local d = str:default("z")
+      assert.are.equal("is required", message(str, nil))
+      assert.are.equal("z", ok(d, nil))
+    end)
+
+    it("can be chained in any order and overridden later", function()
+      assert.are.equal(5, ok(v.number():max(3):optional():max(5), 5))
+      assert.are.equal("must be an integer", message(v.number():optional():int(), 1.5))
+    end)
+
+    it("refuse kinds they do not apply to", function()
+      assert.has_error(function() v.boolean():min(1) end)
+      assert.has_error(function() v.object {}:max(1) end)
+      assert.has_error(function() v.number():length(2) end)
+      assert.has_error(function() v.string():int() end)
+      assert.has_error(function() v.number():pattern("x") end)
+      assert.has_error(function() v.array(v.any()):strict() end)
+      assert.has_error(function() v.number():min("1") end)
+      assert.has_error(function() v.number():max(0 / 0) end)
+    end)
+  end)
+
+  describe("errors", function()
+    it("have a message and zod-shaped issues that tostring() shows", function()
+      local err = fail(v.object { x = v.number() }, { x = "1" })
+      assert.are.equal("x: must be a number", tostring(err))
+      assert.are.same({ { code = "invalid_type", expected = "number", received = "string",
+        message = "must be a number", path = { "x" } } }, err.issues)
+    end)
+
+    it("name the host's JSON null sentinel as null", function()
+      local null = setmetatable({}, { __name = "null" })
+      v.set_null(null)
+      local err = fail(v.number(), null)
+      v.set_null(nil)
+      assert.are.equal("null", err.issues[1].received)
+      assert.are.equal("object", fail(v.number(), {}).issues[1].received)
+    end)
+
+    it("refuse parse called with a dot", function()
+      assert.has_error(function() v.number().parse(1) end)
+    end)
+  end)
+
+  describe("v.is_schema", function()
+    it("recognises schemas only", function()
+      assert.is_true(v.is_schema(v.number()))
+      assert.is_true(v.is_schema(v.object {}:strict()))
+      assert.is_false(v.is_schema({}))
+      assert.is_false(v.is_schema(nil))
+      assert.is_false(v.is_schema("number"))
+    end)
+  end)
+
+  describe(":describe", function()
+    it("gives a short one-line form", function()
+      assert.are.equal("object{x:number<=1000,y:number}",
+        v.object { x = v.number():max(1000), y = v.number() }:describe())
+      assert.are.equal("integer>=1", v.integer():min(1):describe())
+      assert.are.equal("string[1..20]", v.string():min(1):max(20):describe())
+      assert.are.equal("string[3]/^%a+$/", v.string():length(3):pattern("^%a+$"):describe())
+      assert.are.equal("array<boolean>[..4]?", v.array(v.boolean()):max(4):optional():describe())
+      assert.are.equal("enum(a|b)", v.enum { "a", "b" }:describe())
+      assert.are.equal("literal(7)", v.literal(7):describe())
+      assert.are.equal("(number|string)=0",
+        v.union { v.number(), v.string() }:default(0):describe())
+      assert.are.equal("object{}:strict", v.object {}:strict():describe())
+      assert.are.equal("any", tostring(v.any()))
+    end)
+  end)
+
+  describe("the module", function()
+    it("uses no io, os, debug, load or require", function()
+      local f = assert(io.open("lua/lunaroom/schema.lua"))
+      local src = f:read("a")
+      f:close()
+      local code = src:gsub("%-%-[^\n]*", "")
+      for _, name in ipairs { "io", "os", "debug", "load", "loadstring", "dofile", "require" } do
+        assert.is_nil(code:find("%f[%w_]" .. name .. "%f[^%w_]"), name .. " is used")
+      end
+    end)
+
+    it("loads in an environment with only the pure standard libraries", function()
+      local f = assert(io.open("lua/lunaroom/schema.lua"))
+      local src = f:read("a")
+      f:close()
+      local env = {
+        type = type, next = next, ipairs = ipairs, tostring = tostring, tonumber = tonumber,
+        error = error, pcall = pcall, rawget = rawget, rawequal = rawequal,
+        getmetatable = getmetatable, setmetatable = setmetatable,
+        math = math, string = string, table = table, utf8 = utf8,
+      }
+      setmetatable(env, { __index = function(_, k) error("global " .. k .. " used", 2) end })
+      local sv = assert(load(src, "=schema.lua", "t", env))()
+      local good, err = sv.object { x = sv.number():max(1) }:parse({ x = 2 })
+      assert.is_false(good)
+      assert.are.equal("x: must be <= 1", err.message)
+    end)
+  end)
+end)
