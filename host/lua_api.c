@@ -965,6 +965,14 @@ static int l_store_list(lua_State *L) {
   return 1;
 }
 
+/* core.store_fail_next(srv, n): test hook of the memory store. */
+static int l_store_fail_next(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  if (lr_store_memory_fail_next(s->store, (int)luaL_checkinteger(L, 2)) != 0)
+    return luaL_error(L, "store_fail_next needs memory storage");
+  return 0;
+}
+
 static int l_store_count(lua_State *L) {
   lr_room *r = check_room(L, 1);
   lr_store *st = room_store(L, r);
@@ -1416,6 +1424,7 @@ static const luaL_Reg core_fns[] = {
     {"store_apply", l_store_apply},
     {"store_list", l_store_list},
     {"store_count", l_store_count},
+    {"store_fail_next", l_store_fail_next},
     {"encode", l_encode},
     {"decode", l_decode},
     {"copy", l_copy},

@@ -182,6 +182,8 @@ static lr_timer *heap_pop(lr_server *s) {
   return t;
 }
 
+static void retry_storage(lr_room *r);
+
 static void fire(lr_server *s, lr_timer *t) {
   lr_room *r = t->room;
   if (t->cancelled || (r && r->disposed)) return;
@@ -195,10 +197,7 @@ static void fire(lr_server *s, lr_timer *t) {
     break;
   case LR_T_STORE:
     r->store_timer = false;
-    if (lr_room_flush_storage(r) != 0 && !r->store_timer) {
-      r->store_timer = true;
-      lr_timer_add(s, r->store_retry_ms, LR_T_STORE, r, LUA_NOREF);
-    }
+    if (lr_room_flush_storage(r) != 0) retry_storage(r);
     break;
   case LR_T_LUA: {
     lua_State *L = s->L;
@@ -378,14 +377,19 @@ void lr_room_touch(lr_room *r) {
   r->srv->touched = r;
 }
 
+/* Arm the retry of a failed storage write: 1 s, doubling up to 30 s. */
+static void retry_storage(lr_room *r) {
+  if (r->store_timer) return;
+  r->store_timer = true;
+  lr_timer_add(r->srv, r->store_retry_ms, LR_T_STORE, r, LUA_NOREF);
+  if (r->store_retry_ms < 30000) r->store_retry_ms *= 2;
+}
+
 static void schedule_storage(lr_room *r) {
   lr_server *s = r->srv;
   if (!lr_state_dirty(r->root, LR_CH_PERSIST) || r->store_timer) return;
   if (r->throttle_storage <= 0 || s->shutting_down) {
-    if (lr_room_flush_storage(r) != 0) {
-      r->store_timer = true;
-      lr_timer_add(s, r->store_retry_ms, LR_T_STORE, r, LUA_NOREF);
-    }
+    if (lr_room_flush_storage(r) != 0) retry_storage(r);
     return;
   }
   r->store_timer = true;
@@ -663,7 +667,6 @@ int lr_room_flush_storage(lr_room *r) {
   } else {
     lr_error("room %s: storage write of %zu ops failed (%s); kept pending, retry in %lld ms",
              r->key, o.n, err, (long long)r->store_retry_ms);
-    if (r->store_retry_ms < 30000) r->store_retry_ms *= 2;
   }
   free(o.ops);
   free(o.offs);

@@ -108,6 +108,7 @@ lr_store *lr_store_memory_open(const char *snapshot_path, char *err, size_t errl
 /* Write the snapshot of memory store s to path (NULL: the snapshot_path given
  * at open) atomically: temp file in the same directory, fsync, rename, fsync
  * of the directory. On failure the previous file is untouched. */
+int lr_store_memory_fail_next(lr_store *s, int n);
 int lr_store_memory_save(lr_store *s, const char *path, char *err, size_t errlen);
 
 typedef struct lr_sqlite_opts {

@@ -217,8 +217,9 @@ typedef struct mstore {
   lr_store base;
   mroom **buckets;
   size_t nbuckets, nrooms;
-  char *path;  /* snapshot path given at open, or NULL */
-  int listing; /* > 0 while a list callback runs */
+  char *path;    /* snapshot path given at open, or NULL */
+  int listing;   /* > 0 while a list callback runs */
+  int fail_next; /* test hook: fail this many applies (lr_store_memory_fail_next) */
 } mstore;
 
 static const lr_store_vt memory_vt;
@@ -381,6 +382,11 @@ static int mem_apply(lr_store *s, const char *ns, const char *room, const lr_sto
   if (m->listing) {
     lr__store_errf(err, errlen, "storage: apply called from inside a list callback");
     return LR_STORE_EARG;
+  }
+  if (m->fail_next > 0) {
+    m->fail_next--;
+    lr__store_errf(err, errlen, "storage: injected failure (test)");
+    return LR_STORE_EIO;
   }
   size_t nslen = strlen(ns), roomlen = strlen(room);
   mroom *r = room_find(m, ns, nslen, room, roomlen);
@@ -919,4 +925,12 @@ done:
   free(tmp);
   lr_buf_free(&b);
   return rc;
+}
+
+/* Test hook: make the next n lr_store_apply() calls fail with LR_STORE_EIO
+ * (nothing written). Returns -1 if s is not a memory store. */
+int lr_store_memory_fail_next(lr_store *s, int n) {
+  if (!s || strcmp(s->vt->name, "memory") != 0) return -1;
+  ((mstore *)s)->fail_next = n;
+  return 0;
 }

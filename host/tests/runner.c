@@ -46,7 +46,7 @@ int main(int argc, char **argv) {
       printf("ok   %s\n", tests[i].name);
     }
   }
-  printf("C unit tests: %d passed, %d failed\n", passed, failed);
+  printf("unit: %d passed, %d failed\n", passed, failed);
   free(tests);
   return failed ? 1 : 0;
 }

@@ -87,7 +87,12 @@ function M.load_room_source(src, chunkname, dir)
   local chunk, err = load(src, chunkname, "t", new_env(file, ctx))
   if not chunk then return nil, err end
   local ok, res = pcall(chunk)
-  if not ok then return nil, tostring(res) end
+  if not ok then
+    res = tostring(res)
+    -- `return lr.room{...}` is a tail call: its errors carry no position.
+    if res:sub(1, #file + 1) ~= file .. ":" then res = file .. ": " .. res end
+    return nil, res
+  end
   if not lr.is_room(res) then
     if type(res) == "table" and type(res.path) == "string" and (res.actions or res.state) then
       local ok2, def = pcall(lr.room, res)

@@ -138,6 +138,9 @@ function T:instance(id)
   return self.srv.rooms[self.party .. "/" .. (id or self.id)]
 end
 
+--- Make the next n storage writes fail (memory storage only).
+function T:fail_storage(n) core.store_fail_next(self.srv.h, n) end
+
 function T:close()
   if self.srv then core.server_close(self.srv.h) end
   self.srv = nil
