@@ -50,7 +50,10 @@ struct lr_conn {
   uint32_t nearly, capearly;
   uint32_t refs;
   lua_State *L;  /* for releasing ref even after the server is gone */
-  lr_conn **box; /* the Lua handle's weak slot, cleared when c is freed */
+  double tokens; /* rate limit: token bucket, refilled at room->rate per second */
+  int64_t tokens_at;
+  uint32_t drops; /* consecutive dropped messages */
+  lr_conn **box;  /* the Lua handle's weak slot, cleared when c is freed */
 };
 
 /* ---- rooms ---- */
@@ -71,6 +74,7 @@ struct lr_room {
   bool sync_timer, store_timer;
   int64_t store_retry_ms; /* backoff after a storage failure */
   int64_t budget;         /* instructions per call, 0 = default */
+  double rate, burst;     /* messages per second and bucket size per connection */
   /* the "touched" list of the server (rooms written since the last pass) */
   bool touched;
   lr_room *touched_next;

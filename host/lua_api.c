@@ -740,7 +740,11 @@ static int l_room_config(lua_State *L) {
   if (!lua_isnil(L, -1)) r->has_interceptor = lua_toboolean(L, -1);
   lua_getfield(L, 2, "budget");
   if (!lua_isnil(L, -1)) r->budget = luaL_checkinteger(L, -1);
-  lua_pop(L, 5);
+  lua_getfield(L, 2, "rate");
+  if (!lua_isnil(L, -1)) r->rate = luaL_checknumber(L, -1);
+  lua_getfield(L, 2, "burst");
+  if (!lua_isnil(L, -1)) r->burst = luaL_checknumber(L, -1);
+  lua_pop(L, 7);
   return 0;
 }
 

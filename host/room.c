@@ -304,6 +304,8 @@ lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
   r->ref = LUA_NOREF;
   r->auto_sync = true;
   r->store_retry_ms = 1000;
+  r->rate = 100;
+  r->burst = 200;
   if (s->nrooms + 1 > s->nbuckets * 2) rehash(s);
   uint32_t h = hash_str(r->key) % s->nbuckets;
   r->hash_next = s->rooms[h];
@@ -939,6 +941,29 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     lr_buf_put(&c->early, data, len);
     c->early_len[c->nearly++] = (uint32_t)len;
     return;
+  }
+  /* Token bucket per connection; a client that keeps flooding is closed. */
+  lr_room *rr = c->room;
+  if (rr->rate > 0) {
+    int64_t now = lr_now(s);
+    if (c->tokens_at == 0)
+      c->tokens = rr->burst;
+    else
+      c->tokens += (double)(now - c->tokens_at) * rr->rate / 1000.0;
+    if (c->tokens > rr->burst) c->tokens = rr->burst;
+    c->tokens_at = now;
+    if (c->tokens < 1) {
+      if (++c->drops >= (uint32_t)(2 * rr->burst)) {
+        lr_warn("conn %s room %s: closed after %u messages over the rate limit", c->id, rr->key,
+                c->drops);
+        lr_conn_close(c, 4008, "rate limit");
+      } else if (c->drops == 1 || c->drops % 100 == 0) {
+        send_error(c, "rate_limit", NULL, "too many messages: dropped");
+      }
+      return;
+    }
+    c->tokens -= 1;
+    c->drops = 0;
   }
   char err[256];
   lr_json_limits lim = LR_JSON_DEFAULT_LIMITS;

@@ -13,6 +13,7 @@ describe("rejected input", function()
   local t, c
   before_each(function()
     t = room {
+      rateLimit = { rate = 0, burst = 0 },
       state = { n = 0, cfg = lr.sync { a = 1 } },
       guards = { function(conn, value) return value ~= "forbidden" end },
       actions = {
@@ -172,6 +173,39 @@ describe("unhandled actions", function()
     c:send("known"); c:send("other", 5); c:send("blocked", 1)
     assert.are.same({ "known", "other=5" }, got)
     assert.are.equal("guard", c:last("error").value.code)
+    t:close()
+  end)
+end)
+
+describe("rate limit", function()
+  it("drops messages over the bucket with rate_limit, refills with time, closes a flood with 4008", function()
+    local t = room { rateLimit = { rate = 10, burst = 5 }, state = { n = 0 },
+      actions = { inc = function(r) r.n = r.n + 1 end } }
+    local c = t:client()
+    for _ = 1, 8 do c:send("inc") end
+    assert.are.equal(5, t.room.n)
+    assert.are.equal("rate_limit", c:last("error").value.code)
+    t:advance(500) -- 5 more tokens
+    for _ = 1, 5 do c:send("inc") end
+    assert.are.equal(10, t.room.n)
+    local other = t:client()
+    for _ = 1, 20 do if not c.closed then c:send("inc") end end
+    assert.are.same({ code = 4008, reason = "rate limit" }, c.closed)
+    other:send("inc") -- another connection is not affected
+    assert.are.equal(11, t.room.n)
+    t:close()
+  end)
+end)
+
+describe("room-to-room fetch", function()
+  it("reaches another room's route in the same process", function()
+    local got
+    local t = testing.room(lr.room { path = "caller", actions = {
+      ask = function(r) local res = r.parties.main:get("demo"):fetch("/count"); got = { res.status, res.json().count } end,
+    } }, { rooms = { "rooms/counter.lua" } })
+    local c = t:client()
+    c:send("ask")
+    assert.are.same({ 200, 0 }, got)
     t:close()
   end)
 end)

@@ -6,7 +6,7 @@ local lr = require "lunaroom"
 local Player = lr.schema { x = lr.sync(0), hp = lr.sync(10), online = lr.connected(), secret = lr.persist("s") }
 
 local function def(extra)
-  local d = { path = "p", state = { players = lr.users(Player), m = lr.sync {}, count = 0 },
+  local d = { path = "p", rateLimit = { rate = 0, burst = 0 }, state = { players = lr.users(Player), m = lr.sync {}, count = 0 },
     actions = {
       set = function(r, _, v) r.m[v.k] = v.v end,
       del = function(r, _, k) r.m[k] = nil end,

@@ -79,7 +79,7 @@ local ROOM = {}
 local KNOWN = {
   path = "string", party = "string", maxUsers = "number", throttleSync = "number",
   throttleStorage = "number", sessionExpiryTime = "number", transferExpiryTime = "number",
-  autoSync = "boolean", hibernate = "boolean", budget = "number",
+  autoSync = "boolean", hibernate = "boolean", budget = "number", rateLimit = "table",
   guards = "table", state = "table", actions = "table", requests = "table",
   unhandled = "function|table", onCreate = "function", onJoin = "function",
   onLeave = "function", onSessionRestore = "function", onStorageRestore = "function",
@@ -213,6 +213,10 @@ function lr.room(def)
   d.transferExpiryTime = def.transferExpiryTime or 300000
   d.autoSync = def.autoSync ~= false
   d.budget = def.budget
+  d.rateLimit = def.rateLimit or { rate = 100, burst = 200 }
+  if type(d.rateLimit.rate) ~= "number" or type(d.rateLimit.burst) ~= "number" then
+    error("rateLimit must be { rate = messages per second, burst = n } (rate 0 = off)", 2)
+  end
   for _, hook in ipairs { "onCreate", "onJoin", "onLeave", "onSessionRestore", "onStorageRestore",
     "onUserStorageRestore", "interceptorPacket", "onReload" } do
     d[hook] = def[hook]

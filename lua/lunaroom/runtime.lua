@@ -118,11 +118,43 @@ function Room:sessionTransfer(conn, target)
   return M.session_transfer(rawget(self, "srv"), self, conn, target)
 end
 
+-- room.parties.main:get("other"):fetch("/count", {method, headers, body})
+-- Room-to-room HTTP inside the process: the target room is created on first
+-- use and its route runs to completion before fetch returns.
+local Stub = {}
+Stub.__index = Stub
+function Stub:fetch(path, init)
+  init = init or {}
+  local body = init.body
+  local headers = {}
+  for k, val in pairs(init.headers or {}) do headers[k:lower()] = tostring(val) end
+  if type(body) == "table" then
+    body = core.encode(body)
+    headers["content-type"] = headers["content-type"] or "application/json"
+  end
+  local p, q = path:match("^([^?]*)%??(.*)$")
+  if p ~= "" and p:sub(1, 1) ~= "/" then p = "/" .. p end
+  local res = core.http(self.srv.h, init.method or "GET",
+    "/parties/" .. self.ns .. "/" .. self.id .. (p == "/" and "" or p), q, headers, body)
+  res.ok = res.status >= 200 and res.status < 300
+  function res.json() return core.decode(res.body) end
+  function res.text() return res.body end
+  return res
+end
+
+local function parties_of(room)
+  local srv = rawget(room, "srv")
+  return setmetatable({}, { __index = function(_, ns)
+    return { get = function(_, id) return setmetatable({ srv = srv, ns = ns, id = id }, Stub) end }
+  end })
+end
+
 local RoomMT = {}
 RoomMT.__index = function(self, k)
   local d = rawget(self, "def")
   if d.fields[k] then return rawget(self, "root")[k] end
   if k == "autoSync" then return rawget(self, "_autoSync") end
+  if k == "parties" then return parties_of(self) end
   if k == "storage" then return rawget(self, "_storage") end
   return Room[k]
 end
@@ -349,6 +381,7 @@ function M.create_room(srv, ns, id)
   core.room_config(h, {
     throttleSync = d.throttleSync, throttleStorage = d.throttleStorage, autoSync = d.autoSync,
     interceptor = d.interceptorPacket ~= nil, budget = d.budget,
+    rate = d.rateLimit.rate, burst = d.rateLimit.burst,
   })
   srv.rooms[room.key] = room
   -- Sessions left "connected" by a crash are offline now (Part 1 row 12).
