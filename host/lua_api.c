@@ -1204,6 +1204,7 @@ typedef struct hl {
   lr_conn *c; /* retained */
   lr_msg **q;
   uint32_t nq, capq;
+  bool discard;   /* drop what is sent (benchmarks) */
   int close_code; /* -1 while open */
   char reason[124];
   bool closed; /* lr_conn_closed has been delivered */
@@ -1212,6 +1213,7 @@ typedef struct hl {
 static int hl_send(lr_conn *c, lr_msg *m) {
   hl *h = c->tp;
   if (!h || h->closed) return -1;
+  if (h->discard) return 0;
   if (h->nq == h->capq) {
     h->capq = h->capq ? h->capq * 2 : 16;
     h->q = lr_xrealloc(h->q, h->capq * sizeof *h->q);
@@ -1326,6 +1328,12 @@ static int l_hl_drain(lua_State *L) {
     return 3;
   }
   return 1;
+}
+
+static int l_hl_discard(lua_State *L) {
+  hl *h = luaL_checkudata(L, 1, HL_MT);
+  h->discard = lua_toboolean(L, 2);
+  return 0;
 }
 
 static int l_hl_id(lua_State *L) {
@@ -1446,6 +1454,7 @@ static const luaL_Reg core_fns[] = {
     {"hl_close", l_hl_close},
     {"hl_drain", l_hl_drain},
     {"hl_conn", l_hl_id},
+    {"hl_discard", l_hl_discard},
     {"http", l_http},
     {"listdir", l_listdir},
     {"readfile", l_readfile},

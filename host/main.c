@@ -30,12 +30,14 @@ static const char *usage =
     "  test [busted args]    run busted specs (default spec/) inside the host, headless\n"
     "  check [ROOMS_DIR]     compile and validate every room file; non-zero exit on the first "
     "error\n"
+    "  lua FILE [args]       run a Lua script with the host's modules (benchmarks, tools)\n"
     "\n"
     "serve options:\n"
     "  --port N              listen port (default 1999; 0 = any free port)\n"
     "  --host ADDR           bind address (default: all interfaces)\n"
-    "  --storage SPEC        sqlite:PATH (default sqlite:data/lunaroom.sqlite), memory, "
-    "memory:SNAPSHOT\n"
+    "  --storage SPEC        sqlite:PATH[?busy_timeout=5000&journal_mode=WAL] (default\n"
+    "                        sqlite:data/lunaroom.sqlite), memory, or memory:SNAPSHOT.json\n"
+    "                        (loaded at start if present, saved on graceful shutdown)\n"
     "  --max-frame BYTES     largest incoming WebSocket message (default 65536)\n"
     "  --max-queue BYTES     outgoing bytes queued per connection before it is dropped (default "
     "4194304)\n"
@@ -107,6 +109,32 @@ static int cmd_test(int argc, char **argv, const char *lua_dir) {
   } else {
     fprintf(stderr, "%s\n", lua_tostring(L, -1));
   }
+  lr_vm_close(L);
+  return rc == LUA_OK ? 0 : 1;
+}
+
+/* lunaroom lua FILE [args]: run a Lua script with the host's modules (for
+ * benchmarks and tools). */
+static int cmd_lua(int argc, char **argv, const char *lua_dir) {
+  if (argc < 1) {
+    fprintf(stderr, "usage: lunaroom lua FILE [args]\n");
+    return 2;
+  }
+  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_createtable(L, argc, 1);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i);
+  }
+  lua_setglobal(L, "arg");
+  lr_log_set_level(getenv("LUNAROOM_LOG") ? LR_LOG_DEBUG : LR_LOG_WARN);
+  int rc = luaL_loadfile(L, argv[0]);
+  if (rc == LUA_OK) {
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, -2);
+    rc = lua_pcall(L, 0, 0, -2);
+  }
+  if (rc != LUA_OK) fprintf(stderr, "%s\n", lua_tostring(L, -1));
   lr_vm_close(L);
   return rc == LUA_OK ? 0 : 1;
 }
@@ -227,6 +255,15 @@ static int cmd_serve(int argc, char **argv, const char *lua_dir) {
   lua_settop(L, 0);
   int rc = lr_net_run(s, &no);
   lr_server_shutdown(s);
+  if (strncmp(storage, "memory:", 7) == 0) {
+    /* A memory store seeded from a snapshot file is saved back on shutdown. */
+    if (lr_store_memory_save(st, NULL, err, sizeof err) != 0) {
+      lr_error("cannot save the memory snapshot: %s", err);
+      rc = 1;
+    } else {
+      lr_info("memory snapshot saved to %s", storage + 7);
+    }
+  }
   lr_server_free(s);
   lr_vm_close(L);
   lr_info("stopped");
@@ -256,6 +293,7 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "serve") == 0) return cmd_serve(argc - 2, argv + 2, lua_dir);
   if (strcmp(argv[1], "test") == 0) return cmd_test(argc - 2, argv + 2, lua_dir);
+  if (strcmp(argv[1], "lua") == 0) return cmd_lua(argc - 2, argv + 2, lua_dir);
   if (strcmp(argv[1], "check") == 0) return cmd_check(argc > 2 ? argv[2] : "rooms", lua_dir);
   fprintf(stderr, "lunaroom: unknown command %s\n\n%s", argv[1], usage);
   return 2;

@@ -408,6 +408,36 @@ lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
     return NULL;
   }
   if (!sqlite) return lr_store_memory_open(path, err, errlen);
-  lr_sqlite_opts o = {.path = path};
+  /* sqlite:PATH[?busy_timeout=MS&journal_mode=MODE&table=NAME] */
+  char buf[1024];
+  if (strlen(path) >= sizeof buf) {
+    lr__store_errf(err, errlen, "storage spec is too long");
+    return NULL;
+  }
+  strcpy(buf, path);
+  lr_sqlite_opts o = {.path = buf};
+  char *q = strchr(buf, '?');
+  if (q) {
+    *q++ = 0;
+    for (char *save = NULL, *kv = strtok_r(q, "&", &save); kv; kv = strtok_r(NULL, "&", &save)) {
+      char *v = strchr(kv, '=');
+      if (!v) goto bad;
+      *v++ = 0;
+      if (strcmp(kv, "busy_timeout") == 0)
+        o.busy_timeout_ms = atoi(v);
+      else if (strcmp(kv, "journal_mode") == 0)
+        o.journal_mode = v;
+      else if (strcmp(kv, "table") == 0)
+        o.table = v;
+      else
+        goto bad;
+      continue;
+    bad:
+      lr__store_errf(err, errlen,
+                     "storage spec '%s': unknown option '%s' (busy_timeout, journal_mode, table)",
+                     spec, kv);
+      return NULL;
+    }
+  }
   return lr_store_sqlite_open(&o, err, errlen);
 }

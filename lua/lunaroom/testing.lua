@@ -99,7 +99,8 @@ local function query_string(q)
   return table.concat(parts, "&")
 end
 
---- A fake WebSocket client. opts: id (session id), query, headers, party.
+--- A fake WebSocket client. opts: id (session id), query, headers, party,
+--- room, discard (drop what it receives: for benchmarks).
 function T:client(opts)
   opts = opts or {}
   local q = {}
@@ -108,6 +109,7 @@ function T:client(opts)
   local path = "/parties/" .. (opts.party or self.party) .. "/" .. (opts.room or self.id)
   local hl, status = core.hl_connect(self.srv.h, path, query_string(q), opts.headers or {})
   local c = setmetatable({ _hl = hl, _packets = {}, _raw = {}, status = status }, Client)
+  if hl and opts.discard then core.hl_discard(hl, true) end -- benchmarks: keep nothing
   if not hl then c._closed = { code = status, reason = "refused" } end
   return c
 end
