@@ -54,6 +54,7 @@ struct lr_conn {
   int64_t tokens_at;
   uint32_t drops; /* consecutive dropped messages */
   lr_conn **box;  /* the Lua handle's weak slot, cleared when c is freed */
+  void *uplink;   /* shard uplink state (uplink.c), NULL for clients */
 };
 
 /* ---- rooms ---- */
@@ -150,6 +151,19 @@ void lr_server_advance(lr_server *s, int64_t ms);
  * values already pushed; returns lr_vm_pcall's status. Stack [-nargs, +nres]. */
 int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what, int nargs,
                     int nres, char *err, size_t errlen);
+
+/* Open a client connection on r (connect, guards, snapshot). The returned
+ * conn holds one reference for the caller's transport (see server.h). */
+lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp);
+
+/* ---- uplink.c: shard processes relaying their clients to this room ---- */
+/* A WebSocket with an x-shard-id header opened on room r. Returns 0 with *out
+ * set when accepted (the conn's uplink field is set), or an HTTP status to
+ * refuse it before the upgrade. */
+int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                   lr_conn **out);
+void lr_uplink_message(lr_conn *c, const char *data, size_t len);
+void lr_uplink_closed(lr_conn *c);
 
 /* ---- lua_api.c ---- */
 /* Push the Lua value of n (scalars as Lua values, containers as live proxies

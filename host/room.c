@@ -866,21 +866,11 @@ static void push_request(lua_State *L, const lr_request *req) {
   lua_setfield(L, -2, "ip");
 }
 
-int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                      lr_conn **out) {
-  *out = NULL;
-  char ns[256], id[256];
-  const char *rest;
-  if (s->shutting_down) return 503;
-  if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
-    lr_warn("websocket refused: path %s is not /parties/{party}/{room}", req->path);
-    return 404;
-  }
-  lr_room *r = get_room(s, ns, id);
-  if (!r) {
-    lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
-    return 404;
-  }
+/* Open a connection on room r: run the room's connect (guards, session,
+ * onJoin, snapshot) and then the frames that arrived meanwhile. Returns the
+ * connection with one reference owned by the caller's transport. */
+lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp) {
+  lr_server *s = r->srv;
   lr_conn *c = lr_xcalloc(1, sizeof *c);
   c->srv = s;
   c->L = s->L;
@@ -891,7 +881,6 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
   c->ref = LUA_NOREF;
   lr_buf_init(&c->early);
   lr_random_id(s, c->id, 10, "0123456789abcdefghijklmnopqrstuvwxyz");
-  *out = c;
   lua_State *L = s->L;
   int top = lua_gettop(L);
   lr_lua_new_conn(L, c, NULL);
@@ -923,12 +912,45 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     free(lens);
   }
   lr_conn_release(c);
+  return c;
+}
+
+static const char *header_of(const lr_request *req, const char *name) {
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+  return NULL;
+}
+
+int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                      lr_conn **out) {
+  *out = NULL;
+  char ns[256], id[256];
+  const char *rest;
+  if (s->shutting_down) return 503;
+  if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
+    lr_warn("websocket refused: path %s is not /parties/{party}/{room}", req->path);
+    return 404;
+  }
+  lr_room *r = get_room(s, ns, id);
+  if (!r) {
+    lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
+    return 404;
+  }
+  if (header_of(req, "x-shard-id")) {
+    /* A shard process relaying its clients (uplink.c). */
+    return lr_uplink_open(r, req, vt, tp, out);
+  }
+  *out = lr_room_open_conn(r, req, vt, tp);
   return 0;
 }
 
 void lr_conn_message(lr_conn *c, const char *data, size_t len) {
   lr_server *s = c->srv;
   if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  if (c->uplink) {
+    lr_uplink_message(c, data, len);
+    return;
+  }
   if (c->phase == LR_C_JOINING) {
     if (c->nearly >= MAX_EARLY_FRAMES) {
       lr_conn_close(c, 4008, "too many frames before join");
@@ -1013,6 +1035,7 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
 void lr_conn_closed(lr_conn *c) {
   lr_server *s = c->srv;
   if (c->phase == LR_C_GONE) return;
+  if (c->uplink) lr_uplink_closed(c);
   bool was_member = c->in_room_list || c->phase == LR_C_JOINING || c->phase == LR_C_CLOSING;
   c->phase = LR_C_GONE;
   remove_from_room(c); /* before onLeave: the reference's adapters do the same */
