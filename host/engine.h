@@ -21,7 +21,7 @@
 typedef struct lr_room lr_room;
 
 /* ---- timers ---- */
-typedef enum { LR_T_SYNC = 1, LR_T_STORE, LR_T_LUA } lr_timer_kind;
+typedef enum { LR_T_SYNC = 1, LR_T_STORE, LR_T_LUA, LR_T_IDLE } lr_timer_kind;
 typedef struct lr_timer {
   int64_t when;
   uint64_t seq; /* tie-break: FIFO for equal times; also the public id */
@@ -75,7 +75,11 @@ struct lr_room {
   bool sync_timer, store_timer;
   int64_t store_retry_ms; /* backoff after a storage failure */
   int64_t budget;         /* instructions per call, 0 = default */
-  double rate, burst;     /* messages per second and bucket size per connection */
+  /* Hibernation: after hibernate_ms without activity the state tree and the
+   * Lua instance are freed (storage flushed first); connections stay. */
+  int64_t hibernate_ms, last_active;
+  bool hibernated, idle_timer;
+  double rate, burst; /* messages per second and bucket size per connection */
   /* the "touched" list of the server (rooms written since the last pass) */
   bool touched;
   lr_room *touched_next;
@@ -155,6 +159,9 @@ int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what
 /* Open a client connection on r (connect, guards, snapshot). The returned
  * conn holds one reference for the caller's transport (see server.h). */
 lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp);
+
+/* Wake a hibernated room (rebuild it from storage) and note activity. */
+void lr_room_activity(lr_room *r);
 
 /* ---- uplink.c: shard processes relaying their clients to this room ---- */
 /* A WebSocket with an x-shard-id header opened on room r. Returns 0 with *out

@@ -556,7 +556,7 @@ static lr_room *check_room(lua_State *L, int idx) {
 
 static int room_gc(lua_State *L) {
   lr_room **b = luaL_checkudata(L, 1, ROOM_MT);
-  if (*b) (*b)->box = NULL;
+  if (*b && (*b)->box == b) (*b)->box = NULL;
   *b = NULL;
   return 0;
 }
@@ -721,6 +721,29 @@ static int l_room_new(lua_State *L) {
   return 1;
 }
 
+/* core.room_rebind(srv, ns, id, instance) -> roomh: a hibernated room gets
+ * its new Lua instance (runtime.wake). */
+static int l_room_rebind(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  const char *ns = luaL_checkstring(L, 2), *id = luaL_checkstring(L, 3);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  lr_room *r = lr_room_find(s, ns, id);
+  if (!r) return luaL_error(L, "no room %s/%s", ns, id);
+  if (r->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+  lua_pushvalue(L, 4);
+  r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lr_room **b = lua_newuserdatauv(L, sizeof *b, 0);
+  *b = r;
+  r->box = b;
+  luaL_setmetatable(L, ROOM_MT);
+  return 1;
+}
+
+static int l_live_nodes(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)lr_node_live());
+  return 1;
+}
+
 static int l_room_root(lua_State *L) {
   lr_room *r = check_room(L, 1);
   lr_lua_push_node(L, r->root, r);
@@ -740,6 +763,17 @@ static int l_room_config(lua_State *L) {
   if (!lua_isnil(L, -1)) r->has_interceptor = lua_toboolean(L, -1);
   lua_getfield(L, 2, "budget");
   if (!lua_isnil(L, -1)) r->budget = luaL_checkinteger(L, -1);
+  lua_getfield(L, 2, "hibernate");
+  if (!lua_isnil(L, -1)) {
+    r->hibernate_ms = luaL_checkinteger(L, -1);
+    r->last_active = lr_now(r->srv);
+    r->idle_timer = false;
+    if (r->hibernate_ms > 0) {
+      r->idle_timer = true;
+      lr_timer_add(r->srv, r->hibernate_ms, LR_T_IDLE, r, LUA_NOREF);
+    }
+  }
+  lua_pop(L, 1);
   lua_getfield(L, 2, "rate");
   if (!lua_isnil(L, -1)) r->rate = luaL_checknumber(L, -1);
   lua_getfield(L, 2, "burst");
@@ -846,13 +880,41 @@ static lr_store *room_store(lua_State *L, lr_room *r) {
   return r->srv->store;
 }
 
+/* Storage functions take a room handle, or {server = srvh, ns = .., id = ..}
+ * (specs read the storage of a room that is hibernated or gone). */
+typedef struct store_target {
+  lr_store *st;
+  const char *ns, *id, *key;
+} store_target;
+
+static store_target check_target(lua_State *L, int idx) {
+  store_target t;
+  if (lua_istable(L, idx)) {
+    lua_getfield(L, idx, "server");
+    lr_server *s = check_server(L, -1);
+    lua_getfield(L, idx, "ns");
+    lua_getfield(L, idx, "id");
+    t.ns = luaL_checkstring(L, -2);
+    t.id = luaL_checkstring(L, -1);
+    lua_pop(L, 3); /* the table keeps the strings alive */
+    if (!s->store) luaL_error(L, "no storage configured");
+    t.st = s->store;
+  } else {
+    lr_room *r = check_room(L, idx);
+    t.st = room_store(L, r);
+    t.ns = r->ns;
+    t.id = r->id;
+  }
+  return t;
+}
+
 static int l_store_get(lua_State *L) {
-  lr_room *r = check_room(L, 1);
+  store_target tg = check_target(L, 1);
   const char *key = luaL_checkstring(L, 2);
   lr_buf out;
   lr_buf_init(&out);
   char err[256];
-  int rc = lr_store_get(room_store(L, r), r->ns, r->id, key, &out, err, sizeof err);
+  int rc = lr_store_get(tg.st, tg.ns, tg.id, key, &out, err, sizeof err);
   if (rc == LR_STORE_NOTFOUND) {
     lr_buf_free(&out);
     return 0;
@@ -959,12 +1021,12 @@ static int list_cb(void *ud, const char *key, size_t keylen, const char *val, si
 
 /* core.store_list(roomh, prefix) -> { {key, value}, ... } in key order */
 static int l_store_list(lua_State *L) {
-  lr_room *r = check_room(L, 1);
+  store_target tg = check_target(L, 1);
   const char *prefix = luaL_optstring(L, 2, "");
   lua_newtable(L);
   list_ud u = {L, 0, 0, ""};
   char err[256];
-  if (lr_store_list(room_store(L, r), r->ns, r->id, prefix, list_cb, &u, err, sizeof err) != 0)
+  if (lr_store_list(tg.st, tg.ns, tg.id, prefix, list_cb, &u, err, sizeof err) != 0)
     return luaL_error(L, "storage list failed: %s", err);
   return 1;
 }
@@ -978,9 +1040,8 @@ static int l_store_fail_next(lua_State *L) {
 }
 
 static int l_store_count(lua_State *L) {
-  lr_room *r = check_room(L, 1);
-  lr_store *st = room_store(L, r);
-  lua_pushinteger(L, st->vt->count(st, r->ns, r->id));
+  store_target tg = check_target(L, 1);
+  lua_pushinteger(L, tg.st->vt->count(tg.st, tg.ns, tg.id));
   return 1;
 }
 
@@ -1421,6 +1482,8 @@ static const luaL_Reg core_fns[] = {
     {"tick", l_tick},
     {"room_new", l_room_new},
     {"room_root", l_room_root},
+    {"room_rebind", l_room_rebind},
+    {"live_nodes", l_live_nodes},
     {"room_config", l_room_config},
     {"room_apply_sync", l_room_apply_sync},
     {"room_flush", l_room_flush},

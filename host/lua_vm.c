@@ -22,6 +22,7 @@
 #include "undo.h"
 
 int luaopen_lunaroom_core(lua_State *L);
+int luaopen_lunaroom_reload_c(lua_State *L); /* reload.c */
 
 #define HOOK_EVERY 10000
 
@@ -81,6 +82,8 @@ lua_State *lr_vm_open(const char *lua_dir, size_t mem_limit) {
   lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, luaopen_lunaroom_core);
   lua_setfield(L, -2, "lunaroom.core");
+  lua_pushcfunction(L, luaopen_lunaroom_reload_c);
+  lua_setfield(L, -2, "lunaroom.reload_c");
   lua_pop(L, 2);
   return L;
 }

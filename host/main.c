@@ -18,6 +18,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "net.h"
+#include "reload.h"
 
 void lr_lua_push_server(lua_State *L, lr_server *s, bool owned);
 
@@ -42,6 +43,7 @@ static const char *usage =
     "  --max-queue BYTES     outgoing bytes queued per connection before it is dropped (default "
     "4194304)\n"
     "  --static DIR          serve static files from DIR at /\n"
+    "  --no-watch            do not hot-reload room files when they change\n"
     "  --log-format FMT      text (default) or json\n"
     "  --lua-path DIR        where the lunaroom Lua modules live (default: the source tree's "
     "lua/)\n"
@@ -188,6 +190,7 @@ static int cmd_check(const char *dir, const char *lua_dir) {
 
 static int cmd_serve(int argc, char **argv, const char *lua_dir) {
   const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite";
+  int watch = 1;
   lr_net_opts no;
   lr_net_defaults(&no);
   for (int i = 0; i < argc; i++) {
@@ -207,8 +210,9 @@ static int cmd_serve(int argc, char **argv, const char *lua_dir) {
       no.static_dir = argv[++i];
     else if (strcmp(a, "--log-format") == 0 && v)
       lr_log_set_json(strcmp(argv[++i], "json") == 0);
-    else if (strcmp(a, "--no-watch") == 0) { /* hot reload lands with its issue */
-    } else if (a[0] != '-')
+    else if (strcmp(a, "--no-watch") == 0)
+      watch = 0;
+    else if (a[0] != '-')
       dir = a;
     else {
       fprintf(stderr, "lunaroom serve: unknown option %s\n\n%s", a, usage);
@@ -252,6 +256,7 @@ static int cmd_serve(int argc, char **argv, const char *lua_dir) {
   }
   lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,
           storage);
+  if (watch) lr_reload_watch(L, srv, dir); /* hot reload; logs and goes on if it cannot */
   lua_settop(L, 0);
   int rc = lr_net_run(s, &no);
   lr_server_shutdown(s);

@@ -43,7 +43,9 @@
  *
  * HTTP (net_req). LWS_CALLBACK_HTTP copies method, path, query, headers and
  * peer; a body is collected up to max_http_body (a larger Content-Length is
- * answered 413 at once). The request is then dispatched with
+ * answered 413 at once, with "connection: close"; the refused body, up to
+ * NET_DISCARD_MAX, is still read and dropped before closing so the client is
+ * not reset before it reads the 413). The request is then dispatched with
  * lr_server_http(srv, req, net_http_done, nr). The engine may call done at
  * once or later. done copies the response into nr and asks for WRITEABLE;
  * HTTP_WRITEABLE writes the header block, then the body in bounded chunks,
@@ -57,8 +59,14 @@
  * while parsing and splits the query on '&' and ';' (decoding '+' and %XX).
  * The engine gets the path and query re-encoded from those pieces: equal to
  * the raw text for every ordinary URL; the known losses are "%2F" in a path
- * (it arrives as a '/'), ';' as a query separator (becomes '&') and an
- * encoded '=' inside a query parameter name (lws turns it into '_').
+ * (it arrives as a '/'), a literal '+' in a path (lws reads it as a space),
+ * ';' as a query separator (becomes '&') and an encoded '=' inside a query
+ * parameter name (lws turns it into '_').
+ *
+ * lws 4.1 limits worth knowing: request headers are capped at NET_HEADER_DATA
+ * bytes (a bigger header block drops the connection); custom (non-standard)
+ * request headers cannot be enumerated, so only those in net_custom_headers
+ * reach the engine; chunked request bodies are not decoded (411).
  */
 #include "net.h"
 
@@ -84,19 +92,20 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 
 /* ---- limits that are not options ---- */
 
-#define NET_MSG_OVERHEAD 16      /* bytes charged per queued message on top of its payload */
-#define NET_HTTP_CHUNK 65536     /* body bytes per lws_write on HTTP */
-#define NET_HEADER_DATA 8192     /* request header bytes per connection (lws ah) */
-#define NET_RX_BUFFER 4096       /* per-connection ws rx buffer (frames arrive in pieces) */
-#define NET_TX_PACKET 65536      /* largest single send(); lws keeps the rest of a write */
-#define NET_SERV_BUF 32768       /* lws per-thread read buffer */
-#define NET_TIMEOUT_SECS 10      /* lws network round trips: headers, body, handshake */
-#define NET_HTTP_HANDLER_SECS 60 /* how long the engine may take to answer a request */
-#define NET_HTTP_WRITE_SECS 30   /* progress timeout while writing a response */
-#define NET_DROP_SECS 3          /* a dropped slow consumer that cannot take its close frame */
-#define NET_DRAIN_MS 1000        /* shutdown: time given to close frames and answers */
-#define NET_MAX_HEADERS 128      /* request headers passed to the engine */
-#ifndef NET_PING_SECS            /* idle WebSocket: ping after, hang up after */
+#define NET_MSG_OVERHEAD 16         /* bytes charged per queued message on top of its payload */
+#define NET_HTTP_CHUNK 65536        /* body bytes per lws_write on HTTP */
+#define NET_HEADER_DATA 8192        /* request header bytes per connection (lws ah) */
+#define NET_RX_BUFFER 4096          /* per-connection ws rx buffer (frames arrive in pieces) */
+#define NET_TX_PACKET 65536         /* largest single send(); lws keeps the rest of a write */
+#define NET_SERV_BUF 32768          /* lws per-thread read buffer */
+#define NET_TIMEOUT_SECS 10         /* lws network round trips: headers, body, handshake */
+#define NET_HTTP_HANDLER_SECS 60    /* how long the engine may take to answer a request */
+#define NET_HTTP_WRITE_SECS 30      /* progress timeout while writing a response */
+#define NET_DROP_SECS 3             /* a dropped slow consumer that cannot take its close frame */
+#define NET_DRAIN_MS 1000           /* shutdown: time given to close frames and answers */
+#define NET_MAX_HEADERS 128         /* request headers passed to the engine */
+#define NET_DISCARD_MAX (16u << 20) /* a refused body up to this is read and dropped, not reset */
+#ifndef NET_PING_SECS               /* idle WebSocket: ping after, hang up after */
 #define NET_PING_SECS 30
 #endif
 #ifndef NET_HANGUP_SECS
@@ -172,7 +181,9 @@ typedef struct net_req {
   /* response */
   bool ready; /* a response is waiting for HTTP_WRITEABLE */
   bool hdrs_sent;
-  bool close_after; /* close the connection after the response */
+  bool close_after;  /* close the connection after the response */
+  bool body_pending; /* a Content-Length body is still arriving */
+  bool resp_done;    /* response written; waiting for the body to end */
   int status;
   char **rh; /* response headers: "name\0value\0" each */
   size_t nrh;
@@ -185,16 +196,19 @@ static void net_req_free(net_req *nr);
 
 /* ---- small helpers ---- */
 
+/* Monotonic milliseconds. */
 static int64_t net_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The loop that owns wsi (the context user pointer). */
 static net_loop *net_loop_of(struct lws *wsi) {
   return lws_context_user(lws_get_context(wsi));
 }
 
+/* lws log lines (errors and warnings only) go to our log, one line each. */
 static void net_lws_log(int level, const char *line) {
   char buf[512];
   size_t n = strlen(line);
@@ -310,6 +324,7 @@ static lr_header *net_hdrs_collect(struct lws *wsi, size_t *nout) {
   return h;
 }
 
+/* Free what net_hdrs_collect returned. NULL is ignored. */
 static void net_hdrs_free(lr_header *h, size_t n) {
   if (!h) return;
   for (size_t i = 0; i < n; i++)
@@ -317,7 +332,8 @@ static void net_hdrs_free(lr_header *h, size_t n) {
   free(h);
 }
 
-/* The path as the engine wants it: percent-encoded again. */
+/* The path as the engine wants it: lws's decoded path percent-encoded again
+ * (pchar and '/' kept). Returns a new string. */
 static char *net_path_encode(const char *decoded) {
   lr_buf b;
   lr_buf_init(&b);
@@ -327,7 +343,8 @@ static char *net_path_encode(const char *decoded) {
   return s;
 }
 
-/* The raw query without '?', rebuilt from lws's decoded fragments. */
+/* The raw query without '?', rebuilt from lws's decoded "name=value"
+ * fragments joined with '&'. Returns a new string ("" if none). */
 static char *net_query_collect(struct lws *wsi) {
   int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS);
   if (total <= 0) return lr_xstrndup("", 0);
@@ -354,6 +371,7 @@ static char *net_query_collect(struct lws *wsi) {
   return s;
 }
 
+/* The peer's numeric address into buf ("unknown" if lws cannot tell). */
 static void net_peer(struct lws *wsi, char *buf, size_t len) {
   buf[0] = '\0';
   if (!lws_get_peer_simple(wsi, buf, len)) {
@@ -365,6 +383,8 @@ static void net_peer(struct lws *wsi, char *buf, size_t len) {
     memmove(buf, buf + 7, strlen(buf + 7) + 1);
 }
 
+/* The request method as a static string, or NULL for one lws does not
+ * parse; *head tells HEAD apart. Needs the header table (ah). */
 static const char *net_method(struct lws *wsi, bool *head) {
   static const char *const names[] = {"GET",   "POST",   "OPTIONS", "PUT",
                                       "PATCH", "DELETE", "CONNECT", "HEAD"};
@@ -378,6 +398,7 @@ static const char *net_method(struct lws *wsi, bool *head) {
 
 /* ======================= WebSocket ======================= */
 
+/* Release every queued message reference and the ring itself. */
 static void net_conn_release_queue(net_conn *nc) {
   while (nc->qlen) {
     lr_msg_release(nc->q[nc->qhead]);
@@ -405,7 +426,10 @@ static void net_conn_drop(net_conn *nc, size_t wanted) {
   }
 }
 
-/* vt->send: queue a reference to m. */
+/* vt->send: queue a reference to m (retained here, released once written or
+ * dropped). Returns -1 if the connection is closing or gone, or if m would
+ * take it over max_queue_bytes (it is then dropped: see net_conn_drop).
+ * Never calls the engine. */
 static int net_ws_send(lr_conn *c, lr_msg *m) {
   net_conn *nc = lr_conn_transport(c);
   if (!nc || nc->gone || nc->closing || nc->dropping) return -1;
@@ -431,8 +455,10 @@ static int net_ws_send(lr_conn *c, lr_msg *m) {
   return 0;
 }
 
-/* vt->close: close after the queued data. code 0 = close frame without a
- * status. */
+/* vt->close: close after the queued data with code and reason (reason cut
+ * to the 123 bytes a close frame holds; code 0 = a close frame without a
+ * status). Later calls are ignored. Never calls the engine: lr_conn_closed
+ * follows from LWS_CALLBACK_CLOSED. */
 static void net_ws_close(lr_conn *c, int code, const char *reason) {
   net_conn *nc = lr_conn_transport(c);
   if (!nc || nc->gone || nc->closing || nc->dropping) return;
@@ -450,7 +476,8 @@ static void net_ws_close(lr_conn *c, int code, const char *reason) {
 
 static const lr_transport_vt net_vt = {net_ws_send, net_ws_close};
 
-/* The socket is gone: tell the engine (exactly once) and free nc. */
+/* The socket is gone (or the upgrade was refused): tell the engine exactly
+ * once, release the queue and free nc. nc must not be used afterwards. */
 static void net_conn_finish(net_conn *nc) {
   nc->gone = true;
   if (nc->wsi) lws_set_opaque_user_data(nc->wsi, NULL);
@@ -524,10 +551,10 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   if (st != 0 || !conn) {
     lr_debug("ws upgrade %s refused with %d", path, st ? st : 404);
     free(path);
-    nc->conn = NULL;
+    nc->conn = conn; /* NULL as the contract says; if not, finish closes it */
     nc->wsi = NULL;
     lws_set_opaque_user_data(wsi, NULL);
-    net_conn_finish(nc); /* no engine conn: only frees */
+    net_conn_finish(nc);
     lws_return_http_status(wsi, st >= 400 && st < 600 ? (unsigned)st : HTTP_STATUS_NOT_FOUND, NULL);
     return 1;
   }
@@ -536,6 +563,8 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   return 0;
 }
 
+/* SERVER_WRITEABLE: one lws_write (a queued message, or the close frame).
+ * Returns the lws callback result (-1 closes the connection). */
 static int net_ws_writeable(net_conn *nc) {
   struct lws *wsi = nc->wsi;
   if (nc->dropping) {
@@ -570,6 +599,10 @@ static int net_ws_writeable(net_conn *nc) {
   return 0;
 }
 
+/* RECEIVE: a piece of a frame. Pieces and fragments are assembled; a
+ * complete message goes to lr_conn_message (NUL-terminated, binary frames
+ * as they are). Over max_frame: close with 1009, nothing reaches the engine.
+ * Returns the lws callback result. */
 static int net_ws_receive(net_conn *nc, const char *in, size_t len) {
   if (!nc->conn || nc->closing || nc->dropping) return 0; /* closing: drop input */
   struct lws *wsi = nc->wsi;
@@ -600,6 +633,7 @@ static int net_ws_receive(net_conn *nc, const char *in, size_t len) {
 
 /* ======================= HTTP ======================= */
 
+/* Free nr and everything it owns (request copy, response, file). */
 static void net_req_free(net_req *nr) {
   free(nr->path);
   free(nr->query);
@@ -638,6 +672,7 @@ static void net_req_detach(net_req *nr) {
     net_req_free(nr);
 }
 
+/* Append a response header (copied). */
 static void net_req_add_header(net_req *nr, const char *name, const char *value, size_t vlen) {
   size_t nl = strlen(name);
   char *s = lr_xmalloc(nl + vlen + 2);
@@ -648,13 +683,15 @@ static void net_req_add_header(net_req *nr, const char *name, const char *value,
   nr->rh[nr->nrh++] = s;
 }
 
+/* Copy the response body behind LWS_PRE bytes of headroom. */
 static void net_req_set_body(net_req *nr, const char *body, size_t len) {
   nr->out = lr_xmalloc(LWS_PRE + len + 1);
   if (len) memcpy(nr->out + LWS_PRE, body, len);
   nr->outlen = len;
 }
 
-/* Queue a response written by the transport itself. */
+/* Queue a response made by the transport itself (404, 411, 413, ...): nr
+ * counts as answered and is never handed to the engine. */
 static void net_http_simple(net_req *nr, int status, const char *ctype, const char *body, bool cors,
                             bool close_after) {
   nr->answered = true;
@@ -676,7 +713,9 @@ static void net_http_simple(net_req *nr, int status, const char *ctype, const ch
   lws_callback_on_writable(nr->wsi);
 }
 
-/* The engine's answer. May run inside lr_server_http() or any time later. */
+/* The engine's answer (lr_response_cb). May run inside lr_server_http() or
+ * any time later, even after lr_net_run returned. r is copied. If the client
+ * went away meanwhile (nr->gone), it only frees nr. */
 static void net_http_done(void *ud, const lr_response *r) {
   net_req *nr = ud;
   if (nr->answered) {
@@ -695,6 +734,10 @@ static void net_http_done(void *ud, const lr_response *r) {
     if (!strcasecmp(n, "content-length") || !strcasecmp(n, "transfer-encoding") ||
         !strcasecmp(n, "connection"))
       continue;
+    if (strpbrk(n, "\r\n: ") || strpbrk(v, "\r\n")) { /* no header injection */
+      lr_warn("http: response header %.40s dropped (invalid characters)", n);
+      continue;
+    }
     net_req_add_header(nr, n, v, strlen(v));
   }
   net_req_set_body(nr, r->body ? r->body : "", r->body ? r->bodylen : 0);
@@ -702,6 +745,8 @@ static void net_http_done(void *ud, const lr_response *r) {
   if (!nr->loop->destroying) lws_callback_on_writable(nr->wsi);
 }
 
+/* Hand a complete request to the engine (once). The engine's handler gets
+ * NET_HTTP_HANDLER_SECS to answer before lws drops the connection. */
 static void net_http_dispatch(net_req *nr) {
   if (nr->dispatched || nr->answered) return;
   nr->dispatched = true;
@@ -721,6 +766,7 @@ static void net_http_dispatch(net_req *nr) {
   net_req_free_inputs(nr);
 }
 
+/* Content-Type for a static file, by extension. */
 static const char *net_mime(const char *path) {
   static const char *const map[][2] = {
       {".html", "text/html; charset=utf-8"},
@@ -745,7 +791,11 @@ static const char *net_mime(const char *path) {
   return "application/octet-stream";
 }
 
-/* Serve nr->fs_path from the static folder, or 404. */
+/* Paths outside /parties/: serve nr->fs_path (already decoded and
+ * dot-segment-collapsed by lws) from static_dir for GET/HEAD, "/" and
+ * folders as their index.html; anything that resolves (symlinks included)
+ * outside static_dir, or no static_dir at all, is 404 text/plain. The file
+ * is streamed NET_HTTP_CHUNK bytes per WRITEABLE. */
 static void net_http_static(net_req *nr) {
   net_loop *L = nr->loop;
   const char *p = nr->fs_path;
@@ -847,6 +897,7 @@ static int net_http_begin(net_loop *L, struct lws *wsi) {
       return 0;
     }
   }
+  nr->body_pending = want > 0 && want <= NET_DISCARD_MAX;
   if (want > L->o.max_http_body) {
     lr_warn("http %s %s: body of %llu bytes over the %zu limit, 413", method, nr->path, want,
             L->o.max_http_body);
@@ -862,6 +913,7 @@ static int net_http_begin(net_loop *L, struct lws *wsi) {
   return 0;
 }
 
+/* HTTP_BODY: append a piece of the body (bounded by max_http_body). */
 static int net_http_body(net_req *nr, const char *in, size_t len) {
   if (nr->answered || nr->dispatched) return 0; /* answered early: discard */
   if (nr->body.len + len > nr->loop->o.max_http_body) {
@@ -873,19 +925,29 @@ static int net_http_body(net_req *nr, const char *in, size_t len) {
   return 0;
 }
 
-/* Finish the transaction after the last byte of a response. */
+/* Finish the transaction after the last byte of a response. A refused
+ * request whose body is still arriving is closed only once the body has
+ * been read (closing with unread input would reset the connection and the
+ * client could lose the response). */
 static int net_http_complete(net_req *nr) {
   struct lws *wsi = nr->wsi;
   bool close_after = nr->close_after;
+  if (close_after && nr->body_pending) {
+    nr->resp_done = true;
+    return 0; /* HTTP_BODY_COMPLETION closes */
+  }
   net_req_detach(nr); /* answered: frees */
   if (close_after) return -1;
   if (lws_http_transaction_completed(wsi)) return -1;
   return 0;
 }
 
+/* HTTP_WRITEABLE: one lws_write per call: first the header block (status,
+ * the response headers, Content-Length), then the body in NET_HTTP_CHUNK
+ * pieces, then the transaction is completed (keep-alive) or closed. */
 static int net_http_writeable(net_req *nr) {
   struct lws *wsi = nr->wsi;
-  if (!nr->ready) return 0;
+  if (!nr->ready || nr->resp_done) return 0;
   lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, NET_HTTP_WRITE_SECS);
   if (!nr->hdrs_sent) {
     size_t need = LWS_PRE + 512;
@@ -1003,6 +1065,11 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
 
   case LWS_CALLBACK_HTTP_BODY_COMPLETION:
     if (!nr) return 0;
+    nr->body_pending = false;
+    if (nr->resp_done) { /* refused early, body now drained: close */
+      net_req_detach(nr);
+      return -1;
+    }
     if (!nr->answered) net_http_dispatch(nr);
     return 0;
 

@@ -24,6 +24,7 @@
 #include "json.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "reload.h"
 
 #define MAX_EARLY_FRAMES 256
 
@@ -183,6 +184,7 @@ static lr_timer *heap_pop(lr_server *s) {
 }
 
 static void retry_storage(lr_room *r);
+static void maybe_hibernate(lr_room *r);
 
 static void fire(lr_server *s, lr_timer *t) {
   lr_room *r = t->room;
@@ -199,7 +201,12 @@ static void fire(lr_server *s, lr_timer *t) {
     r->store_timer = false;
     if (lr_room_flush_storage(r) != 0) retry_storage(r);
     break;
+  case LR_T_IDLE:
+    r->idle_timer = false;
+    maybe_hibernate(r);
+    break;
   case LR_T_LUA: {
+    if (r) lr_room_activity(r);
     lua_State *L = s->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
     lr_callinfo ci = {.room = r ? r->key : NULL, .what = "timer", .budget = r ? r->budget : 0};
@@ -232,6 +239,7 @@ void lr_server_tick(lr_server *s) {
   if (s->in_tick) return;
   s->in_tick = true;
   if (!s->virtual_clock) run_due(s, lr_now(s));
+  lr_reload_poll(s); /* hot reload: read the watcher, reload after the debounce */
   lr_server_flush_touched(s);
   deliver_pending_closes(s);
   s->in_tick = false;
@@ -740,6 +748,69 @@ void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   c->phase = LR_C_JOINED;
 }
 
+/* ------------------------------------------------------------ hibernation */
+
+static void arm_idle(lr_room *r, int64_t delay) {
+  if (r->idle_timer || r->hibernate_ms <= 0 || r->srv->shutting_down) return;
+  r->idle_timer = true;
+  lr_timer_add(r->srv, delay, LR_T_IDLE, r, LUA_NOREF);
+}
+
+void lr_room_activity(lr_room *r) {
+  lr_server *s = r->srv;
+  if (r->disposed) return;
+  if (r->hibernated && !s->shutting_down) {
+    r->hibernated = false;
+    lua_State *L = s->L;
+    int top = lua_gettop(L);
+    lua_pushstring(L, r->ns);
+    lua_pushstring(L, r->id);
+    if (lr_runtime_call(s, NULL, "wake", "wake", 2, 0, NULL, 0) != 0) {
+      lr_error("room %s: could not be rebuilt from storage; closing its connections", r->key);
+      lua_settop(L, top);
+      lr_room_retain(r);
+      for (uint32_t i = r->nconns; i-- > 0;)
+        lr_conn_close(r->conns[i], 1011, "room failed");
+      lr_room_release(r);
+      return;
+    }
+    lr_info("room %s woke up (%u connections)", r->key, r->nconns);
+  }
+  r->last_active = lr_now(s);
+  arm_idle(r, r->hibernate_ms);
+}
+
+/* Evict r if it has been idle long enough: flush, then free the state tree
+ * and the Lua instance. A room whose storage cannot be written stays. */
+static void maybe_hibernate(lr_room *r) {
+  lr_server *s = r->srv;
+  if (r->hibernated || r->disposed || r->hibernate_ms <= 0 || s->shutting_down) return;
+  int64_t idle = lr_now(s) - r->last_active;
+  if (idle < r->hibernate_ms) {
+    arm_idle(r, r->hibernate_ms - idle);
+    return;
+  }
+  if (r->auto_sync) lr_room_flush_sync(r, false);
+  if (lr_room_flush_storage(r) != 0 || lr_state_dirty(r->root, LR_CH_PERSIST)) {
+    lr_warn("room %s: not hibernated, its storage could not be written", r->key);
+    arm_idle(r, r->hibernate_ms);
+    return;
+  }
+  lua_State *L = s->L;
+  lua_pushstring(L, r->key);
+  lr_runtime_call(s, NULL, "forget_room", "hibernate", 1, 0, NULL, 0);
+  if (r->box) *r->box = NULL; /* the old instance's handle is dead */
+  r->box = NULL;
+  if (r->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+  r->ref = LUA_NOREF;
+  lr_node_release(r->root);
+  r->root = lr_node_new(LR_OBJECT);
+  r->hibernated = true;
+  lua_gc(L, LUA_GCCOLLECT);
+  lr_info("room %s hibernated after %lld ms idle (%u connections kept)", r->key, (long long)idle,
+          r->nconns);
+}
+
 /* ------------------------------------------------------------ runtime glue */
 
 int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what, int nargs,
@@ -828,6 +899,7 @@ static int parse_party_path(const lr_server *s, const char *path, char *ns, size
 /* Find or create the room for ns/id. NULL if no definition matches. */
 static lr_room *get_room(lr_server *s, const char *ns, const char *id) {
   lr_room *r = lr_room_find(s, ns, id);
+  if (r) lr_room_activity(r);
   if (r || s->shutting_down) return r;
   lua_State *L = s->L;
   lua_pushstring(L, ns);
@@ -1003,6 +1075,11 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     return;
   }
   lr_node *value = lr_obj_get(pkt, "value", 5);
+  lr_room_activity(c->room);
+  if (c->phase != LR_C_JOINED) { /* the room could not be rebuilt */
+    lr_node_release(pkt);
+    return;
+  }
   lua_State *L = s->L;
   int top = lua_gettop(L);
   lr_room *r = lr_room_retain(c->room);
@@ -1041,6 +1118,9 @@ void lr_conn_closed(lr_conn *c) {
   remove_from_room(c); /* before onLeave: the reference's adapters do the same */
   lr_room *r = c->room;
   if (was_member && r && !r->disposed && !s->shutting_down) {
+    lr_room_activity(r);
+  }
+  if (was_member && r && !r->disposed && !s->shutting_down && r->ref != LUA_NOREF) {
     lua_State *L = s->L;
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);

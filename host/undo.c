@@ -27,8 +27,10 @@ typedef struct {
 
 static urec *log_;
 static size_t nlog, caplog;
+static int depth; /* open transactions; writes outside any are not recorded */
 
 size_t lr_undo_mark(void) {
+  depth++;
   return nlog;
 }
 
@@ -48,12 +50,14 @@ static lr_node *outermost_array(lr_node *n) {
 }
 
 void lr_undo_record_array(lr_node *arr) {
+  if (!depth) return;
   lr_node *outer = outermost_array(arr);
   if (!outer) outer = arr;
   push((urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer)});
 }
 
 void lr_undo_record_key(lr_node *obj, const char *key, size_t keylen) {
+  if (!depth) return;
   lr_node *arr = outermost_array(obj);
   if (arr) {
     push((urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr)});
@@ -95,6 +99,7 @@ static void free_rec(urec *r) {
 }
 
 void lr_undo_rollback(size_t mark) {
+  depth--;
   while (nlog > mark) {
     urec *r = &log_[--nlog];
     switch (r->kind) {
@@ -130,6 +135,7 @@ void lr_undo_rollback(size_t mark) {
 }
 
 void lr_undo_release(size_t mark) {
+  depth--;
   while (nlog > mark)
     free_rec(&log_[--nlog]);
   if (nlog == 0 && caplog > 1024) {

@@ -19,6 +19,9 @@
 
 #include "value.h"
 
+/* Open a transaction and return its mark. Every mark must be closed by
+ * exactly one lr_undo_rollback or lr_undo_release. Writes made while no
+ * transaction is open (spec code, room creation) are not recorded. */
 size_t lr_undo_mark(void);
 /* Before obj[key] is set or deleted (obj is an object). */
 void lr_undo_record_key(lr_node *obj, const char *key, size_t keylen);

@@ -184,8 +184,15 @@ static void keylist_free(lr_keylist *l) {
  * Construction and lifetime
  */
 
+static size_t live_nodes; /* allocation counter: nodes alive in the process */
+
+size_t lr_node_live(void) {
+  return live_nodes;
+}
+
 static lr_node *node_alloc(lr_type t) {
   lr_node *n = lr_xcalloc(1, sizeof *n);
+  live_nodes++;
   n->type = (uint8_t)t;
   n->refs = 1;
   return n;
@@ -267,6 +274,7 @@ void lr_node_release(lr_node *n) {
   if (--n->refs) return;
   free_contents(n);
   free(n);
+  live_nodes--;
 }
 
 /* Deep copy: flags copied, dirty marks and deletions not, parent NULL. */

@@ -114,6 +114,8 @@ static inline lr_node *lr_node_retain(lr_node *n) {
 }
 /* Drop one reference; at zero frees the node and releases its children. */
 void lr_node_release(lr_node *n);
+/* Number of nodes alive in the process (an allocation counter for tests). */
+size_t lr_node_live(void);
 /* Deep copy (flags copied, dirty marks not, parent NULL, refs == 1). */
 lr_node *lr_node_clone(const lr_node *n);
 /* Deep structural equality (int 3 == float 3.0 is true; flags ignored). */

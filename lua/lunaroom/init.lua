@@ -79,7 +79,8 @@ local ROOM = {}
 local KNOWN = {
   path = "string", party = "string", maxUsers = "number", throttleSync = "number",
   throttleStorage = "number", sessionExpiryTime = "number", transferExpiryTime = "number",
-  autoSync = "boolean", hibernate = "boolean", budget = "number", rateLimit = "table",
+  autoSync = "boolean", hibernate = "boolean", hibernateAfter = "number", budget = "number",
+  rateLimit = "table",
   guards = "table", state = "table", actions = "table", requests = "table",
   unhandled = "function|table", onCreate = "function", onJoin = "function",
   onLeave = "function", onSessionRestore = "function", onStorageRestore = "function",
@@ -213,6 +214,8 @@ function lr.room(def)
   d.transferExpiryTime = def.transferExpiryTime or 300000
   d.autoSync = def.autoSync ~= false
   d.budget = def.budget
+  d.hibernate = def.hibernate == true
+  d.hibernateAfter = def.hibernateAfter or 30000
   d.rateLimit = def.rateLimit or { rate = 100, burst = 200 }
   if type(d.rateLimit.rate) ~= "number" or type(d.rateLimit.burst) ~= "number" then
     error("rateLimit must be { rate = messages per second, burst = n } (rate 0 = off)", 2)
@@ -225,6 +228,25 @@ function lr.room(def)
 end
 
 function lr.is_room(x) return getmetatable(x) == ROOM end
+
+--- Deep snapshot of a room, a user or any synced object: a plain table of
+--- its persisted fields (createStatesSnapshotDeep of the reference).
+function lr.snapshot(obj)
+  if type(obj) == "table" and rawget(obj, "root") and rawget(obj, "def") then obj = rawget(obj, "root") end
+  if core.is_proxy(obj) then return core.copy(obj, core.NOPERSIST) end
+  if type(obj) ~= "table" then return obj end
+  local t = {}
+  for k, val in pairs(obj) do t[k] = lr.snapshot(val) end
+  return setmetatable(t, getmetatable(obj))
+end
+
+--- Hydrate obj (a room, a user or any synced object) from a snapshot: every
+--- key of the snapshot is written (merged), so the clients get a patch.
+function lr.load(obj, snapshot)
+  if type(snapshot) ~= "table" then error("lr.load expects a snapshot table", 2) end
+  for k, val in pairs(snapshot) do obj[k] = val end
+  return obj
+end
 
 lr.FIELD, lr.SCHEMA, lr.ROOM = FIELD, SCHEMA, ROOM
 

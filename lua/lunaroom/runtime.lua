@@ -105,10 +105,12 @@ function Room:log(...) log("info", "room %s: %s", rawget(self, "key"), table.con
 
 --- room:timer(ms, fn) -> id. fn(room) runs after ms (protected, budgeted).
 function Room:timer(ms, fn)
-  local srv = rawget(self, "srv")
+  local srv, key = rawget(self, "srv"), rawget(self, "key")
   return core.timer(srv.h, rawget(self, "h"), math.floor(ms), function()
-    local ok, err = core.pcall(fn, rawget(self, "key"), "timer", self)
-    if not ok then log("warn", "room %s: timer failed: %s", rawget(self, "key"), err) end
+    local room = srv.rooms[key] -- C woke it before calling us
+    if not room then return end
+    local ok, err = core.pcall(fn, key, "timer", room)
+    if not ok then log("warn", "room %s: timer failed: %s", key, err) end
   end)
 end
 function Room:cancel(id) core.cancel(rawget(self, "srv").h, id) end
@@ -354,7 +356,8 @@ local function restore(room, d)
 end
 
 --- Called by C when a client or request names a room that is not live yet.
-function M.create_room(srv, ns, id)
+--- With rebind, the C room exists (it hibernated) and keeps its connections.
+function M.create_room(srv, ns, id, rebind)
   local e, params = resolve(srv, ns, id)
   if not e then return nil end
   local d = e.def
@@ -364,7 +367,7 @@ function M.create_room(srv, ns, id)
     sockets = {},   -- privateId -> number of open sockets
     expiry = {},    -- privateId -> timer id
   }, RoomMT)
-  local h = core.room_new(srv.h, ns, id, room)
+  local h = rebind and core.room_rebind(srv.h, ns, id, room) or core.room_new(srv.h, ns, id, room)
   rawset(room, "h", h)
   rawset(room, "_storage", setmetatable({ h = h }, Storage))
   local root = core.room_root(h)
@@ -382,21 +385,47 @@ function M.create_room(srv, ns, id)
     throttleSync = d.throttleSync, throttleStorage = d.throttleStorage, autoSync = d.autoSync,
     interceptor = d.interceptorPacket ~= nil, budget = d.budget,
     rate = d.rateLimit.rate, burst = d.rateLimit.burst,
+    hibernate = d.hibernate and d.hibernateAfter or 0,
   })
   srv.rooms[room.key] = room
+  local live = {}
+  if rebind then
+    -- Woken from hibernation: its sockets are still open; the clients have
+    -- this state already, so nothing is sent.
+    local sockets = rawget(room, "sockets")
+    local users = users_of(room)
+    local schema = users and d.fields[d.users_field].schema
+    for _, conn in ipairs(core.room_conns(h)) do
+      local priv, pid = conn.state.privateId, conn.state.publicId
+      if priv then
+        sockets[priv] = (sockets[priv] or 0) + 1
+        live[priv] = true
+        if schema and schema.connected and users[pid] ~= nil then users[pid][schema.connected] = true end
+      end
+    end
+    core.room_clear_dirty(h)
+    if needs_write then core.room_mark_all(h) end
+  end
   -- Sessions left "connected" by a crash are offline now (Part 1 row 12).
   for _, kv in ipairs(core.store_list(h, "session:")) do
     local s = kv[2]
-    if type(s) == "table" and s.connected then
+    if type(s) == "table" and s.connected and not live[kv[1]:sub(9)] then
       s.connected = false
       s.disconnectedAt = core.now(srv.h)
       core.store_apply(h, { { "put", kv[1], s } })
       M.arm_expiry(room, kv[1]:sub(9), d.sessionExpiryTime)
     end
   end
-  if d.onCreate then core.pcall(d.onCreate, room.key, "onCreate", room) end
+  if d.onCreate and not rebind then core.pcall(d.onCreate, room.key, "onCreate", room) end
   return room
 end
+
+--- A hibernated room is needed again (C calls this before any event).
+function M.wake(srv, ns, id)
+  local room = M.create_room(srv, ns, id, true)
+  if not room then error("no definition serves " .. ns .. "/" .. id .. " any more") end
+end
+
 
 ------------------------------------------------------------------ sessions
 
@@ -441,12 +470,14 @@ end
 
 function M.arm_expiry(room, priv, ms)
   if type(ms) ~= "number" or ms < 0 or ms ~= ms or ms == math.huge then return end
-  local srv = rawget(room, "srv")
+  local srv, key = rawget(room, "srv"), rawget(room, "key")
   local exp = rawget(room, "expiry")
   if exp[priv] then core.cancel(srv.h, exp[priv]) end
   exp[priv] = core.timer(srv.h, rawget(room, "h"), math.floor(ms), function()
-    exp[priv] = nil
-    expire_session(room, priv)
+    local cur = srv.rooms[key] -- the instance may have been rebuilt meanwhile
+    if not cur then return end
+    rawget(cur, "expiry")[priv] = nil
+    expire_session(cur, priv)
   end)
 end
 
@@ -786,6 +817,26 @@ end
 ------------------------------------------------------------------ registration
 
 function M.forget_room(srv, key) srv.rooms[key] = nil end
+
+------------------------------------------------------------------ code versions (hot reload)
+
+--- The live rooms and the code each one runs, for logs and the admin /
+--- metrics output: a list sorted by key of {key, party, id, path, file,
+--- version, connections}. version is the content hash of the room file and
+--- the modules it required (lunaroom.sandbox), updated by each hot reload.
+function M.room_info(srv)
+  local out = {}
+  for key, room in pairs(srv.rooms) do
+    local ok, conns = pcall(core.room_conns, rawget(room, "h"))
+    out[#out + 1] = {
+      key = key, party = rawget(room, "name"), id = rawget(room, "id"),
+      path = rawget(room, "def").path, file = rawget(room, "file"),
+      version = rawget(room, "version"), connections = ok and #conns or 0,
+    }
+  end
+  table.sort(out, function(a, b) return a.key < b.key end)
+  return out
+end
 
 core.set_runtime(M, Conn)
 return M

@@ -85,7 +85,11 @@ function Client:close()
 end
 
 local T = {}
-T.__index = T
+-- t.room is always the live instance (nil while the room hibernates).
+T.__index = function(t, k)
+  if k == "room" then return t.srv and t.srv.rooms[t.party .. "/" .. t.id] end
+  return T[k]
+end
 
 local function query_string(q)
   local parts = {}
@@ -149,13 +153,18 @@ function T:close()
 end
 
 --- Storage of the room under test (state:..., session:... keys).
+-- Reads go through the server, so they work while the room hibernates.
 local StorageView = {}
 StorageView.__index = StorageView
-function StorageView:get(key) return self.t.room.storage:get(key) end
-function StorageView:list(prefix) return self.t.room.storage:list(prefix) end
-function StorageView:entries(prefix) return self.t.room.storage:entries(prefix) end
-function StorageView:count() return self.t.room.storage:count() end
-function StorageView:put(key, v) return self.t.room.storage:put(key, v) end
+local function target(self) return { server = self.t.srv.h, ns = self.t.party, id = self.t.id } end
+function StorageView:get(key) return core.store_get(target(self), key) end
+function StorageView:entries(prefix) return core.store_list(target(self), prefix or "") end
+function StorageView:list(prefix)
+  local out = {}
+  for _, kv in ipairs(self:entries(prefix)) do out[kv[1]] = kv[2] end
+  return out
+end
+function StorageView:count() return core.store_count(target(self)) end
 
 local function load_def(src)
   if lr.is_room(src) then return src end
@@ -190,8 +199,40 @@ function M.room(src, opts)
     if not room then error("no definition matches room id " .. t.id, 2) end
     core.tick(h)
   end
-  t.room = room
   return t
+end
+
+--- Hot-reload the room under test, as saving its file does under `serve`:
+--- src is a file path (read now) or Lua source; nil re-reads the room's own
+--- file. The live room keeps its state and clients. Returns true, version or
+--- false, "file:line: message" (the old code keeps running). Flushes the
+--- resulting patch (new fields, $delete) to the clients.
+function T:reload(src)
+  local reload = require "lunaroom.reload"
+  local room = self.room
+  local cur = room and rawget(room, "def") or self.def
+  local file
+  for _, e in ipairs(self.srv.defs) do
+    if e.def == cur then file = e.file end
+  end
+  local job = { file = file, target = cur, force = true }
+  if src == nil then
+    if not file then error("t:reload(): this room was not loaded from a file; pass source", 2) end
+  elseif not src:find("\n", 1, true) and src:sub(-4) == ".lua" then
+    local text, err = core.readfile(src)
+    if not text then error("t:reload(): " .. tostring(err), 2) end
+    job.src, job.chunk = text, src
+  else
+    job.src, job.chunk = src, file or (self.id .. ".lua")
+  end
+  local jobs = reload.run(self.srv, { job })
+  core.tick(self.srv.h)
+  local r = jobs[1] or job
+  if r.ok then
+    if r.def then self.def = r.def end
+    return true, r.version
+  end
+  return false, r.err
 end
 
 --- Restart: a new server on the same storage (sqlite path) to test restore.

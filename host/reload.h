@@ -1,0 +1,51 @@
+/*
+ * reload.h - hot reload of room scripts: the inotify watcher of the rooms
+ * folder and the C driver of reload transactions (the Lua half is
+ * lua/lunaroom/reload.lua).
+ *
+ * Owns: the watcher (inotify fd, one watch per folder under the rooms folder,
+ * pending changed paths, the debounce), the engine wake-up that keeps a
+ * change from waiting for the next socket event, and the sequence of
+ * protected calls of one reload (plan, then per room file: load under the
+ * load budget, swap, onReload hooks, log).
+ * Must not: decide what a change means for a room definition or touch room
+ * state (reload.lua does), or talk to sockets.
+ */
+#ifndef LR_RELOAD_H
+#define LR_RELOAD_H
+
+#include <lua.h>
+
+#include "engine.h"
+#include "lua_vm.h"
+
+/* Quiet time after the last file event before the batch is reloaded. */
+#define LR_RELOAD_DEBOUNCE_MS 30
+/* A burst that never goes quiet is reloaded after this long anyway. */
+#define LR_RELOAD_MAX_DELAY_MS 250
+/* While watching, the engine wakes at least this often to read events. */
+#define LR_RELOAD_WAKE_MS 25
+/* Instruction budget of compiling and running one room file (and the
+ * modules it requires); the same as a handler's default budget, so a file
+ * that loads at startup also loads on reload. */
+#define LR_RELOAD_LOAD_BUDGET LR_DEFAULT_BUDGET
+
+/* Start watching dir for the server whose Lua table (runtime.new_server) is
+ * at index srv: calls reload.watch(srv, dir) through the protected-call
+ * helper. Returns 0, or -1 if the watcher could not start (logged; the
+ * server still runs, without hot reload). Stack: [-0,+0]. */
+int lr_reload_watch(lua_State *L, int srv, const char *dir);
+
+/* Called by lr_server_tick() on every loop iteration: reads the watcher's
+ * pending events without blocking and, once the debounce has passed, runs
+ * the reload of the changed files as outermost protected calls. Keeps an
+ * engine timer armed (LR_RELOAD_WAKE_MS) while a watcher is open on a
+ * real-clock server. Does nothing (one branch) when no watcher is open or
+ * the server is shutting down. Never raises. */
+void lr_reload_poll(lr_server *s);
+
+/* package.preload["lunaroom.reload_c"]: watch(dir), run(srv, changes),
+ * is_file(path). [-0,+1] */
+int luaopen_lunaroom_reload_c(lua_State *L);
+
+#endif

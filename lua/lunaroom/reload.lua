@@ -1,0 +1,495 @@
+-- lunaroom.reload: hot reload of room definitions, the Lua half.
+--
+-- Owns: what a change in the rooms folder means (plan: which room files to
+-- reload, which definitions to drop, which files are new room types), the
+-- reload transaction of one room file (prepare: compile + validate in a
+-- fresh sandbox; commit: migrate the state of every live room of that file,
+-- then swap its definition; after: onReload hooks), the per-server reload
+-- bookkeeping (srv.reload) and the log lines.
+-- Must not: read inotify or schedule anything (host/reload.c does, and calls
+-- the steps below each as an outermost protected call), touch sockets, or
+-- be reachable from room scripts.
+--
+-- What a reload does to a live room (its state lives in C and stays):
+--   * actions, guards, routes, hooks, options: the new definition's, at once
+--     (handlers are looked up through rawget(room, "def") on every call);
+--   * a new state field gets its default, written through the state proxy
+--     so clients receive it as a patch and storage as a write;
+--   * a removed state field is deleted (clients get "$delete");
+--   * a field whose sync/persist options changed is re-written with the new
+--     flags (a field that stops being synced keeps its last value on clients
+--     that already had it);
+--   * users: new schema fields get their default (lr.connected() fields the
+--     user's online state), removed ones are deleted, flags follow the schema;
+--   * a changed default of an existing field does not touch live values.
+-- A deleted room file stops NEW rooms of that type; live ones keep running
+-- the code they have (and are listed by runtime.room_info).
+
+local core = require "lunaroom.core"
+local sandbox = require "lunaroom.sandbox"
+local runtime = require "lunaroom.runtime"
+local reload_c = require "lunaroom.reload_c"
+
+local M = {}
+local NOSYNC, NOPERSIST = core.NOSYNC, core.NOPERSIST
+
+local function log(level, fmt, ...) core.log(level, string.format(fmt, ...)) end
+
+--- "rooms//lib/./x.lua" -> "rooms/lib/x.lua" (paths from the watcher and
+--- from load_dir are compared in this form).
+local function norm(p)
+  if p == nil then return nil end
+  p = p:gsub("/+", "/"):gsub("/%./", "/"):gsub("^%./", "")
+  return p
+end
+M.norm = norm
+
+local function dirname(p) return p and p:match("^(.*)/[^/]*$") or "." end
+
+local function deepcopy(x)
+  if type(x) ~= "table" then return x end
+  local t = {}
+  for k, val in pairs(x) do t[k] = deepcopy(val) end
+  return setmetatable(t, getmetatable(x))
+end
+
+local function flags_of(f)
+  local fl = 0
+  if not f.sync then fl = fl | NOSYNC end
+  if not f.persist then fl = fl | NOPERSIST end
+  return fl
+end
+
+local function sorted_keys(t)
+  local ks = {}
+  for k in pairs(t) do ks[#ks + 1] = k end
+  table.sort(ks)
+  return ks
+end
+
+--- Per-server bookkeeping: dir (the watched rooms folder, normalised),
+--- broken (room files whose last load failed: a module fix retries them),
+--- removed (file -> the definition entry of a deleted file).
+local function state(srv)
+  local st = srv.reload
+  if not st then
+    st = { broken = {}, removed = {} }
+    srv.reload = st
+  end
+  return st
+end
+M.state = state
+
+local function find_entry(srv, file, def)
+  for i, e in ipairs(srv.defs) do
+    if (file and e.file and norm(e.file) == file) or (def and e.def == def) then return e, i end
+  end
+  return nil
+end
+
+local function in_rooms_dir(st, f)
+  return st.dir ~= nil and dirname(f) == st.dir and f:sub(-4) == ".lua"
+end
+
+local function remove_definition(srv, file)
+  local e, i = find_entry(srv, file)
+  if not e then return end
+  table.remove(srv.defs, i)
+  local st = state(srv)
+  st.removed[file] = e
+  local live = 0
+  for _, room in pairs(srv.rooms) do
+    if rawget(room, "def") == e.def then live = live + 1 end
+  end
+  log("info", "removed %s: no new rooms of path %s; %d live room%s keep%s version %s", file,
+    e.def.path, live, live == 1 and "" or "s", live == 1 and "s" or "", e.version or "?")
+end
+
+------------------------------------------------------------------ plan
+
+--- Which room files a batch of changes affects. changes: list of paths
+--- (from the watcher), "*" (rescan everything), or job tables (testing).
+--- Deleted room files are dropped from srv.defs here. Returns a list of
+--- jobs {file, new?} in a stable order, at most one per room file.
+function M.plan(srv, changes)
+  local st = state(srv)
+  local jobs, seen = {}, {}
+  local function add(job)
+    local key = job.file or job
+    if seen[key] then return end
+    seen[key] = true
+    jobs[#jobs + 1] = job
+  end
+  local function dependents(f)
+    for _, e in ipairs(srv.defs) do
+      for _, dep in ipairs(e.def.deps or {}) do
+        if norm(dep) == f and e.file then add { file = norm(e.file) } end
+      end
+    end
+  end
+  local paths = {}
+  for _, c in ipairs(changes) do
+    if type(c) == "table" then
+      if c.file then c.file = norm(c.file) end
+      add(c)
+    elseif c == "*" then
+      -- Rescan: every known room file, every module they use, every *.lua
+      -- of the folder; unchanged versions are skipped by prepare.
+      for _, e in ipairs(srv.defs) do
+        if e.file then paths[#paths + 1] = norm(e.file) end
+      end
+      for f in pairs(st.removed) do paths[#paths + 1] = f end
+      for f in pairs(st.broken) do paths[#paths + 1] = f end
+      local files = st.dir and sandbox.list_rooms(st.dir) or {}
+      for _, f in ipairs(files) do paths[#paths + 1] = norm(f) end
+    else
+      paths[#paths + 1] = norm(c)
+    end
+  end
+  table.sort(paths)
+  for _, f in ipairs(paths) do
+    local exists = reload_c.is_file(f)
+    local e = find_entry(srv, f)
+    if e then
+      if exists then add { file = f } else remove_definition(srv, f) end
+    elseif exists and (st.removed[f] or st.broken[f] or in_rooms_dir(st, f)) then
+      add { file = f, new = true }
+    elseif not exists then
+      st.broken[f] = nil
+    end
+    -- A module: every room file that required it, and the files whose last
+    -- load failed (the fix may be in this module).
+    dependents(f)
+    if not e then
+      for _, bf in ipairs(sorted_keys(st.broken)) do
+        if bf ~= f then
+          if reload_c.is_file(bf) then add { file = bf, retry = true } else st.broken[bf] = nil end
+        end
+      end
+    end
+  end
+  return jobs
+end
+
+------------------------------------------------------------------ prepare
+
+-- Validation beyond lr.room: every state default must be representable in
+-- the state tree (no functions, cycles, NaN...), or the commit would fail
+-- half-way for the first live room.
+local function validate(def, file)
+  for _, k in ipairs(def.field_order) do
+    local f = def.fields[k]
+    if f.kind ~= "users" and f.default ~= nil then
+      local ok, err = pcall(core.encode, f.default)
+      if not ok then return nil, string.format("%s: state field '%s': %s", file, k, tostring(err)) end
+    elseif f.kind == "users" then
+      for _, sk in ipairs(sorted_keys(f.schema.fields)) do
+        local sf = f.schema.fields[sk]
+        if sf.default ~= nil then
+          local ok, err = pcall(core.encode, sf.default)
+          if not ok then
+            return nil, string.format("%s: users field '%s.%s': %s", file, k, sk, tostring(err))
+          end
+        end
+      end
+    end
+  end
+  return true
+end
+
+--- Step 1 (under the load budget): compile and validate the new definition
+--- into job.def / job.version without touching any live room. Returns true
+--- if there is something to commit; otherwise job.err or job.skip says why.
+function M.prepare(srv, job)
+  local st = state(srv)
+  local e = find_entry(srv, job.file, job.target)
+  local removed = job.file and st.removed[job.file]
+  job.old_version = (e and e.version) or (removed and removed.version) or nil
+  job.exists = e ~= nil
+  local src, err = job.src, nil
+  if not src then
+    src, err = core.readfile(job.file)
+    if not src then
+      job.err = err
+      return false
+    end
+  end
+  local name = job.chunk or job.file or "reload"
+  local dir = job.dir or (job.chunk and dirname(job.chunk)) or (job.file and dirname(job.file)) or nil
+  local def, version = sandbox.load_room_source(src, "@" .. name, dir)
+  if not def then
+    if version == sandbox.NOT_A_ROOM then
+      if e or removed or job.src then
+        job.err = name .. ": does not return a room (return lr.room { ... })"
+        return false
+      end
+      job.skip = "module"
+      return false
+    end
+    job.err = version
+    return false
+  end
+  local ok, verr = validate(def, name)
+  if not ok then
+    job.err = verr
+    return false
+  end
+  if e and e.version == version and not job.force then
+    job.skip = "unchanged"
+    return false
+  end
+  job.def, job.version = def, version
+  return true
+end
+
+------------------------------------------------------------------ commit
+
+local function online_pids(room)
+  local on = {}
+  local ok, conns = pcall(core.room_conns, rawget(room, "h"))
+  for _, c in ipairs(ok and conns or {}) do
+    local pid = c.state and c.state.publicId
+    if pid then on[pid] = true end
+  end
+  return on
+end
+
+-- Re-write parent[k] so that its new flags apply from now on (a node's flags
+-- are set when it is created: delete it, put a copy back, set the flags).
+local function reflag(parent, k, fl)
+  local cur = parent[k]
+  if cur == nil then return end
+  local copy = core.is_proxy(cur) and core.copy(cur) or cur
+  parent[k] = nil
+  parent[k] = copy
+  if fl ~= 0 then core.set_flags(parent, k, fl) end
+end
+
+local function set_new(parent, k, value, fl)
+  parent[k] = value
+  if fl ~= 0 and parent[k] ~= nil then core.set_flags(parent, k, fl) end
+end
+
+local function user_default(f, pid, online)
+  if f.kind == "connected" then return online[pid] == true end
+  return deepcopy(f.default)
+end
+
+local function migrate_users(users, os, ns, online)
+  local pids = {}
+  for pid in pairs(users) do pids[#pids + 1] = pid end
+  table.sort(pids)
+  local removed, added, changed = {}, {}, {}
+  for _, k in ipairs(sorted_keys(os.fields)) do
+    if not ns.fields[k] then removed[#removed + 1] = k end
+  end
+  for _, k in ipairs(sorted_keys(ns.fields)) do
+    local of, nf = os.fields[k], ns.fields[k]
+    if not of or of.kind ~= nf.kind then added[#added + 1] = k
+    elseif flags_of(of) ~= flags_of(nf) then changed[#changed + 1] = k end
+  end
+  if #removed + #added + #changed == 0 then return end
+  for _, pid in ipairs(pids) do
+    local u = users[pid]
+    if type(u) == "userdata" or type(u) == "table" then
+      for _, k in ipairs(removed) do u[k] = nil end
+      for _, k in ipairs(added) do
+        local f = ns.fields[k]
+        if os.fields[k] then u[k] = nil end
+        set_new(u, k, user_default(f, pid, online), flags_of(f))
+      end
+      for _, k in ipairs(changed) do reflag(u, k, flags_of(ns.fields[k])) end
+    end
+  end
+end
+
+-- Bring one live room's state from definition od to nd (all writes go
+-- through the state proxy: patches to clients, writes to storage, and the
+-- undo log of the enclosing protected call).
+local function migrate(room, od, nd)
+  local root = rawget(room, "root")
+  local online
+  for _, k in ipairs(od.field_order) do
+    if not nd.fields[k] then root[k] = nil end
+  end
+  for _, k in ipairs(nd.field_order) do
+    local nf, of = nd.fields[k], od.fields[k]
+    local fl = flags_of(nf)
+    if not of or (of.kind ~= nf.kind and (of.kind == "users" or nf.kind == "users")) then
+      if of then root[k] = nil end
+      if nf.kind == "users" then
+        online = online or online_pids(room)
+        local users = {}
+        for pid in pairs(online) do
+          local u = {}
+          for sk, sf in pairs(nf.schema.fields) do u[sk] = user_default(sf, pid, online) end
+          users[pid] = u
+        end
+        set_new(root, k, users, fl)
+        local up = root[k]
+        for pid in pairs(users) do
+          for sk, sf in pairs(nf.schema.fields) do
+            local sfl = flags_of(sf)
+            if sfl ~= 0 and up[pid][sk] ~= nil then core.set_flags(up[pid], sk, sfl) end
+          end
+        end
+      else
+        set_new(root, k, deepcopy(nf.default), fl)
+      end
+    else
+      if flags_of(of) ~= fl then reflag(root, k, fl) end
+      if nf.kind == "users" and root[k] ~= nil then
+        online = online or online_pids(room)
+        migrate_users(root[k], of.schema, nf.schema, online)
+      end
+    end
+  end
+end
+
+local function rooms_of(srv, job, old_def)
+  local list = {}
+  for _, room in pairs(srv.rooms) do
+    local rd, rf = rawget(room, "def"), rawget(room, "file")
+    if (old_def and rd == old_def) or (job.file and rf and norm(rf) == job.file) then
+      list[#list + 1] = room
+    end
+  end
+  table.sort(list, function(a, b) return rawget(a, "key") < rawget(b, "key") end)
+  return list
+end
+
+--- Step 2: migrate the state of every live room of the file, then swap the
+--- definition (srv.defs entry and each room). An error before the swap
+--- leaves every room on its old definition, and the caller's protected call
+--- rolls back every state write made here.
+function M.commit(srv, job)
+  local st = state(srv)
+  local e, idx = find_entry(srv, job.file, job.target)
+  local nd = job.def
+  local rooms = rooms_of(srv, job, e and e.def)
+  for _, room in ipairs(rooms) do migrate(room, rawget(room, "def"), nd) end
+  -- From here on nothing can fail.
+  if e then
+    srv.defs[idx] = { def = nd, file = e.file or job.file, version = job.version }
+  else
+    runtime.add_definition(srv, nd, job.file, job.version)
+  end
+  if job.file then
+    st.removed[job.file] = nil
+    st.broken[job.file] = nil
+  end
+  job.previous = {}
+  for i, room in ipairs(rooms) do
+    local od = rawget(room, "def")
+    job.previous[i] = rawget(room, "version")
+    rawset(room, "def", nd)
+    rawset(room, "version", job.version)
+    if job.file then rawset(room, "file", job.file) end
+    local cfg = {
+      throttleSync = nd.throttleSync, throttleStorage = nd.throttleStorage,
+      interceptor = nd.interceptorPacket ~= nil, budget = nd.budget or 0,
+      rate = nd.rateLimit and nd.rateLimit.rate, burst = nd.rateLimit and nd.rateLimit.burst,
+    }
+    if nd.hibernate ~= nil then cfg.hibernate = nd.hibernate and nd.hibernateAfter or 0 end
+    if od.autoSync ~= nd.autoSync then
+      cfg.autoSync = nd.autoSync
+      rawset(room, "_autoSync", nd.autoSync)
+    end
+    core.room_config(rawget(room, "h"), cfg)
+  end
+  job.rooms = rooms
+  job.committed = true
+end
+
+--- Step 3: onReload(room, oldVersion) for every room that was swapped, each
+--- in its own protected call (a failing hook is logged, rolled back, and
+--- does not stop the others).
+function M.after(srv, job)
+  local nd = job.def
+  if not nd.onReload then return end
+  for i, room in ipairs(job.rooms or {}) do
+    core.pcall(nd.onReload, rawget(room, "key"), "onReload", room, job.previous[i])
+  end
+end
+
+--- Step 4: the outcome and its log line. err: a failure of a step (from C).
+function M.done(srv, job, err)
+  local st = state(srv)
+  local name = job.chunk or job.file or "room"
+  if err and not job.committed then job.err = err end
+  if job.committed then
+    job.ok = true
+    local n = #(job.rooms or {})
+    if job.exists then
+      log("info", "reloaded %s (version %s, %d room%s)", name, job.version, n, n == 1 and "" or "s")
+    else
+      log("info", "added %s (path %s, version %s%s)", name, job.def.path, job.version,
+        n > 0 and string.format(", %d live room%s", n, n == 1 and "" or "s") or "")
+    end
+    if err then log("warn", "%s: onReload failed: %s", name, err) end
+  elseif job.skip then
+    job.ok = true
+    if job.file then st.broken[job.file] = nil end
+    job.version = job.old_version
+    if job.skip == "unchanged" then log("debug", "%s unchanged (version %s)", name, tostring(job.version)) end
+  else
+    job.ok = false
+    local msg = tostring(job.err or "reload failed")
+    if job.file and not msg:find(job.file, 1, true) and not msg:find(name, 1, true) then
+      msg = name .. ": " .. msg
+    end
+    job.err = msg
+    -- Retried when a module changes (the fix may be there); a retry that
+    -- fails the same way is not logged again.
+    local again = job.retry and job.file and st.broken[job.file] == msg
+    if job.file then st.broken[job.file] = msg end
+    if again then
+      log("debug", "%s (still failing)", msg)
+    elseif job.old_version then
+      log("error", "%s (keeping version %s)", msg, job.old_version)
+    else
+      log("error", "%s (not loaded)", msg)
+    end
+  end
+end
+
+------------------------------------------------------------------ entry points
+
+--- Watch dir (the folder the server's rooms were loaded from) for changes;
+--- host/reload.c polls the watcher on every engine tick. Returns true or
+--- false, error.
+function M.watch(srv, dir)
+  local w, err = reload_c.watch(dir)
+  if not w then return false, err end
+  if srv._watcher then srv._watcher:close() end
+  srv._watcher = w
+  local st = state(srv)
+  st.dir = norm(dir:gsub("/+$", ""))
+  -- Files that failed at startup are retried when a module changes.
+  local known = {}
+  for _, e in ipairs(srv.defs) do if e.file then known[norm(e.file)] = true end end
+  for _, f in ipairs(sandbox.list_rooms(dir) or {}) do
+    f = norm(f)
+    if not known[f] then
+      local def, res = sandbox.load_room_file(f, dir)
+      if not def and res ~= sandbox.NOT_A_ROOM then st.broken[f] = tostring(res) end
+    end
+  end
+  log("info", "watching %s for changes (hot reload; --no-watch turns it off)", dir)
+  return true
+end
+
+--- Stop watching (the watcher's fd is closed).
+function M.unwatch(srv)
+  if srv._watcher then srv._watcher:close() end
+  srv._watcher = nil
+end
+
+--- Reload now, outside any handler: changes as for plan. Returns the jobs
+--- with their outcome (ok, version, err, rooms). Writes are flushed by the
+--- next engine tick (the watcher's caller is the tick itself).
+function M.run(srv, changes)
+  return reload_c.run(srv, changes)
+end
+
+return M

@@ -1,0 +1,132 @@
+-- Hibernation and snapshot helpers (issue "Hibernation, snapshot helpers").
+local testing = require "lunaroom.testing"
+local lr = require "lunaroom"
+local core = require "lunaroom.core"
+
+local Player = lr.schema { x = lr.sync(0), online = lr.connected(), bag = lr.sync { items = lr.array {} } }
+
+local function def(hibernate)
+  return lr.room { path = "h", hibernate = hibernate, hibernateAfter = 1000,
+    state = { players = lr.users(Player), count = 0 },
+    actions = {
+      inc = function(r) r.count = r.count + 1 end,
+      move = function(_, p, v) p.x = v end,
+      later = function(r) r:timer(5000, function(room) room.count = room.count + 100 end) end,
+    } }
+end
+
+local function script(t)
+  local a = t:client { id = "a" }
+  local b = t:client { id = "b" }
+  a:send("inc"); b:send("move", 3)
+  t:advance(1500)
+  a:send("inc")
+  t:advance(1500)
+  b:send("move", 4)
+  b:close()
+  t:advance(1500)
+  a:send("inc")
+  return a
+end
+
+describe("hibernation", function()
+  it("evicts an idle room, keeps sockets, and rebuilds it on the next event", function()
+    local t = testing.room(def(true))
+    local a = t:client { id = "a" }
+    a:send("inc")
+    local weak = setmetatable({ instance = t.room, root = rawget(t.room, "root") }, { __mode = "v" })
+    collectgarbage("collect")
+    local nodes_awake = core.live_nodes()
+    testing.logs()
+    t:advance(1000)
+    collectgarbage("collect")
+    assert.truthy(table.concat(testing.logs(), "\n"):find("hibernated", 1, true))
+    assert.is_nil(t.room)
+    -- C: the state tree is freed (node allocation counter); Lua: the room
+    -- instance and its proxies are garbage
+    assert.is_true(core.live_nodes() <= nodes_awake - 4, "C nodes freed")
+    assert.is_nil(weak.instance)
+    assert.is_nil(weak.root)
+    assert.is_nil(a.closed)
+    a:clear()
+    a:send("inc")
+    assert.are.same({ '{"type":"sync","value":{"count":2}}' }, a.raw)
+    local room = t.srv.rooms["main/h"]
+    assert.are.equal(2, room.count)
+    assert.is_true(room.players[a.publicId].online)
+    t:close()
+  end)
+
+  it("sends exactly the same packets as a room that does not hibernate", function()
+    local t1, t2 = testing.room(def(false)), testing.room(def(true))
+    local a1, a2 = script(t1), script(t2)
+    assert.are.same(a1.raw, a2.raw)
+    t1:close(); t2:close()
+  end)
+
+  it("keeps timers: a timer set before eviction wakes the room", function()
+    local t = testing.room(def(true))
+    local a = t:client { id = "a" }
+    a:send("later")
+    t:advance(2000)
+    assert.is_nil(t.srv.rooms["main/h"])
+    a:clear()
+    t:advance(3000)
+    assert.are.same({ '{"type":"sync","value":{"count":100}}' }, a.raw)
+    t:close()
+  end)
+
+  it("expires sessions of a hibernated room", function()
+    local t = testing.room(lr.room { path = "h", hibernate = true, hibernateAfter = 1000, sessionExpiryTime = 10000,
+      state = { players = lr.users(Player) } })
+    local w = t:client { id = "w" }
+    local c = t:client { id = "c" }
+    local pid = c.publicId
+    c:close()
+    t:advance(5000)
+    assert.is_nil(t.srv.rooms["main/h"])
+    w:clear()
+    t:advance(5000)
+    assert.are.same({ '{"type":"sync","value":{"players":{"' .. pid .. '":"$delete"}}}' }, w.raw)
+    t:close()
+  end)
+
+  it("stays in memory when its storage cannot be written", function()
+    local t = testing.room(def(true))
+    local a = t:client { id = "a" }
+    a:send("inc")
+    t:fail_storage(1000)
+    a:send("inc")
+    t:advance(1000)
+    assert.is_not_nil(t.srv.rooms["main/h"])
+    t:fail_storage(0)
+    t:advance(32000)
+    assert.is_nil(t.srv.rooms["main/h"])
+    assert.are.equal(2, t.storage:get("state:count"))
+    t:close()
+  end)
+end)
+
+describe("snapshot helpers", function()
+  it("round-trip a nested user between rooms", function()
+    local t = testing.room(def(false))
+    local a = t:client { id = "a" }
+    local b = t:client { id = "b" }
+    local pa, pb = t.room.players[a.publicId], t.room.players[b.publicId]
+    pa.x = 7
+    pa.bag.items[1] = { id = "sword", n = 1 }
+    local snap = lr.snapshot(pa)
+    assert.are.same({ x = 7, bag = { items = { { id = "sword", n = 1 } } } }, snap) -- online is not persisted
+    b:clear()
+    lr.load(pb, snap)
+    t:advance(0)
+    assert.are.equal(7, pb.x)
+    assert.are.equal("sword", pb.bag.items[1].id)
+    assert.are.same(core.copy(pa.bag), core.copy(pb.bag))
+    assert.are.equal(1, #b.raw) -- one patch for the load
+    local room_snap = lr.snapshot(t.room)
+    assert.are.equal(0, room_snap.count)
+    assert.is_not_nil(room_snap.players[a.publicId])
+    t:close()
+  end)
+end)
