@@ -432,8 +432,10 @@ void lr_server_flush_touched(lr_server *s) {
     s->touched = r->touched_next;
     r->touched = false;
     lr_room_retain(r);
-    schedule_sync(r);
+    /* Storage first: with throttleStorage 0, what a client is sent has
+     * already been written. */
     schedule_storage(r);
+    schedule_sync(r);
     lr_room_release(r);
   }
 }
