@@ -87,7 +87,31 @@ struct lr_room {
   lr_room **box; /* the Lua handle's weak slot, cleared when r is freed */
 };
 
+/* Counters for /metrics (monotonic since start unless noted). */
+enum {
+  LR_REJ_INVALID,
+  LR_REJ_UNKNOWN,
+  LR_REJ_GUARD,
+  LR_REJ_VALIDATION,
+  LR_REJ_HANDLER,
+  LR_REJ_RATE,
+  LR_REJ_OTHER,
+  LR_NREJ
+};
+#define LR_HIST_N 10
+typedef struct lr_stats {
+  uint64_t conns_open; /* gauge */
+  uint64_t conns_total, msgs_in, packets_out, bytes_out;
+  uint64_t rejected[LR_NREJ];
+  uint64_t storage_flushes, storage_failures;
+  double storage_seconds;
+  uint64_t calls, hist[LR_HIST_N]; /* handler time, buckets of lr_hist_bounds */
+  double call_seconds;
+} lr_stats;
+extern const double lr_hist_bounds[LR_HIST_N - 1];
+
 struct lr_server {
+  lr_stats stats;
   lua_State *L;
   int ref; /* registry ref of the Lua server table (runtime.lua) */
   lr_store *store;

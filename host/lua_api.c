@@ -739,6 +739,63 @@ static int l_room_rebind(lua_State *L) {
   return 1;
 }
 
+/* core.stats(srv) -> table of the engine's counters (see lr_stats). */
+static int l_stats(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  const lr_stats *st = &s->stats;
+  lua_createtable(L, 0, 16);
+#define F(name, v)                                                                                 \
+  lua_pushnumber(L, (lua_Number)(v));                                                              \
+  lua_setfield(L, -2, name)
+  F("conns_open", st->conns_open);
+  F("conns_total", st->conns_total);
+  F("msgs_in", st->msgs_in);
+  F("packets_out", st->packets_out);
+  F("bytes_out", st->bytes_out);
+  F("storage_flushes", st->storage_flushes);
+  F("storage_failures", st->storage_failures);
+  F("storage_seconds", st->storage_seconds);
+  F("calls", st->calls);
+  F("call_seconds", st->call_seconds);
+  F("lua_bytes", lr_vm_memory(L));
+  F("nodes", lr_node_live());
+#undef F
+  uint32_t live = 0, hib = 0;
+  for (uint32_t b = 0; b < s->nbuckets; b++)
+    for (lr_room *r = s->rooms[b]; r; r = r->hash_next) {
+      if (r->hibernated)
+        hib++;
+      else
+        live++;
+    }
+  lua_pushinteger(L, live);
+  lua_setfield(L, -2, "rooms");
+  lua_pushinteger(L, hib);
+  lua_setfield(L, -2, "rooms_hibernated");
+  static const char *const rej[LR_NREJ] = {
+      "invalid_packet", "unknown_action", "guard", "validation", "handler", "rate_limit", "other"};
+  lua_createtable(L, 0, LR_NREJ);
+  for (int i = 0; i < LR_NREJ; i++) {
+    lua_pushinteger(L, (lua_Integer)st->rejected[i]);
+    lua_setfield(L, -2, rej[i]);
+  }
+  lua_setfield(L, -2, "rejected");
+  lua_createtable(L, LR_HIST_N, 0);
+  for (int i = 0; i < LR_HIST_N; i++) {
+    lua_createtable(L, 2, 0);
+    if (i < LR_HIST_N - 1)
+      lua_pushnumber(L, lr_hist_bounds[i]);
+    else
+      lua_pushstring(L, "+Inf");
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, (lua_Integer)st->hist[i]);
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "hist");
+  return 1;
+}
+
 static int l_live_nodes(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)lr_node_live());
   return 1;
@@ -1484,6 +1541,7 @@ static const luaL_Reg core_fns[] = {
     {"room_root", l_room_root},
     {"room_rebind", l_room_rebind},
     {"live_nodes", l_live_nodes},
+    {"stats", l_stats},
     {"room_config", l_room_config},
     {"room_apply_sync", l_room_apply_sync},
     {"room_flush", l_room_flush},

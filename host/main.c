@@ -145,6 +145,9 @@ static int cmd_check(const char *dir, const char *lua_dir) {
   lua_State *L = lr_vm_open(lua_dir, 0);
   if (require_mod(L, "lunaroom.sandbox") != 0) return 2;
   int sandbox = lua_gettop(L);
+  /* reload.check_file: the load a hot reload does, errors with file:line. */
+  if (require_mod(L, "lunaroom.reload") != 0) return 2;
+  int reload = lua_gettop(L);
   lua_getfield(L, sandbox, "list_rooms");
   lua_pushstring(L, dir);
   lr_callinfo ci = {.what = "check"};
@@ -160,7 +163,7 @@ static int cmd_check(const char *dir, const char *lua_dir) {
   for (lua_Integer i = 1; i <= nfiles && status == 0; i++) {
     lua_rawgeti(L, files, i);
     const char *path = lua_tostring(L, -1);
-    lua_getfield(L, sandbox, "load_room_file");
+    lua_getfield(L, reload, "check_file");
     lua_pushvalue(L, -2);
     lua_pushstring(L, dir);
     lr_callinfo c2 = {.what = "check"};

@@ -791,6 +791,13 @@ static const char *net_mime(const char *path) {
   return "application/octet-stream";
 }
 
+/* Paths the engine answers: rooms, and the operations endpoints. */
+static bool net_engine_path(const char *p) {
+  return strncmp(p, "/parties/", 9) == 0 || strcmp(p, "/healthz") == 0 ||
+         strcmp(p, "/readyz") == 0 || strcmp(p, "/metrics") == 0 || strcmp(p, "/admin") == 0 ||
+         strncmp(p, "/admin/", 7) == 0;
+}
+
 /* Paths outside /parties/: serve nr->fs_path (already decoded and
  * dot-segment-collapsed by lws) from static_dir for GET/HEAD, "/" and
  * folders as their index.html; anything that resolves (symlinks included)
@@ -869,7 +876,7 @@ static int net_http_begin(net_loop *L, struct lws *wsi) {
   lws_set_opaque_user_data(wsi, nr);
   L->nreqs++;
 
-  if (strncmp(nr->fs_path, "/parties/", 9)) {
+  if (!net_engine_path(nr->fs_path)) {
     net_http_static(nr);
     return 0;
   }

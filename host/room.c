@@ -28,6 +28,15 @@
 
 #define MAX_EARLY_FRAMES 256
 
+const double lr_hist_bounds[LR_HIST_N - 1] = {0.0001, 0.0005, 0.001, 0.005, 0.01,
+                                              0.05,   0.1,    0.5,   1.0};
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* ------------------------------------------------------------------ clock */
 
 static int64_t mono_ms(void) {
@@ -444,6 +453,8 @@ void lr_server_flush_touched(lr_server *s) {
 
 static void conn_send_raw(lr_conn *c, lr_msg *m) {
   if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  c->srv->stats.packets_out++;
+  c->srv->stats.bytes_out += m->len;
   if (c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "outgoing queue full");
 }
 
@@ -672,7 +683,11 @@ int lr_room_flush_storage(lr_room *r) {
     o.ops[i].val = o.offs[2 * i + 1] == (size_t)-1 ? NULL : o.keys.data + o.offs[2 * i + 1];
   }
   char err[256] = "";
+  double t0 = mono_s();
   int rc = o.n ? lr_store_apply(s->store, r->ns, r->id, o.ops, o.n, err, sizeof err) : 0;
+  s->stats.storage_seconds += mono_s() - t0;
+  s->stats.storage_flushes++;
+  if (rc) s->stats.storage_failures++;
   if (rc == 0) {
     lr_state_clear_dirty(r->root, LR_CH_PERSIST);
     r->store_retry_ms = 1000;
@@ -830,7 +845,15 @@ int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what
     for (int ch = 0; ch < LR_NCH; ch++)
       was_dirty[ch] = lr_state_dirty(r->root, ch);
   }
+  double t0 = mono_s();
   int rc = lr_vm_pcall(L, nargs + 1, nres, &ci);
+  double dt = mono_s() - t0;
+  s->stats.calls++;
+  s->stats.call_seconds += dt;
+  int b = 0;
+  while (b < LR_HIST_N - 1 && dt > lr_hist_bounds[b])
+    b++;
+  s->stats.hist[b]++;
   if (rc && r) {
     /* The failed call was rolled back. If nothing was pending before it, the
      * marks the rollback left describe no change: drop them, so a failed
@@ -844,7 +867,17 @@ int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what
   return rc;
 }
 
+static void count_rejected(lr_server *s, const char *code) {
+  static const char *const names[LR_NREJ] = {
+      "invalid_packet", "unknown_action", "guard", "validation", "handler", "rate_limit", "other"};
+  int i = 0;
+  while (i < LR_REJ_OTHER && strcmp(names[i], code) != 0)
+    i++;
+  s->stats.rejected[i]++;
+}
+
 static void send_error(lr_conn *c, const char *code, const char *action, const char *message) {
+  count_rejected(c->srv, code);
   lr_buf b;
   lr_buf_init(&b);
   lr_buf_puts(&b, "{\"type\":\"error\",\"value\":{\"code\":");
@@ -945,6 +978,8 @@ static void push_request(lua_State *L, const lr_request *req) {
  * connection with one reference owned by the caller's transport. */
 lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp) {
   lr_server *s = r->srv;
+  s->stats.conns_open++;
+  s->stats.conns_total++;
   lr_conn *c = lr_xcalloc(1, sizeof *c);
   c->srv = s;
   c->L = s->L;
@@ -1077,6 +1112,7 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     return;
   }
   lr_node *value = lr_obj_get(pkt, "value", 5);
+  s->stats.msgs_in++;
   lr_room_activity(c->room);
   if (c->phase != LR_C_JOINED) { /* the room could not be rebuilt */
     lr_node_release(pkt);
@@ -1114,7 +1150,10 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
 void lr_conn_closed(lr_conn *c) {
   lr_server *s = c->srv;
   if (c->phase == LR_C_GONE) return;
-  if (c->uplink) lr_uplink_closed(c);
+  if (c->uplink)
+    lr_uplink_closed(c);
+  else if (s->stats.conns_open)
+    s->stats.conns_open--;
   bool was_member = c->in_room_list || c->phase == LR_C_JOINING || c->phase == LR_C_CLOSING;
   c->phase = LR_C_GONE;
   remove_from_room(c); /* before onLeave: the reference's adapters do the same */
@@ -1152,6 +1191,8 @@ static const lr_header cors_headers[] = {
     {"Access-Control-Max-Age", "86400"},
 };
 
+static void respond_table(lua_State *L, lr_response_cb done, void *ud);
+
 static void respond_simple(lr_response_cb done, void *ud, int status, const char *body) {
   lr_header h[5];
   memcpy(h, cors_headers, sizeof cors_headers);
@@ -1160,11 +1201,32 @@ static void respond_simple(lr_response_cb done, void *ud, int status, const char
   done(ud, &resp);
 }
 
+/* /healthz, /readyz, /metrics, /admin...: answered by runtime.operations,
+ * which returns {status, headers, body} like a room route. */
+static void ops_request(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  push_request(L, req);
+  char err[256];
+  if (lr_runtime_call(s, NULL, "operations", "operations", 1, 1, err, sizeof err) != 0 ||
+      !lua_istable(L, -1)) {
+    lua_settop(L, top);
+    respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
+    return;
+  }
+  respond_table(L, done, ud);
+  lua_settop(L, top);
+}
+
 void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
   char ns[256], id[256];
   const char *rest;
   if (strcmp(req->method, "OPTIONS") == 0) {
     respond_simple(done, ud, 200, "{}");
+    return;
+  }
+  if (strncmp(req->path, "/parties/", 9) != 0) {
+    ops_request(s, req, done, ud);
     return;
   }
   if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
@@ -1191,33 +1253,38 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     lua_settop(L, top);
     respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
   } else {
-    /* {status=, headers={{name,value},...}, body=string} */
-    lua_getfield(L, -1, "status");
-    int status = (int)luaL_optinteger(L, -1, 200);
-    lua_pop(L, 1);
-    lua_getfield(L, -1, "body");
-    size_t blen = 0;
-    const char *body = lua_tolstring(L, -1, &blen);
-    lua_getfield(L, -2, "headers");
-    size_t nh = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
-    lr_header *h = lr_xcalloc(nh + 1, sizeof *h);
-    size_t k = 0;
-    for (size_t i = 1; i <= nh; i++) {
-      lua_rawgeti(L, -1, (lua_Integer)i);
-      lua_rawgeti(L, -1, 1);
-      lua_rawgeti(L, -2, 2);
-      if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
-        h[k++] = (lr_header){lua_tostring(L, -2), lua_tostring(L, -1)};
-      lua_pop(L, 2); /* strings stay alive: the header table holds them */
-      lua_pop(L, 1);
-    }
-    lr_response resp = {status, h, k, body ? body : "", body ? blen : 0};
-    done(ud, &resp);
-    free(h);
+    respond_table(L, done, ud);
     lua_settop(L, top);
   }
   lr_server_flush_touched(s);
   lr_room_release(r);
+}
+
+/* Answer with the response table on top of the stack:
+ * {status=, headers={{name,value},...}, body=string}. [-0,+0] */
+static void respond_table(lua_State *L, lr_response_cb done, void *ud) {
+  lua_getfield(L, -1, "status");
+  int status = (int)luaL_optinteger(L, -1, 200);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "body");
+  size_t blen = 0;
+  const char *body = lua_tolstring(L, -1, &blen);
+  lua_getfield(L, -2, "headers");
+  size_t nh = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+  lr_header *h = lr_xcalloc(nh + 1, sizeof *h);
+  size_t k = 0;
+  for (size_t i = 1; i <= nh; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)i);
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
+      h[k++] = (lr_header){lua_tostring(L, -2), lua_tostring(L, -1)};
+    lua_pop(L, 3); /* the strings stay alive: the header table holds them */
+  }
+  lr_response resp = {status, h, k, body ? body : "", body ? blen : 0};
+  done(ud, &resp);
+  free(h);
+  lua_pop(L, 2);
 }
 
 /* ------------------------------------------------------------ shutdown */

@@ -173,10 +173,64 @@ end
 
 ------------------------------------------------------------------ prepare
 
+local function escape(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
+
+--- Give a load error a line number when it has none. A definition error
+--- raised by lr.room{} in `return lr.room { ... }` loses its line (the call
+--- is a tail call), so the line is found in the source: the first line that
+--- defines the key the message quotes ('bogus', action 'x', request
+--- 'GET /a'), else the line of the lr.room call. Returns "file:line: msg".
+function M.locate(msg, src, file)
+  msg = tostring(msg)
+  if not file or not src then return msg end
+  local f = escape(file)
+  if msg:find("^" .. f .. ":%d+:") then return msg end
+  local body = msg:gsub("^" .. f .. ":%s*", "")
+  local lines = {}
+  for l in (src .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+  local function find(pats)
+    for i, l in ipairs(lines) do
+      for _, p in ipairs(pats) do
+        if l:find(p) then return i end
+      end
+    end
+  end
+  local line
+  for name in body:gmatch("'([^']+)'") do
+    local n = escape(name)
+    line = find { "%f[%w_]" .. n .. "%s*=", "%[%s*[\"']" .. n .. "[\"']%s*%]" }
+    if line then break end
+  end
+  line = line or find { "%f[%w_]room%s*[{(]", "^%s*return%f[^%w_]" } or 1
+  return string.format("%s:%d: %s", file, line, body)
+end
+
+--- Compile and validate a room file as a reload would, for `lunaroom check`:
+--- def, version, or nil, "file:line: message" (sandbox.NOT_A_ROOM for a
+--- module).
+function M.check_file(path, dir)
+  local src, err = core.readfile(path)
+  if not src then return nil, err end
+  local def, version = sandbox.load_room_source(src, "@" .. path, dir or dirname(path))
+  if not def then
+    if version == sandbox.NOT_A_ROOM then return nil, version end
+    return nil, M.locate(version, src, path)
+  end
+  local ok, verr = M.validate(def, path, src)
+  if not ok then return nil, verr end
+  return def, version
+end
+
 -- Validation beyond lr.room: every state default must be representable in
 -- the state tree (no functions, cycles, NaN...), or the commit would fail
 -- half-way for the first live room.
-local function validate(def, file)
+local validate
+function M.validate(def, file, src)
+  local ok, err = validate(def, file)
+  if not ok then return nil, M.locate(err, src, file) end
+  return true
+end
+function validate(def, file)
   for _, k in ipairs(def.field_order) do
     local f = def.fields[k]
     if f.kind ~= "users" and f.default ~= nil then
@@ -226,10 +280,10 @@ function M.prepare(srv, job)
       job.skip = "module"
       return false
     end
-    job.err = version
+    job.err = M.locate(version, src, name)
     return false
   end
-  local ok, verr = validate(def, name)
+  local ok, verr = M.validate(def, name, src)
   if not ok then
     job.err = verr
     return false

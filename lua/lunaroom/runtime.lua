@@ -606,6 +606,9 @@ function M.message(srv, room, conn, action, value)
   if value == null then value = nil end
   if not run_guards(d.guards, conn, value, room) then return "guard", "rejected by a room guard" end
   local user = user_of(room, conn)
+  local counts = srv.actions or {}
+  srv.actions = counts
+  counts[d.path] = (counts[d.path] or 0) + 1
   local a = d.actions[action]
   if a then
     if not run_guards(a.guards, conn, value, room) then return "guard", "rejected by an action guard" end
@@ -751,6 +754,13 @@ function M.request(srv, room, req, path)
   local ok, result = core.pcall(route.run, key, "request " .. route.key, room, r, res)
   if not ok then return json_response(500, { error = "Internal Server Error" }) end
   return to_response(res, result)
+end
+
+------------------------------------------------------------------ operations endpoints
+
+--- /healthz, /readyz, /metrics, /admin (lunaroom.ops).
+function M.operations(srv, req)
+  return require("lunaroom.ops").handle(srv, req, M, json_response, response)
 end
 
 ------------------------------------------------------------------ session transfer (same process)

@@ -171,7 +171,7 @@ local function load_def(src)
   if type(src) == "table" then return lr.room(src) end
   local def, err = sandbox.load_room_file(src)
   if not def then error("cannot load room " .. tostring(src) .. ": " .. tostring(err), 3) end
-  return def
+  return def, err -- err is the code version here
 end
 
 local function default_id(def)
@@ -184,11 +184,11 @@ end
 -- "sqlite:PATH"), seed (random ids), env, rooms (more definitions).
 function M.room(src, opts)
   opts = opts or {}
-  local def = load_def(src)
+  local def, version = load_def(src)
   local h = core.server_new { virtual = true, storage = opts.storage or "memory", seed = opts.seed or 42 }
   local srv = runtime.new_server(h, { env = opts.env })
-  runtime.add_definition(srv, def, type(src) == "string" and src or nil)
-  for _, more in ipairs(opts.rooms or {}) do runtime.add_definition(srv, load_def(more)) end
+  runtime.add_definition(srv, def, type(src) == "string" and src or nil, version)
+  for _, more in ipairs(opts.rooms or {}) do runtime.add_definition(srv, (load_def(more))) end
   local t = setmetatable({ srv = srv, def = def, id = opts.id or default_id(def), party = def.party }, T)
   t.storage = setmetatable({ t = t }, StorageView)
   t.storage_spec = opts.storage
