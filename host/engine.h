@@ -132,6 +132,7 @@ struct lr_server {
   lr_conn **pending_close;
   uint32_t npending_close, cappending_close;
   char parties_prefix[32]; /* "/parties" */
+  long max_rooms;          /* refuse to create rooms past this (default 100000) */
 };
 
 /* ---- room.c ---- */

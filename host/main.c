@@ -43,6 +43,10 @@ static const char *usage =
     "  --max-queue BYTES     outgoing bytes queued per connection before it is dropped (default "
     "4194304)\n"
     "  --static DIR          serve static files from DIR at /\n"
+    "  --max-conns N         open WebSockets per process (default 20000; -1 = no limit)\n"
+    "  --max-conns-per-ip N  open WebSockets per client address (default 1024; -1 = no limit)\n"
+    "  --max-rooms N         live rooms per process (default 100000)\n"
+    "  --lua-memory BYTES    Lua heap limit; handlers past it fail cleanly (default 1 GiB)\n"
     "  --no-watch            do not hot-reload room files when they change\n"
     "  --log-format FMT      text (default) or json\n"
     "  --lua-path DIR        where the lunaroom Lua modules live (default: the source tree's "
@@ -194,6 +198,8 @@ static int cmd_check(const char *dir, const char *lua_dir) {
 static int cmd_serve(int argc, char **argv, const char *lua_dir) {
   const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite";
   int watch = 1;
+  long max_rooms = 0;
+  size_t lua_memory = (size_t)1 << 30;
   lr_net_opts no;
   lr_net_defaults(&no);
   for (int i = 0; i < argc; i++) {
@@ -211,6 +217,14 @@ static int cmd_serve(int argc, char **argv, const char *lua_dir) {
       no.max_queue_bytes = (size_t)atoll(argv[++i]);
     else if (strcmp(a, "--static") == 0 && v)
       no.static_dir = argv[++i];
+    else if (strcmp(a, "--max-conns") == 0 && v)
+      no.max_conns = atol(argv[++i]);
+    else if (strcmp(a, "--max-conns-per-ip") == 0 && v)
+      no.max_conns_per_ip = atol(argv[++i]);
+    else if (strcmp(a, "--max-rooms") == 0 && v)
+      max_rooms = atol(argv[++i]);
+    else if (strcmp(a, "--lua-memory") == 0 && v)
+      lua_memory = (size_t)atoll(argv[++i]);
     else if (strcmp(a, "--log-format") == 0 && v)
       lr_log_set_json(strcmp(argv[++i], "json") == 0);
     else if (strcmp(a, "--no-watch") == 0)
@@ -228,8 +242,9 @@ static int cmd_serve(int argc, char **argv, const char *lua_dir) {
     lr_error("cannot open storage %s: %s", storage, err);
     return 1;
   }
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = lr_vm_open(lua_dir, lua_memory);
   lr_server *s = lr_server_new(L, st, true, false, 0);
+  if (max_rooms) s->max_rooms = max_rooms;
   if (require_mod(L, "lunaroom.runtime") != 0) return 1;
   int rt = lua_gettop(L);
   /* srv = runtime.new_server(handle, {env = {...}}) */
@@ -259,7 +274,7 @@ static int cmd_serve(int argc, char **argv, const char *lua_dir) {
   }
   lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,
           storage);
-  if (watch) lr_reload_watch(L, srv, dir); /* hot reload; logs and goes on if it cannot */
+  if (watch) lr_reload_watch(s, srv, dir); /* hot reload; logs and goes on if it cannot */
   lua_settop(L, 0);
   int rc = lr_net_run(s, &no);
   lr_server_shutdown(s);

@@ -125,7 +125,13 @@ typedef struct net_loop {
   size_t nconns;     /* net_conn objects alive */
   size_t nreqs;      /* net_req objects attached to a wsi */
   bool stopping;     /* lr_server_shutdown was called: refuse new upgrades */
-  bool destroying;   /* inside lws_context_destroy: no more lws calls from vt */
+  size_t nws;        /* accepted WebSockets (for max_conns) */
+  struct ipcount {
+    char ip[64];
+    uint32_t n;
+  } * ips; /* open WebSockets per peer: open addressing, linear probing */
+  size_t ipcap;
+  bool destroying; /* inside lws_context_destroy: no more lws calls from vt */
 } net_loop;
 
 static volatile sig_atomic_t net_stop_flag;
@@ -147,8 +153,10 @@ typedef struct net_conn {
   bool rx_in_msg;
   bool established; /* LWS_CALLBACK_ESTABLISHED seen: writes allowed */
   bool closing;     /* vt->close called: drain, then close frame */
-  bool dropping;    /* over max_queue_bytes: ring released, close 1008 */
-  bool gone;        /* socket closed; vt calls are refused */
+  bool counted;     /* counted in nws and the per-peer table */
+  char peer[64];
+  bool dropping; /* over max_queue_bytes: ring released, close 1008 */
+  bool gone;     /* socket closed; vt calls are refused */
   int close_code;
   size_t close_reason_len;
   char close_reason[124];
@@ -478,6 +486,31 @@ static const lr_transport_vt net_vt = {net_ws_send, net_ws_close};
 
 /* The socket is gone (or the upgrade was refused): tell the engine exactly
  * once, release the queue and free nc. nc must not be used afterwards. */
+/* The per-peer counter slot of ip (created when add). NULL when absent. */
+static struct ipcount *net_ip_slot(net_loop *L, const char *ip, bool add) {
+  if (!L->ipcap) {
+    if (!add) return NULL;
+    L->ipcap = 1024;
+    L->ips = lr_xcalloc(L->ipcap, sizeof *L->ips);
+  }
+  uint32_t h = 2166136261u;
+  for (const char *p = ip; *p; p++)
+    h = (h ^ (unsigned char)*p) * 16777619u;
+  struct ipcount *tomb = NULL;
+  for (size_t i = 0; i < L->ipcap; i++) {
+    struct ipcount *e = &L->ips[(h + i) % L->ipcap];
+    if (e->ip[0] == 0 && e->n == 0) return add ? (tomb ? tomb : e) : NULL;
+    if (e->n == 0 && !tomb) tomb = e; /* a freed slot: reusable, keep probing */
+    if (e->n && strcmp(e->ip, ip) == 0) return e;
+  }
+  return add ? tomb : NULL; /* full table: per-IP limit not enforced for new peers */
+}
+
+static void net_ip_release(net_loop *L, const char *ip) {
+  struct ipcount *e = net_ip_slot(L, ip, false);
+  if (e && e->n) e->n--;
+}
+
 static void net_conn_finish(net_conn *nc) {
   nc->gone = true;
   if (nc->wsi) lws_set_opaque_user_data(nc->wsi, NULL);
@@ -489,6 +522,10 @@ static void net_conn_finish(net_conn *nc) {
   }
   net_conn_release_queue(nc);
   lr_buf_free(&nc->rx);
+  if (nc->counted) {
+    nc->loop->nws--;
+    net_ip_release(nc->loop, nc->peer);
+  }
   nc->loop->nconns--;
   free(nc);
 }
@@ -521,13 +558,31 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
         wsi, L->stopping ? HTTP_STATUS_SERVICE_UNAVAILABLE : HTTP_STATUS_NOT_FOUND, NULL);
     return 1;
   }
+  char peer[64];
+  net_peer(wsi, peer, sizeof peer);
+  /* Connection limits, before the room sees anything. */
+  if (L->o.max_conns >= 0 && L->nws >= (size_t)L->o.max_conns) {
+    lr_warn("websocket from %s refused: %zu connections open (max %ld)", peer, L->nws,
+            L->o.max_conns);
+    free(dpath);
+    lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
+    return 1;
+  }
+  if (L->o.max_conns_per_ip >= 0) {
+    struct ipcount *slot = net_ip_slot(L, peer, false);
+    if (slot && slot->n >= (uint32_t)L->o.max_conns_per_ip) {
+      lr_warn("websocket from %s refused: %u connections from this address (max %ld)", peer,
+              slot->n, L->o.max_conns_per_ip);
+      free(dpath);
+      lws_return_http_status(wsi, 429, NULL);
+      return 1;
+    }
+  }
   lr_request req = {0};
   req.method = "GET";
   char *path = net_path_encode(dpath);
   free(dpath);
   char *query = net_query_collect(wsi);
-  char peer[64];
-  net_peer(wsi, peer, sizeof peer);
   size_t nh = 0;
   lr_header *h = net_hdrs_collect(wsi, &nh);
   req.path = path;
@@ -541,6 +596,14 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   nc->loop = L;
   nc->wsi = wsi;
   snprintf(nc->label, sizeof nc->label, "%s %s", peer, path);
+  snprintf(nc->peer, sizeof nc->peer, "%s", peer);
+  struct ipcount *e = net_ip_slot(L, peer, true);
+  if (e) {
+    snprintf(e->ip, sizeof e->ip, "%s", peer);
+    e->n++;
+  }
+  nc->counted = true;
+  L->nws++;
   lr_buf_init(&nc->rx);
   L->nconns++;
   lws_set_opaque_user_data(wsi, nc);
@@ -1146,6 +1209,8 @@ void lr_net_defaults(lr_net_opts *o) {
   o->max_queue_bytes = 4 * 1024 * 1024;
   o->max_http_body = 1024 * 1024;
   o->static_dir = NULL;
+  o->max_conns = 20000;
+  o->max_conns_per_ip = 1024;
 }
 
 void lr_net_stop(void) {
@@ -1165,6 +1230,8 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     if (o->max_queue_bytes) L.o.max_queue_bytes = o->max_queue_bytes;
     if (o->max_http_body) L.o.max_http_body = o->max_http_body;
     L.o.static_dir = o->static_dir;
+    if (o->max_conns) L.o.max_conns = o->max_conns;
+    if (o->max_conns_per_ip) L.o.max_conns_per_ip = o->max_conns_per_ip;
   }
   if (L.o.port < 0 || L.o.port > 65535) {
     lr_error("invalid port %d", L.o.port);
@@ -1204,6 +1271,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     lr_error("cannot listen on %s:%d", L.o.host ? L.o.host : "0.0.0.0", L.o.port);
     if (L.ctx) lws_context_destroy(L.ctx);
     free(L.static_root);
+    free(L.ips);
     return 1;
   }
   net_ctx = L.ctx;
@@ -1254,5 +1322,6 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   sigaction(SIGTERM, &old_term, NULL);
   sigaction(SIGPIPE, &old_pipe, NULL);
   free(L.static_root);
+  free(L.ips);
   return rc;
 }

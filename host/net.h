@@ -22,6 +22,8 @@ typedef struct lr_net_opts {
                              MiB */
   size_t max_http_body;   /* default 1 MiB */
   const char *static_dir; /* optional folder served at "/" (GET only), NULL = none */
+  long max_conns;         /* open WebSockets per process, default 20000; -1 = no limit */
+  long max_conns_per_ip;  /* open WebSockets per peer address, default 1024; -1 = no limit */
 } lr_net_opts;
 
 /* Fill opts with the defaults above. */

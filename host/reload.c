@@ -75,7 +75,8 @@ typedef struct lr_watch {
   size_t npending, cappending;
   bool rescan;               /* overflow or a new folder: reload.lua rescans */
   int64_t first_ms, last_ms; /* first and last event of the burst */
-  int64_t wake_at;           /* when the latest wake-up timer is due (0 = none) */
+  int64_t wake_at;           /* when our wake-up timer is due (0 = none) */
+  uint64_t wake_seq;         /* its engine timer id */
 } lr_watch;
 
 /* Open watchers in the process: lr_reload_poll's fast path when 0. */
@@ -416,14 +417,26 @@ static int wake_noop(lua_State *L) {
   return 0;
 }
 
-/* Make sure the loop wakes within delay ms (real clock only). */
-static void arm(lr_server *s, lr_watch *w, int64_t now, int64_t delay) {
+/* Keep exactly one wake-up timer, due at `when` (real clock only), and
+ * never closer than LR_RELOAD_MARGIN_MS once the poll returns.
+ *
+ * Why the margin: lws 4.1 services ripe lws_sul timers *before* poll() and
+ * then sleeps until the next one. If the transport arms its engine sul for
+ * a timer that is already due (0 ms), the sul is consumed before poll() and
+ * the loop sleeps until the next socket event. A timer that is never due
+ * within the margin when the tick ends keeps the watcher out of that
+ * window. (The transport-side fix is to end the wait from the sul callback
+ * with lws_cancel_service().) */
+#define LR_RELOAD_MARGIN_MS 2
+static void rearm(lr_server *s, lr_watch *w, int64_t now, int64_t when) {
   if (s->virtual_clock) return;
-  int64_t when = now + (delay > 0 ? delay : 0);
-  if (w->wake_at > now && w->wake_at <= when) return; /* an earlier wake-up is armed */
+  if (when < now + LR_RELOAD_MARGIN_MS) when = now + LR_RELOAD_MARGIN_MS;
+  bool live = w->wake_at > now + LR_RELOAD_MARGIN_MS - 1;
+  if (live && w->wake_at <= when) return;           /* the armed one comes first and is safe */
+  if (w->wake_seq) lr_timer_cancel(s, w->wake_seq); /* no-op if it already fired */
   lua_pushcfunction(s->L, wake_noop);
   int ref = luaL_ref(s->L, LUA_REGISTRYINDEX); /* the timer owns (and unrefs) it */
-  lr_timer_add(s, when - now, LR_T_LUA, NULL, ref);
+  w->wake_seq = lr_timer_add(s, when - lr_now(s), LR_T_LUA, NULL, ref)->seq;
   w->wake_at = when;
 }
 
@@ -446,10 +459,12 @@ void lr_reload_poll(lr_server *s) {
   }
   int64_t now = lr_now(s);
   drain(w, now);
+  int64_t next = now + LR_RELOAD_WAKE_MS;
   if (w->npending || w->rescan) {
     int64_t due = w->last_ms + LR_RELOAD_DEBOUNCE_MS;
     if (w->first_ms + LR_RELOAD_MAX_DELAY_MS < due) due = w->first_ms + LR_RELOAD_MAX_DELAY_MS;
-    if (now >= due) {
+    /* Real clock: a batch due within the margin is run now (see rearm). */
+    if (now + (s->virtual_clock ? 0 : LR_RELOAD_MARGIN_MS) >= due) {
       /* Take the batch first: events during the reload form the next one. */
       lua_createtable(L, (int)w->npending + 1, 0);
       lua_Integer k = 0;
@@ -465,15 +480,18 @@ void lr_reload_poll(lr_server *s) {
       w->npending = 0;
       w->rescan = false;
       run_jobs(L, srv, -1);
-    } else {
-      arm(s, w, now, due - now);
+      now = lr_now(s);
+      next = now + LR_RELOAD_WAKE_MS;
+    } else if (due < next) {
+      next = due;
     }
   }
-  if (now >= w->wake_at) arm(s, w, now, LR_RELOAD_WAKE_MS);
+  rearm(s, w, now, next);
   lua_settop(L, top);
 }
 
-int lr_reload_watch(lua_State *L, int srv, const char *dir) {
+int lr_reload_watch(lr_server *s, int srv, const char *dir) {
+  lua_State *L = s->L;
   srv = lua_absindex(L, srv);
   int top = lua_gettop(L);
   if (push_module(L) != 0) return -1;
@@ -485,6 +503,9 @@ int lr_reload_watch(lua_State *L, int srv, const char *dir) {
   if (!ok && lua_gettop(L) > top + 1)
     lr_warn("hot reload is off: %s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "watch failed");
   lua_settop(L, top);
+  /* Arm the first wake-up now: the loop may otherwise sleep until the first
+   * socket event. */
+  if (ok) lr_reload_poll(s);
   return ok ? 0 : -1;
 }
 

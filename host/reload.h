@@ -30,11 +30,12 @@
  * that loads at startup also loads on reload. */
 #define LR_RELOAD_LOAD_BUDGET LR_DEFAULT_BUDGET
 
-/* Start watching dir for the server whose Lua table (runtime.new_server) is
- * at index srv: calls reload.watch(srv, dir) through the protected-call
- * helper. Returns 0, or -1 if the watcher could not start (logged; the
- * server still runs, without hot reload). Stack: [-0,+0]. */
-int lr_reload_watch(lua_State *L, int srv, const char *dir);
+/* Start watching dir for server s, whose Lua table (runtime.new_server) is
+ * at index srv of s->L: calls reload.watch(srv, dir) through the
+ * protected-call helper and arms the first wake-up. Returns 0, or -1 if the
+ * watcher could not start (logged; the server still runs, without hot
+ * reload). Stack: [-0,+0]. */
+int lr_reload_watch(lr_server *s, int srv, const char *dir);
 
 /* Called by lr_server_tick() on every loop iteration: reads the watcher's
  * pending events without blocking and, once the debounce has passed, runs

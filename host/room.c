@@ -100,6 +100,7 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
   for (int i = 0; i < 8; i++)
     rng_next(s);
   strcpy(s->parties_prefix, "/parties");
+  s->max_rooms = 100000;
   return s;
 }
 
@@ -936,6 +937,10 @@ static lr_room *get_room(lr_server *s, const char *ns, const char *id) {
   lr_room *r = lr_room_find(s, ns, id);
   if (r) lr_room_activity(r);
   if (r || s->shutting_down) return r;
+  if (s->max_rooms > 0 && s->nrooms >= (uint32_t)s->max_rooms) {
+    lr_warn("room %s/%s not created: %u rooms live (max %ld)", ns, id, s->nrooms, s->max_rooms);
+    return NULL;
+  }
   lua_State *L = s->L;
   lua_pushstring(L, ns);
   lua_pushstring(L, id);

@@ -87,6 +87,24 @@ describe("hot reload", function()
     assert.are.equal(12, c2.packets[1].value.count)
   end)
 
+  it("t:reload works for a room defined in the spec (no file) and from another file", function()
+    local lr = require "lunaroom"
+    t = testing.room(lr.room { path = "game-{id}", state = { count = 0 },
+      actions = { inc = function(room) room.count = room.count + 1 end } })
+    local c = t:client()
+    c:send("inc")
+    assert.is_true(t:reload(counter(50)))
+    c:send("inc")
+    assert.are.equal(51, t.room.count)
+    write(dir .. "/v2.lua", counter(500))
+    local ok, v = t:reload(dir .. "/v2.lua")
+    assert.is_true(ok)
+    assert.are.equal(v, rawget(t.room, "version"))
+    c:send("inc")
+    assert.are.equal(551, t.room.count)
+    assert.has_error(function() t:reload() end)
+  end)
+
   it("a file that does not compile keeps the old code and names file:line", function()
     write(dir .. "/game.lua", counter(1))
     t = testing.room(dir .. "/game.lua")
@@ -359,6 +377,23 @@ return lr.room { path = "chat", state = { n = 0 } }
       assert(os.execute("mkdir -p '" .. dir .. "/lib/deep'"))
       core.tick(t.srv.h)
       assert.are.equal(3, t.srv._watcher:folders())
+      reload.unwatch(t.srv)
+    end)
+
+    it("a rescan (queue overflow, new folder) reloads what changed and nothing else", function()
+      write(dir .. "/game.lua", counter(1))
+      write(dir .. "/other.lua", counter(1):gsub("game%-{id}", "other"))
+      t = testing.room(dir .. "/game.lua", { rooms = {} })
+      reload.watch(t.srv, dir) -- other.lua is not a definition of this server: new
+      write(dir .. "/game.lua", counter(9))
+      local jobs = reload.run(t.srv, { "*" })
+      local by = {}
+      for _, j in ipairs(jobs) do by[j.file:match("[^/]+$")] = j end
+      assert.is_true(by["game.lua"].committed)
+      assert.is_true(by["other.lua"].committed) -- added as a new room type
+      assert.are.equal(2, #t.srv.defs)
+      jobs = reload.run(t.srv, { "*" })
+      for _, j in ipairs(jobs) do assert.are.equal("unchanged", j.skip) end
       reload.unwatch(t.srv)
     end)
 

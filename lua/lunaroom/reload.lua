@@ -127,7 +127,7 @@ function M.plan(srv, changes)
       end
     end
   end
-  local paths = {}
+  local paths, explicit = {}, {}
   for _, c in ipairs(changes) do
     if type(c) == "table" then
       if c.file then c.file = norm(c.file) end
@@ -144,16 +144,21 @@ function M.plan(srv, changes)
       for _, f in ipairs(files) do paths[#paths + 1] = norm(f) end
     else
       paths[#paths + 1] = norm(c)
+      explicit[norm(c)] = true
     end
   end
   table.sort(paths)
+  local last
   for _, f in ipairs(paths) do
+    if f == last then goto continue end
+    last = f
     local exists = reload_c.is_file(f)
     local e = find_entry(srv, f)
+    -- retry: found by a rescan, not named by an event (same failure: quiet)
     if e then
-      if exists then add { file = f } else remove_definition(srv, f) end
+      if exists then add { file = f, retry = not explicit[f] } else remove_definition(srv, f) end
     elseif exists and (st.removed[f] or st.broken[f] or in_rooms_dir(st, f)) then
-      add { file = f, new = true }
+      add { file = f, new = true, retry = not explicit[f] }
     elseif not exists then
       st.broken[f] = nil
     end
@@ -167,6 +172,7 @@ function M.plan(srv, changes)
         end
       end
     end
+    ::continue::
   end
   return jobs
 end
@@ -479,6 +485,13 @@ function M.done(srv, job, err)
     else
       log("info", "added %s (path %s, version %s%s)", name, job.def.path, job.version,
         n > 0 and string.format(", %d live room%s", n, n == 1 and "" or "s") or "")
+      for _, e in ipairs(srv.defs) do
+        if e.def ~= job.def and e.def.party == job.def.party and e.def.path == job.def.path then
+          log("warn", "%s: path %s is already served by %s, which comes first", name,
+            job.def.path, tostring(e.file or "a definition"))
+          break
+        end
+      end
     end
     if err then log("warn", "%s: onReload failed: %s", name, err) end
   elseif job.skip then

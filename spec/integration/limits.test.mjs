@@ -1,0 +1,102 @@
+/*
+ * limits.test.mjs - limits that protect the process, seen from the wire:
+ * connections per address, slow headers, a flooding client next to a
+ * well-behaved one, and the memory store's snapshot across a restart.
+ *
+ * Owns: robustness checks with the real binary (issue "Security").
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import fs from "node:fs";
+import net from "node:net";
+import { spawn } from "node:child_process";
+import os from "node:os";
+import path from "node:path";
+import { ROOT, http, sleep, startServer, wsClient } from "./lib.mjs";
+
+function rooms() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-limits-"));
+  for (const f of ["counter.lua", "game.lua"]) fs.copyFileSync(path.join(ROOT, "rooms", f), path.join(dir, f));
+  fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/limited.lua"), path.join(dir, "limited.lua"));
+  return dir;
+}
+
+describe("limits", () => {
+  test("connections per address: the one past the limit gets HTTP 429", async () => {
+    const srv = await startServer({ rooms: rooms(), args: ["--max-conns-per-ip", "3"] });
+    const cs = [1, 2, 3].map((i) => wsClient(`${srv.wsUrl}/parties/main/demo?id=ip${i}`));
+    await Promise.all(cs.map((c) => c.opened));
+    const extra = wsClient(`${srv.wsUrl}/parties/main/demo?id=ip4`);
+    await assert.rejects(extra.opened, (e) => e.status === 429);
+    await cs[0].close();
+    await sleep(100);
+    const again = wsClient(`${srv.wsUrl}/parties/main/demo?id=ip5`);
+    await again.opened; // a slot was freed
+    await Promise.all([cs[1].close(), cs[2].close(), again.close()]);
+    assert.match(srv.logs(), /connections from this address/);
+    assert.equal(await srv.stop(), 0);
+  });
+
+  test("slow headers (slowloris) are closed after a timeout", async () => {
+    const srv = await startServer({ rooms: rooms() });
+    const sock = net.connect(srv.port, "127.0.0.1");
+    await new Promise((r) => sock.once("connect", r));
+    sock.write("GET /parties/main/demo/count HTTP/1.1\r\nHost: x\r\n");
+    const t0 = Date.now();
+    const drip = setInterval(() => sock.write("X-a: b\r\n"), 1000);
+    await new Promise((r) => sock.once("close", r));
+    clearInterval(drip);
+    const waited = Date.now() - t0;
+    assert.ok(waited < 20000, `closed after ${waited} ms`);
+    assert.equal(await srv.stop(), 0);
+  });
+
+  test("a flooding client is limited; another room keeps its latency", async () => {
+    const srv = await startServer({ rooms: rooms() });
+    const good = wsClient(`${srv.wsUrl}/parties/main/limited-good?id=g`);
+    await good.opened;
+    await good.next();
+    const rtt = async (n) => {
+      const times = [];
+      for (let i = 0; i < n; i++) {
+        const t0 = process.hrtime.bigint();
+        good.send({ action: "inc" });
+        await good.next((m) => m?.type === "sync");
+        times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      }
+      times.sort((a, b) => a - b);
+      return times[Math.floor(times.length * 0.99) - 1] ?? times.at(-1);
+    };
+    const base = await rtt(100);
+    const flood = spawn(process.execPath, [path.join(ROOT, "spec/integration/flood.mjs"),
+      `${srv.wsUrl}/parties/main/limited-bad?id=b`], { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    flood.stdout.on("data", (d) => (out += d));
+    const done = new Promise((r) => flood.on("exit", r));
+    await sleep(50); // the flood is running
+    const loaded = await rtt(100);
+    await done;
+    const res = JSON.parse(out.trim().split("\n").at(-1));
+    assert.equal(res.code, 4008, out);
+    assert.ok(res.rateLimited, out);
+    const bound = Math.max(5 * base, 5); // generous: 5x, at least 5 ms on a noisy machine
+    assert.ok(loaded < bound, `p99 ${loaded.toFixed(2)} ms under load vs ${base.toFixed(2)} ms unloaded`);
+    await good.close();
+    assert.equal(await srv.stop(), 0);
+  });
+
+  test("memory storage with a snapshot file survives a graceful restart", async () => {
+    const snap = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-snap-")), "snap.json");
+    let srv = await startServer({ rooms: rooms(), args: ["--storage", `memory:${snap}`] });
+    const c = wsClient(`${srv.wsUrl}/parties/main/demo?id=s`);
+    await c.opened;
+    c.send({ action: "increment", value: { amount: 41 } });
+    await c.next((m) => m?.type === "sync" && m.value.count === 41);
+    assert.equal(await srv.stop(), 0);
+    const saved = JSON.parse(fs.readFileSync(snap, "utf8"));
+    assert.deepEqual(saved["main:demo"].find(([k]) => k === "state:count"), ["state:count", 41]);
+    srv = await startServer({ rooms: rooms(), args: ["--storage", `memory:${snap}`] });
+    assert.equal((await http("GET", `${srv.url}/parties/main/demo/count`)).json.count, 41);
+    assert.equal(await srv.stop(), 0);
+  });
+});
