@@ -49,6 +49,8 @@ static const char *usage =
     "  --lua-memory BYTES    Lua heap limit; handlers past it fail cleanly (default 1 GiB)\n"
     "  --no-watch            do not hot-reload room files when they change\n"
     "  --log-format FMT      text (default) or json\n"
+    "  --config FILE         a Lua file returning a table of these options (port = 2000,\n"
+    "                        storage = \"memory\", rooms = \"rooms\", ...); flags win\n"
     "  --lua-path DIR        where the lunaroom Lua modules live (default: the source tree's "
     "lua/)\n"
     "  --help                this text\n";
@@ -195,7 +197,88 @@ static int cmd_check(const char *dir, const char *lua_dir) {
   return status;
 }
 
+/* --config FILE: a Lua file returning a table of the serve options, e.g.
+ *   return { port = 2000, storage = "memory", rooms = "rooms", max_conns = 5000 }
+ * Keys are the flag names with '_' for '-' ("rooms" is the folder). The
+ * options become flags placed BEFORE the command line's, so flags win.
+ * Returns a new argv (strings owned by the caller: free with free_config)
+ * or NULL after printing the error. */
+static char **config_args(const char *file, int argc, char **argv, int *out_argc) {
+  lua_State *L = luaL_newstate();
+  if (luaL_loadfile(L, file) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    fprintf(stderr, "lunaroom: config %s: %s\n", file, lua_tostring(L, -1));
+    lua_close(L);
+    return NULL;
+  }
+  if (!lua_istable(L, -1)) {
+    fprintf(stderr, "lunaroom: config %s must return a table\n", file);
+    lua_close(L);
+    return NULL;
+  }
+  char **out = calloc((size_t)argc + 128, sizeof *out);
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, -2) && n < 120) {
+    const char *k = lua_tostring(L, -2);
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      continue;
+    }
+    if (strcmp(k, "rooms") == 0) {
+      out[n++] = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "rooms");
+    } else if (lua_type(L, -1) == LUA_TBOOLEAN) {
+      if (strcmp(k, "watch") == 0 && !lua_toboolean(L, -1))
+        out[n++] = strdup("--no-watch");
+      else if (lua_toboolean(L, -1)) {
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", k);
+        for (char *p = flag; *p; p++)
+          if (*p == '_') *p = '-';
+        out[n++] = strdup(flag);
+      }
+    } else {
+      char flag[64];
+      snprintf(flag, sizeof flag, "--%s", k);
+      for (char *p = flag; *p; p++)
+        if (*p == '_') *p = '-';
+      out[n++] = strdup(flag);
+      lua_pushvalue(L, -1);
+      out[n++] = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_close(L);
+  for (int i = 0; i < argc; i++)
+    out[n++] = strdup(argv[i]);
+  *out_argc = n;
+  return out;
+}
+
+static int cmd_serve_args(int argc, char **argv, const char *lua_dir);
+
 static int cmd_serve(int argc, char **argv, const char *lua_dir) {
+  for (int i = 0; i + 1 < argc; i++) {
+    if (strcmp(argv[i], "--config") != 0) continue;
+    const char *file = argv[i + 1];
+    char **rest = malloc(sizeof *rest * (size_t)(argc + 1));
+    int m = 0;
+    for (int j = 0; j < argc; j++)
+      if (j != i && j != i + 1) rest[m++] = argv[j];
+    int n = 0;
+    char **all = config_args(file, m, rest, &n);
+    free(rest);
+    if (!all) return 2;
+    int rc = cmd_serve_args(n, all, lua_dir);
+    for (int j = 0; j < n; j++)
+      free(all[j]);
+    free(all);
+    return rc;
+  }
+  return cmd_serve_args(argc, argv, lua_dir);
+}
+
+static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite";
   int watch = 1;
   long max_rooms = 0;

@@ -99,4 +99,18 @@ describe("limits", () => {
     assert.equal((await http("GET", `${srv.url}/parties/main/demo/count`)).json.count, 41);
     assert.equal(await srv.stop(), 0);
   });
+
+  test("a --config file sets the same options as the flags", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-cfg-"));
+    const cfg = path.join(dir, "lunaroom.lua");
+    fs.writeFileSync(cfg, 'return { max_conns_per_ip = 1, log_format = "json" }\n');
+    const srv = await startServer({ rooms: rooms(), args: ["--config", cfg] });
+    const a = wsClient(`${srv.wsUrl}/parties/main/demo?id=c1`);
+    await a.opened;
+    const b = wsClient(`${srv.wsUrl}/parties/main/demo?id=c2`);
+    await assert.rejects(b.opened, (e) => e.status === 429);
+    assert.match(srv.logs(), /"level":"warn"/);
+    await a.close();
+    assert.equal(await srv.stop(), 0);
+  });
 });
