@@ -77,7 +77,10 @@ describe("limits", () => {
     const loaded = await rtt(100);
     await done;
     const res = JSON.parse(out.trim().split("\n").at(-1));
-    assert.equal(res.code, 4008, out);
+    // 4008, or 1006 when the kernel resets the flooder's socket (it still
+    // had unread frames) before its client read the close frame.
+    assert.ok(res.code === 4008 || res.code === 1006, out);
+    assert.match(srv.logs(), /messages over the rate limit/);
     assert.ok(res.rateLimited, out);
     const bound = Math.max(5 * base, 5); // generous: 5x, at least 5 ms on a noisy machine
     assert.ok(loaded < bound, `p99 ${loaded.toFixed(2)} ms under load vs ${base.toFixed(2)} ms unloaded`);
