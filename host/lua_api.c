@@ -630,7 +630,8 @@ static int l_server_new(lua_State *L) {
   uint64_t seed = (uint64_t)luaL_optinteger(L, -1, 0);
   lua_pop(L, 3);
   char err[256];
-  lr_store *st = lr_store_open_spec(spec, err, sizeof err);
+  lr_store *st = strncmp(spec, "lua:", 4) == 0 ? lr_store_lua_open(L, spec + 4, err, sizeof err)
+                                               : lr_store_open_spec(spec, err, sizeof err);
   if (!st) return luaL_error(L, "cannot open storage %s: %s", spec, err);
   lr_server *s = lr_server_new(L, st, true, virt, seed);
   lr_lua_push_server(L, s, true);
@@ -1054,6 +1055,7 @@ static int l_store_apply(lua_State *L) {
 
 typedef struct list_ud {
   lua_State *L;
+  int tbl; /* absolute index of the result table (a Lua backend pushes above it) */
   lua_Integer i;
   int bad;
   char err[200];
@@ -1071,7 +1073,7 @@ static int list_cb(void *ud, const char *key, size_t keylen, const char *val, si
   lua_rawseti(u->L, -2, 1);
   lr_lua_push_copy(u->L, n);
   lua_rawseti(u->L, -2, 2);
-  lua_rawseti(u->L, -2, ++u->i);
+  lua_rawseti(u->L, u->tbl, ++u->i);
   lr_node_release(n);
   return 0;
 }
@@ -1081,7 +1083,7 @@ static int l_store_list(lua_State *L) {
   store_target tg = check_target(L, 1);
   const char *prefix = luaL_optstring(L, 2, "");
   lua_newtable(L);
-  list_ud u = {L, 0, 0, ""};
+  list_ud u = {L, lua_gettop(L), 0, 0, ""};
   char err[256];
   if (lr_store_list(tg.st, tg.ns, tg.id, prefix, list_cb, &u, err, sizeof err) != 0)
     return luaL_error(L, "storage list failed: %s", err);

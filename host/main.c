@@ -38,7 +38,8 @@ static const char *usage =
     "  --host ADDR           bind address (default: all interfaces)\n"
     "  --storage SPEC        sqlite:PATH[?busy_timeout=5000&journal_mode=WAL] (default\n"
     "                        sqlite:data/lunaroom.sqlite), memory, or memory:SNAPSHOT.json\n"
-    "                        (loaded at start if present, saved on graceful shutdown)\n"
+    "                        (loaded at start if present, saved on graceful shutdown), or\n"
+    "                        lua:BACKEND.lua (a storage backend written in Lua)\n"
     "  --max-frame BYTES     largest incoming WebSocket message (default 65536)\n"
     "  --max-queue BYTES     outgoing bytes queued per connection before it is dropped (default "
     "4194304)\n"
@@ -320,12 +321,15 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     }
   }
   char err[256];
-  lr_store *st = lr_store_open_spec(storage, err, sizeof err);
+  lua_State *L = lr_vm_open(lua_dir, lua_memory);
+  lr_store *st = strncmp(storage, "lua:", 4) == 0
+                     ? lr_store_lua_open(L, storage + 4, err, sizeof err)
+                     : lr_store_open_spec(storage, err, sizeof err);
   if (!st) {
     lr_error("cannot open storage %s: %s", storage, err);
+    lr_vm_close(L);
     return 1;
   }
-  lua_State *L = lr_vm_open(lua_dir, lua_memory);
   lr_server *s = lr_server_new(L, st, true, false, 0);
   if (max_rooms) s->max_rooms = max_rooms;
   if (require_mod(L, "lunaroom.runtime") != 0) return 1;

@@ -824,7 +824,6 @@ static void maybe_hibernate(lr_room *r) {
   lr_node_release(r->root);
   r->root = lr_node_new(LR_OBJECT);
   r->hibernated = true;
-  lua_gc(L, LUA_GCCOLLECT);
   lr_info("room %s hibernated after %lld ms idle (%u connections kept)", r->key, (long long)idle,
           r->nconns);
 }

@@ -119,6 +119,12 @@ typedef struct lr_sqlite_opts {
 } lr_sqlite_opts;
 lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen);
 
+/* A backend written in Lua (storage_lua.c): FILE returns a table of
+ * get/put/delete/list(/apply/count) functions over JSON text. Calls run in L
+ * through the protected-call helper. */
+struct lua_State;
+lr_store *lr_store_lua_open(struct lua_State *L, const char *path, char *err, size_t errlen);
+
 /* Parse a --storage spec: "memory", "memory:SNAPSHOT", "sqlite:PATH". */
 lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen);
 
