@@ -47,6 +47,7 @@ bench: build
 	./$(BUILD)/bench/patch_bench
 	./$(BUILD)/bench/storage_bench 1
 	./$(BUILD)/lunaroom lua bench/persist_bench.lua
+	./$(BUILD)/lunaroom lua bench/hibernate_bench.lua
 
 format:
 	clang-format -i host/*.c host/*.h host/tests/*.c host/tests/*.h bench/*.c
