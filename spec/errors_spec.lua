@@ -209,3 +209,31 @@ describe("room-to-room fetch", function()
     t:close()
   end)
 end)
+
+describe("Lua memory limit", function()
+  it("a handler that allocates past the limit fails cleanly and the room goes on", function()
+    local core = require "lunaroom.core"
+    local t = room { state = { n = 0 }, actions = {
+      hog = function(r)
+        r.n = 1
+        local t = {}
+        for i = 1, 1e7 do t[i] = string.rep("x", 64) .. i end
+      end,
+      inc = function(r) r.n = r.n + 1 end,
+    } }
+    local c = t:client()
+    c:clear()
+    collectgarbage("collect")
+    core.set_memory_limit(core.memory() + 8 * 1024 * 1024)
+    c:send("hog")
+    core.set_memory_limit(0)
+    collectgarbage("collect")
+    local e = c:last("error").value
+    assert.are.equal("handler", e.code)
+    assert.truthy(e.message:find("not enough memory", 1, true), e.message)
+    assert.are.equal(0, t.room.n)
+    c:send("inc")
+    assert.are.equal(1, t.room.n)
+    t:close()
+  end)
+end)
