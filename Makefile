@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PORT       ?= 1999
 
-.PHONY: all build asan run test test-c test-spec test-asan test-integration bench clean format deps
+.PHONY: all build asan run test test-c test-spec test-asan test-integration test-e2e bench clean format deps
 
 all: build
 
@@ -19,9 +19,9 @@ asan:
 	@cmake --build $(ASAN_BUILD) -j$(JOBS)
 
 run: build
-	./$(BUILD)/lunaroom serve rooms --port $(PORT)
+	./$(BUILD)/lunaroom serve rooms --port $(PORT) --static rooms/static
 
-test: build asan test-c test-spec test-asan test-integration
+test: build asan test-c test-spec test-asan test-integration test-e2e
 	@echo "all test suites passed"
 
 test-c: build
@@ -43,6 +43,11 @@ test-integration: build
 	  cd spec/integration && npm ci --no-audit --no-fund --loglevel=error && node run.mjs; \
 	else echo "no integration tests"; fi
 
+# Browser end-to-end: the demo (rooms/static) and admin page in Debian's headless
+# chromium, driven by playwright-core; screenshots in spec/e2e/artifacts/.
+test-e2e: build
+	spec/e2e/run.sh
+
 bench: build
 	./$(BUILD)/bench/patch_bench
 	./$(BUILD)/bench/storage_bench 1
@@ -57,7 +62,7 @@ deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	  build-essential cmake pkg-config liblua5.4-dev lua5.4 libwebsockets-dev lua-cjson \
-	  libsqlite3-dev libjwt-dev lua-busted sqlite3 >/dev/null
+	  libsqlite3-dev libjwt-dev lua-busted sqlite3 chromium >/dev/null
 	command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 
 clean:

@@ -1181,7 +1181,10 @@ static const lws_retry_bo_t net_idle_policy = {
 /* ======================= the loop ======================= */
 
 static void net_engine_sul_cb(lws_sorted_usec_list_t *sul) {
-  (void)sul; /* the poll returned: lr_net_run ticks the engine */
+  /* lws 4.1 runs due timers before it waits, then waits for its next one:
+   * a wake-up that was already due would be spent before the wait, and the
+   * loop would sleep until a socket event. Make the coming wait return. */
+  lws_cancel_service(lws_container_of(sul, net_loop, engine_sul)->ctx);
 }
 
 /* Schedule the engine wake-up, at most max_ms away (-1 = no cap). */

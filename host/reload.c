@@ -22,13 +22,17 @@
  *
  * Timing. lr_reload_poll() runs on every lr_server_tick(). The transport's
  * loop sleeps until a socket event or the next engine timer, so while a
- * watcher is open a no-op engine timer is kept armed every
- * LR_RELOAD_WAKE_MS; a batch is reloaded once no event came for
- * LR_RELOAD_DEBOUNCE_MS (or LR_RELOAD_MAX_DELAY_MS after its first event),
- * and an extra timer is armed for exactly that moment. Save-to-live latency
- * is therefore about debounce + wake/2 + the load itself. With a virtual
- * clock (specs) no timer is armed: the spec drives time with advance() and
- * calls tick().
+ * watcher is open exactly one no-op engine timer is kept armed, at most
+ * LR_RELOAD_WAKE_MS ahead (at the debounce deadline while a burst is
+ * pending) and never closer than LR_RELOAD_MARGIN_MS when the poll returns
+ * (see rearm() for the lws 4.1 pitfall this avoids). A batch is reloaded
+ * once no event came for LR_RELOAD_DEBOUNCE_MS (or LR_RELOAD_MAX_DELAY_MS
+ * after its first event). Save-to-live latency on an idle server is
+ * therefore about debounce + wake/2 + the load itself (measured ~43 ms
+ * median); with socket traffic the loop wakes anyway (~30 ms). Under load
+ * the fd is read at most once per millisecond. With a virtual clock
+ * (specs) no timer is armed and there is no margin: the spec drives time
+ * with advance() and calls tick().
  *
  * Transaction. run_jobs() makes every step an outermost lr_vm_pcall: plan
  * (which room files a batch of paths affects, deletions), then per room
@@ -77,6 +81,7 @@ typedef struct lr_watch {
   int64_t first_ms, last_ms; /* first and last event of the burst */
   int64_t wake_at;           /* when our wake-up timer is due (0 = none) */
   uint64_t wake_seq;         /* its engine timer id */
+  int64_t drained_ms;        /* last read of the fd: at most one per ms under load */
 } lr_watch;
 
 /* Open watchers in the process: lr_reload_poll's fast path when 0. */
@@ -458,7 +463,10 @@ void lr_reload_poll(lr_server *s) {
     return;
   }
   int64_t now = lr_now(s);
-  drain(w, now);
+  if (now != w->drained_ms || s->virtual_clock) {
+    drain(w, now);
+    w->drained_ms = now;
+  }
   int64_t next = now + LR_RELOAD_WAKE_MS;
   if (w->npending || w->rescan) {
     int64_t due = w->last_ms + LR_RELOAD_DEBOUNCE_MS;

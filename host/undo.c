@@ -135,7 +135,9 @@ void lr_undo_rollback(size_t mark) {
 }
 
 void lr_undo_release(size_t mark) {
-  depth--;
+  /* A nested call that succeeded hands its records to the enclosing one: if
+   * that fails later, these writes are rolled back with it. */
+  if (--depth > 0) return;
   while (nlog > mark)
     free_rec(&log_[--nlog]);
   if (nlog == 0 && caplog > 1024) {

@@ -9,7 +9,9 @@
  * Semantics: lr_vm_pcall takes a mark before the call; on failure it calls
  * lr_undo_rollback(mark) (restores and marks the restored paths dirty, so the
  * next flush re-sends the unchanged values, which clients treat as no-ops);
- * on success lr_undo_release(mark) drops the entries.
+ * on success lr_undo_release(mark) drops the entries, unless the call was
+ * nested in another one: then they stay, so a failure of the outer call
+ * rolls back what the inner one wrote too.
  */
 #ifndef LR_UNDO_H
 #define LR_UNDO_H

@@ -237,3 +237,22 @@ describe("Lua memory limit", function()
     t:close()
   end)
 end)
+
+describe("nested calls", function()
+  it("a failing handler also rolls back what a nested hook (onLeave, routes) wrote", function()
+    local t = room { state = { n = 0 },
+      requests = { ["POST /bump"] = function(r) r.n = r.n + 10 end },
+      actions = {
+        both = function(r)
+          local res = r.parties.main:get("r"):fetch("/bump", { method = "POST" })
+          assert(res.status == 200)
+          error("after the nested call")
+        end,
+      } }
+    local c = t:client()
+    c:send("both")
+    assert.are.equal("handler", c:last("error").value.code)
+    assert.are.equal(0, t.room.n)
+    t:close()
+  end)
+end)

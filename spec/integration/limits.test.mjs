@@ -112,6 +112,7 @@ describe("limits", () => {
     await a.opened;
     const b = wsClient(`${srv.wsUrl}/parties/main/demo?id=c2`);
     await assert.rejects(b.opened, (e) => e.status === 429);
+    for (let i = 0; i < 50 && !/"level":"warn"/.test(srv.logs()); i++) await sleep(20);
     assert.match(srv.logs(), /"level":"warn"/);
     await a.close();
     assert.equal(await srv.stop(), 0);
