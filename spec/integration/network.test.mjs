@@ -18,7 +18,7 @@ import { ROOT, http, sleep, startServer, wsClient } from "./lib.mjs";
 // rooms/ plus the test rooms, in a temp folder.
 function roomsDir() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-net-"));
-  for (const f of fs.readdirSync(path.join(ROOT, "rooms")))
+  for (const f of fs.readdirSync(path.join(ROOT, "rooms")).filter((f) => f.endsWith(".lua")))
     fs.copyFileSync(path.join(ROOT, "rooms", f), path.join(dir, f));
   fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/limited.lua"), path.join(dir, "limited.lua"));
   return dir;
