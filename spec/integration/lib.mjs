@@ -57,6 +57,12 @@ export function startServer({ rooms = "rooms", args = [], env = {}, timeoutMs = 
     stdio: ["ignore", "pipe", "pipe"],
   });
   running.add(proc);
+  // Never let a server (or its pipes) keep the test process alive: a test
+  // that fails before stop() would otherwise hang forever; the exit hook
+  // above kills what is left.
+  proc.unref();
+  proc.stdout.unref?.();
+  proc.stderr.unref?.();
   let out = "";
   const exited = new Promise((res) =>
     proc.on("exit", (code, signal) => {
