@@ -13,6 +13,7 @@ v.set_null(core.null)
 local lr = {}
 
 lr.v = v
+lr.jwt = require "lunaroom.jwt" -- verify/sign/bearer (host/lua_jwt.c), read-only
 --- The JSON null value (a table field set to lr.null is sent as null).
 lr.null = core.null
 
