@@ -55,6 +55,11 @@ struct lr_conn {
   uint32_t drops; /* consecutive dropped messages */
   lr_conn **box;  /* the Lua handle's weak slot, cleared when c is freed */
   void *uplink;   /* shard uplink state (uplink.c), NULL for clients */
+  /* A client relayed by a shard (uplink.c): in the room list (connections(),
+   * hibernation, shutdown) but skipped by broadcasts and sync patches, which
+   * reach it through its uplink. */
+  bool relayed;
+  void *shard_client; /* a client of this shard process (shard.c), NULL otherwise */
 };
 
 /* ---- rooms ---- */
@@ -133,6 +138,7 @@ struct lr_server {
   uint32_t npending_close, cappending_close;
   char parties_prefix[32]; /* "/parties" */
   long max_rooms;          /* refuse to create rooms past this (default 100000) */
+  void *shard;             /* shard mode state (shard.c), NULL unless `serve --shard` */
 };
 
 /* ---- room.c ---- */
@@ -180,10 +186,23 @@ void lr_server_advance(lr_server *s, int64_t ms);
  * values already pushed; returns lr_vm_pcall's status. Stack [-nargs, +nres]. */
 int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what, int nargs,
                     int nres, char *err, size_t errlen);
+/* srv.env[name] of the Lua server table (the environment the host passed),
+ * copied into buf; "" when unset. */
+const char *lr_server_env(lr_server *s, const char *name, char *buf, size_t n);
 
 /* Open a client connection on r (connect, guards, snapshot). The returned
  * conn holds one reference for the caller's transport (see server.h). */
 lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp);
+/* The same for a client relayed by a shard: flagged relayed before its
+ * connect runs (see lr_conn.relayed). */
+lr_conn *lr_room_open_relayed(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
+                              void *tp);
+/* Add a raw member to r's broadcast list: joined at once, no connect, no
+ * session, no snapshot (a shard uplink). One reference for the transport. */
+lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp);
+/* A bare connection object (no Lua table, no room list); r may be NULL.
+ * One reference for the transport. */
+lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *tp);
 
 /* Wake a hibernated room (rebuild it from storage) and note activity. */
 void lr_room_activity(lr_room *r);
@@ -196,6 +215,29 @@ int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
                    lr_conn **out);
 void lr_uplink_message(lr_conn *c, const char *data, size_t len);
 void lr_uplink_closed(lr_conn *c);
+/* Free the uplink state of c (an uplink or a relayed client): room.c calls
+ * it when a relayed client is closed and when any such conn is freed (a
+ * server freed without closing its sockets). Idempotent. */
+void lr_uplink_forget(lr_conn *c);
+/* Deliver m to each joined client relayed by uplink c, one targetClientId
+ * frame each and through the room's interceptor, skipping the conn ids in
+ * except. Used instead of one shared frame when the room has an interceptor
+ * or the broadcast excludes connections. */
+void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept);
+
+/* ---- shard.c: hooks room.c calls when s->shard is set (shard.h) ---- */
+/* A WebSocket on /parties/shard/{shard_id}: same contract as lr_server_ws_open. */
+int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
+                     const lr_transport_vt *vt, void *tp, lr_conn **out);
+/* HTTP on /parties/{ns}/{id}{rest} for ns "shard" (and "world" when
+ * forwarded): answered later, after the upstream answered. Returns false if
+ * ns is not the shard's (room.c routes it as usual). */
+bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
+                   const char *rest, lr_response_cb done, void *ud);
+void lr_shard_client_message(lr_conn *c, const char *data, size_t len);
+void lr_shard_client_closed(lr_conn *c);
+/* Server shutdown: close client sockets (1001) and uplinks, final reports. */
+void lr_shard_shutdown(lr_server *s);
 
 /* ---- lua_api.c ---- */
 /* Push the Lua value of n (scalars as Lua values, containers as live proxies

@@ -1267,7 +1267,7 @@ static int l_listdir(lua_State *L) {
     names[n++] = lr_xstrndup(e->d_name, l);
   }
   closedir(d);
-  qsort(names, n, sizeof *names, cmp_str);
+  if (n) qsort(names, n, sizeof *names, cmp_str);
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
     lua_pushstring(L, names[i]);
@@ -1599,22 +1599,15 @@ int luaopen_lunaroom_core(lua_State *L) {
     lua_setfield(L, -2, "__name");
   }
   lua_pop(L, 1);
-  luaL_newmetatable(L, SERVER_MT);
-  lua_pushcfunction(L, server_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, ROOM_MT);
-  lua_pushcfunction(L, room_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, CONN_MT);
-  lua_pushcfunction(L, conn_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, HL_MT);
-  lua_pushcfunction(L, hl_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1);
+  /* Handles: a metatable each, with only a finalizer. */
+  static const luaL_Reg handles[] = {
+      {SERVER_MT, server_gc}, {ROOM_MT, room_gc}, {CONN_MT, conn_gc}, {HL_MT, hl_gc}};
+  for (size_t i = 0; i < sizeof handles / sizeof *handles; i++) {
+    luaL_newmetatable(L, handles[i].name);
+    lua_pushcfunction(L, handles[i].func);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+  }
   /* Proxy cache: weak values, keyed by node address. */
   lua_newtable(L);
   lua_newtable(L);

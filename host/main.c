@@ -15,10 +15,12 @@
 #include <lualib.h>
 
 #include "engine.h"
+#include "fetch.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "net.h"
 #include "reload.h"
+#include "shard.h"
 
 void lr_lua_push_server(lua_State *L, lr_server *s, bool owned);
 
@@ -54,6 +56,20 @@ static const char *usage =
     "                        storage = \"memory\", rooms = \"rooms\", ...); flags win\n"
     "  --lua-path DIR        where the lunaroom Lua modules live (default: the source tree's "
     "lua/)\n"
+    "\n"
+    "world and shards (README \"World and shards\"):\n"
+    "  --world               also serve the world room (party world, world-{id}); needs\n"
+    "                        AUTH_JWT_SECRET and SHARD_SECRET in the environment\n"
+    "  --world-cleanup-interval MS  how often the world drops silent shards (default 60000)\n"
+    "  --world-shard-timeout MS     a shard silent this long is dropped (default 300000)\n"
+    "  --shard MAIN_URL      run as a shard process relaying /parties/shard/{id} to the main\n"
+    "                        server at MAIN_URL (http://host:port); needs SHARD_SECRET; serves\n"
+    "                        no rooms unless ROOMS_DIR is given\n"
+    "  --world-url URL       where a shard reports (/update-shard) and forwards /parties/world\n"
+    "                        (default: MAIN_URL)\n"
+    "  --world-id ID         the world a shard reports to (default: from the shard id, else\n"
+    "                        WORLD_ID, else world-default)\n"
+    "  --stats-interval MS   a shard's periodic report (default 30000; 0 = only on changes)\n"
     "  --help                this text\n";
 
 static const char *default_lua_dir(void) {
@@ -279,9 +295,38 @@ static int cmd_serve(int argc, char **argv, const char *lua_dir) {
   return cmd_serve_args(argc, argv, lua_dir);
 }
 
+/* Load lua/lunaroom/world.lua (the world room) into srv (at stack index
+ * srv). Returns 0 or -1 (logged). */
+static int add_world(lua_State *L, int rt, int srv, const char *lua_dir) {
+  char file[4096];
+  snprintf(file, sizeof file, "%s/lunaroom/world.lua", lua_dir);
+  if (require_mod(L, "lunaroom.sandbox") != 0) return -1;
+  lua_getfield(L, -1, "load_room_file");
+  lua_pushstring(L, file);
+  lr_callinfo ci = {.what = "world"};
+  if (lr_vm_pcall(L, 1, 2, &ci) != 0 || lua_isnil(L, -2)) {
+    lr_error("cannot load the world room %s: %s", file, lua_tostring(L, -1));
+    return -1;
+  }
+  int def = lua_gettop(L) - 1;
+  lua_getfield(L, rt, "add_definition");
+  lua_pushvalue(L, srv);
+  lua_pushvalue(L, def);
+  lua_pushstring(L, file);
+  lua_pushvalue(L, def + 1);
+  if (lr_vm_pcall(L, 4, 0, &ci) != 0) return -1;
+  lr_info("world room enabled: /parties/world/world-{worldId} (version %s)",
+          lua_tostring(L, def + 1));
+  return 0;
+}
+
 static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite";
-  int watch = 1;
+  int watch = 1, world = 0, dir_given = 0;
+  const char *shard_main = NULL, *world_url = NULL, *world_id = NULL;
+  const char *cleanup_ms = getenv("WORLD_CLEANUP_INTERVAL_MS");
+  const char *timeout_ms = getenv("WORLD_SHARD_TIMEOUT_MS");
+  long long stats_ms = 0;
   long max_rooms = 0;
   size_t lua_memory = (size_t)1 << 30;
   lr_net_opts no;
@@ -313,10 +358,39 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       lr_log_set_json(strcmp(argv[++i], "json") == 0);
     else if (strcmp(a, "--no-watch") == 0)
       watch = 0;
-    else if (a[0] != '-')
+    else if (strcmp(a, "--world") == 0)
+      world = 1;
+    else if (strcmp(a, "--world-cleanup-interval") == 0 && v)
+      cleanup_ms = argv[++i];
+    else if (strcmp(a, "--world-shard-timeout") == 0 && v)
+      timeout_ms = argv[++i];
+    else if (strcmp(a, "--shard") == 0 && v)
+      shard_main = argv[++i];
+    else if (strcmp(a, "--world-url") == 0 && v)
+      world_url = argv[++i];
+    else if (strcmp(a, "--world-id") == 0 && v)
+      world_id = argv[++i];
+    else if (strcmp(a, "--stats-interval") == 0 && v) {
+      stats_ms = atoll(argv[++i]);
+      if (stats_ms <= 0) stats_ms = -1; /* only reports on changes */
+    } else if (a[0] != '-') {
       dir = a;
-    else {
+      dir_given = 1;
+    } else {
       fprintf(stderr, "lunaroom serve: unknown option %s\n\n%s", a, usage);
+      return 2;
+    }
+  }
+  /* World and shards refuse to run unauthenticated (design.md §8). */
+  const char *need[2] = {world ? "AUTH_JWT_SECRET" : NULL,
+                         world || shard_main ? "SHARD_SECRET" : NULL};
+  for (int k = 0; k < 2; k++) {
+    const char *e = need[k] ? getenv(need[k]) : NULL;
+    if (need[k] && (!e || !*e)) {
+      fprintf(stderr,
+              "lunaroom serve: %s is not set; %s needs it (export %s=<a long random secret>, "
+              "the same on every process of the world)\n",
+              need[k], world ? "--world" : "--shard", need[k]);
       return 2;
     }
   }
@@ -332,6 +406,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   }
   lr_server *s = lr_server_new(L, st, true, false, 0);
   if (max_rooms) s->max_rooms = max_rooms;
+  lr_fetch_lua_register(L, s); /* remote session transfers (runtime.lua) */
   if (require_mod(L, "lunaroom.runtime") != 0) return 1;
   int rt = lua_gettop(L);
   /* srv = runtime.new_server(handle, {env = {...}}) */
@@ -339,7 +414,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   lr_lua_push_server(L, s, false);
   lua_createtable(L, 0, 1);
   lua_createtable(L, 0, 2);
-  const char *envs[] = {"SHARD_SECRET", "AUTH_JWT_SECRET", "WORLD_ID"};
+  const char *envs[] = {"SHARD_SECRET", "AUTH_JWT_SECRET", "WORLD_ID", "SIGNE_WORLD_ID"};
   for (size_t i = 0; i < sizeof envs / sizeof *envs; i++) {
     const char *e = getenv(envs[i]);
     if (e) {
@@ -347,24 +422,52 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       lua_setfield(L, -2, envs[i]);
     }
   }
+  /* The world's cleanup timings (lua/lunaroom/world.lua reads room.env). */
+  if (cleanup_ms) {
+    lua_pushstring(L, cleanup_ms);
+    lua_setfield(L, -2, "WORLD_CLEANUP_INTERVAL_MS");
+  }
+  if (timeout_ms) {
+    lua_pushstring(L, timeout_ms);
+    lua_setfield(L, -2, "WORLD_SHARD_TIMEOUT_MS");
+  }
   lua_setfield(L, -2, "env");
   lr_callinfo ci = {.what = "startup"};
   if (lr_vm_pcall(L, 2, 1, &ci) != 0) return 1;
   int srv = lua_gettop(L);
-  lua_getfield(L, rt, "load_dir");
-  lua_pushvalue(L, srv);
-  lua_pushstring(L, dir);
-  if (lr_vm_pcall(L, 2, 2, &ci) != 0) return 1;
-  if (lua_isnil(L, -2)) {
-    lr_error("cannot load rooms from %s: %s", dir, lua_tostring(L, -1));
-    return 1;
+  if (world && add_world(L, rt, srv, lua_dir) != 0) return 1;
+  lua_settop(L, srv);
+  if (!shard_main || dir_given) {
+    lua_getfield(L, rt, "load_dir");
+    lua_pushvalue(L, srv);
+    lua_pushstring(L, dir);
+    if (lr_vm_pcall(L, 2, 2, &ci) != 0) return 1;
+    if (lua_isnil(L, -2)) {
+      lr_error("cannot load rooms from %s: %s", dir, lua_tostring(L, -1));
+      return 1;
+    }
+    lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,
+            storage);
+    if (watch) lr_reload_watch(s, srv, dir); /* hot reload; logs and goes on if it cannot */
   }
-  lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,
-          storage);
-  if (watch) lr_reload_watch(s, srv, dir); /* hot reload; logs and goes on if it cannot */
+  if (shard_main) {
+    lr_shard_opts so = {.main_url = shard_main,
+                        .world_url = world_url,
+                        .world_id = world_id,
+                        .stats_interval_ms = stats_ms,
+                        .forward_world = !world,
+                        .max_frame = no.max_frame};
+    if (lr_shard_enable(s, &so, err, sizeof err) != 0) {
+      lr_error("%s", err);
+      return 1;
+    }
+  }
   lua_settop(L, 0);
   int rc = lr_net_run(s, &no);
   lr_server_shutdown(s);
+  lr_fetch_flush(1000); /* a shard's last reports and uplink closes */
+  lr_shard_free(s);
+  lr_fetch_shutdown();
   if (strncmp(storage, "memory:", 7) == 0) {
     /* A memory store seeded from a snapshot file is saved back on shutdown. */
     if (lr_store_memory_save(st, NULL, err, sizeof err) != 0) {

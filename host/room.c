@@ -463,6 +463,13 @@ static void conn_send_raw(lr_conn *c, lr_msg *m) {
  * has one (the only per-connection Lua work on the send path). */
 void lr_conn_send_msg(lr_conn *c, lr_msg *m, const char *json, size_t len) {
   lr_room *r = c->room;
+  if (c->uplink && r && r->has_interceptor) {
+    /* One interceptor call per relayed client, not one for the whole shard. */
+    lr_msg *own = m ? lr_msg_retain(m) : lr_msg_new(json, len);
+    lr_uplink_fanout(c, own, NULL, 0);
+    lr_msg_release(own);
+    return;
+  }
   if (!r || !r->has_interceptor) {
     lr_msg *own = m ? m : lr_msg_new(json, len);
     conn_send_raw(c, own);
@@ -519,7 +526,11 @@ void lr_room_broadcast(lr_room *r, const lr_node *v, const char *const *except, 
   lr_room_retain(r);
   for (uint32_t i = 0; i < r->nconns; i++) {
     lr_conn *c = r->conns[i];
-    if (!c->parked && !excluded(c, except, nexcept)) lr_conn_send_msg(c, m, NULL, 0);
+    if (c->parked || c->relayed || excluded(c, except, nexcept)) continue;
+    if (c->uplink && nexcept)
+      lr_uplink_fanout(c, m, except, nexcept); /* some of its clients may be excluded */
+    else
+      lr_conn_send_msg(c, m, NULL, 0);
   }
   lr_room_release(r);
   lr_msg_release(m);
@@ -593,7 +604,7 @@ void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
       c->parked = false;
       lr_conn_send_msg(c, NULL, snap.data, snap.len);
       lr_buf_free(&snap);
-    } else if (m) {
+    } else if (m && !c->relayed) {
       lr_conn_send_msg(c, m, NULL, 0);
     }
   }
@@ -710,6 +721,7 @@ void lr_conn_retain(lr_conn *c) {
 
 void lr_conn_release(lr_conn *c) {
   if (--c->refs) return;
+  if (c->uplink || c->relayed) lr_uplink_forget(c);
   if (c->box) *c->box = NULL;
   if (c->ref != LUA_NOREF) luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
   if (c->room) lr_room_release(c->room);
@@ -743,6 +755,15 @@ void lr_conn_close(lr_conn *c, int code, const char *reason) {
   c->vt->close(c, code, reason ? reason : "");
 }
 
+static void room_list_add(lr_room *r, lr_conn *c) {
+  if (r->nconns == r->capconns) {
+    r->capconns = r->capconns ? r->capconns * 2 : 8;
+    r->conns = lr_xrealloc(r->conns, r->capconns * sizeof *r->conns);
+  }
+  r->conns[r->nconns++] = c;
+  c->in_room_list = true;
+}
+
 void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   if (c->phase != LR_C_JOINING) return;
   /* Changes made while this client joined reach the others first (it gets
@@ -757,12 +778,7 @@ void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   } else {
     c->parked = true;
   }
-  if (r->nconns == r->capconns) {
-    r->capconns = r->capconns ? r->capconns * 2 : 8;
-    r->conns = lr_xrealloc(r->conns, r->capconns * sizeof *r->conns);
-  }
-  r->conns[r->nconns++] = c;
-  c->in_room_list = true;
+  room_list_add(r, c);
   c->phase = LR_C_JOINED;
 }
 
@@ -865,6 +881,22 @@ int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what
   if (rc && err)
     snprintf(err, errlen, "%s", ci.budget_hit ? "instruction budget exceeded" : ci.err);
   return rc;
+}
+
+const char *lr_server_env(lr_server *s, const char *name, char *buf, size_t n) {
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  buf[0] = 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "env");
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, name);
+      if (lua_type(L, -1) == LUA_TSTRING) snprintf(buf, n, "%s", lua_tostring(L, -1));
+    }
+  }
+  lua_settop(L, top);
+  return buf;
 }
 
 static void count_rejected(lr_server *s, const char *code) {
@@ -977,23 +1009,38 @@ static void push_request(lua_State *L, const lr_request *req) {
   lua_setfield(L, -2, "ip");
 }
 
-/* Open a connection on room r: run the room's connect (guards, session,
- * onJoin, snapshot) and then the frames that arrived meanwhile. Returns the
- * connection with one reference owned by the caller's transport. */
-lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp) {
-  lr_server *s = r->srv;
-  s->stats.conns_open++;
-  s->stats.conns_total++;
+lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *tp) {
   lr_conn *c = lr_xcalloc(1, sizeof *c);
   c->srv = s;
   c->L = s->L;
-  c->room = lr_room_retain(r);
+  c->room = r ? lr_room_retain(r) : NULL;
   c->vt = vt;
   c->tp = tp;
   c->refs = 1; /* the transport's */
   c->ref = LUA_NOREF;
   lr_buf_init(&c->early);
   lr_random_id(s, c->id, 10, "0123456789abcdefghijklmnopqrstuvwxyz");
+  return c;
+}
+
+lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp) {
+  lr_conn *c = lr_conn_new(r->srv, r, vt, tp);
+  lr_lua_new_conn(r->srv->L, c, NULL);
+  room_list_add(r, c);
+  c->phase = LR_C_JOINED;
+  return c;
+}
+
+/* Open a connection on room r: run the room's connect (guards, session,
+ * onJoin, snapshot) and then the frames that arrived meanwhile. Returns the
+ * connection with one reference owned by the caller's transport. */
+static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                          bool relayed) {
+  lr_server *s = r->srv;
+  s->stats.conns_open++;
+  s->stats.conns_total++;
+  lr_conn *c = lr_conn_new(s, r, vt, tp);
+  c->relayed = relayed;
   lua_State *L = s->L;
   int top = lua_gettop(L);
   lr_lua_new_conn(L, c, NULL);
@@ -1028,6 +1075,15 @@ lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport
   return c;
 }
 
+lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp) {
+  return open_conn(r, req, vt, tp, false);
+}
+
+lr_conn *lr_room_open_relayed(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
+                              void *tp) {
+  return open_conn(r, req, vt, tp, true);
+}
+
 static const char *header_of(const lr_request *req, const char *name) {
   for (size_t i = 0; i < req->nheaders; i++)
     if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
@@ -1044,6 +1100,7 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     lr_warn("websocket refused: path %s is not /parties/{party}/{room}", req->path);
     return 404;
   }
+  if (s->shard && strcmp(ns, "shard") == 0) return lr_shard_ws_open(s, req, id, vt, tp, out);
   lr_room *r = get_room(s, ns, id);
   if (!r) {
     lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
@@ -1062,6 +1119,10 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
   if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
   if (c->uplink) {
     lr_uplink_message(c, data, len);
+    return;
+  }
+  if (c->shard_client) {
+    lr_shard_client_message(c, data, len);
     return;
   }
   if (c->phase == LR_C_JOINING) {
@@ -1158,6 +1219,7 @@ void lr_conn_closed(lr_conn *c) {
     lr_uplink_closed(c);
   else if (s->stats.conns_open)
     s->stats.conns_open--;
+  if (c->shard_client) lr_shard_client_closed(c);
   bool was_member = c->in_room_list || c->phase == LR_C_JOINING || c->phase == LR_C_CLOSING;
   c->phase = LR_C_GONE;
   remove_from_room(c); /* before onLeave: the reference's adapters do the same */
@@ -1175,6 +1237,7 @@ void lr_conn_closed(lr_conn *c) {
     lr_server_flush_touched(s);
   }
   lr_info("conn %s room %s: closed", c->id, r ? r->key : "-");
+  if (c->relayed) lr_uplink_forget(c);
   lr_conn_release(c); /* the transport's reference */
 }
 
@@ -1239,6 +1302,7 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     done(ud, &resp);
     return;
   }
+  if (s->shard && lr_shard_http(s, req, ns, id, rest, done, ud)) return;
   lr_room *r = get_room(s, ns, id);
   if (!r) {
     lr_warn("http %s %s: no room definition matches %s/%s", req->method, req->path, ns, id);
@@ -1297,6 +1361,7 @@ void lr_server_shutdown(lr_server *s) {
   if (s->shutting_down) return;
   lr_info("shutting down: flushing rooms and closing connections");
   s->shutting_down = true;
+  if (s->shard) lr_shard_shutdown(s);
   for (uint32_t b = 0; b < s->nbuckets; b++) {
     for (lr_room *r = s->rooms[b]; r; r = r->hash_next) {
       lr_room_retain(r);

@@ -46,19 +46,7 @@ M.norm = norm
 
 local function dirname(p) return p and p:match("^(.*)/[^/]*$") or "." end
 
-local function deepcopy(x)
-  if type(x) ~= "table" then return x end
-  local t = {}
-  for k, val in pairs(x) do t[k] = deepcopy(val) end
-  return setmetatable(t, getmetatable(x))
-end
-
-local function flags_of(f)
-  local fl = 0
-  if not f.sync then fl = fl | NOSYNC end
-  if not f.persist then fl = fl | NOPERSIST end
-  return fl
-end
+local deepcopy, flags_of = runtime.deepcopy, runtime.flags_of
 
 local function sorted_keys(t)
   local ks = {}

@@ -45,6 +45,8 @@ local function flags_of(f)
   return fl
 end
 
+M.deepcopy, M.flags_of = deepcopy, flags_of -- shared with lunaroom.reload
+
 local function urldecode(s)
   s = s:gsub("+", " ")
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
@@ -116,8 +118,12 @@ end
 function Room:cancel(id) core.cancel(rawget(self, "srv").h, id) end
 
 --- room:sessionTransfer(conn, targetRoomId) -> token | nil, err
-function Room:sessionTransfer(conn, target)
-  return M.session_transfer(rawget(self, "srv"), self, conn, target)
+--- room:sessionTransfer(conn, targetRoomId, {url = "http://host:port", party = "main",
+---   timeout = ms}, function(room, token, err) ... end) -> true | nil, err
+--- The second form transfers to a room of another process (asynchronous;
+--- both processes need the same SHARD_SECRET).
+function Room:sessionTransfer(conn, target, opts, done)
+  return M.session_transfer(rawget(self, "srv"), self, conn, target, opts, done)
 end
 
 -- room.parties.main:get("other"):fetch("/count", {method, headers, body})
@@ -158,6 +164,7 @@ RoomMT.__index = function(self, k)
   if k == "autoSync" then return rawget(self, "_autoSync") end
   if k == "parties" then return parties_of(self) end
   if k == "storage" then return rawget(self, "_storage") end
+  if k == "env" then return rawget(self, "srv").env_view end
   return Room[k]
 end
 RoomMT.__newindex = function(self, k, value)
@@ -204,6 +211,12 @@ function Storage:count() return core.store_count(self.h) end
 --- Create the Lua side of a server around a C server handle.
 function M.new_server(h, opts)
   local srv = { h = h, defs = {}, rooms = {}, opts = opts or {}, env = (opts or {}).env or {} }
+  -- room.env: a read-only view of the process environment the host passed
+  -- (SHARD_SECRET, AUTH_JWT_SECRET, WORLD_ID, ...), like the reference's room.env.
+  srv.env_view = setmetatable({}, {
+    __index = srv.env, __pairs = function() return next, srv.env, nil end,
+    __newindex = function() error("room.env is read-only", 2) end, __metatable = false,
+  })
   core.server_bind(h, srv)
   return srv
 end
@@ -718,7 +731,17 @@ end
 function M.request(srv, room, req, path)
   local d = rawget(room, "def")
   local key = rawget(room, "key")
-  if req.method == "POST" and path:match("/session%-transfer$") then
+  -- A request forwarded by a shard process (host/shard.c) must carry the
+  -- secret; it reaches the room's routes only, never /session-transfer.
+  local via_shard = req.headers["x-forwarded-by-shard"] ~= nil or req.headers["x-shard-id"] ~= nil
+  if via_shard then
+    local secret = srv.env.SHARD_SECRET
+    if not (secret and secret ~= "" and req.headers["x-access-shard"] == secret) then
+      log("warn", "room %s: %s %s claims to come from a shard without the secret: refused", key,
+        req.method, path)
+      return json_response(401, { error = "Invalid shard credentials" })
+    end
+  elseif req.method == "POST" and path:match("/session%-transfer$") then
     return M.transfer_request(srv, room, req)
   end
   local route, params = match_route(d.routes, req.method, path)
@@ -734,7 +757,9 @@ function M.request(srv, room, req, path)
   local m = req.method
   if (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
     local data, err = core.decode(req.body or "")
-    if data == nil and err then return json_response(400, { error = "Failed to parse request body" }) end
+    if data == nil and err and route.schema then
+      return json_response(400, { error = "Failed to parse request body" })
+    end
     if route.schema then
       local ok, res = route.schema:parse(data ~= null and data or nil)
       if not ok then
@@ -808,10 +833,42 @@ function M.transfer_in(srv, room, data)
   return 200, { transferToken = token }
 end
 
-function M.session_transfer(srv, room, conn, target_id)
+-- POST {url}/parties/{party}/{target}/session-transfer on another process
+-- (host/fetch.c); done(room, token, err) runs when it answered.
+local function remote_transfer(srv, room, target_id, data, opts, done)
+  local secret = srv.env.SHARD_SECRET
+  if not secret or secret == "" then return nil, "a remote session transfer needs SHARD_SECRET" end
+  local ok, fetch = pcall(require, "lunaroom.fetch")
+  if not ok then return nil, "a remote session transfer needs a server (lunaroom serve)" end
+  local key = rawget(room, "key")
+  local url = tostring(opts.url):gsub("/+$", "") .. "/parties/" .. (opts.party or "main") .. "/"
+    .. target_id .. "/session-transfer"
+  local id, err = fetch.request("POST", url, { ["content-type"] = "application/json",
+    ["x-access-shard"] = secret }, core.encode(data), opts.timeout or 10000, function(res)
+    local token, why = nil, res.error
+    if not why then
+      local body = core.decode(res.body or "")
+      token = res.status == 200 and type(body) == "table" and body.transferToken or nil
+      if not token then
+        why = "HTTP " .. res.status .. (type(body) == "table" and body.error and (": " .. body.error) or "")
+      end
+    end
+    if why then log("warn", "room %s: session transfer to %s failed: %s", key, url, why) end
+    local cur = srv.rooms[key]
+    if done and cur then core.pcall(done, key, "sessionTransfer callback", cur, token, why) end
+  end)
+  if not id then return nil, err end
+  return true
+end
+
+function M.session_transfer(srv, room, conn, target_id, opts, done)
   local users = users_of(room)
   local pid = conn.state and conn.state.publicId
   if not users or not pid or users[pid] == nil then return nil, "no user for this connection" end
+  if type(opts) == "table" and opts.url then
+    return remote_transfer(srv, room, target_id, { privateId = conn.state.privateId, publicId = pid,
+      userSnapshot = core.copy(users[pid], NOPERSIST) }, opts, done)
+  end
   local target = srv.rooms[rawget(room, "name") .. "/" .. target_id]
   if not target then
     target = M.create_room(srv, rawget(room, "name"), target_id)

@@ -1,0 +1,837 @@
+/*
+ * shard.c - shard mode (`lunaroom serve --shard MAIN_URL`, protocol.md §7.5
+ * and §7.6): a process that relays the clients of /parties/shard/{shardId}
+ * to the main server holding the room, forwards their HTTP requests, and
+ * reports each shard's connection count to the world.
+ *
+ * Owns: shard instances (one per shard id with clients on this process: an
+ * uplink WebSocket to the main room with x-shard-id, x-shard-world-id and
+ * x-access-shard, its client sockets keyed by private id, its reports);
+ * world id resolution; the uplink framing on the shard side; HTTP
+ * forwarding to the main server (the path after the shard id, Part 1 row 15,
+ * with the §7.6 headers) and, optionally, of /parties/world/... to the world.
+ * Must not: run room code (the room lives on the main server), trust client
+ * headers that claim shard credentials (they are stripped), forward
+ * /session-transfer (no session transfer through a shard), or block the loop
+ * (every outgoing request and socket goes through fetch.c).
+ *
+ * Model. Like the reference's `shard` party, a shard id is served by
+ * whichever shard process its clients reach: the first client socket for
+ * shard X on this process starts instance X (uplink + reports), the last one
+ * leaving starts a linger period after which the instance stops. Put several
+ * shard processes behind a load balancer with affinity on the path
+ * /parties/shard/{shardId}, or point each client at one shard process (the
+ * shard process also forwards /parties/world/... so connectionWorld({host})
+ * can use it as its only host).
+ *
+ * Reports (POST {world}/parties/world/{worldId}/update-shard): forced when an
+ * instance starts and every stats interval; on every client connect and
+ * close when the count differs from the last count the world accepted. One
+ * report per instance is in flight at a time; a newer one waits for it.
+ * Shutdown reports 0 with status "draining", so the world drops this
+ * process's shards at once instead of after its timeout.
+ */
+#include "shard.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <lauxlib.h>
+
+#include "engine.h"
+#include "fetch.h"
+#include "json.h"
+#include "log.h"
+
+#define SHARD_TICK_MS 250       /* resolution of reports and lingering */
+#define REPORT_TIMEOUT_MS 10000 /* one /update-shard exchange */
+#define FORWARD_TIMEOUT_MS 30000
+#define FRAME_OVERHEAD 1024 /* envelope bytes around a relayed client frame */
+#define MAX_HEADERS 64
+#define MAX_PRIVATE_ID 256     /* uplink.c refuses longer client ids */
+#define MAX_BACKLOG (8u << 20) /* bytes waiting on an uplink before clients are refused */
+
+typedef struct shard_proc shard_proc;
+typedef struct shard_inst shard_inst;
+
+/* One client socket (lr_conn.shard_client). */
+typedef struct sclient {
+  shard_inst *si; /* NULL once its instance is gone */
+  lr_conn *c;
+  char *priv;
+} sclient;
+
+struct shard_inst {
+  shard_proc *sp;
+  char *id, *room_id, *world_id;
+  lr_wsc *up;   /* NULL once closed or lost */
+  bool up_open; /* the uplink handshake completed */
+  bool dead;    /* the uplink is gone: no new clients, freed when empty */
+  sclient **cl;
+  uint32_t ncl, capcl;
+  int64_t next_report; /* forced report due at (0 = none) */
+  int64_t empty_since; /* linger start, 0 while it has clients */
+  int reported;        /* last count the world accepted (-1 = none yet) */
+  bool inflight, again, again_forced;
+  bool report_failing; /* the last report failed (logged once) */
+  shard_inst *next;
+};
+
+/* A forwarded HTTP request waiting for the upstream. */
+typedef struct forward {
+  shard_proc *sp;
+  uint64_t id;
+  lr_response_cb done;
+  void *ud;
+  bool to_world;
+  struct forward *next;
+} forward;
+
+struct shard_proc {
+  lr_server *s;
+  char *main_url, *world_url, *world_id_opt, *secret;
+  int64_t stats_interval, linger;
+  bool forward_world;
+  size_t max_client_frame;
+  shard_inst *insts;
+  forward *forwards;
+  struct report *reports; /* in flight */
+  uint64_t tick_timer;    /* engine timer id, 0 = none */
+  bool shutting_down;
+};
+
+static const lr_header cors[] = {
+    {"Access-Control-Allow-Origin", "*"},
+    {"Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS"},
+    {"Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With"},
+    {"Access-Control-Max-Age", "86400"},
+};
+
+/* Client headers that only a shard may set: never passed on from a client. */
+static bool shard_header(const char *name) {
+  return strcasecmp(name, "x-access-shard") == 0 || strcasecmp(name, "x-shard-id") == 0 ||
+         strcasecmp(name, "x-shard-world-id") == 0 ||
+         strcasecmp(name, "x-forwarded-by-shard") == 0 ||
+         strcasecmp(name, "x-original-client-ip") == 0;
+}
+
+static char *xstrdup(const char *s) {
+  return lr_xstrndup(s, strlen(s));
+}
+
+static void pct_encode(lr_buf *b, const char *s) {
+  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+    if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+        *c == '-' || *c == '_' || *c == '.' || *c == '~')
+      lr_buf_putc(b, (char)*c);
+    else
+      lr_buf_printf(b, "%%%02X", *c);
+  }
+}
+
+static const char *header_of(const lr_request *req, const char *name) {
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+  return NULL;
+}
+
+/* The value of query parameter name (raw, still percent-encoded), or NULL. */
+static const char *query_param(const char *q, const char *name, size_t *len) {
+  size_t nl = strlen(name);
+  while (q && *q) {
+    const char *end = strchr(q, '&');
+    size_t n = end ? (size_t)(end - q) : strlen(q);
+    if (n > nl && strncmp(q, name, nl) == 0 && q[nl] == '=') {
+      *len = n - nl - 1;
+      return q + nl + 1;
+    }
+    q = end ? end + 1 : NULL;
+  }
+  return NULL;
+}
+
+static char *pct_decode(const char *s, size_t n) {
+  char *out = lr_xmalloc(n + 1);
+  size_t j = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '%' && i + 2 < n) {
+      char hex[3] = {s[i + 1], s[i + 2], 0};
+      char *end;
+      long v = strtol(hex, &end, 16);
+      if (*end == 0 && v > 0) {
+        out[j++] = (char)v;
+        i += 2;
+        continue;
+      }
+    }
+    out[j++] = s[i] == '+' ? ' ' : s[i];
+  }
+  out[j] = 0;
+  return out;
+}
+
+/* The client's private id (as the room computes its session id, Part 1 row
+ * 1): ?id= trimmed, else ?_pk=, else a random id. */
+static char *private_id(lr_server *s, const char *query) {
+  size_t n;
+  const char *v = query_param(query, "id", &n);
+  if (v) {
+    char *id = pct_decode(v, n);
+    char *b = id, *e = id + strlen(id);
+    while (*b == ' ' || *b == '\t' || *b == '\n' || *b == '\r')
+      b++;
+    while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
+      e--;
+    if (e > b) {
+      char *out = lr_xstrndup(b, (size_t)(e - b));
+      free(id);
+      return out;
+    }
+    free(id);
+  }
+  v = query_param(query, "_pk", &n);
+  if (v && n) return pct_decode(v, n);
+  char rnd[17];
+  lr_random_id(s, rnd, 16, "0123456789abcdefghijklmnopqrstuvwxyz");
+  return xstrdup(rnd);
+}
+
+/* ------------------------------------------------------------ timers */
+
+static int tick_cb(lua_State *L);
+
+static void arm_tick(shard_proc *sp, int64_t delay) {
+  if (sp->tick_timer || sp->shutting_down) return;
+  lua_State *L = sp->s->L;
+  lua_pushlightuserdata(L, sp);
+  lua_pushcclosure(L, tick_cb, 1);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  sp->tick_timer = lr_timer_add(sp->s, delay, LR_T_LUA, NULL, ref)->seq;
+}
+
+/* ------------------------------------------------------------ reports */
+
+typedef struct report {
+  shard_proc *sp;
+  char *shard_id;
+  int count;
+  uint64_t fetch_id;
+  struct report *next; /* in sp->reports */
+} report;
+
+static void report_forget(report *rp) {
+  for (report **pp = &rp->sp->reports; *pp; pp = &(*pp)->next) {
+    if (*pp == rp) {
+      *pp = rp->next;
+      break;
+    }
+  }
+  free(rp->shard_id);
+  free(rp);
+}
+
+static shard_inst *find_inst(shard_proc *sp, const char *id, bool live_only) {
+  for (shard_inst *si = sp->insts; si; si = si->next)
+    if (strcmp(si->id, id) == 0 && !(live_only && si->dead)) return si;
+  return NULL;
+}
+
+static void send_report(shard_inst *si, bool forced, const char *status, int count);
+
+static void report_done(void *ud, const lr_fetch_result *r) {
+  report *rp = ud;
+  shard_inst *si = find_inst(rp->sp, rp->shard_id, false);
+  bool ok = r->status >= 200 && r->status < 300;
+  if (si) {
+    si->inflight = false;
+    if (ok) {
+      si->reported = rp->count;
+      if (si->report_failing) lr_info("shard %s: reports to the world work again", si->id);
+      si->report_failing = false;
+    } else if (!si->report_failing) {
+      si->report_failing = true;
+      if (r->error)
+        lr_warn("shard %s: report to the world failed: %s", si->id, r->error);
+      else
+        lr_warn("shard %s: report to the world refused: HTTP %d %.*s", si->id, r->status,
+                (int)(r->bodylen > 200 ? 200 : r->bodylen), r->body);
+    }
+    if (si->again) {
+      bool forced = si->again_forced;
+      si->again = si->again_forced = false;
+      send_report(si, forced, NULL, -1);
+    }
+  }
+  report_forget(rp);
+}
+
+/* POST /update-shard with this instance's count (forced, or only when it
+ * changed since the last accepted report); count < 0 means the live count. */
+static void send_report(shard_inst *si, bool forced, const char *status, int count) {
+  shard_proc *sp = si->sp;
+  if (count < 0) count = (int)si->ncl;
+  if (!forced && !status && count == si->reported) return;
+  if (si->inflight) {
+    si->again = true;
+    si->again_forced |= forced;
+    return;
+  }
+  lr_buf url, body;
+  lr_buf_init(&url);
+  lr_buf_init(&body);
+  lr_buf_printf(&url, "%s/parties/world/", sp->world_url);
+  pct_encode(&url, si->world_id);
+  lr_buf_puts(&url, "/update-shard");
+  lr_buf_puts(&body, "{\"shardId\":");
+  lr_json_put_string(&body, si->id, strlen(si->id));
+  lr_buf_puts(&body, ",\"worldId\":");
+  lr_json_put_string(&body, si->world_id, strlen(si->world_id));
+  lr_buf_printf(&body, ",\"connections\":%d", count);
+  if (status) lr_buf_printf(&body, ",\"status\":\"%s\"", status);
+  lr_buf_putc(&body, '}');
+  lr_header h[2] = {{"content-type", "application/json"}, {"x-access-shard", sp->secret}};
+  report *rp = lr_xcalloc(1, sizeof *rp);
+  rp->sp = sp;
+  rp->shard_id = xstrdup(si->id);
+  rp->count = count;
+  rp->next = sp->reports;
+  sp->reports = rp;
+  rp->fetch_id = lr_fetch(sp->s, "POST", lr_buf_cstr(&url), h, 2, body.data, body.len,
+                          REPORT_TIMEOUT_MS, report_done, rp);
+  if (rp->fetch_id)
+    si->inflight = true;
+  else
+    report_forget(rp);
+  lr_buf_free(&url);
+  lr_buf_free(&body);
+}
+
+/* ------------------------------------------------------------ instances */
+
+static void inst_free(shard_inst *si) {
+  shard_proc *sp = si->sp;
+  for (shard_inst **pp = &sp->insts; *pp; pp = &(*pp)->next) {
+    if (*pp == si) {
+      *pp = si->next;
+      break;
+    }
+  }
+  for (uint32_t i = 0; i < si->ncl; i++)
+    si->cl[i]->si = NULL;
+  if (si->up) lr_wsc_close(si->up, 1000, "shard stopped");
+  free(si->cl);
+  free(si->id);
+  free(si->room_id);
+  free(si->world_id);
+  free(si);
+}
+
+/* Send one text frame on the uplink (queued until it is open). */
+static void up_send(shard_inst *si, const char *data, size_t len) {
+  if (!si->up || lr_wsc_send(si->up, data, len) != 0)
+    lr_debug("shard %s: frame for the main server dropped (uplink gone)", si->id);
+}
+
+static void close_clients(shard_inst *si, const char *priv, int code, const char *reason) {
+  for (uint32_t i = 0; i < si->ncl; i++) {
+    sclient *sc = si->cl[i];
+    if (!priv || strcmp(sc->priv, priv) == 0) lr_conn_close(sc->c, code, reason);
+  }
+}
+
+/* The uplink is lost: clients go (they reconnect, which starts a new
+ * instance and a new uplink), the world hears 0. */
+static void inst_lost(shard_inst *si, const char *why) {
+  if (si->dead) return;
+  si->dead = true;
+  lr_warn("shard %s: uplink to the main server lost (%s); closing %u clients", si->id, why,
+          si->ncl);
+  close_clients(si, NULL, 1012, "shard lost the main server");
+}
+
+static void up_open(void *ud) {
+  shard_inst *si = ud;
+  si->up_open = true;
+  lr_info("shard %s: uplink to room %s open", si->id, si->room_id);
+}
+
+static void broadcast_raw(shard_inst *si, const char *data, size_t len) {
+  if (!si->ncl) return;
+  lr_msg *m = lr_msg_new(data, len);
+  for (uint32_t i = 0; i < si->ncl; i++) {
+    lr_conn *c = si->cl[i]->c;
+    if (c->phase == LR_C_JOINED && c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "slow consumer");
+  }
+  lr_msg_release(m);
+}
+
+static void up_message(void *ud, const char *data, size_t len) {
+  shard_inst *si = ud;
+  char err[120];
+  /* Most frames are broadcasts, relayed verbatim; only the two envelope
+   * shapes are parsed (they start with these keys, as main servers send them). */
+  bool target = len > 18 && strncmp(data, "{\"targetClientId\":", 18) == 0;
+  bool closing = len > 30 && strncmp(data, "{\"type\":\"shard.closeClient\"", 27) == 0;
+  if (!target && !closing) {
+    broadcast_raw(si, data, len);
+    return;
+  }
+  lr_json_limits lim = {2, 8}; /* an envelope: one object of strings */
+  lr_node *n = lr_json_decode(data, len, &lim, err, sizeof err);
+  if (!n || n->type != LR_OBJECT) {
+    /* A targetClientId envelope whose data is big is still tiny in depth
+     * and elements; anything else is not ours to interpret. */
+    lr_node_release(n);
+    lr_warn("shard %s: unreadable frame from the main server (%s); dropped", si->id, err);
+    return;
+  }
+  if (target) {
+    const lr_node *to = lr_obj_get(n, "targetClientId", 14), *d = lr_obj_get(n, "data", 4);
+    if (to && to->type == LR_STRING && d && d->type == LR_STRING) {
+      lr_msg *m = lr_msg_new(d->u.str.s, d->u.str.len);
+      for (uint32_t i = 0; i < si->ncl; i++) {
+        lr_conn *c = si->cl[i]->c;
+        if (strcmp(si->cl[i]->priv, to->u.str.s) == 0 && c->phase == LR_C_JOINED &&
+            c->vt->send(c, m) != 0)
+          lr_conn_close(c, 1008, "slow consumer");
+      }
+      lr_msg_release(m);
+    }
+  } else {
+    const lr_node *p = lr_obj_get(n, "privateId", 9), *code = lr_obj_get(n, "code", 4),
+                  *reason = lr_obj_get(n, "reason", 6);
+    /* A code the room chose (4001 guard, 4029 full, ...), if one may be sent. */
+    int cc = code && code->type == LR_INT ? (int)code->u.i : 1000;
+    if (cc < 1000 || cc > 4999 || cc == 1004 || cc == 1005 || cc == 1006 || cc == 1015) cc = 1000;
+    if (p && p->type == LR_STRING)
+      close_clients(si, p->u.str.s, cc, reason && reason->type == LR_STRING ? reason->u.str.s : "");
+  }
+  lr_node_release(n);
+}
+
+static void up_closed(void *ud, int code, const char *reason) {
+  shard_inst *si = ud;
+  si->up = NULL; /* freed by fetch.c when this returns */
+  char why[160];
+  snprintf(why, sizeof why, "%d %s", code, reason && *reason ? reason : "closed");
+  if (!si->sp->shutting_down) inst_lost(si, why);
+  if (!si->ncl) inst_free(si);
+}
+
+static const lr_wsc_cbs uplink_cbs = {up_open, up_message, up_closed};
+
+/* World id (§7.5): the option, else the 2nd ':'-part of a 3-part shard id,
+ * else WORLD_ID, else SIGNE_WORLD_ID, else world-default. */
+static char *world_id_of(shard_proc *sp, const char *shard_id) {
+  if (sp->world_id_opt && *sp->world_id_opt) return xstrdup(sp->world_id_opt);
+  const char *a = strchr(shard_id, ':');
+  const char *b = a ? strchr(a + 1, ':') : NULL;
+  if (a && b && b > a + 1) return lr_xstrndup(a + 1, (size_t)(b - a - 1));
+  char buf[256];
+  if (*lr_server_env(sp->s, "WORLD_ID", buf, sizeof buf)) return xstrdup(buf);
+  if (*lr_server_env(sp->s, "SIGNE_WORLD_ID", buf, sizeof buf)) return xstrdup(buf);
+  return xstrdup("world-default");
+}
+
+static shard_inst *inst_start(shard_proc *sp, const char *shard_id) {
+  shard_inst *si = lr_xcalloc(1, sizeof *si);
+  si->sp = sp;
+  si->id = xstrdup(shard_id);
+  const char *colon = strchr(shard_id, ':');
+  si->room_id = colon ? lr_xstrndup(shard_id, (size_t)(colon - shard_id)) : xstrdup(shard_id);
+  si->world_id = world_id_of(sp, shard_id);
+  si->reported = -1;
+  si->empty_since = lr_now(sp->s); /* until its first client arrives */
+  si->next = sp->insts;
+  sp->insts = si;
+  lr_buf url;
+  lr_buf_init(&url);
+  lr_buf_printf(&url, "%s/parties/main/", sp->main_url);
+  pct_encode(&url, si->room_id);
+  lr_header h[3] = {
+      {"x-shard-id", si->id}, {"x-shard-world-id", si->world_id}, {"x-access-shard", sp->secret}};
+  si->up = lr_wsc_open(sp->s, lr_buf_cstr(&url), h, 3, &uplink_cbs, si);
+  lr_info("shard %s: started (room %s, world %s), uplink %s", si->id, si->room_id, si->world_id,
+          url.data);
+  lr_buf_free(&url);
+  if (!si->up) si->dead = true;
+  send_report(si, true, NULL, -1);
+  if (sp->stats_interval > 0) si->next_report = lr_now(sp->s) + sp->stats_interval;
+  arm_tick(sp, SHARD_TICK_MS);
+  return si;
+}
+
+/* The periodic pass: forced reports, lingering instances. */
+static int tick_cb(lua_State *L) {
+  shard_proc *sp = lua_touserdata(L, lua_upvalueindex(1));
+  sp->tick_timer = 0;
+  int64_t now = lr_now(sp->s);
+  for (shard_inst *si = sp->insts, *next; si; si = next) {
+    next = si->next;
+    if (!si->ncl && si->empty_since && now - si->empty_since >= sp->linger) {
+      lr_info("shard %s: no client for %lld ms, stopped", si->id, (long long)sp->linger);
+      inst_free(si);
+      continue;
+    }
+    if (!si->dead && si->next_report && now >= si->next_report) {
+      si->next_report = now + sp->stats_interval;
+      send_report(si, true, NULL, -1);
+    }
+  }
+  if (sp->insts) arm_tick(sp, SHARD_TICK_MS);
+  return 0;
+}
+
+/* ------------------------------------------------------------ client sockets */
+
+int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
+                     const lr_transport_vt *vt, void *tp, lr_conn **out) {
+  shard_proc *sp = s->shard;
+  *out = NULL;
+  if (sp->shutting_down) return 503;
+  shard_inst *si = find_inst(sp, shard_id, true);
+  if (!si) si = inst_start(sp, shard_id);
+  if (si->dead) { /* only a new instance can be: live_only above */
+    lr_warn("shard %s: client refused, no uplink to the main server", shard_id);
+    if (!si->ncl && !si->up) inst_free(si);
+    return 503;
+  }
+  char *priv = private_id(s, req->query);
+  if (strlen(priv) > MAX_PRIVATE_ID) { /* the main server would not take it */
+    lr_warn("shard %s: client refused, its id is longer than %d bytes", shard_id, MAX_PRIVATE_ID);
+    free(priv);
+    return 400;
+  }
+  sclient *sc = lr_xcalloc(1, sizeof *sc);
+  sc->si = si;
+  sc->priv = priv;
+  lr_conn *c = lr_conn_new(s, NULL, vt, tp);
+  c->phase = LR_C_JOINED;
+  c->shard_client = sc;
+  sc->c = c;
+  s->stats.conns_open++;
+  s->stats.conns_total++;
+  if (si->ncl == si->capcl) {
+    si->capcl = si->capcl ? si->capcl * 2 : 8;
+    si->cl = lr_xrealloc(si->cl, si->capcl * sizeof *si->cl);
+  }
+  si->cl[si->ncl++] = sc;
+  si->empty_since = 0;
+  /* shard.clientConnected with the request as the room should see it. */
+  const char *host = header_of(req, "host");
+  const char *xff = header_of(req, "x-forwarded-for");
+  lr_buf b;
+  lr_buf_init(&b);
+  lr_buf_puts(&b, "{\"type\":\"shard.clientConnected\",\"privateId\":");
+  lr_json_put_string(&b, sc->priv, strlen(sc->priv));
+  lr_buf_puts(&b, ",\"requestInfo\":{\"headers\":{");
+  bool first = true;
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const lr_header *h = &req->headers[i];
+    if (shard_header(h->name) || strcmp(h->name, "x-forwarded-for") == 0) continue;
+    if (!first) lr_buf_putc(&b, ',');
+    first = false;
+    lr_json_put_string(&b, h->name, strlen(h->name));
+    lr_buf_putc(&b, ':');
+    lr_json_put_string(&b, h->value ? h->value : "", h->value ? strlen(h->value) : 0);
+  }
+  /* The client's address reaches the room as x-forwarded-for. */
+  lr_buf xf;
+  lr_buf_init(&xf);
+  if (xff && *xff) lr_buf_printf(&xf, "%s, ", xff);
+  lr_buf_puts(&xf, req->remote_addr ? req->remote_addr : "unknown");
+  if (!first) lr_buf_putc(&b, ',');
+  lr_buf_puts(&b, "\"x-forwarded-for\":");
+  lr_json_put_string(&b, xf.data, xf.len);
+  lr_buf_free(&xf);
+  lr_buf_puts(&b, "},\"url\":");
+  lr_buf url;
+  lr_buf_init(&url);
+  lr_buf_printf(&url, "http://%s%s", host ? host : "localhost", req->path);
+  if (req->query && *req->query) lr_buf_printf(&url, "?%s", req->query);
+  lr_json_put_string(&b, url.data, url.len);
+  lr_buf_free(&url);
+  lr_buf_puts(&b, ",\"method\":\"GET\"}}");
+  up_send(si, b.data, b.len);
+  lr_buf_free(&b);
+  lr_info("shard %s: client %s (conn %s) from %s", si->id, sc->priv, c->id,
+          req->remote_addr ? req->remote_addr : "-");
+  send_report(si, false, NULL, -1);
+  *out = c;
+  return 0;
+}
+
+void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
+  sclient *sc = c->shard_client;
+  shard_inst *si = sc->si;
+  if (!si || si->dead) return;
+  if (len > si->sp->max_client_frame) {
+    lr_warn("shard %s: client %s sent %zu bytes (max %zu through a shard); closing", si->id,
+            sc->priv, len, si->sp->max_client_frame);
+    lr_conn_close(c, 1009, "frame too large");
+    return;
+  }
+  /* Only JSON goes to the main server (non-JSON frames are dropped here). */
+  lr_json_limits lim = LR_JSON_DEFAULT_LIMITS;
+  lr_node *n = lr_json_decode(data, len, &lim, NULL, 0);
+  if (!n) {
+    lr_debug("shard %s: non-JSON frame from client %s dropped", si->id, sc->priv);
+    return;
+  }
+  lr_node_release(n);
+  if (si->up && lr_wsc_queued(si->up) > MAX_BACKLOG) {
+    lr_warn("shard %s: %zu bytes wait for the main server; closing client %s", si->id,
+            lr_wsc_queued(si->up), sc->priv);
+    lr_conn_close(c, 1013, "shard backlog");
+    return;
+  }
+  lr_buf b;
+  lr_buf_init(&b);
+  lr_buf_puts(&b, "{\"type\":\"shard.clientMessage\",\"privateId\":");
+  lr_json_put_string(&b, sc->priv, strlen(sc->priv));
+  lr_buf_puts(&b, ",\"payload\":");
+  lr_buf_put(&b, data, len);
+  lr_buf_putc(&b, '}');
+  up_send(si, b.data, b.len);
+  lr_buf_free(&b);
+}
+
+void lr_shard_client_closed(lr_conn *c) {
+  sclient *sc = c->shard_client;
+  c->shard_client = NULL;
+  shard_inst *si = sc->si;
+  if (si) {
+    for (uint32_t i = 0; i < si->ncl; i++) {
+      if (si->cl[i] == sc) {
+        memmove(&si->cl[i], &si->cl[i + 1], (si->ncl - i - 1) * sizeof *si->cl);
+        si->ncl--;
+        break;
+      }
+    }
+    bool last = true;
+    for (uint32_t i = 0; i < si->ncl && last; i++)
+      last = strcmp(si->cl[i]->priv, sc->priv) != 0;
+    if (last && !si->dead) {
+      lr_buf b;
+      lr_buf_init(&b);
+      lr_buf_puts(&b, "{\"type\":\"shard.clientDisconnected\",\"privateId\":");
+      lr_json_put_string(&b, sc->priv, strlen(sc->priv));
+      lr_buf_putc(&b, '}');
+      up_send(si, b.data, b.len);
+      lr_buf_free(&b);
+    }
+    if (!si->sp->shutting_down) send_report(si, false, NULL, -1);
+    if (!si->ncl) {
+      if (si->dead && !si->up)
+        inst_free(si);
+      else
+        si->empty_since = lr_now(si->sp->s);
+    }
+  }
+  free(sc->priv);
+  free(sc);
+}
+
+/* ------------------------------------------------------------ HTTP */
+
+static void respond_json(lr_response_cb done, void *ud, int status, const char *body) {
+  lr_header h[5];
+  memcpy(h, cors, sizeof cors);
+  h[4] = (lr_header){"Content-Type", "application/json"};
+  lr_response resp = {status, h, 5, body, strlen(body)};
+  done(ud, &resp);
+}
+
+static void forward_done(void *ud, const lr_fetch_result *r) {
+  forward *f = ud;
+  shard_proc *sp = f->sp;
+  for (forward **pp = &sp->forwards; *pp; pp = &(*pp)->next) {
+    if (*pp == f) {
+      *pp = f->next;
+      break;
+    }
+  }
+  if (r->error) {
+    lr_warn("shard: forwarding to the %s failed: %s", f->to_world ? "world" : "main server",
+            r->error);
+    bool no_connection = strncmp(r->error, "connect failed", 14) == 0;
+    if (f->to_world)
+      respond_json(f->done, f->ud, 502, "{\"error\":\"World service unreachable\"}");
+    else if (no_connection)
+      respond_json(f->done, f->ud, 503, "{\"error\":\"Shard not connected to main server\"}");
+    else
+      respond_json(f->done, f->ud, 500, "{\"error\":\"Error forwarding request\"}");
+  } else {
+    lr_header h[6];
+    size_t nh = 0;
+    memcpy(h, cors, sizeof cors);
+    nh = 4;
+    if (r->content_type) h[nh++] = (lr_header){"Content-Type", r->content_type};
+    if (r->location) h[nh++] = (lr_header){"Location", r->location};
+    lr_response resp = {r->status, h, nh, r->body, r->bodylen};
+    f->done(f->ud, &resp);
+  }
+  free(f);
+}
+
+bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
+                   const char *rest, lr_response_cb done, void *ud) {
+  shard_proc *sp = s->shard;
+  bool to_world = strcmp(ns, "world") == 0;
+  if (!to_world && strcmp(ns, "shard") != 0) return false;
+  if (to_world && !sp->forward_world) return false;
+  if (sp->shutting_down) {
+    respond_json(done, ud, 503, "{\"error\":\"Shard is shutting down\"}");
+    return true;
+  }
+  lr_buf url;
+  lr_buf_init(&url);
+  lr_header hs[MAX_HEADERS + 5];
+  size_t nh = 0;
+  char shard_world[256] = "";
+  if (to_world) {
+    lr_buf_printf(&url, "%s%s", sp->world_url, req->path);
+  } else {
+    size_t rl = strlen(rest);
+    if (rl >= 17 && strcmp(rest + rl - 17, "/session-transfer") == 0) {
+      lr_buf_free(&url);
+      respond_json(done, ud, 404, "{\"error\":\"Not found\"}");
+      return true;
+    }
+    const char *colon = strchr(id, ':');
+    lr_buf_printf(&url, "%s/parties/main/", sp->main_url);
+    lr_buf room;
+    lr_buf_init(&room);
+    lr_buf_put(&room, id, colon ? (size_t)(colon - id) : strlen(id));
+    pct_encode(&url, lr_buf_cstr(&room));
+    lr_buf_free(&room);
+    lr_buf_puts(&url, rest);
+    shard_inst *si = find_inst(sp, id, false);
+    if (si) {
+      snprintf(shard_world, sizeof shard_world, "%s", si->world_id);
+    } else {
+      char *w = world_id_of(sp, id);
+      snprintf(shard_world, sizeof shard_world, "%s", w);
+      free(w);
+    }
+  }
+  if (req->query && *req->query) lr_buf_printf(&url, "?%s", req->query);
+  const char *xff = NULL;
+  for (size_t i = 0; i < req->nheaders && nh < MAX_HEADERS; i++) {
+    if (strcmp(req->headers[i].name, "x-forwarded-for") == 0) xff = req->headers[i].value;
+    if (!to_world && shard_header(req->headers[i].name)) continue;
+    hs[nh++] = req->headers[i];
+  }
+  if (!to_world) {
+    hs[nh++] = (lr_header){"x-shard-id", id};
+    hs[nh++] = (lr_header){"x-shard-world-id", shard_world};
+    hs[nh++] = (lr_header){"x-forwarded-by-shard", "true"};
+    hs[nh++] = (lr_header){"x-access-shard", sp->secret};
+    hs[nh++] = (lr_header){"x-original-client-ip",
+                           xff && *xff ? xff : (req->remote_addr ? req->remote_addr : "unknown")};
+  }
+  forward *f = lr_xcalloc(1, sizeof *f);
+  f->sp = sp;
+  f->done = done;
+  f->ud = ud;
+  f->to_world = to_world;
+  f->id = lr_fetch(s, req->method, lr_buf_cstr(&url), hs, nh, req->body ? req->body : "",
+                   req->body ? req->bodylen : 0, FORWARD_TIMEOUT_MS, forward_done, f);
+  lr_buf_free(&url);
+  if (!f->id) {
+    free(f);
+    respond_json(done, ud, 500, "{\"error\":\"Error forwarding request\"}");
+    return true;
+  }
+  f->next = sp->forwards;
+  sp->forwards = f;
+  return true;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+int lr_shard_enable(lr_server *s, const lr_shard_opts *o, char *err, size_t errlen) {
+  char secret[512];
+  lr_server_env(s, "SHARD_SECRET", secret, sizeof secret);
+  if (!secret[0]) {
+    snprintf(err, errlen,
+             "SHARD_SECRET is not set: a shard authenticates to the main server "
+             "and the world with it");
+    return -1;
+  }
+  if (!o->main_url || strncmp(o->main_url, "http://", 7) != 0) {
+    snprintf(err, errlen, "--shard needs the main server's URL, http://HOST:PORT (got %s)",
+             o->main_url ? o->main_url : "nothing");
+    return -1;
+  }
+  const char *world = o->world_url ? o->world_url : o->main_url;
+  if (strncmp(world, "http://", 7) != 0) {
+    snprintf(err, errlen, "--world-url must be http://HOST:PORT (got %s)", world);
+    return -1;
+  }
+  shard_proc *sp = lr_xcalloc(1, sizeof *sp);
+  sp->s = s;
+  sp->main_url = xstrdup(o->main_url);
+  sp->world_url = xstrdup(world);
+  for (char **u = &sp->main_url; u; u = u == &sp->main_url ? &sp->world_url : NULL) {
+    size_t n = strlen(*u);
+    while (n && (*u)[n - 1] == '/')
+      (*u)[--n] = 0;
+  }
+  sp->world_id_opt = o->world_id ? xstrdup(o->world_id) : NULL;
+  sp->secret = xstrdup(secret);
+  sp->stats_interval = o->stats_interval_ms ? o->stats_interval_ms : 30000;
+  sp->linger = o->linger_ms > 0 ? o->linger_ms : 60000;
+  sp->forward_world = o->forward_world;
+  size_t mf = o->max_frame ? o->max_frame : 64 * 1024;
+  sp->max_client_frame = mf > 2 * FRAME_OVERHEAD ? mf - FRAME_OVERHEAD : mf / 2;
+  s->shard = sp;
+  lr_info("shard mode: main server %s, world %s, reports every %lld ms", sp->main_url,
+          sp->world_url, (long long)sp->stats_interval);
+  return 0;
+}
+
+void lr_shard_shutdown(lr_server *s) {
+  shard_proc *sp = s->shard;
+  if (!sp || sp->shutting_down) return;
+  sp->shutting_down = true;
+  if (sp->tick_timer) lr_timer_cancel(s, sp->tick_timer);
+  sp->tick_timer = 0;
+  for (shard_inst *si = sp->insts; si; si = si->next) {
+    close_clients(si, NULL, 1001, "server shutdown");
+    /* The world drops a draining shard that reports 0 at once. */
+    si->inflight = false; /* this one goes now, whatever is in flight */
+    send_report(si, true, "draining", 0);
+    if (si->up) {
+      lr_wsc_close(si->up, 1001, "server shutdown");
+      si->up = NULL;
+    }
+  }
+  while (sp->forwards) {
+    forward *f = sp->forwards;
+    sp->forwards = f->next;
+    lr_fetch_cancel(f->id);
+    respond_json(f->done, f->ud, 503, "{\"error\":\"Shard is shutting down\"}");
+    free(f);
+  }
+}
+
+void lr_shard_free(lr_server *s) {
+  shard_proc *sp = s->shard;
+  if (!sp) return;
+  lr_shard_shutdown(s);
+  while (sp->insts)
+    inst_free(sp->insts);
+  while (sp->reports) {
+    lr_fetch_cancel(sp->reports->fetch_id);
+    report_forget(sp->reports);
+  }
+  s->shard = NULL;
+  free(sp->main_url);
+  free(sp->world_url);
+  free(sp->world_id_opt);
+  free(sp->secret);
+  free(sp);
+}
