@@ -199,9 +199,17 @@ describe("world", function()
     assert.are.same({ 200, {} }, { up.status, up.json })
     local ids = shard_ids(t, "s")
     assert.are.equal(3, #ids)
+    -- ids sort by their random suffix: put the two templated (new) shards last
+    table.sort(ids, function(a, b)
+      local ta, tb = t.room.shards[a].maxConnections == 9, t.room.shards[b].maxConnections == 9
+      if ta ~= tb then return tb end
+      return a < b
+    end)
     local templated = t.room.shards[ids[3]]
     assert.are.equal("wss://x/s/" .. ids[3], templated.url)
     assert.are.equal(9, templated.maxConnections)
+    assert.are.equal(9, t.room.shards[ids[2]].maxConnections)
+    assert.are.equal(5, t.room.shards[ids[1]].maxConnections)
     post(t, "/update-shard", { shardId = ids[1], connections = 2 }, SHARD)
     post(t, "/update-shard", { shardId = ids[2], connections = 1 }, SHARD)
     post(t, "/update-shard", { shardId = ids[3], connections = 0 }, SHARD)
