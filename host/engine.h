@@ -85,6 +85,9 @@ struct lr_room {
   int64_t hibernate_ms, last_active;
   bool hibernated, idle_timer;
   double rate, burst; /* messages per second and bucket size per connection */
+  /* Per-room input limits (0 = the process defaults): largest action frame
+   * in bytes, JSON nesting depth and values per packet. */
+  uint32_t max_frame, json_depth, json_elements;
   /* the "touched" list of the server (rooms written since the last pass) */
   bool touched;
   lr_room *touched_next;
@@ -100,6 +103,7 @@ enum {
   LR_REJ_VALIDATION,
   LR_REJ_HANDLER,
   LR_REJ_RATE,
+  LR_REJ_TOO_LARGE,
   LR_REJ_OTHER,
   LR_NREJ
 };

@@ -773,8 +773,9 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "rooms");
   lua_pushinteger(L, hib);
   lua_setfield(L, -2, "rooms_hibernated");
-  static const char *const rej[LR_NREJ] = {
-      "invalid_packet", "unknown_action", "guard", "validation", "handler", "rate_limit", "other"};
+  static const char *const rej[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
+                                           "validation",     "handler",        "rate_limit",
+                                           "too_large",      "other"};
   lua_createtable(L, 0, LR_NREJ);
   for (int i = 0; i < LR_NREJ; i++) {
     lua_pushinteger(L, (lua_Integer)st->rejected[i]);
@@ -832,6 +833,13 @@ static int l_room_config(lua_State *L) {
     }
   }
   lua_pop(L, 1);
+  lua_getfield(L, 2, "maxFrame");
+  if (!lua_isnil(L, -1)) r->max_frame = (uint32_t)luaL_checkinteger(L, -1);
+  lua_getfield(L, 2, "maxDepth");
+  if (!lua_isnil(L, -1)) r->json_depth = (uint32_t)luaL_checkinteger(L, -1);
+  lua_getfield(L, 2, "maxElements");
+  if (!lua_isnil(L, -1)) r->json_elements = (uint32_t)luaL_checkinteger(L, -1);
+  lua_pop(L, 3);
   lua_getfield(L, 2, "rate");
   if (!lua_isnil(L, -1)) r->rate = luaL_checknumber(L, -1);
   lua_getfield(L, 2, "burst");

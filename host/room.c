@@ -900,8 +900,9 @@ const char *lr_server_env(lr_server *s, const char *name, char *buf, size_t n) {
 }
 
 static void count_rejected(lr_server *s, const char *code) {
-  static const char *const names[LR_NREJ] = {
-      "invalid_packet", "unknown_action", "guard", "validation", "handler", "rate_limit", "other"};
+  static const char *const names[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
+                                             "validation",     "handler",        "rate_limit",
+                                             "too_large",      "other"};
   int i = 0;
   while (i < LR_REJ_OTHER && strcmp(names[i], code) != 0)
     i++;
@@ -1162,7 +1163,16 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     c->drops = 0;
   }
   char err[256];
+  if (rr->max_frame && len > rr->max_frame) {
+    lr_warn("conn %s room %s: frame of %zu bytes over the room's limit (%u)", c->id, rr->key, len,
+            rr->max_frame);
+    count_rejected(s, "too_large");
+    lr_conn_close(c, 1009, "message too big");
+    return;
+  }
   lr_json_limits lim = LR_JSON_DEFAULT_LIMITS;
+  if (rr->json_depth) lim.max_depth = rr->json_depth;
+  if (rr->json_elements) lim.max_elements = rr->json_elements;
   lr_node *pkt = lr_json_decode(data, len, &lim, err, sizeof err);
   if (!pkt) {
     lr_warn("conn %s room %s: rejected frame: %s", c->id, c->room->key, err);

@@ -81,7 +81,7 @@ local KNOWN = {
   path = "string", party = "string", maxUsers = "number", throttleSync = "number",
   throttleStorage = "number", sessionExpiryTime = "number", transferExpiryTime = "number",
   autoSync = "boolean", hibernate = "boolean", hibernateAfter = "number", budget = "number",
-  rateLimit = "table",
+  rateLimit = "table", limits = "table",
   guards = "table", state = "table", actions = "table", requests = "table",
   unhandled = "function|table", onCreate = "function", onJoin = "function",
   onLeave = "function", onSessionRestore = "function", onStorageRestore = "function",
@@ -215,6 +215,12 @@ function lr.room(def)
   d.transferExpiryTime = def.transferExpiryTime or 300000
   d.autoSync = def.autoSync ~= false
   d.budget = def.budget
+  d.limits = def.limits or {}
+  for k, val in pairs(d.limits) do
+    if (k ~= "frame" and k ~= "depth" and k ~= "elements") or math.type(val) ~= "integer" or val < 1 then
+      error("limits = { frame = bytes, depth = n, elements = n } (positive integers)", 2)
+    end
+  end
   d.hibernate = def.hibernate == true
   d.hibernateAfter = def.hibernateAfter or 30000
   d.rateLimit = def.rateLimit or { rate = 100, burst = 200 }

@@ -433,12 +433,7 @@ function M.commit(srv, job)
     rawset(room, "def", nd)
     rawset(room, "version", job.version)
     if job.file then rawset(room, "file", job.file) end
-    local cfg = {
-      throttleSync = nd.throttleSync, throttleStorage = nd.throttleStorage,
-      interceptor = nd.interceptorPacket ~= nil, budget = nd.budget or 0,
-      rate = nd.rateLimit and nd.rateLimit.rate, burst = nd.rateLimit and nd.rateLimit.burst,
-    }
-    if nd.hibernate ~= nil then cfg.hibernate = nd.hibernate and nd.hibernateAfter or 0 end
+    local cfg = runtime.config_of(nd)
     if od.autoSync ~= nd.autoSync then
       cfg.autoSync = nd.autoSync
       rawset(room, "_autoSync", nd.autoSync)

@@ -368,6 +368,18 @@ local function restore(room, d)
   return compact or legacy
 end
 
+--- The engine settings of a definition (core.room_config), also used when a
+--- hot reload changes them; 0 restores a process default.
+function M.config_of(d)
+  return {
+    throttleSync = d.throttleSync, throttleStorage = d.throttleStorage,
+    interceptor = d.interceptorPacket ~= nil, budget = d.budget or 0,
+    rate = d.rateLimit.rate, burst = d.rateLimit.burst,
+    maxFrame = d.limits.frame or 0, maxDepth = d.limits.depth or 0, maxElements = d.limits.elements or 0,
+    hibernate = d.hibernate and d.hibernateAfter or 0,
+  }
+end
+
 --- Called by C when a client or request names a room that is not live yet.
 --- With rebind, the C room exists (it hibernated) and keeps its connections.
 function M.create_room(srv, ns, id, rebind)
@@ -394,12 +406,9 @@ function M.create_room(srv, ns, id, rebind)
   local needs_write = restore(room, d)
   core.room_clear_dirty(h)
   if needs_write then core.room_mark_all(h) end -- compaction / migration writes state:.
-  core.room_config(h, {
-    throttleSync = d.throttleSync, throttleStorage = d.throttleStorage, autoSync = d.autoSync,
-    interceptor = d.interceptorPacket ~= nil, budget = d.budget,
-    rate = d.rateLimit.rate, burst = d.rateLimit.burst,
-    hibernate = d.hibernate and d.hibernateAfter or 0,
-  })
+  local cfg = M.config_of(d)
+  cfg.autoSync = d.autoSync
+  core.room_config(h, cfg)
   srv.rooms[room.key] = room
   local live = {}
   if rebind then

@@ -17,7 +17,8 @@ import { ROOT, http, sleep, startServer, wsClient } from "./lib.mjs";
 function rooms() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-limits-"));
   for (const f of ["counter.lua", "game.lua"]) fs.copyFileSync(path.join(ROOT, "rooms", f), path.join(dir, f));
-  fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/limited.lua"), path.join(dir, "limited.lua"));
+  for (const f of ["limited.lua", "unlimited.lua"])
+    fs.copyFileSync(path.join(ROOT, "spec/integration/rooms", f), path.join(dir, f));
   return dir;
 }
 
@@ -118,6 +119,22 @@ describe("limits", () => {
     for (let i = 0; i < 50 && !/"level":"warn"/.test(srv.logs()); i++) await sleep(20);
     assert.match(srv.logs(), /"level":"warn"/);
     await a.close();
+    assert.equal(await srv.stop(), 0);
+  });
+
+  test("1,000 malformed packets change nothing", async () => {
+    const srv = await startServer({ rooms: rooms() });
+    const c = wsClient(`${srv.wsUrl}/parties/main/unlimited-m?id=m`);
+    await c.opened;
+    await c.next();
+    const bad = ["{", "[]", "null", '{"action":1}', '{"action":"inc","value":', Buffer.from([0xff, 0xfe, 0x7b]),
+      '{"action":"move","value":' + "[".repeat(100) + "]".repeat(100) + "}", '"x"', "{}", "1e999999"];
+    for (let i = 0; i < 1000; i++) c.send(bad[i % bad.length]);
+    c.send({ action: "inc" });
+    const p = await c.next((m) => m?.type === "sync" && m.value.count !== undefined, 10000);
+    assert.deepEqual(p, { type: "sync", value: { count: 1 } });
+    assert.ok(c.messages.filter((m) => m?.type === "error").length >= 100);
+    await c.close();
     assert.equal(await srv.stop(), 0);
   });
 });
