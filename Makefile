@@ -5,8 +5,9 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PORT       ?= 1999
+FUZZ_SECONDS ?= 60
 
-.PHONY: all build asan run test test-c test-spec test-asan test-integration test-e2e bench clean format deps
+.PHONY: all build asan run test test-c test-spec test-asan test-integration test-e2e test-fuzz test-valgrind bench clean format deps
 
 all: build
 
@@ -21,7 +22,7 @@ asan:
 run: build
 	./$(BUILD)/lunaroom serve rooms --port $(PORT) --static rooms/static
 
-test: build asan test-c test-spec test-asan test-integration test-e2e
+test: build asan test-c test-spec test-asan test-valgrind test-integration test-e2e test-fuzz
 	@echo "all test suites passed"
 
 test-c: build
@@ -43,6 +44,15 @@ test-integration: build
 	  cd spec/integration && npm ci --no-audit --no-fund --loglevel=error && node run.mjs; \
 	else echo "no integration tests"; fi
 
+# C unit tests and headless specs under valgrind memcheck: zero reports.
+test-valgrind: build
+	host/tests/valgrind.sh $(BUILD)
+
+# libFuzzer targets (clang, ASan+UBSan): JSON decoder, action packets,
+# URL/routes, JWT; FUZZ_SECONDS each (corpora in host/tests/fuzz/corpus).
+test-fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) host/tests/fuzz/run.sh
+
 # Browser end-to-end: the demo (rooms/static) and admin page in Debian's headless
 # chromium, driven by playwright-core; screenshots in spec/e2e/artifacts/.
 test-e2e: build
@@ -53,17 +63,19 @@ bench: build
 	./$(BUILD)/bench/storage_bench 1
 	./$(BUILD)/lunaroom lua bench/persist_bench.lua
 	./$(BUILD)/lunaroom lua bench/hibernate_bench.lua
+	node bench/compare.mjs $(BENCH_ARGS)
 
 format:
-	clang-format -i host/*.c host/*.h host/tests/*.c host/tests/*.h bench/*.c
+	clang-format -i host/*.c host/*.h host/tests/*.c host/tests/*.h host/tests/fuzz/*.c host/tests/fuzz/*.h bench/*.c
 
 # Debian 12 packages the build and the tests need (used by .ci/run).
 deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	  build-essential cmake pkg-config liblua5.4-dev lua5.4 libwebsockets-dev lua-cjson \
-	  libsqlite3-dev libjwt-dev lua-busted sqlite3 chromium >/dev/null
+	  libsqlite3-dev libjwt-dev lua-busted sqlite3 chromium \
+	  clang libclang-rt-14-dev llvm valgrind >/dev/null
 	command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

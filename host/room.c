@@ -12,6 +12,7 @@
  */
 #include "engine.h"
 
+#include <ctype.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -940,21 +941,20 @@ static int parse_party_path(const lr_server *s, const char *path, char *ns, size
     size_t j = 0;
     while (*p && *p != '/') {
       int ch = (unsigned char)*p;
-      if (ch == '%' && p[1] && p[2]) {
+      if (ch == '%') {
+        if (!isxdigit((unsigned char)p[1]) || !isxdigit((unsigned char)p[2])) return -1;
         char hex[3] = {p[1], p[2], 0};
-        char *end;
-        long v = strtol(hex, &end, 16);
-        if (*end || v == 0) return -1;
-        ch = (int)v;
+        ch = (int)strtol(hex, NULL, 16);
         p += 3;
       } else {
         p++;
       }
+      if (ch < 0x20 || ch == 0x7f) return -1; /* no control bytes in names (logs, storage) */
       if (j + 1 >= sz[part]) return -1;
       outs[part][j++] = (char)ch;
     }
     outs[part][j] = 0;
-    if (j == 0) return -1;
+    if (j == 0 || !lr_utf8_valid(outs[part], j)) return -1;
     if (part == 0) {
       if (*p != '/') return -1;
       p++;

@@ -52,6 +52,10 @@ describe("rooms/api.lua (seed ApiRoom)", function()
     local o = t:http("OPTIONS", "/anything")
     assert.are.equal(200, o.status)
     assert.are.equal("{}", o.body)
+    -- control bytes, broken escapes and invalid UTF-8 never make a room name
+    for _, bad in ipairs { "api%0Afake", "api%zz", "api%-1", "%ff%fe" } do
+      assert.are.equal(404, t:http("GET", "/status", { room = bad }).status, bad)
+    end
     local r = t:http("GET", "/status", { room = "no-such-room" })
     assert.are.equal(404, r.status)
     assert.are.same({ error = "Not found" }, r.json)

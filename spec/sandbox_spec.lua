@@ -23,6 +23,17 @@ describe("sandbox", function()
     assert.truthy(err:find("read-only library lunaroom", 1, true))
   end)
 
+  it("rawset and the string metatable cannot reach what rooms share", function()
+    local _, err = load [[ rawset(require "lunaroom", "jwt", {}) ]]
+    assert.truthy(err:find("read-only library", 1, true), err)
+    _, err = load [[ rawset(string, "rep", print) ]]
+    assert.truthy(err:find("read-only library", 1, true), err)
+    local def = load [[ assert(getmetatable("") == nil); local t = {}; rawset(t, "a", 1)
+      local lr = require "lunaroom"; return lr.room { path = "x" } ]]
+    assert.is_truthy(def)
+    assert.are.equal("xx", ("x"):rep(2))
+  end)
+
   it("keeps globals per room", function()
     local a = load [[ shared = "a"; local lr = require "lunaroom"; return lr.room { path = "a", actions = { get = function() return shared end } } ]]
     local b = load [[ local lr = require "lunaroom"; return lr.room { path = "b", actions = { get = function() return shared end } } ]]

@@ -30,12 +30,25 @@ local RO = {
 }
 
 local SAFE = { "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber",
-  "tostring", "type", "xpcall", "rawequal", "rawget", "rawlen", "rawset", "setmetatable",
-  "getmetatable", "_VERSION" }
+  "tostring", "type", "xpcall", "rawequal", "rawget", "rawlen", "setmetatable", "_VERSION" }
+
+-- The read-only tables are shared by every room: rawset must not reach them,
+-- and the string metatable (shared by all strings) must stay out of reach.
+local SHARED = {}
+for _, t in pairs(RO) do SHARED[t] = true end
+local function safe_rawset(t, k, v)
+  if SHARED[t] then error("cannot modify a read-only library", 2) end
+  return rawset(t, k, v)
+end
+local function safe_getmetatable(x)
+  if type(x) == "string" then return nil end
+  return getmetatable(x)
+end
 
 local function new_env(file, ctx)
   local env = {}
   for _, k in ipairs(SAFE) do env[k] = _G[k] end
+  env.rawset, env.getmetatable = safe_rawset, safe_getmetatable
   for k, t in pairs(RO) do if k ~= "lunaroom" and k ~= "schema" then env[k] = t end end
   env.print = function(...)
     local parts = {}
