@@ -7,7 +7,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PORT       ?= 1999
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build asan run test test-c test-spec test-asan test-integration test-e2e test-fuzz test-valgrind bench clean format deps
+.PHONY: test-bench-smoke all build asan run test test-c test-spec test-asan test-integration test-e2e test-fuzz test-valgrind bench clean format deps
 
 all: build
 
@@ -22,7 +22,7 @@ asan:
 run: build
 	./$(BUILD)/lunaroom serve rooms --port $(PORT) --static rooms/static
 
-test: build asan test-c test-spec test-asan test-valgrind test-integration test-e2e test-fuzz
+test: build asan test-c test-spec test-asan test-valgrind test-integration test-e2e test-bench-smoke test-fuzz
 	@echo "all test suites passed"
 
 test-c: build
@@ -57,6 +57,10 @@ test-fuzz:
 # chromium, driven by playwright-core; screenshots in spec/e2e/artifacts/.
 test-e2e: build
 	spec/e2e/run.sh
+
+# Keeps the load generator working (a few clients for a second; no figures asserted).
+test-bench-smoke: build
+	sh bench/smoke.sh
 
 bench: build
 	./$(BUILD)/bench/patch_bench
