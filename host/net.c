@@ -628,12 +628,51 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
 
 /* SERVER_WRITEABLE: one lws_write (a queued message, or the close frame).
  * Returns the lws callback result (-1 closes the connection). */
+#define NET_BATCH 65536 /* bytes of frames written by one lws_write */
+
 static int net_ws_writeable(net_conn *nc) {
   struct lws *wsi = nc->wsi;
   if (nc->dropping) {
     lws_close_reason(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, (unsigned char *)nc->close_reason,
                      nc->close_reason_len);
     return -1;
+  }
+  if (nc->qlen > 1) {
+    /* Several messages queued: frame them ourselves (server frames are not
+     * masked, and no extension is negotiated) into one buffer and write it
+     * with one lws_write, instead of one send() per message and per loop
+     * turn. A message too big for the batch goes alone, below. */
+    static unsigned char batch[LWS_PRE + NET_BATCH];
+    size_t used = 0;
+    while (nc->qlen) {
+      lr_msg *m = nc->q[nc->qhead];
+      size_t len = m->len, hdr = len < 126 ? 2 : len < 65536 ? 4 : 10;
+      if (used + hdr + len > NET_BATCH) break;
+      unsigned char *p = batch + LWS_PRE + used;
+      p[0] = 0x81; /* FIN, text */
+      if (len < 126) {
+        p[1] = (unsigned char)len;
+      } else if (len < 65536) {
+        p[1] = 126;
+        p[2] = (unsigned char)(len >> 8);
+        p[3] = (unsigned char)len;
+      } else {
+        p[1] = 127;
+        for (int i = 0; i < 8; i++)
+          p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+      }
+      memcpy(p + hdr, lr_msg_payload(m), len);
+      used += hdr + len;
+      nc->qhead = (nc->qhead + 1) % nc->qcap;
+      nc->qlen--;
+      nc->qbytes -= len + NET_MSG_OVERHEAD;
+      lr_msg_release(m);
+    }
+    if (used) {
+      if (lws_write(wsi, batch + LWS_PRE, used, LWS_WRITE_RAW) < 0) return -1;
+      if (nc->qlen || nc->closing) lws_callback_on_writable(wsi);
+      return 0;
+    }
   }
   if (nc->qlen) {
     lr_msg *m = nc->q[nc->qhead];
