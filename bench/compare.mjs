@@ -28,6 +28,7 @@
  *   --logs DIR          server logs (default build/bench/logs)
  *   --lunaroom-bin PATH another lunaroom binary (default build/lunaroom)
  *   --lua-path DIR      passed to it as --lua-path (its Lua half)
+ *   --lunaroom-rev REV  recorded in results.json for such a binary (what it was built from)
  */
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -343,11 +344,13 @@ const git = (...a) => {
 };
 const out = {
   command: `node bench/compare.mjs ${argv.join(" ")}`.trim(),
-  lunaroom: {
-    binary: path.relative(ROOT, O.lunaroomBin) || O.lunaroomBin,
-    git_head: git("rev-parse", "HEAD"),
-    tree_dirty: !!git("status", "--porcelain", "--", "host", "lua", "CMakeLists.txt"),
-  },
+  lunaroom: argv.includes("--lunaroom-bin")
+    ? { binary: O.lunaroomBin, revision: opt("--lunaroom-rev", "unknown (external binary: pass --lunaroom-rev)") }
+    : {
+        binary: path.relative(ROOT, O.lunaroomBin),
+        git_head: git("rev-parse", "HEAD"),
+        tree_dirty: !!git("status", "--porcelain", "--", "host", "lua", "CMakeLists.txt"),
+      },
   load_average_at_start: loadAtStart,
   started: new Date(t0).toISOString(),
   elapsed_s: elapsed,
