@@ -7,11 +7,24 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PORT       ?= 1999
 FUZZ_SECONDS ?= 60
 
-.PHONY: test-bench-smoke all build asan run test test-c test-spec test-asan test-integration test-e2e test-fuzz test-valgrind bench clean format deps
+.PHONY: ensure-deps ensure-test-deps test-bench-smoke all build asan run test test-c test-spec test-asan test-integration test-e2e test-fuzz test-valgrind bench clean format deps
 
 all: build
 
-build:
+# On a fresh machine the Debian packages are installed on first use (as root;
+# otherwise it says to run 'sudo make deps'). A no-op once they are there.
+ensure-deps:
+	@if ! pkg-config --exists lua5.4 libwebsockets sqlite3 libjwt 2>/dev/null || \
+	    ! command -v cmake >/dev/null || ! [ -f /usr/share/lua/5.4/busted/runner.lua ]; then \
+	  if [ "$$(id -u)" = 0 ]; then $(MAKE) deps; else echo "missing packages: run 'sudo make deps'"; exit 1; fi; \
+	fi
+
+ensure-test-deps: ensure-deps
+	@if ! command -v chromium >/dev/null || ! command -v clang >/dev/null || ! command -v valgrind >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then $(MAKE) deps; else echo "missing packages: run 'sudo make deps'"; exit 1; fi; \
+	fi
+
+build: ensure-deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j$(JOBS)
 
@@ -22,7 +35,7 @@ asan:
 run: build
 	./$(BUILD)/lunaroom serve rooms --port $(PORT) --static rooms/static
 
-test: build asan test-c test-spec test-asan test-valgrind test-integration test-e2e test-bench-smoke test-fuzz
+test: ensure-test-deps build asan test-c test-spec test-asan test-valgrind test-integration test-e2e test-bench-smoke test-fuzz
 	@echo "all test suites passed"
 
 test-c: build
