@@ -21,13 +21,16 @@
 typedef struct lr_room lr_room;
 
 /* ---- timers ---- */
-typedef enum { LR_T_SYNC = 1, LR_T_STORE, LR_T_LUA, LR_T_IDLE } lr_timer_kind;
+typedef enum { LR_T_SYNC = 1, LR_T_STORE, LR_T_LUA, LR_T_IDLE, LR_T_C } lr_timer_kind;
+typedef void (*lr_timer_cb)(void *ud);
 typedef struct lr_timer {
   int64_t when;
   uint64_t seq; /* tie-break: FIFO for equal times; also the public id */
   lr_timer_kind kind;
   lr_room *room; /* retained, or NULL */
   int fn_ref;    /* LR_T_LUA: registry ref of the callback */
+  lr_timer_cb cb; /* LR_T_C: called with ud (not called if the server is freed first) */
+  void *ud;
   bool cancelled;
 } lr_timer;
 
@@ -138,6 +141,7 @@ struct lr_server {
   bool shutting_down;
   bool in_tick;
   /* headless: connections whose close is pending delivery */
+  struct lr_wait *waits; /* requests waiting for a room's storage (room.c) */
   lr_conn **pending_close;
   uint32_t npending_close, cappending_close;
   char parties_prefix[32]; /* "/parties" */
@@ -184,6 +188,9 @@ void lr_conn_release(lr_conn *c);
 /* Timers. */
 lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_room *r, int fn_ref);
 void lr_timer_cancel(lr_server *s, uint64_t id);
+/* A C callback after delay_ms (virtual clock in headless servers). Returns
+ * the timer id for lr_timer_cancel. */
+uint64_t lr_timer_add_c(lr_server *s, int64_t delay_ms, lr_timer_cb cb, void *ud);
 /* Virtual clock: advance by ms, firing timers in order. */
 void lr_server_advance(lr_server *s, int64_t ms);
 /* Call the Lua function runtime[name] with the server table, then nargs

@@ -1471,10 +1471,15 @@ static int l_hl_id(lua_State *L) {
   return 1;
 }
 
+/* A headless request's answer. When it did not come synchronously (the
+ * room's storage is loading), o is handed over to the pending table: the
+ * answer is stored in registry "lunaroom.http_pending"[id] for
+ * core.http_take(id). */
 typedef struct http_out {
   lua_State *L;
   int done;
   int ref;
+  lua_Integer pending_id; /* 0 while the caller waits on the stack */
 } http_out;
 
 static void http_done(void *ud, const lr_response *r) {
@@ -1498,11 +1503,30 @@ static void http_done(void *ud, const lr_response *r) {
     lua_setfield(L, -2, lower);
   }
   lua_setfield(L, -2, "headers");
+  if (o->pending_id) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending");
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, o->pending_id);
+    lua_pop(L, 1);
+    free(o);
+    return;
+  }
   o->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the caller's stack is not ours */
   o->done = 1;
 }
 
-/* core.http(srv, method, path, query, headers, body) -> {status, headers, body} */
+/* core.http_take(id) -> the answer of a request that was pending, or nil. */
+static int l_http_take(lua_State *L) {
+  lua_Integer id = luaL_checkinteger(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending");
+  lua_rawgeti(L, -1, id);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, id);
+  return 1;
+}
+
+/* core.http(srv, method, path, query, headers, body) -> {status, headers, body},
+ * or nil, id when the answer comes later (core.http_take(id)). */
 static int l_http(lua_State *L) {
   lr_server *s = check_server(L, 1);
   lr_header hs[64];
@@ -1525,12 +1549,24 @@ static int l_http(lua_State *L) {
                     body,
                     bl,
                     "127.0.0.1"};
-  http_out o = {L, 0, LUA_NOREF};
-  lr_server_http(s, &req, http_done, &o);
+  http_out *o = lr_xcalloc(1, sizeof *o);
+  *o = (http_out){L, 0, LUA_NOREF, 0};
+  lr_server_http(s, &req, http_done, o);
   lr_server_tick(s);
-  if (!o.done) return luaL_error(L, "request did not complete synchronously");
-  lua_rawgeti(L, LUA_REGISTRYINDEX, o.ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, o.ref);
+  if (!o->done) {
+    static lua_Integer next_id;
+    o->pending_id = ++next_id;
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending") != LUA_TTABLE) {
+      lua_newtable(L);
+      lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending");
+    }
+    lua_pushnil(L);
+    lua_pushinteger(L, o->pending_id);
+    return 2;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, o->ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, o->ref);
+  free(o);
   return 1;
 }
 
@@ -1539,6 +1575,7 @@ static int l_http(lua_State *L) {
 static const luaL_Reg core_fns[] = {
     {"set_runtime", l_set_runtime},
     {"server_new", l_server_new},
+    {"http_take", l_http_take},
     {"server_close", l_server_close},
     {"server_bind", l_server_bind},
     {"now", l_now},

@@ -6,7 +6,8 @@
  * takes an undo mark for state writes, and logs failures with the room, what
  * was running and the traceback. Once a budget is exceeded the hook switches
  * to firing on every line, so a pcall inside the script cannot swallow the
- * stop (the technique of Redis' script_lua.c).
+ * stop (the technique of Redis' script_lua.c). lr_vm_resume is the same
+ * helper for coroutines (storage backends that wait for I/O).
  * Must not: know rooms, sockets or JSON.
  */
 #include "lua_vm.h"
@@ -136,14 +137,6 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-/* Coroutines (handlers that await) get the same hook while they run. */
-void lr_vm_arm_thread(lua_State *co) {
-  vm *v = get_vm(co);
-  if (v->depth > 0)
-    lua_sethook(co, budget_hook, v->killed ? (LUA_MASKCOUNT | LUA_MASKLINE) : LUA_MASKCOUNT,
-                v->killed ? 1 : HOOK_EVERY);
-}
-
 int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   vm *v = get_vm(L);
   int outer = v->depth == 0;
@@ -183,5 +176,45 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   lr_error("room %s: %s failed%s: %s", ci && ci->room ? ci->room : "-",
            ci && ci->what ? ci->what : "call", rc == LUA_ERRMEM ? " (out of memory)" : "", msg);
   lua_pop(L, 1);
+  return rc;
+}
+
+int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callinfo *ci) {
+  vm *v = get_vm(co);
+  int outer = v->depth == 0;
+  if (outer) {
+    v->remaining = ci && ci->budget > 0 ? ci->budget : LR_DEFAULT_BUDGET;
+    v->killed = 0;
+  }
+  lua_sethook(co, budget_hook, v->killed ? (LUA_MASKCOUNT | LUA_MASKLINE) : LUA_MASKCOUNT,
+              v->killed ? 1 : HOOK_EVERY);
+  v->depth++;
+  size_t mark = lr_undo_mark();
+  *nres = 0;
+  int rc = lua_resume(co, from, nargs, nres);
+  v->depth--;
+  int killed = v->killed;
+  lua_sethook(co, NULL, 0, 0);
+  if (outer) v->killed = 0;
+  if (rc == LUA_OK || rc == LUA_YIELD) {
+    lr_undo_release(mark);
+    return rc;
+  }
+  lr_undo_rollback(mark);
+  const char *msg = lua_tostring(co, -1);
+  luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
+  msg = lua_tostring(co, -1);
+  if (ci) {
+    const char *nl = strchr(msg, '\n');
+    size_t n = nl ? (size_t)(nl - msg) : strlen(msg);
+    if (n >= sizeof ci->err) n = sizeof ci->err - 1;
+    memcpy(ci->err, msg, n);
+    ci->err[n] = 0;
+    ci->budget_hit = killed;
+  }
+  lr_error("room %s: %s failed%s: %s", ci && ci->room ? ci->room : "-",
+           ci && ci->what ? ci->what : "coroutine", rc == LUA_ERRMEM ? " (out of memory)" : "",
+           msg);
+  *nres = 0;
   return rc;
 }

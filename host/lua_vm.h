@@ -42,6 +42,12 @@ typedef struct lr_callinfo {
  * non-zero status is returned. Nested calls share the outer budget. */
 int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci);
 
+/* lua_resume(co, from, nargs, nres) with the same budget, undo mark and
+ * error logging as lr_vm_pcall. Returns LUA_OK (results on co, *nres of
+ * them), LUA_YIELD (yielded values on co, *nres of them) or an error status
+ * (logged with the traceback of co, first line in ci->err; co is dead). */
+int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callinfo *ci);
+
 /* The lua_dir the state was opened with. */
 const char *lr_vm_lua_dir(lua_State *L);
 

@@ -102,6 +102,7 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
     rng_next(s);
   strcpy(s->parties_prefix, "/parties");
   s->max_rooms = 100000;
+  if (store && store->vt->bind) store->vt->bind(store, s);
   return s;
 }
 
@@ -111,9 +112,13 @@ static void timer_free(lr_server *s, lr_timer *t) {
   free(t);
 }
 
+static void waits_free(lr_server *s);
+
 void lr_server_free(lr_server *s) {
   if (!s) return;
   s->shutting_down = true;
+  if (s->store && s->store->vt->bind) s->store->vt->bind(s->store, NULL);
+  waits_free(s);
   for (uint32_t i = 0; i < s->nheap; i++)
     timer_free(s, s->heap[i]);
   free(s->heap);
@@ -178,6 +183,13 @@ lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_ro
   return t;
 }
 
+uint64_t lr_timer_add_c(lr_server *s, int64_t delay_ms, lr_timer_cb cb, void *ud) {
+  lr_timer *t = lr_timer_add(s, delay_ms, LR_T_C, NULL, LUA_NOREF);
+  t->cb = cb;
+  t->ud = ud;
+  return t->seq;
+}
+
 void lr_timer_cancel(lr_server *s, uint64_t id) {
   for (uint32_t i = 0; i < s->nheap; i++) {
     if (s->heap[i]->seq == id) {
@@ -215,6 +227,9 @@ static void fire(lr_server *s, lr_timer *t) {
   case LR_T_IDLE:
     r->idle_timer = false;
     maybe_hibernate(r);
+    break;
+  case LR_T_C:
+    t->cb(t->ud);
     break;
   case LR_T_LUA: {
     if (r) lr_room_activity(r);
@@ -370,6 +385,7 @@ void lr_room_dispose(lr_room *r) {
   lr_server *s = r->srv;
   lr_room_retain(r);
   if (lr_state_dirty(r->root, LR_CH_PERSIST)) lr_room_flush_storage(r);
+  if (s->store) lr_store_forget(s->store, r->ns, r->id);
   r->disposed = true;
   unlink_room(r);
   while (r->nconns) {
@@ -1035,13 +1051,11 @@ lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp) {
 /* Open a connection on room r: run the room's connect (guards, session,
  * onJoin, snapshot) and then the frames that arrived meanwhile. Returns the
  * connection with one reference owned by the caller's transport. */
-static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                          bool relayed) {
+/* Run the room's connect for c (joining, c->room set): guards, session,
+ * onJoin, snapshot; then the frames that arrived meanwhile. */
+static void connect_conn(lr_conn *c, const lr_request *req) {
+  lr_room *r = c->room;
   lr_server *s = r->srv;
-  s->stats.conns_open++;
-  s->stats.conns_total++;
-  lr_conn *c = lr_conn_new(s, r, vt, tp);
-  c->relayed = relayed;
   lua_State *L = s->L;
   int top = lua_gettop(L);
   lr_lua_new_conn(L, c, NULL);
@@ -1073,6 +1087,16 @@ static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_
     free(lens);
   }
   lr_conn_release(c);
+}
+
+static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                          bool relayed) {
+  lr_server *s = r->srv;
+  s->stats.conns_open++;
+  s->stats.conns_total++;
+  lr_conn *c = lr_conn_new(s, r, vt, tp);
+  c->relayed = relayed;
+  connect_conn(c, req);
   return c;
 }
 
@@ -1091,6 +1115,148 @@ static const char *header_of(const lr_request *req, const char *name) {
   return NULL;
 }
 
+/* ------------------------------------------------------------ waiting for storage */
+
+/* A WebSocket or HTTP request for a room whose storage is still loading (a
+ * Lua backend that waits for I/O, storage_lua.c): kept here until the store
+ * is ready, then handled as if it had just arrived. The WebSocket is already
+ * accepted: its frames wait in the connection's early buffer. */
+typedef struct lr_wait {
+  struct lr_wait *next, **pprev;
+  lr_server *s;
+  char *ns, *id;
+  lr_request req; /* deep copy */
+  lr_header *headers;
+  lr_conn *conn;      /* WebSocket: joining, no room yet (one reference) */
+  lr_response_cb done; /* HTTP */
+  void *ud;
+} lr_wait;
+
+static void respond_simple(lr_response_cb done, void *ud, int status, const char *body);
+
+static char *dup_or_null(const char *p, size_t n) {
+  return p ? lr_xstrndup(p, n) : NULL;
+}
+
+static lr_wait *wait_new(lr_server *s, const char *ns, const char *id, const lr_request *req) {
+  lr_wait *w = lr_xcalloc(1, sizeof *w);
+  w->s = s;
+  w->ns = lr_xstrndup(ns, strlen(ns));
+  w->id = lr_xstrndup(id, strlen(id));
+  lr_request *q = &w->req;
+  q->method = dup_or_null(req->method, req->method ? strlen(req->method) : 0);
+  q->path = dup_or_null(req->path, req->path ? strlen(req->path) : 0);
+  q->query = dup_or_null(req->query, req->query ? strlen(req->query) : 0);
+  q->remote_addr = dup_or_null(req->remote_addr, req->remote_addr ? strlen(req->remote_addr) : 0);
+  q->body = dup_or_null(req->body, req->bodylen);
+  q->bodylen = req->bodylen;
+  w->headers = lr_xcalloc(req->nheaders + 1, sizeof *w->headers);
+  for (size_t i = 0; i < req->nheaders; i++) {
+    w->headers[i].name = lr_xstrndup(req->headers[i].name, strlen(req->headers[i].name));
+    const char *v = req->headers[i].value ? req->headers[i].value : "";
+    w->headers[i].value = lr_xstrndup(v, strlen(v));
+  }
+  q->headers = w->headers;
+  q->nheaders = req->nheaders;
+  return w;
+}
+
+static void wait_free(lr_wait *w) {
+  if (w->pprev) {
+    *w->pprev = w->next;
+    if (w->next) w->next->pprev = w->pprev;
+  }
+  for (size_t i = 0; i < w->req.nheaders; i++) {
+    free((char *)w->headers[i].name);
+    free((char *)w->headers[i].value);
+  }
+  free(w->headers);
+  free((char *)w->req.method);
+  free((char *)w->req.path);
+  free((char *)w->req.query);
+  free((char *)w->req.remote_addr);
+  free((char *)w->req.body);
+  free(w->ns);
+  free(w->id);
+  free(w);
+}
+
+/* The server goes away: drop what still waits, without answering. */
+static void waits_free(lr_server *s) {
+  while (s->waits) {
+    lr_wait *w = s->waits;
+    if (w->conn) lr_conn_release(w->conn);
+    wait_free(w);
+  }
+}
+
+static void wait_done(void *ud, int ok, const char *err) {
+  lr_wait *w = ud;
+  lr_server *s = w->s;
+  if (!ok) lr_warn("room %s/%s: storage not available (%s)", w->ns, w->id, err ? err : "-");
+  if (w->conn) {
+    lr_conn *c = w->conn;
+    if (c->phase == LR_C_JOINING) {
+      lr_room *r = ok && !s->shutting_down ? get_room(s, w->ns, w->id) : NULL;
+      if (!r) {
+        lr_conn_close(c, 1011, ok ? "room unavailable" : "storage unavailable");
+      } else {
+        c->room = lr_room_retain(r);
+        connect_conn(c, &w->req);
+      }
+    }
+    lr_conn_release(c);
+  } else if (ok) {
+    lr_server_http(s, &w->req, w->done, w->ud);
+  } else {
+    respond_simple(w->done, w->ud, 503, "{\"error\":\"Storage unavailable\"}");
+  }
+  wait_free(w);
+}
+
+/* Before creating room ns/id: when its storage is still loading, park the
+ * request (WebSocket: vt/tp, *out set; HTTP: done/ud) and return 1; 0 when
+ * the room can be created now (or no definition serves it); -1 when the
+ * storage failed (answer 503). */
+static int wait_for_storage(lr_server *s, const char *ns, const char *id, const lr_request *req,
+                            const lr_transport_vt *vt, void *tp, lr_response_cb done, void *ud,
+                            lr_conn **out) {
+  if (!s->store->vt->ready || s->shutting_down || lr_room_find(s, ns, id)) return 0;
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  lua_pushstring(L, ns);
+  lua_pushstring(L, id);
+  bool served = lr_runtime_call(s, NULL, "has_room", "route", 2, 1, NULL, 0) == 0 &&
+                lua_toboolean(L, -1);
+  lua_settop(L, top);
+  if (!served) return 0; /* get_room answers 404 */
+  lr_wait *w = wait_new(s, ns, id, req);
+  char err[256];
+  int rc = lr_store_ready(s->store, ns, id, wait_done, w, err, sizeof err);
+  if (rc != 0) {
+    if (rc < 0) lr_error("room %s/%s: storage not available: %s", ns, id, err);
+    wait_free(w);
+    return rc > 0 ? 0 : -1;
+  }
+  w->next = s->waits;
+  if (w->next) w->next->pprev = &w->next;
+  w->pprev = &s->waits;
+  s->waits = w;
+  if (vt) {
+    lr_conn *c = lr_conn_new(s, NULL, vt, tp);
+    s->stats.conns_open++;
+    s->stats.conns_total++;
+    lr_conn_retain(c);
+    w->conn = c;
+    *out = c;
+    lr_info("conn %s: waits for the storage of %s/%s", c->id, ns, id);
+  } else {
+    w->done = done;
+    w->ud = ud;
+  }
+  return 1;
+}
+
 int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
                       lr_conn **out) {
   *out = NULL;
@@ -1102,6 +1268,11 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     return 404;
   }
   if (s->shard && strcmp(ns, "shard") == 0) return lr_shard_ws_open(s, req, id, vt, tp, out);
+  if (!header_of(req, "x-shard-id")) {
+    int w = wait_for_storage(s, ns, id, req, vt, tp, NULL, NULL, out);
+    if (w > 0) return 0;
+    if (w < 0) return 503;
+  }
   lr_room *r = get_room(s, ns, id);
   if (!r) {
     lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
@@ -1313,6 +1484,12 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     return;
   }
   if (s->shard && lr_shard_http(s, req, ns, id, rest, done, ud)) return;
+  int w = wait_for_storage(s, ns, id, req, NULL, NULL, done, ud, NULL);
+  if (w > 0) return;
+  if (w < 0) {
+    respond_simple(done, ud, 503, "{\"error\":\"Storage unavailable\"}");
+    return;
+  }
   lr_room *r = get_room(s, ns, id);
   if (!r) {
     lr_warn("http %s %s: no room definition matches %s/%s", req->method, req->path, ns, id);
@@ -1372,6 +1549,8 @@ void lr_server_shutdown(lr_server *s) {
   lr_info("shutting down: flushing rooms and closing connections");
   s->shutting_down = true;
   if (s->shard) lr_shard_shutdown(s);
+  for (lr_wait *w = s->waits; w; w = w->next)
+    if (w->conn) lr_conn_close(w->conn, 1001, "server shutdown");
   for (uint32_t b = 0; b < s->nbuckets; b++) {
     for (lr_room *r = s->rooms[b]; r; r = r->hash_next) {
       lr_room_retain(r);

@@ -55,7 +55,12 @@ typedef struct lr_store_op {
 typedef int (*lr_store_list_cb)(void *ud, const char *key, size_t keylen, const char *val,
                                 size_t vallen);
 
+/* ready callback: ok 1 when (ns, room) can be read, 0 when loading failed
+ * (err says why). */
+typedef void (*lr_store_ready_cb)(void *ud, int ok, const char *err);
+
 typedef struct lr_store lr_store;
+struct lr_server;
 typedef struct lr_store_vt {
   const char *name; /* "sqlite", "memory" */
   /* out is reset, then receives the stored JSON text (NUL-terminated). */
@@ -71,6 +76,21 @@ typedef struct lr_store_vt {
    * NULL; for the whole store when ns is NULL too. -1 on backend failure. */
   long (*count)(lr_store *s, const char *ns, const char *room);
   void (*close)(lr_store *s); /* frees s */
+  /* ---- optional: stores whose backend waits for I/O (storage_lua.c).
+   * NULL means synchronous and always ready. ---- */
+  /* The engine whose timers and outgoing HTTP the store may wait on; called
+   * with NULL before the engine goes away. */
+  void (*bind)(lr_store *s, struct lr_server *srv);
+  /* 1: (ns, room) can be read now. 0: it is loading; cb runs later (never
+   * from inside this call), exactly once, unless the store is closed first.
+   * < 0: loading failed (message in err). */
+  int (*ready)(lr_store *s, const char *ns, const char *room, lr_store_ready_cb cb, void *ud,
+               char *err, size_t errlen);
+  /* The engine no longer holds (ns, room): a cache may drop it once its
+   * writes reached the backend. */
+  void (*forget)(lr_store *s, const char *ns, const char *room);
+  /* Write batches accepted but not yet on the backend (shutdown waits). */
+  long (*pending)(lr_store *s);
 } lr_store_vt;
 
 struct lr_store {
@@ -91,6 +111,16 @@ static inline int lr_store_apply(lr_store *s, const char *ns, const char *room,
 }
 static inline long lr_store_count(lr_store *s, const char *ns, const char *room) {
   return s->vt->count(s, ns, room);
+}
+static inline int lr_store_ready(lr_store *s, const char *ns, const char *room,
+                                 lr_store_ready_cb cb, void *ud, char *err, size_t errlen) {
+  return s->vt->ready ? s->vt->ready(s, ns, room, cb, ud, err, errlen) : 1;
+}
+static inline void lr_store_forget(lr_store *s, const char *ns, const char *room) {
+  if (s->vt->forget) s->vt->forget(s, ns, room);
+}
+static inline long lr_store_pending(lr_store *s) {
+  return s->vt->pending ? s->vt->pending(s) : 0;
 }
 static inline void lr_store_close(lr_store *s) {
   if (s) s->vt->close(s);
@@ -120,8 +150,9 @@ typedef struct lr_sqlite_opts {
 lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen);
 
 /* A backend written in Lua (storage_lua.c): FILE returns a table of
- * get/put/delete/list(/apply/count) functions over JSON text. Calls run in L
- * through the protected-call helper. */
+ * list/put/delete(/apply) functions over JSON text that may wait for I/O
+ * (lunaroom.io). Reads are served from a cache loaded per room (ready);
+ * writes go to the cache at once and to the backend in order, behind. */
 struct lua_State;
 lr_store *lr_store_lua_open(struct lua_State *L, const char *path, char *err, size_t errlen);
 

@@ -3,18 +3,31 @@
  *
  * FILE returns a table of functions; values cross as JSON text, so numbers
  * stay exact whatever the backend does with them:
- *   get(ns, room, key)          -> json | nil
+ *   list(ns, room, prefix)  -> { {key, json}, ... } in ascending key order
  *   put(ns, room, key, json)
  *   delete(ns, room, key)
- *   list(ns, room, prefix)      -> { {key, json}, ... } in ascending key order
- *   apply(ns, room, ops)        optional: ops = { {"put", k, json} | {"del", k}
- *                               | {"delprefix", k} }, all or nothing; without
- *                               it the ops run one by one (not atomic)
- *   count(ns, room)             optional
- * Calls are synchronous: a backend may block on I/O (it runs on the loop).
+ *   apply(ns, room, ops)    optional: ops = { {"put", k, json} | {"del", k}
+ *                           | {"delprefix", k} }, all or nothing; without it
+ *                           the ops run one by one
+ * Any of them may wait for I/O with lunaroom.io (sleep, request): every call
+ * runs in its own coroutine, and the host resumes it when the timer fires or
+ * the HTTP answer arrives, while the loop serves everything else.
  *
- * Owns: the lr_store vtable over such a table. Must not: keep Lua values
- * across calls other than the backend table's registry reference.
+ * How the engine's synchronous reads meet a backend that waits: a room's
+ * keys are loaded once (list with prefix "") into a cache (a memory store)
+ * before the room is created; the engine asks ready() and parks the
+ * connection or request meanwhile. Reads are then answered from the cache.
+ * A write batch goes to the cache at once and to the backend behind it, in
+ * order, one backend call per room at a time (batches queued meanwhile are
+ * merged into the next call). A failed backend write stays queued and is
+ * retried with backoff (1 s doubling to 30 s), logged with the room; shutdown
+ * waits for the queue (main.c). When the backend answers without waiting,
+ * a write behaves as before: its error is the caller's and nothing is
+ * cached.
+ *
+ * Owns: the lr_store vtable over such a table, the per-room cache state,
+ * the write queue and the coroutines of backend calls.
+ * Must not: know the key layout of rooms, or call a room's Lua.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,92 +35,129 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "engine.h"
+#include "fetch.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "storage.h"
 
-typedef struct lstore {
+#define NBUCKETS 1024
+#define RETRY_MIN_MS 1000
+#define RETRY_MAX_MS 30000
+
+typedef struct lstore lstore;
+typedef struct lroom lroom;
+
+typedef struct waiter {
+  struct waiter *next;
+  lr_store_ready_cb cb;
+  void *ud;
+} waiter;
+
+typedef struct batch {
+  struct batch *next;
+  int ref; /* the ops as a Lua array (push_ops), kept for retries */
+} batch;
+
+enum { J_LOAD = 1, J_APPLY };
+enum { R_NONE = 0, R_LOADING, R_LOADED };
+
+typedef struct job {
+  lstore *s;
+  lroom *r;
+  int kind;
+  lua_State *co;
+  int coref;
+  int nbatches;      /* J_APPLY: queued batches this call carries */
+  uint64_t timer;    /* waiting in lunaroom.io.sleep */
+  uint64_t fetch;    /* waiting in lunaroom.io.request */
+  char err[256];     /* set when the call failed */
+  int done, ok;      /* finished (synchronously or later) */
+  bool sync;         /* the caller is still on the stack: no callbacks */
+} job;
+
+struct lroom {
+  lroom *next;
+  lstore *s;
+  char *ns, *id;
+  int state;
+  waiter *waiters, **wtail;
+  batch *qhead, **qtail;
+  long nqueued;
+  job *inflight;
+  int64_t backoff;
+  uint64_t retry_timer;
+  bool forget;
+};
+
+struct lstore {
   lr_store base;
   lua_State *L;
-  int ref; /* the backend table */
-} lstore;
+  int ref;    /* the backend table */
+  int drv;    /* lunaroom.io.run */
+  lr_store *cache;
+  lr_server *srv;
+  lroom *rooms[NBUCKETS];
+  long pending; /* batches queued or in flight, all rooms */
+};
 
-/* Push backend[name]; returns 0, or -1 (nothing pushed) if it is missing. */
-static int push_fn(lstore *s, const char *name) {
-  lua_rawgeti(s->L, LUA_REGISTRYINDEX, s->ref);
-  lua_getfield(s->L, -1, name);
-  lua_remove(s->L, -2);
-  if (lua_isfunction(s->L, -1)) return 0;
-  lua_pop(s->L, 1);
-  return -1;
+static uint32_t hash2(const char *a, const char *b) {
+  uint32_t h = 2166136261u;
+  for (; *a; a++)
+    h = (h ^ (unsigned char)*a) * 16777619u;
+  h = (h ^ 0xff) * 16777619u;
+  for (; *b; b++)
+    h = (h ^ (unsigned char)*b) * 16777619u;
+  return h;
 }
 
-static int call(lstore *s, const char *name, int nargs, int nres, char *err, size_t errlen) {
-  lr_callinfo ci = {.what = name};
-  if (lr_vm_pcall(s->L, nargs, nres, &ci) != 0) {
-    lr__store_errf(err, errlen, "lua storage %s: %s", name, ci.err);
-    return LR_STORE_EIO;
-  }
-  return 0;
+static lroom *room_get(lstore *s, const char *ns, const char *id, bool create) {
+  uint32_t b = hash2(ns, id) & (NBUCKETS - 1);
+  for (lroom *r = s->rooms[b]; r; r = r->next)
+    if (strcmp(r->ns, ns) == 0 && strcmp(r->id, id) == 0) return r;
+  if (!create) return NULL;
+  lroom *r = lr_xcalloc(1, sizeof *r);
+  r->s = s;
+  r->ns = lr_xstrndup(ns, strlen(ns));
+  r->id = lr_xstrndup(id, strlen(id));
+  r->wtail = &r->waiters;
+  r->qtail = &r->qhead;
+  r->next = s->rooms[b];
+  s->rooms[b] = r;
+  return r;
 }
 
-static int l_get(lr_store *st, const char *ns, const char *room, const char *key, lr_buf *out,
-                 char *err, size_t errlen) {
-  lstore *s = (lstore *)st;
-  lua_State *L = s->L;
-  lr_buf_reset(out);
-  if (push_fn(s, "get")) return lr__store_errf(err, errlen, "lua storage has no get"), LR_STORE_EIO;
-  lua_pushstring(L, ns);
-  lua_pushstring(L, room);
-  lua_pushstring(L, key);
-  int rc = call(s, "get", 3, 1, err, errlen);
-  if (rc) return rc;
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return LR_STORE_NOTFOUND;
+static void room_free(lstore *s, lroom *r) {
+  uint32_t b = hash2(r->ns, r->id) & (NBUCKETS - 1);
+  for (lroom **p = &s->rooms[b]; *p; p = &(*p)->next) {
+    if (*p == r) {
+      *p = r->next;
+      break;
+    }
   }
-  size_t n;
-  const char *v = lua_tolstring(L, -1, &n);
-  if (!v) {
-    lua_pop(L, 1);
-    lr__store_errf(err, errlen, "lua storage get(%s) did not return JSON text", key);
-    return LR_STORE_EIO;
+  for (waiter *w = r->waiters, *n; w; w = n) {
+    n = w->next;
+    free(w);
   }
-  lr_buf_put(out, v, n);
-  lua_pop(L, 1);
-  return 0;
+  for (batch *q = r->qhead, *n; q; q = n) {
+    n = q->next;
+    luaL_unref(s->L, LUA_REGISTRYINDEX, q->ref);
+    free(q);
+  }
+  free(r->ns);
+  free(r->id);
+  free(r);
 }
 
-static int l_list(lr_store *st, const char *ns, const char *room, const char *prefix,
-                  lr_store_list_cb cb, void *ud, char *err, size_t errlen) {
-  lstore *s = (lstore *)st;
-  lua_State *L = s->L;
-  if (push_fn(s, "list"))
-    return lr__store_errf(err, errlen, "lua storage has no list"), LR_STORE_EIO;
-  lua_pushstring(L, ns);
-  lua_pushstring(L, room);
-  lua_pushstring(L, prefix ? prefix : "");
-  int rc = call(s, "list", 3, 1, err, errlen);
-  if (rc) return rc;
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    lr__store_errf(err, errlen, "lua storage list did not return a table");
-    return LR_STORE_EIO;
-  }
-  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, -1, i);
-    lua_rawgeti(L, -1, 1);
-    lua_rawgeti(L, -2, 2);
-    size_t kl, vl;
-    const char *k = lua_tolstring(L, -2, &kl), *v = lua_tolstring(L, -1, &vl);
-    int stop = (k && v) ? cb(ud, k, kl, v, vl) : 0;
-    lua_pop(L, 3);
-    if (stop) break;
-  }
-  lua_pop(L, 1);
-  return 0;
+/* Drop a forgotten room from the cache once nothing of it is pending. */
+static void maybe_drop(lstore *s, lroom *r) {
+  if (!r->forget || r->inflight || r->qhead || r->state == R_LOADING || r->waiters) return;
+  lr_store_op all = {LR_STORE_DEL_PREFIX, "", 0, NULL, 0};
+  lr_store_apply(s->cache, r->ns, r->id, &all, 1, NULL, 0);
+  room_free(s, r);
 }
+
+/* ------------------------------------------------------------ backend calls */
 
 static void push_ops(lua_State *L, const lr_store_op *ops, size_t n) {
   lua_createtable(L, (int)n, 0);
@@ -128,19 +178,316 @@ static void push_ops(lua_State *L, const lr_store_op *ops, size_t n) {
   }
 }
 
-typedef struct keys {
-  char **k;
-  size_t n, cap;
-} keys;
+static void job_step(job *j, int nargs);
+static void job_end(job *j);
 
-static int collect(void *ud, const char *key, size_t keylen, const char *val, size_t vallen) {
-  (void)val;
-  (void)vallen;
-  keys *ks = ud;
-  if (ks->n == ks->cap)
-    ks->k = lr_xrealloc(ks->k, (ks->cap = ks->cap ? ks->cap * 2 : 16) * sizeof *ks->k);
-  ks->k[ks->n++] = lr_xstrndup(key, keylen);
+static void on_timer(void *ud) {
+  job *j = ud;
+  j->timer = 0;
+  job_step(j, 0);
+}
+
+static void on_fetch(void *ud, const lr_fetch_result *res) {
+  job *j = ud;
+  j->fetch = 0;
+  lua_State *co = j->co;
+  lua_createtable(co, 0, 4);
+  lua_pushinteger(co, res->status);
+  lua_setfield(co, -2, "status");
+  lua_pushlstring(co, res->body, res->bodylen);
+  lua_setfield(co, -2, "body");
+  if (res->error) {
+    lua_pushstring(co, res->error);
+    lua_setfield(co, -2, "error");
+  }
+  if (res->content_type) {
+    lua_pushstring(co, res->content_type);
+    lua_setfield(co, -2, "contentType");
+  }
+  job_step(j, 1);
+}
+
+/* The coroutine yielded nres values: a wait of lunaroom.io. Arms it, or
+ * returns -1 with the reason in j->err. */
+static int start_wait(job *j, int nres) {
+  lua_State *co = j->co;
+  int base = lua_gettop(co) - nres + 1;
+  const char *what = nres > 0 ? lua_tostring(co, base) : NULL;
+  lr_server *srv = j->s->srv;
+  if (!what || (strcmp(what, "lunaroom.sleep") != 0 && strcmp(what, "lunaroom.request") != 0)) {
+    snprintf(j->err, sizeof j->err, "the backend yielded outside lunaroom.io (sleep, request)");
+    return -1;
+  }
+  if (!srv) {
+    snprintf(j->err, sizeof j->err, "%s: no event loop to wait on", what);
+    return -1;
+  }
+  if (strcmp(what, "lunaroom.sleep") == 0) {
+    int64_t ms = (int64_t)lua_tonumber(co, base + 1);
+    lua_settop(co, base - 1);
+    j->timer = lr_timer_add_c(srv, ms, on_timer, j);
+    return 0;
+  }
+  /* "lunaroom.request", method, url, headers, body, timeout */
+  const char *method = lua_tostring(co, base + 1), *url = lua_tostring(co, base + 2);
+  size_t bodylen = 0;
+  const char *body = lua_tolstring(co, base + 4, &bodylen);
+  int64_t timeout = (int64_t)lua_tonumber(co, base + 5);
+  lr_header h[32];
+  size_t nh = 0;
+  if (lua_istable(co, base + 3)) {
+    lua_pushnil(co);
+    while (nh < 32 && lua_next(co, base + 3)) {
+      if (lua_type(co, -2) == LUA_TSTRING && lua_type(co, -1) == LUA_TSTRING) {
+        h[nh].name = lua_tostring(co, -2);
+        h[nh].value = lua_tostring(co, -1);
+        nh++;
+      }
+      lua_pop(co, 1);
+    }
+  }
+  /* lr_fetch copies what it needs; the strings live on co until settop. */
+  j->fetch = lr_fetch(srv, method ? method : "GET", url ? url : "", h, nh, body, bodylen, timeout,
+                      on_fetch, j);
+  lua_settop(co, base - 1);
+  if (!j->fetch) {
+    snprintf(j->err, sizeof j->err, "lunaroom.io.request: %s is not a plain http:// URL",
+             url ? url : "(nil)");
+    return -1;
+  }
   return 0;
+}
+
+/* Resume j's coroutine with nargs values on its stack. */
+static void job_step(job *j, int nargs) {
+  char what[64];
+  snprintf(what, sizeof what, "storage %s", j->kind == J_LOAD ? "load" : "write");
+  char key[512];
+  snprintf(key, sizeof key, "%s/%s", j->r->ns, j->r->id);
+  lr_callinfo ci = {.room = key, .what = what};
+  int nres = 0;
+  int rc = lr_vm_resume(j->co, j->s->L, nargs, &nres, &ci);
+  if (rc == LUA_YIELD) {
+    if (start_wait(j, nres) == 0) return;
+    j->ok = 0;
+  } else if (rc == LUA_OK) {
+    j->ok = 1;
+  } else {
+    snprintf(j->err, sizeof j->err, "%.*s", (int)sizeof j->err - 1, ci.err);
+    j->ok = 0;
+  }
+  j->done = 1;
+  if (!j->sync) job_end(j);
+}
+
+/* Start a backend call: lunaroom.io.run(backend, op, ns, room, ops) where
+ * ops is at the top of L's stack for J_APPLY (popped). */
+static job *job_start(lstore *s, lroom *r, int kind) {
+  lua_State *L = s->L;
+  job *j = lr_xcalloc(1, sizeof *j);
+  j->s = s;
+  j->r = r;
+  j->kind = kind;
+  j->co = lua_newthread(L);
+  j->coref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rawgeti(j->co, LUA_REGISTRYINDEX, s->drv);
+  lua_rawgeti(j->co, LUA_REGISTRYINDEX, s->ref);
+  lua_pushstring(j->co, kind == J_LOAD ? "load" : "apply");
+  lua_pushstring(j->co, r->ns);
+  lua_pushstring(j->co, r->id);
+  if (kind == J_APPLY)
+    lua_xmove(L, j->co, 1);
+  else
+    lua_pushnil(j->co);
+  r->inflight = j;
+  j->sync = true;
+  job_step(j, 5);
+  j->sync = false;
+  return j; /* j->done: finished already, the caller ends it */
+}
+
+static void job_free(job *j) {
+  if (j->timer && j->s->srv) lr_timer_cancel(j->s->srv, j->timer);
+  if (j->fetch) lr_fetch_cancel(j->fetch);
+  luaL_unref(j->s->L, LUA_REGISTRYINDEX, j->coref);
+  free(j);
+}
+
+/* A load finished: put what the backend listed into the cache. */
+static int load_into_cache(job *j) {
+  lstore *s = j->s;
+  lua_State *co = j->co;
+  if (!lua_istable(co, -1)) {
+    snprintf(j->err, sizeof j->err, "list did not return a table");
+    return -1;
+  }
+  lua_Integer n = (lua_Integer)lua_rawlen(co, -1);
+  lr_store_op *ops = lr_xcalloc((size_t)n + 1, sizeof *ops);
+  ops[0] = (lr_store_op){LR_STORE_DEL_PREFIX, "", 0, NULL, 0};
+  size_t k = 1;
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(co, -1, i);
+    if (lua_istable(co, -1)) {
+      lua_rawgeti(co, -1, 1);
+      lua_rawgeti(co, -2, 2);
+      size_t kl, vl;
+      const char *kk = lua_tolstring(co, -2, &kl), *vv = lua_tolstring(co, -1, &vl);
+      if (kk && vv) ops[k++] = (lr_store_op){LR_STORE_PUT, kk, kl, vv, vl};
+      lua_pop(co, 2); /* the strings stay alive in the entry table, on the list */
+    }
+    lua_pop(co, 1);
+  }
+  char err[200];
+  int rc = lr_store_apply(s->cache, j->r->ns, j->r->id, ops, k, err, sizeof err);
+  free(ops);
+  if (rc) snprintf(j->err, sizeof j->err, "listed entries are not valid: %.200s", err);
+  return rc ? -1 : 0;
+}
+
+static void start_queue(lstore *s, lroom *r);
+
+static void on_retry(void *ud) {
+  lroom *r = ud;
+  r->retry_timer = 0;
+  start_queue(r->s, r);
+}
+
+/* Called once per finished job that outlived its starting call. */
+static void job_end(job *j) {
+  lstore *s = j->s;
+  lroom *r = j->r;
+  r->inflight = NULL;
+  if (j->kind == J_LOAD) {
+    if (j->ok && load_into_cache(j) == 0) {
+      r->state = R_LOADED;
+    } else {
+      r->state = R_NONE;
+      j->ok = 0;
+      lr_error("storage %s/%s: loading from the Lua backend failed: %s", r->ns, r->id, j->err);
+    }
+    waiter *w = r->waiters;
+    r->waiters = NULL;
+    r->wtail = &r->waiters;
+    job_free(j);
+    while (w) {
+      waiter *n = w->next;
+      w->cb(w->ud, r->state == R_LOADED, r->state == R_LOADED ? NULL : "storage load failed");
+      free(w);
+      w = n;
+    }
+    /* r may have been forgotten meanwhile */
+    maybe_drop(s, r);
+    return;
+  }
+  int nb = j->nbatches;
+  if (j->ok) {
+    for (int i = 0; i < nb && r->qhead; i++) {
+      batch *q = r->qhead;
+      r->qhead = q->next;
+      if (!r->qhead) r->qtail = &r->qhead;
+      luaL_unref(s->L, LUA_REGISTRYINDEX, q->ref);
+      free(q);
+      r->nqueued--;
+      s->pending--;
+    }
+    if (r->backoff) lr_info("storage %s/%s: the Lua backend accepts writes again", r->ns, r->id);
+    r->backoff = 0;
+    job_free(j);
+    start_queue(s, r);
+    maybe_drop(s, r);
+    return;
+  }
+  r->backoff = r->backoff ? r->backoff * 2 : RETRY_MIN_MS;
+  if (r->backoff > RETRY_MAX_MS) r->backoff = RETRY_MAX_MS;
+  lr_error("storage %s/%s: write to the Lua backend failed (%ld batch(es) kept, retry in %lld "
+           "ms): %s",
+           r->ns, r->id, r->nqueued, (long long)r->backoff, j->err);
+  job_free(j);
+  if (s->srv) r->retry_timer = lr_timer_add_c(s->srv, r->backoff, on_retry, r);
+}
+
+/* Send every queued batch of r to the backend in one call, unless a call is
+ * running or a retry is pending. */
+static void start_queue(lstore *s, lroom *r) {
+  if (r->inflight || !r->qhead || r->retry_timer) return;
+  lua_State *L = s->L;
+  int nb = 0;
+  if (!r->qhead->next) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->qhead->ref);
+    nb = 1;
+  } else {
+    lua_newtable(L);
+    lua_Integer k = 0;
+    for (batch *q = r->qhead; q; q = q->next, nb++) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, q->ref);
+      lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+      for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        lua_rawseti(L, -3, ++k);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  job *j = job_start(s, r, J_APPLY);
+  j->nbatches = nb;
+  if (j->done) job_end(j);
+}
+
+/* Load r into the cache now if the backend answers without waiting.
+ * 0 when loaded; LR_STORE_EBUSY when it is loading (a call waits for I/O);
+ * LR_STORE_EIO when the backend failed. */
+static int ensure_loaded(lstore *s, lroom *r, char *err, size_t errlen) {
+  if (r->state == R_LOADED) return 0;
+  if (r->state == R_NONE) {
+    job *j = job_start(s, r, J_LOAD);
+    if (!j->done) {
+      r->state = R_LOADING;
+    } else {
+      r->inflight = NULL;
+      int ok = j->ok && load_into_cache(j) == 0;
+      if (!ok)
+        lr__store_errf(err, errlen, "lua storage: loading %s/%s failed: %s", r->ns, r->id, j->err);
+      job_free(j);
+      if (!ok) return LR_STORE_EIO;
+      r->state = R_LOADED;
+      return 0;
+    }
+  }
+  lr__store_errf(err, errlen,
+                 "lua storage: %s/%s is still loading (the backend waits for I/O); the engine "
+                 "waits for ready() before reading",
+                 r->ns, r->id);
+  return LR_STORE_EBUSY;
+}
+
+static int l_get(lr_store *st, const char *ns, const char *room, const char *key, lr_buf *out,
+                 char *err, size_t errlen) {
+  lstore *s = (lstore *)st;
+  lr_buf_reset(out);
+  int rc = ensure_loaded(s, room_get(s, ns, room, true), err, errlen);
+  return rc ? rc : lr_store_get(s->cache, ns, room, key, out, err, errlen);
+}
+
+static int l_list(lr_store *st, const char *ns, const char *room, const char *prefix,
+                  lr_store_list_cb cb, void *ud, char *err, size_t errlen) {
+  lstore *s = (lstore *)st;
+  int rc = ensure_loaded(s, room_get(s, ns, room, true), err, errlen);
+  return rc ? rc : lr_store_list(s->cache, ns, room, prefix, cb, ud, err, errlen);
+}
+
+static long l_count(lr_store *st, const char *ns, const char *room) {
+  lstore *s = (lstore *)st;
+  if (ns && room && ensure_loaded(s, room_get(s, ns, room, true), NULL, 0) != 0) return -1;
+  return lr_store_count(s->cache, ns, room); /* ns or room NULL: the loaded rooms */
+}
+
+static void enqueue(lstore *s, lroom *r, int ref) {
+  batch *q = lr_xcalloc(1, sizeof *q);
+  q->ref = ref;
+  *r->qtail = q;
+  r->qtail = &q->next;
+  r->nqueued++;
+  s->pending++;
 }
 
 static int l_apply(lr_store *st, const char *ns, const char *room, const lr_store_op *ops, size_t n,
@@ -149,99 +496,154 @@ static int l_apply(lr_store *st, const char *ns, const char *room, const lr_stor
   lua_State *L = s->L;
   int rc = lr__store_check_ops(ns, room, ops, n, err, errlen);
   if (rc) return rc;
-  if (push_fn(s, "apply") == 0) {
-    lua_pushstring(L, ns);
-    lua_pushstring(L, room);
-    push_ops(L, ops, n);
-    return call(s, "apply", 3, 0, err, errlen);
-  }
-  for (size_t i = 0; i < n && rc == 0; i++) {
-    const lr_store_op *o = &ops[i];
-    if (o->kind == LR_STORE_DEL_PREFIX) {
-      keys ks = {0};
-      char prefix[1024];
-      snprintf(prefix, sizeof prefix, "%.*s", (int)o->keylen, o->key);
-      rc = l_list(st, ns, room, prefix, collect, &ks, err, errlen);
-      for (size_t j = 0; j < ks.n; j++) {
-        if (rc == 0 && push_fn(s, "delete") == 0) {
-          lua_pushstring(L, ns);
-          lua_pushstring(L, room);
-          lua_pushstring(L, ks.k[j]);
-          rc = call(s, "delete", 3, 0, err, errlen);
-        }
-        free(ks.k[j]);
-      }
-      free(ks.k);
-      continue;
+  lroom *r = room_get(s, ns, room, true);
+  if ((rc = ensure_loaded(s, r, err, errlen)) != 0) return rc;
+  push_ops(L, ops, n);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (!r->inflight && !r->qhead && !r->retry_timer) {
+    /* Nothing ahead of it: try it now; a backend that answers at once
+     * reports its error to the caller, as a synchronous store does. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    job *j = job_start(s, r, J_APPLY);
+    j->nbatches = 1;
+    if (j->done) {
+      r->inflight = NULL;
+      luaL_unref(L, LUA_REGISTRYINDEX, ref);
+      int ok = j->ok;
+      if (!ok) lr__store_errf(err, errlen, "lua storage apply: %s", j->err);
+      job_free(j);
+      if (!ok) return LR_STORE_EIO;
+      return lr_store_apply(s->cache, ns, room, ops, n, err, errlen);
     }
-    const char *fn = o->kind == LR_STORE_PUT ? "put" : "delete";
-    if (push_fn(s, fn)) {
-      lr__store_errf(err, errlen, "lua storage has no %s", fn);
-      return LR_STORE_EIO;
-    }
-    lua_pushstring(L, ns);
-    lua_pushstring(L, room);
-    lua_pushlstring(L, o->key, o->keylen);
-    if (o->kind == LR_STORE_PUT) lua_pushlstring(L, o->val, o->vallen);
-    rc = call(s, fn, o->kind == LR_STORE_PUT ? 4 : 3, 0, err, errlen);
   }
-  return rc;
+  /* Behind a running call, or this one waits for I/O: queued (it is the
+   * head if it is the running call). */
+  enqueue(s, r, ref);
+  return lr_store_apply(s->cache, ns, room, ops, n, err, errlen);
 }
 
-static int count_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
-  (void)k, (void)kl, (void)v, (void)vl;
-  (*(long *)ud)++;
+static int l_ready(lr_store *st, const char *ns, const char *room, lr_store_ready_cb cb, void *ud,
+                   char *err, size_t errlen) {
+  lstore *s = (lstore *)st;
+  lroom *r = room_get(s, ns, room, true);
+  r->forget = false;
+  int rc = ensure_loaded(s, r, err, errlen);
+  if (rc == 0) return 1;
+  if (rc != LR_STORE_EBUSY) return -1;
+  waiter *w = lr_xcalloc(1, sizeof *w);
+  w->cb = cb;
+  w->ud = ud;
+  *r->wtail = w;
+  r->wtail = &w->next;
   return 0;
 }
 
-static long l_count(lr_store *st, const char *ns, const char *room) {
+static void l_forget(lr_store *st, const char *ns, const char *room) {
   lstore *s = (lstore *)st;
-  if (push_fn(s, "count") == 0) {
-    lua_pushstring(s->L, ns ? ns : "");
-    if (room)
-      lua_pushstring(s->L, room);
-    else
-      lua_pushnil(s->L);
-    char err[128];
-    if (call(s, "count", 2, 1, err, sizeof err)) return -1;
-    long n = (long)lua_tointeger(s->L, -1);
-    lua_pop(s->L, 1);
-    return n;
-  }
-  if (!ns || !room) return -1;
-  long n = 0;
-  char err[128];
-  if (l_list(st, ns, room, "", count_cb, &n, err, sizeof err)) return -1;
-  return n;
+  lroom *r = room_get(s, ns, room, false);
+  if (!r) return;
+  r->forget = true;
+  maybe_drop(s, r);
+}
+
+static long l_pending(lr_store *st) {
+  return ((lstore *)st)->pending;
+}
+
+static void l_bind(lr_store *st, lr_server *srv) {
+  lstore *s = (lstore *)st;
+  s->srv = srv;
+  if (srv) return;
+  /* The engine's timers are about to be freed without firing. */
+  for (int b = 0; b < NBUCKETS; b++)
+    for (lroom *r = s->rooms[b]; r; r = r->next) {
+      r->retry_timer = 0;
+      if (r->inflight) r->inflight->timer = 0;
+    }
 }
 
 static void l_close(lr_store *st) {
   lstore *s = (lstore *)st;
+  if (s->pending)
+    lr_warn("lua storage: closing with %ld write batch(es) not on the backend", s->pending);
+  for (int b = 0; b < NBUCKETS; b++)
+    while (s->rooms[b]) {
+      lroom *r = s->rooms[b];
+      if (r->inflight) job_free(r->inflight);
+      room_free(s, r);
+    }
+  lr_store_close(s->cache);
+  luaL_unref(s->L, LUA_REGISTRYINDEX, s->drv);
   luaL_unref(s->L, LUA_REGISTRYINDEX, s->ref);
   free(s);
 }
 
-static const lr_store_vt lua_vt = {"lua", l_get, l_list, l_apply, l_count, l_close};
+static const lr_store_vt lua_vt = {
+    .name = "lua",
+    .get = l_get,
+    .list = l_list,
+    .apply = l_apply,
+    .count = l_count,
+    .close = l_close,
+    .bind = l_bind,
+    .ready = l_ready,
+    .forget = l_forget,
+    .pending = l_pending,
+};
 
 lr_store *lr_store_lua_open(lua_State *L, const char *path, char *err, size_t errlen) {
-  if (luaL_loadfile(L, path) != LUA_OK) {
-    lr__store_errf(err, errlen, "%s", lua_tostring(L, -1));
-    lua_pop(L, 1);
-    return NULL;
-  }
   lr_callinfo ci = {.what = "storage backend"};
-  if (lr_vm_pcall(L, 0, 1, &ci) != 0) {
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "lunaroom.io");
+  if (lr_vm_pcall(L, 1, 1, &ci) != 0) {
     lr__store_errf(err, errlen, "%s", ci.err);
     return NULL;
   }
-  if (!lua_istable(L, -1)) {
+  lua_getfield(L, -1, "run");
+  lua_remove(L, -2);
+  if (luaL_loadfile(L, path) != LUA_OK) {
+    lr__store_errf(err, errlen, "%s", lua_tostring(L, -1));
+    lua_pop(L, 2);
+    return NULL;
+  }
+  if (lr_vm_pcall(L, 0, 1, &ci) != 0) {
+    lr__store_errf(err, errlen, "%s", ci.err);
     lua_pop(L, 1);
-    lr__store_errf(err, errlen, "%s must return a table with get, put, delete, list", path);
+    return NULL;
+  }
+  const char *missing = NULL;
+  if (!lua_istable(L, -1)) {
+    missing = "a table";
+  } else {
+    lua_getfield(L, -1, "list");
+    if (!lua_isfunction(L, -1)) missing = "list";
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "apply");
+    int has_apply = lua_isfunction(L, -1);
+    lua_pop(L, 1);
+    if (!has_apply && !missing) {
+      lua_getfield(L, -1, "put");
+      lua_getfield(L, -2, "delete");
+      if (!lua_isfunction(L, -2) || !lua_isfunction(L, -1)) missing = "put and delete (or apply)";
+      lua_pop(L, 2);
+    }
+  }
+  if (missing) {
+    lua_pop(L, 2);
+    lr__store_errf(err, errlen, "%s must return a table with list and apply (or put and delete): "
+                   "no %s", path, missing);
+    return NULL;
+  }
+  lr_store *cache = lr_store_memory_open(NULL, err, errlen);
+  if (!cache) {
+    lua_pop(L, 2);
     return NULL;
   }
   lstore *s = lr_xcalloc(1, sizeof *s);
   s->base.vt = &lua_vt;
   s->L = L;
+  s->cache = cache;
   s->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->drv = luaL_ref(L, LUA_REGISTRYINDEX);
   return &s->base;
 }

@@ -443,6 +443,10 @@ function M.create_room(srv, ns, id, rebind)
 end
 
 --- A hibernated room is needed again (C calls this before any event).
+--- Whether a definition serves ns/id (the engine asks before it waits for
+--- a room's storage to load).
+function M.has_room(srv, ns, id) return resolve(srv, ns, id) ~= nil end
+
 function M.wake(srv, ns, id)
   local room = M.create_room(srv, ns, id, true)
   if not room then error("no definition serves " .. ns .. "/" .. id .. " any more") end
