@@ -27,8 +27,8 @@ typedef struct lr_timer {
   int64_t when;
   uint64_t seq; /* tie-break: FIFO for equal times; also the public id */
   lr_timer_kind kind;
-  lr_room *room; /* retained, or NULL */
-  int fn_ref;    /* LR_T_LUA: registry ref of the callback */
+  lr_room *room;  /* retained, or NULL */
+  int fn_ref;     /* LR_T_LUA: registry ref of the callback */
   lr_timer_cb cb; /* LR_T_C: called with ud (not called if the server is freed first) */
   void *ud;
   bool cancelled;

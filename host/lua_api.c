@@ -1106,6 +1106,12 @@ static int l_store_fail_next(lua_State *L) {
   return 0;
 }
 
+/* core.store_pending(srv): write batches not yet on the backend. */
+static int l_store_pending(lua_State *L) {
+  lua_pushinteger(L, lr_store_pending(check_server(L, 1)->store));
+  return 1;
+}
+
 static int l_store_count(lua_State *L) {
   store_target tg = check_target(L, 1);
   lua_pushinteger(L, tg.st->vt->count(tg.st, tg.ns, tg.id));
@@ -1604,6 +1610,7 @@ static const luaL_Reg core_fns[] = {
     {"store_apply", l_store_apply},
     {"store_list", l_store_list},
     {"store_count", l_store_count},
+    {"store_pending", l_store_pending},
     {"store_fail_next", l_store_fail_next},
     {"encode", l_encode},
     {"decode", l_decode},

@@ -465,6 +465,22 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   lua_settop(L, 0);
   int rc = lr_net_run(s, &no);
   lr_server_shutdown(s);
+  /* A Lua backend that waits for I/O may still have writes behind the
+   * cache: give them a bounded time to land (timers and HTTP keep running). */
+  if (lr_store_pending(st) > 0) {
+    lr_info("waiting for %ld write batch(es) to reach the storage backend", lr_store_pending(st));
+    int64_t end = lr_now(s) + 10000;
+    while (lr_store_pending(st) > 0 && lr_now(s) < end) {
+      lr_server_tick(s);
+      lr_fetch_flush(5);
+      usleep(1000);
+    }
+    if (lr_store_pending(st) > 0) {
+      lr_error("%ld write batch(es) did not reach the storage backend before shutdown",
+               lr_store_pending(st));
+      rc = 1;
+    }
+  }
   lr_fetch_flush(1000); /* a shard's last reports and uplink closes */
   lr_shard_free(s);
   lr_fetch_shutdown();

@@ -1127,7 +1127,7 @@ typedef struct lr_wait {
   char *ns, *id;
   lr_request req; /* deep copy */
   lr_header *headers;
-  lr_conn *conn;      /* WebSocket: joining, no room yet (one reference) */
+  lr_conn *conn;       /* WebSocket: joining, no room yet (one reference) */
   lr_response_cb done; /* HTTP */
   void *ud;
 } lr_wait;
@@ -1226,8 +1226,8 @@ static int wait_for_storage(lr_server *s, const char *ns, const char *id, const 
   int top = lua_gettop(L);
   lua_pushstring(L, ns);
   lua_pushstring(L, id);
-  bool served = lr_runtime_call(s, NULL, "has_room", "route", 2, 1, NULL, 0) == 0 &&
-                lua_toboolean(L, -1);
+  bool served =
+      lr_runtime_call(s, NULL, "has_room", "route", 2, 1, NULL, 0) == 0 && lua_toboolean(L, -1);
   lua_settop(L, top);
   if (!served) return 0; /* get_room answers 404 */
   lr_wait *w = wait_new(s, ns, id, req);

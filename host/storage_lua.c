@@ -68,12 +68,12 @@ typedef struct job {
   int kind;
   lua_State *co;
   int coref;
-  int nbatches;      /* J_APPLY: queued batches this call carries */
-  uint64_t timer;    /* waiting in lunaroom.io.sleep */
-  uint64_t fetch;    /* waiting in lunaroom.io.request */
-  char err[256];     /* set when the call failed */
-  int done, ok;      /* finished (synchronously or later) */
-  bool sync;         /* the caller is still on the stack: no callbacks */
+  int nbatches;   /* J_APPLY: queued batches this call carries */
+  uint64_t timer; /* waiting in lunaroom.io.sleep */
+  uint64_t fetch; /* waiting in lunaroom.io.request */
+  char err[256];  /* set when the call failed */
+  int done, ok;   /* finished (synchronously or later) */
+  bool sync;      /* the caller is still on the stack: no callbacks */
 } job;
 
 struct lroom {
@@ -93,8 +93,8 @@ struct lroom {
 struct lstore {
   lr_store base;
   lua_State *L;
-  int ref;    /* the backend table */
-  int drv;    /* lunaroom.io.run */
+  int ref; /* the backend table */
+  int drv; /* lunaroom.io.run */
   lr_store *cache;
   lr_server *srv;
   lroom *rooms[NBUCKETS];
@@ -630,8 +630,10 @@ lr_store *lr_store_lua_open(lua_State *L, const char *path, char *err, size_t er
   }
   if (missing) {
     lua_pop(L, 2);
-    lr__store_errf(err, errlen, "%s must return a table with list and apply (or put and delete): "
-                   "no %s", path, missing);
+    lr__store_errf(err, errlen,
+                   "%s must return a table with list and apply (or put and delete): "
+                   "no %s",
+                   path, missing);
     return NULL;
   }
   lr_store *cache = lr_store_memory_open(NULL, err, errlen);

@@ -134,7 +134,16 @@ function T:http(method, path, opts)
   end
   local p, q = path:match("^([^?]*)%??(.*)$")
   local full = "/parties/" .. (opts.party or self.party) .. "/" .. (opts.room or self.id) .. (p == "/" and "" or p)
-  local res = core.http(self.srv.h, method, full, q, headers, body)
+  local res, pending = core.http(self.srv.h, method, full, q, headers, body)
+  -- The room's storage is loading (a backend that waits for I/O): the
+  -- answer comes once it loaded; let the virtual clock run until then.
+  local waited = 0
+  while not res and waited < 60000 do
+    core.advance(self.srv.h, 1)
+    waited = waited + 1
+    res = core.http_take(pending)
+  end
+  if not res then error("t:http: no answer after 60 s of virtual time", 2) end
   if (res.headers["content-type"] or ""):find("json", 1, true) then res.json = core.decode(res.body) end
   return res
 end
@@ -180,8 +189,10 @@ local function default_id(def)
 end
 
 --- A headless server with one room definition (file path or lr.room table).
--- opts: id (room id, default from the path), storage ("memory" or
--- "sqlite:PATH"), seed (random ids), env, rooms (more definitions).
+-- opts: id (room id, default from the path), storage ("memory",
+-- "sqlite:PATH", "lua:FILE"), seed (random ids), env, rooms (more
+-- definitions), create (false: the first client or request creates the
+-- room, as under `serve`; needed when the storage waits for I/O).
 function M.room(src, opts)
   opts = opts or {}
   local def, version = load_def(src)
@@ -194,7 +205,7 @@ function M.room(src, opts)
   t.storage_spec = opts.storage
   -- Create the room now (as the reference's testRoom does with onStart).
   local room = srv.rooms[t.party .. "/" .. t.id]
-  if not room then
+  if not room and opts.create ~= false then
     room = runtime.create_room(srv, t.party, t.id)
     if not room then error("no definition matches room id " .. t.id, 2) end
     core.tick(h)

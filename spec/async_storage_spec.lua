@@ -1,0 +1,161 @@
+-- A Lua storage backend that waits for I/O (lunaroom.io): rooms load before
+-- they run, clients and requests wait meanwhile, writes go behind in order,
+-- failures are retried, nothing is lost, a restart reads it all back.
+local testing = require "lunaroom.testing"
+local lr = require "lunaroom"
+local core = require "lunaroom.core"
+
+local BACKEND = "lua:spec/fixtures/slow_backend.lua"
+
+local def = lr.room { path = "{name}", rateLimit = { rate = 0, burst = 0 },
+  state = { players = lr.users(lr.schema { x = 0 }), count = 0 },
+  actions = { inc = function(r) r.count = r.count + 1 end },
+  requests = { ["GET /count"] = function(r) return { count = r.count } end } }
+
+local function fresh(delay)
+  _G.SLOW_BACKEND = { delay = delay or 50, data = {}, calls = {}, fail_writes = 0, fail_loads = 0 }
+  return _G.SLOW_BACKEND
+end
+
+local function stored(cfg, key) return cfg.data["main\0a"] and cfg.data["main\0a"][key] end
+
+describe("a Lua backend that waits for I/O", function()
+  after_each(function() _G.SLOW_BACKEND = nil end)
+
+  it("loads the room before it runs: the client waits, its early actions are kept", function()
+    local cfg = fresh(50)
+    cfg.data["main\0a"] = { ["state:count"] = "41" }
+    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local c = t:client { id = "s1" }
+    c:send("inc") -- arrives while the room loads
+    assert.are.same({}, c.packets)
+    assert.is_nil(t.room)
+    t:advance(49)
+    assert.are.same({}, c.packets)
+    t:advance(1)
+    local first = c.packets[1]
+    assert.are.equal("sync", first.type)
+    assert.are.equal(41, first.value.count)
+    assert.are.equal(42, c:last("sync").value.count)
+    assert.are.same({ "list", "main", "a" }, cfg.calls[1])
+    t:close()
+  end)
+
+  it("acknowledges writes at once and sends them behind, in order, merged while one runs", function()
+    local cfg = fresh(50)
+    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local c = t:client { id = "s1" }
+    t:advance(50)
+    for _ = 1, 3 do c:send("inc") end
+    -- the room and its cache have it now; the backend does not yet
+    assert.are.equal(3, t.storage:get("state:count"))
+    assert.are.equal(3, c:last("sync").value.count)
+    assert.is_nil(stored(cfg, "state:count"))
+    t:advance(50)  -- first write done; the two behind it go in one call
+    t:advance(50)
+    assert.are.equal("3", stored(cfg, "state:count"))
+    local applies = {}
+    for _, call in ipairs(cfg.calls) do if call[1] == "apply" then applies[#applies + 1] = call end end
+    assert.is_true(#applies <= 3, "writes behind a running call are merged")
+    assert.are.equal(0, core.store_pending(t.srv.h))
+    t:close()
+  end)
+
+  it("keeps a failed write queued and retries it with backoff: nothing is lost", function()
+    local cfg = fresh(10)
+    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local c = t:client { id = "s1" }
+    t:advance(10)
+    t:advance(10) -- the session records are written
+    testing.logs()
+    cfg.fail_writes = 2
+    c:send("inc")
+    t:advance(10)
+    assert.is_nil(stored(cfg, "state:count"))
+    local logs = table.concat(testing.logs(), "\n")
+    assert.matches("storage main/a: write to the Lua backend failed %(%d+ batch%(es%) kept, retry in 1000 ms%): .*write timed out", logs)
+    c:send("inc") -- queued behind the failed one
+    t:advance(1010) -- retry 1 fails too (backoff doubles)
+    assert.matches("retry in 2000 ms", table.concat(testing.logs(), "\n"))
+    t:advance(2010)
+    assert.are.equal("2", stored(cfg, "state:count"))
+    assert.matches("accepts writes again", table.concat(testing.logs(), "\n"))
+    assert.are.equal(0, core.store_pending(t.srv.h))
+    t:close()
+  end)
+
+  it("reads it all back after a restart", function()
+    local cfg = fresh(20)
+    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local c = t:client { id = "s1" }
+    t:advance(20)
+    c:send("inc"); c:send("inc")
+    t:advance(100)
+    local pid = c.publicId
+    t:close()
+    local t2 = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local c2 = t2:client { id = "s1" }
+    t2:advance(20)
+    assert.are.equal(2, c2.packets[1].value.count)
+    assert.are.equal(pid, c2.publicId) -- the session came back from the backend
+    assert.is_true(cfg.data["main\0a"]["session:s1"] ~= nil)
+    t2:close()
+  end)
+
+  it("answers an HTTP request once the room loaded", function()
+    local cfg = fresh(30)
+    cfg.data["main\0a"] = { ["state:count"] = "7" }
+    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t0 = t:now()
+    local res = t:http("GET", "/count")
+    assert.are.equal(200, res.status)
+    assert.are.equal(7, res.json.count)
+    assert.are.equal(30, t:now() - t0)
+    t:close()
+  end)
+
+  it("closes a waiting client with 1011 when loading fails, and loads again on the next one", function()
+    local cfg = fresh(10)
+    cfg.fail_loads = 1
+    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    testing.logs()
+    local c = t:client { id = "s1" }
+    t:advance(10)
+    assert.are.equal(1011, c.closed.code)
+    assert.matches("loading from the Lua backend failed: .*database unreachable",
+      table.concat(testing.logs(), "\n"))
+    local c2 = t:client { id = "s2" }
+    t:advance(10)
+    assert.are.equal("sync", c2.packets[1].type)
+    t:close()
+  end)
+
+  it("a client that leaves while the room loads is forgotten", function()
+    fresh(10)
+    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local c = t:client { id = "s1" }
+    c:close()
+    t:advance(10)
+    assert.are.same({}, c.packets)
+    assert.are.same({}, t.room and core.room_conns(rawget(t.room, "h")) or {})
+    t:close()
+  end)
+
+  it("refuses to wait outside a backend call, and a backend that yields anything else fails", function()
+    local io = require "lunaroom.io"
+    assert.has_error(function() io.sleep(1) end,
+      "lunaroom.io.sleep: only inside a storage backend call (cannot wait here)")
+    local f = os.tmpname()
+    local fh = assert(_G.io.open(f, "w"))
+    fh:write([[return { list = function() coroutine.yield("nope") return {} end,
+      apply = function() end }]])
+    fh:close()
+    local t = testing.room(def, { storage = "lua:" .. f, id = "a", create = false })
+    testing.logs()
+    local c = t:client { id = "s1" } -- the load failed at once: refused before the upgrade
+    assert.are.equal(503, c.closed.code)
+    assert.matches("yielded outside lunaroom.io", table.concat(testing.logs(), "\n"))
+    t:close()
+    os.remove(f)
+  end)
+end)
