@@ -1,10 +1,12 @@
 -- An example storage backend written in Lua: `--storage lua:lua/lunaroom/backends/memory.lua`.
 -- It keeps everything in Lua tables (nothing survives a restart); copy it
--- and replace the four functions with calls to your database.
+-- and replace the functions with calls to your database (backends/http.lua
+-- is one that waits for the network with lunaroom.io).
 --
 -- The host calls these with JSON text values (numbers stay exact) and
--- expects list() sorted by key. apply() is optional: when present it must be
--- all or nothing; this one validates nothing that can fail, so it is.
+-- expects list() sorted by key. apply() is optional (put and delete are then
+-- used one by one); when present it must be all or nothing; this one
+-- validates nothing that can fail, so it is.
 local rooms = {} -- "ns\0room" -> { key -> json }
 
 local function room(ns, id)
@@ -16,7 +18,6 @@ end
 
 local M = {}
 
-function M.get(ns, id, key) return room(ns, id)[key] end
 function M.put(ns, id, key, json) room(ns, id)[key] = json end
 function M.delete(ns, id, key) room(ns, id)[key] = nil end
 
@@ -40,12 +41,5 @@ function M.apply(ns, id, ops)
   end
 end
 
-function M.count(ns, id)
-  local n = 0
-  for k, r in pairs(rooms) do
-    if id == nil or k == ns .. "\0" .. id then for _ in pairs(r) do n = n + 1 end end
-  end
-  return n
-end
 
 return M
