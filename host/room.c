@@ -849,7 +849,7 @@ static void maybe_hibernate(lr_room *r) {
   }
   lua_State *L = s->L;
   lua_pushstring(L, r->key);
-  lr_runtime_call(s, NULL, "forget_room", "hibernate", 1, 0, NULL, 0);
+  lr_runtime_call(s, NULL, "hibernate_room", "hibernate", 1, 0, NULL, 0);
   if (r->box) *r->box = NULL; /* the old instance's handle is dead */
   r->box = NULL;
   if (r->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, r->ref);

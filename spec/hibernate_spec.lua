@@ -130,3 +130,62 @@ describe("snapshot helpers", function()
     t:close()
   end)
 end)
+
+describe("hibernation across hot reloads", function()
+  local reload = require "lunaroom.reload"
+  local dir = os.tmpname()
+  os.remove(dir)
+  os.execute("mkdir -p " .. dir)
+  local file = dir .. "/h.lua"
+  local function write(extra)
+    local f = assert(io.open(file, "w"))
+    f:write(([[
+local lr = require "lunaroom"
+return lr.room { path = "h", hibernate = true, hibernateAfter = 1000,
+  state = { count = 0, %s },
+  actions = { inc = function(r) r.count = r.count + 1 end } }
+]]):format(extra))
+    f:close()
+  end
+
+  it("a room that slept through a reload wakes on the new code; its clients get new and removed fields", function()
+    write('title = "old"')
+    local t = testing.room(file)
+    local old = rawget(t.room, "version")
+    local c = t:client { id = "a" }
+    c:send("inc")
+    t:advance(1500)
+    assert.is_nil(t.room)
+    write("level = 3")
+    reload.run(t.srv, { file })
+    testing.logs()
+    c:clear()
+    c:send("inc")
+    assert.are.same({ '{"type":"sync","value":{"count":2,"level":3,"title":"$delete"}}' }, c.raw)
+    assert.are.equal(3, t.room.level)
+    assert.is_nil(t.room.title)
+    assert.are_not.equal(old, rawget(t.room, "version"))
+    assert.matches("room main/h woke on version " .. old .. " and took version", table.concat(testing.logs(), "\n"))
+    -- the delete compacted the stored state into one row
+    assert.are.same({ count = 2, level = 3 }, t.storage:get("state:."))
+    t:close()
+  end)
+
+  it("a room that slept through the deletion of its file wakes on the code it ran", function()
+    write('title = "old"')
+    local t = testing.room(file)
+    local c = t:client { id = "a" }
+    c:send("inc")
+    t:advance(1500)
+    assert.is_nil(t.room)
+    os.remove(file)
+    reload.run(t.srv, { file })
+    assert.are.equal(0, #t.srv.defs)
+    c:clear()
+    c:send("inc")
+    assert.is_nil(c.closed)
+    assert.are.same({ '{"type":"sync","value":{"count":2}}' }, c.raw)
+    assert.are.equal("old", t.room.title)
+    t:close()
+  end)
+end)

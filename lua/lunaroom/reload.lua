@@ -394,6 +394,31 @@ local function migrate(room, od, nd)
   end
 end
 
+-- Point a (migrated) live room at definition nd.
+local function swap(room, nd, version, file)
+  local od = rawget(room, "def")
+  rawset(room, "def", nd)
+  rawset(room, "version", version)
+  if file then rawset(room, "file", file) end
+  local cfg = runtime.config_of(nd)
+  if od.autoSync ~= nd.autoSync then
+    cfg.autoSync = nd.autoSync
+    rawset(room, "_autoSync", nd.autoSync)
+  end
+  core.room_config(rawget(room, "h"), cfg)
+end
+
+--- A room that hibernated on an older definition woke (runtime.wake): bring
+--- it to entry e ({def, file, version}) as commit does for live rooms, then
+--- run onReload. Runs inside the wake's protected call (an error rolls back).
+function M.upgrade(srv, room, e)
+  local prev = rawget(room, "version")
+  migrate(room, rawget(room, "def"), e.def)
+  swap(room, e.def, e.version, e.file)
+  log("info", "room %s woke on version %s and took version %s", rawget(room, "key"), prev or "?", e.version or "?")
+  if e.def.onReload then core.pcall(e.def.onReload, rawget(room, "key"), "onReload", room, prev) end
+end
+
 local function rooms_of(srv, job, old_def)
   local list = {}
   for _, room in pairs(srv.rooms) do
@@ -428,17 +453,8 @@ function M.commit(srv, job)
   end
   job.previous = {}
   for i, room in ipairs(rooms) do
-    local od = rawget(room, "def")
     job.previous[i] = rawget(room, "version")
-    rawset(room, "def", nd)
-    rawset(room, "version", job.version)
-    if job.file then rawset(room, "file", job.file) end
-    local cfg = runtime.config_of(nd)
-    if od.autoSync ~= nd.autoSync then
-      cfg.autoSync = nd.autoSync
-      rawset(room, "_autoSync", nd.autoSync)
-    end
-    core.room_config(rawget(room, "h"), cfg)
+    swap(room, nd, job.version, job.file)
   end
   job.rooms = rooms
   job.committed = true

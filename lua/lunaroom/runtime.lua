@@ -210,7 +210,8 @@ function Storage:count() return core.store_count(self.h) end
 
 --- Create the Lua side of a server around a C server handle.
 function M.new_server(h, opts)
-  local srv = { h = h, defs = {}, rooms = {}, opts = opts or {}, env = (opts or {}).env or {} }
+  local srv = { h = h, defs = {}, rooms = {}, opts = opts or {}, env = (opts or {}).env or {},
+    sleeping = {} } -- key -> the definition a hibernated room ran (its clients have that state)
   -- room.env: a read-only view of the process environment the host passed
   -- (SHARD_SECRET, AUTH_JWT_SECRET, WORLD_ID, ...), like the reference's room.env.
   srv.env_view = setmetatable({}, {
@@ -382,8 +383,11 @@ end
 
 --- Called by C when a client or request names a room that is not live yet.
 --- With rebind, the C room exists (it hibernated) and keeps its connections.
-function M.create_room(srv, ns, id, rebind)
+--- entry ({def, file, version}) builds it with that definition instead of
+--- the one that serves ns/id now.
+function M.create_room(srv, ns, id, rebind, entry)
   local e, params = resolve(srv, ns, id)
+  if entry then e, params = entry, entry.def.match(id) or {} end
   if not e then return nil end
   local d = e.def
   local room = setmetatable({
@@ -442,14 +446,32 @@ function M.create_room(srv, ns, id, rebind)
   return room
 end
 
---- A hibernated room is needed again (C calls this before any event).
 --- Whether a definition serves ns/id (the engine asks before it waits for
 --- a room's storage to load).
 function M.has_room(srv, ns, id) return resolve(srv, ns, id) ~= nil end
 
+--- A room is evicted (C, hibernation): remember the code it ran.
+function M.hibernate_room(srv, key)
+  local room = srv.rooms[key]
+  if room then
+    srv.sleeping[key] = { def = rawget(room, "def"), file = rawget(room, "file"), version = rawget(room, "version") }
+  end
+  srv.rooms[key] = nil
+end
+
+--- A hibernated room is needed again (C calls this before any event). It is
+--- rebuilt on the code it ran, which its storage and its clients' state
+--- match; if its file was reloaded meanwhile it then takes the new code as
+--- a live room would (new fields, "$delete" for removed ones, onReload); if
+--- its file was deleted it keeps its code, as live rooms do.
 function M.wake(srv, ns, id)
-  local room = M.create_room(srv, ns, id, true)
-  if not room then error("no definition serves " .. ns .. "/" .. id .. " any more") end
+  local key = ns .. "/" .. id
+  local slept = srv.sleeping[key]
+  srv.sleeping[key] = nil
+  local now = resolve(srv, ns, id)
+  local room = M.create_room(srv, ns, id, true, slept)
+  if not room then error("no definition serves " .. key .. " any more") end
+  if slept and now and now.def ~= slept.def then require("lunaroom.reload").upgrade(srv, room, now) end
 end
 
 
@@ -896,7 +918,7 @@ end
 
 ------------------------------------------------------------------ registration
 
-function M.forget_room(srv, key) srv.rooms[key] = nil end
+function M.forget_room(srv, key) srv.rooms[key] = nil; srv.sleeping[key] = nil end
 
 ------------------------------------------------------------------ code versions (hot reload)
 
