@@ -42,6 +42,7 @@ static const char *usage =
     "                        sqlite:data/lunaroom.sqlite), memory, or memory:SNAPSHOT.json\n"
     "                        (loaded at start if present, saved on graceful shutdown), or\n"
     "                        lua:BACKEND.lua (a storage backend written in Lua)\n"
+    "  --snapshot FILE       with --storage memory: the same as memory:FILE\n"
     "  --max-frame BYTES     largest incoming WebSocket message (default 65536)\n"
     "  --max-queue BYTES     outgoing bytes queued per connection before it is dropped (default "
     "4194304)\n"
@@ -321,7 +322,8 @@ static int add_world(lua_State *L, int rt, int srv, const char *lua_dir) {
 }
 
 static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
-  const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite";
+  const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite", *snapshot = NULL;
+  char storage_buf[4096];
   int watch = 1, world = 0, dir_given = 0;
   const char *shard_main = NULL, *world_url = NULL, *world_id = NULL;
   const char *cleanup_ms = getenv("WORLD_CLEANUP_INTERVAL_MS");
@@ -340,6 +342,8 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       no.host = argv[++i];
     else if (strcmp(a, "--storage") == 0 && v)
       storage = argv[++i];
+    else if (strcmp(a, "--snapshot") == 0 && v)
+      snapshot = argv[++i];
     else if (strcmp(a, "--max-frame") == 0 && v)
       no.max_frame = (size_t)atoll(argv[++i]);
     else if (strcmp(a, "--max-queue") == 0 && v)
@@ -380,6 +384,15 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       fprintf(stderr, "lunaroom serve: unknown option %s\n\n%s", a, usage);
       return 2;
     }
+  }
+  if (snapshot) {
+    if (strcmp(storage, "memory") != 0) {
+      fprintf(stderr, "lunaroom serve: --snapshot %s needs --storage memory (storage is %s)\n",
+              snapshot, storage);
+      return 2;
+    }
+    snprintf(storage_buf, sizeof storage_buf, "memory:%s", snapshot);
+    storage = storage_buf;
   }
   /* World and shards refuse to run unauthenticated (design.md §8). */
   const char *need[2] = {world ? "AUTH_JWT_SECRET" : NULL,

@@ -102,7 +102,8 @@ describe("limits", () => {
     assert.equal(await srv.stop(), 0);
     const saved = JSON.parse(fs.readFileSync(snap, "utf8"));
     assert.deepEqual(saved["main:demo"].find(([k]) => k === "state:count"), ["state:count", 41]);
-    srv = await startServer({ rooms: rooms(), args: ["--storage", `memory:${snap}`] });
+    // the same file through --storage memory --snapshot FILE
+    srv = await startServer({ rooms: rooms(), args: ["--snapshot", snap] });
     assert.equal((await http("GET", `${srv.url}/parties/main/demo/count`)).json.count, 41);
     assert.equal(await srv.stop(), 0);
   });
