@@ -137,6 +137,21 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
+/* A failed call: first line of msg into ci, the whole message (with its
+ * traceback) to the log with the room and what was running. */
+static void report(lr_callinfo *ci, const char *dflt, int rc, int killed, const char *msg) {
+  if (ci) {
+    const char *nl = strchr(msg, '\n');
+    size_t n = nl ? (size_t)(nl - msg) : strlen(msg);
+    if (n >= sizeof ci->err) n = sizeof ci->err - 1;
+    memcpy(ci->err, msg, n);
+    ci->err[n] = 0;
+    ci->budget_hit = killed;
+  }
+  lr_error("room %s: %s failed%s: %s", ci && ci->room ? ci->room : "-",
+           ci && ci->what ? ci->what : dflt, rc == LUA_ERRMEM ? " (out of memory)" : "", msg);
+}
+
 int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   vm *v = get_vm(L);
   int outer = v->depth == 0;
@@ -164,17 +179,7 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   }
   lr_undo_rollback(mark);
   const char *msg = lua_tostring(L, -1);
-  if (!msg) msg = "(no message)";
-  if (ci) {
-    const char *nl = strchr(msg, '\n');
-    size_t n = nl ? (size_t)(nl - msg) : strlen(msg);
-    if (n >= sizeof ci->err) n = sizeof ci->err - 1;
-    memcpy(ci->err, msg, n);
-    ci->err[n] = 0;
-    ci->budget_hit = killed;
-  }
-  lr_error("room %s: %s failed%s: %s", ci && ci->room ? ci->room : "-",
-           ci && ci->what ? ci->what : "call", rc == LUA_ERRMEM ? " (out of memory)" : "", msg);
+  report(ci, "call", rc, killed, msg ? msg : "(no message)");
   lua_pop(L, 1);
   return rc;
 }
@@ -203,18 +208,7 @@ int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callin
   lr_undo_rollback(mark);
   const char *msg = lua_tostring(co, -1);
   luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
-  msg = lua_tostring(co, -1);
-  if (ci) {
-    const char *nl = strchr(msg, '\n');
-    size_t n = nl ? (size_t)(nl - msg) : strlen(msg);
-    if (n >= sizeof ci->err) n = sizeof ci->err - 1;
-    memcpy(ci->err, msg, n);
-    ci->err[n] = 0;
-    ci->budget_hit = killed;
-  }
-  lr_error("room %s: %s failed%s: %s", ci && ci->room ? ci->room : "-",
-           ci && ci->what ? ci->what : "coroutine", rc == LUA_ERRMEM ? " (out of memory)" : "",
-           msg);
+  report(ci, "coroutine", rc, killed, lua_tostring(co, -1));
   *nres = 0;
   return rc;
 }

@@ -13,18 +13,28 @@ local def = lr.room { path = "{name}", rateLimit = { rate = 0, burst = 0 },
   requests = { ["GET /count"] = function(r) return { count = r.count } end } }
 
 local function fresh(delay)
-  _G.SLOW_BACKEND = { delay = delay or 50, data = {}, calls = {}, fail_writes = 0, fail_loads = 0 }
+  _G.SLOW_BACKEND = { delay = delay or 50, calls = {}, fail_writes = 0, fail_loads = 0 }
   return _G.SLOW_BACKEND
 end
 
-local function stored(cfg, key) return cfg.data["main\0a"] and cfg.data["main\0a"][key] end
+-- What the backend holds for room main/a (JSON text), or nil.
+local function stored(cfg, key)
+  for _, kv in ipairs(cfg.store.list("main", "a", key)) do
+    if kv[1] == key then return kv[2] end
+  end
+end
+
+local function seed(cfg, key, json)
+  cfg.store = dofile("lua/lunaroom/backends/memory.lua")
+  cfg.store.apply("main", "a", { { "put", key, json } })
+end
 
 describe("a Lua backend that waits for I/O", function()
   after_each(function() _G.SLOW_BACKEND = nil end)
 
   it("loads the room before it runs: the client waits, its early actions are kept", function()
     local cfg = fresh(50)
-    cfg.data["main\0a"] = { ["state:count"] = "41" }
+    seed(cfg, "state:count", "41")
     local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
     local c = t:client { id = "s1" }
     c:send("inc") -- arrives while the room loads
@@ -98,13 +108,13 @@ describe("a Lua backend that waits for I/O", function()
     t2:advance(20)
     assert.are.equal(2, c2.packets[1].value.count)
     assert.are.equal(pid, c2.publicId) -- the session came back from the backend
-    assert.is_true(cfg.data["main\0a"]["session:s1"] ~= nil)
+    assert.is_not_nil(stored(cfg, "session:s1"))
     t2:close()
   end)
 
   it("answers an HTTP request once the room loaded", function()
     local cfg = fresh(30)
-    cfg.data["main\0a"] = { ["state:count"] = "7" }
+    seed(cfg, "state:count", "7")
     local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
     local t0 = t:now()
     local res = t:http("GET", "/count")
