@@ -706,10 +706,7 @@ typedef struct lua_req {
   int fn; /* registry ref of the callback */
 } lua_req;
 
-static void lua_done(void *ud, const lr_fetch_result *r) {
-  lua_req *q = ud;
-  lua_State *L = q->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, q->fn);
+void lr_fetch_push_result(lua_State *L, const lr_fetch_result *r) {
   lua_createtable(L, 0, 4);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
@@ -723,6 +720,13 @@ static void lua_done(void *ud, const lr_fetch_result *r) {
     lua_pushstring(L, r->content_type);
     lua_setfield(L, -2, "contentType");
   }
+}
+
+static void lua_done(void *ud, const lr_fetch_result *r) {
+  lua_req *q = ud;
+  lua_State *L = q->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, q->fn);
+  lr_fetch_push_result(L, r);
   lr_callinfo ci = {.what = "fetch callback"};
   lr_vm_pcall(L, 1, 0, &ci);
   luaL_unref(L, LUA_REGISTRYINDEX, q->fn);

@@ -83,6 +83,9 @@ void lr_wsc_close(lr_wsc *w, int code, const char *reason);
  * contentType}. The callback runs later, protected, from the service timer. */
 void lr_fetch_lua_register(lua_State *L, lr_server *s);
 
+/* Push r as the Lua table {status, body, error?, contentType?}. */
+void lr_fetch_push_result(lua_State *L, const lr_fetch_result *r);
+
 /* After the server loop ended: keep servicing outgoing work (last reports,
  * close handshakes) until none is left or max_ms passed. Callbacks run. */
 void lr_fetch_flush(int64_t max_ms);

@@ -190,20 +190,7 @@ static void on_timer(void *ud) {
 static void on_fetch(void *ud, const lr_fetch_result *res) {
   job *j = ud;
   j->fetch = 0;
-  lua_State *co = j->co;
-  lua_createtable(co, 0, 4);
-  lua_pushinteger(co, res->status);
-  lua_setfield(co, -2, "status");
-  lua_pushlstring(co, res->body, res->bodylen);
-  lua_setfield(co, -2, "body");
-  if (res->error) {
-    lua_pushstring(co, res->error);
-    lua_setfield(co, -2, "error");
-  }
-  if (res->content_type) {
-    lua_pushstring(co, res->content_type);
-    lua_setfield(co, -2, "contentType");
-  }
+  lr_fetch_push_result(j->co, res);
   job_step(j, 1);
 }
 
