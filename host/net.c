@@ -28,12 +28,17 @@
  * (the current HTTP transaction). Both start with a `kind` field.
  *
  * Send queue (net_conn). vt->send retains the lr_msg and appends it to a
- * growable ring; queued bytes are counted as payload + NET_MSG_OVERHEAD so
- * that floods of tiny messages are bounded too. SERVER_WRITEABLE pops ONE
- * message, does ONE lws_write straight from the message's LR_MSG_PRE headroom
- * (the shared payload is never copied or modified; lws writes the frame header
- * into the headroom, which is the same for every server->client frame), then
- * releases it and asks for another WRITEABLE if more is queued. A partial
+ * growable ring (allocated on the first send, freed again whenever it drains:
+ * an idle connection holds no ring); queued bytes are counted as payload +
+ * NET_MSG_OVERHEAD so that floods of tiny messages are bounded too. A
+ * WRITEABLE is requested when the ring goes from empty to non-empty and again
+ * after a WRITEABLE that left messages queued. SERVER_WRITEABLE with several
+ * messages queued frames as many as fit in NET_BATCH into one static buffer
+ * and writes them with one raw lws_write; a lone message (or one too big for
+ * the batch) is written straight from its LR_MSG_PRE headroom (the shared
+ * payload is never copied or modified; lws writes the frame header into the
+ * headroom, which is the same for every server->client frame). Written
+ * messages are released; another WRITEABLE is asked if more is queued. A partial
  * kernel write is kept by lws, which withholds WRITEABLE until it drains, so a
  * client that stops reading makes the ring grow: past max_queue_bytes the ring
  * is released at once, the connection is marked dropping and closed with 1008
@@ -419,6 +424,16 @@ static void net_conn_release_queue(net_conn *nc) {
   nc->qhead = nc->qcap = 0;
 }
 
+/* A drained ring is freed: a join burst grows every member's ring (one join
+ * patch per joiner before the next WRITEABLE), and an idle connection should
+ * not keep that capacity. The next send allocates a small one again. */
+static void net_conn_ring_trim(net_conn *nc) {
+  if (nc->qlen || !nc->q) return;
+  free(nc->q);
+  nc->q = NULL;
+  nc->qhead = nc->qcap = 0;
+}
+
 /* Mark c as a slow consumer: free what it holds and close it with 1008. */
 static void net_conn_drop(net_conn *nc, size_t wanted) {
   lr_warn("ws %s: slow consumer, %zu bytes queued (limit %zu), closing with 1008", nc->label,
@@ -459,7 +474,9 @@ static int net_ws_send(lr_conn *c, lr_msg *m) {
   nc->q[(nc->qhead + nc->qlen) % nc->qcap] = lr_msg_retain(m);
   nc->qlen++;
   nc->qbytes += cost;
-  if (nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
+  /* Empty -> non-empty only: while messages are queued a WRITEABLE is
+   * already pending (asked here, at ESTABLISHED or by the last WRITEABLE). */
+  if (nc->qlen == 1 && nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
   return 0;
 }
 
@@ -669,6 +686,7 @@ static int net_ws_writeable(net_conn *nc) {
       lr_msg_release(m);
     }
     if (used) {
+      net_conn_ring_trim(nc);
       if (lws_write(wsi, batch + LWS_PRE, used, LWS_WRITE_RAW) < 0) return -1;
       if (nc->qlen || nc->closing) lws_callback_on_writable(wsi);
       return 0;
@@ -679,6 +697,7 @@ static int net_ws_writeable(net_conn *nc) {
     nc->qhead = (nc->qhead + 1) % nc->qcap;
     nc->qlen--;
     nc->qbytes -= (size_t)m->len + NET_MSG_OVERHEAD;
+    net_conn_ring_trim(nc);
     int n = lws_write(wsi, m->data + LR_MSG_PRE, m->len, LWS_WRITE_TEXT);
     lr_msg_release(m);
     if (n < 0) return -1;
