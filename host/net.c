@@ -6,7 +6,8 @@
  * Owns: the lws context and its callbacks; per-connection WebSocket state
  * (frame assembly, the outgoing FIFO of lr_msg references, close handshake);
  * per-request HTTP state (headers, bounded body, deferred response, static
- * files); the engine timer; SIGINT/SIGTERM and the bounded shutdown drain.
+ * files); the engine timer; SIGINT/SIGTERM and the bounded shutdown drain;
+ * giving freed heap pages back to the OS after connection churn.
  * Must not: parse JSON, call Lua, know rooms beyond server.h, call back into
  * the engine from inside an lr_transport_vt function (they only queue), or
  * write to a socket outside a WRITEABLE callback (the only exception is the
@@ -20,7 +21,8 @@
  * end the poll. lr_server_tick() runs after every lws_service() return, so
  * timers fire on time and work queued by callbacks (a broadcast, a throttled
  * sync due "now") is flushed on the same iteration. Stop signals set a flag
- * and call lws_cancel_service(); poll also returns with EINTR.
+ * and call lws_cancel_service(); poll also returns with EINTR. After
+ * connection churn the loop also wakes once to trim the heap (net_churn).
  *
  * One wsi carries at most one of our objects at a time, in its opaque user
  * data (lws_set_opaque_user_data survives the HTTP -> ws protocol rebinding,
@@ -89,6 +91,9 @@
 #include <unistd.h>
 
 #include <libwebsockets.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "buf.h"
 #include "log.h"
@@ -110,6 +115,7 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 #define NET_DRAIN_MS 1000           /* shutdown: time given to close frames and answers */
 #define NET_MAX_HEADERS 128         /* request headers passed to the engine */
 #define NET_DISCARD_MAX (16u << 20) /* a refused body up to this is read and dropped, not reset */
+#define NET_TRIM_QUIET_MS 500       /* heap trim: this long after the last open/close */
 #ifndef NET_PING_SECS               /* idle WebSocket: ping after, hang up after */
 #define NET_PING_SECS 30
 #endif
@@ -137,6 +143,7 @@ typedef struct net_loop {
   } * ips; /* open WebSockets per peer: open addressing, linear probing */
   size_t ipcap;
   bool destroying; /* inside lws_context_destroy: no more lws calls from vt */
+  int64_t trim_at; /* return free heap pages to the OS at this time (0 = not due) */
 } net_loop;
 
 static volatile sig_atomic_t net_stop_flag;
@@ -214,6 +221,26 @@ static int64_t net_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A WebSocket opened or closed. A join burst leaves the heap full of freed
+ * transient blocks (handshake header tables, snapshots of growing size,
+ * Lua garbage, send rings) between the blocks that live on; glibc keeps those
+ * pages. Once connections have stopped coming and going for
+ * NET_TRIM_QUIET_MS, net_trim gives the wholly free pages back to the OS
+ * (malloc_trim: a few ms for a heap of 30 MB, once per quiet period; under
+ * steady churn the freed blocks are reused instead). */
+static void net_churn(net_loop *L) {
+  L->trim_at = net_now_ms() + NET_TRIM_QUIET_MS;
+}
+
+/* Run the heap trim when it is due (see net_churn). */
+static void net_trim(net_loop *L) {
+  if (!L->trim_at || net_now_ms() < L->trim_at) return;
+  L->trim_at = 0;
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 /* The loop that owns wsi (the context user pointer). */
@@ -544,6 +571,7 @@ static void net_conn_finish(net_conn *nc) {
     net_ip_release(nc->loop, nc->peer);
   }
   nc->loop->nconns--;
+  if (!nc->loop->destroying) net_churn(nc->loop);
   free(nc);
 }
 
@@ -640,6 +668,7 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   }
   free(path);
   nc->conn = conn;
+  net_churn(L);
   return 0;
 }
 
@@ -1350,13 +1379,15 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
 
   int rc = 0;
   while (!net_stop_flag) {
-    net_arm(&L, -1);
+    int64_t trim_in = L.trim_at ? L.trim_at - net_now_ms() : -1;
+    net_arm(&L, trim_in < 0 && L.trim_at ? 0 : trim_in);
     if (lws_service(L.ctx, 0) < 0) {
       lr_error("event loop failed");
       rc = 1;
       break;
     }
     lr_server_tick(s);
+    net_trim(&L);
   }
 
   /* Shutdown: the engine closes every socket with 1001; give the close
