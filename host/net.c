@@ -162,17 +162,17 @@ typedef struct net_conn {
   size_t qbytes;
   /* incoming message being assembled */
   lr_buf rx;
+  struct ipcount *ip; /* its peer's counter (NULL: the table was full) */
+  char *label;        /* "peer path" for log lines (exact size) */
+  char *close_reason; /* NULL until closed with a reason (at most 123 bytes) */
+  int close_code;
+  uint8_t close_reason_len;
   bool rx_in_msg;
   bool established; /* LWS_CALLBACK_ESTABLISHED seen: writes allowed */
   bool closing;     /* vt->close called: drain, then close frame */
-  bool counted;     /* counted in nws and the per-peer table */
-  char peer[64];
-  bool dropping; /* over max_queue_bytes: ring released, close 1008 */
-  bool gone;     /* socket closed; vt calls are refused */
-  int close_code;
-  size_t close_reason_len;
-  char close_reason[124];
-  char label[112]; /* "peer path" for log lines */
+  bool counted;     /* counted in nws and (with ip) the per-peer table */
+  bool dropping;    /* over max_queue_bytes: ring released, close 1008 */
+  bool gone;        /* socket closed; vt calls are refused */
 } net_conn;
 
 /* ---- HTTP request ---- */
@@ -461,15 +461,24 @@ static void net_conn_ring_trim(net_conn *nc) {
   nc->qhead = nc->qcap = 0;
 }
 
+/* The close frame's code and reason (cut to the 123 bytes a close frame
+ * holds; NULL or "" = none). */
+static void net_conn_set_close(net_conn *nc, int code, const char *reason) {
+  size_t n = reason ? strlen(reason) : 0;
+  if (n > 123) n = 123;
+  free(nc->close_reason);
+  nc->close_reason = n ? lr_xstrndup(reason, n) : NULL;
+  nc->close_reason_len = (uint8_t)n;
+  nc->close_code = code;
+}
+
 /* Mark c as a slow consumer: free what it holds and close it with 1008. */
 static void net_conn_drop(net_conn *nc, size_t wanted) {
   lr_warn("ws %s: slow consumer, %zu bytes queued (limit %zu), closing with 1008", nc->label,
           wanted, nc->loop->o.max_queue_bytes);
   net_conn_release_queue(nc);
   nc->dropping = true;
-  nc->close_code = 1008;
-  nc->close_reason_len = strlen("slow consumer");
-  memcpy(nc->close_reason, "slow consumer", nc->close_reason_len);
+  net_conn_set_close(nc, 1008, "slow consumer");
   if (nc->established && !nc->loop->destroying) {
     lws_set_timeout(nc->wsi, PENDING_TIMEOUT_USER_OK, NET_DROP_SECS);
     lws_callback_on_writable(nc->wsi);
@@ -515,22 +524,15 @@ static void net_ws_close(lr_conn *c, int code, const char *reason) {
   net_conn *nc = lr_conn_transport(c);
   if (!nc || nc->gone || nc->closing || nc->dropping) return;
   nc->closing = true;
-  nc->close_code = code > 0 ? code : 0;
-  nc->close_reason_len = 0;
-  if (code > 0 && reason) {
-    size_t n = strlen(reason);
-    if (n > 123) n = 123;
-    memcpy(nc->close_reason, reason, n);
-    nc->close_reason_len = n;
-  }
+  net_conn_set_close(nc, code > 0 ? code : 0, code > 0 ? reason : NULL);
   if (nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
 }
 
 static const lr_transport_vt net_vt = {net_ws_send, net_ws_close};
 
-/* The socket is gone (or the upgrade was refused): tell the engine exactly
- * once, release the queue and free nc. nc must not be used afterwards. */
-/* The per-peer counter slot of ip (created when add). NULL when absent. */
+/* The per-peer counter slot of ip (created when add). NULL when absent. The
+ * table never moves, and a slot is not reused while its count is non-zero,
+ * so a connection keeps a pointer to its slot. */
 static struct ipcount *net_ip_slot(net_loop *L, const char *ip, bool add) {
   if (!L->ipcap) {
     if (!add) return NULL;
@@ -550,11 +552,8 @@ static struct ipcount *net_ip_slot(net_loop *L, const char *ip, bool add) {
   return add ? tomb : NULL; /* full table: per-IP limit not enforced for new peers */
 }
 
-static void net_ip_release(net_loop *L, const char *ip) {
-  struct ipcount *e = net_ip_slot(L, ip, false);
-  if (e && e->n) e->n--;
-}
-
+/* The socket is gone (or the upgrade was refused): tell the engine exactly
+ * once, release the queue and free nc. nc must not be used afterwards. */
 static void net_conn_finish(net_conn *nc) {
   nc->gone = true;
   if (nc->wsi) lws_set_opaque_user_data(nc->wsi, NULL);
@@ -568,8 +567,10 @@ static void net_conn_finish(net_conn *nc) {
   lr_buf_free(&nc->rx);
   if (nc->counted) {
     nc->loop->nws--;
-    net_ip_release(nc->loop, nc->peer);
+    if (nc->ip && nc->ip->n) nc->ip->n--;
   }
+  free(nc->label);
+  free(nc->close_reason);
   nc->loop->nconns--;
   if (!nc->loop->destroying) net_churn(nc->loop);
   free(nc);
@@ -640,13 +641,17 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   nc->kind = NET_KIND_WS;
   nc->loop = L;
   nc->wsi = wsi;
-  snprintf(nc->label, sizeof nc->label, "%s %s", peer, path);
-  snprintf(nc->peer, sizeof nc->peer, "%s", peer);
+  char label[112];
+  int ll = snprintf(label, sizeof label, "%s %s", peer, path);
+  nc->label = lr_xstrndup(label, ll < 0                      ? 0
+                                 : (size_t)ll < sizeof label ? (size_t)ll
+                                                             : sizeof label - 1);
   struct ipcount *e = net_ip_slot(L, peer, true);
   if (e) {
     snprintf(e->ip, sizeof e->ip, "%s", peer);
     e->n++;
   }
+  nc->ip = e;
   nc->counted = true;
   L->nws++;
   lr_buf_init(&nc->rx);
