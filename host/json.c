@@ -395,11 +395,11 @@ static void patch_obj(const lr_node *o, int ch, lr_buf *out) {
     else
       patch_obj(m->val, ch, out);
   }
-  const lr_keylist *dl = &o->u.obj.dels[ch];
-  for (uint32_t i = 0; i < dl->len; i++) {
+  lr_keylist dl = lr_obj_dels(o, ch);
+  for (uint32_t i = 0; i < dl.len; i++) {
     if (!first) w1(out, ',');
     first = false;
-    enc_string(out, dl->keys[i], strlen(dl->keys[i]));
+    enc_string(out, dl.keys[i], strlen(dl.keys[i]));
     wn(out, ":\"$delete\"", 10);
   }
   w1(out, '}');
@@ -444,10 +444,10 @@ static void persist_obj(persist_walk *w, const lr_node *o, bool top) {
       persist_obj(w, m->val, false);
     w->path.len = base;
   }
-  const lr_keylist *dl = &o->u.obj.dels[LR_CH_PERSIST];
-  for (uint32_t i = 0; i < dl->len; i++) {
+  lr_keylist dl = lr_obj_dels(o, LR_CH_PERSIST);
+  for (uint32_t i = 0; i < dl.len; i++) {
     if (!top) lr_buf_putc(&w->path, '.');
-    lr_buf_puts(&w->path, dl->keys[i]);
+    lr_buf_puts(&w->path, dl.keys[i]);
     if (w->ops->del) w->ops->del(w->ops->ud, w->path.data, w->path.len);
     w->path.len = base;
   }

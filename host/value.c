@@ -259,8 +259,11 @@ static void free_contents(lr_node *n) {
     }
     free(n->u.obj.m);
     free(n->u.obj.idx);
-    for (int ch = 0; ch < LR_NCH; ch++)
-      keylist_free(&n->u.obj.dels[ch]);
+    if (n->u.obj.dels) {
+      for (int ch = 0; ch < LR_NCH; ch++)
+        keylist_free(&n->u.obj.dels[ch]);
+      free(n->u.obj.dels);
+    }
     break;
   default:
     break;
@@ -537,7 +540,7 @@ void lr_state_clear_dirty(lr_node *root, int ch) {
   if (!root->dirty[ch]) return;
   root->dirty[ch] = 0;
   if (root->type == LR_OBJECT) {
-    keylist_clear(&root->u.obj.dels[ch]);
+    if (root->u.obj.dels) keylist_clear(&root->u.obj.dels[ch]);
     for (uint32_t i = 0; i < root->u.obj.len; i++) {
       lr_node *c = root->u.obj.m[i].val;
       if (c->dirty[ch]) lr_state_clear_dirty(c, ch);
@@ -554,7 +557,7 @@ void lr_state_clear_dirty(lr_node *root, int ch) {
  * superseded by the node's whole value. */
 bool lr_state_has_dels(const lr_node *root, int ch) {
   if (root->dirty[ch] != LR_D_CHILD || root->type != LR_OBJECT) return false;
-  if (root->u.obj.dels[ch].len) return true;
+  if (lr_obj_dels(root, ch).len) return true;
   for (uint32_t i = 0; i < root->u.obj.len; i++)
     if (lr_state_has_dels(root->u.obj.m[i].val, ch)) return true;
   return false;
@@ -577,6 +580,7 @@ static void state_delete_at(lr_node *o, uint32_t pos) {
       t->dirty[ch] |= LR_D_SELF;
       mark_child_up(t->parent, ch);
     } else {
+      if (!o->u.obj.dels) o->u.obj.dels = lr_xcalloc(LR_NCH, sizeof *o->u.obj.dels);
       keylist_add(&o->u.obj.dels[ch], e->key, e->keylen);
       o->dirty[ch] |= LR_D_CHILD;
       mark_child_up(o->parent, ch);
@@ -601,7 +605,7 @@ static lr_node *insert_new(lr_node *obj, const char *key, size_t keylen, const l
   c->flags = flags;
   c->parent = obj;
   obj_append(obj, key, keylen, c);
-  for (int ch = 0; ch < LR_NCH; ch++)
+  for (int ch = 0; ch < LR_NCH && obj->u.obj.dels; ch++)
     keylist_remove(&obj->u.obj.dels[ch], key, keylen);
   lr_state_mark(c);
   return c;

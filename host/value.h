@@ -96,10 +96,16 @@ struct lr_node {
       uint32_t *idx; /* open-addressing hash index (member position + 1, 0 = empty); NULL while len
                         is small */
       uint32_t idxcap;
-      lr_keylist dels[LR_NCH];
+      lr_keylist *dels; /* [LR_NCH]: allocated on the first pending deletion, NULL before */
     } obj;
   } u;
 };
+
+/* The pending deletions of object o on channel ch (empty when it has none). */
+static inline lr_keylist lr_obj_dels(const lr_node *o, int ch) {
+  lr_keylist none = {0};
+  return o->u.obj.dels ? o->u.obj.dels[ch] : none;
+}
 
 /* ---- construction and lifetime (no dirty marking) ---- */
 lr_node *lr_node_new(lr_type t); /* empty container / zero scalar, refs == 1 */
