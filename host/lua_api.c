@@ -583,14 +583,14 @@ static int conn_gc(lua_State *L) {
 }
 
 void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id) {
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 4); /* id, sessionId, state, _h */
   lua_pushstring(L, c->id);
   lua_setfield(L, -2, "id");
   if (session_id) {
     lua_pushstring(L, session_id);
     lua_setfield(L, -2, "sessionId");
   }
-  lua_newtable(L);
+  lua_createtable(L, 0, 2); /* publicId, privateId */
   lua_setfield(L, -2, "state");
   lr_conn **b = lua_newuserdatauv(L, sizeof *b, 0);
   *b = c;
