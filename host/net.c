@@ -163,7 +163,6 @@ typedef struct net_conn {
   /* incoming message being assembled */
   lr_buf rx;
   struct ipcount *ip; /* its peer's counter (NULL: the table was full) */
-  char *label;        /* "peer path" for log lines (exact size) */
   char *close_reason; /* NULL until closed with a reason (at most 123 bytes) */
   int close_code;
   uint8_t close_reason_len;
@@ -461,6 +460,15 @@ static void net_conn_ring_trim(net_conn *nc) {
   nc->qhead = nc->qcap = 0;
 }
 
+/* "peer conn ID" for a log line (the engine's lines name the same id with
+ * its room). Needs the wsi and the engine's conn, both still attached. */
+static const char *net_conn_who(net_conn *nc, char *buf, size_t len) {
+  char peer[64] = "unknown";
+  if (nc->wsi) net_peer(nc->wsi, peer, sizeof peer);
+  snprintf(buf, len, "%s conn %s", peer, nc->conn ? lr_conn_id(nc->conn) : "-");
+  return buf;
+}
+
 /* The close frame's code and reason (cut to the 123 bytes a close frame
  * holds; NULL or "" = none). */
 static void net_conn_set_close(net_conn *nc, int code, const char *reason) {
@@ -474,8 +482,9 @@ static void net_conn_set_close(net_conn *nc, int code, const char *reason) {
 
 /* Mark c as a slow consumer: free what it holds and close it with 1008. */
 static void net_conn_drop(net_conn *nc, size_t wanted) {
-  lr_warn("ws %s: slow consumer, %zu bytes queued (limit %zu), closing with 1008", nc->label,
-          wanted, nc->loop->o.max_queue_bytes);
+  char who[96];
+  lr_warn("ws %s: slow consumer, %zu bytes queued (limit %zu), closing with 1008",
+          net_conn_who(nc, who, sizeof who), wanted, nc->loop->o.max_queue_bytes);
   net_conn_release_queue(nc);
   nc->dropping = true;
   net_conn_set_close(nc, 1008, "slow consumer");
@@ -569,7 +578,6 @@ static void net_conn_finish(net_conn *nc) {
     nc->loop->nws--;
     if (nc->ip && nc->ip->n) nc->ip->n--;
   }
-  free(nc->label);
   free(nc->close_reason);
   nc->loop->nconns--;
   if (!nc->loop->destroying) net_churn(nc->loop);
@@ -641,11 +649,6 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   nc->kind = NET_KIND_WS;
   nc->loop = L;
   nc->wsi = wsi;
-  char label[112];
-  int ll = snprintf(label, sizeof label, "%s %s", peer, path);
-  nc->label = lr_xstrndup(label, ll < 0                      ? 0
-                                 : (size_t)ll < sizeof label ? (size_t)ll
-                                                             : sizeof label - 1);
   struct ipcount *e = net_ip_slot(L, peer, true);
   if (e) {
     snprintf(e->ip, sizeof e->ip, "%s", peer);
@@ -766,8 +769,9 @@ static int net_ws_receive(net_conn *nc, const char *in, size_t len) {
     nc->rx_in_msg = true;
   }
   if (nc->rx.len + len > nc->loop->o.max_frame) {
-    lr_warn("ws %s: incoming message over %zu bytes, closing with 1009", nc->label,
-            nc->loop->o.max_frame);
+    char who[96];
+    lr_warn("ws %s: incoming message over %zu bytes, closing with 1009",
+            net_conn_who(nc, who, sizeof who), nc->loop->o.max_frame);
     lr_buf_free(&nc->rx);
     static const char why[] = "message too big";
     lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why, sizeof why - 1);

@@ -720,19 +720,29 @@ void lr_conn_retain(lr_conn *c) {
   c->refs++;
 }
 
+static void early_free(lr_early *e) {
+  if (!e) return;
+  lr_buf_free(&e->buf);
+  free(e->len);
+  free(e);
+}
+
 void lr_conn_release(lr_conn *c) {
   if (--c->refs) return;
   if (c->uplink || c->relayed) lr_uplink_forget(c);
   if (c->box) *c->box = NULL;
   if (c->ref != LUA_NOREF) luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
   if (c->room) lr_room_release(c->room);
-  lr_buf_free(&c->early);
-  free(c->early_len);
+  early_free(c->early);
   free(c);
 }
 
 void *lr_conn_transport(lr_conn *c) {
   return c->tp;
+}
+
+const char *lr_conn_id(const lr_conn *c) {
+  return c->id;
 }
 
 static void remove_from_room(lr_conn *c) {
@@ -1019,7 +1029,6 @@ lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *
   c->tp = tp;
   c->refs = 1; /* the transport's */
   c->ref = LUA_NOREF;
-  lr_buf_init(&c->early);
   lr_random_id(s, c->id, 10, "0123456789abcdefghijklmnopqrstuvwxyz");
   return c;
 }
@@ -1058,19 +1067,15 @@ static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_
   }
   lr_server_flush_touched(s);
   /* Frames that arrived while the room handled the connect. */
-  if (c->phase == LR_C_JOINED && c->nearly) {
-    lr_buf early = c->early;
-    uint32_t *lens = c->early_len, n = c->nearly;
-    lr_buf_init(&c->early);
-    c->early_len = NULL;
-    c->nearly = c->capearly = 0;
+  if (c->phase == LR_C_JOINED && c->early) {
+    lr_early *e = c->early;
+    c->early = NULL;
     size_t off = 0;
-    for (uint32_t i = 0; i < n && c->phase == LR_C_JOINED; i++) {
-      lr_conn_message(c, early.data + off, lens[i]);
-      off += lens[i];
+    for (uint32_t i = 0; i < e->n && c->phase == LR_C_JOINED; i++) {
+      lr_conn_message(c, e->buf.data + off, e->len[i]);
+      off += e->len[i];
     }
-    lr_buf_free(&early);
-    free(lens);
+    early_free(e);
   }
   lr_conn_release(c);
   return c;
@@ -1127,16 +1132,21 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     return;
   }
   if (c->phase == LR_C_JOINING) {
-    if (c->nearly >= MAX_EARLY_FRAMES) {
+    lr_early *e = c->early;
+    if (!e) {
+      e = c->early = lr_xcalloc(1, sizeof *e);
+      lr_buf_init(&e->buf);
+    }
+    if (e->n >= MAX_EARLY_FRAMES) {
       lr_conn_close(c, 4008, "too many frames before join");
       return;
     }
-    if (c->nearly == c->capearly) {
-      c->capearly = c->capearly ? c->capearly * 2 : 8;
-      c->early_len = lr_xrealloc(c->early_len, c->capearly * sizeof *c->early_len);
+    if (e->n == e->cap) {
+      e->cap = e->cap ? e->cap * 2 : 8;
+      e->len = lr_xrealloc(e->len, e->cap * sizeof *e->len);
     }
-    lr_buf_put(&c->early, data, len);
-    c->early_len[c->nearly++] = (uint32_t)len;
+    lr_buf_put(&e->buf, data, len);
+    e->len[e->n++] = (uint32_t)len;
     return;
   }
   /* Token bucket per connection; a client that keeps flooding is closed. */
