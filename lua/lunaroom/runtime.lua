@@ -47,16 +47,33 @@ end
 
 M.deepcopy, M.flags_of = deepcopy, flags_of -- shared with lunaroom.reload
 
+local function hexbyte(h) return string.char(tonumber(h, 16)) end
+
 local function urldecode(s)
+  if not s:find("[%%+]") then return s end
   s = s:gsub("+", " ")
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+  return (s:gsub("%%(%x%x)", hexbyte))
 end
 
+-- "a=1&b=2" -> {a = "1", b = "2"}. A plain find loop: gmatch would allocate
+-- its match state (over 500 bytes) on every call, i.e. on every connection.
 local function parse_query(q)
   local t = {}
-  for pair in (q or ""):gmatch("[^&]+") do
-    local k, val = pair:match("^([^=]*)=?(.*)$")
-    if k and k ~= "" then t[urldecode(k)] = urldecode(val) end
+  q = q or ""
+  local pos, n = 1, #q
+  while pos <= n do
+    local amp = q:find("&", pos, true) or n + 1
+    if amp > pos then
+      local eq = q:find("=", pos, true)
+      local k, val
+      if eq and eq < amp then
+        k, val = q:sub(pos, eq - 1), q:sub(eq + 1, amp - 1)
+      else
+        k, val = q:sub(pos, amp - 1), ""
+      end
+      if k ~= "" then t[urldecode(k)] = urldecode(val) end
+    end
+    pos = amp + 1
   end
   return t
 end
