@@ -768,7 +768,7 @@ void lr_conn_close(lr_conn *c, int code, const char *reason) {
 
 static void room_list_add(lr_room *r, lr_conn *c) {
   if (r->nconns == r->capconns) {
-    r->capconns = r->capconns ? r->capconns * 2 : 8;
+    r->capconns = r->capconns ? r->capconns * 2 : 2; /* many rooms hold one or two */
     r->conns = lr_xrealloc(r->conns, r->capconns * sizeof *r->conns);
   }
   r->conns[r->nconns++] = c;

@@ -410,7 +410,7 @@ static void obj_append(lr_node *o, const char *key, size_t keylen, lr_node *chil
   if (keylen > UINT32_MAX) fatal("object key too long");
   if (o->u.obj.len == o->u.obj.cap) {
     if (o->u.obj.cap >= UINT32_MAX / 2) fatal("object too large");
-    o->u.obj.cap = o->u.obj.cap ? o->u.obj.cap * 2 : 4;
+    o->u.obj.cap = o->u.obj.cap ? o->u.obj.cap * 2 : 2; /* most objects are small */
     o->u.obj.m = lr_xrealloc(o->u.obj.m, o->u.obj.cap * sizeof(lr_member));
   }
   lr_member *e = &o->u.obj.m[o->u.obj.len++];
