@@ -70,7 +70,7 @@ struct lr_conn {
 /* ---- rooms ---- */
 struct lr_room {
   lr_server *srv;
-  char *ns, *id, *key; /* key = ns "/" id */
+  char *ns, *id, *key; /* key = ns "/" id; one allocation, owned through ns */
   uint32_t refs;
   bool disposed;
   lr_node *root;   /* the state tree */

@@ -315,9 +315,16 @@ static void rehash(lr_server *s) {
 lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
   lr_room *r = lr_xcalloc(1, sizeof *r);
   r->srv = s;
-  r->ns = lr_xstrndup(ns, strlen(ns));
-  r->id = lr_xstrndup(id, strlen(id));
-  r->key = room_key(ns, id);
+  /* ns, id and key in one allocation: "ns\0id\0ns/id\0" (freed through ns) */
+  size_t a = strlen(ns), b = strlen(id);
+  r->ns = lr_xmalloc(2 * (a + b) + 4);
+  memcpy(r->ns, ns, a + 1);
+  r->id = r->ns + a + 1;
+  memcpy(r->id, id, b + 1);
+  r->key = r->id + b + 1;
+  memcpy(r->key, ns, a);
+  r->key[a] = '/';
+  memcpy(r->key + a + 1, id, b + 1);
   r->refs = 1; /* the server's hash holds this one */
   r->root = lr_node_new(LR_OBJECT);
   r->ref = LUA_NOREF;
@@ -338,9 +345,7 @@ void lr_room_release(lr_room *r) {
   if (r->box) *r->box = NULL;
   lr_node_release(r->root);
   free(r->conns);
-  free(r->ns);
-  free(r->id);
-  free(r->key);
+  free(r->ns); /* with id and key */
   free(r);
 }
 

@@ -83,13 +83,6 @@ static mnode *rebalance(mnode *n) {
   return n;
 }
 
-static char *dup_bytes(const char *s, size_t n) {
-  char *d = lr_xmalloc(n + 1);
-  memcpy(d, s, n);
-  d[n] = '\0';
-  return d;
-}
-
 /* Store val as n's value (n is sized for it). */
 static void set_val(mnode *n, const char *val, size_t vlen) {
   n->vlen = (uint32_t)vlen;
@@ -217,10 +210,11 @@ static int has_prefix(const mnode *n, const char *p, size_t plen) {
 typedef struct mroom {
   struct mroom *next; /* hash chain */
   uint64_t hash;
-  char *ns, *room; /* owned, NUL-terminated */
+  char *ns, *room; /* NUL-terminated, in names[] */
   size_t nslen, roomlen;
   mnode *root;
   size_t count;
+  char names[]; /* ns NUL room NUL */
 } mroom;
 
 typedef struct mstore {
@@ -273,11 +267,13 @@ static mroom *room_get_or_add(mstore *m, const char *ns, size_t nslen, const cha
     m->buckets = b;
     m->nbuckets = nb;
   }
-  r = lr_xcalloc(1, sizeof *r);
+  r = lr_xcalloc(1, sizeof *r + nslen + roomlen + 2);
   r->hash = room_hash(ns, nslen, room, roomlen);
-  r->ns = dup_bytes(ns, nslen);
+  r->ns = r->names;
+  memcpy(r->ns, ns, nslen);
   r->nslen = nslen;
-  r->room = dup_bytes(room, roomlen);
+  r->room = r->names + nslen + 1;
+  memcpy(r->room, room, roomlen);
   r->roomlen = roomlen;
   r->next = m->buckets[r->hash & (m->nbuckets - 1)];
   m->buckets[r->hash & (m->nbuckets - 1)] = r;
@@ -287,8 +283,6 @@ static mroom *room_get_or_add(mstore *m, const char *ns, size_t nslen, const cha
 
 static void room_free(mroom *r) {
   avl_free(r->root);
-  free(r->ns);
-  free(r->room);
   free(r);
 }
 
