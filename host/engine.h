@@ -37,6 +37,12 @@ typedef struct lr_timer {
 /* ---- connections ---- */
 typedef enum { LR_C_JOINING = 0, LR_C_JOINED, LR_C_CLOSING, LR_C_GONE } lr_conn_phase;
 
+typedef struct lr_early {
+  lr_buf buf;    /* concatenated frames */
+  uint32_t *len; /* length of each */
+  uint32_t n, cap;
+} lr_early;
+
 struct lr_conn {
   lr_server *srv;
   lr_room *room; /* retained */
@@ -45,30 +51,29 @@ struct lr_conn {
   void *tp;
   int ref; /* registry ref of the Lua conn table */
   lr_conn_phase phase;
-  bool parked; /* autoSync off: waiting for applySync to get its snapshot */
-  bool in_room_list;
-  /* Frames received while joining (handled in order once joined). */
-  lr_buf early; /* concatenated frames */
-  uint32_t *early_len;
-  uint32_t nearly, capearly;
   uint32_t refs;
-  lua_State *L;  /* for releasing ref even after the server is gone */
-  double tokens; /* rate limit: token bucket, refilled at room->rate per second */
-  int64_t tokens_at;
   uint32_t drops; /* consecutive dropped messages */
-  lr_conn **box;  /* the Lua handle's weak slot, cleared when c is freed */
-  void *uplink;   /* shard uplink state (uplink.c), NULL for clients */
+  bool parked;    /* autoSync off: waiting for applySync to get its snapshot */
+  bool in_room_list;
   /* A client relayed by a shard (uplink.c): in the room list (connections(),
    * hibernation, shutdown) but skipped by broadcasts and sync patches, which
    * reach it through its uplink. */
   bool relayed;
+  /* Frames received while joining (handled in order once joined); NULL
+   * until the first one (most clients wait for their first packet). */
+  lr_early *early;
+  lua_State *L;  /* for releasing ref even after the server is gone */
+  double tokens; /* rate limit: token bucket, refilled at room->rate per second */
+  int64_t tokens_at;
+  lr_conn **box;      /* the Lua handle's weak slot, cleared when c is freed */
+  void *uplink;       /* shard uplink state (uplink.c), NULL for clients */
   void *shard_client; /* a client of this shard process (shard.c), NULL otherwise */
 };
 
 /* ---- rooms ---- */
 struct lr_room {
   lr_server *srv;
-  char *ns, *id, *key; /* key = ns "/" id */
+  char *ns, *id, *key; /* key = ns "/" id; one allocation, owned through ns */
   uint32_t refs;
   bool disposed;
   lr_node *root;   /* the state tree */

@@ -360,7 +360,7 @@ static void enc(const lr_node *n, uint8_t skip_flags, lr_buf *out) {
       if (m->val->flags & skip_flags) continue;
       if (!first) w1(out, ',');
       first = false;
-      enc_string(out, m->key, m->keylen);
+      enc_string(out, lr_member_key(m), m->keylen);
       w1(out, ':');
       enc(m->val, skip_flags, out);
     }
@@ -388,18 +388,18 @@ static void patch_obj(const lr_node *o, int ch, lr_buf *out) {
     if (!d || (m->val->flags & ex)) continue;
     if (!first) w1(out, ',');
     first = false;
-    enc_string(out, m->key, m->keylen);
+    enc_string(out, lr_member_key(m), m->keylen);
     w1(out, ':');
     if ((d & LR_D_SELF) || m->val->type != LR_OBJECT)
       enc(m->val, ex, out);
     else
       patch_obj(m->val, ch, out);
   }
-  const lr_keylist *dl = &o->u.obj.dels[ch];
-  for (uint32_t i = 0; i < dl->len; i++) {
+  lr_keylist dl = lr_obj_dels(o, ch);
+  for (uint32_t i = 0; i < dl.len; i++) {
     if (!first) w1(out, ',');
     first = false;
-    enc_string(out, dl->keys[i], strlen(dl->keys[i]));
+    enc_string(out, dl.keys[i], strlen(dl.keys[i]));
     wn(out, ":\"$delete\"", 10);
   }
   w1(out, '}');
@@ -437,17 +437,17 @@ static void persist_obj(persist_walk *w, const lr_node *o, bool top) {
     uint8_t d = m->val->dirty[LR_CH_PERSIST];
     if (!d || (m->val->flags & LR_F_NOPERSIST)) continue;
     if (!top) lr_buf_putc(&w->path, '.');
-    lr_buf_put(&w->path, m->key, m->keylen);
+    lr_buf_put(&w->path, lr_member_key(m), m->keylen);
     if ((d & LR_D_SELF) || m->val->type != LR_OBJECT)
       persist_put(w, m->val);
     else
       persist_obj(w, m->val, false);
     w->path.len = base;
   }
-  const lr_keylist *dl = &o->u.obj.dels[LR_CH_PERSIST];
-  for (uint32_t i = 0; i < dl->len; i++) {
+  lr_keylist dl = lr_obj_dels(o, LR_CH_PERSIST);
+  for (uint32_t i = 0; i < dl.len; i++) {
     if (!top) lr_buf_putc(&w->path, '.');
-    lr_buf_puts(&w->path, dl->keys[i]);
+    lr_buf_puts(&w->path, dl.keys[i]);
     if (w->ops->del) w->ops->del(w->ops->ud, w->path.data, w->path.len);
     w->path.len = base;
   }

@@ -81,7 +81,7 @@ void lr_lua_push_copy(lua_State *L, const lr_node *n) {
   case LR_OBJECT:
     lua_createtable(L, 0, (int)n->u.obj.len);
     for (uint32_t i = 0; i < n->u.obj.len; i++) {
-      lua_pushlstring(L, n->u.obj.m[i].key, n->u.obj.m[i].keylen);
+      lua_pushlstring(L, lr_member_key(&n->u.obj.m[i]), n->u.obj.m[i].keylen);
       lr_lua_push_copy(L, n->u.obj.m[i].val);
       lua_rawset(L, -3);
     }
@@ -497,7 +497,7 @@ static int node_next(lua_State *L) {
     return 2;
   }
   if (pos >= (lua_Integer)n->u.obj.len) return 0;
-  lua_pushlstring(L, n->u.obj.m[pos].key, n->u.obj.m[pos].keylen);
+  lua_pushlstring(L, lr_member_key(&n->u.obj.m[pos]), n->u.obj.m[pos].keylen);
   lr_lua_push_node(L, n->u.obj.m[pos].val, p->r);
   return 2;
 }
@@ -583,14 +583,14 @@ static int conn_gc(lua_State *L) {
 }
 
 void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id) {
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 4); /* id, sessionId, state, _h */
   lua_pushstring(L, c->id);
   lua_setfield(L, -2, "id");
   if (session_id) {
     lua_pushstring(L, session_id);
     lua_setfield(L, -2, "sessionId");
   }
-  lua_newtable(L);
+  lua_createtable(L, 0, 2); /* publicId, privateId */
   lua_setfield(L, -2, "state");
   lr_conn **b = lua_newuserdatauv(L, sizeof *b, 0);
   *b = c;

@@ -6,7 +6,8 @@
  * Owns: the lws context and its callbacks; per-connection WebSocket state
  * (frame assembly, the outgoing FIFO of lr_msg references, close handshake);
  * per-request HTTP state (headers, bounded body, deferred response, static
- * files); the engine timer; SIGINT/SIGTERM and the bounded shutdown drain.
+ * files); the engine timer; SIGINT/SIGTERM and the bounded shutdown drain;
+ * giving freed heap pages back to the OS after connection churn.
  * Must not: parse JSON, call Lua, know rooms beyond server.h, call back into
  * the engine from inside an lr_transport_vt function (they only queue), or
  * write to a socket outside a WRITEABLE callback (the only exception is the
@@ -20,7 +21,8 @@
  * end the poll. lr_server_tick() runs after every lws_service() return, so
  * timers fire on time and work queued by callbacks (a broadcast, a throttled
  * sync due "now") is flushed on the same iteration. Stop signals set a flag
- * and call lws_cancel_service(); poll also returns with EINTR.
+ * and call lws_cancel_service(); poll also returns with EINTR. After
+ * connection churn the loop also wakes once to trim the heap (net_churn).
  *
  * One wsi carries at most one of our objects at a time, in its opaque user
  * data (lws_set_opaque_user_data survives the HTTP -> ws protocol rebinding,
@@ -28,12 +30,17 @@
  * (the current HTTP transaction). Both start with a `kind` field.
  *
  * Send queue (net_conn). vt->send retains the lr_msg and appends it to a
- * growable ring; queued bytes are counted as payload + NET_MSG_OVERHEAD so
- * that floods of tiny messages are bounded too. SERVER_WRITEABLE pops ONE
- * message, does ONE lws_write straight from the message's LR_MSG_PRE headroom
- * (the shared payload is never copied or modified; lws writes the frame header
- * into the headroom, which is the same for every server->client frame), then
- * releases it and asks for another WRITEABLE if more is queued. A partial
+ * growable ring (allocated on the first send, freed again whenever it drains:
+ * an idle connection holds no ring); queued bytes are counted as payload +
+ * NET_MSG_OVERHEAD so that floods of tiny messages are bounded too. A
+ * WRITEABLE is requested when the ring goes from empty to non-empty and again
+ * after a WRITEABLE that left messages queued. SERVER_WRITEABLE with several
+ * messages queued frames as many as fit in NET_BATCH into one static buffer
+ * and writes them with one raw lws_write; a lone message (or one too big for
+ * the batch) is written straight from its LR_MSG_PRE headroom (the shared
+ * payload is never copied or modified; lws writes the frame header into the
+ * headroom, which is the same for every server->client frame). Written
+ * messages are released; another WRITEABLE is asked if more is queued. A partial
  * kernel write is kept by lws, which withholds WRITEABLE until it drains, so a
  * client that stops reading makes the ring grow: past max_queue_bytes the ring
  * is released at once, the connection is marked dropping and closed with 1008
@@ -84,6 +91,9 @@
 #include <unistd.h>
 
 #include <libwebsockets.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "buf.h"
 #include "log.h"
@@ -105,6 +115,7 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 #define NET_DRAIN_MS 1000           /* shutdown: time given to close frames and answers */
 #define NET_MAX_HEADERS 128         /* request headers passed to the engine */
 #define NET_DISCARD_MAX (16u << 20) /* a refused body up to this is read and dropped, not reset */
+#define NET_TRIM_QUIET_MS 500       /* heap trim: this long after the last open/close */
 #ifndef NET_PING_SECS               /* idle WebSocket: ping after, hang up after */
 #define NET_PING_SECS 30
 #endif
@@ -132,6 +143,7 @@ typedef struct net_loop {
   } * ips; /* open WebSockets per peer: open addressing, linear probing */
   size_t ipcap;
   bool destroying; /* inside lws_context_destroy: no more lws calls from vt */
+  int64_t trim_at; /* return free heap pages to the OS at this time (0 = not due) */
 } net_loop;
 
 static volatile sig_atomic_t net_stop_flag;
@@ -150,17 +162,16 @@ typedef struct net_conn {
   size_t qbytes;
   /* incoming message being assembled */
   lr_buf rx;
+  struct ipcount *ip; /* its peer's counter (NULL: the table was full) */
+  char *close_reason; /* NULL until closed with a reason (at most 123 bytes) */
+  int close_code;
+  uint8_t close_reason_len;
   bool rx_in_msg;
   bool established; /* LWS_CALLBACK_ESTABLISHED seen: writes allowed */
   bool closing;     /* vt->close called: drain, then close frame */
-  bool counted;     /* counted in nws and the per-peer table */
-  char peer[64];
-  bool dropping; /* over max_queue_bytes: ring released, close 1008 */
-  bool gone;     /* socket closed; vt calls are refused */
-  int close_code;
-  size_t close_reason_len;
-  char close_reason[124];
-  char label[112]; /* "peer path" for log lines */
+  bool counted;     /* counted in nws and (with ip) the per-peer table */
+  bool dropping;    /* over max_queue_bytes: ring released, close 1008 */
+  bool gone;        /* socket closed; vt calls are refused */
 } net_conn;
 
 /* ---- HTTP request ---- */
@@ -209,6 +220,26 @@ static int64_t net_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A WebSocket opened or closed. A join burst leaves the heap full of freed
+ * transient blocks (handshake header tables, snapshots of growing size,
+ * Lua garbage, send rings) between the blocks that live on; glibc keeps those
+ * pages. Once connections have stopped coming and going for
+ * NET_TRIM_QUIET_MS, net_trim gives the wholly free pages back to the OS
+ * (malloc_trim: a few ms for a heap of 30 MB, once per quiet period; under
+ * steady churn the freed blocks are reused instead). */
+static void net_churn(net_loop *L) {
+  L->trim_at = net_now_ms() + NET_TRIM_QUIET_MS;
+}
+
+/* Run the heap trim when it is due (see net_churn). */
+static void net_trim(net_loop *L) {
+  if (!L->trim_at || net_now_ms() < L->trim_at) return;
+  L->trim_at = 0;
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 /* The loop that owns wsi (the context user pointer). */
@@ -419,15 +450,44 @@ static void net_conn_release_queue(net_conn *nc) {
   nc->qhead = nc->qcap = 0;
 }
 
+/* A drained ring is freed: a join burst grows every member's ring (one join
+ * patch per joiner before the next WRITEABLE), and an idle connection should
+ * not keep that capacity. The next send allocates a small one again. */
+static void net_conn_ring_trim(net_conn *nc) {
+  if (nc->qlen || !nc->q) return;
+  free(nc->q);
+  nc->q = NULL;
+  nc->qhead = nc->qcap = 0;
+}
+
+/* "peer conn ID" for a log line (the engine's lines name the same id with
+ * its room). Needs the wsi and the engine's conn, both still attached. */
+static const char *net_conn_who(net_conn *nc, char *buf, size_t len) {
+  char peer[64] = "unknown";
+  if (nc->wsi) net_peer(nc->wsi, peer, sizeof peer);
+  snprintf(buf, len, "%s conn %s", peer, nc->conn ? lr_conn_id(nc->conn) : "-");
+  return buf;
+}
+
+/* The close frame's code and reason (cut to the 123 bytes a close frame
+ * holds; NULL or "" = none). */
+static void net_conn_set_close(net_conn *nc, int code, const char *reason) {
+  size_t n = reason ? strlen(reason) : 0;
+  if (n > 123) n = 123;
+  free(nc->close_reason);
+  nc->close_reason = n ? lr_xstrndup(reason, n) : NULL;
+  nc->close_reason_len = (uint8_t)n;
+  nc->close_code = code;
+}
+
 /* Mark c as a slow consumer: free what it holds and close it with 1008. */
 static void net_conn_drop(net_conn *nc, size_t wanted) {
-  lr_warn("ws %s: slow consumer, %zu bytes queued (limit %zu), closing with 1008", nc->label,
-          wanted, nc->loop->o.max_queue_bytes);
+  char who[96];
+  lr_warn("ws %s: slow consumer, %zu bytes queued (limit %zu), closing with 1008",
+          net_conn_who(nc, who, sizeof who), wanted, nc->loop->o.max_queue_bytes);
   net_conn_release_queue(nc);
   nc->dropping = true;
-  nc->close_code = 1008;
-  nc->close_reason_len = strlen("slow consumer");
-  memcpy(nc->close_reason, "slow consumer", nc->close_reason_len);
+  net_conn_set_close(nc, 1008, "slow consumer");
   if (nc->established && !nc->loop->destroying) {
     lws_set_timeout(nc->wsi, PENDING_TIMEOUT_USER_OK, NET_DROP_SECS);
     lws_callback_on_writable(nc->wsi);
@@ -459,7 +519,9 @@ static int net_ws_send(lr_conn *c, lr_msg *m) {
   nc->q[(nc->qhead + nc->qlen) % nc->qcap] = lr_msg_retain(m);
   nc->qlen++;
   nc->qbytes += cost;
-  if (nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
+  /* Empty -> non-empty only: while messages are queued a WRITEABLE is
+   * already pending (asked here, at ESTABLISHED or by the last WRITEABLE). */
+  if (nc->qlen == 1 && nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
   return 0;
 }
 
@@ -471,22 +533,15 @@ static void net_ws_close(lr_conn *c, int code, const char *reason) {
   net_conn *nc = lr_conn_transport(c);
   if (!nc || nc->gone || nc->closing || nc->dropping) return;
   nc->closing = true;
-  nc->close_code = code > 0 ? code : 0;
-  nc->close_reason_len = 0;
-  if (code > 0 && reason) {
-    size_t n = strlen(reason);
-    if (n > 123) n = 123;
-    memcpy(nc->close_reason, reason, n);
-    nc->close_reason_len = n;
-  }
+  net_conn_set_close(nc, code > 0 ? code : 0, code > 0 ? reason : NULL);
   if (nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
 }
 
 static const lr_transport_vt net_vt = {net_ws_send, net_ws_close};
 
-/* The socket is gone (or the upgrade was refused): tell the engine exactly
- * once, release the queue and free nc. nc must not be used afterwards. */
-/* The per-peer counter slot of ip (created when add). NULL when absent. */
+/* The per-peer counter slot of ip (created when add). NULL when absent. The
+ * table never moves, and a slot is not reused while its count is non-zero,
+ * so a connection keeps a pointer to its slot. */
 static struct ipcount *net_ip_slot(net_loop *L, const char *ip, bool add) {
   if (!L->ipcap) {
     if (!add) return NULL;
@@ -506,11 +561,8 @@ static struct ipcount *net_ip_slot(net_loop *L, const char *ip, bool add) {
   return add ? tomb : NULL; /* full table: per-IP limit not enforced for new peers */
 }
 
-static void net_ip_release(net_loop *L, const char *ip) {
-  struct ipcount *e = net_ip_slot(L, ip, false);
-  if (e && e->n) e->n--;
-}
-
+/* The socket is gone (or the upgrade was refused): tell the engine exactly
+ * once, release the queue and free nc. nc must not be used afterwards. */
 static void net_conn_finish(net_conn *nc) {
   nc->gone = true;
   if (nc->wsi) lws_set_opaque_user_data(nc->wsi, NULL);
@@ -524,9 +576,11 @@ static void net_conn_finish(net_conn *nc) {
   lr_buf_free(&nc->rx);
   if (nc->counted) {
     nc->loop->nws--;
-    net_ip_release(nc->loop, nc->peer);
+    if (nc->ip && nc->ip->n) nc->ip->n--;
   }
+  free(nc->close_reason);
   nc->loop->nconns--;
+  if (!nc->loop->destroying) net_churn(nc->loop);
   free(nc);
 }
 
@@ -595,13 +649,12 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   nc->kind = NET_KIND_WS;
   nc->loop = L;
   nc->wsi = wsi;
-  snprintf(nc->label, sizeof nc->label, "%s %s", peer, path);
-  snprintf(nc->peer, sizeof nc->peer, "%s", peer);
   struct ipcount *e = net_ip_slot(L, peer, true);
   if (e) {
     snprintf(e->ip, sizeof e->ip, "%s", peer);
     e->n++;
   }
+  nc->ip = e;
   nc->counted = true;
   L->nws++;
   lr_buf_init(&nc->rx);
@@ -623,6 +676,7 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   }
   free(path);
   nc->conn = conn;
+  net_churn(L);
   return 0;
 }
 
@@ -669,6 +723,7 @@ static int net_ws_writeable(net_conn *nc) {
       lr_msg_release(m);
     }
     if (used) {
+      net_conn_ring_trim(nc);
       if (lws_write(wsi, batch + LWS_PRE, used, LWS_WRITE_RAW) < 0) return -1;
       if (nc->qlen || nc->closing) lws_callback_on_writable(wsi);
       return 0;
@@ -679,6 +734,7 @@ static int net_ws_writeable(net_conn *nc) {
     nc->qhead = (nc->qhead + 1) % nc->qcap;
     nc->qlen--;
     nc->qbytes -= (size_t)m->len + NET_MSG_OVERHEAD;
+    net_conn_ring_trim(nc);
     int n = lws_write(wsi, m->data + LR_MSG_PRE, m->len, LWS_WRITE_TEXT);
     lr_msg_release(m);
     if (n < 0) return -1;
@@ -713,8 +769,9 @@ static int net_ws_receive(net_conn *nc, const char *in, size_t len) {
     nc->rx_in_msg = true;
   }
   if (nc->rx.len + len > nc->loop->o.max_frame) {
-    lr_warn("ws %s: incoming message over %zu bytes, closing with 1009", nc->label,
-            nc->loop->o.max_frame);
+    char who[96];
+    lr_warn("ws %s: incoming message over %zu bytes, closing with 1009",
+            net_conn_who(nc, who, sizeof who), nc->loop->o.max_frame);
     lr_buf_free(&nc->rx);
     static const char why[] = "message too big";
     lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why, sizeof why - 1);
@@ -1331,13 +1388,15 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
 
   int rc = 0;
   while (!net_stop_flag) {
-    net_arm(&L, -1);
+    int64_t trim_in = L.trim_at ? L.trim_at - net_now_ms() : -1;
+    net_arm(&L, trim_in < 0 && L.trim_at ? 0 : trim_in);
     if (lws_service(L.ctx, 0) < 0) {
       lr_error("event loop failed");
       rc = 1;
       break;
     }
     lr_server_tick(s);
+    net_trim(&L);
   }
 
   /* Shutdown: the engine closes every socket with 1001; give the close

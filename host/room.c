@@ -330,9 +330,16 @@ static void rehash(lr_server *s) {
 lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
   lr_room *r = lr_xcalloc(1, sizeof *r);
   r->srv = s;
-  r->ns = lr_xstrndup(ns, strlen(ns));
-  r->id = lr_xstrndup(id, strlen(id));
-  r->key = room_key(ns, id);
+  /* ns, id and key in one allocation: "ns\0id\0ns/id\0" (freed through ns) */
+  size_t a = strlen(ns), b = strlen(id);
+  r->ns = lr_xmalloc(2 * (a + b) + 4);
+  memcpy(r->ns, ns, a + 1);
+  r->id = r->ns + a + 1;
+  memcpy(r->id, id, b + 1);
+  r->key = r->id + b + 1;
+  memcpy(r->key, ns, a);
+  r->key[a] = '/';
+  memcpy(r->key + a + 1, id, b + 1);
   r->refs = 1; /* the server's hash holds this one */
   r->root = lr_node_new(LR_OBJECT);
   r->ref = LUA_NOREF;
@@ -353,9 +360,7 @@ void lr_room_release(lr_room *r) {
   if (r->box) *r->box = NULL;
   lr_node_release(r->root);
   free(r->conns);
-  free(r->ns);
-  free(r->id);
-  free(r->key);
+  free(r->ns); /* with id and key */
   free(r);
 }
 
@@ -736,19 +741,29 @@ void lr_conn_retain(lr_conn *c) {
   c->refs++;
 }
 
+static void early_free(lr_early *e) {
+  if (!e) return;
+  lr_buf_free(&e->buf);
+  free(e->len);
+  free(e);
+}
+
 void lr_conn_release(lr_conn *c) {
   if (--c->refs) return;
   if (c->uplink || c->relayed) lr_uplink_forget(c);
   if (c->box) *c->box = NULL;
   if (c->ref != LUA_NOREF) luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
   if (c->room) lr_room_release(c->room);
-  lr_buf_free(&c->early);
-  free(c->early_len);
+  early_free(c->early);
   free(c);
 }
 
 void *lr_conn_transport(lr_conn *c) {
   return c->tp;
+}
+
+const char *lr_conn_id(const lr_conn *c) {
+  return c->id;
 }
 
 static void remove_from_room(lr_conn *c) {
@@ -774,7 +789,7 @@ void lr_conn_close(lr_conn *c, int code, const char *reason) {
 
 static void room_list_add(lr_room *r, lr_conn *c) {
   if (r->nconns == r->capconns) {
-    r->capconns = r->capconns ? r->capconns * 2 : 8;
+    r->capconns = r->capconns ? r->capconns * 2 : 2; /* many rooms hold one or two */
     r->conns = lr_xrealloc(r->conns, r->capconns * sizeof *r->conns);
   }
   r->conns[r->nconns++] = c;
@@ -1035,7 +1050,6 @@ lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *
   c->tp = tp;
   c->refs = 1; /* the transport's */
   c->ref = LUA_NOREF;
-  lr_buf_init(&c->early);
   lr_random_id(s, c->id, 10, "0123456789abcdefghijklmnopqrstuvwxyz");
   return c;
 }
@@ -1072,19 +1086,15 @@ static void connect_conn(lr_conn *c, const lr_request *req) {
   }
   lr_server_flush_touched(s);
   /* Frames that arrived while the room handled the connect. */
-  if (c->phase == LR_C_JOINED && c->nearly) {
-    lr_buf early = c->early;
-    uint32_t *lens = c->early_len, n = c->nearly;
-    lr_buf_init(&c->early);
-    c->early_len = NULL;
-    c->nearly = c->capearly = 0;
+  if (c->phase == LR_C_JOINED && c->early) {
+    lr_early *e = c->early;
+    c->early = NULL;
     size_t off = 0;
-    for (uint32_t i = 0; i < n && c->phase == LR_C_JOINED; i++) {
-      lr_conn_message(c, early.data + off, lens[i]);
-      off += lens[i];
+    for (uint32_t i = 0; i < e->n && c->phase == LR_C_JOINED; i++) {
+      lr_conn_message(c, e->buf.data + off, e->len[i]);
+      off += e->len[i];
     }
-    lr_buf_free(&early);
-    free(lens);
+    early_free(e);
   }
   lr_conn_release(c);
 }
@@ -1298,16 +1308,21 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     return;
   }
   if (c->phase == LR_C_JOINING) {
-    if (c->nearly >= MAX_EARLY_FRAMES) {
+    lr_early *e = c->early;
+    if (!e) {
+      e = c->early = lr_xcalloc(1, sizeof *e);
+      lr_buf_init(&e->buf);
+    }
+    if (e->n >= MAX_EARLY_FRAMES) {
       lr_conn_close(c, 4008, "too many frames before join");
       return;
     }
-    if (c->nearly == c->capearly) {
-      c->capearly = c->capearly ? c->capearly * 2 : 8;
-      c->early_len = lr_xrealloc(c->early_len, c->capearly * sizeof *c->early_len);
+    if (e->n == e->cap) {
+      e->cap = e->cap ? e->cap * 2 : 8;
+      e->len = lr_xrealloc(e->len, e->cap * sizeof *e->len);
     }
-    lr_buf_put(&c->early, data, len);
-    c->early_len[c->nearly++] = (uint32_t)len;
+    lr_buf_put(&e->buf, data, len);
+    e->len[e->n++] = (uint32_t)len;
     return;
   }
   /* Token bucket per connection; a client that keeps flooding is closed. */

@@ -27,14 +27,17 @@
 
 /* ---- AVL tree of keys ---- */
 
+/* One allocation per key: the key and its JSON text follow the header. An
+ * overwrite reallocates the node (avl_put returns it to the parent), so a
+ * node pointer is not kept across a write (listings refuse writes). */
 typedef struct mnode {
   struct mnode *l, *r;
-  char *val; /* owned JSON text, NUL-terminated */
-  size_t vlen;
-  size_t klen;
+  uint32_t klen, vlen;
   int h;
-  char key[]; /* klen bytes + NUL */
+  char key[]; /* klen bytes + NUL, then the value: vlen bytes + NUL (MVAL) */
 } mnode;
+
+#define MVAL(n) ((n)->key + (n)->klen + 1)
 
 static int key_cmp(const char *a, size_t alen, const char *b, size_t blen) {
   int c = memcmp(a, b, alen < blen ? alen : blen);
@@ -80,35 +83,36 @@ static mnode *rebalance(mnode *n) {
   return n;
 }
 
-static char *dup_bytes(const char *s, size_t n) {
-  char *d = lr_xmalloc(n + 1);
-  memcpy(d, s, n);
-  d[n] = '\0';
-  return d;
+/* Store val as n's value (n is sized for it). */
+static void set_val(mnode *n, const char *val, size_t vlen) {
+  n->vlen = (uint32_t)vlen;
+  memcpy(MVAL(n), val, vlen);
+  MVAL(n)[vlen] = '\0';
 }
 
 /* Insert or overwrite key. Copies key and val. *added is set to 1 when the
  * key was new. Returns the new subtree root. */
 static mnode *avl_put(mnode *t, const char *key, size_t klen, const char *val, size_t vlen,
                       int *added) {
+  if (klen >= UINT32_MAX || vlen >= UINT32_MAX) {
+    fprintf(stderr, "lunaroom: memory storage: key or value of 4 GiB or more\n");
+    abort();
+  }
   if (!t) {
-    mnode *n = lr_xmalloc(sizeof *n + klen + 1);
+    mnode *n = lr_xmalloc(sizeof *n + klen + 1 + vlen + 1);
     n->l = n->r = NULL;
     n->h = 1;
-    n->klen = klen;
+    n->klen = (uint32_t)klen;
     memcpy(n->key, key, klen);
     n->key[klen] = '\0';
-    n->val = dup_bytes(val, vlen);
-    n->vlen = vlen;
+    set_val(n, val, vlen);
     *added = 1;
     return n;
   }
   int c = key_cmp(key, klen, t->key, t->klen);
   if (c == 0) {
-    char *nv = dup_bytes(val, vlen);
-    free(t->val);
-    t->val = nv;
-    t->vlen = vlen;
+    if (vlen != t->vlen) t = lr_xrealloc(t, sizeof *t + t->klen + 1 + vlen + 1);
+    set_val(t, val, vlen);
     return t;
   }
   if (c < 0)
@@ -160,7 +164,6 @@ static mnode *avl_find(mnode *t, const char *key, size_t klen) {
 }
 
 static void node_free(mnode *n) {
-  free(n->val);
   free(n);
 }
 
@@ -207,10 +210,11 @@ static int has_prefix(const mnode *n, const char *p, size_t plen) {
 typedef struct mroom {
   struct mroom *next; /* hash chain */
   uint64_t hash;
-  char *ns, *room; /* owned, NUL-terminated */
+  char *ns, *room; /* NUL-terminated, in names[] */
   size_t nslen, roomlen;
   mnode *root;
   size_t count;
+  char names[]; /* ns NUL room NUL */
 } mroom;
 
 typedef struct mstore {
@@ -263,11 +267,13 @@ static mroom *room_get_or_add(mstore *m, const char *ns, size_t nslen, const cha
     m->buckets = b;
     m->nbuckets = nb;
   }
-  r = lr_xcalloc(1, sizeof *r);
+  r = lr_xcalloc(1, sizeof *r + nslen + roomlen + 2);
   r->hash = room_hash(ns, nslen, room, roomlen);
-  r->ns = dup_bytes(ns, nslen);
+  r->ns = r->names;
+  memcpy(r->ns, ns, nslen);
   r->nslen = nslen;
-  r->room = dup_bytes(room, roomlen);
+  r->room = r->names + nslen + 1;
+  memcpy(r->room, room, roomlen);
   r->roomlen = roomlen;
   r->next = m->buckets[r->hash & (m->nbuckets - 1)];
   m->buckets[r->hash & (m->nbuckets - 1)] = r;
@@ -277,8 +283,6 @@ static mroom *room_get_or_add(mstore *m, const char *ns, size_t nslen, const cha
 
 static void room_free(mroom *r) {
   avl_free(r->root);
-  free(r->ns);
-  free(r->room);
   free(r);
 }
 
@@ -349,7 +353,7 @@ static int mem_get(lr_store *s, const char *ns, const char *room, const char *ke
   mroom *r = room_find(m, ns, strlen(ns), room, strlen(room));
   mnode *n = r ? avl_find(r->root, key, strlen(key)) : NULL;
   if (!n) return LR_STORE_NOTFOUND;
-  lr_buf_put(out, n->val, n->vlen);
+  lr_buf_put(out, MVAL(n), n->vlen);
   lr_buf_cstr(out);
   return 0;
 }
@@ -369,7 +373,7 @@ static int mem_list(lr_store *s, const char *ns, const char *room, const char *p
   it_seek(&it, r->root, prefix, plen);
   m->listing++;
   for (mnode *x; (x = it_next(&it)) && has_prefix(x, prefix, plen);)
-    if (cb(ud, x->key, x->klen, x->val, x->vlen)) break;
+    if (cb(ud, x->key, x->klen, MVAL(x), x->vlen)) break;
   m->listing--;
   return 0;
 }
@@ -822,7 +826,7 @@ static int write_room(FILE *f, lr_buf *b, const named_room *nr) {
     lr_buf_putc(b, '[');
     put_json_string(b, x->key, x->klen);
     lr_buf_putc(b, ',');
-    lr_buf_put(b, x->val, x->vlen);
+    lr_buf_put(b, MVAL(x), x->vlen);
     lr_buf_putc(b, ']');
     if (b->len >= 65536) {
       if (fwrite(b->data, 1, b->len, f) != b->len) return -1;

@@ -279,7 +279,7 @@ static void client_connected(uplink *u, const char *priv, const lr_node *info) {
       if (val->type != LR_STRING) continue;
       offs[nh] = names.len;
       for (uint32_t k = 0; k < headers->u.obj.m[i].keylen; k++) {
-        char ch = headers->u.obj.m[i].key[k];
+        char ch = lr_member_key(&headers->u.obj.m[i])[k];
         lr_buf_putc(&names, (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch));
       }
       lr_buf_putc(&names, 0);

@@ -55,7 +55,22 @@ static uint32_t key_hash(const char *k, size_t n) {
 }
 
 static bool key_eq(const lr_member *m, const char *key, size_t keylen) {
-  return m->keylen == keylen && memcmp(m->key, key, keylen) == 0;
+  return m->keylen == keylen && memcmp(lr_member_key(m), key, keylen) == 0;
+}
+
+/* Store key in member e (inline when short). */
+static void member_set_key(lr_member *e, const char *key, size_t keylen) {
+  e->keylen = (uint32_t)keylen;
+  if (keylen < LR_KEY_INLINE) {
+    memcpy(e->k.in, key, keylen);
+    e->k.in[keylen] = '\0';
+  } else {
+    e->k.p = lr_xstrndup(key, keylen);
+  }
+}
+
+static void member_free_key(lr_member *e) {
+  if (e->keylen >= LR_KEY_INLINE) free(e->k.p);
 }
 
 /* Position of key in o's members, or -1. O(1) expected with the index. */
@@ -77,7 +92,7 @@ static int64_t obj_find(const lr_node *o, const char *key, size_t keylen) {
 static void idx_insert(lr_node *o, uint32_t pos) {
   uint32_t mask = o->u.obj.idxcap - 1;
   const lr_member *e = &o->u.obj.m[pos];
-  uint32_t i = key_hash(e->key, e->keylen) & mask;
+  uint32_t i = key_hash(lr_member_key(e), e->keylen) & mask;
   while (o->u.obj.idx[i])
     i = (i + 1) & mask;
   o->u.obj.idx[i] = pos + 1;
@@ -117,12 +132,12 @@ static void idx_added(lr_node *o) {
 static void idx_removed(lr_node *o, uint32_t pos) {
   uint32_t *idx = o->u.obj.idx, mask = o->u.obj.idxcap - 1;
   const lr_member *m = o->u.obj.m;
-  uint32_t i = key_hash(m[pos].key, m[pos].keylen) & mask;
+  uint32_t i = key_hash(lr_member_key(&m[pos]), m[pos].keylen) & mask;
   while (idx[i] != pos + 1)
     i = (i + 1) & mask;
   for (uint32_t j = (i + 1) & mask; idx[j]; j = (j + 1) & mask) {
     const lr_member *e = &m[idx[j] - 1];
-    uint32_t home = key_hash(e->key, e->keylen) & mask;
+    uint32_t home = key_hash(lr_member_key(e), e->keylen) & mask;
     bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
     if (!stays) {
       idx[i] = idx[j];
@@ -254,13 +269,16 @@ static void free_contents(lr_node *n) {
     break;
   case LR_OBJECT:
     for (uint32_t i = 0; i < n->u.obj.len; i++) {
-      free(n->u.obj.m[i].key);
+      member_free_key(&n->u.obj.m[i]);
       detach_release(n->u.obj.m[i].val);
     }
     free(n->u.obj.m);
     free(n->u.obj.idx);
-    for (int ch = 0; ch < LR_NCH; ch++)
-      keylist_free(&n->u.obj.dels[ch]);
+    if (n->u.obj.dels) {
+      for (int ch = 0; ch < LR_NCH; ch++)
+        keylist_free(&n->u.obj.dels[ch]);
+      free(n->u.obj.dels);
+    }
     break;
   default:
     break;
@@ -315,8 +333,7 @@ lr_node *lr_node_clone(const lr_node *n) {
     for (uint32_t i = 0; i < len; i++) {
       const lr_member *s = &n->u.obj.m[i];
       lr_member *d = &c->u.obj.m[i];
-      d->key = lr_xstrndup(s->key, s->keylen);
-      d->keylen = s->keylen;
+      member_set_key(d, lr_member_key(s), s->keylen);
       d->val = lr_node_clone(s->val);
       d->val->parent = c;
     }
@@ -361,7 +378,7 @@ bool lr_node_equal(const lr_node *a, const lr_node *b) {
     if (a->u.obj.len != b->u.obj.len) return false;
     for (uint32_t i = 0; i < a->u.obj.len; i++) {
       const lr_member *m = &a->u.obj.m[i];
-      const lr_node *o = lr_obj_get(b, m->key, m->keylen);
+      const lr_node *o = lr_obj_get(b, lr_member_key(m), m->keylen);
       if (!o || !lr_node_equal(m->val, o)) return false;
     }
     return true;
@@ -393,12 +410,11 @@ static void obj_append(lr_node *o, const char *key, size_t keylen, lr_node *chil
   if (keylen > UINT32_MAX) fatal("object key too long");
   if (o->u.obj.len == o->u.obj.cap) {
     if (o->u.obj.cap >= UINT32_MAX / 2) fatal("object too large");
-    o->u.obj.cap = o->u.obj.cap ? o->u.obj.cap * 2 : 4;
+    o->u.obj.cap = o->u.obj.cap ? o->u.obj.cap * 2 : 2; /* most objects are small */
     o->u.obj.m = lr_xrealloc(o->u.obj.m, o->u.obj.cap * sizeof(lr_member));
   }
   lr_member *e = &o->u.obj.m[o->u.obj.len++];
-  e->key = lr_xstrndup(key, keylen);
-  e->keylen = (uint32_t)keylen;
+  member_set_key(e, key, keylen);
   e->val = child;
   idx_added(o);
 }
@@ -420,11 +436,10 @@ void lr_obj_put(lr_node *obj, const char *key, size_t keylen, lr_node *child) {
 static void obj_remove_at(lr_node *o, uint32_t pos) {
   lr_member *m = o->u.obj.m;
   lr_node *child = m[pos].val;
-  char *key = m[pos].key;
   if (o->u.obj.idx) idx_removed(o, pos);
+  member_free_key(&m[pos]);
   memmove(&m[pos], &m[pos + 1], (o->u.obj.len - pos - 1) * sizeof(lr_member));
   o->u.obj.len--;
-  free(key);
   detach_release(child);
 }
 
@@ -469,7 +484,7 @@ const char *lr_node_key_in_parent(const lr_node *child, uint32_t *keylen) {
   int64_t i = lr_node_index_in_parent(child);
   if (i < 0) return NULL;
   if (keylen) *keylen = p->u.obj.m[i].keylen;
-  return p->u.obj.m[i].key;
+  return lr_member_key(&p->u.obj.m[i]);
 }
 
 static void path_append(const lr_node *n, lr_buf *out) {
@@ -481,7 +496,7 @@ static void path_append(const lr_node *n, lr_buf *out) {
   if (p->type == LR_ARRAY)
     lr_buf_printf(out, "%lld", (long long)i);
   else if (i >= 0)
-    lr_buf_put(out, p->u.obj.m[i].key, p->u.obj.m[i].keylen);
+    lr_buf_put(out, lr_member_key(&p->u.obj.m[i]), p->u.obj.m[i].keylen);
 }
 
 /* Written root first; O(depth * siblings), meant for messages and tests, not
@@ -537,7 +552,7 @@ void lr_state_clear_dirty(lr_node *root, int ch) {
   if (!root->dirty[ch]) return;
   root->dirty[ch] = 0;
   if (root->type == LR_OBJECT) {
-    keylist_clear(&root->u.obj.dels[ch]);
+    if (root->u.obj.dels) keylist_clear(&root->u.obj.dels[ch]);
     for (uint32_t i = 0; i < root->u.obj.len; i++) {
       lr_node *c = root->u.obj.m[i].val;
       if (c->dirty[ch]) lr_state_clear_dirty(c, ch);
@@ -554,7 +569,7 @@ void lr_state_clear_dirty(lr_node *root, int ch) {
  * superseded by the node's whole value. */
 bool lr_state_has_dels(const lr_node *root, int ch) {
   if (root->dirty[ch] != LR_D_CHILD || root->type != LR_OBJECT) return false;
-  if (root->u.obj.dels[ch].len) return true;
+  if (lr_obj_dels(root, ch).len) return true;
   for (uint32_t i = 0; i < root->u.obj.len; i++)
     if (lr_state_has_dels(root->u.obj.m[i].val, ch)) return true;
   return false;
@@ -577,7 +592,8 @@ static void state_delete_at(lr_node *o, uint32_t pos) {
       t->dirty[ch] |= LR_D_SELF;
       mark_child_up(t->parent, ch);
     } else {
-      keylist_add(&o->u.obj.dels[ch], e->key, e->keylen);
+      if (!o->u.obj.dels) o->u.obj.dels = lr_xcalloc(LR_NCH, sizeof *o->u.obj.dels);
+      keylist_add(&o->u.obj.dels[ch], lr_member_key(e), e->keylen);
       o->dirty[ch] |= LR_D_CHILD;
       mark_child_up(o->parent, ch);
     }
@@ -601,7 +617,7 @@ static lr_node *insert_new(lr_node *obj, const char *key, size_t keylen, const l
   c->flags = flags;
   c->parent = obj;
   obj_append(obj, key, keylen, c);
-  for (int ch = 0; ch < LR_NCH; ch++)
+  for (int ch = 0; ch < LR_NCH && obj->u.obj.dels; ch++)
     keylist_remove(&obj->u.obj.dels[ch], key, keylen);
   lr_state_mark(c);
   return c;
@@ -665,18 +681,18 @@ static void assign(lr_node *t, const lr_node *s);
 static void merge(lr_node *t, const lr_node *s) {
   for (uint32_t i = 0; i < t->u.obj.len;) {
     const lr_member *e = &t->u.obj.m[i];
-    if (obj_find(s, e->key, e->keylen) < 0)
+    if (obj_find(s, lr_member_key(e), e->keylen) < 0)
       state_delete_at(t, i);
     else
       i++;
   }
   for (uint32_t i = 0; i < s->u.obj.len; i++) {
     const lr_member *e = &s->u.obj.m[i];
-    int64_t p = obj_find(t, e->key, e->keylen);
+    int64_t p = obj_find(t, lr_member_key(e), e->keylen);
     if (p >= 0)
       assign(t->u.obj.m[p].val, e->val);
     else
-      insert_new(t, e->key, e->keylen, e->val, e->val->flags);
+      insert_new(t, lr_member_key(e), e->keylen, e->val, e->val->flags);
   }
 }
 

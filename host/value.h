@@ -61,11 +61,24 @@ enum { LR_CH_SYNC = 0, LR_CH_PERSIST = 1, LR_NCH = 2 };
 
 typedef struct lr_node lr_node;
 
+/* A member's key is NUL-terminated and may contain any bytes except NUL. Keys
+ * shorter than LR_KEY_INLINE bytes are stored in the member itself (moving
+ * with it when the member array grows or shifts), longer ones in an owned
+ * allocation: read it with lr_member_key, and do not keep the pointer across
+ * a change of the object. */
+#define LR_KEY_INLINE 16
 typedef struct lr_member {
-  char *key; /* owned, NUL-terminated, may contain any bytes except NUL */
-  uint32_t keylen;
   lr_node *val; /* owned reference */
+  uint32_t keylen;
+  union {
+    char in[LR_KEY_INLINE]; /* keylen < LR_KEY_INLINE */
+    char *p;                /* otherwise */
+  } k;
 } lr_member;
+
+static inline const char *lr_member_key(const lr_member *m) {
+  return m->keylen < LR_KEY_INLINE ? m->k.in : m->k.p;
+}
 
 typedef struct lr_keylist { /* pending deleted keys of one channel */
   char **keys;              /* owned NUL-terminated strings */
@@ -96,10 +109,16 @@ struct lr_node {
       uint32_t *idx; /* open-addressing hash index (member position + 1, 0 = empty); NULL while len
                         is small */
       uint32_t idxcap;
-      lr_keylist dels[LR_NCH];
+      lr_keylist *dels; /* [LR_NCH]: allocated on the first pending deletion, NULL before */
     } obj;
   } u;
 };
+
+/* The pending deletions of object o on channel ch (empty when it has none). */
+static inline lr_keylist lr_obj_dels(const lr_node *o, int ch) {
+  lr_keylist none = {0};
+  return o->u.obj.dels ? o->u.obj.dels[ch] : none;
+}
 
 /* ---- construction and lifetime (no dirty marking) ---- */
 lr_node *lr_node_new(lr_type t); /* empty container / zero scalar, refs == 1 */
@@ -135,6 +154,7 @@ static inline lr_node *lr_arr_get(const lr_node *arr, uint32_t i) {
 /* Position of child in its parent (array index or member index), or -1. */
 int64_t lr_node_index_in_parent(const lr_node *child);
 /* Key of child in its parent object (borrowed), or NULL if parent is not an object. */
+/* Points into the parent's member array: valid until the parent changes. */
 const char *lr_node_key_in_parent(const lr_node *child, uint32_t *keylen);
 /* Dot-joined path from the root ("users.AbC.x"; array indices as decimal,
  * 0-based; "" for the root). Written into out (reset first). */

@@ -511,7 +511,7 @@ TEST(patch_clear_dirty_resets) {
   ASSERT_EQ_STR(SYNC(root), "{}");
   ASSERT(!lr_state_dirty(root, LR_CH_SYNC) && !lr_state_has_dels(root, LR_CH_SYNC));
   ASSERT_EQ_INT(at(root, "a.b")->dirty[LR_CH_SYNC], 0);
-  ASSERT_EQ_INT(at(root, "d")->u.obj.dels[LR_CH_SYNC].len, 0);
+  ASSERT_EQ_INT(lr_obj_dels(at(root, "d"), LR_CH_SYNC).len, 0);
   /* the other channel is untouched */
   ASSERT_EQ_STR(PERSIST(root), "{\"a\":{\"b\":1},\"l\":[],\"d\":{\"x\":\"$delete\"}}");
   lr_state_clear_dirty(root, LR_CH_PERSIST);

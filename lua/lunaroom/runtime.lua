@@ -47,16 +47,33 @@ end
 
 M.deepcopy, M.flags_of = deepcopy, flags_of -- shared with lunaroom.reload
 
+local function hexbyte(h) return string.char(tonumber(h, 16)) end
+
 local function urldecode(s)
+  if not s:find("[%%+]") then return s end
   s = s:gsub("+", " ")
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+  return (s:gsub("%%(%x%x)", hexbyte))
 end
 
+-- "a=1&b=2" -> {a = "1", b = "2"}. A plain find loop: gmatch would allocate
+-- its match state (over 500 bytes) on every call, i.e. on every connection.
 local function parse_query(q)
   local t = {}
-  for pair in (q or ""):gmatch("[^&]+") do
-    local k, val = pair:match("^([^=]*)=?(.*)$")
-    if k and k ~= "" then t[urldecode(k)] = urldecode(val) end
+  q = q or ""
+  local pos, n = 1, #q
+  while pos <= n do
+    local amp = q:find("&", pos, true) or n + 1
+    if amp > pos then
+      local eq = q:find("=", pos, true)
+      local k, val
+      if eq and eq < amp then
+        k, val = q:sub(pos, eq - 1), q:sub(eq + 1, amp - 1)
+      else
+        k, val = q:sub(pos, amp - 1), ""
+      end
+      if k ~= "" then t[urldecode(k)] = urldecode(val) end
+    end
+    pos = amp + 1
   end
   return t
 end
@@ -163,7 +180,14 @@ RoomMT.__index = function(self, k)
   if d.fields[k] then return rawget(self, "root")[k] end
   if k == "autoSync" then return rawget(self, "_autoSync") end
   if k == "parties" then return parties_of(self) end
-  if k == "storage" then return rawget(self, "_storage") end
+  if k == "storage" then -- made on first use: most rooms never touch it
+    local st = rawget(self, "_storage")
+    if not st then
+      st = setmetatable({ h = rawget(self, "h") }, Storage)
+      rawset(self, "_storage", st)
+    end
+    return st
+  end
   if k == "env" then return rawget(self, "srv").env_view end
   return Room[k]
 end
@@ -394,11 +418,10 @@ function M.create_room(srv, ns, id, rebind, entry)
     def = d, srv = srv, id = id, name = ns, params = params, key = ns .. "/" .. id,
     file = e.file, version = e.version, _autoSync = d.autoSync,
     sockets = {},   -- privateId -> number of open sockets
-    expiry = {},    -- privateId -> timer id
+    -- expiry: privateId -> timer id, made by the first arm_expiry
   }, RoomMT)
   local h = rebind and core.room_rebind(srv.h, ns, id, room) or core.room_new(srv.h, ns, id, room)
   rawset(room, "h", h)
-  rawset(room, "_storage", setmetatable({ h = h }, Storage))
   local root = core.room_root(h)
   rawset(room, "root", root)
   for _, k in ipairs(d.field_order) do
@@ -508,7 +531,8 @@ local function expire_session(room, priv)
   if #rest == 0 then ops[#ops + 1] = { "del", "session-public:" .. pid }
   else ops[#ops + 1] = { "put", "session-public:" .. pid, lr.array(rest) } end
   core.store_apply(h, ops)
-  rawget(room, "expiry")[priv] = nil
+  local exp = rawget(room, "expiry")
+  if exp then exp[priv] = nil end
   local users = users_of(room)
   if #rest == 0 and users and users[pid] ~= nil then
     users[pid] = nil
@@ -520,11 +544,16 @@ function M.arm_expiry(room, priv, ms)
   if type(ms) ~= "number" or ms < 0 or ms ~= ms or ms == math.huge then return end
   local srv, key = rawget(room, "srv"), rawget(room, "key")
   local exp = rawget(room, "expiry")
+  if not exp then
+    exp = {}
+    rawset(room, "expiry", exp)
+  end
   if exp[priv] then core.cancel(srv.h, exp[priv]) end
   exp[priv] = core.timer(srv.h, rawget(room, "h"), math.floor(ms), function()
     local cur = srv.rooms[key] -- the instance may have been rebuilt meanwhile
     if not cur then return end
-    rawget(cur, "expiry")[priv] = nil
+    local cexp = rawget(cur, "expiry")
+    if cexp then cexp[priv] = nil end
     expire_session(cur, priv)
   end)
 end
@@ -604,7 +633,7 @@ function M.connect(srv, room, conn, req)
     if session and session.state ~= nil then s.state = session.state end
     put_session(room, priv, s, pid)
     local exp = rawget(room, "expiry")
-    if exp[priv] then core.cancel(srv.h, exp[priv]); exp[priv] = nil end
+    if exp and exp[priv] then core.cancel(srv.h, exp[priv]); exp[priv] = nil end
     if schema.connected then users[pid][schema.connected] = true end
   end
   conn.state.publicId = pid
