@@ -22,12 +22,14 @@
  * Usage: limit [--port N] [--host 127.0.0.1]; prints
  * `listening on http://HOST:PORT` on stderr. SIGINT/SIGTERM stop it.
  */
+#include <malloc.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libwebsockets.h>
 
@@ -80,11 +82,19 @@ static room *rooms[ROOM_BUCKETS];
 static uint64_t next_pid;
 static volatile sig_atomic_t stop;
 static struct lws_context *ctx;
+static int64_t trim_at; /* ms: malloc_trim once connections are quiet */
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 static unsigned char batch[LWS_PRE + BATCH + 16];
 
 static uint32_t hash(const char *s) {
   uint32_t h = 2166136261u;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 16777619u;
   return h;
 }
 
@@ -111,7 +121,8 @@ static void conn_push(conn *c, msg *m) {
     uint32_t cap = c->qcap ? c->qcap * 2 : 8;
     msg **q = malloc(sizeof *q * cap);
     if (!q) abort();
-    for (uint32_t i = 0; i < c->qlen; i++) q[i] = c->q[(c->qhead + i) % c->qcap];
+    for (uint32_t i = 0; i < c->qlen; i++)
+      q[i] = c->q[(c->qhead + i) % c->qcap];
     free(c->q);
     c->q = q;
     c->qhead = 0;
@@ -143,11 +154,12 @@ static void on_move(conn *c, const char *in, size_t len) {
   if (!v) return;
   v += 8;
   const char *end = in + len;
-  while (end > v && end[-1] != '}') end--;
+  while (end > v && end[-1] != '}')
+    end--;
   if (end <= v) return;
   end--; /* the closing brace of the whole message */
-  msg *m = msg_printf("{\"type\":\"sync\",\"value\":{\"players\":{\"%.*s\":%.*s}}}", c->pid, c->pidlen, v,
-                      (size_t)(end - v));
+  msg *m = msg_printf("{\"type\":\"sync\",\"value\":{\"players\":{\"%.*s\":%.*s}}}", c->pid,
+                      c->pidlen, v, (size_t)(end - v));
   broadcast(c->room, m, NULL);
   msg_release(m);
 }
@@ -194,7 +206,14 @@ static int conn_writeable(conn *c) {
     size_t n = (size_t)(p - start);
     if (lws_write(c->wsi, start, n, LWS_WRITE_RAW) < (int)n) return -1;
   }
-  if (c->qlen) lws_callback_on_writable(c->wsi);
+  if (c->qlen) {
+    lws_callback_on_writable(c->wsi);
+  } else {
+    /* drained: give the ring back (as lunaroom's net.c does) */
+    free(c->q);
+    c->q = NULL;
+    c->qhead = c->qcap = 0;
+  }
   return 0;
 }
 
@@ -202,16 +221,18 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
   conn *c = (conn *)user;
   switch (reason) {
   case LWS_CALLBACK_ESTABLISHED: {
+    trim_at = now_ms() + 500;
     char path[512];
     if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) <= 0) return -1;
     memset(c, 0, sizeof *c);
     c->wsi = wsi;
     c->room = room_get(path);
     c->pidlen = (uint8_t)snprintf(c->pid, sizeof c->pid, "p%llu", (unsigned long long)++next_pid);
-    msg *first = msg_printf("{\"type\":\"sync\",\"value\":{\"pId\":\"%.*s\",\"players\":{}%.*s}}", c->pid,
-                            c->pidlen, "", 0);
-    msg *join = msg_printf("{\"type\":\"sync\",\"value\":{\"players\":{\"%.*s\":{\"x\":0,\"y\":0,\"score\":0}}}%.*s}",
-                           c->pid, c->pidlen, "", 0);
+    msg *first = msg_printf("{\"type\":\"sync\",\"value\":{\"pId\":\"%.*s\",\"players\":{}%.*s}}",
+                            c->pid, c->pidlen, "", 0);
+    msg *join = msg_printf(
+        "{\"type\":\"sync\",\"value\":{\"players\":{\"%.*s\":{\"x\":0,\"y\":0,\"score\":0}}}%.*s}",
+        c->pid, c->pidlen, "", 0);
     broadcast(c->room, join, NULL);
     c->next = c->room->head;
     if (c->next) c->next->prev = c;
@@ -231,7 +252,8 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
     }
     if (c->rxlen + len > c->rxcap) {
       size_t cap = c->rxcap ? c->rxcap : 1024;
-      while (cap < c->rxlen + len) cap *= 2;
+      while (cap < c->rxlen + len)
+        cap *= 2;
       if (cap > (1u << 20)) return -1;
       c->rx = realloc(c->rx, cap);
       if (!c->rx) abort();
@@ -249,6 +271,7 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
     if (c->room) return conn_writeable(c);
     break;
   case LWS_CALLBACK_CLOSED:
+    trim_at = now_ms() + 500;
     if (c->room) {
       if (c->prev)
         c->prev->next = c->next;
@@ -317,8 +340,16 @@ int main(int argc, char **argv) {
   signal(SIGTERM, on_signal);
   signal(SIGPIPE, SIG_IGN);
   fprintf(stderr, "listening on http://%s:%d\n", host, p);
-  while (!stop)
+  /* As lunaroom's net.c: once connections stopped coming and going for
+   * 500 ms, give wholly free heap pages back (malloc_trim), so RSS figures
+   * compare live memory, not what a join burst left behind. */
+  while (!stop) {
     if (lws_service(ctx, 0) < 0) break;
+    if (trim_at && now_ms() >= trim_at) {
+      trim_at = 0;
+      malloc_trim(0);
+    }
+  }
   lws_context_destroy(ctx);
   for (int b = 0; b < ROOM_BUCKETS; b++)
     for (room *r = rooms[b], *n; r; r = n) {
