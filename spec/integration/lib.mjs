@@ -11,6 +11,7 @@
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import nodeHttp from "node:http";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
@@ -21,13 +22,22 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 export const BIN = process.env.LUNAROOM_BIN || path.join(ROOT, "build", "lunaroom");
 
 const running = new Set();
+const temps = new Set();
 process.on("exit", () => {
+  for (const d of temps) fs.rmSync(d, { recursive: true, force: true });
   for (const p of running) {
     try {
       p.kill("SIGKILL");
     } catch {}
   }
 });
+
+/** A fresh directory under the system temp dir, removed when the test process exits. */
+export function tempDir(prefix) {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  temps.add(d);
+  return d;
+}
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

@@ -10,12 +10,11 @@ import { describe, test } from "node:test";
 import fs from "node:fs";
 import net from "node:net";
 import { spawn } from "node:child_process";
-import os from "node:os";
 import path from "node:path";
-import { ROOT, http, sleep, startServer, wsClient } from "./lib.mjs";
+import { ROOT, http, sleep, startServer, wsClient, tempDir } from "./lib.mjs";
 
 function rooms() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-limits-"));
+  const dir = tempDir("lunaroom-limits-");
   for (const f of ["counter.lua", "game.lua"]) fs.copyFileSync(path.join(ROOT, "rooms", f), path.join(dir, f));
   for (const f of ["limited.lua", "unlimited.lua"])
     fs.copyFileSync(path.join(ROOT, "spec/integration/rooms", f), path.join(dir, f));
@@ -93,7 +92,7 @@ describe("limits", () => {
   });
 
   test("memory storage with a snapshot file survives a graceful restart", async () => {
-    const snap = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-snap-")), "snap.json");
+    const snap = path.join(tempDir("lunaroom-snap-"), "snap.json");
     let srv = await startServer({ rooms: rooms(), args: ["--storage", `memory:${snap}`] });
     const c = wsClient(`${srv.wsUrl}/parties/main/demo?id=s`);
     await c.opened;
@@ -109,7 +108,7 @@ describe("limits", () => {
   });
 
   test("a --config file sets the same options as the flags", async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-cfg-"));
+    const dir = tempDir("lunaroom-cfg-");
     const cfg = path.join(dir, "lunaroom.lua");
     fs.writeFileSync(cfg, 'return { max_conns_per_ip = 1, log_format = "json" }\n');
     const srv = await startServer({ rooms: rooms(), args: ["--config", cfg] });

@@ -9,15 +9,14 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import WebSocket from "ws";
 import { connectionRoom } from "@signe/sync/client";
-import { ROOT, http, sleep, startServer, wsClient } from "./lib.mjs";
+import { ROOT, http, sleep, startServer, wsClient, tempDir } from "./lib.mjs";
 
 // rooms/ plus the test rooms, in a temp folder.
 function roomsDir() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-net-"));
+  const dir = tempDir("lunaroom-net-");
   for (const f of fs.readdirSync(path.join(ROOT, "rooms")).filter((f) => f.endsWith(".lua")))
     fs.copyFileSync(path.join(ROOT, "rooms", f), path.join(dir, f));
   fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/limited.lua"), path.join(dir, "limited.lua"));
@@ -175,7 +174,7 @@ describe("network", () => {
 
 describe("the README's run command", () => {
   test("make run serves rooms/ and stops on SIGTERM", async () => {
-    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-run-"));
+    const dataDir = tempDir("lunaroom-run-");
     // `make run` is `build/lunaroom serve rooms --port $(PORT)` with SQLite
     // storage: start exactly that (with a free port and a temp database).
     const srv = await startServer({

@@ -10,12 +10,11 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { ROOT, http, sleep, startServer, wsClient } from "./lib.mjs";
+import { ROOT, http, sleep, startServer, wsClient, tempDir } from "./lib.mjs";
 
 function setup() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-persist-"));
+  const dir = tempDir("lunaroom-persist-");
   const rooms = path.join(dir, "rooms");
   fs.mkdirSync(rooms);
   for (const f of ["counter.lua", "game.lua"]) fs.copyFileSync(path.join(ROOT, "rooms", f), path.join(rooms, f));

@@ -19,11 +19,10 @@
  */
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { performance } from "node:perf_hooks";
-import { sleep, startServer, wsClient } from "./lib.mjs";
+import { sleep, startServer, wsClient, tempDir } from "./lib.mjs";
 
 const MAX_MS = Number(process.env.LUNAROOM_RELOAD_MAX_MS || 100);
 
@@ -84,7 +83,7 @@ describe("hot reload (real binary)", () => {
   let closes = 0;
 
   before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-reload-"));
+    dir = tempDir("lunaroom-reload-");
     file = path.join(dir, "game.lua");
     fs.writeFileSync(file, roomSource(0, 1));
     srv = await startServer({ rooms: dir });

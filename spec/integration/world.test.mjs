@@ -14,12 +14,11 @@
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
 import { connectionWorld } from "@signe/sync/client";
-import { ROOT, http, sleep, startServer, wsClient } from "./lib.mjs";
+import { ROOT, http, sleep, startServer, wsClient, tempDir } from "./lib.mjs";
 
 const JWT_SECRET = "world-test-jwt-secret";
 const SHARD_SECRET = "world-test-shard-secret";
@@ -29,14 +28,14 @@ const CLEANUP_MS = 250; // --world-cleanup-interval
 const STATS_MS = 300; // shards' --stats-interval
 
 function roomsDir(withExamples) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-world-"));
+  const dir = tempDir("lunaroom-world-");
   if (withExamples)
     for (const f of fs.readdirSync(path.join(ROOT, "rooms")).filter((f) => f.endsWith(".lua")))
       fs.copyFileSync(path.join(ROOT, "rooms", f), path.join(dir, f));
   fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/xfer.lua"), path.join(dir, "xfer.lua"));
   return dir;
 }
-const emptyDir = () => fs.mkdtempSync(path.join(os.tmpdir(), "lunaroom-shard-"));
+const emptyDir = () => tempDir("lunaroom-shard-");
 
 /** An HS256 JWT as JWTAuth.sign makes it. */
 function sign(claims, { secret = JWT_SECRET, expiresIn = 3600 } = {}) {
