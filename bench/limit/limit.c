@@ -17,7 +17,9 @@
  * Writes are batched: on WRITEABLE a connection frames as many queued
  * packets as fit in 64 KiB (server frames are unmasked: 0x81, length) into
  * one buffer and hands it to lws as one raw write (one send()). That is the
- * ceiling the engine's transport could reach with the same library.
+ * ceiling the engine's transport could reach with the same library. Like
+ * the engine, a drained send ring is freed and the heap is trimmed once
+ * connections stop coming and going, so RSS compares live memory.
  *
  * Usage: limit [--port N] [--host 127.0.0.1]; prints
  * `listening on http://HOST:PORT` on stderr. SIGINT/SIGTERM stop it.
