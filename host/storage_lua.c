@@ -88,6 +88,7 @@ struct lroom {
   int64_t backoff;
   uint64_t retry_timer;
   bool forget;
+  int pin; /* > 0 while job_end works on it: not dropped under its feet */
 };
 
 struct lstore {
@@ -151,7 +152,8 @@ static void room_free(lstore *s, lroom *r) {
 
 /* Drop a forgotten room from the cache once nothing of it is pending. */
 static void maybe_drop(lstore *s, lroom *r) {
-  if (!r->forget || r->inflight || r->qhead || r->state == R_LOADING || r->waiters) return;
+  if (!r->forget || r->pin || r->inflight || r->qhead || r->state == R_LOADING || r->waiters)
+    return;
   lr_store_op all = {LR_STORE_DEL_PREFIX, "", 0, NULL, 0};
   lr_store_apply(s->cache, r->ns, r->id, &all, 1, NULL, 0);
   room_free(s, r);
@@ -344,6 +346,9 @@ static void job_end(job *j) {
   lstore *s = j->s;
   lroom *r = j->r;
   r->inflight = NULL;
+  /* The callbacks below may reach l_forget, and start_queue may finish a
+   * call at once (a nested job_end): r stays until the end of this one. */
+  r->pin++;
   if (j->kind == J_LOAD) {
     if (j->ok && load_into_cache(j) == 0) {
       r->state = R_LOADED;
@@ -356,18 +361,15 @@ static void job_end(job *j) {
     r->waiters = NULL;
     r->wtail = &r->waiters;
     job_free(j);
+    int loaded = r->state == R_LOADED;
     while (w) {
       waiter *n = w->next;
-      w->cb(w->ud, r->state == R_LOADED, r->state == R_LOADED ? NULL : "storage load failed");
+      w->cb(w->ud, loaded, loaded ? NULL : "storage load failed");
       free(w);
       w = n;
     }
-    /* r may have been forgotten meanwhile */
-    maybe_drop(s, r);
-    return;
-  }
-  int nb = j->nbatches;
-  if (j->ok) {
+  } else if (j->ok) {
+    int nb = j->nbatches;
     for (int i = 0; i < nb && r->qhead; i++) {
       batch *q = r->qhead;
       r->qhead = q->next;
@@ -381,16 +383,17 @@ static void job_end(job *j) {
     r->backoff = 0;
     job_free(j);
     start_queue(s, r);
-    maybe_drop(s, r);
-    return;
+  } else {
+    r->backoff = r->backoff ? r->backoff * 2 : RETRY_MIN_MS;
+    if (r->backoff > RETRY_MAX_MS) r->backoff = RETRY_MAX_MS;
+    lr_error("storage %s/%s: write to the Lua backend failed (%ld batch(es) kept, retry in %lld "
+             "ms): %s",
+             r->ns, r->id, r->nqueued, (long long)r->backoff, j->err);
+    job_free(j);
+    if (s->srv) r->retry_timer = lr_timer_add_c(s->srv, r->backoff, on_retry, r);
   }
-  r->backoff = r->backoff ? r->backoff * 2 : RETRY_MIN_MS;
-  if (r->backoff > RETRY_MAX_MS) r->backoff = RETRY_MAX_MS;
-  lr_error("storage %s/%s: write to the Lua backend failed (%ld batch(es) kept, retry in %lld "
-           "ms): %s",
-           r->ns, r->id, r->nqueued, (long long)r->backoff, j->err);
-  job_free(j);
-  if (s->srv) r->retry_timer = lr_timer_add_c(s->srv, r->backoff, on_retry, r);
+  r->pin--;
+  maybe_drop(s, r); /* forgotten meanwhile, and nothing left pending */
 }
 
 /* Send every queued batch of r to the backend in one call, unless a call is

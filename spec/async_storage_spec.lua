@@ -151,6 +151,27 @@ describe("a Lua backend that waits for I/O", function()
     t:close()
   end)
 
+  it("a room disposed while its writes are in flight keeps them: they land, then the cache lets go", function()
+    local cfg = fresh(20)
+    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local c = t:client { id = "s1" }
+    t:advance(20)
+    c:send("inc"); c:send("inc")
+    core.room_dispose(rawget(t.room, "h"))
+    assert.is_true(core.store_pending(t.srv.h) > 0)
+    t:advance(20); t:advance(20); t:advance(20)
+    assert.are.equal(0, core.store_pending(t.srv.h))
+    assert.are.equal("2", stored(cfg, "state:count"))
+    -- a new client loads the room again from the backend
+    local c2 = t:client { id = "s2" }
+    t:advance(20)
+    assert.are.equal(2, c2.packets[1].value.count)
+    local lists = 0
+    for _, call in ipairs(cfg.calls) do if call[1] == "list" then lists = lists + 1 end end
+    assert.are.equal(2, lists)
+    t:close()
+  end)
+
   it("refuses to wait outside a backend call, and a backend that yields anything else fails", function()
     local io = require "lunaroom.io"
     assert.has_error(function() io.sleep(1) end,
