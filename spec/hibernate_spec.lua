@@ -40,8 +40,12 @@ describe("hibernation", function()
     testing.logs()
     t:advance(1000)
     collectgarbage("collect")
-    assert.truthy(table.concat(testing.logs(), "\n"):find("hibernated", 1, true))
+    assert.truthy(table.concat(testing.logs(), "\n"):find("room main/h hibernated after 1000 ms idle", 1, true))
     assert.is_nil(t.room)
+    -- /metrics tells rooms in memory from hibernated ones
+    local metrics = core.http(t.srv.h, "GET", "/metrics", "", {}, nil).body
+    assert.truthy(metrics:find('lunaroom_rooms{state="memory"} 0', 1, true), metrics)
+    assert.truthy(metrics:find('lunaroom_rooms{state="hibernated"} 1', 1, true), metrics)
     -- C: the state tree is freed (node allocation counter); Lua: the room
     -- instance and its proxies are garbage
     assert.is_true(core.live_nodes() <= nodes_awake - 4, "C nodes freed")

@@ -411,7 +411,7 @@ end
 --- A room that hibernated on an older definition woke (runtime.wake): bring
 --- it to entry e ({def, file, version}) as commit does for live rooms, then
 --- run onReload. Runs inside the wake's protected call (an error rolls back).
-function M.upgrade(srv, room, e)
+function M.upgrade(room, e)
   local prev = rawget(room, "version")
   migrate(room, rawget(room, "def"), e.def)
   swap(room, e.def, e.version, e.file)

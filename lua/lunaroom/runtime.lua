@@ -490,11 +490,11 @@ end
 function M.wake(srv, ns, id)
   local key = ns .. "/" .. id
   local slept = srv.sleeping[key]
-  srv.sleeping[key] = nil
   local now = resolve(srv, ns, id)
   local room = M.create_room(srv, ns, id, true, slept)
   if not room then error("no definition serves " .. key .. " any more") end
-  if slept and now and now.def ~= slept.def then require("lunaroom.reload").upgrade(srv, room, now) end
+  srv.sleeping[key] = nil -- forgotten only once the room is rebuilt
+  if slept and now and now.def ~= slept.def then require("lunaroom.reload").upgrade(room, now) end
 end
 
 
