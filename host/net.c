@@ -105,7 +105,8 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 #define NET_MSG_OVERHEAD 16         /* bytes charged per queued message on top of its payload */
 #define NET_HTTP_CHUNK 65536        /* body bytes per lws_write on HTTP */
 #define NET_HEADER_DATA 8192        /* request header bytes per connection (lws ah) */
-#define NET_RX_BUFFER 4096          /* per-connection ws rx buffer (frames arrive in pieces) */
+#define NET_RX_BUFFER 1024          /* lws keeps one per WebSocket for its life: small; */
+                                    /* bigger messages arrive in pieces (net_ws_receive) */
 #define NET_TX_PACKET 65536         /* largest single send(); lws keeps the rest of a write */
 #define NET_SERV_BUF 32768          /* lws per-thread read buffer */
 #define NET_TIMEOUT_SECS 10         /* lws network round trips: headers, body, handshake */
@@ -237,6 +238,7 @@ static void net_churn(net_loop *L) {
 static void net_trim(net_loop *L) {
   if (!L->trim_at || net_now_ms() < L->trim_at) return;
   L->trim_at = 0;
+  lr_server_quiet(L->srv);
 #ifdef __GLIBC__
   malloc_trim(0);
 #endif

@@ -271,6 +271,16 @@ void lr_server_tick(lr_server *s) {
   s->in_tick = false;
 }
 
+/* A join burst leaves its Lua garbage (handshake tables, query strings,
+ * snapshot pieces) uncollected until the incremental collector's next cycle,
+ * which may never come on an idle server: finish a cycle now, while nothing
+ * is happening. Bounded: a full collection of a heap past LR_QUIET_GC_MAX
+ * would stall the loop, so larger heaps are left to the incremental GC. */
+#define LR_QUIET_GC_MAX ((size_t)16 << 20) /* about 10 ms of collection */
+void lr_server_quiet(lr_server *s) {
+  if (lr_vm_memory(s->L) <= LR_QUIET_GC_MAX) lua_gc(s->L, LUA_GCCOLLECT);
+}
+
 void lr_server_advance(lr_server *s, int64_t ms) {
   int64_t target = s->vnow + (ms > 0 ? ms : 0);
   while (s->nheap && s->heap[0]->when <= target) {

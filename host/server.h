@@ -94,6 +94,9 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
 int64_t lr_server_next_timeout(lr_server *s);
 /* Run due timers and pending flushes. Call after each loop iteration. */
 void lr_server_tick(lr_server *s);
+/* The loop has seen no connection open or close for a while (net.c, before
+ * it trims the heap): give back what join bursts left behind. */
+void lr_server_quiet(lr_server *s);
 
 /* ---- shutdown ---- */
 

@@ -111,6 +111,15 @@ describe("network", () => {
     await a.c.close();
   });
 
+  test("a message many times the socket's receive buffer arrives whole", async () => {
+    // 40 kB of JSON whitespace: lws hands it over in 1 kB pieces.
+    const a = await open(srv, "chat-bigframe", "?id=a");
+    a.c.send('{"action":"say",' + " ".repeat(40000) + '"value":{"text":"' + "y".repeat(400) + '"}}');
+    const m = await a.c.next((m) => m?.type === "message");
+    assert.equal(m.value.text, "y".repeat(400));
+    await a.c.close();
+  });
+
   test("an oversized frame is refused with 1009 and changes nothing", async () => {
     const a = await open(srv, "limited-4", "?id=a");
     a.c.send(JSON.stringify({ action: "inc", value: "x".repeat(70000) }));
