@@ -43,6 +43,11 @@ typedef struct lr_early {
   uint32_t n, cap;
 } lr_early;
 
+typedef struct lr_held { /* a packet waiting for a batched joiner's snapshot */
+  lr_msg *m;
+  struct lr_held *next;
+} lr_held;
+
 struct lr_conn {
   lr_server *srv;
   lr_room *room; /* retained */
@@ -54,6 +59,10 @@ struct lr_conn {
   uint32_t refs;
   uint32_t drops; /* consecutive dropped messages */
   bool parked;    /* autoSync off: waiting for applySync to get its snapshot */
+  /* Joined during a pass of the network loop (lr_server_batch_joins): parked
+   * until the room's flush at the end of the pass; what is sent to it
+   * meanwhile waits in `held` and follows its snapshot. */
+  bool batched;
   bool in_room_list;
   /* A client relayed by a shard (uplink.c): in the room list (connections(),
    * hibernation, shutdown) but skipped by broadcasts and sync patches, which
@@ -62,6 +71,7 @@ struct lr_conn {
   /* Frames received while joining (handled in order once joined); NULL
    * until the first one (most clients wait for their first packet). */
   lr_early *early;
+  lr_held *held; /* batched: packets waiting for the snapshot, oldest first */
   lua_State *L;  /* for releasing ref even after the server is gone */
   double tokens; /* rate limit: token bucket, refilled at room->rate per second */
   int64_t tokens_at;
@@ -84,6 +94,7 @@ struct lr_room {
   int64_t throttle_sync, throttle_storage;
   bool auto_sync;
   bool has_interceptor;
+  bool batched_joins;      /* has batched joiners (lr_conn.batched) waiting for its flush */
   int64_t sync_window_end; /* leading edge allowed again at this time */
   bool sync_timer, store_timer;
   int64_t store_retry_ms; /* backoff after a storage failure */
@@ -145,6 +156,7 @@ struct lr_server {
   uint64_t rng[2];
   bool shutting_down;
   bool in_tick;
+  bool batch_joins; /* inside a network pass: joins share the room's end-of-pass flush */
   /* headless: connections whose close is pending delivery */
   struct lr_wait *waits; /* requests waiting for a room's storage (room.c) */
   lr_conn **pending_close;

@@ -705,6 +705,12 @@ static int l_tick(lua_State *L) {
   return 0;
 }
 
+/* core.batch_joins(srv, on): as the network loop does around a pass. */
+static int l_batch_joins(lua_State *L) {
+  lr_server_batch_joins(check_server(L, 1), lua_toboolean(L, 2));
+  return 0;
+}
+
 /* core.room_new(srv, ns, id, instance) -> roomh */
 static int l_room_new(lua_State *L) {
   lr_server *s = check_server(L, 1);
@@ -1590,6 +1596,7 @@ static const luaL_Reg core_fns[] = {
     {"cancel", l_cancel},
     {"advance", l_advance},
     {"tick", l_tick},
+    {"batch_joins", l_batch_joins},
     {"room_new", l_room_new},
     {"room_root", l_room_root},
     {"room_rebind", l_room_rebind},

@@ -1392,7 +1392,10 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   while (!net_stop_flag) {
     int64_t trim_in = L.trim_at ? L.trim_at - net_now_ms() : -1;
     net_arm(&L, trim_in < 0 && L.trim_at ? 0 : trim_in);
-    if (lws_service(L.ctx, 0) < 0) {
+    lr_server_batch_joins(s, true);
+    int n = lws_service(L.ctx, 0);
+    lr_server_batch_joins(s, false);
+    if (n < 0) {
       lr_error("event loop failed");
       rc = 1;
       break;

@@ -450,7 +450,12 @@ static void schedule_storage(lr_room *r) {
 
 static void schedule_sync(lr_room *r) {
   lr_server *s = r->srv;
-  if (!r->auto_sync || !lr_state_dirty(r->root, LR_CH_SYNC)) return;
+  if (!r->auto_sync) return;
+  if (r->batched_joins) { /* end of the pass (unthrottled rooms only) */
+    lr_room_flush_sync(r, false);
+    return;
+  }
+  if (!lr_state_dirty(r->root, LR_CH_SYNC)) return;
   if (r->throttle_sync <= 0) {
     lr_room_flush_sync(r, false);
     return;
@@ -469,9 +474,15 @@ static void schedule_sync(lr_room *r) {
 }
 
 void lr_server_flush_touched(lr_server *s) {
+  lr_room *later = NULL; /* rooms with batched joiners: flushed at the end of the pass */
   while (s->touched) {
     lr_room *r = s->touched;
     s->touched = r->touched_next;
+    if (s->batch_joins && r->batched_joins) {
+      r->touched_next = later;
+      later = r;
+      continue;
+    }
     r->touched = false;
     lr_room_retain(r);
     /* Storage first: with throttleStorage 0, what a client is sent has
@@ -480,12 +491,25 @@ void lr_server_flush_touched(lr_server *s) {
     schedule_sync(r);
     lr_room_release(r);
   }
+  s->touched = later;
+}
+
+void lr_server_batch_joins(lr_server *s, bool on) {
+  s->batch_joins = on;
 }
 
 /* ------------------------------------------------------------ sending */
 
 static void conn_send_raw(lr_conn *c, lr_msg *m) {
   if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  if (c->batched) { /* its snapshot goes first (lr_room_flush_sync) */
+    lr_held **t = &c->held;
+    while (*t)
+      t = &(*t)->next;
+    *t = lr_xcalloc(1, sizeof **t);
+    (*t)->m = lr_msg_retain(m);
+    return;
+  }
   c->srv->stats.packets_out++;
   c->srv->stats.bytes_out += m->len;
   if (c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "outgoing queue full");
@@ -558,7 +582,7 @@ void lr_room_broadcast(lr_room *r, const lr_node *v, const char *const *except, 
   lr_room_retain(r);
   for (uint32_t i = 0; i < r->nconns; i++) {
     lr_conn *c = r->conns[i];
-    if (c->parked || c->relayed || excluded(c, except, nexcept)) continue;
+    if ((c->parked && !c->batched) || c->relayed || excluded(c, except, nexcept)) continue;
     if (c->uplink && nexcept)
       lr_uplink_fanout(c, m, except, nexcept); /* some of its clients may be excluded */
     else
@@ -568,22 +592,32 @@ void lr_room_broadcast(lr_room *r, const lr_node *v, const char *const *except, 
   lr_msg_release(m);
 }
 
-/* Full-state packet for one connection: {"type":"sync","value":{"pId":..,...}}. */
-static void encode_snapshot(lr_room *r, const char *public_id, lr_buf *out) {
-  lr_buf st;
-  lr_buf_init(&st);
-  lr_json_encode(r->root, LR_F_NOSYNC, &st);
+/* The full synced state, {...}, as a snapshot carries it. */
+static void encode_state(lr_room *r, lr_buf *st) {
+  lr_json_encode(r->root, LR_F_NOSYNC, st);
+}
+
+/* Full-state packet for one connection, {"type":"sync","value":{"pId":..,...}},
+ * around st from encode_state. */
+static void snapshot_packet(const lr_buf *st, const char *public_id, lr_buf *out) {
   lr_buf_puts(out, "{\"type\":\"sync\",\"value\":{");
   if (public_id) {
     lr_buf_puts(out, "\"pId\":");
     lr_json_put_string(out, public_id, strlen(public_id));
-    if (st.len > 2) lr_buf_putc(out, ',');
+    if (st->len > 2) lr_buf_putc(out, ',');
   }
-  if (st.len > 2)
-    lr_buf_put(out, st.data + 1, st.len - 1);
+  if (st->len > 2)
+    lr_buf_put(out, st->data + 1, st->len - 1);
   else
     lr_buf_putc(out, '}');
   lr_buf_putc(out, '}');
+}
+
+static void encode_snapshot(lr_room *r, const char *public_id, lr_buf *out) {
+  lr_buf st;
+  lr_buf_init(&st);
+  encode_state(r, &st);
+  snapshot_packet(&st, public_id, out);
   lr_buf_free(&st);
 }
 
@@ -607,11 +641,26 @@ static const char *conn_public_id(lr_conn *c, char *buf, size_t n) {
   return res;
 }
 
+/* A batched joiner got its snapshot: what was sent to it meanwhile follows,
+ * in order. */
+static void deliver_held(lr_conn *c) {
+  lr_held *h = c->held;
+  c->held = NULL;
+  while (h) {
+    lr_held *next = h->next;
+    conn_send_raw(c, h->m);
+    lr_msg_release(h->m);
+    free(h);
+    h = next;
+  }
+}
+
 void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
   bool dirty = lr_state_dirty(r->root, LR_CH_SYNC);
   bool parked = false;
   for (uint32_t i = 0; i < r->nconns; i++)
     parked |= r->conns[i]->parked;
+  r->batched_joins = false;
   if (!dirty && !full_if_clean && !parked) return;
   lr_room_retain(r);
   lr_msg *m = NULL;
@@ -626,20 +675,26 @@ void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
     encode_snapshot(r, NULL, &b);
   }
   if (b.len) m = lr_msg_new(b.data, b.len);
+  lr_buf st; /* the state, encoded once for every parked connection */
+  lr_buf_init(&st);
+  if (parked) encode_state(r, &st);
   for (uint32_t i = 0; i < r->nconns; i++) {
     lr_conn *c = r->conns[i];
     if (c->parked) {
       char pid[64];
       lr_buf snap;
       lr_buf_init(&snap);
-      encode_snapshot(r, conn_public_id(c, pid, sizeof pid), &snap);
+      snapshot_packet(&st, conn_public_id(c, pid, sizeof pid), &snap);
       c->parked = false;
+      c->batched = false;
       lr_conn_send_msg(c, NULL, snap.data, snap.len);
       lr_buf_free(&snap);
+      deliver_held(c);
     } else if (m && !c->relayed) {
       lr_conn_send_msg(c, m, NULL, 0);
     }
   }
+  lr_buf_free(&st);
   lr_msg_release(m);
   lr_buf_free(&b);
   lr_room_release(r);
@@ -765,6 +820,11 @@ void lr_conn_release(lr_conn *c) {
   if (c->ref != LUA_NOREF) luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
   if (c->room) lr_room_release(c->room);
   early_free(c->early);
+  for (lr_held *h = c->held, *next; h; h = next) {
+    next = h->next;
+    lr_msg_release(h->m);
+    free(h);
+  }
   free(c);
 }
 
@@ -808,6 +868,19 @@ static void room_list_add(lr_room *r, lr_conn *c) {
 
 void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   if (c->phase != LR_C_JOINING) return;
+  if (r->srv->batch_joins && r->auto_sync && r->throttle_sync <= 0 && !c->uplink && !c->relayed) {
+    /* A pass of the network loop often accepts dozens of sockets into one
+     * room: they all join at the room's flush at the end of the pass (see
+     * lr_server_flush_touched), where the others get one patch with every
+     * new user and the joiners snapshots of one encoding, instead of one
+     * patch to everyone and one full encoding per join. */
+    c->parked = c->batched = true;
+    r->batched_joins = true;
+    room_list_add(r, c);
+    c->phase = LR_C_JOINED;
+    lr_room_touch(r);
+    return;
+  }
   /* Changes made while this client joined reach the others first (it gets
    * them in its snapshot), as in the reference's join order. */
   if (r->auto_sync && r->throttle_sync <= 0) lr_room_flush_sync(r, false);

@@ -97,6 +97,12 @@ void lr_server_tick(lr_server *s);
 /* The loop has seen no connection open or close for a while (net.c, before
  * it trims the heap): give back what join bursts left behind. */
 void lr_server_quiet(lr_server *s);
+/* On while the loop handles one pass of socket events: joins to an
+ * unthrottled room wait for the room's flush in the lr_server_tick that
+ * follows the pass, so a pass's joiners share one patch and one encoding
+ * of the state. Off (the default, and the headless host): every join is
+ * flushed at once. */
+void lr_server_batch_joins(lr_server *s, bool on);
 
 /* ---- shutdown ---- */
 

@@ -118,6 +118,17 @@ function T:client(opts)
   return c
 end
 
+--- Run fn as one pass of `serve`'s network loop: sockets that join an
+--- unthrottled room during it get their snapshot (and the others the join
+--- patch) when the pass ends, as the server batches them.
+function T:pass(fn)
+  core.batch_joins(self.srv.h, true)
+  local ok, err = pcall(fn)
+  core.batch_joins(self.srv.h, false)
+  core.tick(self.srv.h)
+  if not ok then error(err, 0) end
+end
+
 --- Advance the virtual clock by ms (throttles and timers fire in order).
 function T:advance(ms) core.advance(self.srv.h, ms) end
 function T:now() return core.now(self.srv.h) end
