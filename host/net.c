@@ -783,6 +783,14 @@ static int net_ws_receive(net_conn *nc, const char *in, size_t len) {
   if (lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi)) {
     nc->rx_in_msg = false;
     lr_conn_message(nc->conn, lr_buf_cstr(&nc->rx), nc->rx.len);
+    /* The sender's own answer (the patch of its action, an error) goes out
+     * now, ahead of the room's other sockets, which wait for their POLLOUT
+     * in the next pass: the acting client sees its effect first. Only when
+     * lws buffers nothing for this socket (a write it could not finish
+     * waits for WRITEABLE) and no close is pending. */
+    if (nc->qlen && !nc->closing && !nc->dropping && !lws_partial_buffered(wsi) &&
+        net_ws_writeable(nc) < 0)
+      return -1;
     /* Do not keep a big buffer around for an idle connection. */
     if (nc->rx.cap > 16384)
       lr_buf_free(&nc->rx);
