@@ -233,7 +233,7 @@ lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp);
 lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *tp);
 
 /* Wake a hibernated room (rebuild it from storage) and note activity. */
-void lr_room_activity(lr_room *r);
+bool lr_room_activity(lr_room *r); /* false: r could not wake (its sockets are closed) */
 
 /* ---- uplink.c: shard processes relaying their clients to this room ---- */
 /* A WebSocket with an x-shard-id header opened on room r. Returns 0 with *out

@@ -232,7 +232,10 @@ static void fire(lr_server *s, lr_timer *t) {
     t->cb(t->ud);
     break;
   case LR_T_LUA: {
-    if (r) lr_room_activity(r);
+    if (r && !lr_room_activity(r)) {
+      lr_warn("room %s: a timer was dropped, the room could not be rebuilt", r->key);
+      break;
+    }
     lua_State *L = s->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
     lr_callinfo ci = {.room = r ? r->key : NULL, .what = "timer", .budget = r ? r->budget : 0};
@@ -905,28 +908,47 @@ static void arm_idle(lr_room *r, int64_t delay) {
   lr_timer_add(r->srv, delay, LR_T_IDLE, r, LUA_NOREF);
 }
 
-void lr_room_activity(lr_room *r) {
+/* Free r's state tree and Lua instance (hibernation, or a wake that failed
+ * half-way): r keeps its sockets and waits, hibernated, for the next event. */
+static void drop_instance(lr_room *r) {
+  if (r->box) *r->box = NULL; /* the old instance's handle is dead */
+  r->box = NULL;
+  if (r->ref != LUA_NOREF) luaL_unref(r->srv->L, LUA_REGISTRYINDEX, r->ref);
+  r->ref = LUA_NOREF;
+  lr_node_release(r->root);
+  r->root = lr_node_new(LR_OBJECT);
+  r->hibernated = true;
+}
+
+bool lr_room_activity(lr_room *r) {
   lr_server *s = r->srv;
-  if (r->disposed) return;
-  if (r->hibernated && !s->shutting_down) {
+  if (r->disposed) return false;
+  if (r->hibernated) {
+    if (s->shutting_down) return false;
     r->hibernated = false;
     lua_State *L = s->L;
     int top = lua_gettop(L);
     lua_pushstring(L, r->ns);
     lua_pushstring(L, r->id);
     if (lr_runtime_call(s, NULL, "wake", "wake", 2, 0, NULL, 0) != 0) {
-      lr_error("room %s: could not be rebuilt from storage; closing its connections", r->key);
+      lr_error("room %s: could not be rebuilt from storage; closing its connections (the next "
+               "client or request tries again)",
+               r->key);
       lua_settop(L, top);
       lr_room_retain(r);
+      lua_pushstring(L, r->key); /* forget whatever the failed wake built */
+      lr_runtime_call(s, NULL, "hibernate_room", "hibernate", 1, 0, NULL, 0);
+      drop_instance(r);
       for (uint32_t i = r->nconns; i-- > 0;)
         lr_conn_close(r->conns[i], 1011, "room failed");
       lr_room_release(r);
-      return;
+      return false;
     }
     lr_info("room %s woke up (%u connections)", r->key, r->nconns);
   }
   r->last_active = lr_now(s);
   arm_idle(r, r->hibernate_ms);
+  return true;
 }
 
 /* Evict r if it has been idle long enough: flush, then free the state tree
@@ -948,13 +970,7 @@ static void maybe_hibernate(lr_room *r) {
   lua_State *L = s->L;
   lua_pushstring(L, r->key);
   lr_runtime_call(s, NULL, "hibernate_room", "hibernate", 1, 0, NULL, 0);
-  if (r->box) *r->box = NULL; /* the old instance's handle is dead */
-  r->box = NULL;
-  if (r->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
-  r->ref = LUA_NOREF;
-  lr_node_release(r->root);
-  r->root = lr_node_new(LR_OBJECT);
-  r->hibernated = true;
+  drop_instance(r);
   lr_info("room %s hibernated after %lld ms idle (%u connections kept)", r->key, (long long)idle,
           r->nconns);
 }
@@ -1291,7 +1307,7 @@ static void wait_done(void *ud, int ok, const char *err) {
     lr_conn *c = w->conn;
     if (c->phase == LR_C_JOINING) {
       lr_room *r = ok && !s->shutting_down ? get_room(s, w->ns, w->id) : NULL;
-      if (!r) {
+      if (!r || r->hibernated) {
         lr_conn_close(c, 1011, ok ? "room unavailable" : "storage unavailable");
       } else {
         c->room = lr_room_retain(r);
@@ -1371,6 +1387,7 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
     return 404;
   }
+  if (r->hibernated) return 503; /* it could not wake (logged) */
   if (header_of(req, "x-shard-id")) {
     /* A shard process relaying its clients (uplink.c). */
     return lr_uplink_open(r, req, vt, tp, out);
@@ -1592,6 +1609,10 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
   if (!r) {
     lr_warn("http %s %s: no room definition matches %s/%s", req->method, req->path, ns, id);
     respond_simple(done, ud, 404, "{\"error\":\"Not found\"}");
+    return;
+  }
+  if (r->hibernated) { /* it could not wake (logged) */
+    respond_simple(done, ud, 503, "{\"error\":\"Service Unavailable\"}");
     return;
   }
   lua_State *L = s->L;

@@ -109,6 +109,44 @@ describe("hibernation", function()
     assert.are.equal(2, t.storage:get("state:count"))
     t:close()
   end)
+
+  it("a wake that fails half-way closes the sockets (1011), sleeps again, and the next client wakes it", function()
+    local runtime = require "lunaroom.runtime"
+    local t = testing.room(def(true))
+    local a = t:client { id = "a" }
+    a:send("inc")
+    a:send("later") -- a timer that fires while the room cannot wake
+    t:advance(1000)
+    assert.is_nil(t.srv.rooms["main/h"])
+    local wake = runtime.wake
+    runtime.wake = function(srv, ns, id)
+      runtime.create_room(srv, ns, id, true, srv.sleeping[ns .. "/" .. id]) -- a rebuilt instance...
+      error("storage exploded") -- ...then the failure
+    end
+    testing.logs()
+    local ok, err = pcall(function()
+      a:send("inc")
+      assert.are.equal(1011, a.closed.code)
+      local logs = table.concat(testing.logs(), "\n")
+      assert.truthy(logs:find("room main/h: could not be rebuilt from storage", 1, true), logs)
+      assert.is_nil(t.srv.rooms["main/h"]) -- the half-built instance is forgotten
+      -- still asleep: requests are answered 503, sockets refused, timers dropped with a log line
+      assert.are.equal(503, t:http("GET", "/").status)
+      t:advance(5000)
+      assert.truthy(table.concat(testing.logs(), "\n"):find("a timer was dropped", 1, true))
+      local b = t:client { id = "b" }
+      assert.are.equal(503, b.status)
+    end)
+    runtime.wake = wake
+    assert(ok, err)
+    -- storage was never touched: the next client wakes the room with its state
+    local c = t:client { id = "c" }
+    assert.is_nil(c.closed)
+    assert.are.equal(1, c.packets[1].value.count)
+    c:send("inc")
+    assert.are.equal(2, t.srv.rooms["main/h"].count)
+    t:close()
+  end)
 end)
 
 describe("snapshot helpers", function()
