@@ -109,24 +109,27 @@ function startServer(name, tag) {
   const t = TARGETS[name];
   const logFile = path.join(O.logs, `${name}-${tag}.log`);
   const fd = fs.openSync(logFile, "w");
-  const proc = spawn(t.cmd, t.args, { cwd: ROOT, stdio: ["ignore", fd, "pipe"] });
-  let seen = "";
+  // stdout and stderr go straight to the log file: a pipe read by this
+  // process would cost a wake-up of node per log line, CPU taken from the
+  // server being measured (lunaroom logs every connection, the bare server
+  // nothing). The "listening on" line is found by reading the file.
+  const proc = spawn(t.cmd, t.args, { cwd: ROOT, stdio: ["ignore", fd, fd] });
   return new Promise((resolve, reject) => {
+    let poll = null;
     const timer = setTimeout(() => {
+      clearInterval(poll);
       proc.kill("SIGKILL");
       reject(new Error(`${name}: no "listening on" line in 15 s (log: ${logFile})`));
     }, 15000);
     proc.on("exit", (code) => {
       clearTimeout(timer);
+      clearInterval(poll);
       reject(new Error(`${name} exited with ${code} before listening (log: ${logFile})`));
     });
-    proc.stderr.on("data", (d) => {
-      fs.writeSync(fd, d);
-      if (seen === null) return;
-      seen += d;
-      const m = /listening on http:\/\/(\[[^\]]+\]|[^\s:/]+):(\d+)/.exec(seen);
+    poll = setInterval(() => {
+      const m = /listening on http:\/\/(\[[^\]]+\]|[^\s:/]+):(\d+)/.exec(fs.readFileSync(logFile, "utf8"));
       if (!m) return;
-      seen = null;
+      clearInterval(poll);
       clearTimeout(timer);
       proc.removeAllListeners("exit");
       resolve({
@@ -149,7 +152,7 @@ function startServer(name, tag) {
             proc.kill("SIGTERM");
           }),
       });
-    });
+    }, 20);
   });
 }
 
