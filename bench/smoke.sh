@@ -36,5 +36,5 @@ if [ -z "$PORT" ]; then
   exit 1
 fi
 "$OUT/loadgen" --url "ws://127.0.0.1:$PORT" --scenario move,fanout --clients 5 --rate 5 \
-  --writer-rate 20 --warmup 0.2 --duration 0.5 --drain 1 --timeout 10 --max-time 20 --pid "$SRV" --quiet
+  --writer-rate 20 --warmup 0.2 --duration 0.5 --min-samples 0 --drain 1 --timeout 10 --max-time 20 --pid "$SRV" --quiet
 echo "smoke: loadgen ok"

@@ -35,7 +35,9 @@
 
 #include <libwebsockets.h>
 
-#define RX_BUFFER 4096
+#ifndef RX_BUFFER
+#define RX_BUFFER 4096 /* lws receive buffer per WebSocket (-DRX_BUFFER=N to compare) */
+#endif
 #define BATCH 65536
 #define MAX_QUEUE (4u << 20) /* bytes queued per connection before it is dropped */
 

@@ -70,12 +70,12 @@
 #include <libwebsockets.h>
 
 #define LG_MAX_CLIENTS 20000
-#define LG_RING 1024          /* in-flight moves remembered per mover */
-#define LG_WRITER_RING 65536  /* ... and for the fan-out writer */
-#define LG_SEQ_MOD 1000000    /* x = (seq % LG_SEQ_MOD) / 1000 */
+#define LG_RING 1024         /* in-flight moves remembered per mover */
+#define LG_WRITER_RING 65536 /* ... and for the fan-out writer */
+#define LG_SEQ_MOD 1000000   /* x = (seq % LG_SEQ_MOD) / 1000 */
 #define LG_MAX_STEPS 32
-#define LG_RX_FREE 65536      /* a client's assembly buffer above this is freed after use */
-#define LG_QUIET_MS 300       /* join traffic is over after this long without a packet */
+#define LG_RX_FREE 65536 /* a client's assembly buffer above this is freed after use */
+#define LG_QUIET_MS 300  /* join traffic is over after this long without a packet */
 
 /* ---------------------------------------------------------------- time */
 
@@ -200,6 +200,7 @@ static struct {
   int n;
   double rate, writer_rate;
   double warm_s, dur_s, drain_s, settle_s, timeout_s, max_time_s;
+  double min_samples; /* per step: the window grows until it holds this many latencies */
   int inflight_cap;
   long pid;
   const char *json;
@@ -342,7 +343,8 @@ static bool find_x(const char *m, size_t len, const char *pid, size_t pidlen, do
   char num[48];
   size_t k = 0;
   q += 4;
-  while (q < close && k < sizeof num - 1 && strchr("0123456789.eE+-", *q)) num[k++] = *q++;
+  while (q < close && k < sizeof num - 1 && strchr("0123456789.eE+-", *q))
+    num[k++] = *q++;
   num[k] = 0;
   if (!k) return false;
   *x = strtod(num, NULL);
@@ -385,8 +387,8 @@ static void write_move(client *c) {
   uint32_t r = seq % LG_SEQ_MOD;
   /* y stays 0 (its initial value): every move changes x only, so a server
    * that sends one packet per changed path (the reference) sends one too */
-  int n = snprintf((char *)buf + LWS_PRE, 128, "{\"action\":\"move\",\"value\":{\"x\":%u.%03u,\"y\":0}}",
-                   r / 1000, r % 1000);
+  int n = snprintf((char *)buf + LWS_PRE, 128,
+                   "{\"action\":\"move\",\"value\":{\"x\":%u.%03u,\"y\":0}}", r / 1000, r % 1000);
   uint64_t t = now_us();
   if (lws_write(c->wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_TEXT) < n) {
     c->want = 0;
@@ -424,7 +426,8 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
     }
     if (c->rxlen + len + 1 > c->rxcap) {
       size_t cap = c->rxcap ? c->rxcap : 4096;
-      while (cap < c->rxlen + len + 1) cap *= 2;
+      while (cap < c->rxlen + len + 1)
+        cap *= 2;
       char *nb = realloc(c->rx, cap);
       if (!nb) die("out of memory");
       c->rx = nb;
@@ -446,7 +449,8 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
   case LWS_CALLBACK_CLIENT_WRITEABLE:
     if (c && c->st == C_READY && c->want && c->ring) {
       /* a fast writer (fanout) must not be limited to one move per loop turn */
-      for (int k = 0; k < 64 && c->want && !lws_send_pipe_choked(wsi); k++) write_move(c);
+      for (int k = 0; k < 64 && c->want && !lws_send_pipe_choked(wsi); k++)
+        write_move(c);
       if (c->want) lws_callback_on_writable(wsi);
     }
     break;
@@ -456,7 +460,8 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
       if (c->st == C_CONNECTING || c->st == C_OPEN) {
         G.inflight--;
         G.failed++;
-        if (!G.first_error[0]) snprintf(G.first_error, sizeof G.first_error, "closed before the first packet");
+        if (!G.first_error[0])
+          snprintf(G.first_error, sizeof G.first_error, "closed before the first packet");
       }
       c->st = C_CLOSED;
       c->wsi = NULL;
@@ -558,7 +563,8 @@ static void service_until(uint64_t t) {
 
 static void run_for(double secs) {
   uint64_t end = now_us() + (uint64_t)(secs * 1e6);
-  while (now_us() < end && !G.interrupted) service_until(end);
+  while (now_us() < end && !G.interrupted)
+    service_until(end);
 }
 
 /* Connect clients [from, to) with at most inflight_cap joins pending; wait
@@ -567,7 +573,8 @@ static double connect_range(int from, int to, double timeout_s) {
   uint64_t t0 = now_us(), end = t0 + (uint64_t)(timeout_s * 1e6);
   int next = from;
   while (!G.interrupted) {
-    while (next < to && G.inflight < G.inflight_cap) start_client(next++);
+    while (next < to && G.inflight < G.inflight_cap)
+      start_client(next++);
     if (next >= to && G.inflight <= 0) break;
     if (now_us() > end) {
       note("timeout: %d of %d clients joined after %.1f s", G.ready, to, timeout_s);
@@ -617,11 +624,17 @@ static step_t run_step(double r) {
   double srv0 = proc_cpu_s(G.pid), lg0 = self_cpu_s();
   G.m_t0 = now_us();
   G.measuring = true;
-  run_for(G.dur_s);
+  /* At least --min-samples latencies: at 5 moves/s a 2 s window holds 10,
+   * and a "p99" of 10 is their maximum. Longer windows, up to 30 s. */
+  double per_s = G.mode == M_FANOUT ? r * G.n : r, win = G.dur_s;
+  if (G.min_samples > 0 && per_s > 0 && G.min_samples / per_s > win)
+    win = fmin(G.min_samples / per_s, 30);
+  run_for(win);
   double el = (double)(now_us() - G.m_t0) / 1e6;
   double srv1 = proc_cpu_s(G.pid), lg1 = self_cpu_s();
   G.sending = false;
-  for (int i = 0; i < G.n; i++) G.c[i].want = 0; /* nothing more goes out */
+  for (int i = 0; i < G.n; i++)
+    G.c[i].want = 0; /* nothing more goes out */
   s.sent = (double)G.m_sent / el;
   s.actions = (double)G.m_echo / el;
   s.delivered = (double)G.m_msgs / el;
@@ -629,7 +642,8 @@ static step_t run_step(double r) {
   uint64_t echoes = G.m_echo;
   /* drain: late patches of moves sent in the window still count for latency */
   uint64_t end = now_us() + (uint64_t)(G.drain_s * 1e6);
-  while (now_us() < end && !G.interrupted && backlog()) service_until(end);
+  while (now_us() < end && !G.interrupted && backlog())
+    service_until(end);
   G.measuring = false;
   s.backlog = backlog();
   s.samples = G.lat.n;
@@ -669,7 +683,8 @@ static void run_phase(phase_t *ph, int mode) {
   G.mode = mode;
   ph->sat = -1;
   /* start counting from where each sender is now */
-  for (int i = 0; i < G.n; i++) G.c[i].acked = mode == M_FANOUT ? G.writer->seq : G.c[i].seq;
+  for (int i = 0; i < G.n; i++)
+    G.c[i].acked = mode == M_FANOUT ? G.writer->seq : G.c[i].seq;
   for (int k = 0; k < ph->nrates && !G.interrupted; k++) {
     step_t s = run_step(ph->rates[k]);
     if (!s.ok && s.samples && s.actions >= 0.9 * s.offered && !G.interrupted) {
@@ -681,14 +696,15 @@ static void run_phase(phase_t *ph, int mode) {
       s.retried = true;
     }
     ph->steps[ph->nsteps++] = s;
-    note("%s %.0f moves/s: %.0f actions/s, %.0f packets/s, p50 %.2f ms, p99 %.2f ms, %s", ph->name, s.offered,
-         s.actions, s.delivered, s.p50, s.p99, s.why);
+    note("%s %.0f moves/s: %.0f actions/s, %.0f packets/s, p50 %.2f ms, p99 %.2f ms, %s", ph->name,
+         s.offered, s.actions, s.delivered, s.p50, s.p99, s.why);
     if (!s.ok) {
       ph->sat_why = s.why;
       break;
     }
     ph->sat = ph->nsteps - 1;
-    if (k > 0 && s.actions < 1.05 * ph->steps[k - 1].actions && ph->rates[k] > 1.2 * ph->rates[k - 1]) {
+    if (k > 0 && s.actions < 1.05 * ph->steps[k - 1].actions &&
+        ph->rates[k] > 1.2 * ph->rates[k - 1]) {
       ph->sat_why = "throughput plateau";
       break;
     }
@@ -800,7 +816,8 @@ static void fmt_ms(char *b, size_t n, double v) {
 static void print_phase(const phase_t *ph) {
   char a[32], b[32], c3[32];
   printf("%s:\n", ph->name);
-  printf("| moves/s offered | sent/s | actions/s | delivered/s | MB/s | p50 ms | p99 ms | max ms | srv CPU%% | "
+  printf("| moves/s offered | sent/s | actions/s | delivered/s | MB/s | p50 ms | p99 ms | max ms | "
+         "srv CPU%% | "
          "srv CPU s/100k | loadgen CPU%% | verdict |\n");
   printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
   for (int k = 0; k < ph->nsteps; k++) {
@@ -808,14 +825,15 @@ static void print_phase(const phase_t *ph) {
     fmt_ms(a, sizeof a, s->p50);
     fmt_ms(b, sizeof b, s->p99);
     fmt_ms(c3, sizeof c3, s->max_ms);
-    printf("| %.0f | %.0f | %.0f | %.0f | %.2f | %s | %s | %s | %.0f | %.3f | %.0f | %s%s |\n", s->offered, s->sent,
-           s->actions, s->delivered, s->mbps, a, b, c3, s->srv_cpu_pct, s->cpu_per_100k, s->lg_cpu_pct, s->why,
-           k == ph->sat && ph->nrates > 1 ? " (best)" : "");
+    printf("| %.0f | %.0f | %.0f | %.0f | %.2f | %s | %s | %s | %.0f | %.3f | %.0f | %s%s |\n",
+           s->offered, s->sent, s->actions, s->delivered, s->mbps, a, b, c3, s->srv_cpu_pct,
+           s->cpu_per_100k, s->lg_cpu_pct, s->why, k == ph->sat && ph->nrates > 1 ? " (best)" : "");
   }
   if (ph->nrates > 1) {
     if (ph->sat >= 0)
-      printf("saturation: %.0f actions/s, %.0f delivered/s, p99 %.2f ms (then: %s)\n", ph->steps[ph->sat].actions,
-             ph->steps[ph->sat].delivered, ph->steps[ph->sat].p99, ph->sat_why ? ph->sat_why : "-");
+      printf("saturation: %.0f actions/s, %.0f delivered/s, p99 %.2f ms (then: %s)\n",
+             ph->steps[ph->sat].actions, ph->steps[ph->sat].delivered, ph->steps[ph->sat].p99,
+             ph->sat_why ? ph->sat_why : "-");
     else
       printf("saturation: below the first step (%s)\n", ph->sat_why ? ph->sat_why : "-");
   }
@@ -836,6 +854,7 @@ static void usage(void) {
         "  --writer-rate R      fanout without a sweep: the writer's moves/s (default 10)\n"
         "  --fanout-sweep A:F:M fanout: writer moves/s A, A*F, ... up to M\n"
         "  --warmup S (1)  --duration S (2)  --drain S (3)  per step\n"
+        "  --min-samples K (100) a step measures until K latencies (at most 30 s)\n"
         "  --settle S (2)       idle/rooms: wait before reading RSS\n"
         "  --timeout S (30)     joining     --max-time S (300)  whole run\n"
         "  --inflight K (256)   joins pending at once\n"
@@ -863,7 +882,8 @@ static void parse_url(const char *url) {
     p = he + 1;
   } else {
     he = p;
-    while (*he && *he != ':' && *he != '/') he++;
+    while (*he && *he != ':' && *he != '/')
+      he++;
     p = he;
   }
   if ((size_t)(he - hs) >= sizeof G.host || he == hs) die("bad host in %s", url);
@@ -905,10 +925,12 @@ static void parse_sweep(phase_t *ph, const char *sweep, const char *list) {
     double a = 0, f = 0, m = 0;
     if (sscanf(sweep, "%lf:%lf:%lf", &a, &f, &m) != 3 || a <= 0 || f <= 1 || m < a)
       die("a sweep is FROM:FACTOR:MAX with FACTOR > 1");
-    for (double r = a; r <= m * 1.0001 && ph->nrates < LG_MAX_STEPS; r *= f) ph->rates[ph->nrates++] = r;
+    for (double r = a; r <= m * 1.0001 && ph->nrates < LG_MAX_STEPS; r *= f)
+      ph->rates[ph->nrates++] = r;
   } else if (list) {
     char *dup = strdup(list), *save = NULL;
-    for (char *t = strtok_r(dup, ",", &save); t && ph->nrates < LG_MAX_STEPS; t = strtok_r(NULL, ",", &save))
+    for (char *t = strtok_r(dup, ",", &save); t && ph->nrates < LG_MAX_STEPS;
+         t = strtok_r(NULL, ",", &save))
       if (atof(t) > 0) ph->rates[ph->nrates++] = atof(t);
     free(dup);
   }
@@ -921,6 +943,7 @@ int main(int argc, char **argv) {
   G.writer_rate = 10;
   G.warm_s = 1;
   G.dur_s = 2;
+  G.min_samples = 100;
   G.drain_s = 3;
   G.settle_s = 2;
   G.timeout_s = 30;
@@ -954,6 +977,8 @@ int main(int argc, char **argv) {
       G.warm_s = atof(v);
     else if (OPT("--duration"))
       G.dur_s = atof(v);
+    else if (OPT("--min-samples"))
+      G.min_samples = atof(v);
     else if (OPT("--drain"))
       G.drain_s = atof(v);
     else if (OPT("--settle"))
@@ -980,21 +1005,28 @@ int main(int argc, char **argv) {
   {
     char *dup = strdup(scen), *save = NULL;
     for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-      if (!strcmp(t, "ramp")) G.phases |= P_RAMP;
-      else if (!strcmp(t, "idle")) G.phases |= P_IDLE;
-      else if (!strcmp(t, "move")) G.phases |= P_MOVE;
-      else if (!strcmp(t, "fanout")) G.phases |= P_FANOUT;
-      else if (!strcmp(t, "cpu")) G.phases |= P_CPU;
-      else if (!strcmp(t, "rooms")) G.phases |= P_ROOMS;
-      else die("unknown scenario %s", t);
+      if (!strcmp(t, "ramp"))
+        G.phases |= P_RAMP;
+      else if (!strcmp(t, "idle"))
+        G.phases |= P_IDLE;
+      else if (!strcmp(t, "move"))
+        G.phases |= P_MOVE;
+      else if (!strcmp(t, "fanout"))
+        G.phases |= P_FANOUT;
+      else if (!strcmp(t, "cpu"))
+        G.phases |= P_CPU;
+      else if (!strcmp(t, "rooms"))
+        G.phases |= P_ROOMS;
+      else
+        die("unknown scenario %s", t);
     }
     free(dup);
   }
   if ((G.phases & P_ROOMS) && G.phases != P_ROOMS) die("rooms runs alone");
   if (G.n < 1 || G.n > LG_MAX_CLIENTS) die("--clients must be 1..%d", LG_MAX_CLIENTS);
   if (G.dur_s <= 0 || G.dur_s > 600 || G.warm_s < 0 || G.warm_s > 600 || G.timeout_s <= 0 ||
-      G.timeout_s > 600 || G.max_time_s <= 0 || G.max_time_s > 3600 || G.drain_s < 0 || G.drain_s > 60 ||
-      G.settle_s < 0 || G.settle_s > 60)
+      G.timeout_s > 600 || G.max_time_s <= 0 || G.max_time_s > 3600 || G.drain_s < 0 ||
+      G.drain_s > 60 || G.settle_s < 0 || G.settle_s > 60)
     die("durations out of range (duration/warmup/timeout <= 600 s, max-time <= 3600 s)");
   if (G.inflight_cap < 1) G.inflight_cap = 1;
   if ((G.phases & (P_IDLE | P_ROOMS)) && G.pid <= 0) die("idle and rooms need --pid");
@@ -1017,15 +1049,18 @@ int main(int argc, char **argv) {
   }
   getrlimit(RLIMIT_NOFILE, &rl);
   if (rl.rlim_cur < (rlim_t)G.n + 64)
-    die("open-file limit %llu is too low for %d connections (ulimit -n)", (unsigned long long)rl.rlim_cur, G.n);
+    die("open-file limit %llu is too low for %d connections (ulimit -n)",
+        (unsigned long long)rl.rlim_cur, G.n);
   signal(SIGPIPE, SIG_IGN);
 
   G.c = calloc((size_t)G.n, sizeof *G.c);
   if (!G.c) die("out of memory");
-  for (int i = 0; i < G.n; i++) G.c[i].idx = i;
+  for (int i = 0; i < G.n; i++)
+    G.c[i].idx = i;
   G.writer = &G.c[0];
   if (G.phases & (P_MOVE | P_CPU))
-    for (int i = 0; i < G.n; i++) give_ring(&G.c[i], LG_RING);
+    for (int i = 0; i < G.n; i++)
+      give_ring(&G.c[i], LG_RING);
   if (G.phases & P_FANOUT) give_ring(G.writer, LG_WRITER_RING);
 
   lws_set_log_level(LLL_ERR, NULL);
@@ -1077,7 +1112,8 @@ int main(int argc, char **argv) {
     join_s = connect_range(0, G.n, G.timeout_s);
     /* a plain ramp ends at the last first packet; load phases start once the
      * join patches stopped flowing */
-    if ((G.phases & (P_MOVE | P_FANOUT | P_CPU)) && G.ready == G.n) quiet_s = wait_quiet(G.timeout_s);
+    if ((G.phases & (P_MOVE | P_FANOUT | P_CPU)) && G.ready == G.n)
+      quiet_s = wait_quiet(G.timeout_s);
   }
   if (measured > 0 && rss0 >= 0 && rss1 >= 0) per_kb = (double)(rss1 - rss0) / measured;
   if (join_s > 0 && G.ready > 0) join_rate = G.ready / join_s;
