@@ -20,6 +20,7 @@ function roomsDir() {
   for (const f of fs.readdirSync(path.join(ROOT, "rooms")).filter((f) => f.endsWith(".lua")))
     fs.copyFileSync(path.join(ROOT, "rooms", f), path.join(dir, f));
   fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/limited.lua"), path.join(dir, "limited.lua"));
+  fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/burst.lua"), path.join(dir, "burst.lua"));
   return dir;
 }
 
@@ -109,6 +110,33 @@ describe("network", () => {
     const p = await a.c.next((m) => m?.type === "sync");
     assert.deepEqual(p, { type: "sync", value: { count: 1 } }); // the failed 999 was never kept
     await a.c.close();
+  });
+
+  test("sixty sockets opened at once: each gets its snapshot first, and all end with the same players", async () => {
+    const N = 60;
+    const cs = [];
+    for (let i = 0; i < N; i++) cs.push(wsClient(`${srv.wsUrl}/parties/main/burst-1?id=b${i}`));
+    await Promise.all(cs.map((c) => c.opened));
+    const firsts = await Promise.all(cs.map((c) => c.next((m) => m?.type === "sync" && m.value.pId !== undefined)));
+    const pids = firsts.map((f) => f.value.pId).sort();
+    assert.equal(new Set(pids).size, N);
+    cs[0].send({ action: "move", value: 7 }); // after every join: everyone sees it last
+    await Promise.all(cs.map((c) => c.next((m) => m?.type === "sync" && m.value.players?.[firsts[0].value.pId]?.x === 7)));
+    let notices = 0;
+    for (const c of cs) {
+      // the snapshot is the first packet, whatever was sent to the socket while it joined
+      assert.ok(c.messages[0]?.type === "sync" && c.messages[0].value.pId !== undefined, c.raw[0]);
+      const players = {};
+      for (const m of c.messages) {
+        if (m?.type === "sync" && m.value.players)
+          for (const [k, v] of Object.entries(m.value.players)) players[k] = { ...players[k], ...v };
+        if (m?.type === "joined") notices++;
+      }
+      assert.deepEqual(Object.keys(players).sort(), pids);
+      assert.equal(players[firsts[0].value.pId].x, 7);
+    }
+    assert.equal(notices, (N * (N - 1)) / 2); // each socket hears of every later one, once
+    await Promise.all(cs.map((c) => c.close()));
   });
 
   test("a message many times the socket's receive buffer arrives whole", async () => {
