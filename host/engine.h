@@ -71,7 +71,7 @@ struct lr_conn {
   /* Frames received while joining (handled in order once joined); NULL
    * until the first one (most clients wait for their first packet). */
   lr_early *early;
-  lr_held *held; /* batched: packets waiting for the snapshot, oldest first */
+  lr_held *held; /* batched: packets waiting for the snapshot, newest first */
   lua_State *L;  /* for releasing ref even after the server is gone */
   double tokens; /* rate limit: token bucket, refilled at room->rate per second */
   int64_t tokens_at;

@@ -506,11 +506,10 @@ void lr_server_batch_joins(lr_server *s, bool on) {
 static void conn_send_raw(lr_conn *c, lr_msg *m) {
   if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
   if (c->batched) { /* its snapshot goes first (lr_room_flush_sync) */
-    lr_held **t = &c->held;
-    while (*t)
-      t = &(*t)->next;
-    *t = lr_xcalloc(1, sizeof **t);
-    (*t)->m = lr_msg_retain(m);
+    lr_held *h = lr_xmalloc(sizeof *h);
+    h->m = lr_msg_retain(m);
+    h->next = c->held; /* newest first; deliver_held reverses */
+    c->held = h;
     return;
   }
   c->srv->stats.packets_out++;
@@ -647,7 +646,12 @@ static const char *conn_public_id(lr_conn *c, char *buf, size_t n) {
 /* A batched joiner got its snapshot: what was sent to it meanwhile follows,
  * in order. */
 static void deliver_held(lr_conn *c) {
-  lr_held *h = c->held;
+  lr_held *h = NULL;
+  for (lr_held *x = c->held, *next; x; x = next) { /* oldest first */
+    next = x->next;
+    x->next = h;
+    h = x;
+  }
   c->held = NULL;
   while (h) {
     lr_held *next = h->next;
