@@ -152,14 +152,19 @@ static void report(lr_callinfo *ci, const char *dflt, int rc, int killed, const 
            ci && ci->what ? ci->what : dflt, rc == LUA_ERRMEM ? " (out of memory)" : "", msg);
 }
 
+/* The outermost call (pcall or resume) starts a fresh budget; nested ones
+ * share it. Returns whether this call is the outermost. */
+static int budget_enter(vm *v, const lr_callinfo *ci) {
+  if (v->depth > 0) return 0;
+  v->remaining = ci && ci->budget > 0 ? ci->budget : LR_DEFAULT_BUDGET;
+  v->killed = 0;
+  return 1;
+}
+
 int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   vm *v = get_vm(L);
-  int outer = v->depth == 0;
-  if (outer) {
-    v->remaining = ci && ci->budget > 0 ? ci->budget : LR_DEFAULT_BUDGET;
-    v->killed = 0;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
-  }
+  int outer = budget_enter(v, ci);
+  if (outer) lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
   v->depth++;
   size_t mark = lr_undo_mark();
   int base = lua_gettop(L) - nargs;
@@ -186,11 +191,7 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
 
 int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callinfo *ci) {
   vm *v = get_vm(co);
-  int outer = v->depth == 0;
-  if (outer) {
-    v->remaining = ci && ci->budget > 0 ? ci->budget : LR_DEFAULT_BUDGET;
-    v->killed = 0;
-  }
+  int outer = budget_enter(v, ci);
   lua_sethook(co, budget_hook, v->killed ? (LUA_MASKCOUNT | LUA_MASKLINE) : LUA_MASKCOUNT,
               v->killed ? 1 : HOOK_EVERY);
   v->depth++;

@@ -1099,10 +1099,15 @@ static int parse_party_path(const lr_server *s, const char *path, char *ns, size
 }
 
 /* Find or create the room for ns/id. NULL if no definition matches. */
-static lr_room *get_room(lr_server *s, const char *ns, const char *id) {
+/* The room ns/id, woken or created as needed. NULL with *status the HTTP
+ * status to answer: 404 no definition serves it (nothing logged), 503 the
+ * room limit is reached, the server is stopping or the room could not be
+ * rebuilt from storage, 500 creating it failed (both logged). */
+static lr_room *get_room(lr_server *s, const char *ns, const char *id, int *status) {
   lr_room *r = lr_room_find(s, ns, id);
-  if (r) lr_room_activity(r);
-  if (r || s->shutting_down) return r;
+  *status = 503;
+  if (r) return lr_room_activity(r) ? r : NULL;
+  if (s->shutting_down) return NULL;
   if (s->max_rooms > 0 && s->nrooms >= (uint32_t)s->max_rooms) {
     lr_warn("room %s/%s not created: %u rooms live (max %ld)", ns, id, s->nrooms, s->max_rooms);
     return NULL;
@@ -1115,10 +1120,13 @@ static lr_room *get_room(lr_server *s, const char *ns, const char *id) {
     lr_error("room %s/%s: could not be created: %s", ns, id, err);
     r = lr_room_find(s, ns, id);
     if (r) lr_room_dispose(r);
+    *status = 500;
     return NULL;
   }
   lr_server_flush_touched(s);
-  return lr_room_find(s, ns, id);
+  r = lr_room_find(s, ns, id);
+  if (!r) *status = 404;
+  return r;
 }
 
 /* Push the request as a Lua table {method, path, query, headers, url, ip}. */
@@ -1247,27 +1255,26 @@ typedef struct lr_wait {
 
 static void respond_simple(lr_response_cb done, void *ud, int status, const char *body);
 
-static char *dup_or_null(const char *p, size_t n) {
-  return p ? lr_xstrndup(p, n) : NULL;
+static char *dup_str(const char *p) {
+  return p ? lr_xstrndup(p, strlen(p)) : NULL;
 }
 
 static lr_wait *wait_new(lr_server *s, const char *ns, const char *id, const lr_request *req) {
   lr_wait *w = lr_xcalloc(1, sizeof *w);
   w->s = s;
-  w->ns = lr_xstrndup(ns, strlen(ns));
-  w->id = lr_xstrndup(id, strlen(id));
+  w->ns = dup_str(ns);
+  w->id = dup_str(id);
   lr_request *q = &w->req;
-  q->method = dup_or_null(req->method, req->method ? strlen(req->method) : 0);
-  q->path = dup_or_null(req->path, req->path ? strlen(req->path) : 0);
-  q->query = dup_or_null(req->query, req->query ? strlen(req->query) : 0);
-  q->remote_addr = dup_or_null(req->remote_addr, req->remote_addr ? strlen(req->remote_addr) : 0);
-  q->body = dup_or_null(req->body, req->bodylen);
+  q->method = dup_str(req->method);
+  q->path = dup_str(req->path);
+  q->query = dup_str(req->query);
+  q->remote_addr = dup_str(req->remote_addr);
+  q->body = req->body ? lr_xstrndup(req->body, req->bodylen) : NULL;
   q->bodylen = req->bodylen;
   w->headers = lr_xcalloc(req->nheaders + 1, sizeof *w->headers);
   for (size_t i = 0; i < req->nheaders; i++) {
-    w->headers[i].name = lr_xstrndup(req->headers[i].name, strlen(req->headers[i].name));
-    const char *v = req->headers[i].value ? req->headers[i].value : "";
-    w->headers[i].value = lr_xstrndup(v, strlen(v));
+    w->headers[i].name = dup_str(req->headers[i].name);
+    w->headers[i].value = dup_str(req->headers[i].value ? req->headers[i].value : "");
   }
   q->headers = w->headers;
   q->nheaders = req->nheaders;
@@ -1310,8 +1317,9 @@ static void wait_done(void *ud, int ok, const char *err) {
   if (w->conn) {
     lr_conn *c = w->conn;
     if (c->phase == LR_C_JOINING) {
-      lr_room *r = ok && !s->shutting_down ? get_room(s, w->ns, w->id) : NULL;
-      if (!r || r->hibernated) {
+      int status;
+      lr_room *r = ok && !s->shutting_down ? get_room(s, w->ns, w->id, &status) : NULL;
+      if (!r) {
         lr_conn_close(c, 1011, ok ? "room unavailable" : "storage unavailable");
       } else {
         c->room = lr_room_retain(r);
@@ -1386,12 +1394,12 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     if (w > 0) return 0;
     if (w < 0) return 503;
   }
-  lr_room *r = get_room(s, ns, id);
+  int status;
+  lr_room *r = get_room(s, ns, id, &status);
   if (!r) {
-    lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
-    return 404;
+    if (status == 404) lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
+    return status;
   }
-  if (r->hibernated) return 503; /* it could not wake (logged) */
   if (header_of(req, "x-shard-id")) {
     /* A shard process relaying its clients (uplink.c). */
     return lr_uplink_open(r, req, vt, tp, out);
@@ -1609,14 +1617,15 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     respond_simple(done, ud, 503, "{\"error\":\"Storage unavailable\"}");
     return;
   }
-  lr_room *r = get_room(s, ns, id);
+  int status;
+  lr_room *r = get_room(s, ns, id, &status);
   if (!r) {
-    lr_warn("http %s %s: no room definition matches %s/%s", req->method, req->path, ns, id);
-    respond_simple(done, ud, 404, "{\"error\":\"Not found\"}");
-    return;
-  }
-  if (r->hibernated) { /* it could not wake (logged) */
-    respond_simple(done, ud, 503, "{\"error\":\"Service Unavailable\"}");
+    if (status == 404)
+      lr_warn("http %s %s: no room definition matches %s/%s", req->method, req->path, ns, id);
+    respond_simple(done, ud, status,
+                   status == 404   ? "{\"error\":\"Not found\"}"
+                   : status == 500 ? "{\"error\":\"Internal Server Error\"}"
+                                   : "{\"error\":\"Service Unavailable\"}");
     return;
   }
   lua_State *L = s->L;

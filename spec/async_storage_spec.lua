@@ -24,6 +24,9 @@ local function stored(cfg, key)
   end
 end
 
+-- Room main/a on the slow backend, not created until a client or request comes.
+local function open_room() return testing.room(def, { storage = BACKEND, id = "a", create = false }) end
+
 local function seed(cfg, key, json)
   cfg.store = dofile("lua/lunaroom/backends/memory.lua")
   cfg.store.apply("main", "a", { { "put", key, json } })
@@ -35,7 +38,7 @@ describe("a Lua backend that waits for I/O", function()
   it("loads the room before it runs: the client waits, its early actions are kept", function()
     local cfg = fresh(50)
     seed(cfg, "state:count", "41")
-    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t = open_room()
     local c = t:client { id = "s1" }
     c:send("inc") -- arrives while the room loads
     assert.are.same({}, c.packets)
@@ -53,7 +56,7 @@ describe("a Lua backend that waits for I/O", function()
 
   it("acknowledges writes at once and sends them behind, in order, merged while one runs", function()
     local cfg = fresh(50)
-    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t = open_room()
     local c = t:client { id = "s1" }
     t:advance(50)
     for _ = 1, 3 do c:send("inc") end
@@ -73,7 +76,7 @@ describe("a Lua backend that waits for I/O", function()
 
   it("keeps a failed write queued and retries it with backoff: nothing is lost", function()
     local cfg = fresh(10)
-    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t = open_room()
     local c = t:client { id = "s1" }
     t:advance(10)
     t:advance(10) -- the session records are written
@@ -96,14 +99,14 @@ describe("a Lua backend that waits for I/O", function()
 
   it("reads it all back after a restart", function()
     local cfg = fresh(20)
-    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t = open_room()
     local c = t:client { id = "s1" }
     t:advance(20)
     c:send("inc"); c:send("inc")
     t:advance(100)
     local pid = c.publicId
     t:close()
-    local t2 = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t2 = open_room()
     local c2 = t2:client { id = "s1" }
     t2:advance(20)
     assert.are.equal(2, c2.packets[1].value.count)
@@ -115,7 +118,7 @@ describe("a Lua backend that waits for I/O", function()
   it("answers an HTTP request once the room loaded", function()
     local cfg = fresh(30)
     seed(cfg, "state:count", "7")
-    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t = open_room()
     local t0 = t:now()
     local res = t:http("GET", "/count")
     assert.are.equal(200, res.status)
@@ -127,7 +130,7 @@ describe("a Lua backend that waits for I/O", function()
   it("closes a waiting client with 1011 when loading fails, and loads again on the next one", function()
     local cfg = fresh(10)
     cfg.fail_loads = 1
-    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t = open_room()
     testing.logs()
     local c = t:client { id = "s1" }
     t:advance(10)
@@ -142,7 +145,7 @@ describe("a Lua backend that waits for I/O", function()
 
   it("a client that leaves while the room loads is forgotten", function()
     fresh(10)
-    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t = open_room()
     local c = t:client { id = "s1" }
     c:close()
     t:advance(10)
@@ -153,7 +156,7 @@ describe("a Lua backend that waits for I/O", function()
 
   it("a room disposed while its writes are in flight keeps them: they land, then the cache lets go", function()
     local cfg = fresh(20)
-    local t = testing.room(def, { storage = BACKEND, id = "a", create = false })
+    local t = open_room()
     local c = t:client { id = "s1" }
     t:advance(20)
     c:send("inc"); c:send("inc")

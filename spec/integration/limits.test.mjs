@@ -142,7 +142,7 @@ describe("limits", () => {
     const srv = await startServer({ rooms: rooms(), args: ["--max-rooms", "1"] });
     assert.equal((await http("GET", `${srv.url}/parties/main/demo/count`)).status, 200);
     const second = await http("GET", `${srv.url}/parties/main/unlimited-x/nothing`);
-    assert.equal(second.status, 404); // no second room is created
+    assert.equal(second.status, 503); // no second room is created: the server is full
     for (let i = 0; i < 50 && !/rooms live \(max 1\)/.test(srv.logs()); i++) await sleep(20);
     assert.match(srv.logs(), /rooms live \(max 1\)/);
     const big = await http("POST", `${srv.url}/parties/main/demo/count`, "x".repeat(2 * 1024 * 1024),

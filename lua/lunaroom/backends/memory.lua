@@ -41,5 +41,4 @@ function M.apply(ns, id, ops)
   end
 end
 
-
 return M
