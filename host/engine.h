@@ -14,6 +14,7 @@
 #include <lua.h>
 
 #include "buf.h"
+#include "rand.h"
 #include "server.h"
 #include "storage.h"
 #include "value.h"
@@ -153,7 +154,8 @@ struct lr_server {
   lr_room **rooms; /* hash buckets */
   uint32_t nbuckets, nrooms;
   lr_room *touched;
-  uint64_t rng[2];
+  lr_test_rng test_rng; /* headless test host only (rng_seeded) */
+  bool rng_seeded;      /* false: ids from getrandom(2) (always under `serve`) */
   bool shutting_down;
   bool in_tick;
   bool batch_joins; /* inside a network pass: joins share the room's end-of-pass flush */

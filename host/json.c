@@ -479,6 +479,7 @@ typedef struct parser {
   const char *s;
   size_t len, pos;
   lr_json_limits lim;
+  bool exact_ints; /* storage: int64 integers stay LR_INT */
   uint32_t elements;
   char *err;
   size_t errlen;
@@ -636,8 +637,9 @@ static bool is_digit(const parser *p, size_t i) {
   return i < p->len && p->s[i] >= '0' && p->s[i] <= '9';
 }
 
-/* Strict RFC 8259 number. Integers (no fraction, no exponent) that fit int64
- * become LR_INT; everything else LR_FLOAT via a correctly rounded strtod. */
+/* Strict RFC 8259 number. Integers (no fraction, no exponent) within +-2^53
+ * (lr_json_decode_exact: that fit int64) become LR_INT; everything else LR_FLOAT
+ * via a correctly rounded strtod (json.h). */
 static lr_node *parse_number(parser *p) {
   size_t start = p->pos, i = start;
   bool neg = false, integral = true;
@@ -674,7 +676,7 @@ static lr_node *parse_number(parser *p) {
       if (v > (lim - dgt) / 10) break;
       v = v * 10 + dgt;
     }
-    if (j == i) {
+    if (j == i && (p->exact_ints || v <= (uint64_t)1 << 53)) {
       if (!neg) return lr_node_int((int64_t)v);
       return lr_node_int(v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v);
     }
@@ -726,9 +728,22 @@ static lr_node *parse_scalar(parser *p) {
   return NULL;
 }
 
+static lr_node *decode(const char *text, size_t len, const lr_json_limits *limits, bool exact,
+                       char *err, size_t errlen);
+
 lr_node *lr_json_decode(const char *text, size_t len, const lr_json_limits *limits, char *err,
                         size_t errlen) {
-  parser P = {.s = text, .len = len, .err = err, .errlen = errlen};
+  return decode(text, len, limits, false, err, errlen);
+}
+
+lr_node *lr_json_decode_exact(const char *text, size_t len, const lr_json_limits *limits, char *err,
+                              size_t errlen) {
+  return decode(text, len, limits, true, err, errlen);
+}
+
+static lr_node *decode(const char *text, size_t len, const lr_json_limits *limits, bool exact,
+                       char *err, size_t errlen) {
+  parser P = {.s = text, .len = len, .exact_ints = exact, .err = err, .errlen = errlen};
   parser *p = &P;
   p->lim = limits ? *limits : LR_JSON_DEFAULT_LIMITS;
   lr_buf_init(&p->keybuf);

@@ -7,8 +7,13 @@
  * Must not: know about Lua, rooms, sockets or storage backends.
  *
  * Numbers
- * - Decoding: a number with no fraction and no exponent that fits int64 is
- *   LR_INT; anything else is LR_FLOAT (strtod, correctly rounded).
+ * - Decoding (the wire: client frames, HTTP bodies; the default): a number
+ *   with no fraction and no exponent within +-2^53 is LR_INT; anything else
+ *   is LR_FLOAT (strtod, correctly rounded), which is what JavaScript's
+ *   JSON.parse gives: 9223372036854775807 arrives as 2^63 (a double), never
+ *   as an integer that room arithmetic could wrap to a negative number.
+ *   lr_json_decode_exact (storage: values the room itself wrote): an integer
+ *   that fits int64 stays LR_INT, so room integers round-trip exactly.
  * - Encoding: LR_INT as decimal. LR_FLOAT like JavaScript's Number#toString:
  *   integral values with |x| < 1e21 print without fraction or exponent
  *   (2^53 -> 9007199254740992); otherwise the SHORTEST representation that
@@ -38,6 +43,10 @@ typedef struct lr_json_limits {
  * "invalid UTF-8 at offset 3"). err may be NULL. limits may be NULL (default). */
 lr_node *lr_json_decode(const char *text, size_t len, const lr_json_limits *limits, char *err,
                         size_t errlen);
+
+/* The same for storage text: integers that fit int64 stay LR_INT. */
+lr_node *lr_json_decode_exact(const char *text, size_t len, const lr_json_limits *limits, char *err,
+                              size_t errlen);
 
 /* True if s[0..len) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 bool lr_utf8_valid(const char *s, size_t len);

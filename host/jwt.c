@@ -158,8 +158,9 @@ lr_jwt_status lr_jwt_verify(const char *token, size_t len, const char *secret, s
   jwt_free(j);
   if (!json) return LR_JWT_MALFORMED;
 
+  /* claims are signed with our own secret: their integers are kept exact */
   lr_json_limits lim = {LR_JWT_CLAIMS_DEPTH, LR_JWT_CLAIMS_ELEMENTS};
-  lr_node *c = lr_json_decode(json, strlen(json), &lim, NULL, 0);
+  lr_node *c = lr_json_decode_exact(json, strlen(json), &lim, NULL, 0);
   if (!c || c->type != LR_OBJECT) {
     st = LR_JWT_MALFORMED;
     goto fail;

@@ -1,6 +1,11 @@
 /*
- * log.c - writes log lines to stderr with a UTC timestamp and a level.
- * Must not: buffer lines across calls (each line is one write).
+ * log.c - writes log lines to stderr with a UTC timestamp and a level, and
+ * rate-limits the lines of refused requests and sockets (lr_log_limited):
+ * per reason, at most `burst` lines per window, then one summary line
+ * "suppressed K similar lines (reason)" once the window is over.
+ * Must not: buffer lines across calls (each line is one write; a summary is
+ * written just before the next line, or by lr_log_flush_suppressed), or
+ * allocate for the limiter (a fixed table of reasons).
  */
 #include "log.h"
 
@@ -8,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,13 +58,120 @@ static const char *level_name(int level) {
   }
 }
 
-void lr_log(int level, const char *fmt, ...) {
+static void emit(int level, const char *msg);
+
+/* ------------------------------------------------------------ limiter */
+
+#define NREASONS 32
+typedef struct {
+  char key[48]; /* the reason, copied ("" = free slot) */
+  int level;
+  int64_t window_start;
+  unsigned lines;     /* written in this window */
+  unsigned long supp; /* suppressed in this window */
+} reason_slot;
+static reason_slot reasons[NREASONS];
+static int nreasons;
+static unsigned limit_burst = 10;
+static int64_t limit_window_ms = 1000;
+static bool any_suppressed;
+
+void lr_log_set_limit(unsigned burst, long window_ms) {
+  limit_burst = burst ? burst : 10;
+  limit_window_ms = window_ms > 0 ? window_ms : 1000;
+  memset(reasons, 0, sizeof reasons);
+  nreasons = 0;
+  any_suppressed = false;
+}
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void summary(reason_slot *r, int64_t now) {
+  char msg[200];
+  snprintf(msg, sizeof msg, "suppressed %lu similar lines (%.47s) in the last %lld ms", r->supp,
+           r->key, (long long)(now - r->window_start));
+  r->supp = 0;
+  emit(r->level, msg);
+}
+
+/* Write the summaries of windows that are over (force: all of them). */
+static void flush_due(int64_t now, bool force) {
+  if (!any_suppressed) return;
+  any_suppressed = false;
+  for (int i = 0; i < nreasons; i++) {
+    reason_slot *r = &reasons[i];
+    if (!r->supp) continue;
+    if (force || now - r->window_start >= limit_window_ms) {
+      summary(r, now);
+      r->window_start = now;
+      r->lines = 0;
+    } else {
+      any_suppressed = true;
+    }
+  }
+}
+
+void lr_log_flush_suppressed(void) {
+  flush_due(mono_ms(), true);
+}
+
+void lr_log_limited(int level, const char *key, const char *fmt, ...) {
   if (level < min_level && !capture) return;
-  char msg[4096], line[8192], ts[40];
+  int64_t now = mono_ms();
+  flush_due(now, false);
+  reason_slot *r = NULL;
+  for (int i = 0; i < nreasons && !r; i++)
+    if (strncmp(reasons[i].key, key, sizeof reasons[i].key - 1) == 0) r = &reasons[i];
+  if (!r) {
+    /* A full table shares its last slot: still bounded, never unlimited. */
+    r = &reasons[nreasons < NREASONS ? nreasons++ : NREASONS - 1];
+    if (strncmp(r->key, key, sizeof r->key - 1) != 0) {
+      if (r->supp) summary(r, now);
+      snprintf(r->key, sizeof r->key, "%s", key);
+      r->window_start = now;
+      r->lines = 0;
+      r->supp = 0;
+    }
+  }
+  r->level = level;
+  if (now - r->window_start >= limit_window_ms) {
+    if (r->supp) summary(r, now);
+    r->window_start = now;
+    r->lines = 0;
+  }
+  if (r->lines >= limit_burst) {
+    r->supp++;
+    any_suppressed = true;
+    return;
+  }
+  r->lines++;
+  char msg[4096];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  emit(level, msg);
+}
+
+/* ------------------------------------------------------------ lines */
+
+void lr_log(int level, const char *fmt, ...) {
+  if (level < min_level && !capture) return;
+  char msg[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (any_suppressed) flush_due(mono_ms(), false);
+  emit(level, msg);
+}
+
+static void emit(int level, const char *msg) {
+  char line[8192], ts[40];
   if (capture) {
     if (ncaptured == NCAP) {
       free(captured[0]);
@@ -78,7 +192,7 @@ void lr_log(int level, const char *fmt, ...) {
   int len;
   if (json_lines) {
     /* Escape the message as a JSON string. */
-    char esc[sizeof msg * 2];
+    char esc[4096 * 2];
     size_t j = 0;
     for (const unsigned char *p = (const unsigned char *)msg; *p && j < sizeof esc - 8; p++) {
       if (*p == '"' || *p == '\\') {

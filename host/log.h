@@ -21,6 +21,20 @@ void lr_log_set_json(int on);
 /* Log one line. msg is printf-style. */
 void lr_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Log one line of a refusal that a client can repeat at will (no such room,
+ * too many connections, ...): per key, at most `burst` lines (default 10)
+ * per window (default 1000 ms); the rest are counted and summarised as
+ * "suppressed K similar lines (key) in the last N ms" before the next line
+ * once the window is over. key is short (47 bytes are kept). */
+void lr_log_limited(int level, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Write the pending summaries now (shutdown). */
+void lr_log_flush_suppressed(void);
+/* Tests: the limiter's burst and window (also forgets every key). */
+void lr_log_set_limit(unsigned burst, long window_ms);
+
+#define lr_warn_limited(key, ...) lr_log_limited(LR_LOG_WARN, key, __VA_ARGS__)
+
 #define lr_info(...) lr_log(LR_LOG_INFO, __VA_ARGS__)
 #define lr_warn(...) lr_log(LR_LOG_WARN, __VA_ARGS__)
 #define lr_error(...) lr_log(LR_LOG_ERROR, __VA_ARGS__)

@@ -995,7 +995,7 @@ static int l_store_get(lua_State *L) {
     lr_buf_free(&out);
     return luaL_error(L, "storage get %s failed: %s", key, err);
   }
-  lr_node *n = lr_json_decode(out.data, out.len, NULL, err, sizeof err);
+  lr_node *n = lr_json_decode_exact(out.data, out.len, NULL, err, sizeof err);
   lr_buf_free(&out);
   if (!n) return luaL_error(L, "stored value of %s is not JSON: %s", key, err);
   lr_lua_push_copy(L, n);
@@ -1077,7 +1077,7 @@ typedef struct list_ud {
 
 static int list_cb(void *ud, const char *key, size_t keylen, const char *val, size_t vallen) {
   list_ud *u = ud;
-  lr_node *n = lr_json_decode(val, vallen, NULL, u->err, sizeof u->err);
+  lr_node *n = lr_json_decode_exact(val, vallen, NULL, u->err, sizeof u->err);
   if (!n) {
     lr_warn("stored value of %.*s is not JSON (%s): skipped", (int)keylen, key, u->err);
     return 0;
@@ -1139,11 +1139,14 @@ static int l_encode(lua_State *L) {
   return 1;
 }
 
+/* core.decode(text [, exact]): wire semantics (integers beyond +-2^53 are
+ * floats, as in JavaScript) unless exact (storage text: int64 kept). */
 static int l_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   char err[256];
-  lr_node *v = lr_json_decode(s, n, NULL, err, sizeof err);
+  lr_node *v = lua_toboolean(L, 2) ? lr_json_decode_exact(s, n, NULL, err, sizeof err)
+                                   : lr_json_decode(s, n, NULL, err, sizeof err);
   if (!v) {
     lua_pushnil(L);
     lua_pushstring(L, err);
@@ -1170,7 +1173,7 @@ static int l_copy(lua_State *L) {
   lr_buf b;
   lr_buf_init(&b);
   lr_json_encode(p->n, skip, &b);
-  lr_node *v = lr_json_decode(b.data, b.len, NULL, NULL, 0);
+  lr_node *v = lr_json_decode_exact(b.data, b.len, NULL, NULL, 0); /* the room's own values */
   lr_buf_free(&b);
   lr_lua_push_copy(L, v);
   lr_node_release(v);
@@ -1222,6 +1225,12 @@ static int l_log_capture(lua_State *L) {
   return 0;
 }
 
+/* core.log_limit(burst, window_ms): the refusal-log limiter (tests). */
+static int l_log_limit(lua_State *L) {
+  lr_log_set_limit((unsigned)luaL_checkinteger(L, 1), (long)luaL_checkinteger(L, 2));
+  return 0;
+}
+
 static int l_log_lines(lua_State *L) {
   lua_newtable(L);
   const char *line;
@@ -1241,7 +1250,11 @@ static int l_log(lua_State *L) {
               : strcmp(lvl, "warn") == 0  ? LR_LOG_WARN
               : strcmp(lvl, "debug") == 0 ? LR_LOG_DEBUG
                                           : LR_LOG_INFO;
-  lr_log(level, "%s", msg);
+  const char *key = lua_tostring(L, 3); /* a refusal: rate-limited per key (log.h) */
+  if (key)
+    lr_log_limited(level, key, "%s", msg);
+  else
+    lr_log(level, "%s", msg);
   return 0;
 }
 
@@ -1630,6 +1643,7 @@ static const luaL_Reg core_fns[] = {
     {"log", l_log},
     {"log_capture", l_log_capture},
     {"log_lines", l_log_lines},
+    {"log_limit", l_log_limit},
     {"pcall", l_pcall},
     {"hl_connect", l_hl_connect},
     {"hl_send", l_hl_send},

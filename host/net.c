@@ -618,8 +618,8 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   net_peer(wsi, peer, sizeof peer);
   /* Connection limits, before the room sees anything. */
   if (L->o.max_conns >= 0 && L->nws >= (size_t)L->o.max_conns) {
-    lr_warn("websocket from %s refused: %zu connections open (max %ld)", peer, L->nws,
-            L->o.max_conns);
+    lr_warn_limited("connection limit", "websocket from %s refused: %zu connections open (max %ld)",
+                    peer, L->nws, L->o.max_conns);
     free(dpath);
     lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
     return 1;
@@ -627,8 +627,9 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   if (L->o.max_conns_per_ip >= 0) {
     struct ipcount *slot = net_ip_slot(L, peer, false);
     if (slot && slot->n >= (uint32_t)L->o.max_conns_per_ip) {
-      lr_warn("websocket from %s refused: %u connections from this address (max %ld)", peer,
-              slot->n, L->o.max_conns_per_ip);
+      lr_warn_limited("address limit",
+                      "websocket from %s refused: %u connections from this address (max %ld)", peer,
+                      slot->n, L->o.max_conns_per_ip);
       free(dpath);
       lws_return_http_status(wsi, 429, NULL);
       return 1;
@@ -1075,8 +1076,8 @@ static int net_http_begin(net_loop *L, struct lws *wsi) {
   }
   nr->body_pending = want > 0 && want <= NET_DISCARD_MAX;
   if (want > L->o.max_http_body) {
-    lr_warn("http %s %s: body of %llu bytes over the %zu limit, 413", method, nr->path, want,
-            L->o.max_http_body);
+    lr_warn_limited("body too large", "http %s %s: body of %llu bytes over the %zu limit, 413",
+                    method, nr->path, want, L->o.max_http_body);
     net_http_simple(nr, 413, "application/json", "{\"error\":\"Request body too large\"}", true,
                     true);
     return 0;

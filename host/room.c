@@ -25,6 +25,7 @@
 #include "json.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "rand.h"
 #include "reload.h"
 
 #define MAX_EARLY_FRAMES 256
@@ -56,20 +57,10 @@ int64_t lr_now(const lr_server *s) {
   return s->virtual_clock ? s->vnow : s->wall0 + (mono_ms() - s->mono0);
 }
 
-static uint64_t rng_next(lr_server *s) {
-  uint64_t s1 = s->rng[0];
-  const uint64_t s0 = s->rng[1];
-  s->rng[0] = s0;
-  s1 ^= s1 << 23;
-  s->rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
-  return s->rng[1] + s0;
-}
-
+/* Ids come from the kernel CSPRNG (rand.c); only the headless test host has
+ * a seeded, reproducible generator (see lr_server_new). */
 void lr_random_id(lr_server *s, char *out, size_t n, const char *alphabet) {
-  size_t k = strlen(alphabet);
-  for (size_t i = 0; i < n; i++)
-    out[i] = alphabet[rng_next(s) % k];
-  out[n] = 0;
+  lr_rand_id(s->rng_seeded ? &s->test_rng : NULL, out, n, alphabet);
 }
 
 /* ----------------------------------------------------------------- server */
@@ -87,19 +78,11 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
   s->mono0 = mono_ms();
   s->nbuckets = 64;
   s->rooms = lr_xcalloc(s->nbuckets, sizeof *s->rooms);
-  if (!seed) {
-    int fd = open("/dev/urandom", O_RDONLY);
-    if (fd >= 0) {
-      ssize_t r = read(fd, &seed, sizeof seed);
-      (void)r;
-      close(fd);
-    }
-    seed ^= (uint64_t)wall_ms() * 0x9E3779B97F4A7C15ULL;
-  }
-  s->rng[0] = seed ^ 0x5DEECE66DULL;
-  s->rng[1] = (seed << 7) ^ 0xB5AD4ECEDA1CE2A9ULL;
-  for (int i = 0; i < 8; i++)
-    rng_next(s);
+  /* A seed is honoured only by the headless test host (virtual clock), so
+   * that specs are reproducible; `serve` runs on the real clock and its ids
+   * always come from getrandom(2), whatever seed is passed. */
+  s->rng_seeded = virtual_clock && seed != 0;
+  if (s->rng_seeded) lr_test_rng_seed(&s->test_rng, seed);
   strcpy(s->parties_prefix, "/parties");
   s->max_rooms = 100000;
   if (store && store->vt->bind) store->vt->bind(store, s);
@@ -1109,7 +1092,8 @@ static lr_room *get_room(lr_server *s, const char *ns, const char *id, int *stat
   if (r) return lr_room_activity(r) ? r : NULL;
   if (s->shutting_down) return NULL;
   if (s->max_rooms > 0 && s->nrooms >= (uint32_t)s->max_rooms) {
-    lr_warn("room %s/%s not created: %u rooms live (max %ld)", ns, id, s->nrooms, s->max_rooms);
+    lr_warn_limited("room limit", "room %s/%s not created: %u rooms live (max %ld)", ns, id,
+                    s->nrooms, s->max_rooms);
     return NULL;
   }
   lua_State *L = s->L;
@@ -1385,7 +1369,8 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
   const char *rest;
   if (s->shutting_down) return 503;
   if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
-    lr_warn("websocket refused: path %s is not /parties/{party}/{room}", req->path);
+    lr_warn_limited("websocket path", "websocket refused: path %s is not /parties/{party}/{room}",
+                    req->path);
     return 404;
   }
   if (s->shard && strcmp(ns, "shard") == 0) return lr_shard_ws_open(s, req, id, vt, tp, out);
@@ -1397,7 +1382,9 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
   int status;
   lr_room *r = get_room(s, ns, id, &status);
   if (!r) {
-    if (status == 404) lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
+    if (status == 404)
+      lr_warn_limited("no such room", "websocket refused: no room definition matches %s/%s", ns,
+                      id);
     return status;
   }
   if (header_of(req, "x-shard-id")) {
@@ -1621,7 +1608,8 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
   lr_room *r = get_room(s, ns, id, &status);
   if (!r) {
     if (status == 404)
-      lr_warn("http %s %s: no room definition matches %s/%s", req->method, req->path, ns, id);
+      lr_warn_limited("no such room", "http %s %s: no room definition matches %s/%s", req->method,
+                      req->path, ns, id);
     respond_simple(done, ud, status,
                    status == 404   ? "{\"error\":\"Not found\"}"
                    : status == 500 ? "{\"error\":\"Internal Server Error\"}"

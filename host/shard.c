@@ -193,8 +193,8 @@ static char *private_id(lr_server *s, const char *query) {
   }
   v = query_param(query, "_pk", &n);
   if (v && n) return pct_decode(v, n);
-  char rnd[17];
-  lr_random_id(s, rnd, 16, "0123456789abcdefghijklmnopqrstuvwxyz");
+  char rnd[LR_SECRET_ID_LEN + 1]; /* a secret: 131 bits (rand.h) */
+  lr_random_id(s, rnd, LR_SECRET_ID_LEN, LR_ALPHA62);
   return xstrdup(rnd);
 }
 

@@ -90,15 +90,63 @@ TEST(json_int_decodes_as_int) {
   ASSERT_EQ_STR(RT("-0.0"), "0");
 }
 
+static lr_node *dec_exact(const char *s) {
+  return lr_json_decode_exact(s, strlen(s), NULL, NULL, 0);
+}
+static text rt_exact(const char *in) {
+  text t;
+  lr_node *n = dec_exact(in);
+  lr_buf b;
+  lr_buf_init(&b);
+  if (n) lr_json_encode(n, 0, &b);
+  snprintf(t.s, sizeof t.s, "%s", n ? lr_buf_cstr(&b) : "ERR");
+  lr_buf_free(&b);
+  lr_node_release(n);
+  return t;
+}
+
+/* Storage text (lr_json_decode_exact): every int64 stays an integer. */
 TEST(json_int64_limits) {
-  lr_node *n = dec("9223372036854775807");
+  lr_node *n = dec_exact("9223372036854775807");
   ASSERT(n && n->type == LR_INT && n->u.i == INT64_MAX);
   lr_node_release(n);
-  n = dec("-9223372036854775808");
+  n = dec_exact("-9223372036854775808");
   ASSERT(n && n->type == LR_INT && n->u.i == INT64_MIN);
   lr_node_release(n);
-  ASSERT_EQ_STR(RT("9223372036854775807"), "9223372036854775807");
-  ASSERT_EQ_STR(RT("-9223372036854775808"), "-9223372036854775808");
+  n = dec_exact("9007199254740993");
+  ASSERT(n && n->type == LR_INT && n->u.i == 9007199254740993LL);
+  lr_node_release(n);
+  ASSERT_EQ_STR(rt_exact("9223372036854775807").s, "9223372036854775807");
+  ASSERT_EQ_STR(rt_exact("-9223372036854775808").s, "-9223372036854775808");
+  n = dec_exact("9223372036854775808");
+  ASSERT(n && n->type == LR_FLOAT && n->u.f == 9223372036854775808.0);
+  lr_node_release(n);
+}
+
+/* The wire (default): integers beyond +-2^53 are doubles, as JSON.parse
+ * makes them, so 2^63-1 is 2^63 and adding 1 cannot wrap it negative. */
+TEST(json_wire_integers_like_javascript) {
+  lr_node *n = dec("9007199254740992");
+  ASSERT(n && n->type == LR_INT && n->u.i == 9007199254740992LL);
+  lr_node_release(n);
+  n = dec("-9007199254740992");
+  ASSERT(n && n->type == LR_INT && n->u.i == -9007199254740992LL);
+  lr_node_release(n);
+  n = dec("9007199254740993");
+  ASSERT(n && n->type == LR_FLOAT && n->u.f == 9007199254740992.0);
+  lr_node_release(n);
+  n = dec("-9007199254740993");
+  ASSERT(n && n->type == LR_FLOAT && n->u.f == -9007199254740992.0);
+  lr_node_release(n);
+  n = dec("9223372036854775807");
+  ASSERT(n && n->type == LR_FLOAT && n->u.f == 9223372036854775808.0);
+  lr_node_release(n);
+  n = dec("-9223372036854775808");
+  ASSERT(n && n->type == LR_FLOAT && n->u.f == -9223372036854775808.0);
+  lr_node_release(n);
+  ASSERT_EQ_STR(RT("9223372036854775807"), "9223372036854776000");
+  ASSERT_EQ_STR(RT("-9223372036854775808"), "-9223372036854776000");
+  ASSERT_EQ_STR(RT("9007199254740993"), "9007199254740992");
   /* one past either end: float, printed like JavaScript would */
   n = dec("9223372036854775808");
   ASSERT(n && n->type == LR_FLOAT && n->u.f == 9223372036854775808.0);

@@ -141,8 +141,20 @@ function M.handle(srv, req, runtime, json_response, response)
     if not allowed then return json_response(403, { error = "Not permitted" }) end
     local action = path:match("^/admin/(.*)$")
     if req.method == "POST" and action then
-      local body = core.decode(req.body or "") or {}
-      local room = srv.rooms[body.room or ""]
+      if action ~= "dispose" and action ~= "kick" then return json_response(404, { error = "Not found" }) end
+      -- The body must be {"room": "<party>/<id>"} (kick: and "publicId"): anything else is
+      -- the client's mistake (400), not a missing room (404).
+      local body, err = core.decode(req.body or "")
+      if type(body) ~= "table" or getmetatable(body) == core.array_mt then
+        return json_response(400, { error = "Invalid body: expected a JSON object", details = err })
+      end
+      if type(body.room) ~= "string" or body.room == "" then
+        return json_response(400, { error = "Invalid body: room must be a non-empty string" })
+      end
+      if action == "kick" and type(body.publicId) ~= "string" then
+        return json_response(400, { error = "Invalid body: publicId must be a string" })
+      end
+      local room = srv.rooms[body.room]
       if not room then return json_response(404, { error = "Room not found" }) end
       if action == "dispose" then
         core.room_dispose(rawget(room, "h"))

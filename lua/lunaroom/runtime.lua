@@ -20,6 +20,7 @@ local M = {}
 local null = core.null
 local NOSYNC, NOPERSIST = core.NOSYNC, core.NOPERSIST
 local PID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+local SECRET_LEN = 22 -- secrets (made-up session ids, transfer tokens): 22 x log2(62) = 131 bits
 
 -- Connection tables share this metatable: conn:send(v), conn:close().
 local Conn = {}
@@ -37,6 +38,8 @@ local function deepcopy(x)
 end
 
 local function log(level, fmt, ...) core.log(level, string.format(fmt, ...)) end
+-- A refusal a client can repeat at will: rate-limited per key (host/log.c).
+local function log_refusal(key, fmt, ...) core.log("info", string.format(fmt, ...), key) end
 
 local function flags_of(f)
   local fl = 0
@@ -57,6 +60,9 @@ end
 
 -- "a=1&b=2" -> {a = "1", b = "2"}. A plain find loop: gmatch would allocate
 -- its match state (over 500 bytes) on every call, i.e. on every connection.
+-- Linear in #q (it runs before any guard): '=' is looked for inside the
+-- current "k=v" piece only, never past its '&' ("a&a&...&a=1" scanned to
+-- the end for every piece would be quadratic).
 local function parse_query(q)
   local t = {}
   q = q or ""
@@ -64,12 +70,13 @@ local function parse_query(q)
   while pos <= n do
     local amp = q:find("&", pos, true) or n + 1
     if amp > pos then
-      local eq = q:find("=", pos, true)
+      local piece = q:sub(pos, amp - 1)
+      local eq = piece:find("=", 1, true)
       local k, val
-      if eq and eq < amp then
-        k, val = q:sub(pos, eq - 1), q:sub(eq + 1, amp - 1)
+      if eq then
+        k, val = piece:sub(1, eq - 1), piece:sub(eq + 1)
       else
-        k, val = q:sub(pos, amp - 1), ""
+        k, val = piece, ""
       end
       if k ~= "" then t[urldecode(k)] = urldecode(val) end
     end
@@ -77,6 +84,26 @@ local function parse_query(q)
   end
   return t
 end
+
+-- s without leading and trailing whitespace (%s), in linear time: the
+-- pattern "^%s*(.-)%s*$" is quadratic on "a   ...   b" (every position of
+-- the lazy capture retries the whole run of spaces).
+local function trim(s)
+  local b = s:find("%S")
+  if not b then return "" end
+  local e = #s
+  while e > b do
+    local c = s:byte(e)
+    if c ~= 32 and (c < 9 or c > 13) then break end
+    e = e - 1
+  end
+  return s:sub(b, e)
+end
+M.trim = trim
+
+-- Longest ?id=, ?_pk= and ?transferToken= accepted (bytes, decoded): longer
+-- ones are refused with 4008 before any guard or storage lookup runs.
+M.MAX_ID_BYTES = 256
 M.parse_query = parse_query
 
 -- dset semantics for restore: write value at a dotted path (objects only).
@@ -590,10 +617,21 @@ function M.connect(srv, room, conn, req)
   local d = rawget(room, "def")
   local key = rawget(room, "key")
   local q = parse_query(req.query)
-  local sid = q.id and q.id:match("^%s*(.-)%s*$") or nil
+  for _, name in ipairs { "id", "_pk", "transferToken" } do
+    if q[name] and #q[name] > M.MAX_ID_BYTES then
+      log_refusal("id too long", "room %s: connection %s refused: ?%s= longer than %d bytes", key, conn.id, name,
+        M.MAX_ID_BYTES)
+      conn:close(4008, name .. " too long (max " .. M.MAX_ID_BYTES .. " bytes)")
+      return
+    end
+  end
+  local sid = q.id and trim(q.id) or nil
   if sid == "" then sid = nil end
   sid = sid or (q._pk ~= "" and q._pk) or nil
-  conn.sessionId = sid or conn.id
+  -- No id given: the session id is a secret the client never learns, so it
+  -- is 128+ bits from the CSPRNG, not conn.id (conn.id is logged and shown
+  -- to room code; the reference uses conn.id here).
+  conn.sessionId = sid or core.random_id(srv.h, SECRET_LEN, PID_ALPHABET)
   local ctx = {
     request = {
       method = req.method, url = "http://" .. (req.headers.host or "localhost") .. req.path
@@ -602,7 +640,7 @@ function M.connect(srv, room, conn, req)
     },
   }
   if not run_guards(d.guards, conn, ctx, room) then
-    log("info", "room %s: connection %s refused by a room guard", key, conn.id)
+    log_refusal("room guard", "room %s: connection %s refused by a room guard", key, conn.id)
     conn:close(4001, "unauthorized")
     return
   end
@@ -613,7 +651,7 @@ function M.connect(srv, room, conn, req)
   local session = users and get_session(room, priv) or nil
   local sockets = rawget(room, "sockets")
   if d.maxUsers and (sockets[priv] or 0) == 0 and online_sessions(room) >= d.maxUsers then
-    log("info", "room %s: connection %s refused, room full (maxUsers %d)", key, conn.id, d.maxUsers)
+    log_refusal("room full", "room %s: connection %s refused, room full (maxUsers %d)", key, conn.id, d.maxUsers)
     conn:close(4029, "room full")
     return
   end
@@ -891,7 +929,7 @@ function M.transfer_in(srv, room, data)
     users[data.publicId] = u
     apply_user_flags(users[data.publicId], schema)
   end
-  local token = core.random_id(srv.h, 8, PID_ALPHABET)
+  local token = core.random_id(srv.h, SECRET_LEN, PID_ALPHABET) -- a bearer secret: 130 bits
   core.store_apply(h, { { "put", "transfer:" .. token,
     { privateId = data.privateId, publicId = data.publicId, restored = true, created = t } } })
   return 200, { transferToken = token }
