@@ -1050,6 +1050,10 @@ static int net_http_begin(net_loop *L, struct lws *wsi) {
     net_http_static(nr);
     return 0;
   }
+  /* HEAD on a room or operations path is answered as GET without a body:
+   * the engine runs the GET route; the writer sends its status, headers and
+   * Content-Length and no body (nr->head). The reference answers 404. */
+  if (head) nr->method = "GET";
   nr->path = net_path_encode(nr->fs_path);
   nr->query = net_query_collect(wsi);
   nr->hdrs = net_hdrs_collect(wsi, &nr->nhdrs);
