@@ -1419,6 +1419,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
 
   /* Shutdown: the engine closes every socket with 1001; give the close
    * frames and pending answers a bounded time to go out. */
+  lr_log_flush_suppressed(); /* summaries of refusal lines still counted */
   lr_info("shutting down");
   L.stopping = true;
   lr_server_shutdown(s);

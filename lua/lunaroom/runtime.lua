@@ -104,6 +104,7 @@ M.trim = trim
 -- Longest ?id=, ?_pk= and ?transferToken= accepted (bytes, decoded): longer
 -- ones are refused with 4008 before any guard or storage lookup runs.
 M.MAX_ID_BYTES = 256
+local BOUNDED_PARAMS = { "id", "_pk", "transferToken" }
 M.parse_query = parse_query
 
 -- dset semantics for restore: write value at a dotted path (objects only).
@@ -617,7 +618,7 @@ function M.connect(srv, room, conn, req)
   local d = rawget(room, "def")
   local key = rawget(room, "key")
   local q = parse_query(req.query)
-  for _, name in ipairs { "id", "_pk", "transferToken" } do
+  for _, name in ipairs(BOUNDED_PARAMS) do
     if q[name] and #q[name] > M.MAX_ID_BYTES then
       log_refusal("id too long", "room %s: connection %s refused: ?%s= longer than %d bytes", key, conn.id, name,
         M.MAX_ID_BYTES)
