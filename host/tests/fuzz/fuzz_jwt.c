@@ -37,13 +37,13 @@ static void check_accepted(const char *json, lr_node *claims, int64_t now) {
   if (exp->type != LR_INT && exp->type != LR_FLOAT) fail("accepted a non-numeric exp");
   double e = exp->type == LR_INT ? (double)exp->u.i : exp->u.f;
   if (!(e > (double)now)) fail("accepted an expired token");
-  lr_node *again = lr_json_decode(json, strlen(json), NULL, NULL, 0);
+  lr_node *again = lr_json_decode_exact(json, strlen(json), NULL, NULL, 0);
   if (!again || !lr_node_equal(again, claims)) fail("claims text and tree differ");
   lr_node_release(again);
 }
 
 static void mode_sign(const char *text, size_t len, int64_t now) {
-  lr_node *c = lr_json_decode(text, len, NULL, NULL, 0);
+  lr_node *c = lr_json_decode_exact(text, len, NULL, NULL, 0);
   if (!c) return;
   if (c->type != LR_OBJECT) {
     lr_node_release(c);
@@ -65,7 +65,7 @@ static void mode_sign(const char *text, size_t len, int64_t now) {
       check_accepted(json, got, now);
       /* Compared with what the signed text decodes to: a literal that
        * overflowed to Inf was written as null (see fuzz_json.c). */
-      lr_node *sent = lr_json_decode(b.data, b.len, NULL, NULL, 0);
+      lr_node *sent = lr_json_decode_exact(b.data, b.len, NULL, NULL, 0);
       if (!sent || !lr_node_equal(sent, got)) fail("signed and verified claims differ");
       lr_node_release(sent);
       free(json);
