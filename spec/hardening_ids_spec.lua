@@ -190,6 +190,17 @@ end)
 
 ------------------------------------------------------------------ item 3
 
+-- Time bounds are for the plain and ASan builds; under valgrind (make
+-- test-valgrind: memcheck, not timing) everything runs ~50x slower.
+local SLOW = 1
+do
+  local f = io.open("/proc/self/maps")
+  if f then
+    if f:read("a"):find("vgpreload", 1, true) then SLOW = 100 end
+    f:close()
+  end
+end
+
 describe("pre-auth input is handled in linear time (issue 15 item 3)", function()
   it("20 upgrades with an 8 KB ?id=a+++...+b are refused at once (4008, id too long)", function()
     local t = testing.room(lr.room { path = "q", state = {} })
@@ -202,7 +213,7 @@ describe("pre-auth input is handled in linear time (issue 15 item 3)", function(
       assert.are.equal("id too long (max 256 bytes)", reason)
     end
     -- before: the trim pattern ^%s*(.-)%s*$ took ~0.3 s per upgrade (6 s here)
-    assert.is_true(os.clock() - t0 < 0.5, "took " .. (os.clock() - t0) .. " s")
+    assert.is_true(os.clock() - t0 < 0.5 * SLOW, "took " .. (os.clock() - t0) .. " s")
     t:close()
   end)
 
@@ -228,14 +239,14 @@ describe("pre-auth input is handled in linear time (issue 15 item 3)", function(
     local t0 = os.clock()
     local s = "a" .. (" "):rep(200000) .. "b" -- the old pattern: 1.5 s for 20,000 spaces
     assert.are.equal(s, runtime.trim(s))
-    assert.is_true(os.clock() - t0 < 0.2, "trim took " .. (os.clock() - t0) .. " s")
+    assert.is_true(os.clock() - t0 < 0.2 * SLOW, "trim took " .. (os.clock() - t0) .. " s")
     -- "a&a&...&a=1": before, every piece looked for '=' up to the end (1.6 s here)
     t0 = os.clock()
     local q = ("a&"):rep(400000) .. "b=1"
     local parsed = runtime.parse_query(q)
     assert.are.equal("1", parsed.b)
     assert.are.equal("", parsed.a)
-    assert.is_true(os.clock() - t0 < 0.6, "parse_query took " .. (os.clock() - t0) .. " s")
+    assert.is_true(os.clock() - t0 < 0.6 * SLOW, "parse_query took " .. (os.clock() - t0) .. " s")
   end)
 end)
 
@@ -281,7 +292,7 @@ end)
 
 describe("refusal logs are rate-limited (issue 15 item 12)", function()
   it("100 requests to a room that does not exist write at most 10 lines, then one summary", function()
-    core.log_limit(10, 300)
+    core.log_limit(10, 1000)
     local t = testing.room(lr.room { path = "q", state = {} })
     testing.logs()
     for i = 1, 100 do assert.are.equal(404, t:http("GET", "/", { party = "main", room = "nope-" .. i }).status) end
@@ -292,7 +303,7 @@ describe("refusal logs are rate-limited (issue 15 item 12)", function()
     end
     local lines = testing.logs()
     assert.are.equal(10, count(lines, "no room definition matches"))
-    os.execute("sleep 0.4")
+    os.execute("sleep 1.1")
     t:http("GET", "/", { room = "nope-last" })
     lines = testing.logs()
     assert.are.equal(1, count(lines, "suppressed 90 similar lines (no such room)"))
