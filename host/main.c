@@ -52,6 +52,10 @@ static const char *usage =
     "  --max-rooms N         live rooms per process (default 100000)\n"
     "  --lua-memory BYTES    Lua heap limit; handlers past it fail cleanly (default 1 GiB)\n"
     "  --no-watch            do not hot-reload room files when they change\n"
+    "  --dev                 start even if a room file does not load (log it, serve the "
+    "others)\n"
+    "  --jwt-require-exp     refuse JWTs without an exp claim (default: accepted, as the "
+    "reference)\n"
     "  --log-format FMT      text (default) or json\n"
     "  --config FILE         a Lua file returning a table of these options (port = 2000,\n"
     "                        storage = \"memory\", rooms = \"rooms\", ...); flags win\n"
@@ -182,6 +186,8 @@ static int cmd_check(const char *dir, const char *lua_dir) {
   }
   lua_pop(L, 1);
   int files = lua_gettop(L);
+  lua_newtable(L); /* "party path" -> the file that serves it */
+  int owners = lua_gettop(L);
   int status = 0, rooms = 0;
   lua_Integer nfiles = (lua_Integer)lua_rawlen(L, files);
   for (lua_Integer i = 1; i <= nfiles && status == 0; i++) {
@@ -204,9 +210,22 @@ static int cmd_check(const char *dir, const char *lua_dir) {
       }
     } else {
       lua_getfield(L, -2, "path");
-      printf("%s: ok (path %s, version %s)\n", path, lua_tostring(L, -1), lua_tostring(L, -2));
-      lua_pop(L, 1);
-      rooms++;
+      lua_getfield(L, -3, "party");
+      lua_pushfstring(L, "%s %s", lua_tostring(L, -1), lua_tostring(L, -2));
+      lua_pushvalue(L, -1);
+      lua_rawget(L, owners);
+      if (lua_isstring(L, -1)) {
+        fprintf(stderr, "%s: path '%s' (party %s) is already served by %s\n", path,
+                lua_tostring(L, -4), lua_tostring(L, -3), lua_tostring(L, -1));
+        status = 1;
+      } else {
+        lua_pushvalue(L, -2);
+        lua_pushstring(L, path);
+        lua_rawset(L, owners);
+        printf("%s: ok (path %s, version %s)\n", path, lua_tostring(L, -4), lua_tostring(L, -5));
+        rooms++;
+      }
+      lua_pop(L, 4);
     }
     lua_pop(L, 3);
   }
@@ -324,7 +343,7 @@ static int add_world(lua_State *L, int rt, int srv, const char *lua_dir) {
 static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite", *snapshot = NULL;
   char storage_buf[4096];
-  int watch = 1, world = 0, dir_given = 0;
+  int watch = 1, world = 0, dir_given = 0, dev = 0;
   const char *shard_main = NULL, *world_url = NULL, *world_id = NULL;
   const char *cleanup_ms = getenv("WORLD_CLEANUP_INTERVAL_MS");
   const char *timeout_ms = getenv("WORLD_SHARD_TIMEOUT_MS");
@@ -362,6 +381,10 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       lr_log_set_json(strcmp(argv[++i], "json") == 0);
     else if (strcmp(a, "--no-watch") == 0)
       watch = 0;
+    else if (strcmp(a, "--dev") == 0)
+      dev = 1;
+    else if (strcmp(a, "--jwt-require-exp") == 0)
+      setenv("AUTH_JWT_REQUIRE_EXP", "1", 1); /* read by lr.jwt.verify (lua_jwt.c) */
     else if (strcmp(a, "--world") == 0)
       world = 1;
     else if (strcmp(a, "--world-cleanup-interval") == 0 && v)
@@ -457,6 +480,15 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     if (lr_vm_pcall(L, 2, 2, &ci) != 0) return 1;
     if (lua_isnil(L, -2)) {
       lr_error("cannot load rooms from %s: %s", dir, lua_tostring(L, -1));
+      return 1;
+    }
+    /* A room file that does not load (or serves a path another file
+     * serves) stops a production start; --dev serves the others. */
+    lua_Integer nerr = lua_istable(L, -1) ? (lua_Integer)lua_rawlen(L, -1) : 0;
+    if (nerr > 0 && !dev) {
+      lr_error("not starting: %lld room file(s) in %s did not load (see above; --dev serves the "
+               "others)",
+               (long long)nerr, dir);
       return 1;
     }
     lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,

@@ -88,11 +88,23 @@ local KNOWN = {
   onUserStorageRestore = "function", interceptorPacket = "function", onReload = "function",
 }
 
+-- State fields are read and written as room.<field>, in the same table as
+-- the room's methods, its public properties and the fields the runtime keeps
+-- on every instance, so those names cannot be state fields. Exactly these
+-- (README "Reserved names"); names starting with "_" are the runtime's too.
 local RESERVED = {
-  send = true, broadcast = true, applySync = true, autoSync = true, sessionTransfer = true,
-  parties = true, id = true, params = true, name = true, timer = true, cancel = true,
-  dispose = true, connections = true, storage = true, h = true, now = true, log = true,
+  -- methods
+  send = true, broadcast = true, applySync = true, sessionTransfer = true, timer = true,
+  cancel = true, dispose = true, connections = true, now = true, log = true,
+  -- public properties
+  autoSync = true, parties = true, id = true, params = true, storage = true, env = true,
+  -- what the runtime keeps on each instance (lunaroom.runtime, create_room)
+  def = true, srv = true, h = true, root = true, key = true, file = true, version = true,
+  sockets = true, expiry = true,
 }
+lr.RESERVED = RESERVED
+
+local function reserved(k) return RESERVED[k] or k:sub(1, 1) == "_" end
 
 local function typeok(x, spec)
   for t in spec:gmatch("[^|]+") do
@@ -174,7 +186,10 @@ function lr.room(def)
   d.fields, d.users_field, d.field_order = {}, nil, {}
   for k, f in pairs(def.state or {}) do
     if type(k) ~= "string" then error("state field names must be strings", 2) end
-    if RESERVED[k] then error("state field '" .. k .. "' collides with a room method", 2) end
+    if reserved(k) then
+      error("state field '" .. k .. "' is a reserved name (room." .. k
+        .. " is taken by the room itself; see \"Reserved names\" in the README)", 2)
+    end
     if getmetatable(f) ~= FIELD then f = lr.sync(f) end
     if f.kind == "users" then
       if d.users_field then error("a room has at most one lr.users() collection", 2) end

@@ -148,6 +148,16 @@ end
 -- use and its route runs to completion before fetch returns.
 local Stub = {}
 Stub.__index = Stub
+-- What fetch returns: {status, ok, headers (lower-case names), body} plus
+-- res.json() / res.text() (also res:json()). The methods live in the
+-- metatable, so the result is plain data: a route may return it as is (it is
+-- answered with the same status, content type and body).
+local FETCHED = {}
+FETCHED.__index = function(res, k)
+  if k == "json" then return function() return core.decode(rawget(res, "body") or "") end end
+  if k == "text" then return function() return rawget(res, "body") or "" end end
+end
+M.FETCHED = FETCHED
 function Stub:fetch(path, init)
   init = init or {}
   local body = init.body
@@ -162,9 +172,7 @@ function Stub:fetch(path, init)
   local res = core.http(self.srv.h, init.method or "GET",
     "/parties/" .. self.ns .. "/" .. self.id .. (p == "/" and "" or p), q, headers, body)
   res.ok = res.status >= 200 and res.status < 300
-  function res.json() return core.decode(res.body) end
-  function res.text() return res.body end
-  return res
+  return setmetatable(res, FETCHED)
 end
 
 local function parties_of(room)
@@ -258,14 +266,25 @@ function M.add_definition(srv, def, file, version)
   srv.defs[#srv.defs + 1] = { def = def, file = file, version = version }
 end
 
---- Load every *.lua file of dir that returns a room. Returns count, errors.
+--- Load every *.lua file of dir that returns a room. Returns count, errors:
+--- a file that does not load, and a file whose path (in its party) another
+--- file already serves, is an error (`serve` refuses to start on any, unless
+--- --dev; the duplicate is then not served).
 function M.load_dir(srv, dir)
   local files, err = sandbox.list_rooms(dir)
   if not files then return nil, err end
   local errors = {}
+  local owner = {} -- "party path" -> file
+  for _, e in ipairs(srv.defs) do owner[e.def.party .. " " .. e.def.path] = e.file or "(built in)" end
   for _, f in ipairs(files) do
     local def, version_or_err = sandbox.load_room_file(f, dir)
-    if def then
+    local other = def and owner[def.party .. " " .. def.path]
+    if other then
+      errors[#errors + 1] = string.format("%s: path '%s' (party %s) is already served by %s",
+        f, def.path, def.party, other)
+      log("error", "%s", errors[#errors])
+    elseif def then
+      owner[def.party .. " " .. def.path] = f
       M.add_definition(srv, def, f, version_or_err)
       log("info", "loaded %s (path %s, version %s)", f, def.path, version_or_err)
     elseif version_or_err ~= sandbox.NOT_A_ROOM then
@@ -415,7 +434,7 @@ function M.create_room(srv, ns, id, rebind, entry)
   if not e then return nil end
   local d = e.def
   local room = setmetatable({
-    def = d, srv = srv, id = id, name = ns, params = params, key = ns .. "/" .. id,
+    def = d, srv = srv, id = id, _party = ns, params = params, key = ns .. "/" .. id,
     file = e.file, version = e.version, _autoSync = d.autoSync,
     sockets = {},   -- privateId -> number of open sockets
     -- expiry: privateId -> timer id, made by the first arm_expiry
@@ -785,6 +804,10 @@ end
 
 local function to_response(res, result)
   if getmetatable(result) == RESPONSE then return result end
+  if getmetatable(result) == FETCHED then -- a room-to-room fetch, passed on
+    local ctype = result.headers and result.headers["content-type"] or "application/json"
+    return response(result.status, result.body or "", ctype, res._headers)
+  end
   if type(result) == "string" then return response(200, result, "text/plain", res._headers) end
   if result == nil then return json_response(200, {}, res._headers) end
   if result == null then return response(200, "null", "application/json", res._headers) end
@@ -811,6 +834,9 @@ function M.request(srv, room, req, path)
   local route, params = match_route(d.routes, req.method, path)
   if not route then return json_response(404, { error = "Not found" }) end
   local ctype = req.headers["content-type"] or ""
+  -- req.data is the validated body, or nil (the reference's null): a route
+  -- without a schema, or a request that is not a JSON POST/PUT/PATCH, gets
+  -- nil. The raw body stays in req.body, decoded by req:json().
   local r = {
     method = req.method, path = path, query = parse_query(req.query), headers = req.headers,
     params = params, body = req.body, ip = req.ip, data = nil,
@@ -818,27 +844,26 @@ function M.request(srv, room, req, path)
   }
   function r.json() return core.decode(r.body or "") end
   function r.text() return r.body or "" end
-  local m = req.method
-  if (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
-    local data, err = core.decode(req.body or "")
-    if data == nil and err and route.schema then
-      return json_response(400, { error = "Failed to parse request body" })
-    end
-    if route.schema then
-      local ok, res = route.schema:parse(data ~= null and data or nil)
-      if not ok then
-        return json_response(400, { error = "Invalid request body", details = { issues = res.issues, name = "ZodError" } })
-      end
-      data = res
-    end
-    r.data = data
-  end
+  -- Guards first (Part 2 section 5.4): a client without rights gets 403
+  -- before anything tells it what the body should look like.
   local res = new_res()
   for _, g in ipairs(route.guards) do
     local ok, verdict = core.pcall(g, key, "guard " .. route.key, nil, r, room)
     if not ok then return json_response(500, { error = "Internal Server Error" }) end
     if getmetatable(verdict) == RESPONSE then return verdict end
     if not verdict then return json_response(403, { error = "Not permitted" }) end
+  end
+  local m = req.method
+  if route.schema and (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
+    local data, err = core.decode(req.body or "")
+    if data == nil and err then
+      return json_response(400, { error = "Failed to parse request body" })
+    end
+    local ok, vres = route.schema:parse(data ~= null and data or nil)
+    if not ok then
+      return json_response(400, { error = "Invalid request body", details = { issues = vres.issues, name = "ZodError" } })
+    end
+    if vres ~= null then r.data = vres end
   end
   local ok, result = core.pcall(route.run, key, "request " .. route.key, room, r, res)
   if not ok then return json_response(500, { error = "Internal Server Error" }) end
@@ -933,9 +958,9 @@ function M.session_transfer(srv, room, conn, target_id, opts, done)
     return remote_transfer(srv, room, target_id, { privateId = conn.state.privateId, publicId = pid,
       userSnapshot = core.copy(users[pid], NOPERSIST) }, opts, done)
   end
-  local target = srv.rooms[rawget(room, "name") .. "/" .. target_id]
+  local target = srv.rooms[rawget(room, "_party") .. "/" .. target_id]
   if not target then
-    target = M.create_room(srv, rawget(room, "name"), target_id)
+    target = M.create_room(srv, rawget(room, "_party"), target_id)
     if not target then return nil, "Room not available" end
   end
   local snap = core.copy(users[pid], NOPERSIST)
@@ -960,7 +985,7 @@ function M.room_info(srv)
   for key, room in pairs(srv.rooms) do
     local ok, conns = pcall(core.room_conns, rawget(room, "h"))
     out[#out + 1] = {
-      key = key, party = rawget(room, "name"), id = rawget(room, "id"),
+      key = key, party = rawget(room, "_party"), id = rawget(room, "id"),
       path = rawget(room, "def").path, file = rawget(room, "file"),
       version = rawget(room, "version"), connections = ok and #conns or 0,
     }

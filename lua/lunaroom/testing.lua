@@ -30,6 +30,12 @@ local Client = {}
 
 local function drain(c)
   if not c._hl then return end
+  -- Writes made outside a handler (t.room.x = 1, lr.load in the spec body)
+  -- are flushed as the server's next loop turn would: reading what a client
+  -- received runs that turn (no virtual time passes; throttles still wait).
+  -- Not inside t:pass, whose turn ends when fn returns.
+  local t = c._t
+  if t and t.srv and not t._passing then core.tick(t.srv.h) end
   local raws, code, reason = core.hl_drain(c._hl)
   for _, r in ipairs(raws) do
     c._raw[#c._raw + 1] = r
@@ -112,7 +118,7 @@ function T:client(opts)
   if opts.id then q.id = opts.id end
   local path = "/parties/" .. (opts.party or self.party) .. "/" .. (opts.room or self.id)
   local hl, status = core.hl_connect(self.srv.h, path, query_string(q), opts.headers or {})
-  local c = setmetatable({ _hl = hl, _packets = {}, _raw = {}, status = status }, Client)
+  local c = setmetatable({ _hl = hl, _t = self, _packets = {}, _raw = {}, status = status }, Client)
   if hl and opts.discard then core.hl_discard(hl, true) end -- benchmarks: keep nothing
   if not hl then c._closed = { code = status, reason = "refused" } end
   return c
@@ -123,7 +129,9 @@ end
 --- patch) when the pass ends, as the server batches them.
 function T:pass(fn)
   core.batch_joins(self.srv.h, true)
+  self._passing = true
   local ok, err = pcall(fn)
+  self._passing = nil
   core.batch_joins(self.srv.h, false)
   core.tick(self.srv.h)
   if not ok then error(err, 0) end
