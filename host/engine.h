@@ -164,6 +164,8 @@ struct lr_server {
   char parties_prefix[32]; /* "/parties" */
   long max_rooms;          /* refuse to create rooms past this (default 100000) */
   void *shard;             /* shard mode state (shard.c), NULL unless `serve --shard` */
+  char *wanted_headers[LR_WANTED_HEADERS]; /* lr_server_want_header (room.c) */
+  uint32_t nwanted_headers;
 };
 
 /* ---- room.c ---- */

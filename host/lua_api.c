@@ -648,6 +648,23 @@ static int l_server_close(lua_State *L) {
   return 0;
 }
 
+/* core.want_header(srv, name) -> true | nil, err: the transport copies this
+ * request header too (server.h, lr_server_want_header). */
+static int l_want_header(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  if (lr_server_want_header(s, name) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L,
+                    "header name '%s' refused: 1 to %d characters of a-z 0-9 -, at most %d names "
+                    "per process",
+                    name, LR_HEADER_NAME_MAX, LR_WANTED_HEADERS);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_server_bind(lua_State *L) {
   lr_server *s = check_server(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -1590,6 +1607,7 @@ static const luaL_Reg core_fns[] = {
     {"http_take", l_http_take},
     {"server_close", l_server_close},
     {"server_bind", l_server_bind},
+    {"want_header", l_want_header},
     {"now", l_now},
     {"random_id", l_random_id},
     {"timer", l_timer},

@@ -52,6 +52,8 @@ static const char *usage =
     "  --max-rooms N         live rooms per process (default 100000)\n"
     "  --lua-memory BYTES    Lua heap limit; handlers past it fail cleanly (default 1 GiB)\n"
     "  --no-watch            do not hot-reload room files when they change\n"
+    "  --headers A,B         also pass these request headers to rooms (rooms declare theirs\n"
+    "                        with headers = {...}; for a --shard process without room files)\n"
     "  --dev                 start even if a room file does not load (log it, serve the "
     "others)\n"
     "  --jwt-require-exp     refuse JWTs without an exp claim (default: accepted, as the "
@@ -344,6 +346,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite", *snapshot = NULL;
   char storage_buf[4096];
   int watch = 1, world = 0, dir_given = 0, dev = 0;
+  const char *headers = NULL; /* --headers a,b: request headers to copy (server.h) */
   const char *shard_main = NULL, *world_url = NULL, *world_id = NULL;
   const char *cleanup_ms = getenv("WORLD_CLEANUP_INTERVAL_MS");
   const char *timeout_ms = getenv("WORLD_SHARD_TIMEOUT_MS");
@@ -383,6 +386,8 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       watch = 0;
     else if (strcmp(a, "--dev") == 0)
       dev = 1;
+    else if (strcmp(a, "--headers") == 0 && v)
+      headers = argv[++i];
     else if (strcmp(a, "--jwt-require-exp") == 0)
       setenv("AUTH_JWT_REQUIRE_EXP", "1", 1); /* read by lr.jwt.verify (lua_jwt.c) */
     else if (strcmp(a, "--world") == 0)
@@ -442,6 +447,19 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   }
   lr_server *s = lr_server_new(L, st, true, false, 0);
   if (max_rooms) s->max_rooms = max_rooms;
+  for (const char *p = headers; p && *p;) {
+    size_t n = strcspn(p, ", ");
+    char name[LR_HEADER_NAME_MAX + 1];
+    snprintf(name, sizeof name, "%.*s", (int)n, p);
+    if (n > 0 && (n > LR_HEADER_NAME_MAX || lr_server_want_header(s, name) != 0)) {
+      fprintf(stderr,
+              "lunaroom serve: --headers: '%.*s' is not a header name (a-z 0-9 -, at most %d)\n",
+              (int)n, p, LR_HEADER_NAME_MAX);
+      return 2;
+    }
+    p += n;
+    p += strspn(p, ", ");
+  }
   lr_fetch_lua_register(L, s); /* remote session transfers (runtime.lua) */
   if (require_mod(L, "lunaroom.runtime") != 0) return 1;
   int rt = lua_gettop(L);

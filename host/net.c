@@ -73,7 +73,8 @@
  * lws 4.1 limits worth knowing: request headers are capped at NET_HEADER_DATA
  * bytes (a bigger header block drops the connection); custom (non-standard)
  * request headers cannot be enumerated, so only those in net_custom_headers
- * reach the engine; chunked request bodies are not decoded (411).
+ * and the names registered with lr_server_want_header reach the engine; chunked request bodies are
+ * not decoded (411).
  */
 #include "net.h"
 
@@ -291,7 +292,9 @@ static char *net_hdr_dup(struct lws *wsi, enum lws_token_indexes t) {
 }
 
 /* Custom (non-lextable) headers we look up by name: lws 4.1 has no way to
- * enumerate them. Keep lower-case; lws stores custom names lower-cased. */
+ * enumerate them (lws_hdr_custom_name_foreach came later). These, plus the
+ * names the server registered (lr_server_want_header: room files' `headers`,
+ * serve --headers). Keep lower-case; lws stores custom names lower-cased. */
 static const char *const net_custom_headers[] = {
     "x-access-shard",
     "x-shard-id",
@@ -314,10 +317,34 @@ static const char *const net_custom_headers[] = {
     "priority",
 };
 
+/* Append the custom header `name` (lower-case) to h[*n] if the request has
+ * it and there is room. */
+static void net_hdr_custom(struct lws *wsi, const char *name, lr_header *h, size_t *n) {
+  if (*n >= NET_MAX_HEADERS) return;
+  char key[LR_HEADER_NAME_MAX + 2];
+  int kl = snprintf(key, sizeof key, "%s:", name);
+  if (kl <= 1 || (size_t)kl >= sizeof key) return;
+  for (size_t i = 0; i < *n; i++) /* a registered name that is in the built-in list */
+    if (strcmp(h[i].name, name) == 0) return;
+  int vl = lws_hdr_custom_length(wsi, key, kl);
+  if (vl < 0) return;
+  size_t nl = (size_t)kl; /* name + NUL */
+  char *s = lr_xmalloc(nl + (size_t)vl + 1);
+  memcpy(s, name, nl - 1);
+  s[nl - 1] = '\0';
+  if (lws_hdr_custom_copy(wsi, s + nl, vl + 1, key, kl) < 0) {
+    free(s);
+    return;
+  }
+  h[*n].name = s;
+  h[*n].value = s + nl;
+  (*n)++;
+}
+
 /* Collect every request header lws kept, lower-cased, into a new array of
  * lr_header whose strings live in one allocation per header. The caller
  * frees with net_hdrs_free. */
-static lr_header *net_hdrs_collect(struct lws *wsi, size_t *nout) {
+static lr_header *net_hdrs_collect(net_loop *L, struct lws *wsi, size_t *nout) {
   lr_header *h = lr_xcalloc(NET_MAX_HEADERS, sizeof *h);
   size_t n = 0;
   for (int t = 0; t < (int)WSI_TOKEN_COUNT && n < NET_MAX_HEADERS; t++) {
@@ -343,24 +370,12 @@ static lr_header *net_hdrs_collect(struct lws *wsi, size_t *nout) {
     h[n].value = s + nl;
     n++;
   }
-  for (size_t i = 0; i < sizeof net_custom_headers / sizeof *net_custom_headers; i++) {
-    if (n >= NET_MAX_HEADERS) break;
-    char key[64];
-    int kl = snprintf(key, sizeof key, "%s:", net_custom_headers[i]);
-    int vl = lws_hdr_custom_length(wsi, key, kl);
-    if (vl < 0) continue;
-    size_t nl = (size_t)kl; /* name + NUL */
-    char *s = lr_xmalloc(nl + (size_t)vl + 1);
-    memcpy(s, net_custom_headers[i], nl - 1);
-    s[nl - 1] = '\0';
-    if (lws_hdr_custom_copy(wsi, s + nl, vl + 1, key, kl) < 0) {
-      free(s);
-      continue;
-    }
-    h[n].name = s;
-    h[n].value = s + nl;
-    n++;
-  }
+  for (size_t i = 0; i < sizeof net_custom_headers / sizeof *net_custom_headers; i++)
+    net_hdr_custom(wsi, net_custom_headers[i], h, &n);
+  size_t nw;
+  const char *const *wanted = lr_server_wanted_headers(L->srv, &nw);
+  for (size_t i = 0; i < nw; i++)
+    net_hdr_custom(wsi, wanted[i], h, &n);
   *nout = n;
   return h;
 }
@@ -586,6 +601,51 @@ static void net_conn_finish(net_conn *nc) {
   free(nc);
 }
 
+/* A new WebSocket connection object for wsi, counted against the limits
+ * (nws and its peer's slot) and attached to wsi. */
+static net_conn *net_ws_conn_new(net_loop *L, struct lws *wsi, const char *peer) {
+  net_conn *nc = lr_xcalloc(1, sizeof *nc);
+  nc->kind = NET_KIND_WS;
+  nc->loop = L;
+  nc->wsi = wsi;
+  struct ipcount *e = net_ip_slot(L, peer, true);
+  if (e) {
+    snprintf(e->ip, sizeof e->ip, "%s", peer);
+    e->n++;
+  }
+  nc->ip = e;
+  nc->counted = true;
+  L->nws++;
+  lr_buf_init(&nc->rx);
+  L->nconns++;
+  lws_set_opaque_user_data(wsi, nc);
+  return nc;
+}
+
+/* A WebSocket the engine has no room for (HTTP status st: 404 no such room,
+ * 503 full / stopping / cannot wake, 500 creation failed): the upgrade goes
+ * on and the socket is closed at once with a WebSocket code, so browser code
+ * can tell "wrong room" (4004) from "try again" (1013) and from a server that
+ * is down. nc carries no engine connection; what the client sends is
+ * dropped; it counts against the connection limits until it is gone. */
+static void net_ws_refusal_close(net_conn *nc, int st) {
+  nc->closing = true;
+  if (st == 404)
+    net_conn_set_close(nc, 4004, "no such room");
+  else if (st == 503)
+    net_conn_set_close(nc, 1013, "try again later");
+  else
+    net_conn_set_close(nc, 1011, "room could not be created");
+}
+
+/* The same for a refusal decided here (a path outside /parties/, or the
+ * server is stopping), after the connection limits: a probe takes a slot
+ * like any socket. Returns the HTTP_CONFIRM_UPGRADE result (0: go on). */
+static int net_ws_refuse(net_loop *L, struct lws *wsi, const char *peer, int st) {
+  net_ws_refusal_close(net_ws_conn_new(L, wsi, peer), st);
+  return 0;
+}
+
 /* HTTP_CONFIRM_UPGRADE: the headers are parsed and we can still answer with
  * an HTTP status. Returns the lws callback result: 0 to go on with the
  * upgrade, 1 after answering, -1 to hang up. */
@@ -608,12 +668,6 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
     free(dpath);
     return -1;
   }
-  if (strncmp(dpath, "/parties/", 9) || L->stopping) {
-    free(dpath);
-    lws_return_http_status(
-        wsi, L->stopping ? HTTP_STATUS_SERVICE_UNAVAILABLE : HTTP_STATUS_NOT_FOUND, NULL);
-    return 1;
-  }
   char peer[64];
   net_peer(wsi, peer, sizeof peer);
   /* Connection limits, before the room sees anything. */
@@ -634,34 +688,26 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
       return 1;
     }
   }
+  /* Past the limits, a socket is accepted even when there is no room for it
+   * (net_ws_refuse): the page sees a close code, not a failed handshake. */
+  if (strncmp(dpath, "/parties/", 9) || L->stopping) {
+    free(dpath);
+    return net_ws_refuse(L, wsi, peer, L->stopping ? 503 : 404);
+  }
   lr_request req = {0};
   req.method = "GET";
   char *path = net_path_encode(dpath);
   free(dpath);
   char *query = net_query_collect(wsi);
   size_t nh = 0;
-  lr_header *h = net_hdrs_collect(wsi, &nh);
+  lr_header *h = net_hdrs_collect(L, wsi, &nh);
   req.path = path;
   req.query = query;
   req.headers = h;
   req.nheaders = nh;
   req.remote_addr = peer;
 
-  net_conn *nc = lr_xcalloc(1, sizeof *nc);
-  nc->kind = NET_KIND_WS;
-  nc->loop = L;
-  nc->wsi = wsi;
-  struct ipcount *e = net_ip_slot(L, peer, true);
-  if (e) {
-    snprintf(e->ip, sizeof e->ip, "%s", peer);
-    e->n++;
-  }
-  nc->ip = e;
-  nc->counted = true;
-  L->nws++;
-  lr_buf_init(&nc->rx);
-  L->nconns++;
-  lws_set_opaque_user_data(wsi, nc);
+  net_conn *nc = net_ws_conn_new(L, wsi, peer);
   lr_conn *conn = NULL;
   int st = lr_server_ws_open(L->srv, &req, &net_vt, nc, &conn);
   net_hdrs_free(h, nh);
@@ -669,6 +715,11 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   if (st != 0 || !conn) {
     lr_debug("ws upgrade %s refused with %d", path, st ? st : 404);
     free(path);
+    if (!conn && (st == 0 || st == 404 || st == 503 || st == 500)) {
+      /* No such room, or none now: accept, then close with a code. */
+      net_ws_refusal_close(nc, st ? st : 404);
+      return 0;
+    }
     nc->conn = conn; /* NULL as the contract says; if not, finish closes it */
     nc->wsi = NULL;
     lws_set_opaque_user_data(wsi, NULL);
@@ -1051,7 +1102,7 @@ static int net_http_begin(net_loop *L, struct lws *wsi) {
   }
   nr->path = net_path_encode(nr->fs_path);
   nr->query = net_query_collect(wsi);
-  nr->hdrs = net_hdrs_collect(wsi, &nr->nhdrs);
+  nr->hdrs = net_hdrs_collect(nr->loop, wsi, &nr->nhdrs);
   net_peer(wsi, nr->peer, sizeof nr->peer);
 
   if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {

@@ -134,7 +134,32 @@ void lr_server_free(lr_server *s) {
   free(s->rooms);
   if (s->ref != LUA_NOREF) luaL_unref(s->L, LUA_REGISTRYINDEX, s->ref);
   if (s->own_store) lr_store_close(s->store);
+  for (uint32_t i = 0; i < s->nwanted_headers; i++)
+    free(s->wanted_headers[i]);
   free(s);
+}
+
+int lr_server_want_header(lr_server *s, const char *name) {
+  size_t n = name ? strlen(name) : 0;
+  if (n == 0 || n > LR_HEADER_NAME_MAX) return -1;
+  char low[LR_HEADER_NAME_MAX + 1];
+  for (size_t i = 0; i < n; i++) {
+    char c = name[i];
+    if (c >= 'A' && c <= 'Z') c = (char)(c + 32);
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return -1;
+    low[i] = c;
+  }
+  low[n] = '\0';
+  for (uint32_t i = 0; i < s->nwanted_headers; i++)
+    if (strcmp(s->wanted_headers[i], low) == 0) return 0;
+  if (s->nwanted_headers >= LR_WANTED_HEADERS) return -1;
+  s->wanted_headers[s->nwanted_headers++] = lr_xstrndup(low, n);
+  return 0;
+}
+
+const char *const *lr_server_wanted_headers(const lr_server *s, size_t *n) {
+  *n = s->nwanted_headers;
+  return (const char *const *)s->wanted_headers;
 }
 
 /* ----------------------------------------------------------------- timers */

@@ -88,6 +88,22 @@ typedef struct lr_response {
 typedef void (*lr_response_cb)(void *ud, const lr_response *r);
 void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud);
 
+/* ---- request headers beyond the standard ones ----
+ *
+ * libwebsockets 4.1 parses the standard headers into a table the transport
+ * lists, but keeps any other ("x-room-token") only for a lookup by name. So
+ * the transport copies the standard headers plus the names registered here:
+ * those room definitions declare (lr.room{headers = {...}}), `serve
+ * --headers`, and its own list. Names are lower-case [a-z0-9-], 1 to
+ * LR_HEADER_NAME_MAX bytes; at most LR_WANTED_HEADERS of them. */
+#define LR_WANTED_HEADERS 64
+#define LR_HEADER_NAME_MAX 64
+/* Register one name (lower-cased; a duplicate is a no-op). Returns 0, or -1
+ * for a bad name or when the list is full. */
+int lr_server_want_header(lr_server *s, const char *name);
+/* The registered names (valid until the next lr_server_want_header). */
+const char *const *lr_server_wanted_headers(const lr_server *s, size_t *n);
+
 /* ---- clock and timers (driven by the loop) ---- */
 
 /* Milliseconds until the next engine timer is due (0 = now), or -1 if none. */

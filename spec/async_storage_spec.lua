@@ -186,8 +186,8 @@ describe("a Lua backend that waits for I/O", function()
     fh:close()
     local t = testing.room(def, { storage = "lua:" .. f, id = "a", create = false })
     testing.logs()
-    local c = t:client { id = "s1" } -- the load failed at once: refused before the upgrade
-    assert.are.equal(503, c.closed.code)
+    local c = t:client { id = "s1" } -- the load failed at once: closed with "try again later"
+    assert.are.same({ code = 1013, reason = "try again later" }, c.closed)
     assert.matches("yielded outside lunaroom.io", table.concat(testing.logs(), "\n"))
     t:close()
     os.remove(f)

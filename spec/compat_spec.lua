@@ -205,3 +205,13 @@ describe("the API a porter needs", function()
     t:close()
   end)
 end)
+
+describe("a WebSocket to a room that does not exist", function()
+  it("is closed with 4004 'no such room' and creates no room", function()
+    local t = testing.room(lr.room { path = "only" })
+    local c = t:client { room = "nope" }
+    assert.are.same({ code = 4004, reason = "no such room" }, c.closed)
+    assert.is_nil(t.srv.rooms["main/nope"])
+    t:close()
+  end)
+end)

@@ -81,7 +81,7 @@ local KNOWN = {
   path = "string", party = "string", maxUsers = "number", throttleSync = "number",
   throttleStorage = "number", sessionExpiryTime = "number", transferExpiryTime = "number",
   autoSync = "boolean", hibernate = "boolean", hibernateAfter = "number", budget = "number",
-  rateLimit = "table", limits = "table",
+  rateLimit = "table", limits = "table", headers = "table",
   guards = "table", state = "table", actions = "table", requests = "table",
   unhandled = "function|table", onCreate = "function", onJoin = "function",
   onLeave = "function", onSessionRestore = "function", onStorageRestore = "function",
@@ -235,6 +235,15 @@ function lr.room(def)
     if (k ~= "frame" and k ~= "depth" and k ~= "elements") or math.type(val) ~= "integer" or val < 1 then
       error("limits = { frame = bytes, depth = n, elements = n } (positive integers)", 2)
     end
+  end
+  -- Request headers the room reads beyond the standard ones (x-room-token):
+  -- libwebsockets cannot list the others, so the host copies these by name.
+  d.headers = {}
+  for i, name in ipairs(def.headers or {}) do
+    if type(name) ~= "string" or #name > 64 or not name:match("^[%w%-]+$") then
+      error("headers = { \"x-name\", ... }: entry " .. i .. " must be a header name (a-z 0-9 -, at most 64)", 2)
+    end
+    d.headers[i] = name:lower()
   end
   d.hibernate = def.hibernate == true
   d.hibernateAfter = def.hibernateAfter or 30000

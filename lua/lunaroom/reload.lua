@@ -444,6 +444,7 @@ function M.commit(srv, job)
   -- From here on nothing can fail.
   if e then
     srv.defs[idx] = { def = nd, file = e.file or job.file, version = job.version }
+    runtime.want_headers(srv, nd)
   else
     runtime.add_definition(srv, nd, job.file, job.version)
   end

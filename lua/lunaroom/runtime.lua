@@ -254,9 +254,18 @@ function M.new_server(h, opts)
   return srv
 end
 
+--- The host copies the request headers def declares (lr.room{headers}).
+function M.want_headers(srv, def)
+  for _, name in ipairs(def.headers or {}) do
+    local ok, err = core.want_header(srv.h, name)
+    if not ok then log("warn", "room %s: %s", def.path, err) end
+  end
+end
+
 --- Add (or replace, by file) a room definition. Order of addition is the
 --- resolution order, like the reference's rooms array.
 function M.add_definition(srv, def, file, version)
+  M.want_headers(srv, def)
   for i, e in ipairs(srv.defs) do
     if file and e.file == file then
       srv.defs[i] = { def = def, file = file, version = version }

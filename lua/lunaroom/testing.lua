@@ -109,6 +109,12 @@ local function query_string(q)
   return table.concat(parts, "&")
 end
 
+-- An upgrade the engine refuses (HTTP status) -> the close `serve` sends.
+local REFUSED = {
+  [404] = { 4004, "no such room" }, [503] = { 1013, "try again later" },
+  [500] = { 1011, "room could not be created" },
+}
+
 --- A fake WebSocket client. opts: id (session id), query, headers, party,
 --- room, discard (drop what it receives: for benchmarks).
 function T:client(opts)
@@ -120,7 +126,10 @@ function T:client(opts)
   local hl, status = core.hl_connect(self.srv.h, path, query_string(q), opts.headers or {})
   local c = setmetatable({ _hl = hl, _t = self, _packets = {}, _raw = {}, status = status }, Client)
   if hl and opts.discard then core.hl_discard(hl, true) end -- benchmarks: keep nothing
-  if not hl then c._closed = { code = status, reason = "refused" } end
+  if not hl then -- what `serve` does: accept, then close with a code (other statuses stay HTTP)
+    local close = REFUSED[status]
+    c._closed = close and { code = close[1], reason = close[2] } or { code = status, reason = "refused" }
+  end
   return c
 end
 
