@@ -215,3 +215,19 @@ describe("a WebSocket to a room that does not exist", function()
     t:close()
   end)
 end)
+
+describe("field order", function()
+  it("sends state fields in declaration order (plain defaults after, by name), as the reference sends class fields", function()
+    local t = testing.room(lr.room {
+      path = "ordered",
+      state = { zeta = lr.sync(1), players = lr.users { x = 0 }, alpha = lr.sync(2), online = lr.sync(false),
+                mid = lr.persist(3), beta = 4, aaa = 5 },
+    })
+    local c = t:client()
+    local raw = c.raw[1]
+    local pos = function(k) return assert(raw:find('"' .. k .. '":', 1, true), k) end
+    assert.is_true(pos("zeta") < pos("players") and pos("players") < pos("alpha") and pos("alpha") < pos("online"), raw)
+    assert.is_true(pos("online") < pos("aaa") and pos("aaa") < pos("beta"), raw)
+    t:close()
+  end)
+end)

@@ -24,12 +24,24 @@ end
 
 local FIELD = {} -- metatable of field descriptors
 
+-- Declaration order: Lua evaluates a table constructor in order, so the
+-- lr.sync / lr.users / lr.connected calls of `state = { ... }` run in the
+-- order the fields are written. Each descriptor takes the next number, and a
+-- room's fields are created (and sent in its snapshot) in that order, as the
+-- reference sends class fields in declaration order.
+local declared = 0
+local function stamp(f)
+  declared = declared + 1
+  f.order = declared
+  return f
+end
+
 --- A synced field with a default value.
 -- opts.persist (default true): stored in the room's storage.
 -- opts.sync (default true): sent to clients.
 function lr.sync(default, opts)
   opts = opts or {}
-  return setmetatable({
+  return setmetatable(stamp {
     kind = "sync",
     default = default,
     persist = opts.persist ~= false,
@@ -44,7 +56,7 @@ end
 
 --- True while the user has a socket open (@connected()). Synced, not stored.
 function lr.connected()
-  return setmetatable({ kind = "connected", default = false, persist = false, sync = true }, FIELD)
+  return setmetatable(stamp { kind = "connected", default = false, persist = false, sync = true }, FIELD)
 end
 
 local SCHEMA = {}
@@ -69,7 +81,7 @@ end
 --- A users collection keyed by publicId (@users(Player)).
 function lr.users(schema)
   if getmetatable(schema) ~= SCHEMA then schema = lr.schema(schema or {}) end
-  return setmetatable({ kind = "users", schema = schema, persist = true, sync = true }, FIELD)
+  return setmetatable(stamp { kind = "users", schema = schema, persist = true, sync = true }, FIELD)
 end
 
 function lr.is_field(x) return getmetatable(x) == FIELD end
@@ -190,7 +202,10 @@ function lr.room(def)
       error("state field '" .. k .. "' is a reserved name (room." .. k
         .. " is taken by the room itself; see \"Reserved names\" in the README)", 2)
     end
-    if getmetatable(f) ~= FIELD then f = lr.sync(f) end
+    if getmetatable(f) ~= FIELD then
+      f = lr.sync(f)
+      f.order = nil -- a plain default has no declaration order: after the others, by name
+    end
     if f.kind == "users" then
       if d.users_field then error("a room has at most one lr.users() collection", 2) end
       d.users_field = k
@@ -198,7 +213,11 @@ function lr.room(def)
     d.fields[k] = f
     d.field_order[#d.field_order + 1] = k
   end
-  table.sort(d.field_order)
+  table.sort(d.field_order, function(a, b)
+    local oa, ob = d.fields[a].order or math.huge, d.fields[b].order or math.huge
+    if oa ~= ob then return oa < ob end
+    return a < b
+  end)
   d.actions = {}
   for name, a in pairs(def.actions or {}) do
     if type(name) ~= "string" then error("action names must be strings", 2) end
