@@ -48,6 +48,13 @@
  * marks the connection closing: the ring drains first, then the close frame
  * goes out (code 0 = an empty close frame, the peer sees 1005).
  *
+ * Refused upgrades. The connection limits (and the h2c / non-GET cases)
+ * answer the upgrade with an HTTP status. Past them, a socket for a room
+ * that does not exist, or cannot be had now, is accepted and closed at once
+ * (net_ws_refusal_close): 4004 "no such room", 1013 "try again later" (full,
+ * stopping, cannot wake), 1011 (creation failed). It holds its limit slot
+ * until it is gone.
+ *
  * HTTP (net_req). LWS_CALLBACK_HTTP copies method, path, query, headers and
  * peer; a body is collected up to max_http_body (a larger Content-Length is
  * answered 413 at once, with "connection: close"; the refused body, up to

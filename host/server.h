@@ -58,7 +58,9 @@ typedef struct lr_request {
 /* A client asks to open a WebSocket. On success returns 0 and *out is the
  * engine's connection (the transport stores it and passes it back). On
  * refusal before the socket is accepted (path outside /parties, unknown room
- * or party) returns an HTTP status (404) and *out is NULL. Guard rejections,
+ * or party) returns an HTTP status (404; 503 full, stopping or cannot wake;
+ * 500 creation failed) and *out is NULL: net.c then accepts the socket and
+ * closes it with 4004 / 1013 / 1011, the headless host reports the same. Guard rejections,
  * maxUsers etc. happen after acceptance, through vt->close(). */
 int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
                       lr_conn **out);

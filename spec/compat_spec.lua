@@ -199,6 +199,7 @@ describe("the API a porter needs", function()
     local c = t:client()
     c:clear()
     t.room.count = 5
+    assert.are.equal(5, t.storage:get("state:count"))
     assert.are.same({ '{"type":"sync","value":{"count":5}}' }, c.raw)
     lr.load(t.room, { config = { a = 2 } })
     assert.are.same({ type = "sync", value = { config = { a = 2 } } }, c:last())

@@ -193,7 +193,11 @@ end
 -- Reads go through the server, so they work while the room hibernates.
 local StorageView = {}
 StorageView.__index = StorageView
-local function target(self) return { server = self.t.srv.h, ns = self.t.party, id = self.t.id } end
+local function target(self)
+  local t = self.t
+  if not t._passing then core.tick(t.srv.h) end -- writes made in the spec body are stored first
+  return { server = t.srv.h, ns = t.party, id = t.id }
+end
 function StorageView:get(key) return core.store_get(target(self), key) end
 function StorageView:entries(prefix) return core.store_list(target(self), prefix or "") end
 function StorageView:list(prefix)
