@@ -9,7 +9,7 @@ return lr.room {
   headers = { "x-room-token" },
   state = { name = lr.sync("hall") },
   guards = { function(_, ctx)
-    if ctx and ctx.request then return ctx.request.headers["x-room-token"] == TOKEN end
+    if type(ctx) == "table" and ctx.request then return ctx.request.headers["x-room-token"] == TOKEN end
     return true
   end },
   requests = {
