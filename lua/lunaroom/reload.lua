@@ -286,6 +286,13 @@ function M.prepare(srv, job)
     job.skip = "unchanged"
     return false
   end
+  for _, other in ipairs(srv.defs) do -- two files serving one path: an error, as at start
+    if other ~= e and other.def.party == def.party and other.def.path == def.path then
+      job.err = string.format("%s: path '%s' (party %s) is already served by %s", name, def.path,
+        def.party, tostring(other.file or "a definition"))
+      return false
+    end
+  end
   job.def, job.version = def, version
   return true
 end
@@ -485,13 +492,6 @@ function M.done(srv, job, err)
     else
       log("info", "added %s (path %s, version %s%s)", name, job.def.path, job.version,
         n > 0 and string.format(", %d live room%s", n, n == 1 and "" or "s") or "")
-      for _, e in ipairs(srv.defs) do
-        if e.def ~= job.def and e.def.party == job.def.party and e.def.path == job.def.path then
-          log("warn", "%s: path %s is already served by %s, which comes first", name,
-            job.def.path, tostring(e.file or "a definition"))
-          break
-        end
-      end
     end
     if err then log("warn", "%s: onReload failed: %s", name, err) end
   elseif job.skip then
