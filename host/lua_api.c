@@ -828,6 +828,8 @@ static int l_room_config(lua_State *L) {
   if (!lua_isnil(L, -1)) r->has_interceptor = lua_toboolean(L, -1);
   lua_getfield(L, 2, "budget");
   if (!lua_isnil(L, -1)) r->budget = luaL_checkinteger(L, -1);
+  lua_getfield(L, 2, "memory");
+  if (!lua_isnil(L, -1)) r->memory = luaL_checkinteger(L, -1);
   lua_getfield(L, 2, "hibernate");
   if (!lua_isnil(L, -1)) {
     r->hibernate_ms = luaL_checkinteger(L, -1);

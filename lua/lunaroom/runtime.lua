@@ -179,6 +179,7 @@ local function parties_of(room)
   end })
 end
 
+local Storage = {} -- room.storage (below); declared before RoomMT uses it
 local RoomMT = {}
 RoomMT.__index = function(self, k)
   local d = rawget(self, "def")
@@ -222,7 +223,6 @@ local function user_of(room, conn)
 end
 
 -- Storage facade for room code and specs: room.storage:get(key) ...
-local Storage = {}
 Storage.__index = Storage
 function Storage:get(key) return core.store_get(self.h, key) end
 function Storage:put(key, value) return core.store_apply(self.h, { { "put", key, value } }) end
@@ -405,7 +405,7 @@ end
 function M.config_of(d)
   return {
     throttleSync = d.throttleSync, throttleStorage = d.throttleStorage,
-    interceptor = d.interceptorPacket ~= nil, budget = d.budget or 0,
+    interceptor = d.interceptorPacket ~= nil, budget = d.budget or 0, memory = d.memory or 0,
     rate = d.rateLimit.rate, burst = d.rateLimit.burst,
     maxFrame = d.limits.frame or 0, maxDepth = d.limits.depth or 0, maxElements = d.limits.elements or 0,
     hibernate = d.hibernate and d.hibernateAfter or 0,

@@ -67,9 +67,15 @@ local SAFE = { "assert", "error", "ipairs", "pairs", "pcall", "select", "tonumbe
   "tostring", "type", "xpcall", "rawequal", "rawlen", "_VERSION" }
 
 -- The views are shared by every room: rawset must not reach them. A view
--- is an empty table, so next/rawget on it find nothing.
+-- is an empty table, so next/rawget on it find nothing. Nor may rawset go
+-- around the __newindex of a host object (room.env, the room, connections):
+-- only tables without a metatable or with one room code set take it.
 local function safe_rawset(t, k, v)
   if IS_VIEW[t] then error("cannot modify a read-only library", 2) end
+  local mt = getmetatable(t)
+  if mt ~= nil and not (type(mt) == "table" and ROOM_MT[mt]) then
+    error("rawset: not on a host object", 2)
+  end
   return rawset(t, k, v)
 end
 -- Only metatables room code set itself are handed back; the metatables of
