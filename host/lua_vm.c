@@ -48,6 +48,7 @@ typedef struct vm {
   size_t call_used;  /* bytes allocated in the current outermost call */
   size_t call_limit; /* its memory limit */
   int mem_hit;       /* the call went over call_limit */
+  int heap_hit;      /* the call was refused memory at the heap limit */
   lua_State *main;   /* the main thread (its hook is switched on mem_hit) */
 } vm;
 
@@ -80,7 +81,15 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL;
   }
   size_t grow = nsize > osize ? nsize - osize : 0;
-  if (v->limit && grow && v->used + grow > v->limit) return NULL;
+  if (v->limit && grow && v->used + grow > v->limit) {
+    /* Each refusal costs an emergency full collection: stop the call at
+     * once rather than let it retry (a pcall loop) near the limit. */
+    if (v->depth > 0 && !v->mem_hit) {
+      v->heap_hit = 1;
+      call_over_limit(v, 0);
+    }
+    return NULL;
+  }
   if (grow && v->depth > 0 && v->call_used + grow > v->call_limit && call_over_limit(v, grow))
     return NULL;
   void *p = realloc(ptr, nsize);
@@ -150,6 +159,8 @@ const char *lr_vm_lua_dir(lua_State *L) {
 static int stop(lua_State *L, vm *v) {
   v->killed = 1;
   lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+  if (v->heap_hit)
+    return luaL_error(L, "memory limit exceeded (the Lua heap is full; script stopped)");
   if (v->mem_hit)
     return luaL_error(L, "memory limit exceeded (%d MiB allocated in one call; script stopped)",
                       (int)(v->call_limit >> 20));
@@ -192,17 +203,22 @@ static int msgh(lua_State *L) {
  * traceback) to the log with the room and what was running. */
 static void report(vm *v, lr_callinfo *ci, const char *dflt, int rc, int killed, const char *msg) {
   char buf[128];
-  if (v->mem_hit) { /* the allocator's refusal reads "not enough memory" */
-    snprintf(buf, sizeof buf, "memory limit exceeded (%d MiB allocated in one call)",
-             (int)(v->call_limit >> 20));
-    if (rc == LUA_ERRMEM || !strstr(msg, "memory limit")) msg = buf;
+  const char *first = msg; /* for ci->err: the client sees it */
+  if (v->mem_hit) {        /* wherever it was raised, and "not enough memory" */
+    if (v->heap_hit)
+      snprintf(buf, sizeof buf, "memory limit exceeded (the Lua heap is full)");
+    else
+      snprintf(buf, sizeof buf, "memory limit exceeded (%d MiB allocated in one call)",
+               (int)(v->call_limit >> 20));
+    first = buf;
+    if (rc == LUA_ERRMEM) msg = buf;
     killed = 0;
   }
   if (ci) {
-    const char *nl = strchr(msg, '\n');
-    size_t n = nl ? (size_t)(nl - msg) : strlen(msg);
+    const char *nl = strchr(first, '\n');
+    size_t n = nl ? (size_t)(nl - first) : strlen(first);
     if (n >= sizeof ci->err) n = sizeof ci->err - 1;
-    memcpy(ci->err, msg, n);
+    memcpy(ci->err, first, n);
     ci->err[n] = 0;
     ci->budget_hit = killed;
   }
@@ -217,6 +233,7 @@ static int budget_enter(vm *v, const lr_callinfo *ci) {
   v->remaining = ci && ci->budget > 0 ? ci->budget : LR_DEFAULT_BUDGET;
   v->killed = 0;
   v->mem_hit = 0;
+  v->heap_hit = 0;
   v->call_used = 0;
   v->call_limit = ci && ci->memory > 0 ? (size_t)ci->memory : LR_DEFAULT_CALL_MEMORY;
   return 1;
