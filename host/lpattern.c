@@ -134,6 +134,9 @@ static int class_has(int c, int cl) {
   case 'x':
     r = isxdigit(c);
     break;
+  case 'z': /* deprecated in the manual, still in 5.4 */
+    r = c == 0;
+    break;
   default:
     return cl == c;
   }
