@@ -169,6 +169,12 @@ static int stop(lua_State *L, vm *v) {
 
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   vm *v = get_vm(L);
+  if (!v->killed && lua_gethookcount(L) == 1) {
+    /* A coroutine stopped in an earlier call keeps its hook: back to
+     * counting, or each of its instructions would cost HOOK_EVERY. */
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    return;
+  }
   if (ar->event == LUA_HOOKCOUNT) v->remaining -= HOOK_EVERY;
   if (v->killed || v->remaining <= 0) stop(L, v);
 }
