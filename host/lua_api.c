@@ -1658,6 +1658,8 @@ int luaopen_lunaroom_core(lua_State *L) {
     luaL_setfuncs(L, m, 0);
     lua_pushliteral(L, "lunaroom.node");
     lua_setfield(L, -2, "__name");
+    lua_pushboolean(L, 0); /* getmetatable from Lua: false (room code shares it) */
+    lua_setfield(L, -2, "__metatable");
   }
   lua_pop(L, 1);
   /* Handles: a metatable each, with only a finalizer. */
@@ -1667,6 +1669,8 @@ int luaopen_lunaroom_core(lua_State *L) {
     luaL_newmetatable(L, handles[i].name);
     lua_pushcfunction(L, handles[i].func);
     lua_setfield(L, -2, "__gc");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
   }
   /* Proxy cache: weak values, keyed by node address. */
