@@ -62,7 +62,7 @@ test-valgrind: build
 	host/tests/valgrind.sh $(BUILD)
 
 # libFuzzer targets (clang, ASan+UBSan): JSON decoder, action packets,
-# URL/routes, JWT; FUZZ_SECONDS each (corpora in host/tests/fuzz/corpus).
+# URL/routes, JWT, bounded C functions of rooms; FUZZ_SECONDS each (corpora in host/tests/fuzz/corpus).
 test-fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) host/tests/fuzz/run.sh
 

@@ -99,6 +99,7 @@ struct lr_room {
   bool sync_timer, store_timer;
   int64_t store_retry_ms; /* backoff after a storage failure */
   int64_t budget;         /* instructions per call, 0 = default */
+  int64_t memory;         /* bytes allocated per call, 0 = default */
   /* Hibernation: after hibernate_ms without activity the state tree and the
    * Lua instance are freed (storage flushed first); connections stay. */
   int64_t hibernate_ms, last_active;

@@ -845,6 +845,8 @@ static int l_room_config(lua_State *L) {
   if (!lua_isnil(L, -1)) r->has_interceptor = lua_toboolean(L, -1);
   lua_getfield(L, 2, "budget");
   if (!lua_isnil(L, -1)) r->budget = luaL_checkinteger(L, -1);
+  lua_getfield(L, 2, "memory");
+  if (!lua_isnil(L, -1)) r->memory = luaL_checkinteger(L, -1);
   lua_getfield(L, 2, "hibernate");
   if (!lua_isnil(L, -1)) {
     r->hibernate_ms = luaL_checkinteger(L, -1);
@@ -1674,6 +1676,8 @@ int luaopen_lunaroom_core(lua_State *L) {
     luaL_setfuncs(L, m, 0);
     lua_pushliteral(L, "lunaroom.node");
     lua_setfield(L, -2, "__name");
+    lua_pushboolean(L, 0); /* getmetatable from Lua: false (room code shares it) */
+    lua_setfield(L, -2, "__metatable");
   }
   lua_pop(L, 1);
   /* Handles: a metatable each, with only a finalizer. */
@@ -1683,6 +1687,8 @@ int luaopen_lunaroom_core(lua_State *L) {
     luaL_newmetatable(L, handles[i].name);
     lua_pushcfunction(L, handles[i].func);
     lua_setfield(L, -2, "__gc");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
   }
   /* Proxy cache: weak values, keyed by node address. */

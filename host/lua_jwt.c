@@ -345,10 +345,15 @@ static int ro_newindex(lua_State *L) {
   return luaL_error(L, "lr.jwt is read-only (cannot set %s)", luaL_tolstring(L, 2, NULL));
 }
 
+/* The state is the userdata itself: the function table behind it is never
+ * handed out (room code could write into it). */
 static int ro_next(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE); /* the function table behind the userdata */
+  luaL_checktype(L, 1, LUA_TUSERDATA);
   lua_settop(L, 2);
-  if (lua_next(L, 1)) return 2;
+  if (!lua_getmetatable(L, 1)) return 0; /* the C API ignores __metatable */
+  lua_getfield(L, -1, "__index");
+  lua_pushvalue(L, 2);
+  if (lua_next(L, -2)) return 2;
   lua_pushnil(L);
   return 1;
 }
@@ -356,9 +361,7 @@ static int ro_next(lua_State *L) {
 /* pairs(lr.jwt) lists the functions. */
 static int ro_pairs(lua_State *L) {
   lua_pushcfunction(L, ro_next);
-  lua_getmetatable(L, 1); /* the C API ignores __metatable */
-  lua_getfield(L, -1, "__index");
-  lua_remove(L, -2);
+  lua_pushvalue(L, 1);
   lua_pushnil(L);
   return 3;
 }

@@ -92,7 +92,7 @@ local ROOM = {}
 local KNOWN = {
   path = "string", party = "string", maxUsers = "number", throttleSync = "number",
   throttleStorage = "number", sessionExpiryTime = "number", transferExpiryTime = "number",
-  autoSync = "boolean", hibernate = "boolean", hibernateAfter = "number", budget = "number",
+  autoSync = "boolean", hibernate = "boolean", hibernateAfter = "number", budget = "number", memory = "number",
   rateLimit = "table", limits = "table", headers = "table",
   guards = "table", state = "table", actions = "table", requests = "table",
   unhandled = "function|table", onCreate = "function", onJoin = "function",
@@ -249,6 +249,7 @@ function lr.room(def)
   d.transferExpiryTime = def.transferExpiryTime or 300000
   d.autoSync = def.autoSync ~= false
   d.budget = def.budget
+  d.memory = def.memory
   d.limits = def.limits or {}
   for k, val in pairs(d.limits) do
     if (k ~= "frame" and k ~= "depth" and k ~= "elements") or math.type(val) ~= "integer" or val < 1 then

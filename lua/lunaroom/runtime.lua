@@ -114,17 +114,22 @@ end
 
 local Room = {} -- methods seen by handlers as room:method(...)
 
+-- The server of a room object or party stub. Kept out of the object itself:
+-- room code sees the object (next/rawget), and the server table is shared
+-- by every room of the process.
+local SRV = setmetatable({}, { __mode = "k" })
+
 function Room:send(conn, value) core.send(conn, value) end
 function Room:broadcast(value, except) core.broadcast(rawget(self, "h"), value, except) end
 function Room:applySync() core.room_apply_sync(rawget(self, "h")) end
 function Room:connections() return core.room_conns(rawget(self, "h")) end
-function Room:now() return core.now(rawget(self, "srv").h) end
+function Room:now() return core.now(SRV[self].h) end
 function Room:dispose() core.room_dispose(rawget(self, "h")) end
 function Room:log(...) log("info", "room %s: %s", rawget(self, "key"), table.concat({ ... }, " ")) end
 
 --- room:timer(ms, fn) -> id. fn(room) runs after ms (protected, budgeted).
 function Room:timer(ms, fn)
-  local srv, key = rawget(self, "srv"), rawget(self, "key")
+  local srv, key = SRV[self], rawget(self, "key")
   return core.timer(srv.h, rawget(self, "h"), math.floor(ms), function()
     local room = srv.rooms[key] -- C woke it before calling us
     if not room then return end
@@ -132,7 +137,7 @@ function Room:timer(ms, fn)
     if not ok then log("warn", "room %s: timer failed: %s", key, err) end
   end)
 end
-function Room:cancel(id) core.cancel(rawget(self, "srv").h, id) end
+function Room:cancel(id) core.cancel(SRV[self].h, id) end
 
 --- room:sessionTransfer(conn, targetRoomId) -> token | nil, err
 --- room:sessionTransfer(conn, targetRoomId, {url = "http://host:port", party = "main",
@@ -140,7 +145,7 @@ function Room:cancel(id) core.cancel(rawget(self, "srv").h, id) end
 --- The second form transfers to a room of another process (asynchronous;
 --- both processes need the same SHARD_SECRET).
 function Room:sessionTransfer(conn, target, opts, done)
-  return M.session_transfer(rawget(self, "srv"), self, conn, target, opts, done)
+  return M.session_transfer(SRV[self], self, conn, target, opts, done)
 end
 
 -- room.parties.main:get("other"):fetch("/count", {method, headers, body})
@@ -169,19 +174,20 @@ function Stub:fetch(path, init)
   end
   local p, q = path:match("^([^?]*)%??(.*)$")
   if p ~= "" and p:sub(1, 1) ~= "/" then p = "/" .. p end
-  local res = core.http(self.srv.h, init.method or "GET",
+  local res = core.http(SRV[self].h, init.method or "GET",
     "/parties/" .. self.ns .. "/" .. self.id .. (p == "/" and "" or p), q, headers, body)
   res.ok = res.status >= 200 and res.status < 300
   return setmetatable(res, FETCHED)
 end
 
 local function parties_of(room)
-  local srv = rawget(room, "srv")
+  local srv = SRV[room]
   return setmetatable({}, { __index = function(_, ns)
-    return { get = function(_, id) return setmetatable({ srv = srv, ns = ns, id = id }, Stub) end }
+    return { get = function(_, id) local stub = setmetatable({ ns = ns, id = id }, Stub); SRV[stub] = srv; return stub end }
   end })
 end
 
+local Storage = {} -- room.storage (below); declared before RoomMT uses it
 local RoomMT = {}
 RoomMT.__index = function(self, k)
   local d = rawget(self, "def")
@@ -196,7 +202,7 @@ RoomMT.__index = function(self, k)
     end
     return st
   end
-  if k == "env" then return rawget(self, "srv").env_view end
+  if k == "env" then return SRV[self].env_view end
   return Room[k]
 end
 RoomMT.__newindex = function(self, k, value)
@@ -225,7 +231,6 @@ local function user_of(room, conn)
 end
 
 -- Storage facade for room code and specs: room.storage:get(key) ...
-local Storage = {}
 Storage.__index = Storage
 function Storage:get(key) return core.store_get(self.h, key) end
 function Storage:put(key, value) return core.store_apply(self.h, { { "put", key, value } }) end
@@ -247,7 +252,9 @@ function M.new_server(h, opts)
   -- room.env: a read-only view of the process environment the host passed
   -- (SHARD_SECRET, AUTH_JWT_SECRET, WORLD_ID, ...), like the reference's room.env.
   srv.env_view = setmetatable({}, {
-    __index = srv.env, __pairs = function() return next, srv.env, nil end,
+    __index = srv.env, __pairs = function(view)
+      return function(_, k) return next(srv.env, k) end, view, nil -- never the table itself
+    end,
     __newindex = function() error("room.env is read-only", 2) end, __metatable = false,
   })
   core.server_bind(h, srv)
@@ -426,7 +433,7 @@ end
 function M.config_of(d)
   return {
     throttleSync = d.throttleSync, throttleStorage = d.throttleStorage,
-    interceptor = d.interceptorPacket ~= nil, budget = d.budget or 0,
+    interceptor = d.interceptorPacket ~= nil, budget = d.budget or 0, memory = d.memory or 0,
     rate = d.rateLimit.rate, burst = d.rateLimit.burst,
     maxFrame = d.limits.frame or 0, maxDepth = d.limits.depth or 0, maxElements = d.limits.elements or 0,
     hibernate = d.hibernate and d.hibernateAfter or 0,
@@ -443,11 +450,12 @@ function M.create_room(srv, ns, id, rebind, entry)
   if not e then return nil end
   local d = e.def
   local room = setmetatable({
-    def = d, srv = srv, id = id, _party = ns, params = params, key = ns .. "/" .. id,
+    def = d, id = id, _party = ns, params = params, key = ns .. "/" .. id,
     file = e.file, version = e.version, _autoSync = d.autoSync,
     sockets = {},   -- privateId -> number of open sockets
     -- expiry: privateId -> timer id, made by the first arm_expiry
   }, RoomMT)
+  SRV[room] = srv
   local h = rebind and core.room_rebind(srv.h, ns, id, room) or core.room_new(srv.h, ns, id, room)
   rawset(room, "h", h)
   local root = core.room_root(h)
@@ -528,7 +536,7 @@ end
 
 ------------------------------------------------------------------ sessions
 
-local function now(room) return core.now(rawget(room, "srv").h) end
+local function now(room) return core.now(SRV[room].h) end
 
 local function get_session(room, priv) return core.store_get(rawget(room, "h"), "session:" .. priv) end
 
@@ -570,7 +578,7 @@ end
 
 function M.arm_expiry(room, priv, ms)
   if type(ms) ~= "number" or ms < 0 or ms ~= ms or ms == math.huge then return end
-  local srv, key = rawget(room, "srv"), rawget(room, "key")
+  local srv, key = SRV[room], rawget(room, "key")
   local exp = rawget(room, "expiry")
   if not exp then
     exp = {}
