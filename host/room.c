@@ -104,7 +104,7 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
   s->max_rooms = 100000;
   s->evict_after = 60000;
   s->room_rate = lr_addr_rate_new(2, 20);
-  s->session_rate = lr_addr_rate_new(5, 50);
+  s->session_rate = lr_addr_rate_new(10, 100);
   if (store && store->vt->bind) store->vt->bind(store, s);
   return s;
 }

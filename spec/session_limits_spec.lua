@@ -135,14 +135,14 @@ describe("new sessions per address", function()
     t:close()
   end)
 
-  it("is on by default (5/s, burst 50)", function()
+  it("is on by default (10/s, burst 100)", function()
     local t = game()
     local ok = 0
-    for i = 1, 60 do
+    for i = 1, 120 do
       local c = t:client { id = "d" .. i, ip = "203.0.113.9" }
       if not c.closed then ok = ok + 1 end
     end
-    assert.are.equal(50, ok)
+    assert.are.equal(100, ok)
     t:close()
   end)
 end)
