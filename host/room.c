@@ -6,7 +6,9 @@
  * Owns: lifecycle of lr_server / lr_room / lr_conn, the server.h functions
  * transports call, sync throttling (leading edge + trailing window),
  * autoSync/applySync, storage throttling (max-delay, never a debounce that a
- * busy room could postpone forever), and retries of failed storage writes.
+ * busy room could postpone forever), retries of failed storage writes, idle
+ * rooms (hibernation; eviction of rooms nothing holds), and who may create a
+ * room (a route it serves, the per-address creation rate).
  * Must not: implement room rules (sessions, guards, dispatch: runtime.lua),
  * talk to sockets (net.c), or build Lua values itself (lua_api.c).
  */

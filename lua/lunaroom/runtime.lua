@@ -1,7 +1,8 @@
 -- lunaroom.runtime: the room rules the C host calls into.
 --
 -- Owns: room instances (state initialisation, restore from storage),
--- sessions (privateId/publicId, reconnect, multi-socket, expiry, transfer),
+-- sessions (privateId/publicId, reconnect, multi-socket, expiry, transfer,
+-- the offline cap per room and the new-session rate per address),
 -- message dispatch (room guards, action guards, schema, handler), HTTP
 -- routing and responses, and the packet interceptor glue.
 -- Must not: encode packets, schedule flushes or touch sockets (C does), or
