@@ -13,6 +13,7 @@
 
 #include <lua.h>
 
+#include "addr_rate.h"
 #include "buf.h"
 #include "server.h"
 #include "storage.h"
@@ -32,6 +33,9 @@ typedef struct lr_timer {
   lr_timer_cb cb; /* LR_T_C: called with ud (not called if the server is freed first) */
   void *ud;
   bool cancelled;
+  bool holds_room;           /* an LR_T_LUA timer of room: counted in room->ntimers */
+  uint32_t hidx;             /* position in the server's heap */
+  struct lr_timer *map_next; /* the server's id -> timer map (while in the heap) */
 } lr_timer;
 
 /* ---- connections ---- */
@@ -101,9 +105,13 @@ struct lr_room {
   int64_t budget;         /* instructions per call, 0 = default */
   int64_t memory;         /* bytes allocated per call, 0 = default */
   /* Hibernation: after hibernate_ms without activity the state tree and the
-   * Lua instance are freed (storage flushed first); connections stay. */
-  int64_t hibernate_ms, last_active;
-  bool hibernated, idle_timer;
+   * Lua instance are freed (storage flushed first); connections stay.
+   * Eviction: after evict_ms without activity, a room with no connection
+   * and no timer of its own is flushed and disposed (0 = never). idle_at is
+   * when the armed LR_T_IDLE timer fires (0: none armed). */
+  int64_t hibernate_ms, evict_ms, last_active, idle_at;
+  bool hibernated;
+  uint32_t ntimers;   /* pending LR_T_LUA timers of this room (room:timer, session expiry) */
   double rate, burst; /* messages per second and bucket size per connection */
   /* Per-room input limits (0 = the process defaults): largest action frame
    * in bytes, JSON nesting depth and values per packet. */
@@ -153,6 +161,12 @@ struct lr_server {
   uint64_t timer_seq;
   lr_room **rooms; /* hash buckets */
   uint32_t nbuckets, nrooms;
+  uint32_t nhibernated;       /* rooms with hibernated set (gauge for /metrics) */
+  lr_timer **timer_map;       /* id (seq) -> timer, for lr_timer_cancel */
+  uint32_t timer_map_cap;     /* power of two */
+  int64_t evict_after;        /* default evict_ms of new rooms (60000; 0 = never) */
+  lr_addr_rate *room_rate;    /* rooms created per client address */
+  lr_addr_rate *session_rate; /* new sessions per client address (runtime.lua) */
   lr_room *touched;
   uint64_t rng[2];
   bool shutting_down;
@@ -234,6 +248,10 @@ lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp);
 /* A bare connection object (no Lua table, no room list); r may be NULL.
  * One reference for the transport. */
 lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *tp);
+
+/* The room's idle settings changed (hibernate_ms, evict_ms): arm its idle
+ * timer from now. */
+void lr_room_idle_config(lr_room *r);
 
 /* Wake a hibernated room (rebuild it from storage) and note activity. */
 bool lr_room_activity(lr_room *r); /* false: r could not wake (its sockets are closed) */

@@ -619,7 +619,46 @@ static int l_set_runtime(lua_State *L) {
   return 0;
 }
 
-/* core.server_new{storage = "memory"|"sqlite:PATH", virtual = bool, seed = n} */
+/* Optional numbers of table idx: the idle and per-address settings of s
+ * (evict_after ms, room_rate/room_burst, session_rate/session_burst). */
+static void server_limits(lua_State *L, int idx, lr_server *s) {
+  lua_getfield(L, idx, "evict_after");
+  if (!lua_isnil(L, -1)) s->evict_after = luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  lr_addr_rate *ars[2] = {s->room_rate, s->session_rate};
+  const char *names[2][2] = {{"room_rate", "room_burst"}, {"session_rate", "session_burst"}};
+  for (int i = 0; i < 2; i++) {
+    lua_getfield(L, idx, names[i][0]);
+    lua_getfield(L, idx, names[i][1]);
+    double rate = luaL_optnumber(L, -2, lr_addr_rate_rate(ars[i]));
+    double burst = luaL_optnumber(L, -1, lr_addr_rate_burst(ars[i]));
+    lr_addr_rate_set(ars[i], rate, burst);
+    lua_pop(L, 2);
+  }
+}
+
+/* core.server_limits(srv, {evict_after=, room_rate=, room_burst=,
+ * session_rate=, session_burst=}): change them on a running server. */
+static int l_server_limits(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  server_limits(L, 2, s);
+  return 0;
+}
+
+/* core.addr_take(srv, "room"|"session", ip) -> bool: a token of ip's
+ * bucket (true without an ip: in-process callers are not counted). */
+static int l_addr_take(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  const char *kind = luaL_checkstring(L, 2);
+  const char *ip = luaL_optstring(L, 3, NULL);
+  lr_addr_rate *ar = strcmp(kind, "room") == 0 ? s->room_rate : s->session_rate;
+  lua_pushboolean(L, lr_addr_rate_take(ar, ip, lr_now(s)));
+  return 1;
+}
+
+/* core.server_new{storage = "memory"|"sqlite:PATH", virtual = bool, seed = n,
+ * evict_after = ms, room_rate = n, ...(server_limits)} */
 static int l_server_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "storage");
@@ -634,6 +673,7 @@ static int l_server_new(lua_State *L) {
                                                : lr_store_open_spec(spec, err, sizeof err);
   if (!st) return luaL_error(L, "cannot open storage %s: %s", spec, err);
   lr_server *s = lr_server_new(L, st, true, virt, seed);
+  server_limits(L, 1, s);
   lr_lua_push_server(L, s, true);
   return 1;
 }
@@ -784,17 +824,11 @@ static int l_stats(lua_State *L) {
   F("lua_bytes", lr_vm_memory(L));
   F("nodes", lr_node_live());
 #undef F
-  uint32_t live = 0, hib = 0;
-  for (uint32_t b = 0; b < s->nbuckets; b++)
-    for (lr_room *r = s->rooms[b]; r; r = r->hash_next) {
-      if (r->hibernated)
-        hib++;
-      else
-        live++;
-    }
-  lua_pushinteger(L, live);
+  /* Counters, not a walk over the rooms: a /metrics scrape costs the same
+   * whatever their number. */
+  lua_pushinteger(L, (lua_Integer)(s->nrooms - s->nhibernated));
   lua_setfield(L, -2, "rooms");
-  lua_pushinteger(L, hib);
+  lua_pushinteger(L, (lua_Integer)s->nhibernated);
   lua_setfield(L, -2, "rooms_hibernated");
   static const char *const rej[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
                                            "validation",     "handler",        "rate_limit",
@@ -847,17 +881,20 @@ static int l_room_config(lua_State *L) {
   if (!lua_isnil(L, -1)) r->budget = luaL_checkinteger(L, -1);
   lua_getfield(L, 2, "memory");
   if (!lua_isnil(L, -1)) r->memory = luaL_checkinteger(L, -1);
+  bool idle = false;
   lua_getfield(L, 2, "hibernate");
   if (!lua_isnil(L, -1)) {
     r->hibernate_ms = luaL_checkinteger(L, -1);
-    r->last_active = lr_now(r->srv);
-    r->idle_timer = false;
-    if (r->hibernate_ms > 0) {
-      r->idle_timer = true;
-      lr_timer_add(r->srv, r->hibernate_ms, LR_T_IDLE, r, LUA_NOREF);
-    }
+    idle = true;
   }
-  lua_pop(L, 1);
+  lua_getfield(L, 2, "evict"); /* ms, 0 = never, < 0 = the server's --evict-after */
+  if (!lua_isnil(L, -1)) {
+    lua_Integer ms = luaL_checkinteger(L, -1);
+    r->evict_ms = ms < 0 ? r->srv->evict_after : ms;
+    idle = true;
+  }
+  if (idle) lr_room_idle_config(r);
+  lua_pop(L, 2);
   lua_getfield(L, 2, "maxFrame");
   if (!lua_isnil(L, -1)) r->max_frame = (uint32_t)luaL_checkinteger(L, -1);
   lua_getfield(L, 2, "maxDepth");
@@ -1416,7 +1453,7 @@ static int hl_gc(lua_State *L) {
 }
 
 /* Parse "a=1&b=x%20y" into headers-free request and call ws_open.
- * core.hl_connect(srv, path, query, headers) -> hl | nil, status */
+ * core.hl_connect(srv, path, query, headers[, ip]) -> hl | nil, status */
 static int l_hl_connect(lua_State *L) {
   lr_server *s = check_server(L, 1);
   const char *path = luaL_checkstring(L, 2);
@@ -1435,7 +1472,10 @@ static int l_hl_connect(lua_State *L) {
   memset(h, 0, sizeof *h);
   h->close_code = -1;
   luaL_setmetatable(L, HL_MT);
-  lr_request req = {"GET", path, query, hs, nh, NULL, 0, "127.0.0.1"};
+  /* ip: the client address per-address limits count; none (in-process) by
+   * default */
+  const char *ip = luaL_optstring(L, 5, NULL);
+  lr_request req = {"GET", path, query, hs, nh, NULL, 0, ip && *ip ? ip : NULL};
   lr_conn *c = NULL;
   int status = lr_server_ws_open(s, &req, &hl_vt, h, &c);
   if (status) {
@@ -1556,7 +1596,7 @@ static int l_http_take(lua_State *L) {
   return 1;
 }
 
-/* core.http(srv, method, path, query, headers, body) -> {status, headers, body},
+/* core.http(srv, method, path, query, headers, body[, ip]) -> {status, headers, body},
  * or nil, id when the answer comes later (core.http_take(id)). */
 static int l_http(lua_State *L) {
   lr_server *s = check_server(L, 1);
@@ -1572,14 +1612,10 @@ static int l_http(lua_State *L) {
   }
   size_t bl = 0;
   const char *body = luaL_optlstring(L, 6, NULL, &bl);
-  lr_request req = {luaL_checkstring(L, 2),
-                    luaL_checkstring(L, 3),
-                    luaL_optstring(L, 4, ""),
-                    hs,
-                    nh,
-                    body,
-                    bl,
-                    "127.0.0.1"};
+  const char *ip = luaL_optstring(L, 7, NULL); /* none: in-process (room to room) */
+  lr_request req = {
+      luaL_checkstring(L, 2), luaL_checkstring(L, 3), luaL_optstring(L, 4, ""), hs, nh, body, bl,
+      ip && *ip ? ip : NULL};
   http_out *o = lr_xcalloc(1, sizeof *o);
   *o = (http_out){L, 0, LUA_NOREF, 0};
   lr_server_http(s, &req, http_done, o);
@@ -1606,6 +1642,8 @@ static int l_http(lua_State *L) {
 static const luaL_Reg core_fns[] = {
     {"set_runtime", l_set_runtime},
     {"server_new", l_server_new},
+    {"server_limits", l_server_limits},
+    {"addr_take", l_addr_take},
     {"http_take", l_http_take},
     {"server_close", l_server_close},
     {"server_bind", l_server_bind},

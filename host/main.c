@@ -50,6 +50,12 @@ static const char *usage =
     "  --max-conns N         open WebSockets per process (default 20000; -1 = no limit)\n"
     "  --max-conns-per-ip N  open WebSockets per client address (default 1024; -1 = no limit)\n"
     "  --max-rooms N         live rooms per process (default 100000)\n"
+    "  --evict-after MS      dispose of a room idle this long with no connection and no\n"
+    "                        timer (default 60000; 0 = never; room option evictAfter)\n"
+    "  --room-create-rate R[,B]  rooms one client address may create per second, burst B\n"
+    "                        (default 2,20; 0 = no limit)\n"
+    "  --session-rate R[,B]  new sessions per client address per second, burst B (default\n"
+    "                        10,100; 0 = no limit)\n"
     "  --lua-memory BYTES    Lua heap limit; handlers past it fail cleanly (default 1 GiB)\n"
     "  --no-watch            do not hot-reload room files when they change\n"
     "  --headers A,B         also pass these request headers to rooms (rooms declare theirs\n"
@@ -342,6 +348,14 @@ static int add_world(lua_State *L, int rt, int srv, const char *lua_dir) {
   return 0;
 }
 
+/* "R" or "R,B": a per-address rate (per second) and burst. */
+static void set_rate(lr_addr_rate *ar, const char *spec) {
+  char *end;
+  double rate = strtod(spec, &end);
+  double burst = *end == ',' ? strtod(end + 1, NULL) : lr_addr_rate_burst(ar);
+  lr_addr_rate_set(ar, rate, burst);
+}
+
 static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite", *snapshot = NULL;
   char storage_buf[4096];
@@ -352,6 +366,8 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *timeout_ms = getenv("WORLD_SHARD_TIMEOUT_MS");
   long long stats_ms = 0;
   long max_rooms = 0;
+  long long evict_after = -1;
+  const char *room_rate = NULL, *session_rate = NULL;
   size_t lua_memory = (size_t)1 << 30;
   lr_net_opts no;
   lr_net_defaults(&no);
@@ -378,6 +394,12 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       no.max_conns_per_ip = atol(argv[++i]);
     else if (strcmp(a, "--max-rooms") == 0 && v)
       max_rooms = atol(argv[++i]);
+    else if (strcmp(a, "--evict-after") == 0 && v)
+      evict_after = atoll(argv[++i]);
+    else if (strcmp(a, "--room-create-rate") == 0 && v)
+      room_rate = argv[++i];
+    else if (strcmp(a, "--session-rate") == 0 && v)
+      session_rate = argv[++i];
     else if (strcmp(a, "--lua-memory") == 0 && v)
       lua_memory = (size_t)atoll(argv[++i]);
     else if (strcmp(a, "--log-format") == 0 && v)
@@ -460,6 +482,9 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     p += n;
     p += strspn(p, ", ");
   }
+  if (evict_after >= 0) s->evict_after = evict_after;
+  if (room_rate) set_rate(s->room_rate, room_rate);
+  if (session_rate) set_rate(s->session_rate, session_rate);
   lr_fetch_lua_register(L, s); /* remote session transfers (runtime.lua) */
   if (require_mod(L, "lunaroom.runtime") != 0) return 1;
   int rt = lua_gettop(L);

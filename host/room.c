@@ -6,7 +6,9 @@
  * Owns: lifecycle of lr_server / lr_room / lr_conn, the server.h functions
  * transports call, sync throttling (leading edge + trailing window),
  * autoSync/applySync, storage throttling (max-delay, never a debounce that a
- * busy room could postpone forever), and retries of failed storage writes.
+ * busy room could postpone forever), retries of failed storage writes, idle
+ * rooms (hibernation; eviction of rooms nothing holds), and who may create a
+ * room (a route it serves, the per-address creation rate).
  * Must not: implement room rules (sessions, guards, dispatch: runtime.lua),
  * talk to sockets (net.c), or build Lua values itself (lua_api.c).
  */
@@ -102,11 +104,17 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
     rng_next(s);
   strcpy(s->parties_prefix, "/parties");
   s->max_rooms = 100000;
+  s->evict_after = 60000;
+  s->room_rate = lr_addr_rate_new(2, 20);
+  s->session_rate = lr_addr_rate_new(10, 100);
   if (store && store->vt->bind) store->vt->bind(store, s);
   return s;
 }
 
+static void timer_unhold(lr_timer *t);
+
 static void timer_free(lr_server *s, lr_timer *t) {
+  timer_unhold(t);
   if (t->fn_ref != LUA_NOREF && t->fn_ref != 0) luaL_unref(s->L, LUA_REGISTRYINDEX, t->fn_ref);
   if (t->room) lr_room_release(t->room);
   free(t);
@@ -124,6 +132,8 @@ void lr_server_free(lr_server *s) {
   free(s->heap);
   s->heap = NULL;
   s->nheap = 0;
+  free(s->timer_map);
+  s->timer_map = NULL;
   for (uint32_t b = 0; b < s->nbuckets; b++) {
     while (s->rooms[b])
       lr_room_dispose(s->rooms[b]);
@@ -132,6 +142,8 @@ void lr_server_free(lr_server *s) {
     lr_conn_release(s->pending_close[i]);
   free(s->pending_close);
   free(s->rooms);
+  lr_addr_rate_free(s->room_rate);
+  lr_addr_rate_free(s->session_rate);
   if (s->ref != LUA_NOREF) luaL_unref(s->L, LUA_REGISTRYINDEX, s->ref);
   if (s->own_store) lr_store_close(s->store);
   for (uint32_t i = 0; i < s->nwanted_headers; i++)
@@ -168,13 +180,18 @@ static bool timer_before(const lr_timer *a, const lr_timer *b) {
   return a->when < b->when || (a->when == b->when && a->seq < b->seq);
 }
 
+static void heap_set(lr_server *s, uint32_t i, lr_timer *t) {
+  s->heap[i] = t;
+  t->hidx = i;
+}
+
 static void heap_up(lr_server *s, uint32_t i) {
   while (i > 0) {
     uint32_t p = (i - 1) / 2;
     if (!timer_before(s->heap[i], s->heap[p])) break;
     lr_timer *t = s->heap[i];
-    s->heap[i] = s->heap[p];
-    s->heap[p] = t;
+    heap_set(s, i, s->heap[p]);
+    heap_set(s, p, t);
     i = p;
   }
 }
@@ -186,10 +203,57 @@ static void heap_down(lr_server *s, uint32_t i) {
     if (r < s->nheap && timer_before(s->heap[r], s->heap[m])) m = r;
     if (m == i) break;
     lr_timer *t = s->heap[i];
-    s->heap[i] = s->heap[m];
-    s->heap[m] = t;
+    heap_set(s, i, s->heap[m]);
+    heap_set(s, m, t);
     i = m;
   }
+}
+
+/* The id -> timer map (chained, power-of-two buckets, grown with the heap):
+ * lr_timer_cancel finds a timer in O(1) and removes it in O(log n), so
+ * cancelling (a reconnect cancels its session's expiry) does not scan every
+ * pending timer of the process. A timer is in the map while it is in the
+ * heap. */
+static lr_timer **map_slot(lr_server *s, uint64_t id) {
+  return &s->timer_map[(id * 0x9E3779B97F4A7C15ULL >> 20) & (s->timer_map_cap - 1)];
+}
+
+static void map_grow(lr_server *s) {
+  uint32_t cap = s->timer_map_cap ? s->timer_map_cap * 2 : 64;
+  lr_timer **old = s->timer_map;
+  uint32_t oldcap = s->timer_map_cap;
+  s->timer_map = lr_xcalloc(cap, sizeof *s->timer_map);
+  s->timer_map_cap = cap;
+  for (uint32_t b = 0; b < oldcap; b++) {
+    for (lr_timer *t = old[b], *next; t; t = next) {
+      next = t->map_next;
+      lr_timer **sl = map_slot(s, t->seq);
+      t->map_next = *sl;
+      *sl = t;
+    }
+  }
+  free(old);
+}
+
+static void map_remove(lr_server *s, lr_timer *t) {
+  for (lr_timer **pp = map_slot(s, t->seq); *pp; pp = &(*pp)->map_next) {
+    if (*pp == t) {
+      *pp = t->map_next;
+      t->map_next = NULL;
+      return;
+    }
+  }
+}
+
+static void arm_idle(lr_room *r);
+
+/* t no longer keeps its room from being evicted (it fired or was cancelled). */
+static void timer_unhold(lr_timer *t) {
+  if (!t->holds_room) return;
+  t->holds_room = false;
+  lr_room *r = t->room;
+  if (r->ntimers) r->ntimers--;
+  if (r->ntimers == 0) arm_idle(r);
 }
 
 lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_room *r, int fn_ref) {
@@ -199,11 +263,19 @@ lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_ro
   t->kind = kind;
   t->room = r ? lr_room_retain(r) : NULL;
   t->fn_ref = fn_ref;
+  if (r && kind == LR_T_LUA) { /* the room's own timer: it is not idle */
+    t->holds_room = true;
+    r->ntimers++;
+  }
   if (s->nheap == s->capheap) {
     s->capheap = s->capheap ? s->capheap * 2 : 64;
     s->heap = lr_xrealloc(s->heap, s->capheap * sizeof *s->heap);
   }
-  s->heap[s->nheap++] = t;
+  if (s->nheap >= s->timer_map_cap) map_grow(s);
+  lr_timer **sl = map_slot(s, t->seq);
+  t->map_next = *sl;
+  *sl = t;
+  heap_set(s, s->nheap++, t);
   heap_up(s, s->nheap - 1);
   return t;
 }
@@ -215,24 +287,39 @@ uint64_t lr_timer_add_c(lr_server *s, int64_t delay_ms, lr_timer_cb cb, void *ud
   return t->seq;
 }
 
-void lr_timer_cancel(lr_server *s, uint64_t id) {
-  for (uint32_t i = 0; i < s->nheap; i++) {
-    if (s->heap[i]->seq == id) {
-      s->heap[i]->cancelled = true;
-      return;
-    }
+/* Take t out of the heap (and the map). */
+static void heap_remove(lr_server *s, lr_timer *t) {
+  uint32_t i = t->hidx;
+  map_remove(s, t);
+  lr_timer *last = s->heap[--s->nheap];
+  if (i < s->nheap) {
+    heap_set(s, i, last);
+    heap_down(s, i);
+    if (s->heap[i] == last) heap_up(s, i);
   }
+}
+
+/* A timer that is pending is removed and freed (no-op for an id that fired
+ * or is unknown). */
+void lr_timer_cancel(lr_server *s, uint64_t id) {
+  if (!s->timer_map_cap) return;
+  lr_timer *t = *map_slot(s, id);
+  while (t && t->seq != id)
+    t = t->map_next;
+  if (!t) return;
+  t->cancelled = true;
+  heap_remove(s, t);
+  timer_free(s, t);
 }
 
 static lr_timer *heap_pop(lr_server *s) {
   lr_timer *t = s->heap[0];
-  s->heap[0] = s->heap[--s->nheap];
-  if (s->nheap) heap_down(s, 0);
+  heap_remove(s, t);
   return t;
 }
 
 static void retry_storage(lr_room *r);
-static void maybe_hibernate(lr_room *r);
+static void idle_check(lr_room *r);
 
 static void fire(lr_server *s, lr_timer *t) {
   lr_room *r = t->room;
@@ -250,8 +337,9 @@ static void fire(lr_server *s, lr_timer *t) {
     if (lr_room_flush_storage(r) != 0) retry_storage(r);
     break;
   case LR_T_IDLE:
-    r->idle_timer = false;
-    maybe_hibernate(r);
+    if (r->idle_at != t->when) break; /* superseded by an earlier one */
+    r->idle_at = 0;
+    idle_check(r);
     break;
   case LR_T_C:
     t->cb(t->ud);
@@ -274,6 +362,7 @@ static void fire(lr_server *s, lr_timer *t) {
 static void run_due(lr_server *s, int64_t now) {
   while (s->nheap && s->heap[0]->when <= now) {
     lr_timer *t = heap_pop(s);
+    timer_unhold(t);
     fire(s, t);
     timer_free(s, t);
     lr_server_flush_touched(s);
@@ -386,6 +475,8 @@ lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
   r->store_retry_ms = 1000;
   r->rate = 100;
   r->burst = 200;
+  r->evict_ms = s->evict_after;
+  r->last_active = lr_now(s);
   if (s->nrooms + 1 > s->nbuckets * 2) rehash(s);
   uint32_t h = hash_str(r->key) % s->nbuckets;
   r->hash_next = s->rooms[h];
@@ -402,6 +493,8 @@ void lr_room_release(lr_room *r) {
   free(r->ns); /* with id and key */
   free(r);
 }
+
+static void set_hibernated(lr_room *r, bool on);
 
 static void unlink_room(lr_room *r) {
   lr_server *s = r->srv;
@@ -431,6 +524,7 @@ void lr_room_dispose(lr_room *r) {
   if (lr_state_dirty(r->root, LR_CH_PERSIST)) lr_room_flush_storage(r);
   if (s->store) lr_store_forget(s->store, r->ns, r->id);
   r->disposed = true;
+  set_hibernated(r, false);
   unlink_room(r);
   while (r->nconns) {
     lr_conn *c = r->conns[r->nconns - 1];
@@ -930,12 +1024,53 @@ void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   c->phase = LR_C_JOINED;
 }
 
-/* ------------------------------------------------------------ hibernation */
+/* ------------------------------------------------------------ hibernation and eviction */
 
-static void arm_idle(lr_room *r, int64_t delay) {
-  if (r->idle_timer || r->hibernate_ms <= 0 || r->srv->shutting_down) return;
-  r->idle_timer = true;
-  lr_timer_add(r->srv, delay, LR_T_IDLE, r, LUA_NOREF);
+/* Nothing of r's own keeps it: no connection (clients, shard uplinks,
+ * relayed clients), no pending timer (room:timer, session expiry). Its
+ * unwritten state is flushed by the eviction itself. */
+static bool evictable(const lr_room *r) {
+  return r->evict_ms > 0 && r->nconns == 0 && r->ntimers == 0 && !r->disposed &&
+         !r->srv->shutting_down;
+}
+
+/* When r's next idle step is due (hibernation or eviction), or -1. */
+static int64_t idle_due(const lr_room *r) {
+  int64_t due = -1;
+  if (r->hibernate_ms > 0 && !r->hibernated) due = r->last_active + r->hibernate_ms;
+  if (evictable(r)) {
+    int64_t e = r->last_active + r->evict_ms;
+    if (due < 0 || e < due) due = e;
+  }
+  return due;
+}
+
+/* Arm r's idle timer for its next idle step, unless one is armed that fires
+ * no later (a later one is superseded: it fires and does nothing). */
+static void arm_idle(lr_room *r) {
+  lr_server *s = r->srv;
+  if (r->disposed || s->shutting_down) return;
+  int64_t due = idle_due(r);
+  if (due < 0 || (r->idle_at && r->idle_at <= due)) return;
+  int64_t now = lr_now(s);
+  if (due < now) due = now;
+  r->idle_at = due;
+  lr_timer_add(s, due - now, LR_T_IDLE, r, LUA_NOREF);
+}
+
+void lr_room_idle_config(lr_room *r) {
+  r->last_active = lr_now(r->srv);
+  r->idle_at = 0; /* a timer armed for the old settings does nothing */
+  arm_idle(r);
+}
+
+static void set_hibernated(lr_room *r, bool on) {
+  if (r->hibernated == on) return;
+  r->hibernated = on;
+  if (on)
+    r->srv->nhibernated++;
+  else if (r->srv->nhibernated)
+    r->srv->nhibernated--;
 }
 
 /* Free r's state tree and Lua instance (hibernation, or a wake that failed
@@ -947,7 +1082,7 @@ static void drop_instance(lr_room *r) {
   r->ref = LUA_NOREF;
   lr_node_release(r->root);
   r->root = lr_node_new(LR_OBJECT);
-  r->hibernated = true;
+  set_hibernated(r, true);
 }
 
 bool lr_room_activity(lr_room *r) {
@@ -955,7 +1090,7 @@ bool lr_room_activity(lr_room *r) {
   if (r->disposed) return false;
   if (r->hibernated) {
     if (s->shutting_down) return false;
-    r->hibernated = false;
+    set_hibernated(r, false);
     lua_State *L = s->L;
     int top = lua_gettop(L);
     lua_pushstring(L, r->ns);
@@ -977,24 +1112,18 @@ bool lr_room_activity(lr_room *r) {
     lr_info("room %s woke up (%u connections)", r->key, r->nconns);
   }
   r->last_active = lr_now(s);
-  arm_idle(r, r->hibernate_ms);
+  arm_idle(r);
   return true;
 }
 
-/* Evict r if it has been idle long enough: flush, then free the state tree
- * and the Lua instance. A room whose storage cannot be written stays. */
-static void maybe_hibernate(lr_room *r) {
+/* Hibernate r: flush, then free the state tree and the Lua instance. A room
+ * whose storage cannot be written stays (and tries again later). */
+static void hibernate(lr_room *r, int64_t idle) {
   lr_server *s = r->srv;
-  if (r->hibernated || r->disposed || r->hibernate_ms <= 0 || s->shutting_down) return;
-  int64_t idle = lr_now(s) - r->last_active;
-  if (idle < r->hibernate_ms) {
-    arm_idle(r, r->hibernate_ms - idle);
-    return;
-  }
   if (r->auto_sync) lr_room_flush_sync(r, false);
   if (lr_room_flush_storage(r) != 0 || lr_state_dirty(r->root, LR_CH_PERSIST)) {
     lr_warn("room %s: not hibernated, its storage could not be written", r->key);
-    arm_idle(r, r->hibernate_ms);
+    r->last_active = lr_now(s); /* the next try after another idle period */
     return;
   }
   lua_State *L = s->L;
@@ -1003,6 +1132,35 @@ static void maybe_hibernate(lr_room *r) {
   drop_instance(r);
   lr_info("room %s hibernated after %lld ms idle (%u connections kept)", r->key, (long long)idle,
           r->nconns);
+}
+
+/* Dispose of r: its state is written first (a room whose storage cannot be
+ * written stays and tries again later); the next client or request builds
+ * it again from storage. Returns true when r is gone. */
+static bool evict(lr_room *r, int64_t idle) {
+  lr_server *s = r->srv;
+  if (!r->hibernated && (lr_room_flush_storage(r) != 0 || lr_state_dirty(r->root, LR_CH_PERSIST))) {
+    lr_warn("room %s: not evicted, its storage could not be written", r->key);
+    r->last_active = lr_now(s);
+    return false;
+  }
+  lr_info("room %s evicted after %lld ms idle (no connection, no timer)", r->key, (long long)idle);
+  lr_room_dispose(r);
+  return true;
+}
+
+/* r's idle timer fired: evict or hibernate it if it has been idle long
+ * enough, then arm the timer for the next step. */
+static void idle_check(lr_room *r) {
+  lr_server *s = r->srv;
+  if (r->disposed || s->shutting_down) return;
+  int64_t idle = lr_now(s) - r->last_active;
+  if (evictable(r) && idle >= r->evict_ms) {
+    if (evict(r, idle)) return;
+  } else if (r->hibernate_ms > 0 && !r->hibernated && idle >= r->hibernate_ms) {
+    hibernate(r, idle);
+  }
+  arm_idle(r);
 }
 
 /* ------------------------------------------------------------ runtime glue */
@@ -1281,6 +1439,7 @@ typedef struct lr_wait {
 } lr_wait;
 
 static void respond_simple(lr_response_cb done, void *ud, int status, const char *body);
+static bool served(lr_server *s, const char *ns, const char *id);
 
 static char *dup_str(const char *p) {
   return p ? lr_xstrndup(p, strlen(p)) : NULL;
@@ -1370,14 +1529,7 @@ static int wait_for_storage(lr_server *s, const char *ns, const char *id, const 
                             const lr_transport_vt *vt, void *tp, lr_response_cb done, void *ud,
                             lr_conn **out) {
   if (!s->store->vt->ready || s->shutting_down || lr_room_find(s, ns, id)) return 0;
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lua_pushstring(L, ns);
-  lua_pushstring(L, id);
-  bool served =
-      lr_runtime_call(s, NULL, "has_room", "route", 2, 1, NULL, 0) == 0 && lua_toboolean(L, -1);
-  lua_settop(L, top);
-  if (!served) return 0; /* get_room answers 404 */
+  if (!served(s, ns, id)) return 0; /* get_room answers 404 */
   lr_wait *w = wait_new(s, ns, id, req);
   char err[256];
   int rc = lr_store_ready(s->store, ns, id, wait_done, w, err, sizeof err);
@@ -1405,6 +1557,57 @@ static int wait_for_storage(lr_server *s, const char *ns, const char *id, const 
   return 1;
 }
 
+/* ------------------------------------------------------------ who may create a room */
+
+/* Whether a definition serves ns/id (runtime.has_room). */
+static bool served(lr_server *s, const char *ns, const char *id) {
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  lua_pushstring(L, ns);
+  lua_pushstring(L, id);
+  bool ok =
+      lr_runtime_call(s, NULL, "has_room", "route", 2, 1, NULL, 0) == 0 && lua_toboolean(L, -1);
+  lua_settop(L, top);
+  return ok;
+}
+
+/* req carries the shard secret (a shard process relaying its clients). */
+static bool from_shard(lr_server *s, const lr_request *req) {
+  const char *given = header_of(req, "x-access-shard");
+  if (!given || !(header_of(req, "x-shard-id") || header_of(req, "x-forwarded-by-shard")))
+    return false;
+  char secret[512];
+  lr_server_env(s, "SHARD_SECRET", secret, sizeof secret);
+  if (!secret[0]) return false;
+  size_t a = strlen(given), b = strlen(secret);
+  unsigned d = a != b;
+  for (size_t i = 0; i < b; i++) /* constant time in the secret's length */
+    d |= (unsigned char)secret[i] ^ (unsigned char)(i < a ? given[i] : 0);
+  return d == 0;
+}
+
+/* A request is about to create room ns/id: take a token of its client
+ * address's room-creation bucket (--room-create-rate), so that one address
+ * cannot fill the room table. The address is the socket's; for a request
+ * relayed by an authenticated shard, the client address it carries
+ * (x-forwarded-for); a shard uplink and in-process requests (room to room,
+ * no address) are not counted. false: refused (logged). */
+static bool may_create(lr_server *s, const char *ns, const char *id, const lr_request *req) {
+  char buf[64];
+  const char *addr = req->remote_addr;
+  if (from_shard(s, req)) {
+    const char *xff = header_of(req, "x-forwarded-for");
+    if (header_of(req, "x-shard-id") || !xff || !*xff) return true;
+    size_t n = strcspn(xff, ", ");
+    snprintf(buf, sizeof buf, "%.*s", (int)(n < sizeof buf ? n : sizeof buf - 1), xff);
+    addr = buf;
+  }
+  if (lr_addr_rate_take(s->room_rate, addr, lr_now(s))) return true;
+  lr_warn("room %s/%s not created: %s creates rooms faster than %g/s (burst %g)", ns, id, addr,
+          lr_addr_rate_rate(s->room_rate), lr_addr_rate_burst(s->room_rate));
+  return false;
+}
+
 int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
                       lr_conn **out) {
   *out = NULL;
@@ -1416,6 +1619,13 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     return 404;
   }
   if (s->shard && strcmp(ns, "shard") == 0) return lr_shard_ws_open(s, req, id, vt, tp, out);
+  if (!lr_room_find(s, ns, id)) {
+    if (!served(s, ns, id)) {
+      lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
+      return 404;
+    }
+    if (!may_create(s, ns, id, req)) return 429;
+  }
   if (!header_of(req, "x-shard-id")) {
     int w = wait_for_storage(s, ns, id, req, vt, tp, NULL, NULL, out);
     if (w > 0) return 0;
@@ -1620,6 +1830,31 @@ static void ops_request(lr_server *s, const lr_request *req, lr_response_cb done
   lua_settop(L, top);
 }
 
+/* Before a request creates or wakes room ns/id: runtime.preroute matches
+ * it against the routes of the definition that serves the room. Returns 1
+ * when it answered (no such route: 404; bad shard credentials: 401), 0 when
+ * the room serves it, -1 when no definition serves ns/id. */
+static int preroute(lr_server *s, const char *ns, const char *id, const lr_request *req,
+                    const char *rest, lr_response_cb done, void *ud) {
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  lua_pushstring(L, ns);
+  lua_pushstring(L, id);
+  push_request(L, req);
+  lua_pushstring(L, *rest ? rest : "/");
+  int rc = 0;
+  if (lr_runtime_call(s, NULL, "preroute", "route", 4, 1, NULL, 0) == 0) {
+    if (lua_istable(L, -1)) {
+      respond_table(L, done, ud);
+      rc = 1;
+    } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+      rc = -1;
+    }
+  }
+  lua_settop(L, top);
+  return rc;
+}
+
 void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
   char ns[256], id[256];
   const char *rest;
@@ -1638,6 +1873,17 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     return;
   }
   if (s->shard && lr_shard_http(s, req, ns, id, rest, done, ud)) return;
+  lr_room *live = lr_room_find(s, ns, id);
+  if (!live || live->hibernated) {
+    /* Nothing is created, woken or read from storage for a request the
+     * room does not serve. */
+    int pr = preroute(s, ns, id, req, rest, done, ud);
+    if (pr > 0) return;
+    if (pr == 0 && !live && !may_create(s, ns, id, req)) {
+      respond_simple(done, ud, 429, "{\"error\":\"Too Many Requests\"}");
+      return;
+    }
+  }
   int w = wait_for_storage(s, ns, id, req, NULL, NULL, done, ud, NULL);
   if (w > 0) return;
   if (w < 0) {

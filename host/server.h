@@ -50,7 +50,8 @@ typedef struct lr_request {
   size_t nheaders;
   const char *body; /* HTTP only; may be NULL */
   size_t bodylen;
-  const char *remote_addr; /* "127.0.0.1" */
+  const char *remote_addr; /* "127.0.0.1"; NULL: in-process (room to room, headless specs),
+                              not counted by the per-address limits */
 } lr_request;
 
 /* ---- WebSocket ---- */

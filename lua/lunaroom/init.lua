@@ -93,6 +93,7 @@ local KNOWN = {
   path = "string", party = "string", maxUsers = "number", throttleSync = "number",
   throttleStorage = "number", sessionExpiryTime = "number", transferExpiryTime = "number",
   autoSync = "boolean", hibernate = "boolean", hibernateAfter = "number", budget = "number", memory = "number",
+  evictAfter = "number", maxOfflineSessions = "number",
   rateLimit = "table", limits = "table", headers = "table",
   guards = "table", state = "table", actions = "table", requests = "table",
   unhandled = "function|table", onCreate = "function", onJoin = "function",
@@ -267,6 +268,17 @@ function lr.room(def)
   end
   d.hibernate = def.hibernate == true
   d.hibernateAfter = def.hibernateAfter or 30000
+  -- Eviction of an idle room with no connection and no timer (ms; 0 =
+  -- never; nil = the server's --evict-after, 60000 by default).
+  d.evictAfter = def.evictAfter
+  if d.evictAfter ~= nil and (math.type(d.evictAfter) ~= "integer" or d.evictAfter < 0) then
+    error("evictAfter must be an integer number of ms (0 = never evict)", 2)
+  end
+  -- Offline, unexpired sessions kept per room; past it the oldest expires early.
+  d.maxOfflineSessions = def.maxOfflineSessions or 1000
+  if math.type(d.maxOfflineSessions) ~= "integer" or d.maxOfflineSessions < 0 then
+    error("maxOfflineSessions must be an integer >= 0", 2)
+  end
   d.rateLimit = def.rateLimit or { rate = 100, burst = 200 }
   if type(d.rateLimit.rate) ~= "number" or type(d.rateLimit.burst) ~= "number" then
     error("rateLimit must be { rate = messages per second, burst = n } (rate 0 = off)", 2)

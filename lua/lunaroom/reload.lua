@@ -404,6 +404,9 @@ end
 -- Point a (migrated) live room at definition nd.
 local function swap(room, nd, version, file)
   local od = rawget(room, "def")
+  local srv = runtime.server_of(room)
+  runtime.census(srv, od.path, rawget(room, "version"), -1) -- /metrics: rooms by type and version
+  runtime.census(srv, nd.path, version, 1)
   rawset(room, "def", nd)
   rawset(room, "version", version)
   if file then rawset(room, "file", file) end

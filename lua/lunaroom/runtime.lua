@@ -1,7 +1,8 @@
 -- lunaroom.runtime: the room rules the C host calls into.
 --
 -- Owns: room instances (state initialisation, restore from storage),
--- sessions (privateId/publicId, reconnect, multi-socket, expiry, transfer),
+-- sessions (privateId/publicId, reconnect, multi-socket, expiry, transfer,
+-- the offline cap per room and the new-session rate per address),
 -- message dispatch (room guards, action guards, schema, handler), HTTP
 -- routing and responses, and the packet interceptor glue.
 -- Must not: encode packets, schedule flushes or touch sockets (C does), or
@@ -118,6 +119,8 @@ local Room = {} -- methods seen by handlers as room:method(...)
 -- room code sees the object (next/rawget), and the server table is shared
 -- by every room of the process.
 local SRV = setmetatable({}, { __mode = "k" })
+--- The server a room (or party stub) belongs to, for host modules (reload).
+function M.server_of(room) return SRV[room] end
 
 function Room:send(conn, value) core.send(conn, value) end
 function Room:broadcast(value, except) core.broadcast(rawget(self, "h"), value, except) end
@@ -248,7 +251,10 @@ function Storage:count() return core.store_count(self.h) end
 --- Create the Lua side of a server around a C server handle.
 function M.new_server(h, opts)
   local srv = { h = h, defs = {}, rooms = {}, opts = opts or {}, env = (opts or {}).env or {},
-    sleeping = {} } -- key -> the definition a hibernated room ran (its clients have that state)
+    sleeping = {}, -- key -> the definition a hibernated room ran (its clients have that state)
+    -- /metrics, kept as counters so a scrape does not walk the rooms:
+    -- sessions of rooms in memory, and path -> version -> live rooms.
+    stat = { online = 0, offline = 0 }, census = {} }
   -- room.env: a read-only view of the process environment the host passed
   -- (SHARD_SECRET, AUTH_JWT_SECRET, WORLD_ID, ...), like the reference's room.env.
   srv.env_view = setmetatable({}, {
@@ -437,6 +443,7 @@ function M.config_of(d)
     rate = d.rateLimit.rate, burst = d.rateLimit.burst,
     maxFrame = d.limits.frame or 0, maxDepth = d.limits.depth or 0, maxElements = d.limits.elements or 0,
     hibernate = d.hibernate and d.hibernateAfter or 0,
+    evict = d.evictAfter or -1, -- -1: the server's --evict-after
   }
 end
 
@@ -473,6 +480,8 @@ function M.create_room(srv, ns, id, rebind, entry)
   cfg.autoSync = d.autoSync
   core.room_config(h, cfg)
   srv.rooms[room.key] = room
+  rawset(room, "online", 0) -- sessions with an open socket (keys of sockets)
+  if not rebind then M.census(srv, d.path, e.version, 1) end
   local live = {}
   if rebind then
     -- Woken from hibernation: its sockets are still open; the clients have
@@ -483,6 +492,7 @@ function M.create_room(srv, ns, id, rebind, entry)
     for _, conn in ipairs(core.room_conns(h)) do
       local priv, pid = conn.state.privateId, conn.state.publicId
       if priv then
+        if not sockets[priv] then M.online(room, 1) end
         sockets[priv] = (sockets[priv] or 0) + 1
         live[priv] = true
         if schema and schema.connected and users[pid] ~= nil then users[pid][schema.connected] = true end
@@ -491,16 +501,7 @@ function M.create_room(srv, ns, id, rebind, entry)
     core.room_clear_dirty(h)
     if needs_write then core.room_mark_all(h) end
   end
-  -- Sessions left "connected" by a crash are offline now (Part 1 row 12).
-  for _, kv in ipairs(core.store_list(h, "session:")) do
-    local s = kv[2]
-    if type(s) == "table" and s.connected and not live[kv[1]:sub(9)] then
-      s.connected = false
-      s.disconnectedAt = core.now(srv.h)
-      core.store_apply(h, { { "put", kv[1], s } })
-      M.arm_expiry(room, kv[1]:sub(9), d.sessionExpiryTime)
-    end
-  end
+  M.restore_sessions(room, rebind, live)
   if d.onCreate and not rebind then core.pcall(d.onCreate, room.key, "onCreate", room) end
   return room
 end
@@ -513,6 +514,7 @@ function M.has_room(srv, ns, id) return resolve(srv, ns, id) ~= nil end
 function M.hibernate_room(srv, key)
   local room = srv.rooms[key]
   if room then
+    M.unaccount(room)
     srv.sleeping[key] = { def = rawget(room, "def"), file = rawget(room, "file"), version = rawget(room, "version") }
   end
   srv.rooms[key] = nil
@@ -554,11 +556,152 @@ local function put_session(room, priv, s, index_pid)
   if not ok then log("error", "room %s: session %s not saved: %s", rawget(room, "key"), priv, err) end
 end
 
+------------------------------------------------------------------ session bookkeeping
+
+-- Each room instance counts its online sessions (room.online: sessions with
+-- an open socket) and keeps its offline, unexpired sessions in disconnection
+-- order (room.offq: a FIFO with lazy deletion), so that
+--   * past d.maxOfflineSessions the oldest offline session is expired early
+--     (a room keeps accepting new players; the ones gone longest lose their
+--     seat first), in O(1) amortised;
+--   * srv.stat (online / offline totals for /metrics) stays exact without a
+--     walk over the rooms.
+
+local expire_session -- below
+
+--- n sessions of room went online (+) or offline (-).
+function M.online(room, n)
+  rawset(room, "online", rawget(room, "online") + n)
+  local st = SRV[room].stat
+  st.online = st.online + n
+end
+
+local function offq(room)
+  local q = rawget(room, "offq")
+  if not q then
+    q = { head = 1, tail = 0, pos = {}, n = 0 } -- [i] = privateId; pos[priv] = i
+    rawset(room, "offq", q)
+  end
+  return q
+end
+
+local function offline_remove(room, priv)
+  local q = rawget(room, "offq")
+  local i = q and q.pos[priv]
+  if not i then return end
+  q.pos[priv], q[i] = nil, nil
+  q.n = q.n - 1
+  local st = SRV[room].stat
+  st.offline = st.offline - 1
+  if q.tail - q.head + 1 > 2 * q.n + 64 then -- mostly holes: compact, keeping the order
+    local j = 0
+    for k = q.head, q.tail do
+      local p = q[k]
+      q[k] = nil
+      if p then
+        j = j + 1
+        q[j] = p
+        q.pos[p] = j
+      end
+    end
+    q.head, q.tail = 1, j
+  end
+end
+
+-- The oldest offline session of room, or nil.
+local function offline_oldest(q)
+  while q.head <= q.tail do
+    local p = q[q.head]
+    if p then return p end
+    q.head = q.head + 1
+  end
+end
+
+-- priv went offline (not expired yet). Past the room's cap the oldest
+-- offline sessions expire now.
+local function offline_add(room, priv)
+  local q = offq(room)
+  if q.pos[priv] then return end
+  q.tail = q.tail + 1
+  q[q.tail], q.pos[priv] = priv, q.tail
+  q.n = q.n + 1
+  local st = SRV[room].stat
+  st.offline = st.offline + 1
+  local cap = rawget(room, "def").maxOfflineSessions
+  while q.n > cap do
+    local oldest = offline_oldest(q)
+    local exp = rawget(room, "expiry")
+    if exp and exp[oldest] then
+      core.cancel(SRV[room].h, exp[oldest])
+      exp[oldest] = nil
+    end
+    log("info", "room %s: %d offline sessions (maxOfflineSessions): session %s expired early",
+      rawget(room, "key"), q.n, oldest)
+    expire_session(room, oldest)
+    offline_remove(room, oldest) -- even if it was not in storage any more
+  end
+end
+
+--- room's instance goes away (hibernation, disposal): its sessions leave
+--- the totals (a rebuilt instance counts them again).
+function M.unaccount(room)
+  local st = SRV[room].stat
+  st.online = st.online - (rawget(room, "online") or 0)
+  rawset(room, "online", 0)
+  local q = rawget(room, "offq")
+  if q then
+    st.offline = st.offline - q.n
+    rawset(room, "offq", nil)
+  end
+end
+
+--- A room instance was built (create_room): its offline sessions, from
+--- storage. Sessions left "connected" by a crash are offline now (Part 1
+--- row 12). In a fresh instance (not a wake from hibernation, whose expiry
+--- timers still run) each offline session gets an expiry timer for the time
+--- it has left, and one whose time is up expires now.
+function M.restore_sessions(room, rebind, live)
+  local d, h, srv = rawget(room, "def"), rawget(room, "h"), SRV[room]
+  local t = core.now(srv.h)
+  local offline = {}
+  for _, kv in ipairs(core.store_list(h, "session:")) do
+    local s, priv = kv[2], kv[1]:sub(9)
+    if type(s) == "table" and not live[priv] then
+      if s.connected then
+        s.connected = false
+        s.disconnectedAt = t
+        core.store_apply(h, { { "put", kv[1], s } })
+      end
+      local at = math.type(s.disconnectedAt) and s.disconnectedAt or t
+      offline[#offline + 1] = { priv = priv, at = at }
+    end
+  end
+  table.sort(offline, function(a, b)
+    if a.at ~= b.at then return a.at < b.at end
+    return a.priv < b.priv
+  end)
+  local expiry = d.sessionExpiryTime
+  for _, o in ipairs(offline) do
+    if not rebind and type(expiry) == "number" and expiry >= 0 and expiry < math.huge then
+      local left = math.min(expiry, expiry - (t - o.at))
+      if left <= 0 then
+        expire_session(room, o.priv)
+      else
+        M.arm_expiry(room, o.priv, left)
+        offline_add(room, o.priv)
+      end
+    else
+      offline_add(room, o.priv)
+    end
+  end
+end
+
 -- Delete a session; delete its user when no other session maps to it.
-local function expire_session(room, priv)
+function expire_session(room, priv)
   local h = rawget(room, "h")
   local s = get_session(room, priv)
   if not s or s.connected or (rawget(room, "sockets")[priv] or 0) > 0 then return end
+  offline_remove(room, priv)
   local pid = s.publicId
   local idx = core.store_get(h, "session-public:" .. pid) or {}
   local rest = {}
@@ -601,12 +744,8 @@ local function run_guards(guards, a, b, room)
   return true
 end
 
--- Count distinct online sessions (for maxUsers).
-local function online_sessions(room)
-  local n = 0
-  for _, c in pairs(rawget(room, "sockets")) do if c > 0 then n = n + 1 end end
-  return n
-end
+-- Distinct online sessions (for maxUsers).
+local function online_sessions(room) return rawget(room, "online") end
 
 local function redeem_transfer(room, token)
   local h = rawget(room, "h")
@@ -653,10 +792,20 @@ function M.connect(srv, room, conn, req)
     conn:close(4029, "room full")
     return
   end
+  -- A new session (a user record kept for sessionExpiryTime once offline):
+  -- limited per client address (--session-rate), so one address cannot
+  -- fill rooms with sessions.
+  if users and not session and not core.addr_take(srv.h, "session", req.ip) then
+    log("warn", "room %s: connection %s from %s refused: new sessions from this address over the rate", key,
+      conn.id, req.ip)
+    conn:close(4008, "too many new sessions")
+    return
+  end
   local pid = session and session.publicId
   if not pid then
     repeat pid = core.random_id(srv.h, 8, PID_ALPHABET) until not (users and users[pid] ~= nil)
   end
+  if not sockets[priv] then M.online(room, 1) end
   sockets[priv] = (sockets[priv] or 0) + 1
   local schema = users and d.fields[d.users_field].schema
   if users then
@@ -670,6 +819,7 @@ function M.connect(srv, room, conn, req)
     put_session(room, priv, s, pid)
     local exp = rawget(room, "expiry")
     if exp and exp[priv] then core.cancel(srv.h, exp[priv]); exp[priv] = nil end
+    offline_remove(room, priv)
     if schema.connected then users[pid][schema.connected] = true end
   end
   conn.state.publicId = pid
@@ -690,9 +840,11 @@ function M.close(srv, room, conn)
   local priv = conn.state and conn.state.privateId
   if not priv then return end
   local sockets = rawget(room, "sockets")
-  local n = (sockets[priv] or 1) - 1
+  local open = sockets[priv]
+  local n = (open or 1) - 1
   sockets[priv] = n > 0 and n or nil
   if n > 0 then return end -- another socket of this session is still open
+  if open then M.online(room, -1) end
   local users = users_of(room)
   local pid = conn.state.publicId
   local user = users and users[pid] or nil
@@ -702,6 +854,7 @@ function M.close(srv, room, conn)
     s.disconnectedAt = now(room)
     put_session(room, priv, s)
     M.arm_expiry(room, priv, d.sessionExpiryTime)
+    offline_add(room, priv)
     local schema = d.fields[d.users_field].schema
     if user and schema.connected then user[schema.connected] = false end
   end
@@ -887,6 +1040,33 @@ function M.request(srv, room, req, path)
   return to_response(res, result)
 end
 
+--- Called by C before a request creates or wakes room ns/id: true when the
+--- room would serve it (a route matches, or it goes to /session-transfer or
+--- a route with the shard secret), false when no definition serves ns/id,
+--- else the answer M.request would give (404 no such route, 401 bad shard
+--- credentials), given without building the room or reading its storage.
+function M.preroute(srv, ns, id, req, path)
+  local e = resolve(srv, ns, id)
+  if not e then
+    local slept = srv.sleeping[ns .. "/" .. id] -- its file was removed; the room lives on
+    if not slept then return false end
+    e = slept
+  end
+  local via_shard = req.headers["x-forwarded-by-shard"] ~= nil or req.headers["x-shard-id"] ~= nil
+  local transfer = not via_shard and req.method == "POST" and path:match("/session%-transfer$")
+  if via_shard or transfer then
+    local secret = srv.env.SHARD_SECRET
+    if not (secret and secret ~= "" and req.headers["x-access-shard"] == secret) then
+      return json_response(401, { error = "Invalid shard credentials" })
+    end
+    if transfer then return true end
+  end
+  local routes = e.def.routes
+  if match_route(routes, req.method, path) then return true end
+  if req.method == "HEAD" and match_route(routes, "GET", path) then return true end
+  return json_response(404, { error = "Not found" })
+end
+
 ------------------------------------------------------------------ operations endpoints
 
 --- /healthz, /readyz, /metrics, /admin (lunaroom.ops).
@@ -918,6 +1098,7 @@ function M.transfer_in(srv, room, data)
   if data.sessionState ~= nil then s.state = data.sessionState end
   put_session(room, data.privateId, s, data.publicId)
   M.arm_expiry(room, data.privateId, d.transferExpiryTime)
+  offline_add(room, data.privateId)
   local users = users_of(room)
   if type(data.userSnapshot) == "table" and users then
     local snap = data.userSnapshot
@@ -989,7 +1170,30 @@ end
 
 ------------------------------------------------------------------ registration
 
-function M.forget_room(srv, key) srv.rooms[key] = nil; srv.sleeping[key] = nil end
+function M.forget_room(srv, key)
+  local room, slept = srv.rooms[key], srv.sleeping[key]
+  if room then
+    M.unaccount(room)
+    M.census(srv, rawget(room, "def").path, rawget(room, "version"), -1)
+  elseif slept then
+    M.census(srv, slept.def.path, slept.version, -1)
+  end
+  srv.rooms[key] = nil
+  srv.sleeping[key] = nil
+end
+
+--- Live rooms by room type (path) and code version, for /metrics.
+function M.census(srv, path, version, delta)
+  version = version or ""
+  local byv = srv.census[path]
+  if not byv then
+    byv = {}
+    srv.census[path] = byv
+  end
+  local n = (byv[version] or 0) + delta
+  byv[version] = n > 0 and n or nil
+  if next(byv) == nil then srv.census[path] = nil end
+end
 
 ------------------------------------------------------------------ code versions (hot reload)
 
@@ -997,16 +1201,18 @@ function M.forget_room(srv, key) srv.rooms[key] = nil; srv.sleeping[key] = nil e
 --- metrics output: a list sorted by key of {key, party, id, path, file,
 --- version, connections}. version is the content hash of the room file and
 --- the modules it required (lunaroom.sandbox), updated by each hot reload.
+function M.room_info_of(key, room)
+  local ok, conns = pcall(core.room_conns, rawget(room, "h"))
+  return {
+    key = key, party = rawget(room, "_party"), id = rawget(room, "id"),
+    path = rawget(room, "def").path, file = rawget(room, "file"),
+    version = rawget(room, "version"), connections = ok and #conns or 0,
+  }
+end
+
 function M.room_info(srv)
   local out = {}
-  for key, room in pairs(srv.rooms) do
-    local ok, conns = pcall(core.room_conns, rawget(room, "h"))
-    out[#out + 1] = {
-      key = key, party = rawget(room, "_party"), id = rawget(room, "id"),
-      path = rawget(room, "def").path, file = rawget(room, "file"),
-      version = rawget(room, "version"), connections = ok and #conns or 0,
-    }
-  end
+  for key, room in pairs(srv.rooms) do out[#out + 1] = M.room_info_of(key, room) end
   table.sort(out, function(a, b) return a.key < b.key end)
   return out
 end

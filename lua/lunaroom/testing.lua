@@ -116,14 +116,15 @@ local REFUSED = {
 }
 
 --- A fake WebSocket client. opts: id (session id), query, headers, party,
---- room, discard (drop what it receives: for benchmarks).
+--- room, discard (drop what it receives: for benchmarks), ip (the client
+--- address per-address limits count; none by default: not counted).
 function T:client(opts)
   opts = opts or {}
   local q = {}
   for k, val in pairs(opts.query or {}) do q[k] = val end
   if opts.id then q.id = opts.id end
   local path = "/parties/" .. (opts.party or self.party) .. "/" .. (opts.room or self.id)
-  local hl, status = core.hl_connect(self.srv.h, path, query_string(q), opts.headers or {})
+  local hl, status = core.hl_connect(self.srv.h, path, query_string(q), opts.headers or {}, opts.ip)
   local c = setmetatable({ _hl = hl, _t = self, _packets = {}, _raw = {}, status = status }, Client)
   if hl and opts.discard then core.hl_discard(hl, true) end -- benchmarks: keep nothing
   if not hl then -- what `serve` does: accept, then close with a code (other statuses stay HTTP)
@@ -151,6 +152,7 @@ function T:advance(ms) core.advance(self.srv.h, ms) end
 function T:now() return core.now(self.srv.h) end
 
 --- HTTP request to the room: t:http("POST", "/scores", {body = {...}, headers = {...}})
+--- (opts.room, opts.party: another room; opts.ip: the client address)
 function T:http(method, path, opts)
   opts = opts or {}
   local body = opts.body
@@ -162,7 +164,7 @@ function T:http(method, path, opts)
   end
   local p, q = path:match("^([^?]*)%??(.*)$")
   local full = "/parties/" .. (opts.party or self.party) .. "/" .. (opts.room or self.id) .. (p == "/" and "" or p)
-  local res, pending = core.http(self.srv.h, method, full, q, headers, body)
+  local res, pending = core.http(self.srv.h, method, full, q, headers, body, opts.ip)
   -- The room's storage is loading (a backend that waits for I/O): the
   -- answer comes once it loaded; let the virtual clock run until then.
   local waited = 0
@@ -224,11 +226,15 @@ end
 -- opts: id (room id, default from the path), storage ("memory",
 -- "sqlite:PATH", "lua:FILE"), seed (random ids), env, rooms (more
 -- definitions), create (false: the first client or request creates the
--- room, as under `serve`; needed when the storage waits for I/O).
+-- room, as under `serve`; needed when the storage waits for I/O), limits
+-- (server settings: evict_after, room_rate, room_burst, session_rate,
+-- session_burst; see core.server_limits).
 function M.room(src, opts)
   opts = opts or {}
   local def, version = load_def(src)
-  local h = core.server_new { virtual = true, storage = opts.storage or "memory", seed = opts.seed or 42 }
+  local cfg = { virtual = true, storage = opts.storage or "memory", seed = opts.seed or 42 }
+  for k, val in pairs(opts.limits or {}) do cfg[k] = val end
+  local h = core.server_new(cfg)
   local srv = runtime.new_server(h, { env = opts.env })
   runtime.add_definition(srv, def, type(src) == "string" and src or nil, version)
   for _, more in ipairs(opts.rooms or {}) do runtime.add_definition(srv, (load_def(more))) end
