@@ -71,6 +71,8 @@ static const char *usage =
     "                        next to the binary, else the source tree's lua/)\n"
     "  --tls-cert FILE       serve https:// and wss:// with this PEM certificate (chain)\n"
     "  --tls-key FILE        the certificate's PEM private key (both re-read on SIGHUP)\n"
+    "  --lua-modules DIR     pure-Lua modules room code may require (a LuaRocks tree:\n"
+    "                        luarocks --tree DIR install ...); also for test and check\n"
     "  --tls-ca FILE         CA bundle that outgoing https:// and wss:// links (shards, world,\n"
     "                        fetch) verify their peer against (default: the system's CAs)\n"
     "\n"
@@ -134,13 +136,36 @@ static int require_mod(lua_State *L, const char *mod) {
   return lr_vm_pcall(L, 1, 1, &ci);
 }
 
+/* --lua-modules DIR (a LuaRocks tree: its share/lua/5.4; else the folder
+ * itself): where room code's require looks after the rooms folder. */
+static const char *lua_modules;
+
+static lua_State *open_vm(const char *lua_dir, size_t mem_limit) {
+  lua_State *L = lr_vm_open(lua_dir, mem_limit);
+  if (!L || !lua_modules) return L;
+  char tree[4200];
+  struct stat st;
+  snprintf(tree, sizeof tree, "%s/share/lua/5.4", lua_modules);
+  const char *dir = stat(tree, &st) == 0 && S_ISDIR(st.st_mode) ? tree : lua_modules;
+  if (require_mod(L, "lunaroom.sandbox") == 0) {
+    lua_getfield(L, -1, "set_module_dirs");
+    lua_createtable(L, 1, 0);
+    lua_pushstring(L, dir);
+    lua_rawseti(L, -2, 1);
+    lr_callinfo ci = {.what = "--lua-modules"};
+    lr_vm_pcall(L, 1, 0, &ci);
+    lua_pop(L, 1);
+  }
+  return L;
+}
+
 static int traceback(lua_State *L) {
   luaL_traceback(L, L, lua_tostring(L, 1), 1);
   return 1;
 }
 
 static int cmd_test(int argc, char **argv, const char *lua_dir) {
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   if (!L) {
     fprintf(stderr, "lunaroom: cannot create a Lua state\n");
     return 2;
@@ -189,7 +214,7 @@ static int cmd_lua(int argc, char **argv, const char *lua_dir) {
     fprintf(stderr, "usage: lunaroom lua FILE [args]\n");
     return 2;
   }
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   lua_createtable(L, argc, 1);
   for (int i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);
@@ -209,7 +234,7 @@ static int cmd_lua(int argc, char **argv, const char *lua_dir) {
 }
 
 static int cmd_check(const char *dir, const char *lua_dir) {
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   if (require_mod(L, "lunaroom.sandbox") != 0) return 2;
   int sandbox = lua_gettop(L);
   /* reload.check_file: the load a hot reload does, errors with file:line. */
@@ -496,6 +521,8 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       no.tls_key = argv[++i];
     else if (strcmp(a, "--tls-ca") == 0 && v)
       tls_ca = argv[++i];
+    else if (strcmp(a, "--lua-modules") == 0 && v)
+      lua_modules = argv[++i];
     else if (strcmp(a, "--stats-interval") == 0 && v) {
       stats_ms = atoll(argv[++i]);
       if (stats_ms <= 0) stats_ms = -1; /* only reports on changes */
@@ -535,7 +562,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   }
   lr_fetch_set_tls_ca(tls_ca);
   char err[256];
-  lua_State *L = lr_vm_open(lua_dir, lua_memory);
+  lua_State *L = open_vm(lua_dir, lua_memory);
   lr_store *st = strncmp(storage, "lua:", 4) == 0
                      ? lr_store_lua_open(L, storage + 4, err, sizeof err)
                      : lr_store_open_spec(storage, err, sizeof err);
@@ -696,7 +723,7 @@ static int cmd_init(int argc, char **argv, const char *lua_dir) {
       return 1;
     }
   }
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   int rc = 1;
   if (require_mod(L, "lunaroom.scaffold") == 0) {
     lua_getfield(L, -1, "write");
@@ -738,10 +765,20 @@ int main(int argc, char **argv) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  /* --lua-path anywhere after the command. */
+  /* --lua-path anywhere after the command; --lua-modules too, except for
+   * serve, which reads it with its other options (it may come from
+   * --config). */
   for (int i = 2; i + 1 < argc; i++) {
     if (strcmp(argv[i], "--lua-path") == 0) {
       lua_dir = argv[i + 1];
+      memmove(&argv[i], &argv[i + 2], (size_t)(argc - i - 2) * sizeof *argv);
+      argc -= 2;
+      break;
+    }
+  }
+  for (int i = 2; i + 1 < argc && strcmp(argv[1], "serve") != 0; i++) {
+    if (strcmp(argv[i], "--lua-modules") == 0) {
+      lua_modules = argv[i + 1];
       memmove(&argv[i], &argv[i + 2], (size_t)(argc - i - 2) * sizeof *argv);
       argc -= 2;
       break;
