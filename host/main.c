@@ -71,8 +71,8 @@ static const char *usage =
     "                        next to the binary, else the source tree's lua/)\n"
     "  --tls-cert FILE       serve https:// and wss:// with this PEM certificate (chain)\n"
     "  --tls-key FILE        the certificate's PEM private key (both re-read on SIGHUP)\n"
-    "  --lua-modules DIR     pure-Lua modules room code may require (a LuaRocks tree:\n"
-    "                        luarocks --tree DIR install ...); also for test and check\n"
+    "  --lua-modules DIR[:DIR...]  pure-Lua modules room code may require (a LuaRocks\n"
+    "                        tree: luarocks --tree DIR install ...); also for test and check\n"
     "  --tls-ca FILE         CA bundle that outgoing https:// and wss:// links (shards, world,\n"
     "                        fetch) verify their peer against (default: the system's CAs)\n"
     "\n"
@@ -136,26 +136,32 @@ static int require_mod(lua_State *L, const char *mod) {
   return lr_vm_pcall(L, 1, 1, &ci);
 }
 
-/* --lua-modules DIR (a LuaRocks tree: its share/lua/5.4; else the folder
- * itself): where room code's require looks after the rooms folder. */
+/* --lua-modules DIR[:DIR...] (a LuaRocks tree: its share/lua/5.4; else the
+ * folder itself): where room code's require looks after the rooms folder. */
 static const char *lua_modules;
 
 static lua_State *open_vm(const char *lua_dir, size_t mem_limit) {
   lua_State *L = lr_vm_open(lua_dir, mem_limit);
   if (!L || !lua_modules) return L;
-  char tree[4200];
-  struct stat st;
-  snprintf(tree, sizeof tree, "%s/share/lua/5.4", lua_modules);
-  const char *dir = stat(tree, &st) == 0 && S_ISDIR(st.st_mode) ? tree : lua_modules;
-  if (require_mod(L, "lunaroom.sandbox") == 0) {
-    lua_getfield(L, -1, "set_module_dirs");
-    lua_createtable(L, 1, 0);
-    lua_pushstring(L, dir);
-    lua_rawseti(L, -2, 1);
-    lr_callinfo ci = {.what = "--lua-modules"};
-    lr_vm_pcall(L, 1, 0, &ci);
-    lua_pop(L, 1);
+  if (require_mod(L, "lunaroom.sandbox") != 0) return L;
+  lua_getfield(L, -1, "set_module_dirs");
+  lua_newtable(L);
+  int n = 0;
+  for (const char *p = lua_modules; *p;) { /* DIR[:DIR...] */
+    size_t len = strcspn(p, ":");
+    char dir[4096], tree[4200];
+    struct stat st;
+    snprintf(dir, sizeof dir, "%.*s", (int)len, p);
+    snprintf(tree, sizeof tree, "%s/share/lua/5.4", dir);
+    if (len) {
+      lua_pushstring(L, stat(tree, &st) == 0 && S_ISDIR(st.st_mode) ? tree : dir);
+      lua_rawseti(L, -2, ++n);
+    }
+    p += len + (p[len] == ':');
   }
+  lr_callinfo ci = {.what = "--lua-modules"};
+  lr_vm_pcall(L, 1, 0, &ci);
+  lua_pop(L, 1);
   return L;
 }
 
