@@ -21,7 +21,8 @@ mv "$TMP/first" "$TMP/prefix" # relocated: nothing may point at the old prefix
 BIN="$TMP/prefix/bin/lunaroom"
 [ -x "$BIN" ] || fail "no bin/lunaroom"
 [ -f "$TMP/prefix/share/lunaroom/lua/lunaroom/init.lua" ] || fail "no share/lunaroom/lua"
-ok "installed bin/lunaroom and share/lunaroom/lua"
+head -1 "$TMP/prefix/share/lunaroom/meta/lunaroom.lua" | grep -q '^---@meta' || fail "no share/lunaroom/meta/lunaroom.lua"
+ok "installed bin/lunaroom, share/lunaroom/lua and share/lunaroom/meta"
 
 cd "$TMP"
 V=$(env -u LUNAROOM_LUA_PATH "$BIN" --version)
