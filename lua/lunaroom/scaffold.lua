@@ -96,7 +96,7 @@ M.files["README.md"] = [[
 Connect with the npm client:
 
     import { connectionRoom } from "@signe/sync/client";
-    const conn = await connectionRoom({ host: "http://localhost:1999", room: "counter-1" }, state);
+    const conn = await connectionRoom({ host: "localhost:1999", room: "counter-1" }, state);
     conn.emit("increment", { amount: 1 });
 
 Room files are hot-reloaded when they change. Data lives in data/lunaroom.sqlite.

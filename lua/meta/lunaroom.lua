@@ -133,7 +133,7 @@ function lr.jwt.verify(token, secret) end
 
 ---@param claims table
 ---@param secret string
----@param opts {expiresIn: integer?}?
+---@param opts {expiresIn: integer|string|false?}?
 ---@return string token
 function lr.jwt.sign(claims, secret, opts) end
 
@@ -170,7 +170,7 @@ function Schema:optional() end
 ---@return lunaroom.SchemaBuilder
 function Schema:default(x) end
 ---@param value any
----@return boolean ok, any value_or_issues
+---@return boolean ok, any value_or_error {message, issues} on failure
 function Schema:parse(value) end
 ---@return string
 function Schema:describe() end
@@ -285,7 +285,7 @@ function T:advance(ms) end
 function T:now() end
 ---@param method string
 ---@param path string
----@param opts {body: any?, headers: table?, query: table?}?
+---@param opts {body: any?, headers: table?, party: string?, room: string?}?
 ---@return {status: integer, body: string, json: any, headers: table}
 function T:http(method, path, opts) end
 ---@param id string
