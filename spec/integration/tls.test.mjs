@@ -31,11 +31,11 @@ function makeCa(name) {
   ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f(`${name}.key`), "-out", f(`${name}.pem`),
     "-days", "2", "-subj", `/CN=lunaroom test ${name}`);
 }
-/** A server certificate for 127.0.0.1 and localhost signed by ca (out.pem, out.key). */
-function makeCert(ca, out) {
+/** A server certificate (default: for 127.0.0.1 and localhost) signed by ca (out.pem, out.key). */
+function makeCert(ca, out, san = "DNS:localhost,IP:127.0.0.1") {
   ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f(`${out}.key`), "-out", f(`${out}.csr`),
     "-subj", "/CN=localhost");
-  fs.writeFileSync(f(`${out}.ext`), "subjectAltName=DNS:localhost,IP:127.0.0.1\n");
+  fs.writeFileSync(f(`${out}.ext`), `subjectAltName=${san}\n`);
   ossl("x509", "-req", "-in", f(`${out}.csr`), "-CA", f(`${ca}.pem`), "-CAkey", f(`${ca}.key`),
     "-CAcreateserial", "-out", f(`${out}.pem`), "-days", "2", "-extfile", f(`${out}.ext`));
 }
@@ -74,6 +74,7 @@ describe("TLS: https:// and wss:// on one port", () => {
     makeCa("other");
     makeCert("ca", "srv");
     makeCert("other", "srv2");
+    makeCert("ca", "elsewhere", "DNS:elsewhere.example"); // trusted CA, wrong name
     fs.copyFileSync(f("srv.pem"), f("live.pem"));
     fs.copyFileSync(f("srv.key"), f("live.key"));
     srv = await startServer({ args: ["--tls-cert", f("live.pem"), "--tls-key", f("live.key"), "--no-watch"] });
@@ -159,20 +160,25 @@ describe("TLS: https:// and wss:// on one port", () => {
     await assert.rejects(startServer({ args: ["--tls-cert", f("srv.pem")] }), /--tls-cert and --tls-key go together/);
   });
 
-  test("a shard's wss:// uplink verifies the main server against --tls-ca", async () => {
+  test("a shard's wss:// uplink verifies the main server against --tls-ca (chain and name)", async () => {
     const SHARD_SECRET = "tls-test-shard-secret";
     const main = await startServer({
       args: ["--tls-cert", f("srv.pem"), "--tls-key", f("srv.key"), "--no-watch"],
       env: { SHARD_SECRET },
     });
-    const shard = (ca) =>
+    const misnamed = await startServer({
+      args: ["--tls-cert", f("elsewhere.pem"), "--tls-key", f("elsewhere.key"), "--no-watch"],
+      env: { SHARD_SECRET },
+    });
+    const shard = (ca, port = main.port) =>
       startServer({
         rooms: tempDir("lunaroom-tls-shard-"),
-        args: ["--shard", `https://localhost:${main.port}`, "--tls-ca", f(ca), "--no-watch"],
+        args: ["--shard", `https://localhost:${port}`, "--tls-ca", f(ca), "--no-watch"],
         env: { SHARD_SECRET, AUTH_JWT_SECRET: "" },
       });
     const good = await shard("ca.pem");
     const bad = await shard("other.pem");
+    const wrongName = await shard("ca.pem", misnamed.port);
     try {
       const c = wsClient(`${good.wsUrl}/parties/shard/demo:w:1?id=tls-up`);
       await c.opened;
@@ -185,8 +191,20 @@ describe("TLS: https:// and wss:// on one port", () => {
       const closed = await Promise.race([b.closed, sleep(5000).then(() => "still open")]);
       assert.notEqual(closed, "still open", bad.logs());
       assert.equal(b.messages.filter((m) => m?.type === "sync").length, 0);
+      // a certificate from the trusted CA for another name: refused too
+      const w = wsClient(`${wrongName.wsUrl}/parties/shard/demo:w:3?id=tls-name`);
+      await w.opened;
+      const wclosed = await Promise.race([w.closed, sleep(5000).then(() => "still open")]);
+      assert.notEqual(wclosed, "still open", wrongName.logs());
+      assert.equal(w.messages.filter((m) => m?.type === "sync").length, 0);
+      // the control: that certificate is good for its own name (so the name made the difference)
+      const byName = spawnSync("curl", ["-sS", "--max-time", "5", "--cacert", f("ca.pem"), "--resolve",
+        `elsewhere.example:${misnamed.port}:127.0.0.1`, `https://elsewhere.example:${misnamed.port}/parties/main/demo/count`],
+      { encoding: "utf8" });
+      assert.equal(byName.status, 0, byName.stderr);
+      assert.equal(curl(`https://localhost:${misnamed.port}/parties/main/demo/count`, f("ca.pem")).code, 60);
     } finally {
-      for (const p of [good, bad, main]) assert.equal(await p.stop("SIGTERM"), 0, p.logs());
+      for (const p of [good, bad, wrongName, main, misnamed]) assert.equal(await p.stop("SIGTERM"), 0, p.logs());
     }
   });
 });
