@@ -156,6 +156,32 @@ describe("TLS: https:// and wss:// on one port", () => {
     assert.equal((await get(`${srv.url}/parties/main/demo/count`, f("ca.pem"))).status, 200);
   });
 
+  test("wss:// carries big and many frames intact (partial TLS writes, batched sends)", async () => {
+    const rooms = tempDir("lunaroom-tls-rooms-");
+    fs.writeFileSync(path.join(rooms, "big.lua"), `local lr = require "lunaroom"
+return lr.room { path = "big", rateLimit = { rate = 100000, burst = 100000 }, state = { blob = lr.sync(""), n = lr.sync(0) },
+  actions = { big = function(r, _, v) r.blob = string.rep("x", v) end,
+              inc = function(r) r.n = r.n + 1 end } }\n`);
+    const big = await startServer({ rooms, args: ["--tls-cert", f("srv.pem"), "--tls-key", f("srv.key"), "--no-watch"] });
+    try {
+      const ws = new (trusting(f("ca.pem")))(`${big.wsUrl}/parties/main/big`);
+      const got = [];
+      await new Promise((res, rej) => { ws.on("open", res); ws.on("error", rej); });
+      ws.on("message", (d) => got.push(JSON.parse(d)));
+      ws.send(JSON.stringify({ action: "big", value: 3_000_000 }));
+      for (let i = 0; i < 500; i++) ws.send(JSON.stringify({ action: "inc" }));
+      for (let i = 0; i < 300 && !got.some((m) => m.value?.n === 500); i++) await sleep(20);
+      const blob = got.find((m) => typeof m.value?.blob === "string" && m.value.blob.length > 0);
+      assert.equal(blob?.value.blob.length, 3_000_000);
+      const ns = got.map((m) => m.value?.n).filter((n) => n !== undefined && n > 0);
+      assert.equal(ns.at(-1), 500);
+      assert.deepEqual(ns, [...ns].sort((a, b) => a - b), "in order");
+      ws.close();
+    } finally {
+      assert.equal(await big.stop("SIGTERM"), 0, big.logs());
+    }
+  });
+
   test("--tls-cert without --tls-key is refused at start", async () => {
     await assert.rejects(startServer({ args: ["--tls-cert", f("srv.pem")] }), /--tls-cert and --tls-key go together/);
   });
