@@ -102,6 +102,10 @@ function lr.is_room(x) end
 ---@type lightuserdata
 lr.null = nil
 
+---Names a room's state fields may not use (room methods and internals), as a set.
+---@type table<string, boolean>
+lr.RESERVED = nil
+
 ---Metatables of the descriptors (for tools; room code rarely needs them).
 ---@type table
 lr.FIELD = nil
@@ -209,6 +213,12 @@ function lr.v.set_null(null) end
 
 ---What handlers get as `room`: the state fields of the definition, and:
 ---@class lunaroom.Room
+---@field id string                room id
+---@field params table<string, string>  captures of the path pattern
+---@field autoSync boolean         false: patches wait for room:applySync()
+---@field env table<string, string> selected environment variables
+---@field storage table            the room's storage (get/put/delete/list)
+---@field parties table            room-to-room HTTP: room.parties.main:get(id):fetch(path)
 local Room = {}
 ---Send one packet to one connection.
 ---@param conn lunaroom.Conn
