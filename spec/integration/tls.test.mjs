@@ -182,6 +182,17 @@ return lr.room { path = "big", rateLimit = { rate = 100000, burst = 100000 }, st
     }
   });
 
+  test("tls_cert and tls_key from the --config file", async () => {
+    fs.writeFileSync(f("conf.lua"), `return { tls_cert = ${JSON.stringify(f("srv.pem"))}, tls_key = ${JSON.stringify(f("srv.key"))}, watch = false }\n`);
+    const c = await startServer({ args: ["--config", f("conf.lua")] });
+    try {
+      assert.match(c.url, /^https:/);
+      assert.equal((await get(`${c.url}/parties/main/demo/count`, f("ca.pem"))).status, 200);
+    } finally {
+      assert.equal(await c.stop("SIGTERM"), 0, c.logs());
+    }
+  });
+
   test("--tls-cert without --tls-key is refused at start", async () => {
     await assert.rejects(startServer({ args: ["--tls-cert", f("srv.pem")] }), /--tls-cert and --tls-key go together/);
   });
