@@ -5,6 +5,8 @@
  * engine and the transport together, and the exit status.
  * Must not: contain engine or transport logic.
  */
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +14,9 @@
 #include <unistd.h>
 
 #include <lauxlib.h>
+#include <libwebsockets.h>
 #include <lualib.h>
+#include <sqlite3.h>
 
 #include "engine.h"
 #include "fetch.h"
@@ -34,6 +38,8 @@ static const char *usage =
     "  check [ROOMS_DIR]     compile and validate every room file; non-zero exit on the first "
     "error\n"
     "  lua FILE [args]       run a Lua script with the host's modules (benchmarks, tools)\n"
+    "  init DIR              write a new project in DIR: a room, its spec, lunaroom.lua, README\n"
+    "  --version             print the versions of lunaroom, Lua, libwebsockets, SQLite, libjwt\n"
     "\n"
     "serve options:\n"
     "  --port N              listen port (default 1999; 0 = any free port)\n"
@@ -67,8 +73,14 @@ static const char *usage =
     "  --log-format FMT      text (default) or json\n"
     "  --config FILE         a Lua file returning a table of these options (port = 2000,\n"
     "                        storage = \"memory\", rooms = \"rooms\", ...); flags win\n"
-    "  --lua-path DIR        where the lunaroom Lua modules live (default: the source tree's "
-    "lua/)\n"
+    "  --lua-path DIR        where the lunaroom Lua modules live (default: ../share/lunaroom/lua\n"
+    "                        next to the binary, else the source tree's lua/)\n"
+    "  --tls-cert FILE       serve https:// and wss:// with this PEM certificate (chain)\n"
+    "  --tls-key FILE        the certificate's PEM private key (both re-read on SIGHUP)\n"
+    "  --lua-modules DIR[:DIR...]  pure-Lua modules room code may require (a LuaRocks\n"
+    "                        tree: luarocks --tree DIR install ...); also for test and check\n"
+    "  --tls-ca FILE         CA bundle that outgoing https:// and wss:// links (shards, world,\n"
+    "                        fetch) verify their peer against (default: the system's CAs)\n"
     "\n"
     "world and shards (README \"World and shards\"):\n"
     "  --world               also serve the world room (party world, world-{id}); needs\n"
@@ -85,12 +97,39 @@ static const char *usage =
     "  --stats-interval MS   a shard's periodic report (default 30000; 0 = only on changes)\n"
     "  --help                this text\n";
 
+/* Where the Lua half of the runtime is: $LUNAROOM_LUA_PATH, else
+ * ../share/lunaroom/lua next to the binary (an installed lunaroom, found
+ * through /proc/self/exe so no build-machine path matters), else ./lua and
+ * the source tree's lua/ (a build tree). */
+static int lua_dir_ok(const char *dir) {
+  char f[4200];
+  struct stat st;
+  snprintf(f, sizeof f, "%s/lunaroom/init.lua", dir);
+  return stat(f, &st) == 0;
+}
+
 static const char *default_lua_dir(void) {
   static char buf[4096];
   const char *env = getenv("LUNAROOM_LUA_PATH");
   if (env && *env) return env;
-  struct stat st;
-  if (stat("lua/lunaroom/init.lua", &st) == 0) return "lua";
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) {
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) {
+      *slash = 0;
+      char share[4200];
+      snprintf(share, sizeof share, "%s/../share/lunaroom/lua", exe);
+      char *real = lua_dir_ok(share) ? realpath(share, NULL) : NULL;
+      if (real) {
+        snprintf(buf, sizeof buf, "%s", real);
+        free(real);
+        return buf;
+      }
+    }
+  }
+  if (lua_dir_ok("lua")) return "lua";
   snprintf(buf, sizeof buf, "%s/lua", LR_SOURCE_DIR);
   return buf;
 }
@@ -103,13 +142,42 @@ static int require_mod(lua_State *L, const char *mod) {
   return lr_vm_pcall(L, 1, 1, &ci);
 }
 
+/* --lua-modules DIR[:DIR...] (a LuaRocks tree: its share/lua/5.4; else the
+ * folder itself): where room code's require looks after the rooms folder. */
+static const char *lua_modules;
+
+static lua_State *open_vm(const char *lua_dir, size_t mem_limit) {
+  lua_State *L = lr_vm_open(lua_dir, mem_limit);
+  if (!L || !lua_modules) return L;
+  if (require_mod(L, "lunaroom.sandbox") != 0) return L;
+  lua_getfield(L, -1, "set_module_dirs");
+  lua_newtable(L);
+  int n = 0;
+  for (const char *p = lua_modules; *p;) { /* DIR[:DIR...] */
+    size_t len = strcspn(p, ":");
+    char dir[4096], tree[4200];
+    struct stat st;
+    snprintf(dir, sizeof dir, "%.*s", (int)len, p);
+    snprintf(tree, sizeof tree, "%s/share/lua/5.4", dir);
+    if (len) {
+      lua_pushstring(L, stat(tree, &st) == 0 && S_ISDIR(st.st_mode) ? tree : dir);
+      lua_rawseti(L, -2, ++n);
+    }
+    p += len + (p[len] == ':');
+  }
+  lr_callinfo ci = {.what = "--lua-modules"};
+  lr_vm_pcall(L, 1, 0, &ci);
+  lua_pop(L, 1);
+  return L;
+}
+
 static int traceback(lua_State *L) {
   luaL_traceback(L, L, lua_tostring(L, 1), 1);
   return 1;
 }
 
 static int cmd_test(int argc, char **argv, const char *lua_dir) {
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   if (!L) {
     fprintf(stderr, "lunaroom: cannot create a Lua state\n");
     return 2;
@@ -158,7 +226,7 @@ static int cmd_lua(int argc, char **argv, const char *lua_dir) {
     fprintf(stderr, "usage: lunaroom lua FILE [args]\n");
     return 2;
   }
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   lua_createtable(L, argc, 1);
   for (int i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);
@@ -178,7 +246,7 @@ static int cmd_lua(int argc, char **argv, const char *lua_dir) {
 }
 
 static int cmd_check(const char *dir, const char *lua_dir) {
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   if (require_mod(L, "lunaroom.sandbox") != 0) return 2;
   int sandbox = lua_gettop(L);
   /* reload.check_file: the load a hot reload does, errors with file:line. */
@@ -320,6 +388,18 @@ static int cmd_serve(int argc, char **argv, const char *lua_dir) {
     free(all);
     return rc;
   }
+  /* No --config: ./lunaroom.lua if there is one (a `lunaroom init` project). */
+  struct stat st;
+  if (stat("lunaroom.lua", &st) == 0 && S_ISREG(st.st_mode)) {
+    char **with = malloc(sizeof *with * (size_t)(argc + 3));
+    with[0] = "--config";
+    with[1] = "lunaroom.lua";
+    for (int j = 0; j < argc; j++)
+      with[j + 2] = argv[j];
+    int rc = cmd_serve(argc + 2, with, lua_dir);
+    free(with);
+    return rc;
+  }
   return cmd_serve_args(argc, argv, lua_dir);
 }
 
@@ -356,6 +436,44 @@ static void set_rate(lr_addr_rate *ar, const char *spec) {
   lr_addr_rate_set(ar, rate, burst);
 }
 
+/* SIGHUP (systemctl reload): re-read the rooms folder, as the watcher's
+ * rescan does: new, changed and deleted room files (unchanged versions are
+ * skipped). Works with --no-watch too. */
+typedef struct hup_ctx {
+  lr_server *s;
+  const char *dir;
+  bool rooms;
+} hup_ctx;
+
+static void on_hup(void *arg) {
+  hup_ctx *h = arg;
+  if (!h->rooms || h->s->shutting_down) return;
+  lua_State *L = h->s->L;
+  int top = lua_gettop(L);
+  static const char prep[] = "local reload, srv, dir = ...\n"
+                             "local st = reload.state(srv)\n"
+                             "st.dir = st.dir or reload.norm((dir:gsub('/+$', '')))\n"
+                             "return require('lunaroom.reload_c').run, srv, {'*'}\n";
+  lr_callinfo ci = {.what = "SIGHUP reload"};
+  if (require_mod(L, "lunaroom.reload") == 0 &&
+      luaL_loadbuffer(L, prep, sizeof prep - 1, "=sighup") == LUA_OK) {
+    lua_insert(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->s->ref);
+    lua_pushstring(L, h->dir);
+    /* reload_c.run is called outside any protected call, as the watcher's
+     * tick does: each step of the reload is then an outermost call with
+     * its own budget and undo mark. */
+    if (lr_vm_pcall(L, 3, 3, &ci) == 0) {
+      lua_call(L, 2, 1);
+      lr_info("SIGHUP: rooms folder %s re-read (%lld file(s) checked)", h->dir,
+              (long long)lua_rawlen(L, -1));
+    }
+  } else {
+    lr_error("SIGHUP: cannot reload %s: %s", h->dir, lua_tostring(L, -1));
+  }
+  lua_settop(L, top);
+}
+
 static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite", *snapshot = NULL;
   char storage_buf[4096];
@@ -368,6 +486,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   long max_rooms = 0;
   long long evict_after = -1;
   const char *room_rate = NULL, *session_rate = NULL;
+  const char *tls_ca = NULL;
   size_t lua_memory = (size_t)1 << 30;
   lr_net_opts no;
   lr_net_defaults(&no);
@@ -424,6 +543,14 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       world_url = argv[++i];
     else if (strcmp(a, "--world-id") == 0 && v)
       world_id = argv[++i];
+    else if (strcmp(a, "--tls-cert") == 0 && v)
+      no.tls_cert = argv[++i];
+    else if (strcmp(a, "--tls-key") == 0 && v)
+      no.tls_key = argv[++i];
+    else if (strcmp(a, "--tls-ca") == 0 && v)
+      tls_ca = argv[++i];
+    else if (strcmp(a, "--lua-modules") == 0 && v)
+      lua_modules = argv[++i];
     else if (strcmp(a, "--stats-interval") == 0 && v) {
       stats_ms = atoll(argv[++i]);
       if (stats_ms <= 0) stats_ms = -1; /* only reports on changes */
@@ -457,8 +584,13 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       return 2;
     }
   }
+  if (!no.tls_cert != !no.tls_key) {
+    fprintf(stderr, "lunaroom serve: --tls-cert and --tls-key go together\n");
+    return 2;
+  }
+  lr_fetch_set_tls_ca(tls_ca);
   char err[256];
-  lua_State *L = lr_vm_open(lua_dir, lua_memory);
+  lua_State *L = open_vm(lua_dir, lua_memory);
   lr_store *st = strncmp(storage, "lua:", 4) == 0
                      ? lr_store_lua_open(L, storage + 4, err, sizeof err)
                      : lr_store_open_spec(storage, err, sizeof err);
@@ -551,6 +683,9 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     }
   }
   lua_settop(L, 0);
+  hup_ctx hup = {.s = s, .dir = dir, .rooms = !shard_main || dir_given};
+  no.on_hup = on_hup;
+  no.on_hup_arg = &hup;
   int rc = lr_net_run(s, &no);
   lr_server_shutdown(s);
   /* A Lua backend that waits for I/O may still have writes behind the
@@ -587,16 +722,94 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   return rc;
 }
 
+/* lunaroom init DIR: a new project (lua/lunaroom/scaffold.lua has the
+ * files). DIR must not exist or be empty: nothing is overwritten. */
+static int cmd_init(int argc, char **argv, const char *lua_dir) {
+  if (argc != 1 || argv[0][0] == '-') {
+    fprintf(stderr, "usage: lunaroom init DIR\n");
+    return 2;
+  }
+  const char *dir = argv[0];
+  DIR *d = opendir(dir);
+  if (d) {
+    struct dirent *e;
+    int used = 0;
+    while ((e = readdir(d)))
+      if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) used = 1;
+    closedir(d);
+    if (used) {
+      fprintf(stderr, "lunaroom init: %s is not empty; nothing written\n", dir);
+      return 1;
+    }
+  } else if (mkdir(dir, 0777) != 0) {
+    fprintf(stderr, "lunaroom init: cannot create %s: %s\n", dir, strerror(errno));
+    return 1;
+  }
+  const char *sub[] = {"rooms", "spec"};
+  for (size_t i = 0; i < 2; i++) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, sub[i]);
+    if (mkdir(p, 0777) != 0) {
+      fprintf(stderr, "lunaroom init: cannot create %s: %s\n", p, strerror(errno));
+      return 1;
+    }
+  }
+  lua_State *L = open_vm(lua_dir, 0);
+  int rc = 1;
+  if (require_mod(L, "lunaroom.scaffold") == 0) {
+    lua_getfield(L, -1, "write");
+    lua_pushstring(L, dir);
+    lr_callinfo ci = {.what = "init"};
+    if (lr_vm_pcall(L, 1, 2, &ci) == 0) {
+      if (lua_toboolean(L, -2)) {
+        printf("wrote a new project in %s:\n  rooms/counter.lua  spec/counter_spec.lua  "
+               "lunaroom.lua  README.md\nnext: cd %s && lunaroom test && lunaroom serve\n",
+               dir, dir);
+        rc = 0;
+      } else {
+        fprintf(stderr, "lunaroom init: %s\n", lua_tostring(L, -1));
+      }
+    }
+  }
+  lr_vm_close(L);
+  return rc;
+}
+
+/* lunaroom --version */
+static int cmd_version(void) {
+  printf("lunaroom %s\n", LR_VERSION);
+  printf("  %s\n", LUA_RELEASE);
+  printf("  libwebsockets %s\n", lws_get_library_version());
+  printf("  SQLite %s\n", sqlite3_libversion());
+  printf("  libjwt %s (built against)\n", LR_JWT_VERSION);
+  char *real = realpath(default_lua_dir(), NULL);
+  printf("  Lua runtime: %s\n", real ? real : default_lua_dir());
+  free(real);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   const char *lua_dir = default_lua_dir();
+  if (argc >= 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0))
+    return cmd_version();
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  /* --lua-path anywhere after the command. */
+  /* --lua-path anywhere after the command; --lua-modules too, except for
+   * serve, which reads it with its other options (it may come from
+   * --config). */
   for (int i = 2; i + 1 < argc; i++) {
     if (strcmp(argv[i], "--lua-path") == 0) {
       lua_dir = argv[i + 1];
+      memmove(&argv[i], &argv[i + 2], (size_t)(argc - i - 2) * sizeof *argv);
+      argc -= 2;
+      break;
+    }
+  }
+  for (int i = 2; i + 1 < argc && strcmp(argv[1], "serve") != 0; i++) {
+    if (strcmp(argv[i], "--lua-modules") == 0) {
+      lua_modules = argv[i + 1];
       memmove(&argv[i], &argv[i + 2], (size_t)(argc - i - 2) * sizeof *argv);
       argc -= 2;
       break;
@@ -612,6 +825,7 @@ int main(int argc, char **argv) {
   if (strcmp(argv[1], "test") == 0) return cmd_test(argc - 2, argv + 2, lua_dir);
   if (strcmp(argv[1], "lua") == 0) return cmd_lua(argc - 2, argv + 2, lua_dir);
   if (strcmp(argv[1], "check") == 0) return cmd_check(argc > 2 ? argv[2] : "rooms", lua_dir);
+  if (strcmp(argv[1], "init") == 0) return cmd_init(argc - 2, argv + 2, lua_dir);
   fprintf(stderr, "lunaroom: unknown command %s\n\n%s", argv[1], usage);
   return 2;
 }

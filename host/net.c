@@ -7,7 +7,9 @@
  * (frame assembly, the outgoing FIFO of lr_msg references, close handshake);
  * per-request HTTP state (headers, bounded body, deferred response, static
  * files); the engine timer; SIGINT/SIGTERM and the bounded shutdown drain;
- * giving freed heap pages back to the OS after connection churn.
+ * SIGHUP (TLS certificate reload, then the caller's on_hup); the TLS options
+ * of the vhost (https/wss only when a certificate is given); giving freed
+ * heap pages back to the OS after connection churn.
  * Must not: parse JSON, call Lua, know rooms beyond server.h, call back into
  * the engine from inside an lr_transport_vt function (they only queue), or
  * write to a socket outside a WRITEABLE callback (the only exception is the
@@ -99,6 +101,7 @@
 #include <unistd.h>
 
 #include <libwebsockets.h>
+#include <openssl/err.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -151,11 +154,13 @@ typedef struct net_loop {
     uint32_t n;
   } * ips; /* open WebSockets per peer: open addressing, linear probing */
   size_t ipcap;
-  bool destroying; /* inside lws_context_destroy: no more lws calls from vt */
-  int64_t trim_at; /* return free heap pages to the OS at this time (0 = not due) */
+  bool destroying;  /* inside lws_context_destroy: no more lws calls from vt */
+  int64_t trim_at;  /* return free heap pages to the OS at this time (0 = not due) */
+  SSL_CTX *tls_ctx; /* the vhost's server context (TLS only), for the SIGHUP reload */
 } net_loop;
 
 static volatile sig_atomic_t net_stop_flag;
+static volatile sig_atomic_t net_hup_flag;
 static struct lws_context *volatile net_ctx; /* for lr_net_stop and the signal handler */
 
 /* ---- WebSocket connection ---- */
@@ -1317,6 +1322,10 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     if (o) net_detach(wsi);
     return 0;
 
+  case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
+    if (L) L->tls_ctx = user; /* kept for net_tls_reload */
+    return 0;
+
   case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
   case LWS_CALLBACK_HTTP_BIND_PROTOCOL:
   case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
@@ -1363,9 +1372,39 @@ static void net_arm(net_loop *L, int64_t max_ms) {
 }
 
 static void net_on_signal(int sig) {
-  (void)sig;
-  net_stop_flag = 1;
+  if (sig == SIGHUP)
+    net_hup_flag = 1;
+  else
+    net_stop_flag = 1;
   if (net_ctx) lws_cancel_service(net_ctx);
+}
+
+/* SIGHUP: re-read the certificate and key into the listening vhost's
+ * SSL_CTX (new handshakes use them; open connections keep theirs). The pair
+ * is first loaded into a scratch context, so a missing file or a key that
+ * does not match the certificate is logged and changes nothing. */
+static void net_tls_reload(net_loop *L) {
+  if (!L->o.tls_cert) return;
+  if (!L->tls_ctx) {
+    lr_warn("tls: no server context to reload the certificate into");
+    return;
+  }
+  SSL_CTX *probe = SSL_CTX_new(TLS_server_method());
+  int ok = probe && SSL_CTX_use_certificate_chain_file(probe, L->o.tls_cert) == 1 &&
+           SSL_CTX_use_PrivateKey_file(probe, L->o.tls_key, SSL_FILETYPE_PEM) == 1 &&
+           SSL_CTX_check_private_key(probe) == 1;
+  if (probe) SSL_CTX_free(probe);
+  if (!ok || SSL_CTX_use_certificate_chain_file(L->tls_ctx, L->o.tls_cert) != 1 ||
+      SSL_CTX_use_PrivateKey_file(L->tls_ctx, L->o.tls_key, SSL_FILETYPE_PEM) != 1) {
+    unsigned long e = ERR_get_error();
+    char why[256];
+    ERR_error_string_n(e, why, sizeof why);
+    ERR_clear_error();
+    lr_error("tls: cannot reload %s / %s (%s); keeping the current certificate", L->o.tls_cert,
+             L->o.tls_key, e ? why : "unknown error");
+    return;
+  }
+  lr_info("tls: certificate reloaded from %s", L->o.tls_cert);
 }
 
 void lr_net_defaults(lr_net_opts *o) {
@@ -1399,6 +1438,14 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     L.o.static_dir = o->static_dir;
     if (o->max_conns) L.o.max_conns = o->max_conns;
     if (o->max_conns_per_ip) L.o.max_conns_per_ip = o->max_conns_per_ip;
+    L.o.tls_cert = o->tls_cert;
+    L.o.tls_key = o->tls_key;
+    L.o.on_hup = o->on_hup;
+    L.o.on_hup_arg = o->on_hup_arg;
+  }
+  if (!L.o.tls_cert != !L.o.tls_key) {
+    lr_error("tls: --tls-cert and --tls-key go together");
+    return 1;
   }
   if (L.o.port < 0 || L.o.port > 65535) {
     lr_error("invalid port %d", L.o.port);
@@ -1429,8 +1476,17 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   info.retry_and_idle_policy = &net_idle_policy;
   info.gid = -1;
   info.uid = -1;
+  if (L.o.tls_cert) {
+    /* https:// and wss:// only: without ALLOW_NON_SSL_ON_SSL_PORT a plain
+     * request fails its handshake and is closed. */
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.ssl_cert_filepath = L.o.tls_cert;
+    info.ssl_private_key_filepath = L.o.tls_key;
+    info.alpn = "http/1.1";
+  }
 
   net_stop_flag = 0;
+  net_hup_flag = 0;
   L.ctx = lws_create_context(&info);
   struct lws_vhost *vh = L.ctx ? lws_get_vhost_by_name(L.ctx, "lunaroom") : NULL;
   int port = vh ? lws_get_vhost_listen_port(vh) : -1;
@@ -1443,16 +1499,18 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   }
   net_ctx = L.ctx;
 
-  struct sigaction sa, old_int, old_term, old_pipe;
+  struct sigaction sa, old_int, old_term, old_pipe, old_hup;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = net_on_signal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, &old_int);
   sigaction(SIGTERM, &sa, &old_term);
+  sigaction(SIGHUP, &sa, &old_hup);
   sa.sa_handler = SIG_IGN;
   sigaction(SIGPIPE, &sa, &old_pipe);
 
-  lr_info("listening on http://%s:%d", L.o.host ? L.o.host : "0.0.0.0", port);
+  lr_info("listening on %s://%s:%d", L.o.tls_cert ? "https" : "http",
+          L.o.host ? L.o.host : "0.0.0.0", port);
 
   int rc = 0;
   while (!net_stop_flag) {
@@ -1465,6 +1523,12 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
       lr_error("event loop failed");
       rc = 1;
       break;
+    }
+    if (net_hup_flag) {
+      net_hup_flag = 0;
+      lr_info("SIGHUP: reloading");
+      net_tls_reload(&L);
+      if (L.o.on_hup) L.o.on_hup(L.o.on_hup_arg);
     }
     lr_server_tick(s);
     net_trim(&L);
@@ -1492,6 +1556,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   lws_context_destroy(L.ctx); /* remaining sockets: CLOSED -> lr_conn_closed */
   sigaction(SIGINT, &old_int, NULL);
   sigaction(SIGTERM, &old_term, NULL);
+  sigaction(SIGHUP, &old_hup, NULL);
   sigaction(SIGPIPE, &old_pipe, NULL);
   free(L.static_root);
   free(L.ips);

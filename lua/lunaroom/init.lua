@@ -3,7 +3,8 @@
 -- Owns: the descriptors a room file is written with (room, schema, sync,
 -- users, connected, array, null, v) and the validation of a room definition.
 -- Must not: touch the host (no lunaroom.core calls except the null/array
--- sentinels), keep state, or depend on anything a sandbox does not offer.
+-- sentinels and the JSON codec), keep state, or depend on anything a sandbox
+-- does not offer.
 
 local core = require "lunaroom.core"
 local v = require "lunaroom.schema"
@@ -16,6 +17,19 @@ lr.v = v
 lr.jwt = require "lunaroom.jwt" -- verify/sign/bearer (host/lua_jwt.c), read-only
 --- The JSON null value (a table field set to lr.null is sent as null).
 lr.null = core.null
+
+--- lr.json.encode(value) -> string and lr.json.decode(string) -> value | nil,
+--- err: the host's own codec (the one state, packets and storage use):
+--- integers stay integers up to 2^63, floats round-trip exactly, lr.null is
+--- null, lr.array marks empty arrays. Read-only (shared by every room).
+lr.json = setmetatable({}, {
+  __index = {
+    encode = function(x) return (core.encode(x)) end,
+    decode = function(s) return core.decode(s) end,
+  },
+  __newindex = function() error("lr.json is read-only", 2) end,
+  __metatable = false,
+})
 
 --- Mark a Lua table as a JSON array (needed for empty arrays).
 function lr.array(t)

@@ -2,7 +2,8 @@
 --
 -- Owns: the allow-list of globals a room script sees, read-only library
 -- tables, `require` for room scripts (only "lunaroom", "lunaroom.schema" and
--- plain Lua modules from the rooms folder, each in its own sandbox), and the
+-- plain Lua modules from the rooms folder, then from the --lua-modules trees
+-- (pure-Lua rocks: *.lua files only), each in its own sandbox), and the
 -- code version (content hash of the file and the modules it required).
 -- Must not: give room code io, os.execute, load/loadfile/dofile, debug,
 -- package, collectgarbage, or any C module.
@@ -126,7 +127,40 @@ local function read(path)
   return src
 end
 
---- require for room scripts: lunaroom modules, or name.lua from the rooms folder.
+--- --lua-modules: folders searched after the rooms folder, in order (the
+--- host passes a LuaRocks tree as its share/lua/5.4); only name.lua and
+--- name/init.lua files are loaded (no C modules), into the room's sandbox.
+M.module_dirs = {}
+function M.set_module_dirs(dirs)
+  M.module_dirs = {}
+  for _, d in ipairs(dirs) do M.module_dirs[#M.module_dirs + 1] = (d:gsub("/+$", "")) end
+end
+
+-- The file of module name: the rooms folder, then the module folders.
+local function find_module(name, ctx)
+  local rel = name:gsub("%.", "/")
+  local tried = {}
+  local function try(path)
+    local src = read(path)
+    tried[#tried + 1] = path
+    return src
+  end
+  if ctx.dir then
+    local p = ctx.dir .. "/" .. rel .. ".lua"
+    local src = try(p)
+    if src then return p, src end
+  end
+  for _, d in ipairs(M.module_dirs) do
+    for _, p in ipairs { d .. "/" .. rel .. ".lua", d .. "/" .. rel .. "/init.lua" } do
+      local src = try(p)
+      if src then return p, src end
+    end
+  end
+  return nil, "not found in " .. (#tried > 0 and table.concat(tried, ", ") or "(no rooms folder)")
+end
+
+--- require for room scripts: lunaroom modules, or name.lua from the rooms
+--- folder or the --lua-modules folders.
 function M.require(name, ctx)
   if name == "lunaroom" then return RO.lunaroom end
   if name == "lunaroom.schema" then return RO.schema end
@@ -138,10 +172,9 @@ function M.require(name, ctx)
     if cached.loading then error("require: circular dependency on " .. name, 2) end
     return cached.value
   end
-  if not ctx.dir then error("require: no module " .. name .. " (no rooms folder)", 2) end
-  local path = ctx.dir .. "/" .. name:gsub("%.", "/") .. ".lua"
-  local src, err = read(path)
-  if not src then error("require: no module " .. name .. " in " .. ctx.dir .. " (" .. err .. ")", 2) end
+  if not ctx.dir and #M.module_dirs == 0 then error("require: no module " .. name .. " (no rooms folder)", 2) end
+  local path, src = find_module(name, ctx)
+  if not path then error("require: no module " .. name .. " (" .. src .. ")", 2) end
   local entry = { loading = true, file = path, src = src }
   ctx.loaded[name] = entry
   local chunk, cerr = load(src, "@" .. path, "t", new_env(path, ctx))
