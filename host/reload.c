@@ -48,9 +48,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -76,13 +81,22 @@ typedef struct lr_watch {
   wdir *wds;
   size_t nwds, capwds;
   char **pending; /* changed paths of the current burst, "dir/rel/name.lua" */
+  bool *settled;  /* per pending path: its last event was a close or a rename onto it */
   size_t npending, cappending;
   bool rescan;               /* overflow or a new folder: reload.lua rescans */
   int64_t first_ms, last_ms; /* first and last event of the burst */
   int64_t wake_at;           /* when our wake-up timer is due (0 = none) */
   uint64_t wake_seq;         /* its engine timer id */
   int64_t drained_ms;        /* last read of the fd: at most one per ms under load */
+  /* The waker thread (real clock only, see "Timing" above). */
+  bool thr_on;
+  pthread_t thr;
+  int stop_fd, ack_fd; /* eventfds: stop the thread; "drained, wait again" */
+  atomic_int waiting;  /* the thread woke the loop and waits for the ack */
 } lr_watch;
+
+/* How the waker thread ends the transport's wait (lr_reload_set_waker). */
+static void (*g_waker)(void);
 
 /* Open watchers in the process: lr_reload_poll's fast path when 0. */
 static int g_open;
@@ -176,7 +190,7 @@ static void burst(lr_watch *w, int64_t now) {
   w->last_ms = now;
 }
 
-static void add_pending(lr_watch *w, const char *rel, const char *name, int64_t now) {
+static void add_pending(lr_watch *w, const char *rel, const char *name, bool settled, int64_t now) {
   lr_buf p;
   lr_buf_init(&p);
   lr_buf_printf(&p, "%s/%s%s", w->dir, rel, name);
@@ -184,6 +198,7 @@ static void add_pending(lr_watch *w, const char *rel, const char *name, int64_t 
   burst(w, now);
   for (size_t i = 0; i < w->npending; i++) {
     if (strcmp(w->pending[i], s) == 0) {
+      w->settled[i] = settled; /* the path's latest event decides */
       lr_buf_free(&p);
       return;
     }
@@ -196,7 +211,9 @@ static void add_pending(lr_watch *w, const char *rel, const char *name, int64_t 
   if (w->npending == w->cappending) {
     w->cappending = w->cappending ? w->cappending * 2 : 8;
     w->pending = lr_xrealloc(w->pending, w->cappending * sizeof *w->pending);
+    w->settled = lr_xrealloc(w->settled, w->cappending * sizeof *w->settled);
   }
+  w->settled[w->npending] = settled;
   w->pending[w->npending++] = lr_xstrndup(s, p.len);
   lr_buf_free(&p);
 }
@@ -236,7 +253,12 @@ static void on_event(lr_watch *w, const struct inotify_event *ev, int64_t now) {
     lr_buf_free(&sub);
   } else {
     size_t l = strlen(ev->name);
-    if (l > 4 && strcmp(ev->name + l - 4, ".lua") == 0) add_pending(w, rel, ev->name, now);
+    /* A close after writing or a rename onto the name is a finished save;
+     * a creation (the write is still to come), a deletion or a rename away
+     * (an editor's backup step, often followed by a new file) waits for
+     * the debounce. */
+    bool settled = (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO)) != 0;
+    if (l > 4 && strcmp(ev->name + l - 4, ".lua") == 0) add_pending(w, rel, ev->name, settled, now);
   }
   free(rel);
 }
@@ -258,7 +280,10 @@ static void drain(lr_watch *w, int64_t now) {
   }
 }
 
+static void thread_stop(lr_watch *w);
+
 static void watch_free(lr_watch *w) {
+  thread_stop(w);
   if (w->fd >= 0) {
     close(w->fd);
     w->fd = -1;
@@ -272,7 +297,9 @@ static void watch_free(lr_watch *w) {
   for (size_t i = 0; i < w->npending; i++)
     free(w->pending[i]);
   free(w->pending);
+  free(w->settled);
   w->pending = NULL;
+  w->settled = NULL;
   w->npending = w->cappending = 0;
   free(w->dir);
   w->dir = NULL;
@@ -295,7 +322,7 @@ static int l_watch(lua_State *L) {
     n--; /* "rooms/" -> "rooms": paths are dir "/" rel name */
   lr_watch *w = lua_newuserdatauv(L, sizeof *w, 0);
   memset(w, 0, sizeof *w);
-  w->fd = -1;
+  w->fd = w->stop_fd = w->ack_fd = -1;
   luaL_setmetatable(L, WATCH_MT);
   w->dir = lr_xstrndup(dir, n);
   w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -321,6 +348,83 @@ static int l_watch_folders(lua_State *L) {
   lr_watch *w = luaL_checkudata(L, 1, WATCH_MT);
   lua_pushinteger(L, (lua_Integer)w->nwds);
   return 1;
+}
+
+/* ------------------------------------------------------------- waker */
+
+void lr_reload_set_waker(void (*wake)(void)) {
+  g_waker = wake;
+}
+
+/* The waker thread: sleeps in poll() on the inotify fd and, when an event
+ * is queued, ends the transport's wait (g_waker) and sleeps until the loop
+ * has read the events (ack_fd), so it never spins on a readable fd. It
+ * never reads the inotify fd, touches Lua or the engine: the loop thread
+ * does all of that in lr_reload_poll(). */
+static void *waker_main(void *arg) {
+  lr_watch *w = arg;
+  for (;;) {
+    struct pollfd p[2] = {{.fd = w->fd, .events = POLLIN}, {.fd = w->stop_fd, .events = POLLIN}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return NULL;
+    }
+    if (p[1].revents) return NULL;
+    if (!(p[0].revents & POLLIN)) continue;
+    atomic_store(&w->waiting, 1);
+    g_waker();
+    struct pollfd q[2] = {{.fd = w->ack_fd, .events = POLLIN},
+                          {.fd = w->stop_fd, .events = POLLIN}};
+    for (;;) {
+      if (poll(q, 2, -1) >= 0) break;
+      if (errno != EINTR) return NULL;
+    }
+    if (q[1].revents) return NULL;
+    uint64_t v;
+    if (read(w->ack_fd, &v, sizeof v) < 0) { /* EAGAIN: nothing to clear */
+    }
+  }
+}
+
+/* Start the waker thread (signals stay with the loop thread). Returns 0, or
+ * -1 (the caller falls back to the periodic wake-up). */
+static int thread_start(lr_watch *w) {
+  w->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  w->ack_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (w->stop_fd < 0 || w->ack_fd < 0) {
+    thread_stop(w);
+    return -1;
+  }
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&w->thr, NULL, waker_main, w);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
+    thread_stop(w);
+    return -1;
+  }
+  w->thr_on = true;
+  return 0;
+}
+
+static void thread_stop(lr_watch *w) {
+  if (w->thr_on) {
+    uint64_t one = 1;
+    if (write(w->stop_fd, &one, sizeof one) < 0) lr_warn("hot reload: cannot stop the waker");
+    pthread_join(w->thr, NULL);
+    w->thr_on = false;
+  }
+  if (w->stop_fd >= 0) close(w->stop_fd);
+  if (w->ack_fd >= 0) close(w->ack_fd);
+  w->stop_fd = w->ack_fd = -1;
+}
+
+/* The loop read the fd: let a waiting waker thread watch it again. */
+static void thread_ack(lr_watch *w) {
+  if (!w->thr_on || !atomic_exchange(&w->waiting, 0)) return;
+  uint64_t one = 1;
+  if (write(w->ack_fd, &one, sizeof one) < 0) lr_warn("hot reload: cannot wake the waker");
 }
 
 /* ------------------------------------------------------------- driver */
@@ -462,14 +566,22 @@ void lr_reload_poll(lr_server *s) {
     lua_settop(L, top);
     return;
   }
+  if (!w->thr_on && !s->virtual_clock && g_waker && thread_start(w) != 0)
+    lr_warn("hot reload: no waker thread, changes are read every %d ms", LR_RELOAD_WAKE_MS);
   int64_t now = lr_now(s);
-  if (now != w->drained_ms || s->virtual_clock) {
+  if (now != w->drained_ms || s->virtual_clock || atomic_load(&w->waiting)) {
     drain(w, now);
     w->drained_ms = now;
+    thread_ack(w);
   }
-  int64_t next = now + LR_RELOAD_WAKE_MS;
+  /* Without the waker thread the loop comes back every LR_RELOAD_WAKE_MS to
+   * read the fd; with it, only for a debounce deadline. */
+  int64_t next = w->thr_on ? -1 : now + LR_RELOAD_WAKE_MS;
   if (w->npending || w->rescan) {
-    int64_t due = w->last_ms + LR_RELOAD_DEBOUNCE_MS;
+    bool settled = !w->rescan;
+    for (size_t i = 0; i < w->npending && settled; i++)
+      settled = w->settled[i];
+    int64_t due = settled ? now : w->last_ms + LR_RELOAD_DEBOUNCE_MS;
     if (w->first_ms + LR_RELOAD_MAX_DELAY_MS < due) due = w->first_ms + LR_RELOAD_MAX_DELAY_MS;
     /* Real clock: a batch due within the margin is run now (see rearm). */
     if (now + (s->virtual_clock ? 0 : LR_RELOAD_MARGIN_MS) >= due) {
@@ -489,12 +601,12 @@ void lr_reload_poll(lr_server *s) {
       w->rescan = false;
       run_jobs(L, srv, -1);
       now = lr_now(s);
-      next = now + LR_RELOAD_WAKE_MS;
-    } else if (due < next) {
+      next = w->thr_on ? -1 : now + LR_RELOAD_WAKE_MS;
+    } else if (next < 0 || due < next) {
       next = due;
     }
   }
-  rearm(s, w, now, next);
+  if (next >= 0) rearm(s, w, now, next);
   lua_settop(L, top);
 }
 
