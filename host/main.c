@@ -511,7 +511,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     }
     lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,
             storage);
-    lr_reload_set_waker(lr_net_wake); /* a save wakes the loop at once */
+    lr_reload_set_waker(lr_net_wake);        /* a save wakes the loop at once */
     if (watch) lr_reload_watch(s, srv, dir); /* hot reload; logs and goes on if it cannot */
   }
   if (shard_main) {

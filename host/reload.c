@@ -5,11 +5,13 @@
  *
  * Owns: the watcher userdata ("lunaroom.watcher": an inotify fd with one
  * watch per folder under the rooms folder, the changed *.lua paths of the
- * current burst, the debounce), the engine wake-up timer while watching, and
- * the order of the protected calls that make up one reload.
+ * current burst, the debounce, the waker thread), the engine wake-up timer
+ * while watching, and the order of the protected calls that make up one
+ * reload.
  * Must not: interpret a change (which rooms a module affects, what a new
  * field means: reload.lua), write room state, call Lua other than through
- * lr_vm_pcall, or block (the fd is non-blocking; nothing here sleeps).
+ * lr_vm_pcall, or block (the fd is non-blocking; only the waker thread
+ * sleeps, and it touches nothing but its fds and the waker).
  *
  * Events. The watch mask is IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE |
  * IN_DELETE | IN_MOVED_FROM, which covers in-place writes (the event comes
@@ -20,19 +22,28 @@
  * ignored. A new sub-folder gets its own watch (modules may live in
  * rooms/lib/), and IN_Q_OVERFLOW asks reload.lua for a full rescan ("*").
  *
- * Timing. lr_reload_poll() runs on every lr_server_tick(). The transport's
- * loop sleeps until a socket event or the next engine timer, so while a
- * watcher is open exactly one no-op engine timer is kept armed, at most
- * LR_RELOAD_WAKE_MS ahead (at the debounce deadline while a burst is
- * pending) and never closer than LR_RELOAD_MARGIN_MS when the poll returns
- * (see rearm() for the lws 4.1 pitfall this avoids). A batch is reloaded
- * once no event came for LR_RELOAD_DEBOUNCE_MS (or LR_RELOAD_MAX_DELAY_MS
- * after its first event). Save-to-live latency on an idle server is
- * therefore about debounce + wake/2 + the load itself (measured ~43 ms
- * median); with socket traffic the loop wakes anyway (~30 ms). Under load
- * the fd is read at most once per millisecond. With a virtual clock
- * (specs) no timer is armed and there is no margin: the spec drives time
- * with advance() and calls tick().
+ * Timing. lr_reload_poll() runs on every lr_server_tick(). A real-clock
+ * server with a waker (lr_reload_set_waker: the transport's thread-safe
+ * wake-up) gives each watcher a thread that sleeps in poll() on the inotify
+ * fd; when an event is queued it wakes the loop and then sleeps until the
+ * loop has read the fd (an eventfd ack), so it never spins and never reads
+ * the fd itself. A batch whose every path got a finished save (its last
+ * event was IN_CLOSE_WRITE or IN_MOVED_TO) is reloaded on that very tick:
+ * a save is live after the read, the load, the swap and the flush
+ * (bench/reload_bench.mjs: p50 0.5 ms, p99 9 ms with 3 clients on a busy
+ * 2-core machine; it was 41/74 ms with a 30 ms debounce and a 25 ms
+ * periodic wake-up). Several writes before one close give one
+ * IN_CLOSE_WRITE, so one reload. A batch with an unfinished path (created
+ * but not yet closed, deleted, renamed away: an editor's backup step) or a
+ * rescan waits until no event came for LR_RELOAD_DEBOUNCE_MS (at most
+ * LR_RELOAD_MAX_DELAY_MS after its first event); one engine timer is armed
+ * for that deadline, never closer than LR_RELOAD_MARGIN_MS (see rearm() for
+ * the lws 4.1 pitfall this avoids). Without a waker (or if the thread
+ * cannot start) the timer instead wakes the loop every LR_RELOAD_WAKE_MS to
+ * read the fd. Under load the fd is read at most once per millisecond
+ * unless the thread asked. With a virtual clock (specs) there is no thread,
+ * no timer and no margin: the spec drives time with advance() and calls
+ * tick().
  *
  * Transaction. run_jobs() makes every step an outermost lr_vm_pcall: plan
  * (which room files a batch of paths affects, deletions), then per room

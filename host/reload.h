@@ -4,10 +4,10 @@
  * lua/lunaroom/reload.lua).
  *
  * Owns: the watcher (inotify fd, one watch per folder under the rooms folder,
- * pending changed paths, the debounce), the engine wake-up that keeps a
- * change from waiting for the next socket event, and the sequence of
- * protected calls of one reload (plan, then per room file: load under the
- * load budget, swap, onReload hooks, log).
+ * pending changed paths, the debounce, the waker thread), the engine wake-up
+ * that keeps a change from waiting for the next socket event, and the
+ * sequence of protected calls of one reload (plan, then per room file: load
+ * under the load budget, swap, onReload hooks, log).
  * Must not: decide what a change means for a room definition or touch room
  * state (reload.lua does), or talk to sockets.
  */
@@ -42,11 +42,12 @@
 int lr_reload_watch(lr_server *s, int srv, const char *dir);
 
 /* Called by lr_server_tick() on every loop iteration: reads the watcher's
- * pending events without blocking and, once the debounce has passed, runs
- * the reload of the changed files as outermost protected calls. Keeps an
- * engine timer armed (LR_RELOAD_WAKE_MS) while a watcher is open on a
- * real-clock server. Does nothing (one branch) when no watcher is open or
- * the server is shutting down. Never raises. */
+ * pending events without blocking and runs the reload of the changed files
+ * as outermost protected calls, at once for finished saves, after the
+ * debounce otherwise. Starts the waker thread on a real-clock server when a
+ * waker is set, else keeps an engine timer armed (LR_RELOAD_WAKE_MS). Does
+ * nothing (one branch) when no watcher is open or the server is shutting
+ * down. Never raises. */
 void lr_reload_poll(lr_server *s);
 
 /* Set how a watcher's thread ends the transport's wait from another thread

@@ -5,7 +5,8 @@
 -- requires is saved, broken, added or deleted while rooms are live.
 -- Must not: sleep or depend on wall-clock timing (the watcher's debounce is
 -- driven with t:advance; save-to-live latency is measured by
--- spec/integration/reload.test.mjs against the real binary).
+-- bench/reload_bench.mjs and spec/integration/reload.test.mjs against the
+-- real binary).
 local testing = require "lunaroom.testing"
 local reload = require "lunaroom.reload"
 local runtime = require "lunaroom.runtime"
@@ -320,26 +321,69 @@ onReload = function(room, old) room.title = "from " .. old .. " to " .. tostring
   end)
 
   describe("watcher", function()
-    it("picks up an atomic save and an in-place write after the debounce", function()
+    it("a finished save (rename over, in-place write, several writes) is live at the next tick", function()
       write(dir .. "/game.lua", counter(1))
       t = testing.room(dir .. "/game.lua")
       assert.is_true(reload.watch(t.srv, dir))
       local c = t:client()
-      atomic_write(dir .. "/game.lua", counter(20))
-      core.tick(t.srv.h) -- the events are read ...
-      c:send("inc")
-      assert.are.equal(1, t.room.count) -- ... but the burst is not over yet
-      t:advance(30)
+      testing.logs()
+      atomic_write(dir .. "/game.lua", counter(20)) -- IN_MOVED_TO: no debounce
       core.tick(t.srv.h)
       c:send("inc")
-      assert.are.equal(21, t.room.count)
-      write(dir .. "/game.lua", counter(300)) -- in place (IN_CLOSE_WRITE)
-      core.tick(t.srv.h)
-      t:advance(30)
+      assert.are.equal(20, t.room.count)
+      write(dir .. "/game.lua", counter(300)) -- in place: IN_CLOSE_WRITE
       core.tick(t.srv.h)
       c:send("inc")
-      assert.are.equal(321, t.room.count)
+      assert.are.equal(320, t.room.count)
+      local f = assert(io.open(dir .. "/game.lua", "w")) -- several writes, one close
+      local src = counter(4000)
+      f:write(src:sub(1, 20)); f:flush()
+      core.tick(t.srv.h) -- not closed yet: nothing to reload
+      f:write(src:sub(21)); f:close()
+      core.tick(t.srv.h)
+      c:send("inc")
+      assert.are.equal(4320, t.room.count)
+      t:advance(1000); core.tick(t.srv.h)
+      local n = 0
+      for _, l in ipairs(testing.logs()) do if l:find("reloaded .*game%.lua") then n = n + 1 end end
+      assert.are.equal(3, n) -- exactly one reload per save
       assert.is_nil(c.closed)
+      reload.unwatch(t.srv)
+    end)
+
+    it("an editor's backup-rename save is one reload after the new file is closed", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      assert.is_true(reload.watch(t.srv, dir))
+      local c = t:client()
+      testing.logs()
+      -- vim (backupcopy=no): rename the file away, write a new one, delete the backup
+      assert(os.rename(dir .. "/game.lua", dir .. "/game.lua~"))
+      core.tick(t.srv.h) -- IN_MOVED_FROM only: waits for the debounce, the room type stays
+      assert.is_nil(has_line(testing.logs(), "game%.lua"))
+      write(dir .. "/game.lua", counter(7))
+      os.remove(dir .. "/game.lua~")
+      core.tick(t.srv.h)
+      c:send("inc")
+      assert.are.equal(7, t.room.count)
+      t:advance(1000); core.tick(t.srv.h)
+      local lines = testing.logs()
+      assert.truthy(has_line(lines, "reloaded .*game%.lua"))
+      assert.is_nil(has_line(lines, "error"))
+      assert.are.equal(1, #t.srv.defs)
+      reload.unwatch(t.srv)
+    end)
+
+    it("a deletion waits for the debounce (the file may come back)", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      assert.is_true(reload.watch(t.srv, dir))
+      os.remove(dir .. "/game.lua")
+      core.tick(t.srv.h)
+      t:advance(29); core.tick(t.srv.h)
+      assert.are.equal(1, #t.srv.defs)
+      t:advance(1); core.tick(t.srv.h)
+      assert.are.equal(0, #t.srv.defs)
       reload.unwatch(t.srv)
     end)
 
@@ -356,6 +400,7 @@ local lr = require "lunaroom"
 return lr.room { path = "chat", state = { n = 0 } }
 ]])
       write(dir .. "/lib/util.lua", "return {}\n")
+      assert(os.execute("mkdir -p '" .. dir .. "/new'")) -- a new folder: rescan, debounced
       core.tick(t.srv.h)
       t:advance(10)
       atomic_write(dir .. "/game.lua", counter(2)) -- still inside the burst
@@ -376,7 +421,7 @@ return lr.room { path = "chat", state = { n = 0 } }
       -- A module created in a new sub-folder is watched too.
       assert(os.execute("mkdir -p '" .. dir .. "/lib/deep'"))
       core.tick(t.srv.h)
-      assert.are.equal(3, t.srv._watcher:folders())
+      assert.are.equal(4, t.srv._watcher:folders())
       reload.unwatch(t.srv)
     end)
 
