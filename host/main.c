@@ -5,6 +5,7 @@
  * engine and the transport together, and the exit status.
  * Must not: contain engine or transport logic.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +31,9 @@ static const char *usage =
     "commands:\n"
     "  serve [ROOMS_DIR]     serve the rooms in ROOMS_DIR (default rooms/) over HTTP and "
     "WebSocket\n"
-    "  test [busted args]    run busted specs (default spec/) inside the host, headless\n"
+    "  test [busted args]    run busted specs (default spec/) inside the host, headless;\n"
+    "                        --watch: run them again on every save of a room file, module\n"
+    "                        or spec (only the specs that use it, when that can be told)\n"
     "  check [ROOMS_DIR]     compile and validate every room file; non-zero exit on the first "
     "error\n"
     "  lua FILE [args]       run a Lua script with the host's modules (benchmarks, tools)\n"
@@ -102,7 +105,44 @@ static int traceback(lua_State *L) {
   return 1;
 }
 
+/* lunaroom test --watch [args]: lua/lunaroom/watch.lua re-runs the specs
+ * (each run a child `lunaroom test`) on every save. */
+static int cmd_test_watch(int argc, char **argv, const char *lua_dir) {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) {
+    fprintf(stderr, "lunaroom test --watch: cannot find the lunaroom binary\n");
+    return 2;
+  }
+  exe[n] = 0;
+  signal(SIGINT, SIG_DFL); /* Ctrl-C ends it, even if started with SIGINT ignored */
+  lua_State *L = lr_vm_open(lua_dir, 0);
+  /* Not room code, and it runs until Ctrl-C: a plain pcall, no budget. */
+  lua_pushcfunction(L, traceback);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lunaroom.watch");
+  int rc = lua_pcall(L, 1, 1, 1);
+  if (rc == LUA_OK) {
+    lua_getfield(L, -1, "main");
+    lua_pushstring(L, exe);
+    lua_pushstring(L, lua_dir);
+    lua_createtable(L, argc, 0);
+    for (int i = 0, k = 0; i < argc; i++) {
+      if (strcmp(argv[i], "--watch") == 0) continue;
+      lua_pushstring(L, argv[i]);
+      lua_rawseti(L, -2, ++k);
+    }
+    rc = lua_pcall(L, 3, 1, 1);
+  }
+  if (rc != LUA_OK) fprintf(stderr, "lunaroom test --watch: %s\n", lua_tostring(L, -1));
+  int status = rc != LUA_OK ? 2 : (int)lua_tointeger(L, -1);
+  lr_vm_close(L);
+  return status;
+}
+
 static int cmd_test(int argc, char **argv, const char *lua_dir) {
+  for (int i = 0; i < argc; i++)
+    if (strcmp(argv[i], "--watch") == 0) return cmd_test_watch(argc, argv, lua_dir);
   lua_State *L = lr_vm_open(lua_dir, 0);
   if (!L) {
     fprintf(stderr, "lunaroom: cannot create a Lua state\n");

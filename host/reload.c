@@ -69,6 +69,7 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -83,6 +84,7 @@
 
 typedef struct wdir {
   int wd;
+  int depth; /* 0 for a root */
   char *rel; /* "" for the rooms folder, else "lib/" (always ends in '/') */
 } wdir;
 
@@ -156,6 +158,7 @@ static int add_dir(lr_watch *w, const char *rel, int depth) {
     d->wd = wd;
   }
   d->rel = lr_xstrndup(rel, strlen(rel));
+  d->depth = depth;
   if (depth < WATCH_MAX_DEPTH) {
     DIR *dh = opendir(lr_buf_cstr(&path));
     struct dirent *e;
@@ -245,13 +248,11 @@ static void on_event(lr_watch *w, const struct inotify_event *ev, int64_t now) {
   if (!ev->len || ev->name[0] == '.') return;
   /* d may move when add_dir grows the array: copy rel first. */
   char *rel = lr_xstrndup(d->rel, strlen(d->rel));
+  int depth = d->depth + 1;
   if (ev->mask & IN_ISDIR) {
     lr_buf sub;
     lr_buf_init(&sub);
     lr_buf_printf(&sub, "%s%s/", rel, ev->name);
-    int depth = 0;
-    for (const char *c = lr_buf_cstr(&sub); *c; c++)
-      depth += *c == '/';
     if ((ev->mask & (IN_CREATE | IN_MOVED_TO)) && depth <= WATCH_MAX_DEPTH) {
       if (add_dir(w, lr_buf_cstr(&sub), depth) != 0)
         lr_warn("hot reload: cannot watch %s/%s: %s", w->dir, lr_buf_cstr(&sub), strerror(errno));
@@ -323,7 +324,7 @@ static int l_watch_close(lua_State *L) {
   return 0;
 }
 
-/* reload_c.watch(dir) -> watcher | nil, err. The userdata is created closed
+/* reload_c.watch(dir [, roots]) -> watcher | nil, err. The userdata is created closed
  * (fd -1) before the fd is opened, so an allocation error leaves nothing
  * behind. [-1,+1|2] */
 static int l_watch(lua_State *L) {
@@ -344,12 +345,28 @@ static int l_watch(lua_State *L) {
     return 2;
   }
   g_open++;
-  if (add_dir(w, "", 0) != 0) {
-    int e = errno;
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot watch %s: %s", w->dir, strerror(e));
-    watch_free(w);
-    return 2;
+  /* roots: watch these folders under dir (each "sub/dir", recursively)
+   * instead of dir itself. */
+  int nroots = lua_istable(L, 2) ? (int)lua_rawlen(L, 2) : 0;
+  for (int i = 0; i <= nroots; i++) {
+    if (i == 0 && nroots > 0) continue;
+    lr_buf rel;
+    lr_buf_init(&rel);
+    if (i > 0) {
+      lua_rawgeti(L, 2, i);
+      const char *r = lua_tostring(L, -1);
+      lr_buf_printf(&rel, "%s/", r ? r : "");
+      lua_pop(L, 1);
+    }
+    if (add_dir(w, lr_buf_cstr(&rel), 0) != 0) {
+      int e = errno;
+      lua_pushnil(L);
+      lua_pushfstring(L, "cannot watch %s/%s: %s", w->dir, lr_buf_cstr(&rel), strerror(e));
+      lr_buf_free(&rel);
+      watch_free(w);
+      return 2;
+    }
+    lr_buf_free(&rel);
   }
   return 1;
 }
@@ -358,6 +375,61 @@ static int l_watch(lua_State *L) {
 static int l_watch_folders(lua_State *L) {
   lr_watch *w = luaL_checkudata(L, 1, WATCH_MT);
   lua_pushinteger(L, (lua_Integer)w->nwds);
+  return 1;
+}
+
+/* Milliseconds on the monotonic clock (w:wait's deadlines). */
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* w:wait(timeout_ms) -> list of changed paths ({} on timeout; "*" in it
+ * after an overflow or a new folder). Blocks in poll() up to timeout_ms
+ * (-1: forever) for the first event, then gathers the rest of the burst:
+ * returns as soon as every path got a finished save and the fd stayed
+ * quiet for 5 ms, else after LR_RELOAD_DEBOUNCE_MS of quiet. For a process
+ * that does nothing else (lunaroom test --watch); a server uses
+ * lr_reload_poll. Not for a watcher the loop's waker thread watches. [-2,+1] */
+static int l_watch_wait(lua_State *L) {
+  lr_watch *w = luaL_checkudata(L, 1, WATCH_MT);
+  lua_Integer timeout = luaL_optinteger(L, 2, -1);
+  luaL_argcheck(L, w->fd >= 0 && !w->thr_on, 1, "watcher is closed or owned by a server");
+  int64_t end = timeout < 0 ? -1 : mono_ms() + timeout;
+  for (;;) {
+    bool any = w->npending || w->rescan;
+    bool settled = !w->rescan;
+    for (size_t i = 0; i < w->npending && settled; i++)
+      settled = w->settled[i];
+    int wait_ms = !any ? -1 : settled ? 5 : LR_RELOAD_DEBOUNCE_MS;
+    if (!any && end >= 0) {
+      int64_t left = end - mono_ms();
+      if (left <= 0) break;
+      wait_ms = (int)(left > 60000 ? 60000 : left);
+    }
+    struct pollfd p = {.fd = w->fd, .events = POLLIN};
+    int n = poll(&p, 1, wait_ms);
+    if (n < 0 && errno != EINTR) return luaL_error(L, "poll: %s", strerror(errno));
+    if (n > 0) {
+      drain(w, mono_ms());
+    } else if (n == 0 && any) {
+      break; /* the burst went quiet */
+    }
+  }
+  lua_createtable(L, (int)w->npending + 1, 0);
+  lua_Integer k = 0;
+  for (size_t i = 0; i < w->npending; i++) {
+    lua_pushstring(L, w->pending[i]);
+    lua_rawseti(L, -2, ++k);
+    free(w->pending[i]);
+  }
+  if (w->rescan) {
+    lua_pushliteral(L, "*");
+    lua_rawseti(L, -2, ++k);
+  }
+  w->npending = 0;
+  w->rescan = false;
   return 1;
 }
 
@@ -524,6 +596,12 @@ static int l_run(lua_State *L) {
   return 1;
 }
 
+/* reload_c.now_ms() -> milliseconds on the monotonic clock. [-0,+1] */
+static int l_now_ms(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)mono_ms());
+  return 1;
+}
+
 /* reload_c.is_file(path) -> true if path is a regular file. [-1,+1] */
 static int l_is_file(lua_State *L) {
   struct stat st;
@@ -644,13 +722,19 @@ int luaopen_lunaroom_reload_c(lua_State *L) {
   if (luaL_newmetatable(L, WATCH_MT)) {
     const luaL_Reg m[] = {{"__gc", l_watch_close}, {"__close", l_watch_close}, {NULL, NULL}};
     luaL_setfuncs(L, m, 0);
-    const luaL_Reg methods[] = {
-        {"close", l_watch_close}, {"folders", l_watch_folders}, {NULL, NULL}};
+    const luaL_Reg methods[] = {{"close", l_watch_close},
+                                {"folders", l_watch_folders},
+                                {"wait", l_watch_wait},
+                                {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
-  const luaL_Reg fns[] = {{"watch", l_watch}, {"run", l_run}, {"is_file", l_is_file}, {NULL, NULL}};
+  const luaL_Reg fns[] = {{"watch", l_watch},
+                          {"run", l_run},
+                          {"is_file", l_is_file},
+                          {"now_ms", l_now_ms},
+                          {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }
