@@ -57,8 +57,10 @@ static const char *usage =
     "  --no-watch            do not hot-reload room files when they change\n"
     "  --headers A,B         also pass these request headers to rooms (rooms declare theirs\n"
     "                        with headers = {...}; for a --shard process without room files)\n"
-    "  --dev                 start even if a room file does not load (log it, serve the "
-    "others)\n"
+    "  --dev                 development mode: start even if a room file does not load (log\n"
+    "                        it, serve the others); a save that fails to load is sent to\n"
+    "                        that room type's clients ({\"type\":\"dev_error\",...}); never\n"
+    "                        use in production\n"
     "  --jwt-require-exp     refuse JWTs without an exp claim (default: accepted, as the "
     "reference)\n"
     "  --log-format FMT      text (default) or json\n"
@@ -529,6 +531,11 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   lr_callinfo ci = {.what = "startup"};
   if (lr_vm_pcall(L, 2, 1, &ci) != 0) return 1;
   int srv = lua_gettop(L);
+  if (dev) { /* development mode: reload.lua sends failed saves to clients */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, srv, "dev");
+    lr_info("development mode: a save that fails to load is shown to the room's clients");
+  }
   if (world && add_world(L, rt, srv, lua_dir) != 0) return 1;
   lua_settop(L, srv);
   if (!shard_main || dir_given) {

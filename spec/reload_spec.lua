@@ -320,6 +320,72 @@ onReload = function(room, old) room.title = "from " .. old .. " to " .. tostring
     assert.are.same({ type = "sync", value = { count = 3 } }, c:last("sync"))
   end)
 
+  describe("development mode (srv.dev)", function()
+    local function dev_packets(c)
+      local out = {}
+      for _, r in ipairs(c.raw) do if r:find('"type":"dev_error"', 1, true) then out[#out + 1] = r end end
+      return out
+    end
+
+    it("sends a failed save to the file's rooms with file:line, and null on the next good save", function()
+      write(dir .. "/game.lua", counter(1))
+      write(dir .. "/other.lua", (counter(1):gsub("game%-{id}", "other")))
+      t = testing.room(dir .. "/game.lua")
+      runtime.add_definition(t.srv, assert(require("lunaroom.sandbox").load_room_file(dir .. "/other.lua", dir)),
+        dir .. "/other.lua", "x")
+      t.srv.dev = true
+      local c1, c2 = t:client(), t:client()
+      local co = t:client { room = "other" }
+      c1:clear(); c2:clear(); co:clear()
+      write(dir .. "/game.lua", "local lr = require 'lunaroom'\nreturn lr.room {\n  path = = 1,\n}\n")
+      reload.run(t.srv, { dir .. "/game.lua" })
+      for _, c in ipairs { c1, c2 } do
+        local p = c:last("dev_error")
+        assert.are.equal(dir .. "/game.lua", p.value.file)
+        assert.are.equal(3, p.value.line)
+        assert.truthy(p.value.message:find("unexpected symbol", 1, true))
+      end
+      assert.are.same({}, dev_packets(co)) -- another room type hears nothing
+      -- a validation error (no line of its own is fine too): still reported
+      write(dir .. "/game.lua", counter(2, "state = 5,"))
+      reload.run(t.srv, { dir .. "/game.lua" })
+      assert.are.equal(2, #dev_packets(c1))
+      write(dir .. "/game.lua", counter(5))
+      reload.run(t.srv, { dir .. "/game.lua" })
+      assert.are.same('{"type":"dev_error","value":null}', dev_packets(c1)[3])
+      assert.are.same('{"type":"dev_error","value":null}', dev_packets(c2)[3])
+      write(dir .. "/game.lua", counter(6)) -- a good save with nothing to clear sends nothing
+      reload.run(t.srv, { dir .. "/game.lua" })
+      assert.are.equal(3, #dev_packets(c1))
+    end)
+
+    it("a save back to the running version clears it too", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      t.srv.dev = true
+      local c = t:client()
+      write(dir .. "/game.lua", "return lr.room {")
+      reload.run(t.srv, { dir .. "/game.lua" })
+      write(dir .. "/game.lua", counter(1)) -- unchanged version: nothing to swap
+      reload.run(t.srv, { dir .. "/game.lua" })
+      local d = dev_packets(c)
+      assert.are.equal(2, #d)
+      assert.are.equal('{"type":"dev_error","value":null}', d[2])
+    end)
+
+    it("sends nothing outside development mode", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      local c = t:client()
+      write(dir .. "/game.lua", "return lr.room {")
+      reload.run(t.srv, { dir .. "/game.lua" })
+      write(dir .. "/game.lua", counter(2))
+      reload.run(t.srv, { dir .. "/game.lua" })
+      assert.are.same({}, dev_packets(c))
+      assert.truthy(has_line(testing.logs(), "game%.lua:1: .*keeping version"))
+    end)
+  end)
+
   describe("watcher", function()
     it("a finished save (rename over, in-place write, several writes) is live at the next tick", function()
       write(dir .. "/game.lua", counter(1))
