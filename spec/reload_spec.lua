@@ -346,6 +346,9 @@ onReload = function(room, old) room.title = "from " .. old .. " to " .. tostring
         assert.truthy(p.value.message:find("unexpected symbol", 1, true))
       end
       assert.are.same({}, dev_packets(co)) -- another room type hears nothing
+      local late = t:client() -- a joiner after the broken save gets it after its snapshot
+      assert.are.equal("sync", late.packets[1].type)
+      assert.are.equal(3, late:last("dev_error").value.line)
       -- a validation error (no line of its own is fine too): still reported
       write(dir .. "/game.lua", counter(2, "state = 5,"))
       reload.run(t.srv, { dir .. "/game.lua" })
@@ -354,6 +357,7 @@ onReload = function(room, old) room.title = "from " .. old .. " to " .. tostring
       reload.run(t.srv, { dir .. "/game.lua" })
       assert.are.same('{"type":"dev_error","value":null}', dev_packets(c1)[3])
       assert.are.same('{"type":"dev_error","value":null}', dev_packets(c2)[3])
+      assert.are.equal(0, #dev_packets(t:client())) -- fixed: a new joiner hears nothing
       write(dir .. "/game.lua", counter(6)) -- a good save with nothing to clear sends nothing
       reload.run(t.srv, { dir .. "/game.lua" })
       assert.are.equal(3, #dev_packets(c1))

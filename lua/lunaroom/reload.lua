@@ -482,8 +482,9 @@ end
 --- Development mode (srv.dev: lunaroom serve --dev). A save of a room file
 --- that fails to compile or validate is sent to every live room of that
 --- file as {"type":"dev_error","value":{"file","line","message"}} (line is
---- null when the message has none); the next save that loads (or goes back
---- to the running version) sends {"type":"dev_error","value":null}. The npm
+--- null when the message has none), and to every socket that joins one of
+--- them until the next save that loads (or goes back to the running
+--- version), which sends {"type":"dev_error","value":null}. The npm
 --- client ignores packet types it does not know; the demo page draws it.
 --- Never sent without srv.dev.
 local DEV_MESSAGE_MAX = 2000
@@ -510,6 +511,14 @@ local function dev_report(srv, st, job)
     st.dev_errors[f] = nil
     dev_send(srv, f, core.null)
   end
+end
+
+--- The dev_error value a new socket of room gets on join (runtime.connect
+--- asks in development mode only), or nil.
+function M.dev_error(srv, room)
+  local errs = srv.reload and srv.reload.dev_errors
+  local f = rawget(room, "file")
+  return errs and f and errs[norm(f)] or nil
 end
 
 --- Step 4: the outcome and its log line. err: a failure of a step (from C).

@@ -230,6 +230,10 @@ describe("browser demo", () => {
       assert.match(text, /game\.lua:\d+/, "file:line in the overlay");
       assert.match(text, /unexpected symbol/);
       await page.screenshot({ path: path.join(ARTIFACTS, "dev-error.png") });
+      // A page opened (or reloaded) while the file is broken shows it too.
+      await page.reload();
+      await page.waitForSelector('body[data-status="connected"]', WAIT);
+      await page.waitForSelector("#dev-error", { ...WAIT, state: "visible" });
 
       fs.writeFileSync(file, good + "\n-- saved again\n");
       await page.waitForSelector("#dev-error", { ...WAIT, state: "detached" });
