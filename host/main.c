@@ -145,6 +145,10 @@ static int cmd_test_watch(int argc, char **argv, const char *lua_dir) {
 static int cmd_test(int argc, char **argv, const char *lua_dir) {
   for (int i = 0; i < argc; i++)
     if (strcmp(argv[i], "--watch") == 0) return cmd_test_watch(argc, argv, lua_dir);
+  /* Line by line even into a pipe (test --watch reads it): busted ends a
+   * failing run with os.exit, and an exit that skips stdio (LeakSanitizer's)
+   * must not lose the summary. */
+  setvbuf(stdout, NULL, _IOLBF, 0);
   lua_State *L = lr_vm_open(lua_dir, 0);
   if (!L) {
     fprintf(stderr, "lunaroom: cannot create a Lua state\n");
