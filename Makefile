@@ -36,7 +36,7 @@ asan:
 	@cmake --build $(ASAN_BUILD) -j$(JOBS)
 
 run: build
-	./$(BUILD)/lunaroom serve rooms --port $(PORT) --static rooms/static
+	./$(BUILD)/lunaroom serve rooms --dev --port $(PORT) --static rooms/static
 
 test: ensure-test-deps build asan test-c test-spec test-asan test-valgrind test-integration test-e2e test-bench-smoke test-fuzz test-install test-package
 	@echo "all test suites passed"

@@ -7,6 +7,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,9 @@ static const char *usage =
     "commands:\n"
     "  serve [ROOMS_DIR]     serve the rooms in ROOMS_DIR (default rooms/) over HTTP and "
     "WebSocket\n"
-    "  test [busted args]    run busted specs (default spec/) inside the host, headless\n"
+    "  test [busted args]    run busted specs (default spec/) inside the host, headless;\n"
+    "                        --watch: run them again on every save of a room file, module\n"
+    "                        or spec (only the specs that use it, when that can be told)\n"
     "  check [ROOMS_DIR]     compile and validate every room file; non-zero exit on the first "
     "error\n"
     "  lua FILE [args]       run a Lua script with the host's modules (benchmarks, tools)\n"
@@ -66,8 +69,10 @@ static const char *usage =
     "  --no-watch            do not hot-reload room files when they change\n"
     "  --headers A,B         also pass these request headers to rooms (rooms declare theirs\n"
     "                        with headers = {...}; for a --shard process without room files)\n"
-    "  --dev                 start even if a room file does not load (log it, serve the "
-    "others)\n"
+    "  --dev                 development mode: start even if a room file does not load (log\n"
+    "                        it, serve the others); a save that fails to load is sent to\n"
+    "                        that room type's clients ({\"type\":\"dev_error\",...}); never\n"
+    "                        use in production\n"
     "  --jwt-require-exp     refuse JWTs without an exp claim (default: accepted, as the "
     "reference)\n"
     "  --log-format FMT      text (default) or json\n"
@@ -176,7 +181,48 @@ static int traceback(lua_State *L) {
   return 1;
 }
 
+/* lunaroom test --watch [args]: lua/lunaroom/watch.lua re-runs the specs
+ * (each run a child `lunaroom test`) on every save. */
+static int cmd_test_watch(int argc, char **argv, const char *lua_dir) {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) {
+    fprintf(stderr, "lunaroom test --watch: cannot find the lunaroom binary\n");
+    return 2;
+  }
+  exe[n] = 0;
+  signal(SIGINT, SIG_DFL); /* Ctrl-C ends it, even if started with SIGINT ignored */
+  lua_State *L = lr_vm_open(lua_dir, 0);
+  /* Not room code, and it runs until Ctrl-C: a plain pcall, no budget. */
+  lua_pushcfunction(L, traceback);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lunaroom.watch");
+  int rc = lua_pcall(L, 1, 1, 1);
+  if (rc == LUA_OK) {
+    lua_getfield(L, -1, "main");
+    lua_pushstring(L, exe);
+    lua_pushstring(L, lua_dir);
+    lua_createtable(L, argc, 0);
+    for (int i = 0, k = 0; i < argc; i++) {
+      if (strcmp(argv[i], "--watch") == 0) continue;
+      lua_pushstring(L, argv[i]);
+      lua_rawseti(L, -2, ++k);
+    }
+    rc = lua_pcall(L, 3, 1, 1);
+  }
+  if (rc != LUA_OK) fprintf(stderr, "lunaroom test --watch: %s\n", lua_tostring(L, -1));
+  int status = rc != LUA_OK ? 2 : (int)lua_tointeger(L, -1);
+  lr_vm_close(L);
+  return status;
+}
+
 static int cmd_test(int argc, char **argv, const char *lua_dir) {
+  for (int i = 0; i < argc; i++)
+    if (strcmp(argv[i], "--watch") == 0) return cmd_test_watch(argc, argv, lua_dir);
+  /* Line by line even into a pipe (test --watch reads it): busted ends a
+   * failing run with os.exit, and an exit that skips stdio (LeakSanitizer's)
+   * must not lose the summary. */
+  setvbuf(stdout, NULL, _IOLBF, 0);
   lua_State *L = open_vm(lua_dir, 0);
   if (!L) {
     fprintf(stderr, "lunaroom: cannot create a Lua state\n");
@@ -646,6 +692,11 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   lr_callinfo ci = {.what = "startup"};
   if (lr_vm_pcall(L, 2, 1, &ci) != 0) return 1;
   int srv = lua_gettop(L);
+  if (dev) { /* development mode: reload.lua sends failed saves to clients */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, srv, "dev");
+    lr_info("development mode: a save that fails to load is shown to the room's clients");
+  }
   if (world && add_world(L, rt, srv, lua_dir) != 0) return 1;
   lua_settop(L, srv);
   if (!shard_main || dir_given) {
@@ -668,6 +719,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     }
     lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,
             storage);
+    lr_reload_set_waker(lr_net_wake);        /* a save wakes the loop at once */
     if (watch) lr_reload_watch(s, srv, dir); /* hot reload; logs and goes on if it cannot */
   }
   if (shard_main) {

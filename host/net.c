@@ -90,6 +90,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -1419,6 +1420,16 @@ void lr_net_defaults(lr_net_opts *o) {
   o->max_conns_per_ip = 1024;
 }
 
+/* lr_net_wake may run on another thread (the hot reload watcher's): the
+ * context it wakes is read and cleared under this lock. */
+static pthread_mutex_t net_wake_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void lr_net_wake(void) {
+  pthread_mutex_lock(&net_wake_mu);
+  if (net_ctx) lws_cancel_service(net_ctx);
+  pthread_mutex_unlock(&net_wake_mu);
+}
+
 void lr_net_stop(void) {
   net_stop_flag = 1;
   if (net_ctx) lws_cancel_service(net_ctx);
@@ -1497,7 +1508,9 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     free(L.ips);
     return 1;
   }
+  pthread_mutex_lock(&net_wake_mu);
   net_ctx = L.ctx;
+  pthread_mutex_unlock(&net_wake_mu);
 
   struct sigaction sa, old_int, old_term, old_pipe, old_hup;
   memset(&sa, 0, sizeof sa);
@@ -1551,7 +1564,9 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     lr_warn("shutdown: %zu connections and %zu requests still open after %d ms, dropping them",
             L.nconns, L.nreqs, NET_DRAIN_MS);
   lws_sul_cancel(&L.engine_sul);
+  pthread_mutex_lock(&net_wake_mu);
   net_ctx = NULL;
+  pthread_mutex_unlock(&net_wake_mu);
   L.destroying = true;
   lws_context_destroy(L.ctx); /* remaining sockets: CLOSED -> lr_conn_closed */
   sigaction(SIGINT, &old_int, NULL);

@@ -45,5 +45,8 @@ void lr_net_defaults(lr_net_opts *o);
  * if it cannot listen (the error is logged). */
 int lr_net_run(lr_server *s, const lr_net_opts *o);
 void lr_net_stop(void);
+/* End the loop's current wait so that lr_server_tick() runs now. Safe to
+ * call from any thread; does nothing when no loop runs. */
+void lr_net_wake(void);
 
 #endif

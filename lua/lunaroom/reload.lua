@@ -482,6 +482,48 @@ function M.after(srv, job)
   end
 end
 
+--- Development mode (srv.dev: lunaroom serve --dev). A save of a room file
+--- that fails to compile or validate is sent to every live room of that
+--- file as {"type":"dev_error","value":{"file","line","message"}} (line is
+--- null when the message has none), and to every socket that joins one of
+--- them until the next save that loads (or goes back to the running
+--- version), which sends {"type":"dev_error","value":null}. The npm
+--- client ignores packet types it does not know; the demo page draws it.
+--- Never sent without srv.dev.
+local DEV_MESSAGE_MAX = 2000
+local function dev_send(srv, file, value)
+  local e = find_entry(srv, file)
+  for _, room in ipairs(rooms_of(srv, { file = file }, e and e.def)) do
+    core.broadcast(rawget(room, "h"), { type = "dev_error", value = value })
+  end
+end
+
+local function dev_report(srv, st, job)
+  local f = job.file
+  if not f then return end
+  st.dev_errors = st.dev_errors or {}
+  if not job.ok then
+    local msg = tostring(job.err)
+    local file, line, text = msg:match("^(.-):(%d+): (.*)$")
+    if not file then file, text = f, msg end
+    if #text > DEV_MESSAGE_MAX then text = text:sub(1, DEV_MESSAGE_MAX) .. "..." end
+    local value = { file = file, line = line and tonumber(line) or core.null, message = text }
+    st.dev_errors[f] = value
+    dev_send(srv, f, value)
+  elseif st.dev_errors[f] then
+    st.dev_errors[f] = nil
+    dev_send(srv, f, core.null)
+  end
+end
+
+--- The dev_error value a new socket of room gets on join (runtime.connect
+--- asks in development mode only), or nil.
+function M.dev_error(srv, room)
+  local errs = srv.reload and srv.reload.dev_errors
+  local f = rawget(room, "file")
+  return errs and f and errs[norm(f)] or nil
+end
+
 --- Step 4: the outcome and its log line. err: a failure of a step (from C).
 function M.done(srv, job, err)
   local st = state(srv)
@@ -521,6 +563,7 @@ function M.done(srv, job, err)
       log("error", "%s (not loaded)", msg)
     end
   end
+  if srv.dev then dev_report(srv, st, job) end
 end
 
 ------------------------------------------------------------------ entry points

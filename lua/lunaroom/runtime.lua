@@ -832,6 +832,10 @@ function M.connect(srv, room, conn, req)
     end
   end
   core.join(rawget(room, "h"), conn, pid)
+  if srv.dev then -- development mode: the room file's last failed save (reload.lua)
+    local err = package.loaded["lunaroom.reload"] and package.loaded["lunaroom.reload"].dev_error(srv, room)
+    if err then core.send(conn, { type = "dev_error", value = err }) end
+  end
 end
 
 --- The last step of a socket: offline marking, expiry, onLeave.
