@@ -82,7 +82,15 @@ struct lr_conn {
   lr_conn **box;      /* the Lua handle's weak slot, cleared when c is freed */
   void *uplink;       /* shard uplink state (uplink.c), NULL for clients */
   void *shard_client; /* a client of this shard process (shard.c), NULL otherwise */
+  size_t gated_bytes; /* bytes of its packets waiting in the room's outbox */
 };
+
+/* A packet waiting in a room's outbox until the writes before it commit. */
+typedef struct lr_gated {
+  lr_conn *c;   /* retained */
+  lr_msg *m;    /* retained */
+  uint64_t tag; /* released once the room's committed count reaches it */
+} lr_gated;
 
 /* ---- rooms ---- */
 struct lr_room {
@@ -121,6 +129,15 @@ struct lr_room {
   lr_room *touched_next;
   lr_room *hash_next;
   lr_room **box; /* the Lua handle's weak slot, cleared when r is freed */
+  /* Storage gate (room.c, "a failed storage write"): packets sent while the
+   * room has writes that are not committed wait here, in order. */
+  lr_gated *outbox;
+  uint32_t outhead, nout, capout;     /* entries [outhead, nout) are live */
+  uint64_t st_accepted, st_committed; /* write batches handed to / committed by the store */
+  bool flush_failed;   /* the engine's last write of its state failed (retry armed) */
+  bool backend_failed; /* a write-behind store reports failing writes for this room */
+  char *store_err;     /* why, while failing */
+  lr_room *failing_next, **failing_pprev; /* the server's list of failing rooms */
 };
 
 /* Counters for /metrics (monotonic since start unless noted). */
@@ -181,6 +198,8 @@ struct lr_server {
   void *shard;             /* shard mode state (shard.c), NULL unless `serve --shard` */
   char *wanted_headers[LR_WANTED_HEADERS]; /* lr_server_want_header (room.c) */
   uint32_t nwanted_headers;
+  lr_room *failing; /* rooms whose writes fail (/readyz), newest first */
+  uint32_t nfailing;
 };
 
 /* ---- room.c ---- */
@@ -209,6 +228,23 @@ void lr_server_flush_touched(lr_server *s);
 void lr_room_flush_sync(lr_room *r, bool full_if_clean);
 /* Write pending persisted changes now; returns 0 or a storage error. */
 int lr_room_flush_storage(lr_room *r);
+/* A write of r's storage outside the flush (core.store_apply) returned rc:
+ * keeps the gate's counters and the failing state up to date. */
+void lr_room_store_written(lr_room *r, int rc, const char *err);
+/* A write-behind store (storage_lua.c) committed or failed writes of
+ * (ns, id): the room, if live, releases what waited for them. Called from
+ * the store's own callbacks, never from inside one of its vtable calls. */
+void lr_server_store_progress(lr_server *s, const char *ns, const char *id);
+/* True while r's writes fail (it refuses actions, joins and requests). */
+static inline bool lr_room_store_failing(const lr_room *r) {
+  return r->flush_failed || r->backend_failed;
+}
+/* Changes of r not yet written (dirty persisted state), 0 when clean. */
+bool lr_room_has_unwritten(lr_room *r);
+/* Shutdown: try once more to write every room with unwritten changes;
+ * returns how many still have some (main.c retries for a bounded time; what
+ * is left is logged with its keys when the rooms are disposed). */
+long lr_server_retry_unwritten(lr_server *s);
 /* Encode and send one packet to one connection (through the interceptor). */
 void lr_conn_send_value(lr_conn *c, const lr_node *v);
 void lr_conn_send_msg(lr_conn *c, lr_msg *m, const char *json, size_t len);

@@ -1109,6 +1109,7 @@ static int l_store_apply(lua_State *L) {
   }
   int rc =
       fail ? -1 : lr_store_apply(room_store(L, r), r->ns, r->id, ops, (size_t)n, err, sizeof err);
+  if (!fail) lr_room_store_written(r, rc, err); /* the storage gate's view of r */
   for (lua_Integer i = 0; i < n; i++)
     lr_buf_free(&vals[i]);
   free(vals);
@@ -1166,6 +1167,24 @@ static int l_store_fail_next(lua_State *L) {
   if (lr_store_memory_fail_next(s->store, (int)luaL_checkinteger(L, 2)) != 0)
     return luaL_error(L, "store_fail_next needs memory storage");
   return 0;
+}
+
+/* core.storage_failing(srv) -> n, { {room = key, error = why}, ... } (the
+ * first 10 rooms whose storage writes fail; /readyz). */
+static int l_storage_failing(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  lua_pushinteger(L, s->nfailing);
+  lua_createtable(L, 0, 0);
+  int i = 0;
+  for (lr_room *r = s->failing; r && i < 10; r = r->failing_next) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, r->key);
+    lua_setfield(L, -2, "room");
+    lua_pushstring(L, r->store_err ? r->store_err : "");
+    lua_setfield(L, -2, "error");
+    lua_rawseti(L, -2, ++i);
+  }
+  return 2;
 }
 
 /* core.store_pending(srv): write batches not yet on the backend. */
@@ -1676,6 +1695,7 @@ static const luaL_Reg core_fns[] = {
     {"store_list", l_store_list},
     {"store_count", l_store_count},
     {"store_pending", l_store_pending},
+    {"storage_failing", l_storage_failing},
     {"store_fail_next", l_store_fail_next},
     {"encode", l_encode},
     {"decode", l_decode},

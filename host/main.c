@@ -47,8 +47,9 @@ static const char *usage =
     "serve options:\n"
     "  --port N              listen port (default 1999; 0 = any free port)\n"
     "  --host ADDR           bind address (default: all interfaces)\n"
-    "  --storage SPEC        sqlite:PATH[?busy_timeout=5000&journal_mode=WAL] (default\n"
-    "                        sqlite:data/lunaroom.sqlite), memory, or memory:SNAPSHOT.json\n"
+    "  --storage SPEC        sqlite:PATH[?busy_timeout=20&journal_mode=WAL&max_page_count=N]\n"
+    "                        (default sqlite:data/lunaroom.sqlite; busy_timeout: ms one call may\n"
+    "                        wait for a lock, 1-50), memory, or memory:SNAPSHOT.json\n"
     "                        (loaded at start if present, saved on graceful shutdown), or\n"
     "                        lua:BACKEND.lua (a storage backend written in Lua)\n"
     "  --snapshot FILE       with --storage memory: the same as memory:FILE\n"
@@ -66,6 +67,8 @@ static const char *usage =
     "  --session-rate R[,B]  new sessions per client address per second, burst B (default\n"
     "                        10,100; 0 = no limit)\n"
     "  --lua-memory BYTES    Lua heap limit; handlers past it fail cleanly (default 1 GiB)\n"
+    "  --shutdown-timeout MS on SIGTERM, how long failed storage writes are retried before\n"
+    "                        the server exits with status 1 and logs what is lost (default 5000)\n"
     "  --no-watch            do not hot-reload room files when they change\n"
     "  --headers A,B         also pass these request headers to rooms (rooms declare theirs\n"
     "                        with headers = {...}; for a --shard process without room files)\n"
@@ -533,6 +536,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   long long evict_after = -1;
   const char *room_rate = NULL, *session_rate = NULL;
   const char *tls_ca = NULL;
+  long long shutdown_ms = 5000;
   size_t lua_memory = (size_t)1 << 30;
   lr_net_opts no;
   lr_net_defaults(&no);
@@ -565,6 +569,8 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       room_rate = argv[++i];
     else if (strcmp(a, "--session-rate") == 0 && v)
       session_rate = argv[++i];
+    else if (strcmp(a, "--shutdown-timeout") == 0 && v)
+      shutdown_ms = atoll(argv[++i]);
     else if (strcmp(a, "--lua-memory") == 0 && v)
       lua_memory = (size_t)atoll(argv[++i]);
     else if (strcmp(a, "--log-format") == 0 && v)
@@ -740,20 +746,33 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   no.on_hup_arg = &hup;
   int rc = lr_net_run(s, &no);
   lr_server_shutdown(s);
-  /* A Lua backend that waits for I/O may still have writes behind the
-   * cache: give them a bounded time to land (timers and HTTP keep running). */
-  if (lr_store_pending(st) > 0) {
-    lr_info("waiting for %ld write batch(es) to reach the storage backend", lr_store_pending(st));
-    int64_t end = lr_now(s) + 10000;
-    while (lr_store_pending(st) > 0 && lr_now(s) < end) {
+  /* Writes that failed (a full disk, a locked file) and a Lua backend's
+   * writes behind its cache: retry them for a bounded time (timers and HTTP
+   * keep running). What is left is lost: exit 1, and each room is logged with
+   * its unwritten keys when it is disposed (lr_server_free) or when the Lua
+   * store closes. */
+  long left = lr_server_retry_unwritten(s);
+  if (left > 0 || lr_store_pending(st) > 0) {
+    lr_warn("shutdown: %ld room(s) with unwritten changes and %ld write batch(es) behind the "
+            "storage; retrying for up to %lld ms",
+            left, lr_store_pending(st), shutdown_ms);
+    int64_t end = lr_now(s) + shutdown_ms, next_try = lr_now(s) + 100;
+    while ((left > 0 || lr_store_pending(st) > 0) && lr_now(s) < end) {
       lr_server_tick(s);
       lr_fetch_flush(5);
       usleep(1000);
+      if (left > 0 && lr_now(s) >= next_try) {
+        left = lr_server_retry_unwritten(s);
+        next_try = lr_now(s) + 100;
+      }
     }
-    if (lr_store_pending(st) > 0) {
-      lr_error("%ld write batch(es) did not reach the storage backend before shutdown",
-               lr_store_pending(st));
+    if (left > 0 || lr_store_pending(st) > 0) {
+      lr_error("shutdown: storage still failing after %lld ms: %ld room(s) lose unwritten changes "
+               "and %ld write batch(es) are not on the backend (listed below); exit status 1",
+               shutdown_ms, left, lr_store_pending(st));
       rc = 1;
+    } else {
+      lr_info("shutdown: every pending write is stored");
     }
   }
   lr_fetch_flush(1000); /* a shard's last reports and uplink closes */
@@ -770,7 +789,10 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   }
   lr_server_free(s);
   lr_vm_close(L);
-  lr_info("stopped");
+  if (rc)
+    lr_error("stopped with errors (exit status %d)", rc);
+  else
+    lr_info("stopped");
   return rc;
 }
 

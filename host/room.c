@@ -7,8 +7,21 @@
  * transports call, sync throttling (leading edge + trailing window),
  * autoSync/applySync, storage throttling (max-delay, never a debounce that a
  * busy room could postpone forever), retries of failed storage writes, idle
- * rooms (hibernation; eviction of rooms nothing holds), and who may create a
- * room (a route it serves, the per-address creation rate).
+ * rooms (hibernation; eviction of rooms nothing holds), who may create a
+ * room (a route it serves, the per-address creation rate), and the storage
+ * gate below.
+ *
+ * The storage gate (one rule for every backend): with throttleStorage 0 a
+ * packet a room sends while it has changes that are not committed waits in
+ * the room's outbox, in order, until they are (a synchronous store commits
+ * at the end of the handler, so a handler's packets wait microseconds; a
+ * write-behind store commits when its backend answers). When a write fails
+ * the room is "failing": it refuses actions (error code "storage"), joins
+ * (1013) and HTTP requests (503) while its writes are retried from a timer
+ * (1 s doubling to 30 s), and everything it sends waits; once the writes
+ * commit, the outbox goes out in order. With throttleStorage > 0 packets do
+ * not wait for the throttled write (by design), but a failing room waits
+ * and refuses like any other. Error packets never wait.
  * Must not: implement room rules (sessions, guards, dispatch: runtime.lua),
  * talk to sockets (net.c), or build Lua values itself (lua_api.c).
  */
@@ -320,6 +333,10 @@ static lr_timer *heap_pop(lr_server *s) {
 
 static void retry_storage(lr_room *r);
 static void idle_check(lr_room *r);
+static void outbox_free(lr_room *r);
+static void set_failing(lr_room *r, bool engine, bool on, const char *err);
+static void gate_settle(lr_room *r);
+static void report_unwritten(lr_room *r, const char *what);
 
 static void fire(lr_server *s, lr_timer *t) {
   lr_room *r = t->room;
@@ -335,6 +352,7 @@ static void fire(lr_server *s, lr_timer *t) {
   case LR_T_STORE:
     r->store_timer = false;
     if (lr_room_flush_storage(r) != 0) retry_storage(r);
+    gate_settle(r);
     break;
   case LR_T_IDLE:
     if (r->idle_at != t->when) break; /* superseded by an earlier one */
@@ -488,6 +506,8 @@ lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
 void lr_room_release(lr_room *r) {
   if (--r->refs) return;
   if (r->box) *r->box = NULL;
+  outbox_free(r);
+  free(r->store_err);
   lr_node_release(r->root);
   free(r->conns);
   free(r->ns); /* with id and key */
@@ -521,10 +541,14 @@ void lr_room_dispose(lr_room *r) {
   if (r->disposed) return;
   lr_server *s = r->srv;
   lr_room_retain(r);
-  if (lr_state_dirty(r->root, LR_CH_PERSIST)) lr_room_flush_storage(r);
+  if (lr_state_dirty(r->root, LR_CH_PERSIST) && lr_room_flush_storage(r) != 0)
+    report_unwritten(r, "disposed");
   if (s->store) lr_store_forget(s->store, r->ns, r->id);
   r->disposed = true;
   set_hibernated(r, false);
+  set_failing(r, true, false, NULL);
+  set_failing(r, false, false, NULL);
+  outbox_free(r);
   unlink_room(r);
   while (r->nconns) {
     lr_conn *c = r->conns[r->nconns - 1];
@@ -552,8 +576,10 @@ void lr_room_touch(lr_room *r) {
   r->srv->touched = r;
 }
 
-/* Arm the retry of a failed storage write: 1 s, doubling up to 30 s. */
+/* Arm the retry of a failed storage write: 1 s, doubling up to 30 s. A
+ * server that is shutting down retries every 100 ms (main.c bounds it). */
 static void retry_storage(lr_room *r) {
+  if (r->srv->shutting_down) return; /* lr_server_drain_storage retries */
   if (r->store_timer) return;
   r->store_timer = true;
   lr_timer_add(r->srv, r->store_retry_ms, LR_T_STORE, r, LUA_NOREF);
@@ -611,6 +637,7 @@ void lr_server_flush_touched(lr_server *s) {
     /* Storage first: with throttleStorage 0, what a client is sent has
      * already been written. */
     schedule_storage(r);
+    gate_settle(r);
     schedule_sync(r);
     lr_room_release(r);
   }
@@ -619,6 +646,158 @@ void lr_server_flush_touched(lr_server *s) {
 
 void lr_server_batch_joins(lr_server *s, bool on) {
   s->batch_joins = on;
+}
+
+/* ------------------------------------------------------------ storage gate */
+
+#define LR_GATED_MAX ((size_t)4 << 20) /* bytes waiting per connection (the default --max-queue)   \
+                                        */
+#define TAG_PENDING UINT64_MAX         /* waits for the room's next write of its state */
+
+/* Packets of r must wait: it has changes not committed, or older packets wait. */
+static bool room_gated(const lr_room *r) {
+  return r->outhead < r->nout || lr_room_store_failing(r) || r->st_committed < r->st_accepted ||
+         (r->throttle_storage <= 0 && r->srv->store && lr_state_dirty(r->root, LR_CH_PERSIST));
+}
+
+static uint64_t gate_tag(const lr_room *r) {
+  if (lr_state_dirty(r->root, LR_CH_PERSIST) &&
+      (r->throttle_storage <= 0 || lr_room_store_failing(r)))
+    return TAG_PENDING;
+  return r->st_accepted;
+}
+
+static void transport_send(lr_conn *c, lr_msg *m) {
+  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  c->srv->stats.packets_out++;
+  c->srv->stats.bytes_out += m->len;
+  if (c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "outgoing queue full");
+}
+
+static void gate_hold(lr_room *r, lr_conn *c, lr_msg *m) {
+  if (c->gated_bytes + m->len > LR_GATED_MAX) {
+    lr_warn("conn %s room %s: %zu bytes wait for storage; closing it", c->id, r->key,
+            c->gated_bytes + m->len);
+    lr_conn_close(c, 1013, "storage unavailable");
+    return;
+  }
+  if (r->nout == r->capout) {
+    if (r->outhead > 0) {
+      memmove(r->outbox, r->outbox + r->outhead, (r->nout - r->outhead) * sizeof *r->outbox);
+      r->nout -= r->outhead;
+      r->outhead = 0;
+    } else {
+      r->capout = r->capout ? r->capout * 2 : 16;
+      r->outbox = lr_xrealloc(r->outbox, r->capout * sizeof *r->outbox);
+    }
+  }
+  lr_conn_retain(c);
+  r->outbox[r->nout++] = (lr_gated){c, lr_msg_retain(m), gate_tag(r)};
+  c->gated_bytes += m->len;
+  lr_room_touch(r);
+}
+
+/* Send, in order, what waited for writes that are now committed. */
+static void outbox_release(lr_room *r) {
+  if (r->outhead == r->nout) return;
+  lr_room_retain(r);
+  while (r->outhead < r->nout && r->outbox[r->outhead].tag <= r->st_committed) {
+    lr_gated g = r->outbox[r->outhead++];
+    g.c->gated_bytes -= g.m->len;
+    transport_send(g.c, g.m);
+    lr_msg_release(g.m);
+    lr_conn_release(g.c);
+  }
+  if (r->outhead == r->nout) r->outhead = r->nout = 0;
+  lr_room_release(r);
+}
+
+static void outbox_free(lr_room *r) {
+  for (uint32_t i = r->outhead; i < r->nout; i++) {
+    r->outbox[i].c->gated_bytes -= r->outbox[i].m->len;
+    lr_msg_release(r->outbox[i].m);
+    lr_conn_release(r->outbox[i].c);
+  }
+  free(r->outbox);
+  r->outbox = NULL;
+  r->outhead = r->nout = r->capout = 0;
+}
+
+/* The state of r is written (or was clean): what waited for that write now
+ * waits for the batch that carried it; then release what is committed. */
+static void gate_settle(lr_room *r) {
+  if (r->outhead == r->nout) return;
+  if (!lr_state_dirty(r->root, LR_CH_PERSIST)) {
+    for (uint32_t i = r->nout; i > r->outhead && r->outbox[i - 1].tag == TAG_PENDING; i--)
+      r->outbox[i - 1].tag = r->st_accepted;
+  }
+  outbox_release(r);
+}
+
+static void set_failing(lr_room *r, bool engine, bool on, const char *err) {
+  lr_server *s = r->srv;
+  bool was = lr_room_store_failing(r);
+  if (engine)
+    r->flush_failed = on;
+  else
+    r->backend_failed = on;
+  bool now = lr_room_store_failing(r);
+  if (now && err && *err) {
+    free(r->store_err);
+    r->store_err = lr_xstrndup(err, strlen(err));
+  }
+  if (was == now) return;
+  if (now) {
+    r->failing_next = s->failing;
+    if (s->failing) s->failing->failing_pprev = &r->failing_next;
+    r->failing_pprev = &s->failing;
+    s->failing = r;
+    s->nfailing++;
+    lr_error("room %s: its storage writes fail (%s): it refuses actions, joins and requests, and "
+             "holds what it sends, until they commit",
+             r->key, r->store_err ? r->store_err : "-");
+  } else {
+    *r->failing_pprev = r->failing_next;
+    if (r->failing_next) r->failing_next->failing_pprev = r->failing_pprev;
+    r->failing_next = NULL;
+    r->failing_pprev = NULL;
+    s->nfailing--;
+    free(r->store_err);
+    r->store_err = NULL;
+    if (!r->disposed)
+      lr_info("room %s: its storage writes commit again; held packets go out", r->key);
+  }
+}
+
+/* Ask a write-behind store how far r's writes got. */
+static void refresh_progress(lr_room *r) {
+  lr_store *st = r->srv->store;
+  if (!st || !st->vt->progress) return; /* synchronous: committed when apply returns */
+  char err[256] = "";
+  uint64_t a = 0, c = 0;
+  int rc = st->vt->progress(st, r->ns, r->id, &a, &c, err, sizeof err);
+  r->st_accepted = a;
+  r->st_committed = c;
+  set_failing(r, false, rc < 0, err);
+}
+
+void lr_server_store_progress(lr_server *s, const char *ns, const char *id) {
+  lr_room *r = lr_room_find(s, ns, id);
+  if (!r || r->disposed) return;
+  lr_room_retain(r);
+  refresh_progress(r);
+  gate_settle(r);
+  lr_room_release(r);
+}
+
+void lr_room_store_written(lr_room *r, int rc, const char *err) {
+  if (r->disposed) return;
+  if (rc == 0) {
+    refresh_progress(r);
+  } else if (rc != LR_STORE_EARG) { /* bad arguments are the caller's error */
+    set_failing(r, true, true, err);
+    retry_storage(r);
+  }
 }
 
 /* ------------------------------------------------------------ sending */
@@ -632,9 +811,11 @@ static void conn_send_raw(lr_conn *c, lr_msg *m) {
     c->held = h;
     return;
   }
-  c->srv->stats.packets_out++;
-  c->srv->stats.bytes_out += m->len;
-  if (c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "outgoing queue full");
+  if (c->room && room_gated(c->room)) {
+    gate_hold(c->room, c, m);
+    return;
+  }
+  transport_send(c, m);
 }
 
 /* Send an already-encoded packet to c, through the room's interceptor when it
@@ -882,32 +1063,46 @@ static void on_del(void *ud, const char *path, size_t pathlen) {
   (void)pathlen; /* deletions compact the whole state (below) */
 }
 
-int lr_room_flush_storage(lr_room *r) {
-  lr_server *s = r->srv;
-  if (!lr_state_dirty(r->root, LR_CH_PERSIST)) return 0;
-  if (!s->store) {
-    lr_state_clear_dirty(r->root, LR_CH_PERSIST);
-    return 0;
-  }
-  opsbuf o = {0};
-  lr_buf_init(&o.keys);
+/* The batch that writes r's pending persisted changes. */
+static void build_ops(lr_room *r, opsbuf *o) {
+  lr_buf_init(&o->keys);
   if (lr_state_has_dels(r->root, LR_CH_PERSIST)) {
     /* Compaction, as the reference does after a delete: every state: key
      * goes, the whole persisted state is written at state:. */
     lr_buf full;
     lr_buf_init(&full);
     lr_json_encode(r->root, LR_F_NOPERSIST, &full);
-    ops_push(&o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
-    ops_push(&o, LR_STORE_PUT, "state:", ".", 1, full.data, full.len);
+    ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
+    ops_push(o, LR_STORE_PUT, "state:", ".", 1, full.data, full.len);
     lr_buf_free(&full);
   } else {
-    lr_persist_ops cb = {&o, on_put, on_del};
+    lr_persist_ops cb = {o, on_put, on_del};
     lr_json_walk_persist(r->root, &cb);
   }
-  for (size_t i = 0; i < o.n; i++) {
-    o.ops[i].key = o.keys.data + o.offs[2 * i];
-    o.ops[i].val = o.offs[2 * i + 1] == (size_t)-1 ? NULL : o.keys.data + o.offs[2 * i + 1];
+  for (size_t i = 0; i < o->n; i++) {
+    o->ops[i].key = o->keys.data + o->offs[2 * i];
+    o->ops[i].val = o->offs[2 * i + 1] == (size_t)-1 ? NULL : o->keys.data + o->offs[2 * i + 1];
   }
+}
+
+static void ops_free(opsbuf *o) {
+  free(o->ops);
+  free(o->offs);
+  lr_buf_free(&o->keys);
+}
+
+int lr_room_flush_storage(lr_room *r) {
+  lr_server *s = r->srv;
+  if (!lr_state_dirty(r->root, LR_CH_PERSIST)) {
+    if (r->flush_failed) set_failing(r, true, false, NULL); /* a failed direct write, retried */
+    return 0;
+  }
+  if (!s->store) {
+    lr_state_clear_dirty(r->root, LR_CH_PERSIST);
+    return 0;
+  }
+  opsbuf o = {0};
+  build_ops(r, &o);
   char err[256] = "";
   double t0 = mono_s();
   int rc = o.n ? lr_store_apply(s->store, r->ns, r->id, o.ops, o.n, err, sizeof err) : 0;
@@ -917,14 +1112,47 @@ int lr_room_flush_storage(lr_room *r) {
   if (rc == 0) {
     lr_state_clear_dirty(r->root, LR_CH_PERSIST);
     r->store_retry_ms = 1000;
+    if (o.n) refresh_progress(r);
+    set_failing(r, true, false, NULL);
+    gate_settle(r);
   } else {
     lr_error("room %s: storage write of %zu ops failed (%s); kept pending, retry in %lld ms",
-             r->key, o.n, err, (long long)r->store_retry_ms);
+             r->key, o.n, err, (long long)(s->shutting_down ? 100 : r->store_retry_ms));
+    set_failing(r, true, true, err);
   }
-  free(o.ops);
-  free(o.offs);
-  lr_buf_free(&o.keys);
+  ops_free(&o);
   return rc;
+}
+
+bool lr_room_has_unwritten(lr_room *r) {
+  return r->srv->store && lr_state_dirty(r->root, LR_CH_PERSIST);
+}
+
+/* Log what r loses: its unwritten keys (the first 10) and their count. */
+static void report_unwritten(lr_room *r, const char *what) {
+  opsbuf o = {0};
+  build_ops(r, &o);
+  lr_buf keys;
+  lr_buf_init(&keys);
+  size_t nkeys = 0;
+  for (size_t i = 0; i < o.n; i++) {
+    if (o.ops[i].kind != LR_STORE_PUT) continue;
+    if (nkeys++ < 10)
+      lr_buf_printf(&keys, "%s%.*s", nkeys > 1 ? ", " : "", (int)o.ops[i].keylen, o.ops[i].key);
+  }
+  if (nkeys > 10) lr_buf_printf(&keys, ", ... %zu more", nkeys - 10);
+  lr_error("room %s: %s with %zu unwritten key(s), LOST: %s (%s)", r->key, what, nkeys,
+           keys.len ? lr_buf_cstr(&keys) : "-", r->store_err ? r->store_err : "storage failed");
+  lr_buf_free(&keys);
+  ops_free(&o);
+}
+
+long lr_server_retry_unwritten(lr_server *s) {
+  long left = 0;
+  for (uint32_t b = 0; b < s->nbuckets; b++)
+    for (lr_room *r = s->rooms[b]; r; r = r->hash_next)
+      if (lr_room_has_unwritten(r) && lr_room_flush_storage(r) != 0) left++;
+  return left;
 }
 
 /* ------------------------------------------------------------ connections */
@@ -1243,7 +1471,10 @@ static void send_error(lr_conn *c, const char *code, const char *action, const c
   lr_json_put_string(&b, message, strlen(message));
   lr_buf_puts(&b, "}}");
   lr_msg *m = lr_msg_new(b.data, b.len);
-  conn_send_raw(c, m); /* errors bypass the interceptor: they are ours */
+  if (c->batched)
+    conn_send_raw(c, m); /* after its snapshot */
+  else
+    transport_send(c, m); /* errors bypass the interceptor and the storage gate: they are ours */
   lr_msg_release(m);
   lr_buf_free(&b);
 }
@@ -1402,6 +1633,10 @@ static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_
   s->stats.conns_total++;
   lr_conn *c = lr_conn_new(s, r, vt, tp);
   c->relayed = relayed;
+  if (lr_room_store_failing(r)) { /* a snapshot would show what is not stored */
+    lr_conn_close(c, 1013, "storage unavailable");
+    return c;
+  }
   connect_conn(c, req);
   return c;
 }
@@ -1507,6 +1742,8 @@ static void wait_done(void *ud, int ok, const char *err) {
       lr_room *r = ok && !s->shutting_down ? get_room(s, w->ns, w->id, &status) : NULL;
       if (!r) {
         lr_conn_close(c, 1011, ok ? "room unavailable" : "storage unavailable");
+      } else if (lr_room_store_failing(r)) {
+        lr_conn_close(c, 1013, "storage unavailable");
       } else {
         c->room = lr_room_retain(r);
         connect_conn(c, &w->req);
@@ -1723,6 +1960,12 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
   }
   lr_node *value = lr_obj_get(pkt, "value", 5);
   s->stats.msgs_in++;
+  if (lr_room_store_failing(rr)) {
+    send_error(c, "storage", action->u.str.s,
+               "the room cannot write its storage: action refused, try again later");
+    lr_node_release(pkt);
+    return;
+  }
   lr_room_activity(c->room);
   if (c->phase != LR_C_JOINED) { /* the room could not be rebuilt */
     lr_node_release(pkt);
@@ -1751,8 +1994,12 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     send_error(c, code, action->u.str.s, msg ? msg : code);
   }
   lua_settop(L, top);
-  lr_node_release(pkt);
   lr_server_flush_touched(s);
+  if (lr_room_store_failing(r) && c->phase == LR_C_JOINED)
+    send_error(c, "storage", action->u.str.s,
+               "the room cannot write its storage: this action's changes are kept and sent "
+               "once written; other actions are refused until then");
+  lr_node_release(pkt);
   lr_conn_release(c);
   lr_room_release(r);
 }
@@ -1901,6 +2148,11 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
                                    : "{\"error\":\"Service Unavailable\"}");
     return;
   }
+  static const char storage_503[] = "{\"error\":\"Storage unavailable\",\"code\":\"storage\"}";
+  if (lr_room_store_failing(r)) {
+    respond_simple(done, ud, 503, storage_503);
+    return;
+  }
   lua_State *L = s->L;
   int top = lua_gettop(L);
   lr_room_retain(r);
@@ -1911,12 +2163,17 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
   if (lr_runtime_call(s, r, "request", "request", 3, 1, err, sizeof err) != 0 ||
       !lua_istable(L, -1)) {
     lua_settop(L, top);
+    lr_server_flush_touched(s);
     respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
   } else {
-    respond_table(L, done, ud);
+    /* Write first: an answer must not show what could not be stored. */
+    lr_server_flush_touched(s);
+    if (lr_room_store_failing(r))
+      respond_simple(done, ud, 503, storage_503);
+    else
+      respond_table(L, done, ud);
     lua_settop(L, top);
   }
-  lr_server_flush_touched(s);
   lr_room_release(r);
 }
 

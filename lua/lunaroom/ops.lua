@@ -1,6 +1,7 @@
 -- lunaroom.ops: the operations endpoints of a server.
 --   GET /healthz   liveness: 200 while the loop answers
---   GET /readyz    readiness: storage answers and room definitions are loaded
+--   GET /readyz    readiness: storage answers, no room's writes fail (503 lists
+--                  up to 10 failing rooms and why) and room definitions are loaded
 --   GET /metrics   Prometheus text (Bearer METRICS_TOKEN when that is set)
 --   GET /admin     JSON: rooms, users, code versions, memory (needs a JWT
 --                  signed with AUTH_JWT_SECRET whose `worlds` claim has "*")
@@ -130,6 +131,11 @@ function M.handle(srv, req, runtime, json_response, response)
   if path == "/readyz" then
     local probe = core.store_count({ server = srv.h, ns = "$lunaroom", id = "readyz" })
     if probe < 0 then return json_response(503, { status = "not ready", reason = "storage" }) end
+    local failing, rooms = core.storage_failing(srv.h)
+    if failing > 0 then
+      return json_response(503, { status = "not ready", reason = "storage writes failing",
+        failingRooms = failing, rooms = setmetatable(rooms, core.array_mt) })
+    end
     if #srv.defs == 0 then return json_response(503, { status = "not ready", reason = "no rooms loaded" }) end
     return json_response(200, { status = "ready", definitions = #srv.defs })
   end
