@@ -129,13 +129,13 @@ function M.handle(srv, req, runtime, json_response, response)
   local path = req.path
   if path == "/healthz" then return json_response(200, { status = "ok" }) end
   if path == "/readyz" then
-    local probe = core.store_count({ server = srv.h, ns = "$lunaroom", id = "readyz" })
-    if probe < 0 then return json_response(503, { status = "not ready", reason = "storage" }) end
     local failing, rooms = core.storage_failing(srv.h)
     if failing > 0 then
       return json_response(503, { status = "not ready", reason = "storage writes failing",
         failingRooms = failing, rooms = setmetatable(rooms, core.array_mt) })
     end
+    local probe = core.store_count({ server = srv.h, ns = "$lunaroom", id = "readyz" })
+    if probe < 0 then return json_response(503, { status = "not ready", reason = "storage" }) end
     if #srv.defs == 0 then return json_response(503, { status = "not ready", reason = "no rooms loaded" }) end
     return json_response(200, { status = "ready", definitions = #srv.defs })
   end
