@@ -650,9 +650,10 @@ void lr_server_batch_joins(lr_server *s, bool on) {
 
 /* ------------------------------------------------------------ storage gate */
 
-#define LR_GATED_MAX ((size_t)4 << 20) /* bytes waiting per connection (the default --max-queue)   \
-                                        */
-#define TAG_PENDING UINT64_MAX         /* waits for the room's next write of its state */
+#define LR_GATED_MAX                                                                               \
+  ((size_t)4 << 20)            /* bytes waiting per connection (the default --max-queue)           \
+                                */
+#define TAG_PENDING UINT64_MAX /* waits for the room's next write of its state */
 
 /* Packets of r must wait: it has changes not committed, or older packets wait. */
 static bool room_gated(const lr_room *r) {

@@ -12,9 +12,9 @@ import { describe, test } from "node:test";
 import { http, sleep, startServer, wsClient } from "./lib.mjs";
 import { startKv } from "./kv_server.mjs";
 
-const serve = (kv) =>
+const serve = (kv, args = []) =>
   startServer({
-    args: ["--storage", "lua:lua/lunaroom/backends/http.lua", "--no-watch"],
+    args: ["--storage", "lua:lua/lunaroom/backends/http.lua", "--no-watch", ...args],
     env: { LUNAROOM_KV_URL: kv.url },
   });
 
@@ -101,6 +101,26 @@ describe("a Lua backend over HTTP (lunaroom.io.request)", () => {
         status = (await http("GET", `${srv.url}/readyz`)).status;
       assert.equal(status, 200);
       assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await kv.close();
+    }
+  });
+
+  test("SIGTERM while the service is down: bounded retries, exit 1, the lost keys logged", async () => {
+    let down = false;
+    const kv = await startKv({ fail: (ns, room, m) => (down && m === "POST" ? 503 : 0) });
+    const srv = await serve(kv, ["--shutdown-timeout", "600"]);
+    try {
+      const a = await join(srv, "demo", "?id=a1");
+      await sleep(100);
+      down = true;
+      a.c.send({ action: "increment" });
+      await sleep(200);
+      const t0 = Date.now();
+      assert.equal(await srv.stop("SIGTERM", 8000), 1, srv.logs());
+      assert.ok(Date.now() - t0 < 4000, "bounded");
+      assert.match(srv.logs(), /storage main\/demo: 1 write batch\(es\) not on the backend, LOST: state:count/);
     } finally {
       await srv.stop("SIGKILL").catch(() => {});
       await kv.close();
