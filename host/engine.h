@@ -241,6 +241,12 @@ static inline bool lr_room_store_failing(const lr_room *r) {
 }
 /* Changes of r not yet written (dirty persisted state), 0 when clean. */
 bool lr_room_has_unwritten(lr_room *r);
+/* r must not be disposed yet: unwritten or uncommitted changes, failing
+ * writes, or packets waiting for them (idle eviction checks this). */
+static inline bool lr_room_storage_busy(lr_room *r) {
+  return lr_room_has_unwritten(r) || lr_room_store_failing(r) || r->outhead < r->nout ||
+         r->st_committed < r->st_accepted;
+}
 /* Shutdown: try once more to write every room with unwritten changes;
  * returns how many still have some (main.c retries for a bounded time; what
  * is left is logged with its keys when the rooms are disposed). */
