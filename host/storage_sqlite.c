@@ -34,6 +34,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "log.h"
 #include "storage.h"
 
 enum {
@@ -396,18 +397,22 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
                    o->journal_mode);
     return NULL;
   }
-  if (o->busy_timeout_ms < 0 || o->busy_timeout_ms > LR_SQLITE_BUSY_MAX) {
-    lr__store_errf(err, errlen,
-                   "sqlite: busy_timeout must be 1 to %d ms, not %d (the event loop waits that "
-                   "long at most; a write that finds the file locked is retried later)",
+  if (o->busy_timeout_ms < 0) {
+    lr__store_errf(err, errlen, "sqlite: busy_timeout must be 1 to %d ms, not %d",
                    LR_SQLITE_BUSY_MAX, o->busy_timeout_ms);
     return NULL;
+  }
+  int busy = o->busy_timeout_ms ? o->busy_timeout_ms : LR_SQLITE_BUSY_DEFAULT;
+  if (busy > LR_SQLITE_BUSY_MAX) { /* a config written for the old 5 s wait still starts */
+    lr_warn("sqlite: busy_timeout=%d ms lowered to %d ms (the event loop waits that long at "
+            "most; a write that finds the file locked is retried later)",
+            busy, LR_SQLITE_BUSY_MAX);
+    busy = LR_SQLITE_BUSY_MAX;
   }
   if (o->max_page_count < 0) {
     lr__store_errf(err, errlen, "sqlite: max_page_count must be > 0, not %ld", o->max_page_count);
     return NULL;
   }
-  int busy = o->busy_timeout_ms ? o->busy_timeout_ms : LR_SQLITE_BUSY_DEFAULT;
   if (lr__store_mkdir_parent(o->path, err, errlen)) return NULL;
 
   sqstore *q = lr_xcalloc(1, sizeof *q);

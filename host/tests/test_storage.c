@@ -468,8 +468,9 @@ ONE(storage_open_spec, 0) {
   ASSERT(!lr_store_open_spec(spec, err, sizeof err));
   ASSERT(strstr(err, "busy_timeout=5s is not a whole number"));
   snprintf(spec, sizeof spec, "sqlite:%s/db/y.sqlite?busy_timeout=5000", fx->dir);
-  ASSERT(!lr_store_open_spec(spec, err, sizeof err));
-  ASSERT(strstr(err, "1 to 50 ms"));
+  s = lr_store_open_spec(spec, err, sizeof err); /* lowered to 50 ms, with a log line */
+  ASSERT(s);
+  lr_store_close(s);
   snprintf(spec, sizeof spec, "sqlite:%s/db/y.sqlite?busy_timeout=30&max_page_count=64", fx->dir);
   s = lr_store_open_spec(spec, err, sizeof err);
   ASSERT(s);
@@ -761,9 +762,6 @@ ONE(storage_sqlite_bad_options_fail, 1) {
   ASSERT(!lr_store_sqlite_open(&o, err, sizeof err));
   ASSERT(strstr(err, "journal mode 'fast'"));
   o = (lr_sqlite_opts){.path = fx->path, .busy_timeout_ms = -1};
-  ASSERT(!lr_store_sqlite_open(&o, err, sizeof err));
-  /* More than 50 ms would let a locked file stall the event loop. */
-  o = (lr_sqlite_opts){.path = fx->path, .busy_timeout_ms = 5000};
   ASSERT(!lr_store_sqlite_open(&o, err, sizeof err));
   ASSERT(strstr(err, "busy_timeout must be 1 to 50 ms"));
   o = (lr_sqlite_opts){.path = NULL};
