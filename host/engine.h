@@ -13,6 +13,7 @@
 
 #include <lua.h>
 
+#include "addr_rate.h"
 #include "buf.h"
 #include "rand.h"
 #include "server.h"
@@ -33,6 +34,9 @@ typedef struct lr_timer {
   lr_timer_cb cb; /* LR_T_C: called with ud (not called if the server is freed first) */
   void *ud;
   bool cancelled;
+  bool holds_room;           /* an LR_T_LUA timer of room: counted in room->ntimers */
+  uint32_t hidx;             /* position in the server's heap */
+  struct lr_timer *map_next; /* the server's id -> timer map (while in the heap) */
 } lr_timer;
 
 /* ---- connections ---- */
@@ -79,7 +83,15 @@ struct lr_conn {
   lr_conn **box;      /* the Lua handle's weak slot, cleared when c is freed */
   void *uplink;       /* shard uplink state (uplink.c), NULL for clients */
   void *shard_client; /* a client of this shard process (shard.c), NULL otherwise */
+  size_t gated_bytes; /* bytes of its packets waiting in the room's outbox */
 };
+
+/* A packet waiting in a room's outbox until the writes before it commit. */
+typedef struct lr_gated {
+  lr_conn *c;   /* retained */
+  lr_msg *m;    /* retained */
+  uint64_t tag; /* released once the room's committed count reaches it */
+} lr_gated;
 
 /* ---- rooms ---- */
 struct lr_room {
@@ -100,10 +112,15 @@ struct lr_room {
   bool sync_timer, store_timer;
   int64_t store_retry_ms; /* backoff after a storage failure */
   int64_t budget;         /* instructions per call, 0 = default */
+  int64_t memory;         /* bytes allocated per call, 0 = default */
   /* Hibernation: after hibernate_ms without activity the state tree and the
-   * Lua instance are freed (storage flushed first); connections stay. */
-  int64_t hibernate_ms, last_active;
-  bool hibernated, idle_timer;
+   * Lua instance are freed (storage flushed first); connections stay.
+   * Eviction: after evict_ms without activity, a room with no connection
+   * and no timer of its own is flushed and disposed (0 = never). idle_at is
+   * when the armed LR_T_IDLE timer fires (0: none armed). */
+  int64_t hibernate_ms, evict_ms, last_active, idle_at;
+  bool hibernated;
+  uint32_t ntimers;   /* pending LR_T_LUA timers of this room (room:timer, session expiry) */
   double rate, burst; /* messages per second and bucket size per connection */
   /* Per-room input limits (0 = the process defaults): largest action frame
    * in bytes, JSON nesting depth and values per packet. */
@@ -113,6 +130,15 @@ struct lr_room {
   lr_room *touched_next;
   lr_room *hash_next;
   lr_room **box; /* the Lua handle's weak slot, cleared when r is freed */
+  /* Storage gate (room.c, "a failed storage write"): packets sent while the
+   * room has writes that are not committed wait here, in order. */
+  lr_gated *outbox;
+  uint32_t outhead, nout, capout;     /* entries [outhead, nout) are live */
+  uint64_t st_accepted, st_committed; /* write batches handed to / committed by the store */
+  bool flush_failed;   /* the engine's last write of its state failed (retry armed) */
+  bool backend_failed; /* a write-behind store reports failing writes for this room */
+  char *store_err;     /* why, while failing */
+  lr_room *failing_next, **failing_pprev; /* the server's list of failing rooms */
 };
 
 /* Counters for /metrics (monotonic since start unless noted). */
@@ -153,6 +179,12 @@ struct lr_server {
   uint64_t timer_seq;
   lr_room **rooms; /* hash buckets */
   uint32_t nbuckets, nrooms;
+  uint32_t nhibernated;       /* rooms with hibernated set (gauge for /metrics) */
+  lr_timer **timer_map;       /* id (seq) -> timer, for lr_timer_cancel */
+  uint32_t timer_map_cap;     /* power of two */
+  int64_t evict_after;        /* default evict_ms of new rooms (60000; 0 = never) */
+  lr_addr_rate *room_rate;    /* rooms created per client address */
+  lr_addr_rate *session_rate; /* new sessions per client address (runtime.lua) */
   lr_room *touched;
   lr_test_rng test_rng; /* headless test host only (rng_seeded) */
   bool rng_seeded;      /* false: ids from getrandom(2) (always under `serve`) */
@@ -166,6 +198,10 @@ struct lr_server {
   char parties_prefix[32]; /* "/parties" */
   long max_rooms;          /* refuse to create rooms past this (default 100000) */
   void *shard;             /* shard mode state (shard.c), NULL unless `serve --shard` */
+  char *wanted_headers[LR_WANTED_HEADERS]; /* lr_server_want_header (room.c) */
+  uint32_t nwanted_headers;
+  lr_room *failing; /* rooms whose writes fail (/readyz), newest first */
+  uint32_t nfailing;
 };
 
 /* ---- room.c ---- */
@@ -194,6 +230,29 @@ void lr_server_flush_touched(lr_server *s);
 void lr_room_flush_sync(lr_room *r, bool full_if_clean);
 /* Write pending persisted changes now; returns 0 or a storage error. */
 int lr_room_flush_storage(lr_room *r);
+/* A write of r's storage outside the flush (core.store_apply) returned rc:
+ * keeps the gate's counters and the failing state up to date. */
+void lr_room_store_written(lr_room *r, int rc, const char *err);
+/* A write-behind store (storage_lua.c) committed or failed writes of
+ * (ns, id): the room, if live, releases what waited for them. Called from
+ * the store's own callbacks, never from inside one of its vtable calls. */
+void lr_server_store_progress(lr_server *s, const char *ns, const char *id);
+/* True while r's writes fail (it refuses actions, joins and requests). */
+static inline bool lr_room_store_failing(const lr_room *r) {
+  return r->flush_failed || r->backend_failed;
+}
+/* Changes of r not yet written (dirty persisted state), 0 when clean. */
+bool lr_room_has_unwritten(lr_room *r);
+/* r must not be disposed yet: unwritten or uncommitted changes, failing
+ * writes, or packets waiting for them (idle eviction checks this). */
+static inline bool lr_room_storage_busy(lr_room *r) {
+  return lr_room_has_unwritten(r) || lr_room_store_failing(r) || r->outhead < r->nout ||
+         r->st_committed < r->st_accepted;
+}
+/* Shutdown: try once more to write every room with unwritten changes;
+ * returns how many still have some (main.c retries for a bounded time; what
+ * is left is logged with its keys when the rooms are disposed). */
+long lr_server_retry_unwritten(lr_server *s);
 /* Encode and send one packet to one connection (through the interceptor). */
 void lr_conn_send_value(lr_conn *c, const lr_node *v);
 void lr_conn_send_msg(lr_conn *c, lr_msg *m, const char *json, size_t len);
@@ -233,6 +292,10 @@ lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp);
 /* A bare connection object (no Lua table, no room list); r may be NULL.
  * One reference for the transport. */
 lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *tp);
+
+/* The room's idle settings changed (hibernate_ms, evict_ms): arm its idle
+ * timer from now. */
+void lr_room_idle_config(lr_room *r);
 
 /* Wake a hibernated room (rebuild it from storage) and note activity. */
 bool lr_room_activity(lr_room *r); /* false: r could not wake (its sockets are closed) */

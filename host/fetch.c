@@ -3,7 +3,8 @@
  * second, client-only libwebsockets context (see fetch.h).
  *
  * Owns: that context (created on first use, destroyed by lr_fetch_shutdown),
- * URL parsing (http:// and ws:// only: no TLS, no redirects followed), the
+ * URL parsing (http://, ws://, and https://, wss:// verified against the
+ * system CAs or --tls-ca; no redirects followed), the
  * request and connection objects, their send queues and receive buffers, and
  * the deferred event queue that runs user callbacks.
  * Must not: know rooms, shards or JSON; run user code from inside an lws
@@ -70,6 +71,7 @@ typedef struct conn_common {
   int nev;       /* events queued for this object */
   char *host, *path, *hostport;
   int port;
+  bool tls;       /* https:// or wss:// */
   lr_buf headers; /* "name:\0value\0" pairs for the handshake */
   struct conn_common *next_all;
 } conn_common;
@@ -131,7 +133,12 @@ static struct {
   uint64_t activity;   /* events and writes so far */
   bool timer_armed;
   bool shutting_down;
+  const char *tls_ca; /* --tls-ca, or NULL = the system's CAs */
 } G;
+
+void lr_fetch_set_tls_ca(const char *path) {
+  G.tls_ca = path;
+}
 
 /* ------------------------------------------------------------ helpers */
 
@@ -139,13 +146,18 @@ static char *xdup(const char *s, size_t n) {
   return lr_xstrndup(s, n);
 }
 
-/* Split http://host[:port]/path?query (or ws://). Returns 0 or -1. */
+/* Split http://host[:port]/path?query (or ws://, https://, wss://).
+ * Returns 0 or -1. */
 static int parse_url(const char *url, conn_common *cc) {
   const char *p;
   if (strncmp(url, "http://", 7) == 0)
     p = url + 7;
   else if (strncmp(url, "ws://", 5) == 0)
     p = url + 5;
+  else if (strncmp(url, "https://", 8) == 0)
+    p = url + 8, cc->tls = true;
+  else if (strncmp(url, "wss://", 6) == 0)
+    p = url + 6, cc->tls = true;
   else
     return -1;
   const char *host = p, *host_end;
@@ -161,7 +173,7 @@ static int parse_url(const char *url, conn_common *cc) {
     host_end = p;
   }
   if (host_end == host) return -1;
-  int port = 80;
+  int port = cc->tls ? 443 : 80;
   if (*p == ':') {
     char *end;
     long v = strtol(p + 1, &end, 10);
@@ -180,7 +192,7 @@ static int parse_url(const char *url, conn_common *cc) {
     memcpy(cc->path + 1, p, n + 1);
   }
   char hp[300];
-  if (port == 80)
+  if (port == (cc->tls ? 443 : 80))
     snprintf(hp, sizeof hp, "%s", cc->host);
   else
     snprintf(hp, sizeof hp, "%s:%d", cc->host, port);
@@ -565,6 +577,10 @@ static int ensure_context(lr_server *s) {
   ci.uid = -1;
   ci.timeout_secs = 10;
   ci.pt_serv_buf_size = FETCH_HANDSHAKE_BUF;
+  /* https:// and wss:// verify the peer (chain and host name) against
+   * --tls-ca, else the system's CA store. */
+  ci.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+  ci.client_ssl_ca_filepath = G.tls_ca;
   G.ctx = lws_create_context(&ci);
   if (!G.ctx) {
     lr_error("cannot create the client context for outgoing connections");
@@ -584,6 +600,7 @@ static struct lws *connect_obj(conn_common *cc, const char *method, bool ws) {
   i.method = ws ? NULL : method;
   i.local_protocol_name = "lunaroom-fetch";
   i.ssl_connection = ws ? 0 : LCCSCF_HTTP_NO_FOLLOW_REDIRECT;
+  if (cc->tls) i.ssl_connection |= LCCSCF_USE_SSL;
   i.opaque_user_data = cc;
   i.pwsi = &cc->wsi;
   cc->next_all = G.all;
@@ -603,8 +620,9 @@ uint64_t lr_fetch(lr_server *s, const char *method, const char *url, const lr_he
                   lr_fetch_cb cb, void *ud) {
   http_req *r = lr_xcalloc(1, sizeof *r);
   r->cc.kind = OBJ_HTTP;
-  if (parse_url(url, &r->cc) != 0 || strncmp(url, "http://", 7) != 0) {
-    lr_warn("fetch %s %s: only plain http:// URLs are supported", method, url);
+  if (parse_url(url, &r->cc) != 0 ||
+      (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)) {
+    lr_warn("fetch %s %s: only http:// and https:// URLs are supported", method, url);
     free_obj(&r->cc);
     return 0;
   }
@@ -647,7 +665,7 @@ lr_wsc *lr_wsc_open(lr_server *s, const char *url, const lr_header *headers, siz
   lr_wsc *w = lr_xcalloc(1, sizeof *w);
   w->cc.kind = OBJ_WS;
   if (parse_url(url, &w->cc) != 0) {
-    lr_warn("websocket %s: only plain ws:// (or http://) URLs are supported", url);
+    lr_warn("websocket %s: only ws://, wss:// (or http://, https://) URLs are supported", url);
     free_obj(&w->cc);
     return NULL;
   }
@@ -761,7 +779,7 @@ static int l_request(lua_State *L) {
     luaL_unref(L, LUA_REGISTRYINDEX, q->fn);
     free(q);
     lua_pushnil(L);
-    lua_pushfstring(L, "cannot fetch %s (only http://HOST:PORT/... URLs)", url);
+    lua_pushfstring(L, "cannot fetch %s (only http(s)://HOST:PORT/... URLs)", url);
     return 2;
   }
   lua_pushinteger(L, (lua_Integer)id);

@@ -1,7 +1,8 @@
 /*
  * fetch.h - outgoing connections of a server process: HTTP requests and
  * WebSocket client connections (a shard's uplinks, heartbeats and forwarded
- * requests; remote session transfers), plain http:// and ws:// only.
+ * requests; remote session transfers), http:// and ws://, or https:// and
+ * wss:// with the peer verified (lr_fetch_set_tls_ca).
  *
  * Owns: a second libwebsockets context, client-only, created on first use
  * and serviced on the loop thread from an engine timer (fetch.c says why);
@@ -21,6 +22,11 @@
 #include <lua.h>
 
 #include "server.h"
+
+/* The CA bundle (PEM file) that https:// and wss:// peers are verified
+ * against; NULL = the system's CAs. Call before the first connection (the
+ * client context reads it once); path must stay valid. */
+void lr_fetch_set_tls_ca(const char *path);
 
 /* ---- HTTP ---- */
 

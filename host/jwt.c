@@ -2,7 +2,8 @@
  * jwt.c - HS256 JSON Web Tokens on libjwt 1.10 (see lr_jwt.h).
  *
  * Owns: token shape checks, the algorithm allow-list (HS256 only), the time
- * claims (exp required, nbf optional), the reason strings, and the signer.
+ * claims (exp and nbf checked when present; exp required only with
+ * LR_JWT_REQUIRE_EXP), the reason strings, and the signer.
  * Must not: know about Lua, rooms or sockets; read the environment; log; let
  * the secret or the token reach an error message.
  *
@@ -115,6 +116,12 @@ static int cmp_time(const lr_node *v, int64_t now) {
 
 lr_jwt_status lr_jwt_verify(const char *token, size_t len, const char *secret, size_t secret_len,
                             int64_t now, char **claims_json, lr_node **claims) {
+  return lr_jwt_verify_flags(token, len, secret, secret_len, now, 0, claims_json, claims);
+}
+
+lr_jwt_status lr_jwt_verify_flags(const char *token, size_t len, const char *secret,
+                                  size_t secret_len, int64_t now, unsigned flags,
+                                  char **claims_json, lr_node **claims) {
   if (!token || len == 0) return LR_JWT_NO_TOKEN;
   if (!secret || secret_len == 0 || secret_len > INT_MAX) return LR_JWT_NO_SECRET;
   if (len > LR_JWT_MAX_TOKEN) return LR_JWT_MALFORMED;
@@ -166,11 +173,11 @@ lr_jwt_status lr_jwt_verify(const char *token, size_t len, const char *secret, s
     goto fail;
   }
   lr_node *exp = lr_obj_get(c, "exp", 3), *nbf = lr_obj_get(c, "nbf", 3);
-  if (!exp) {
+  if (!exp && (flags & LR_JWT_REQUIRE_EXP)) {
     st = LR_JWT_NO_EXP;
     goto fail;
   }
-  int e = cmp_time(exp, now);
+  int e = exp ? cmp_time(exp, now) : 1; /* no exp: does not expire */
   int b = nbf ? cmp_time(nbf, now) : -1;
   if (e == 2 || b == 2) {
     st = LR_JWT_MALFORMED;

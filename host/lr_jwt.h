@@ -6,7 +6,9 @@
  * Owns: the accept/refuse rules for tokens (protocol.md Part 1 row 16 and
  * Part 2 section 7.3): HMAC-SHA256 with key = the bytes of the secret,
  * header alg exactly "HS256" (none, HS384/512, RS*, ES*, ... are refused),
- * `exp` required and > now, `nbf` <= now when present, claims an object.
+ * `exp` > now and `nbf` <= now when present (a token without `exp` is
+ * accepted, as by the reference, unless the caller requires it), claims an
+ * object.
  * Must not: know about Lua, rooms or sockets; read the environment (the
  * caller passes the secret); log or copy the secret anywhere (error texts
  * never contain it, nor the token).
@@ -39,7 +41,7 @@ typedef enum lr_jwt_status {
   LR_JWT_BAD_SIGNATURE, /* "bad signature": well-formed HS256 token, wrong MAC */
   LR_JWT_EXPIRED,       /* "expired": exp <= now */
   LR_JWT_NOT_YET,       /* "not yet valid": nbf > now */
-  LR_JWT_NO_EXP,        /* "missing exp": no exp claim */
+  LR_JWT_NO_EXP,        /* "missing exp": no exp claim, and LR_JWT_REQUIRE_EXP */
   LR_JWT_NO_SECRET,     /* "no secret": the caller passed an empty secret */
 } lr_jwt_status;
 
@@ -49,7 +51,7 @@ const char *lr_jwt_reason(lr_jwt_status st);
 /* Verify token[0..len) with secret[0..secret_len) at time now (Unix
  * seconds). The token needs no NUL terminator. Checks, in order: length
  * (<= LR_JWT_MAX_TOKEN), shape (three base64url segments), header alg ==
- * "HS256", signature, claims an object, exp, nbf.
+ * "HS256", signature, claims an object, exp (when present), nbf (when present).
  * On LR_JWT_OK, and only then, the outputs that are non-NULL are set:
  *   *claims_json  the claims as JSON text (jwt_get_grants_json; free() it),
  *   *claims       the claims decoded by lr_json_decode (refs == 1; release it).
@@ -58,6 +60,13 @@ const char *lr_jwt_reason(lr_jwt_status st);
  * otherwise decode without checking any signature. */
 lr_jwt_status lr_jwt_verify(const char *token, size_t len, const char *secret, size_t secret_len,
                             int64_t now, char **claims_json, lr_node **claims);
+
+/* lr_jwt_verify with flags: LR_JWT_REQUIRE_EXP refuses a token without an
+ * exp claim (LR_JWT_NO_EXP). lr_jwt_verify is this with flags 0. */
+#define LR_JWT_REQUIRE_EXP 1u
+lr_jwt_status lr_jwt_verify_flags(const char *token, size_t len, const char *secret,
+                                  size_t secret_len, int64_t now, unsigned flags,
+                                  char **claims_json, lr_node **claims);
 
 /* Sign claims_json (a JSON object; NUL-terminated) with HS256 and secret.
  * The header is {"alg":"HS256","typ":"JWT"}; the claims are written as given

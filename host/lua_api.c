@@ -619,7 +619,46 @@ static int l_set_runtime(lua_State *L) {
   return 0;
 }
 
-/* core.server_new{storage = "memory"|"sqlite:PATH", virtual = bool, seed = n} */
+/* Optional numbers of table idx: the idle and per-address settings of s
+ * (evict_after ms, room_rate/room_burst, session_rate/session_burst). */
+static void server_limits(lua_State *L, int idx, lr_server *s) {
+  lua_getfield(L, idx, "evict_after");
+  if (!lua_isnil(L, -1)) s->evict_after = luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  lr_addr_rate *ars[2] = {s->room_rate, s->session_rate};
+  const char *names[2][2] = {{"room_rate", "room_burst"}, {"session_rate", "session_burst"}};
+  for (int i = 0; i < 2; i++) {
+    lua_getfield(L, idx, names[i][0]);
+    lua_getfield(L, idx, names[i][1]);
+    double rate = luaL_optnumber(L, -2, lr_addr_rate_rate(ars[i]));
+    double burst = luaL_optnumber(L, -1, lr_addr_rate_burst(ars[i]));
+    lr_addr_rate_set(ars[i], rate, burst);
+    lua_pop(L, 2);
+  }
+}
+
+/* core.server_limits(srv, {evict_after=, room_rate=, room_burst=,
+ * session_rate=, session_burst=}): change them on a running server. */
+static int l_server_limits(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  server_limits(L, 2, s);
+  return 0;
+}
+
+/* core.addr_take(srv, "room"|"session", ip) -> bool: a token of ip's
+ * bucket (true without an ip: in-process callers are not counted). */
+static int l_addr_take(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  const char *kind = luaL_checkstring(L, 2);
+  const char *ip = luaL_optstring(L, 3, NULL);
+  lr_addr_rate *ar = strcmp(kind, "room") == 0 ? s->room_rate : s->session_rate;
+  lua_pushboolean(L, lr_addr_rate_take(ar, ip, lr_now(s)));
+  return 1;
+}
+
+/* core.server_new{storage = "memory"|"sqlite:PATH", virtual = bool, seed = n,
+ * evict_after = ms, room_rate = n, ...(server_limits)} */
 static int l_server_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "storage");
@@ -634,6 +673,7 @@ static int l_server_new(lua_State *L) {
                                                : lr_store_open_spec(spec, err, sizeof err);
   if (!st) return luaL_error(L, "cannot open storage %s: %s", spec, err);
   lr_server *s = lr_server_new(L, st, true, virt, seed);
+  server_limits(L, 1, s);
   lr_lua_push_server(L, s, true);
   return 1;
 }
@@ -646,6 +686,23 @@ static int l_server_close(lua_State *L) {
   }
   b->s = NULL;
   return 0;
+}
+
+/* core.want_header(srv, name) -> true | nil, err: the transport copies this
+ * request header too (server.h, lr_server_want_header). */
+static int l_want_header(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  if (lr_server_want_header(s, name) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L,
+                    "header name '%s' refused: 1 to %d characters of a-z 0-9 -, at most %d names "
+                    "per process",
+                    name, LR_HEADER_NAME_MAX, LR_WANTED_HEADERS);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 static int l_server_bind(lua_State *L) {
@@ -767,17 +824,11 @@ static int l_stats(lua_State *L) {
   F("lua_bytes", lr_vm_memory(L));
   F("nodes", lr_node_live());
 #undef F
-  uint32_t live = 0, hib = 0;
-  for (uint32_t b = 0; b < s->nbuckets; b++)
-    for (lr_room *r = s->rooms[b]; r; r = r->hash_next) {
-      if (r->hibernated)
-        hib++;
-      else
-        live++;
-    }
-  lua_pushinteger(L, live);
+  /* Counters, not a walk over the rooms: a /metrics scrape costs the same
+   * whatever their number. */
+  lua_pushinteger(L, (lua_Integer)(s->nrooms - s->nhibernated));
   lua_setfield(L, -2, "rooms");
-  lua_pushinteger(L, hib);
+  lua_pushinteger(L, (lua_Integer)s->nhibernated);
   lua_setfield(L, -2, "rooms_hibernated");
   static const char *const rej[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
                                            "validation",     "handler",        "rate_limit",
@@ -828,17 +879,22 @@ static int l_room_config(lua_State *L) {
   if (!lua_isnil(L, -1)) r->has_interceptor = lua_toboolean(L, -1);
   lua_getfield(L, 2, "budget");
   if (!lua_isnil(L, -1)) r->budget = luaL_checkinteger(L, -1);
+  lua_getfield(L, 2, "memory");
+  if (!lua_isnil(L, -1)) r->memory = luaL_checkinteger(L, -1);
+  bool idle = false;
   lua_getfield(L, 2, "hibernate");
   if (!lua_isnil(L, -1)) {
     r->hibernate_ms = luaL_checkinteger(L, -1);
-    r->last_active = lr_now(r->srv);
-    r->idle_timer = false;
-    if (r->hibernate_ms > 0) {
-      r->idle_timer = true;
-      lr_timer_add(r->srv, r->hibernate_ms, LR_T_IDLE, r, LUA_NOREF);
-    }
+    idle = true;
   }
-  lua_pop(L, 1);
+  lua_getfield(L, 2, "evict"); /* ms, 0 = never, < 0 = the server's --evict-after */
+  if (!lua_isnil(L, -1)) {
+    lua_Integer ms = luaL_checkinteger(L, -1);
+    r->evict_ms = ms < 0 ? r->srv->evict_after : ms;
+    idle = true;
+  }
+  if (idle) lr_room_idle_config(r);
+  lua_pop(L, 2);
   lua_getfield(L, 2, "maxFrame");
   if (!lua_isnil(L, -1)) r->max_frame = (uint32_t)luaL_checkinteger(L, -1);
   lua_getfield(L, 2, "maxDepth");
@@ -1053,6 +1109,7 @@ static int l_store_apply(lua_State *L) {
   }
   int rc =
       fail ? -1 : lr_store_apply(room_store(L, r), r->ns, r->id, ops, (size_t)n, err, sizeof err);
+  if (!fail) lr_room_store_written(r, rc, err); /* the storage gate's view of r */
   for (lua_Integer i = 0; i < n; i++)
     lr_buf_free(&vals[i]);
   free(vals);
@@ -1110,6 +1167,24 @@ static int l_store_fail_next(lua_State *L) {
   if (lr_store_memory_fail_next(s->store, (int)luaL_checkinteger(L, 2)) != 0)
     return luaL_error(L, "store_fail_next needs memory storage");
   return 0;
+}
+
+/* core.storage_failing(srv) -> n, { {room = key, error = why}, ... } (the
+ * first 10 rooms whose storage writes fail; /readyz). */
+static int l_storage_failing(lua_State *L) {
+  lr_server *s = check_server(L, 1);
+  lua_pushinteger(L, s->nfailing);
+  lua_createtable(L, 0, 0);
+  int i = 0;
+  for (lr_room *r = s->failing; r && i < 10; r = r->failing_next) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, r->key);
+    lua_setfield(L, -2, "room");
+    lua_pushstring(L, r->store_err ? r->store_err : "");
+    lua_setfield(L, -2, "error");
+    lua_rawseti(L, -2, ++i);
+  }
+  return 2;
 }
 
 /* core.store_pending(srv): write batches not yet on the backend. */
@@ -1410,7 +1485,7 @@ static int hl_gc(lua_State *L) {
 }
 
 /* Parse "a=1&b=x%20y" into headers-free request and call ws_open.
- * core.hl_connect(srv, path, query, headers) -> hl | nil, status */
+ * core.hl_connect(srv, path, query, headers[, ip]) -> hl | nil, status */
 static int l_hl_connect(lua_State *L) {
   lr_server *s = check_server(L, 1);
   const char *path = luaL_checkstring(L, 2);
@@ -1429,7 +1504,10 @@ static int l_hl_connect(lua_State *L) {
   memset(h, 0, sizeof *h);
   h->close_code = -1;
   luaL_setmetatable(L, HL_MT);
-  lr_request req = {"GET", path, query, hs, nh, NULL, 0, "127.0.0.1"};
+  /* ip: the client address per-address limits count; none (in-process) by
+   * default */
+  const char *ip = luaL_optstring(L, 5, NULL);
+  lr_request req = {"GET", path, query, hs, nh, NULL, 0, ip && *ip ? ip : NULL};
   lr_conn *c = NULL;
   int status = lr_server_ws_open(s, &req, &hl_vt, h, &c);
   if (status) {
@@ -1550,7 +1628,7 @@ static int l_http_take(lua_State *L) {
   return 1;
 }
 
-/* core.http(srv, method, path, query, headers, body) -> {status, headers, body},
+/* core.http(srv, method, path, query, headers, body[, ip]) -> {status, headers, body},
  * or nil, id when the answer comes later (core.http_take(id)). */
 static int l_http(lua_State *L) {
   lr_server *s = check_server(L, 1);
@@ -1566,14 +1644,10 @@ static int l_http(lua_State *L) {
   }
   size_t bl = 0;
   const char *body = luaL_optlstring(L, 6, NULL, &bl);
-  lr_request req = {luaL_checkstring(L, 2),
-                    luaL_checkstring(L, 3),
-                    luaL_optstring(L, 4, ""),
-                    hs,
-                    nh,
-                    body,
-                    bl,
-                    "127.0.0.1"};
+  const char *ip = luaL_optstring(L, 7, NULL); /* none: in-process (room to room) */
+  lr_request req = {
+      luaL_checkstring(L, 2), luaL_checkstring(L, 3), luaL_optstring(L, 4, ""), hs, nh, body, bl,
+      ip && *ip ? ip : NULL};
   http_out *o = lr_xcalloc(1, sizeof *o);
   *o = (http_out){L, 0, LUA_NOREF, 0};
   lr_server_http(s, &req, http_done, o);
@@ -1600,9 +1674,12 @@ static int l_http(lua_State *L) {
 static const luaL_Reg core_fns[] = {
     {"set_runtime", l_set_runtime},
     {"server_new", l_server_new},
+    {"server_limits", l_server_limits},
+    {"addr_take", l_addr_take},
     {"http_take", l_http_take},
     {"server_close", l_server_close},
     {"server_bind", l_server_bind},
+    {"want_header", l_want_header},
     {"now", l_now},
     {"random_id", l_random_id},
     {"timer", l_timer},
@@ -1631,6 +1708,7 @@ static const luaL_Reg core_fns[] = {
     {"store_list", l_store_list},
     {"store_count", l_store_count},
     {"store_pending", l_store_pending},
+    {"storage_failing", l_storage_failing},
     {"store_fail_next", l_store_fail_next},
     {"encode", l_encode},
     {"decode", l_decode},
@@ -1670,6 +1748,8 @@ int luaopen_lunaroom_core(lua_State *L) {
     luaL_setfuncs(L, m, 0);
     lua_pushliteral(L, "lunaroom.node");
     lua_setfield(L, -2, "__name");
+    lua_pushboolean(L, 0); /* getmetatable from Lua: false (room code shares it) */
+    lua_setfield(L, -2, "__metatable");
   }
   lua_pop(L, 1);
   /* Handles: a metatable each, with only a finalizer. */
@@ -1679,6 +1759,8 @@ int luaopen_lunaroom_core(lua_State *L) {
     luaL_newmetatable(L, handles[i].name);
     lua_pushcfunction(L, handles[i].func);
     lua_setfield(L, -2, "__gc");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
   }
   /* Proxy cache: weak values, keyed by node address. */

@@ -2,11 +2,13 @@
  * lua_jwt.c - the Lua module "lunaroom.jwt" (package.preload, lua_vm.c),
  * reachable by room scripts as lr.jwt:
  *
- *   jwt.verify(token [, secret]) -> claims | nil, reason
+ *   jwt.verify(token [, secret [, {requireExp = true}]]) -> claims | nil, reason
  *   jwt.sign(claims, secret [, {expiresIn = seconds | "10m" | false}]) -> token
  *   jwt.bearer(ctxOrReq) -> token | nil
  *
- * Owns: the Lua face of lr_jwt.h, reading AUTH_JWT_SECRET at call time, the
+ * Owns: the Lua face of lr_jwt.h, reading AUTH_JWT_SECRET and
+ * AUTH_JWT_REQUIRE_EXP ("1": refuse tokens without exp; `serve
+ * --jwt-require-exp` sets it) at call time, the
  * read-only module object (a userdata: rawset cannot change it), and the test-only
  * "lunaroom.jwt_testing" module (setenv) that room scripts cannot reach. Must not: log or return
  * the secret; keep state between calls; verify tokens itself (jwt.c decides).
@@ -60,10 +62,26 @@ static int push_claims_unprotected(lua_State *L) {
   return 1;
 }
 
-/* jwt.verify(token [, secret]) -> claims | nil, reason */
+/* Whether tokens without exp are refused: opts.requireExp when given, else
+ * the process setting AUTH_JWT_REQUIRE_EXP=1|true. */
+static unsigned verify_flags(lua_State *L, int opts) {
+  if (lua_istable(L, opts)) {
+    int t = lua_getfield(L, opts, "requireExp");
+    int on = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (t != LUA_TNIL) return on ? LR_JWT_REQUIRE_EXP : 0;
+  } else if (!lua_isnoneornil(L, opts)) {
+    luaL_typeerror(L, opts, "table ({requireExp = true})");
+  }
+  const char *e = getenv("AUTH_JWT_REQUIRE_EXP");
+  return e && (!strcmp(e, "1") || !strcasecmp(e, "true")) ? LR_JWT_REQUIRE_EXP : 0;
+}
+
+/* jwt.verify(token [, secret [, opts]]) -> claims | nil, reason */
 static int l_verify(lua_State *L) {
   size_t slen, tlen = 0;
   const char *secret = get_secret(L, 2, "verify", &slen);
+  unsigned flags = verify_flags(L, 3);
   const char *token = NULL;
   int t = lua_type(L, 1);
   if (t == LUA_TSTRING)
@@ -74,7 +92,8 @@ static int l_verify(lua_State *L) {
     return 2;
   }
   lr_node *claims = NULL;
-  lr_jwt_status st = lr_jwt_verify(token, tlen, secret, slen, (int64_t)time(NULL), NULL, &claims);
+  lr_jwt_status st =
+      lr_jwt_verify_flags(token, tlen, secret, slen, (int64_t)time(NULL), flags, NULL, &claims);
   if (st != LR_JWT_OK) {
     lua_pushnil(L);
     lua_pushstring(L, lr_jwt_reason(st));
@@ -326,10 +345,15 @@ static int ro_newindex(lua_State *L) {
   return luaL_error(L, "lr.jwt is read-only (cannot set %s)", luaL_tolstring(L, 2, NULL));
 }
 
+/* The state is the userdata itself: the function table behind it is never
+ * handed out (room code could write into it). */
 static int ro_next(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE); /* the function table behind the userdata */
+  luaL_checktype(L, 1, LUA_TUSERDATA);
   lua_settop(L, 2);
-  if (lua_next(L, 1)) return 2;
+  if (!lua_getmetatable(L, 1)) return 0; /* the C API ignores __metatable */
+  lua_getfield(L, -1, "__index");
+  lua_pushvalue(L, 2);
+  if (lua_next(L, -2)) return 2;
   lua_pushnil(L);
   return 1;
 }
@@ -337,9 +361,7 @@ static int ro_next(lua_State *L) {
 /* pairs(lr.jwt) lists the functions. */
 static int ro_pairs(lua_State *L) {
   lua_pushcfunction(L, ro_next);
-  lua_getmetatable(L, 1); /* the C API ignores __metatable */
-  lua_getfield(L, -1, "__index");
-  lua_remove(L, -2);
+  lua_pushvalue(L, 1);
   lua_pushnil(L);
   return 3;
 }

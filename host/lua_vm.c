@@ -8,10 +8,17 @@
  * to firing on every line, so a pcall inside the script cannot swallow the
  * stop (the technique of Redis' script_lua.c). lr_vm_resume is the same
  * helper for coroutines (storage backends that wait for I/O).
+ * C functions that room code can make work long (pattern matching,
+ * string.rep, table.move, ...) charge their work with lr_vm_charge
+ * (lbounded.c, lpattern.c). The allocator counts the bytes allocated during
+ * the outermost call; past the call's memory limit the call is stopped like
+ * a budget overrun (a little slack lets the error unwind without emergency
+ * collections), so no handler can grow the heap by more than that.
  * Must not: know rooms, sockets or JSON.
  */
 #include "lua_vm.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +26,7 @@
 #include <lualib.h>
 
 #include "buf.h"
+#include "lbounded.h"
 #include "log.h"
 #include "undo.h"
 
@@ -27,6 +35,9 @@ int luaopen_lunaroom_reload_c(lua_State *L); /* reload.c */
 int luaopen_lunaroom_jwt(lua_State *L);      /* lua_jwt.c */
 
 #define HOOK_EVERY 10000
+/* Allocation past the call's memory limit that is still granted while the
+ * stopped call unwinds (error messages, tracebacks). */
+#define MEM_SLACK (1 << 20)
 
 typedef struct vm {
   size_t used, limit;
@@ -34,12 +45,31 @@ typedef struct vm {
   int depth;         /* nesting of lr_vm_pcall */
   int64_t remaining; /* instructions left in the outermost call */
   int killed;        /* budget exceeded in the current outermost call */
+  size_t call_used;  /* bytes allocated in the current outermost call */
+  size_t call_limit; /* its memory limit */
+  int mem_hit;       /* the call went over call_limit */
+  int heap_hit;      /* the call was refused memory at the heap limit */
+  lua_State *main;   /* the main thread (its hook is switched on mem_hit) */
 } vm;
 
 static vm *get_vm(lua_State *L) {
   void *ud;
   lua_getallocf(L, &ud);
   return ud;
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/* Over the memory limit of the running call: stop it as soon as the running
+ * thread executes (every line of the main thread from now on; a coroutine
+ * at its next count event). Only sets hook fields: safe in an allocator. */
+static int call_over_limit(vm *v, size_t grow) {
+  if (!v->mem_hit) {
+    v->mem_hit = 1;
+    v->killed = 1;
+    if (v->main) lua_sethook(v->main, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+  }
+  return v->call_used + grow > v->call_limit + MEM_SLACK;
 }
 
 static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -50,10 +80,22 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     v->used -= osize;
     return NULL;
   }
-  if (v->limit && nsize > osize && v->used + (nsize - osize) > v->limit) return NULL;
+  size_t grow = nsize > osize ? nsize - osize : 0;
+  if (v->limit && grow && v->used + grow > v->limit) {
+    /* Each refusal costs an emergency full collection: stop the call at
+     * once rather than let it retry (a pcall loop) near the limit. */
+    if (v->depth > 0 && !v->mem_hit) {
+      v->heap_hit = 1;
+      call_over_limit(v, 0);
+    }
+    return NULL;
+  }
+  if (grow && v->depth > 0 && v->call_used + grow > v->call_limit && call_over_limit(v, grow))
+    return NULL;
   void *p = realloc(ptr, nsize);
   if (!p) return NULL;
   v->used = v->used - osize + nsize;
+  if (v->depth > 0) v->call_used += grow;
   return p;
 }
 
@@ -73,8 +115,10 @@ lua_State *lr_vm_open(const char *lua_dir, size_t mem_limit) {
     free(v);
     return NULL;
   }
+  v->main = L;
   lua_atpanic(L, vm_panic);
   luaL_openlibs(L);
+  lr_bounded_install(L);
   /* package.path: our Lua half first. */
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "path");
@@ -110,18 +154,42 @@ const char *lr_vm_lua_dir(lua_State *L) {
   return get_vm(L)->lua_dir;
 }
 
+/* Stop the running call: from now on the hook fires on every line too, so
+ * a pcall in the script that catches the error cannot keep running. */
+static int stop(lua_State *L, vm *v) {
+  v->killed = 1;
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+  if (v->heap_hit)
+    return luaL_error(L, "memory limit exceeded (the Lua heap is full; script stopped)");
+  if (v->mem_hit)
+    return luaL_error(L, "memory limit exceeded (%d MiB allocated in one call; script stopped)",
+                      (int)(v->call_limit >> 20));
+  return luaL_error(L, "instruction budget exceeded (script stopped)");
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   vm *v = get_vm(L);
-  if (ar->event == LUA_HOOKCOUNT) v->remaining -= HOOK_EVERY;
-  if (v->killed || v->remaining <= 0) {
-    if (!v->killed) {
-      v->killed = 1;
-      /* From now on fire on every line too: a pcall in the script that
-       * catches this error cannot keep running. */
-      lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
-    }
-    luaL_error(L, "instruction budget exceeded (script stopped)");
+  if (!v->killed && lua_gethookcount(L) == 1) {
+    /* A coroutine stopped in an earlier call keeps its hook: back to
+     * counting, or each of its instructions would cost HOOK_EVERY. */
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    return;
   }
+  if (ar->event == LUA_HOOKCOUNT) v->remaining -= HOOK_EVERY;
+  if (v->killed || v->remaining <= 0) stop(L, v);
+}
+
+void lr_vm_charge(lua_State *L, int64_t cost) {
+  vm *v = get_vm(L);
+  if (v->depth == 0) return; /* no budget armed: host code */
+  v->remaining = cost >= v->remaining ? 0 : v->remaining - cost;
+  if (v->killed || v->remaining <= 0) stop(L, v);
+}
+
+int64_t lr_vm_budget_left(lua_State *L) {
+  vm *v = get_vm(L);
+  if (v->depth == 0) return INT64_MAX;
+  return v->killed || v->remaining < 0 ? 0 : v->remaining;
 }
 
 static int msgh(lua_State *L) {
@@ -139,12 +207,24 @@ static int msgh(lua_State *L) {
 
 /* A failed call: first line of msg into ci, the whole message (with its
  * traceback) to the log with the room and what was running. */
-static void report(lr_callinfo *ci, const char *dflt, int rc, int killed, const char *msg) {
+static void report(vm *v, lr_callinfo *ci, const char *dflt, int rc, int killed, const char *msg) {
+  char buf[128];
+  const char *first = msg; /* for ci->err: the client sees it */
+  if (v->mem_hit) {        /* wherever it was raised, and "not enough memory" */
+    if (v->heap_hit)
+      snprintf(buf, sizeof buf, "memory limit exceeded (the Lua heap is full)");
+    else
+      snprintf(buf, sizeof buf, "memory limit exceeded (%d MiB allocated in one call)",
+               (int)(v->call_limit >> 20));
+    first = buf;
+    if (rc == LUA_ERRMEM) msg = buf;
+    killed = 0;
+  }
   if (ci) {
-    const char *nl = strchr(msg, '\n');
-    size_t n = nl ? (size_t)(nl - msg) : strlen(msg);
+    const char *nl = strchr(first, '\n');
+    size_t n = nl ? (size_t)(nl - first) : strlen(first);
     if (n >= sizeof ci->err) n = sizeof ci->err - 1;
-    memcpy(ci->err, msg, n);
+    memcpy(ci->err, first, n);
     ci->err[n] = 0;
     ci->budget_hit = killed;
   }
@@ -158,6 +238,10 @@ static int budget_enter(vm *v, const lr_callinfo *ci) {
   if (v->depth > 0) return 0;
   v->remaining = ci && ci->budget > 0 ? ci->budget : LR_DEFAULT_BUDGET;
   v->killed = 0;
+  v->mem_hit = 0;
+  v->heap_hit = 0;
+  v->call_used = 0;
+  v->call_limit = ci && ci->memory > 0 ? (size_t)ci->memory : LR_DEFAULT_CALL_MEMORY;
   return 1;
 }
 
@@ -176,6 +260,7 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   int killed = v->killed;
   if (outer) {
     lua_sethook(L, NULL, 0, 0);
+    if (L != v->main) lua_sethook(v->main, NULL, 0, 0);
     v->killed = 0;
   }
   if (rc == LUA_OK) {
@@ -184,7 +269,7 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   }
   lr_undo_rollback(mark);
   const char *msg = lua_tostring(L, -1);
-  report(ci, "call", rc, killed, msg ? msg : "(no message)");
+  report(v, ci, "call", rc, killed, msg ? msg : "(no message)");
   lua_pop(L, 1);
   return rc;
 }
@@ -201,7 +286,10 @@ int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callin
   v->depth--;
   int killed = v->killed;
   lua_sethook(co, NULL, 0, 0);
-  if (outer) v->killed = 0;
+  if (outer) {
+    if (v->mem_hit) lua_sethook(v->main, NULL, 0, 0); /* set by the allocator */
+    v->killed = 0;
+  }
   if (rc == LUA_OK || rc == LUA_YIELD) {
     lr_undo_release(mark);
     return rc;
@@ -209,7 +297,7 @@ int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callin
   lr_undo_rollback(mark);
   const char *msg = lua_tostring(co, -1);
   luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
-  report(ci, "coroutine", rc, killed, lua_tostring(co, -1));
+  report(v, ci, "coroutine", rc, killed, lua_tostring(co, -1));
   *nres = 0;
   return rc;
 }

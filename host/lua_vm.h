@@ -16,6 +16,9 @@
 
 /* Default instruction budget of one call from the host into Lua. */
 #define LR_DEFAULT_BUDGET 50000000LL
+/* Default memory limit of one call from the host into Lua: bytes the call
+ * may allocate (freed or not) before it is stopped. */
+#define LR_DEFAULT_CALL_MEMORY (64LL << 20)
 
 /* Create the state: all standard libraries (specs and the runtime need them;
  * room scripts only see their sandbox, built by lunaroom/sandbox.lua),
@@ -31,6 +34,7 @@ typedef struct lr_callinfo {
   const char *room; /* room id for the log line, or NULL */
   const char *what; /* "action move", "onJoin", "timer", ... */
   int64_t budget;   /* instructions; 0 = LR_DEFAULT_BUDGET */
+  int64_t memory;   /* bytes the call may allocate; 0 = LR_DEFAULT_CALL_MEMORY */
   char err[512];    /* out: first line of the error message on failure */
   int budget_hit;   /* out: 1 if the call was stopped by the budget */
 } lr_callinfo;
@@ -47,6 +51,15 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci);
  * them), LUA_YIELD (yielded values on co, *nres of them) or an error status
  * (logged with the traceback of co, first line in ci->err; co is dead). */
 int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callinfo *ci);
+
+/* Charge cost instructions to the budget of the running call: C functions
+ * that room code can make work long call this before (or while) doing the
+ * work. Raises the budget error when the budget is spent (or the call was
+ * already stopped). A no-op outside lr_vm_pcall/lr_vm_resume. */
+void lr_vm_charge(lua_State *L, int64_t cost);
+/* Instructions left in the running call's budget; INT64_MAX outside a
+ * call (nothing is limited there), 0 once the call is stopped. */
+int64_t lr_vm_budget_left(lua_State *L);
 
 /* The lua_dir the state was opened with. */
 const char *lr_vm_lua_dir(lua_State *L);

@@ -5,6 +5,9 @@
  * engine and the transport together, and the exit status.
  * Must not: contain engine or transport logic.
  */
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +15,9 @@
 #include <unistd.h>
 
 #include <lauxlib.h>
+#include <libwebsockets.h>
 #include <lualib.h>
+#include <sqlite3.h>
 
 #include "engine.h"
 #include "fetch.h"
@@ -30,16 +35,21 @@ static const char *usage =
     "commands:\n"
     "  serve [ROOMS_DIR]     serve the rooms in ROOMS_DIR (default rooms/) over HTTP and "
     "WebSocket\n"
-    "  test [busted args]    run busted specs (default spec/) inside the host, headless\n"
+    "  test [busted args]    run busted specs (default spec/) inside the host, headless;\n"
+    "                        --watch: run them again on every save of a room file, module\n"
+    "                        or spec (only the specs that use it, when that can be told)\n"
     "  check [ROOMS_DIR]     compile and validate every room file; non-zero exit on the first "
     "error\n"
     "  lua FILE [args]       run a Lua script with the host's modules (benchmarks, tools)\n"
+    "  init DIR              write a new project in DIR: a room, its spec, lunaroom.lua, README\n"
+    "  --version             print the versions of lunaroom, Lua, libwebsockets, SQLite, libjwt\n"
     "\n"
     "serve options:\n"
     "  --port N              listen port (default 1999; 0 = any free port)\n"
     "  --host ADDR           bind address (default: all interfaces)\n"
-    "  --storage SPEC        sqlite:PATH[?busy_timeout=5000&journal_mode=WAL] (default\n"
-    "                        sqlite:data/lunaroom.sqlite), memory, or memory:SNAPSHOT.json\n"
+    "  --storage SPEC        sqlite:PATH[?busy_timeout=20&journal_mode=WAL&max_page_count=N]\n"
+    "                        (default sqlite:data/lunaroom.sqlite; busy_timeout: ms one call may\n"
+    "                        wait for a lock, 1-50), memory, or memory:SNAPSHOT.json\n"
     "                        (loaded at start if present, saved on graceful shutdown), or\n"
     "                        lua:BACKEND.lua (a storage backend written in Lua)\n"
     "  --snapshot FILE       with --storage memory: the same as memory:FILE\n"
@@ -50,13 +60,35 @@ static const char *usage =
     "  --max-conns N         open WebSockets per process (default 20000; -1 = no limit)\n"
     "  --max-conns-per-ip N  open WebSockets per client address (default 1024; -1 = no limit)\n"
     "  --max-rooms N         live rooms per process (default 100000)\n"
+    "  --evict-after MS      dispose of a room idle this long with no connection and no\n"
+    "                        timer (default 60000; 0 = never; room option evictAfter)\n"
+    "  --room-create-rate R[,B]  rooms one client address may create per second, burst B\n"
+    "                        (default 2,20; 0 = no limit)\n"
+    "  --session-rate R[,B]  new sessions per client address per second, burst B (default\n"
+    "                        10,100; 0 = no limit)\n"
     "  --lua-memory BYTES    Lua heap limit; handlers past it fail cleanly (default 1 GiB)\n"
+    "  --shutdown-timeout MS on SIGTERM, how long failed storage writes are retried before\n"
+    "                        the server exits with status 1 and logs what is lost (default 5000)\n"
     "  --no-watch            do not hot-reload room files when they change\n"
+    "  --headers A,B         also pass these request headers to rooms (rooms declare theirs\n"
+    "                        with headers = {...}; for a --shard process without room files)\n"
+    "  --dev                 development mode: start even if a room file does not load (log\n"
+    "                        it, serve the others); a save that fails to load is sent to\n"
+    "                        that room type's clients ({\"type\":\"dev_error\",...}); never\n"
+    "                        use in production\n"
+    "  --jwt-require-exp     refuse JWTs without an exp claim (default: accepted, as the "
+    "reference)\n"
     "  --log-format FMT      text (default) or json\n"
     "  --config FILE         a Lua file returning a table of these options (port = 2000,\n"
     "                        storage = \"memory\", rooms = \"rooms\", ...); flags win\n"
-    "  --lua-path DIR        where the lunaroom Lua modules live (default: the source tree's "
-    "lua/)\n"
+    "  --lua-path DIR        where the lunaroom Lua modules live (default: ../share/lunaroom/lua\n"
+    "                        next to the binary, else the source tree's lua/)\n"
+    "  --tls-cert FILE       serve https:// and wss:// with this PEM certificate (chain)\n"
+    "  --tls-key FILE        the certificate's PEM private key (both re-read on SIGHUP)\n"
+    "  --lua-modules DIR[:DIR...]  pure-Lua modules room code may require (a LuaRocks\n"
+    "                        tree: luarocks --tree DIR install ...); also for test and check\n"
+    "  --tls-ca FILE         CA bundle that outgoing https:// and wss:// links (shards, world,\n"
+    "                        fetch) verify their peer against (default: the system's CAs)\n"
     "\n"
     "world and shards (README \"World and shards\"):\n"
     "  --world               also serve the world room (party world, world-{id}); needs\n"
@@ -73,12 +105,39 @@ static const char *usage =
     "  --stats-interval MS   a shard's periodic report (default 30000; 0 = only on changes)\n"
     "  --help                this text\n";
 
+/* Where the Lua half of the runtime is: $LUNAROOM_LUA_PATH, else
+ * ../share/lunaroom/lua next to the binary (an installed lunaroom, found
+ * through /proc/self/exe so no build-machine path matters), else ./lua and
+ * the source tree's lua/ (a build tree). */
+static int lua_dir_ok(const char *dir) {
+  char f[4200];
+  struct stat st;
+  snprintf(f, sizeof f, "%s/lunaroom/init.lua", dir);
+  return stat(f, &st) == 0;
+}
+
 static const char *default_lua_dir(void) {
   static char buf[4096];
   const char *env = getenv("LUNAROOM_LUA_PATH");
   if (env && *env) return env;
-  struct stat st;
-  if (stat("lua/lunaroom/init.lua", &st) == 0) return "lua";
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) {
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) {
+      *slash = 0;
+      char share[4200];
+      snprintf(share, sizeof share, "%s/../share/lunaroom/lua", exe);
+      char *real = lua_dir_ok(share) ? realpath(share, NULL) : NULL;
+      if (real) {
+        snprintf(buf, sizeof buf, "%s", real);
+        free(real);
+        return buf;
+      }
+    }
+  }
+  if (lua_dir_ok("lua")) return "lua";
   snprintf(buf, sizeof buf, "%s/lua", LR_SOURCE_DIR);
   return buf;
 }
@@ -91,13 +150,83 @@ static int require_mod(lua_State *L, const char *mod) {
   return lr_vm_pcall(L, 1, 1, &ci);
 }
 
+/* --lua-modules DIR[:DIR...] (a LuaRocks tree: its share/lua/5.4; else the
+ * folder itself): where room code's require looks after the rooms folder. */
+static const char *lua_modules;
+
+static lua_State *open_vm(const char *lua_dir, size_t mem_limit) {
+  lua_State *L = lr_vm_open(lua_dir, mem_limit);
+  if (!L || !lua_modules) return L;
+  if (require_mod(L, "lunaroom.sandbox") != 0) return L;
+  lua_getfield(L, -1, "set_module_dirs");
+  lua_newtable(L);
+  int n = 0;
+  for (const char *p = lua_modules; *p;) { /* DIR[:DIR...] */
+    size_t len = strcspn(p, ":");
+    char dir[4096], tree[4200];
+    struct stat st;
+    snprintf(dir, sizeof dir, "%.*s", (int)len, p);
+    snprintf(tree, sizeof tree, "%s/share/lua/5.4", dir);
+    if (len) {
+      lua_pushstring(L, stat(tree, &st) == 0 && S_ISDIR(st.st_mode) ? tree : dir);
+      lua_rawseti(L, -2, ++n);
+    }
+    p += len + (p[len] == ':');
+  }
+  lr_callinfo ci = {.what = "--lua-modules"};
+  lr_vm_pcall(L, 1, 0, &ci);
+  lua_pop(L, 1);
+  return L;
+}
+
 static int traceback(lua_State *L) {
   luaL_traceback(L, L, lua_tostring(L, 1), 1);
   return 1;
 }
 
-static int cmd_test(int argc, char **argv, const char *lua_dir) {
+/* lunaroom test --watch [args]: lua/lunaroom/watch.lua re-runs the specs
+ * (each run a child `lunaroom test`) on every save. */
+static int cmd_test_watch(int argc, char **argv, const char *lua_dir) {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) {
+    fprintf(stderr, "lunaroom test --watch: cannot find the lunaroom binary\n");
+    return 2;
+  }
+  exe[n] = 0;
+  signal(SIGINT, SIG_DFL); /* Ctrl-C ends it, even if started with SIGINT ignored */
   lua_State *L = lr_vm_open(lua_dir, 0);
+  /* Not room code, and it runs until Ctrl-C: a plain pcall, no budget. */
+  lua_pushcfunction(L, traceback);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lunaroom.watch");
+  int rc = lua_pcall(L, 1, 1, 1);
+  if (rc == LUA_OK) {
+    lua_getfield(L, -1, "main");
+    lua_pushstring(L, exe);
+    lua_pushstring(L, lua_dir);
+    lua_createtable(L, argc, 0);
+    for (int i = 0, k = 0; i < argc; i++) {
+      if (strcmp(argv[i], "--watch") == 0) continue;
+      lua_pushstring(L, argv[i]);
+      lua_rawseti(L, -2, ++k);
+    }
+    rc = lua_pcall(L, 3, 1, 1);
+  }
+  if (rc != LUA_OK) fprintf(stderr, "lunaroom test --watch: %s\n", lua_tostring(L, -1));
+  int status = rc != LUA_OK ? 2 : (int)lua_tointeger(L, -1);
+  lr_vm_close(L);
+  return status;
+}
+
+static int cmd_test(int argc, char **argv, const char *lua_dir) {
+  for (int i = 0; i < argc; i++)
+    if (strcmp(argv[i], "--watch") == 0) return cmd_test_watch(argc, argv, lua_dir);
+  /* Line by line even into a pipe (test --watch reads it): busted ends a
+   * failing run with os.exit, and an exit that skips stdio (LeakSanitizer's)
+   * must not lose the summary. */
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   if (!L) {
     fprintf(stderr, "lunaroom: cannot create a Lua state\n");
     return 2;
@@ -146,7 +275,7 @@ static int cmd_lua(int argc, char **argv, const char *lua_dir) {
     fprintf(stderr, "usage: lunaroom lua FILE [args]\n");
     return 2;
   }
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   lua_createtable(L, argc, 1);
   for (int i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);
@@ -166,7 +295,7 @@ static int cmd_lua(int argc, char **argv, const char *lua_dir) {
 }
 
 static int cmd_check(const char *dir, const char *lua_dir) {
-  lua_State *L = lr_vm_open(lua_dir, 0);
+  lua_State *L = open_vm(lua_dir, 0);
   if (require_mod(L, "lunaroom.sandbox") != 0) return 2;
   int sandbox = lua_gettop(L);
   /* reload.check_file: the load a hot reload does, errors with file:line. */
@@ -182,6 +311,8 @@ static int cmd_check(const char *dir, const char *lua_dir) {
   }
   lua_pop(L, 1);
   int files = lua_gettop(L);
+  lua_newtable(L); /* "party path" -> the file that serves it */
+  int owners = lua_gettop(L);
   int status = 0, rooms = 0;
   lua_Integer nfiles = (lua_Integer)lua_rawlen(L, files);
   for (lua_Integer i = 1; i <= nfiles && status == 0; i++) {
@@ -204,9 +335,22 @@ static int cmd_check(const char *dir, const char *lua_dir) {
       }
     } else {
       lua_getfield(L, -2, "path");
-      printf("%s: ok (path %s, version %s)\n", path, lua_tostring(L, -1), lua_tostring(L, -2));
-      lua_pop(L, 1);
-      rooms++;
+      lua_getfield(L, -3, "party");
+      lua_pushfstring(L, "%s %s", lua_tostring(L, -1), lua_tostring(L, -2));
+      lua_pushvalue(L, -1);
+      lua_rawget(L, owners);
+      if (lua_isstring(L, -1)) {
+        fprintf(stderr, "%s: path '%s' (party %s) is already served by %s\n", path,
+                lua_tostring(L, -4), lua_tostring(L, -3), lua_tostring(L, -1));
+        status = 1;
+      } else {
+        lua_pushvalue(L, -2);
+        lua_pushstring(L, path);
+        lua_rawset(L, owners);
+        printf("%s: ok (path %s, version %s)\n", path, lua_tostring(L, -4), lua_tostring(L, -5));
+        rooms++;
+      }
+      lua_pop(L, 4);
     }
     lua_pop(L, 3);
   }
@@ -293,6 +437,18 @@ static int cmd_serve(int argc, char **argv, const char *lua_dir) {
     free(all);
     return rc;
   }
+  /* No --config: ./lunaroom.lua if there is one (a `lunaroom init` project). */
+  struct stat st;
+  if (stat("lunaroom.lua", &st) == 0 && S_ISREG(st.st_mode)) {
+    char **with = malloc(sizeof *with * (size_t)(argc + 3));
+    with[0] = "--config";
+    with[1] = "lunaroom.lua";
+    for (int j = 0; j < argc; j++)
+      with[j + 2] = argv[j];
+    int rc = cmd_serve(argc + 2, with, lua_dir);
+    free(with);
+    return rc;
+  }
   return cmd_serve_args(argc, argv, lua_dir);
 }
 
@@ -321,15 +477,66 @@ static int add_world(lua_State *L, int rt, int srv, const char *lua_dir) {
   return 0;
 }
 
+/* "R" or "R,B": a per-address rate (per second) and burst. */
+static void set_rate(lr_addr_rate *ar, const char *spec) {
+  char *end;
+  double rate = strtod(spec, &end);
+  double burst = *end == ',' ? strtod(end + 1, NULL) : lr_addr_rate_burst(ar);
+  lr_addr_rate_set(ar, rate, burst);
+}
+
+/* SIGHUP (systemctl reload): re-read the rooms folder, as the watcher's
+ * rescan does: new, changed and deleted room files (unchanged versions are
+ * skipped). Works with --no-watch too. */
+typedef struct hup_ctx {
+  lr_server *s;
+  const char *dir;
+  bool rooms;
+} hup_ctx;
+
+static void on_hup(void *arg) {
+  hup_ctx *h = arg;
+  if (!h->rooms || h->s->shutting_down) return;
+  lua_State *L = h->s->L;
+  int top = lua_gettop(L);
+  static const char prep[] = "local reload, srv, dir = ...\n"
+                             "local st = reload.state(srv)\n"
+                             "st.dir = st.dir or reload.norm((dir:gsub('/+$', '')))\n"
+                             "return require('lunaroom.reload_c').run, srv, {'*'}\n";
+  lr_callinfo ci = {.what = "SIGHUP reload"};
+  if (require_mod(L, "lunaroom.reload") == 0 &&
+      luaL_loadbuffer(L, prep, sizeof prep - 1, "=sighup") == LUA_OK) {
+    lua_insert(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->s->ref);
+    lua_pushstring(L, h->dir);
+    /* reload_c.run is called outside any protected call, as the watcher's
+     * tick does: each step of the reload is then an outermost call with
+     * its own budget and undo mark. */
+    if (lr_vm_pcall(L, 3, 3, &ci) == 0) {
+      lua_call(L, 2, 1);
+      lr_info("SIGHUP: rooms folder %s re-read (%lld file(s) checked)", h->dir,
+              (long long)lua_rawlen(L, -1));
+    }
+  } else {
+    lr_error("SIGHUP: cannot reload %s: %s", h->dir, lua_tostring(L, -1));
+  }
+  lua_settop(L, top);
+}
+
 static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *dir = "rooms", *storage = "sqlite:data/lunaroom.sqlite", *snapshot = NULL;
   char storage_buf[4096];
-  int watch = 1, world = 0, dir_given = 0;
+  int watch = 1, world = 0, dir_given = 0, dev = 0;
+  const char *headers = NULL; /* --headers a,b: request headers to copy (server.h) */
   const char *shard_main = NULL, *world_url = NULL, *world_id = NULL;
   const char *cleanup_ms = getenv("WORLD_CLEANUP_INTERVAL_MS");
   const char *timeout_ms = getenv("WORLD_SHARD_TIMEOUT_MS");
   long long stats_ms = 0;
   long max_rooms = 0;
+  long long evict_after = -1;
+  const char *room_rate = NULL, *session_rate = NULL;
+  const char *tls_ca = NULL;
+  long long shutdown_ms = 5000;
   size_t lua_memory = (size_t)1 << 30;
   lr_net_opts no;
   lr_net_defaults(&no);
@@ -356,12 +563,26 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       no.max_conns_per_ip = atol(argv[++i]);
     else if (strcmp(a, "--max-rooms") == 0 && v)
       max_rooms = atol(argv[++i]);
+    else if (strcmp(a, "--evict-after") == 0 && v)
+      evict_after = atoll(argv[++i]);
+    else if (strcmp(a, "--room-create-rate") == 0 && v)
+      room_rate = argv[++i];
+    else if (strcmp(a, "--session-rate") == 0 && v)
+      session_rate = argv[++i];
+    else if (strcmp(a, "--shutdown-timeout") == 0 && v)
+      shutdown_ms = atoll(argv[++i]);
     else if (strcmp(a, "--lua-memory") == 0 && v)
       lua_memory = (size_t)atoll(argv[++i]);
     else if (strcmp(a, "--log-format") == 0 && v)
       lr_log_set_json(strcmp(argv[++i], "json") == 0);
     else if (strcmp(a, "--no-watch") == 0)
       watch = 0;
+    else if (strcmp(a, "--dev") == 0)
+      dev = 1;
+    else if (strcmp(a, "--headers") == 0 && v)
+      headers = argv[++i];
+    else if (strcmp(a, "--jwt-require-exp") == 0)
+      setenv("AUTH_JWT_REQUIRE_EXP", "1", 1); /* read by lr.jwt.verify (lua_jwt.c) */
     else if (strcmp(a, "--world") == 0)
       world = 1;
     else if (strcmp(a, "--world-cleanup-interval") == 0 && v)
@@ -374,6 +595,14 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       world_url = argv[++i];
     else if (strcmp(a, "--world-id") == 0 && v)
       world_id = argv[++i];
+    else if (strcmp(a, "--tls-cert") == 0 && v)
+      no.tls_cert = argv[++i];
+    else if (strcmp(a, "--tls-key") == 0 && v)
+      no.tls_key = argv[++i];
+    else if (strcmp(a, "--tls-ca") == 0 && v)
+      tls_ca = argv[++i];
+    else if (strcmp(a, "--lua-modules") == 0 && v)
+      lua_modules = argv[++i];
     else if (strcmp(a, "--stats-interval") == 0 && v) {
       stats_ms = atoll(argv[++i]);
       if (stats_ms <= 0) stats_ms = -1; /* only reports on changes */
@@ -407,8 +636,13 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       return 2;
     }
   }
+  if (!no.tls_cert != !no.tls_key) {
+    fprintf(stderr, "lunaroom serve: --tls-cert and --tls-key go together\n");
+    return 2;
+  }
+  lr_fetch_set_tls_ca(tls_ca);
   char err[256];
-  lua_State *L = lr_vm_open(lua_dir, lua_memory);
+  lua_State *L = open_vm(lua_dir, lua_memory);
   lr_store *st = strncmp(storage, "lua:", 4) == 0
                      ? lr_store_lua_open(L, storage + 4, err, sizeof err)
                      : lr_store_open_spec(storage, err, sizeof err);
@@ -419,6 +653,22 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   }
   lr_server *s = lr_server_new(L, st, true, false, 0);
   if (max_rooms) s->max_rooms = max_rooms;
+  for (const char *p = headers; p && *p;) {
+    size_t n = strcspn(p, ", ");
+    char name[LR_HEADER_NAME_MAX + 1];
+    snprintf(name, sizeof name, "%.*s", (int)n, p);
+    if (n > 0 && (n > LR_HEADER_NAME_MAX || lr_server_want_header(s, name) != 0)) {
+      fprintf(stderr,
+              "lunaroom serve: --headers: '%.*s' is not a header name (a-z 0-9 -, at most %d)\n",
+              (int)n, p, LR_HEADER_NAME_MAX);
+      return 2;
+    }
+    p += n;
+    p += strspn(p, ", ");
+  }
+  if (evict_after >= 0) s->evict_after = evict_after;
+  if (room_rate) set_rate(s->room_rate, room_rate);
+  if (session_rate) set_rate(s->session_rate, session_rate);
   lr_fetch_lua_register(L, s); /* remote session transfers (runtime.lua) */
   if (require_mod(L, "lunaroom.runtime") != 0) return 1;
   int rt = lua_gettop(L);
@@ -448,6 +698,11 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   lr_callinfo ci = {.what = "startup"};
   if (lr_vm_pcall(L, 2, 1, &ci) != 0) return 1;
   int srv = lua_gettop(L);
+  if (dev) { /* development mode: reload.lua sends failed saves to clients */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, srv, "dev");
+    lr_info("development mode: a save that fails to load is shown to the room's clients");
+  }
   if (world && add_world(L, rt, srv, lua_dir) != 0) return 1;
   lua_settop(L, srv);
   if (!shard_main || dir_given) {
@@ -459,8 +714,18 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       lr_error("cannot load rooms from %s: %s", dir, lua_tostring(L, -1));
       return 1;
     }
+    /* A room file that does not load (or serves a path another file
+     * serves) stops a production start; --dev serves the others. */
+    lua_Integer nerr = lua_istable(L, -1) ? (lua_Integer)lua_rawlen(L, -1) : 0;
+    if (nerr > 0 && !dev) {
+      lr_error("not starting: %lld room file(s) in %s did not load (see above; --dev serves the "
+               "others)",
+               (long long)nerr, dir);
+      return 1;
+    }
     lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,
             storage);
+    lr_reload_set_waker(lr_net_wake);        /* a save wakes the loop at once */
     if (watch) lr_reload_watch(s, srv, dir); /* hot reload; logs and goes on if it cannot */
   }
   if (shard_main) {
@@ -476,22 +741,38 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     }
   }
   lua_settop(L, 0);
+  hup_ctx hup = {.s = s, .dir = dir, .rooms = !shard_main || dir_given};
+  no.on_hup = on_hup;
+  no.on_hup_arg = &hup;
   int rc = lr_net_run(s, &no);
   lr_server_shutdown(s);
-  /* A Lua backend that waits for I/O may still have writes behind the
-   * cache: give them a bounded time to land (timers and HTTP keep running). */
-  if (lr_store_pending(st) > 0) {
-    lr_info("waiting for %ld write batch(es) to reach the storage backend", lr_store_pending(st));
-    int64_t end = lr_now(s) + 10000;
-    while (lr_store_pending(st) > 0 && lr_now(s) < end) {
+  /* Writes that failed (a full disk, a locked file) and a Lua backend's
+   * writes behind its cache: retry them for a bounded time (timers and HTTP
+   * keep running). What is left is lost: exit 1, and each room is logged with
+   * its unwritten keys when it is disposed (lr_server_free) or when the Lua
+   * store closes. */
+  long left = lr_server_retry_unwritten(s);
+  if (left > 0 || lr_store_pending(st) > 0) {
+    lr_warn("shutdown: %ld room(s) with unwritten changes and %ld write batch(es) behind the "
+            "storage; retrying for up to %lld ms",
+            left, lr_store_pending(st), shutdown_ms);
+    int64_t end = lr_now(s) + shutdown_ms, next_try = lr_now(s) + 100;
+    while ((left > 0 || lr_store_pending(st) > 0) && lr_now(s) < end) {
       lr_server_tick(s);
       lr_fetch_flush(5);
       usleep(1000);
+      if (left > 0 && lr_now(s) >= next_try) {
+        left = lr_server_retry_unwritten(s);
+        next_try = lr_now(s) + 100;
+      }
     }
-    if (lr_store_pending(st) > 0) {
-      lr_error("%ld write batch(es) did not reach the storage backend before shutdown",
-               lr_store_pending(st));
+    if (left > 0 || lr_store_pending(st) > 0) {
+      lr_error("shutdown: storage still failing after %lld ms: %ld room(s) lose unwritten changes "
+               "and %ld write batch(es) are not on the backend (listed below); exit status 1",
+               shutdown_ms, left, lr_store_pending(st));
       rc = 1;
+    } else {
+      lr_info("shutdown: every pending write is stored");
     }
   }
   lr_fetch_flush(1000); /* a shard's last reports and uplink closes */
@@ -508,20 +789,101 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   }
   lr_server_free(s);
   lr_vm_close(L);
-  lr_info("stopped");
+  if (rc)
+    lr_error("stopped with errors (exit status %d)", rc);
+  else
+    lr_info("stopped");
   return rc;
+}
+
+/* lunaroom init DIR: a new project (lua/lunaroom/scaffold.lua has the
+ * files). DIR must not exist or be empty: nothing is overwritten. */
+static int cmd_init(int argc, char **argv, const char *lua_dir) {
+  if (argc != 1 || argv[0][0] == '-') {
+    fprintf(stderr, "usage: lunaroom init DIR\n");
+    return 2;
+  }
+  const char *dir = argv[0];
+  DIR *d = opendir(dir);
+  if (d) {
+    struct dirent *e;
+    int used = 0;
+    while ((e = readdir(d)))
+      if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) used = 1;
+    closedir(d);
+    if (used) {
+      fprintf(stderr, "lunaroom init: %s is not empty; nothing written\n", dir);
+      return 1;
+    }
+  } else if (mkdir(dir, 0777) != 0) {
+    fprintf(stderr, "lunaroom init: cannot create %s: %s\n", dir, strerror(errno));
+    return 1;
+  }
+  const char *sub[] = {"rooms", "spec"};
+  for (size_t i = 0; i < 2; i++) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, sub[i]);
+    if (mkdir(p, 0777) != 0) {
+      fprintf(stderr, "lunaroom init: cannot create %s: %s\n", p, strerror(errno));
+      return 1;
+    }
+  }
+  lua_State *L = open_vm(lua_dir, 0);
+  int rc = 1;
+  if (require_mod(L, "lunaroom.scaffold") == 0) {
+    lua_getfield(L, -1, "write");
+    lua_pushstring(L, dir);
+    lr_callinfo ci = {.what = "init"};
+    if (lr_vm_pcall(L, 1, 2, &ci) == 0) {
+      if (lua_toboolean(L, -2)) {
+        printf("wrote a new project in %s:\n  rooms/counter.lua  spec/counter_spec.lua  "
+               "lunaroom.lua  README.md\nnext: cd %s && lunaroom test && lunaroom serve\n",
+               dir, dir);
+        rc = 0;
+      } else {
+        fprintf(stderr, "lunaroom init: %s\n", lua_tostring(L, -1));
+      }
+    }
+  }
+  lr_vm_close(L);
+  return rc;
+}
+
+/* lunaroom --version */
+static int cmd_version(void) {
+  printf("lunaroom %s\n", LR_VERSION);
+  printf("  %s\n", LUA_RELEASE);
+  printf("  libwebsockets %s\n", lws_get_library_version());
+  printf("  SQLite %s\n", sqlite3_libversion());
+  printf("  libjwt %s (built against)\n", LR_JWT_VERSION);
+  char *real = realpath(default_lua_dir(), NULL);
+  printf("  Lua runtime: %s\n", real ? real : default_lua_dir());
+  free(real);
+  return 0;
 }
 
 int main(int argc, char **argv) {
   const char *lua_dir = default_lua_dir();
+  if (argc >= 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0))
+    return cmd_version();
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  /* --lua-path anywhere after the command. */
+  /* --lua-path anywhere after the command; --lua-modules too, except for
+   * serve, which reads it with its other options (it may come from
+   * --config). */
   for (int i = 2; i + 1 < argc; i++) {
     if (strcmp(argv[i], "--lua-path") == 0) {
       lua_dir = argv[i + 1];
+      memmove(&argv[i], &argv[i + 2], (size_t)(argc - i - 2) * sizeof *argv);
+      argc -= 2;
+      break;
+    }
+  }
+  for (int i = 2; i + 1 < argc && strcmp(argv[1], "serve") != 0; i++) {
+    if (strcmp(argv[i], "--lua-modules") == 0) {
+      lua_modules = argv[i + 1];
       memmove(&argv[i], &argv[i + 2], (size_t)(argc - i - 2) * sizeof *argv);
       argc -= 2;
       break;
@@ -537,6 +899,7 @@ int main(int argc, char **argv) {
   if (strcmp(argv[1], "test") == 0) return cmd_test(argc - 2, argv + 2, lua_dir);
   if (strcmp(argv[1], "lua") == 0) return cmd_lua(argc - 2, argv + 2, lua_dir);
   if (strcmp(argv[1], "check") == 0) return cmd_check(argc > 2 ? argv[2] : "rooms", lua_dir);
+  if (strcmp(argv[1], "init") == 0) return cmd_init(argc - 2, argv + 2, lua_dir);
   fprintf(stderr, "lunaroom: unknown command %s\n\n%s", argv[1], usage);
   return 2;
 }

@@ -7,7 +7,9 @@
  * (frame assembly, the outgoing FIFO of lr_msg references, close handshake);
  * per-request HTTP state (headers, bounded body, deferred response, static
  * files); the engine timer; SIGINT/SIGTERM and the bounded shutdown drain;
- * giving freed heap pages back to the OS after connection churn.
+ * SIGHUP (TLS certificate reload, then the caller's on_hup); the TLS options
+ * of the vhost (https/wss only when a certificate is given); giving freed
+ * heap pages back to the OS after connection churn.
  * Must not: parse JSON, call Lua, know rooms beyond server.h, call back into
  * the engine from inside an lr_transport_vt function (they only queue), or
  * write to a socket outside a WRITEABLE callback (the only exception is the
@@ -48,6 +50,13 @@
  * marks the connection closing: the ring drains first, then the close frame
  * goes out (code 0 = an empty close frame, the peer sees 1005).
  *
+ * Refused upgrades. The connection limits (and the h2c / non-GET cases)
+ * answer the upgrade with an HTTP status. Past them, a socket for a room
+ * that does not exist, or cannot be had now, is accepted and closed at once
+ * (net_ws_refusal_close): 4004 "no such room", 1013 "try again later" (full,
+ * stopping, cannot wake), 1011 (creation failed). It holds its limit slot
+ * until it is gone.
+ *
  * HTTP (net_req). LWS_CALLBACK_HTTP copies method, path, query, headers and
  * peer; a body is collected up to max_http_body (a larger Content-Length is
  * answered 413 at once, with "connection: close"; the refused body, up to
@@ -73,13 +82,15 @@
  * lws 4.1 limits worth knowing: request headers are capped at NET_HEADER_DATA
  * bytes (a bigger header block drops the connection); custom (non-standard)
  * request headers cannot be enumerated, so only those in net_custom_headers
- * reach the engine; chunked request bodies are not decoded (411).
+ * and the names registered with lr_server_want_header reach the engine; chunked request bodies are
+ * not decoded (411).
  */
 #include "net.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -91,6 +102,7 @@
 #include <unistd.h>
 
 #include <libwebsockets.h>
+#include <openssl/err.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -143,11 +155,13 @@ typedef struct net_loop {
     uint32_t n;
   } * ips; /* open WebSockets per peer: open addressing, linear probing */
   size_t ipcap;
-  bool destroying; /* inside lws_context_destroy: no more lws calls from vt */
-  int64_t trim_at; /* return free heap pages to the OS at this time (0 = not due) */
+  bool destroying;  /* inside lws_context_destroy: no more lws calls from vt */
+  int64_t trim_at;  /* return free heap pages to the OS at this time (0 = not due) */
+  SSL_CTX *tls_ctx; /* the vhost's server context (TLS only), for the SIGHUP reload */
 } net_loop;
 
 static volatile sig_atomic_t net_stop_flag;
+static volatile sig_atomic_t net_hup_flag;
 static struct lws_context *volatile net_ctx; /* for lr_net_stop and the signal handler */
 
 /* ---- WebSocket connection ---- */
@@ -291,7 +305,9 @@ static char *net_hdr_dup(struct lws *wsi, enum lws_token_indexes t) {
 }
 
 /* Custom (non-lextable) headers we look up by name: lws 4.1 has no way to
- * enumerate them. Keep lower-case; lws stores custom names lower-cased. */
+ * enumerate them (lws_hdr_custom_name_foreach came later). These, plus the
+ * names the server registered (lr_server_want_header: room files' `headers`,
+ * serve --headers). Keep lower-case; lws stores custom names lower-cased. */
 static const char *const net_custom_headers[] = {
     "x-access-shard",
     "x-shard-id",
@@ -314,10 +330,34 @@ static const char *const net_custom_headers[] = {
     "priority",
 };
 
+/* Append the custom header `name` (lower-case) to h[*n] if the request has
+ * it and there is room. */
+static void net_hdr_custom(struct lws *wsi, const char *name, lr_header *h, size_t *n) {
+  if (*n >= NET_MAX_HEADERS) return;
+  char key[LR_HEADER_NAME_MAX + 2];
+  int kl = snprintf(key, sizeof key, "%s:", name);
+  if (kl <= 1 || (size_t)kl >= sizeof key) return;
+  for (size_t i = 0; i < *n; i++) /* a registered name that is in the built-in list */
+    if (strcmp(h[i].name, name) == 0) return;
+  int vl = lws_hdr_custom_length(wsi, key, kl);
+  if (vl < 0) return;
+  size_t nl = (size_t)kl; /* name + NUL */
+  char *s = lr_xmalloc(nl + (size_t)vl + 1);
+  memcpy(s, name, nl - 1);
+  s[nl - 1] = '\0';
+  if (lws_hdr_custom_copy(wsi, s + nl, vl + 1, key, kl) < 0) {
+    free(s);
+    return;
+  }
+  h[*n].name = s;
+  h[*n].value = s + nl;
+  (*n)++;
+}
+
 /* Collect every request header lws kept, lower-cased, into a new array of
  * lr_header whose strings live in one allocation per header. The caller
  * frees with net_hdrs_free. */
-static lr_header *net_hdrs_collect(struct lws *wsi, size_t *nout) {
+static lr_header *net_hdrs_collect(net_loop *L, struct lws *wsi, size_t *nout) {
   lr_header *h = lr_xcalloc(NET_MAX_HEADERS, sizeof *h);
   size_t n = 0;
   for (int t = 0; t < (int)WSI_TOKEN_COUNT && n < NET_MAX_HEADERS; t++) {
@@ -343,24 +383,12 @@ static lr_header *net_hdrs_collect(struct lws *wsi, size_t *nout) {
     h[n].value = s + nl;
     n++;
   }
-  for (size_t i = 0; i < sizeof net_custom_headers / sizeof *net_custom_headers; i++) {
-    if (n >= NET_MAX_HEADERS) break;
-    char key[64];
-    int kl = snprintf(key, sizeof key, "%s:", net_custom_headers[i]);
-    int vl = lws_hdr_custom_length(wsi, key, kl);
-    if (vl < 0) continue;
-    size_t nl = (size_t)kl; /* name + NUL */
-    char *s = lr_xmalloc(nl + (size_t)vl + 1);
-    memcpy(s, net_custom_headers[i], nl - 1);
-    s[nl - 1] = '\0';
-    if (lws_hdr_custom_copy(wsi, s + nl, vl + 1, key, kl) < 0) {
-      free(s);
-      continue;
-    }
-    h[n].name = s;
-    h[n].value = s + nl;
-    n++;
-  }
+  for (size_t i = 0; i < sizeof net_custom_headers / sizeof *net_custom_headers; i++)
+    net_hdr_custom(wsi, net_custom_headers[i], h, &n);
+  size_t nw;
+  const char *const *wanted = lr_server_wanted_headers(L->srv, &nw);
+  for (size_t i = 0; i < nw; i++)
+    net_hdr_custom(wsi, wanted[i], h, &n);
   *nout = n;
   return h;
 }
@@ -586,6 +614,51 @@ static void net_conn_finish(net_conn *nc) {
   free(nc);
 }
 
+/* A new WebSocket connection object for wsi, counted against the limits
+ * (nws and its peer's slot) and attached to wsi. */
+static net_conn *net_ws_conn_new(net_loop *L, struct lws *wsi, const char *peer) {
+  net_conn *nc = lr_xcalloc(1, sizeof *nc);
+  nc->kind = NET_KIND_WS;
+  nc->loop = L;
+  nc->wsi = wsi;
+  struct ipcount *e = net_ip_slot(L, peer, true);
+  if (e) {
+    snprintf(e->ip, sizeof e->ip, "%s", peer);
+    e->n++;
+  }
+  nc->ip = e;
+  nc->counted = true;
+  L->nws++;
+  lr_buf_init(&nc->rx);
+  L->nconns++;
+  lws_set_opaque_user_data(wsi, nc);
+  return nc;
+}
+
+/* A WebSocket the engine has no room for (HTTP status st: 404 no such room,
+ * 503 full / stopping / cannot wake, 500 creation failed): the upgrade goes
+ * on and the socket is closed at once with a WebSocket code, so browser code
+ * can tell "wrong room" (4004) from "try again" (1013) and from a server that
+ * is down. nc carries no engine connection; what the client sends is
+ * dropped; it counts against the connection limits until it is gone. */
+static void net_ws_refusal_close(net_conn *nc, int st) {
+  nc->closing = true;
+  if (st == 404)
+    net_conn_set_close(nc, 4004, "no such room");
+  else if (st == 503)
+    net_conn_set_close(nc, 1013, "try again later");
+  else
+    net_conn_set_close(nc, 1011, "room could not be created");
+}
+
+/* The same for a refusal decided here (a path outside /parties/, or the
+ * server is stopping), after the connection limits: a probe takes a slot
+ * like any socket. Returns the HTTP_CONFIRM_UPGRADE result (0: go on). */
+static int net_ws_refuse(net_loop *L, struct lws *wsi, const char *peer, int st) {
+  net_ws_refusal_close(net_ws_conn_new(L, wsi, peer), st);
+  return 0;
+}
+
 /* HTTP_CONFIRM_UPGRADE: the headers are parsed and we can still answer with
  * an HTTP status. Returns the lws callback result: 0 to go on with the
  * upgrade, 1 after answering, -1 to hang up. */
@@ -608,12 +681,6 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
     free(dpath);
     return -1;
   }
-  if (strncmp(dpath, "/parties/", 9) || L->stopping) {
-    free(dpath);
-    lws_return_http_status(
-        wsi, L->stopping ? HTTP_STATUS_SERVICE_UNAVAILABLE : HTTP_STATUS_NOT_FOUND, NULL);
-    return 1;
-  }
   char peer[64];
   net_peer(wsi, peer, sizeof peer);
   /* Connection limits, before the room sees anything. */
@@ -635,34 +702,26 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
       return 1;
     }
   }
+  /* Past the limits, a socket is accepted even when there is no room for it
+   * (net_ws_refuse): the page sees a close code, not a failed handshake. */
+  if (strncmp(dpath, "/parties/", 9) || L->stopping) {
+    free(dpath);
+    return net_ws_refuse(L, wsi, peer, L->stopping ? 503 : 404);
+  }
   lr_request req = {0};
   req.method = "GET";
   char *path = net_path_encode(dpath);
   free(dpath);
   char *query = net_query_collect(wsi);
   size_t nh = 0;
-  lr_header *h = net_hdrs_collect(wsi, &nh);
+  lr_header *h = net_hdrs_collect(L, wsi, &nh);
   req.path = path;
   req.query = query;
   req.headers = h;
   req.nheaders = nh;
   req.remote_addr = peer;
 
-  net_conn *nc = lr_xcalloc(1, sizeof *nc);
-  nc->kind = NET_KIND_WS;
-  nc->loop = L;
-  nc->wsi = wsi;
-  struct ipcount *e = net_ip_slot(L, peer, true);
-  if (e) {
-    snprintf(e->ip, sizeof e->ip, "%s", peer);
-    e->n++;
-  }
-  nc->ip = e;
-  nc->counted = true;
-  L->nws++;
-  lr_buf_init(&nc->rx);
-  L->nconns++;
-  lws_set_opaque_user_data(wsi, nc);
+  net_conn *nc = net_ws_conn_new(L, wsi, peer);
   lr_conn *conn = NULL;
   int st = lr_server_ws_open(L->srv, &req, &net_vt, nc, &conn);
   net_hdrs_free(h, nh);
@@ -670,6 +729,11 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   if (st != 0 || !conn) {
     lr_debug("ws upgrade %s refused with %d", path, st ? st : 404);
     free(path);
+    if (!conn && (st == 0 || st == 404 || st == 503 || st == 500)) {
+      /* No such room, or none now: accept, then close with a code. */
+      net_ws_refusal_close(nc, st ? st : 404);
+      return 0;
+    }
     nc->conn = conn; /* NULL as the contract says; if not, finish closes it */
     nc->wsi = NULL;
     lws_set_opaque_user_data(wsi, NULL);
@@ -1056,7 +1120,7 @@ static int net_http_begin(net_loop *L, struct lws *wsi) {
   if (head) nr->method = "GET";
   nr->path = net_path_encode(nr->fs_path);
   nr->query = net_query_collect(wsi);
-  nr->hdrs = net_hdrs_collect(wsi, &nr->nhdrs);
+  nr->hdrs = net_hdrs_collect(nr->loop, wsi, &nr->nhdrs);
   net_peer(wsi, nr->peer, sizeof nr->peer);
 
   if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
@@ -1264,6 +1328,10 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     if (o) net_detach(wsi);
     return 0;
 
+  case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
+    if (L) L->tls_ctx = user; /* kept for net_tls_reload */
+    return 0;
+
   case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
   case LWS_CALLBACK_HTTP_BIND_PROTOCOL:
   case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
@@ -1310,9 +1378,39 @@ static void net_arm(net_loop *L, int64_t max_ms) {
 }
 
 static void net_on_signal(int sig) {
-  (void)sig;
-  net_stop_flag = 1;
+  if (sig == SIGHUP)
+    net_hup_flag = 1;
+  else
+    net_stop_flag = 1;
   if (net_ctx) lws_cancel_service(net_ctx);
+}
+
+/* SIGHUP: re-read the certificate and key into the listening vhost's
+ * SSL_CTX (new handshakes use them; open connections keep theirs). The pair
+ * is first loaded into a scratch context, so a missing file or a key that
+ * does not match the certificate is logged and changes nothing. */
+static void net_tls_reload(net_loop *L) {
+  if (!L->o.tls_cert) return;
+  if (!L->tls_ctx) {
+    lr_warn("tls: no server context to reload the certificate into");
+    return;
+  }
+  SSL_CTX *probe = SSL_CTX_new(TLS_server_method());
+  int ok = probe && SSL_CTX_use_certificate_chain_file(probe, L->o.tls_cert) == 1 &&
+           SSL_CTX_use_PrivateKey_file(probe, L->o.tls_key, SSL_FILETYPE_PEM) == 1 &&
+           SSL_CTX_check_private_key(probe) == 1;
+  if (probe) SSL_CTX_free(probe);
+  if (!ok || SSL_CTX_use_certificate_chain_file(L->tls_ctx, L->o.tls_cert) != 1 ||
+      SSL_CTX_use_PrivateKey_file(L->tls_ctx, L->o.tls_key, SSL_FILETYPE_PEM) != 1) {
+    unsigned long e = ERR_get_error();
+    char why[256];
+    ERR_error_string_n(e, why, sizeof why);
+    ERR_clear_error();
+    lr_error("tls: cannot reload %s / %s (%s); keeping the current certificate", L->o.tls_cert,
+             L->o.tls_key, e ? why : "unknown error");
+    return;
+  }
+  lr_info("tls: certificate reloaded from %s", L->o.tls_cert);
 }
 
 void lr_net_defaults(lr_net_opts *o) {
@@ -1325,6 +1423,16 @@ void lr_net_defaults(lr_net_opts *o) {
   o->static_dir = NULL;
   o->max_conns = 20000;
   o->max_conns_per_ip = 1024;
+}
+
+/* lr_net_wake may run on another thread (the hot reload watcher's): the
+ * context it wakes is read and cleared under this lock. */
+static pthread_mutex_t net_wake_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void lr_net_wake(void) {
+  pthread_mutex_lock(&net_wake_mu);
+  if (net_ctx) lws_cancel_service(net_ctx);
+  pthread_mutex_unlock(&net_wake_mu);
 }
 
 void lr_net_stop(void) {
@@ -1346,6 +1454,14 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     L.o.static_dir = o->static_dir;
     if (o->max_conns) L.o.max_conns = o->max_conns;
     if (o->max_conns_per_ip) L.o.max_conns_per_ip = o->max_conns_per_ip;
+    L.o.tls_cert = o->tls_cert;
+    L.o.tls_key = o->tls_key;
+    L.o.on_hup = o->on_hup;
+    L.o.on_hup_arg = o->on_hup_arg;
+  }
+  if (!L.o.tls_cert != !L.o.tls_key) {
+    lr_error("tls: --tls-cert and --tls-key go together");
+    return 1;
   }
   if (L.o.port < 0 || L.o.port > 65535) {
     lr_error("invalid port %d", L.o.port);
@@ -1376,8 +1492,17 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   info.retry_and_idle_policy = &net_idle_policy;
   info.gid = -1;
   info.uid = -1;
+  if (L.o.tls_cert) {
+    /* https:// and wss:// only: without ALLOW_NON_SSL_ON_SSL_PORT a plain
+     * request fails its handshake and is closed. */
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.ssl_cert_filepath = L.o.tls_cert;
+    info.ssl_private_key_filepath = L.o.tls_key;
+    info.alpn = "http/1.1";
+  }
 
   net_stop_flag = 0;
+  net_hup_flag = 0;
   L.ctx = lws_create_context(&info);
   struct lws_vhost *vh = L.ctx ? lws_get_vhost_by_name(L.ctx, "lunaroom") : NULL;
   int port = vh ? lws_get_vhost_listen_port(vh) : -1;
@@ -1388,18 +1513,22 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     free(L.ips);
     return 1;
   }
+  pthread_mutex_lock(&net_wake_mu);
   net_ctx = L.ctx;
+  pthread_mutex_unlock(&net_wake_mu);
 
-  struct sigaction sa, old_int, old_term, old_pipe;
+  struct sigaction sa, old_int, old_term, old_pipe, old_hup;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = net_on_signal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, &old_int);
   sigaction(SIGTERM, &sa, &old_term);
+  sigaction(SIGHUP, &sa, &old_hup);
   sa.sa_handler = SIG_IGN;
   sigaction(SIGPIPE, &sa, &old_pipe);
 
-  lr_info("listening on http://%s:%d", L.o.host ? L.o.host : "0.0.0.0", port);
+  lr_info("listening on %s://%s:%d", L.o.tls_cert ? "https" : "http",
+          L.o.host ? L.o.host : "0.0.0.0", port);
 
   int rc = 0;
   while (!net_stop_flag) {
@@ -1412,6 +1541,12 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
       lr_error("event loop failed");
       rc = 1;
       break;
+    }
+    if (net_hup_flag) {
+      net_hup_flag = 0;
+      lr_info("SIGHUP: reloading");
+      net_tls_reload(&L);
+      if (L.o.on_hup) L.o.on_hup(L.o.on_hup_arg);
     }
     lr_server_tick(s);
     net_trim(&L);
@@ -1435,11 +1570,14 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     lr_warn("shutdown: %zu connections and %zu requests still open after %d ms, dropping them",
             L.nconns, L.nreqs, NET_DRAIN_MS);
   lws_sul_cancel(&L.engine_sul);
+  pthread_mutex_lock(&net_wake_mu);
   net_ctx = NULL;
+  pthread_mutex_unlock(&net_wake_mu);
   L.destroying = true;
   lws_context_destroy(L.ctx); /* remaining sockets: CLOSED -> lr_conn_closed */
   sigaction(SIGINT, &old_int, NULL);
   sigaction(SIGTERM, &old_term, NULL);
+  sigaction(SIGHUP, &old_hup, NULL);
   sigaction(SIGPIPE, &old_pipe, NULL);
   free(L.static_root);
   free(L.ips);

@@ -24,16 +24,29 @@ typedef struct lr_net_opts {
   const char *static_dir; /* optional folder served at "/" (GET only), NULL = none */
   long max_conns;         /* open WebSockets per process, default 20000; -1 = no limit */
   long max_conns_per_ip;  /* open WebSockets per peer address, default 1024; -1 = no limit */
+  /* TLS (https:// and wss:// on the same port; plain connections refused):
+   * PEM certificate chain and private key, NULL = plain http. Both files are
+   * re-read on SIGHUP (a bad pair is logged and the old one kept). */
+  const char *tls_cert;
+  const char *tls_key;
+  /* Called on the loop thread after SIGHUP (outside any lws callback), NULL
+   * = nothing more than the certificate reload. */
+  void (*on_hup)(void *arg);
+  void *on_hup_arg;
 } lr_net_opts;
 
 /* Fill opts with the defaults above. */
 void lr_net_defaults(lr_net_opts *o);
 
-/* Run the loop until SIGINT/SIGTERM (or lr_net_stop). On a stop signal it
+/* Run the loop until SIGINT/SIGTERM (or lr_net_stop); SIGHUP reloads the
+ * TLS certificate and calls on_hup. On a stop signal it
  * calls lr_server_shutdown(s) (which closes sockets with 1001), lets the
  * queued close frames go out (bounded, ~1 s), and returns 0. Returns non-zero
  * if it cannot listen (the error is logged). */
 int lr_net_run(lr_server *s, const lr_net_opts *o);
 void lr_net_stop(void);
+/* End the loop's current wait so that lr_server_tick() runs now. Safe to
+ * call from any thread; does nothing when no loop runs. */
+void lr_net_wake(void);
 
 #endif

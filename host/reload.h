@@ -4,10 +4,10 @@
  * lua/lunaroom/reload.lua).
  *
  * Owns: the watcher (inotify fd, one watch per folder under the rooms folder,
- * pending changed paths, the debounce), the engine wake-up that keeps a
- * change from waiting for the next socket event, and the sequence of
- * protected calls of one reload (plan, then per room file: load under the
- * load budget, swap, onReload hooks, log).
+ * pending changed paths, the debounce, the waker thread), the engine wake-up
+ * that keeps a change from waiting for the next socket event, and the
+ * sequence of protected calls of one reload (plan, then per room file: load
+ * under the load budget, swap, onReload hooks, log).
  * Must not: decide what a change means for a room definition or touch room
  * state (reload.lua does), or talk to sockets.
  */
@@ -19,11 +19,15 @@
 #include "engine.h"
 #include "lua_vm.h"
 
-/* Quiet time after the last file event before the batch is reloaded. */
+/* A batch whose every path was last closed after writing or renamed onto
+ * (a finished save) is reloaded at once. Otherwise (a creation still being
+ * written, a deletion, an editor's rename-away backup step, a new folder)
+ * it waits for this much quiet time after its last event. */
 #define LR_RELOAD_DEBOUNCE_MS 30
 /* A burst that never goes quiet is reloaded after this long anyway. */
 #define LR_RELOAD_MAX_DELAY_MS 250
-/* While watching, the engine wakes at least this often to read events. */
+/* Without a waker (lr_reload_set_waker) the engine wakes this often to
+ * read events. */
 #define LR_RELOAD_WAKE_MS 25
 /* Instruction budget of compiling and running one room file (and the
  * modules it requires); the same as a handler's default budget, so a file
@@ -38,12 +42,21 @@
 int lr_reload_watch(lr_server *s, int srv, const char *dir);
 
 /* Called by lr_server_tick() on every loop iteration: reads the watcher's
- * pending events without blocking and, once the debounce has passed, runs
- * the reload of the changed files as outermost protected calls. Keeps an
- * engine timer armed (LR_RELOAD_WAKE_MS) while a watcher is open on a
- * real-clock server. Does nothing (one branch) when no watcher is open or
- * the server is shutting down. Never raises. */
+ * pending events without blocking and runs the reload of the changed files
+ * as outermost protected calls, at once for finished saves, after the
+ * debounce otherwise. Starts the waker thread on a real-clock server when a
+ * waker is set, else keeps an engine timer armed (LR_RELOAD_WAKE_MS). Does
+ * nothing (one branch) when no watcher is open or the server is shutting
+ * down. Never raises. */
 void lr_reload_poll(lr_server *s);
+
+/* Set how a watcher's thread ends the transport's wait from another thread
+ * (the transport's thread-safe wake-up, e.g. lr_net_wake). With a waker,
+ * a real-clock server's watcher gets a thread that sleeps in poll() on the
+ * inotify fd and calls wake() when an event is queued: a save is read as
+ * soon as it happens instead of on the next periodic wake-up. Call before
+ * lr_reload_watch. */
+void lr_reload_set_waker(void (*wake)(void));
 
 /* package.preload["lunaroom.reload_c"]: watch(dir), run(srv, changes),
  * is_file(path). [-0,+1] */

@@ -6,7 +6,22 @@
  * Owns: lifecycle of lr_server / lr_room / lr_conn, the server.h functions
  * transports call, sync throttling (leading edge + trailing window),
  * autoSync/applySync, storage throttling (max-delay, never a debounce that a
- * busy room could postpone forever), and retries of failed storage writes.
+ * busy room could postpone forever), retries of failed storage writes, idle
+ * rooms (hibernation; eviction of rooms nothing holds), who may create a
+ * room (a route it serves, the per-address creation rate), and the storage
+ * gate below.
+ *
+ * The storage gate (one rule for every backend): with throttleStorage 0 a
+ * packet a room sends while it has changes that are not committed waits in
+ * the room's outbox, in order, until they are (a synchronous store commits
+ * at the end of the handler, so a handler's packets wait microseconds; a
+ * write-behind store commits when its backend answers). When a write fails
+ * the room is "failing": it refuses actions (error code "storage"), joins
+ * (1013) and HTTP requests (503) while its writes are retried from a timer
+ * (1 s doubling to 30 s), and everything it sends waits; once the writes
+ * commit, the outbox goes out in order. With throttleStorage > 0 packets do
+ * not wait for the throttled write (by design), but a failing room waits
+ * and refuses like any other. Error packets never wait.
  * Must not: implement room rules (sessions, guards, dispatch: runtime.lua),
  * talk to sockets (net.c), or build Lua values itself (lua_api.c).
  */
@@ -85,11 +100,17 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
   if (s->rng_seeded) lr_test_rng_seed(&s->test_rng, seed);
   strcpy(s->parties_prefix, "/parties");
   s->max_rooms = 100000;
+  s->evict_after = 60000;
+  s->room_rate = lr_addr_rate_new(2, 20);
+  s->session_rate = lr_addr_rate_new(10, 100);
   if (store && store->vt->bind) store->vt->bind(store, s);
   return s;
 }
 
+static void timer_unhold(lr_timer *t);
+
 static void timer_free(lr_server *s, lr_timer *t) {
+  timer_unhold(t);
   if (t->fn_ref != LUA_NOREF && t->fn_ref != 0) luaL_unref(s->L, LUA_REGISTRYINDEX, t->fn_ref);
   if (t->room) lr_room_release(t->room);
   free(t);
@@ -107,6 +128,8 @@ void lr_server_free(lr_server *s) {
   free(s->heap);
   s->heap = NULL;
   s->nheap = 0;
+  free(s->timer_map);
+  s->timer_map = NULL;
   for (uint32_t b = 0; b < s->nbuckets; b++) {
     while (s->rooms[b])
       lr_room_dispose(s->rooms[b]);
@@ -115,9 +138,36 @@ void lr_server_free(lr_server *s) {
     lr_conn_release(s->pending_close[i]);
   free(s->pending_close);
   free(s->rooms);
+  lr_addr_rate_free(s->room_rate);
+  lr_addr_rate_free(s->session_rate);
   if (s->ref != LUA_NOREF) luaL_unref(s->L, LUA_REGISTRYINDEX, s->ref);
   if (s->own_store) lr_store_close(s->store);
+  for (uint32_t i = 0; i < s->nwanted_headers; i++)
+    free(s->wanted_headers[i]);
   free(s);
+}
+
+int lr_server_want_header(lr_server *s, const char *name) {
+  size_t n = name ? strlen(name) : 0;
+  if (n == 0 || n > LR_HEADER_NAME_MAX) return -1;
+  char low[LR_HEADER_NAME_MAX + 1];
+  for (size_t i = 0; i < n; i++) {
+    char c = name[i];
+    if (c >= 'A' && c <= 'Z') c = (char)(c + 32);
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return -1;
+    low[i] = c;
+  }
+  low[n] = '\0';
+  for (uint32_t i = 0; i < s->nwanted_headers; i++)
+    if (strcmp(s->wanted_headers[i], low) == 0) return 0;
+  if (s->nwanted_headers >= LR_WANTED_HEADERS) return -1;
+  s->wanted_headers[s->nwanted_headers++] = lr_xstrndup(low, n);
+  return 0;
+}
+
+const char *const *lr_server_wanted_headers(const lr_server *s, size_t *n) {
+  *n = s->nwanted_headers;
+  return (const char *const *)s->wanted_headers;
 }
 
 /* ----------------------------------------------------------------- timers */
@@ -126,13 +176,18 @@ static bool timer_before(const lr_timer *a, const lr_timer *b) {
   return a->when < b->when || (a->when == b->when && a->seq < b->seq);
 }
 
+static void heap_set(lr_server *s, uint32_t i, lr_timer *t) {
+  s->heap[i] = t;
+  t->hidx = i;
+}
+
 static void heap_up(lr_server *s, uint32_t i) {
   while (i > 0) {
     uint32_t p = (i - 1) / 2;
     if (!timer_before(s->heap[i], s->heap[p])) break;
     lr_timer *t = s->heap[i];
-    s->heap[i] = s->heap[p];
-    s->heap[p] = t;
+    heap_set(s, i, s->heap[p]);
+    heap_set(s, p, t);
     i = p;
   }
 }
@@ -144,10 +199,57 @@ static void heap_down(lr_server *s, uint32_t i) {
     if (r < s->nheap && timer_before(s->heap[r], s->heap[m])) m = r;
     if (m == i) break;
     lr_timer *t = s->heap[i];
-    s->heap[i] = s->heap[m];
-    s->heap[m] = t;
+    heap_set(s, i, s->heap[m]);
+    heap_set(s, m, t);
     i = m;
   }
+}
+
+/* The id -> timer map (chained, power-of-two buckets, grown with the heap):
+ * lr_timer_cancel finds a timer in O(1) and removes it in O(log n), so
+ * cancelling (a reconnect cancels its session's expiry) does not scan every
+ * pending timer of the process. A timer is in the map while it is in the
+ * heap. */
+static lr_timer **map_slot(lr_server *s, uint64_t id) {
+  return &s->timer_map[(id * 0x9E3779B97F4A7C15ULL >> 20) & (s->timer_map_cap - 1)];
+}
+
+static void map_grow(lr_server *s) {
+  uint32_t cap = s->timer_map_cap ? s->timer_map_cap * 2 : 64;
+  lr_timer **old = s->timer_map;
+  uint32_t oldcap = s->timer_map_cap;
+  s->timer_map = lr_xcalloc(cap, sizeof *s->timer_map);
+  s->timer_map_cap = cap;
+  for (uint32_t b = 0; b < oldcap; b++) {
+    for (lr_timer *t = old[b], *next; t; t = next) {
+      next = t->map_next;
+      lr_timer **sl = map_slot(s, t->seq);
+      t->map_next = *sl;
+      *sl = t;
+    }
+  }
+  free(old);
+}
+
+static void map_remove(lr_server *s, lr_timer *t) {
+  for (lr_timer **pp = map_slot(s, t->seq); *pp; pp = &(*pp)->map_next) {
+    if (*pp == t) {
+      *pp = t->map_next;
+      t->map_next = NULL;
+      return;
+    }
+  }
+}
+
+static void arm_idle(lr_room *r);
+
+/* t no longer keeps its room from being evicted (it fired or was cancelled). */
+static void timer_unhold(lr_timer *t) {
+  if (!t->holds_room) return;
+  t->holds_room = false;
+  lr_room *r = t->room;
+  if (r->ntimers) r->ntimers--;
+  if (r->ntimers == 0) arm_idle(r);
 }
 
 lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_room *r, int fn_ref) {
@@ -157,11 +259,19 @@ lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_ro
   t->kind = kind;
   t->room = r ? lr_room_retain(r) : NULL;
   t->fn_ref = fn_ref;
+  if (r && kind == LR_T_LUA) { /* the room's own timer: it is not idle */
+    t->holds_room = true;
+    r->ntimers++;
+  }
   if (s->nheap == s->capheap) {
     s->capheap = s->capheap ? s->capheap * 2 : 64;
     s->heap = lr_xrealloc(s->heap, s->capheap * sizeof *s->heap);
   }
-  s->heap[s->nheap++] = t;
+  if (s->nheap >= s->timer_map_cap) map_grow(s);
+  lr_timer **sl = map_slot(s, t->seq);
+  t->map_next = *sl;
+  *sl = t;
+  heap_set(s, s->nheap++, t);
   heap_up(s, s->nheap - 1);
   return t;
 }
@@ -173,24 +283,43 @@ uint64_t lr_timer_add_c(lr_server *s, int64_t delay_ms, lr_timer_cb cb, void *ud
   return t->seq;
 }
 
-void lr_timer_cancel(lr_server *s, uint64_t id) {
-  for (uint32_t i = 0; i < s->nheap; i++) {
-    if (s->heap[i]->seq == id) {
-      s->heap[i]->cancelled = true;
-      return;
-    }
+/* Take t out of the heap (and the map). */
+static void heap_remove(lr_server *s, lr_timer *t) {
+  uint32_t i = t->hidx;
+  map_remove(s, t);
+  lr_timer *last = s->heap[--s->nheap];
+  if (i < s->nheap) {
+    heap_set(s, i, last);
+    heap_down(s, i);
+    if (s->heap[i] == last) heap_up(s, i);
   }
+}
+
+/* A timer that is pending is removed and freed (no-op for an id that fired
+ * or is unknown). */
+void lr_timer_cancel(lr_server *s, uint64_t id) {
+  if (!s->timer_map_cap) return;
+  lr_timer *t = *map_slot(s, id);
+  while (t && t->seq != id)
+    t = t->map_next;
+  if (!t) return;
+  t->cancelled = true;
+  heap_remove(s, t);
+  timer_free(s, t);
 }
 
 static lr_timer *heap_pop(lr_server *s) {
   lr_timer *t = s->heap[0];
-  s->heap[0] = s->heap[--s->nheap];
-  if (s->nheap) heap_down(s, 0);
+  heap_remove(s, t);
   return t;
 }
 
 static void retry_storage(lr_room *r);
-static void maybe_hibernate(lr_room *r);
+static void idle_check(lr_room *r);
+static void outbox_free(lr_room *r);
+static void set_failing(lr_room *r, bool engine, bool on, const char *err);
+static void gate_settle(lr_room *r);
+static void report_unwritten(lr_room *r, const char *what);
 
 static void fire(lr_server *s, lr_timer *t) {
   lr_room *r = t->room;
@@ -206,10 +335,12 @@ static void fire(lr_server *s, lr_timer *t) {
   case LR_T_STORE:
     r->store_timer = false;
     if (lr_room_flush_storage(r) != 0) retry_storage(r);
+    gate_settle(r);
     break;
   case LR_T_IDLE:
-    r->idle_timer = false;
-    maybe_hibernate(r);
+    if (r->idle_at != t->when) break; /* superseded by an earlier one */
+    r->idle_at = 0;
+    idle_check(r);
     break;
   case LR_T_C:
     t->cb(t->ud);
@@ -221,7 +352,8 @@ static void fire(lr_server *s, lr_timer *t) {
     }
     lua_State *L = s->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
-    lr_callinfo ci = {.room = r ? r->key : NULL, .what = "timer", .budget = r ? r->budget : 0};
+    lr_callinfo ci = {.room = r ? r->key : NULL, .what = "timer", .budget = r ? r->budget : 0,
+                       .memory = r ? r->memory : 0};
     lr_vm_pcall(L, 0, 0, &ci);
     break;
   }
@@ -231,6 +363,7 @@ static void fire(lr_server *s, lr_timer *t) {
 static void run_due(lr_server *s, int64_t now) {
   while (s->nheap && s->heap[0]->when <= now) {
     lr_timer *t = heap_pop(s);
+    timer_unhold(t);
     fire(s, t);
     timer_free(s, t);
     lr_server_flush_touched(s);
@@ -343,6 +476,8 @@ lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
   r->store_retry_ms = 1000;
   r->rate = 100;
   r->burst = 200;
+  r->evict_ms = s->evict_after;
+  r->last_active = lr_now(s);
   if (s->nrooms + 1 > s->nbuckets * 2) rehash(s);
   uint32_t h = hash_str(r->key) % s->nbuckets;
   r->hash_next = s->rooms[h];
@@ -354,11 +489,15 @@ lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
 void lr_room_release(lr_room *r) {
   if (--r->refs) return;
   if (r->box) *r->box = NULL;
+  outbox_free(r);
+  free(r->store_err);
   lr_node_release(r->root);
   free(r->conns);
   free(r->ns); /* with id and key */
   free(r);
 }
+
+static void set_hibernated(lr_room *r, bool on);
 
 static void unlink_room(lr_room *r) {
   lr_server *s = r->srv;
@@ -385,9 +524,14 @@ void lr_room_dispose(lr_room *r) {
   if (r->disposed) return;
   lr_server *s = r->srv;
   lr_room_retain(r);
-  if (lr_state_dirty(r->root, LR_CH_PERSIST)) lr_room_flush_storage(r);
+  if (lr_state_dirty(r->root, LR_CH_PERSIST) && lr_room_flush_storage(r) != 0)
+    report_unwritten(r, "disposed");
   if (s->store) lr_store_forget(s->store, r->ns, r->id);
   r->disposed = true;
+  set_hibernated(r, false);
+  set_failing(r, true, false, NULL);
+  set_failing(r, false, false, NULL);
+  outbox_free(r);
   unlink_room(r);
   while (r->nconns) {
     lr_conn *c = r->conns[r->nconns - 1];
@@ -415,8 +559,10 @@ void lr_room_touch(lr_room *r) {
   r->srv->touched = r;
 }
 
-/* Arm the retry of a failed storage write: 1 s, doubling up to 30 s. */
+/* Arm the retry of a failed storage write: 1 s, doubling up to 30 s. A
+ * server that is shutting down retries every 100 ms (main.c bounds it). */
 static void retry_storage(lr_room *r) {
+  if (r->srv->shutting_down) return; /* lr_server_drain_storage retries */
   if (r->store_timer) return;
   r->store_timer = true;
   lr_timer_add(r->srv, r->store_retry_ms, LR_T_STORE, r, LUA_NOREF);
@@ -474,6 +620,7 @@ void lr_server_flush_touched(lr_server *s) {
     /* Storage first: with throttleStorage 0, what a client is sent has
      * already been written. */
     schedule_storage(r);
+    gate_settle(r);
     schedule_sync(r);
     lr_room_release(r);
   }
@@ -482,6 +629,159 @@ void lr_server_flush_touched(lr_server *s) {
 
 void lr_server_batch_joins(lr_server *s, bool on) {
   s->batch_joins = on;
+}
+
+/* ------------------------------------------------------------ storage gate */
+
+#define LR_GATED_MAX                                                                               \
+  ((size_t)4 << 20)            /* bytes waiting per connection (the default --max-queue)           \
+                                */
+#define TAG_PENDING UINT64_MAX /* waits for the room's next write of its state */
+
+/* Packets of r must wait: it has changes not committed, or older packets wait. */
+static bool room_gated(const lr_room *r) {
+  return r->outhead < r->nout || lr_room_store_failing(r) || r->st_committed < r->st_accepted ||
+         (r->throttle_storage <= 0 && r->srv->store && lr_state_dirty(r->root, LR_CH_PERSIST));
+}
+
+static uint64_t gate_tag(const lr_room *r) {
+  if (lr_state_dirty(r->root, LR_CH_PERSIST) &&
+      (r->throttle_storage <= 0 || lr_room_store_failing(r)))
+    return TAG_PENDING;
+  return r->st_accepted;
+}
+
+static void transport_send(lr_conn *c, lr_msg *m) {
+  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  c->srv->stats.packets_out++;
+  c->srv->stats.bytes_out += m->len;
+  if (c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "outgoing queue full");
+}
+
+static void gate_hold(lr_room *r, lr_conn *c, lr_msg *m) {
+  if (c->gated_bytes + m->len > LR_GATED_MAX) {
+    lr_warn("conn %s room %s: %zu bytes wait for storage; closing it", c->id, r->key,
+            c->gated_bytes + m->len);
+    lr_conn_close(c, 1013, "storage unavailable");
+    return;
+  }
+  if (r->nout == r->capout) {
+    if (r->outhead > 0) {
+      memmove(r->outbox, r->outbox + r->outhead, (r->nout - r->outhead) * sizeof *r->outbox);
+      r->nout -= r->outhead;
+      r->outhead = 0;
+    } else {
+      r->capout = r->capout ? r->capout * 2 : 16;
+      r->outbox = lr_xrealloc(r->outbox, r->capout * sizeof *r->outbox);
+    }
+  }
+  lr_conn_retain(c);
+  r->outbox[r->nout++] = (lr_gated){c, lr_msg_retain(m), gate_tag(r)};
+  c->gated_bytes += m->len;
+  lr_room_touch(r);
+}
+
+/* Send, in order, what waited for writes that are now committed. */
+static void outbox_release(lr_room *r) {
+  if (r->outhead == r->nout) return;
+  lr_room_retain(r);
+  while (r->outhead < r->nout && r->outbox[r->outhead].tag <= r->st_committed) {
+    lr_gated g = r->outbox[r->outhead++];
+    g.c->gated_bytes -= g.m->len;
+    transport_send(g.c, g.m);
+    lr_msg_release(g.m);
+    lr_conn_release(g.c);
+  }
+  if (r->outhead == r->nout) r->outhead = r->nout = 0;
+  lr_room_release(r);
+}
+
+static void outbox_free(lr_room *r) {
+  for (uint32_t i = r->outhead; i < r->nout; i++) {
+    r->outbox[i].c->gated_bytes -= r->outbox[i].m->len;
+    lr_msg_release(r->outbox[i].m);
+    lr_conn_release(r->outbox[i].c);
+  }
+  free(r->outbox);
+  r->outbox = NULL;
+  r->outhead = r->nout = r->capout = 0;
+}
+
+/* The state of r is written (or was clean): what waited for that write now
+ * waits for the batch that carried it; then release what is committed. */
+static void gate_settle(lr_room *r) {
+  if (r->outhead == r->nout) return;
+  if (!lr_state_dirty(r->root, LR_CH_PERSIST)) {
+    for (uint32_t i = r->nout; i > r->outhead && r->outbox[i - 1].tag == TAG_PENDING; i--)
+      r->outbox[i - 1].tag = r->st_accepted;
+  }
+  outbox_release(r);
+}
+
+static void set_failing(lr_room *r, bool engine, bool on, const char *err) {
+  lr_server *s = r->srv;
+  bool was = lr_room_store_failing(r);
+  if (engine)
+    r->flush_failed = on;
+  else
+    r->backend_failed = on;
+  bool now = lr_room_store_failing(r);
+  if (now && err && *err) {
+    free(r->store_err);
+    r->store_err = lr_xstrndup(err, strlen(err));
+  }
+  if (was == now) return;
+  if (now) {
+    r->failing_next = s->failing;
+    if (s->failing) s->failing->failing_pprev = &r->failing_next;
+    r->failing_pprev = &s->failing;
+    s->failing = r;
+    s->nfailing++;
+    lr_error("room %s: its storage writes fail (%s): it refuses actions, joins and requests, and "
+             "holds what it sends, until they commit",
+             r->key, r->store_err ? r->store_err : "-");
+  } else {
+    *r->failing_pprev = r->failing_next;
+    if (r->failing_next) r->failing_next->failing_pprev = r->failing_pprev;
+    r->failing_next = NULL;
+    r->failing_pprev = NULL;
+    s->nfailing--;
+    free(r->store_err);
+    r->store_err = NULL;
+    if (!r->disposed)
+      lr_info("room %s: its storage writes commit again; held packets go out", r->key);
+  }
+}
+
+/* Ask a write-behind store how far r's writes got. */
+static void refresh_progress(lr_room *r) {
+  lr_store *st = r->srv->store;
+  if (!st || !st->vt->progress) return; /* synchronous: committed when apply returns */
+  char err[256] = "";
+  uint64_t a = 0, c = 0;
+  int rc = st->vt->progress(st, r->ns, r->id, &a, &c, err, sizeof err);
+  r->st_accepted = a;
+  r->st_committed = c;
+  set_failing(r, false, rc < 0, err);
+}
+
+void lr_server_store_progress(lr_server *s, const char *ns, const char *id) {
+  lr_room *r = lr_room_find(s, ns, id);
+  if (!r || r->disposed) return;
+  lr_room_retain(r);
+  refresh_progress(r);
+  gate_settle(r);
+  lr_room_release(r);
+}
+
+void lr_room_store_written(lr_room *r, int rc, const char *err) {
+  if (r->disposed) return;
+  if (rc == 0) {
+    refresh_progress(r);
+  } else if (rc != LR_STORE_EARG) { /* bad arguments are the caller's error */
+    set_failing(r, true, true, err);
+    retry_storage(r);
+  }
 }
 
 /* ------------------------------------------------------------ sending */
@@ -495,9 +795,11 @@ static void conn_send_raw(lr_conn *c, lr_msg *m) {
     c->held = h;
     return;
   }
-  c->srv->stats.packets_out++;
-  c->srv->stats.bytes_out += m->len;
-  if (c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "outgoing queue full");
+  if (c->room && room_gated(c->room)) {
+    gate_hold(c->room, c, m);
+    return;
+  }
+  transport_send(c, m);
 }
 
 /* Send an already-encoded packet to c, through the room's interceptor when it
@@ -745,32 +1047,46 @@ static void on_del(void *ud, const char *path, size_t pathlen) {
   (void)pathlen; /* deletions compact the whole state (below) */
 }
 
-int lr_room_flush_storage(lr_room *r) {
-  lr_server *s = r->srv;
-  if (!lr_state_dirty(r->root, LR_CH_PERSIST)) return 0;
-  if (!s->store) {
-    lr_state_clear_dirty(r->root, LR_CH_PERSIST);
-    return 0;
-  }
-  opsbuf o = {0};
-  lr_buf_init(&o.keys);
+/* The batch that writes r's pending persisted changes. */
+static void build_ops(lr_room *r, opsbuf *o) {
+  lr_buf_init(&o->keys);
   if (lr_state_has_dels(r->root, LR_CH_PERSIST)) {
     /* Compaction, as the reference does after a delete: every state: key
      * goes, the whole persisted state is written at state:. */
     lr_buf full;
     lr_buf_init(&full);
     lr_json_encode(r->root, LR_F_NOPERSIST, &full);
-    ops_push(&o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
-    ops_push(&o, LR_STORE_PUT, "state:", ".", 1, full.data, full.len);
+    ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
+    ops_push(o, LR_STORE_PUT, "state:", ".", 1, full.data, full.len);
     lr_buf_free(&full);
   } else {
-    lr_persist_ops cb = {&o, on_put, on_del};
+    lr_persist_ops cb = {o, on_put, on_del};
     lr_json_walk_persist(r->root, &cb);
   }
-  for (size_t i = 0; i < o.n; i++) {
-    o.ops[i].key = o.keys.data + o.offs[2 * i];
-    o.ops[i].val = o.offs[2 * i + 1] == (size_t)-1 ? NULL : o.keys.data + o.offs[2 * i + 1];
+  for (size_t i = 0; i < o->n; i++) {
+    o->ops[i].key = o->keys.data + o->offs[2 * i];
+    o->ops[i].val = o->offs[2 * i + 1] == (size_t)-1 ? NULL : o->keys.data + o->offs[2 * i + 1];
   }
+}
+
+static void ops_free(opsbuf *o) {
+  free(o->ops);
+  free(o->offs);
+  lr_buf_free(&o->keys);
+}
+
+int lr_room_flush_storage(lr_room *r) {
+  lr_server *s = r->srv;
+  if (!lr_state_dirty(r->root, LR_CH_PERSIST)) {
+    if (r->flush_failed) set_failing(r, true, false, NULL); /* a failed direct write, retried */
+    return 0;
+  }
+  if (!s->store) {
+    lr_state_clear_dirty(r->root, LR_CH_PERSIST);
+    return 0;
+  }
+  opsbuf o = {0};
+  build_ops(r, &o);
   char err[256] = "";
   double t0 = mono_s();
   int rc = o.n ? lr_store_apply(s->store, r->ns, r->id, o.ops, o.n, err, sizeof err) : 0;
@@ -780,14 +1096,47 @@ int lr_room_flush_storage(lr_room *r) {
   if (rc == 0) {
     lr_state_clear_dirty(r->root, LR_CH_PERSIST);
     r->store_retry_ms = 1000;
+    if (o.n) refresh_progress(r);
+    set_failing(r, true, false, NULL);
+    gate_settle(r);
   } else {
     lr_error("room %s: storage write of %zu ops failed (%s); kept pending, retry in %lld ms",
-             r->key, o.n, err, (long long)r->store_retry_ms);
+             r->key, o.n, err, (long long)(s->shutting_down ? 100 : r->store_retry_ms));
+    set_failing(r, true, true, err);
   }
-  free(o.ops);
-  free(o.offs);
-  lr_buf_free(&o.keys);
+  ops_free(&o);
   return rc;
+}
+
+bool lr_room_has_unwritten(lr_room *r) {
+  return r->srv->store && lr_state_dirty(r->root, LR_CH_PERSIST);
+}
+
+/* Log what r loses: its unwritten keys (the first 10) and their count. */
+static void report_unwritten(lr_room *r, const char *what) {
+  opsbuf o = {0};
+  build_ops(r, &o);
+  lr_buf keys;
+  lr_buf_init(&keys);
+  size_t nkeys = 0;
+  for (size_t i = 0; i < o.n; i++) {
+    if (o.ops[i].kind != LR_STORE_PUT) continue;
+    if (nkeys++ < 10)
+      lr_buf_printf(&keys, "%s%.*s", nkeys > 1 ? ", " : "", (int)o.ops[i].keylen, o.ops[i].key);
+  }
+  if (nkeys > 10) lr_buf_printf(&keys, ", ... %zu more", nkeys - 10);
+  lr_error("room %s: %s with %zu unwritten key(s), LOST: %s (%s)", r->key, what, nkeys,
+           keys.len ? lr_buf_cstr(&keys) : "-", r->store_err ? r->store_err : "storage failed");
+  lr_buf_free(&keys);
+  ops_free(&o);
+}
+
+long lr_server_retry_unwritten(lr_server *s) {
+  long left = 0;
+  for (uint32_t b = 0; b < s->nbuckets; b++)
+    for (lr_room *r = s->rooms[b]; r; r = r->hash_next)
+      if (lr_room_has_unwritten(r) && lr_room_flush_storage(r) != 0) left++;
+  return left;
 }
 
 /* ------------------------------------------------------------ connections */
@@ -887,12 +1236,53 @@ void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   c->phase = LR_C_JOINED;
 }
 
-/* ------------------------------------------------------------ hibernation */
+/* ------------------------------------------------------------ hibernation and eviction */
 
-static void arm_idle(lr_room *r, int64_t delay) {
-  if (r->idle_timer || r->hibernate_ms <= 0 || r->srv->shutting_down) return;
-  r->idle_timer = true;
-  lr_timer_add(r->srv, delay, LR_T_IDLE, r, LUA_NOREF);
+/* Nothing of r's own keeps it: no connection (clients, shard uplinks,
+ * relayed clients), no pending timer (room:timer, session expiry). Its
+ * unwritten state is flushed by the eviction itself. */
+static bool evictable(const lr_room *r) {
+  return r->evict_ms > 0 && r->nconns == 0 && r->ntimers == 0 && !r->disposed &&
+         !r->srv->shutting_down;
+}
+
+/* When r's next idle step is due (hibernation or eviction), or -1. */
+static int64_t idle_due(const lr_room *r) {
+  int64_t due = -1;
+  if (r->hibernate_ms > 0 && !r->hibernated) due = r->last_active + r->hibernate_ms;
+  if (evictable(r)) {
+    int64_t e = r->last_active + r->evict_ms;
+    if (due < 0 || e < due) due = e;
+  }
+  return due;
+}
+
+/* Arm r's idle timer for its next idle step, unless one is armed that fires
+ * no later (a later one is superseded: it fires and does nothing). */
+static void arm_idle(lr_room *r) {
+  lr_server *s = r->srv;
+  if (r->disposed || s->shutting_down) return;
+  int64_t due = idle_due(r);
+  if (due < 0 || (r->idle_at && r->idle_at <= due)) return;
+  int64_t now = lr_now(s);
+  if (due < now) due = now;
+  r->idle_at = due;
+  lr_timer_add(s, due - now, LR_T_IDLE, r, LUA_NOREF);
+}
+
+void lr_room_idle_config(lr_room *r) {
+  r->last_active = lr_now(r->srv);
+  r->idle_at = 0; /* a timer armed for the old settings does nothing */
+  arm_idle(r);
+}
+
+static void set_hibernated(lr_room *r, bool on) {
+  if (r->hibernated == on) return;
+  r->hibernated = on;
+  if (on)
+    r->srv->nhibernated++;
+  else if (r->srv->nhibernated)
+    r->srv->nhibernated--;
 }
 
 /* Free r's state tree and Lua instance (hibernation, or a wake that failed
@@ -904,7 +1294,7 @@ static void drop_instance(lr_room *r) {
   r->ref = LUA_NOREF;
   lr_node_release(r->root);
   r->root = lr_node_new(LR_OBJECT);
-  r->hibernated = true;
+  set_hibernated(r, true);
 }
 
 bool lr_room_activity(lr_room *r) {
@@ -912,7 +1302,7 @@ bool lr_room_activity(lr_room *r) {
   if (r->disposed) return false;
   if (r->hibernated) {
     if (s->shutting_down) return false;
-    r->hibernated = false;
+    set_hibernated(r, false);
     lua_State *L = s->L;
     int top = lua_gettop(L);
     lua_pushstring(L, r->ns);
@@ -934,24 +1324,18 @@ bool lr_room_activity(lr_room *r) {
     lr_info("room %s woke up (%u connections)", r->key, r->nconns);
   }
   r->last_active = lr_now(s);
-  arm_idle(r, r->hibernate_ms);
+  arm_idle(r);
   return true;
 }
 
-/* Evict r if it has been idle long enough: flush, then free the state tree
- * and the Lua instance. A room whose storage cannot be written stays. */
-static void maybe_hibernate(lr_room *r) {
+/* Hibernate r: flush, then free the state tree and the Lua instance. A room
+ * whose storage cannot be written stays (and tries again later). */
+static void hibernate(lr_room *r, int64_t idle) {
   lr_server *s = r->srv;
-  if (r->hibernated || r->disposed || r->hibernate_ms <= 0 || s->shutting_down) return;
-  int64_t idle = lr_now(s) - r->last_active;
-  if (idle < r->hibernate_ms) {
-    arm_idle(r, r->hibernate_ms - idle);
-    return;
-  }
   if (r->auto_sync) lr_room_flush_sync(r, false);
   if (lr_room_flush_storage(r) != 0 || lr_state_dirty(r->root, LR_CH_PERSIST)) {
     lr_warn("room %s: not hibernated, its storage could not be written", r->key);
-    arm_idle(r, r->hibernate_ms);
+    r->last_active = lr_now(s); /* the next try after another idle period */
     return;
   }
   lua_State *L = s->L;
@@ -960,6 +1344,35 @@ static void maybe_hibernate(lr_room *r) {
   drop_instance(r);
   lr_info("room %s hibernated after %lld ms idle (%u connections kept)", r->key, (long long)idle,
           r->nconns);
+}
+
+/* Dispose of r: its state is written first (a room whose storage cannot be
+ * written stays and tries again later); the next client or request builds
+ * it again from storage. Returns true when r is gone. */
+static bool evict(lr_room *r, int64_t idle) {
+  lr_server *s = r->srv;
+  if (!r->hibernated && (lr_room_flush_storage(r) != 0 || lr_state_dirty(r->root, LR_CH_PERSIST))) {
+    lr_warn("room %s: not evicted, its storage could not be written", r->key);
+    r->last_active = lr_now(s);
+    return false;
+  }
+  lr_info("room %s evicted after %lld ms idle (no connection, no timer)", r->key, (long long)idle);
+  lr_room_dispose(r);
+  return true;
+}
+
+/* r's idle timer fired: evict or hibernate it if it has been idle long
+ * enough, then arm the timer for the next step. */
+static void idle_check(lr_room *r) {
+  lr_server *s = r->srv;
+  if (r->disposed || s->shutting_down) return;
+  int64_t idle = lr_now(s) - r->last_active;
+  if (evictable(r) && idle >= r->evict_ms) {
+    if (evict(r, idle)) return;
+  } else if (r->hibernate_ms > 0 && !r->hibernated && idle >= r->hibernate_ms) {
+    hibernate(r, idle);
+  }
+  arm_idle(r);
 }
 
 /* ------------------------------------------------------------ runtime glue */
@@ -972,7 +1385,8 @@ int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what
   lua_remove(L, -2);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
   lua_rotate(L, -(nargs + 2), 2); /* fn, srv, args... */
-  lr_callinfo ci = {.room = r ? r->key : NULL, .what = what, .budget = r ? r->budget : 0};
+  lr_callinfo ci = {.room = r ? r->key : NULL, .what = what, .budget = r ? r->budget : 0,
+                     .memory = r ? r->memory : 0};
   bool was_dirty[LR_NCH] = {false, false};
   if (r) {
     lr_room_retain(r);
@@ -1041,7 +1455,10 @@ static void send_error(lr_conn *c, const char *code, const char *action, const c
   lr_json_put_string(&b, message, strlen(message));
   lr_buf_puts(&b, "}}");
   lr_msg *m = lr_msg_new(b.data, b.len);
-  conn_send_raw(c, m); /* errors bypass the interceptor: they are ours */
+  if (c->batched)
+    conn_send_raw(c, m); /* after its snapshot */
+  else
+    transport_send(c, m); /* errors bypass the interceptor and the storage gate: they are ours */
   lr_msg_release(m);
   lr_buf_free(&b);
 }
@@ -1201,6 +1618,10 @@ static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_
   s->stats.conns_total++;
   lr_conn *c = lr_conn_new(s, r, vt, tp);
   c->relayed = relayed;
+  if (lr_room_store_failing(r)) { /* a snapshot would show what is not stored */
+    lr_conn_close(c, 1013, "storage unavailable");
+    return c;
+  }
   connect_conn(c, req);
   return c;
 }
@@ -1238,6 +1659,7 @@ typedef struct lr_wait {
 } lr_wait;
 
 static void respond_simple(lr_response_cb done, void *ud, int status, const char *body);
+static bool served(lr_server *s, const char *ns, const char *id);
 
 static char *dup_str(const char *p) {
   return p ? lr_xstrndup(p, strlen(p)) : NULL;
@@ -1305,6 +1727,8 @@ static void wait_done(void *ud, int ok, const char *err) {
       lr_room *r = ok && !s->shutting_down ? get_room(s, w->ns, w->id, &status) : NULL;
       if (!r) {
         lr_conn_close(c, 1011, ok ? "room unavailable" : "storage unavailable");
+      } else if (lr_room_store_failing(r)) {
+        lr_conn_close(c, 1013, "storage unavailable");
       } else {
         c->room = lr_room_retain(r);
         connect_conn(c, &w->req);
@@ -1327,14 +1751,7 @@ static int wait_for_storage(lr_server *s, const char *ns, const char *id, const 
                             const lr_transport_vt *vt, void *tp, lr_response_cb done, void *ud,
                             lr_conn **out) {
   if (!s->store->vt->ready || s->shutting_down || lr_room_find(s, ns, id)) return 0;
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lua_pushstring(L, ns);
-  lua_pushstring(L, id);
-  bool served =
-      lr_runtime_call(s, NULL, "has_room", "route", 2, 1, NULL, 0) == 0 && lua_toboolean(L, -1);
-  lua_settop(L, top);
-  if (!served) return 0; /* get_room answers 404 */
+  if (!served(s, ns, id)) return 0; /* get_room answers 404 */
   lr_wait *w = wait_new(s, ns, id, req);
   char err[256];
   int rc = lr_store_ready(s->store, ns, id, wait_done, w, err, sizeof err);
@@ -1362,6 +1779,57 @@ static int wait_for_storage(lr_server *s, const char *ns, const char *id, const 
   return 1;
 }
 
+/* ------------------------------------------------------------ who may create a room */
+
+/* Whether a definition serves ns/id (runtime.has_room). */
+static bool served(lr_server *s, const char *ns, const char *id) {
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  lua_pushstring(L, ns);
+  lua_pushstring(L, id);
+  bool ok =
+      lr_runtime_call(s, NULL, "has_room", "route", 2, 1, NULL, 0) == 0 && lua_toboolean(L, -1);
+  lua_settop(L, top);
+  return ok;
+}
+
+/* req carries the shard secret (a shard process relaying its clients). */
+static bool from_shard(lr_server *s, const lr_request *req) {
+  const char *given = header_of(req, "x-access-shard");
+  if (!given || !(header_of(req, "x-shard-id") || header_of(req, "x-forwarded-by-shard")))
+    return false;
+  char secret[512];
+  lr_server_env(s, "SHARD_SECRET", secret, sizeof secret);
+  if (!secret[0]) return false;
+  size_t a = strlen(given), b = strlen(secret);
+  unsigned d = a != b;
+  for (size_t i = 0; i < b; i++) /* constant time in the secret's length */
+    d |= (unsigned char)secret[i] ^ (unsigned char)(i < a ? given[i] : 0);
+  return d == 0;
+}
+
+/* A request is about to create room ns/id: take a token of its client
+ * address's room-creation bucket (--room-create-rate), so that one address
+ * cannot fill the room table. The address is the socket's; for a request
+ * relayed by an authenticated shard, the client address it carries
+ * (x-forwarded-for); a shard uplink and in-process requests (room to room,
+ * no address) are not counted. false: refused (logged). */
+static bool may_create(lr_server *s, const char *ns, const char *id, const lr_request *req) {
+  char buf[64];
+  const char *addr = req->remote_addr;
+  if (from_shard(s, req)) {
+    const char *xff = header_of(req, "x-forwarded-for");
+    if (header_of(req, "x-shard-id") || !xff || !*xff) return true;
+    size_t n = strcspn(xff, ", ");
+    snprintf(buf, sizeof buf, "%.*s", (int)(n < sizeof buf ? n : sizeof buf - 1), xff);
+    addr = buf;
+  }
+  if (lr_addr_rate_take(s->room_rate, addr, lr_now(s))) return true;
+  lr_warn("room %s/%s not created: %s creates rooms faster than %g/s (burst %g)", ns, id, addr,
+          lr_addr_rate_rate(s->room_rate), lr_addr_rate_burst(s->room_rate));
+  return false;
+}
+
 int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
                       lr_conn **out) {
   *out = NULL;
@@ -1374,6 +1842,13 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     return 404;
   }
   if (s->shard && strcmp(ns, "shard") == 0) return lr_shard_ws_open(s, req, id, vt, tp, out);
+  if (!lr_room_find(s, ns, id)) {
+    if (!served(s, ns, id)) {
+      lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
+      return 404;
+    }
+    if (!may_create(s, ns, id, req)) return 429;
+  }
   if (!header_of(req, "x-shard-id")) {
     int w = wait_for_storage(s, ns, id, req, vt, tp, NULL, NULL, out);
     if (w > 0) return 0;
@@ -1473,6 +1948,12 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
   }
   lr_node *value = lr_obj_get(pkt, "value", 5);
   s->stats.msgs_in++;
+  if (lr_room_store_failing(rr)) {
+    send_error(c, "storage", action->u.str.s,
+               "the room cannot write its storage: action refused, try again later");
+    lr_node_release(pkt);
+    return;
+  }
   lr_room_activity(c->room);
   if (c->phase != LR_C_JOINED) { /* the room could not be rebuilt */
     lr_node_release(pkt);
@@ -1501,8 +1982,12 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     send_error(c, code, action->u.str.s, msg ? msg : code);
   }
   lua_settop(L, top);
-  lr_node_release(pkt);
   lr_server_flush_touched(s);
+  if (lr_room_store_failing(r) && c->phase == LR_C_JOINED)
+    send_error(c, "storage", action->u.str.s,
+               "the room cannot write its storage: this action's changes are kept and sent "
+               "once written; other actions are refused until then");
+  lr_node_release(pkt);
   lr_conn_release(c);
   lr_room_release(r);
 }
@@ -1580,6 +2065,31 @@ static void ops_request(lr_server *s, const lr_request *req, lr_response_cb done
   lua_settop(L, top);
 }
 
+/* Before a request creates or wakes room ns/id: runtime.preroute matches
+ * it against the routes of the definition that serves the room. Returns 1
+ * when it answered (no such route: 404; bad shard credentials: 401), 0 when
+ * the room serves it, -1 when no definition serves ns/id. */
+static int preroute(lr_server *s, const char *ns, const char *id, const lr_request *req,
+                    const char *rest, lr_response_cb done, void *ud) {
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  lua_pushstring(L, ns);
+  lua_pushstring(L, id);
+  push_request(L, req);
+  lua_pushstring(L, *rest ? rest : "/");
+  int rc = 0;
+  if (lr_runtime_call(s, NULL, "preroute", "route", 4, 1, NULL, 0) == 0) {
+    if (lua_istable(L, -1)) {
+      respond_table(L, done, ud);
+      rc = 1;
+    } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+      rc = -1;
+    }
+  }
+  lua_settop(L, top);
+  return rc;
+}
+
 void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
   char ns[256], id[256];
   const char *rest;
@@ -1598,6 +2108,17 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     return;
   }
   if (s->shard && lr_shard_http(s, req, ns, id, rest, done, ud)) return;
+  lr_room *live = lr_room_find(s, ns, id);
+  if (!live || live->hibernated) {
+    /* Nothing is created, woken or read from storage for a request the
+     * room does not serve. */
+    int pr = preroute(s, ns, id, req, rest, done, ud);
+    if (pr > 0) return;
+    if (pr == 0 && !live && !may_create(s, ns, id, req)) {
+      respond_simple(done, ud, 429, "{\"error\":\"Too Many Requests\"}");
+      return;
+    }
+  }
   int w = wait_for_storage(s, ns, id, req, NULL, NULL, done, ud, NULL);
   if (w > 0) return;
   if (w < 0) {
@@ -1616,6 +2137,11 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
                                    : "{\"error\":\"Service Unavailable\"}");
     return;
   }
+  static const char storage_503[] = "{\"error\":\"Storage unavailable\",\"code\":\"storage\"}";
+  if (lr_room_store_failing(r)) {
+    respond_simple(done, ud, 503, storage_503);
+    return;
+  }
   lua_State *L = s->L;
   int top = lua_gettop(L);
   lr_room_retain(r);
@@ -1626,12 +2152,17 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
   if (lr_runtime_call(s, r, "request", "request", 3, 1, err, sizeof err) != 0 ||
       !lua_istable(L, -1)) {
     lua_settop(L, top);
+    lr_server_flush_touched(s);
     respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
   } else {
-    respond_table(L, done, ud);
+    /* Write first: an answer must not show what could not be stored. */
+    lr_server_flush_touched(s);
+    if (lr_room_store_failing(r))
+      respond_simple(done, ud, 503, storage_503);
+    else
+      respond_table(L, done, ud);
     lua_settop(L, top);
   }
-  lr_server_flush_touched(s);
   lr_room_release(r);
 }
 

@@ -50,7 +50,8 @@ typedef struct lr_request {
   size_t nheaders;
   const char *body; /* HTTP only; may be NULL */
   size_t bodylen;
-  const char *remote_addr; /* "127.0.0.1" */
+  const char *remote_addr; /* "127.0.0.1"; NULL: in-process (room to room, headless specs),
+                              not counted by the per-address limits */
 } lr_request;
 
 /* ---- WebSocket ---- */
@@ -58,7 +59,9 @@ typedef struct lr_request {
 /* A client asks to open a WebSocket. On success returns 0 and *out is the
  * engine's connection (the transport stores it and passes it back). On
  * refusal before the socket is accepted (path outside /parties, unknown room
- * or party) returns an HTTP status (404) and *out is NULL. Guard rejections,
+ * or party) returns an HTTP status (404; 503 full, stopping or cannot wake;
+ * 500 creation failed) and *out is NULL: net.c then accepts the socket and
+ * closes it with 4004 / 1013 / 1011, the headless host reports the same. Guard rejections,
  * maxUsers etc. happen after acceptance, through vt->close(). */
 int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
                       lr_conn **out);
@@ -87,6 +90,22 @@ typedef struct lr_response {
  * in it are valid only during done. */
 typedef void (*lr_response_cb)(void *ud, const lr_response *r);
 void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud);
+
+/* ---- request headers beyond the standard ones ----
+ *
+ * libwebsockets 4.1 parses the standard headers into a table the transport
+ * lists, but keeps any other ("x-room-token") only for a lookup by name. So
+ * the transport copies the standard headers plus the names registered here:
+ * those room definitions declare (lr.room{headers = {...}}), `serve
+ * --headers`, and its own list. Names are lower-case [a-z0-9-], 1 to
+ * LR_HEADER_NAME_MAX bytes; at most LR_WANTED_HEADERS of them. */
+#define LR_WANTED_HEADERS 64
+#define LR_HEADER_NAME_MAX 64
+/* Register one name (lower-cased; a duplicate is a no-op). Returns 0, or -1
+ * for a bad name or when the list is full. */
+int lr_server_want_header(lr_server *s, const char *name);
+/* The registered names (valid until the next lr_server_want_header). */
+const char *const *lr_server_wanted_headers(const lr_server *s, size_t *n);
 
 /* ---- clock and timers (driven by the loop) ---- */
 

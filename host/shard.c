@@ -761,13 +761,14 @@ int lr_shard_enable(lr_server *s, const lr_shard_opts *o, char *err, size_t errl
              "and the world with it");
     return -1;
   }
-  if (!o->main_url || strncmp(o->main_url, "http://", 7) != 0) {
+  if (!o->main_url ||
+      (strncmp(o->main_url, "http://", 7) != 0 && strncmp(o->main_url, "https://", 8) != 0)) {
     snprintf(err, errlen, "--shard needs the main server's URL, http://HOST:PORT (got %s)",
              o->main_url ? o->main_url : "nothing");
     return -1;
   }
   const char *world = o->world_url ? o->world_url : o->main_url;
-  if (strncmp(world, "http://", 7) != 0) {
+  if (strncmp(world, "http://", 7) != 0 && strncmp(world, "https://", 8) != 0) {
     snprintf(err, errlen, "--world-url must be http://HOST:PORT (got %s)", world);
     return -1;
   }

@@ -408,7 +408,7 @@ lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
     return NULL;
   }
   if (!sqlite) return lr_store_memory_open(path, err, errlen);
-  /* sqlite:PATH[?busy_timeout=MS&journal_mode=MODE&table=NAME] */
+  /* sqlite:PATH[?busy_timeout=MS&journal_mode=MODE&table=NAME&max_page_count=N] */
   char buf[1024];
   if (strlen(path) >= sizeof buf) {
     lr__store_errf(err, errlen, "storage spec is too long");
@@ -423,9 +423,20 @@ lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
       char *v = strchr(kv, '=');
       if (!v) goto bad;
       *v++ = 0;
-      if (strcmp(kv, "busy_timeout") == 0)
-        o.busy_timeout_ms = atoi(v);
-      else if (strcmp(kv, "journal_mode") == 0)
+      if (strcmp(kv, "busy_timeout") == 0 || strcmp(kv, "max_page_count") == 0) {
+        char *end = NULL;
+        errno = 0;
+        long n = strtol(v, &end, 10);
+        if (!*v || *end || errno || n < 0 || n > 2147483647L) {
+          lr__store_errf(err, errlen, "storage spec '%s': %s=%s is not a whole number", spec, kv,
+                         v);
+          return NULL;
+        }
+        if (kv[0] == 'b')
+          o.busy_timeout_ms = (int)n;
+        else
+          o.max_page_count = n;
+      } else if (strcmp(kv, "journal_mode") == 0)
         o.journal_mode = v;
       else if (strcmp(kv, "table") == 0)
         o.table = v;
@@ -434,7 +445,8 @@ lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
       continue;
     bad:
       lr__store_errf(err, errlen,
-                     "storage spec '%s': unknown option '%s' (busy_timeout, journal_mode, table)",
+                     "storage spec '%s': unknown option '%s' (busy_timeout, journal_mode, table, "
+                     "max_page_count)",
                      spec, kv);
       return NULL;
     }

@@ -29,6 +29,7 @@
 #define LR_STORAGE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "buf.h"
 
@@ -91,6 +92,13 @@ typedef struct lr_store_vt {
   void (*forget)(lr_store *s, const char *ns, const char *room);
   /* Write batches accepted but not yet on the backend (shutdown waits). */
   long (*pending)(lr_store *s);
+  /* Write progress of (ns, room): *accepted = apply() calls it accepted,
+   * *committed = how many of them are on the backend (both only grow while
+   * the store holds the room). Returns 0, or < 0 while its last backend
+   * write failed (it is retried; why in err). NULL: every accepted write is
+   * committed when apply() returns. */
+  int (*progress)(lr_store *s, const char *ns, const char *room, uint64_t *accepted,
+                  uint64_t *committed, char *err, size_t errlen);
 } lr_store_vt;
 
 struct lr_store {
@@ -142,11 +150,20 @@ int lr_store_memory_fail_next(lr_store *s, int n);
 int lr_store_memory_save(lr_store *s, const char *path, char *err, size_t errlen);
 
 typedef struct lr_sqlite_opts {
-  const char *path;         /* database file; parent directory is created */
-  const char *table;        /* default "signe_room_storage"; [A-Za-z_][A-Za-z0-9_]* */
-  int busy_timeout_ms;      /* default 5000 (0 selects the default; < 0 is an error) */
+  const char *path;  /* database file; parent directory is created */
+  const char *table; /* default "signe_room_storage"; [A-Za-z_][A-Za-z0-9_]* */
+  /* The longest one storage call (get, list, apply, count: the whole call,
+   * not each statement) waits for a lock another connection holds, in ms.
+   * 0 selects LR_SQLITE_BUSY_DEFAULT; < 0 or more than LR_SQLITE_BUSY_MAX
+   * is an error: the loop must not stall. After a
+   * call gave up on a lock, the next calls do not wait at all until one
+   * succeeds (the engine retries failed writes from a timer). */
+  int busy_timeout_ms;
   const char *journal_mode; /* default "WAL"; DELETE|TRUNCATE|PERSIST|MEMORY|WAL|OFF */
+  long max_page_count;      /* > 0: PRAGMA max_page_count (caps the file: tests of a full disk) */
 } lr_sqlite_opts;
+#define LR_SQLITE_BUSY_DEFAULT 20
+#define LR_SQLITE_BUSY_MAX 50
 lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen);
 
 /* A backend written in Lua (storage_lua.c): FILE returns a table of

@@ -21,7 +21,10 @@
  * order, one backend call per room at a time (batches queued meanwhile are
  * merged into the next call). A failed backend write stays queued and is
  * retried with backoff (1 s doubling to 30 s), logged with the room; shutdown
- * waits for the queue (main.c). When the backend answers without waiting,
+ * waits for the queue (main.c) and logs what is lost. progress() counts each
+ * room's accepted and committed batches and tells the engine of every change
+ * (lr_server_store_progress), so packets wait for the backend's commit (the
+ * engine's storage gate, room.c). When the backend answers without waiting,
  * a write behaves as before: its error is the caller's and nothing is
  * cached.
  *
@@ -88,7 +91,9 @@ struct lroom {
   int64_t backoff;
   uint64_t retry_timer;
   bool forget;
-  int pin; /* > 0 while job_end works on it: not dropped under its feet */
+  int pin;                      /* > 0 while job_end works on it: not dropped under its feet */
+  uint64_t accepted, committed; /* write batches (progress(), the engine's storage gate) */
+  char failed[200];             /* why the last backend write failed; "" when it did not */
 };
 
 struct lstore {
@@ -379,9 +384,12 @@ static void job_end(job *j) {
       r->nqueued--;
       s->pending--;
     }
+    r->committed += (uint64_t)nb;
+    r->failed[0] = 0;
     if (r->backoff) lr_info("storage %s/%s: the Lua backend accepts writes again", r->ns, r->id);
     r->backoff = 0;
     job_free(j);
+    if (s->srv) lr_server_store_progress(s->srv, r->ns, r->id);
     start_queue(s, r);
   } else {
     r->backoff = r->backoff ? r->backoff * 2 : RETRY_MIN_MS;
@@ -389,8 +397,12 @@ static void job_end(job *j) {
     lr_error("storage %s/%s: write to the Lua backend failed (%ld batch(es) kept, retry in %lld "
              "ms): %s",
              r->ns, r->id, r->nqueued, (long long)r->backoff, j->err);
+    snprintf(r->failed, sizeof r->failed, "%.190s", j->err[0] ? j->err : "backend write failed");
     job_free(j);
-    if (s->srv) r->retry_timer = lr_timer_add_c(s->srv, r->backoff, on_retry, r);
+    if (s->srv) {
+      r->retry_timer = lr_timer_add_c(s->srv, r->backoff, on_retry, r);
+      lr_server_store_progress(s->srv, r->ns, r->id);
+    }
   }
   r->pin--;
   maybe_drop(s, r); /* forgotten meanwhile, and nothing left pending */
@@ -503,12 +515,15 @@ static int l_apply(lr_store *st, const char *ns, const char *room, const lr_stor
       if (!ok) lr__store_errf(err, errlen, "lua storage apply: %s", j->err);
       job_free(j);
       if (!ok) return LR_STORE_EIO;
+      r->accepted++;
+      r->committed++;
       return lr_store_apply(s->cache, ns, room, ops, n, err, errlen);
     }
   }
   /* Behind a running call, or this one waits for I/O: queued (it is the
    * head if it is the running call). */
   enqueue(s, r, ref);
+  r->accepted++;
   return lr_store_apply(s->cache, ns, room, ops, n, err, errlen);
 }
 
@@ -540,6 +555,16 @@ static long l_pending(lr_store *st) {
   return ((lstore *)st)->pending;
 }
 
+static int l_progress(lr_store *st, const char *ns, const char *room, uint64_t *accepted,
+                      uint64_t *committed, char *err, size_t errlen) {
+  lroom *r = room_get((lstore *)st, ns, room, false);
+  *accepted = r ? r->accepted : 0;
+  *committed = r ? r->committed : 0;
+  if (!r || !r->failed[0]) return 0;
+  lr__store_errf(err, errlen, "lua storage: %s", r->failed);
+  return LR_STORE_EIO;
+}
+
 static void l_bind(lr_store *st, lr_server *srv) {
   lstore *s = (lstore *)st;
   s->srv = srv;
@@ -552,10 +577,38 @@ static void l_bind(lr_store *st, lr_server *srv) {
     }
 }
 
+/* Log what a room's queued batches lose: their keys (the first 10). */
+static void report_lost(lstore *s, lroom *r) {
+  lua_State *L = s->L;
+  lr_buf keys;
+  lr_buf_init(&keys);
+  long nkeys = 0;
+  for (batch *q = r->qhead; q; q = q->next) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, q->ref);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      lua_rawgeti(L, -1, 2);
+      if (nkeys++ < 10) lr_buf_printf(&keys, "%s%s", nkeys > 1 ? ", " : "", lua_tostring(L, -1));
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+  }
+  if (nkeys > 10) lr_buf_printf(&keys, ", ... %ld more", nkeys - 10);
+  lr_error("storage %s/%s: %ld write batch(es) not on the backend, LOST: %s (%s)", r->ns, r->id,
+           r->nqueued, keys.len ? lr_buf_cstr(&keys) : "-",
+           r->failed[0] ? r->failed : "shutdown before the backend answered");
+  lr_buf_free(&keys);
+}
+
 static void l_close(lr_store *st) {
   lstore *s = (lstore *)st;
-  if (s->pending)
+  if (s->pending) {
     lr_warn("lua storage: closing with %ld write batch(es) not on the backend", s->pending);
+    for (int b = 0; b < NBUCKETS; b++)
+      for (lroom *r = s->rooms[b]; r; r = r->next)
+        if (r->qhead) report_lost(s, r);
+  }
   for (int b = 0; b < NBUCKETS; b++)
     while (s->rooms[b]) {
       lroom *r = s->rooms[b];
@@ -579,6 +632,7 @@ static const lr_store_vt lua_vt = {
     .ready = l_ready,
     .forget = l_forget,
     .pending = l_pending,
+    .progress = l_progress,
 };
 
 lr_store *lr_store_lua_open(lua_State *L, const char *path, char *err, size_t errlen) {

@@ -3,13 +3,22 @@
  * (createSqliteNodeRoomStorage, protocol.md §9.3), so a database written by
  * @signe/room opens here and the other way round.
  *
- * Owns: one sqlite3 connection, its pragmas (busy_timeout, journal_mode,
- * synchronous=NORMAL under WAL), the table, and the prepared statements
- * (created once at open, reset after every use). Every lr_store_apply() is
- * one BEGIN IMMEDIATE ... COMMIT transaction, rolled back on any failure.
+ * Owns: one sqlite3 connection, its pragmas (journal_mode, synchronous=NORMAL
+ * under WAL, max_page_count when asked), the busy handler, the table, and
+ * the prepared statements (created once at open, reset after every use).
+ * Every lr_store_apply() is one BEGIN IMMEDIATE ... COMMIT transaction,
+ * rolled back on any failure.
  * Must not: parse or rewrite values (they are stored as the JSON TEXT they
- * arrive as), know the key layout of rooms, or retry in loops of its own
- * (SQLite's busy handler waits up to busy_timeout).
+ * arrive as), know the key layout of rooms, or wait for a lock longer than
+ * busy_timeout per call: the caller runs on the event loop. A call that gives
+ * up returns LR_STORE_EBUSY and the engine retries later from a timer.
+ *
+ * Locks (busy handler): each vtable call sets a deadline of busy_timeout ms
+ * (default 20, at most 50) for all its statements together, not per
+ * statement as PRAGMA busy_timeout would. Once a call has given up, the
+ * next calls do not wait at all (they try the lock once) until one of them
+ * succeeds: a file locked by another process costs the loop one wait, not
+ * one per room.
  *
  * Prefix ranges: a prefix p selects key >= p AND key < succ(p), where succ(p)
  * is p with trailing 0xFF bytes dropped and its last byte incremented (no
@@ -23,7 +32,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
+#include "log.h"
 #include "storage.h"
 
 enum {
@@ -48,9 +59,43 @@ typedef struct sqstore {
   sqlite3 *db;
   char *path;
   sqlite3_stmt *st[ST_N];
-  char *sql[ST_N]; /* kept to prepare a second copy for nested listings */
-  int listing;     /* > 0 while a list callback runs */
+  char *sql[ST_N];  /* kept to prepare a second copy for nested listings */
+  int listing;      /* > 0 while a list callback runs */
+  int busy_ms;      /* the wait allowed per call */
+  int64_t deadline; /* monotonic ms: the current call stops waiting for locks here */
+  int gave_up;      /* a call gave up on a lock and none succeeded since: do not wait */
+  int depth;        /* nesting of vtable calls (a list callback may get or list) */
 } sqstore;
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* SQLite's busy handler: sleep 1 ms and try again until the deadline. */
+static int on_busy(void *ud, int count) {
+  sqstore *q = ud;
+  (void)count;
+  if (q->gave_up || mono_ms() >= q->deadline) return 0;
+  sqlite3_sleep(1);
+  return 1;
+}
+
+/* Around every vtable call: the deadline of the outermost one, and whether
+ * a lock stopped it (rc is the call's return value). */
+static void call_begin(sqstore *q) {
+  if (q->depth++ == 0) q->deadline = mono_ms() + q->busy_ms;
+}
+static int call_end(sqstore *q, int rc) {
+  if (--q->depth == 0) {
+    if (rc == LR_STORE_EBUSY)
+      q->gave_up = 1;
+    else if (rc >= 0)
+      q->gave_up = 0;
+  }
+  return rc;
+}
 
 static const lr_store_vt sqlite_vt;
 
@@ -106,8 +151,8 @@ static sqlite3_stmt *bind_prefix(sqlite3_stmt *from, sqlite3_stmt *range, const 
 
 /* ---- vtable (the contracts are in storage.h) ---- */
 
-static int sq_get(lr_store *s, const char *ns, const char *room, const char *key, lr_buf *out,
-                  char *err, size_t errlen) {
+static int sq_get_(lr_store *s, const char *ns, const char *room, const char *key, lr_buf *out,
+                   char *err, size_t errlen) {
   sqstore *q = (sqstore *)s;
   if (!ns || !room || !key || !out) {
     lr__store_errf(err, errlen, "storage: get needs a namespace, room id, key and buffer");
@@ -133,8 +178,8 @@ static int sq_get(lr_store *s, const char *ns, const char *room, const char *key
   return ret;
 }
 
-static int sq_list(lr_store *s, const char *ns, const char *room, const char *prefix,
-                   lr_store_list_cb cb, void *ud, char *err, size_t errlen) {
+static int sq_list_(lr_store *s, const char *ns, const char *room, const char *prefix,
+                    lr_store_list_cb cb, void *ud, char *err, size_t errlen) {
   sqstore *q = (sqstore *)s;
   if (!ns || !room || !cb) {
     lr__store_errf(err, errlen, "storage: list needs a namespace, room id and callback");
@@ -184,8 +229,8 @@ static int run(sqlite3_stmt *st) {
   return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : rc;
 }
 
-static int sq_apply(lr_store *s, const char *ns, const char *room, const lr_store_op *ops, size_t n,
-                    char *err, size_t errlen) {
+static int sq_apply_(lr_store *s, const char *ns, const char *room, const lr_store_op *ops,
+                     size_t n, char *err, size_t errlen) {
   sqstore *q = (sqstore *)s;
   int rc = lr__store_check_ops(ns, room, ops, n, err, errlen);
   if (rc) return rc;
@@ -244,7 +289,7 @@ static int sq_apply(lr_store *s, const char *ns, const char *room, const lr_stor
   return ret;
 }
 
-static long sq_count(lr_store *s, const char *ns, const char *room) {
+static long sq_count_(lr_store *s, const char *ns, const char *room) {
   sqstore *q = (sqstore *)s;
   sqlite3_stmt *st;
   if (ns && room) {
@@ -258,6 +303,33 @@ static long sq_count(lr_store *s, const char *ns, const char *room) {
   }
   long n = sqlite3_step(st) == SQLITE_ROW ? (long)sqlite3_column_int64(st, 0) : -1;
   done(st);
+  return n;
+}
+
+static int sq_get(lr_store *s, const char *ns, const char *room, const char *key, lr_buf *out,
+                  char *err, size_t errlen) {
+  call_begin((sqstore *)s);
+  return call_end((sqstore *)s, sq_get_(s, ns, room, key, out, err, errlen));
+}
+
+static int sq_list(lr_store *s, const char *ns, const char *room, const char *prefix,
+                   lr_store_list_cb cb, void *ud, char *err, size_t errlen) {
+  call_begin((sqstore *)s);
+  return call_end((sqstore *)s, sq_list_(s, ns, room, prefix, cb, ud, err, errlen));
+}
+
+static int sq_apply(lr_store *s, const char *ns, const char *room, const lr_store_op *ops, size_t n,
+                    char *err, size_t errlen) {
+  call_begin((sqstore *)s);
+  return call_end((sqstore *)s, sq_apply_(s, ns, room, ops, n, err, errlen));
+}
+
+static long sq_count(lr_store *s, const char *ns, const char *room) {
+  sqstore *q = (sqstore *)s;
+  call_begin(q);
+  long n = sq_count_(s, ns, room);
+  int busy = n < 0 && (sqlite3_extended_errcode(q->db) & 0xFF) == SQLITE_BUSY;
+  call_end(q, n >= 0 ? 0 : busy ? LR_STORE_EBUSY : LR_STORE_EIO);
   return n;
 }
 
@@ -326,10 +398,21 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
     return NULL;
   }
   if (o->busy_timeout_ms < 0) {
-    lr__store_errf(err, errlen, "sqlite: busy timeout must be >= 0 ms, not %d", o->busy_timeout_ms);
+    lr__store_errf(err, errlen, "sqlite: busy_timeout must be 1 to %d ms, not %d",
+                   LR_SQLITE_BUSY_MAX, o->busy_timeout_ms);
     return NULL;
   }
-  int busy = o->busy_timeout_ms ? o->busy_timeout_ms : 5000;
+  int busy = o->busy_timeout_ms ? o->busy_timeout_ms : LR_SQLITE_BUSY_DEFAULT;
+  if (busy > LR_SQLITE_BUSY_MAX) { /* a config written for the old 5 s wait still starts */
+    lr_warn("sqlite: busy_timeout=%d ms lowered to %d ms (the event loop waits that long at "
+            "most; a write that finds the file locked is retried later)",
+            busy, LR_SQLITE_BUSY_MAX);
+    busy = LR_SQLITE_BUSY_MAX;
+  }
+  if (o->max_page_count < 0) {
+    lr__store_errf(err, errlen, "sqlite: max_page_count must be > 0, not %ld", o->max_page_count);
+    return NULL;
+  }
   if (lr__store_mkdir_parent(o->path, err, errlen)) return NULL;
 
   sqstore *q = lr_xcalloc(1, sizeof *q);
@@ -344,12 +427,14 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
   if (rc != SQLITE_OK) goto fail;
   sqlite3_extended_result_codes(q->db, 1);
 
-  /* Pragmas, as the reference runs them: busy_timeout, then journal_mode.
-   * journal_mode is the first statement that reads the file, so a file that
-   * is not a database fails here ("file is not a database"). */
-  snprintf(sql, sizeof sql, "PRAGMA busy_timeout = %d", busy);
-  what = "set busy_timeout";
-  if ((rc = sqlite3_exec(q->db, sql, NULL, NULL, NULL)) != SQLITE_OK) goto fail;
+  /* The busy handler (top of the file), then journal_mode: the first
+   * statement that reads the file, so a file that is not a database fails
+   * here ("file is not a database"). Opening waits for locks up to 1 s: it
+   * runs before the loop. */
+  q->busy_ms = busy;
+  q->deadline = mono_ms() + 1000;
+  q->depth = 1;
+  sqlite3_busy_handler(q->db, on_busy, q);
   snprintf(sql, sizeof sql, "PRAGMA journal_mode = %s", jm);
   what = "set journal_mode";
   if ((rc = sqlite3_prepare_v2(q->db, sql, -1, &pst, NULL)) != SQLITE_OK) goto fail;
@@ -363,6 +448,11 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
     goto fail_reported;
   }
   sqlite3_finalize(pst);
+  if (o->max_page_count > 0) {
+    snprintf(sql, sizeof sql, "PRAGMA max_page_count = %ld", o->max_page_count);
+    what = "set max_page_count";
+    if ((rc = sqlite3_exec(q->db, sql, NULL, NULL, NULL)) != SQLITE_OK) goto fail;
+  }
   if (wal) {
     what = "set synchronous";
     if ((rc = sqlite3_exec(q->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL)) != SQLITE_OK)
@@ -403,6 +493,7 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
                                  NULL)) != SQLITE_OK)
       goto fail;
   }
+  q->depth = 0;
   return &q->base;
 
 fail:

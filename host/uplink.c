@@ -403,8 +403,7 @@ void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, size_t n
     for (size_t k = 0; k < nexcept && !hit; k++)
       hit = u->v[i]->c && strcmp(u->v[i]->c->id, except[k]) == 0;
   if (!intercept && !hit) {
-    if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
-    if (c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "outgoing queue full");
+    lr_conn_send_msg(c, m, NULL, 0); /* no interceptor: straight through the storage gate */
     return;
   }
   uint32_t n = u->nv;

@@ -46,6 +46,10 @@ describe("a Lua backend that waits for I/O", function()
     t:advance(49)
     assert.are.same({}, c.packets)
     t:advance(1)
+    -- loaded; the join's session records go to the backend: its snapshot
+    -- (and the early action's patch) wait for that commit
+    assert.are.same({}, c.packets)
+    t:advance(100)
     local first = c.packets[1]
     assert.are.equal("sync", first.type)
     assert.are.equal(41, first.value.count)
@@ -54,22 +58,32 @@ describe("a Lua backend that waits for I/O", function()
     t:close()
   end)
 
-  it("acknowledges writes at once and sends them behind, in order, merged while one runs", function()
+  it("writes behind, in order, merged while one runs; packets wait for the backend's commit", function()
     local cfg = fresh(50)
     local t = open_room()
     local c = t:client { id = "s1" }
     t:advance(50)
+    t:advance(100) -- the session records are on the backend (two calls): the snapshot goes out
+    assert.are.equal(0, c:last("sync").value.count)
+    local before = #cfg.calls
     for _ = 1, 3 do c:send("inc") end
-    -- the room and its cache have it now; the backend does not yet
+    -- the room and its cache have it now; the backend does not yet, so the
+    -- client is not shown it yet (write-before-sync, throttleStorage 0)
     assert.are.equal(3, t.storage:get("state:count"))
-    assert.are.equal(3, c:last("sync").value.count)
+    assert.are.equal(0, c:last("sync").value.count)
     assert.is_nil(stored(cfg, "state:count"))
     t:advance(50)  -- first write done; the two behind it go in one call
+    assert.are.equal("1", stored(cfg, "state:count"))
+    assert.are.equal(1, c:last("sync").value.count)
     t:advance(50)
     assert.are.equal("3", stored(cfg, "state:count"))
+    assert.are.equal(3, c:last("sync").value.count)
+    local counts = {}
+    for _, p in ipairs(c.packets) do if p.type == "sync" then counts[#counts + 1] = p.value.count end end
+    assert.are.same({ 0, 1, 2, 3 }, counts) -- every patch, in order
     local applies = {}
-    for _, call in ipairs(cfg.calls) do if call[1] == "apply" then applies[#applies + 1] = call end end
-    assert.is_true(#applies <= 3, "writes behind a running call are merged")
+    for i = before + 1, #cfg.calls do if cfg.calls[i][1] == "apply" then applies[#applies + 1] = cfg.calls[i] end end
+    assert.are.equal(2, #applies, "writes behind a running call are merged")
     assert.are.equal(0, core.store_pending(t.srv.h))
     t:close()
   end)
@@ -82,17 +96,26 @@ describe("a Lua backend that waits for I/O", function()
     t:advance(10) -- the session records are written
     testing.logs()
     cfg.fail_writes = 2
+    c:clear()
     c:send("inc")
     t:advance(10)
     assert.is_nil(stored(cfg, "state:count"))
     local logs = table.concat(testing.logs(), "\n")
     assert.matches("storage main/a: write to the Lua backend failed %(%d+ batch%(es%) kept, retry in 1000 ms%): .*write timed out", logs)
-    c:send("inc") -- queued behind the failed one
+    assert.is_nil(c:last("sync")) -- not shown: not stored
+    c:send("inc") -- refused while the room's writes fail
+    assert.are.equal("storage", c:last("error").value.code)
     t:advance(1010) -- retry 1 fails too (backoff doubles)
     assert.matches("retry in 2000 ms", table.concat(testing.logs(), "\n"))
+    assert.is_nil(c:last("sync"))
     t:advance(2010)
-    assert.are.equal("2", stored(cfg, "state:count"))
+    assert.are.equal("1", stored(cfg, "state:count"))
+    assert.are.equal(1, c:last("sync").value.count) -- shown once stored
     assert.matches("accepts writes again", table.concat(testing.logs(), "\n"))
+    c:send("inc") -- taken again
+    t:advance(10)
+    assert.are.equal("2", stored(cfg, "state:count"))
+    assert.are.equal(2, c:last("sync").value.count)
     assert.are.equal(0, core.store_pending(t.srv.h))
     t:close()
   end)
@@ -109,6 +132,7 @@ describe("a Lua backend that waits for I/O", function()
     local t2 = open_room()
     local c2 = t2:client { id = "s1" }
     t2:advance(20)
+    t2:advance(40) -- its session records are written (two calls): the snapshot goes out
     assert.are.equal(2, c2.packets[1].value.count)
     assert.are.equal(pid, c2.publicId) -- the session came back from the backend
     assert.is_not_nil(stored(cfg, "session:s1"))
@@ -139,6 +163,7 @@ describe("a Lua backend that waits for I/O", function()
       table.concat(testing.logs(), "\n"))
     local c2 = t:client { id = "s2" }
     t:advance(10)
+    t:advance(20) -- loaded, then its session records written (two calls)
     assert.are.equal("sync", c2.packets[1].type)
     t:close()
   end)
@@ -168,6 +193,7 @@ describe("a Lua backend that waits for I/O", function()
     -- a new client loads the room again from the backend
     local c2 = t:client { id = "s2" }
     t:advance(20)
+    t:advance(40)
     assert.are.equal(2, c2.packets[1].value.count)
     local lists = 0
     for _, call in ipairs(cfg.calls) do if call[1] == "list" then lists = lists + 1 end end
@@ -186,8 +212,8 @@ describe("a Lua backend that waits for I/O", function()
     fh:close()
     local t = testing.room(def, { storage = "lua:" .. f, id = "a", create = false })
     testing.logs()
-    local c = t:client { id = "s1" } -- the load failed at once: refused before the upgrade
-    assert.are.equal(503, c.closed.code)
+    local c = t:client { id = "s1" } -- the load failed at once: closed with "try again later"
+    assert.are.same({ code = 1013, reason = "try again later" }, c.closed)
     assert.matches("yielded outside lunaroom.io", table.concat(testing.logs(), "\n"))
     t:close()
     os.remove(f)

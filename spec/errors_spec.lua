@@ -230,7 +230,7 @@ describe("Lua memory limit", function()
     collectgarbage("collect")
     local e = c:last("error").value
     assert.are.equal("handler", e.code)
-    assert.truthy(e.message:find("not enough memory", 1, true), e.message)
+    assert.truthy(e.message:find("memory limit exceeded (the Lua heap is full)", 1, true), e.message)
     assert.are.equal(0, t.room.n)
     c:send("inc")
     assert.are.equal(1, t.room.n)

@@ -12,7 +12,8 @@ local function def(hibernate)
       inc = function(r) r.count = r.count + 1 end,
       move = function(_, p, v) p.x = v end,
       later = function(r) r:timer(5000, function(room) room.count = room.count + 100 end) end,
-    } }
+    },
+    requests = { ["GET /count"] = function(r) return { count = r.count } end } }
 end
 
 local function script(t)
@@ -131,7 +132,9 @@ describe("hibernation", function()
       assert.truthy(logs:find("room main/h: could not be rebuilt from storage", 1, true), logs)
       assert.is_nil(t.srv.rooms["main/h"]) -- the half-built instance is forgotten
       -- still asleep: requests are answered 503, sockets refused, timers dropped with a log line
-      assert.are.equal(503, t:http("GET", "/").status)
+      assert.are.equal(503, t:http("GET", "/count").status)
+      -- (a request for a route the room does not have does not even try to wake it)
+      assert.are.equal(404, t:http("GET", "/nothing").status)
       t:advance(5000)
       assert.truthy(table.concat(testing.logs(), "\n"):find("a timer was dropped", 1, true))
       local b = t:client { id = "b" }

@@ -81,8 +81,21 @@ describe("lr.jwt.verify", function()
     assert.is_table(jwt.verify(jwt.sign({ nbf = os.time() - 1 }, SECRET), SECRET))
   end)
 
-  it("refuses a token without exp", function()
-    assert.are.same({ nil, "missing exp" }, { jwt.verify(jwt.sign({}, SECRET, { expiresIn = false }), SECRET) })
+  it("accepts a token without exp (as the reference), refuses it when exp is required", function()
+    local tok = jwt.sign({ sub = "ann" }, SECRET, { expiresIn = false })
+    assert.are.equal("ann", jwt.verify(tok, SECRET).sub)
+    assert.are.same({ nil, "missing exp" }, { jwt.verify(tok, SECRET, { requireExp = true }) })
+    -- the process setting (serve --jwt-require-exp) is the default for every verify
+    jwt_testing.setenv("AUTH_JWT_REQUIRE_EXP", "1")
+    local ok, a, b = pcall(jwt.verify, tok, SECRET)
+    local c = jwt.verify(tok, SECRET, { requireExp = false })
+    jwt_testing.setenv("AUTH_JWT_REQUIRE_EXP", nil)
+    assert.is_true(ok)
+    assert.are.same({ nil, "missing exp" }, { a, b })
+    assert.are.equal("ann", c.sub)
+    -- without exp, nbf is still checked; other algorithms are still refused
+    assert.are.same({ nil, "not yet valid" },
+      { jwt.verify(jwt.sign({ nbf = os.time() + 120 }, SECRET, { expiresIn = false }), SECRET) })
   end)
 
   it("refuses a wrong signature and a wrong secret", function()

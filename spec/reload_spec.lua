@@ -5,7 +5,8 @@
 -- requires is saved, broken, added or deleted while rooms are live.
 -- Must not: sleep or depend on wall-clock timing (the watcher's debounce is
 -- driven with t:advance; save-to-live latency is measured by
--- spec/integration/reload.test.mjs against the real binary).
+-- bench/reload_bench.mjs and spec/integration/reload.test.mjs against the
+-- real binary).
 local testing = require "lunaroom.testing"
 local reload = require "lunaroom.reload"
 local runtime = require "lunaroom.runtime"
@@ -319,27 +320,140 @@ onReload = function(room, old) room.title = "from " .. old .. " to " .. tostring
     assert.are.same({ type = "sync", value = { count = 3 } }, c:last("sync"))
   end)
 
+  describe("development mode (srv.dev)", function()
+    local function dev_packets(c)
+      local out = {}
+      for _, r in ipairs(c.raw) do if r:find('"type":"dev_error"', 1, true) then out[#out + 1] = r end end
+      return out
+    end
+
+    it("sends a failed save to the file's rooms with file:line, and null on the next good save", function()
+      write(dir .. "/game.lua", counter(1))
+      write(dir .. "/other.lua", (counter(1):gsub("game%-{id}", "other")))
+      t = testing.room(dir .. "/game.lua")
+      runtime.add_definition(t.srv, assert(require("lunaroom.sandbox").load_room_file(dir .. "/other.lua", dir)),
+        dir .. "/other.lua", "x")
+      t.srv.dev = true
+      local c1, c2 = t:client(), t:client()
+      local co = t:client { room = "other" }
+      c1:clear(); c2:clear(); co:clear()
+      write(dir .. "/game.lua", "local lr = require 'lunaroom'\nreturn lr.room {\n  path = = 1,\n}\n")
+      reload.run(t.srv, { dir .. "/game.lua" })
+      for _, c in ipairs { c1, c2 } do
+        local p = c:last("dev_error")
+        assert.are.equal(dir .. "/game.lua", p.value.file)
+        assert.are.equal(3, p.value.line)
+        assert.truthy(p.value.message:find("unexpected symbol", 1, true))
+      end
+      assert.are.same({}, dev_packets(co)) -- another room type hears nothing
+      local late = t:client() -- a joiner after the broken save gets it after its snapshot
+      assert.are.equal("sync", late.packets[1].type)
+      assert.are.equal(3, late:last("dev_error").value.line)
+      -- a validation error (no line of its own is fine too): still reported
+      write(dir .. "/game.lua", counter(2, "state = 5,"))
+      reload.run(t.srv, { dir .. "/game.lua" })
+      assert.are.equal(2, #dev_packets(c1))
+      write(dir .. "/game.lua", counter(5))
+      reload.run(t.srv, { dir .. "/game.lua" })
+      assert.are.same('{"type":"dev_error","value":null}', dev_packets(c1)[3])
+      assert.are.same('{"type":"dev_error","value":null}', dev_packets(c2)[3])
+      assert.are.equal(0, #dev_packets(t:client())) -- fixed: a new joiner hears nothing
+      write(dir .. "/game.lua", counter(6)) -- a good save with nothing to clear sends nothing
+      reload.run(t.srv, { dir .. "/game.lua" })
+      assert.are.equal(3, #dev_packets(c1))
+    end)
+
+    it("a save back to the running version clears it too", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      t.srv.dev = true
+      local c = t:client()
+      write(dir .. "/game.lua", "return lr.room {")
+      reload.run(t.srv, { dir .. "/game.lua" })
+      write(dir .. "/game.lua", counter(1)) -- unchanged version: nothing to swap
+      reload.run(t.srv, { dir .. "/game.lua" })
+      local d = dev_packets(c)
+      assert.are.equal(2, #d)
+      assert.are.equal('{"type":"dev_error","value":null}', d[2])
+    end)
+
+    it("sends nothing outside development mode", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      local c = t:client()
+      write(dir .. "/game.lua", "return lr.room {")
+      reload.run(t.srv, { dir .. "/game.lua" })
+      write(dir .. "/game.lua", counter(2))
+      reload.run(t.srv, { dir .. "/game.lua" })
+      assert.are.same({}, dev_packets(c))
+      assert.truthy(has_line(testing.logs(), "game%.lua:1: .*keeping version"))
+    end)
+  end)
+
   describe("watcher", function()
-    it("picks up an atomic save and an in-place write after the debounce", function()
+    it("a finished save (rename over, in-place write, several writes) is live at the next tick", function()
       write(dir .. "/game.lua", counter(1))
       t = testing.room(dir .. "/game.lua")
       assert.is_true(reload.watch(t.srv, dir))
       local c = t:client()
-      atomic_write(dir .. "/game.lua", counter(20))
-      core.tick(t.srv.h) -- the events are read ...
-      c:send("inc")
-      assert.are.equal(1, t.room.count) -- ... but the burst is not over yet
-      t:advance(30)
+      testing.logs()
+      atomic_write(dir .. "/game.lua", counter(20)) -- IN_MOVED_TO: no debounce
       core.tick(t.srv.h)
       c:send("inc")
-      assert.are.equal(21, t.room.count)
-      write(dir .. "/game.lua", counter(300)) -- in place (IN_CLOSE_WRITE)
-      core.tick(t.srv.h)
-      t:advance(30)
+      assert.are.equal(20, t.room.count)
+      write(dir .. "/game.lua", counter(300)) -- in place: IN_CLOSE_WRITE
       core.tick(t.srv.h)
       c:send("inc")
-      assert.are.equal(321, t.room.count)
+      assert.are.equal(320, t.room.count)
+      local f = assert(io.open(dir .. "/game.lua", "w")) -- several writes, one close
+      local src = counter(4000)
+      f:write(src:sub(1, 20)); f:flush()
+      core.tick(t.srv.h) -- not closed yet: nothing to reload
+      f:write(src:sub(21)); f:close()
+      core.tick(t.srv.h)
+      c:send("inc")
+      assert.are.equal(4320, t.room.count)
+      t:advance(1000); core.tick(t.srv.h)
+      local n = 0
+      for _, l in ipairs(testing.logs()) do if l:find("reloaded .*game%.lua") then n = n + 1 end end
+      assert.are.equal(3, n) -- exactly one reload per save
       assert.is_nil(c.closed)
+      reload.unwatch(t.srv)
+    end)
+
+    it("an editor's backup-rename save is one reload after the new file is closed", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      assert.is_true(reload.watch(t.srv, dir))
+      local c = t:client()
+      testing.logs()
+      -- vim (backupcopy=no): rename the file away, write a new one, delete the backup
+      assert(os.rename(dir .. "/game.lua", dir .. "/game.lua~"))
+      core.tick(t.srv.h) -- IN_MOVED_FROM only: waits for the debounce, the room type stays
+      assert.is_nil(has_line(testing.logs(), "game%.lua"))
+      write(dir .. "/game.lua", counter(7))
+      os.remove(dir .. "/game.lua~")
+      core.tick(t.srv.h)
+      c:send("inc")
+      assert.are.equal(7, t.room.count)
+      t:advance(1000); core.tick(t.srv.h)
+      local lines = testing.logs()
+      assert.truthy(has_line(lines, "reloaded .*game%.lua"))
+      assert.is_nil(has_line(lines, "error"))
+      assert.are.equal(1, #t.srv.defs)
+      reload.unwatch(t.srv)
+    end)
+
+    it("a deletion waits for the debounce (the file may come back)", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      assert.is_true(reload.watch(t.srv, dir))
+      os.remove(dir .. "/game.lua")
+      core.tick(t.srv.h)
+      t:advance(29); core.tick(t.srv.h)
+      assert.are.equal(1, #t.srv.defs)
+      t:advance(1); core.tick(t.srv.h)
+      assert.are.equal(0, #t.srv.defs)
       reload.unwatch(t.srv)
     end)
 
@@ -356,6 +470,7 @@ local lr = require "lunaroom"
 return lr.room { path = "chat", state = { n = 0 } }
 ]])
       write(dir .. "/lib/util.lua", "return {}\n")
+      assert(os.execute("mkdir -p '" .. dir .. "/new'")) -- a new folder: rescan, debounced
       core.tick(t.srv.h)
       t:advance(10)
       atomic_write(dir .. "/game.lua", counter(2)) -- still inside the burst
@@ -376,7 +491,7 @@ return lr.room { path = "chat", state = { n = 0 } }
       -- A module created in a new sub-folder is watched too.
       assert(os.execute("mkdir -p '" .. dir .. "/lib/deep'"))
       core.tick(t.srv.h)
-      assert.are.equal(3, t.srv._watcher:folders())
+      assert.are.equal(4, t.srv._watcher:folders())
       reload.unwatch(t.srv)
     end)
 

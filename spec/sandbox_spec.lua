@@ -65,6 +65,6 @@ describe("sandbox", function()
     assert.truthy(err:find("^test_room.lua:%d*:? ?unknown room option 'acitons'"), err)
     _, err = load [[ local lr = require "lunaroom"
       return lr.room { path = "x", state = { send = 1 } } ]]
-    assert.truthy(err:find("collides with a room method", 1, true), err)
+    assert.truthy(err:find("state field 'send' is a reserved name", 1, true), err)
   end)
 end)

@@ -81,8 +81,14 @@ TEST(jwt_refusals) {
   ASSERT_EQ_INT(LR_JWT_NOT_YET, lr_jwt_verify(tok, strlen(tok), "k", 1, 1700000049, NULL, NULL));
   ASSERT_EQ_INT(LR_JWT_OK, lr_jwt_verify(tok, strlen(tok), "k", 1, 1700000050, NULL, NULL));
   free(tok);
-  tok = sign("{\"sub\":\"x\"}", "k");
-  ASSERT_EQ_INT(LR_JWT_NO_EXP, verify(tok, "k"));
+  tok = sign("{\"sub\":\"x\"}", "k"); /* no exp: accepted, as the reference; refused on demand */
+  ASSERT_EQ_INT(LR_JWT_OK, verify(tok, "k"));
+  ASSERT_EQ_INT(LR_JWT_NO_EXP,
+                lr_jwt_verify_flags(tok, strlen(tok), "k", 1, NOW, LR_JWT_REQUIRE_EXP, NULL, NULL));
+  free(tok);
+  tok = sign("{\"nbf\":1700000050}", "k"); /* nbf still checked without exp */
+  ASSERT_EQ_INT(LR_JWT_NOT_YET, lr_jwt_verify(tok, strlen(tok), "k", 1, 1700000049, NULL, NULL));
+  ASSERT_EQ_INT(LR_JWT_OK, lr_jwt_verify(tok, strlen(tok), "k", 1, 1700000050, NULL, NULL));
   free(tok);
   tok = sign("{\"exp\":\"tomorrow\"}", "k");
   ASSERT_EQ_INT(LR_JWT_MALFORMED, verify(tok, "k"));

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "storage.h"
@@ -462,6 +463,18 @@ ONE(storage_open_spec, 0) {
   ASSERT(strstr(err, "'sqlite:'"));
   ASSERT(!lr_store_open_spec("", err, sizeof err));
   ASSERT(!lr_store_open_spec("Memory", err, sizeof err));
+  /* busy_timeout and max_page_count are whole numbers (atoi took "5s" as 5) */
+  snprintf(spec, sizeof spec, "sqlite:%s/db/y.sqlite?busy_timeout=5s", fx->dir);
+  ASSERT(!lr_store_open_spec(spec, err, sizeof err));
+  ASSERT(strstr(err, "busy_timeout=5s is not a whole number"));
+  snprintf(spec, sizeof spec, "sqlite:%s/db/y.sqlite?busy_timeout=5000", fx->dir);
+  s = lr_store_open_spec(spec, err, sizeof err); /* lowered to 50 ms, with a log line */
+  ASSERT(s);
+  lr_store_close(s);
+  snprintf(spec, sizeof spec, "sqlite:%s/db/y.sqlite?busy_timeout=30&max_page_count=64", fx->dir);
+  s = lr_store_open_spec(spec, err, sizeof err);
+  ASSERT(s);
+  lr_store_close(s);
   ASSERT(!lr_store_open_spec(NULL, NULL, 0));
 }
 
@@ -721,7 +734,7 @@ ONE(storage_sqlite_schema_and_pragmas, 1) {
   /* journal_mode is validated case-insensitively and applied. */
   char p2[200];
   snprintf(p2, sizeof p2, "%s/nested/dirs/d.sqlite", fx->dir); /* parents are created */
-  o = (lr_sqlite_opts){.path = p2, .journal_mode = "delete", .busy_timeout_ms = 100};
+  o = (lr_sqlite_opts){.path = p2, .journal_mode = "delete", .busy_timeout_ms = 40};
   fx->s = lr_store_sqlite_open(&o, err, sizeof err);
   if (!fx->s) LR_TEST_FAIL("open: %s", err);
   ASSERT_EQ_INT(put(fx->s, "main", "demo", "k", "1"), 0);
@@ -750,6 +763,7 @@ ONE(storage_sqlite_bad_options_fail, 1) {
   ASSERT(strstr(err, "journal mode 'fast'"));
   o = (lr_sqlite_opts){.path = fx->path, .busy_timeout_ms = -1};
   ASSERT(!lr_store_sqlite_open(&o, err, sizeof err));
+  ASSERT(strstr(err, "busy_timeout must be 1 to 50 ms"));
   o = (lr_sqlite_opts){.path = NULL};
   ASSERT(!lr_store_sqlite_open(&o, err, sizeof err));
   ASSERT(!lr_store_sqlite_open(NULL, err, sizeof err));
@@ -836,5 +850,84 @@ ONE(storage_sqlite_locked_is_ebusy, 1) {
   ASSERT(strstr(err, "locked"));
   ASSERT(read_ok);
   ASSERT_EQ_INT(lr_store_apply(fx->s, "main", "demo", &op, 1, err, sizeof err), 0);
+  ASSERT_EQ_STR(get(fx, "main", "demo", "k"), "2");
+}
+
+/* A file locked by another connection: no storage call holds the caller
+ * longer than busy_timeout (50 ms is the cap the event loop can afford), the
+ * calls after one gave up do not wait at all, and once the lock is gone the
+ * same write commits (the engine retries it from a timer). */
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+ONE(storage_sqlite_lock_bounded_wait, 1) {
+  const char *modes[2] = {"wal", "delete"};
+  for (int m = 0; m < 2; m++) {
+    char path[200], err[512] = "";
+    snprintf(path, sizeof path, "%s/lock-%s.sqlite", fx->dir, modes[m]);
+    lr_sqlite_opts o = {.path = path, .journal_mode = modes[m]};
+    lr_store *s = lr_store_sqlite_open(&o, err, sizeof err);
+    if (!s) LR_TEST_FAIL("open: %s", err);
+    ASSERT_EQ_INT(put(s, "main", "demo", "k", "1"), 0);
+    sqlite3 *db = raw_open(path);
+    ASSERT(db);
+    ASSERT_EQ_INT(sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+    lr_store_op op = {LR_STORE_PUT, "k", 1, "2", 1};
+    double worst = 0;
+    int busy = 0;
+    for (int i = 0; i < 5; i++) {
+      double t0 = now_ms();
+      int rc = lr_store_apply(s, "main", "demo", &op, 1, err, sizeof err);
+      double dt = now_ms() - t0;
+      if (dt > worst) worst = dt;
+      busy += rc == LR_STORE_EBUSY;
+      if (i > 0 && dt > 5)
+        LR_TEST_FAIL("%s: call %d after a give-up waited %.1f ms", modes[m], i, dt);
+    }
+    double t0 = now_ms();
+    lr_buf out;
+    lr_buf_init(&out);
+    lr_store_get(s, "main", "demo", "k", &out, err, sizeof err); /* blocked in delete mode */
+    lr_store_count(s, "main", "demo");
+    double rd = now_ms() - t0;
+    lr_buf_free(&out);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(db);
+    if (worst > 50) LR_TEST_FAIL("%s: a locked write held the caller %.1f ms", modes[m], worst);
+    if (rd > 100) LR_TEST_FAIL("%s: reads held the caller %.1f ms", modes[m], rd);
+    ASSERT_EQ_INT(busy, 5);
+    /* lock released: the write commits */
+    ASSERT_EQ_INT(lr_store_apply(s, "main", "demo", &op, 1, err, sizeof err), 0);
+    lr_buf_init(&out);
+    ASSERT_EQ_INT(lr_store_get(s, "main", "demo", "k", &out, err, sizeof err), 0);
+    ASSERT_EQ_STR(lr_buf_cstr(&out), "2");
+    lr_buf_free(&out);
+    lr_store_close(s);
+  }
+}
+
+/* max_page_count caps the file: a full database fails the write (all or
+ * nothing), and the store keeps working for what fits. */
+ONE(storage_sqlite_full_is_eio, 1) {
+  char err[512] = "";
+  lr_sqlite_opts o = {.path = fx->path, .max_page_count = 8};
+  fx->s = lr_store_sqlite_open(&o, err, sizeof err);
+  if (!fx->s) LR_TEST_FAIL("open: %s", err);
+  ASSERT_EQ_INT(put(fx->s, "main", "demo", "k", "1"), 0);
+  size_t n = 100000;
+  char *big = malloc(n + 1);
+  memset(big, 'x', n);
+  big[0] = big[n - 1] = '"';
+  big[n] = 0;
+  lr_store_op ops[2] = {{LR_STORE_PUT, "k", 1, "2", 1}, {LR_STORE_PUT, "big", 3, big, n}};
+  int rc = lr_store_apply(fx->s, "main", "demo", ops, 2, err, sizeof err);
+  free(big);
+  ASSERT_EQ_INT(rc, LR_STORE_EIO);
+  ASSERT(strstr(err, "full"));
+  ASSERT_EQ_STR(get(fx, "main", "demo", "k"), "1");
+  ASSERT_EQ_INT(lr_store_apply(fx->s, "main", "demo", ops, 1, err, sizeof err), 0);
   ASSERT_EQ_STR(get(fx, "main", "demo", "k"), "2");
 }

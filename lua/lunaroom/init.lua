@@ -3,7 +3,8 @@
 -- Owns: the descriptors a room file is written with (room, schema, sync,
 -- users, connected, array, null, v) and the validation of a room definition.
 -- Must not: touch the host (no lunaroom.core calls except the null/array
--- sentinels), keep state, or depend on anything a sandbox does not offer.
+-- sentinels and the JSON codec), keep state, or depend on anything a sandbox
+-- does not offer.
 
 local core = require "lunaroom.core"
 local v = require "lunaroom.schema"
@@ -17,6 +18,19 @@ lr.jwt = require "lunaroom.jwt" -- verify/sign/bearer (host/lua_jwt.c), read-onl
 --- The JSON null value (a table field set to lr.null is sent as null).
 lr.null = core.null
 
+--- lr.json.encode(value) -> string and lr.json.decode(string) -> value | nil,
+--- err: the host's own codec (the one state, packets and storage use):
+--- integers stay integers up to 2^63, floats round-trip exactly, lr.null is
+--- null, lr.array marks empty arrays. Read-only (shared by every room).
+lr.json = setmetatable({}, {
+  __index = {
+    encode = function(x) return (core.encode(x)) end,
+    decode = function(s) return core.decode(s) end,
+  },
+  __newindex = function() error("lr.json is read-only", 2) end,
+  __metatable = false,
+})
+
 --- Mark a Lua table as a JSON array (needed for empty arrays).
 function lr.array(t)
   return setmetatable(t or {}, core.array_mt)
@@ -24,12 +38,24 @@ end
 
 local FIELD = {} -- metatable of field descriptors
 
+-- Declaration order: Lua evaluates a table constructor in order, so the
+-- lr.sync / lr.users / lr.connected calls of `state = { ... }` run in the
+-- order the fields are written. Each descriptor takes the next number, and a
+-- room's fields are created (and sent in its snapshot) in that order, as the
+-- reference sends class fields in declaration order.
+local declared = 0
+local function stamp(f)
+  declared = declared + 1
+  f.order = declared
+  return f
+end
+
 --- A synced field with a default value.
 -- opts.persist (default true): stored in the room's storage.
 -- opts.sync (default true): sent to clients.
 function lr.sync(default, opts)
   opts = opts or {}
-  return setmetatable({
+  return setmetatable(stamp {
     kind = "sync",
     default = default,
     persist = opts.persist ~= false,
@@ -44,7 +70,7 @@ end
 
 --- True while the user has a socket open (@connected()). Synced, not stored.
 function lr.connected()
-  return setmetatable({ kind = "connected", default = false, persist = false, sync = true }, FIELD)
+  return setmetatable(stamp { kind = "connected", default = false, persist = false, sync = true }, FIELD)
 end
 
 local SCHEMA = {}
@@ -69,7 +95,7 @@ end
 --- A users collection keyed by publicId (@users(Player)).
 function lr.users(schema)
   if getmetatable(schema) ~= SCHEMA then schema = lr.schema(schema or {}) end
-  return setmetatable({ kind = "users", schema = schema, persist = true, sync = true }, FIELD)
+  return setmetatable(stamp { kind = "users", schema = schema, persist = true, sync = true }, FIELD)
 end
 
 function lr.is_field(x) return getmetatable(x) == FIELD end
@@ -80,19 +106,32 @@ local ROOM = {}
 local KNOWN = {
   path = "string", party = "string", maxUsers = "number", throttleSync = "number",
   throttleStorage = "number", sessionExpiryTime = "number", transferExpiryTime = "number",
-  autoSync = "boolean", hibernate = "boolean", hibernateAfter = "number", budget = "number",
-  rateLimit = "table", limits = "table",
+  autoSync = "boolean", hibernate = "boolean", hibernateAfter = "number", budget = "number", memory = "number",
+  evictAfter = "number", maxOfflineSessions = "number",
+  rateLimit = "table", limits = "table", headers = "table",
   guards = "table", state = "table", actions = "table", requests = "table",
   unhandled = "function|table", onCreate = "function", onJoin = "function",
   onLeave = "function", onSessionRestore = "function", onStorageRestore = "function",
   onUserStorageRestore = "function", interceptorPacket = "function", onReload = "function",
 }
 
+-- State fields are read and written as room.<field>, in the same table as
+-- the room's methods, its public properties and the fields the runtime keeps
+-- on every instance, so those names cannot be state fields. Exactly these
+-- (README "Reserved names"); names starting with "_" are the runtime's too.
 local RESERVED = {
-  send = true, broadcast = true, applySync = true, autoSync = true, sessionTransfer = true,
-  parties = true, id = true, params = true, name = true, timer = true, cancel = true,
-  dispose = true, connections = true, storage = true, h = true, now = true, log = true,
+  -- methods
+  send = true, broadcast = true, applySync = true, sessionTransfer = true, timer = true,
+  cancel = true, dispose = true, connections = true, now = true, log = true,
+  -- public properties
+  autoSync = true, parties = true, id = true, params = true, storage = true, env = true,
+  -- what the runtime keeps on each instance (lunaroom.runtime, create_room)
+  def = true, srv = true, h = true, root = true, key = true, file = true, version = true,
+  sockets = true, expiry = true,
 }
+lr.RESERVED = RESERVED
+
+local function reserved(k) return RESERVED[k] or k:sub(1, 1) == "_" end
 
 local function typeok(x, spec)
   for t in spec:gmatch("[^|]+") do
@@ -174,8 +213,14 @@ function lr.room(def)
   d.fields, d.users_field, d.field_order = {}, nil, {}
   for k, f in pairs(def.state or {}) do
     if type(k) ~= "string" then error("state field names must be strings", 2) end
-    if RESERVED[k] then error("state field '" .. k .. "' collides with a room method", 2) end
-    if getmetatable(f) ~= FIELD then f = lr.sync(f) end
+    if reserved(k) then
+      error("state field '" .. k .. "' is a reserved name (room." .. k
+        .. " is taken by the room itself; see \"Reserved names\" in the README)", 2)
+    end
+    if getmetatable(f) ~= FIELD then
+      f = lr.sync(f)
+      f.order = nil -- a plain default has no declaration order: after the others, by name
+    end
     if f.kind == "users" then
       if d.users_field then error("a room has at most one lr.users() collection", 2) end
       d.users_field = k
@@ -183,7 +228,11 @@ function lr.room(def)
     d.fields[k] = f
     d.field_order[#d.field_order + 1] = k
   end
-  table.sort(d.field_order)
+  table.sort(d.field_order, function(a, b)
+    local oa, ob = d.fields[a].order or math.huge, d.fields[b].order or math.huge
+    if oa ~= ob then return oa < ob end
+    return a < b
+  end)
   d.actions = {}
   for name, a in pairs(def.actions or {}) do
     if type(name) ~= "string" then error("action names must be strings", 2) end
@@ -215,14 +264,35 @@ function lr.room(def)
   d.transferExpiryTime = def.transferExpiryTime or 300000
   d.autoSync = def.autoSync ~= false
   d.budget = def.budget
+  d.memory = def.memory
   d.limits = def.limits or {}
   for k, val in pairs(d.limits) do
     if (k ~= "frame" and k ~= "depth" and k ~= "elements") or math.type(val) ~= "integer" or val < 1 then
       error("limits = { frame = bytes, depth = n, elements = n } (positive integers)", 2)
     end
   end
+  -- Request headers the room reads beyond the standard ones (x-room-token):
+  -- libwebsockets cannot list the others, so the host copies these by name.
+  d.headers = {}
+  for i, name in ipairs(def.headers or {}) do
+    if type(name) ~= "string" or #name > 64 or not name:match("^[%w%-]+$") then
+      error("headers = { \"x-name\", ... }: entry " .. i .. " must be a header name (a-z 0-9 -, at most 64)", 2)
+    end
+    d.headers[i] = name:lower()
+  end
   d.hibernate = def.hibernate == true
   d.hibernateAfter = def.hibernateAfter or 30000
+  -- Eviction of an idle room with no connection and no timer (ms; 0 =
+  -- never; nil = the server's --evict-after, 60000 by default).
+  d.evictAfter = def.evictAfter
+  if d.evictAfter ~= nil and (math.type(d.evictAfter) ~= "integer" or d.evictAfter < 0) then
+    error("evictAfter must be an integer number of ms (0 = never evict)", 2)
+  end
+  -- Offline, unexpired sessions kept per room; past it the oldest expires early.
+  d.maxOfflineSessions = def.maxOfflineSessions or 1000
+  if math.type(d.maxOfflineSessions) ~= "integer" or d.maxOfflineSessions < 0 then
+    error("maxOfflineSessions must be an integer >= 0", 2)
+  end
   d.rateLimit = def.rateLimit or { rate = 100, burst = 200 }
   if type(d.rateLimit.rate) ~= "number" or type(d.rateLimit.burst) ~= "number" then
     error("rateLimit must be { rate = messages per second, burst = n } (rate 0 = off)", 2)

@@ -1,6 +1,7 @@
 -- lunaroom.ops: the operations endpoints of a server.
 --   GET /healthz   liveness: 200 while the loop answers
---   GET /readyz    readiness: storage answers and room definitions are loaded
+--   GET /readyz    readiness: storage answers, no room's writes fail (503 lists
+--                  up to 10 failing rooms and why) and room definitions are loaded
 --   GET /metrics   Prometheus text (Bearer METRICS_TOKEN when that is set)
 --   GET /admin     JSON: rooms, users, code versions, memory (needs a JWT
 --                  signed with AUTH_JWT_SECRET whose `worlds` claim has "*")
@@ -34,17 +35,16 @@ function M.metrics_text(srv, runtime)
       out[#out + 1] = name .. labels .. " " .. string.format("%.17g", s[1])
     end
   end
-  local rooms = runtime.room_info and runtime.room_info(srv) or {}
-  local users = 0
-  for _, room in pairs(srv.rooms) do
-    local d = rawget(room, "def")
-    if d.users_field then users = users + #rawget(room, "root")[d.users_field] end
-  end
+  -- Everything below is kept as counters or per room type (definition
+  -- path): a scrape costs the same whatever the number of rooms. Per-room
+  -- detail is in /admin.
+  local sess = srv.stat or { online = 0, offline = 0 }
   metric("lunaroom_connections", "gauge", "Open WebSocket connections.", { { st.conns_open } })
   metric("lunaroom_connections_total", "counter", "WebSocket connections accepted.", { { st.conns_total } })
   metric("lunaroom_rooms", "gauge", "Rooms by state.", {
     { st.rooms, { { "state", "memory" } } }, { st.rooms_hibernated, { { "state", "hibernated" } } } })
-  metric("lunaroom_users", "gauge", "Users in the users collections of live rooms.", { { users } })
+  metric("lunaroom_users", "gauge", "Sessions of rooms in memory (a user each): online, or offline and not expired.", {
+    { sess.online, { { "state", "online" } } }, { sess.offline, { { "state", "offline" } } } })
   local actions = {}
   local types = {}
   for t in pairs(srv.actions or {}) do types[#types + 1] = t end
@@ -82,18 +82,34 @@ function M.metrics_text(srv, runtime)
   metric("lunaroom_reloads_total", "counter", "Hot reloads applied.", { { rl.ok or 0 } })
   metric("lunaroom_reload_failures_total", "counter", "Hot reloads refused (old code kept).", { { rl.failed or 0 } })
   local info = {}
-  for _, r in ipairs(rooms) do
-    info[#info + 1] = { 1, { { "room", r.key }, { "path", r.path }, { "version", r.version or "" } } }
+  local paths = {}
+  for path in pairs(srv.census or {}) do paths[#paths + 1] = path end
+  table.sort(paths)
+  for _, path in ipairs(paths) do
+    local versions = {}
+    for v in pairs(srv.census[path]) do versions[#versions + 1] = v end
+    table.sort(versions)
+    for _, v in ipairs(versions) do
+      info[#info + 1] = { srv.census[path][v], { { "path", path }, { "version", v } } }
+    end
   end
-  metric("lunaroom_room_info", "gauge", "Live rooms with the code version they run.", info)
+  metric("lunaroom_room_info", "gauge", "Live rooms (in memory or hibernated) by room type and the code version they run.", info)
   return table.concat(out, "\n") .. "\n"
 end
 
---- Admin JSON: rooms, users, state size, code version, memory.
-function M.admin_json(srv, runtime)
+--- Admin JSON: rooms (a page of them, sorted by key: ?offset=0&limit=100,
+--- limit at most 1000), users, state size, code version, memory.
+function M.admin_json(srv, runtime, q)
+  q = q or {}
+  local keys = {}
+  for key in pairs(srv.rooms) do keys[#keys + 1] = key end
+  table.sort(keys)
+  local offset = math.max(0, math.floor(tonumber(q.offset) or 0))
+  local limit = math.min(1000, math.max(0, math.floor(tonumber(q.limit) or 100)))
   local rooms = {}
-  for _, r in ipairs(runtime.room_info and runtime.room_info(srv) or {}) do
-    local room = srv.rooms[r.key]
+  for i = offset + 1, math.min(#keys, offset + limit) do
+    local room = srv.rooms[keys[i]]
+    local r = runtime.room_info_of(keys[i], room)
     local d = rawget(room, "def")
     local users = {}
     if d.users_field then
@@ -105,14 +121,19 @@ function M.admin_json(srv, runtime)
     rooms[#rooms + 1] = r
   end
   local st = core.stats(srv.h)
-  return { rooms = setmetatable(rooms, core.array_mt), luaMemory = st.lua_bytes, connections = st.conns_open,
-    hibernated = st.rooms_hibernated }
+  return { rooms = setmetatable(rooms, core.array_mt), total = #keys, offset = offset, limit = limit,
+    luaMemory = st.lua_bytes, connections = st.conns_open, hibernated = st.rooms_hibernated }
 end
 
 function M.handle(srv, req, runtime, json_response, response)
   local path = req.path
   if path == "/healthz" then return json_response(200, { status = "ok" }) end
   if path == "/readyz" then
+    local failing, rooms = core.storage_failing(srv.h)
+    if failing > 0 then
+      return json_response(503, { status = "not ready", reason = "storage writes failing",
+        failingRooms = failing, rooms = setmetatable(rooms, core.array_mt) })
+    end
     local probe = core.store_count({ server = srv.h, ns = "$lunaroom", id = "readyz" })
     if probe < 0 then return json_response(503, { status = "not ready", reason = "storage" }) end
     if #srv.defs == 0 then return json_response(503, { status = "not ready", reason = "no rooms loaded" }) end
@@ -168,7 +189,7 @@ function M.handle(srv, req, runtime, json_response, response)
       end
       return json_response(404, { error = "Not found" })
     end
-    return json_response(200, M.admin_json(srv, runtime))
+    return json_response(200, M.admin_json(srv, runtime, q))
   end
   return json_response(404, { error = "Not found" })
 end

@@ -286,6 +286,13 @@ function M.prepare(srv, job)
     job.skip = "unchanged"
     return false
   end
+  for _, other in ipairs(srv.defs) do -- two files serving one path: an error, as at start
+    if other ~= e and other.def.party == def.party and other.def.path == def.path then
+      job.err = string.format("%s: path '%s' (party %s) is already served by %s", name, def.path,
+        def.party, tostring(other.file or "a definition"))
+      return false
+    end
+  end
   job.def, job.version = def, version
   return true
 end
@@ -397,6 +404,9 @@ end
 -- Point a (migrated) live room at definition nd.
 local function swap(room, nd, version, file)
   local od = rawget(room, "def")
+  local srv = runtime.server_of(room)
+  runtime.census(srv, od.path, rawget(room, "version"), -1) -- /metrics: rooms by type and version
+  runtime.census(srv, nd.path, version, 1)
   rawset(room, "def", nd)
   rawset(room, "version", version)
   if file then rawset(room, "file", file) end
@@ -444,6 +454,7 @@ function M.commit(srv, job)
   -- From here on nothing can fail.
   if e then
     srv.defs[idx] = { def = nd, file = e.file or job.file, version = job.version }
+    runtime.want_headers(srv, nd)
   else
     runtime.add_definition(srv, nd, job.file, job.version)
   end
@@ -471,6 +482,48 @@ function M.after(srv, job)
   end
 end
 
+--- Development mode (srv.dev: lunaroom serve --dev). A save of a room file
+--- that fails to compile or validate is sent to every live room of that
+--- file as {"type":"dev_error","value":{"file","line","message"}} (line is
+--- null when the message has none), and to every socket that joins one of
+--- them until the next save that loads (or goes back to the running
+--- version), which sends {"type":"dev_error","value":null}. The npm
+--- client ignores packet types it does not know; the demo page draws it.
+--- Never sent without srv.dev.
+local DEV_MESSAGE_MAX = 2000
+local function dev_send(srv, file, value)
+  local e = find_entry(srv, file)
+  for _, room in ipairs(rooms_of(srv, { file = file }, e and e.def)) do
+    core.broadcast(rawget(room, "h"), { type = "dev_error", value = value })
+  end
+end
+
+local function dev_report(srv, st, job)
+  local f = job.file
+  if not f then return end
+  st.dev_errors = st.dev_errors or {}
+  if not job.ok then
+    local msg = tostring(job.err)
+    local file, line, text = msg:match("^(.-):(%d+): (.*)$")
+    if not file then file, text = f, msg end
+    if #text > DEV_MESSAGE_MAX then text = text:sub(1, DEV_MESSAGE_MAX) .. "..." end
+    local value = { file = file, line = line and tonumber(line) or core.null, message = text }
+    st.dev_errors[f] = value
+    dev_send(srv, f, value)
+  elseif st.dev_errors[f] then
+    st.dev_errors[f] = nil
+    dev_send(srv, f, core.null)
+  end
+end
+
+--- The dev_error value a new socket of room gets on join (runtime.connect
+--- asks in development mode only), or nil.
+function M.dev_error(srv, room)
+  local errs = srv.reload and srv.reload.dev_errors
+  local f = rawget(room, "file")
+  return errs and f and errs[norm(f)] or nil
+end
+
 --- Step 4: the outcome and its log line. err: a failure of a step (from C).
 function M.done(srv, job, err)
   local st = state(srv)
@@ -484,13 +537,6 @@ function M.done(srv, job, err)
     else
       log("info", "added %s (path %s, version %s%s)", name, job.def.path, job.version,
         n > 0 and string.format(", %d live room%s", n, n == 1 and "" or "s") or "")
-      for _, e in ipairs(srv.defs) do
-        if e.def ~= job.def and e.def.party == job.def.party and e.def.path == job.def.path then
-          log("warn", "%s: path %s is already served by %s, which comes first", name,
-            job.def.path, tostring(e.file or "a definition"))
-          break
-        end
-      end
     end
     if err then log("warn", "%s: onReload failed: %s", name, err) end
   elseif job.skip then
@@ -517,6 +563,7 @@ function M.done(srv, job, err)
       log("error", "%s (not loaded)", msg)
     end
   end
+  if srv.dev then dev_report(srv, st, job) end
 end
 
 ------------------------------------------------------------------ entry points

@@ -1,7 +1,8 @@
 -- lunaroom.runtime: the room rules the C host calls into.
 --
 -- Owns: room instances (state initialisation, restore from storage),
--- sessions (privateId/publicId, reconnect, multi-socket, expiry, transfer),
+-- sessions (privateId/publicId, reconnect, multi-socket, expiry, transfer,
+-- the offline cap per room and the new-session rate per address),
 -- message dispatch (room guards, action guards, schema, handler), HTTP
 -- routing and responses, and the packet interceptor glue.
 -- Must not: encode packets, schedule flushes or touch sockets (C does), or
@@ -142,17 +143,24 @@ end
 
 local Room = {} -- methods seen by handlers as room:method(...)
 
+-- The server of a room object or party stub. Kept out of the object itself:
+-- room code sees the object (next/rawget), and the server table is shared
+-- by every room of the process.
+local SRV = setmetatable({}, { __mode = "k" })
+--- The server a room (or party stub) belongs to, for host modules (reload).
+function M.server_of(room) return SRV[room] end
+
 function Room:send(conn, value) core.send(conn, value) end
 function Room:broadcast(value, except) core.broadcast(rawget(self, "h"), value, except) end
 function Room:applySync() core.room_apply_sync(rawget(self, "h")) end
 function Room:connections() return core.room_conns(rawget(self, "h")) end
-function Room:now() return core.now(rawget(self, "srv").h) end
+function Room:now() return core.now(SRV[self].h) end
 function Room:dispose() core.room_dispose(rawget(self, "h")) end
 function Room:log(...) log("info", "room %s: %s", rawget(self, "key"), table.concat({ ... }, " ")) end
 
 --- room:timer(ms, fn) -> id. fn(room) runs after ms (protected, budgeted).
 function Room:timer(ms, fn)
-  local srv, key = rawget(self, "srv"), rawget(self, "key")
+  local srv, key = SRV[self], rawget(self, "key")
   return core.timer(srv.h, rawget(self, "h"), math.floor(ms), function()
     local room = srv.rooms[key] -- C woke it before calling us
     if not room then return end
@@ -160,7 +168,7 @@ function Room:timer(ms, fn)
     if not ok then log("warn", "room %s: timer failed: %s", key, err) end
   end)
 end
-function Room:cancel(id) core.cancel(rawget(self, "srv").h, id) end
+function Room:cancel(id) core.cancel(SRV[self].h, id) end
 
 --- room:sessionTransfer(conn, targetRoomId) -> token | nil, err
 --- room:sessionTransfer(conn, targetRoomId, {url = "http://host:port", party = "main",
@@ -168,7 +176,7 @@ function Room:cancel(id) core.cancel(rawget(self, "srv").h, id) end
 --- The second form transfers to a room of another process (asynchronous;
 --- both processes need the same SHARD_SECRET).
 function Room:sessionTransfer(conn, target, opts, done)
-  return M.session_transfer(rawget(self, "srv"), self, conn, target, opts, done)
+  return M.session_transfer(SRV[self], self, conn, target, opts, done)
 end
 
 -- room.parties.main:get("other"):fetch("/count", {method, headers, body})
@@ -176,6 +184,16 @@ end
 -- use and its route runs to completion before fetch returns.
 local Stub = {}
 Stub.__index = Stub
+-- What fetch returns: {status, ok, headers (lower-case names), body} plus
+-- res.json() / res.text() (also res:json()). The methods live in the
+-- metatable, so the result is plain data: a route may return it as is (it is
+-- answered with the same status, content type and body).
+local FETCHED = {}
+FETCHED.__index = function(res, k)
+  if k == "json" then return function() return core.decode(rawget(res, "body") or "") end end
+  if k == "text" then return function() return rawget(res, "body") or "" end end
+end
+M.FETCHED = FETCHED
 function Stub:fetch(path, init)
   init = init or {}
   local body = init.body
@@ -187,21 +205,20 @@ function Stub:fetch(path, init)
   end
   local p, q = path:match("^([^?]*)%??(.*)$")
   if p ~= "" and p:sub(1, 1) ~= "/" then p = "/" .. p end
-  local res = core.http(self.srv.h, init.method or "GET",
+  local res = core.http(SRV[self].h, init.method or "GET",
     "/parties/" .. self.ns .. "/" .. self.id .. (p == "/" and "" or p), q, headers, body)
   res.ok = res.status >= 200 and res.status < 300
-  function res.json() return core.decode(res.body) end
-  function res.text() return res.body end
-  return res
+  return setmetatable(res, FETCHED)
 end
 
 local function parties_of(room)
-  local srv = rawget(room, "srv")
+  local srv = SRV[room]
   return setmetatable({}, { __index = function(_, ns)
-    return { get = function(_, id) return setmetatable({ srv = srv, ns = ns, id = id }, Stub) end }
+    return { get = function(_, id) local stub = setmetatable({ ns = ns, id = id }, Stub); SRV[stub] = srv; return stub end }
   end })
 end
 
+local Storage = {} -- room.storage (below); declared before RoomMT uses it
 local RoomMT = {}
 RoomMT.__index = function(self, k)
   local d = rawget(self, "def")
@@ -216,7 +233,7 @@ RoomMT.__index = function(self, k)
     end
     return st
   end
-  if k == "env" then return rawget(self, "srv").env_view end
+  if k == "env" then return SRV[self].env_view end
   return Room[k]
 end
 RoomMT.__newindex = function(self, k, value)
@@ -245,7 +262,6 @@ local function user_of(room, conn)
 end
 
 -- Storage facade for room code and specs: room.storage:get(key) ...
-local Storage = {}
 Storage.__index = Storage
 function Storage:get(key) return core.store_get(self.h, key) end
 function Storage:put(key, value) return core.store_apply(self.h, { { "put", key, value } }) end
@@ -263,20 +279,34 @@ function Storage:count() return core.store_count(self.h) end
 --- Create the Lua side of a server around a C server handle.
 function M.new_server(h, opts)
   local srv = { h = h, defs = {}, rooms = {}, opts = opts or {}, env = (opts or {}).env or {},
-    sleeping = {} } -- key -> the definition a hibernated room ran (its clients have that state)
+    sleeping = {}, -- key -> the definition a hibernated room ran (its clients have that state)
+    -- /metrics, kept as counters so a scrape does not walk the rooms:
+    -- sessions of rooms in memory, and path -> version -> live rooms.
+    stat = { online = 0, offline = 0 }, census = {} }
   -- room.env: a read-only view of the process environment the host passed
   -- (SHARD_SECRET, AUTH_JWT_SECRET, WORLD_ID, ...), like the reference's room.env.
   srv.env_view = setmetatable({}, {
-    __index = srv.env, __pairs = function() return next, srv.env, nil end,
+    __index = srv.env, __pairs = function(view)
+      return function(_, k) return next(srv.env, k) end, view, nil -- never the table itself
+    end,
     __newindex = function() error("room.env is read-only", 2) end, __metatable = false,
   })
   core.server_bind(h, srv)
   return srv
 end
 
+--- The host copies the request headers def declares (lr.room{headers}).
+function M.want_headers(srv, def)
+  for _, name in ipairs(def.headers or {}) do
+    local ok, err = core.want_header(srv.h, name)
+    if not ok then log("warn", "room %s: %s", def.path, err) end
+  end
+end
+
 --- Add (or replace, by file) a room definition. Order of addition is the
 --- resolution order, like the reference's rooms array.
 function M.add_definition(srv, def, file, version)
+  M.want_headers(srv, def)
   for i, e in ipairs(srv.defs) do
     if file and e.file == file then
       srv.defs[i] = { def = def, file = file, version = version }
@@ -286,14 +316,25 @@ function M.add_definition(srv, def, file, version)
   srv.defs[#srv.defs + 1] = { def = def, file = file, version = version }
 end
 
---- Load every *.lua file of dir that returns a room. Returns count, errors.
+--- Load every *.lua file of dir that returns a room. Returns count, errors:
+--- a file that does not load, and a file whose path (in its party) another
+--- file already serves, is an error (`serve` refuses to start on any, unless
+--- --dev; the duplicate is then not served).
 function M.load_dir(srv, dir)
   local files, err = sandbox.list_rooms(dir)
   if not files then return nil, err end
   local errors = {}
+  local owner = {} -- "party path" -> file
+  for _, e in ipairs(srv.defs) do owner[e.def.party .. " " .. e.def.path] = e.file or "(built in)" end
   for _, f in ipairs(files) do
     local def, version_or_err = sandbox.load_room_file(f, dir)
-    if def then
+    local other = def and owner[def.party .. " " .. def.path]
+    if other then
+      errors[#errors + 1] = string.format("%s: path '%s' (party %s) is already served by %s",
+        f, def.path, def.party, other)
+      log("error", "%s", errors[#errors])
+    elseif def then
+      owner[def.party .. " " .. def.path] = f
       M.add_definition(srv, def, f, version_or_err)
       log("info", "loaded %s (path %s, version %s)", f, def.path, version_or_err)
     elseif version_or_err ~= sandbox.NOT_A_ROOM then
@@ -426,10 +467,11 @@ end
 function M.config_of(d)
   return {
     throttleSync = d.throttleSync, throttleStorage = d.throttleStorage,
-    interceptor = d.interceptorPacket ~= nil, budget = d.budget or 0,
+    interceptor = d.interceptorPacket ~= nil, budget = d.budget or 0, memory = d.memory or 0,
     rate = d.rateLimit.rate, burst = d.rateLimit.burst,
     maxFrame = d.limits.frame or 0, maxDepth = d.limits.depth or 0, maxElements = d.limits.elements or 0,
     hibernate = d.hibernate and d.hibernateAfter or 0,
+    evict = d.evictAfter or -1, -- -1: the server's --evict-after
   }
 end
 
@@ -443,11 +485,12 @@ function M.create_room(srv, ns, id, rebind, entry)
   if not e then return nil end
   local d = e.def
   local room = setmetatable({
-    def = d, srv = srv, id = id, name = ns, params = params, key = ns .. "/" .. id,
+    def = d, id = id, _party = ns, params = params, key = ns .. "/" .. id,
     file = e.file, version = e.version, _autoSync = d.autoSync,
     sockets = {},   -- privateId -> number of open sockets
     -- expiry: privateId -> timer id, made by the first arm_expiry
   }, RoomMT)
+  SRV[room] = srv
   local h = rebind and core.room_rebind(srv.h, ns, id, room) or core.room_new(srv.h, ns, id, room)
   rawset(room, "h", h)
   local root = core.room_root(h)
@@ -465,6 +508,8 @@ function M.create_room(srv, ns, id, rebind, entry)
   cfg.autoSync = d.autoSync
   core.room_config(h, cfg)
   srv.rooms[room.key] = room
+  rawset(room, "online", 0) -- sessions with an open socket (keys of sockets)
+  if not rebind then M.census(srv, d.path, e.version, 1) end
   local live = {}
   if rebind then
     -- Woken from hibernation: its sockets are still open; the clients have
@@ -475,6 +520,7 @@ function M.create_room(srv, ns, id, rebind, entry)
     for _, conn in ipairs(core.room_conns(h)) do
       local priv, pid = conn.state.privateId, conn.state.publicId
       if priv then
+        if not sockets[priv] then M.online(room, 1) end
         sockets[priv] = (sockets[priv] or 0) + 1
         live[priv] = true
         if schema and schema.connected and users[pid] ~= nil then users[pid][schema.connected] = true end
@@ -483,16 +529,7 @@ function M.create_room(srv, ns, id, rebind, entry)
     core.room_clear_dirty(h)
     if needs_write then core.room_mark_all(h) end
   end
-  -- Sessions left "connected" by a crash are offline now (Part 1 row 12).
-  for _, kv in ipairs(core.store_list(h, "session:")) do
-    local s = kv[2]
-    if type(s) == "table" and s.connected and not live[kv[1]:sub(9)] then
-      s.connected = false
-      s.disconnectedAt = core.now(srv.h)
-      core.store_apply(h, { { "put", kv[1], s } })
-      M.arm_expiry(room, kv[1]:sub(9), d.sessionExpiryTime)
-    end
-  end
+  M.restore_sessions(room, rebind, live)
   if d.onCreate and not rebind then core.pcall(d.onCreate, room.key, "onCreate", room) end
   return room
 end
@@ -505,6 +542,7 @@ function M.has_room(srv, ns, id) return resolve(srv, ns, id) ~= nil end
 function M.hibernate_room(srv, key)
   local room = srv.rooms[key]
   if room then
+    M.unaccount(room)
     srv.sleeping[key] = { def = rawget(room, "def"), file = rawget(room, "file"), version = rawget(room, "version") }
   end
   srv.rooms[key] = nil
@@ -528,7 +566,7 @@ end
 
 ------------------------------------------------------------------ sessions
 
-local function now(room) return core.now(rawget(room, "srv").h) end
+local function now(room) return core.now(SRV[room].h) end
 
 local function get_session(room, priv) return core.store_get(rawget(room, "h"), "session:" .. priv) end
 
@@ -546,11 +584,152 @@ local function put_session(room, priv, s, index_pid)
   if not ok then log("error", "room %s: session %s not saved: %s", rawget(room, "key"), priv, err) end
 end
 
+------------------------------------------------------------------ session bookkeeping
+
+-- Each room instance counts its online sessions (room.online: sessions with
+-- an open socket) and keeps its offline, unexpired sessions in disconnection
+-- order (room.offq: a FIFO with lazy deletion), so that
+--   * past d.maxOfflineSessions the oldest offline session is expired early
+--     (a room keeps accepting new players; the ones gone longest lose their
+--     seat first), in O(1) amortised;
+--   * srv.stat (online / offline totals for /metrics) stays exact without a
+--     walk over the rooms.
+
+local expire_session -- below
+
+--- n sessions of room went online (+) or offline (-).
+function M.online(room, n)
+  rawset(room, "online", rawget(room, "online") + n)
+  local st = SRV[room].stat
+  st.online = st.online + n
+end
+
+local function offq(room)
+  local q = rawget(room, "offq")
+  if not q then
+    q = { head = 1, tail = 0, pos = {}, n = 0 } -- [i] = privateId; pos[priv] = i
+    rawset(room, "offq", q)
+  end
+  return q
+end
+
+local function offline_remove(room, priv)
+  local q = rawget(room, "offq")
+  local i = q and q.pos[priv]
+  if not i then return end
+  q.pos[priv], q[i] = nil, nil
+  q.n = q.n - 1
+  local st = SRV[room].stat
+  st.offline = st.offline - 1
+  if q.tail - q.head + 1 > 2 * q.n + 64 then -- mostly holes: compact, keeping the order
+    local j = 0
+    for k = q.head, q.tail do
+      local p = q[k]
+      q[k] = nil
+      if p then
+        j = j + 1
+        q[j] = p
+        q.pos[p] = j
+      end
+    end
+    q.head, q.tail = 1, j
+  end
+end
+
+-- The oldest offline session of room, or nil.
+local function offline_oldest(q)
+  while q.head <= q.tail do
+    local p = q[q.head]
+    if p then return p end
+    q.head = q.head + 1
+  end
+end
+
+-- priv went offline (not expired yet). Past the room's cap the oldest
+-- offline sessions expire now.
+local function offline_add(room, priv)
+  local q = offq(room)
+  if q.pos[priv] then return end
+  q.tail = q.tail + 1
+  q[q.tail], q.pos[priv] = priv, q.tail
+  q.n = q.n + 1
+  local st = SRV[room].stat
+  st.offline = st.offline + 1
+  local cap = rawget(room, "def").maxOfflineSessions
+  while q.n > cap do
+    local oldest = offline_oldest(q)
+    local exp = rawget(room, "expiry")
+    if exp and exp[oldest] then
+      core.cancel(SRV[room].h, exp[oldest])
+      exp[oldest] = nil
+    end
+    log("info", "room %s: %d offline sessions (maxOfflineSessions): session %s expired early",
+      rawget(room, "key"), q.n, oldest)
+    expire_session(room, oldest)
+    offline_remove(room, oldest) -- even if it was not in storage any more
+  end
+end
+
+--- room's instance goes away (hibernation, disposal): its sessions leave
+--- the totals (a rebuilt instance counts them again).
+function M.unaccount(room)
+  local st = SRV[room].stat
+  st.online = st.online - (rawget(room, "online") or 0)
+  rawset(room, "online", 0)
+  local q = rawget(room, "offq")
+  if q then
+    st.offline = st.offline - q.n
+    rawset(room, "offq", nil)
+  end
+end
+
+--- A room instance was built (create_room): its offline sessions, from
+--- storage. Sessions left "connected" by a crash are offline now (Part 1
+--- row 12). In a fresh instance (not a wake from hibernation, whose expiry
+--- timers still run) each offline session gets an expiry timer for the time
+--- it has left, and one whose time is up expires now.
+function M.restore_sessions(room, rebind, live)
+  local d, h, srv = rawget(room, "def"), rawget(room, "h"), SRV[room]
+  local t = core.now(srv.h)
+  local offline = {}
+  for _, kv in ipairs(core.store_list(h, "session:")) do
+    local s, priv = kv[2], kv[1]:sub(9)
+    if type(s) == "table" and not live[priv] then
+      if s.connected then
+        s.connected = false
+        s.disconnectedAt = t
+        core.store_apply(h, { { "put", kv[1], s } })
+      end
+      local at = math.type(s.disconnectedAt) and s.disconnectedAt or t
+      offline[#offline + 1] = { priv = priv, at = at }
+    end
+  end
+  table.sort(offline, function(a, b)
+    if a.at ~= b.at then return a.at < b.at end
+    return a.priv < b.priv
+  end)
+  local expiry = d.sessionExpiryTime
+  for _, o in ipairs(offline) do
+    if not rebind and type(expiry) == "number" and expiry >= 0 and expiry < math.huge then
+      local left = math.min(expiry, expiry - (t - o.at))
+      if left <= 0 then
+        expire_session(room, o.priv)
+      else
+        M.arm_expiry(room, o.priv, left)
+        offline_add(room, o.priv)
+      end
+    else
+      offline_add(room, o.priv)
+    end
+  end
+end
+
 -- Delete a session; delete its user when no other session maps to it.
-local function expire_session(room, priv)
+function expire_session(room, priv)
   local h = rawget(room, "h")
   local s = get_session(room, priv)
   if not s or s.connected or (rawget(room, "sockets")[priv] or 0) > 0 then return end
+  offline_remove(room, priv)
   local pid = s.publicId
   local idx = core.store_get(h, "session-public:" .. pid) or {}
   local rest = {}
@@ -570,7 +749,7 @@ end
 
 function M.arm_expiry(room, priv, ms)
   if type(ms) ~= "number" or ms < 0 or ms ~= ms or ms == math.huge then return end
-  local srv, key = rawget(room, "srv"), rawget(room, "key")
+  local srv, key = SRV[room], rawget(room, "key")
   local exp = rawget(room, "expiry")
   if not exp then
     exp = {}
@@ -593,12 +772,8 @@ local function run_guards(guards, a, b, room)
   return true
 end
 
--- Count distinct online sessions (for maxUsers).
-local function online_sessions(room)
-  local n = 0
-  for _, c in pairs(rawget(room, "sockets")) do if c > 0 then n = n + 1 end end
-  return n
-end
+-- Distinct online sessions (for maxUsers).
+local function online_sessions(room) return rawget(room, "online") end
 
 local function redeem_transfer(room, token)
   local h = rawget(room, "h")
@@ -656,10 +831,20 @@ function M.connect(srv, room, conn, req)
     conn:close(4029, "room full")
     return
   end
+  -- A new session (a user record kept for sessionExpiryTime once offline):
+  -- limited per client address (--session-rate), so one address cannot
+  -- fill rooms with sessions.
+  if users and not session and not core.addr_take(srv.h, "session", req.ip) then
+    log("warn", "room %s: connection %s from %s refused: new sessions from this address over the rate", key,
+      conn.id, req.ip)
+    conn:close(4008, "too many new sessions")
+    return
+  end
   local pid = session and session.publicId
   if not pid then
     repeat pid = core.random_id(srv.h, 8, PID_ALPHABET) until not (users and users[pid] ~= nil)
   end
+  if not sockets[priv] then M.online(room, 1) end
   sockets[priv] = (sockets[priv] or 0) + 1
   local schema = users and d.fields[d.users_field].schema
   if users then
@@ -673,6 +858,7 @@ function M.connect(srv, room, conn, req)
     put_session(room, priv, s, pid)
     local exp = rawget(room, "expiry")
     if exp and exp[priv] then core.cancel(srv.h, exp[priv]); exp[priv] = nil end
+    offline_remove(room, priv)
     if schema.connected then users[pid][schema.connected] = true end
   end
   conn.state.publicId = pid
@@ -685,6 +871,10 @@ function M.connect(srv, room, conn, req)
     end
   end
   core.join(rawget(room, "h"), conn, pid)
+  if srv.dev then -- development mode: the room file's last failed save (reload.lua)
+    local err = package.loaded["lunaroom.reload"] and package.loaded["lunaroom.reload"].dev_error(srv, room)
+    if err then core.send(conn, { type = "dev_error", value = err }) end
+  end
 end
 
 --- The last step of a socket: offline marking, expiry, onLeave.
@@ -693,9 +883,11 @@ function M.close(srv, room, conn)
   local priv = conn.state and conn.state.privateId
   if not priv then return end
   local sockets = rawget(room, "sockets")
-  local n = (sockets[priv] or 1) - 1
+  local open = sockets[priv]
+  local n = (open or 1) - 1
   sockets[priv] = n > 0 and n or nil
   if n > 0 then return end -- another socket of this session is still open
+  if open then M.online(room, -1) end
   local users = users_of(room)
   local pid = conn.state.publicId
   local user = users and users[pid] or nil
@@ -705,6 +897,7 @@ function M.close(srv, room, conn)
     s.disconnectedAt = now(room)
     put_session(room, priv, s)
     M.arm_expiry(room, priv, d.sessionExpiryTime)
+    offline_add(room, priv)
     local schema = d.fields[d.users_field].schema
     if user and schema.connected then user[schema.connected] = false end
   end
@@ -824,6 +1017,10 @@ end
 
 local function to_response(res, result)
   if getmetatable(result) == RESPONSE then return result end
+  if getmetatable(result) == FETCHED then -- a room-to-room fetch, passed on
+    local ctype = result.headers and result.headers["content-type"] or "application/json"
+    return response(result.status, result.body or "", ctype, res._headers)
+  end
   if type(result) == "string" then return response(200, result, "text/plain", res._headers) end
   if result == nil then return json_response(200, {}, res._headers) end
   if result == null then return response(200, "null", "application/json", res._headers) end
@@ -850,6 +1047,9 @@ function M.request(srv, room, req, path)
   local route, params = match_route(d.routes, req.method, path)
   if not route then return json_response(404, { error = "Not found" }) end
   local ctype = req.headers["content-type"] or ""
+  -- req.data is the validated body, or nil (the reference's null): a route
+  -- without a schema, or a request that is not a JSON POST/PUT/PATCH, gets
+  -- nil. The raw body stays in req.body, decoded by req:json().
   local r = {
     method = req.method, path = path, query = parse_query(req.query), headers = req.headers,
     params = params, body = req.body, ip = req.ip, data = nil,
@@ -857,21 +1057,8 @@ function M.request(srv, room, req, path)
   }
   function r.json() return core.decode(r.body or "") end
   function r.text() return r.body or "" end
-  local m = req.method
-  if (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
-    local data, err = core.decode(req.body or "")
-    if data == nil and err and route.schema then
-      return json_response(400, { error = "Failed to parse request body" })
-    end
-    if route.schema then
-      local ok, res = route.schema:parse(data ~= null and data or nil)
-      if not ok then
-        return json_response(400, { error = "Invalid request body", details = { issues = res.issues, name = "ZodError" } })
-      end
-      data = res
-    end
-    r.data = data
-  end
+  -- Guards first (Part 2 section 5.4): a client without rights gets 403
+  -- before anything tells it what the body should look like.
   local res = new_res()
   for _, g in ipairs(route.guards) do
     local ok, verdict = core.pcall(g, key, "guard " .. route.key, nil, r, room)
@@ -879,9 +1066,48 @@ function M.request(srv, room, req, path)
     if getmetatable(verdict) == RESPONSE then return verdict end
     if not verdict then return json_response(403, { error = "Not permitted" }) end
   end
+  local m = req.method
+  if route.schema and (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
+    local data, err = core.decode(req.body or "")
+    if data == nil and err then
+      return json_response(400, { error = "Failed to parse request body" })
+    end
+    local ok, vres = route.schema:parse(data ~= null and data or nil)
+    if not ok then
+      return json_response(400, { error = "Invalid request body", details = { issues = vres.issues, name = "ZodError" } })
+    end
+    if vres ~= null then r.data = vres end
+  end
   local ok, result = core.pcall(route.run, key, "request " .. route.key, room, r, res)
   if not ok then return json_response(500, { error = "Internal Server Error" }) end
   return to_response(res, result)
+end
+
+--- Called by C before a request creates or wakes room ns/id: true when the
+--- room would serve it (a route matches, or it goes to /session-transfer or
+--- a route with the shard secret), false when no definition serves ns/id,
+--- else the answer M.request would give (404 no such route, 401 bad shard
+--- credentials), given without building the room or reading its storage.
+function M.preroute(srv, ns, id, req, path)
+  local e = resolve(srv, ns, id)
+  if not e then
+    local slept = srv.sleeping[ns .. "/" .. id] -- its file was removed; the room lives on
+    if not slept then return false end
+    e = slept
+  end
+  local via_shard = req.headers["x-forwarded-by-shard"] ~= nil or req.headers["x-shard-id"] ~= nil
+  local transfer = not via_shard and req.method == "POST" and path:match("/session%-transfer$")
+  if via_shard or transfer then
+    local secret = srv.env.SHARD_SECRET
+    if not (secret and secret ~= "" and req.headers["x-access-shard"] == secret) then
+      return json_response(401, { error = "Invalid shard credentials" })
+    end
+    if transfer then return true end
+  end
+  local routes = e.def.routes
+  if match_route(routes, req.method, path) then return true end
+  if req.method == "HEAD" and match_route(routes, "GET", path) then return true end
+  return json_response(404, { error = "Not found" })
 end
 
 ------------------------------------------------------------------ operations endpoints
@@ -915,6 +1141,7 @@ function M.transfer_in(srv, room, data)
   if data.sessionState ~= nil then s.state = data.sessionState end
   put_session(room, data.privateId, s, data.publicId)
   M.arm_expiry(room, data.privateId, d.transferExpiryTime)
+  offline_add(room, data.privateId)
   local users = users_of(room)
   if type(data.userSnapshot) == "table" and users then
     local snap = data.userSnapshot
@@ -972,9 +1199,9 @@ function M.session_transfer(srv, room, conn, target_id, opts, done)
     return remote_transfer(srv, room, target_id, { privateId = conn.state.privateId, publicId = pid,
       userSnapshot = core.copy(users[pid], NOPERSIST) }, opts, done)
   end
-  local target = srv.rooms[rawget(room, "name") .. "/" .. target_id]
+  local target = srv.rooms[rawget(room, "_party") .. "/" .. target_id]
   if not target then
-    target = M.create_room(srv, rawget(room, "name"), target_id)
+    target = M.create_room(srv, rawget(room, "_party"), target_id)
     if not target then return nil, "Room not available" end
   end
   local snap = core.copy(users[pid], NOPERSIST)
@@ -986,7 +1213,30 @@ end
 
 ------------------------------------------------------------------ registration
 
-function M.forget_room(srv, key) srv.rooms[key] = nil; srv.sleeping[key] = nil end
+function M.forget_room(srv, key)
+  local room, slept = srv.rooms[key], srv.sleeping[key]
+  if room then
+    M.unaccount(room)
+    M.census(srv, rawget(room, "def").path, rawget(room, "version"), -1)
+  elseif slept then
+    M.census(srv, slept.def.path, slept.version, -1)
+  end
+  srv.rooms[key] = nil
+  srv.sleeping[key] = nil
+end
+
+--- Live rooms by room type (path) and code version, for /metrics.
+function M.census(srv, path, version, delta)
+  version = version or ""
+  local byv = srv.census[path]
+  if not byv then
+    byv = {}
+    srv.census[path] = byv
+  end
+  local n = (byv[version] or 0) + delta
+  byv[version] = n > 0 and n or nil
+  if next(byv) == nil then srv.census[path] = nil end
+end
 
 ------------------------------------------------------------------ code versions (hot reload)
 
@@ -994,16 +1244,18 @@ function M.forget_room(srv, key) srv.rooms[key] = nil; srv.sleeping[key] = nil e
 --- metrics output: a list sorted by key of {key, party, id, path, file,
 --- version, connections}. version is the content hash of the room file and
 --- the modules it required (lunaroom.sandbox), updated by each hot reload.
+function M.room_info_of(key, room)
+  local ok, conns = pcall(core.room_conns, rawget(room, "h"))
+  return {
+    key = key, party = rawget(room, "_party"), id = rawget(room, "id"),
+    path = rawget(room, "def").path, file = rawget(room, "file"),
+    version = rawget(room, "version"), connections = ok and #conns or 0,
+  }
+end
+
 function M.room_info(srv)
   local out = {}
-  for key, room in pairs(srv.rooms) do
-    local ok, conns = pcall(core.room_conns, rawget(room, "h"))
-    out[#out + 1] = {
-      key = key, party = rawget(room, "name"), id = rawget(room, "id"),
-      path = rawget(room, "def").path, file = rawget(room, "file"),
-      version = rawget(room, "version"), connections = ok and #conns or 0,
-    }
-  end
+  for key, room in pairs(srv.rooms) do out[#out + 1] = M.room_info_of(key, room) end
   table.sort(out, function(a, b) return a.key < b.key end)
   return out
 end

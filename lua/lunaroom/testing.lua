@@ -30,6 +30,12 @@ local Client = {}
 
 local function drain(c)
   if not c._hl then return end
+  -- Writes made outside a handler (t.room.x = 1, lr.load in the spec body)
+  -- are flushed as the server's next loop turn would: reading what a client
+  -- received runs that turn (no virtual time passes; throttles still wait).
+  -- Not inside t:pass, whose turn ends when fn returns.
+  local t = c._t
+  if t and t.srv and not t._passing then core.tick(t.srv.h) end
   local raws, code, reason = core.hl_drain(c._hl)
   for _, r in ipairs(raws) do
     c._raw[#c._raw + 1] = r
@@ -103,18 +109,28 @@ local function query_string(q)
   return table.concat(parts, "&")
 end
 
+-- An upgrade the engine refuses (HTTP status) -> the close `serve` sends.
+local REFUSED = {
+  [404] = { 4004, "no such room" }, [503] = { 1013, "try again later" },
+  [500] = { 1011, "room could not be created" },
+}
+
 --- A fake WebSocket client. opts: id (session id), query, headers, party,
---- room, discard (drop what it receives: for benchmarks).
+--- room, discard (drop what it receives: for benchmarks), ip (the client
+--- address per-address limits count; none by default: not counted).
 function T:client(opts)
   opts = opts or {}
   local q = {}
   for k, val in pairs(opts.query or {}) do q[k] = val end
   if opts.id then q.id = opts.id end
   local path = "/parties/" .. (opts.party or self.party) .. "/" .. (opts.room or self.id)
-  local hl, status = core.hl_connect(self.srv.h, path, query_string(q), opts.headers or {})
-  local c = setmetatable({ _hl = hl, _packets = {}, _raw = {}, status = status }, Client)
+  local hl, status = core.hl_connect(self.srv.h, path, query_string(q), opts.headers or {}, opts.ip)
+  local c = setmetatable({ _hl = hl, _t = self, _packets = {}, _raw = {}, status = status }, Client)
   if hl and opts.discard then core.hl_discard(hl, true) end -- benchmarks: keep nothing
-  if not hl then c._closed = { code = status, reason = "refused" } end
+  if not hl then -- what `serve` does: accept, then close with a code (other statuses stay HTTP)
+    local close = REFUSED[status]
+    c._closed = close and { code = close[1], reason = close[2] } or { code = status, reason = "refused" }
+  end
   return c
 end
 
@@ -123,7 +139,9 @@ end
 --- patch) when the pass ends, as the server batches them.
 function T:pass(fn)
   core.batch_joins(self.srv.h, true)
+  self._passing = true
   local ok, err = pcall(fn)
+  self._passing = nil
   core.batch_joins(self.srv.h, false)
   core.tick(self.srv.h)
   if not ok then error(err, 0) end
@@ -134,6 +152,7 @@ function T:advance(ms) core.advance(self.srv.h, ms) end
 function T:now() return core.now(self.srv.h) end
 
 --- HTTP request to the room: t:http("POST", "/scores", {body = {...}, headers = {...}})
+--- (opts.room, opts.party: another room; opts.ip: the client address)
 function T:http(method, path, opts)
   opts = opts or {}
   local body = opts.body
@@ -145,7 +164,7 @@ function T:http(method, path, opts)
   end
   local p, q = path:match("^([^?]*)%??(.*)$")
   local full = "/parties/" .. (opts.party or self.party) .. "/" .. (opts.room or self.id) .. (p == "/" and "" or p)
-  local res, pending = core.http(self.srv.h, method, full, q, headers, body)
+  local res, pending = core.http(self.srv.h, method, full, q, headers, body, opts.ip)
   -- The room's storage is loading (a backend that waits for I/O): the
   -- answer comes once it loaded; let the virtual clock run until then.
   local waited = 0
@@ -176,7 +195,11 @@ end
 -- Reads go through the server, so they work while the room hibernates.
 local StorageView = {}
 StorageView.__index = StorageView
-local function target(self) return { server = self.t.srv.h, ns = self.t.party, id = self.t.id } end
+local function target(self)
+  local t = self.t
+  if not t._passing then core.tick(t.srv.h) end -- writes made in the spec body are stored first
+  return { server = t.srv.h, ns = t.party, id = t.id }
+end
 function StorageView:get(key) return core.store_get(target(self), key) end
 function StorageView:entries(prefix) return core.store_list(target(self), prefix or "") end
 function StorageView:list(prefix)
@@ -203,11 +226,15 @@ end
 -- opts: id (room id, default from the path), storage ("memory",
 -- "sqlite:PATH", "lua:FILE"), seed (random ids), env, rooms (more
 -- definitions), create (false: the first client or request creates the
--- room, as under `serve`; needed when the storage waits for I/O).
+-- room, as under `serve`; needed when the storage waits for I/O), limits
+-- (server settings: evict_after, room_rate, room_burst, session_rate,
+-- session_burst; see core.server_limits).
 function M.room(src, opts)
   opts = opts or {}
   local def, version = load_def(src)
-  local h = core.server_new { virtual = true, storage = opts.storage or "memory", seed = opts.seed or 42 }
+  local cfg = { virtual = true, storage = opts.storage or "memory", seed = opts.seed or 42 }
+  for k, val in pairs(opts.limits or {}) do cfg[k] = val end
+  local h = core.server_new(cfg)
   local srv = runtime.new_server(h, { env = opts.env })
   runtime.add_definition(srv, def, type(src) == "string" and src or nil, version)
   for _, more in ipairs(opts.rooms or {}) do runtime.add_definition(srv, (load_def(more))) end

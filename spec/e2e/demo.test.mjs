@@ -4,8 +4,9 @@
  * build/lunaroom, in Debian's headless chromium driven by playwright-core.
  *
  * Owns: the browser (a fresh user-data-dir per run), the two player pages,
- * the admin page, and the artifacts in spec/e2e/artifacts/ (demo.png,
- * admin.png, metrics.txt).
+ * the admin page, the development-mode overlay (a second server, --dev, on a
+ * temporary copy of rooms/), and the artifacts in spec/e2e/artifacts/
+ * (demo.png, admin.png, dev-error.png, metrics.txt).
  * Must not: download a browser (CHROMIUM, default /usr/bin/chromium, must
  * exist: CI installs Debian's chromium), or leave the server or the browser
  * running (after() closes both; lib.mjs kills the server on exit).
@@ -20,7 +21,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { startServer } from "../integration/lib.mjs";
+import { ROOT, startServer, tempDir } from "../integration/lib.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ARTIFACTS = path.join(HERE, "artifacts");
@@ -206,6 +207,43 @@ describe("browser demo", () => {
       await p.page.waitForFunction((pid) => window.__room.players?.[pid] !== undefined, p.publicId, WAIT);
     }
     await admin.close();
+  });
+
+  test("development mode: a broken save shows an overlay, the next good save removes it", async () => {
+    // A copy of the rooms folder: the test saves game.lua there.
+    const dir = tempDir("lunaroom-e2e-dev-");
+    fs.cpSync(path.join(ROOT, "rooms"), dir, { recursive: true, filter: (src) => !src.includes(`${path.sep}static`) });
+    const dev = await startServer({ rooms: dir, args: ["--dev", "--static", "rooms/static"] });
+    const page = await context.newPage();
+    page.on("pageerror", (e) => pageErrors.push(`${page.url()}: ${e.message}`));
+    try {
+      await page.goto(`${dev.url}/`);
+      await page.waitForSelector('body[data-status="connected"]', WAIT);
+      await page.waitForFunction(() => window.__demo.placed, null, WAIT);
+      assert.equal(await page.$("#dev-error"), null, "no overlay before a bad save");
+
+      const file = path.join(dir, "game.lua");
+      const good = fs.readFileSync(file, "utf8");
+      fs.writeFileSync(file, good.replace("return lr.room {", "return lr.room {\n  broken = = 1,"));
+      await page.waitForSelector("#dev-error", { ...WAIT, state: "visible" });
+      const text = await page.textContent("#dev-error");
+      assert.match(text, /game\.lua:\d+/, "file:line in the overlay");
+      assert.match(text, /unexpected symbol/);
+      await page.screenshot({ path: path.join(ARTIFACTS, "dev-error.png") });
+      // A page opened (or reloaded) while the file is broken shows it too.
+      await page.reload();
+      await page.waitForSelector('body[data-status="connected"]', WAIT);
+      await page.waitForSelector("#dev-error", { ...WAIT, state: "visible" });
+
+      fs.writeFileSync(file, good + "\n-- saved again\n");
+      await page.waitForSelector("#dev-error", { ...WAIT, state: "detached" });
+      assert.equal(await page.evaluate(() => window.__demo.devError), null);
+      assert.equal(await page.evaluate(() => document.body.dataset.status), "connected");
+    } finally {
+      await page.close();
+      await dev.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("no script errors in any page", () => {

@@ -90,17 +90,18 @@ export function startServer({ rooms = "rooms", args = [], env = {}, timeoutMs = 
       reject(new Error(`no "listening on" line after ${timeoutMs} ms:\n${out}`));
     }, timeoutMs);
     const onData = () => {
-      const m = /listening on http:\/\/(\[[^\]]+\]|[^\s:/]+):(\d+)/.exec(out);
+      const m = /listening on (https?):\/\/(\[[^\]]+\]|[^\s:/]+):(\d+)/.exec(out);
       if (!m) return;
       clearTimeout(timer);
       proc.stderr.off("data", onData);
       proc.stdout.off("data", onData);
-      let host = m[1];
+      let host = m[2];
       if (host === "0.0.0.0" || host === "[::]" || host === "::") host = "127.0.0.1";
-      const port = Number(m[2]);
+      const port = Number(m[3]);
+      const tls = m[1] === "https"; // --tls-cert: https:// and wss://
       resolve({
-        url: `http://${host}:${port}`,
-        wsUrl: `ws://${host}:${port}`,
+        url: `${tls ? "https" : "http"}://${host}:${port}`,
+        wsUrl: `${tls ? "wss" : "ws"}://${host}:${port}`,
         port,
         proc,
         logs,

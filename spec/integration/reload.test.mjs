@@ -14,7 +14,7 @@
  *
  * "Save-to-live" is measured from just before the file is written to the
  * first reply of the new code to a probe action the client sends in a
- * loop (one in flight at a time), so it includes the watcher's debounce,
+ * loop (one in flight at a time), so it includes the watcher,
  * the load, the swap and one localhost round trip.
  */
 import assert from "node:assert/strict";

@@ -12,9 +12,9 @@ import { describe, test } from "node:test";
 import { http, sleep, startServer, wsClient } from "./lib.mjs";
 import { startKv } from "./kv_server.mjs";
 
-const serve = (kv) =>
+const serve = (kv, args = []) =>
   startServer({
-    args: ["--storage", "lua:lua/lunaroom/backends/http.lua", "--no-watch"],
+    args: ["--storage", "lua:lua/lunaroom/backends/http.lua", "--no-watch", ...args],
     env: { LUNAROOM_KV_URL: kv.url },
   });
 
@@ -72,7 +72,7 @@ describe("a Lua backend over HTTP (lunaroom.io.request)", () => {
     }
   });
 
-  test("the service down: writes wait in order and land when it is back", async () => {
+  test("the service down: writes wait in order, nothing is shown before it is stored", async () => {
     let down = false;
     const kv = await startKv({ fail: (ns, room, m) => (down && m === "POST" ? 503 : 0) });
     const srv = await serve(kv);
@@ -81,15 +81,46 @@ describe("a Lua backend over HTTP (lunaroom.io.request)", () => {
       await sleep(100); // the session records land
       down = true;
       a.c.send({ action: "increment" });
-      await a.c.next((m) => m?.type === "sync" && m.value.count === 1);
       await sleep(300);
       assert.match(srv.logs(), /write to the Lua backend failed .*retry in 1000 ms/);
       assert.notEqual(kv.data.get("main/demo")?.get("state:count"), "1");
+      // not stored, so not shown (throttleStorage 0); the room refuses actions meanwhile
+      assert.ok(!a.c.messages.some((m) => m?.type === "sync" && m.value.count === 1), a.c.raw.join("\n"));
+      a.c.send({ action: "increment" });
+      assert.equal((await a.c.next((m) => m?.type === "error")).value.code, "storage");
+      const ready = await http("GET", `${srv.url}/readyz`);
+      assert.equal(ready.status, 503);
+      assert.equal(ready.json.rooms?.[0]?.room, "main/demo", JSON.stringify(ready.json));
       down = false;
-      await sleep(1500);
+      await a.c.next((m) => m?.type === "sync" && m.value.count === 1, 3000); // shown once stored
       assert.equal(kv.data.get("main/demo").get("state:count"), "1");
       assert.match(srv.logs(), /accepts writes again/);
+      // ready again (the first probe of a Lua backend loads its probe room: poll)
+      let status = 0;
+      for (let i = 0; i < 20 && status !== 200; i++, await sleep(50))
+        status = (await http("GET", `${srv.url}/readyz`)).status;
+      assert.equal(status, 200);
       assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await kv.close();
+    }
+  });
+
+  test("SIGTERM while the service is down: bounded retries, exit 1, the lost keys logged", async () => {
+    let down = false;
+    const kv = await startKv({ fail: (ns, room, m) => (down && m === "POST" ? 503 : 0) });
+    const srv = await serve(kv, ["--shutdown-timeout", "600"]);
+    try {
+      const a = await join(srv, "demo", "?id=a1");
+      await sleep(100);
+      down = true;
+      a.c.send({ action: "increment" });
+      await sleep(200);
+      const t0 = Date.now();
+      assert.equal(await srv.stop("SIGTERM", 8000), 1, srv.logs());
+      assert.ok(Date.now() - t0 < 4000, "bounded");
+      assert.match(srv.logs(), /storage main\/demo: 1 write batch\(es\) not on the backend, LOST: state:count/);
     } finally {
       await srv.stop("SIGKILL").catch(() => {});
       await kv.close();

@@ -11,9 +11,16 @@
  * Must not: keep its own copy of the game state: the dots are drawn only
  * from `room`, which load() fills from the server's sync packets.
  *
+ * Development mode (lunaroom serve --dev, `make run`): when a save of the
+ * room's file fails to load, the server sends
+ * {"type":"dev_error","value":{file,line,message}} (the npm client ignores
+ * it); the page draws it as an overlay (#dev-error) until a packet with
+ * value null says the next save loaded.
+ *
  * For tests and curious readers: window.__room is that state object,
- * window.__demo = { id, status, publicId, placed, conn }, and each player's <li>
- * carries data-public-id / data-x / data-y; <body data-status=...>.
+ * window.__demo = { id, status, publicId, placed, conn, devError }, and each
+ * player's <li> carries data-public-id / data-x / data-y; <body
+ * data-status=...>.
  */
 import { connectionRoom } from "@signe/sync/client";
 
@@ -42,7 +49,14 @@ function colorOf(pid) {
 }
 
 const room = {}; /* filled by @signe/sync's load() from each sync packet */
-const demo = { id: sessionId(), status: "connecting", publicId: undefined, placed: false, conn: undefined };
+const demo = {
+  id: sessionId(),
+  status: "connecting",
+  publicId: undefined,
+  placed: false,
+  conn: undefined,
+  devError: null,
+};
 window.__room = room;
 window.__demo = demo;
 
@@ -101,6 +115,36 @@ function render() {
   $("pid").textContent = demo.publicId ?? "-";
 }
 
+/** The development-mode overlay: shown for a dev_error value, removed for null. */
+function showDevError(err) {
+  demo.devError = err;
+  let box = $("dev-error");
+  if (!err) {
+    box?.remove();
+    return;
+  }
+  if (!box) {
+    box = document.createElement("div");
+    box.id = "dev-error";
+    box.setAttribute("role", "alert");
+    box.style.cssText =
+      "position:fixed;inset:auto 16px 16px 16px;max-height:50vh;overflow:auto;padding:14px 18px;" +
+      "background:#2b0b0b;color:#ffd7d7;border:2px solid #e5484d;border-radius:8px;" +
+      "font:13px/1.5 ui-monospace,monospace;white-space:pre-wrap;box-shadow:0 6px 24px #0006;z-index:10";
+    document.body.append(box);
+  }
+  const where = `${err.file ?? "?"}${err.line != null ? `:${err.line}` : ""}`;
+  box.replaceChildren();
+  const head = document.createElement("strong");
+  head.textContent = `The room failed to reload: ${where}`;
+  const msg = document.createElement("div");
+  msg.textContent = String(err.message ?? "");
+  const note = document.createElement("div");
+  note.style.opacity = "0.7";
+  note.textContent = "The previous code is still running. Save a fixed file to clear this.";
+  box.append(head, msg, note);
+}
+
 const clamp = (v) => Math.max(0, Math.min(MAP, Math.round(v)));
 
 function moveTo(x, y) {
@@ -152,7 +196,15 @@ async function main() {
     }
   });
   /* Registered after connectionRoom's own listener, so `room` is up to date. */
-  ws.addEventListener("message", () => {
+  ws.addEventListener("message", (e) => {
+    if (typeof e.data === "string" && e.data.includes('"dev_error"')) {
+      try {
+        const p = JSON.parse(e.data);
+        if (p && p.type === "dev_error") showDevError(p.value ?? null);
+      } catch {
+        /* not ours */
+      }
+    }
     if (room.pId) demo.publicId = room.pId;
     const p = me();
     if (p && !demo.placed) {
