@@ -207,7 +207,7 @@ describe("pre-auth input is handled in linear time (issue 15 item 3)", function(
     local q = "id=a" .. ("+"):rep(8190) .. "b"
     local t0 = os.clock()
     for _ = 1, 20 do
-      local hl = core.hl_connect(t.srv.h, "/parties/main/q", q, {})
+      local hl = core.hl_connect(t.srv.h, "/parties/main/q", q, {}, nil)
       local _, code, reason = core.hl_drain(hl)
       assert.are.equal(4008, code)
       assert.are.equal("id too long (max 256 bytes)", reason)
@@ -219,13 +219,13 @@ describe("pre-auth input is handled in linear time (issue 15 item 3)", function(
 
   it("?id= is trimmed (linear) and may be up to 256 bytes; _pk and transferToken are bounded too", function()
     local t = testing.room(lr.room { path = "q", state = {} })
-    local hl = core.hl_connect(t.srv.h, "/parties/main/q", "id=%20%09abc%20", {})
+    local hl = core.hl_connect(t.srv.h, "/parties/main/q", "id=%20%09abc%20", {}, nil)
     assert.are.equal("abc", core.hl_conn(hl).sessionId)
     local long = "a" .. (" "):rep(254) .. "b"
-    hl = core.hl_connect(t.srv.h, "/parties/main/q", "id=a" .. ("+"):rep(254) .. "b", {})
+    hl = core.hl_connect(t.srv.h, "/parties/main/q", "id=a" .. ("+"):rep(254) .. "b", {}, nil)
     assert.are.equal(long, core.hl_conn(hl).sessionId)
     for _, name in ipairs { "id", "_pk", "transferToken" } do
-      hl = core.hl_connect(t.srv.h, "/parties/main/q", name .. "=" .. ("x"):rep(257), {})
+      hl = core.hl_connect(t.srv.h, "/parties/main/q", name .. "=" .. ("x"):rep(257), {}, nil)
       local _, code, reason = core.hl_drain(hl)
       assert.are.equal(4008, code)
       assert.are.equal(name .. " too long (max 256 bytes)", reason)
