@@ -1214,14 +1214,16 @@ static int l_encode(lua_State *L) {
   return 1;
 }
 
-/* core.decode(text [, exact]): wire semantics (integers beyond +-2^53 are
- * floats, as in JavaScript) unless exact (storage text: int64 kept). */
+/* core.decode(text [, wire]): text the server or room code wrote keeps its
+ * int64 integers exact; with wire (client input: HTTP request bodies)
+ * integers beyond +-2^53 are doubles, as in JavaScript (json.h). Action
+ * packets are decoded in C with the wire rule. */
 static int l_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   char err[256];
-  lr_node *v = lua_toboolean(L, 2) ? lr_json_decode_exact(s, n, NULL, err, sizeof err)
-                                   : lr_json_decode(s, n, NULL, err, sizeof err);
+  lr_node *v = lua_toboolean(L, 2) ? lr_json_decode(s, n, NULL, err, sizeof err)
+                                   : lr_json_decode_exact(s, n, NULL, err, sizeof err);
   if (!v) {
     lua_pushnil(L);
     lua_pushstring(L, err);

@@ -271,6 +271,22 @@ describe("integers from the wire (issue 15 item 12)", function()
   end)
 end)
 
+describe("integers in HTTP request bodies (issue 15 item 12)", function()
+  it("follow the same rule as action packets", function()
+    local got = {}
+    local t = testing.room(lr.room { path = "h", state = {},
+      requests = { ["POST /n"] = function(_, req)
+        local b = req.json()
+        got = { math.type(b.big), b.big + 1, math.type(b.small) }
+        return {}
+      end } })
+    t:http("POST", "/n", { body = '{"big":9223372036854775807,"small":9007199254740992}',
+      headers = { ["content-type"] = "application/json" } })
+    assert.are.same({ "float", 2 ^ 63, "integer" }, got)
+    t:close()
+  end)
+end)
+
 describe("admin bodies (issue 15 item 12)", function()
   it("a garbage body is 400, a missing room 404", function()
     local jwt = require "lunaroom.jwt"

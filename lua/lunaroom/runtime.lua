@@ -1055,7 +1055,7 @@ function M.request(srv, room, req, path)
     params = params, body = req.body, ip = req.ip, data = nil,
     url = "http://" .. (req.headers.host or "localhost") .. req.path .. (req.query ~= "" and ("?" .. req.query) or ""),
   }
-  function r.json() return core.decode(r.body or "") end
+  function r.json() return core.decode(r.body or "", true) end -- wire numbers (as JSON.parse)
   function r.text() return r.body or "" end
   -- Guards first (Part 2 section 5.4): a client without rights gets 403
   -- before anything tells it what the body should look like.
@@ -1068,7 +1068,7 @@ function M.request(srv, room, req, path)
   end
   local m = req.method
   if route.schema and (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
-    local data, err = core.decode(req.body or "")
+    local data, err = core.decode(req.body or "", true)
     if data == nil and err then
       return json_response(400, { error = "Failed to parse request body" })
     end

@@ -41,7 +41,7 @@ function M.list(ns, room, prefix)
   local res = io.request("GET", url(ns, room), { timeout = timeout })
   if res.status == 404 then return {} end
   check(res, "GET " .. url(ns, room))
-  local all, out = core.decode(res.body, true), {} -- storage: integers exact
+  local all, out = core.decode(res.body), {}
   for _, kv in ipairs(all) do
     if kv[1]:sub(1, #prefix) == prefix then out[#out + 1] = kv end
   end
