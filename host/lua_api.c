@@ -1502,13 +1502,14 @@ static int l_hl_connect(lua_State *L) {
       lua_pop(L, 1);
     }
   }
+  /* ip: the client address per-address limits count; none (in-process) by
+   * default. Read before the userdata below lands at index 5. */
+  const char *ip = luaL_optstring(L, 5, NULL);
+  lua_settop(L, 5);
   hl *h = lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
   h->close_code = -1;
   luaL_setmetatable(L, HL_MT);
-  /* ip: the client address per-address limits count; none (in-process) by
-   * default */
-  const char *ip = luaL_optstring(L, 5, NULL);
   lr_request req = {"GET", path, query, hs, nh, NULL, 0, ip && *ip ? ip : NULL};
   lr_conn *c = NULL;
   int status = lr_server_ws_open(s, &req, &hl_vt, h, &c);
