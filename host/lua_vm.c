@@ -33,6 +33,7 @@
 int luaopen_lunaroom_core(lua_State *L);
 int luaopen_lunaroom_reload_c(lua_State *L); /* reload.c */
 int luaopen_lunaroom_jwt(lua_State *L);      /* lua_jwt.c */
+int luaopen_lunaroom_wait_c(lua_State *L);   /* lua_wait.c */
 
 #define HOOK_EVERY 10000
 /* Allocation past the call's memory limit that is still granted while the
@@ -132,6 +133,8 @@ lua_State *lr_vm_open(const char *lua_dir, size_t mem_limit) {
   lua_setfield(L, -2, "lunaroom.reload_c");
   lua_pushcfunction(L, luaopen_lunaroom_jwt);
   lua_setfield(L, -2, "lunaroom.jwt");
+  lua_pushcfunction(L, luaopen_lunaroom_wait_c);
+  lua_setfield(L, -2, "lunaroom.wait_c");
   lua_pop(L, 2);
   return L;
 }

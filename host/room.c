@@ -1242,7 +1242,7 @@ void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
  * relayed clients), no pending timer (room:timer, session expiry). Its
  * unwritten state is flushed by the eviction itself. */
 static bool evictable(const lr_room *r) {
-  return r->evict_ms > 0 && r->nconns == 0 && r->ntimers == 0 && !r->disposed &&
+  return r->evict_ms > 0 && r->nconns == 0 && r->ntimers == 0 && r->nwaits == 0 && !r->disposed &&
          !r->srv->shutting_down;
 }
 
@@ -1366,6 +1366,11 @@ static bool evict(lr_room *r, int64_t idle) {
 static void idle_check(lr_room *r) {
   lr_server *s = r->srv;
   if (r->disposed || s->shutting_down) return;
+  if (r->nwaits) { /* a handler waits on this instance: it stays (lr_room_wait_hold) */
+    r->last_active = lr_now(s);
+    arm_idle(r);
+    return;
+  }
   int64_t idle = lr_now(s) - r->last_active;
   if (evictable(r) && idle >= r->evict_ms) {
     if (evict(r, idle)) return;
@@ -1373,6 +1378,18 @@ static void idle_check(lr_room *r) {
     hibernate(r, idle);
   }
   arm_idle(r);
+}
+
+void lr_room_wait_hold(lr_room *r, int delta) {
+  if (delta > 0) {
+    r->nwaits++;
+  } else if (r->nwaits) {
+    r->nwaits--;
+    if (r->nwaits == 0 && !r->disposed) {
+      r->last_active = lr_now(r->srv);
+      arm_idle(r);
+    }
+  }
 }
 
 /* ------------------------------------------------------------ runtime glue */
@@ -1579,6 +1596,19 @@ lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp) {
  * connection with one reference owned by the caller's transport. */
 /* Run the room's connect for c (joining, c->room set): guards, session,
  * onJoin, snapshot; then the frames that arrived meanwhile. */
+/* Handle the frames c sent before it joined, in order. */
+static void replay_early(lr_conn *c) {
+  if (c->phase != LR_C_JOINED || !c->early) return;
+  lr_early *e = c->early;
+  c->early = NULL;
+  size_t off = 0;
+  for (uint32_t i = 0; i < e->n && c->phase == LR_C_JOINED; i++) {
+    lr_conn_message(c, e->buf.data + off, e->len[i]);
+    off += e->len[i];
+  }
+  early_free(e);
+}
+
 static void connect_conn(lr_conn *c, const lr_request *req) {
   lr_room *r = c->room;
   lr_server *s = r->srv;
@@ -1597,18 +1627,25 @@ static void connect_conn(lr_conn *c, const lr_request *req) {
     lr_conn_close(c, 1011, "connect failed");
   }
   lr_server_flush_touched(s);
-  /* Frames that arrived while the room handled the connect. */
-  if (c->phase == LR_C_JOINED && c->early) {
-    lr_early *e = c->early;
-    c->early = NULL;
-    size_t off = 0;
-    for (uint32_t i = 0; i < e->n && c->phase == LR_C_JOINED; i++) {
-      lr_conn_message(c, e->buf.data + off, e->len[i]);
-      off += e->len[i];
-    }
-    early_free(e);
-  }
+  replay_early(c); /* frames that arrived while the room handled the connect */
   lr_conn_release(c);
+}
+
+static void replay_cb(void *ud) {
+  lr_conn *c = ud;
+  replay_early(c);
+  lr_conn_release(c);
+}
+
+void lr_conn_replay_early_later(lr_conn *c) {
+  if (!c->early) return;
+  lr_conn_retain(c);
+  lr_timer_add_c(c->srv, 0, replay_cb, c);
+}
+
+void lr_conn_send_error(lr_conn *c, const char *code, const char *action, const char *message) {
+  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  send_error(c, code, action, message);
 }
 
 static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
@@ -1881,7 +1918,7 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     lr_shard_client_message(c, data, len);
     return;
   }
-  if (c->phase == LR_C_JOINING) {
+  if (c->phase == LR_C_JOINING || c->early) { /* early: joined, replay pending (in order) */
     lr_early *e = c->early;
     if (!e) {
       e = c->early = lr_xcalloc(1, sizeof *e);

@@ -63,6 +63,9 @@ local RO = {
   lunaroom = wrap(lr, "lunaroom"),
 }
 RO.schema = wrap(lr.v, "lunaroom.schema")
+-- require "lunaroom.io" in a room: the waits of handlers (lunaroom.tasks).
+local lio = require "lunaroom.io"
+local ROOM_IO = ro({ sleep = lio.sleep, request = lio.request }, "lunaroom.io")
 
 local SAFE = { "assert", "error", "ipairs", "pairs", "pcall", "select", "tonumber",
   "tostring", "type", "xpcall", "rawequal", "rawlen", "_VERSION" }
@@ -164,6 +167,7 @@ end
 function M.require(name, ctx)
   if name == "lunaroom" then return RO.lunaroom end
   if name == "lunaroom.schema" then return RO.schema end
+  if name == "lunaroom.io" then return ROOM_IO end
   if type(name) ~= "string" or not name:match("^[%w_][%w_%.%-]*$") then
     error("require: bad module name " .. tostring(name), 2)
   end
