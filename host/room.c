@@ -352,8 +352,10 @@ static void fire(lr_server *s, lr_timer *t) {
     }
     lua_State *L = s->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
-    lr_callinfo ci = {.room = r ? r->key : NULL, .what = "timer", .budget = r ? r->budget : 0,
-                       .memory = r ? r->memory : 0};
+    lr_callinfo ci = {.room = r ? r->key : NULL,
+                      .what = "timer",
+                      .budget = r ? r->budget : 0,
+                      .memory = r ? r->memory : 0};
     lr_vm_pcall(L, 0, 0, &ci);
     break;
   }
@@ -1402,8 +1404,10 @@ int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what
   lua_remove(L, -2);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
   lua_rotate(L, -(nargs + 2), 2); /* fn, srv, args... */
-  lr_callinfo ci = {.room = r ? r->key : NULL, .what = what, .budget = r ? r->budget : 0,
-                     .memory = r ? r->memory : 0};
+  lr_callinfo ci = {.room = r ? r->key : NULL,
+                    .what = what,
+                    .budget = r ? r->budget : 0,
+                    .memory = r ? r->memory : 0};
   bool was_dirty[LR_NCH] = {false, false};
   if (r) {
     lr_room_retain(r);
