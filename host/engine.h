@@ -236,6 +236,13 @@ void lr_conn_replay_early_later(lr_conn *c);
 /* The error packet {type:"error", value:{code, action?, message}} to c
  * (counted in the rejected stats; bypasses the interceptor and the gate). */
 void lr_conn_send_error(lr_conn *c, const char *code, const char *action, const char *message);
+/* Answer with the response table on top of L's stack: {status=,
+ * headers={{name,value},...}, body=string}. [-0,+0] */
+void lr_respond_table(lua_State *L, lr_response_cb done, void *ud);
+/* lua_wait.c: the response table on top of L is runtime.lua's "pending"
+ * answer (a guard or route handler waits): the request is answered with
+ * done/ud when it finished. Returns false for an ordinary response. */
+bool lr_wait_http_defer(lr_server *s, lua_State *L, lr_response_cb done, void *ud);
 /* Send the pending sync patch now (applySync / throttle end). If nothing is
  * pending and full_if_clean, every connection gets the full state. Parked
  * connections get pId + full state. */

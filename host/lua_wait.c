@@ -16,9 +16,12 @@
  *   send_error(conn, code, action|nil, message)   the error packet of an
  *                        action whose handler finished after a wait
  *   alive(conn)          whether the connection is still open
+ *   respond(responder, response)   answers an HTTP request whose guard or
+ *                        route waited (lr_wait_http_defer made the responder;
+ *                        one nobody answers is answered 503 when collected)
  *
- * Owns: those four bindings. Must not: decide when a handler waits or
- * resumes (runtime.lua does), or keep any state of its own.
+ * Owns: those bindings and the responder of a deferred HTTP answer. Must not: decide when a handler
+ * waits or resumes (runtime.lua does), or keep any state of its own.
  */
 #include <stdbool.h>
 #include <string.h>
@@ -110,10 +113,80 @@ static int w_send_error(lua_State *L) {
   return 0;
 }
 
+/* ---- HTTP requests whose guard or route waits ---- */
+
+#define RESPONDER_MT "lunaroom.responder"
+
+typedef struct responder {
+  lr_server *s;
+  lr_response_cb done; /* NULL once answered */
+  void *ud;
+} responder;
+
+static void answer_simple(responder *p, int status, const char *body) {
+  lr_header h[] = {{"Content-Type", "application/json"}, {"Access-Control-Allow-Origin", "*"}};
+  lr_response resp = {status, h, 2, body, strlen(body)};
+  lr_response_cb done = p->done;
+  p->done = NULL;
+  done(p->ud, &resp);
+}
+
+/* respond(responder, response) -> answered now (false: it was already) */
+static int w_respond(lua_State *L) {
+  responder *p = luaL_checkudata(L, 1, RESPONDER_MT);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!p->done) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  /* Write first: an answer must not show what could not be stored. */
+  lr_server_flush_touched(p->s);
+  lua_settop(L, 2);
+  lr_response_cb done = p->done;
+  p->done = NULL;
+  lr_respond_table(L, done, p->ud);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* A responder nobody answered (its handler was cancelled, the server is
+ * going away): 503, so the client is not left hanging. */
+static int responder_gc(lua_State *L) {
+  responder *p = luaL_checkudata(L, 1, RESPONDER_MT);
+  if (p->done) answer_simple(p, 503, "{\"error\":\"Service Unavailable\"}");
+  return 0;
+}
+
+bool lr_wait_http_defer(lr_server *s, lua_State *L, lr_response_cb done, void *ud) {
+  if (!lua_istable(L, -1)) return false;
+  lua_getfield(L, -1, "_wait");
+  if (!lua_isfunction(L, -1)) {
+    lua_pop(L, 1);
+    return false;
+  }
+  responder *p = lua_newuserdatauv(L, sizeof *p, 0);
+  p->s = s;
+  p->done = done;
+  p->ud = ud;
+  if (luaL_newmetatable(L, RESPONDER_MT)) {
+    lua_pushcfunction(L, responder_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_insert(L, -3); /* responder, fn, responder */
+  lr_callinfo ci = {.what = "request (waiting)"};
+  if (lr_vm_pcall(L, 1, 0, &ci) != 0 && p->done)
+    answer_simple(p, 500, "{\"error\":\"Internal Server Error\"}");
+  lua_pop(L, 1);
+  return true;
+}
+
 int luaopen_lunaroom_wait_c(lua_State *L) {
   static const luaL_Reg fns[] = {{"resume", w_resume}, {"hold", w_hold},
                                  {"replay", w_replay}, {"send_error", w_send_error},
-                                 {"alive", w_alive},   {NULL, NULL}};
+                                 {"alive", w_alive},   {"respond", w_respond},
+                                 {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

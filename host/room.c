@@ -2079,7 +2079,7 @@ static const lr_header cors_headers[] = {
     {"Access-Control-Max-Age", "86400"},
 };
 
-static void respond_table(lua_State *L, lr_response_cb done, void *ud);
+#define respond_table lr_respond_table
 
 static void respond_simple(lr_response_cb done, void *ud, int status, const char *body) {
   lr_header h[5];
@@ -2195,6 +2195,8 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     lua_settop(L, top);
     lr_server_flush_touched(s);
     respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
+  } else if (lr_wait_http_defer(s, L, done, ud)) {
+    lua_settop(L, top); /* a guard or the route waits: answered when it finished */
   } else {
     /* Write first: an answer must not show what could not be stored. */
     lr_server_flush_touched(s);
@@ -2209,7 +2211,7 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
 
 /* Answer with the response table on top of the stack:
  * {status=, headers={{name,value},...}, body=string}. [-0,+0] */
-static void respond_table(lua_State *L, lr_response_cb done, void *ud) {
+void lr_respond_table(lua_State *L, lr_response_cb done, void *ud) {
   lua_getfield(L, -1, "status");
   int status = (int)luaL_optinteger(L, -1, 200);
   lua_pop(L, 1);

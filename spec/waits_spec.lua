@@ -345,6 +345,53 @@ describe("handlers that wait", function()
     t:close()
   end)
 
+  it("an HTTP route and its guard may wait; the answer follows, with the writes stored first", function()
+    local t = testing.room(shop {
+      requests = {
+        ["GET /price"] = {
+          guards = { function(_, req)
+            local res = require("lunaroom.io").request("GET", "http://auth.test/" .. (req.query.key or ""))
+            return res.status == 200
+          end },
+          run = function(room)
+            local res = require("lunaroom.io").request("GET", "http://pay.test/price")
+            room.count = room.count + 1
+            return { price = tonumber(res.body), count = room.count }
+          end,
+        },
+      },
+    })
+    t:http_service({ ["GET http://auth.test/ok"] = 200, ["GET http://auth.test/no"] = 401,
+      ["GET http://pay.test/price"] = function() return { status = 200, body = "42" }, 20 end })
+    local t0 = t:now()
+    local res = t:http("GET", "/price?key=ok")
+    assert.are.equal(200, res.status)
+    assert.are.same({ price = 42, count = 1 }, res.json)
+    assert.are.equal(20, t:now() - t0) -- the answer came with the service's 20 ms
+    assert.are.equal(1, t.storage:get("state:count"))
+    assert.are.equal(403, t:http("GET", "/price?key=no").status)
+    t:close()
+  end)
+
+  it("room-to-room fetch waits for a target route that waits", function()
+    local t = testing.room(shop {
+      actions = { ask = function(room)
+        local res = room.parties.main:get("bank"):fetch("/balance")
+        room.trail[#room.trail + 1] = "balance " .. res.json().balance
+      end },
+    }, { rooms = { { path = "bank", requests = { ["GET /balance"] = function()
+      require("lunaroom.io").sleep(30)
+      return { balance = 7 }
+    end } } } })
+    local c = t:client { id = "a" }
+    c:send("ask")
+    assert.are.equal("", log_of(t))
+    t:advance(40)
+    assert.are.equal("balance 7", log_of(t))
+    assert.is_nil(last_error(c))
+    t:close()
+  end)
+
   it("cannot wait where nothing can be suspended (outside a handler)", function()
     assert.has_error(function() require("lunaroom.io").sleep(1) end)
   end)

@@ -210,8 +210,14 @@ function Stub:fetch(path, init)
   end
   local p, q = path:match("^([^?]*)%??(.*)$")
   if p ~= "" and p:sub(1, 1) ~= "/" then p = "/" .. p end
-  local res = core.http(SRV[self].h, init.method or "GET",
+  local res, pending = core.http(SRV[self].h, init.method or "GET",
     "/parties/" .. self.ns .. "/" .. self.id .. (p == "/" and "" or p), q, headers, body)
+  if not res then -- the target's route waits: so does this handler (lunaroom.tasks)
+    if not coroutine.isyieldable() then error("fetch: the target room's route waits, and this call cannot", 2) end
+    local ok, got = coroutine.yield("lunaroom.http_take", pending, init.timeout)
+    if ok == require("lunaroom.io").ERROR then error(got, 0) end
+    res = ok
+  end
   res.ok = res.status >= 200 and res.status < 300
   return setmetatable(res, FETCHED)
 end
@@ -1138,6 +1144,7 @@ local function match_route(routes, method, path)
   return nil
 end
 
+local route_failed, serve_route
 local function to_response(res, result)
   if getmetatable(result) == RESPONSE then return result end
   if getmetatable(result) == FETCHED then -- a room-to-room fetch, passed on
@@ -1150,7 +1157,39 @@ local function to_response(res, result)
   return json_response(200, result, res._headers)
 end
 
+function route_failed(code)
+  if code == "busy" then return json_response(503, { error = "Service Unavailable", code = "busy" }) end
+  return json_response(500, { error = "Internal Server Error" })
+end
+
+-- Guards, body schema and handler of a route, as one task (they may wait).
+function serve_route(room, route, r, req)
+  -- Guards first (Part 2 section 5.4): a client without rights gets 403
+  -- before anything tells it what the body should look like.
+  local res = new_res()
+  for _, g in ipairs(route.guards) do
+    local verdict = g(nil, r, room)
+    if getmetatable(verdict) == RESPONSE then return verdict end
+    if not verdict then return json_response(403, { error = "Not permitted" }) end
+  end
+  local m = req.method
+  local ctype = req.headers["content-type"] or ""
+  if route.schema and (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
+    local data, err = core.decode(req.body or "", true)
+    if data == nil and err then
+      return json_response(400, { error = "Failed to parse request body" })
+    end
+    local ok, vres = route.schema:parse(data ~= null and data or nil)
+    if not ok then
+      return json_response(400, { error = "Invalid request body", details = { issues = vres.issues, name = "ZodError" } })
+    end
+    if vres ~= null then r.data = vres end
+  end
+  return to_response(res, route.run(room, r, res))
+end
+
 --- An HTTP request for room, routed on path (the part after the room id).
+--- Its guards and handler may wait (the answer follows when they finished).
 function M.request(srv, room, req, path)
   local d = rawget(room, "def")
   local key = rawget(room, "key")
@@ -1180,30 +1219,18 @@ function M.request(srv, room, req, path)
   }
   function r.json() return core.decode(r.body or "", true) end -- wire numbers (as JSON.parse)
   function r.text() return r.body or "" end
-  -- Guards first (Part 2 section 5.4): a client without rights gets 403
-  -- before anything tells it what the body should look like.
-  local res = new_res()
-  for _, g in ipairs(route.guards) do
-    local ok, verdict = core.pcall(g, key, "guard " .. route.key, nil, r, room)
-    if not ok then return json_response(500, { error = "Internal Server Error" }) end
-    if getmetatable(verdict) == RESPONSE then return verdict end
-    if not verdict then return json_response(403, { error = "Not permitted" }) end
-  end
-  local m = req.method
-  if route.schema and (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
-    local data, err = core.decode(req.body or "", true)
-    if data == nil and err then
-      return json_response(400, { error = "Failed to parse request body" })
+  local st, a, b = tasks.run(srv, room, "request " .. route.key, serve_route, room, route, r, req)
+  if st == true then return a end
+  if st == false then return route_failed(b) end
+  -- A guard or the route waits: the host answers when it finished.
+  return { _wait = function(responder)
+    a.after = function(ok, resp, code)
+      wait_c.respond(responder, ok and resp or route_failed(code))
     end
-    local ok, vres = route.schema:parse(data ~= null and data or nil)
-    if not ok then
-      return json_response(400, { error = "Invalid request body", details = { issues = vres.issues, name = "ZodError" } })
+    a.cancel = function()
+      wait_c.respond(responder, json_response(503, { error = "Service Unavailable", code = "disposed" }))
     end
-    if vres ~= null then r.data = vres end
-  end
-  local ok, result = core.pcall(route.run, key, "request " .. route.key, room, r, res)
-  if not ok then return json_response(500, { error = "Internal Server Error" }) end
-  return to_response(res, result)
+  end }
 end
 
 --- Called by C before a request creates or wakes room ns/id: true when the

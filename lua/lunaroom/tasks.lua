@@ -209,6 +209,22 @@ function arm(w, status, tag, ...)
     end)
     return PENDING
   end
+  if tag == "lunaroom.http_take" then -- room-to-room fetch whose target waits (in process)
+    local id, t = ...
+    t = math.floor(t or timeout)
+    local waited = 0
+    local function poll()
+      w.t = nil
+      if w.seq ~= seq then return end
+      local res = core.http_take(id)
+      if res then return step(w, res) end
+      waited = waited + 1
+      if waited >= t then return fail_wait(w, ("fetch: no answer after %d ms (timeout)"):format(t)) end
+      w.t = core.timer(srv.h, rawget(room, "h"), 1, poll)
+    end
+    w.t = core.timer(srv.h, rawget(room, "h"), 1, poll)
+    return PENDING
+  end
   local co = w.co
   w.co = nil
   coroutine.close(co)
@@ -249,6 +265,7 @@ function M.cancel_room(srv, key)
       if co then coroutine.close(co) end
       w.after = nil
       unregister(w)
+      if w.cancel then pcall(w.cancel) end
       n = n + 1
     end
   end
