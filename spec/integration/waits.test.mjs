@@ -1,0 +1,141 @@
+/*
+ * waits.test.mjs - handlers that wait for an outside service (lunaroom.io
+ * in room handlers; README "Waiting for outside services"), with the real
+ * binary and a slow HTTP service (500 ms): another room's round trips are
+ * not delayed; 1,000 actions waiting at once all complete; a room capped at
+ * 100 waiting handlers refuses the 900 others with the "busy" error.
+ *
+ * Owns: the wire checks of issue 17 (handlers that wait).
+ */
+import assert from "node:assert/strict";
+import nodeHttp from "node:http";
+import path from "node:path";
+import { describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { sleep, startServer, wsClient } from "./lib.mjs";
+
+const ROOMS = path.join(path.dirname(fileURLToPath(import.meta.url)), "waits-rooms");
+
+// A service answering every request after delayMs; counts what it saw.
+function slowService(delayMs) {
+  const s = { hits: 0, open: 0, maxOpen: 0 };
+  const server = nodeHttp.createServer((req, res) => {
+    s.hits++;
+    s.open++;
+    s.maxOpen = Math.max(s.maxOpen, s.open);
+    setTimeout(() => {
+      s.open--;
+      res.writeHead(200, { "content-type": "application/json" }).end('{"ok":true}');
+    }, delayMs);
+  });
+  server.maxConnections = 5000;
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () => {
+      s.url = `http://127.0.0.1:${server.address().port}/check`;
+      s.close = () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); });
+      resolve(s);
+    }),
+  );
+}
+
+const serve = (env = {}) =>
+  startServer({ rooms: ROOMS, args: ["--no-watch", "--max-conns-per-ip", "-1", "--session-rate", "0"], env });
+
+async function join(srv, room) {
+  const c = wsClient(`${srv.wsUrl}/parties/main/${room}`);
+  await c.opened;
+  await c.next((m) => m?.type === "sync" && m.value.pId !== undefined, 10000);
+  return c;
+}
+
+async function joinMany(srv, room, n) {
+  const out = [];
+  for (let i = 0; i < n; i += 100) {
+    const batch = [];
+    for (let k = i; k < Math.min(n, i + 100); k++) batch.push(join(srv, room));
+    out.push(...(await Promise.all(batch)));
+  }
+  return out;
+}
+
+const p99 = (xs) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.99))];
+
+describe("handlers that wait, over the wire", () => {
+  test("a 500 ms service call in one room does not delay another room's round trips", async () => {
+    const svc = await slowService(500);
+    const srv = await serve();
+    try {
+      const slow = await join(srv, "slow-a");
+      const fast = await join(srv, "fast-a");
+      const t0 = Date.now();
+      slow.send({ action: "buy", value: { url: svc.url } });
+      await sleep(20); // the request is out
+      const rtts = [];
+      for (let i = 1; Date.now() - t0 < 450; i++) {
+        const s = Date.now();
+        fast.send({ action: "ping", value: i });
+        await fast.next((m) => m?.type === "sync" && m.value.n === i);
+        rtts.push(Date.now() - s);
+      }
+      assert.ok(rtts.length >= 20, `round trips while the slow action waited: ${rtts.length}`);
+      assert.ok(p99(rtts) < 50, `p99 ${p99(rtts)} ms (${rtts.join(",")})`);
+      const done = await slow.next((m) => m?.type === "sync" && m.value.done === 1, 3000);
+      assert.ok(done);
+      const took = Date.now() - t0;
+      assert.ok(took >= 480 && took < 1500, `the slow action finished after ${took} ms`);
+      assert.equal(svc.hits, 1);
+      assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await svc.close();
+    }
+  });
+
+  test("1,000 actions waiting at once on one process all complete", { timeout: 120000 }, async () => {
+    const svc = await slowService(500);
+    const srv = await serve({ LUNAROOM_MAX_WAITING: "5000" });
+    try {
+      const cs = await joinMany(srv, "slow-bulk", 1000);
+      const watcher = cs[0];
+      const t0 = Date.now();
+      for (const c of cs) c.send({ action: "buy", value: { url: svc.url } });
+      await watcher.next((m) => m?.type === "sync" && m.value.started === 1000, 20000);
+      await watcher.next((m) => m?.type === "sync" && m.value.done === 1000, 30000);
+      const took = Date.now() - t0;
+      assert.equal(svc.hits, 1000);
+      assert.ok(svc.maxOpen >= 900, `the service saw ${svc.maxOpen} requests open at once`);
+      assert.ok(took < 15000, `1,000 waits took ${took} ms`);
+      for (const c of cs) assert.ok(!c.messages.some((m) => m?.type === "error"), c.raw.join("\n"));
+      console.log(`# 1,000 waiting actions: all done in ${took} ms, ${svc.maxOpen} open at once`);
+      assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await svc.close();
+    }
+  });
+
+  test("a room capped at 100 waiting handlers answers the 900 others 'busy'", { timeout: 120000 }, async () => {
+    const svc = await slowService(500);
+    const srv = await serve();
+    try {
+      const cs = await joinMany(srv, "capped-a", 1000);
+      for (const c of cs) c.send({ action: "buy", value: { url: svc.url } });
+      const outcomes = await Promise.all(
+        cs.map((c) => c.next((m) => m?.type === "error" || (m?.type === "sync" && m.value.done !== undefined), 15000)),
+      );
+      const busy = outcomes.filter((m) => m.type === "error");
+      assert.equal(busy.length, 900);
+      for (const e of busy) {
+        assert.equal(e.value.code, "busy");
+        assert.equal(e.value.action, "buy");
+        assert.match(e.value.message, /100 handlers of room main\/capped-a are waiting already \(waits\.max\)/);
+      }
+      await cs[0].next((m) => m?.type === "sync" && m.value.done === 100, 10000);
+      assert.equal(svc.hits, 100);
+      assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await svc.close();
+    }
+  });
+});
