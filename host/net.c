@@ -1435,6 +1435,10 @@ void lr_net_wake(void) {
   pthread_mutex_unlock(&net_wake_mu);
 }
 
+struct lws_context *lr_net_context(void) {
+  return net_ctx; /* loop thread only: set and cleared by lr_net_run on it */
+}
+
 void lr_net_stop(void) {
   net_stop_flag = 1;
   if (net_ctx) lws_cancel_service(net_ctx);

@@ -49,4 +49,11 @@ void lr_net_stop(void);
  * call from any thread; does nothing when no loop runs. */
 void lr_net_wake(void);
 
+/* The running loop's libwebsockets context, or NULL when no loop runs (before
+ * lr_net_run, after it returned). Loop thread only. For outgoing client
+ * connections on the same event loop (fetch.c adds a client-only vhost to
+ * it); they are destroyed with the context when the loop ends. */
+struct lws_context;
+struct lws_context *lr_net_context(void);
+
 #endif
