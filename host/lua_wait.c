@@ -85,9 +85,19 @@ static int w_resume(lua_State *L) {
   return 3;
 }
 
+/* Handlers waiting in the process (one server per process under serve; the
+ * headless host does not ask). */
+static long waiting;
+
+long lr_server_waiting(lr_server *s) {
+  (void)s;
+  return waiting;
+}
+
 static int w_hold(lua_State *L) {
   lr_room **b = luaL_checkudata(L, 1, ROOM_MT);
   int delta = (int)luaL_checkinteger(L, 2);
+  waiting += delta > 0 ? 1 : (waiting > 0 ? -1 : 0);
   if (*b) lr_room_wait_hold(*b, delta);
   return 0;
 }

@@ -114,19 +114,19 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 
 /* ---- limits that are not options ---- */
 
-#define NET_MSG_OVERHEAD 16         /* bytes charged per queued message on top of its payload */
-#define NET_HTTP_CHUNK 65536        /* body bytes per lws_write on HTTP */
-#define NET_HEADER_DATA 8192        /* request header bytes per connection (lws ah) */
-#define NET_RX_BUFFER 1024          /* lws keeps one per WebSocket for its life: small; */
-                                    /* bigger messages arrive in pieces (net_ws_receive) */
-#define NET_TX_PACKET 65536         /* largest single send(); lws keeps the rest of a write */
-#define NET_SERV_BUF 32768          /* lws per-thread read buffer */
-#define NET_TIMEOUT_SECS 10         /* lws network round trips: headers, body, handshake */
-#define NET_HTTP_HANDLER_SECS 60    /* how long the engine may take to answer a request */
-#define NET_HTTP_WRITE_SECS 30      /* progress timeout while writing a response */
-#define NET_DROP_SECS 3             /* a dropped slow consumer that cannot take its close frame */
-#define NET_DRAIN_MS 1000           /* shutdown: time given to close frames and answers */
-#define NET_MAX_HEADERS 128         /* request headers passed to the engine */
+#define NET_MSG_OVERHEAD 16      /* bytes charged per queued message on top of its payload */
+#define NET_HTTP_CHUNK 65536     /* body bytes per lws_write on HTTP */
+#define NET_HEADER_DATA 8192     /* request header bytes per connection (lws ah) */
+#define NET_RX_BUFFER 1024       /* lws keeps one per WebSocket for its life: small; */
+                                 /* bigger messages arrive in pieces (net_ws_receive) */
+#define NET_TX_PACKET 65536      /* largest single send(); lws keeps the rest of a write */
+#define NET_SERV_BUF 32768       /* lws per-thread read buffer */
+#define NET_TIMEOUT_SECS 10      /* lws network round trips: headers, body, handshake */
+#define NET_HTTP_HANDLER_SECS 60 /* how long the engine may take to answer a request */
+#define NET_HTTP_WRITE_SECS 30   /* progress timeout while writing a response */
+#define NET_DROP_SECS 3          /* a dropped slow consumer that cannot take its close frame */
+#define NET_DRAIN_MS 1000   /* shutdown: time given to close frames, answers and waiting handlers */
+#define NET_MAX_HEADERS 128 /* request headers passed to the engine */
 #define NET_DISCARD_MAX (16u << 20) /* a refused body up to this is read and dropped, not reset */
 #define NET_TRIM_QUIET_MS 500       /* heap trim: this long after the last open/close */
 #ifndef NET_PING_SECS               /* idle WebSocket: ping after, hang up after */
@@ -1563,7 +1563,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   L.stopping = true;
   lr_server_shutdown(s);
   int64_t deadline = net_now_ms() + NET_DRAIN_MS;
-  while (rc == 0 && (L.nconns || L.nreqs)) {
+  while (rc == 0 && (L.nconns || L.nreqs || lr_server_waiting(s) > 0)) {
     int64_t left = deadline - net_now_ms();
     if (left <= 0) break;
     net_arm(&L, left);
@@ -1573,6 +1573,9 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   if (L.nconns || L.nreqs)
     lr_warn("shutdown: %zu connections and %zu requests still open after %d ms, dropping them",
             L.nconns, L.nreqs, NET_DRAIN_MS);
+  if (lr_server_waiting(s) > 0)
+    lr_warn("shutdown: %ld room handler(s) still waiting after %d ms, cancelled",
+            lr_server_waiting(s), NET_DRAIN_MS);
   lws_sul_cancel(&L.engine_sul);
   pthread_mutex_lock(&net_wake_mu);
   net_ctx = NULL;

@@ -12,7 +12,7 @@ import nodeHttp from "node:http";
 import path from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { sleep, startServer, wsClient } from "./lib.mjs";
+import { http, sleep, startServer, wsClient } from "./lib.mjs";
 
 const ROOMS = path.join(path.dirname(fileURLToPath(import.meta.url)), "waits-rooms");
 
@@ -136,6 +136,32 @@ describe("handlers that wait, over the wire", () => {
     } finally {
       await srv.stop("SIGKILL").catch(() => {});
       await svc.close();
+    }
+  });
+
+  test("SIGTERM: a waiting route still answers; handlers still waiting after the drain are cancelled", async () => {
+    const svc = await slowService(300);
+    const stuck = await slowService(8000);
+    const srv = await serve();
+    try {
+      const slow = await join(srv, "slow-s");
+      slow.send({ action: "buy", value: { url: stuck.url } }); // will not finish in time
+      await sleep(50);
+      const answer = http("GET", `${srv.url}/parties/main/route-a/check?url=${encodeURIComponent(svc.url)}`);
+      await sleep(50);
+      const t0 = Date.now();
+      const code = srv.stop("SIGTERM");
+      const res = await answer;
+      assert.equal(res.status, 200, res.body);
+      assert.deepEqual(res.json, { status: 200, n: 1 });
+      assert.equal(await code, 0);
+      const took = Date.now() - t0;
+      assert.ok(took < 3000, `exit after ${took} ms`);
+      assert.match(srv.logs(), /1 room handler\(s\) still waiting after 1000 ms, cancelled/);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await svc.close();
+      await stuck.close();
     }
   });
 });
