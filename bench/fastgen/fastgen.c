@@ -687,7 +687,7 @@ static void flush_due(client *c) {
     char text[80];
     int n;
     uint64_t seq = c->seq + 1;
-    if (G.action == A_INCREMENT) {
+    if (G.action == A_INCREMENT && G.mode == M_FANOUT) {
       n = snprintf(text, sizeof text, "{\"action\":\"increment\"}");
     } else {
       uint32_t r = (uint32_t)(seq % FG_SEQ_MOD);
