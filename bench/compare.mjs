@@ -391,11 +391,12 @@ const rfmt = (x) => (x == null ? "-" : x >= 100 ? x.toFixed(0) + "×" : x >= 10 
 let md = `| metric | better | ${cols.join(" | ")} |${cols.includes("limit") ? " lunaroom ÷ limit |" : ""}${cols.includes("reference") ? " lunaroom ÷ reference |" : ""}\n`;
 md += `|---|---|${cols.map(() => "---:").join("|")}|${cols.includes("limit") ? "---:|" : ""}${cols.includes("reference") ? "---:|" : ""}\n`;
 for (const r of rows) {
+  if (O.fastOnly && Object.values(r.shown).every((x) => x === "-")) continue; // rows of runs not made
   md += `| ${r.metric} (${r.unit}) | ${r.better} | ${cols.map((c) => r.shown[c] ?? "-").join(" | ")} |`;
   if (cols.includes("limit")) {
     const b = r.generator_bound || {};
     // lunaroom †: the ratio does not count; only the bare server †: its figure is a lower bound
-    md += ` ${b.lunaroom ? "(" + rfmt(r.vs_limit) + "†)" : (b.limit ? "≤" : "") + rfmt(r.vs_limit)} |`;
+    md += ` ${r.vs_limit == null ? "-" : b.lunaroom ? "(" + rfmt(r.vs_limit) + "†)" : (b.limit ? "≤" : "") + rfmt(r.vs_limit)} |`;
   }
   if (cols.includes("reference")) md += ` ${rfmt(r.vs_reference)} |`;
   md += "\n";
