@@ -22,7 +22,7 @@
  *   --rooms N           empty rooms for the memory figure (default 1000)
  *   --ramp-timeout S    per ramp (default 30)
  *   --join-timeout S    joining the game rooms (default 90: the reference needs ~40 s for 1,000)
- *   --budget S          whole run, servers included (default 540)
+ *   --budget S          whole run, servers included (default 540, + 300 for the fastgen rows)
  *   --out FILE          JSON output (default bench/results.json)
  *   --no-build          do not run make / npm ci
  *   --logs DIR          server logs (default build/bench/logs)
@@ -79,7 +79,8 @@ const O = {
   rooms: Number(opt("--rooms", quick ? 300 : 1000)),
   rampTimeout: Number(opt("--ramp-timeout", 30)),
   joinTimeout: Number(opt("--join-timeout", quick ? 30 : 90)),
-  budget: Number(opt("--budget", quick ? 240 : 540)),
+  // the fastgen rows take about 4 minutes more (2.5 with --quick)
+  budget: Number(opt("--budget", (flag("--fast-only") ? 0 : quick ? 240 : 540) + (flag("--no-fast") ? 0 : quick ? 150 : 300))),
   out: path.resolve(opt("--out", path.join(HERE, "results.json"))),
   build: !flag("--no-build"),
   logs: path.resolve(opt("--logs", path.join(BUILD, "bench", "logs"))),
