@@ -32,8 +32,10 @@
  * (the current HTTP transaction). Both start with a `kind` field.
  *
  * Send queue (net_conn). vt->send retains the lr_msg and appends it to a
- * growable ring (allocated on the first send, freed again whenever it drains:
- * an idle connection holds no ring); queued bytes are counted as payload +
+ * growable ring of power-of-two size: the first NET_RING_INLINE references
+ * live inside net_conn (no allocation per send on the usual fan-out path),
+ * a bigger ring is allocated when that fills and freed again whenever it
+ * drains (an idle connection holds no heap ring); queued bytes are counted as payload +
  * NET_MSG_OVERHEAD so that floods of tiny messages are bounded too. A
  * WRITEABLE is requested when the ring goes from empty to non-empty and again
  * after a WRITEABLE that left messages queued. SERVER_WRITEABLE with several
@@ -129,7 +131,9 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 #define NET_MAX_HEADERS 128 /* request headers passed to the engine */
 #define NET_DISCARD_MAX (16u << 20) /* a refused body up to this is read and dropped, not reset */
 #define NET_TRIM_QUIET_MS 500       /* heap trim: this long after the last open/close */
-#ifndef NET_PING_SECS               /* idle WebSocket: ping after, hang up after */
+#define NET_RING_INLINE 4           /* send ring slots inside net_conn (a power of two) */
+_Static_assert((NET_RING_INLINE & (NET_RING_INLINE - 1)) == 0, "ring sizes are powers of two");
+#ifndef NET_PING_SECS /* idle WebSocket: ping after, hang up after */
 #define NET_PING_SECS 30
 #endif
 #ifndef NET_HANGUP_SECS
@@ -172,9 +176,10 @@ typedef struct net_conn {
   struct lws *wsi;
   lr_conn *conn; /* the engine's; NULL once lr_conn_closed was called */
   /* outgoing ring of retained messages */
-  lr_msg **q;
-  uint32_t qhead, qlen, qcap;
+  lr_msg **q;                 /* qin, a heap ring, or NULL (qcap 0) */
+  uint32_t qhead, qlen, qcap; /* qcap: 0 or a power of two */
   size_t qbytes;
+  lr_msg *qin[NET_RING_INLINE];
   /* incoming message being assembled */
   lr_buf rx;
   struct ipcount *ip; /* its peer's counter (NULL: the table was full) */
@@ -471,21 +476,21 @@ static const char *net_method(struct lws *wsi, bool *head) {
 static void net_conn_release_queue(net_conn *nc) {
   while (nc->qlen) {
     lr_msg_release(nc->q[nc->qhead]);
-    nc->qhead = (nc->qhead + 1) % nc->qcap;
+    nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
     nc->qlen--;
   }
   nc->qbytes = 0;
-  free(nc->q);
+  if (nc->q != nc->qin) free(nc->q);
   nc->q = NULL;
   nc->qhead = nc->qcap = 0;
 }
 
 /* A drained ring is freed: a join burst grows every member's ring (one join
  * patch per joiner before the next WRITEABLE), and an idle connection should
- * not keep that capacity. The next send allocates a small one again. */
+ * not keep that capacity. The next send starts on the inline slots again. */
 static void net_conn_ring_trim(net_conn *nc) {
   if (nc->qlen || !nc->q) return;
-  free(nc->q);
+  if (nc->q != nc->qin) free(nc->q);
   nc->q = NULL;
   nc->qhead = nc->qcap = 0;
 }
@@ -537,16 +542,22 @@ static int net_ws_send(lr_conn *c, lr_msg *m) {
     return -1;
   }
   if (nc->qlen == nc->qcap) {
-    uint32_t cap = nc->qcap ? nc->qcap * 2 : 8;
-    lr_msg **q = lr_xmalloc(sizeof *q * cap);
-    for (uint32_t i = 0; i < nc->qlen; i++)
-      q[i] = nc->q[(nc->qhead + i) % nc->qcap];
-    free(nc->q);
-    nc->q = q;
-    nc->qhead = 0;
-    nc->qcap = cap;
+    if (!nc->qcap) { /* empty: the inline slots, no allocation */
+      nc->q = nc->qin;
+      nc->qhead = 0;
+      nc->qcap = NET_RING_INLINE;
+    } else {
+      uint32_t cap = nc->qcap * 2;
+      lr_msg **q = lr_xmalloc(sizeof *q * cap);
+      for (uint32_t i = 0; i < nc->qlen; i++)
+        q[i] = nc->q[(nc->qhead + i) & (nc->qcap - 1)];
+      if (nc->q != nc->qin) free(nc->q);
+      nc->q = q;
+      nc->qhead = 0;
+      nc->qcap = cap;
+    }
   }
-  nc->q[(nc->qhead + nc->qlen) % nc->qcap] = lr_msg_retain(m);
+  nc->q[(nc->qhead + nc->qlen) & (nc->qcap - 1)] = lr_msg_retain(m);
   nc->qlen++;
   nc->qbytes += cost;
   /* Empty -> non-empty only: while messages are queued a WRITEABLE is
@@ -784,7 +795,7 @@ static int net_ws_writeable(net_conn *nc) {
       }
       memcpy(p + hdr, lr_msg_payload(m), len);
       used += hdr + len;
-      nc->qhead = (nc->qhead + 1) % nc->qcap;
+      nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
       nc->qlen--;
       nc->qbytes -= len + NET_MSG_OVERHEAD;
       lr_msg_release(m);
@@ -798,7 +809,7 @@ static int net_ws_writeable(net_conn *nc) {
   }
   if (nc->qlen) {
     lr_msg *m = nc->q[nc->qhead];
-    nc->qhead = (nc->qhead + 1) % nc->qcap;
+    nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
     nc->qlen--;
     nc->qbytes -= (size_t)m->len + NET_MSG_OVERHEAD;
     net_conn_ring_trim(nc);
