@@ -8,11 +8,14 @@
  * Owns: the wire checks of issue 17 (handlers that wait).
  */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
 import nodeHttp from "node:http";
+import https from "node:https";
 import path from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { http, sleep, startServer, wsClient } from "./lib.mjs";
+import { http, sleep, startServer, tempDir, wsClient } from "./lib.mjs";
 
 const ROOMS = path.join(path.dirname(fileURLToPath(import.meta.url)), "waits-rooms");
 
@@ -162,6 +165,39 @@ describe("handlers that wait, over the wire", () => {
       await srv.stop("SIGKILL").catch(() => {});
       await svc.close();
       await stuck.close();
+    }
+  });
+
+  test("https:// from a handler: verified against --tls-ca; another CA is refused", async () => {
+    const dir = tempDir("lunaroom-waits-tls-");
+    const f = (n) => path.join(dir, n);
+    const ossl = (...a) => execFileSync("openssl", a, { stdio: ["ignore", "pipe", "pipe"] });
+    for (const ca of ["ca", "other"])
+      ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f(`${ca}.key`), "-out", f(`${ca}.pem`),
+        "-days", "2", "-subj", `/CN=lunaroom waits ${ca}`);
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f("srv.key"), "-out", f("srv.csr"), "-subj", "/CN=localhost");
+    fs.writeFileSync(f("srv.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n");
+    ossl("x509", "-req", "-in", f("srv.csr"), "-CA", f("ca.pem"), "-CAkey", f("ca.key"), "-CAcreateserial",
+      "-out", f("srv.pem"), "-days", "2", "-extfile", f("srv.ext"));
+    const svc = https.createServer({ key: fs.readFileSync(f("srv.key")), cert: fs.readFileSync(f("srv.pem")) },
+      (req, res) => setTimeout(() => res.end("secret"), 50));
+    await new Promise((r) => svc.listen(0, "127.0.0.1", r));
+    const target = encodeURIComponent(`https://localhost:${svc.address().port}/x`);
+    const run = async (ca) => {
+      const srv = await startServer({ rooms: ROOMS, args: ["--no-watch", "--tls-ca", f(ca)] });
+      try {
+        return (await http("GET", `${srv.url}/parties/main/tls-a/call?url=${target}`)).json;
+      } finally {
+        await srv.stop("SIGKILL").catch(() => {});
+      }
+    };
+    try {
+      assert.deepEqual(await run("ca.pem"), { status: 200, body: "secret" });
+      const refused = await run("other.pem");
+      assert.equal(refused.status, 0);
+      assert.ok(refused.error, JSON.stringify(refused));
+    } finally {
+      svc.close();
     }
   });
 });
