@@ -286,6 +286,37 @@ describe("handlers that wait", function()
     t:close()
   end)
 
+  it("onReload may wait", function()
+    local src = [[
+      local lr = require "lunaroom"
+      return lr.room{ path = "r", state = { trail = {} }, actions = { go = function() end },
+        onReload = function(room) require("lunaroom.io").sleep(10); room.trail[#room.trail + 1] = "%s" end }
+    ]]
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    local function write(v)
+      local f = assert(io.open(dir .. "/r.lua", "w"))
+      f:write(src:format(v))
+      f:close()
+      return dir .. "/r.lua"
+    end
+    local t = testing.room(write("v1"))
+    assert.is_true((t:reload(write("v2"))))
+    assert.are.equal("", table.concat(t.room.trail, ","))
+    t:advance(10)
+    assert.are.equal("v2", table.concat(t.room.trail, ","))
+    t:close()
+  end)
+
+  it("restore hooks cannot wait (they run while the room is built): the wait fails, the hook fails", function()
+    local t = testing.room(shop {
+      onStorageRestore = function() require("lunaroom.io").sleep(1) end,
+    })
+    assert.truthy(table.concat(testing.logs(), "\n"):find("cannot wait here", 1, true))
+    t:close()
+  end)
+
   it("a reload lets a waiting handler finish on the old code", function()
     local src = [[
       local lr = require "lunaroom"
