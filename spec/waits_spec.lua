@@ -423,6 +423,33 @@ describe("handlers that wait", function()
     t:close()
   end)
 
+  it("the README example: a profile loaded in onJoin, a purchase checked in an action", function()
+    local t = testing.room("spec/fixtures/shop_waits.lua", { id = "shop-1" })
+    t:http_service(function(req)
+      if req.url:find("^https://profiles.example.com/v1/") then
+        return { status = 200, body = { name = "ann", coins = 5 } }, 30
+      end
+      local receipt = testing.decode(req.body).receipt
+      return receipt == "good" and 200 or 402, 100
+    end)
+    local c = t:client { id = "ann" }
+    assert.is_nil(c:last("sync")) -- joining: the profile is loading
+    t:advance(30)
+    local pid = c.publicId
+    assert.are.equal("ann", c:last("sync").value.players[pid].name)
+    c:send("buy", { receipt = "good" })
+    t:advance(100)
+    assert.are.equal(1, t.room.players[pid].swords)
+    c:send("buy", { receipt = "forged" })
+    t:advance(100)
+    assert.are.equal(1, t.room.players[pid].swords) -- rolled back after the wait
+    assert.are.equal(2, t.room.sales) -- committed before it
+    local e = c:last("error").value
+    assert.are.same({ "handler", "buy" }, { e.code, e.action })
+    assert.truthy(e.message:find("payment refused (402)", 1, true), e.message)
+    t:close()
+  end)
+
   it("cannot wait where nothing can be suspended (outside a handler)", function()
     assert.has_error(function() require("lunaroom.io").sleep(1) end)
   end)
