@@ -99,6 +99,7 @@ typedef struct http_req {
   bool cancelled;
   int64_t deadline;        /* lr_now() past which the request fails */
   uint64_t deadline_timer; /* shared: the engine timer at the deadline */
+  bool called;             /* cb ran */
 } http_req;
 
 struct lr_wsc {
@@ -278,10 +279,13 @@ static void free_common(conn_common *cc) {
   lr_buf_free(&cc->headers);
 }
 
+static void lua_done(void *ud, const lr_fetch_result *r);
+
 static void free_obj(conn_common *cc) {
   free_common(cc);
   if (cc->kind == OBJ_HTTP) {
     http_req *r = (http_req *)cc;
+    if (!r->called && r->cb == lua_done) free(r->ud); /* a Lua request that never answered */
     if (r->deadline_timer && G.srv) lr_timer_cancel(G.srv, r->deadline_timer);
     free(r->method);
     free(r->body);
@@ -508,6 +512,7 @@ static void dispatch(void) {
                                r->ctype[0] ? r->ctype : NULL, r->location[0] ? r->location : NULL,
                                lr_buf_cstr(&r->resp),         r->resp.len};
         r->cancelled = true; /* once */
+        r->called = true;
         r->cb(r->ud, &res);
       }
     } else {
