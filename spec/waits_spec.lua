@@ -450,6 +450,32 @@ describe("handlers that wait", function()
     t:close()
   end)
 
+  it("a handler that yields bad wait arguments itself gets a clear error, the room goes on", function()
+    local t = testing.room(shop {
+      actions = {
+        bad = function() -- the wait is refused: resumed with (lunaroom.io.ERROR, why)
+          local _, why = coroutine.yield("lunaroom.request", 1, {}, nil)
+          error(why, 0)
+        end,
+        inf = function(room) require("lunaroom.io").sleep(math.huge); room.count = 1 end,
+        other = function() coroutine.yield("something") end,
+        mark = function(room, _, v) room.trail[#room.trail + 1] = v end,
+      },
+      waits = { handlerTimeout = 100 },
+    })
+    local c = t:client { id = "a" }
+    c:send("bad")
+    assert.truthy(last_error(c).message:find("method and url are strings", 1, true))
+    c:send("other")
+    assert.truthy(last_error(c).message:find("yielded outside lunaroom.io", 1, true))
+    c:send("inf")
+    t:advance(100)
+    assert.truthy(last_error(c).message:find("time limit", 1, true))
+    c:send("mark", "ok")
+    assert.are.equal("ok", log_of(t))
+    t:close()
+  end)
+
   it("cannot wait where nothing can be suspended (outside a handler)", function()
     assert.has_error(function() require("lunaroom.io").sleep(1) end)
   end)

@@ -192,14 +192,21 @@ function arm(w, status, tag, ...)
   local seq = w.seq
   if tag == "lunaroom.sleep" then
     local ms = ...
-    w.t = core.timer(srv.h, rawget(room, "h"), math.max(0, math.floor(ms)), function()
+    if type(ms) ~= "number" or ms ~= ms then return fail_wait(w, "lunaroom.io.sleep: ms must be a number") end
+    ms = math.max(0, math.min(ms, handler_timeout + 1)) -- the handler's time limit comes first
+    w.t = core.timer(srv.h, rawget(room, "h"), math.floor(ms), function()
       w.t = nil
       if w.seq == seq then return step(w) end
     end)
     return PENDING
   elseif tag == "lunaroom.request" then
     local method, url, headers, body, t = ...
-    t = math.floor(t or timeout)
+    if type(method) ~= "string" or type(url) ~= "string" or type(headers) ~= "table"
+      or (body ~= nil and type(body) ~= "string") or (t ~= nil and (type(t) ~= "number" or not (t > 0))) then
+      return fail_wait(w, "lunaroom.io.request: method and url are strings, opts.headers a table, "
+        .. "opts.body a string, opts.timeout a number > 0")
+    end
+    t = math.floor(math.min(t or timeout, handler_timeout + 1))
     local ok, err = start_request(w, method, url, headers, body, t)
     if not ok then return fail_wait(w, err) end
     if w.seq ~= seq then return PENDING end -- answered at once (a test service)
@@ -211,7 +218,8 @@ function arm(w, status, tag, ...)
   end
   if tag == "lunaroom.http_take" then -- room-to-room fetch whose target waits (in process)
     local id, t = ...
-    t = math.floor(t or timeout)
+    if type(t) ~= "number" or not (t > 0) then t = timeout end
+    t = math.floor(math.min(t, handler_timeout + 1))
     local waited = 0
     local function poll()
       w.t = nil
