@@ -47,7 +47,9 @@ static lr_conn *opt_conn(lua_State *L, int idx) {
 static int w_resume(lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
   luaL_argcheck(L, co != NULL, 1, "coroutine expected");
-  lr_room **rb = lua_isnil(L, 2) ? NULL : luaL_checkudata(L, 2, ROOM_MT);
+  /* The runtime passes the room's own handle (or nil): not checked against
+   * its metatable on this hot path (every handler call goes through here). */
+  lr_room **rb = lua_touserdata(L, 2);
   lr_room *r = rb && *rb && !(*rb)->disposed ? *rb : NULL;
   int nargs = lua_gettop(L) - 4;
   if (!lua_checkstack(co, nargs + LUA_MINSTACK)) return luaL_error(L, "resume: stack overflow");

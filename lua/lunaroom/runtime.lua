@@ -1051,6 +1051,7 @@ end
 --- sender. While an action of the same connection waits, it is queued and
 --- handled after that one (errors then go out when it ran).
 function M.message(srv, room, conn, action, value)
+  if room.def.direct then return dispatch(srv, room, conn, action, value) end -- cannot wait
   local q = BUSY[conn]
   if q then
     if q.n - q.head + 1 >= M.MAX_QUEUED then

@@ -221,7 +221,11 @@ function M.load_room_source(src, chunkname, dir)
     deps[#deps + 1] = ctx.loaded[name].file
   end
   res.deps = deps
-  return res, core.hash(table.concat(parts, "\0")), deps
+  local all = table.concat(parts, "\0")
+  -- Room code that never mentions lunaroom.io nor fetch cannot wait: its
+  -- handlers are called directly, without a coroutine (lunaroom.tasks).
+  res.direct = not (all:find("lunaroom.io", 1, true) or all:find("fetch", 1, true))
+  return res, core.hash(all), deps
 end
 
 --- Load a room file. Returns def, version or nil, error.

@@ -14,7 +14,8 @@
 --
 --   tasks.run(srv, room, what, fn, a, b, c, d, e)
 --     runs fn(a..e) in a pooled coroutine (none is created in the common
---     case). Finished without waiting: returns true, results (up to 4), or
+--     case), or, for a room whose code never mentions lunaroom.io nor
+--     fetch (def.direct, set by sandbox.lua), in a protected call as before. Finished without waiting: returns true, results (up to 4), or
 --     false, message, code ("handler", or "busy" when a cap refused its
 --     first wait). Waiting: returns tasks.PENDING, w; the caller sets
 --     w.after = function(ok, ...) end, run with the same values once the
@@ -36,6 +37,8 @@ M.DEFAULT_HANDLER_TIMEOUT = 60000 -- first wait to end
 M.POOL_MAX = 64
 
 local yield = coroutine.yield
+local resume = wait_c.resume
+local POOL_MAX = M.POOL_MAX
 -- A pooled coroutine: runs one callback per resume. Its arguments are
 -- dropped before it parks (a parked coroutine must not keep a room alive);
 -- its results (at most 4) stay until the next callback.
@@ -49,17 +52,8 @@ local function worker(fn, a, b, c, d, e)
 end
 
 local pool, npool = {}, 0
-local function take()
-  if npool > 0 then
-    local co = pool[npool]
-    pool[npool] = nil
-    npool = npool - 1
-    return co
-  end
-  return coroutine.create(worker)
-end
 local function give(co)
-  if npool < M.POOL_MAX then
+  if npool < POOL_MAX then
     npool = npool + 1
     pool[npool] = co
   end
@@ -240,12 +234,31 @@ function arm(w, status, tag, ...)
   return finish(w, false, "yielded outside lunaroom.io (sleep, request)", "handler")
 end
 
+-- core.pcall's answer as run's.
+local function direct_result(ok, ...)
+  if ok then return true, ... end
+  return false, (...), "handler"
+end
+
 function M.run(srv, room, what, fn, a, b, c, d, e)
-  local co = take()
-  local key = rawget(room, "key")
-  local status, tag, r1, r2, r3, r4 = wait_c.resume(co, rawget(room, "h"), key, what, fn, a, b, c, d, e)
-  if status == "wait" and tag == DONE then -- the common case: finished, no wait
-    give(co)
+  if room.def.direct then -- its code cannot wait (sandbox.lua): no coroutine
+    return direct_result(core.pcall(fn, room.key, what, a, b, c, d, e))
+  end
+  local co
+  if npool > 0 then -- take() inlined: this runs for every handler call
+    co = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+  else
+    co = coroutine.create(worker)
+  end
+  local key = room.key -- raw fields of the instance (no metamethod runs)
+  local status, tag, r1, r2, r3, r4 = resume(co, room.h, key, what, fn, a, b, c, d, e)
+  if tag == DONE then -- the common case: finished, no wait
+    if npool < POOL_MAX then
+      npool = npool + 1
+      pool[npool] = co
+    end
     return true, r1, r2, r3, r4
   end
   if status == "error" then return false, tag, tag and tag:find("busy:", 1, true) and "busy" or "handler" end
