@@ -476,6 +476,39 @@ describe("handlers that wait", function()
     t:close()
   end)
 
+  it("a room file that never mentions lunaroom.io nor fetch calls its handlers directly (no coroutine)", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    local function room(name, body)
+      local f = assert(io.open(dir .. "/" .. name .. ".lua", "w"))
+      f:write(([[
+        local lr = require "lunaroom"
+        return lr.room{ path = "%s", state = { n = 0 }, actions = { go = function(room) %s end } }
+      ]]):format(name, body))
+      f:close()
+      return dir .. "/" .. name .. ".lua"
+    end
+    -- the module name built at run time: the file never says lunaroom.io
+    local plain = testing.room(room("plain", [[
+      room.n = 1
+      local ok, err = pcall(function() return require("lunaroom." .. "i" .. "o").sleep(1) end)
+      room.n = ok and 2 or (tostring(err):find("cannot wait here", 1, true) and 3 or 4)
+    ]]))
+    assert.is_true(plain.def.direct)
+    local c = plain:client { id = "a" }
+    c:send("go")
+    assert.are.equal(3, plain.room.n)
+    plain:close()
+    local waits = testing.room(room("waits", [[require("lunaroom.io").sleep(5); room.n = 5]]))
+    assert.is_false(waits.def.direct)
+    c = waits:client { id = "a" }
+    c:send("go")
+    waits:advance(5)
+    assert.are.equal(5, waits.room.n)
+    waits:close()
+  end)
+
   it("cannot wait where nothing can be suspended (outside a handler)", function()
     assert.has_error(function() require("lunaroom.io").sleep(1) end)
   end)
