@@ -12,9 +12,10 @@
  * giving freed heap pages back to the OS after connection churn.
  * Must not: parse JSON, call Lua, know rooms beyond server.h, call back into
  * the engine from inside an lr_transport_vt function (they only queue), or
- * write to a socket outside a WRITEABLE callback (the only exception is the
+ * write to a socket outside a WRITEABLE callback (the exceptions are the
  * refusal of a WebSocket upgrade, answered with lws_return_http_status from
- * HTTP_CONFIRM_UPGRADE as lws documents).
+ * HTTP_CONFIRM_UPGRADE as lws documents, and the 429 written to a fresh
+ * socket refused at accept, before lws owns it: net_sock_filter).
  *
  * The loop. lws 4.1 ignores the timeout argument of lws_service(): it sleeps
  * until a socket event or its own earliest lws_sul timer. So the engine clock
