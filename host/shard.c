@@ -802,7 +802,7 @@ bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const ch
   }
   lr_buf url;
   lr_buf_init(&url);
-  lr_header hs[MAX_HEADERS + 5];
+  lr_header hs[MAX_HEADERS + 6];
   size_t nh = 0;
   char shard_world[256] = "";
   if (to_world) {
@@ -834,10 +834,20 @@ bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const ch
   if (req->query && *req->query) lr_buf_printf(&url, "?%s", req->query);
   const char *xff = NULL;
   for (size_t i = 0; i < req->nheaders && nh < MAX_HEADERS; i++) {
-    if (strcmp(req->headers[i].name, "x-forwarded-for") == 0) xff = req->headers[i].value;
+    if (strcmp(req->headers[i].name, "x-forwarded-for") == 0) {
+      xff = req->headers[i].value;
+      continue;
+    }
     if (!to_world && shard_header(req->headers[i].name)) continue;
     hs[nh++] = req->headers[i];
   }
+  /* As a proxy does: the address this process saw goes last, so a main
+   * server that lists this shard in --trusted-proxy counts the client. */
+  lr_buf xf;
+  lr_buf_init(&xf);
+  if (xff && *xff) lr_buf_printf(&xf, "%s, ", xff);
+  lr_buf_puts(&xf, req->remote_addr ? req->remote_addr : "unknown");
+  hs[nh++] = (lr_header){"x-forwarded-for", lr_buf_cstr(&xf)};
   if (!to_world) {
     hs[nh++] = (lr_header){"x-shard-id", id};
     hs[nh++] = (lr_header){"x-shard-world-id", shard_world};
@@ -854,6 +864,7 @@ bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const ch
   f->id = lr_fetch(s, req->method, lr_buf_cstr(&url), hs, nh, req->body ? req->body : "",
                    req->body ? req->bodylen : 0, FORWARD_TIMEOUT_MS, forward_done, f);
   lr_buf_free(&url);
+  lr_buf_free(&xf);
   if (!f->id) {
     free(f);
     respond_json(done, ud, 500, "{\"error\":\"Error forwarding request\"}");

@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import fs from "node:fs";
+import nodeHttp from "node:http";
 import path from "node:path";
 import WebSocket from "ws";
 import { ROOT, http, sleep, startServer, tempDir } from "./lib.mjs";
@@ -21,7 +22,29 @@ const JWT_SECRET = "relays-test-jwt-secret";
 function rooms() {
   const dir = tempDir("lunaroom-relays-");
   fs.copyFileSync(path.join(ROOT, "rooms", "counter.lua"), path.join(dir, "counter.lua"));
+  fs.writeFileSync(path.join(dir, "whoami.lua"), `local lr = require "lunaroom"
+return lr.room {
+  path = "whoami",
+  state = {},
+  requests = {
+    ["GET /ip"] = function(_, req)
+      return { ip = req.ip, xff = req.headers["x-forwarded-for"] or lr.null }
+    end,
+  },
+}
+`);
   return dir;
+}
+
+/* GET from a chosen local address with headers: the parsed JSON body. */
+function getJson(url, localAddress, headers = {}) {
+  return new Promise((resolve, reject) => {
+    nodeHttp.get(url, { agent: false, localAddress, headers }, (r) => {
+      let b = "";
+      r.on("data", (d) => (b += d));
+      r.on("end", () => resolve({ status: r.statusCode, json: JSON.parse(b) }));
+    }).on("error", reject);
+  });
 }
 
 const sockets = []; // terminated after the tests, so a failed test cannot hang the run
@@ -180,6 +203,22 @@ describe("addresses behind relays", () => {
     await assert.rejects(u2.opened, (e) => e.status === 429);
     for (const c of [p1, p2, u1]) c.ws.close();
     assert.equal(await srv.stop(), 0);
+  });
+
+  test("a shard appends the address it saw to X-Forwarded-For; a main server trusting it counts that", async () => {
+    const w = await world(["--trusted-proxy", "127.0.0.1"]);
+    const r0 = await http("POST", `${w.main.url}/parties/world/world-default/connect`, { roomId: "whoami" });
+    const sid = r0.json.shardId;
+    const r = await getJson(`${w.shard.url}/parties/shard/${sid}/ip`, "127.0.0.2", { "x-forwarded-for": "6.6.6.6" });
+    assert.equal(r.status, 200, JSON.stringify(r));
+    assert.deepEqual(r.json, { ip: "127.0.0.2", xff: "6.6.6.6, 127.0.0.2" });
+    // straight to the main server from a trusted address: the forwarded entry counts ...
+    const d = await getJson(`${w.main.url}/parties/main/whoami/ip`, "127.0.0.1", { "x-forwarded-for": "198.51.100.1" });
+    assert.equal(d.json.ip, "198.51.100.1");
+    // ... from any other address it does not
+    const u = await getJson(`${w.main.url}/parties/main/whoami/ip`, "127.0.0.5", { "x-forwarded-for": "198.51.100.1" });
+    assert.equal(u.json.ip, "127.0.0.5");
+    await w.stop();
   });
 
   test("--trusted-proxy refuses an entry that is not an address", async () => {
