@@ -269,6 +269,7 @@ typedef struct net_req {
 
 static void net_req_free(net_req *nr);
 static void net_unhold(net_conn *nc);
+static void net_resume(net_conn *nc);
 static void net_budget_wake(lws_sorted_usec_list_t *sul);
 static void net_sock_release(struct lws *wsi);
 
@@ -595,6 +596,7 @@ static void net_conn_drop(net_conn *nc, size_t wanted) {
   lr_warn("ws %s: slow consumer, %zu bytes queued (limit %zu), closing with 1008",
           net_conn_who(nc, who, sizeof who), wanted, nc->loop->o.max_queue_bytes);
   net_conn_release_queue(nc);
+  net_resume(nc);
   nc->dropping = true;
   net_conn_set_close(nc, 1008, "slow consumer");
   if (nc->established && !nc->loop->destroying) {
@@ -642,6 +644,7 @@ static void net_ws_close(lr_conn *c, int code, const char *reason) {
   net_conn *nc = lr_conn_transport(c);
   if (!nc || nc->gone || nc->closing || nc->dropping) return;
   nc->closing = true;
+  net_resume(nc); /* a held message is dropped; the close handshake must be read */
   net_conn_set_close(nc, code > 0 ? code : 0, code > 0 ? reason : NULL);
   if (nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
 }
@@ -1120,6 +1123,17 @@ static void net_unhold(net_conn *nc) {
     if (a->held_tail == nc) a->held_tail = prev;
   }
   nc->held_next = NULL;
+}
+
+/* nc is closing: forget its held message and read again (the peer's close
+ * frame must get through). */
+static void net_resume(net_conn *nc) {
+  if (!nc->paused) return;
+  net_unhold(nc);
+  lr_buf_free(&nc->held);
+  if (nc->wsi && !nc->loop->destroying)
+    lws_rx_flow_control(nc->wsi, LWS_RXFLOW_REASON_APPLIES_ENABLE | LWS_RXFLOW_REASON_USER_BOOL |
+                                     LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
 }
 
 /* budget_sul: hand held messages to the engine as their addresses' tokens
