@@ -52,6 +52,7 @@ static const char *usage =
     "                        wait for a lock, 1-50), memory, or memory:SNAPSHOT.json\n"
     "                        (loaded at start if present, saved on graceful shutdown), or\n"
     "                        lua:BACKEND.lua (a storage backend written in Lua)\n"
+    "                        postgres://USER@HOST:PORT/DB (PostgreSQL; libpq URL)\n"
     "  --snapshot FILE       with --storage memory: the same as memory:FILE\n"
     "  --max-frame BYTES     largest incoming WebSocket message (default 65536)\n"
     "  --max-queue BYTES     outgoing bytes queued per connection before it is dropped (default "
@@ -760,7 +761,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     while ((left > 0 || lr_store_pending(st) > 0) && lr_now(s) < end) {
       lr_server_tick(s);
       lr_fetch_flush(5);
-      usleep(1000);
+      lr_net_poll_watched(1); /* the loop is gone: a database socket (postgres storage) */
       if (left > 0 && lr_now(s) >= next_try) {
         left = lr_server_retry_unwritten(s);
         next_try = lr_now(s) + 100;

@@ -173,7 +173,8 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
 struct lua_State;
 lr_store *lr_store_lua_open(struct lua_State *L, const char *path, char *err, size_t errlen);
 
-/* Parse a --storage spec: "memory", "memory:SNAPSHOT", "sqlite:PATH". */
+/* Parse a --storage spec: "memory", "memory:SNAPSHOT", "sqlite:PATH",
+ * "postgres://..." / "postgresql://..." (storage_postgres.h). */
 lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen);
 
 /* ---- for the backends only (defined in storage.c) ---- */

@@ -1,0 +1,843 @@
+/*
+ * storage_postgres.c - storage on a PostgreSQL server (--storage
+ * postgres://... or postgresql://...), through libpq's asynchronous API only.
+ *
+ * The table is SQLite's: signe_room_storage(namespace, room_id, key, value)
+ * with PRIMARY KEY (namespace, room_id, key), values as JSON text (TEXT, not
+ * jsonb: numbers and key order stay byte for byte). Created if missing.
+ *
+ * The loop never waits for the database. One connection, non-blocking, in
+ * pipeline mode; its socket is watched by the server's event loop
+ * (lr_net_watch_fd). No PQexec, no thread, no timer that polls: timers are
+ * only "run this at the end of the current loop turn" (0 ms) and the
+ * reconnect and retry backoffs.
+ *
+ * Reads meet the engine's synchronous API as storage_lua.c does: a room's
+ * keys are loaded once (ready(): one SELECT) into a cache (a memory store)
+ * before the room is created; get/list/count answer from the cache. A write
+ * batch goes to the cache at once and is queued; every room's batches queued
+ * during one loop turn go to the server in ONE transaction (the statements
+ * of a pipeline between two syncs: an implicit transaction, all or nothing),
+ * one transaction in flight at a time, so a room's batches commit in order.
+ * progress() counts each room's accepted and committed batches and the
+ * engine is told of every change (lr_server_store_progress): packets wait
+ * for the commit (the storage gate, room.c).
+ *
+ * Failures: a failed transaction keeps every batch it carried queued, marks
+ * those rooms failed (progress() < 0: the rooms refuse actions and hold
+ * packets) and retries after a backoff (100 ms doubling to 5 s). A broken
+ * connection fails what was in flight the same way (a load in flight fails
+ * its waiters), and is reopened with the same backoff; queued writes go out
+ * as soon as it is back.
+ *
+ * Owns: the connection, the per-room cache state, the write queues, the SQL.
+ * Must not: know the key layout of rooms, call Lua, block on the database.
+ */
+#include <poll.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "engine.h"
+#include "log.h"
+#include "net.h"
+#include "storage.h"
+#include "storage_postgres.h"
+
+#define NBUCKETS 1024
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define MAX_TXN_STATEMENTS 20000 /* one transaction carries at most this many writes */
+
+typedef struct pstore pstore;
+typedef struct proom proom;
+
+typedef struct waiter {
+  struct waiter *next;
+  lr_store_ready_cb cb;
+  void *ud;
+} waiter;
+
+typedef struct pbatch {
+  struct pbatch *next;
+  size_t n;
+  lr_store_op *ops; /* keys and values point into mem */
+  char *mem;
+} pbatch;
+
+enum { R_NONE = 0, R_LOADING, R_LOADED };
+enum { J_SCHEMA = 1, J_LOAD, J_FLUSH };
+
+struct proom {
+  proom *next; /* hash bucket */
+  pstore *s;
+  char *ns, *id;
+  int state;
+  bool load_sent;
+  waiter *waiters, **wtail;
+  pbatch *qhead, **qtail;
+  long nqueued;
+  long inflight; /* batches (from qhead) carried by the transaction in flight */
+  bool forget;
+  int pin;
+  uint64_t accepted, committed;
+  char failed[200];
+};
+
+typedef struct pjob {
+  struct pjob *next;
+  int kind;
+  proom *room;   /* J_LOAD */
+  proom **rooms; /* J_FLUSH: the rooms it carries (pinned) */
+  size_t nrooms;
+  long nbatches;
+  bool failed;
+  char err[256];
+} pjob;
+
+struct pstore {
+  lr_store base;
+  char *conninfo, *table;
+  char *sql_load, *sql_put, *sql_del, *sql_delp, *sql_create;
+  lr_store *cache;
+  lr_server *srv;
+  PGconn *conn;
+  lr_net_watch *watch;
+  int watched_fd;
+  bool connecting, ready;
+  int64_t backoff;
+  uint64_t reconnect_timer, kick_timer, retry_timer;
+  pjob *jobs, **jtail; /* sent, each ends with a sync; answered in order */
+  bool flushing;       /* a J_FLUSH is among jobs */
+  proom *rooms[NBUCKETS];
+  long pending; /* batches queued (in flight included), all rooms */
+  char conn_err[200];
+  /* figures (lr_store_postgres_stats) */
+  uint64_t n_txn, n_stmt, n_fail;
+};
+
+static void conn_start(pstore *s);
+static void conn_fail(pstore *s, const char *why);
+static void kick(pstore *s);
+
+/* libpq's messages span lines: one line, without the trailing newline. */
+static void one_line(char *dst, size_t n, const char *src) {
+  size_t j = 0;
+  bool space = false;
+  for (; src && *src && j + 1 < n; src++) {
+    char c = *src == '\n' || *src == '\t' || *src == '\r' ? ' ' : *src;
+    if (c == ' ' && (space || j == 0)) continue;
+    space = c == ' ';
+    dst[j++] = c;
+  }
+  while (j && dst[j - 1] == ' ')
+    j--;
+  dst[j] = 0;
+}
+
+static void no_notices(void *arg, const char *msg) {
+  (void)arg, (void)msg; /* "relation already exists, skipping" and the like */
+}
+
+static char *sql_fmt(const char *fmt, const char *table) {
+  size_t n = strlen(fmt) + 4 * strlen(table) + 1;
+  char *out = lr_xmalloc(n);
+  snprintf(out, n, fmt, table, table, table, table);
+  return out;
+}
+
+static uint32_t hash2(const char *a, const char *b) {
+  uint32_t h = 2166136261u;
+  for (; *a; a++)
+    h = (h ^ (unsigned char)*a) * 16777619u;
+  h = (h ^ 0xff) * 16777619u;
+  for (; *b; b++)
+    h = (h ^ (unsigned char)*b) * 16777619u;
+  return h;
+}
+
+static proom *room_get(pstore *s, const char *ns, const char *id, bool create) {
+  uint32_t b = hash2(ns, id) & (NBUCKETS - 1);
+  for (proom *r = s->rooms[b]; r; r = r->next)
+    if (strcmp(r->ns, ns) == 0 && strcmp(r->id, id) == 0) return r;
+  if (!create) return NULL;
+  proom *r = lr_xcalloc(1, sizeof *r);
+  r->s = s;
+  r->ns = lr_xstrndup(ns, strlen(ns));
+  r->id = lr_xstrndup(id, strlen(id));
+  r->wtail = &r->waiters;
+  r->qtail = &r->qhead;
+  r->next = s->rooms[b];
+  s->rooms[b] = r;
+  return r;
+}
+
+static void batch_free(pbatch *q) {
+  free(q->ops);
+  free(q->mem);
+  free(q);
+}
+
+static void room_free(pstore *s, proom *r) {
+  uint32_t b = hash2(r->ns, r->id) & (NBUCKETS - 1);
+  for (proom **p = &s->rooms[b]; *p; p = &(*p)->next)
+    if (*p == r) {
+      *p = r->next;
+      break;
+    }
+  for (waiter *w = r->waiters, *n; w; w = n) {
+    n = w->next;
+    free(w);
+  }
+  for (pbatch *q = r->qhead, *n; q; q = n) {
+    n = q->next;
+    batch_free(q);
+  }
+  free(r->ns);
+  free(r->id);
+  free(r);
+}
+
+/* Drop a forgotten room from the cache once nothing of it is pending. */
+static void maybe_drop(pstore *s, proom *r) {
+  if (!r->forget || r->pin || r->qhead || r->state == R_LOADING || r->waiters) return;
+  lr_store_op all = {LR_STORE_DEL_PREFIX, "", 0, NULL, 0};
+  lr_store_apply(s->cache, r->ns, r->id, &all, 1, NULL, 0);
+  room_free(s, r);
+}
+
+static void notify(pstore *s, proom *r) {
+  if (s->srv) lr_server_store_progress(s->srv, r->ns, r->id);
+}
+
+/* ------------------------------------------------------------ the socket */
+
+static void want_write(pstore *s, bool on) {
+  if (s->watch) lr_net_watch_write(s->watch, on);
+}
+
+/* Send what libpq buffered; 0, or -1 when the connection broke. */
+static int pump_out(pstore *s) {
+  int rc = PQflush(s->conn);
+  if (rc < 0) return -1;
+  want_write(s, rc == 1);
+  return 0;
+}
+
+static void job_done(pstore *s, pjob *j);
+
+static void on_result(pstore *s, PGresult *res) {
+  pjob *j = s->jobs;
+  ExecStatusType st = PQresultStatus(res);
+  if (!j) return;
+  if (st == PGRES_PIPELINE_SYNC) {
+    s->jobs = j->next;
+    if (!s->jobs) s->jtail = &s->jobs;
+    job_done(s, j);
+    return;
+  }
+  if (st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED || st == PGRES_BAD_RESPONSE) {
+    if (!j->failed) {
+      j->failed = true;
+      const char *m = PQresultErrorMessage(res);
+      one_line(j->err, sizeof j->err, m && *m ? m : "statement aborted");
+    }
+    return;
+  }
+  if (j->kind == J_LOAD && st == PGRES_TUPLES_OK && !j->failed) {
+    int n = PQntuples(res);
+    lr_store_op *ops = lr_xcalloc((size_t)n + 1, sizeof *ops);
+    ops[0] = (lr_store_op){LR_STORE_DEL_PREFIX, "", 0, NULL, 0};
+    for (int i = 0; i < n; i++)
+      ops[i + 1] =
+          (lr_store_op){LR_STORE_PUT, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
+                        PQgetvalue(res, i, 1), (size_t)PQgetlength(res, i, 1)};
+    char err[200];
+    if (lr_store_apply(s->cache, j->room->ns, j->room->id, ops, (size_t)n + 1, err, sizeof err)) {
+      j->failed = true;
+      snprintf(j->err, sizeof j->err, "stored entries are not valid: %.200s", err);
+    }
+    free(ops);
+  }
+}
+
+static void on_fd(void *ud, int revents) {
+  pstore *s = ud;
+  if (!s->conn) return;
+  if (s->connecting) {
+    conn_start(s); /* PQconnectPoll again */
+    return;
+  }
+  if (revents & POLLOUT) {
+    if (pump_out(s) != 0) {
+      conn_fail(s, PQerrorMessage(s->conn));
+      return;
+    }
+  }
+  if (revents & (POLLIN | POLLHUP)) {
+    if (!PQconsumeInput(s->conn)) {
+      conn_fail(s, PQerrorMessage(s->conn));
+      return;
+    }
+    int nulls = 0;
+    while (s->conn && s->jobs && !PQisBusy(s->conn)) {
+      PGresult *res = PQgetResult(s->conn);
+      if (!res) {
+        if (++nulls > 1) break; /* nothing more for now */
+        continue;
+      }
+      nulls = 0;
+      on_result(s, res);
+      PQclear(res);
+    }
+    if (s->conn && PQstatus(s->conn) == CONNECTION_BAD) {
+      conn_fail(s, PQerrorMessage(s->conn));
+      return;
+    }
+    if (s->conn && pump_out(s) != 0) conn_fail(s, PQerrorMessage(s->conn));
+  }
+}
+
+static void watch_socket(pstore *s) {
+  int fd = PQsocket(s->conn);
+  if (s->watch && fd == s->watched_fd) return;
+  lr_net_unwatch_fd(s->watch);
+  s->watch = fd >= 0 ? lr_net_watch_fd(fd, on_fd, s) : NULL;
+  s->watched_fd = fd;
+}
+
+static void drop_conn(pstore *s) {
+  lr_net_unwatch_fd(s->watch);
+  s->watch = NULL;
+  s->watched_fd = -1;
+  if (s->conn) PQfinish(s->conn);
+  s->conn = NULL;
+  s->connecting = s->ready = false;
+}
+
+static void on_reconnect(void *ud) {
+  pstore *s = ud;
+  s->reconnect_timer = 0;
+  conn_start(s);
+}
+
+/* Everything in flight failed; the rooms that wait for a load get a
+ * failure, the writes stay queued. Reconnect after the backoff. */
+static void conn_fail(pstore *s, const char *why) {
+  char msg[200];
+  one_line(msg, sizeof msg, why && *why ? why : "connection lost");
+  if (s->ready || !s->backoff) lr_error("postgres storage: %s (reconnecting)", msg);
+  snprintf(s->conn_err, sizeof s->conn_err, "%s", msg);
+  drop_conn(s);
+  pjob *j = s->jobs;
+  s->jobs = NULL;
+  s->jtail = &s->jobs;
+  while (j) {
+    pjob *nx = j->next;
+    j->failed = true;
+    if (!j->err[0]) snprintf(j->err, sizeof j->err, "%s", msg);
+    job_done(s, j);
+    j = nx;
+  }
+  /* Rooms still waiting to be loaded (not sent yet) fail too. */
+  for (int b = 0; b < NBUCKETS; b++)
+    for (proom *r = s->rooms[b], *nx; r; r = nx) {
+      nx = r->next;
+      if (r->state == R_LOADING && !r->load_sent) {
+        r->pin++;
+        r->state = R_NONE;
+        waiter *w = r->waiters;
+        r->waiters = NULL;
+        r->wtail = &r->waiters;
+        while (w) {
+          waiter *wn = w->next;
+          w->cb(w->ud, 0, "storage unavailable");
+          free(w);
+          w = wn;
+        }
+        r->pin--;
+        maybe_drop(s, r);
+      } else if (r->qhead && strcmp(r->failed, msg) != 0) {
+        snprintf(r->failed, sizeof r->failed, "%s", msg);
+        notify(s, r);
+      }
+    }
+  s->backoff = s->backoff ? s->backoff * 2 : BACKOFF_MIN_MS;
+  if (s->backoff > BACKOFF_MAX_MS) s->backoff = BACKOFF_MAX_MS;
+  if (s->srv && !s->reconnect_timer)
+    s->reconnect_timer = lr_timer_add_c(s->srv, s->backoff, on_reconnect, s);
+}
+
+static void job_push(pstore *s, pjob *j) {
+  *s->jtail = j;
+  s->jtail = &j->next;
+}
+
+/* Send sql with params as one statement of the current pipeline. */
+static int send_q(pstore *s, const char *sql, int n, const char *const *v, const int *len) {
+  static const int fmt[6] = {0, 0, 0, 0, 0, 0};
+  s->n_stmt++;
+  return PQsendQueryParams(s->conn, sql, n, NULL, v, len, fmt, 0) ? 0 : -1;
+}
+
+/* Connected: pipeline mode, the table, then whatever waited. */
+static void conn_ready(pstore *s) {
+  s->connecting = false;
+  if (!PQenterPipelineMode(s->conn) || PQsetnonblocking(s->conn, 1) != 0) {
+    conn_fail(s, "cannot enter pipeline mode");
+    return;
+  }
+  pjob *j = lr_xcalloc(1, sizeof *j);
+  j->kind = J_SCHEMA;
+  if (send_q(s, s->sql_create, 0, NULL, NULL) != 0 || !PQpipelineSync(s->conn)) {
+    free(j);
+    conn_fail(s, PQerrorMessage(s->conn));
+    return;
+  }
+  job_push(s, j);
+  s->ready = true;
+  if (s->backoff) lr_info("postgres storage: connected again");
+  s->backoff = 0;
+  s->conn_err[0] = 0;
+  if (pump_out(s) != 0) {
+    conn_fail(s, PQerrorMessage(s->conn));
+    return;
+  }
+  kick(s);
+}
+
+static void conn_start(pstore *s) {
+  if (!s->conn) {
+    s->conn = PQconnectStart(s->conninfo);
+    s->connecting = true;
+    s->ready = false;
+    if (s->conn) PQsetNoticeProcessor(s->conn, no_notices, NULL);
+    if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
+      conn_fail(s, s->conn ? PQerrorMessage(s->conn) : "out of memory");
+      return;
+    }
+  }
+  PostgresPollingStatusType st = PQconnectPoll(s->conn);
+  if (st == PGRES_POLLING_FAILED) {
+    conn_fail(s, PQerrorMessage(s->conn));
+    return;
+  }
+  watch_socket(s);
+  if (st == PGRES_POLLING_OK) {
+    want_write(s, false);
+    conn_ready(s);
+  } else {
+    want_write(s, st == PGRES_POLLING_WRITING);
+  }
+}
+
+/* ------------------------------------------------------------ jobs */
+
+static void on_retry(void *ud) {
+  pstore *s = ud;
+  s->retry_timer = 0;
+  kick(s);
+}
+
+static void job_done(pstore *s, pjob *j) {
+  if (j->kind == J_SCHEMA) {
+    if (j->failed) lr_error("postgres storage: creating table %s: %s", s->table, j->err);
+  } else if (j->kind == J_LOAD) {
+    proom *r = j->room;
+    r->pin++;
+    r->load_sent = false;
+    if (!j->failed) {
+      r->state = R_LOADED;
+    } else {
+      r->state = R_NONE;
+      lr_error("storage %s/%s: loading from postgres failed: %s", r->ns, r->id, j->err);
+    }
+    waiter *w = r->waiters;
+    r->waiters = NULL;
+    r->wtail = &r->waiters;
+    bool ok = !j->failed;
+    while (w) {
+      waiter *n = w->next;
+      w->cb(w->ud, ok, ok ? NULL : "storage load failed");
+      free(w);
+      w = n;
+    }
+    r->pin--;
+    maybe_drop(s, r);
+  } else { /* J_FLUSH */
+    s->flushing = false;
+    s->n_txn++;
+    if (j->failed && s->ready) {
+      s->n_fail++;
+      s->backoff = s->backoff ? s->backoff * 2 : BACKOFF_MIN_MS;
+      if (s->backoff > BACKOFF_MAX_MS) s->backoff = BACKOFF_MAX_MS;
+      lr_error("postgres storage: a write transaction of %zu room(s) failed (kept, retry in %lld "
+               "ms): %s",
+               j->nrooms, (long long)s->backoff, j->err);
+    } else if (!j->failed && s->backoff) {
+      lr_info("postgres storage: writes commit again");
+      s->backoff = 0;
+    }
+    for (size_t i = 0; i < j->nrooms; i++) {
+      proom *r = j->rooms[i];
+      if (!j->failed) {
+        for (long k = 0; k < r->inflight && r->qhead; k++) {
+          pbatch *q = r->qhead;
+          r->qhead = q->next;
+          if (!r->qhead) r->qtail = &r->qhead;
+          batch_free(q);
+          r->nqueued--;
+          s->pending--;
+        }
+        r->committed += (uint64_t)r->inflight;
+        r->failed[0] = 0;
+      } else {
+        snprintf(r->failed, sizeof r->failed, "%.190s", j->err);
+      }
+      r->inflight = 0;
+      notify(s, r);
+      r->pin--;
+      maybe_drop(s, r);
+    }
+    free(j->rooms);
+    if (j->failed && s->srv && s->ready && !s->retry_timer)
+      s->retry_timer = lr_timer_add_c(s->srv, s->backoff, on_retry, s);
+    else
+      kick(s);
+  }
+  free(j);
+}
+
+static int send_load(pstore *s, proom *r) {
+  const char *v[2] = {r->ns, r->id};
+  if (send_q(s, s->sql_load, 2, v, NULL) != 0 || !PQpipelineSync(s->conn)) return -1;
+  pjob *j = lr_xcalloc(1, sizeof *j);
+  j->kind = J_LOAD;
+  j->room = r;
+  r->load_sent = true;
+  job_push(s, j);
+  return 0;
+}
+
+/* One transaction with every room's queued batches (not in flight). */
+static int send_flush(pstore *s) {
+  size_t cap = 16, n = 0, nstmt = 0;
+  proom **rooms = lr_xmalloc(cap * sizeof *rooms);
+  for (int b = 0; b < NBUCKETS && nstmt < MAX_TXN_STATEMENTS; b++)
+    for (proom *r = s->rooms[b]; r && nstmt < MAX_TXN_STATEMENTS; r = r->next) {
+      if (!r->qhead) continue;
+      long nb = 0;
+      for (pbatch *q = r->qhead; q && nstmt < MAX_TXN_STATEMENTS; q = q->next, nb++) {
+        for (size_t i = 0; i < q->n; i++) {
+          const lr_store_op *o = &q->ops[i];
+          const char *v[4] = {r->ns, r->id, o->key, o->val};
+          int len[4] = {0, 0, (int)o->keylen, (int)o->vallen};
+          const char *sql = o->kind == LR_STORE_PUT   ? s->sql_put
+                            : o->kind == LR_STORE_DEL ? s->sql_del
+                                                      : s->sql_delp;
+          if (send_q(s, sql, o->kind == LR_STORE_PUT ? 4 : 3, v, len) != 0) {
+            for (size_t k = 0; k < n; k++) {
+              rooms[k]->inflight = 0;
+              rooms[k]->pin--;
+            }
+            free(rooms);
+            return -1;
+          }
+          nstmt++;
+        }
+      }
+      if (n == cap) rooms = realloc(rooms, (cap *= 2) * sizeof *rooms);
+      if (!rooms) abort();
+      rooms[n++] = r;
+      r->inflight = nb;
+      r->pin++;
+    }
+  if (n == 0) {
+    free(rooms);
+    return 0;
+  }
+  pjob *j = lr_xcalloc(1, sizeof *j);
+  j->kind = J_FLUSH;
+  j->rooms = rooms;
+  j->nrooms = n;
+  job_push(s, j); /* before the sync can fail: conn_fail then releases the rooms */
+  s->flushing = true;
+  if (!PQpipelineSync(s->conn)) return -1;
+  return 0;
+}
+
+/* End of the loop turn: send the loads asked for and the writes queued. */
+static void on_kick(void *ud) {
+  pstore *s = ud;
+  s->kick_timer = 0;
+  if (!s->ready || !s->conn) return;
+  for (int b = 0; b < NBUCKETS; b++)
+    for (proom *r = s->rooms[b]; r; r = r->next)
+      if (r->state == R_LOADING && !r->load_sent && send_load(s, r) != 0) {
+        conn_fail(s, PQerrorMessage(s->conn));
+        return;
+      }
+  if (!s->flushing && !s->retry_timer && s->pending > 0 && send_flush(s) != 0) {
+    conn_fail(s, PQerrorMessage(s->conn));
+    return;
+  }
+  if (pump_out(s) != 0) conn_fail(s, PQerrorMessage(s->conn));
+}
+
+static void kick(pstore *s) {
+  if (s->srv && !s->kick_timer && s->ready) s->kick_timer = lr_timer_add_c(s->srv, 0, on_kick, s);
+}
+
+/* ------------------------------------------------------------ vtable */
+
+static int ensure_loaded(pstore *s, proom *r, char *err, size_t errlen) {
+  (void)s;
+  if (r->state == R_LOADED) return 0;
+  lr__store_errf(err, errlen,
+                 "postgres storage: %s/%s is not loaded (the engine waits for ready() before "
+                 "reading)",
+                 r->ns, r->id);
+  return LR_STORE_EBUSY;
+}
+
+static int p_get(lr_store *st, const char *ns, const char *room, const char *key, lr_buf *out,
+                 char *err, size_t errlen) {
+  pstore *s = (pstore *)st;
+  lr_buf_reset(out);
+  proom *r = room_get(s, ns, room, false);
+  if (!r) return ensure_loaded(s, &(proom){.ns = (char *)ns, .id = (char *)room}, err, errlen);
+  int rc = ensure_loaded(s, r, err, errlen);
+  return rc ? rc : lr_store_get(s->cache, ns, room, key, out, err, errlen);
+}
+
+static int p_list(lr_store *st, const char *ns, const char *room, const char *prefix,
+                  lr_store_list_cb cb, void *ud, char *err, size_t errlen) {
+  pstore *s = (pstore *)st;
+  proom *r = room_get(s, ns, room, false);
+  if (!r) return ensure_loaded(s, &(proom){.ns = (char *)ns, .id = (char *)room}, err, errlen);
+  int rc = ensure_loaded(s, r, err, errlen);
+  return rc ? rc : lr_store_list(s->cache, ns, room, prefix, cb, ud, err, errlen);
+}
+
+static long p_count(lr_store *st, const char *ns, const char *room) {
+  pstore *s = (pstore *)st;
+  /* Only loaded rooms are counted (ns or room NULL: the loaded rooms); a
+   * room not loaded counts 0 while the connection is up (the /readyz probe
+   * asks for one) and every count is -1 while it is down. */
+  if (!s->ready) return -1;
+  return lr_store_count(s->cache, ns, room);
+}
+
+static int p_apply(lr_store *st, const char *ns, const char *room, const lr_store_op *ops, size_t n,
+                   char *err, size_t errlen) {
+  pstore *s = (pstore *)st;
+  int rc = lr__store_check_ops(ns, room, ops, n, err, errlen);
+  if (rc) return rc;
+  proom *r = room_get(s, ns, room, false);
+  if (!r || r->state != R_LOADED)
+    return ensure_loaded(s, r ? r : &(proom){.ns = (char *)ns, .id = (char *)room}, err, errlen);
+  if ((rc = lr_store_apply(s->cache, ns, room, ops, n, err, errlen)) != 0) return rc;
+  /* A deep copy: the caller's strings are gone when the transaction goes. */
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; i++)
+    bytes += ops[i].keylen + 1 + (ops[i].kind == LR_STORE_PUT ? ops[i].vallen + 1 : 0);
+  pbatch *q = lr_xcalloc(1, sizeof *q);
+  q->n = n;
+  q->ops = lr_xcalloc(n ? n : 1, sizeof *q->ops);
+  q->mem = lr_xmalloc(bytes ? bytes : 1);
+  char *p = q->mem;
+  for (size_t i = 0; i < n; i++) {
+    q->ops[i] = ops[i];
+    memcpy(p, ops[i].key ? ops[i].key : "", ops[i].keylen);
+    p[ops[i].keylen] = 0;
+    q->ops[i].key = p;
+    p += ops[i].keylen + 1;
+    if (ops[i].kind == LR_STORE_PUT) {
+      memcpy(p, ops[i].val, ops[i].vallen);
+      p[ops[i].vallen] = 0;
+      q->ops[i].val = p;
+      p += ops[i].vallen + 1;
+    }
+  }
+  *r->qtail = q;
+  r->qtail = &q->next;
+  r->nqueued++;
+  r->accepted++;
+  s->pending++;
+  if (!s->ready && !r->failed[0] && s->conn_err[0]) {
+    /* No connection: the room is failing until it is back. */
+    snprintf(r->failed, sizeof r->failed, "%s", s->conn_err);
+  }
+  kick(s);
+  return 0;
+}
+
+static int p_ready(lr_store *st, const char *ns, const char *room, lr_store_ready_cb cb, void *ud,
+                   char *err, size_t errlen) {
+  pstore *s = (pstore *)st;
+  if (!s->srv) {
+    lr__store_errf(err, errlen, "postgres storage needs the server's event loop");
+    return LR_STORE_EIO;
+  }
+  proom *r = room_get(s, ns, room, true);
+  r->forget = false;
+  if (r->state == R_LOADED) return 1;
+  if (!s->ready && !s->connecting && s->conn_err[0]) {
+    lr__store_errf(err, errlen, "postgres storage: %s", s->conn_err);
+    maybe_drop(s, r);
+    return LR_STORE_EIO;
+  }
+  r->state = R_LOADING;
+  waiter *w = lr_xcalloc(1, sizeof *w);
+  w->cb = cb;
+  w->ud = ud;
+  *r->wtail = w;
+  r->wtail = &w->next;
+  kick(s);
+  return 0;
+}
+
+static void p_forget(lr_store *st, const char *ns, const char *room) {
+  pstore *s = (pstore *)st;
+  proom *r = room_get(s, ns, room, false);
+  if (!r) return;
+  r->forget = true;
+  maybe_drop(s, r);
+}
+
+static long p_pending(lr_store *st) {
+  return ((pstore *)st)->pending;
+}
+
+static int p_progress(lr_store *st, const char *ns, const char *room, uint64_t *accepted,
+                      uint64_t *committed, char *err, size_t errlen) {
+  proom *r = room_get((pstore *)st, ns, room, false);
+  *accepted = r ? r->accepted : 0;
+  *committed = r ? r->committed : 0;
+  if (!r || !r->failed[0]) return 0;
+  lr__store_errf(err, errlen, "postgres storage: %s", r->failed);
+  return LR_STORE_EIO;
+}
+
+static void p_bind(lr_store *st, lr_server *srv) {
+  pstore *s = (pstore *)st;
+  s->srv = srv;
+  if (srv) {
+    if (!s->conn) conn_start(s);
+    return;
+  }
+  /* The engine's timers are about to be freed without firing. */
+  s->reconnect_timer = s->kick_timer = s->retry_timer = 0;
+}
+
+static void p_close(lr_store *st) {
+  pstore *s = (pstore *)st;
+  if (s->pending) {
+    lr_warn("postgres storage: closing with %ld write batch(es) not committed", s->pending);
+    for (int b = 0; b < NBUCKETS; b++)
+      for (proom *r = s->rooms[b]; r; r = r->next) {
+        if (!r->qhead) continue;
+        lr_buf keys;
+        lr_buf_init(&keys);
+        long nk = 0;
+        for (pbatch *q = r->qhead; q; q = q->next)
+          for (size_t i = 0; i < q->n; i++)
+            if (nk++ < 10) lr_buf_printf(&keys, "%s%s", nk > 1 ? ", " : "", q->ops[i].key);
+        if (nk > 10) lr_buf_printf(&keys, ", ... %ld more", nk - 10);
+        lr_error("storage %s/%s: %ld write batch(es) not in postgres, LOST: %s (%s)", r->ns, r->id,
+                 r->nqueued, keys.len ? lr_buf_cstr(&keys) : "-",
+                 r->failed[0] ? r->failed : "shutdown before the server answered");
+        lr_buf_free(&keys);
+      }
+  }
+  drop_conn(s);
+  for (pjob *j = s->jobs, *n; j; j = n) {
+    n = j->next;
+    free(j->rooms);
+    free(j);
+  }
+  for (int b = 0; b < NBUCKETS; b++)
+    while (s->rooms[b])
+      room_free(s, s->rooms[b]);
+  lr_store_close(s->cache);
+  free(s->sql_load);
+  free(s->sql_put);
+  free(s->sql_del);
+  free(s->sql_delp);
+  free(s->sql_create);
+  free(s->conninfo);
+  free(s->table);
+  free(s);
+}
+
+static const lr_store_vt pg_vt = {
+    .name = "postgres",
+    .get = p_get,
+    .list = p_list,
+    .apply = p_apply,
+    .count = p_count,
+    .close = p_close,
+    .bind = p_bind,
+    .ready = p_ready,
+    .forget = p_forget,
+    .pending = p_pending,
+    .progress = p_progress,
+};
+
+static bool valid_table(const char *t) {
+  if (!t || !*t || strlen(t) > 63) return false;
+  if (!((*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z') || *t == '_')) return false;
+  for (const char *p = t; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+          *p == '_'))
+      return false;
+  return true;
+}
+
+lr_store *lr_store_postgres_open(const lr_pg_opts *o, char *err, size_t errlen) {
+  const char *table = o->table ? o->table : "signe_room_storage";
+  if (!valid_table(table)) {
+    lr__store_errf(err, errlen,
+                   "postgres storage: invalid table name '%s' ([A-Za-z_][A-Za-z0-9_]*)", table);
+    return NULL;
+  }
+  char *perr = NULL;
+  PQconninfoOption *opts = PQconninfoParse(o->conninfo, &perr);
+  if (!opts) {
+    lr__store_errf(err, errlen, "postgres storage: %s", perr ? perr : "invalid connection URL");
+    PQfreemem(perr);
+    return NULL;
+  }
+  PQconninfoFree(opts);
+  lr_store *cache = lr_store_memory_open(NULL, err, errlen);
+  if (!cache) return NULL;
+  pstore *s = lr_xcalloc(1, sizeof *s);
+  s->base.vt = &pg_vt;
+  s->cache = cache;
+  s->conninfo = lr_xstrndup(o->conninfo, strlen(o->conninfo));
+  s->table = lr_xstrndup(table, strlen(table));
+  s->watched_fd = -1;
+  s->jtail = &s->jobs;
+  s->sql_load = sql_fmt("SELECT key, value FROM %s WHERE namespace = $1 AND room_id = $2", table);
+  s->sql_put = sql_fmt("INSERT INTO %s (namespace, room_id, key, value) VALUES ($1, $2, $3, $4) "
+                       "ON CONFLICT (namespace, room_id, key) DO UPDATE SET value = EXCLUDED.value",
+                       table);
+  s->sql_del = sql_fmt("DELETE FROM %s WHERE namespace = $1 AND room_id = $2 AND key = $3", table);
+  s->sql_delp = sql_fmt("DELETE FROM %s WHERE namespace = $1 AND room_id = $2 AND "
+                        "substr(key, 1, length($3)) = $3",
+                        table);
+  s->sql_create = sql_fmt("CREATE TABLE IF NOT EXISTS %s (namespace TEXT NOT NULL, room_id TEXT "
+                          "NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY "
+                          "(namespace, room_id, key))",
+                          table);
+  return &s->base;
+}
+
+void lr_store_postgres_stats(lr_store *st, uint64_t *txns, uint64_t *stmts, uint64_t *fails) {
+  pstore *s = (pstore *)st;
+  *txns = s->n_txn;
+  *stmts = s->n_stmt;
+  *fails = s->n_fail;
+}
