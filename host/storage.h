@@ -57,7 +57,9 @@ typedef int (*lr_store_list_cb)(void *ud, const char *key, size_t keylen, const 
                                 size_t vallen);
 
 /* ready callback: ok 1 when (ns, room) can be read, 0 when loading failed
- * (err says why). */
+ * (err says why), LR_STORE_READY_ELSEWHERE when another node of a cluster
+ * holds the room (err names it; storage_postgres.h). */
+#define LR_STORE_READY_ELSEWHERE (-1)
 typedef void (*lr_store_ready_cb)(void *ud, int ok, const char *err);
 
 typedef struct lr_store lr_store;

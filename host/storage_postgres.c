@@ -37,6 +37,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -68,7 +69,7 @@ typedef struct pbatch {
 } pbatch;
 
 enum { R_NONE = 0, R_LOADING, R_LOADED };
-enum { J_SCHEMA = 1, J_LOAD, J_FLUSH };
+enum { J_SCHEMA = 1, J_LOAD, J_FLUSH, J_RENEW };
 
 struct proom {
   proom *next; /* hash bucket */
@@ -84,6 +85,11 @@ struct proom {
   int pin;
   uint64_t accepted, committed;
   char failed[200];
+  /* cluster mode: the lease this node holds on the room (epoch 0: none) */
+  long long epoch;
+  bool lost;            /* the lease is gone: nothing more is written */
+  uint64_t renew_gen;   /* the renewal that carried it */
+  uint64_t renewed_gen; /* the last renewal that found it */
 };
 
 typedef struct pjob {
@@ -95,12 +101,27 @@ typedef struct pjob {
   long nbatches;
   bool failed;
   char err[256];
+  int nres;        /* results seen (statements answered) */
+  int *check_at;   /* J_FLUSH, cluster: the result index of each room's lease check */
+  size_t ck;       /* the next of them to come */
+  bool *lost;      /* J_FLUSH, cluster: the check found no lease */
+  long long epoch; /* J_LOAD, cluster: the lease taken (0: refused) */
+  char owner[256]; /* J_LOAD, cluster: who holds it when refused */
+  uint64_t gen;    /* J_RENEW */
+  int64_t sent_at; /* J_RENEW: monotonic ms */
 } pjob;
 
 struct pstore {
   lr_store base;
   char *conninfo, *table;
   char *sql_load, *sql_put, *sql_del, *sql_delp, *sql_create;
+  /* cluster mode (node_id set): leases and fencing */
+  char *node_id;
+  int64_t lease_ms, renew_ms;
+  uint64_t renew_timer, renew_gen;
+  bool renewing;
+  int64_t renewed_at; /* monotonic ms when the last successful renewal was sent */
+  uint64_t n_taken, n_refused, n_lost, n_renewals;
   lr_store *cache;
   lr_server *srv;
   PGconn *conn;
@@ -121,6 +142,10 @@ struct pstore {
 static void conn_start(pstore *s);
 static void conn_fail(pstore *s, const char *why);
 static void kick(pstore *s);
+static void on_renew(void *ud);
+static int send_q(pstore *s, const char *sql, int n, const char *const *v, const int *len);
+static void job_push(pstore *s, pjob *j);
+static int pump_out(pstore *s);
 
 /* libpq's messages span lines: one line, without the trailing newline. */
 static void one_line(char *dst, size_t n, const char *src) {
@@ -238,6 +263,7 @@ static void on_result(pstore *s, PGresult *res) {
     job_done(s, j);
     return;
   }
+  int idx = j->nres++;
   if (st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED || st == PGRES_BAD_RESPONSE) {
     if (!j->failed) {
       j->failed = true;
@@ -246,7 +272,27 @@ static void on_result(pstore *s, PGresult *res) {
     }
     return;
   }
-  if (j->kind == J_LOAD && st == PGRES_TUPLES_OK && !j->failed) {
+  if (st != PGRES_TUPLES_OK || j->failed) return;
+  if (s->node_id && j->kind == J_LOAD && idx == 0) { /* the take */
+    if (PQntuples(res) == 1) j->epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    return;
+  }
+  if (s->node_id && j->kind == J_LOAD && idx == 1) { /* the holder after the take */
+    if (PQntuples(res) == 1) snprintf(j->owner, sizeof j->owner, "%s", PQgetvalue(res, 0, 0));
+    return;
+  }
+  if (j->kind == J_RENEW) {
+    for (int i = 0; i < PQntuples(res); i++) {
+      proom *r = room_get(s, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), false);
+      if (r && r->epoch == strtoll(PQgetvalue(res, i, 2), NULL, 10)) r->renewed_gen = j->gen;
+    }
+    return;
+  }
+  if (j->kind == J_FLUSH && j->check_at) {
+    if (j->ck < j->nrooms && j->check_at[j->ck] == idx) j->lost[j->ck++] = PQntuples(res) == 0;
+    return;
+  }
+  if (j->kind == J_LOAD && (!s->node_id || j->epoch > 0)) {
     int n = PQntuples(res);
     lr_store_op *ops = lr_xcalloc((size_t)n + 1, sizeof *ops);
     ops[0] = (lr_store_op){LR_STORE_DEL_PREFIX, "", 0, NULL, 0};
@@ -391,7 +437,14 @@ static void conn_ready(pstore *s) {
   }
   pjob *j = lr_xcalloc(1, sizeof *j);
   j->kind = J_SCHEMA;
-  if (send_q(s, s->sql_create, 0, NULL, NULL) != 0 || !PQpipelineSync(s->conn)) {
+  if (send_q(s, s->sql_create, 0, NULL, NULL) != 0 ||
+      (s->node_id &&
+       send_q(s,
+              "CREATE TABLE IF NOT EXISTS lunaroom_leases (namespace TEXT NOT NULL, room_id TEXT "
+              "NOT NULL, node_id TEXT NOT NULL, epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT "
+              "NULL, PRIMARY KEY (namespace, room_id))",
+              0, NULL, NULL) != 0) ||
+      !PQpipelineSync(s->conn)) {
     free(j);
     conn_fail(s, PQerrorMessage(s->conn));
     return;
@@ -401,6 +454,8 @@ static void conn_ready(pstore *s) {
   if (s->backoff) lr_info("postgres storage: connected again");
   s->backoff = 0;
   s->conn_err[0] = 0;
+  if (s->node_id && !s->renew_timer && s->srv)
+    s->renew_timer = lr_timer_add_c(s->srv, s->renew_ms, on_renew, s);
   if (pump_out(s) != 0) {
     conn_fail(s, PQerrorMessage(s->conn));
     return;
@@ -433,6 +488,125 @@ static void conn_start(pstore *s) {
   }
 }
 
+/* ------------------------------------------------------------ leases */
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* r's lease is gone: nothing more of it is written; its queued batches are
+ * dropped (the ones in flight are fenced by the database), and the engine
+ * closes its sockets and disposes of it. */
+static void room_lost(pstore *s, proom *r, const char *why) {
+  if (r->lost || r->epoch == 0) return;
+  r->pin++;
+  r->lost = true;
+  s->n_lost++;
+  long dropped = 0;
+  pbatch **pp = &r->qhead;
+  for (long k = 0; k < r->inflight && *pp; k++)
+    pp = &(*pp)->next;
+  while (*pp) {
+    pbatch *q = *pp;
+    *pp = q->next;
+    batch_free(q);
+    r->nqueued--;
+    s->pending--;
+    dropped++;
+  }
+  r->qtail = pp;
+  lr_warn("storage %s/%s: the lease (epoch %lld) is lost: %s; %ld write batch(es) dropped, the "
+          "room is closed on this node",
+          r->ns, r->id, r->epoch, why, dropped);
+  snprintf(r->failed, sizeof r->failed, "lease lost: %.180s", why);
+  r->epoch = 0;
+  r->state = R_NONE;
+  lr_store_op all = {LR_STORE_DEL_PREFIX, "", 0, NULL, 0};
+  lr_store_apply(s->cache, r->ns, r->id, &all, 1, NULL, 0);
+  if (s->srv) lr_server_store_lost(s->srv, r->ns, r->id, 1012, "room moved to another node");
+  r->pin--;
+  maybe_drop(s, r);
+}
+
+/* Every held room is lost (no renewal reached the database in time). */
+static void all_lost(pstore *s, const char *why) {
+  for (int b = 0; b < NBUCKETS; b++)
+    for (proom *r = s->rooms[b], *nx; r; r = nx) {
+      nx = r->next;
+      if (r->epoch > 0 && !r->lost) room_lost(s, r, why);
+    }
+}
+
+/* A PostgreSQL array literal element: "..." with \ and \" escaped. */
+static void arr_add(lr_buf *b, const char *v) {
+  lr_buf_put(b, b->len > 1 ? ",\"" : "\"", b->len > 1 ? 2 : 1);
+  for (; *v; v++) {
+    if (*v == '"' || *v == '\\') lr_buf_put(b, "\\", 1);
+    lr_buf_put(b, v, 1);
+  }
+  lr_buf_put(b, "\"", 1);
+}
+
+static int send_renew(pstore *s) {
+  lr_buf ns, ids, eps;
+  lr_buf_init(&ns);
+  lr_buf_init(&ids);
+  lr_buf_init(&eps);
+  lr_buf_put(&ns, "{", 1);
+  lr_buf_put(&ids, "{", 1);
+  lr_buf_put(&eps, "{", 1);
+  uint64_t gen = ++s->renew_gen;
+  for (int b = 0; b < NBUCKETS; b++)
+    for (proom *r = s->rooms[b]; r; r = r->next) {
+      if (r->epoch <= 0 || r->lost) continue;
+      arr_add(&ns, r->ns);
+      arr_add(&ids, r->id);
+      lr_buf_printf(&eps, "%s%lld", eps.len > 1 ? "," : "", r->epoch);
+      r->renew_gen = gen;
+    }
+  lr_buf_put(&ns, "}", 1);
+  lr_buf_put(&ids, "}", 1);
+  lr_buf_put(&eps, "}", 1);
+  char ttl[32];
+  snprintf(ttl, sizeof ttl, "%lld", (long long)s->lease_ms);
+  const char *v[5] = {s->node_id, ttl, lr_buf_cstr(&ns), lr_buf_cstr(&ids), lr_buf_cstr(&eps)};
+  int rc = send_q(s,
+                  "UPDATE lunaroom_leases AS l SET expires_at = now() + $2::bigint * interval '1 "
+                  "millisecond' FROM unnest($3::text[], $4::text[], $5::bigint[]) AS h(ns, id, ep) "
+                  "WHERE l.namespace = h.ns AND l.room_id = h.id AND l.epoch = h.ep AND l.node_id "
+                  "= $1 AND l.expires_at > now() RETURNING l.namespace, l.room_id, l.epoch",
+                  5, v, NULL);
+  lr_buf_free(&ns);
+  lr_buf_free(&ids);
+  lr_buf_free(&eps);
+  if (rc != 0 || !PQpipelineSync(s->conn)) return -1;
+  pjob *j = lr_xcalloc(1, sizeof *j);
+  j->kind = J_RENEW;
+  j->gen = gen;
+  j->sent_at = mono_ms();
+  job_push(s, j);
+  s->renewing = true;
+  s->n_renewals++;
+  return 0;
+}
+
+static void on_renew(void *ud) {
+  pstore *s = ud;
+  s->renew_timer = lr_timer_add_c(s->srv, s->renew_ms, on_renew, s);
+  /* Without a renewal for ttl - one period, the lease may be gone already:
+   * stop serving before another node can have taken the rooms. */
+  int64_t age = mono_ms() - s->renewed_at;
+  if (s->renewed_at && age > s->lease_ms - s->renew_ms) {
+    char why[96];
+    snprintf(why, sizeof why, "no renewal reached the database for %lld ms", (long long)age);
+    all_lost(s, why);
+  }
+  if (!s->ready || !s->conn || s->renewing) return;
+  if (send_renew(s) != 0 || pump_out(s) != 0) conn_fail(s, PQerrorMessage(s->conn));
+}
+
 /* ------------------------------------------------------------ jobs */
 
 static void on_retry(void *ud) {
@@ -448,24 +622,53 @@ static void job_done(pstore *s, pjob *j) {
     proom *r = j->room;
     r->pin++;
     r->load_sent = false;
-    if (!j->failed) {
+    int ok = !j->failed;
+    char why[300];
+    snprintf(why, sizeof why, "storage load failed");
+    if (ok && s->node_id && j->epoch <= 0) {
+      ok = LR_STORE_READY_ELSEWHERE;
+      s->n_refused++;
+      snprintf(why, sizeof why, "%s", j->owner[0] ? j->owner : "another node");
+      lr_info("storage %s/%s: owned by %s (its lease is valid): refused here", r->ns, r->id, why);
+    }
+    if (ok == 1) {
       r->state = R_LOADED;
+      if (s->node_id) {
+        r->epoch = j->epoch;
+        r->lost = false;
+        r->failed[0] = 0;
+        s->n_taken++;
+        lr_info("storage %s/%s: lease taken (epoch %lld)", r->ns, r->id, r->epoch);
+      }
     } else {
       r->state = R_NONE;
-      lr_error("storage %s/%s: loading from postgres failed: %s", r->ns, r->id, j->err);
+      if (ok == 0)
+        lr_error("storage %s/%s: loading from postgres failed: %s", r->ns, r->id, j->err);
     }
     waiter *w = r->waiters;
     r->waiters = NULL;
     r->wtail = &r->waiters;
-    bool ok = !j->failed;
     while (w) {
       waiter *n = w->next;
-      w->cb(w->ud, ok, ok ? NULL : "storage load failed");
+      w->cb(w->ud, ok, ok == 1 ? NULL : why);
       free(w);
       w = n;
     }
     r->pin--;
     maybe_drop(s, r);
+  } else if (j->kind == J_RENEW) {
+    s->renewing = false;
+    if (!j->failed) {
+      s->renewed_at = j->sent_at;
+      for (int b = 0; b < NBUCKETS; b++)
+        for (proom *r = s->rooms[b], *nx; r; r = nx) {
+          nx = r->next;
+          if (r->epoch > 0 && !r->lost && r->renew_gen == j->gen && r->renewed_gen != j->gen)
+            room_lost(s, r, "the renewal did not find it");
+        }
+    } else {
+      lr_warn("postgres storage: lease renewal failed: %s", j->err);
+    }
   } else { /* J_FLUSH */
     s->flushing = false;
     s->n_txn++;
@@ -482,6 +685,22 @@ static void job_done(pstore *s, pjob *j) {
     }
     for (size_t i = 0; i < j->nrooms; i++) {
       proom *r = j->rooms[i];
+      if (r->lost || (!j->failed && j->lost && j->lost[i])) {
+        /* Fenced: nothing of it was written. Its batches go with the room. */
+        for (long k = 0; k < r->inflight && r->qhead; k++) {
+          pbatch *q = r->qhead;
+          r->qhead = q->next;
+          if (!r->qhead) r->qtail = &r->qhead;
+          batch_free(q);
+          r->nqueued--;
+          s->pending--;
+        }
+        r->inflight = 0;
+        if (!r->lost) room_lost(s, r, "the database has another holder or the lease expired");
+        r->pin--;
+        maybe_drop(s, r);
+        continue;
+      }
       if (!j->failed) {
         for (long k = 0; k < r->inflight && r->qhead; k++) {
           pbatch *q = r->qhead;
@@ -502,6 +721,8 @@ static void job_done(pstore *s, pjob *j) {
       maybe_drop(s, r);
     }
     free(j->rooms);
+    free(j->check_at);
+    free(j->lost);
     if (j->failed && s->srv && s->ready && !s->retry_timer)
       s->retry_timer = lr_timer_add_c(s->srv, s->backoff, on_retry, s);
     else
@@ -511,7 +732,23 @@ static void job_done(pstore *s, pjob *j) {
 }
 
 static int send_load(pstore *s, proom *r) {
-  const char *v[2] = {r->ns, r->id};
+  const char *v[4] = {r->ns, r->id, s->node_id, NULL};
+  char ttl[32];
+  snprintf(ttl, sizeof ttl, "%lld", (long long)s->lease_ms);
+  v[3] = ttl;
+  /* Cluster: take the lease (one statement: free, expired or ours), see who
+   * holds it, then read; one implicit transaction. */
+  if (s->node_id &&
+      (send_q(s,
+              "INSERT INTO lunaroom_leases AS l (namespace, room_id, node_id, epoch, expires_at) "
+              "VALUES ($1, $2, $3, 1, now() + $4::bigint * interval '1 millisecond') ON CONFLICT "
+              "(namespace, room_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = l.epoch + 1, "
+              "expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() OR l.node_id = "
+              "EXCLUDED.node_id RETURNING epoch",
+              4, v, NULL) != 0 ||
+       send_q(s, "SELECT node_id FROM lunaroom_leases WHERE namespace = $1 AND room_id = $2", 2, v,
+              NULL) != 0))
+    return -1;
   if (send_q(s, s->sql_load, 2, v, NULL) != 0 || !PQpipelineSync(s->conn)) return -1;
   pjob *j = lr_xcalloc(1, sizeof *j);
   j->kind = J_LOAD;
@@ -525,47 +762,70 @@ static int send_load(pstore *s, proom *r) {
 static int send_flush(pstore *s) {
   size_t cap = 16, n = 0, nstmt = 0;
   proom **rooms = lr_xmalloc(cap * sizeof *rooms);
+  int *check_at = s->node_id ? lr_xmalloc(cap * sizeof *check_at) : NULL;
   for (int b = 0; b < NBUCKETS && nstmt < MAX_TXN_STATEMENTS; b++)
     for (proom *r = s->rooms[b]; r && nstmt < MAX_TXN_STATEMENTS; r = r->next) {
-      if (!r->qhead) continue;
+      if (!r->qhead || r->lost) continue;
       long nb = 0;
+      char ep[32];
+      snprintf(ep, sizeof ep, "%lld", r->epoch);
+      int at = (int)nstmt;
+      if (s->node_id) { /* the fence: the lease row is ours, locked until the commit */
+        const char *v[4] = {r->ns, r->id, s->node_id, ep};
+        if (send_q(s,
+                   "SELECT 1 FROM lunaroom_leases WHERE namespace = $1 AND room_id = $2 AND "
+                   "node_id = $3 AND epoch = $4::bigint AND expires_at > now() FOR UPDATE",
+                   4, v, NULL) != 0)
+          goto fail;
+        nstmt++;
+      }
       for (pbatch *q = r->qhead; q && nstmt < MAX_TXN_STATEMENTS; q = q->next, nb++) {
         for (size_t i = 0; i < q->n; i++) {
           const lr_store_op *o = &q->ops[i];
-          const char *v[4] = {r->ns, r->id, o->key, o->val};
-          int len[4] = {0, 0, (int)o->keylen, (int)o->vallen};
-          const char *sql = o->kind == LR_STORE_PUT   ? s->sql_put
-                            : o->kind == LR_STORE_DEL ? s->sql_del
-                                                      : s->sql_delp;
-          if (send_q(s, sql, o->kind == LR_STORE_PUT ? 4 : 3, v, len) != 0) {
-            for (size_t k = 0; k < n; k++) {
-              rooms[k]->inflight = 0;
-              rooms[k]->pin--;
-            }
-            free(rooms);
-            return -1;
-          }
+          bool put = o->kind == LR_STORE_PUT;
+          const char *v[6] = {
+              r->ns, r->id, o->key, put ? o->val : s->node_id, put ? s->node_id : ep, ep};
+          int len[6] = {0, 0, (int)o->keylen, put ? (int)o->vallen : 0, 0, 0};
+          const char *sql = put ? s->sql_put : o->kind == LR_STORE_DEL ? s->sql_del : s->sql_delp;
+          int np = (put ? 4 : 3) + (s->node_id ? 2 : 0);
+          if (send_q(s, sql, np, v, len) != 0) goto fail;
           nstmt++;
         }
       }
-      if (n == cap) rooms = realloc(rooms, (cap *= 2) * sizeof *rooms);
-      if (!rooms) abort();
+      if (n == cap) {
+        cap *= 2;
+        rooms = realloc(rooms, cap * sizeof *rooms);
+        if (check_at) check_at = realloc(check_at, cap * sizeof *check_at);
+        if (!rooms || (s->node_id && !check_at)) abort();
+      }
+      if (check_at) check_at[n] = at;
       rooms[n++] = r;
       r->inflight = nb;
       r->pin++;
     }
   if (n == 0) {
     free(rooms);
+    free(check_at);
     return 0;
   }
   pjob *j = lr_xcalloc(1, sizeof *j);
   j->kind = J_FLUSH;
   j->rooms = rooms;
   j->nrooms = n;
+  j->check_at = check_at;
+  j->lost = check_at ? lr_xcalloc(n, sizeof *j->lost) : NULL;
   job_push(s, j); /* before the sync can fail: conn_fail then releases the rooms */
   s->flushing = true;
   if (!PQpipelineSync(s->conn)) return -1;
   return 0;
+fail: /* the connection broke while sending: nothing is in flight */
+  for (size_t k = 0; k < n; k++) {
+    rooms[k]->inflight = 0;
+    rooms[k]->pin--;
+  }
+  free(rooms);
+  free(check_at);
+  return -1;
 }
 
 /* End of the loop turn: send the loads asked for and the writes queued. */
@@ -636,6 +896,10 @@ static int p_apply(lr_store *st, const char *ns, const char *room, const lr_stor
   int rc = lr__store_check_ops(ns, room, ops, n, err, errlen);
   if (rc) return rc;
   proom *r = room_get(s, ns, room, false);
+  if (r && r->lost) {
+    lr__store_errf(err, errlen, "postgres storage: %s/%s: %s", ns, room, r->failed);
+    return LR_STORE_EIO;
+  }
   if (!r || r->state != R_LOADED)
     return ensure_loaded(s, r ? r : &(proom){.ns = (char *)ns, .id = (char *)room}, err, errlen);
   if ((rc = lr_store_apply(s->cache, ns, room, ops, n, err, errlen)) != 0) return rc;
@@ -684,6 +948,10 @@ static int p_ready(lr_store *st, const char *ns, const char *room, lr_store_read
   proom *r = room_get(s, ns, room, true);
   r->forget = false;
   if (r->state == R_LOADED) return 1;
+  if (r->lost && !r->qhead) {
+    r->lost = false; /* dropped earlier: take it again if the lease is free */
+    r->failed[0] = 0;
+  }
   if (!s->ready && !s->connecting && s->conn_err[0]) {
     lr__store_errf(err, errlen, "postgres storage: %s", s->conn_err);
     maybe_drop(s, r);
@@ -729,7 +997,7 @@ static void p_bind(lr_store *st, lr_server *srv) {
     return;
   }
   /* The engine's timers are about to be freed without firing. */
-  s->reconnect_timer = s->kick_timer = s->retry_timer = 0;
+  s->reconnect_timer = s->kick_timer = s->retry_timer = s->renew_timer = 0;
 }
 
 static void p_close(lr_store *st) {
@@ -767,6 +1035,7 @@ static void p_close(lr_store *st) {
   free(s->sql_del);
   free(s->sql_delp);
   free(s->sql_create);
+  free(s->node_id);
   free(s->conninfo);
   free(s->table);
   free(s);
@@ -821,13 +1090,42 @@ lr_store *lr_store_postgres_open(const lr_pg_opts *o, char *err, size_t errlen) 
   s->watched_fd = -1;
   s->jtail = &s->jobs;
   s->sql_load = sql_fmt("SELECT key, value FROM %s WHERE namespace = $1 AND room_id = $2", table);
-  s->sql_put = sql_fmt("INSERT INTO %s (namespace, room_id, key, value) VALUES ($1, $2, $3, $4) "
-                       "ON CONFLICT (namespace, room_id, key) DO UPDATE SET value = EXCLUDED.value",
-                       table);
-  s->sql_del = sql_fmt("DELETE FROM %s WHERE namespace = $1 AND room_id = $2 AND key = $3", table);
-  s->sql_delp = sql_fmt("DELETE FROM %s WHERE namespace = $1 AND room_id = $2 AND "
-                        "substr(key, 1, length($3)) = $3",
-                        table);
+  if (o->node_id) {
+    const char *fence = "EXISTS (SELECT 1 FROM lunaroom_leases l WHERE l.namespace = $1 AND "
+                        "l.room_id = $2 AND l.node_id = $%d AND l.epoch = $%d::bigint AND "
+                        "l.expires_at > now())";
+    char f5[300], f4[300];
+    snprintf(f5, sizeof f5, fence, 5, 6);
+    snprintf(f4, sizeof f4, fence, 4, 5);
+    char q[1024];
+    snprintf(q, sizeof q,
+             "INSERT INTO %%s (namespace, room_id, key, value) SELECT $1::text, $2::text, "
+             "$3::text, $4::text WHERE %s ON CONFLICT (namespace, room_id, key) DO UPDATE SET "
+             "value = EXCLUDED.value",
+             f5);
+    s->sql_put = sql_fmt(q, table);
+    snprintf(q, sizeof q,
+             "DELETE FROM %%s WHERE namespace = $1 AND room_id = $2 AND key = $3 AND %s", f4);
+    s->sql_del = sql_fmt(q, table);
+    snprintf(q, sizeof q,
+             "DELETE FROM %%s WHERE namespace = $1 AND room_id = $2 AND substr(key, 1, "
+             "length($3)) = $3 AND %s",
+             f4);
+    s->sql_delp = sql_fmt(q, table);
+    s->node_id = lr_xstrndup(o->node_id, strlen(o->node_id));
+    s->lease_ms = o->lease_ms > 0 ? o->lease_ms : LR_PG_LEASE_DEFAULT;
+    s->renew_ms = o->renew_ms > 0 ? o->renew_ms : s->lease_ms / 4;
+  } else {
+    s->sql_put =
+        sql_fmt("INSERT INTO %s (namespace, room_id, key, value) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (namespace, room_id, key) DO UPDATE SET value = EXCLUDED.value",
+                table);
+    s->sql_del =
+        sql_fmt("DELETE FROM %s WHERE namespace = $1 AND room_id = $2 AND key = $3", table);
+    s->sql_delp = sql_fmt("DELETE FROM %s WHERE namespace = $1 AND room_id = $2 AND "
+                          "substr(key, 1, length($3)) = $3",
+                          table);
+  }
   s->sql_create = sql_fmt("CREATE TABLE IF NOT EXISTS %s (namespace TEXT NOT NULL, room_id TEXT "
                           "NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY "
                           "(namespace, room_id, key))",
@@ -840,4 +1138,13 @@ void lr_store_postgres_stats(lr_store *st, uint64_t *txns, uint64_t *stmts, uint
   *txns = s->n_txn;
   *stmts = s->n_stmt;
   *fails = s->n_fail;
+}
+
+void lr_store_postgres_cluster_stats(lr_store *st, uint64_t *taken, uint64_t *refused,
+                                     uint64_t *lost, uint64_t *renewals) {
+  pstore *s = (pstore *)st;
+  *taken = s->n_taken;
+  *refused = s->n_refused;
+  *lost = s->n_lost;
+  *renewals = s->n_renewals;
 }
