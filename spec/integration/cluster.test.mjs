@@ -40,13 +40,13 @@ function roomsDir() {
   return dir;
 }
 
-async function node(rooms) {
+async function node(rooms, leaseMs = LEASE) {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const srv = await startServer({
     rooms,
     args: ["--port", String(port), "--host", "127.0.0.1", "--cluster", pg.url, "--node-url", url,
-      "--lease-ms", String(LEASE), "--no-watch"],
+      "--lease-ms", String(leaseMs), "--no-watch"],
   });
   srv.nodeUrl = url;
   await sleep(150); // its tables exist before the next node starts
@@ -107,6 +107,31 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
     } finally {
       await a.stop();
       await b.stop();
+    }
+  });
+
+  test("fencing in the database: a write after the lease moved is not stored, not shown, and drops the room", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms, 60000); // renewals every 15 s: only the write's own fence can notice
+    try {
+      const ca = await join(a, "fill-steal", "s1");
+      for (let i = 0; i < 2; i++) ca.send({ action: "inc" });
+      await ca.next((m) => m?.type === "sync" && m.value.count === 2);
+      assert.equal(stored("fill-steal"), "2");
+      // Another node takes the lease behind A's back (as after an expiry).
+      pg.sql("UPDATE lunaroom_leases SET node_id = 'http://elsewhere', epoch = epoch + 1 WHERE room_id = 'fill-steal'");
+      ca.send({ action: "inc" });
+      const closed = await Promise.race([ca.closed, sleep(3000).then(() => null)]);
+      assert.ok(closed, "the room kept running without its lease");
+      assert.equal(closed.code, 1012);
+      assert.equal(maxCount(ca), 2, "a count that is not stored was shown");
+      assert.equal(stored("fill-steal"), "2", "a write went through without the lease");
+      assert.match(a.logs(), /another holder or the lease expired/);
+      // Reconnecting to A: refused, the lease is someone else's (and valid).
+      const again = await join(a, "fill-steal", "s2");
+      assert.equal(again.refused?.code, 4409);
+    } finally {
+      await a.stop();
     }
   });
 
