@@ -137,6 +137,9 @@ struct pstore {
   char conn_err[200];
   /* figures (lr_store_postgres_stats) */
   uint64_t n_txn, n_stmt, n_fail;
+  /* Rooms per transaction, 0 = no limit; LUNAROOM_PG_TXN_ROOMS=1 gives one
+   * transaction per write batch (bench/pg_writes.mjs compares the two). */
+  long txn_rooms;
 };
 
 static void conn_start(pstore *s);
@@ -763,9 +766,14 @@ static int send_flush(pstore *s) {
   size_t cap = 16, n = 0, nstmt = 0;
   proom **rooms = lr_xmalloc(cap * sizeof *rooms);
   int *check_at = s->node_id ? lr_xmalloc(cap * sizeof *check_at) : NULL;
-  for (int b = 0; b < NBUCKETS && nstmt < MAX_TXN_STATEMENTS; b++)
-    for (proom *r = s->rooms[b]; r && nstmt < MAX_TXN_STATEMENTS; r = r->next) {
+  bool full = false;
+  for (int b = 0; b < NBUCKETS && !full; b++)
+    for (proom *r = s->rooms[b]; r && !full; r = r->next) {
       if (!r->qhead || r->lost) continue;
+      if (nstmt >= MAX_TXN_STATEMENTS) {
+        full = true;
+        break;
+      }
       long nb = 0;
       char ep[32];
       snprintf(ep, sizeof ep, "%lld", r->epoch);
@@ -779,7 +787,8 @@ static int send_flush(pstore *s) {
           goto fail;
         nstmt++;
       }
-      for (pbatch *q = r->qhead; q && nstmt < MAX_TXN_STATEMENTS; q = q->next, nb++) {
+      for (pbatch *q = r->qhead; q && nstmt < MAX_TXN_STATEMENTS && !(s->txn_rooms > 0 && nb > 0);
+           q = q->next, nb++) {
         for (size_t i = 0; i < q->n; i++) {
           const lr_store_op *o = &q->ops[i];
           bool put = o->kind == LR_STORE_PUT;
@@ -802,6 +811,7 @@ static int send_flush(pstore *s) {
       rooms[n++] = r;
       r->inflight = nb;
       r->pin++;
+      if (s->txn_rooms > 0 && (long)n >= s->txn_rooms) full = true;
     }
   if (n == 0) {
     free(rooms);
@@ -1089,6 +1099,8 @@ lr_store *lr_store_postgres_open(const lr_pg_opts *o, char *err, size_t errlen) 
   s->table = lr_xstrndup(table, strlen(table));
   s->watched_fd = -1;
   s->jtail = &s->jobs;
+  const char *tr = getenv("LUNAROOM_PG_TXN_ROOMS");
+  s->txn_rooms = tr ? atol(tr) : 0;
   s->sql_load = sql_fmt("SELECT key, value FROM %s WHERE namespace = $1 AND room_id = $2", table);
   if (o->node_id) {
     const char *fence = "EXISTS (SELECT 1 FROM lunaroom_leases l WHERE l.namespace = $1 AND "

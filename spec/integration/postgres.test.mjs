@@ -120,6 +120,28 @@ describe("storage on PostgreSQL, on the wire", () => {
     }
   });
 
+  test("SIGTERM while PostgreSQL is down: the writes are retried and commit once it is back (exit 0)", async () => {
+    const rooms = roomsDir();
+    const srv = await serve(rooms, ["--shutdown-timeout", "8000"]);
+    try {
+      const a = await join(srv, "fill-term", "t1");
+      a.send({ action: "inc" });
+      await a.next((m) => m?.type === "sync" && m.value.count === 1);
+      pg.stop();
+      a.send({ action: "inc" });
+      assert.equal((await a.next((m) => m?.type === "error", 5000)).value.code, "storage");
+      const exited = srv.stop("SIGTERM", 15000);
+      await sleep(1000); // the event loop is gone by now: the database socket is polled by the shutdown retry
+      pg.start();
+      assert.equal(await exited, 0, srv.logs());
+      assert.equal(stored("fill-term"), "2");
+      assert.match(srv.logs(), /every pending write is stored/);
+    } finally {
+      if (!fs.existsSync(path.join(pg.dir, "data", "postmaster.pid"))) pg.start();
+      await srv.stop();
+    }
+  });
+
   test("a table locked by another session holds packets, never the loop", async () => {
     const rooms = roomsDir();
     const srv = await serve(rooms);
