@@ -104,6 +104,7 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
       cb.send({ action: "inc" });
       await cb.next((m) => m?.type === "sync" && m.value.count === 6);
       assert.equal(stored("fill-own"), "6");
+      assert.equal(await b.stop(), 0, b.logs());
     } finally {
       await a.stop();
       await b.stop();
@@ -130,6 +131,7 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
       // Reconnecting to A: refused, the lease is someone else's (and valid).
       const again = await join(a, "fill-steal", "s2");
       assert.equal(again.refused?.code, 4409);
+      assert.equal(await a.stop(), 0, a.logs());
     } finally {
       await a.stop();
     }
@@ -165,6 +167,8 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
       // B still serves it.
       cb.send({ action: "inc" });
       await cb.next((m) => m?.type === "sync" && m.value.count === 5);
+      assert.equal(await a.stop(), 0, a.logs());
+      assert.equal(await b.stop(), 0, b.logs());
     } finally {
       a.proc.kill("SIGCONT");
       await a.stop();
