@@ -69,7 +69,7 @@ typedef struct pbatch {
 } pbatch;
 
 enum { R_NONE = 0, R_LOADING, R_LOADED };
-enum { J_SCHEMA = 1, J_LOAD, J_FLUSH, J_RENEW };
+enum { J_SCHEMA = 1, J_LOAD, J_FLUSH, J_RENEW, J_RELEASE };
 
 struct proom {
   proom *next; /* hash bucket */
@@ -91,6 +91,13 @@ struct proom {
   uint64_t renew_gen;   /* the renewal that carried it */
   uint64_t renewed_gen; /* the last renewal that found it */
 };
+
+/* A lease given back: the room left this node with its writes committed. */
+typedef struct prel {
+  struct prel *next;
+  char *ns, *id;
+  long long epoch;
+} prel;
 
 typedef struct pjob {
   struct pjob *next;
@@ -122,6 +129,7 @@ struct pstore {
   bool renewing;
   int64_t renewed_at; /* monotonic ms when the last successful renewal was sent */
   uint64_t n_taken, n_refused, n_lost, n_renewals;
+  prel *rel; /* leases to give back (sent with the next kick, or at close) */
   lr_store *cache;
   lr_server *srv;
   PGconn *conn;
@@ -231,9 +239,30 @@ static void room_free(pstore *s, proom *r) {
 /* Drop a forgotten room from the cache once nothing of it is pending. */
 static void maybe_drop(pstore *s, proom *r) {
   if (!r->forget || r->pin || r->qhead || r->state == R_LOADING || r->waiters) return;
+  if (s->node_id && r->epoch > 0 && !r->lost) {
+    /* Evicted (or the server stops) with everything committed: give the
+     * lease back so that another node can take the room at once. */
+    prel *l = lr_xcalloc(1, sizeof *l);
+    l->ns = lr_xstrndup(r->ns, strlen(r->ns));
+    l->id = lr_xstrndup(r->id, strlen(r->id));
+    l->epoch = r->epoch;
+    l->next = s->rel;
+    s->rel = l;
+    kick(s);
+  }
   lr_store_op all = {LR_STORE_DEL_PREFIX, "", 0, NULL, 0};
   lr_store_apply(s->cache, r->ns, r->id, &all, 1, NULL, 0);
   room_free(s, r);
+}
+
+static void rel_free(pstore *s) {
+  while (s->rel) {
+    prel *l = s->rel;
+    s->rel = l->next;
+    free(l->ns);
+    free(l->id);
+    free(l);
+  }
 }
 
 static void notify(pstore *s, proom *r) {
@@ -552,6 +581,41 @@ static void arr_add(lr_buf *b, const char *v) {
   lr_buf_put(b, "\"", 1);
 }
 
+/* Give back every lease of s->rel (best effort: a lease that is not given
+ * back expires on its own). */
+static int send_release(pstore *s) {
+  lr_buf ns, ids, eps;
+  lr_buf_init(&ns);
+  lr_buf_init(&ids);
+  lr_buf_init(&eps);
+  lr_buf_put(&ns, "{", 1);
+  lr_buf_put(&ids, "{", 1);
+  lr_buf_put(&eps, "{", 1);
+  for (prel *l = s->rel; l; l = l->next) {
+    arr_add(&ns, l->ns);
+    arr_add(&ids, l->id);
+    lr_buf_printf(&eps, "%s%lld", eps.len > 1 ? "," : "", l->epoch);
+  }
+  lr_buf_put(&ns, "}", 1);
+  lr_buf_put(&ids, "}", 1);
+  lr_buf_put(&eps, "}", 1);
+  rel_free(s);
+  const char *v[4] = {s->node_id, lr_buf_cstr(&ns), lr_buf_cstr(&ids), lr_buf_cstr(&eps)};
+  int rc = send_q(s,
+                  "UPDATE lunaroom_leases AS l SET expires_at = now() FROM unnest($2::text[], "
+                  "$3::text[], $4::bigint[]) AS h(ns, id, ep) WHERE l.namespace = h.ns AND "
+                  "l.room_id = h.id AND l.epoch = h.ep AND l.node_id = $1 AND l.expires_at > now()",
+                  4, v, NULL);
+  lr_buf_free(&ns);
+  lr_buf_free(&ids);
+  lr_buf_free(&eps);
+  if (rc != 0 || !PQpipelineSync(s->conn)) return -1;
+  pjob *j = lr_xcalloc(1, sizeof *j);
+  j->kind = J_RELEASE;
+  job_push(s, j);
+  return 0;
+}
+
 static int send_renew(pstore *s) {
   lr_buf ns, ids, eps;
   lr_buf_init(&ns);
@@ -659,6 +723,8 @@ static void job_done(pstore *s, pjob *j) {
     }
     r->pin--;
     maybe_drop(s, r);
+  } else if (j->kind == J_RELEASE) {
+    if (j->failed) lr_warn("postgres storage: giving leases back failed (they expire): %s", j->err);
   } else if (j->kind == J_RENEW) {
     s->renewing = false;
     if (!j->failed) {
@@ -849,6 +915,10 @@ static void on_kick(void *ud) {
         conn_fail(s, PQerrorMessage(s->conn));
         return;
       }
+  if (s->rel && send_release(s) != 0) {
+    conn_fail(s, PQerrorMessage(s->conn));
+    return;
+  }
   if (!s->flushing && !s->retry_timer && s->pending > 0 && send_flush(s) != 0) {
     conn_fail(s, PQerrorMessage(s->conn));
     return;
@@ -1030,6 +1100,11 @@ static void p_close(lr_store *st) {
         lr_buf_free(&keys);
       }
   }
+  /* The leases of the rooms that left with everything committed: given
+   * back without waiting (the server runs what it received before the
+   * connection's end), so that another node takes them at once. */
+  if (s->rel && s->ready && s->conn && send_release(s) == 0) PQflush(s->conn);
+  rel_free(s);
   drop_conn(s);
   for (pjob *j = s->jobs, *n; j; j = n) {
     n = j->next;

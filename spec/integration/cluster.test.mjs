@@ -40,13 +40,13 @@ function roomsDir() {
   return dir;
 }
 
-async function node(rooms, leaseMs = LEASE) {
+async function node(rooms, leaseMs = LEASE, extra = []) {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const srv = await startServer({
     rooms,
     args: ["--port", String(port), "--host", "127.0.0.1", "--cluster", pg.url, "--node-url", url,
-      "--lease-ms", String(leaseMs), "--no-watch"],
+      "--lease-ms", String(leaseMs), "--no-watch", ...extra],
   });
   srv.nodeUrl = url;
   await sleep(150); // its tables exist before the next node starts
@@ -105,6 +105,39 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
       await cb.next((m) => m?.type === "sync" && m.value.count === 6);
       assert.equal(stored("fill-own"), "6");
       assert.equal(await b.stop(), 0, b.logs());
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+
+  test("a node that stops (SIGTERM) or evicts a room gives its lease back: another node takes it at once", async () => {
+    const rooms = roomsDir();
+    const long = 60000; // no lease expires during this test
+    const a = await node(rooms, long, ["--evict-after", "300"]);
+    const b = await node(rooms, long);
+    try {
+      const ca = await join(a, "fill-evict", "e1");
+      ca.send({ action: "inc" });
+      await ca.next((m) => m?.type === "sync" && m.value.count === 1);
+      ca.close();
+      for (let t = 0; t < 40 && !/room main\/fill-evict evicted/.test(a.logs()); t++) await sleep(100);
+      await sleep(200);
+      const cb = await join(b, "fill-evict", "e2");
+      assert.ok(!cb.refused, "the evicted room's lease was not given back");
+      assert.equal(maxCount(cb), 1);
+      cb.close();
+
+      const ca2 = await join(a, "fill-term", "t1");
+      for (let i = 0; i < 4; i++) ca2.send({ action: "inc" });
+      await ca2.next((m) => m?.type === "sync" && m.value.count === 4);
+      assert.equal(await a.stop(), 0, a.logs());
+      const t0 = performance.now();
+      const cb2 = await join(b, "fill-term", "t2");
+      assert.ok(!cb2.refused, "the stopped node's lease was not given back");
+      assert.equal(maxCount(cb2), 4);
+      assert.equal(lease("fill-term"), `${b.nodeUrl} 2`);
+      console.log(`# hand-off after SIGTERM (lease ${long} ms): ${(performance.now() - t0).toFixed(0)} ms`);
     } finally {
       await a.stop();
       await b.stop();
