@@ -47,7 +47,7 @@
 #include "storage.h"
 #include "storage_postgres.h"
 
-#define NBUCKETS 1024
+#define NBUCKETS 16384
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define MAX_TXN_STATEMENTS 20000 /* one transaction carries at most this many writes */
@@ -72,7 +72,9 @@ enum { R_NONE = 0, R_LOADING, R_LOADED };
 enum { J_SCHEMA = 1, J_LOAD, J_FLUSH, J_RENEW, J_RELEASE };
 
 struct proom {
-  proom *next; /* hash bucket */
+  proom *next;  /* hash bucket */
+  proom *wnext; /* s->work */
+  bool in_work; /* on s->work: a load to send, or batches to write */
   pstore *s;
   char *ns, *id;
   int state;
@@ -130,6 +132,9 @@ struct pstore {
   int64_t renewed_at; /* monotonic ms when the last successful renewal was sent */
   uint64_t n_taken, n_refused, n_lost, n_renewals;
   prel *rel; /* leases to give back (sent with the next kick, or at close) */
+  /* The rooms the next kick looks at (never a walk over every room on the
+   * write path): a load asked for, batches queued. */
+  proom *work, **wtail;
   lr_store *cache;
   lr_server *srv;
   PGconn *conn;
@@ -237,8 +242,16 @@ static void room_free(pstore *s, proom *r) {
 }
 
 /* Drop a forgotten room from the cache once nothing of it is pending. */
+static void work_add(pstore *s, proom *r) {
+  if (r->in_work) return;
+  r->in_work = true;
+  r->wnext = NULL;
+  *s->wtail = r;
+  s->wtail = &r->wnext;
+}
+
 static void maybe_drop(pstore *s, proom *r) {
-  if (!r->forget || r->pin || r->qhead || r->state == R_LOADING || r->waiters) return;
+  if (!r->forget || r->pin || r->in_work || r->qhead || r->state == R_LOADING || r->waiters) return;
   if (s->node_id && r->epoch > 0 && !r->lost) {
     /* Evicted (or the server stops) with everything committed: give the
      * lease back so that another node can take the room at once. */
@@ -437,9 +450,12 @@ static void conn_fail(pstore *s, const char *why) {
         }
         r->pin--;
         maybe_drop(s, r);
-      } else if (r->qhead && strcmp(r->failed, msg) != 0) {
-        snprintf(r->failed, sizeof r->failed, "%s", msg);
-        notify(s, r);
+      } else if (r->qhead) {
+        work_add(s, r); /* written once the connection is back */
+        if (strcmp(r->failed, msg) != 0) {
+          snprintf(r->failed, sizeof r->failed, "%s", msg);
+          notify(s, r);
+        }
       }
     }
   s->backoff = s->backoff ? s->backoff * 2 : BACKOFF_MIN_MS;
@@ -785,6 +801,7 @@ static void job_done(pstore *s, pjob *j) {
         snprintf(r->failed, sizeof r->failed, "%.190s", j->err);
       }
       r->inflight = 0;
+      if (r->qhead) work_add(s, r); /* failed, or more came meanwhile */
       notify(s, r);
       r->pin--;
       maybe_drop(s, r);
@@ -827,18 +844,23 @@ static int send_load(pstore *s, proom *r) {
   return 0;
 }
 
-/* One transaction with every room's queued batches (not in flight). */
-static int send_flush(pstore *s) {
+/* One transaction with the queued batches of the rooms in list (nothing
+ * is in flight); the rooms that did not fit go back on s->work. */
+static int send_flush(pstore *s, proom *list) {
   size_t cap = 16, n = 0, nstmt = 0;
   proom **rooms = lr_xmalloc(cap * sizeof *rooms);
   int *check_at = s->node_id ? lr_xmalloc(cap * sizeof *check_at) : NULL;
   bool full = false;
-  for (int b = 0; b < NBUCKETS && !full; b++)
-    for (proom *r = s->rooms[b]; r && !full; r = r->next) {
+  proom *r, *nx;
+  for (r = list; r; r = nx) {
+    nx = r->wnext;
+    r->in_work = false;
+    {
       if (!r->qhead || r->lost) continue;
-      if (nstmt >= MAX_TXN_STATEMENTS) {
+      if (full || nstmt >= MAX_TXN_STATEMENTS) {
         full = true;
-        break;
+        work_add(s, r);
+        continue;
       }
       long nb = 0;
       char ep[32];
@@ -878,7 +900,9 @@ static int send_flush(pstore *s) {
       r->inflight = nb;
       r->pin++;
       if (s->txn_rooms > 0 && (long)n >= s->txn_rooms) full = true;
+      if (r->qhead && nb < r->nqueued) full = true; /* the rest waits for the next one */
     }
+  }
   if (n == 0) {
     free(rooms);
     free(check_at);
@@ -898,6 +922,12 @@ fail: /* the connection broke while sending: nothing is in flight */
   for (size_t k = 0; k < n; k++) {
     rooms[k]->inflight = 0;
     rooms[k]->pin--;
+    work_add(s, rooms[k]);
+  }
+  for (; r; r = nx) {
+    nx = r->wnext;
+    r->in_work = false;
+    work_add(s, r);
   }
   free(rooms);
   free(check_at);
@@ -909,19 +939,34 @@ static void on_kick(void *ud) {
   pstore *s = ud;
   s->kick_timer = 0;
   if (!s->ready || !s->conn) return;
-  for (int b = 0; b < NBUCKETS; b++)
-    for (proom *r = s->rooms[b]; r; r = r->next)
-      if (r->state == R_LOADING && !r->load_sent && send_load(s, r) != 0) {
-        conn_fail(s, PQerrorMessage(s->conn));
-        return;
-      }
+  /* Loads first; the rooms with batches stay on the list for the flush. */
+  for (proom **pp = &s->work; *pp;) {
+    proom *r = *pp;
+    if (r->state == R_LOADING && !r->load_sent && send_load(s, r) != 0) {
+      conn_fail(s, PQerrorMessage(s->conn));
+      return;
+    }
+    if (r->qhead && !r->lost) {
+      pp = &r->wnext;
+      continue;
+    }
+    *pp = r->wnext; /* nothing (more) to write */
+    r->in_work = false;
+    if (!*pp) s->wtail = pp;
+    maybe_drop(s, r);
+  }
   if (s->rel && send_release(s) != 0) {
     conn_fail(s, PQerrorMessage(s->conn));
     return;
   }
-  if (!s->flushing && !s->retry_timer && s->pending > 0 && send_flush(s) != 0) {
-    conn_fail(s, PQerrorMessage(s->conn));
-    return;
+  if (!s->flushing && !s->retry_timer && s->work) {
+    proom *list = s->work;
+    s->work = NULL;
+    s->wtail = &s->work;
+    if (send_flush(s, list) != 0) {
+      conn_fail(s, PQerrorMessage(s->conn));
+      return;
+    }
   }
   if (pump_out(s) != 0) conn_fail(s, PQerrorMessage(s->conn));
 }
@@ -1010,6 +1055,7 @@ static int p_apply(lr_store *st, const char *ns, const char *room, const lr_stor
   r->nqueued++;
   r->accepted++;
   s->pending++;
+  work_add(s, r);
   if (!s->ready && !r->failed[0] && s->conn_err[0]) {
     /* No connection: the room is failing until it is back. */
     snprintf(r->failed, sizeof r->failed, "%s", s->conn_err);
@@ -1038,6 +1084,7 @@ static int p_ready(lr_store *st, const char *ns, const char *room, lr_store_read
     return LR_STORE_EIO;
   }
   r->state = R_LOADING;
+  work_add(s, r);
   waiter *w = lr_xcalloc(1, sizeof *w);
   w->cb = cb;
   w->ud = ud;
@@ -1174,6 +1221,7 @@ lr_store *lr_store_postgres_open(const lr_pg_opts *o, char *err, size_t errlen) 
   s->table = lr_xstrndup(table, strlen(table));
   s->watched_fd = -1;
   s->jtail = &s->jobs;
+  s->wtail = &s->work;
   const char *tr = getenv("LUNAROOM_PG_TXN_ROOMS");
   s->txn_rooms = tr ? atol(tr) : 0;
   s->sql_load = sql_fmt("SELECT key, value FROM %s WHERE namespace = $1 AND room_id = $2", table);

@@ -65,6 +65,7 @@ async function join(srv, room, id) {
 const maxCount = (c) =>
   Math.max(0, ...c.messages.filter((m) => m?.type === "sync" && typeof m.value.count === "number").map((m) => m.value.count));
 const lease = (room) => pg.sql(`SELECT node_id || ' ' || epoch FROM lunaroom_leases WHERE namespace = 'main' AND room_id = '${room}'`);
+const released = (room) => pg.sql(`SELECT expires_at <= now() FROM lunaroom_leases WHERE room_id = '${room}'`) === "t";
 const stored = (room) => pg.sql(`SELECT value FROM signe_room_storage WHERE namespace = 'main' AND room_id = '${room}' AND key = 'state:count'`);
 
 describe("a cluster of two nodes on one PostgreSQL", () => {
@@ -121,8 +122,9 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
       ca.send({ action: "inc" });
       await ca.next((m) => m?.type === "sync" && m.value.count === 1);
       ca.close();
-      for (let t = 0; t < 40 && !/room main\/fill-evict evicted/.test(a.logs()); t++) await sleep(100);
-      await sleep(200);
+      for (let t = 0; t < 100 && !released("fill-evict"); t++) await sleep(100);
+      for (let t = 0; t < 20 && !/room main\/fill-evict evicted/.test(a.logs()); t++) await sleep(50); // the log arrives through the event loop
+      assert.match(a.logs(), /room main\/fill-evict evicted/);
       const cb = await join(b, "fill-evict", "e2");
       assert.ok(!cb.refused, "the evicted room's lease was not given back");
       assert.equal(maxCount(cb), 1);
@@ -133,6 +135,7 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
       await ca2.next((m) => m?.type === "sync" && m.value.count === 4);
       assert.equal(await a.stop(), 0, a.logs());
       const t0 = performance.now();
+      for (let t = 0; t < 50 && !released("fill-term"); t++) await sleep(20);
       const cb2 = await join(b, "fill-term", "t2");
       assert.ok(!cb2.refused, "the stopped node's lease was not given back");
       assert.equal(maxCount(cb2), 4);
