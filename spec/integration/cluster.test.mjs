@@ -112,6 +112,34 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
     }
   });
 
+  test("two nodes racing for the same free rooms: exactly one wins each", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms);
+    const b = await node(rooms);
+    try {
+      const n = 20;
+      const pairs = await Promise.all(
+        Array.from({ length: n }, (_, i) => Promise.all([join(a, `fill-race-${i}`, `ra${i}`), join(b, `fill-race-${i}`, `rb${i}`)])),
+      );
+      for (let i = 0; i < n; i++) {
+        const [ra, rb] = pairs[i];
+        assert.ok(!!ra.refused !== !!rb.refused, `room ${i}: ${ra.refused ? "both refused" : "both served"}`);
+        const loser = ra.refused ? ra : rb;
+        assert.equal(loser.refused.code, 4409);
+        const winner = ra.refused ? b : a;
+        assert.equal(lease(`fill-race-${i}`), `${winner.nodeUrl} 1`);
+      }
+      console.log(`# race: node A won ${pairs.filter(([ra]) => !ra.refused).length} of ${n} rooms, node B the others`);
+      for (const [ra, rb] of pairs) {
+        (ra.c ?? ra).close();
+        (rb.c ?? rb).close();
+      }
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+
   test("a node that stops (SIGTERM) or evicts a room gives its lease back: another node takes it at once", async () => {
     const rooms = roomsDir();
     const long = 60000; // no lease expires during this test
