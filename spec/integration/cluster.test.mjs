@@ -119,7 +119,11 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
     try {
       const n = 20;
       const pairs = await Promise.all(
-        Array.from({ length: n }, (_, i) => Promise.all([join(a, `fill-race-${i}`, `ra${i}`), join(b, `fill-race-${i}`, `rb${i}`)])),
+        Array.from({ length: n }, (_, i) =>
+          i % 2 // who asks first alternates
+            ? Promise.all([join(a, `fill-race-${i}`, `ra${i}`), join(b, `fill-race-${i}`, `rb${i}`)])
+            : Promise.all([join(b, `fill-race-${i}`, `rb${i}`), join(a, `fill-race-${i}`, `ra${i}`)]).then(([y, x]) => [x, y]),
+        ),
       );
       for (let i = 0; i < n; i++) {
         const [ra, rb] = pairs[i];
