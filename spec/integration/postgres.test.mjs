@@ -48,7 +48,63 @@ async function timed(fn) {
   return { r, ms: performance.now() - t0 };
 }
 
+// The room of spec/backends_spec.lua, with a request to read it back.
+const KV_ROOM = `local lr = require "lunaroom"
+return lr.room { path = "kv-{name}", rateLimit = { rate = 0, burst = 0 },
+  state = { players = lr.users(lr.schema { x = 0 }), m = lr.sync {}, count = 0 },
+  actions = {
+    inc = function(r) r.count = r.count + 1 end,
+    set = function(r, _, v) r.m[v.k] = v.v end,
+    del = function(r, _, k) r.m[k] = nil end,
+  },
+  requests = { ["GET /m"] = function(r) return { count = r.count, m = r.m } end },
+}`;
+
 describe("storage on PostgreSQL, on the wire", () => {
+  test("the checks of backends_spec.lua: exact numbers, compacted deletes (prefix), sessions, odd keys, restart", async () => {
+    const rooms = roomsDir();
+    fs.writeFileSync(path.join(rooms, "kv.lua"), KV_ROOM);
+    let srv = await serve(rooms);
+    const row = (key) => pg.sql(`SELECT value FROM signe_room_storage WHERE namespace = 'main' AND room_id = 'kv-b' AND key = '${key}'`);
+    try {
+      const c = await join(srv, "kv-b", "s1");
+      c.send({ action: "inc" });
+      c.send({ action: "set", value: { k: "a", v: 2 ** 53 } });
+      c.send({ action: "set", value: { k: "f", v: 0.1 + 0.2 } });
+      c.send({ action: "set", value: { k: "x%_y'\\", v: "é\u2028" } }); // LIKE wildcards, quote, backslash
+      await c.next((m) => m?.type === "sync" && m.value.m?.["x%_y'\\"] !== undefined);
+      assert.equal(row("state:count"), "1");
+      assert.equal(row("state:m.a"), "9007199254740992");
+      assert.equal(row("state:m.f"), "0.30000000000000004");
+      assert.equal(JSON.parse(pg.sql("SELECT value FROM signe_room_storage WHERE room_id = 'kv-b' AND key LIKE 'state:m.x%'")), "é\u2028");
+      assert.equal(pg.sql("SELECT key FROM signe_room_storage WHERE room_id = 'kv-b' AND key LIKE 'state:m.x%'"), "state:m.x%_y'\\");
+      assert.ok(JSON.parse(row("session:s1")).publicId);
+      c.send({ action: "del", value: "a" });
+      await c.next((m) => m?.type === "sync" && m.value.m?.a === "$delete");
+      const keys = pg.sql("SELECT key FROM signe_room_storage WHERE room_id = 'kv-b' AND key LIKE 'state:%' ORDER BY key");
+      assert.equal(keys, "state:.", "a delete compacts the state into one row (prefix delete)");
+      const compact = JSON.parse(row("state:."));
+      assert.deepEqual([compact.m, compact.count], [{ f: 0.30000000000000004, "x%_y'\\": "é\u2028" }, 1]);
+      for (let i = 1; i <= 200; i++) {
+        c.send({ action: "set", value: { k: "k" + i, v: i } });
+        c.send({ action: "del", value: "k" + i });
+      }
+      c.send({ action: "inc" });
+      await c.next((m) => m?.type === "sync" && m.value.count === 2, 10000);
+      assert.ok(Number(pg.sql("SELECT count(*) FROM signe_room_storage WHERE room_id = 'kv-b'")) <= 6);
+      c.close();
+      assert.equal(await srv.stop(), 0, srv.logs());
+      srv = await serve(rooms);
+      const res = await http("GET", `${srv.url}/parties/main/kv-b/m`);
+      assert.equal(res.status, 200);
+      const body = JSON.parse(res.body);
+      assert.equal(body.count, 2);
+      assert.deepEqual(body.m, { f: 0.30000000000000004, "x%_y'\\": "é\u2028" });
+    } finally {
+      await srv.stop();
+    }
+  });
+
   test("state persists across a restart (same table and keys as SQLite)", async () => {
     const rooms = roomsDir();
     let srv = await serve(rooms);
