@@ -23,12 +23,24 @@
  * engine is told of every change (lr_server_store_progress): packets wait
  * for the commit (the storage gate, room.c).
  *
- * Failures: a failed transaction keeps every batch it carried queued, marks
- * those rooms failed (progress() < 0: the rooms refuse actions and hold
- * packets) and retries after a backoff (100 ms doubling to 5 s). A broken
- * connection fails what was in flight the same way (a load in flight fails
- * its waiters), and is reopened with the same backoff; queued writes go out
- * as soon as it is back.
+ * Failures: a failed transaction keeps every batch it carried queued and
+ * marks those rooms failed (progress() < 0: the rooms refuse actions and hold
+ * packets). When it carried several rooms, each is retried at once in a
+ * transaction of its own (a row the database refuses, e.g. a key too long
+ * for its index, then fails its own room only); a room that fails alone is
+ * retried after a backoff (100 ms doubling to 5 s). A broken connection
+ * fails what was in flight (a load in flight fails its waiters) and is
+ * reopened with the same backoff; queued writes go out once it is back.
+ *
+ * Cluster mode (lr_pg_opts.node_id, --cluster): a load first takes the
+ * room's lease (lunaroom_leases, the database's clock) in the same implicit
+ * transaction, or reports the room held elsewhere; one UPDATE per period
+ * renews every lease of the node; each room's writes in a transaction are
+ * preceded by a check of its lease (FOR UPDATE) and each carries the same
+ * condition, so a node without the lease writes nothing; a lost lease
+ * (fence, renewal, or no renewal for lease - period) drops the room
+ * (lr_server_store_lost); a room that leaves with its writes committed
+ * gives its lease back.
  *
  * Owns: the connection, the per-room cache state, the write queues, the SQL.
  * Must not: know the key layout of rooms, call Lua, block on the database.
@@ -92,6 +104,10 @@ struct proom {
   bool lost;            /* the lease is gone: nothing more is written */
   uint64_t renew_gen;   /* the renewal that carried it */
   uint64_t renewed_gen; /* the last renewal that found it */
+  /* After a failed transaction: written alone (a row the database rejects
+   * fails its own room only), retried with a backoff once alone. */
+  bool solo;
+  int64_t backoff, retry_at; /* ms; retry_at monotonic */
 };
 
 /* A lease given back: the room left this node with its writes committed. */
@@ -757,16 +773,16 @@ static void job_done(pstore *s, pjob *j) {
   } else { /* J_FLUSH */
     s->flushing = false;
     s->n_txn++;
-    if (j->failed && s->ready) {
+    bool txn_failed = j->failed && s->ready; /* not a lost connection (conn_fail) */
+    if (txn_failed) {
       s->n_fail++;
-      s->backoff = s->backoff ? s->backoff * 2 : BACKOFF_MIN_MS;
-      if (s->backoff > BACKOFF_MAX_MS) s->backoff = BACKOFF_MAX_MS;
-      lr_error("postgres storage: a write transaction of %zu room(s) failed (kept, retry in %lld "
-               "ms): %s",
-               j->nrooms, (long long)s->backoff, j->err);
-    } else if (!j->failed && s->backoff) {
-      lr_info("postgres storage: writes commit again");
-      s->backoff = 0;
+      if (j->nrooms > 1)
+        lr_error("postgres storage: a write transaction of %zu rooms failed (kept; each room is "
+                 "retried in its own transaction): %s",
+                 j->nrooms, j->err);
+      else
+        lr_error("storage %s/%s: its write transaction failed (kept, retried with a backoff): %s",
+                 j->rooms[0]->ns, j->rooms[0]->id, j->err);
     }
     for (size_t i = 0; i < j->nrooms; i++) {
       proom *r = j->rooms[i];
@@ -797,8 +813,18 @@ static void job_done(pstore *s, pjob *j) {
         }
         r->committed += (uint64_t)r->inflight;
         r->failed[0] = 0;
+        r->solo = false;
+        r->backoff = r->retry_at = 0;
       } else {
         snprintf(r->failed, sizeof r->failed, "%.190s", j->err);
+        if (txn_failed && j->nrooms > 1) {
+          r->solo = true; /* at once, alone */
+        } else if (txn_failed) {
+          r->solo = true;
+          r->backoff = r->backoff ? r->backoff * 2 : BACKOFF_MIN_MS;
+          if (r->backoff > BACKOFF_MAX_MS) r->backoff = BACKOFF_MAX_MS;
+          r->retry_at = mono_ms() + r->backoff;
+        }
       }
       r->inflight = 0;
       if (r->qhead) work_add(s, r); /* failed, or more came meanwhile */
@@ -809,10 +835,7 @@ static void job_done(pstore *s, pjob *j) {
     free(j->rooms);
     free(j->check_at);
     free(j->lost);
-    if (j->failed && s->srv && s->ready && !s->retry_timer)
-      s->retry_timer = lr_timer_add_c(s->srv, s->backoff, on_retry, s);
-    else
-      kick(s);
+    kick(s);
   }
   free(j);
 }
@@ -851,14 +874,20 @@ static int send_flush(pstore *s, proom *list) {
   proom **rooms = lr_xmalloc(cap * sizeof *rooms);
   int *check_at = s->node_id ? lr_xmalloc(cap * sizeof *check_at) : NULL;
   bool full = false;
+  int64_t now = mono_ms(), wait = -1;
   proom *r, *nx;
   for (r = list; r; r = nx) {
     nx = r->wnext;
     r->in_work = false;
     {
       if (!r->qhead || r->lost) continue;
-      if (full || nstmt >= MAX_TXN_STATEMENTS) {
-        full = true;
+      if (r->retry_at > now) { /* failed alone: waits for its backoff */
+        if (wait < 0 || r->retry_at - now < wait) wait = r->retry_at - now;
+        work_add(s, r);
+        continue;
+      }
+      if (full || nstmt >= MAX_TXN_STATEMENTS || (r->solo && n > 0)) {
+        full = full || nstmt >= MAX_TXN_STATEMENTS;
         work_add(s, r);
         continue;
       }
@@ -901,8 +930,11 @@ static int send_flush(pstore *s, proom *list) {
       r->pin++;
       if (s->txn_rooms > 0 && (long)n >= s->txn_rooms) full = true;
       if (r->qhead && nb < r->nqueued) full = true; /* the rest waits for the next one */
+      if (r->solo) full = true;                     /* alone in its transaction */
     }
   }
+  if (wait >= 0 && !s->retry_timer && s->srv)
+    s->retry_timer = lr_timer_add_c(s->srv, wait, on_retry, s);
   if (n == 0) {
     free(rooms);
     free(check_at);
@@ -959,7 +991,7 @@ static void on_kick(void *ud) {
     conn_fail(s, PQerrorMessage(s->conn));
     return;
   }
-  if (!s->flushing && !s->retry_timer && s->work) {
+  if (!s->flushing && s->work) {
     proom *list = s->work;
     s->work = NULL;
     s->wtail = &s->work;

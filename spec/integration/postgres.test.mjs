@@ -198,6 +198,42 @@ describe("storage on PostgreSQL, on the wire", () => {
     }
   });
 
+  test("a row the database rejects fails its own room only, not the others written in the same transaction", async () => {
+    const rooms = roomsDir();
+    fs.writeFileSync(path.join(rooms, "kv.lua"), KV_ROOM);
+    const srv = await serve(rooms);
+    try {
+      const n = 8;
+      const cs = [];
+      for (let i = 0; i < n; i++) cs.push(await join(srv, `kv-poison${i}`, `p${i}`));
+      // A value PostgreSQL refuses (as it would refuse e.g. a key too long for its index).
+      pg.sql("ALTER TABLE signe_room_storage ADD CONSTRAINT no_bad CHECK (key <> 'state:m.bad')");
+      try {
+        const lock = pg.session(); // everything below lands in the same loop turns, in one transaction
+        lock.send("BEGIN; LOCK TABLE signe_room_storage IN ACCESS EXCLUSIVE MODE; SELECT 'locked';");
+        for (let t = 0; t < 50 && !lock.output().includes("locked"); t++) await sleep(50);
+        cs[0].send({ action: "set", value: { k: "bad", v: 1 } });
+        for (const c of cs) c.send({ action: "inc" });
+        await sleep(100);
+        lock.send("COMMIT;");
+        await lock.close();
+        for (let i = 1; i < n; i++) await cs[i].next((m) => m?.type === "sync" && m.value.count === 1, 5000);
+        assert.equal(pg.sql("SELECT count(*) FROM signe_room_storage WHERE room_id LIKE 'kv-poison%' AND key = 'state:count' AND value = '1'"), String(n - 1));
+        assert.equal(maxCount(cs[0]), 0, "the poisoned room showed what it could not store");
+        const ready = await http("GET", `${srv.url}/readyz`);
+        assert.equal(ready.status, 503);
+        assert.deepEqual(JSON.parse(ready.body).failingRooms, 1);
+      } finally {
+        pg.sql("ALTER TABLE signe_room_storage DROP CONSTRAINT no_bad");
+      }
+      // Accepted again: its writes commit on the next retry, in order.
+      await cs[0].next((m) => m?.type === "sync" && m.value.count === 1, 10000);
+      assert.equal(pg.sql("SELECT value FROM signe_room_storage WHERE room_id = 'kv-poison0' AND key = 'state:m.bad'"), "1");
+    } finally {
+      await srv.stop();
+    }
+  });
+
   test("a table locked by another session holds packets, never the loop", async () => {
     const rooms = roomsDir();
     const srv = await serve(rooms);
