@@ -716,7 +716,16 @@ static void on_retry(void *ud) {
 
 static void job_done(pstore *s, pjob *j) {
   if (j->kind == J_SCHEMA) {
-    if (j->failed) lr_error("postgres storage: creating table %s: %s", s->table, j->err);
+    if (j->failed && s->ready) {
+      /* e.g. two nodes creating the tables at the same instant: the next
+       * connection tries again (what came after it in the pipeline failed
+       * with it and is retried the same way). */
+      char why[300];
+      snprintf(why, sizeof why, "creating the tables failed: %s", j->err);
+      free(j);
+      conn_fail(s, why);
+      return;
+    }
   } else if (j->kind == J_LOAD) {
     proom *r = j->room;
     r->pin++;

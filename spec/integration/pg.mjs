@@ -33,7 +33,7 @@ function psqlBin() {
 
 /**
  * Start a fresh PostgreSQL. Resolves with { url, dir, stop(), start(),
- * sql(text) -> stdout (psql -At), session() -> { send(sql), close() } }.
+ * sql(text) -> stdout (psql -At), sqlOn(url, text), session() -> { send(sql), close() } }.
  */
 export function startPg({ fsync = "off" } = {}) {
   const dir = tempDir("lunaroom-pg-");
@@ -53,6 +53,9 @@ export function startPg({ fsync = "off" } = {}) {
       execFileSync(PG_SH, ["start", dir, port], { env: { ...process.env, PG_FSYNC: fsync } });
     },
     sql: (text) => execFileSync(psql, [url, "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", text], { encoding: "utf8" }).trim(),
+    /** The same on another database of this server (its URL). */
+    sqlOn: (dbUrl, text) =>
+      execFileSync(psql, [dbUrl, "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", text], { encoding: "utf8" }).trim(),
     /** A psql session kept open (e.g. holding a lock inside BEGIN). */
     session() {
       const p = spawn(psql, [url, "-qAtX"], { stdio: ["pipe", "pipe", "pipe"] });

@@ -234,6 +234,32 @@ describe("storage on PostgreSQL, on the wire", () => {
     }
   });
 
+  test("creating the table fails (a user without CREATE): rooms are refused, and served once it is granted", async () => {
+    const rooms = roomsDir();
+    pg.sql("CREATE DATABASE schemafail");
+    pg.sql("CREATE ROLE lr_user LOGIN");
+    const admin = pg.url.replace(/\/lunaroom$/, "/schemafail");
+    const url = admin.replace("postgres@", "lr_user@"); // PostgreSQL 15: no CREATE on public for other roles
+    const srv = await startServer({ rooms, args: ["--storage", url, "--no-watch"] });
+    try {
+      const c = wsClient(`${srv.wsUrl}/parties/main/fill-schema?id=x1`);
+      const closed = await c.closed;
+      assert.ok(closed.code === 1011 || closed.code === 1013, `closed with ${closed.code}`);
+      assert.match(srv.logs(), /creating the tables failed/);
+      pg.sqlOn(admin, "GRANT CREATE ON SCHEMA public TO lr_user");
+      let served = null;
+      for (let t = 0; t < 60 && !served; t++) {
+        await sleep(100);
+        const r = await http("GET", `${srv.url}/parties/main/fill-schema/count`);
+        if (r.status === 200) served = r;
+      }
+      assert.ok(served, "never served after CREATE was granted");
+      assert.equal(JSON.parse(served.body).count, 0);
+    } finally {
+      await srv.stop();
+    }
+  });
+
   test("a table locked by another session holds packets, never the loop", async () => {
     const rooms = roomsDir();
     const srv = await serve(rooms);
