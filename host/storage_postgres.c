@@ -1115,7 +1115,12 @@ static int p_ready(lr_store *st, const char *ns, const char *room, lr_store_read
   proom *r = room_get(s, ns, room, true);
   r->forget = false;
   if (r->state == R_LOADED) return 1;
-  if (r->lost && !r->qhead) {
+  if (r->lost && r->qhead) { /* a fenced write of the dropped room is still in flight */
+    lr__store_errf(err, errlen, "postgres storage: %s/%s is being dropped here; try again", ns,
+                   room);
+    return LR_STORE_EIO;
+  }
+  if (r->lost) {
     r->lost = false; /* dropped earlier: take it again if the lease is free */
     r->failed[0] = 0;
   }
