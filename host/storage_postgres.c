@@ -257,7 +257,6 @@ static void room_free(pstore *s, proom *r) {
   free(r);
 }
 
-/* Drop a forgotten room from the cache once nothing of it is pending. */
 static void work_add(pstore *s, proom *r) {
   if (r->in_work) return;
   r->in_work = true;
@@ -266,6 +265,7 @@ static void work_add(pstore *s, proom *r) {
   s->wtail = &r->wnext;
 }
 
+/* Drop a forgotten room from the cache once nothing of it is pending. */
 static void maybe_drop(pstore *s, proom *r) {
   if (!r->forget || r->pin || r->in_work || r->qhead || r->state == R_LOADING || r->waiters) return;
   if (s->node_id && r->epoch > 0 && !r->lost) {
@@ -658,8 +658,17 @@ static int send_renew(pstore *s) {
   lr_buf_put(&eps, "{", 1);
   uint64_t gen = ++s->renew_gen;
   for (int b = 0; b < NBUCKETS; b++)
-    for (proom *r = s->rooms[b]; r; r = r->next) {
+    for (proom *r = s->rooms[b], *nx; r; r = nx) {
+      nx = r->next;
       if (r->epoch <= 0 || r->lost) continue;
+      if (s->srv && !r->forget && !r->qhead && !r->waiters && r->state == R_LOADED &&
+          !lr_room_find(s->srv, r->ns, r->id)) {
+        /* Loaded, but the engine never made the room (its client left while
+         * it loaded): not kept (nor its lease) for nobody. */
+        r->forget = true;
+        maybe_drop(s, r);
+        continue;
+      }
       arr_add(&ns, r->ns);
       arr_add(&ids, r->id);
       lr_buf_printf(&eps, "%s%lld", eps.len > 1 ? "," : "", r->epoch);

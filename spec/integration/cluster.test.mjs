@@ -179,6 +179,31 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
     }
   });
 
+  test("a room whose client left while it loaded is not kept (nor its lease)", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms, 8000); // renewed every 2 s; expires by itself only after 8 s
+    const lock = pg.session();
+    try {
+      lock.send("BEGIN; LOCK TABLE signe_room_storage IN ACCESS EXCLUSIVE MODE; SELECT 'locked';");
+      for (let t = 0; t < 50 && !lock.output().includes("locked"); t++) await sleep(50);
+      const c = wsClient(`${a.wsUrl}/parties/main/fill-orphan?id=o1`);
+      await c.opened;
+      await sleep(200); // the take and the read wait for the lock (one transaction)
+      c.close();
+      await sleep(200);
+      lock.send("COMMIT;");
+      for (let t = 0; t < 50 && lease("fill-orphan") === ""; t++) await sleep(20);
+      assert.equal(lease("fill-orphan"), `${a.nodeUrl} 1`);
+      const t0 = performance.now();
+      for (let t = 0; t < 100 && !released("fill-orphan"); t++) await sleep(50);
+      assert.ok(released("fill-orphan"), "the lease of a room nobody uses is still held");
+      assert.ok(performance.now() - t0 < 4000, "released by expiry, not given back");
+    } finally {
+      await lock.close();
+      await a.stop();
+    }
+  });
+
   test("fencing in the database: a write after the lease moved is not stored, not shown, and drops the room", async () => {
     const rooms = roomsDir();
     const a = await node(rooms, 60000); // renewals every 15 s: only the write's own fence can notice
