@@ -133,7 +133,7 @@ typedef struct pjob {
   long long epoch; /* J_LOAD, cluster: the lease taken (0: refused) */
   char owner[256]; /* J_LOAD, cluster: who holds it when refused */
   uint64_t gen;    /* J_RENEW */
-  int64_t sent_at; /* J_RENEW: monotonic ms */
+  int64_t sent_at; /* J_RENEW, J_LOAD: monotonic ms */
 } pjob;
 
 struct pstore {
@@ -144,6 +144,7 @@ struct pstore {
   char *node_id;
   int64_t lease_ms, renew_ms;
   uint64_t renew_timer, renew_gen;
+  uint64_t deadline_timer; /* fires when the rooms must be dropped unless renewed */
   bool renewing;
   int64_t renewed_at; /* monotonic ms when the last successful renewal was sent */
   uint64_t n_taken, n_refused, n_lost, n_renewals;
@@ -700,6 +701,29 @@ static int send_renew(pstore *s) {
   return 0;
 }
 
+static void on_deadline(void *ud);
+
+/* (Re)arm the self-drop deadline: renewed_at + lease - one renewal period. */
+static void arm_deadline(pstore *s) {
+  if (!s->srv || !s->renewed_at) return;
+  if (s->deadline_timer) lr_timer_cancel(s->srv, s->deadline_timer);
+  int64_t left = s->renewed_at + s->lease_ms - s->renew_ms - mono_ms();
+  s->deadline_timer = lr_timer_add_c(s->srv, left > 0 ? left : 0, on_deadline, s);
+}
+
+static void on_deadline(void *ud) {
+  pstore *s = ud;
+  s->deadline_timer = 0;
+  int64_t age = mono_ms() - s->renewed_at;
+  if (age < s->lease_ms - s->renew_ms) {
+    arm_deadline(s);
+    return;
+  }
+  char why[96];
+  snprintf(why, sizeof why, "no renewal reached the database for %lld ms", (long long)age);
+  all_lost(s, why);
+}
+
 static void on_renew(void *ud) {
   pstore *s = ud;
   s->renew_timer = lr_timer_add_c(s->srv, s->renew_ms, on_renew, s);
@@ -753,6 +777,12 @@ static void job_done(pstore *s, pjob *j) {
       if (s->node_id) {
         r->epoch = j->epoch;
         r->lost = false;
+        /* A take is a renewal too: the self-drop clock starts here even if
+         * no renewal ever reaches the database afterwards. */
+        if (j->sent_at > s->renewed_at) {
+          s->renewed_at = j->sent_at;
+          arm_deadline(s);
+        }
         r->failed[0] = 0;
         s->n_taken++;
         lr_info("storage %s/%s: lease taken (epoch %lld)", r->ns, r->id, r->epoch);
@@ -779,6 +809,7 @@ static void job_done(pstore *s, pjob *j) {
     s->renewing = false;
     if (!j->failed) {
       s->renewed_at = j->sent_at;
+      arm_deadline(s);
       for (int b = 0; b < NBUCKETS; b++)
         for (proom *r = s->rooms[b], *nx; r; r = nx) {
           nx = r->next;
@@ -880,6 +911,7 @@ static int send_load(pstore *s, proom *r) {
   pjob *j = lr_xcalloc(1, sizeof *j);
   j->kind = J_LOAD;
   j->room = r;
+  j->sent_at = mono_ms();
   r->load_sent = true;
   job_push(s, j);
   return 0;
@@ -1179,7 +1211,7 @@ static void p_bind(lr_store *st, lr_server *srv) {
     return;
   }
   /* The engine's timers are about to be freed without firing. */
-  s->reconnect_timer = s->kick_timer = s->retry_timer = s->renew_timer = 0;
+  s->reconnect_timer = s->kick_timer = s->retry_timer = s->renew_timer = s->deadline_timer = 0;
 }
 
 static void p_close(lr_store *st) {

@@ -204,6 +204,27 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
     }
   });
 
+  test("the database unreachable: a node stops serving its rooms before their leases can expire", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms);
+    try {
+      const ca = await join(a, "fill-partition", "q1");
+      ca.send({ action: "inc" });
+      await ca.next((m) => m?.type === "sync" && m.value.count === 1);
+      pg.stop();
+      const t0 = performance.now();
+      const closed = await Promise.race([ca.closed, sleep(5000).then(() => null)]);
+      const ms = performance.now() - t0;
+      assert.ok(closed, "the node kept serving without renewing its lease");
+      assert.equal(closed.code, 1012);
+      assert.ok(ms <= LEASE, `dropped after ${ms.toFixed(0)} ms, the lease is ${LEASE} ms`);
+      assert.match(a.logs(), /no renewal reached the database/);
+    } finally {
+      pg.start();
+      await a.stop();
+    }
+  });
+
   test("fencing in the database: a write after the lease moved is not stored, not shown, and drops the room", async () => {
     const rooms = roomsDir();
     const a = await node(rooms, 60000); // renewals every 15 s: only the write's own fence can notice
