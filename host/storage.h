@@ -64,6 +64,11 @@ typedef void (*lr_store_ready_cb)(void *ud, int ok, const char *err);
 
 typedef struct lr_store lr_store;
 struct lr_server;
+/* One figure of a backend for /metrics (Prometheus text). */
+typedef struct lr_store_stat {
+  const char *name, *kind, *help; /* static strings; kind "counter" or "gauge" */
+  double value;
+} lr_store_stat;
 typedef struct lr_store_vt {
   const char *name; /* "sqlite", "memory" */
   /* out is reset, then receives the stored JSON text (NUL-terminated). */
@@ -101,6 +106,9 @@ typedef struct lr_store_vt {
    * committed when apply() returns. */
   int (*progress)(lr_store *s, const char *ns, const char *room, uint64_t *accepted,
                   uint64_t *committed, char *err, size_t errlen);
+  /* Optional: the backend's own figures for /metrics, at most max of them;
+   * returns how many. Constant cost (no walk over rooms). */
+  size_t (*stats)(lr_store *s, lr_store_stat *out, size_t max);
 } lr_store_vt;
 
 struct lr_store {

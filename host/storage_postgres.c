@@ -148,7 +148,8 @@ struct pstore {
   bool renewing;
   int64_t renewed_at; /* monotonic ms when the last successful renewal was sent */
   uint64_t n_taken, n_refused, n_lost, n_renewals;
-  prel *rel; /* leases to give back (sent with the next kick, or at close) */
+  long n_owned; /* rooms whose lease this node holds */
+  prel *rel;    /* leases to give back (sent with the next kick, or at close) */
   /* The rooms the next kick looks at (never a walk over every room on the
    * write path): a load asked for, batches queued. */
   proom *work, **wtail;
@@ -176,6 +177,7 @@ static void conn_start(pstore *s);
 static void conn_fail(pstore *s, const char *why);
 static void kick(pstore *s);
 static void on_renew(void *ud);
+static size_t p_stats(lr_store *st, lr_store_stat *out, size_t max);
 static int send_q(pstore *s, const char *sql, int n, const char *const *v, const int *len);
 static void job_push(pstore *s, pjob *j);
 static int pump_out(pstore *s);
@@ -276,6 +278,7 @@ static void maybe_drop(pstore *s, proom *r) {
     l->ns = lr_xstrndup(r->ns, strlen(r->ns));
     l->id = lr_xstrndup(r->id, strlen(r->id));
     l->epoch = r->epoch;
+    s->n_owned--;
     l->next = s->rel;
     s->rel = l;
     kick(s);
@@ -587,6 +590,7 @@ static void room_lost(pstore *s, proom *r, const char *why) {
           r->ns, r->id, r->epoch, why, dropped);
   snprintf(r->failed, sizeof r->failed, "lease lost: %.180s", why);
   r->epoch = 0;
+  s->n_owned--;
   r->state = R_NONE;
   lr_store_op all = {LR_STORE_DEL_PREFIX, "", 0, NULL, 0};
   lr_store_apply(s->cache, r->ns, r->id, &all, 1, NULL, 0);
@@ -777,6 +781,7 @@ static void job_done(pstore *s, pjob *j) {
       if (s->node_id) {
         r->epoch = j->epoch;
         r->lost = false;
+        s->n_owned++;
         /* A take is a renewal too: the self-drop clock starts here even if
          * no renewal ever reaches the database afterwards. */
         if (j->sent_at > s->renewed_at) {
@@ -1272,6 +1277,7 @@ static const lr_store_vt pg_vt = {
     .forget = p_forget,
     .pending = p_pending,
     .progress = p_progress,
+    .stats = p_stats,
 };
 
 static bool valid_table(const char *t) {
@@ -1369,4 +1375,34 @@ void lr_store_postgres_cluster_stats(lr_store *st, uint64_t *taken, uint64_t *re
   *refused = s->n_refused;
   *lost = s->n_lost;
   *renewals = s->n_renewals;
+}
+
+static size_t p_stats(lr_store *st, lr_store_stat *out, size_t max) {
+  pstore *s = (pstore *)st;
+  lr_store_stat all[] = {
+      {"lunaroom_pg_connected", "gauge", "1 while the PostgreSQL connection is open.",
+       s->ready ? 1 : 0},
+      {"lunaroom_pg_transactions_total", "counter", "Write transactions sent to PostgreSQL.",
+       (double)s->n_txn},
+      {"lunaroom_pg_transaction_failures_total", "counter",
+       "Write transactions PostgreSQL refused (their rooms retried).", (double)s->n_fail},
+      {"lunaroom_pg_statements_total", "counter", "Statements sent to PostgreSQL.",
+       (double)s->n_stmt},
+      {"lunaroom_pg_pending_batches", "gauge", "Write batches not committed yet.",
+       (double)s->pending},
+      {"lunaroom_cluster_rooms_owned", "gauge", "Rooms whose lease this node holds.",
+       (double)s->n_owned},
+      {"lunaroom_cluster_leases_taken_total", "counter", "Room leases this node took.",
+       (double)s->n_taken},
+      {"lunaroom_cluster_rooms_refused_total", "counter",
+       "Rooms refused here because another node holds their lease.", (double)s->n_refused},
+      {"lunaroom_cluster_leases_lost_total", "counter",
+       "Leases lost (fenced, not renewed in time): rooms dropped here.", (double)s->n_lost},
+      {"lunaroom_cluster_lease_renewals_total", "counter",
+       "Renewal statements sent (one per period for all rooms).", (double)s->n_renewals},
+  };
+  size_t n = s->node_id ? sizeof all / sizeof *all : 5;
+  if (n > max) n = max;
+  memcpy(out, all, n * sizeof *out);
+  return n;
 }

@@ -105,6 +105,15 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
       cb.send({ action: "inc" });
       await cb.next((m) => m?.type === "sync" && m.value.count === 6);
       assert.equal(stored("fill-own"), "6");
+      const metrics = (await http("GET", `${b.url}/metrics`)).body;
+      const metric = (name) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metrics)?.[1]);
+      assert.equal(metric("lunaroom_cluster_rooms_owned"), 1);
+      assert.equal(metric("lunaroom_cluster_leases_taken_total"), 1);
+      assert.ok(metric("lunaroom_cluster_rooms_refused_total") >= 2, metrics);
+      assert.equal(metric("lunaroom_cluster_leases_lost_total"), 0);
+      assert.ok(metric("lunaroom_cluster_lease_renewals_total") >= 1);
+      assert.ok(metric("lunaroom_pg_transactions_total") >= 1);
+      assert.equal(metric("lunaroom_pg_connected"), 1);
       assert.equal(await b.stop(), 0, b.logs());
     } finally {
       await a.stop();
@@ -242,6 +251,9 @@ describe("a cluster of two nodes on one PostgreSQL", () => {
       assert.equal(maxCount(ca), 2, "a count that is not stored was shown");
       assert.equal(stored("fill-steal"), "2", "a write went through without the lease");
       assert.match(a.logs(), /another holder or the lease expired/);
+      const metrics = (await http("GET", `${a.url}/metrics`)).body;
+      assert.match(metrics, /^lunaroom_cluster_leases_lost_total 1$/m);
+      assert.match(metrics, /^lunaroom_cluster_rooms_owned 0$/m);
       // Reconnecting to A: refused, the lease is someone else's (and valid).
       const again = await join(a, "fill-steal", "s2");
       assert.equal(again.refused?.code, 4409);
