@@ -1242,6 +1242,17 @@ static void p_close(lr_store *st) {
   /* The leases of the rooms that left with everything committed: given
    * back without waiting (the server runs what it received before the
    * connection's end), so that another node takes them at once. */
+  if (s->node_id)
+    for (int b = 0; b < NBUCKETS; b++)
+      for (proom *r = s->rooms[b]; r; r = r->next)
+        if (r->epoch > 0 && !r->lost && !r->qhead) { /* held, never made into a room */
+          prel *l = lr_xcalloc(1, sizeof *l);
+          l->ns = lr_xstrndup(r->ns, strlen(r->ns));
+          l->id = lr_xstrndup(r->id, strlen(r->id));
+          l->epoch = r->epoch;
+          l->next = s->rel;
+          s->rel = l;
+        }
   if (s->rel && s->ready && s->conn && send_release(s) == 0) PQflush(s->conn);
   rel_free(s);
   drop_conn(s);
