@@ -116,7 +116,8 @@ const TARGETS = {
   lunaroom: {
     cmd: O.lunaroomBin,
     args: ["serve", "bench/rooms", "--port", "0", "--host", "127.0.0.1", "--storage", "memory", "--no-watch",
-      "--max-conns", "-1", "--max-conns-per-ip", "-1", "--room-create-rate", "0", "--session-rate", "0", ...(O.luaPath ? ["--lua-path", O.luaPath] : [])],
+      "--max-conns", "-1", "--max-conns-per-ip", "-1", "--room-create-rate", "0", "--session-rate", "0",
+      "--max-http-per-ip", "-1", "--msgs-per-ip", "-1", ...(O.luaPath ? ["--lua-path", O.luaPath] : [])],
   },
   limit: { cmd: path.join(BUILD, "bench", "limit"), args: ["--port", "0", "--host", "127.0.0.1"] },
   reference: { cmd: process.execPath, args: [path.join(HERE, "reference", "server.mjs"), "--port", "0", "--host", "127.0.0.1"] },

@@ -10,6 +10,7 @@
 #ifndef LR_NET_H
 #define LR_NET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "server.h"
@@ -23,7 +24,16 @@ typedef struct lr_net_opts {
   size_t max_http_body;   /* default 1 MiB */
   const char *static_dir; /* optional folder served at "/" (GET only), NULL = none */
   long max_conns;         /* open WebSockets per process, default 20000; -1 = no limit */
-  long max_conns_per_ip;  /* open WebSockets per peer address, default 1024; -1 = no limit */
+  long max_conns_per_ip;  /* open WebSockets per client address (direct, or relayed by a
+                             shard), default 1024; -1 = no limit */
+  long max_http_per_ip;   /* accepted sockets not upgraded to WebSocket per peer address,
+                             default 256; -1 = no limit (429 and close past it) */
+  long body_timeout_ms;   /* a request body must be complete this long after its head,
+                             default 10000 (not restarted by arriving bytes) */
+  long msgs_per_ip;       /* WebSocket messages per second per client address over all its
+                             sockets (burst 2x), default 2000; -1 = no budget */
+  const char *trusted_proxies; /* comma-separated addresses or CIDRs whose X-Forwarded-For is
+                                  believed, NULL = none */
   /* TLS (https:// and wss:// on the same port; plain connections refused):
    * PEM certificate chain and private key, NULL = plain http. Both files are
    * re-read on SIGHUP (a bad pair is logged and the old one kept). */
@@ -55,5 +65,31 @@ void lr_net_wake(void);
  * it); they are destroyed with the context when the loop ends. */
 struct lws_context;
 struct lws_context *lr_net_context(void);
+
+/* A client relayed by an authenticated shard uplink (uplink.c) counts under
+ * its own address against max_conns_per_ip, like a direct WebSocket.
+ * acquire returns false when that address is at its limit (nothing is
+ * counted then); every true is matched by one release. Without a running
+ * loop (the headless host) there is no limit. */
+bool lr_net_addr_acquire(const char *addr);
+void lr_net_addr_release(const char *addr);
+
+/* ---- fd watches: another library's socket (libpq) on the one loop ----
+ * cb(ud, revents) runs on the loop thread when fd is readable (POLLIN),
+ * writable (POLLOUT, once per lr_net_watch_write(w, 1)), or broken
+ * (POLLHUP: the watch is still registered; the owner unwatches it). The fd
+ * stays the caller's: the loop polls a dup of it and never closes fd. A
+ * watch made before the loop runs is attached when it starts; while no loop
+ * runs (before lr_net_run, after it returned, headless tests) callbacks run
+ * only from lr_net_poll_watched(). cb may unwatch any watch, its own too. */
+typedef struct lr_net_watch lr_net_watch;
+typedef void (*lr_net_fd_cb)(void *ud, int revents);
+lr_net_watch *lr_net_watch_fd(int fd, lr_net_fd_cb cb, void *ud);
+void lr_net_watch_write(lr_net_watch *w, int on);
+void lr_net_unwatch_fd(lr_net_watch *w);
+/* While no loop runs: poll the watched fds for at most timeout_ms and run
+ * the callbacks of those ready. Returns how many fired (0 also when a loop
+ * runs: it serves them itself). */
+int lr_net_poll_watched(int timeout_ms);
 
 #endif
