@@ -105,17 +105,17 @@ describe("handlers that wait, over the wire", () => {
     const svc = await slowService(500, 1000); // nobody is answered before all 1,000 wait
     const srv = await serve({ LUNAROOM_MAX_WAITING: "5000" });
     try {
-      const cs = await joinMany(srv, "slow-bulk", 1000);
-      const watcher = cs[0];
+      const cs = await joinMany(srv, "bulk-a", 1000);
       const t0 = Date.now();
-      for (const c of cs) c.send({ action: "buy", value: { url: svc.url } });
-      await watcher.next((m) => m?.type === "sync" && m.value.started === 1000, 20000);
-      await watcher.next((m) => m?.type === "sync" && m.value.done === 1000, 30000);
+      cs.forEach((c, i) => c.send({ action: "buy", value: { url: svc.url, i } }));
+      const got = await Promise.all(cs.map((c) => c.next((m) => m?.type === "bought" || m?.type === "error", 60000)));
       const took = Date.now() - t0;
+      assert.deepEqual(got.map((m) => m.type === "bought" && m.value), cs.map((_, i) => i));
       assert.equal(svc.hits, 1000);
       assert.equal(svc.maxOpen, 1000, "1,000 handlers waited at once");
+      const counts = await http("GET", `${srv.url}/parties/main/bulk-a/counts`);
+      assert.deepEqual(counts.json, { started: 1000, done: 1000 });
       assert.ok(took < 30000, `1,000 waits took ${took} ms`);
-      for (const c of cs) assert.ok(!c.messages.some((m) => m?.type === "error"), c.raw.join("\n"));
       console.log(`# 1,000 waiting actions: all done in ${took} ms, ${svc.maxOpen} open at once`);
       assert.equal(await srv.stop("SIGTERM"), 0);
     } finally {
@@ -131,7 +131,7 @@ describe("handlers that wait, over the wire", () => {
       const cs = await joinMany(srv, "capped-a", 1000);
       for (const c of cs) c.send({ action: "buy", value: { url: svc.url } });
       const outcomes = await Promise.all(
-        cs.map((c) => c.next((m) => m?.type === "error" || (m?.type === "sync" && m.value.done !== undefined), 15000)),
+        cs.map((c) => c.next((m) => m?.type === "error" || m?.type === "bought", 30000)),
       );
       const busy = outcomes.filter((m) => m.type === "error");
       assert.equal(busy.length, 900);
@@ -140,7 +140,8 @@ describe("handlers that wait, over the wire", () => {
         assert.equal(e.value.action, "buy");
         assert.match(e.value.message, /100 handlers of room main\/capped-a are waiting already \(waits\.max\)/);
       }
-      await cs[0].next((m) => m?.type === "sync" && m.value.done === 100, 10000);
+      assert.equal(outcomes.filter((m) => m.type === "bought").length, 100);
+      assert.deepEqual((await http("GET", `${srv.url}/parties/main/capped-a/counts`)).json, { done: 100 });
       assert.equal(svc.hits, 100);
       assert.equal(await srv.stop("SIGTERM"), 0);
     } finally {

@@ -2,10 +2,9 @@
 local lr = require "lunaroom"
 local io = require "lunaroom.io"
 
--- "slow-*": an action that waits for the service (its URL in the value);
--- waits.max 2000 (the test's process cap is the one in force).
--- "capped-*": the same with waits.max = 100.
--- "fast-*": an action that answers at once.
+-- "slow-*": an action that waits for the service (its URL in the value).
+-- (bulk.lua: 1,000 at once; capped.lua: waits.max = 100; fast.lua: a room
+-- whose actions never wait.)
 local function room(path, max)
   return lr.room {
     path = path,
