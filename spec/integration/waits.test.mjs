@@ -21,7 +21,7 @@ const ROOMS = path.join(path.dirname(fileURLToPath(import.meta.url)), "waits-roo
 
 // A service answering every request after delayMs; counts what it saw.
 // barrier: hold every answer until that many requests are open at once
-// (then each is answered delayMs later).
+// (then each is answered delayMs later), or until s.release().
 function slowService(delayMs, barrier = 0) {
   const s = { hits: 0, open: 0, maxOpen: 0 };
   const held = [];
@@ -38,6 +38,10 @@ function slowService(delayMs, barrier = 0) {
     held.push(res);
     if (s.open >= barrier) held.splice(0).forEach(answer);
   });
+  s.release = () => {
+    barrier = 0;
+    held.splice(0).forEach(answer);
+  };
   server.maxConnections = 5000;
   return new Promise((resolve) =>
     server.listen(0, "127.0.0.1", () => {
@@ -125,13 +129,22 @@ describe("handlers that wait, over the wire", () => {
   });
 
   test("a room capped at 100 waiting handlers answers the 900 others 'busy'", { timeout: 120000 }, async () => {
-    const svc = await slowService(500);
+    const svc = await slowService(0, Infinity); // held until released: the 100 wait for sure
     const srv = await serve();
     try {
       const cs = await joinMany(srv, "capped-a", 1000);
       for (const c of cs) c.send({ action: "buy", value: { url: svc.url } });
+      const refused = [];
+      for (let i = 0; i < 600 && refused.length < 900; i++) {
+        await sleep(50);
+        refused.length = 0;
+        cs.forEach((c, k) => c.messages.some((m) => m?.type === "error") && refused.push(k));
+      }
+      assert.equal(refused.length, 900);
+      assert.equal(svc.open, 100, "100 handlers wait");
+      svc.release();
       const outcomes = await Promise.all(
-        cs.map((c) => c.next((m) => m?.type === "error" || m?.type === "bought", 30000)),
+        cs.map((c, k) => c.next((m) => m?.type === (refused.includes(k) ? "error" : "bought"), 30000)),
       );
       const busy = outcomes.filter((m) => m.type === "error");
       assert.equal(busy.length, 900);
