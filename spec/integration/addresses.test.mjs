@@ -15,7 +15,7 @@ import nodeHttp from "node:http";
 import path from "node:path";
 import { spawn } from "node:child_process";
 import WebSocket from "ws";
-import { ROOT, sleep, startServer, tempDir } from "./lib.mjs";
+import { ROOT, assertLimitedLines, sleep, startServer, tempDir } from "./lib.mjs";
 
 function rooms() {
   const dir = tempDir("lunaroom-addr-");
@@ -118,16 +118,9 @@ describe("per-address limits", () => {
     // similar lines (http address limit)" summaries (the last one written at shutdown), so lines
     // plus suppressed make every refusal: N - CAP sockets and the one /healthz.
     const log = srv.logs().split("\n");
-    const at = (l) => Date.parse(l.slice(0, 24));
     const lines = log.filter((l) => /open HTTP connections from this address/.test(l));
     assert.ok(lines.length >= 1, "refusals are logged");
-    let start = -Infinity, inWindow = 0;
-    for (const l of lines) {
-      // 999: the log's wall-clock milliseconds against the limiter's monotonic ones
-      if (at(l) - start >= 999) [start, inWindow] = [at(l), 0];
-      inWindow++;
-      assert.ok(inWindow <= 10, `more than 10 refusal lines within 1000 ms of ${new Date(start).toISOString()}:\n${lines.join("\n")}`);
-    }
+    assertLimitedLines(lines);
     const suppressed = log
       .map((l) => /suppressed (\d+) similar lines \(http address limit\)/.exec(l))
       .filter(Boolean)
