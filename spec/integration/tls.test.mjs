@@ -207,6 +207,41 @@ return lr.room { path = "big", rateLimit = { rate = 100000, burst = 100000 }, st
     }
   });
 
+  test("the per-address message budget holds over wss:// too: held messages all arrive, at its rate", async () => {
+    // 10 sockets of one address send 200 actions each in a burst: past the budget (--msgs-per-ip
+    // 500, burst 1000) and the fair share of a loop pass, messages are held on TLS sockets whose
+    // decrypted bytes wait inside OpenSSL; every one must still reach the room, and SIGTERM must
+    // still stop the server.
+    const rooms = tempDir("lunaroom-tls-rooms-");
+    fs.writeFileSync(path.join(rooms, "tally.lua"), `local lr = require "lunaroom"
+return lr.room { path = "tally", rateLimit = { rate = 100000, burst = 100000 }, state = { n = lr.sync(0) },
+  actions = { inc = function(r, _, v) r.n = r.n + 1; return v end } }\n`);
+    const RATE = 500, S = 10, K = 200;
+    const srv2 = await startServer({ rooms, args: ["--tls-cert", f("srv.pem"), "--tls-key", f("srv.key"), "--no-watch", "--msgs-per-ip", String(RATE)] });
+    try {
+      const socks = [];
+      for (let i = 0; i < S; i++) {
+        const ws = new (trusting(f("ca.pem")))(`${srv2.wsUrl}/parties/main/tally?id=t${i}`);
+        await new Promise((res, rej) => { ws.on("open", res); ws.on("error", rej); });
+        socks.push(ws);
+      }
+      let last = 0;
+      socks[0].on("message", (d) => { const n = JSON.parse(d).value?.n; if (n > last) last = n; });
+      const t0 = Date.now();
+      for (const ws of socks) for (let j = 0; j < K; j++) ws.send(JSON.stringify({ action: "inc", value: j }));
+      for (let i = 0; i < 500 && last < S * K; i++) await sleep(20);
+      const ms = Date.now() - t0;
+      console.log(`# ${S * K} actions over wss:// from one address at --msgs-per-ip ${RATE}: all in after ${ms} ms`);
+      assert.equal(last, S * K, `the room counted ${last} of ${S * K}`);
+      // burst 2 x RATE, then RATE a second: the budget was applied over TLS
+      assert.ok(ms >= ((S * K - 2 * RATE) / RATE) * 1000 * 0.8, `all in after ${ms} ms: the budget did not hold`);
+      assert.match(srv2.logs(), /messages from 127\.0\.0\.1 held/);
+      for (const ws of socks) ws.close();
+    } finally {
+      assert.equal(await srv2.stop("SIGTERM"), 0, srv2.logs());
+    }
+  });
+
   test("tls_cert and tls_key from the --config file", async () => {
     fs.writeFileSync(f("conf.lua"), `return { tls_cert = ${JSON.stringify(f("srv.pem"))}, tls_key = ${JSON.stringify(f("srv.key"))}, watch = false }\n`);
     const c = await startServer({ args: ["--config", f("conf.lua")] });
