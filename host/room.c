@@ -774,6 +774,18 @@ void lr_server_store_progress(lr_server *s, const char *ns, const char *id) {
   lr_room_release(r);
 }
 
+void lr_server_store_lost(lr_server *s, const char *ns, const char *id, int code, const char *why) {
+  lr_room *r = lr_room_find(s, ns, id);
+  if (!r || r->disposed) return;
+  lr_warn("room %s: %s; its connections are closed (%d) and it is dropped here", r->key, why, code);
+  lr_room_retain(r);
+  outbox_free(r); /* held packets show writes that were never stored */
+  for (uint32_t i = r->nconns; i-- > 0;)
+    lr_conn_close(r->conns[i], code, why);
+  lr_room_dispose(r);
+  lr_room_release(r);
+}
+
 void lr_room_store_written(lr_room *r, int rc, const char *err) {
   if (r->disposed) return;
   if (rc == 0) {
@@ -1719,6 +1731,15 @@ static void waits_free(lr_server *s) {
 static void wait_done(void *ud, int ok, const char *err) {
   lr_wait *w = ud;
   lr_server *s = w->s;
+  if (ok == LR_STORE_READY_ELSEWHERE) { /* a cluster node holds it: refused here */
+    if (w->conn && w->conn->phase == LR_C_JOINING)
+      lr_conn_close(w->conn, 4409, "room owned by another node");
+    else if (!w->conn)
+      respond_simple(w->done, w->ud, 409, "{\"error\":\"Room owned by another node\"}");
+    if (w->conn) lr_conn_release(w->conn);
+    wait_free(w);
+    return;
+  }
   if (!ok) lr_warn("room %s/%s: storage not available (%s)", w->ns, w->id, err ? err : "-");
   if (w->conn) {
     lr_conn *c = w->conn;
