@@ -192,14 +192,7 @@ end)
 
 -- Time bounds are for the plain and ASan builds; under valgrind (make
 -- test-valgrind: memcheck, not timing) everything runs ~50x slower.
-local SLOW = 1
-do
-  local f = io.open("/proc/self/maps")
-  if f then
-    if f:read("a"):find("vgpreload", 1, true) then SLOW = 100 end
-    f:close()
-  end
-end
+local SLOW = require("lunaroom.testing").slowdown
 
 describe("pre-auth input is handled in linear time (issue 15 item 3)", function()
   it("20 upgrades with an 8 KB ?id=a+++...+b are refused at once (4008, id too long)", function()

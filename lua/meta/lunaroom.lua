@@ -264,6 +264,9 @@ function testing.encode(value) end
 ---@param text string
 ---@return any
 function testing.decode(text) end
+---How much slower than a plain build this process runs (100 under valgrind, else 1): multiply wall-clock bounds by it.
+---@type number
+testing.slowdown = 1
 ---Log lines written since the last call.
 ---@return string[]
 function testing.logs() end
