@@ -58,7 +58,16 @@ static const char *usage =
     "4194304)\n"
     "  --static DIR          serve static files from DIR at /\n"
     "  --max-conns N         open WebSockets per process (default 20000; -1 = no limit)\n"
-    "  --max-conns-per-ip N  open WebSockets per client address (default 1024; -1 = no limit)\n"
+    "  --max-conns-per-ip N  open WebSockets per client address, direct or relayed by a shard\n"
+    "                        (default 1024; -1 = no limit)\n"
+    "  --max-http-per-ip N   open sockets not upgraded to WebSocket per address (default 256;\n"
+    "                        -1 = no limit); past it: 429 and close\n"
+    "  --body-timeout MS     a request body must be complete this long after its head\n"
+    "                        (default 10000; not restarted by arriving bytes)\n"
+    "  --msgs-per-ip N       WebSocket messages per second per client address over all its\n"
+    "                        sockets, burst 2N; more are held back (default 2000; -1 = off)\n"
+    "  --trusted-proxy LIST  comma-separated addresses/CIDRs of proxies whose X-Forwarded-For\n"
+    "                        gives the client address (default: none, the TCP peer counts)\n"
     "  --max-rooms N         live rooms per process (default 100000)\n"
     "  --evict-after MS      dispose of a room idle this long with no connection and no\n"
     "                        timer (default 60000; 0 = never; room option evictAfter)\n"
@@ -561,6 +570,14 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       no.max_conns = atol(argv[++i]);
     else if (strcmp(a, "--max-conns-per-ip") == 0 && v)
       no.max_conns_per_ip = atol(argv[++i]);
+    else if (strcmp(a, "--max-http-per-ip") == 0 && v)
+      no.max_http_per_ip = atol(argv[++i]);
+    else if (strcmp(a, "--body-timeout") == 0 && v)
+      no.body_timeout_ms = atol(argv[++i]);
+    else if (strcmp(a, "--msgs-per-ip") == 0 && v)
+      no.msgs_per_ip = atol(argv[++i]);
+    else if (strcmp(a, "--trusted-proxy") == 0 && v)
+      no.trusted_proxies = argv[++i];
     else if (strcmp(a, "--max-rooms") == 0 && v)
       max_rooms = atol(argv[++i]);
     else if (strcmp(a, "--evict-after") == 0 && v)

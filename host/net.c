@@ -6,15 +6,18 @@
  * Owns: the lws context and its callbacks; per-connection WebSocket state
  * (frame assembly, the outgoing FIFO of lr_msg references, close handshake);
  * per-request HTTP state (headers, bounded body, deferred response, static
- * files); the engine timer; SIGINT/SIGTERM and the bounded shutdown drain;
- * SIGHUP (TLS certificate reload, then the caller's on_hup); the TLS options
- * of the vhost (https/wss only when a certificate is given); giving freed
- * heap pages back to the OS after connection churn.
+ * files); per-address limits (sockets, WebSockets, message budget) and
+ * client addresses behind trusted proxies; the engine timer; SIGINT/SIGTERM
+ * and the bounded shutdown drain; SIGHUP (TLS certificate reload, then the
+ * caller's on_hup); the TLS options of the vhost (https/wss only when a
+ * certificate is given); giving freed heap pages back to the OS after
+ * connection churn.
  * Must not: parse JSON, call Lua, know rooms beyond server.h, call back into
  * the engine from inside an lr_transport_vt function (they only queue), or
- * write to a socket outside a WRITEABLE callback (the only exception is the
+ * write to a socket outside a WRITEABLE callback (the exceptions are the
  * refusal of a WebSocket upgrade, answered with lws_return_http_status from
- * HTTP_CONFIRM_UPGRADE as lws documents).
+ * HTTP_CONFIRM_UPGRADE as lws documents, and the 429 written to a fresh
+ * socket refused at accept, before lws owns it: net_sock_filter).
  *
  * The loop. lws 4.1 ignores the timeout argument of lws_service(): it sleeps
  * until a socket event or its own earliest lws_sul timer. So the engine clock
@@ -79,6 +82,20 @@
  * ';' as a query separator (becomes '&') and an encoded '=' inside a query
  * parameter name (lws turns it into '_').
  *
+ * Per-address limits. Client addresses are the TCP peer, or with
+ * --trusted-proxy the X-Forwarded-For entry a listed proxy appended (the
+ * PROXY protocol is not available in lws 4.1); IPv6 counts per /64. Each
+ * address has one entry (struct net_addr) counting its accepted sockets
+ * that are not WebSockets (max_http_per_ip: refused at accept with a 429
+ * written to the fresh socket), its WebSockets, direct or relayed by a
+ * shard (max_conns_per_ip: 429 on the upgrade; relayed clients through
+ * lr_net_addr_acquire), and its message budget (msgs_per_ip, a token
+ * bucket over all its sockets, plus NET_FAIR_SHARE messages per loop pass:
+ * see net_budget_take). An authenticated shard uplink is not counted.
+ * Refusals are logged at most once a second per kind (net_log_allowed).
+ * A request body must be complete body_timeout_ms after its head
+ * (body_sul), however it trickles in; lws's own timeouts restart per read.
+ *
  * lws 4.1 limits worth knowing: request headers are capped at NET_HEADER_DATA
  * bytes (a bigger header block drops the connection); custom (non-standard)
  * request headers cannot be enumerated, so only those in net_custom_headers
@@ -100,6 +117,10 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <libwebsockets.h>
 #include <openssl/err.h>
@@ -129,6 +150,7 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 #define NET_MAX_HEADERS 128         /* request headers passed to the engine */
 #define NET_DISCARD_MAX (16u << 20) /* a refused body up to this is read and dropped, not reset */
 #define NET_TRIM_QUIET_MS 500       /* heap trim: this long after the last open/close */
+#define NET_FAIR_SHARE 16           /* messages one address hands the engine per loop pass */
 #ifndef NET_PING_SECS               /* idle WebSocket: ping after, hang up after */
 #define NET_PING_SECS 30
 #endif
@@ -137,6 +159,26 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 #endif
 
 enum { NET_KIND_WS = 0x5753, NET_KIND_HTTP = 0x4854 };
+
+struct net_conn;
+
+/* One client address (an IPv4 address, or an IPv6 /64): what it holds
+ * open and its message budget. */
+struct net_addr {
+  char key[64];
+  uint32_t ws;       /* open WebSockets, direct or relayed by a shard (max_conns_per_ip) */
+  uint32_t http;     /* accepted sockets not (yet) upgraded (max_http_per_ip) */
+  double tokens;     /* message budget: token bucket shared by its sockets */
+  int64_t tokens_at; /* last refill (0 = never: a full bucket) */
+  /* Sockets holding one message over the budget, paused, first come first
+   * served; the address is on the loop's waiting list while this is not
+   * empty. */
+  struct net_conn *held_head, *held_tail;
+  struct net_addr *wait_next;
+  bool waiting;
+  uint64_t pass;   /* loop pass of pass_n */
+  uint32_t pass_n; /* messages handed to the engine in that pass (NET_FAIR_SHARE) */
+};
 
 /* ---- the loop ---- */
 
@@ -150,13 +192,22 @@ typedef struct net_loop {
   size_t nreqs;      /* net_req objects attached to a wsi */
   bool stopping;     /* lr_server_shutdown was called: refuse new upgrades */
   size_t nws;        /* accepted WebSockets (for max_conns) */
-  struct ipcount {
-    char ip[64];
-    uint32_t n;
-  } * ips; /* open WebSockets per peer: open addressing, linear probing */
-  size_t ipcap;
-  bool destroying;  /* inside lws_context_destroy: no more lws calls from vt */
-  int64_t trim_at;  /* return free heap pages to the OS at this time (0 = not due) */
+  /* Per-address accounting (see "Per-address limits" above): open
+   * addressing of pointers, linear probing, tombstones; entries are freed
+   * when nothing counts on them any more. */
+  struct net_addr **addrs;
+  size_t addrcap, addrused; /* slots, slots not NULL (live + tombstones) */
+  struct net_cidr {
+    int fam; /* AF_INET or AF_INET6 */
+    int bits;
+    unsigned char a[16];
+  } * trusted; /* --trusted-proxy */
+  size_t ntrusted;
+  struct net_addr *waiting;          /* addresses with sockets paused over their budget */
+  lws_sorted_usec_list_t budget_sul; /* wakes paused sockets when tokens are back */
+  uint64_t pass;                     /* loop passes (lws_service calls) */
+  bool destroying;                   /* inside lws_context_destroy: no more lws calls from vt */
+  int64_t trim_at; /* return free heap pages to the OS at this time (0 = not due) */
   SSL_CTX *tls_ctx; /* the vhost's server context (TLS only), for the SIGHUP reload */
 } net_loop;
 
@@ -177,8 +228,8 @@ typedef struct net_conn {
   size_t qbytes;
   /* incoming message being assembled */
   lr_buf rx;
-  struct ipcount *ip; /* its peer's counter (NULL: the table was full) */
-  char *close_reason; /* NULL until closed with a reason (at most 123 bytes) */
+  struct net_addr *ip; /* its address's entry (counted in ws) */
+  char *close_reason;  /* NULL until closed with a reason (at most 123 bytes) */
   int close_code;
   uint8_t close_reason_len;
   bool rx_in_msg;
@@ -187,6 +238,9 @@ typedef struct net_conn {
   bool counted;     /* counted in nws and (with ip) the per-peer table */
   bool dropping;    /* over max_queue_bytes: ring released, close 1008 */
   bool gone;        /* socket closed; vt calls are refused */
+  bool paused;      /* rx flow off: holds a message over its address's budget */
+  lr_buf held;      /* that message */
+  struct net_conn *held_next;
 } net_conn;
 
 /* ---- HTTP request ---- */
@@ -223,10 +277,14 @@ typedef struct net_req {
   size_t nrh;
   unsigned char *out; /* LWS_PRE headroom + body (memory responses) */
   size_t outlen, sent;
-  int fd; /* static file body source, or -1 */
+  int fd;                          /* static file body source, or -1 */
+  lws_sorted_usec_list_t body_sul; /* the body's deadline (body_timeout_ms after the head) */
 } net_req;
 
 static void net_req_free(net_req *nr);
+static void net_unhold(net_conn *nc);
+static void net_budget_wake(lws_sorted_usec_list_t *sul);
+static void net_sock_release(struct lws *wsi);
 
 /* ---- small helpers ---- */
 
@@ -440,8 +498,8 @@ static char *net_query_collect(struct lws *wsi) {
   return s;
 }
 
-/* The peer's numeric address into buf ("unknown" if lws cannot tell). */
-static void net_peer(struct lws *wsi, char *buf, size_t len) {
+/* The TCP peer's numeric address into buf ("unknown" if lws cannot tell). */
+static void net_peer_tcp(struct lws *wsi, char *buf, size_t len) {
   buf[0] = '\0';
   if (!lws_get_peer_simple(wsi, buf, len)) {
     snprintf(buf, len, "unknown");
@@ -450,6 +508,55 @@ static void net_peer(struct lws *wsi, char *buf, size_t len) {
   /* An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d */
   if (!strncmp(buf, "::ffff:", 7) && strchr(buf + 7, '.'))
     memmove(buf, buf + 7, strlen(buf + 7) + 1);
+}
+
+/* Is the numeric address ip in the --trusted-proxy list? */
+static bool net_trusted(const net_loop *L, const char *ip) {
+  unsigned char a[16];
+  int fam = strchr(ip, ':') ? AF_INET6 : AF_INET;
+  if (!L->ntrusted || inet_pton(fam, ip, a) != 1) return false;
+  for (size_t i = 0; i < L->ntrusted; i++) {
+    const struct net_cidr *c = &L->trusted[i];
+    if (c->fam != fam) continue;
+    int bits = c->bits, k = 0;
+    for (; bits >= 8 && a[k] == c->a[k]; k++, bits -= 8) {
+    }
+    if (bits <= 0 || (bits < 8 && ((a[k] ^ c->a[k]) & (0xff00 >> bits)) == 0)) return true;
+  }
+  return false;
+}
+
+/* The client's address into buf: the TCP peer, or, when the peer is a
+ * trusted proxy (--trusted-proxy), the last X-Forwarded-For entry that is
+ * not one (entries to its left were written by the client and are not
+ * believed). A request through a trusted proxy without the header keeps the
+ * proxy's address. */
+static void net_peer(struct lws *wsi, char *buf, size_t len) {
+  net_peer_tcp(wsi, buf, len);
+  net_loop *L = lws_context_user(lws_get_context(wsi));
+  if (!L || !L->ntrusted || !net_trusted(L, buf)) return;
+  char *xff = net_hdr_dup(wsi, WSI_TOKEN_X_FORWARDED_FOR);
+  if (!xff) return;
+  char *end = xff + strlen(xff);
+  while (end > xff) {
+    char *comma = end;
+    while (comma > xff && comma[-1] != ',')
+      comma--;
+    char *a = comma, *b = end;
+    while (a < b && (*a == ' ' || *a == '\t'))
+      a++;
+    while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+      b--;
+    *b = '\0';
+    unsigned char tmp[16];
+    bool numeric = inet_pton(strchr(a, ':') ? AF_INET6 : AF_INET, a, tmp) == 1;
+    if (!numeric) break; /* garbage: keep the last trusted hop */
+    if (!strncmp(a, "::ffff:", 7) && strchr(a + 7, '.')) a += 7;
+    snprintf(buf, len, "%s", a);
+    if (!net_trusted(L, a)) break;
+    end = comma > xff ? comma - 1 : xff;
+  }
+  free(xff);
 }
 
 /* The request method as a static string, or NULL for one lws does not
@@ -569,26 +676,175 @@ static void net_ws_close(lr_conn *c, int code, const char *reason) {
 
 static const lr_transport_vt net_vt = {net_ws_send, net_ws_close};
 
-/* The per-peer counter slot of ip (created when add). NULL when absent. The
- * table never moves, and a slot is not reused while its count is non-zero,
- * so a connection keeps a pointer to its slot. */
-static struct ipcount *net_ip_slot(net_loop *L, const char *ip, bool add) {
-  if (!L->ipcap) {
-    if (!add) return NULL;
-    L->ipcap = 1024;
-    L->ips = lr_xcalloc(L->ipcap, sizeof *L->ips);
+/* ---- per-address accounting ---- */
+
+static struct net_addr net_tomb; /* a deleted slot */
+
+/* The accounting key of a numeric address: IPv4 as it is, IPv6 cut to its
+ * /64 (one subscriber's usual allocation), anything else as it is. */
+static void net_addr_key(const char *ip, char out[64]) {
+  unsigned char a6[16];
+  if (strchr(ip, ':') && inet_pton(AF_INET6, ip, a6) == 1) {
+    char txt[INET6_ADDRSTRLEN];
+    memset(a6 + 8, 0, 8);
+    if (inet_ntop(AF_INET6, a6, txt, sizeof txt)) {
+      snprintf(out, 64, "%s/64", txt);
+      return;
+    }
   }
+  snprintf(out, 64, "%s", ip);
+}
+
+static uint32_t net_addr_hash(const char *k) {
   uint32_t h = 2166136261u;
-  for (const char *p = ip; *p; p++)
+  for (const char *p = k; *p; p++)
     h = (h ^ (unsigned char)*p) * 16777619u;
-  struct ipcount *tomb = NULL;
-  for (size_t i = 0; i < L->ipcap; i++) {
-    struct ipcount *e = &L->ips[(h + i) % L->ipcap];
-    if (e->ip[0] == 0 && e->n == 0) return add ? (tomb ? tomb : e) : NULL;
-    if (e->n == 0 && !tomb) tomb = e; /* a freed slot: reusable, keep probing */
-    if (e->n && strcmp(e->ip, ip) == 0) return e;
+  return h;
+}
+
+/* Rebuild the table with room for twice its live entries (no tombstones). */
+static void net_addr_rehash(net_loop *L) {
+  size_t live = 0;
+  for (size_t i = 0; i < L->addrcap; i++)
+    if (L->addrs[i] && L->addrs[i] != &net_tomb) live++;
+  size_t cap = 1024;
+  while (cap < 4 * (live + 1))
+    cap *= 2;
+  struct net_addr **t = lr_xcalloc(cap, sizeof *t);
+  for (size_t i = 0; i < L->addrcap; i++) {
+    struct net_addr *a = L->addrs[i];
+    if (!a || a == &net_tomb) continue;
+    size_t j = net_addr_hash(a->key) & (cap - 1);
+    while (t[j])
+      j = (j + 1) & (cap - 1);
+    t[j] = a;
   }
-  return add ? tomb : NULL; /* full table: per-IP limit not enforced for new peers */
+  free(L->addrs);
+  L->addrs = t;
+  L->addrcap = cap;
+  L->addrused = live;
+}
+
+/* The entry of the numeric address ip (created when add; NULL when absent).
+ * Entries never move: connections keep pointers to theirs. */
+static struct net_addr *net_addr_get(net_loop *L, const char *ip, bool add) {
+  char key[64];
+  net_addr_key(ip, key);
+  if (!L->addrcap) {
+    if (!add) return NULL;
+    net_addr_rehash(L);
+  }
+  size_t mask = L->addrcap - 1, i = net_addr_hash(key) & mask;
+  for (; L->addrs[i]; i = (i + 1) & mask)
+    if (L->addrs[i] != &net_tomb && strcmp(L->addrs[i]->key, key) == 0) return L->addrs[i];
+  if (!add) return NULL;
+  struct net_addr *a = lr_xcalloc(1, sizeof *a);
+  memcpy(a->key, key, sizeof key);
+  L->addrs[i] = a;
+  if (++L->addrused * 2 > L->addrcap) net_addr_rehash(L);
+  return a;
+}
+
+/* Free a's entry if nothing counts on it any more. */
+static void net_addr_put(net_loop *L, struct net_addr *a) {
+  if (!a || a->ws || a->http || a->held_head || a->waiting) return;
+  size_t mask = L->addrcap - 1, i = net_addr_hash(a->key) & mask;
+  for (; L->addrs[i]; i = (i + 1) & mask) {
+    if (L->addrs[i] == a) {
+      L->addrs[i] = &net_tomb;
+      free(a);
+      return;
+    }
+  }
+}
+
+/* Free every entry (end of lr_net_run). */
+static void net_addr_free_all(net_loop *L) {
+  for (size_t i = 0; i < L->addrcap; i++)
+    if (L->addrs[i] && L->addrs[i] != &net_tomb) free(L->addrs[i]);
+  free(L->addrs);
+  L->addrs = NULL;
+  L->addrcap = L->addrused = 0;
+}
+
+/* At most one line per second for each kind of refusal, with the number of
+ * lines left out: a flood of refusals cannot flood the log. */
+enum { NET_LOG_HTTP_CAP, NET_LOG_WS_CAP, NET_LOG_BODY, NET_LOG_BUDGET, NET_LOG_KINDS };
+static bool net_log_allowed(int kind, unsigned *skipped) {
+  static int64_t at[NET_LOG_KINDS];
+  static unsigned n[NET_LOG_KINDS];
+  int64_t now = net_now_ms();
+  if (at[kind] && now - at[kind] < 1000) {
+    n[kind]++;
+    return false;
+  }
+  at[kind] = now;
+  *skipped = n[kind];
+  n[kind] = 0;
+  return true;
+}
+
+/* ---- sockets per address (max_http_per_ip) ----
+ *
+ * Every accepted socket is counted under its TCP peer's address from accept
+ * (FILTER_NETWORK_CONNECTION refuses, NEW_CLIENT_INSTANTIATED counts) until
+ * it is destroyed or becomes a WebSocket (then counted in ws instead). The
+ * entry rides on the wsi's opaque parent pointer (the opaque user pointer
+ * holds our per-request object). Trusted proxies are not counted. */
+
+/* FILTER_NETWORK_CONNECTION: a new socket fd, before lws reads from it.
+ * Over the cap it gets a 429 written straight to the fresh socket (nothing
+ * else is queued on it) and is closed. Returns the lws callback result. */
+static int net_sock_filter(net_loop *L, int fd) {
+  if (L->o.max_http_per_ip < 0 || fd < 0) return 0;
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  char ip[INET6_ADDRSTRLEN + 1] = "";
+  if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0) return 0;
+  if (ss.ss_family == AF_INET)
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof ip);
+  else if (ss.ss_family == AF_INET6)
+    inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof ip);
+  if (!ip[0]) return 0;
+  const char *p = !strncmp(ip, "::ffff:", 7) && strchr(ip + 7, '.') ? ip + 7 : ip;
+  if (net_trusted(L, p)) return 0;
+  struct net_addr *a = net_addr_get(L, p, false);
+  if (!a || a->http < (uint32_t)L->o.max_http_per_ip) return 0;
+  unsigned skipped;
+  if (net_log_allowed(NET_LOG_HTTP_CAP, &skipped))
+    lr_warn("connection from %s refused: %u open HTTP connections from this address (max %ld)%s", p,
+            a->http, L->o.max_http_per_ip, skipped ? " (and more refusals not logged)" : "");
+  static const char resp[] = "HTTP/1.1 429 Too Many Requests\r\n"
+                             "content-type: text/plain; charset=utf-8\r\n"
+                             "content-length: 40\r\n"
+                             "retry-after: 5\r\n"
+                             "connection: close\r\n\r\n"
+                             "too many connections from this address\r\n";
+  /* Read what already arrived so that closing sends FIN rather than RST. */
+  char sink[4096];
+  (void)!recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+  (void)!send(fd, resp, sizeof resp - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  shutdown(fd, SHUT_WR);
+  return 1;
+}
+
+/* NEW_CLIENT_INSTANTIATED: count the socket under its address. */
+static void net_sock_open(net_loop *L, struct lws *wsi) {
+  char peer[64];
+  net_peer_tcp(wsi, peer, sizeof peer);
+  if (net_trusted(L, peer)) return;
+  struct net_addr *a = net_addr_get(L, peer, true);
+  a->http++;
+  lws_set_opaque_parent_data(wsi, a);
+}
+
+/* The socket is destroyed or became a WebSocket: uncount it. */
+static void net_sock_release(struct lws *wsi) {
+  struct net_addr *a = lws_get_opaque_parent_data(wsi);
+  if (!a) return;
+  lws_set_opaque_parent_data(wsi, NULL);
+  if (a->http) a->http--;
+  net_addr_put(net_loop_of(wsi), a);
 }
 
 /* The socket is gone (or the upgrade was refused): tell the engine exactly
@@ -604,10 +860,13 @@ static void net_conn_finish(net_conn *nc) {
   }
   net_conn_release_queue(nc);
   lr_buf_free(&nc->rx);
+  if (nc->paused) net_unhold(nc);
+  lr_buf_free(&nc->held);
   if (nc->counted) {
     nc->loop->nws--;
-    if (nc->ip && nc->ip->n) nc->ip->n--;
+    if (nc->ip && nc->ip->ws) nc->ip->ws--;
   }
+  net_addr_put(nc->loop, nc->ip);
   free(nc->close_reason);
   nc->loop->nconns--;
   if (!nc->loop->destroying) net_churn(nc->loop);
@@ -621,12 +880,8 @@ static net_conn *net_ws_conn_new(net_loop *L, struct lws *wsi, const char *peer)
   nc->kind = NET_KIND_WS;
   nc->loop = L;
   nc->wsi = wsi;
-  struct ipcount *e = net_ip_slot(L, peer, true);
-  if (e) {
-    snprintf(e->ip, sizeof e->ip, "%s", peer);
-    e->n++;
-  }
-  nc->ip = e;
+  nc->ip = net_addr_get(L, peer, true);
+  nc->ip->ws++;
   nc->counted = true;
   L->nws++;
   lr_buf_init(&nc->rx);
@@ -691,12 +946,17 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
     lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
     return 1;
   }
-  if (L->o.max_conns_per_ip >= 0) {
-    struct ipcount *slot = net_ip_slot(L, peer, false);
-    if (slot && slot->n >= (uint32_t)L->o.max_conns_per_ip) {
-      lr_warn_limited("address limit",
-                      "websocket from %s refused: %u connections from this address (max %ld)", peer,
-                      slot->n, L->o.max_conns_per_ip);
+  /* A shard's uplink (x-shard-id, authenticated by the engine) carries many
+   * clients from one address: it is not counted against that address; its
+   * clients are, each under its own address (lr_net_addr_acquire). */
+  bool relay = lws_hdr_custom_length(wsi, "x-shard-id:", 11) >= 0;
+  if (L->o.max_conns_per_ip >= 0 && !relay) {
+    struct net_addr *a = net_addr_get(L, peer, false);
+    if (a && a->ws >= (uint32_t)L->o.max_conns_per_ip) {
+      unsigned skipped;
+      if (net_log_allowed(NET_LOG_WS_CAP, &skipped))
+        lr_warn("websocket from %s refused: %u connections from this address (max %ld)%s", peer,
+                a->ws, L->o.max_conns_per_ip, skipped ? " (and more refusals not logged)" : "");
       free(dpath);
       lws_return_http_status(wsi, 429, NULL);
       return 1;
@@ -743,6 +1003,12 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   }
   free(path);
   nc->conn = conn;
+  if (relay && lr_conn_is_relay(conn)) { /* exempt: see above */
+    nc->ip->ws--;
+    net_addr_put(L, nc->ip);
+    nc->ip = NULL;
+  }
+  net_sock_release(wsi); /* a WebSocket now, counted as one */
   net_churn(L);
   return 0;
 }
@@ -824,6 +1090,147 @@ static int net_ws_writeable(net_conn *nc) {
   return 0;
 }
 
+/* ---- the message budget of an address (msgs_per_ip) ----
+ *
+ * One token bucket per address, shared by all its sockets (rate msgs_per_ip
+ * per second, burst 2 x rate), and a fair share of NET_FAIR_SHARE messages
+ * per loop pass. A complete message past either is held: the socket keeps
+ * it (one message at most), stops reading (lws rx flow control: the rest
+ * waits in the kernel, the sender feels TCP backpressure) and queues behind
+ * the other held sockets of its address. budget_sul hands held messages to
+ * the engine, oldest first, as tokens come back. Nothing is dropped; the
+ * per-connection limit of the room (rate_limit, 4008) applies after this. */
+
+static void net_budget_arm(net_loop *L, int64_t ms) {
+  if (L->destroying) return;
+  lws_sul_schedule(L->ctx, 0, &L->budget_sul, net_budget_wake,
+                   (lws_usec_t)(ms < 1 ? 1 : ms) * LWS_US_PER_MS);
+}
+
+/* Refill a's bucket to now. */
+static void net_budget_refill(net_loop *L, struct net_addr *a) {
+  double rate = (double)L->o.msgs_per_ip, burst = 2 * rate;
+  int64_t now = net_now_ms();
+  if (a->tokens_at == 0)
+    a->tokens = burst;
+  else
+    a->tokens += (double)(now - a->tokens_at) * rate / 1000.0;
+  if (a->tokens > burst) a->tokens = burst;
+  a->tokens_at = now;
+}
+
+/* May nc's complete message go to the engine now? Takes a token if so. */
+static bool net_budget_take(net_conn *nc) {
+  net_loop *L = nc->loop;
+  struct net_addr *a = nc->ip;
+  if (!a || L->o.msgs_per_ip <= 0) return true;
+  if (nc->paused) { /* lws delivered past our rx flow control: let it through */
+    a->tokens -= 1;
+    return true;
+  }
+  if (a->held_head) return false; /* others of this address wait: first come first served */
+  if (a->pass != L->pass) {
+    a->pass = L->pass;
+    a->pass_n = 0;
+  }
+  if (a->pass_n >= NET_FAIR_SHARE) return false;
+  net_budget_refill(L, a);
+  if (a->tokens < 1) return false;
+  a->tokens -= 1;
+  a->pass_n++;
+  return true;
+}
+
+/* Keep nc's complete message (in rx) and pause its socket. */
+static void net_hold(net_conn *nc) {
+  net_loop *L = nc->loop;
+  struct net_addr *a = nc->ip;
+  lr_buf_reset(&nc->held);
+  lr_buf_put(&nc->held, nc->rx.data, nc->rx.len);
+  lr_buf_reset(&nc->rx);
+  nc->paused = true;
+  nc->held_next = NULL;
+  if (a->held_tail)
+    a->held_tail->held_next = nc;
+  else
+    a->held_head = nc;
+  a->held_tail = nc;
+  lws_rx_flow_control(nc->wsi, 0);
+  if (!a->waiting) {
+    a->waiting = true;
+    a->wait_next = L->waiting;
+    L->waiting = a;
+    unsigned skipped;
+    if (net_log_allowed(NET_LOG_BUDGET, &skipped))
+      lr_warn("messages from %s held: over the address's budget (%ld/s) or its share of a loop "
+              "pass%s",
+              a->key, L->o.msgs_per_ip, skipped ? " (and more not logged)" : "");
+  }
+  net_budget_arm(L, 1);
+}
+
+/* Take nc out of its address's held list (it is gone, or delivered). */
+static void net_unhold(net_conn *nc) {
+  struct net_addr *a = nc->ip;
+  nc->paused = false;
+  if (!a) return;
+  net_conn **pp = &a->held_head, *prev = NULL;
+  while (*pp && *pp != nc) {
+    prev = *pp;
+    pp = &(*pp)->held_next;
+  }
+  if (*pp) {
+    *pp = nc->held_next;
+    if (a->held_tail == nc) a->held_tail = prev;
+  }
+  nc->held_next = NULL;
+}
+
+/* budget_sul: hand held messages to the engine as their addresses' tokens
+ * and fair shares allow, then sleep until the next token is due. */
+static void net_budget_wake(lws_sorted_usec_list_t *sul) {
+  net_loop *L = lws_container_of(sul, net_loop, budget_sul);
+  int64_t next = -1;
+  struct net_addr **pp = &L->waiting;
+  while (*pp) {
+    struct net_addr *a = *pp;
+    net_budget_refill(L, a);
+    if (a->pass != L->pass) {
+      a->pass = L->pass;
+      a->pass_n = 0;
+    }
+    while (a->held_head && a->tokens >= 1 && a->pass_n < NET_FAIR_SHARE) {
+      net_conn *nc = a->held_head;
+      net_unhold(nc);
+      a->tokens -= 1;
+      a->pass_n++;
+      /* Outside nc's own callbacks: apply now (lws then services what it
+       * cached while paused). */
+      lws_rx_flow_control(nc->wsi, LWS_RXFLOW_REASON_APPLIES_ENABLE | LWS_RXFLOW_REASON_USER_BOOL |
+                                       LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
+      if (nc->conn && !nc->closing && !nc->dropping)
+        lr_conn_message(nc->conn, lr_buf_cstr(&nc->held), nc->held.len);
+      if (nc->held.cap > 16384)
+        lr_buf_free(&nc->held);
+      else
+        lr_buf_reset(&nc->held);
+    }
+    if (!a->held_head) {
+      *pp = a->wait_next;
+      a->waiting = false;
+      a->wait_next = NULL;
+      net_addr_put(L, a);
+      continue;
+    }
+    int64_t in = a->pass_n >= NET_FAIR_SHARE
+                     ? 1
+                     : (int64_t)((1 - a->tokens) * 1000.0 / (double)L->o.msgs_per_ip) + 1;
+    if (next < 0 || in < next) next = in;
+    pp = &a->wait_next;
+  }
+  if (next >= 0) net_budget_arm(L, next);
+}
+
 /* RECEIVE: a piece of a frame. Pieces and fragments are assembled; a
  * complete message goes to lr_conn_message (NUL-terminated, binary frames
  * as they are). Over max_frame: close with 1009, nothing reaches the engine.
@@ -847,6 +1254,10 @@ static int net_ws_receive(net_conn *nc, const char *in, size_t len) {
   if (len) lr_buf_put(&nc->rx, in, len);
   if (lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi)) {
     nc->rx_in_msg = false;
+    if (!net_budget_take(nc)) {
+      net_hold(nc);
+      return 0;
+    }
     lr_conn_message(nc->conn, lr_buf_cstr(&nc->rx), nc->rx.len);
     /* The sender's own answer (the patch of its action, an error) goes out
      * now, ahead of the room's other sockets, which wait for their POLLOUT
@@ -895,6 +1306,7 @@ static void net_req_free_inputs(net_req *nr) {
 
 /* The wsi is going away (or its transaction is over): detach nr. */
 static void net_req_detach(net_req *nr) {
+  lws_sul_cancel(&nr->body_sul);
   if (nr->wsi) {
     lws_set_opaque_user_data(nr->wsi, NULL);
     nr->wsi = NULL;
@@ -1083,6 +1495,19 @@ static void net_http_static(net_req *nr) {
   lws_callback_on_writable(nr->wsi);
 }
 
+/* The body of nr did not arrive within body_timeout_ms of its head (a
+ * slow sender, whatever its pace): drop the connection. */
+static void net_http_body_late(lws_sorted_usec_list_t *sul) {
+  net_req *nr = lws_container_of(sul, net_req, body_sul);
+  if (!nr->wsi || !nr->body_pending) return;
+  unsigned skipped;
+  if (net_log_allowed(NET_LOG_BODY, &skipped))
+    lr_warn("http %s %s from %s: body not complete after %ld ms (%zu bytes in), closing%s",
+            nr->method, nr->path ? nr->path : nr->fs_path, nr->peer, nr->loop->o.body_timeout_ms,
+            nr->body.len, skipped ? " (and more not logged)" : "");
+  lws_set_timeout(nr->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
 /* LWS_CALLBACK_HTTP: a request's headers are in. */
 static int net_http_begin(net_loop *L, struct lws *wsi) {
   void *old = lws_get_opaque_user_data(wsi);
@@ -1143,6 +1568,10 @@ static int net_http_begin(net_loop *L, struct lws *wsi) {
     }
   }
   nr->body_pending = want > 0 && want <= NET_DISCARD_MAX;
+  /* lws restarts its own timeout on every piece of body; ours is fixed. */
+  if (nr->body_pending)
+    lws_sul_schedule(L->ctx, 0, &nr->body_sul, net_http_body_late,
+                     (lws_usec_t)L->o.body_timeout_ms * LWS_US_PER_MS);
   if (want > L->o.max_http_body) {
     lr_warn_limited("body too large", "http %s %s: body of %llu bytes over the %zu limit, 413",
                     method, nr->path, want, L->o.max_http_body);
@@ -1311,6 +1740,7 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
   case LWS_CALLBACK_HTTP_BODY_COMPLETION:
     if (!nr) return 0;
     nr->body_pending = false;
+    lws_sul_cancel(&nr->body_sul);
     if (nr->resp_done) { /* refused early, body now drained: close */
       net_req_detach(nr);
       return -1;
@@ -1324,8 +1754,19 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
 
   case LWS_CALLBACK_CLOSED:
   case LWS_CALLBACK_CLOSED_HTTP:
+    if (o) net_detach(wsi);
+    return 0;
+
   case LWS_CALLBACK_WSI_DESTROY:
     if (o) net_detach(wsi);
+    net_sock_release(wsi);
+    return 0;
+
+  case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+    return net_sock_filter(L, (int)(intptr_t)in);
+
+  case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+    net_sock_open(L, wsi);
     return 0;
 
   case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
@@ -1423,6 +1864,79 @@ void lr_net_defaults(lr_net_opts *o) {
   o->static_dir = NULL;
   o->max_conns = 20000;
   o->max_conns_per_ip = 1024;
+  o->max_http_per_ip = 256;
+  o->body_timeout_ms = 10000;
+  o->msgs_per_ip = 2000;
+  o->trusted_proxies = NULL;
+}
+
+/* Parse "a.b.c.d, x/24, ::1, 2001:db8::/32" into L->trusted. Returns false
+ * (logged) on an entry that is not an address or CIDR. */
+static bool net_parse_trusted(net_loop *L, const char *list) {
+  if (!list || !*list) return true;
+  const char *p = list;
+  while (*p) {
+    size_t n = strcspn(p, ", ");
+    if (n) {
+      char item[80], *slash;
+      if (n >= sizeof item) {
+        lr_error("--trusted-proxy: entry too long: %.*s", (int)n, p);
+        return false;
+      }
+      memcpy(item, p, n);
+      item[n] = '\0';
+      struct net_cidr c = {0};
+      c.fam = strchr(item, ':') ? AF_INET6 : AF_INET;
+      c.bits = c.fam == AF_INET ? 32 : 128;
+      if ((slash = strchr(item, '/'))) {
+        *slash = '\0';
+        char *end;
+        long b = strtol(slash + 1, &end, 10);
+        if (*end || end == slash + 1 || b < 0 || b > c.bits) {
+          lr_error("--trusted-proxy: bad prefix length in %.*s", (int)n, p);
+          return false;
+        }
+        c.bits = (int)b;
+      }
+      if (inet_pton(c.fam, item, c.a) != 1) {
+        lr_error("--trusted-proxy: not a numeric address: %.*s", (int)n, p);
+        return false;
+      }
+      L->trusted = lr_xrealloc(L->trusted, (L->ntrusted + 1) * sizeof *L->trusted);
+      L->trusted[L->ntrusted++] = c;
+    }
+    p += n;
+    while (*p == ',' || *p == ' ')
+      p++;
+  }
+  return true;
+}
+
+static net_loop *net_active; /* the running loop, for lr_net_addr_* */
+
+bool lr_net_addr_acquire(const char *addr) {
+  net_loop *L = net_active;
+  if (!L || !addr) return true;
+  struct net_addr *a = net_addr_get(L, addr, true);
+  if (L->o.max_conns_per_ip >= 0 && a->ws >= (uint32_t)L->o.max_conns_per_ip) {
+    unsigned skipped;
+    if (net_log_allowed(NET_LOG_WS_CAP, &skipped))
+      lr_warn("relayed client from %s refused: %u connections from this address (max %ld)%s", addr,
+              a->ws, L->o.max_conns_per_ip, skipped ? " (and more refusals not logged)" : "");
+    net_addr_put(L, a);
+    return false;
+  }
+  a->ws++;
+  return true;
+}
+
+void lr_net_addr_release(const char *addr) {
+  net_loop *L = net_active;
+  if (!L || !addr) return;
+  struct net_addr *a = net_addr_get(L, addr, false);
+  if (!a) return;
+  if (a->ws) a->ws--;
+  net_addr_put(L, a);
 }
 
 /* lr_net_wake may run on another thread (the hot reload watcher's): the
@@ -1458,9 +1972,16 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     L.o.tls_key = o->tls_key;
     L.o.on_hup = o->on_hup;
     L.o.on_hup_arg = o->on_hup_arg;
+    if (o->max_http_per_ip) L.o.max_http_per_ip = o->max_http_per_ip;
+    if (o->body_timeout_ms > 0) L.o.body_timeout_ms = o->body_timeout_ms;
+    if (o->msgs_per_ip) L.o.msgs_per_ip = o->msgs_per_ip;
+    L.o.trusted_proxies = o->trusted_proxies;
   }
   if (!L.o.tls_cert != !L.o.tls_key) {
     lr_error("tls: --tls-cert and --tls-key go together");
+    return 1;
+  }
+  if (!net_parse_trusted(&L, L.o.trusted_proxies)) {
     return 1;
   }
   if (L.o.port < 0 || L.o.port > 65535) {
@@ -1510,12 +2031,14 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     lr_error("cannot listen on %s:%d", L.o.host ? L.o.host : "0.0.0.0", L.o.port);
     if (L.ctx) lws_context_destroy(L.ctx);
     free(L.static_root);
-    free(L.ips);
+    net_addr_free_all(&L);
+    free(L.trusted);
     return 1;
   }
   pthread_mutex_lock(&net_wake_mu);
   net_ctx = L.ctx;
   pthread_mutex_unlock(&net_wake_mu);
+  net_active = &L;
 
   struct sigaction sa, old_int, old_term, old_pipe, old_hup;
   memset(&sa, 0, sizeof sa);
@@ -1535,6 +2058,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     int64_t trim_in = L.trim_at ? L.trim_at - net_now_ms() : -1;
     net_arm(&L, trim_in < 0 && L.trim_at ? 0 : trim_in);
     lr_server_batch_joins(s, true);
+    L.pass++;
     int n = lws_service(L.ctx, 0);
     lr_server_batch_joins(s, false);
     if (n < 0) {
@@ -1570,16 +2094,19 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     lr_warn("shutdown: %zu connections and %zu requests still open after %d ms, dropping them",
             L.nconns, L.nreqs, NET_DRAIN_MS);
   lws_sul_cancel(&L.engine_sul);
+  lws_sul_cancel(&L.budget_sul);
   pthread_mutex_lock(&net_wake_mu);
   net_ctx = NULL;
   pthread_mutex_unlock(&net_wake_mu);
   L.destroying = true;
   lws_context_destroy(L.ctx); /* remaining sockets: CLOSED -> lr_conn_closed */
+  net_active = NULL;
   sigaction(SIGINT, &old_int, NULL);
   sigaction(SIGTERM, &old_term, NULL);
   sigaction(SIGHUP, &old_hup, NULL);
   sigaction(SIGPIPE, &old_pipe, NULL);
   free(L.static_root);
-  free(L.ips);
+  net_addr_free_all(&L);
+  free(L.trusted);
   return rc;
 }

@@ -10,6 +10,7 @@
 #ifndef LR_NET_H
 #define LR_NET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "server.h"
@@ -23,7 +24,16 @@ typedef struct lr_net_opts {
   size_t max_http_body;   /* default 1 MiB */
   const char *static_dir; /* optional folder served at "/" (GET only), NULL = none */
   long max_conns;         /* open WebSockets per process, default 20000; -1 = no limit */
-  long max_conns_per_ip;  /* open WebSockets per peer address, default 1024; -1 = no limit */
+  long max_conns_per_ip;  /* open WebSockets per client address (direct, or relayed by a
+                             shard), default 1024; -1 = no limit */
+  long max_http_per_ip;   /* accepted sockets not upgraded to WebSocket per peer address,
+                             default 256; -1 = no limit (429 and close past it) */
+  long body_timeout_ms;   /* a request body must be complete this long after its head,
+                             default 10000 (not restarted by arriving bytes) */
+  long msgs_per_ip;       /* WebSocket messages per second per client address over all its
+                             sockets (burst 2x), default 2000; -1 = no budget */
+  const char *trusted_proxies; /* comma-separated addresses or CIDRs whose X-Forwarded-For is
+                                  believed, NULL = none */
   /* TLS (https:// and wss:// on the same port; plain connections refused):
    * PEM certificate chain and private key, NULL = plain http. Both files are
    * re-read on SIGHUP (a bad pair is logged and the old one kept). */
@@ -48,5 +58,13 @@ void lr_net_stop(void);
 /* End the loop's current wait so that lr_server_tick() runs now. Safe to
  * call from any thread; does nothing when no loop runs. */
 void lr_net_wake(void);
+
+/* A client relayed by an authenticated shard uplink (uplink.c) counts under
+ * its own address against max_conns_per_ip, like a direct WebSocket.
+ * acquire returns false when that address is at its limit (nothing is
+ * counted then); every true is matched by one release. Without a running
+ * loop (the headless host) there is no limit. */
+bool lr_net_addr_acquire(const char *addr);
+void lr_net_addr_release(const char *addr);
 
 #endif

@@ -69,6 +69,9 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
 void *lr_conn_transport(lr_conn *c);
 /* The connection's id, as the engine's log lines show it. */
 const char *lr_conn_id(const lr_conn *c);
+/* Is c an authenticated shard uplink (it relays many clients, each counted
+ * under its own address: see lr_net_addr_acquire)? */
+bool lr_conn_is_relay(const lr_conn *c);
 /* One complete text (or binary, treated as UTF-8) message from the client. */
 void lr_conn_message(lr_conn *c, const char *data, size_t len);
 /* The socket is gone (either side closed). After this call the engine never

@@ -24,6 +24,12 @@
  * shard process also forwards /parties/world/... so connectionWorld({host})
  * can use it as its only host).
  *
+ * Made-up shard ids. An instance opens no uplink until the world accepts
+ * its first report (the forced one at start): until then its clients'
+ * frames wait (bounded, MAX_PENDING); a shard id the world does not know
+ * closes its clients with 4004, and for UNKNOWN_MS its new clients get 404
+ * at once; at most MAX_VERIFYING ids are checked at a time.
+ *
  * Reports (POST {world}/parties/world/{worldId}/update-shard): forced when an
  * instance starts and every stats interval; on every client connect and
  * close when the count differs from the last count the world accepted. One
@@ -50,8 +56,12 @@
 #define FORWARD_TIMEOUT_MS 30000
 #define FRAME_OVERHEAD 1024 /* envelope bytes around a relayed client frame */
 #define MAX_HEADERS 64
-#define MAX_PRIVATE_ID 256     /* uplink.c refuses longer client ids */
-#define MAX_BACKLOG (8u << 20) /* bytes waiting on an uplink before clients are refused */
+#define MAX_PRIVATE_ID 256       /* uplink.c refuses longer client ids */
+#define MAX_BACKLOG (8u << 20)   /* bytes waiting on an uplink before clients are refused */
+#define MAX_PENDING (256u << 10) /* frames held while the world checks the shard id */
+#define MAX_VERIFYING 64         /* shard ids being checked with the world at once */
+#define UNKNOWN_CACHE 64         /* shard ids the world did not know, remembered ... */
+#define UNKNOWN_MS 10000         /* ... this long: their clients get 404 at once */
 
 typedef struct shard_proc shard_proc;
 typedef struct shard_inst shard_inst;
@@ -76,6 +86,12 @@ struct shard_inst {
   int reported;        /* last count the world accepted (-1 = none yet) */
   bool inflight, again, again_forced;
   bool report_failing; /* the last report failed (logged once) */
+  /* The world knows this shard id: its first report was accepted. Until
+   * then there is no uplink; what clients send waits in pend. */
+  bool verified;
+  lr_msg **pend;
+  uint32_t npend, cappend;
+  size_t pend_bytes;
   shard_inst *next;
 };
 
@@ -100,6 +116,12 @@ struct shard_proc {
   struct report *reports; /* in flight */
   uint64_t tick_timer;    /* engine timer id, 0 = none */
   bool shutting_down;
+  uint32_t nverifying; /* instances waiting for the world's answer */
+  struct {
+    char id[160];
+    int64_t at;
+  } unknown[UNKNOWN_CACHE]; /* shard ids the world refused, round robin */
+  uint32_t unknown_next;
 };
 
 static const lr_header cors[] = {
@@ -239,6 +261,7 @@ static shard_inst *find_inst(shard_proc *sp, const char *id, bool live_only) {
 }
 
 static void send_report(shard_inst *si, bool forced, const char *status, int count);
+static void inst_checked(shard_inst *si, const lr_fetch_result *r);
 
 static void report_done(void *ud, const lr_fetch_result *r) {
   report *rp = ud;
@@ -246,6 +269,7 @@ static void report_done(void *ud, const lr_fetch_result *r) {
   bool ok = r->status >= 200 && r->status < 300;
   if (si) {
     si->inflight = false;
+    if (!si->verified && !si->dead) inst_checked(si, r);
     if (ok) {
       si->reported = rp->count;
       if (si->report_failing) lr_info("shard %s: reports to the world work again", si->id);
@@ -300,10 +324,16 @@ static void send_report(shard_inst *si, bool forced, const char *status, int cou
   sp->reports = rp;
   rp->fetch_id = lr_fetch(sp->s, "POST", lr_buf_cstr(&url), h, 2, body.data, body.len,
                           REPORT_TIMEOUT_MS, report_done, rp);
-  if (rp->fetch_id)
+  if (rp->fetch_id) {
     si->inflight = true;
-  else
+  } else {
     report_forget(rp);
+    if (!si->verified && !si->dead) {
+      lr_fetch_result fail = {0};
+      fail.error = "the report could not be sent";
+      inst_checked(si, &fail);
+    }
+  }
   lr_buf_free(&url);
   lr_buf_free(&body);
 }
@@ -321,6 +351,10 @@ static void inst_free(shard_inst *si) {
   for (uint32_t i = 0; i < si->ncl; i++)
     si->cl[i]->si = NULL;
   if (si->up) lr_wsc_close(si->up, 1000, "shard stopped");
+  if (!si->verified && !si->dead && sp->nverifying) sp->nverifying--;
+  for (uint32_t i = 0; i < si->npend; i++)
+    lr_msg_release(si->pend[i]);
+  free(si->pend);
   free(si->cl);
   free(si->id);
   free(si->room_id);
@@ -330,6 +364,15 @@ static void inst_free(shard_inst *si) {
 
 /* Send one text frame on the uplink (queued until it is open). */
 static void up_send(shard_inst *si, const char *data, size_t len) {
+  if (!si->verified && !si->dead) {
+    if (si->npend == si->cappend) {
+      si->cappend = si->cappend ? si->cappend * 2 : 8;
+      si->pend = lr_xrealloc(si->pend, si->cappend * sizeof *si->pend);
+    }
+    si->pend[si->npend++] = lr_msg_new(data, len);
+    si->pend_bytes += len;
+    return;
+  }
   if (!si->up || lr_wsc_send(si->up, data, len) != 0)
     lr_debug("shard %s: frame for the main server dropped (uplink gone)", si->id);
 }
@@ -446,6 +489,46 @@ static shard_inst *inst_start(shard_proc *sp, const char *shard_id) {
   si->empty_since = lr_now(sp->s); /* until its first client arrives */
   si->next = sp->insts;
   sp->insts = si;
+  sp->nverifying++;
+  lr_info("shard %s: started (room %s, world %s), asking the world whether it knows it", si->id,
+          si->room_id, si->world_id);
+  /* The first (forced) report doubles as the check: inst_checked. */
+  send_report(si, true, NULL, -1);
+  if (sp->stats_interval > 0) si->next_report = lr_now(sp->s) + sp->stats_interval;
+  arm_tick(sp, SHARD_TICK_MS);
+  return si;
+}
+
+/* The world answered the first report of si (made-up shard ids must not
+ * open uplinks: each would be a socket to the main server and a member of
+ * the room's broadcasts). Accepted: open the uplink and send what waited.
+ * 404 or 400 (unknown shard, or another world's): its clients are closed
+ * with 4004 and the id is remembered for UNKNOWN_MS. Anything else (the
+ * world unreachable, 5xx): closed with 1013, try again later. */
+static void inst_checked(shard_inst *si, const lr_fetch_result *r) {
+  shard_proc *sp = si->sp;
+  if (sp->nverifying) sp->nverifying--;
+  bool ok = !r->error && r->status >= 200 && r->status < 300;
+  if (!ok) {
+    bool unknown = !r->error && (r->status == 404 || r->status == 400);
+    si->dead = true;
+    lr_warn("shard %s: refused: %s (HTTP %d); closing %u clients", si->id,
+            unknown ? "the world does not know this shard id" : "the world could not confirm it",
+            r->status, si->ncl);
+    if (unknown && strlen(si->id) < sizeof sp->unknown[0].id) {
+      uint32_t k = sp->unknown_next++ % UNKNOWN_CACHE;
+      snprintf(sp->unknown[k].id, sizeof sp->unknown[k].id, "%s", si->id);
+      sp->unknown[k].at = lr_now(sp->s);
+    }
+    for (uint32_t i = 0; i < si->npend; i++)
+      lr_msg_release(si->pend[i]);
+    si->npend = 0;
+    si->pend_bytes = 0;
+    close_clients(si, NULL, unknown ? 4004 : 1013,
+                  unknown ? "unknown shard" : "world unavailable, try again later");
+    return;
+  }
+  si->verified = true;
   lr_buf url;
   lr_buf_init(&url);
   lr_buf_printf(&url, "%s/parties/main/", sp->main_url);
@@ -453,14 +536,30 @@ static shard_inst *inst_start(shard_proc *sp, const char *shard_id) {
   lr_header h[3] = {
       {"x-shard-id", si->id}, {"x-shard-world-id", si->world_id}, {"x-access-shard", sp->secret}};
   si->up = lr_wsc_open(sp->s, lr_buf_cstr(&url), h, 3, &uplink_cbs, si);
-  lr_info("shard %s: started (room %s, world %s), uplink %s", si->id, si->room_id, si->world_id,
-          url.data);
+  lr_info("shard %s: confirmed by the world, uplink %s", si->id, url.data);
   lr_buf_free(&url);
-  if (!si->up) si->dead = true;
-  send_report(si, true, NULL, -1);
-  if (sp->stats_interval > 0) si->next_report = lr_now(sp->s) + sp->stats_interval;
-  arm_tick(sp, SHARD_TICK_MS);
-  return si;
+  if (!si->up) {
+    inst_lost(si, "cannot open the uplink");
+  } else {
+    for (uint32_t i = 0; i < si->npend; i++)
+      up_send(si, lr_msg_payload(si->pend[i]), si->pend[i]->len);
+  }
+  for (uint32_t i = 0; i < si->npend; i++)
+    lr_msg_release(si->pend[i]);
+  free(si->pend);
+  si->pend = NULL;
+  si->npend = si->cappend = 0;
+  si->pend_bytes = 0;
+}
+
+/* Did the world refuse shard_id less than UNKNOWN_MS ago? */
+static bool known_unknown(shard_proc *sp, const char *shard_id) {
+  int64_t now = lr_now(sp->s);
+  for (uint32_t k = 0; k < UNKNOWN_CACHE; k++)
+    if (sp->unknown[k].at && now - sp->unknown[k].at < UNKNOWN_MS &&
+        strcmp(sp->unknown[k].id, shard_id) == 0)
+      return true;
+  return false;
 }
 
 /* The periodic pass: forced reports, lingering instances. */
@@ -492,6 +591,15 @@ int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
   *out = NULL;
   if (sp->shutting_down) return 503;
   shard_inst *si = find_inst(sp, shard_id, true);
+  if (!si && known_unknown(sp, shard_id)) {
+    lr_debug("shard %s: client refused, the world does not know this shard id", shard_id);
+    return 404;
+  }
+  if (!si && sp->nverifying >= MAX_VERIFYING) {
+    lr_warn("shard %s: client refused, %u shard ids are already being checked with the world",
+            shard_id, sp->nverifying);
+    return 503;
+  }
   if (!si) si = inst_start(sp, shard_id);
   if (si->dead) { /* only a new instance can be: live_only above */
     lr_warn("shard %s: client refused, no uplink to the main server", shard_id);
@@ -581,6 +689,12 @@ void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
     return;
   }
   lr_node_release(n);
+  if (!si->verified && si->pend_bytes + len > MAX_PENDING) {
+    lr_warn("shard %s: client %s sent %zu bytes before the world confirmed the shard; closing",
+            si->id, sc->priv, si->pend_bytes + len);
+    lr_conn_close(c, 1013, "shard backlog");
+    return;
+  }
   if (si->up && lr_wsc_queued(si->up) > MAX_BACKLOG) {
     lr_warn("shard %s: %zu bytes wait for the main server; closing client %s", si->id,
             lr_wsc_queued(si->up), sc->priv);
@@ -688,7 +802,7 @@ bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const ch
   }
   lr_buf url;
   lr_buf_init(&url);
-  lr_header hs[MAX_HEADERS + 5];
+  lr_header hs[MAX_HEADERS + 6];
   size_t nh = 0;
   char shard_world[256] = "";
   if (to_world) {
@@ -720,10 +834,20 @@ bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const ch
   if (req->query && *req->query) lr_buf_printf(&url, "?%s", req->query);
   const char *xff = NULL;
   for (size_t i = 0; i < req->nheaders && nh < MAX_HEADERS; i++) {
-    if (strcmp(req->headers[i].name, "x-forwarded-for") == 0) xff = req->headers[i].value;
+    if (strcmp(req->headers[i].name, "x-forwarded-for") == 0) {
+      xff = req->headers[i].value;
+      continue;
+    }
     if (!to_world && shard_header(req->headers[i].name)) continue;
     hs[nh++] = req->headers[i];
   }
+  /* As a proxy does: the address this process saw goes last, so a main
+   * server that lists this shard in --trusted-proxy counts the client. */
+  lr_buf xf;
+  lr_buf_init(&xf);
+  if (xff && *xff) lr_buf_printf(&xf, "%s, ", xff);
+  lr_buf_puts(&xf, req->remote_addr ? req->remote_addr : "unknown");
+  hs[nh++] = (lr_header){"x-forwarded-for", lr_buf_cstr(&xf)};
   if (!to_world) {
     hs[nh++] = (lr_header){"x-shard-id", id};
     hs[nh++] = (lr_header){"x-shard-world-id", shard_world};
@@ -740,6 +864,7 @@ bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const ch
   f->id = lr_fetch(s, req->method, lr_buf_cstr(&url), hs, nh, req->body ? req->body : "",
                    req->body ? req->bodylen : 0, FORWARD_TIMEOUT_MS, forward_done, f);
   lr_buf_free(&url);
+  lr_buf_free(&xf);
   if (!f->id) {
     free(f);
     respond_json(done, ud, 500, "{\"error\":\"Error forwarding request\"}");

@@ -37,6 +37,7 @@
 #include "engine.h"
 #include "json.h"
 #include "log.h"
+#include "net.h"
 
 #define MAX_PRIVATE_ID 256 /* longer client ids are refused */
 #define MAX_HEADERS 64
@@ -48,6 +49,7 @@ typedef struct vclient {
   uplink *up; /* NULL once the uplink is gone (close already queued) */
   lr_conn *c; /* the virtual connection (the transport's reference) */
   char *priv;
+  char *addr;        /* the client's address, counted by lr_net_addr_acquire; NULL if not */
   bool close_queued; /* vt->close ran: lr_conn_closed comes from the pending list */
 } vclient;
 
@@ -165,8 +167,14 @@ void lr_uplink_forget(lr_conn *c) {
   if (!v) return;
   if (v->up) list_remove(v->up, v);
   c->tp = NULL;
+  if (v->addr) lr_net_addr_release(v->addr);
+  free(v->addr);
   free(v->priv);
   free(v);
+}
+
+bool lr_conn_is_relay(const lr_conn *c) {
+  return c && c->uplink != NULL;
 }
 
 /* ------------------------------------------------------------ uplink transport side */
@@ -290,11 +298,30 @@ static void client_connected(uplink *u, const char *priv, const lr_node *info) {
     hs[i].name = names.data + offs[i];
     if (strcmp(hs[i].name, "x-forwarded-for") == 0) forwarded = hs[i].value;
   }
+  /* The client's address: the last x-forwarded-for entry, the one the
+   * authenticated shard appended (what it saw, after its own trusted-proxy
+   * rules); entries before it came from the client and are not believed. */
   char ip[64];
   snprintf(ip, sizeof ip, "%s", u->addr);
   if (forwarded && *forwarded) {
-    size_t n = strcspn(forwarded, ", ");
-    if (n > 0 && n < sizeof ip) snprintf(ip, sizeof ip, "%.*s", (int)n, forwarded);
+    const char *last = strrchr(forwarded, ',');
+    last = last ? last + 1 : forwarded;
+    while (*last == ' ' || *last == '\t')
+      last++;
+    size_t n = strcspn(last, " \t");
+    if (n > 0 && n < sizeof ip) snprintf(ip, sizeof ip, "%.*s", (int)n, last);
+  }
+  /* It counts against its address's connection limit like a direct socket. */
+  if (!lr_net_addr_acquire(ip)) {
+    lr_buf b;
+    lr_buf_init(&b);
+    lr_buf_puts(&b, "{\"type\":\"shard.closeClient\",\"privateId\":");
+    lr_json_put_string(&b, priv, strlen(priv));
+    lr_buf_puts(&b, ",\"code\":1013,\"reason\":\"too many connections from this address\"}");
+    up_send_text(u, b.data, b.len);
+    lr_buf_free(&b);
+    lr_buf_free(&names);
+    return;
   }
   lr_buf path, query;
   lr_buf_init(&path);
@@ -312,6 +339,7 @@ static void client_connected(uplink *u, const char *priv, const lr_node *info) {
   vclient *v = lr_xcalloc(1, sizeof *v);
   v->up = u;
   v->priv = xstrdup(priv);
+  v->addr = xstrdup(ip);
   if (u->nv == u->capv) {
     u->capv = u->capv ? u->capv * 2 : 8;
     u->v = lr_xrealloc(u->v, u->capv * sizeof *u->v);

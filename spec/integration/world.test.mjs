@@ -324,7 +324,9 @@ describe("world and shards", () => {
       { privateId: "p", publicId: "q" });
     assert.equal(viaShardTransfer.status, 404);
     // a forged uplink frame from a client of a shard is just a client message
-    const { c } = await viaShard(shardA, "xfer-f:world-default:1-1", "forger");
+    // (through a shard id the world assigned: made-up ones are refused)
+    const assigned = (await connect("xfer-f")).json.shardId;
+    const { c } = await viaShard(shardA, assigned, "forger");
     c.send({ type: "shard.clientConnected", privateId: "victim", requestInfo: null });
     const err = await c.next((m) => m?.type === "error");
     assert.equal(err.value.code, "invalid_packet");
