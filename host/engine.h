@@ -1,9 +1,12 @@
 /*
- * engine.h - the room engine's own types, shared by room.c (lifecycle, sync
- * and storage scheduling), lua_api.c (what Lua sees of them) and headless.c.
+ * engine.h - the room engine's own types, shared by the engine files
+ * (room.c and its neighbours), the rules bridge (bridge.c), what Lua sees
+ * of them (lua_api.c) and the features that hang off the engine (uplink.c,
+ * shard.c).
  *
  * Owns: lr_server, lr_room, lr_conn and timer structures.
- * Must not: be included by transports (they use server.h only).
+ * Must not: be included by transports (they use server.h only), name Lua
+ * (lua_State is opaque here; rules.h is the engine's only way to the rules).
  */
 #ifndef LR_ENGINE_H
 #define LR_ENGINE_H
@@ -11,16 +14,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <lua.h>
-
 #include "addr_rate.h"
 #include "buf.h"
 #include "rand.h"
+#include "rules.h"
 #include "server.h"
 #include "storage.h"
 #include "value.h"
-
-typedef struct lr_room lr_room;
 
 /* ---- timers ---- */
 typedef enum { LR_T_SYNC = 1, LR_T_STORE, LR_T_LUA, LR_T_IDLE, LR_T_C } lr_timer_kind;
@@ -78,6 +78,7 @@ struct lr_conn {
   lr_early *early;
   lr_held *held; /* batched: packets waiting for the snapshot, newest first */
   lua_State *L;  /* for releasing ref even after the server is gone */
+  const lr_rules_vt *rules; /* the server's, kept for the same reason */
   double tokens; /* rate limit: token bucket, refilled at room->rate per second */
   int64_t tokens_at;
   lr_conn **box;      /* the Lua handle's weak slot, cleared when c is freed */
@@ -167,6 +168,7 @@ extern const double lr_hist_bounds[LR_HIST_N - 1];
 
 struct lr_server {
   lr_stats stats;
+  const lr_rules_vt *rules; /* what the rooms do (bridge.c over runtime.lua); NULL = none */
   lua_State *L;
   int ref; /* registry ref of the Lua server table (runtime.lua) */
   lr_store *store;
@@ -271,12 +273,8 @@ void lr_timer_cancel(lr_server *s, uint64_t id);
 uint64_t lr_timer_add_c(lr_server *s, int64_t delay_ms, lr_timer_cb cb, void *ud);
 /* Virtual clock: advance by ms, firing timers in order. */
 void lr_server_advance(lr_server *s, int64_t ms);
-/* Call the Lua function runtime[name] with the server table, then nargs
- * values already pushed; returns lr_vm_pcall's status. Stack [-nargs, +nres]. */
-int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what, int nargs,
-                    int nres, char *err, size_t errlen);
-/* srv.env[name] of the Lua server table (the environment the host passed),
- * copied into buf; "" when unset. */
+/* srv.env[name] of the server (the environment the host passed), copied
+ * into buf; "" when unset. */
 const char *lr_server_env(lr_server *s, const char *name, char *buf, size_t n);
 
 /* Open a client connection on r (connect, guards, snapshot). The returned
@@ -331,19 +329,5 @@ void lr_shard_client_message(lr_conn *c, const char *data, size_t len);
 void lr_shard_client_closed(lr_conn *c);
 /* Server shutdown: close client sockets (1001) and uplinks, final reports. */
 void lr_shard_shutdown(lr_server *s);
-
-/* ---- lua_api.c ---- */
-/* Push the Lua value of n (scalars as Lua values, containers as live proxies
- * bound to room r; r may be NULL for plain copies). [-0,+1] */
-void lr_lua_push_node(lua_State *L, lr_node *n, lr_room *r);
-/* Push a plain Lua copy of n (tables; arrays marked). [-0,+1] */
-void lr_lua_push_copy(lua_State *L, const lr_node *n);
-/* Convert the Lua value at idx to a new node tree; NULL with err on failure
- * (function, cycle, NaN, invalid UTF-8, ...). where names the path for errors. */
-lr_node *lr_lua_to_node(lua_State *L, int idx, const char *where, char *err, size_t errlen);
-/* Push the Lua conn table of c. [-0,+1] */
-void lr_lua_push_conn(lua_State *L, lr_conn *c);
-/* Create a conn's Lua table (id, sessionId, state, handle). [-0,+0] */
-void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id);
 
 #endif

@@ -21,7 +21,9 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "bridge.h"
 #include "engine.h"
+#include "lua_api.h"
 #include "json.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -612,6 +614,7 @@ static int l_set_runtime(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_pushvalue(L, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.runtime");
+  lr_bridge_bind(L, 1);
   if (lua_istable(L, 2)) {
     lua_pushvalue(L, 2);
     lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
@@ -673,6 +676,7 @@ static int l_server_new(lua_State *L) {
                                                : lr_store_open_spec(spec, err, sizeof err);
   if (!st) return luaL_error(L, "cannot open storage %s: %s", spec, err);
   lr_server *s = lr_server_new(L, st, true, virt, seed);
+  s->rules = &lr_bridge_rules;
   server_limits(L, 1, s);
   lr_lua_push_server(L, s, true);
   return 1;

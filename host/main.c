@@ -19,6 +19,7 @@
 #include <lualib.h>
 #include <sqlite3.h>
 
+#include "bridge.h"
 #include "engine.h"
 #include "fetch.h"
 #include "log.h"
@@ -669,6 +670,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     return 1;
   }
   lr_server *s = lr_server_new(L, st, true, false, 0);
+  s->rules = &lr_bridge_rules;
   if (max_rooms) s->max_rooms = max_rooms;
   for (const char *p = headers; p && *p;) {
     size_t n = strcspn(p, ", ");

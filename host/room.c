@@ -23,7 +23,8 @@
  * not wait for the throttled write (by design), but a failing room waits
  * and refuses like any other. Error packets never wait.
  * Must not: implement room rules (sessions, guards, dispatch: runtime.lua),
- * talk to sockets (net.c), or build Lua values itself (lua_api.c).
+ * talk to sockets (net.c), or name Lua: the rules are reached through
+ * s->rules (rules.h; bridge.c implements them over runtime.lua).
  */
 #include "engine.h"
 
@@ -35,26 +36,22 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <lauxlib.h>
-
 #include "json.h"
 #include "log.h"
-#include "lua_vm.h"
 #include "rand.h"
-#include "reload.h"
 
 #define MAX_EARLY_FRAMES 256
 
 const double lr_hist_bounds[LR_HIST_N - 1] = {0.0001, 0.0005, 0.001, 0.005, 0.01,
                                               0.05,   0.1,    0.5,   1.0};
 
+/* ------------------------------------------------------------------ clock */
+
 static double mono_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
-
-/* ------------------------------------------------------------------ clock */
 
 static int64_t mono_ms(void) {
   struct timespec ts;
@@ -84,7 +81,7 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
                          uint64_t seed) {
   lr_server *s = lr_xcalloc(1, sizeof *s);
   s->L = L;
-  s->ref = LUA_NOREF;
+  s->ref = LR_NOREF;
   s->store = store;
   s->own_store = own_store;
   s->virtual_clock = virtual_clock;
@@ -111,7 +108,7 @@ static void timer_unhold(lr_timer *t);
 
 static void timer_free(lr_server *s, lr_timer *t) {
   timer_unhold(t);
-  if (t->fn_ref != LUA_NOREF && t->fn_ref != 0) luaL_unref(s->L, LUA_REGISTRYINDEX, t->fn_ref);
+  if (t->fn_ref != LR_NOREF && t->fn_ref != 0 && s->rules) s->rules->unref(s->L, t->fn_ref);
   if (t->room) lr_room_release(t->room);
   free(t);
 }
@@ -140,7 +137,7 @@ void lr_server_free(lr_server *s) {
   free(s->rooms);
   lr_addr_rate_free(s->room_rate);
   lr_addr_rate_free(s->session_rate);
-  if (s->ref != LUA_NOREF) luaL_unref(s->L, LUA_REGISTRYINDEX, s->ref);
+  if (s->ref != LR_NOREF && s->rules) s->rules->unref(s->L, s->ref);
   if (s->own_store) lr_store_close(s->store);
   for (uint32_t i = 0; i < s->nwanted_headers; i++)
     free(s->wanted_headers[i]);
@@ -277,7 +274,7 @@ lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_ro
 }
 
 uint64_t lr_timer_add_c(lr_server *s, int64_t delay_ms, lr_timer_cb cb, void *ud) {
-  lr_timer *t = lr_timer_add(s, delay_ms, LR_T_C, NULL, LUA_NOREF);
+  lr_timer *t = lr_timer_add(s, delay_ms, LR_T_C, NULL, LR_NOREF);
   t->cb = cb;
   t->ud = ud;
   return t->seq;
@@ -350,11 +347,7 @@ static void fire(lr_server *s, lr_timer *t) {
       lr_warn("room %s: a timer was dropped, the room could not be rebuilt", r->key);
       break;
     }
-    lua_State *L = s->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
-    lr_callinfo ci = {.room = r ? r->key : NULL, .what = "timer", .budget = r ? r->budget : 0,
-                       .memory = r ? r->memory : 0};
-    lr_vm_pcall(L, 0, 0, &ci);
+    s->rules->timer(s, r, t->fn_ref);
     break;
   }
   }
@@ -384,20 +377,15 @@ void lr_server_tick(lr_server *s) {
   if (s->in_tick) return;
   s->in_tick = true;
   if (!s->virtual_clock) run_due(s, lr_now(s));
-  lr_reload_poll(s); /* hot reload: read the watcher, reload after the debounce */
+  if (s->rules && s->rules->tick) s->rules->tick(s); /* e.g. hot reload's poll */
   lr_server_flush_touched(s);
   deliver_pending_closes(s);
   s->in_tick = false;
 }
 
-/* A join burst leaves its Lua garbage (handshake tables, query strings,
- * snapshot pieces) uncollected until the incremental collector's next cycle,
- * which may never come on an idle server: finish a cycle now, while nothing
- * is happening. Bounded: a full collection of a heap past LR_QUIET_GC_MAX
- * would stall the loop, so larger heaps are left to the incremental GC. */
-#define LR_QUIET_GC_MAX ((size_t)16 << 20) /* about 10 ms of collection */
+/* The loop is idle: the rules may collect garbage (bridge.c). */
 void lr_server_quiet(lr_server *s) {
-  if (lr_vm_memory(s->L) <= LR_QUIET_GC_MAX) lua_gc(s->L, LUA_GCCOLLECT);
+  if (s->rules && s->rules->quiet) s->rules->quiet(s);
 }
 
 void lr_server_advance(lr_server *s, int64_t ms) {
@@ -471,7 +459,7 @@ lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
   memcpy(r->key + a + 1, id, b + 1);
   r->refs = 1; /* the server's hash holds this one */
   r->root = lr_node_new(LR_OBJECT);
-  r->ref = LUA_NOREF;
+  r->ref = LR_NOREF;
   r->auto_sync = true;
   r->store_retry_ms = 1000;
   r->rate = 100;
@@ -539,14 +527,11 @@ void lr_room_dispose(lr_room *r) {
     c->in_room_list = false;
     if (c->phase != LR_C_GONE) lr_conn_close(c, 1001, "room disposed");
   }
-  if (r->ref != LUA_NOREF) {
-    luaL_unref(s->L, LUA_REGISTRYINDEX, r->ref);
-    r->ref = LUA_NOREF;
+  if (r->ref != LR_NOREF) {
+    s->rules->unref(s->L, r->ref);
+    r->ref = LR_NOREF;
   }
-  if (s->ref != LUA_NOREF && !s->shutting_down) {
-    lua_pushstring(s->L, r->key);
-    lr_runtime_call(s, NULL, "forget_room", "dispose", 1, 0, NULL, 0);
-  }
+  if (s->ref != LR_NOREF && !s->shutting_down) s->rules->forget(r);
   lr_info("room %s disposed", r->key);
   r->refs--; /* the hash's reference (ours, taken above, keeps r alive) */
   lr_room_release(r);
@@ -565,7 +550,7 @@ static void retry_storage(lr_room *r) {
   if (r->srv->shutting_down) return; /* lr_server_drain_storage retries */
   if (r->store_timer) return;
   r->store_timer = true;
-  lr_timer_add(r->srv, r->store_retry_ms, LR_T_STORE, r, LUA_NOREF);
+  lr_timer_add(r->srv, r->store_retry_ms, LR_T_STORE, r, LR_NOREF);
   if (r->store_retry_ms < 30000) r->store_retry_ms *= 2;
 }
 
@@ -577,7 +562,7 @@ static void schedule_storage(lr_room *r) {
     return;
   }
   r->store_timer = true;
-  lr_timer_add(s, r->throttle_storage, LR_T_STORE, r, LUA_NOREF);
+  lr_timer_add(s, r->throttle_storage, LR_T_STORE, r, LR_NOREF);
 }
 
 static void schedule_sync(lr_room *r) {
@@ -601,7 +586,7 @@ static void schedule_sync(lr_room *r) {
   }
   if (!r->sync_timer) {
     r->sync_timer = true;
-    lr_timer_add(s, r->sync_window_end - now, LR_T_SYNC, r, LUA_NOREF);
+    lr_timer_add(s, r->sync_window_end - now, LR_T_SYNC, r, LR_NOREF);
   }
 }
 
@@ -819,31 +804,13 @@ void lr_conn_send_msg(lr_conn *c, lr_msg *m, const char *json, size_t len) {
     if (!m) lr_msg_release(own);
     return;
   }
-  lua_State *L = c->srv->L;
-  int top = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  lr_lua_push_conn(L, c);
-  if (m)
-    lua_pushlstring(L, lr_msg_payload(m), m->len);
-  else
-    lua_pushlstring(L, json, len);
-  char err[256];
-  if (lr_runtime_call(c->srv, r, "intercept", "interceptorPacket", 3, 1, err, sizeof err) != 0) {
-    lua_settop(L, top);
-    return; /* a failing interceptor drops the packet (logged) */
+  lr_msg *own = m ? lr_msg_retain(m) : lr_msg_new(json, len);
+  lr_msg *out = c->srv->rules->intercept(c, own); /* NULL: dropped (a failing interceptor) */
+  lr_msg_release(own);
+  if (out) {
+    conn_send_raw(c, out);
+    lr_msg_release(out);
   }
-  if (lua_type(L, -1) == LUA_TSTRING) {
-    size_t n;
-    const char *s = lua_tolstring(L, -1, &n);
-    if (m && n == m->len && memcmp(s, lr_msg_payload(m), n) == 0) {
-      conn_send_raw(c, m);
-    } else {
-      lr_msg *own = lr_msg_new(s, n);
-      conn_send_raw(c, own);
-      lr_msg_release(own);
-    }
-  }
-  lua_settop(L, top);
 }
 
 void lr_conn_send_value(lr_conn *c, const lr_node *v) {
@@ -909,23 +876,7 @@ static void encode_snapshot(lr_room *r, const char *public_id, lr_buf *out) {
 }
 
 static const char *conn_public_id(lr_conn *c, char *buf, size_t n) {
-  lua_State *L = c->srv->L;
-  lr_lua_push_conn(L, c);
-  const char *res = NULL;
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "state");
-    if (lua_istable(L, -1)) {
-      lua_getfield(L, -1, "publicId");
-      if (lua_type(L, -1) == LUA_TSTRING) {
-        snprintf(buf, n, "%s", lua_tostring(L, -1));
-        res = buf;
-      }
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  return res;
+  return c->srv->rules->public_id(c, buf, n);
 }
 
 /* A batched joiner got its snapshot: what was sent to it meanwhile follows,
@@ -1156,7 +1107,7 @@ void lr_conn_release(lr_conn *c) {
   if (--c->refs) return;
   if (c->uplink || c->relayed) lr_uplink_forget(c);
   if (c->box) *c->box = NULL;
-  if (c->ref != LUA_NOREF) luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
+  if (c->ref != LR_NOREF && c->rules) c->rules->unref(c->L, c->ref);
   if (c->room) lr_room_release(c->room);
   early_free(c->early);
   for (lr_held *h = c->held, *next; h; h = next) {
@@ -1267,7 +1218,7 @@ static void arm_idle(lr_room *r) {
   int64_t now = lr_now(s);
   if (due < now) due = now;
   r->idle_at = due;
-  lr_timer_add(s, due - now, LR_T_IDLE, r, LUA_NOREF);
+  lr_timer_add(s, due - now, LR_T_IDLE, r, LR_NOREF);
 }
 
 void lr_room_idle_config(lr_room *r) {
@@ -1290,8 +1241,8 @@ static void set_hibernated(lr_room *r, bool on) {
 static void drop_instance(lr_room *r) {
   if (r->box) *r->box = NULL; /* the old instance's handle is dead */
   r->box = NULL;
-  if (r->ref != LUA_NOREF) luaL_unref(r->srv->L, LUA_REGISTRYINDEX, r->ref);
-  r->ref = LUA_NOREF;
+  if (r->ref != LR_NOREF) r->srv->rules->unref(r->srv->L, r->ref);
+  r->ref = LR_NOREF;
   lr_node_release(r->root);
   r->root = lr_node_new(LR_OBJECT);
   set_hibernated(r, true);
@@ -1303,18 +1254,12 @@ bool lr_room_activity(lr_room *r) {
   if (r->hibernated) {
     if (s->shutting_down) return false;
     set_hibernated(r, false);
-    lua_State *L = s->L;
-    int top = lua_gettop(L);
-    lua_pushstring(L, r->ns);
-    lua_pushstring(L, r->id);
-    if (lr_runtime_call(s, NULL, "wake", "wake", 2, 0, NULL, 0) != 0) {
+    if (s->rules->wake(r) != 0) {
       lr_error("room %s: could not be rebuilt from storage; closing its connections (the next "
                "client or request tries again)",
                r->key);
-      lua_settop(L, top);
       lr_room_retain(r);
-      lua_pushstring(L, r->key); /* forget whatever the failed wake built */
-      lr_runtime_call(s, NULL, "hibernate_room", "hibernate", 1, 0, NULL, 0);
+      s->rules->hibernate(r); /* forget whatever the failed wake built */
       drop_instance(r);
       for (uint32_t i = r->nconns; i-- > 0;)
         lr_conn_close(r->conns[i], 1011, "room failed");
@@ -1338,9 +1283,7 @@ static void hibernate(lr_room *r, int64_t idle) {
     r->last_active = lr_now(s); /* the next try after another idle period */
     return;
   }
-  lua_State *L = s->L;
-  lua_pushstring(L, r->key);
-  lr_runtime_call(s, NULL, "hibernate_room", "hibernate", 1, 0, NULL, 0);
+  s->rules->hibernate(r);
   drop_instance(r);
   lr_info("room %s hibernated after %lld ms idle (%u connections kept)", r->key, (long long)idle,
           r->nconns);
@@ -1375,60 +1318,10 @@ static void idle_check(lr_room *r) {
   arm_idle(r);
 }
 
-/* ------------------------------------------------------------ runtime glue */
-
-int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what, int nargs,
-                    int nres, char *err, size_t errlen) {
-  lua_State *L = s->L;
-  lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.runtime");
-  lua_getfield(L, -1, name);
-  lua_remove(L, -2);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
-  lua_rotate(L, -(nargs + 2), 2); /* fn, srv, args... */
-  lr_callinfo ci = {.room = r ? r->key : NULL, .what = what, .budget = r ? r->budget : 0,
-                     .memory = r ? r->memory : 0};
-  bool was_dirty[LR_NCH] = {false, false};
-  if (r) {
-    lr_room_retain(r);
-    for (int ch = 0; ch < LR_NCH; ch++)
-      was_dirty[ch] = lr_state_dirty(r->root, ch);
-  }
-  double t0 = mono_s();
-  int rc = lr_vm_pcall(L, nargs + 1, nres, &ci);
-  double dt = mono_s() - t0;
-  s->stats.calls++;
-  s->stats.call_seconds += dt;
-  int b = 0;
-  while (b < LR_HIST_N - 1 && dt > lr_hist_bounds[b])
-    b++;
-  s->stats.hist[b]++;
-  if (rc && r) {
-    /* The failed call was rolled back. If nothing was pending before it, the
-     * marks the rollback left describe no change: drop them, so a failed
-     * handler sends nothing and writes nothing. */
-    for (int ch = 0; ch < LR_NCH; ch++)
-      if (!was_dirty[ch]) lr_state_clear_dirty(r->root, ch);
-  }
-  if (r) lr_room_release(r);
-  if (rc && err)
-    snprintf(err, errlen, "%s", ci.budget_hit ? "instruction budget exceeded" : ci.err);
-  return rc;
-}
+/* ------------------------------------------------------------ rules glue */
 
 const char *lr_server_env(lr_server *s, const char *name, char *buf, size_t n) {
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  buf[0] = 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "env");
-    if (lua_istable(L, -1)) {
-      lua_getfield(L, -1, name);
-      if (lua_type(L, -1) == LUA_TSTRING) snprintf(buf, n, "%s", lua_tostring(L, -1));
-    }
-  }
-  lua_settop(L, top);
-  return buf;
+  return s->rules->env(s, name, buf, n);
 }
 
 static void count_rejected(lr_server *s, const char *code) {
@@ -1513,11 +1406,8 @@ static lr_room *get_room(lr_server *s, const char *ns, const char *id, int *stat
                     s->nrooms, s->max_rooms);
     return NULL;
   }
-  lua_State *L = s->L;
-  lua_pushstring(L, ns);
-  lua_pushstring(L, id);
   char err[256];
-  if (lr_runtime_call(s, NULL, "create_room", "create room", 2, 0, err, sizeof err) != 0) {
+  if (s->rules->create(s, ns, id, err, sizeof err) != 0) {
     lr_error("room %s/%s: could not be created: %s", ns, id, err);
     r = lr_room_find(s, ns, id);
     if (r) lr_room_dispose(r);
@@ -1530,45 +1420,23 @@ static lr_room *get_room(lr_server *s, const char *ns, const char *id, int *stat
   return r;
 }
 
-/* Push the request as a Lua table {method, path, query, headers, url, ip}. */
-static void push_request(lua_State *L, const lr_request *req) {
-  lua_createtable(L, 0, 8);
-  lua_pushstring(L, req->method ? req->method : "GET");
-  lua_setfield(L, -2, "method");
-  lua_pushstring(L, req->path ? req->path : "/");
-  lua_setfield(L, -2, "path");
-  lua_pushstring(L, req->query ? req->query : "");
-  lua_setfield(L, -2, "query");
-  lua_createtable(L, 0, (int)req->nheaders);
-  for (size_t i = 0; i < req->nheaders; i++) {
-    lua_pushstring(L, req->headers[i].value ? req->headers[i].value : "");
-    lua_setfield(L, -2, req->headers[i].name);
-  }
-  lua_setfield(L, -2, "headers");
-  if (req->body) {
-    lua_pushlstring(L, req->body, req->bodylen);
-    lua_setfield(L, -2, "body");
-  }
-  lua_pushstring(L, req->remote_addr ? req->remote_addr : "");
-  lua_setfield(L, -2, "ip");
-}
-
 lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *tp) {
   lr_conn *c = lr_xcalloc(1, sizeof *c);
   c->srv = s;
   c->L = s->L;
+  c->rules = s->rules;
   c->room = r ? lr_room_retain(r) : NULL;
   c->vt = vt;
   c->tp = tp;
   c->refs = 1; /* the transport's */
-  c->ref = LUA_NOREF;
+  c->ref = LR_NOREF;
   lr_random_id(s, c->id, 10, "0123456789abcdefghijklmnopqrstuvwxyz");
   return c;
 }
 
 lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp) {
   lr_conn *c = lr_conn_new(r->srv, r, vt, tp);
-  lr_lua_new_conn(r->srv->L, c, NULL);
+  r->srv->rules->attach(c);
   room_list_add(r, c);
   c->phase = LR_C_JOINED;
   return c;
@@ -1582,20 +1450,11 @@ lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp) {
 static void connect_conn(lr_conn *c, const lr_request *req) {
   lr_room *r = c->room;
   lr_server *s = r->srv;
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lr_lua_new_conn(L, c, NULL);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  lr_lua_push_conn(L, c);
-  push_request(L, req);
   lr_info("conn %s room %s: open from %s", c->id, r->key,
           req->remote_addr ? req->remote_addr : "-");
   lr_conn_retain(c);
   char err[256];
-  if (lr_runtime_call(s, r, "connect", "connect", 3, 0, err, sizeof err) != 0) {
-    lua_settop(L, top);
-    lr_conn_close(c, 1011, "connect failed");
-  }
+  if (s->rules->connect(c, req, err, sizeof err) != 0) lr_conn_close(c, 1011, "connect failed");
   lr_server_flush_touched(s);
   /* Frames that arrived while the room handled the connect. */
   if (c->phase == LR_C_JOINED && c->early) {
@@ -1783,14 +1642,7 @@ static int wait_for_storage(lr_server *s, const char *ns, const char *id, const 
 
 /* Whether a definition serves ns/id (runtime.has_room). */
 static bool served(lr_server *s, const char *ns, const char *id) {
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lua_pushstring(L, ns);
-  lua_pushstring(L, id);
-  bool ok =
-      lr_runtime_call(s, NULL, "has_room", "route", 2, 1, NULL, 0) == 0 && lua_toboolean(L, -1);
-  lua_settop(L, top);
-  return ok;
+  return s->rules->serves(s, ns, id);
 }
 
 /* req carries the shard secret (a shard process relaying its clients). */
@@ -1959,29 +1811,11 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     lr_node_release(pkt);
     return;
   }
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
   lr_room *r = lr_room_retain(c->room);
   lr_conn_retain(c);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  lr_lua_push_conn(L, c);
-  lua_pushlstring(L, action->u.str.s, action->u.str.len);
-  if (value)
-    lr_lua_push_copy(L, value);
-  else
-    lua_pushnil(L);
-  char what[160];
-  snprintf(what, sizeof what, "action %.120s", action->u.str.s);
-  if (lr_runtime_call(s, r, "message", what, 4, 2, err, sizeof err) != 0) {
+  if (s->rules->message(c, action->u.str.s, action->u.str.len, value, send_error, err, sizeof err) <
+      0)
     send_error(c, "handler", action->u.str.s, err);
-  } else if (lua_type(L, -2) == LUA_TSTRING) {
-    const char *code = lua_tostring(L, -2);
-    const char *msg = lua_tostring(L, -1);
-    lr_info("conn %s room %s: action %s rejected (%s: %s)", c->id, r->key, action->u.str.s, code,
-            msg ? msg : "");
-    send_error(c, code, action->u.str.s, msg ? msg : code);
-  }
-  lua_settop(L, top);
   lr_server_flush_touched(s);
   if (lr_room_store_failing(r) && c->phase == LR_C_JOINED)
     send_error(c, "storage", action->u.str.s,
@@ -2007,13 +1841,8 @@ void lr_conn_closed(lr_conn *c) {
   if (was_member && r && !r->disposed && !s->shutting_down) {
     lr_room_activity(r);
   }
-  if (was_member && r && !r->disposed && !s->shutting_down && r->ref != LUA_NOREF) {
-    lua_State *L = s->L;
-    int top = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-    lr_lua_push_conn(L, c);
-    lr_runtime_call(s, r, "close", "close", 2, 0, NULL, 0);
-    lua_settop(L, top);
+  if (was_member && r && !r->disposed && !s->shutting_down && r->ref != LR_NOREF) {
+    s->rules->close(c);
     lr_server_flush_touched(s);
   }
   lr_info("conn %s room %s: closed", c->id, r ? r->key : "-");
@@ -2038,8 +1867,6 @@ static const lr_header cors_headers[] = {
     {"Access-Control-Max-Age", "86400"},
 };
 
-static void respond_table(lua_State *L, lr_response_cb done, void *ud);
-
 static void respond_simple(lr_response_cb done, void *ud, int status, const char *body) {
   lr_header h[5];
   memcpy(h, cors_headers, sizeof cors_headers);
@@ -2051,43 +1878,19 @@ static void respond_simple(lr_response_cb done, void *ud, int status, const char
 /* /healthz, /readyz, /metrics, /admin...: answered by runtime.operations,
  * which returns {status, headers, body} like a room route. */
 static void ops_request(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  push_request(L, req);
-  char err[256];
-  if (lr_runtime_call(s, NULL, "operations", "operations", 1, 1, err, sizeof err) != 0 ||
-      !lua_istable(L, -1)) {
-    lua_settop(L, top);
+  if (s->rules->operations(s, req, done, ud) < 0)
     respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
-    return;
-  }
-  respond_table(L, done, ud);
-  lua_settop(L, top);
 }
 
-/* Before a request creates or wakes room ns/id: runtime.preroute matches
- * it against the routes of the definition that serves the room. Returns 1
- * when it answered (no such route: 404; bad shard credentials: 401), 0 when
- * the room serves it, -1 when no definition serves ns/id. */
-static int preroute(lr_server *s, const char *ns, const char *id, const lr_request *req,
-                    const char *rest, lr_response_cb done, void *ud) {
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lua_pushstring(L, ns);
-  lua_pushstring(L, id);
-  push_request(L, req);
-  lua_pushstring(L, *rest ? rest : "/");
-  int rc = 0;
-  if (lr_runtime_call(s, NULL, "preroute", "route", 4, 1, NULL, 0) == 0) {
-    if (lua_istable(L, -1)) {
-      respond_table(L, done, ud);
-      rc = 1;
-    } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
-      rc = -1;
-    }
-  }
-  lua_settop(L, top);
-  return rc;
+static const char storage_503[] = "{\"error\":\"Storage unavailable\",\"code\":\"storage\"}";
+
+/* A room's handler answered: write first (an answer must not show what
+ * could not be stored); true when the engine answered 503 instead. */
+static bool http_settle(lr_room *r, lr_response_cb done, void *ud) {
+  lr_server_flush_touched(r->srv);
+  if (!lr_room_store_failing(r)) return false;
+  respond_simple(done, ud, 503, storage_503);
+  return true;
 }
 
 void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
@@ -2112,7 +1915,9 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
   if (!live || live->hibernated) {
     /* Nothing is created, woken or read from storage for a request the
      * room does not serve. */
-    int pr = preroute(s, ns, id, req, rest, done, ud);
+    /* 1 answered (no such route, bad shard credentials), 0 the room
+     * serves it, -1 no definition serves ns/id. */
+    int pr = s->rules->preroute(s, ns, id, req, rest, done, ud);
     if (pr > 0) return;
     if (pr == 0 && !live && !may_create(s, ns, id, req)) {
       respond_simple(done, ud, 429, "{\"error\":\"Too Many Requests\"}");
@@ -2137,60 +1942,16 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
                                    : "{\"error\":\"Service Unavailable\"}");
     return;
   }
-  static const char storage_503[] = "{\"error\":\"Storage unavailable\",\"code\":\"storage\"}";
   if (lr_room_store_failing(r)) {
     respond_simple(done, ud, 503, storage_503);
     return;
   }
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
   lr_room_retain(r);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  push_request(L, req);
-  lua_pushstring(L, *rest ? rest : "/"); /* routed path, leading '/' */
-  char err[256];
-  if (lr_runtime_call(s, r, "request", "request", 3, 1, err, sizeof err) != 0 ||
-      !lua_istable(L, -1)) {
-    lua_settop(L, top);
+  if (s->rules->request(r, req, rest, http_settle, done, ud) < 0) {
     lr_server_flush_touched(s);
     respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
-  } else {
-    /* Write first: an answer must not show what could not be stored. */
-    lr_server_flush_touched(s);
-    if (lr_room_store_failing(r))
-      respond_simple(done, ud, 503, storage_503);
-    else
-      respond_table(L, done, ud);
-    lua_settop(L, top);
   }
   lr_room_release(r);
-}
-
-/* Answer with the response table on top of the stack:
- * {status=, headers={{name,value},...}, body=string}. [-0,+0] */
-static void respond_table(lua_State *L, lr_response_cb done, void *ud) {
-  lua_getfield(L, -1, "status");
-  int status = (int)luaL_optinteger(L, -1, 200);
-  lua_pop(L, 1);
-  lua_getfield(L, -1, "body");
-  size_t blen = 0;
-  const char *body = lua_tolstring(L, -1, &blen);
-  lua_getfield(L, -2, "headers");
-  size_t nh = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
-  lr_header *h = lr_xcalloc(nh + 1, sizeof *h);
-  size_t k = 0;
-  for (size_t i = 1; i <= nh; i++) {
-    lua_rawgeti(L, -1, (lua_Integer)i);
-    lua_rawgeti(L, -1, 1);
-    lua_rawgeti(L, -2, 2);
-    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
-      h[k++] = (lr_header){lua_tostring(L, -2), lua_tostring(L, -1)};
-    lua_pop(L, 3); /* the strings stay alive: the header table holds them */
-  }
-  lr_response resp = {status, h, k, body ? body : "", body ? blen : 0};
-  done(ud, &resp);
-  free(h);
-  lua_pop(L, 2);
 }
 
 /* ------------------------------------------------------------ shutdown */

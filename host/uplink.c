@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "lua_api.h"
 #include "json.h"
 #include "log.h"
 #include "net.h"
