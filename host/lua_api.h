@@ -26,4 +26,10 @@ void lr_lua_push_conn(lua_State *L, lr_conn *c);
 /* Create a conn's Lua table (id, sessionId, state, handle). [-0,+0] */
 void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id);
 
+/* The server of the handle at idx (raises "server is closed"). */
+lr_server *lr_lua_check_server(lua_State *L, int idx);
+/* headless.c: add the headless transport's functions (hl_*, http,
+ * http_take) to the module table on top of the stack. [-0,+0] */
+void lr_headless_register(lua_State *L);
+
 #endif
