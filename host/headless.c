@@ -17,6 +17,7 @@
 #include <lua.h>
 
 #include "engine.h"
+#include "headless.h"
 #include "log.h"
 #include "lua_api.h"
 

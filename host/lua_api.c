@@ -22,7 +22,6 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "bridge.h"
 #include "engine.h"
 #include "lua_api.h"
 #include "json.h"
@@ -610,11 +609,21 @@ void lr_lua_push_conn(lua_State *L, lr_conn *c) {
 
 /* ------------------------------------------------------------ core functions */
 
+/* The rules servers created from Lua get, and the hook core.set_runtime
+ * calls (lua_core.c sets both: bridge.c's). */
+static const lr_rules_vt *api_rules;
+static void (*api_bind)(lua_State *L, int idx);
+
+void lr_lua_api_set_rules(const lr_rules_vt *rules, void (*bind)(lua_State *L, int idx)) {
+  api_rules = rules;
+  api_bind = bind;
+}
+
 static int l_set_runtime(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_pushvalue(L, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.runtime");
-  lr_bridge_bind(L, 1);
+  if (api_bind) api_bind(L, 1);
   if (lua_istable(L, 2)) {
     lua_pushvalue(L, 2);
     lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
@@ -676,7 +685,7 @@ static int l_server_new(lua_State *L) {
                                                : lr_store_open_spec(spec, err, sizeof err);
   if (!st) return luaL_error(L, "cannot open storage %s: %s", spec, err);
   lr_server *s = lr_server_new(L, st, true, virt, seed);
-  s->rules = &lr_bridge_rules;
+  s->rules = api_rules;
   server_limits(L, 1, s);
   lr_lua_push_server(L, s, true);
   return 1;
@@ -1491,7 +1500,7 @@ static const luaL_Reg core_fns[] = {
     {NULL, NULL},
 };
 
-int luaopen_lunaroom_core(lua_State *L) {
+int lr_lua_api_open(lua_State *L) {
   if (luaL_newmetatable(L, NODE_MT)) {
     const luaL_Reg m[] = {{"__index", node_index},
                           {"__newindex", node_newindex},
@@ -1534,7 +1543,6 @@ int luaopen_lunaroom_core(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
 
   luaL_newlib(L, core_fns);
-  lr_headless_register(L);
   PUSH_NULL(L);
   lua_setfield(L, -2, "null");
   lua_getfield(L, LUA_REGISTRYINDEX, ARRAY_MT_KEY);

@@ -1,6 +1,7 @@
 /*
  * lua_api.h - what the host shares of lua_api.c with the files that build
- * Lua values of engine objects (bridge.c, uplink.c, lua_jwt.c).
+ * Lua values of engine objects (bridge.c, headless.c, uplink.c, lua_jwt.c)
+ * and with lua_core.c, which assembles the module.
  *
  * Owns: the conversion and conn-table functions below.
  * Must not: be included by the engine files (room.c and its neighbours go
@@ -28,8 +29,10 @@ void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id);
 
 /* The server of the handle at idx (raises "server is closed"). */
 lr_server *lr_lua_check_server(lua_State *L, int idx);
-/* headless.c: add the headless transport's functions (hl_*, http,
- * http_take) to the module table on top of the stack. [-0,+0] */
-void lr_headless_register(lua_State *L);
+/* The rules that servers created by core.server_new get, and the function
+ * core.set_runtime(runtime) calls with the runtime table's index. */
+void lr_lua_api_set_rules(const lr_rules_vt *rules, void (*bind)(lua_State *L, int idx));
+/* Build the lunaroom.core module table (metatables, functions). [-0,+1] */
+int lr_lua_api_open(lua_State *L);
 
 #endif

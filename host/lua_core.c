@@ -1,0 +1,22 @@
+/*
+ * lua_core.c - the "lunaroom.core" module as Lua requires it: the one place
+ * that puts its pieces together (lua_api.c's functions and handles,
+ * headless.c's transport, bridge.c's rules for the servers it creates).
+ *
+ * Owns: luaopen_lunaroom_core (lua_vm.c preloads it).
+ * Must not: define core functions itself (they live with what they touch).
+ */
+#include <lua.h>
+
+#include "bridge.h"
+#include "headless.h"
+#include "lua_api.h"
+
+int luaopen_lunaroom_core(lua_State *L);
+
+int luaopen_lunaroom_core(lua_State *L) {
+  lr_lua_api_set_rules(&lr_bridge_rules, lr_bridge_bind);
+  lr_lua_api_open(L);
+  lr_headless_register(L);
+  return 1;
+}
