@@ -40,6 +40,28 @@ typedef struct lr_timer {
 } lr_timer;
 
 /* ---- connections ---- */
+
+/* What a connection is, when it is not a plain client of a room (a direct
+ * socket or a headless one: ops NULL). Features give their connections
+ * their own operations (uplink.c: a shard uplink, a client relayed through
+ * one; shard.c: a client of this shard process), so the engine never asks
+ * what a connection is. Each function may be NULL: the engine's own path. */
+typedef struct lr_conn_ops {
+  /* A frame from the socket, instead of the room's action path. */
+  void (*message)(lr_conn *c, const char *data, size_t len);
+  /* The socket is gone: called first in lr_conn_closed. */
+  void (*closed)(lr_conn *c);
+  /* Free the kind's state (idempotent): when c is freed, and at the end of
+   * lr_conn_closed when forget_on_close. */
+  void (*forget)(lr_conn *c);
+  /* Deliver m to what c stands for (through the interceptor, skipping the
+   * conn ids in except), instead of one send of m to c: used when the room
+   * has an interceptor or a broadcast excludes connections. */
+  void (*fanout)(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept);
+  bool via_uplink;      /* in the room list but skipped by broadcasts and sync patches */
+  bool uncounted;       /* not in stats.conns_open */
+  bool forget_on_close; /* forget() once closed, not only when freed */
+} lr_conn_ops;
 typedef enum { LR_C_JOINING = 0, LR_C_JOINED, LR_C_CLOSING, LR_C_GONE } lr_conn_phase;
 
 typedef struct lr_early {
@@ -69,21 +91,19 @@ struct lr_conn {
    * meanwhile waits in `held` and follows its snapshot. */
   bool batched;
   bool in_room_list;
-  /* A client relayed by a shard (uplink.c): in the room list (connections(),
-   * hibernation, shutdown) but skipped by broadcasts and sync patches, which
-   * reach it through its uplink. */
-  bool relayed;
+  /* What c is beyond a plain client (see lr_conn_ops), NULL for that. */
+  const lr_conn_ops *ops;
   /* Frames received while joining (handled in order once joined); NULL
    * until the first one (most clients wait for their first packet). */
   lr_early *early;
-  lr_held *held; /* batched: packets waiting for the snapshot, newest first */
-  lua_State *L;  /* for releasing ref even after the server is gone */
+  lr_held *held;            /* batched: packets waiting for the snapshot, newest first */
+  lua_State *L;             /* for releasing ref even after the server is gone */
   const lr_rules_vt *rules; /* the server's, kept for the same reason */
-  double tokens; /* rate limit: token bucket, refilled at room->rate per second */
+  double tokens;            /* rate limit: token bucket, refilled at room->rate per second */
   int64_t tokens_at;
   lr_conn **box;      /* the Lua handle's weak slot, cleared when c is freed */
-  void *uplink;       /* shard uplink state (uplink.c), NULL for clients */
-  void *shard_client; /* a client of this shard process (shard.c), NULL otherwise */
+  void *uplink;       /* uplink.c's state of an uplink (the engine never reads it) */
+  void *shard_client; /* shard.c's state of its client (the engine never reads it) */
   size_t gated_bytes; /* bytes of its packets waiting in the room's outbox */
 };
 
@@ -280,10 +300,10 @@ const char *lr_server_env(lr_server *s, const char *name, char *buf, size_t n);
 /* Open a client connection on r (connect, guards, snapshot). The returned
  * conn holds one reference for the caller's transport (see server.h). */
 lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp);
-/* The same for a client relayed by a shard: flagged relayed before its
- * connect runs (see lr_conn.relayed). */
-lr_conn *lr_room_open_relayed(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
-                              void *tp);
+/* The same for a connection of another kind (ops set before its connect
+ * runs: a client relayed by a shard). */
+lr_conn *lr_room_open_kind(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                           const lr_conn_ops *ops);
 /* Add a raw member to r's broadcast list: joined at once, no connect, no
  * session, no snapshot (a shard uplink). One reference for the transport. */
 lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp);
@@ -304,18 +324,6 @@ bool lr_room_activity(lr_room *r); /* false: r could not wake (its sockets are c
  * refuse it before the upgrade. */
 int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
                    lr_conn **out);
-void lr_uplink_message(lr_conn *c, const char *data, size_t len);
-void lr_uplink_closed(lr_conn *c);
-/* Free the uplink state of c (an uplink or a relayed client): room.c calls
- * it when a relayed client is closed and when any such conn is freed (a
- * server freed without closing its sockets). Idempotent. */
-void lr_uplink_forget(lr_conn *c);
-/* Deliver m to each joined client relayed by uplink c, one targetClientId
- * frame each and through the room's interceptor, skipping the conn ids in
- * except. Used instead of one shared frame when the room has an interceptor
- * or the broadcast excludes connections. */
-void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept);
-
 /* ---- shard.c: hooks room.c calls when s->shard is set (shard.h) ---- */
 /* A WebSocket on /parties/shard/{shard_id}: same contract as lr_server_ws_open. */
 int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
@@ -325,8 +333,6 @@ int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
  * ns is not the shard's (room.c routes it as usual). */
 bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
                    const char *rest, lr_response_cb done, void *ud);
-void lr_shard_client_message(lr_conn *c, const char *data, size_t len);
-void lr_shard_client_closed(lr_conn *c);
 /* Server shutdown: close client sockets (1001) and uplinks, final reports. */
 void lr_shard_shutdown(lr_server *s);
 

@@ -277,7 +277,7 @@ static void early_free(lr_early *e) {
 
 void lr_conn_release(lr_conn *c) {
   if (--c->refs) return;
-  if (c->uplink || c->relayed) lr_uplink_forget(c);
+  if (c->ops && c->ops->forget) c->ops->forget(c);
   if (c->box) *c->box = NULL;
   if (c->ref != LR_NOREF && c->rules) c->rules->unref(c->L, c->ref);
   if (c->room) lr_room_release(c->room);
@@ -330,7 +330,7 @@ static void room_list_add(lr_room *r, lr_conn *c) {
 
 void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   if (c->phase != LR_C_JOINING) return;
-  if (r->srv->batch_joins && r->auto_sync && r->throttle_sync <= 0 && !c->uplink && !c->relayed) {
+  if (r->srv->batch_joins && r->auto_sync && r->throttle_sync <= 0 && !c->ops) {
     /* A pass of the network loop often accepts dozens of sockets into one
      * room: they all join at the room's flush at the end of the pass (see
      * lr_server_flush_touched), where the others get one patch with every
@@ -449,12 +449,12 @@ void lr_conn_connect(lr_conn *c, const lr_request *req) {
 }
 
 static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                          bool relayed) {
+                          const lr_conn_ops *ops) {
   lr_server *s = r->srv;
   s->stats.conns_open++;
   s->stats.conns_total++;
   lr_conn *c = lr_conn_new(s, r, vt, tp);
-  c->relayed = relayed;
+  c->ops = ops;
   if (lr_room_store_failing(r)) { /* a snapshot would show what is not stored */
     lr_conn_close(c, 1013, "storage unavailable");
     return c;
@@ -464,23 +464,19 @@ static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_
 }
 
 lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp) {
-  return open_conn(r, req, vt, tp, false);
+  return open_conn(r, req, vt, tp, NULL);
 }
 
-lr_conn *lr_room_open_relayed(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
-                              void *tp) {
-  return open_conn(r, req, vt, tp, true);
+lr_conn *lr_room_open_kind(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                           const lr_conn_ops *ops) {
+  return open_conn(r, req, vt, tp, ops);
 }
 
 void lr_conn_message(lr_conn *c, const char *data, size_t len) {
   lr_server *s = c->srv;
   if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
-  if (c->uplink) {
-    lr_uplink_message(c, data, len);
-    return;
-  }
-  if (c->shard_client) {
-    lr_shard_client_message(c, data, len);
+  if (c->ops && c->ops->message) { /* a shard uplink, a client of this shard */
+    c->ops->message(c, data, len);
     return;
   }
   if (c->phase == LR_C_JOINING) {
@@ -579,11 +575,8 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
 void lr_conn_closed(lr_conn *c) {
   lr_server *s = c->srv;
   if (c->phase == LR_C_GONE) return;
-  if (c->uplink)
-    lr_uplink_closed(c);
-  else if (s->stats.conns_open)
-    s->stats.conns_open--;
-  if (c->shard_client) lr_shard_client_closed(c);
+  if (c->ops && c->ops->closed) c->ops->closed(c);
+  if ((!c->ops || !c->ops->uncounted) && s->stats.conns_open) s->stats.conns_open--;
   bool was_member = c->in_room_list || c->phase == LR_C_JOINING || c->phase == LR_C_CLOSING;
   c->phase = LR_C_GONE;
   remove_from_room(c); /* before onLeave: the reference's adapters do the same */
@@ -596,7 +589,7 @@ void lr_conn_closed(lr_conn *c) {
     lr_server_flush_touched(s);
   }
   lr_info("conn %s room %s: closed", c->id, r ? r->key : "-");
-  if (c->relayed) lr_uplink_forget(c);
+  if (c->ops && c->ops->forget_on_close) c->ops->forget(c);
   lr_conn_release(c); /* the transport's reference */
 }
 

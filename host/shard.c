@@ -585,6 +585,12 @@ static int tick_cb(lua_State *L) {
 
 /* ------------------------------------------------------------ client sockets */
 
+/* A client of this shard process: its frames go up the instance's uplink. */
+static void lr_shard_client_message(lr_conn *c, const char *data, size_t len);
+static void lr_shard_client_closed(lr_conn *c);
+static const lr_conn_ops shard_client_ops = {.message = lr_shard_client_message,
+                                             .closed = lr_shard_client_closed};
+
 int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
                      const lr_transport_vt *vt, void *tp, lr_conn **out) {
   shard_proc *sp = s->shard;
@@ -618,6 +624,7 @@ int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
   lr_conn *c = lr_conn_new(s, NULL, vt, tp);
   c->phase = LR_C_JOINED;
   c->shard_client = sc;
+  c->ops = &shard_client_ops;
   sc->c = c;
   s->stats.conns_open++;
   s->stats.conns_total++;
@@ -671,7 +678,7 @@ int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
   return 0;
 }
 
-void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
+static void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
   sclient *sc = c->shard_client;
   shard_inst *si = sc->si;
   if (!si || si->dead) return;
@@ -712,7 +719,7 @@ void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
   lr_buf_free(&b);
 }
 
-void lr_shard_client_closed(lr_conn *c) {
+static void lr_shard_client_closed(lr_conn *c) {
   sclient *sc = c->shard_client;
   c->shard_client = NULL;
   shard_inst *si = sc->si;

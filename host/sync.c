@@ -276,10 +276,10 @@ void lr_conn_send_raw(lr_conn *c, lr_msg *m) {
  * has one (the only per-connection Lua work on the send path). */
 void lr_conn_send_msg(lr_conn *c, lr_msg *m, const char *json, size_t len) {
   lr_room *r = c->room;
-  if (c->uplink && r && r->has_interceptor) {
+  if (c->ops && c->ops->fanout && r && r->has_interceptor) {
     /* One interceptor call per relayed client, not one for the whole shard. */
     lr_msg *own = m ? lr_msg_retain(m) : lr_msg_new(json, len);
-    lr_uplink_fanout(c, own, NULL, 0);
+    c->ops->fanout(c, own, NULL, 0);
     lr_msg_release(own);
     return;
   }
@@ -321,9 +321,11 @@ void lr_room_broadcast(lr_room *r, const lr_node *v, const char *const *except, 
   lr_room_retain(r);
   for (uint32_t i = 0; i < r->nconns; i++) {
     lr_conn *c = r->conns[i];
-    if ((c->parked && !c->batched) || c->relayed || excluded(c, except, nexcept)) continue;
-    if (c->uplink && nexcept)
-      lr_uplink_fanout(c, m, except, nexcept); /* some of its clients may be excluded */
+    if ((c->parked && !c->batched) || (c->ops && c->ops->via_uplink) ||
+        excluded(c, except, nexcept))
+      continue;
+    if (c->ops && c->ops->fanout && nexcept)
+      c->ops->fanout(c, m, except, nexcept); /* some of its clients may be excluded */
     else
       lr_conn_send_msg(c, m, NULL, 0);
   }
@@ -418,7 +420,7 @@ void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
       lr_conn_send_msg(c, NULL, snap.data, snap.len);
       lr_buf_free(&snap);
       deliver_held(c);
-    } else if (m && !c->relayed) {
+    } else if (m && !(c->ops && c->ops->via_uplink)) {
       lr_conn_send_msg(c, m, NULL, 0);
     }
   }
