@@ -185,6 +185,12 @@ typedef struct lr_stats {
   double call_seconds;
 } lr_stats;
 extern const double lr_hist_bounds[LR_HIST_N - 1];
+/* The error codes of the LR_REJ_* counters, in order (room.c). */
+extern const char *const lr_rej_names[LR_NREJ];
+/* The CORS headers of every HTTP answer the host writes itself (router.c;
+ * shard.c's forwarded answers too). */
+#define LR_CORS_N 4
+extern const lr_header lr_cors_headers[LR_CORS_N];
 
 struct lr_server {
   lr_stats stats;

@@ -843,13 +843,10 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "rooms");
   lua_pushinteger(L, (lua_Integer)s->nhibernated);
   lua_setfield(L, -2, "rooms_hibernated");
-  static const char *const rej[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
-                                           "validation",     "handler",        "rate_limit",
-                                           "too_large",      "other"};
   lua_createtable(L, 0, LR_NREJ);
   for (int i = 0; i < LR_NREJ; i++) {
     lua_pushinteger(L, (lua_Integer)st->rejected[i]);
-    lua_setfield(L, -2, rej[i]);
+    lua_setfield(L, -2, lr_rej_names[i]);
   }
   lua_setfield(L, -2, "rejected");
   lua_createtable(L, LR_HIST_N, 0);

@@ -129,10 +129,7 @@ const char *const *lr_server_wanted_headers(const lr_server *s, size_t *n) {
 /* ------------------------------------------------------------------ rooms */
 
 static uint32_t hash_str(const char *k) {
-  uint32_t h = 2166136261u;
-  for (; *k; k++)
-    h = (h ^ (unsigned char)*k) * 16777619u;
-  return h;
+  return lr_fnv1a(LR_FNV1A_INIT, k, strlen(k));
 }
 
 static char *room_key(const char *ns, const char *id) {
@@ -365,12 +362,13 @@ const char *lr_server_env(lr_server *s, const char *name, char *buf, size_t n) {
   return s->rules->env(s, name, buf, n);
 }
 
+const char *const lr_rej_names[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
+                                           "validation",     "handler",        "rate_limit",
+                                           "too_large",      "other"};
+
 static void count_rejected(lr_server *s, const char *code) {
-  static const char *const names[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
-                                             "validation",     "handler",        "rate_limit",
-                                             "too_large",      "other"};
   int i = 0;
-  while (i < LR_REJ_OTHER && strcmp(names[i], code) != 0)
+  while (i < LR_REJ_OTHER && strcmp(lr_rej_names[i], code) != 0)
     i++;
   s->stats.rejected[i]++;
 }

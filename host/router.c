@@ -320,7 +320,7 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
 
 /* ------------------------------------------------------------ HTTP */
 
-static const lr_header cors_headers[] = {
+const lr_header lr_cors_headers[LR_CORS_N] = {
     {"Access-Control-Allow-Origin", "*"},
     {"Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS"},
     {"Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With"},
@@ -329,7 +329,7 @@ static const lr_header cors_headers[] = {
 
 static void respond_simple(lr_response_cb done, void *ud, int status, const char *body) {
   lr_header h[5];
-  memcpy(h, cors_headers, sizeof cors_headers);
+  memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
   h[4] = (lr_header){"Content-Type", "application/json"};
   lr_response resp = {status, h, 5, body, strlen(body)};
   done(ud, &resp);

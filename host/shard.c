@@ -124,13 +124,6 @@ struct shard_proc {
   uint32_t unknown_next;
 };
 
-static const lr_header cors[] = {
-    {"Access-Control-Allow-Origin", "*"},
-    {"Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS"},
-    {"Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With"},
-    {"Access-Control-Max-Age", "86400"},
-};
-
 /* Client headers that only a shard may set: never passed on from a client. */
 static bool shard_header(const char *name) {
   return strcasecmp(name, "x-access-shard") == 0 || strcasecmp(name, "x-shard-id") == 0 ||
@@ -759,7 +752,7 @@ static void lr_shard_client_closed(lr_conn *c) {
 
 static void respond_json(lr_response_cb done, void *ud, int status, const char *body) {
   lr_header h[5];
-  memcpy(h, cors, sizeof cors);
+  memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
   h[4] = (lr_header){"Content-Type", "application/json"};
   lr_response resp = {status, h, 5, body, strlen(body)};
   done(ud, &resp);
@@ -787,7 +780,7 @@ static void forward_done(void *ud, const lr_fetch_result *r) {
   } else {
     lr_header h[6];
     size_t nh = 0;
-    memcpy(h, cors, sizeof cors);
+    memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
     nh = 4;
     if (r->content_type) h[nh++] = (lr_header){"Content-Type", r->content_type};
     if (r->location) h[nh++] = (lr_header){"Location", r->location};
