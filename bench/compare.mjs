@@ -22,13 +22,24 @@
  *   --rooms N           empty rooms for the memory figure (default 1000)
  *   --ramp-timeout S    per ramp (default 30)
  *   --join-timeout S    joining the game rooms (default 90: the reference needs ~40 s for 1,000)
- *   --budget S          whole run, servers included (default 540)
+ *   --budget S          whole run, servers included (default 540, + 300 for the fastgen rows)
  *   --out FILE          JSON output (default bench/results.json)
  *   --no-build          do not run make / npm ci
  *   --logs DIR          server logs (default build/bench/logs)
  *   --lunaroom-bin PATH another lunaroom binary (default build/lunaroom)
  *   --lua-path DIR      passed to it as --lua-path (its Lua half)
  *   --lunaroom-rev REV  recorded in results.json for such a binary (what it was built from)
+ *   --no-fast           skip the fastgen rows
+ *   --fast-only         only the fastgen rows
+ *
+ * The fastgen rows (bench/fastgen: one thread, epoll, its own RFC 6455
+ * client) measure lunaroom and the bare server (not the reference) where
+ * the libwebsockets loadgen is the limit: counter fan-out (one client
+ * increments, everyone gets every count) with --small and --large clients,
+ * moves with --small and --large clients, and the --large join ramp. The
+ * server is pinned to CPU 0 (taskset), fastgen to CPU 1. A figure is marked
+ * † when fastgen was at >= 95% CPU; when only the bare server's is, its
+ * figure is a lower bound and the ratio is shown as "≤".
  */
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -40,6 +51,8 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, "..");
 const BUILD = path.join(ROOT, process.env.BUILD || "build");
 const LOADGEN = path.join(BUILD, "bench", "loadgen");
+const FASTGEN = path.join(BUILD, "bench", "fastgen");
+const TASKSET = ["/usr/bin/taskset", "/bin/taskset"].find((p) => fs.existsSync(p)) || null;
 const t0 = Date.now();
 const loadAtStart = (() => {
   try {
@@ -66,12 +79,15 @@ const O = {
   rooms: Number(opt("--rooms", quick ? 300 : 1000)),
   rampTimeout: Number(opt("--ramp-timeout", 30)),
   joinTimeout: Number(opt("--join-timeout", quick ? 30 : 90)),
-  budget: Number(opt("--budget", quick ? 240 : 540)),
+  // the fastgen rows take about 4 minutes more (2.5 with --quick)
+  budget: Number(opt("--budget", (flag("--fast-only") ? 0 : quick ? 240 : 540) + (flag("--no-fast") ? 0 : quick ? 150 : 300))),
   out: path.resolve(opt("--out", path.join(HERE, "results.json"))),
   build: !flag("--no-build"),
   logs: path.resolve(opt("--logs", path.join(BUILD, "bench", "logs"))),
   lunaroomBin: path.resolve(opt("--lunaroom-bin", path.join(BUILD, "lunaroom"))),
   luaPath: opt("--lua-path", null),
+  fast: !flag("--no-fast"),
+  fastOnly: flag("--fast-only"),
 };
 for (const t of O.targets)
   if (!["lunaroom", "limit", "reference"].includes(t)) throw new Error(`unknown target ${t}`);
@@ -88,6 +104,7 @@ function run(cmd, args, opts = {}) {
 if (O.build) {
   if (O.targets.includes("lunaroom") && !argv.includes("--lunaroom-bin")) run("make", ["build"]);
   run("make", ["-s", "-C", "bench/loadgen"]);
+  if (O.fast && argv.includes("--lunaroom-bin")) run("make", ["build"]); // fastgen is a CMake target
   if (O.targets.includes("limit")) run("make", ["-s", "-C", "bench/limit"]);
   if (O.targets.includes("reference"))
     run("npm", ["ci", "--no-audit", "--no-fund", "--loglevel=error"], { cwd: path.join(HERE, "reference") });
@@ -99,14 +116,17 @@ const TARGETS = {
   lunaroom: {
     cmd: O.lunaroomBin,
     args: ["serve", "bench/rooms", "--port", "0", "--host", "127.0.0.1", "--storage", "memory", "--no-watch",
-      "--max-conns", "-1", "--max-conns-per-ip", "-1", "--room-create-rate", "0", "--session-rate", "0", ...(O.luaPath ? ["--lua-path", O.luaPath] : [])],
+      "--max-conns", "-1", "--max-conns-per-ip", "-1", "--room-create-rate", "0", "--session-rate", "0",
+      "--max-http-per-ip", "-1", "--msgs-per-ip", "-1", ...(O.luaPath ? ["--lua-path", O.luaPath] : [])],
   },
   limit: { cmd: path.join(BUILD, "bench", "limit"), args: ["--port", "0", "--host", "127.0.0.1"] },
   reference: { cmd: process.execPath, args: [path.join(HERE, "reference", "server.mjs"), "--port", "0", "--host", "127.0.0.1"] },
 };
 
-function startServer(name, tag) {
-  const t = TARGETS[name];
+function startServer(name, tag, pin = false) {
+  const t0 = TARGETS[name];
+  // fastgen rows: the server on CPU 0 (taskset execs it: same pid)
+  const t = pin && TASKSET ? { cmd: TASKSET, args: ["-c", "0", t0.cmd, ...t0.args] } : t0;
   const logFile = path.join(O.logs, `${name}-${tag}.log`);
   const fd = fs.openSync(logFile, "w");
   // stdout and stderr go straight to the log file: a pipe read by this
@@ -156,11 +176,11 @@ function startServer(name, tag) {
   });
 }
 
-function loadgen(args, maxTime) {
+function loadgen(args, maxTime, bin = LOADGEN) {
   return new Promise((resolve) => {
     const jf = path.join(os.tmpdir(), `lunaroom-bench-${process.pid}-${Math.random().toString(36).slice(2)}.json`);
     const full = [...args, "--json", jf, "--quiet", "--max-time", String(Math.max(5, Math.floor(maxTime)))];
-    const p = spawn(LOADGEN, full, { stdio: ["ignore", "pipe", "inherit"] });
+    const p = spawn(bin, full, { stdio: ["ignore", "pipe", "inherit"] });
     let out = "";
     p.stdout.on("data", (d) => (out += d));
     p.on("exit", (code) => {
@@ -203,10 +223,28 @@ RUNS.push({
   est: 130, // the low steps measure until 100 samples (20 s at 5 moves/s)
 });
 RUNS.push({ tag: `rooms-${O.rooms}`, args: ["--scenario", "rooms", "--clients", O.rooms, "--timeout", 60], est: 20 });
+if (O.fastOnly) RUNS.length = 0;
+/* fastgen rows: lunaroom and the bare server only, pinned (server CPU 0, fastgen CPU 1) */
+const FAST = [
+  { tag: `fg-ramp-${O.large}`, args: ["--scenario", "ramp", "--clients", O.large, "--room", "counter-r"] },
+  { tag: `fg-counter-${O.small}`, args: ["--scenario", "fanout", "--action", "increment", "--clients", O.small,
+    "--room", "counter-s", "--sweep", "1000:1.5:200000"] },
+  { tag: `fg-counter-${O.large}`, args: ["--scenario", "fanout", "--action", "increment", "--clients", O.large,
+    "--room", "counter-l", "--sweep", "100:1.5:40000"] },
+  { tag: `fg-move-${O.small}`, args: ["--scenario", "move", "--clients", O.small, "--room", "bench-fs",
+    "--sweep", "500:1.5:200000"] },
+  { tag: `fg-move-${O.large}`, args: ["--scenario", "move", "--clients", O.large, "--room", "bench-fl",
+    "--sweep", "100:1.5:40000"] },
+];
+if (O.fast)
+  for (const f of FAST)
+    RUNS.push({ ...f, fast: true, only: ["lunaroom", "limit"], args: [...f.args, "--cpu", "1", "--warmup", "0.5",
+      "--duration", "2", "--drain", "2", "--timeout", O.joinTimeout], est: 40 });
 
 const results = Object.fromEntries(O.targets.map((t) => [t, {}]));
 for (const r of RUNS) {
   for (const name of O.targets) {
+    if (r.only && !r.only.includes(name)) continue;
     const skip = r.skipIf && r.skipIf(name, results);
     if (skip || left() < 10) {
       results[name][r.tag] = { skipped: skip || "time budget used up" };
@@ -215,7 +253,7 @@ for (const r of RUNS) {
     }
     let srv;
     try {
-      srv = await startServer(name, r.tag);
+      srv = await startServer(name, r.tag, !!r.fast);
     } catch (e) {
       results[name][r.tag] = { error: String(e.message || e) };
       log(name, r.tag, "error:", e.message);
@@ -225,6 +263,7 @@ for (const r of RUNS) {
     const res = await loadgen(
       ["--url", `ws://127.0.0.1:${srv.port}`, "--pid", srv.proc.pid, "--label", name, ...r.args].map(String),
       Math.min(left() - 5, 300),
+      r.fast ? FASTGEN : LOADGEN,
     );
     await srv.stop();
     process.stderr.write(res.out);
@@ -246,12 +285,14 @@ const rows = [];
 function row(metric, unit, better, get, note = "") {
   const v = {};
   const shown = {};
+  let bound = null;
   for (const t of ["lunaroom", "limit", "reference"]) {
     if (!O.targets.includes(t)) continue;
     const r = get(t);
     if (r && typeof r === "object") {
       v[t] = r.value;
       shown[t] = r.text;
+      if (r.bound) (bound ??= {})[t] = true;
     } else {
       v[t] = r;
       shown[t] = r == null ? "-" : fmt(r);
@@ -259,7 +300,7 @@ function row(metric, unit, better, get, note = "") {
   }
   const ratio = (a, b) => (v[a] != null && v[b] != null && v[b] !== 0 ? v[a] / v[b] : null);
   rows.push({ metric, unit, better, values: v, shown, vs_limit: ratio("lunaroom", "limit"),
-    vs_reference: ratio("lunaroom", "reference"), note });
+    vs_reference: ratio("lunaroom", "reference"), note, generator_bound: bound });
 }
 function fmt(x) {
   if (x == null) return "-";
@@ -313,6 +354,35 @@ for (const [n, tag] of [[O.small, `game-${O.small}`], [O.large, `game-${O.large}
     row(`fan-out 1→${O.large}: p99 write→reader at ${fmt(level)} moves/s`, "ms", "lower", (t) => stepAt(t, tag, "fanout", level)?.p99_ms ?? null,
       ref ? "the reference's highest sustained step" : "first step");
 }
+if (O.fast) {
+  // † = fastgen at >= 95% CPU; a lunaroom figure with † does not count, a
+  // bare-server one is a lower bound (ratio shown as "≤")
+  const fastRow = (metric, unit, tag, ph, pick) =>
+    row(metric, unit, "higher", (t) => {
+      const j = J(t, tag);
+      if (!j) return null;
+      if (ph === "ramp") {
+        if (j.ramp.joined < j.clients) return { value: null, text: `(${j.ramp.joined}/${j.clients} joined)` };
+        return { value: j.ramp.joins_per_s, text: fmt(j.ramp.joins_per_s) };
+      }
+      const p = j[ph];
+      if (!p) return null;
+      const s = p.saturation;
+      if (!s) return { value: null, text: `<${fmt(p.steps?.[0]?.offered ?? 0)}` };
+      const b = lgBound(s);
+      return { value: pick(s), text: fmt(pick(s)) + (b ? "†" : ""), bound: b,
+        extra: `srv ${fmt(s.server_cpu_pct)}% gen ${fmt(s.loadgen_cpu_pct)}%` };
+    }, "fastgen");
+  fastRow(`fastgen: ${O.large} sockets joining a counter room`, "joins/s", `fg-ramp-${O.large}`, "ramp");
+  for (const n of [O.small, O.large]) {
+    fastRow(`fastgen: counter fan-out, ${n} clients, every increment to all`, "increments/s", `fg-counter-${n}`, "fanout",
+      (s) => s.actions_per_s);
+    fastRow(`fastgen: counter fan-out, ${n} clients: deliveries at saturation`, "packets/s", `fg-counter-${n}`, "fanout",
+      (s) => s.delivered_per_s);
+  }
+  for (const n of [O.small, O.large])
+    fastRow(`fastgen: moves, ${n} clients`, "actions/s", `fg-move-${n}`, "move", (s) => s.actions_per_s);
+}
 row(`server RSS per idle connection (${O.large} in one room)`, "kB", "lower", (t) => phase(t, `game-${O.large}`, "idle")?.kb_per_connection ?? null);
 row(`server RSS per room (${O.rooms} rooms, one connection each)`, "kB", "lower", (t) => phase(t, `rooms-${O.rooms}`, "rooms")?.kb_per_room ?? null);
 row(`server CPU per 100k actions (${O.small} clients, ${cpuRate * O.small} moves/s)`, "CPU s", "lower",
@@ -323,8 +393,13 @@ const rfmt = (x) => (x == null ? "-" : x >= 100 ? x.toFixed(0) + "×" : x >= 10 
 let md = `| metric | better | ${cols.join(" | ")} |${cols.includes("limit") ? " lunaroom ÷ limit |" : ""}${cols.includes("reference") ? " lunaroom ÷ reference |" : ""}\n`;
 md += `|---|---|${cols.map(() => "---:").join("|")}|${cols.includes("limit") ? "---:|" : ""}${cols.includes("reference") ? "---:|" : ""}\n`;
 for (const r of rows) {
+  if (O.fastOnly && Object.values(r.shown).every((x) => x === "-")) continue; // rows of runs not made
   md += `| ${r.metric} (${r.unit}) | ${r.better} | ${cols.map((c) => r.shown[c] ?? "-").join(" | ")} |`;
-  if (cols.includes("limit")) md += ` ${rfmt(r.vs_limit)} |`;
+  if (cols.includes("limit")) {
+    const b = r.generator_bound || {};
+    // lunaroom †: the ratio does not count; only the bare server †: its figure is a lower bound
+    md += ` ${r.vs_limit == null ? "-" : b.lunaroom ? "(" + rfmt(r.vs_limit) + "†)" : (b.limit ? "≤" : "") + rfmt(r.vs_limit)} |`;
+  }
   if (cols.includes("reference")) md += ` ${rfmt(r.vs_reference)} |`;
   md += "\n";
 }
@@ -339,7 +414,9 @@ const elapsed = (Date.now() - t0) / 1000;
 md += `\n${os.cpus().length} CPUs (${cpuModel}), node ${process.version}, load average at start ${loadAtStart}, ${elapsed.toFixed(0)} s. ` +
   `Ratios are lunaroom's value divided by the other's (for "lower" rows < 1× is better). ` +
   `† = the load generator was at ≥95% CPU: the figure is the load generator's limit, not the server's. ` +
-  `Saturation = the last sweep step with p99 ≤ 100 ms, ≥ 90% of the offered rate processed and a drained backlog.\n`;
+  `Saturation = the last sweep step with p99 ≤ 100 ms, ≥ 90% of the offered rate processed and a drained backlog.` +
+  (O.fast ? ` fastgen rows: server pinned to CPU 0 and bench/fastgen to CPU 1 (${TASKSET ? "taskset" : "no taskset found: server not pinned"}); ` +
+    `a lunaroom figure marked † does not count, "≤" = only the bare server's figure is the generator's limit (a lower bound).` : "") + "\n";
 
 const git = (...a) => {
   const r = spawnSync("git", a, { cwd: ROOT, encoding: "utf8" });

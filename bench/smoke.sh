@@ -1,8 +1,9 @@
 #!/bin/sh
-# bench/smoke.sh - keep the load generator working: build it, start
+# bench/smoke.sh - keep the load generators working: build them, start
 # build/lunaroom on a free loopback port with bench/rooms, run a few clients
-# for about one second (join + moves), stop the server. Exits non-zero if the
-# loadgen did not get every first packet and the patches of its moves back.
+# for about one second (join + moves) with loadgen, then with fastgen (a
+# counter fan-out and moves), stop the server. Exits non-zero if a
+# generator did not get every first packet and the patches back.
 # Not a benchmark: it prints figures but asserts nothing about speed.
 #   sh bench/smoke.sh            (LUNAROOM_BIN=... to test another binary)
 set -eu
@@ -12,6 +13,8 @@ BIN=${LUNAROOM_BIN:-build/lunaroom}
 OUT=${BENCH_OUT:-build/bench}
 [ -x "$BIN" ] || { echo "smoke: $BIN not built (make build)" >&2; exit 1; }
 make -s -C bench/loadgen OUT="$ROOT/$OUT" >/dev/null
+FASTGEN=${FASTGEN_BIN:-build/bench/fastgen}
+[ -x "$FASTGEN" ] || { echo "smoke: $FASTGEN not built (make build)" >&2; exit 1; }
 LOG=$(mktemp)
 SRV=
 cleanup() {
@@ -38,3 +41,8 @@ fi
 "$OUT/loadgen" --url "ws://127.0.0.1:$PORT" --scenario move,fanout --clients 5 --rate 5 \
   --writer-rate 20 --warmup 0.2 --duration 0.5 --min-samples 0 --drain 1 --timeout 10 --max-time 20 --pid "$SRV" --quiet
 echo "smoke: loadgen ok"
+"$FASTGEN" --url "ws://127.0.0.1:$PORT" --scenario fanout --action increment --clients 5 --room counter-smoke \
+  --rate 20 --warmup 0.2 --duration 0.5 --drain 1 --min-samples 0 --timeout 10 --max-time 20 --pid "$SRV" --quiet
+"$FASTGEN" --url "ws://127.0.0.1:$PORT" --scenario move --clients 5 --room bench-smoke-fast \
+  --rate 20 --warmup 0.2 --duration 0.5 --drain 1 --min-samples 0 --timeout 10 --max-time 20 --pid "$SRV" --quiet
+echo "smoke: fastgen ok"

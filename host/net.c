@@ -35,8 +35,10 @@
  * (the current HTTP transaction). Both start with a `kind` field.
  *
  * Send queue (net_conn). vt->send retains the lr_msg and appends it to a
- * growable ring (allocated on the first send, freed again whenever it drains:
- * an idle connection holds no ring); queued bytes are counted as payload +
+ * growable ring of power-of-two size: the first NET_RING_INLINE references
+ * live inside net_conn (no allocation per send on the usual fan-out path),
+ * a bigger ring is allocated when that fills and freed again whenever it
+ * drains (an idle connection holds no heap ring); queued bytes are counted as payload +
  * NET_MSG_OVERHEAD so that floods of tiny messages are bounded too. A
  * WRITEABLE is requested when the ring goes from empty to non-empty and again
  * after a WRITEABLE that left messages queued. SERVER_WRITEABLE with several
@@ -92,7 +94,8 @@
  * lr_net_addr_acquire), and its message budget (msgs_per_ip, a token
  * bucket over all its sockets, plus NET_FAIR_SHARE messages per loop pass:
  * see net_budget_take). An authenticated shard uplink is not counted.
- * Refusals are logged at most once a second per kind (net_log_allowed).
+ * Refusals are logged through lr_warn_limited (log.c): a flood of them
+ * cannot flood the log.
  * A request body must be complete body_timeout_ms after its head
  * (body_sul), however it trickles in; lws's own timeouts restart per read.
  *
@@ -150,8 +153,10 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 #define NET_MAX_HEADERS 128         /* request headers passed to the engine */
 #define NET_DISCARD_MAX (16u << 20) /* a refused body up to this is read and dropped, not reset */
 #define NET_TRIM_QUIET_MS 500       /* heap trim: this long after the last open/close */
-#define NET_FAIR_SHARE 16           /* messages one address hands the engine per loop pass */
-#ifndef NET_PING_SECS               /* idle WebSocket: ping after, hang up after */
+#define NET_RING_INLINE 4           /* send ring slots inside net_conn (a power of two) */
+_Static_assert((NET_RING_INLINE & (NET_RING_INLINE - 1)) == 0, "ring sizes are powers of two");
+#define NET_FAIR_SHARE 16 /* messages one address hands the engine per loop pass */
+#ifndef NET_PING_SECS     /* idle WebSocket: ping after, hang up after */
 #define NET_PING_SECS 30
 #endif
 #ifndef NET_HANGUP_SECS
@@ -207,7 +212,7 @@ typedef struct net_loop {
   lws_sorted_usec_list_t budget_sul; /* wakes paused sockets when tokens are back */
   uint64_t pass;                     /* loop passes (lws_service calls) */
   bool destroying;                   /* inside lws_context_destroy: no more lws calls from vt */
-  int64_t trim_at; /* return free heap pages to the OS at this time (0 = not due) */
+  int64_t trim_at;  /* return free heap pages to the OS at this time (0 = not due) */
   SSL_CTX *tls_ctx; /* the vhost's server context (TLS only), for the SIGHUP reload */
 } net_loop;
 
@@ -223,9 +228,10 @@ typedef struct net_conn {
   struct lws *wsi;
   lr_conn *conn; /* the engine's; NULL once lr_conn_closed was called */
   /* outgoing ring of retained messages */
-  lr_msg **q;
-  uint32_t qhead, qlen, qcap;
+  lr_msg **q;                 /* qin, a heap ring, or NULL (qcap 0) */
+  uint32_t qhead, qlen, qcap; /* qcap: 0 or a power of two */
   size_t qbytes;
+  lr_msg *qin[NET_RING_INLINE];
   /* incoming message being assembled */
   lr_buf rx;
   struct net_addr *ip; /* its address's entry (counted in ws) */
@@ -283,6 +289,7 @@ typedef struct net_req {
 
 static void net_req_free(net_req *nr);
 static void net_unhold(net_conn *nc);
+static void net_resume(net_conn *nc);
 static void net_budget_wake(lws_sorted_usec_list_t *sul);
 static void net_sock_release(struct lws *wsi);
 
@@ -578,21 +585,21 @@ static const char *net_method(struct lws *wsi, bool *head) {
 static void net_conn_release_queue(net_conn *nc) {
   while (nc->qlen) {
     lr_msg_release(nc->q[nc->qhead]);
-    nc->qhead = (nc->qhead + 1) % nc->qcap;
+    nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
     nc->qlen--;
   }
   nc->qbytes = 0;
-  free(nc->q);
+  if (nc->q != nc->qin) free(nc->q);
   nc->q = NULL;
   nc->qhead = nc->qcap = 0;
 }
 
 /* A drained ring is freed: a join burst grows every member's ring (one join
  * patch per joiner before the next WRITEABLE), and an idle connection should
- * not keep that capacity. The next send allocates a small one again. */
+ * not keep that capacity. The next send starts on the inline slots again. */
 static void net_conn_ring_trim(net_conn *nc) {
   if (nc->qlen || !nc->q) return;
-  free(nc->q);
+  if (nc->q != nc->qin) free(nc->q);
   nc->q = NULL;
   nc->qhead = nc->qcap = 0;
 }
@@ -623,6 +630,7 @@ static void net_conn_drop(net_conn *nc, size_t wanted) {
   lr_warn("ws %s: slow consumer, %zu bytes queued (limit %zu), closing with 1008",
           net_conn_who(nc, who, sizeof who), wanted, nc->loop->o.max_queue_bytes);
   net_conn_release_queue(nc);
+  net_resume(nc);
   nc->dropping = true;
   net_conn_set_close(nc, 1008, "slow consumer");
   if (nc->established && !nc->loop->destroying) {
@@ -644,16 +652,22 @@ static int net_ws_send(lr_conn *c, lr_msg *m) {
     return -1;
   }
   if (nc->qlen == nc->qcap) {
-    uint32_t cap = nc->qcap ? nc->qcap * 2 : 8;
-    lr_msg **q = lr_xmalloc(sizeof *q * cap);
-    for (uint32_t i = 0; i < nc->qlen; i++)
-      q[i] = nc->q[(nc->qhead + i) % nc->qcap];
-    free(nc->q);
-    nc->q = q;
-    nc->qhead = 0;
-    nc->qcap = cap;
+    if (!nc->qcap) { /* empty: the inline slots, no allocation */
+      nc->q = nc->qin;
+      nc->qhead = 0;
+      nc->qcap = NET_RING_INLINE;
+    } else {
+      uint32_t cap = nc->qcap * 2;
+      lr_msg **q = lr_xmalloc(sizeof *q * cap);
+      for (uint32_t i = 0; i < nc->qlen; i++)
+        q[i] = nc->q[(nc->qhead + i) & (nc->qcap - 1)];
+      if (nc->q != nc->qin) free(nc->q);
+      nc->q = q;
+      nc->qhead = 0;
+      nc->qcap = cap;
+    }
   }
-  nc->q[(nc->qhead + nc->qlen) % nc->qcap] = lr_msg_retain(m);
+  nc->q[(nc->qhead + nc->qlen) & (nc->qcap - 1)] = lr_msg_retain(m);
   nc->qlen++;
   nc->qbytes += cost;
   /* Empty -> non-empty only: while messages are queued a WRITEABLE is
@@ -670,6 +684,7 @@ static void net_ws_close(lr_conn *c, int code, const char *reason) {
   net_conn *nc = lr_conn_transport(c);
   if (!nc || nc->gone || nc->closing || nc->dropping) return;
   nc->closing = true;
+  net_resume(nc); /* a held message is dropped; the close handshake must be read */
   net_conn_set_close(nc, code > 0 ? code : 0, code > 0 ? reason : NULL);
   if (nc->established && !nc->loop->destroying) lws_callback_on_writable(nc->wsi);
 }
@@ -767,23 +782,6 @@ static void net_addr_free_all(net_loop *L) {
   L->addrcap = L->addrused = 0;
 }
 
-/* At most one line per second for each kind of refusal, with the number of
- * lines left out: a flood of refusals cannot flood the log. */
-enum { NET_LOG_HTTP_CAP, NET_LOG_WS_CAP, NET_LOG_BODY, NET_LOG_BUDGET, NET_LOG_KINDS };
-static bool net_log_allowed(int kind, unsigned *skipped) {
-  static int64_t at[NET_LOG_KINDS];
-  static unsigned n[NET_LOG_KINDS];
-  int64_t now = net_now_ms();
-  if (at[kind] && now - at[kind] < 1000) {
-    n[kind]++;
-    return false;
-  }
-  at[kind] = now;
-  *skipped = n[kind];
-  n[kind] = 0;
-  return true;
-}
-
 /* ---- sockets per address (max_http_per_ip) ----
  *
  * Every accepted socket is counted under its TCP peer's address from accept
@@ -810,10 +808,11 @@ static int net_sock_filter(net_loop *L, int fd) {
   if (net_trusted(L, p)) return 0;
   struct net_addr *a = net_addr_get(L, p, false);
   if (!a || a->http < (uint32_t)L->o.max_http_per_ip) return 0;
-  unsigned skipped;
-  if (net_log_allowed(NET_LOG_HTTP_CAP, &skipped))
-    lr_warn("connection from %s refused: %u open HTTP connections from this address (max %ld)%s", p,
-            a->http, L->o.max_http_per_ip, skipped ? " (and more refusals not logged)" : "");
+  lr_warn_limited(
+      "http address limit",
+      "connection from %s refused: %u open HTTP connections from this address (max %ld)", p,
+      a->http, L->o.max_http_per_ip);
+  if (L->o.tls_cert) return 1; /* a TLS client would read plain text as a bad handshake */
   static const char resp[] = "HTTP/1.1 429 Too Many Requests\r\n"
                              "content-type: text/plain; charset=utf-8\r\n"
                              "content-length: 40\r\n"
@@ -953,10 +952,9 @@ static int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   if (L->o.max_conns_per_ip >= 0 && !relay) {
     struct net_addr *a = net_addr_get(L, peer, false);
     if (a && a->ws >= (uint32_t)L->o.max_conns_per_ip) {
-      unsigned skipped;
-      if (net_log_allowed(NET_LOG_WS_CAP, &skipped))
-        lr_warn("websocket from %s refused: %u connections from this address (max %ld)%s", peer,
-                a->ws, L->o.max_conns_per_ip, skipped ? " (and more refusals not logged)" : "");
+      lr_warn_limited("address limit",
+                      "websocket from %s refused: %u connections from this address (max %ld)", peer,
+                      a->ws, L->o.max_conns_per_ip);
       free(dpath);
       lws_return_http_status(wsi, 429, NULL);
       return 1;
@@ -1050,7 +1048,7 @@ static int net_ws_writeable(net_conn *nc) {
       }
       memcpy(p + hdr, lr_msg_payload(m), len);
       used += hdr + len;
-      nc->qhead = (nc->qhead + 1) % nc->qcap;
+      nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
       nc->qlen--;
       nc->qbytes -= len + NET_MSG_OVERHEAD;
       lr_msg_release(m);
@@ -1064,7 +1062,7 @@ static int net_ws_writeable(net_conn *nc) {
   }
   if (nc->qlen) {
     lr_msg *m = nc->q[nc->qhead];
-    nc->qhead = (nc->qhead + 1) % nc->qcap;
+    nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
     nc->qlen--;
     nc->qbytes -= (size_t)m->len + NET_MSG_OVERHEAD;
     net_conn_ring_trim(nc);
@@ -1160,11 +1158,10 @@ static void net_hold(net_conn *nc) {
     a->waiting = true;
     a->wait_next = L->waiting;
     L->waiting = a;
-    unsigned skipped;
-    if (net_log_allowed(NET_LOG_BUDGET, &skipped))
-      lr_warn("messages from %s held: over the address's budget (%ld/s) or its share of a loop "
-              "pass%s",
-              a->key, L->o.msgs_per_ip, skipped ? " (and more not logged)" : "");
+    lr_warn_limited("message budget",
+                    "messages from %s held: over the address's budget (%ld/s) or its share of a "
+                    "loop pass",
+                    a->key, L->o.msgs_per_ip);
   }
   net_budget_arm(L, 1);
 }
@@ -1184,6 +1181,17 @@ static void net_unhold(net_conn *nc) {
     if (a->held_tail == nc) a->held_tail = prev;
   }
   nc->held_next = NULL;
+}
+
+/* nc is closing: forget its held message and read again (the peer's close
+ * frame must get through). */
+static void net_resume(net_conn *nc) {
+  if (!nc->paused) return;
+  net_unhold(nc);
+  lr_buf_free(&nc->held);
+  if (nc->wsi && !nc->loop->destroying)
+    lws_rx_flow_control(nc->wsi, LWS_RXFLOW_REASON_APPLIES_ENABLE | LWS_RXFLOW_REASON_USER_BOOL |
+                                     LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
 }
 
 /* budget_sul: hand held messages to the engine as their addresses' tokens
@@ -1500,11 +1508,10 @@ static void net_http_static(net_req *nr) {
 static void net_http_body_late(lws_sorted_usec_list_t *sul) {
   net_req *nr = lws_container_of(sul, net_req, body_sul);
   if (!nr->wsi || !nr->body_pending) return;
-  unsigned skipped;
-  if (net_log_allowed(NET_LOG_BODY, &skipped))
-    lr_warn("http %s %s from %s: body not complete after %ld ms (%zu bytes in), closing%s",
-            nr->method, nr->path ? nr->path : nr->fs_path, nr->peer, nr->loop->o.body_timeout_ms,
-            nr->body.len, skipped ? " (and more not logged)" : "");
+  lr_warn_limited("body timeout",
+                  "http %s %s from %s: body not complete after %ld ms (%zu bytes in), closing",
+                  nr->method, nr->path ? nr->path : nr->fs_path, nr->peer,
+                  nr->loop->o.body_timeout_ms, nr->body.len);
   lws_set_timeout(nr->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 }
 
@@ -1919,10 +1926,9 @@ bool lr_net_addr_acquire(const char *addr) {
   if (!L || !addr) return true;
   struct net_addr *a = net_addr_get(L, addr, true);
   if (L->o.max_conns_per_ip >= 0 && a->ws >= (uint32_t)L->o.max_conns_per_ip) {
-    unsigned skipped;
-    if (net_log_allowed(NET_LOG_WS_CAP, &skipped))
-      lr_warn("relayed client from %s refused: %u connections from this address (max %ld)%s", addr,
-              a->ws, L->o.max_conns_per_ip, skipped ? " (and more refusals not logged)" : "");
+    lr_warn_limited("address limit",
+                    "relayed client from %s refused: %u connections from this address (max %ld)",
+                    addr, a->ws, L->o.max_conns_per_ip);
     net_addr_put(L, a);
     return false;
   }
@@ -1982,6 +1988,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
     return 1;
   }
   if (!net_parse_trusted(&L, L.o.trusted_proxies)) {
+    free(L.trusted);
     return 1;
   }
   if (L.o.port < 0 || L.o.port > 65535) {
@@ -2037,8 +2044,8 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   }
   pthread_mutex_lock(&net_wake_mu);
   net_ctx = L.ctx;
-  pthread_mutex_unlock(&net_wake_mu);
   net_active = &L;
+  pthread_mutex_unlock(&net_wake_mu);
 
   struct sigaction sa, old_int, old_term, old_pipe, old_hup;
   memset(&sa, 0, sizeof sa);

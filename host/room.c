@@ -516,7 +516,11 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
       return;
     }
     c->tokens -= 1;
-    c->drops = 0;
+    /* Drops are forgiven once the client has slowed down (its bucket half
+     * full again), not by one message that got through: a flood whose
+     * messages reach the engine spread out (the per-address budget of
+     * net.c hands them over a few per loop pass) is still closed. */
+    if (c->tokens >= rr->burst / 2) c->drops = 0;
   }
   char err[256];
   if (rr->max_frame && len > rr->max_frame) {

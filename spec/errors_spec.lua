@@ -195,6 +195,28 @@ describe("rate limit", function()
     assert.are.equal(11, t.room.n)
     t:close()
   end)
+
+  it("closes a flood whose messages arrive spread out (one gets through per refill)", function()
+    local t = room { rateLimit = { rate = 10, burst = 5 }, state = { n = 0 },
+      actions = { inc = function(r) r.n = r.n + 1 end } }
+    local c = t:client()
+    for _ = 1, 5 do c:send("inc") end
+    for _ = 1, 20 do
+      if c.closed then break end
+      t:advance(100) -- one token
+      for _ = 1, 3 do if not c.closed then c:send("inc") end end
+    end
+    assert.are.same({ code = 4008, reason = "rate limit" }, c.closed)
+    -- a client that slows down is forgiven
+    local d = t:client()
+    for _ = 1, 7 do d:send("inc") end -- 2 dropped
+    t:advance(300)
+    for _ = 1, 3 do d:send("inc") end
+    t:advance(1000)
+    for _ = 1, 5 do d:send("inc") end
+    assert.is_nil(d.closed)
+    t:close()
+  end)
 end)
 
 describe("room-to-room fetch", function()

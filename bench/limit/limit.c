@@ -11,7 +11,11 @@
  * "value": up to the message's last '}' are pasted, unparsed, into
  *   {"type":"sync","value":{"players":{"<pid of the sender>":<those bytes>}}}
  * which goes to everyone in the room, the sender included (so the load
- * generator finds its own x). One packet per move, built once and shared by
+ * generator finds its own x). A room whose path holds "/counter-" is a
+ * counter room instead (bench/rooms/counter.lua): the joiner's first packet
+ * is {"type":"sync","value":{"pId":"p7","count":N}}, nobody else gets one,
+ * and every incoming message is an increment: {"type":"sync","value":
+ * {"count":N+1}} to everyone. One packet per move, built once and shared by
  * reference by every recipient.
  *
  * Writes are batched: on WRITEABLE a connection frames as many queued
@@ -78,6 +82,8 @@ struct room {
   char *name;
   conn *head;
   uint32_t n;
+  bool counter; /* a counter room: messages are increments */
+  uint64_t count;
   room *next; /* hash chain */
 };
 
@@ -109,6 +115,7 @@ static room *room_get(const char *name) {
   room *r = calloc(1, sizeof *r);
   if (!r) abort();
   r->name = strdup(name);
+  r->counter = strstr(name, "/counter-") != NULL;
   r->next = rooms[b];
   rooms[b] = r;
   return r;
@@ -154,6 +161,15 @@ static msg *msg_printf(const char *fmt, const char *a, size_t alen, const char *
 }
 
 static void on_move(conn *c, const char *in, size_t len) {
+  if (c->room->counter) {
+    char num[24];
+    int k = snprintf(num, sizeof num, "%llu", (unsigned long long)++c->room->count);
+    msg *m =
+        msg_printf("{\"type\":\"sync\",\"value\":{\"count\":%.*s%.*s}}", num, (size_t)k, "", 0);
+    broadcast(c->room, m, NULL);
+    msg_release(m);
+    return;
+  }
   const char *v = memmem(in, len, "\"value\":", 8);
   if (!v) return;
   v += 8;
@@ -232,6 +248,19 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
     c->wsi = wsi;
     c->room = room_get(path);
     c->pidlen = (uint8_t)snprintf(c->pid, sizeof c->pid, "p%llu", (unsigned long long)++next_pid);
+    if (c->room->counter) {
+      char num[24];
+      int k = snprintf(num, sizeof num, "%llu", (unsigned long long)c->room->count);
+      msg *first = msg_printf("{\"type\":\"sync\",\"value\":{\"pId\":\"%.*s\",\"count\":%.*s}}",
+                              c->pid, c->pidlen, num, (size_t)k);
+      c->next = c->room->head;
+      if (c->next) c->next->prev = c;
+      c->room->head = c;
+      c->room->n++;
+      conn_push(c, first);
+      msg_release(first);
+      break;
+    }
     msg *first = msg_printf("{\"type\":\"sync\",\"value\":{\"pId\":\"%.*s\",\"players\":{}%.*s}}",
                             c->pid, c->pidlen, "", 0);
     msg *join = msg_printf(

@@ -32,9 +32,9 @@ if ! command -v "$CC" >/dev/null 2>&1; then
   exit 2
 fi
 
-PKGS=(lua5.4 libwebsockets sqlite3 libjwt)
+PKGS=(lua5.4 libwebsockets sqlite3 libjwt openssl)
 read -r -a PKG_CFLAGS <<<"$(pkg-config --cflags "${PKGS[@]}")"
-read -r -a LIBS <<<"$(pkg-config --libs "${PKGS[@]}") -lm -ldl"
+read -r -a LIBS <<<"$(pkg-config --libs "${PKGS[@]}") -lm -ldl -lpthread"
 BASE=(-std=c11 -g -O1 -D_GNU_SOURCE "-fsanitize=address,undefined" -fno-sanitize-recover=undefined
   -fno-omit-frame-pointer "-DLR_SOURCE_DIR=\"$ROOT\"" "-I$ROOT/host" "-I$FUZZ" "${PKG_CFLAGS[@]}")
 
