@@ -192,6 +192,25 @@ extern const char *const lr_rej_names[LR_NREJ];
 #define LR_CORS_N 4
 extern const lr_header lr_cors_headers[LR_CORS_N];
 
+/* A process mode that takes over some requests before the engine routes
+ * them (shard.c sets s->mode in lr_shard_enable). */
+typedef struct lr_mode_vt {
+  /* A WebSocket on /parties/shard/{shard_id}: lr_server_ws_open's contract. */
+  int (*ws_open)(lr_server *s, const lr_request *req, const char *shard_id,
+                 const lr_transport_vt *vt, void *tp, lr_conn **out);
+  /* HTTP on /parties/{ns}/{id}{rest}: true when taken (answered later),
+   * false to route it as usual. */
+  bool (*http)(lr_server *s, const lr_request *req, const char *ns, const char *id,
+               const char *rest, lr_response_cb done, void *ud);
+  /* Server shutdown: close its sockets (1001), final reports. */
+  void (*shutdown)(lr_server *s);
+} lr_mode_vt;
+
+/* A WebSocket with an x-shard-id header opened on room r (a shard process
+ * relaying its clients): 0 with *out set, or an HTTP status. */
+typedef int (*lr_relay_open_fn)(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
+                                void *tp, lr_conn **out);
+
 struct lr_server {
   lr_stats stats;
   const lr_rules_vt *rules; /* what the rooms do (bridge.c over runtime.lua); NULL = none */
@@ -223,9 +242,11 @@ struct lr_server {
   struct lr_wait *waits; /* requests waiting for a room's storage (room.c) */
   lr_conn **pending_close;
   uint32_t npending_close, cappending_close;
-  char parties_prefix[32]; /* "/parties" */
-  long max_rooms;          /* refuse to create rooms past this (default 100000) */
-  void *shard;             /* shard mode state (shard.c), NULL unless `serve --shard` */
+  char parties_prefix[32];     /* "/parties" */
+  long max_rooms;              /* refuse to create rooms past this (default 100000) */
+  void *shard;                 /* shard mode state (shard.c), NULL unless `serve --shard` */
+  const lr_mode_vt *mode;      /* shard.c's, with shard; NULL otherwise */
+  lr_relay_open_fn relay_open; /* uplink.c's (lr_uplink_install); NULL = refused (404) */
   char *wanted_headers[LR_WANTED_HEADERS]; /* lr_server_want_header (room.c) */
   uint32_t nwanted_headers;
   lr_room *failing; /* rooms whose writes fail (/readyz), newest first */
@@ -323,23 +344,5 @@ void lr_room_idle_config(lr_room *r);
 
 /* Wake a hibernated room (rebuild it from storage) and note activity. */
 bool lr_room_activity(lr_room *r); /* false: r could not wake (its sockets are closed) */
-
-/* ---- uplink.c: shard processes relaying their clients to this room ---- */
-/* A WebSocket with an x-shard-id header opened on room r. Returns 0 with *out
- * set when accepted (the conn's uplink field is set), or an HTTP status to
- * refuse it before the upgrade. */
-int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                   lr_conn **out);
-/* ---- shard.c: hooks room.c calls when s->shard is set (shard.h) ---- */
-/* A WebSocket on /parties/shard/{shard_id}: same contract as lr_server_ws_open. */
-int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
-                     const lr_transport_vt *vt, void *tp, lr_conn **out);
-/* HTTP on /parties/{ns}/{id}{rest} for ns "shard" (and "world" when
- * forwarded): answered later, after the upstream answered. Returns false if
- * ns is not the shard's (room.c routes it as usual). */
-bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
-                   const char *rest, lr_response_cb done, void *ud);
-/* Server shutdown: close client sockets (1001) and uplinks, final reports. */
-void lr_shard_shutdown(lr_server *s);
 
 #endif

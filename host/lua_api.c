@@ -609,13 +609,13 @@ void lr_lua_push_conn(lua_State *L, lr_conn *c) {
 
 /* ------------------------------------------------------------ core functions */
 
-/* The rules servers created from Lua get, and the hook core.set_runtime
- * calls (lua_core.c sets both: bridge.c's). */
-static const lr_rules_vt *api_rules;
+/* What a server created from Lua is given (its rules, the features it
+ * serves), and the hook core.set_runtime calls: lua_core.c sets both. */
+static void (*api_init)(lr_server *s);
 static void (*api_bind)(lua_State *L, int idx);
 
-void lr_lua_api_set_rules(const lr_rules_vt *rules, void (*bind)(lua_State *L, int idx)) {
-  api_rules = rules;
+void lr_lua_api_set_hooks(void (*init)(lr_server *s), void (*bind)(lua_State *L, int idx)) {
+  api_init = init;
   api_bind = bind;
 }
 
@@ -685,7 +685,7 @@ static int l_server_new(lua_State *L) {
                                                : lr_store_open_spec(spec, err, sizeof err);
   if (!st) return luaL_error(L, "cannot open storage %s: %s", spec, err);
   lr_server *s = lr_server_new(L, st, true, virt, seed);
-  s->rules = api_rules;
+  if (api_init) api_init(s);
   server_limits(L, 1, s);
   lr_lua_push_server(L, s, true);
   return 1;

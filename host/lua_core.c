@@ -11,11 +11,19 @@
 #include "bridge.h"
 #include "headless.h"
 #include "lua_api.h"
+#include "uplink.h"
 
 int luaopen_lunaroom_core(lua_State *L);
 
+/* A server built from Lua (the test host): the rules over runtime.lua,
+ * shard uplinks accepted, as `serve` builds its own (main.c). */
+static void server_init(lr_server *s) {
+  s->rules = &lr_bridge_rules;
+  lr_uplink_install(s);
+}
+
 int luaopen_lunaroom_core(lua_State *L) {
-  lr_lua_api_set_rules(&lr_bridge_rules, lr_bridge_bind);
+  lr_lua_api_set_hooks(server_init, lr_bridge_bind);
   lr_lua_api_open(L);
   lr_headless_register(L);
   return 1;

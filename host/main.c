@@ -27,6 +27,7 @@
 #include "net.h"
 #include "reload.h"
 #include "shard.h"
+#include "uplink.h"
 
 void lr_lua_push_server(lua_State *L, lr_server *s, bool owned);
 
@@ -671,6 +672,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   }
   lr_server *s = lr_server_new(L, st, true, false, 0);
   s->rules = &lr_bridge_rules;
+  lr_uplink_install(s);
   if (max_rooms) s->max_rooms = max_rooms;
   for (const char *p = headers; p && *p;) {
     size_t n = strcspn(p, ", ");

@@ -470,33 +470,33 @@ lr_conn *lr_room_open_kind(lr_room *r, const lr_request *req, const lr_transport
   return open_conn(r, req, vt, tp, ops);
 }
 
-void lr_conn_message(lr_conn *c, const char *data, size_t len) {
+/* A frame that arrived while c joins: kept, in order, for after the join
+ * (lr_conn_connect); too many close c with 4008. */
+static void early_push(lr_conn *c, const char *data, size_t len) {
+  lr_early *e = c->early;
+  if (!e) {
+    e = c->early = lr_xcalloc(1, sizeof *e);
+    lr_buf_init(&e->buf);
+  }
+  if (e->n >= MAX_EARLY_FRAMES) {
+    lr_conn_close(c, 4008, "too many frames before join");
+    return;
+  }
+  if (e->n == e->cap) {
+    e->cap = e->cap ? e->cap * 2 : 8;
+    e->len = lr_xrealloc(e->len, e->cap * sizeof *e->len);
+  }
+  lr_buf_put(&e->buf, data, len);
+  e->len[e->n++] = (uint32_t)len;
+}
+
+/* Take a token of c's bucket (the room's rate per second, its burst): false
+ * when the message is dropped (an error packet now and then; a client that
+ * keeps flooding is closed with 4008). */
+static bool rate_take(lr_conn *c) {
   lr_server *s = c->srv;
-  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
-  if (c->ops && c->ops->message) { /* a shard uplink, a client of this shard */
-    c->ops->message(c, data, len);
-    return;
-  }
-  if (c->phase == LR_C_JOINING) {
-    lr_early *e = c->early;
-    if (!e) {
-      e = c->early = lr_xcalloc(1, sizeof *e);
-      lr_buf_init(&e->buf);
-    }
-    if (e->n >= MAX_EARLY_FRAMES) {
-      lr_conn_close(c, 4008, "too many frames before join");
-      return;
-    }
-    if (e->n == e->cap) {
-      e->cap = e->cap ? e->cap * 2 : 8;
-      e->len = lr_xrealloc(e->len, e->cap * sizeof *e->len);
-    }
-    lr_buf_put(&e->buf, data, len);
-    e->len[e->n++] = (uint32_t)len;
-    return;
-  }
-  /* Token bucket per connection; a client that keeps flooding is closed. */
   lr_room *rr = c->room;
+  /* Token bucket per connection; a client that keeps flooding is closed. */
   if (rr->rate > 0) {
     int64_t now = lr_now(s);
     if (c->tokens_at == 0)
@@ -513,7 +513,7 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
       } else if (c->drops == 1 || c->drops % 100 == 0) {
         send_error(c, "rate_limit", NULL, "too many messages: dropped");
       }
-      return;
+      return false;
     }
     c->tokens -= 1;
     /* Drops are forgiven once the client has slowed down (its bucket half
@@ -522,6 +522,22 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
      * net.c hands them over a few per loop pass) is still closed. */
     if (c->tokens >= rr->burst / 2) c->drops = 0;
   }
+  return true;
+}
+
+void lr_conn_message(lr_conn *c, const char *data, size_t len) {
+  lr_server *s = c->srv;
+  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  if (c->ops && c->ops->message) { /* a shard uplink, a client of this shard */
+    c->ops->message(c, data, len);
+    return;
+  }
+  if (c->phase == LR_C_JOINING) {
+    early_push(c, data, len);
+    return;
+  }
+  lr_room *rr = c->room;
+  if (!rate_take(c)) return;
   char err[256];
   if (rr->max_frame && len > rr->max_frame) {
     lr_warn("conn %s room %s: frame of %zu bytes over the room's limit (%u)", c->id, rr->key, len,
@@ -609,7 +625,7 @@ void lr_server_shutdown(lr_server *s) {
   if (s->shutting_down) return;
   lr_info("shutting down: flushing rooms and closing connections");
   s->shutting_down = true;
-  if (s->shard) lr_shard_shutdown(s);
+  if (s->mode) s->mode->shutdown(s);
   lr_waits_close(s);
   for (uint32_t b = 0; b < s->nbuckets; b++) {
     for (lr_room *r = s->rooms[b]; r; r = r->hash_next) {

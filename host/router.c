@@ -289,7 +289,7 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
                     req->path);
     return 404;
   }
-  if (s->shard && strcmp(ns, "shard") == 0) return lr_shard_ws_open(s, req, id, vt, tp, out);
+  if (s->mode && strcmp(ns, "shard") == 0) return s->mode->ws_open(s, req, id, vt, tp, out);
   if (!lr_room_find(s, ns, id)) {
     if (!served(s, ns, id)) {
       lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
@@ -312,7 +312,7 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
   }
   if (header_of(req, "x-shard-id")) {
     /* A shard process relaying its clients (uplink.c). */
-    return lr_uplink_open(r, req, vt, tp, out);
+    return s->relay_open ? s->relay_open(r, req, vt, tp, out) : 404;
   }
   *out = lr_room_open_conn(r, req, vt, tp);
   return 0;
@@ -370,7 +370,7 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     done(ud, &resp);
     return;
   }
-  if (s->shard && lr_shard_http(s, req, ns, id, rest, done, ud)) return;
+  if (s->mode && s->mode->http(s, req, ns, id, rest, done, ud)) return;
   lr_room *live = lr_room_find(s, ns, id);
   if (!live || live->hibernated) {
     /* Nothing is created, woken or read from storage for a request the

@@ -578,14 +578,22 @@ static int tick_cb(lua_State *L) {
 
 /* ------------------------------------------------------------ client sockets */
 
+static int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
+                            const lr_transport_vt *vt, void *tp, lr_conn **out);
+static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
+                          const char *rest, lr_response_cb done, void *ud);
+static void lr_shard_shutdown(lr_server *s);
+/* What a shard process takes over from the engine (lr_server.mode). */
+static const lr_mode_vt shard_mode = {lr_shard_ws_open, lr_shard_http, lr_shard_shutdown};
+
 /* A client of this shard process: its frames go up the instance's uplink. */
 static void lr_shard_client_message(lr_conn *c, const char *data, size_t len);
 static void lr_shard_client_closed(lr_conn *c);
 static const lr_conn_ops shard_client_ops = {.message = lr_shard_client_message,
                                              .closed = lr_shard_client_closed};
 
-int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
-                     const lr_transport_vt *vt, void *tp, lr_conn **out) {
+static int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
+                            const lr_transport_vt *vt, void *tp, lr_conn **out) {
   shard_proc *sp = s->shard;
   *out = NULL;
   if (sp->shutting_down) return 503;
@@ -790,8 +798,8 @@ static void forward_done(void *ud, const lr_fetch_result *r) {
   free(f);
 }
 
-bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
-                   const char *rest, lr_response_cb done, void *ud) {
+static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
+                          const char *rest, lr_response_cb done, void *ud) {
   shard_proc *sp = s->shard;
   bool to_world = strcmp(ns, "world") == 0;
   if (!to_world && strcmp(ns, "shard") != 0) return false;
@@ -914,12 +922,13 @@ int lr_shard_enable(lr_server *s, const lr_shard_opts *o, char *err, size_t errl
   size_t mf = o->max_frame ? o->max_frame : 64 * 1024;
   sp->max_client_frame = mf > 2 * FRAME_OVERHEAD ? mf - FRAME_OVERHEAD : mf / 2;
   s->shard = sp;
+  s->mode = &shard_mode;
   lr_info("shard mode: main server %s, world %s, reports every %lld ms", sp->main_url,
           sp->world_url, (long long)sp->stats_interval);
   return 0;
 }
 
-void lr_shard_shutdown(lr_server *s) {
+static void lr_shard_shutdown(lr_server *s) {
   shard_proc *sp = s->shard;
   if (!sp || sp->shutting_down) return;
   sp->shutting_down = true;
@@ -955,6 +964,7 @@ void lr_shard_free(lr_server *s) {
     report_forget(sp->reports);
   }
   s->shard = NULL;
+  s->mode = NULL;
   free(sp->main_url);
   free(sp->world_url);
   free(sp->world_id_opt);

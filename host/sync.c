@@ -479,12 +479,6 @@ static void on_put(void *ud, const char *path, size_t pathlen, const char *json,
   ops_push(o, LR_STORE_PUT, "state:", path, pathlen, json, jsonlen);
 }
 
-static void on_del(void *ud, const char *path, size_t pathlen) {
-  (void)ud;
-  (void)path;
-  (void)pathlen; /* deletions compact the whole state (below) */
-}
-
 /* The batch that writes r's pending persisted changes. */
 static void build_ops(lr_room *r, opsbuf *o) {
   lr_buf_init(&o->keys);
@@ -498,7 +492,8 @@ static void build_ops(lr_room *r, opsbuf *o) {
     ops_push(o, LR_STORE_PUT, "state:", ".", 1, full.data, full.len);
     lr_buf_free(&full);
   } else {
-    lr_persist_ops cb = {o, on_put, on_del};
+    /* No deletion is pending here (they compact, above): no del callback. */
+    lr_persist_ops cb = {o, on_put, NULL};
     lr_json_walk_persist(r->root, &cb);
   }
   for (size_t i = 0; i < o->n; i++) {

@@ -34,6 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "uplink.h"
+
 #include "engine.h"
 #include "lua_api.h"
 #include "json.h"
@@ -197,8 +199,8 @@ bool lr_conn_is_relay(const lr_conn *c) {
 
 /* ------------------------------------------------------------ uplink transport side */
 
-int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                   lr_conn **out) {
+static int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                          lr_conn **out) {
   lr_server *s = r->srv;
   *out = NULL;
   char secret[512];
@@ -490,4 +492,8 @@ static void lr_uplink_closed(lr_conn *c) {
     lr_conn_closed(v->c); /* removes v from the list */
   }
   uplink_free(u);
+}
+
+void lr_uplink_install(lr_server *s) {
+  s->relay_open = lr_uplink_open;
 }

@@ -11,6 +11,7 @@
 
 #include "engine.h"
 #include "json.h"
+#include "log.h"
 #include "storage.h"
 #include "test.h"
 
@@ -171,7 +172,14 @@ static lr_server *engine_new(void) {
   lr_store *st = lr_store_open_spec("memory", err, sizeof err);
   lr_server *s = lr_server_new(NULL, st, true, true, 7);
   s->rules = &fake_rules;
+  lr_log_capture(1); /* the engine's info lines stay out of the test output */
   return s;
+}
+
+static void engine_free(lr_server *s) {
+  lr_server_free(s);
+  lr_log_capture_clear();
+  lr_log_capture(0);
 }
 
 static int ft_open(lr_server *s, ft *t, const char *path, const char *query) {
@@ -196,7 +204,7 @@ TEST(engine_connect_joins_with_a_snapshot) {
   lr_conn_closed(a.c);
   ASSERT_EQ_INT(1, fr.closes);
   ft_free(&a);
-  lr_server_free(s);
+  engine_free(s);
 }
 
 TEST(engine_unserved_party_is_refused_before_the_rules_connect) {
@@ -206,7 +214,7 @@ TEST(engine_unserved_party_is_refused_before_the_rules_connect) {
   ASSERT(a.c == NULL);
   ASSERT_EQ_INT(0, fr.creates);
   ASSERT_EQ_INT(0, fr.connects);
-  lr_server_free(s);
+  engine_free(s);
 }
 
 TEST(engine_message_flush_sends_one_patch_to_every_member) {
@@ -230,7 +238,7 @@ TEST(engine_message_flush_sends_one_patch_to_every_member) {
   ASSERT_EQ_INT(2, fr.closes);
   ft_free(&a);
   ft_free(&b);
-  lr_server_free(s);
+  engine_free(s);
 }
 
 TEST(engine_rejections_and_failures_answer_only_the_sender) {
@@ -259,7 +267,7 @@ TEST(engine_rejections_and_failures_answer_only_the_sender) {
   lr_conn_closed(b.c);
   ft_free(&a);
   ft_free(&b);
-  lr_server_free(s);
+  engine_free(s);
 }
 
 TEST(engine_failed_connect_closes_1011_and_close_reaches_the_rules) {
@@ -271,7 +279,7 @@ TEST(engine_failed_connect_closes_1011_and_close_reaches_the_rules) {
   lr_conn_closed(a.c); /* the transport reports the socket gone */
   ASSERT_EQ_INT(1, fr.closes);
   ASSERT_EQ_INT(0, s->stats.conns_open);
-  lr_server_free(s);
+  engine_free(s);
 }
 
 TEST(engine_dispose_closes_members_1001_and_releases_rule_refs) {
@@ -285,5 +293,5 @@ TEST(engine_dispose_closes_members_1001_and_releases_rule_refs) {
   ASSERT(fr.unrefs >= 1); /* the room instance's reference */
   lr_conn_closed(a.c);
   ft_free(&a);
-  lr_server_free(s);
+  engine_free(s);
 }
