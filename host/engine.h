@@ -60,6 +60,7 @@ typedef struct lr_conn_ops {
   void (*fanout)(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept);
   bool via_uplink;      /* in the room list but skipped by broadcasts and sync patches */
   bool uncounted;       /* not in stats.conns_open */
+  bool relay;           /* carries many clients (lr_conn_is_relay) */
   bool forget_on_close; /* forget() once closed, not only when freed */
 } lr_conn_ops;
 typedef enum { LR_C_JOINING = 0, LR_C_JOINED, LR_C_CLOSING, LR_C_GONE } lr_conn_phase;

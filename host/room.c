@@ -291,6 +291,10 @@ void *lr_conn_transport(lr_conn *c) {
   return c->tp;
 }
 
+bool lr_conn_is_relay(const lr_conn *c) {
+  return c && c->ops && c->ops->relay;
+}
+
 const char *lr_conn_id(const lr_conn *c) {
   return c->id;
 }

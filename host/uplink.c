@@ -163,7 +163,8 @@ static const lr_conn_ops uplink_ops = {.message = lr_uplink_message,
                                        .closed = lr_uplink_closed,
                                        .forget = lr_uplink_forget,
                                        .fanout = lr_uplink_fanout,
-                                       .uncounted = true};
+                                       .uncounted = true,
+                                       .relay = true};
 /* A client relayed by an uplink: in the room list (connections(),
  * hibernation, shutdown) but broadcasts and sync patches reach it through
  * its uplink. */
@@ -191,10 +192,6 @@ static void lr_uplink_forget(lr_conn *c) {
   free(v->addr);
   free(v->priv);
   free(v);
-}
-
-bool lr_conn_is_relay(const lr_conn *c) {
-  return c && c->uplink != NULL;
 }
 
 /* ------------------------------------------------------------ uplink transport side */
