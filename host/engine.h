@@ -7,6 +7,20 @@
  * Owns: lr_server, lr_room, lr_conn and timer structures.
  * Must not: be included by transports (they use server.h only), name Lua
  * (lua_State is opaque here; rules.h is the engine's only way to the rules).
+ *
+ * Conventions of the host's functions (style):
+ * - int results: 0 success, a negative value failure (-1, or a negative
+ *   code such as LR_STORE_E*), with the reason written into a caller's
+ *   err/errlen buffer when the function takes one; a positive value only
+ *   where documented (an HTTP status towards transports, server.h; "handled
+ *   / answered" in rules.h).
+ * - bool results answer a question (served?, failing?), never report an error.
+ * - Pointers: NULL = not found / refused; the caller owns what a *_new or
+ *   *_open returns, and references are counted (retain/release) where noted.
+ * - Lua: the engine reaches it only through s->rules (bridge.c); features
+ *   that call Lua themselves (fetch.c, storage_lua.c, reload.c) do it
+ *   through lr_vm_pcall; the engine releases the references it holds
+ *   (room, conn, timer callbacks) through rules->unref.
  */
 #ifndef LR_ENGINE_H
 #define LR_ENGINE_H
@@ -258,6 +272,11 @@ struct lr_server {
 lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool virtual_clock,
                          uint64_t seed);
 void lr_server_free(lr_server *s);
+/* Called at the end of every lr_server_new when set: the composition root
+ * (lua_core.c, once lunaroom.core is loaded) gives new servers their rules
+ * and the features they serve. NULL: servers start without rules (the
+ * caller sets s->rules, as the C tests do). */
+extern void (*lr_server_init_hook)(lr_server *s);
 int64_t lr_now(const lr_server *s);
 void lr_random_id(lr_server *s, char *out, size_t n, const char *alphabet);
 

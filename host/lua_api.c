@@ -609,13 +609,10 @@ void lr_lua_push_conn(lua_State *L, lr_conn *c) {
 
 /* ------------------------------------------------------------ core functions */
 
-/* What a server created from Lua is given (its rules, the features it
- * serves), and the hook core.set_runtime calls: lua_core.c sets both. */
-static void (*api_init)(lr_server *s);
+/* The hook core.set_runtime calls (lua_core.c sets it: bridge.c's). */
 static void (*api_bind)(lua_State *L, int idx);
 
-void lr_lua_api_set_hooks(void (*init)(lr_server *s), void (*bind)(lua_State *L, int idx)) {
-  api_init = init;
+void lr_lua_api_set_bind(void (*bind)(lua_State *L, int idx)) {
   api_bind = bind;
 }
 
@@ -685,7 +682,6 @@ static int l_server_new(lua_State *L) {
                                                : lr_store_open_spec(spec, err, sizeof err);
   if (!st) return luaL_error(L, "cannot open storage %s: %s", spec, err);
   lr_server *s = lr_server_new(L, st, true, virt, seed);
-  if (api_init) api_init(s);
   server_limits(L, 1, s);
   lr_lua_push_server(L, s, true);
   return 1;

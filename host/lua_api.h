@@ -29,10 +29,9 @@ void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id);
 
 /* The server of the handle at idx (raises "server is closed"). */
 lr_server *lr_lua_check_server(lua_State *L, int idx);
-/* init(s) for every server core.server_new creates (its rules, the
- * features it serves), and the function core.set_runtime(runtime) calls
- * with the runtime table's index. */
-void lr_lua_api_set_hooks(void (*init)(lr_server *s), void (*bind)(lua_State *L, int idx));
+/* The function core.set_runtime(runtime) calls with the runtime table's
+ * index (lua_core.c: lr_bridge_bind). */
+void lr_lua_api_set_bind(void (*bind)(lua_State *L, int idx));
 /* Build the lunaroom.core module table (metatables, functions). [-0,+1] */
 int lr_lua_api_open(lua_State *L);
 

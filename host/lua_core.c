@@ -15,15 +15,17 @@
 
 int luaopen_lunaroom_core(lua_State *L);
 
-/* A server built from Lua (the test host): the rules over runtime.lua,
- * shard uplinks accepted, as `serve` builds its own (main.c). */
+/* Every server built once the module is loaded (core.server_new, main.c's
+ * serve, the fuzz harness): the rules over runtime.lua, shard uplinks
+ * accepted (lr_server_init_hook). */
 static void server_init(lr_server *s) {
   s->rules = &lr_bridge_rules;
   lr_uplink_install(s);
 }
 
 int luaopen_lunaroom_core(lua_State *L) {
-  lr_lua_api_set_hooks(server_init, lr_bridge_bind);
+  lr_server_init_hook = server_init;
+  lr_lua_api_set_bind(lr_bridge_bind);
   lr_lua_api_open(L);
   lr_headless_register(L);
   return 1;

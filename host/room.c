@@ -42,6 +42,8 @@
 
 #define MAX_EARLY_FRAMES 256
 
+void (*lr_server_init_hook)(lr_server *s);
+
 const double lr_hist_bounds[LR_HIST_N - 1] = {0.0001, 0.0005, 0.001, 0.005, 0.01,
                                               0.05,   0.1,    0.5,   1.0};
 
@@ -71,6 +73,7 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
   s->room_rate = lr_addr_rate_new(2, 20);
   s->session_rate = lr_addr_rate_new(10, 100);
   if (store && store->vt->bind) store->vt->bind(store, s);
+  if (lr_server_init_hook) lr_server_init_hook(s);
   return s;
 }
 
