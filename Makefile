@@ -16,14 +16,15 @@ all: build
 # On a fresh machine the Debian packages are installed on first use (as root;
 # otherwise it says to run 'sudo make deps'). A no-op once they are there.
 ensure-deps:
-	@if ! pkg-config --exists lua5.4 libwebsockets sqlite3 libjwt 2>/dev/null || \
+	@if ! pkg-config --exists lua5.4 libwebsockets sqlite3 libjwt libpq 2>/dev/null || \
 	    ! command -v cmake >/dev/null || ! [ -f /usr/share/lua/5.4/busted/runner.lua ]; then \
 	  if [ "$$(id -u)" = 0 ]; then $(MAKE) deps; else echo "missing packages: run 'sudo make deps'"; exit 1; fi; \
 	fi
 
 ensure-test-deps: ensure-deps
 	@if ! command -v chromium >/dev/null || ! command -v clang >/dev/null || ! command -v valgrind >/dev/null || \
-	    ! command -v openssl >/dev/null || ! command -v curl >/dev/null || ! command -v dpkg-shlibdeps >/dev/null; then \
+	    ! command -v openssl >/dev/null || ! command -v curl >/dev/null || ! command -v dpkg-shlibdeps >/dev/null || \
+	    ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then $(MAKE) deps; else echo "missing packages: run 'sudo make deps'"; exit 1; fi; \
 	fi
 
@@ -121,7 +122,7 @@ deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	  build-essential cmake pkg-config liblua5.4-dev lua5.4 libwebsockets-dev lua-cjson \
-	  libsqlite3-dev libjwt-dev lua-busted sqlite3 chromium \
+	  libsqlite3-dev libjwt-dev lua-busted sqlite3 chromium libpq-dev postgresql \
 	  clang libclang-rt-14-dev llvm valgrind >/dev/null
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	  libssl-dev openssl curl ca-certificates dpkg-dev file fakeroot adduser lua-penlight >/dev/null

@@ -306,6 +306,10 @@ void lr_room_store_written(lr_room *r, int rc, const char *err);
  * (ns, id): the room, if live, releases what waited for them. Called from
  * the store's own callbacks, never from inside one of its vtable calls. */
 void lr_server_store_progress(lr_server *s, const char *ns, const char *id);
+/* A cluster store lost the lease of (ns, id): the room, if live, closes its
+ * sockets with code (held packets are dropped: never stored) and is
+ * disposed without writing. From the store's own callbacks only. */
+void lr_server_store_lost(lr_server *s, const char *ns, const char *id, int code, const char *why);
 /* True while r's writes fail (it refuses actions, joins and requests). */
 static inline bool lr_room_store_failing(const lr_room *r) {
   return r->flush_failed || r->backend_failed;

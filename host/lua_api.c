@@ -1199,6 +1199,28 @@ static int l_store_pending(lua_State *L) {
   return 1;
 }
 
+/* core.store_stats(srv): { {name, kind, help, value}, ... } of the storage
+ * backend (/metrics; storage_postgres.c), {} when it has none. */
+static int l_store_stats(lua_State *L) {
+  lr_store *st = lr_lua_check_server(L, 1)->store;
+  lr_store_stat v[32];
+  size_t n = st && st->vt->stats ? st->vt->stats(st, v, 32) : 0;
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, v[i].name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, v[i].kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, v[i].help);
+    lua_setfield(L, -2, "help");
+    lua_pushnumber(L, v[i].value);
+    lua_setfield(L, -2, "value");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
 static int l_store_count(lua_State *L) {
   store_target tg = check_target(L, 1);
   lua_pushinteger(L, tg.st->vt->count(tg.st, tg.ns, tg.id));
@@ -1472,6 +1494,7 @@ static const luaL_Reg core_fns[] = {
     {"store_list", l_store_list},
     {"store_count", l_store_count},
     {"store_pending", l_store_pending},
+    {"store_stats", l_store_stats},
     {"storage_failing", l_storage_failing},
     {"store_fail_next", l_store_fail_next},
     {"encode", l_encode},

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "net.h"
+#include "storage_postgres.h"
 #include "reload.h"
 #include "shard.h"
 #include "uplink.h"
@@ -54,6 +55,11 @@ static const char *usage =
     "                        wait for a lock, 1-50), memory, or memory:SNAPSHOT.json\n"
     "                        (loaded at start if present, saved on graceful shutdown), or\n"
     "                        lua:BACKEND.lua (a storage backend written in Lua)\n"
+    "                        postgres://USER@HOST:PORT/DB (PostgreSQL; libpq URL)\n"
+    "  --cluster URL         postgres://...: storage there, and each room served by one node\n"
+    "                        at a time under a lease (needs --node-url)\n"
+    "  --node-url URL        this node's address for the other nodes (http://HOST:PORT)\n"
+    "  --lease-ms MS         cluster lease length (default 4000; renewed every MS/4)\n"
     "  --snapshot FILE       with --storage memory: the same as memory:FILE\n"
     "  --max-frame BYTES     largest incoming WebSocket message (default 65536)\n"
     "  --max-queue BYTES     outgoing bytes queued per connection before it is dropped (default "
@@ -548,6 +554,9 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *room_rate = NULL, *session_rate = NULL;
   const char *tls_ca = NULL;
   long long shutdown_ms = 5000;
+  /* --cluster: rooms spread over nodes on one PostgreSQL (storage_postgres.h) */
+  const char *cluster = NULL, *node_url = NULL;
+  long long lease_ms = 0;
   size_t lua_memory = (size_t)1 << 30;
   lr_net_opts no;
   lr_net_defaults(&no);
@@ -562,6 +571,12 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       storage = argv[++i];
     else if (strcmp(a, "--snapshot") == 0 && v)
       snapshot = argv[++i];
+    else if (strcmp(a, "--cluster") == 0 && v)
+      cluster = argv[++i];
+    else if (strcmp(a, "--node-url") == 0 && v)
+      node_url = argv[++i];
+    else if (strcmp(a, "--lease-ms") == 0 && v)
+      lease_ms = atoll(argv[++i]);
     else if (strcmp(a, "--max-frame") == 0 && v)
       no.max_frame = (size_t)atoll(argv[++i]);
     else if (strcmp(a, "--max-queue") == 0 && v)
@@ -642,6 +657,18 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     snprintf(storage_buf, sizeof storage_buf, "memory:%s", snapshot);
     storage = storage_buf;
   }
+  if (cluster || node_url || lease_ms) {
+    if (!cluster || !node_url ||
+        (strncmp(cluster, "postgres://", 11) != 0 && strncmp(cluster, "postgresql://", 13) != 0)) {
+      fprintf(stderr, "lunaroom serve: --cluster postgres://... and --node-url http://HOST:PORT go "
+                      "together\n");
+      return 2;
+    }
+    if (lease_ms < 0 || (lease_ms > 0 && lease_ms < 400)) {
+      fprintf(stderr, "lunaroom serve: --lease-ms must be at least 400\n");
+      return 2;
+    }
+  }
   /* World and shards refuse to run unauthenticated (design.md §8). */
   const char *need[2] = {world ? "AUTH_JWT_SECRET" : NULL,
                          world || shard_main ? "SHARD_SECRET" : NULL};
@@ -662,9 +689,19 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   lr_fetch_set_tls_ca(tls_ca);
   char err[256];
   lua_State *L = open_vm(lua_dir, lua_memory);
-  lr_store *st = strncmp(storage, "lua:", 4) == 0
-                     ? lr_store_lua_open(L, storage + 4, err, sizeof err)
-                     : lr_store_open_spec(storage, err, sizeof err);
+  lr_store *st = NULL;
+  if (cluster) {
+    lr_pg_opts po = {.conninfo = cluster, .node_id = node_url, .lease_ms = lease_ms};
+    storage = cluster;
+    st = lr_store_postgres_open(&po, err, sizeof err);
+    if (st)
+      lr_info("cluster node %s: lease %lld ms, renewed every %lld ms", node_url,
+              lease_ms > 0 ? lease_ms : (long long)LR_PG_LEASE_DEFAULT,
+              (lease_ms > 0 ? lease_ms : (long long)LR_PG_LEASE_DEFAULT) / 4);
+  } else {
+    st = strncmp(storage, "lua:", 4) == 0 ? lr_store_lua_open(L, storage + 4, err, sizeof err)
+                                          : lr_store_open_spec(storage, err, sizeof err);
+  }
   if (!st) {
     lr_error("cannot open storage %s: %s", storage, err);
     lr_vm_close(L);
@@ -781,7 +818,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     while ((left > 0 || lr_store_pending(st) > 0) && lr_now(s) < end) {
       lr_server_tick(s);
       lr_fetch_flush(5);
-      usleep(1000);
+      lr_net_poll_watched(1); /* the loop is gone: a database socket (postgres storage) */
       if (left > 0 && lr_now(s) >= next_try) {
         left = lr_server_retry_unwritten(s);
         next_try = lr_now(s) + 100;

@@ -67,4 +67,22 @@ void lr_net_wake(void);
 bool lr_net_addr_acquire(const char *addr);
 void lr_net_addr_release(const char *addr);
 
+/* ---- fd watches: another library's socket (libpq) on the one loop ----
+ * cb(ud, revents) runs on the loop thread when fd is readable (POLLIN),
+ * writable (POLLOUT, once per lr_net_watch_write(w, 1)), or broken
+ * (POLLHUP: the watch is still registered; the owner unwatches it). The fd
+ * stays the caller's: the loop polls a dup of it and never closes fd. A
+ * watch made before the loop runs is attached when it starts; while no loop
+ * runs (before lr_net_run, after it returned, headless tests) callbacks run
+ * only from lr_net_poll_watched(). cb may unwatch any watch, its own too. */
+typedef struct lr_net_watch lr_net_watch;
+typedef void (*lr_net_fd_cb)(void *ud, int revents);
+lr_net_watch *lr_net_watch_fd(int fd, lr_net_fd_cb cb, void *ud);
+void lr_net_watch_write(lr_net_watch *w, int on);
+void lr_net_unwatch_fd(lr_net_watch *w);
+/* While no loop runs: poll the watched fds for at most timeout_ms and run
+ * the callbacks of those ready. Returns how many fired (0 also when a loop
+ * runs: it serves them itself). */
+int lr_net_poll_watched(int timeout_ms);
+
 #endif

@@ -174,6 +174,15 @@ void lr_waits_free(lr_server *s) {
 static void wait_done(void *ud, int ok, const char *err) {
   lr_wait *w = ud;
   lr_server *s = w->s;
+  if (ok == LR_STORE_READY_ELSEWHERE) { /* a cluster node holds it: refused here */
+    if (w->conn && w->conn->phase == LR_C_JOINING)
+      lr_conn_close(w->conn, 4409, "room owned by another node");
+    else if (!w->conn)
+      respond_simple(w->done, w->ud, 409, "{\"error\":\"Room owned by another node\"}");
+    if (w->conn) lr_conn_release(w->conn);
+    wait_free(w);
+    return;
+  }
   if (!ok) lr_warn("room %s/%s: storage not available (%s)", w->ns, w->id, err ? err : "-");
   if (w->conn) {
     lr_conn *c = w->conn;

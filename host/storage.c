@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "storage.h"
+#include "storage_postgres.h"
 
 void lr__store_errf(char *err, size_t errlen, const char *fmt, ...) {
   if (!err || errlen == 0) return;
@@ -390,6 +391,10 @@ lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
     return NULL;
   }
   if (strcmp(spec, "memory") == 0) return lr_store_memory_open(NULL, err, errlen);
+  if (strncmp(spec, "postgres://", 11) == 0 || strncmp(spec, "postgresql://", 13) == 0) {
+    lr_pg_opts po = {.conninfo = spec};
+    return lr_store_postgres_open(&po, err, errlen);
+  }
   const char *path = NULL;
   int sqlite = 0;
   if (strncmp(spec, "memory:", 7) == 0) {
@@ -399,7 +404,8 @@ lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
     sqlite = 1;
   } else {
     lr__store_errf(err, errlen,
-                   "unknown storage spec '%s' (expected memory, memory:SNAPSHOT or sqlite:PATH)",
+                   "unknown storage spec '%s' (expected memory, memory:SNAPSHOT, sqlite:PATH or "
+                   "postgres://...)",
                    spec);
     return NULL;
   }

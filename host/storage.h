@@ -57,11 +57,18 @@ typedef int (*lr_store_list_cb)(void *ud, const char *key, size_t keylen, const 
                                 size_t vallen);
 
 /* ready callback: ok 1 when (ns, room) can be read, 0 when loading failed
- * (err says why). */
+ * (err says why), LR_STORE_READY_ELSEWHERE when another node of a cluster
+ * holds the room (err names it; storage_postgres.h). */
+#define LR_STORE_READY_ELSEWHERE (-1)
 typedef void (*lr_store_ready_cb)(void *ud, int ok, const char *err);
 
 typedef struct lr_store lr_store;
 struct lr_server;
+/* One figure of a backend for /metrics (Prometheus text). */
+typedef struct lr_store_stat {
+  const char *name, *kind, *help; /* static strings; kind "counter" or "gauge" */
+  double value;
+} lr_store_stat;
 typedef struct lr_store_vt {
   const char *name; /* "sqlite", "memory" */
   /* out is reset, then receives the stored JSON text (NUL-terminated). */
@@ -99,6 +106,9 @@ typedef struct lr_store_vt {
    * committed when apply() returns. */
   int (*progress)(lr_store *s, const char *ns, const char *room, uint64_t *accepted,
                   uint64_t *committed, char *err, size_t errlen);
+  /* Optional: the backend's own figures for /metrics, at most max of them;
+   * returns how many. Constant cost (no walk over rooms). */
+  size_t (*stats)(lr_store *s, lr_store_stat *out, size_t max);
 } lr_store_vt;
 
 struct lr_store {
@@ -173,7 +183,8 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
 struct lua_State;
 lr_store *lr_store_lua_open(struct lua_State *L, const char *path, char *err, size_t errlen);
 
-/* Parse a --storage spec: "memory", "memory:SNAPSHOT", "sqlite:PATH". */
+/* Parse a --storage spec: "memory", "memory:SNAPSHOT", "sqlite:PATH",
+ * "postgres://..." / "postgresql://..." (storage_postgres.h). */
 lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen);
 
 /* ---- for the backends only (defined in storage.c) ---- */

@@ -244,6 +244,18 @@ void lr_server_store_progress(lr_server *s, const char *ns, const char *id) {
   lr_room_release(r);
 }
 
+void lr_server_store_lost(lr_server *s, const char *ns, const char *id, int code, const char *why) {
+  lr_room *r = lr_room_find(s, ns, id);
+  if (!r || r->disposed) return;
+  lr_warn("room %s: %s; its connections are closed (%d) and it is dropped here", r->key, why, code);
+  lr_room_retain(r);
+  lr_room_outbox_free(r); /* held packets show writes that were never stored */
+  for (uint32_t i = r->nconns; i-- > 0;)
+    lr_conn_close(r->conns[i], code, why);
+  lr_room_dispose(r);
+  lr_room_release(r);
+}
+
 void lr_room_store_written(lr_room *r, int rc, const char *err) {
   if (r->disposed) return;
   if (rc == 0) {

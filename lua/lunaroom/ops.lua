@@ -94,6 +94,10 @@ function M.metrics_text(srv, runtime)
     end
   end
   metric("lunaroom_room_info", "gauge", "Live rooms (in memory or hibernated) by room type and the code version they run.", info)
+  -- The storage backend's own figures (PostgreSQL: transactions, cluster leases).
+  for _, m in ipairs(core.store_stats and core.store_stats(srv.h) or {}) do
+    metric(m.name, m.kind, m.help, { { m.value } })
+  end
   return table.concat(out, "\n") .. "\n"
 end
 

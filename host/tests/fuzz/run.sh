@@ -32,7 +32,7 @@ if ! command -v "$CC" >/dev/null 2>&1; then
   exit 2
 fi
 
-PKGS=(lua5.4 libwebsockets sqlite3 libjwt openssl)
+PKGS=(lua5.4 libwebsockets sqlite3 libjwt openssl libpq)
 read -r -a PKG_CFLAGS <<<"$(pkg-config --cflags "${PKGS[@]}")"
 read -r -a LIBS <<<"$(pkg-config --libs "${PKGS[@]}") -lm -ldl -lpthread"
 BASE=(-std=c11 -g -O1 -D_GNU_SOURCE "-fsanitize=address,undefined" -fno-sanitize-recover=undefined
