@@ -29,6 +29,8 @@
 
 _Static_assert(LR_NOREF == LUA_NOREF, "rules.h's LR_NOREF is Lua's LUA_NOREF");
 
+#define respond_table lr_respond_table
+
 /* The runtime's functions the engine calls for every connection or packet,
  * referenced once (lr_bridge_bind). The others (room lifecycle, routing,
  * operations) are looked up by name when called: they are rare, and specs
@@ -137,7 +139,7 @@ static void push_request(lua_State *L, const lr_request *req) {
 
 /* Answer with the response table on top of the stack:
  * {status=, headers={{name,value},...}, body=string}. [-0,+0] */
-static void respond_table(lua_State *L, lr_response_cb done, void *ud) {
+void lr_respond_table(lua_State *L, lr_response_cb done, void *ud) {
   lua_getfield(L, -1, "status");
   int status = (int)luaL_optinteger(L, -1, 200);
   lua_pop(L, 1);
@@ -351,7 +353,11 @@ static int b_request(lr_room *r, const lr_request *req, const char *rest, lr_set
   int rc = -1;
   if (runtime_call(s, r, F_REQUEST, "request", "request", 3, 1, err, sizeof err) == 0 &&
       lua_istable(L, -1)) {
-    if (!settle(r, done, ud)) respond_table(L, done, ud);
+    if (lr_wait_http_defer(s, L, done, ud)) {
+      /* a guard or the route waits: answered when it finished (lua_wait.c) */
+    } else if (!settle(r, done, ud)) {
+      respond_table(L, done, ud);
+    }
     rc = 1;
   }
   lua_settop(L, top);

@@ -157,6 +157,7 @@ struct lr_room {
   int64_t hibernate_ms, evict_ms, last_active, idle_at;
   bool hibernated;
   uint32_t ntimers;   /* pending LR_T_LUA timers of this room (room:timer, session expiry) */
+  uint32_t nwaits;    /* handlers of this room waiting for I/O (lua_wait.c): no hibernation */
   double rate, burst; /* messages per second and bucket size per connection */
   /* Per-room input limits (0 = the process defaults): largest action frame
    * in bytes, JSON nesting depth and values per packet. */
@@ -293,6 +294,24 @@ void lr_room_touch(lr_room *r);
 /* Run the flush pass for every touched room (sync per throttle/autoSync,
  * storage per throttle). Called after every entry into Lua. */
 void lr_server_flush_touched(lr_server *s);
+/* Handlers that wait (lua_wait.c, runtime.lua): r does not hibernate or get
+ * evicted while r->nwaits > 0 (delta +1 when a handler of r starts waiting,
+ * -1 when it finished). */
+void lr_room_wait_hold(lr_room *r, int delta);
+/* c joined after its connect waited (a guard or onJoin): the frames it sent
+ * meanwhile are handled in order, from a 0 ms timer (not inside the caller's
+ * Lua call). */
+void lr_conn_replay_early_later(lr_conn *c);
+/* The error packet {type:"error", value:{code, action?, message}} to c
+ * (counted in the rejected stats; bypasses the interceptor and the gate). */
+void lr_conn_send_error(lr_conn *c, const char *code, const char *action, const char *message);
+/* Answer with the response table on top of L's stack: {status=,
+ * headers={{name,value},...}, body=string}. [-0,+0] */
+void lr_respond_table(lua_State *L, lr_response_cb done, void *ud);
+/* lua_wait.c: the response table on top of L is runtime.lua's "pending"
+ * answer (a guard or route handler waits): the request is answered with
+ * done/ud when it finished. Returns false for an ordinary response. */
+bool lr_wait_http_defer(lr_server *s, lua_State *L, lr_response_cb done, void *ud);
 /* Send the pending sync patch now (applySync / throttle end). If nothing is
  * pending and full_if_clean, every connection gets the full state. Parked
  * connections get pId + full state. */

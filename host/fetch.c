@@ -2,7 +2,8 @@
  * fetch.c - outgoing HTTP requests and WebSocket client connections on a
  * second, client-only libwebsockets context (see fetch.h).
  *
- * Owns: that context (created on first use, destroyed by lr_fetch_shutdown),
+ * Owns: the client vhost in the server loop's context, the second context
+ * (created on first use, destroyed by lr_fetch_shutdown),
  * URL parsing (http://, ws://, and https://, wss:// verified against the
  * system CAs or --tls-ca; no redirects followed), the
  * request and connection objects, their send queues and receive buffers, and
@@ -10,21 +11,25 @@
  * Must not: know rooms, shards or JSON; run user code from inside an lws
  * callback.
  *
- * Why a second context, and how it is serviced. The server's context lives
- * in net.c, which exposes no handle for client connections (net.h is its
- * whole contract). A second context cannot join the first one's poll set,
- * so it is serviced from an engine timer on the loop thread: while any
- * client connection or request is alive, the timer runs a non-blocking
- * lws_service() (poll with timeout 0) and then the callbacks it produced.
- * Its period is FETCH_POLL_MS after any activity and doubles while the links
- * are idle, up to FETCH_POLL_MAX_MS; sending (lr_wsc_send, lr_fetch) services
- * at once. Cost: incoming frames wait up to the current period (1 ms while
- * busy, at most 8 ms after idling); an idle shard process with open uplinks
- * wakes about 125 times a second (well under 1% of a core); nothing runs
- * while no client connection is open. If net.h ever exposes its context (or a way to watch
- * extra descriptors), this context and the timer go away and the same API
- * stays.
- *
+ * Two contexts. While the server loop runs (net.h lr_net_context), HTTP
+ * requests are client connections of a client-only vhost added to the loop's
+ * own context: their sockets are in the loop's poll set, so an answer wakes
+ * the loop at once; their events run from a 0 ms engine timer armed when one
+ * is queued, and each request's deadline is an engine timer. Nothing polls.
+ * WebSocket client links (a shard's uplinks), and HTTP requests made when no
+ * loop runs (headless hosts, the shutdown after the loop ended: a Lua
+ * backend's last writes), use a second, client-only context of our own,
+ * serviced from an engine timer on the loop thread: while one of its
+ * connections is alive, the timer runs a non-blocking lws_service() (poll
+ * with timeout 0) and then the callbacks it produced. Its period is
+ * FETCH_POLL_MS after any activity and doubles while the links are idle, up
+ * to FETCH_POLL_MAX_MS; sending (lr_wsc_send, lr_fetch) services at once.
+ * Cost: incoming uplink frames wait up to the current period (1 ms while
+ * busy, at most 8 ms after idling). Requests on the loop's context still in
+ * flight when the loop ends are destroyed with it (they fail with
+ * "connection closed"; a Lua backend retries its write on the second
+ * context).
+
  * Events. lws callbacks only record what happened (open, one complete
  * message, closed, an HTTP result) in a FIFO; after each service the FIFO is
  * drained and the user callbacks run, so they may freely open, send or
@@ -48,6 +53,7 @@
 #include "engine.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "net.h"
 
 #define FETCH_POLL_MS 1                /* service period right after activity */
 #define FETCH_POLL_MAX_MS 8            /* idle links: the period doubles up to this */
@@ -72,6 +78,7 @@ typedef struct conn_common {
   char *host, *path, *hostport;
   int port;
   bool tls;       /* https:// or wss:// */
+  bool shared;    /* on the server loop's context (the fetch vhost), not on ours */
   lr_buf headers; /* "name:\0value\0" pairs for the handshake */
   struct conn_common *next_all;
 } conn_common;
@@ -90,7 +97,9 @@ typedef struct http_req {
   bool finished;  /* the result event is queued (or the request cancelled) */
   bool delivered; /* the result event was taken off the queue */
   bool cancelled;
-  int64_t deadline; /* lr_now() past which the request fails */
+  int64_t deadline;        /* lr_now() past which the request fails */
+  uint64_t deadline_timer; /* shared: the engine timer at the deadline */
+  bool called;             /* cb ran */
 } http_req;
 
 struct lr_wsc {
@@ -134,6 +143,13 @@ static struct {
   bool timer_armed;
   bool shutting_down;
   const char *tls_ca; /* --tls-ca, or NULL = the system's CAs */
+  /* HTTP requests while the server loop runs: a client-only vhost in the
+   * loop's own context (net.h lr_net_context), so an answer wakes the loop
+   * at once; events go out from a 0 ms engine timer (never from inside an
+   * lws callback). */
+  struct lws_context *net; /* the loop's context the vhost belongs to */
+  struct lws_vhost *vh;    /* the fetch vhost in it */
+  uint64_t dispatch_timer; /* armed 0 ms timer for shared events */
 } G;
 
 void lr_fetch_set_tls_ca(const char *path) {
@@ -235,6 +251,8 @@ static void keep_headers(conn_common *cc, const lr_header *h, size_t n) {
   }
 }
 
+static void arm_dispatch(void);
+
 static void push_event(ev_kind kind, conn_common *obj, int code, const char *reason,
                        const void *data, size_t len) {
   event *e = lr_xcalloc(1, sizeof *e);
@@ -251,6 +269,7 @@ static void push_event(ev_kind kind, conn_common *obj, int code, const char *rea
   else
     G.ev_head = e;
   G.ev_tail = e;
+  if (obj->shared) arm_dispatch();
 }
 
 static void free_common(conn_common *cc) {
@@ -260,10 +279,14 @@ static void free_common(conn_common *cc) {
   lr_buf_free(&cc->headers);
 }
 
+static void lua_done(void *ud, const lr_fetch_result *r);
+
 static void free_obj(conn_common *cc) {
   free_common(cc);
   if (cc->kind == OBJ_HTTP) {
     http_req *r = (http_req *)cc;
+    if (!r->called && r->cb == lua_done) free(r->ud); /* a Lua request that never answered */
+    if (r->deadline_timer && G.srv) lr_timer_cancel(G.srv, r->deadline_timer);
     free(r->method);
     free(r->body);
     lr_buf_free(&r->resp);
@@ -489,6 +512,7 @@ static void dispatch(void) {
                                r->ctype[0] ? r->ctype : NULL, r->location[0] ? r->location : NULL,
                                lr_buf_cstr(&r->resp),         r->resp.len};
         r->cancelled = true; /* once */
+        r->called = true;
         r->cb(r->ud, &res);
       }
     } else {
@@ -536,8 +560,16 @@ static int service_tick(lua_State *L) {
   return 0;
 }
 
+/* Work on the private context: objects on it, or events to run. */
+static bool private_work(void) {
+  if (G.ev_head) return true;
+  for (conn_common *cc = G.all; cc; cc = cc->next_all)
+    if (!cc->shared) return true;
+  return false;
+}
+
 static void arm(void) {
-  if (G.timer_armed || !G.ctx || !G.srv || G.shutting_down || (!G.all && !G.ev_head)) return;
+  if (G.timer_armed || !G.ctx || !G.srv || G.shutting_down || !private_work()) return;
   if (G.period < FETCH_POLL_MS) G.period = FETCH_POLL_MS;
   lua_State *L = G.srv->L;
   lua_pushcfunction(L, service_tick);
@@ -563,6 +595,51 @@ static void kick(void) {
     G.timer_id = lr_timer_add(G.srv, 0, LR_T_LUA, NULL, ref)->seq;
     G.timer_armed = true;
   }
+}
+
+static void dispatch_cb(void *ud) {
+  (void)ud;
+  G.dispatch_timer = 0;
+  dispatch();
+  sweep();
+}
+
+static void arm_dispatch(void) {
+  if (G.dispatch_timer || !G.srv || G.shutting_down) return;
+  G.dispatch_timer = lr_timer_add_c(G.srv, 0, dispatch_cb, NULL);
+}
+
+/* The fetch vhost of the running server loop, or NULL (no loop runs: the
+ * private context is used). */
+static struct lws_vhost *shared_vhost(lr_server *s) {
+  struct lws_context *nc = lr_net_context();
+  if (!nc || G.shutting_down) return NULL;
+  if (G.net == nc && G.vh) return G.vh;
+  struct lws_context_creation_info ci;
+  memset(&ci, 0, sizeof ci);
+  ci.port = CONTEXT_PORT_NO_LISTEN;
+  ci.protocols = fetch_protocols;
+  ci.vhost_name = "lunaroom-fetch";
+  ci.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+  ci.client_ssl_ca_filepath = G.tls_ca;
+  struct lws_vhost *vh = lws_create_vhost(nc, &ci);
+  if (!vh) {
+    lr_warn("fetch: cannot add a client vhost to the server loop; using a polled context");
+    return NULL;
+  }
+  G.net = nc;
+  G.vh = vh;
+  if (!G.srv) G.srv = s;
+  return vh;
+}
+
+/* A shared request's deadline passed. */
+static void deadline_cb(void *ud) {
+  http_req *r = ud;
+  r->deadline_timer = 0;
+  if (r->finished) return;
+  http_finish(r, "timeout");
+  if (r->cc.wsi) lws_set_timeout(r->cc.wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 }
 
 static int ensure_context(lr_server *s) {
@@ -592,7 +669,8 @@ static int ensure_context(lr_server *s) {
 static struct lws *connect_obj(conn_common *cc, const char *method, bool ws) {
   struct lws_client_connect_info i;
   memset(&i, 0, sizeof i);
-  i.context = G.ctx;
+  i.context = cc->shared ? G.net : G.ctx;
+  if (cc->shared) i.vhost = G.vh;
   i.address = cc->host;
   i.port = cc->port;
   i.path = cc->path;
@@ -626,7 +704,8 @@ uint64_t lr_fetch(lr_server *s, const char *method, const char *url, const lr_he
     free_obj(&r->cc);
     return 0;
   }
-  if (ensure_context(s) != 0) {
+  r->cc.shared = shared_vhost(s) != NULL;
+  if (!r->cc.shared && ensure_context(s) != 0) {
     free_obj(&r->cc);
     return 0;
   }
@@ -643,8 +722,9 @@ uint64_t lr_fetch(lr_server *s, const char *method, const char *url, const lr_he
   r->deadline = lr_now(s) + (timeout_ms > 0 ? timeout_ms : FETCH_DEFAULT_TIMEOUT_MS);
   keep_headers(&r->cc, headers, nheaders);
   lr_buf_init(&r->resp);
+  if (r->cc.shared) r->deadline_timer = lr_timer_add_c(s, r->deadline - lr_now(s), deadline_cb, r);
   if (!connect_obj(&r->cc, r->method, false)) http_finish(r, "connect failed");
-  kick();
+  if (!r->cc.shared) kick();
   return r->id;
 }
 
@@ -815,16 +895,20 @@ void lr_fetch_flush(int64_t max_ms) {
 }
 
 void lr_fetch_shutdown(void) {
-  if (!G.ctx) return;
+  if (!G.ctx && !G.all && !G.ev_head) return;
   G.shutting_down = true;
+  if (G.dispatch_timer && G.srv) lr_timer_cancel(G.srv, G.dispatch_timer);
+  G.dispatch_timer = 0;
   for (conn_common *cc = G.all; cc; cc = cc->next_all) {
     if (cc->kind == OBJ_HTTP)
       ((http_req *)cc)->cancelled = true;
     else
       ((lr_wsc *)cc)->user_closed = true;
   }
-  lws_context_destroy(G.ctx); /* WSI_DESTROY for every connection */
+  if (G.ctx) lws_context_destroy(G.ctx); /* WSI_DESTROY for every connection */
   G.ctx = NULL;
+  G.net = NULL;
+  G.vh = NULL;
   while (G.ev_head) {
     event *e = G.ev_head;
     G.ev_head = e->next;

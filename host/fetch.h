@@ -4,8 +4,10 @@
  * requests; remote session transfers), http:// and ws://, or https:// and
  * wss:// with the peer verified (lr_fetch_set_tls_ca).
  *
- * Owns: a second libwebsockets context, client-only, created on first use
- * and serviced on the loop thread from an engine timer (fetch.c says why);
+ * Owns: a client-only vhost in the server loop's libwebsockets context (HTTP
+ * requests while the loop runs) and a second, client-only context serviced
+ * from an engine timer (WebSocket links; requests when no loop runs);
+ * fetch.c says how;
  * the request and connection objects and their callbacks.
  * Must not: know rooms, shards or JSON; call a user callback from inside an
  * lws callback or from inside the call that started the work (callbacks

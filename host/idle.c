@@ -23,7 +23,7 @@
  * relayed clients), no pending timer (room:timer, session expiry). Its
  * unwritten state is flushed by the eviction itself. */
 static bool evictable(const lr_room *r) {
-  return r->evict_ms > 0 && r->nconns == 0 && r->ntimers == 0 && !r->disposed &&
+  return r->evict_ms > 0 && r->nconns == 0 && r->ntimers == 0 && r->nwaits == 0 && !r->disposed &&
          !r->srv->shutting_down;
 }
 
@@ -139,6 +139,11 @@ static bool evict(lr_room *r, int64_t idle) {
 void lr_room_idle_check(lr_room *r) {
   lr_server *s = r->srv;
   if (r->disposed || s->shutting_down) return;
+  if (r->nwaits) { /* a handler waits on this instance: it stays (lr_room_wait_hold) */
+    r->last_active = lr_now(s);
+    lr_room_arm_idle(r);
+    return;
+  }
   int64_t idle = lr_now(s) - r->last_active;
   if (evictable(r) && idle >= r->evict_ms) {
     if (evict(r, idle)) return;
@@ -146,4 +151,16 @@ void lr_room_idle_check(lr_room *r) {
     hibernate(r, idle);
   }
   lr_room_arm_idle(r);
+}
+
+void lr_room_wait_hold(lr_room *r, int delta) {
+  if (delta > 0) {
+    r->nwaits++;
+  } else if (r->nwaits) {
+    r->nwaits--;
+    if (r->nwaits == 0 && !r->disposed) {
+      r->last_active = lr_now(r->srv);
+      lr_room_arm_idle(r);
+    }
+  }
 }

@@ -33,11 +33,15 @@
 int luaopen_lunaroom_core(lua_State *L);
 int luaopen_lunaroom_reload_c(lua_State *L); /* reload.c */
 int luaopen_lunaroom_jwt(lua_State *L);      /* lua_jwt.c */
+int luaopen_lunaroom_wait_c(lua_State *L);   /* lua_wait.c */
 
 #define HOOK_EVERY 10000
 /* Allocation past the call's memory limit that is still granted while the
  * stopped call unwinds (error messages, tracebacks). */
 #define MEM_SLACK (1 << 20)
+/* Instructions the host code that resumed a nested coroutine still gets
+ * after that coroutine was stopped by the budget (lr_vm_resume). */
+#define RESUME_GRACE 1000000
 
 typedef struct vm {
   size_t used, limit;
@@ -132,6 +136,8 @@ lua_State *lr_vm_open(const char *lua_dir, size_t mem_limit) {
   lua_setfield(L, -2, "lunaroom.reload_c");
   lua_pushcfunction(L, luaopen_lunaroom_jwt);
   lua_setfield(L, -2, "lunaroom.jwt");
+  lua_pushcfunction(L, luaopen_lunaroom_wait_c);
+  lua_setfield(L, -2, "lunaroom.wait_c");
   lua_pop(L, 2);
   return L;
 }
@@ -299,5 +305,18 @@ int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callin
   luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
   report(v, ci, "coroutine", rc, killed, lua_tostring(co, -1));
   *nres = 0;
+  if (!outer && (killed || v->mem_hit)) {
+    /* A nested coroutine (a room handler run as a task) was stopped: it is
+     * dead and its step rolled back. The host code that resumed it goes on
+     * (it reports the failure, runs what was queued behind it) with a grace
+     * budget, instead of being stopped in turn. */
+    v->killed = 0;
+    v->mem_hit = 0;
+    v->heap_hit = 0;
+    if (v->remaining < RESUME_GRACE) v->remaining = RESUME_GRACE;
+    if (v->call_used + MEM_SLACK > v->call_limit) v->call_limit = v->call_used + MEM_SLACK;
+    lua_sethook(from, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    if (from != v->main) lua_sethook(v->main, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  }
   return rc;
 }

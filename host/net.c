@@ -129,6 +129,7 @@
 
 #include <libwebsockets.h>
 #include <openssl/err.h>
+#include <openssl/ssl.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -140,25 +141,26 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 
 /* ---- limits that are not options ---- */
 
-#define NET_MSG_OVERHEAD 16         /* bytes charged per queued message on top of its payload */
-#define NET_HTTP_CHUNK 65536        /* body bytes per lws_write on HTTP */
-#define NET_HEADER_DATA 8192        /* request header bytes per connection (lws ah) */
-#define NET_RX_BUFFER 1024          /* lws keeps one per WebSocket for its life: small; */
-                                    /* bigger messages arrive in pieces (net_ws_receive) */
-#define NET_TX_PACKET 65536         /* largest single send(); lws keeps the rest of a write */
-#define NET_SERV_BUF 32768          /* lws per-thread read buffer */
-#define NET_TIMEOUT_SECS 10         /* lws network round trips: headers, body, handshake */
-#define NET_HTTP_HANDLER_SECS 60    /* how long the engine may take to answer a request */
-#define NET_HTTP_WRITE_SECS 30      /* progress timeout while writing a response */
-#define NET_DROP_SECS 3             /* a dropped slow consumer that cannot take its close frame */
-#define NET_DRAIN_MS 1000           /* shutdown: time given to close frames and answers */
-#define NET_MAX_HEADERS 128         /* request headers passed to the engine */
+#define NET_MSG_OVERHEAD 16      /* bytes charged per queued message on top of its payload */
+#define NET_HTTP_CHUNK 65536     /* body bytes per lws_write on HTTP */
+#define NET_HEADER_DATA 8192     /* request header bytes per connection (lws ah) */
+#define NET_RX_BUFFER 1024       /* lws keeps one per WebSocket for its life: small; */
+                                 /* bigger messages arrive in pieces (net_ws_receive) */
+#define NET_TX_PACKET 65536      /* largest single send(); lws keeps the rest of a write */
+#define NET_SERV_BUF 32768       /* lws per-thread read buffer */
+#define NET_TIMEOUT_SECS 10      /* lws network round trips: headers, body, handshake */
+#define NET_HTTP_HANDLER_SECS 60 /* how long the engine may take to answer a request */
+#define NET_HTTP_WRITE_SECS 30   /* progress timeout while writing a response */
+#define NET_DROP_SECS 3          /* a dropped slow consumer that cannot take its close frame */
+#define NET_DRAIN_MS 1000   /* shutdown: time given to close frames, answers and waiting handlers */
+#define NET_MAX_HEADERS 128 /* request headers passed to the engine */
 #define NET_DISCARD_MAX (16u << 20) /* a refused body up to this is read and dropped, not reset */
 #define NET_TRIM_QUIET_MS 500       /* heap trim: this long after the last open/close */
 #define NET_RING_INLINE 4           /* send ring slots inside net_conn (a power of two) */
 _Static_assert((NET_RING_INLINE & (NET_RING_INLINE - 1)) == 0, "ring sizes are powers of two");
-#define NET_FAIR_SHARE 16 /* messages one address hands the engine per loop pass */
-#ifndef NET_PING_SECS     /* idle WebSocket: ping after, hang up after */
+#define NET_FAIR_SHARE 16          /* messages one address hands the engine per loop pass */
+#define NET_HOLD_EXTRA (64u << 10) /* held bytes a socket may keep past max_frame */
+#ifndef NET_PING_SECS              /* idle WebSocket: ping after, hang up after */
 #define NET_PING_SECS 30
 #endif
 #ifndef NET_HANGUP_SECS
@@ -177,9 +179,9 @@ struct net_addr {
   uint32_t http;     /* accepted sockets not (yet) upgraded (max_http_per_ip) */
   double tokens;     /* message budget: token bucket shared by its sockets */
   int64_t tokens_at; /* last refill (0 = never: a full bucket) */
-  /* Sockets holding one message over the budget, paused, first come first
-   * served; the address is on the loop's waiting list while this is not
-   * empty. */
+  /* Sockets holding messages over the budget, served round robin (one
+   * message each in turn); the address is on the loop's waiting list while
+   * this is not empty. */
   struct net_conn *held_head, *held_tail;
   struct net_addr *wait_next;
   bool waiting;
@@ -246,8 +248,13 @@ typedef struct net_conn {
   bool counted;     /* counted in nws and (with ip) the per-peer table */
   bool dropping;    /* over max_queue_bytes: ring released, close 1008 */
   bool gone;        /* socket closed; vt calls are refused */
-  bool paused;      /* rx flow off: holds a message over its address's budget */
-  lr_buf held;      /* that message */
+  bool paused;      /* rx flow off (lws_rx_flow_control), while it holds messages */
+  /* Messages held over its address's budget, oldest first: records of
+   * [uint32 len][len bytes][NUL] in held from held_off; held_n of them
+   * (held_n > 0: on its address's held list). */
+  lr_buf held;
+  size_t held_off;
+  uint32_t held_n;
   struct net_conn *held_next;
 } net_conn;
 
@@ -861,7 +868,7 @@ static void net_conn_finish(net_conn *nc) {
   }
   net_conn_release_queue(nc);
   lr_buf_free(&nc->rx);
-  if (nc->paused) net_unhold(nc);
+  if (nc->held_n) net_unhold(nc);
   lr_buf_free(&nc->held);
   if (nc->counted) {
     nc->loop->nws--;
@@ -1095,11 +1102,24 @@ static int net_ws_writeable(net_conn *nc) {
  * One token bucket per address, shared by all its sockets (rate msgs_per_ip
  * per second, burst 2 x rate), and a fair share of NET_FAIR_SHARE messages
  * per loop pass. A complete message past either is held: the socket keeps
- * it (one message at most), stops reading (lws rx flow control: the rest
- * waits in the kernel, the sender feels TCP backpressure) and queues behind
- * the other held sockets of its address. budget_sul hands held messages to
- * the engine, oldest first, as tokens come back. Nothing is dropped; the
- * per-connection limit of the room (rate_limit, 4008) applies after this. */
+ * it, stops reading (lws rx flow control: the rest waits in the kernel, the
+ * sender feels TCP backpressure) and queues behind the other held sockets of
+ * its address. budget_sul hands held messages to the engine, one per socket
+ * in turn, as tokens come back; the last one read again. Nothing is dropped;
+ * the per-connection limit of the room (rate_limit, 4008) applies after
+ * this.
+ *
+ * TLS: lws 4.1 must not be rx flow controlled while OpenSSL still holds
+ * decrypted bytes of the socket (SSL_pending > 0: poll() cannot see them).
+ * Its ws POLLIN handler then loops for them forever without reading
+ * (re-stashing its buflist each turn: no syscall, the loop never returns,
+ * SIGTERM is never seen). So a TLS socket is paused only at a message that
+ * leaves nothing pending in OpenSSL; until then its further complete
+ * messages are held too (in order). What OpenSSL can hold is at most one
+ * TLS record (16 KiB of plaintext), so a socket keeps at most max_frame +
+ * NET_HOLD_EXTRA held bytes (a socket past that is closed with 1008; it
+ * cannot happen with lws reading as it does), an address at most that many
+ * per socket (max_conns_per_ip). */
 
 static void net_budget_arm(net_loop *L, int64_t ms) {
   if (L->destroying) return;
@@ -1124,10 +1144,7 @@ static bool net_budget_take(net_conn *nc) {
   net_loop *L = nc->loop;
   struct net_addr *a = nc->ip;
   if (!a || L->o.msgs_per_ip <= 0) return true;
-  if (nc->paused) { /* lws delivered past our rx flow control: let it through */
-    a->tokens -= 1;
-    return true;
-  }
+  if (nc->held_n) return false;   /* behind its own held messages: keep the order */
   if (a->held_head) return false; /* others of this address wait: first come first served */
   if (a->pass != L->pass) {
     a->pass = L->pass;
@@ -1141,21 +1158,43 @@ static bool net_budget_take(net_conn *nc) {
   return true;
 }
 
-/* Keep nc's complete message (in rx) and pause its socket. */
-static void net_hold(net_conn *nc) {
+/* Does OpenSSL hold decrypted bytes of nc's socket that lws has not read? */
+static bool net_tls_pending(net_conn *nc) {
+  if (!lws_is_ssl(nc->wsi)) return false;
+  SSL *ssl = lws_get_ssl(nc->wsi);
+  return ssl && SSL_pending(ssl) > 0;
+}
+
+/* Keep nc's complete message (in rx) behind its held ones and pause its
+ * socket if lws can resume it (see above). -1: over what a socket may hold
+ * (nothing kept; close it). */
+static int net_hold(net_conn *nc) {
   net_loop *L = nc->loop;
   struct net_addr *a = nc->ip;
-  lr_buf_reset(&nc->held);
-  lr_buf_put(&nc->held, nc->rx.data, nc->rx.len);
+  uint32_t len = (uint32_t)nc->rx.len;
+  if (nc->held_n &&
+      nc->held.len - nc->held_off + sizeof len + len + 1 > L->o.max_frame + NET_HOLD_EXTRA)
+    return -1;
+  if (!nc->held_n) {
+    lr_buf_reset(&nc->held);
+    nc->held_off = 0;
+  }
+  lr_buf_put(&nc->held, &len, sizeof len);
+  lr_buf_put(&nc->held, nc->rx.data, len);
+  lr_buf_putc(&nc->held, '\0');
   lr_buf_reset(&nc->rx);
-  nc->paused = true;
-  nc->held_next = NULL;
-  if (a->held_tail)
-    a->held_tail->held_next = nc;
-  else
-    a->held_head = nc;
-  a->held_tail = nc;
-  lws_rx_flow_control(nc->wsi, 0);
+  if (nc->held_n++ == 0) {
+    nc->held_next = NULL;
+    if (a->held_tail)
+      a->held_tail->held_next = nc;
+    else
+      a->held_head = nc;
+    a->held_tail = nc;
+  }
+  if (!nc->paused && !net_tls_pending(nc)) {
+    nc->paused = true;
+    lws_rx_flow_control(nc->wsi, 0);
+  }
   if (!a->waiting) {
     a->waiting = true;
     a->wait_next = L->waiting;
@@ -1166,12 +1205,14 @@ static void net_hold(net_conn *nc) {
                     a->key, L->o.msgs_per_ip);
   }
   net_budget_arm(L, 1);
+  return 0;
 }
 
 /* Take nc out of its address's held list (it is gone, or delivered). */
 static void net_unhold(net_conn *nc) {
   struct net_addr *a = nc->ip;
-  nc->paused = false;
+  nc->held_n = 0;
+  nc->held_off = nc->held.len;
   if (!a) return;
   net_conn **pp = &a->held_head, *prev = NULL;
   while (*pp && *pp != nc) {
@@ -1185,19 +1226,27 @@ static void net_unhold(net_conn *nc) {
   nc->held_next = NULL;
 }
 
-/* nc is closing: forget its held message and read again (the peer's close
- * frame must get through). */
-static void net_resume(net_conn *nc) {
+/* Let nc's socket read again. Outside nc's own callbacks: applied now (lws
+ * then services what it stashed while paused). */
+static void net_read_again(net_conn *nc) {
   if (!nc->paused) return;
-  net_unhold(nc);
-  lr_buf_free(&nc->held);
+  nc->paused = false;
   if (nc->wsi && !nc->loop->destroying)
     lws_rx_flow_control(nc->wsi, LWS_RXFLOW_REASON_APPLIES_ENABLE | LWS_RXFLOW_REASON_USER_BOOL |
                                      LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
 }
 
+/* nc is closing: forget its held messages and read again (the peer's close
+ * frame must get through). The buffer itself is kept (a held message may be
+ * in the engine's hands right now) and freed with nc. */
+static void net_resume(net_conn *nc) {
+  if (nc->held_n) net_unhold(nc);
+  net_read_again(nc);
+}
+
 /* budget_sul: hand held messages to the engine as their addresses' tokens
- * and fair shares allow, then sleep until the next token is due. */
+ * and fair shares allow, one per socket in turn, then sleep until the next
+ * token is due. */
 static void net_budget_wake(lws_sorted_usec_list_t *sul) {
   net_loop *L = lws_container_of(sul, net_loop, budget_sul);
   int64_t next = -1;
@@ -1211,19 +1260,30 @@ static void net_budget_wake(lws_sorted_usec_list_t *sul) {
     }
     while (a->held_head && a->tokens >= 1 && a->pass_n < NET_FAIR_SHARE) {
       net_conn *nc = a->held_head;
-      net_unhold(nc);
+      uint32_t len;
+      memcpy(&len, nc->held.data + nc->held_off, sizeof len);
+      size_t at = nc->held_off + sizeof len;
+      nc->held_off = at + len + 1;
       a->tokens -= 1;
       a->pass_n++;
-      /* Outside nc's own callbacks: apply now (lws then services what it
-       * cached while paused). */
-      lws_rx_flow_control(nc->wsi, LWS_RXFLOW_REASON_APPLIES_ENABLE | LWS_RXFLOW_REASON_USER_BOOL |
-                                       LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
+      if (--nc->held_n == 0) {
+        net_unhold(nc);
+        net_read_again(nc);
+      } else if (nc->held_next) { /* round robin: to the back of the line */
+        a->held_head = nc->held_next;
+        a->held_tail->held_next = nc;
+        a->held_tail = nc;
+        nc->held_next = NULL;
+      }
       if (nc->conn && !nc->closing && !nc->dropping)
-        lr_conn_message(nc->conn, lr_buf_cstr(&nc->held), nc->held.len);
-      if (nc->held.cap > 16384)
-        lr_buf_free(&nc->held);
-      else
-        lr_buf_reset(&nc->held);
+        lr_conn_message(nc->conn, nc->held.data + at, len);
+      if (!nc->held_n) { /* (a close in the engine may have emptied it) */
+        if (nc->held.cap > 16384)
+          lr_buf_free(&nc->held);
+        else
+          lr_buf_reset(&nc->held);
+        nc->held_off = 0;
+      }
     }
     if (!a->held_head) {
       *pp = a->wait_next;
@@ -1265,8 +1325,15 @@ static int net_ws_receive(net_conn *nc, const char *in, size_t len) {
   if (lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi)) {
     nc->rx_in_msg = false;
     if (!net_budget_take(nc)) {
-      net_hold(nc);
-      return 0;
+      if (net_hold(nc) == 0) return 0;
+      char who[96];
+      lr_warn("ws %s: over %zu bytes held over the message budget, closing with 1008",
+              net_conn_who(nc, who, sizeof who), nc->loop->o.max_frame + NET_HOLD_EXTRA);
+      lr_buf_free(&nc->rx);
+      static const char why[] = "message budget";
+      lws_close_reason(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, (unsigned char *)why,
+                       sizeof why - 1);
+      return -1;
     }
     lr_conn_message(nc->conn, lr_buf_cstr(&nc->rx), nc->rx.len);
     /* The sender's own answer (the patch of its action, an error) goes out
@@ -2135,6 +2202,10 @@ void lr_net_wake(void) {
   pthread_mutex_unlock(&net_wake_mu);
 }
 
+struct lws_context *lr_net_context(void) {
+  return net_ctx; /* loop thread only: set and cleared by lr_net_run on it */
+}
+
 void lr_net_stop(void) {
   net_stop_flag = 1;
   if (net_ctx) lws_cancel_service(net_ctx);
@@ -2271,7 +2342,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   L.stopping = true;
   lr_server_shutdown(s);
   int64_t deadline = net_now_ms() + NET_DRAIN_MS;
-  while (rc == 0 && (L.nconns || L.nreqs)) {
+  while (rc == 0 && (L.nconns || L.nreqs || lr_server_waiting(s) > 0)) {
     int64_t left = deadline - net_now_ms();
     if (left <= 0) break;
     net_arm(&L, left);
@@ -2281,6 +2352,9 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   if (L.nconns || L.nreqs)
     lr_warn("shutdown: %zu connections and %zu requests still open after %d ms, dropping them",
             L.nconns, L.nreqs, NET_DRAIN_MS);
+  if (lr_server_waiting(s) > 0)
+    lr_warn("shutdown: %ld room handler(s) still waiting after %d ms, cancelled",
+            lr_server_waiting(s), NET_DRAIN_MS);
   lws_sul_cancel(&L.engine_sul);
   lws_sul_cancel(&L.budget_sul);
   pthread_mutex_lock(&net_wake_mu);

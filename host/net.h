@@ -59,6 +59,13 @@ void lr_net_stop(void);
  * call from any thread; does nothing when no loop runs. */
 void lr_net_wake(void);
 
+/* The running loop's libwebsockets context, or NULL when no loop runs (before
+ * lr_net_run, after it returned). Loop thread only. For outgoing client
+ * connections on the same event loop (fetch.c adds a client-only vhost to
+ * it); they are destroyed with the context when the loop ends. */
+struct lws_context;
+struct lws_context *lr_net_context(void);
+
 /* A client relayed by an authenticated shard uplink (uplink.c) counts under
  * its own address against max_conns_per_ip, like a direct WebSocket.
  * acquire returns false when that address is at its limit (nothing is

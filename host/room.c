@@ -430,6 +430,19 @@ lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp) {
  * connection with one reference owned by the caller's transport. */
 /* Run the room's connect for c (joining, c->room set): guards, session,
  * onJoin, snapshot; then the frames that arrived meanwhile. */
+/* Handle the frames c sent before it joined, in order. */
+static void replay_early(lr_conn *c) {
+  if (c->phase != LR_C_JOINED || !c->early) return;
+  lr_early *e = c->early;
+  c->early = NULL;
+  size_t off = 0;
+  for (uint32_t i = 0; i < e->n && c->phase == LR_C_JOINED; i++) {
+    lr_conn_message(c, e->buf.data + off, e->len[i]);
+    off += e->len[i];
+  }
+  early_free(e);
+}
+
 void lr_conn_connect(lr_conn *c, const lr_request *req) {
   lr_room *r = c->room;
   lr_server *s = r->srv;
@@ -439,18 +452,25 @@ void lr_conn_connect(lr_conn *c, const lr_request *req) {
   char err[256];
   if (s->rules->connect(c, req, err, sizeof err) != 0) lr_conn_close(c, 1011, "connect failed");
   lr_server_flush_touched(s);
-  /* Frames that arrived while the room handled the connect. */
-  if (c->phase == LR_C_JOINED && c->early) {
-    lr_early *e = c->early;
-    c->early = NULL;
-    size_t off = 0;
-    for (uint32_t i = 0; i < e->n && c->phase == LR_C_JOINED; i++) {
-      lr_conn_message(c, e->buf.data + off, e->len[i]);
-      off += e->len[i];
-    }
-    early_free(e);
-  }
+  replay_early(c); /* frames that arrived while the room handled the connect */
   lr_conn_release(c);
+}
+
+static void replay_cb(void *ud) {
+  lr_conn *c = ud;
+  replay_early(c);
+  lr_conn_release(c);
+}
+
+void lr_conn_replay_early_later(lr_conn *c) {
+  if (!c->early) return;
+  lr_conn_retain(c);
+  lr_timer_add_c(c->srv, 0, replay_cb, c);
+}
+
+void lr_conn_send_error(lr_conn *c, const char *code, const char *action, const char *message) {
+  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  send_error(c, code, action, message);
 }
 
 static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
@@ -539,7 +559,7 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     c->ops->message(c, data, len);
     return;
   }
-  if (c->phase == LR_C_JOINING) {
+  if (c->phase == LR_C_JOINING || c->early) { /* early: joined, replay pending (in order) */
     early_push(c, data, len);
     return;
   }

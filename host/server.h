@@ -131,5 +131,9 @@ void lr_server_batch_joins(lr_server *s, bool on);
 /* Flush pending syncs and storage writes, close every connection with code
  * 1001, and stop creating rooms. Safe to call more than once. */
 void lr_server_shutdown(lr_server *s);
+/* Room handlers waiting for I/O (lunaroom.io; lua_wait.c). At shutdown the
+ * transport keeps its loop running (bounded by its drain time) while this
+ * is non-zero, so they may finish. */
+long lr_server_waiting(lr_server *s);
 
 #endif

@@ -204,7 +204,8 @@ describe("a Lua backend that waits for I/O", function()
   it("refuses to wait outside a backend call, and a backend that yields anything else fails", function()
     local io = require "lunaroom.io"
     assert.has_error(function() io.sleep(1) end,
-      "lunaroom.io.sleep: only inside a storage backend call (cannot wait here)")
+      "lunaroom.io.sleep: cannot wait here (only in a room handler or a storage backend call, not inside a "
+      .. "protected call of the host or a coroutine of your own)")
     local f = os.tmpname()
     local fh = assert(_G.io.open(f, "w"))
     fh:write([[return { list = function() coroutine.yield("nope") return {} end,

@@ -13,9 +13,9 @@ engine, and no two modules of the checked layers may include each other
 through any path:
   base       buf log value json rand undo addr_rate storage* lua_vm ...
   engine     server.h rules.h engine.h engine_int.h room sync timer idle router
-  rules      bridge (runtime.lua's side: lua_api, headless)
+  rules      bridge lua_api lua_core lua_wait (the runtime.lua side)
   transports net headless
-  features   uplink shard reload fetch storage_lua lua_jwt
+  features   uplink shard reload fetch storage_lua storage_postgres lua_jwt
   top        main
 Usage: lua5.4 host/tests/include_cycles.lua [host-dir]
 ]]
@@ -25,10 +25,10 @@ local dir = arg[1] or "host"
 local layer_of = {
   server = "engine", rules = "engine", engine = "engine", engine_int = "engine",
   room = "engine", sync = "engine", timer = "engine", idle = "engine", router = "engine",
-  bridge = "rules", lua_api = "rules",
+  bridge = "rules", lua_api = "rules", lua_core = "rules", lua_wait = "rules",
   net = "transports", headless = "transports",
   uplink = "features", shard = "features", reload = "features", fetch = "features",
-  storage_lua = "features", lua_jwt = "features",
+  storage_lua = "features", storage_postgres = "features", lua_jwt = "features",
   main = "top",
 }
 local rank = { base = 1, engine = 2, rules = 3, transports = 3, features = 4, top = 5 }

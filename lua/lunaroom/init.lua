@@ -107,7 +107,7 @@ local KNOWN = {
   path = "string", party = "string", maxUsers = "number", throttleSync = "number",
   throttleStorage = "number", sessionExpiryTime = "number", transferExpiryTime = "number",
   autoSync = "boolean", hibernate = "boolean", hibernateAfter = "number", budget = "number", memory = "number",
-  evictAfter = "number", maxOfflineSessions = "number",
+  evictAfter = "number", maxOfflineSessions = "number", waits = "table",
   rateLimit = "table", limits = "table", headers = "table",
   guards = "table", state = "table", actions = "table", requests = "table",
   unhandled = "function|table", onCreate = "function", onJoin = "function",
@@ -265,6 +265,15 @@ function lr.room(def)
   d.autoSync = def.autoSync ~= false
   d.budget = def.budget
   d.memory = def.memory
+  -- Handlers that wait (lunaroom.tasks): max waiting per room, the default
+  -- timeout of one wait and the total time of one handler (ms).
+  d.waits = {}
+  for k, val in pairs(def.waits or {}) do
+    if (k ~= "max" and k ~= "timeout" and k ~= "handlerTimeout") or math.type(val) ~= "integer" or val < 1 then
+      error("waits = { max = n, timeout = ms, handlerTimeout = ms } (positive integers)", 2)
+    end
+    d.waits[k] = val
+  end
   d.limits = def.limits or {}
   for k, val in pairs(d.limits) do
     if (k ~= "frame" and k ~= "depth" and k ~= "elements") or math.type(val) ~= "integer" or val < 1 then

@@ -1,42 +1,61 @@
--- lunaroom.io: waiting for I/O from a storage backend written in Lua
+-- lunaroom.io: waiting for I/O, from room handlers (actions, guards, hooks,
+-- timers: lunaroom.tasks) and from storage backends written in Lua
 -- (`--storage lua:FILE`, host/storage_lua.c).
 --
--- Owns: the two waits a backend may do, and the driver that runs one backend
--- operation. Every backend call runs in its own coroutine; a wait yields it
--- to the host, which resumes it when the timer fires or the HTTP answer
--- arrives. The event loop keeps serving every room meanwhile.
--- Must not: be used by room scripts (their sandbox does not offer it; a room
--- handler is never suspended).
+-- Owns: the waits (sleep, request) and the driver that runs one backend
+-- operation. A wait yields the coroutine the host runs the handler or the
+-- backend call in; the host resumes it when the timer fires or the HTTP
+-- answer arrives, and the event loop serves everything else meanwhile.
+-- Must not: be used where nothing can be suspended (inside core.pcall, a
+-- coroutine of the room's own, module loading): the wait fails with
+-- "cannot wait here".
 --
 --   local io = require "lunaroom.io"
 --   io.sleep(50)                                   -- resume 50 ms later
 --   local res = io.request("PUT", "http://127.0.0.1:7000/kv/k", {
 --     headers = { ["content-type"] = "application/json" }, body = "1", timeout = 5000 })
 --   -- res = { status = 200, body = "...", contentType = "...", error = nil|"..." }
+--   -- In a room handler a timed-out wait raises an error; network errors
+--   -- are answers with status 0 and res.error.
 local M = {}
+-- Resumed with (ERROR, message): the wait raises message (timeout, a full
+-- cap, a cancelled handler). Storage backends are never resumed with it.
+local ERROR = setmetatable({}, { __tostring = function() return "lunaroom.io.ERROR" end })
+M.ERROR = ERROR
 
 local function must_yield(what)
   if not coroutine.isyieldable() then
-    error("lunaroom.io." .. what .. ": only inside a storage backend call (cannot wait here)", 3)
+    error("lunaroom.io." .. what .. ": cannot wait here (only in a room handler or a storage backend call, "
+      .. "not inside a protected call of the host or a coroutine of your own)", 3)
   end
 end
 
---- Suspend the current backend call for ms milliseconds (virtual clock in specs).
+local function check(a, b, ...)
+  if a == ERROR then error(b, 0) end
+  return a, b, ...
+end
+
+--- Suspend the current handler or backend call for ms milliseconds
+--- (virtual clock in specs).
 function M.sleep(ms)
   assert(type(ms) == "number" and ms >= 0, "lunaroom.io.sleep: ms must be a number >= 0")
   must_yield("sleep")
-  coroutine.yield("lunaroom.sleep", ms)
+  check(coroutine.yield("lunaroom.sleep", ms))
 end
 
---- An HTTP request (plain http:// only); suspends until the answer or the
---- timeout. Never raises for network errors: res.status is 0 and res.error says why.
+--- An HTTP request (http:// or https://); suspends until the answer or the
+--- timeout (opts.timeout ms; in a room handler the room's waits.timeout,
+--- default 30 s). Network errors are answers: res.status is 0 and res.error
+--- says why.
 function M.request(method, url, opts)
   opts = opts or {}
   assert(type(method) == "string" and type(url) == "string",
     "lunaroom.io.request: method and url must be strings")
+  if opts.timeout ~= nil then
+    assert(type(opts.timeout) == "number" and opts.timeout > 0, "lunaroom.io.request: timeout must be a number > 0")
+  end
   must_yield("request")
-  return coroutine.yield("lunaroom.request", method, url, opts.headers or {}, opts.body,
-    opts.timeout or 30000)
+  return (check(coroutine.yield("lunaroom.request", method, url, opts.headers or {}, opts.body, opts.timeout)))
 end
 
 --- The host's driver: one operation of backend b, run inside a coroutine.

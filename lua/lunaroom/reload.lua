@@ -426,7 +426,9 @@ function M.upgrade(room, e)
   migrate(room, rawget(room, "def"), e.def)
   swap(room, e.def, e.version, e.file)
   log("info", "room %s woke on version %s and took version %s", rawget(room, "key"), prev or "?", e.version or "?")
-  if e.def.onReload then core.pcall(e.def.onReload, rawget(room, "key"), "onReload", room, prev) end
+  if e.def.onReload then -- may wait (lunaroom.tasks)
+    require("lunaroom.tasks").run(require("lunaroom.runtime").server_of(room), room, "onReload", e.def.onReload, room, prev)
+  end
 end
 
 local function rooms_of(srv, job, old_def)
@@ -478,7 +480,7 @@ function M.after(srv, job)
   local nd = job.def
   if not nd.onReload then return end
   for i, room in ipairs(job.rooms or {}) do
-    core.pcall(nd.onReload, rawget(room, "key"), "onReload", room, job.previous[i])
+    require("lunaroom.tasks").run(srv, room, "onReload", nd.onReload, room, job.previous[i]) -- may wait
   end
 end
 

@@ -10,12 +10,17 @@
 --
 -- Every function named in M.entry is called by room.c through the one
 -- protected-call helper, with the server table as first argument. A user
--- callback that may fail on its own (onJoin, onLeave, timers, route handlers)
--- goes through core.pcall so its writes are rolled back alone.
+-- callback runs as a task (lunaroom.tasks): in a pooled coroutine, so it may
+-- wait (lunaroom.io), and its writes are rolled back alone when it fails.
+-- What happens after a callback that waited (an action's error packet, the
+-- join after a guard or onJoin, the next action of the same connection)
+-- runs when it finished.
 
 local core = require "lunaroom.core"
 local lr = require "lunaroom"
 local sandbox = require "lunaroom.sandbox"
+local tasks = require "lunaroom.tasks"
+local wait_c = require "lunaroom.wait_c"
 
 local M = {}
 local null = core.null
@@ -164,8 +169,8 @@ function Room:timer(ms, fn)
   return core.timer(srv.h, rawget(self, "h"), math.floor(ms), function()
     local room = srv.rooms[key] -- C woke it before calling us
     if not room then return end
-    local ok, err = core.pcall(fn, key, "timer", room)
-    if not ok then log("warn", "room %s: timer failed: %s", key, err) end
+    local ok, err = tasks.run(srv, room, "timer", fn, room)
+    if ok == false then log("warn", "room %s: timer failed: %s", key, err) end
   end)
 end
 function Room:cancel(id) core.cancel(SRV[self].h, id) end
@@ -205,8 +210,14 @@ function Stub:fetch(path, init)
   end
   local p, q = path:match("^([^?]*)%??(.*)$")
   if p ~= "" and p:sub(1, 1) ~= "/" then p = "/" .. p end
-  local res = core.http(SRV[self].h, init.method or "GET",
+  local res, pending = core.http(SRV[self].h, init.method or "GET",
     "/parties/" .. self.ns .. "/" .. self.id .. (p == "/" and "" or p), q, headers, body)
+  if not res then -- the target's route waits: so does this handler (lunaroom.tasks)
+    if not coroutine.isyieldable() then error("fetch: the target room's route waits, and this call cannot", 2) end
+    local ok, got = coroutine.yield("lunaroom.http_take", pending, init.timeout)
+    if ok == require("lunaroom.io").ERROR then error(got, 0) end
+    res = ok
+  end
   res.ok = res.status >= 200 and res.status < 300
   return setmetatable(res, FETCHED)
 end
@@ -530,7 +541,7 @@ function M.create_room(srv, ns, id, rebind, entry)
     if needs_write then core.room_mark_all(h) end
   end
   M.restore_sessions(room, rebind, live)
-  if d.onCreate and not rebind then core.pcall(d.onCreate, room.key, "onCreate", room) end
+  if d.onCreate and not rebind then tasks.run(srv, room, "onCreate", d.onCreate, room) end
   return room
 end
 
@@ -787,8 +798,15 @@ local function redeem_transfer(room, token)
   return t
 end
 
+-- Connections whose connect waits (a room guard or onJoin): conn -> {closed,
+-- session}. They are not joined yet: their frames wait in the host (early
+-- frames) and run in order after the join; a close meanwhile abandons it.
+local JOINING = setmetatable({}, { __mode = "k" })
+local connect_guarded, connect_joined
+
 --- A socket opened on room. Runs guards, restores or creates the session and
---- the user, runs onJoin and sends the pId snapshot (core.join).
+--- the user, runs onJoin and sends the pId snapshot (core.join). Guards and
+--- onJoin may wait (the rest of the connect follows when they finished).
 function M.connect(srv, room, conn, req)
   local d = rawget(room, "def")
   local key = rawget(room, "key")
@@ -815,7 +833,36 @@ function M.connect(srv, room, conn, req)
       path = req.path, headers = req.headers, query = q, ip = req.ip,
     },
   }
-  if not run_guards(d.guards, conn, ctx, room) then
+  local pend = { closed = false }
+  JOINING[conn] = pend
+  local st, w = tasks.run(srv, room, "guard", run_guards, d.guards, conn, ctx, room)
+  if st == tasks.PENDING then
+    pend.waited = true
+    w.after = function(ok, passed) return connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed) end
+    return
+  end
+  return connect_guarded(srv, room, conn, q, req, ctx, pend, st, w)
+end
+
+-- A connection whose guard or onJoin waited closed meanwhile: the join is
+-- abandoned; a session it had taken goes offline as on any close.
+local function abandon(srv, room, conn, pend)
+  JOINING[conn] = nil
+  if pend.session then M.close(srv, room, conn) end
+end
+
+-- The room guards of a connect answered (ok false: one failed).
+function connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed)
+  local d = rawget(room, "def")
+  local key = rawget(room, "key")
+  if pend.closed then return abandon(srv, room, conn, pend) end
+  if not ok then
+    JOINING[conn] = nil
+    conn:close(1011, "connect failed")
+    return
+  end
+  if not passed then
+    JOINING[conn] = nil
     log_refusal("room guard", "room %s: connection %s refused by a room guard", key, conn.id)
     conn:close(4001, "unauthorized")
     return
@@ -827,6 +874,7 @@ function M.connect(srv, room, conn, req)
   local session = users and get_session(room, priv) or nil
   local sockets = rawget(room, "sockets")
   if d.maxUsers and (sockets[priv] or 0) == 0 and online_sessions(room) >= d.maxUsers then
+    JOINING[conn] = nil
     log_refusal("room full", "room %s: connection %s refused, room full (maxUsers %d)", key, conn.id, d.maxUsers)
     conn:close(4029, "room full")
     return
@@ -835,6 +883,7 @@ function M.connect(srv, room, conn, req)
   -- limited per client address (--session-rate), so one address cannot
   -- fill rooms with sessions.
   if users and not session and not core.addr_take(srv.h, "session", req.ip) then
+    JOINING[conn] = nil
     log("warn", "room %s: connection %s from %s refused: new sessions from this address over the rate", key,
       conn.id, req.ip)
     conn:close(4008, "too many new sessions")
@@ -863,14 +912,30 @@ function M.connect(srv, room, conn, req)
   end
   conn.state.publicId = pid
   conn.state.privateId = priv
+  pend.session = true
   if d.onJoin then
-    local ok, err = core.pcall(d.onJoin, key, "onJoin", room, users and users[pid] or nil, conn, ctx)
-    if not ok then
-      conn:close(1011, "onJoin failed")
+    local st, w = tasks.run(srv, room, "onJoin", d.onJoin, room, users and users[pid] or nil, conn, ctx)
+    if st == tasks.PENDING then
+      pend.waited = true
+      w.after = function(okj) return connect_joined(srv, room, conn, pid, pend, okj) end
       return
     end
+    return connect_joined(srv, room, conn, pid, pend, st)
+  end
+  return connect_joined(srv, room, conn, pid, pend, true)
+end
+
+-- onJoin ran (ok false: it failed): the snapshot, then the frames the
+-- client sent meanwhile (when it waited).
+function connect_joined(srv, room, conn, pid, pend, ok)
+  if pend.closed then return abandon(srv, room, conn, pend) end
+  JOINING[conn] = nil
+  if not ok then
+    conn:close(1011, "onJoin failed")
+    return
   end
   core.join(rawget(room, "h"), conn, pid)
+  if pend.waited then wait_c.replay(conn) end
   if srv.dev then -- development mode: the room file's last failed save (reload.lua)
     local err = package.loaded["lunaroom.reload"] and package.loaded["lunaroom.reload"].dev_error(srv, room)
     if err then core.send(conn, { type = "dev_error", value = err }) end
@@ -879,6 +944,11 @@ end
 
 --- The last step of a socket: offline marking, expiry, onLeave.
 function M.close(srv, room, conn)
+  local pj = JOINING[conn]
+  if pj then -- its connect waits: abandoned when it finishes
+    pj.closed = true
+    return
+  end
   local d = rawget(room, "def")
   local priv = conn.state and conn.state.privateId
   if not priv then return end
@@ -901,7 +971,7 @@ function M.close(srv, room, conn)
     local schema = d.fields[d.users_field].schema
     if user and schema.connected then user[schema.connected] = false end
   end
-  if d.onLeave then core.pcall(d.onLeave, rawget(room, "key"), "onLeave", room, user, conn) end
+  if d.onLeave then tasks.run(srv, room, "onLeave", d.onLeave, room, user, conn) end
   if not (users and d.fields[d.users_field].schema.connected) then
     core.broadcast(rawget(room, "h"), { type = "user_disconnected", value = { publicId = pid } })
   end
@@ -909,8 +979,9 @@ end
 
 ------------------------------------------------------------------ messages
 
---- An action packet. Returns nil, or an error code and message for the sender.
-function M.message(srv, room, conn, action, value)
+-- Room guards, action guards, schema and handler of one action packet, as
+-- one task. Returns nil, or an error code and message for the sender.
+local function dispatch(srv, room, conn, action, value)
   local d = rawget(room, "def")
   if value == null then value = nil end
   if not run_guards(d.guards, conn, value, room) then return "guard", "rejected by a room guard" end
@@ -937,6 +1008,65 @@ function M.message(srv, room, conn, action, value)
     return nil
   end
   return "unknown_action", "unknown action '" .. tostring(action) .. "'"
+end
+
+-- Connections with an action that waits: conn -> queue of the actions they
+-- sent meanwhile ({action, value}, handled in order once it finished).
+local BUSY = setmetatable({}, { __mode = "k" })
+M.MAX_QUEUED = 256 -- actions queued per connection behind one that waits
+local PENDING = tasks.PENDING
+local action_done
+
+-- Start an action: PENDING when it waits, else nil, code, message.
+local function start_action(srv, room, conn, action, value)
+  local st, r1, r2 = tasks.run(srv, room, "action " .. action, dispatch, srv, room, conn, action, value)
+  if st == true then return nil, r1, r2 end
+  if st == false then return nil, r2, r1 end -- code ("handler" | "busy"), message
+  r1.after = function(ok, a, b) return action_done(srv, room, conn, action, ok, a, b) end
+  return PENDING
+end
+
+-- An action that waited finished: its error packet, if any, then the
+-- actions its connection sent meanwhile.
+function action_done(srv, room, conn, action, ok, a, b)
+  if ok then
+    if a then wait_c.send_error(conn, a, action, b or a) end
+  else
+    wait_c.send_error(conn, b, action, a)
+  end
+  local q = BUSY[conn]
+  while q and q.head <= q.n do
+    local item = q[q.head]
+    q[q.head] = nil
+    q.head = q.head + 1
+    if not wait_c.alive(conn) or srv.rooms[rawget(room, "key")] ~= room then break end
+    local st, code, msg = start_action(srv, room, conn, item[1], item[2])
+    if st == PENDING then return end
+    if code then wait_c.send_error(conn, code, item[1], msg or code) end
+  end
+  BUSY[conn] = nil
+end
+
+--- An action packet. Returns nil, or an error code and message for the
+--- sender. While an action of the same connection waits, it is queued and
+--- handled after that one (errors then go out when it ran).
+function M.message(srv, room, conn, action, value)
+  if room.def.direct then return dispatch(srv, room, conn, action, value) end -- cannot wait
+  local q = BUSY[conn]
+  if q then
+    if q.n - q.head + 1 >= M.MAX_QUEUED then
+      return "busy", "too many actions of this connection wait for the one before (max " .. M.MAX_QUEUED .. ")"
+    end
+    q.n = q.n + 1
+    q[q.n] = { action, value }
+    return nil
+  end
+  local st, code, msg = start_action(srv, room, conn, action, value)
+  if st == PENDING then
+    BUSY[conn] = { head = 1, n = 0 }
+    return nil
+  end
+  return code, msg
 end
 
 --- Per-recipient packet filter. Returns the JSON to send, or nil to drop.
@@ -1015,6 +1145,7 @@ local function match_route(routes, method, path)
   return nil
 end
 
+local route_failed, serve_route
 local function to_response(res, result)
   if getmetatable(result) == RESPONSE then return result end
   if getmetatable(result) == FETCHED then -- a room-to-room fetch, passed on
@@ -1027,7 +1158,39 @@ local function to_response(res, result)
   return json_response(200, result, res._headers)
 end
 
+function route_failed(code)
+  if code == "busy" then return json_response(503, { error = "Service Unavailable", code = "busy" }) end
+  return json_response(500, { error = "Internal Server Error" })
+end
+
+-- Guards, body schema and handler of a route, as one task (they may wait).
+function serve_route(room, route, r, req)
+  -- Guards first (Part 2 section 5.4): a client without rights gets 403
+  -- before anything tells it what the body should look like.
+  local res = new_res()
+  for _, g in ipairs(route.guards) do
+    local verdict = g(nil, r, room)
+    if getmetatable(verdict) == RESPONSE then return verdict end
+    if not verdict then return json_response(403, { error = "Not permitted" }) end
+  end
+  local m = req.method
+  local ctype = req.headers["content-type"] or ""
+  if route.schema and (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
+    local data, err = core.decode(req.body or "", true)
+    if data == nil and err then
+      return json_response(400, { error = "Failed to parse request body" })
+    end
+    local ok, vres = route.schema:parse(data ~= null and data or nil)
+    if not ok then
+      return json_response(400, { error = "Invalid request body", details = { issues = vres.issues, name = "ZodError" } })
+    end
+    if vres ~= null then r.data = vres end
+  end
+  return to_response(res, route.run(room, r, res))
+end
+
 --- An HTTP request for room, routed on path (the part after the room id).
+--- Its guards and handler may wait (the answer follows when they finished).
 function M.request(srv, room, req, path)
   local d = rawget(room, "def")
   local key = rawget(room, "key")
@@ -1057,30 +1220,18 @@ function M.request(srv, room, req, path)
   }
   function r.json() return core.decode(r.body or "", true) end -- wire numbers (as JSON.parse)
   function r.text() return r.body or "" end
-  -- Guards first (Part 2 section 5.4): a client without rights gets 403
-  -- before anything tells it what the body should look like.
-  local res = new_res()
-  for _, g in ipairs(route.guards) do
-    local ok, verdict = core.pcall(g, key, "guard " .. route.key, nil, r, room)
-    if not ok then return json_response(500, { error = "Internal Server Error" }) end
-    if getmetatable(verdict) == RESPONSE then return verdict end
-    if not verdict then return json_response(403, { error = "Not permitted" }) end
-  end
-  local m = req.method
-  if route.schema and (m == "POST" or m == "PUT" or m == "PATCH") and ctype:find("application/json", 1, true) then
-    local data, err = core.decode(req.body or "", true)
-    if data == nil and err then
-      return json_response(400, { error = "Failed to parse request body" })
+  local st, a, b = tasks.run(srv, room, "request " .. route.key, serve_route, room, route, r, req)
+  if st == true then return a end
+  if st == false then return route_failed(b) end
+  -- A guard or the route waits: the host answers when it finished.
+  return { _wait = function(responder)
+    a.after = function(ok, resp, code)
+      wait_c.respond(responder, ok and resp or route_failed(code))
     end
-    local ok, vres = route.schema:parse(data ~= null and data or nil)
-    if not ok then
-      return json_response(400, { error = "Invalid request body", details = { issues = vres.issues, name = "ZodError" } })
+    a.cancel = function()
+      wait_c.respond(responder, json_response(503, { error = "Service Unavailable", code = "disposed" }))
     end
-    if vres ~= null then r.data = vres end
-  end
-  local ok, result = core.pcall(route.run, key, "request " .. route.key, room, r, res)
-  if not ok then return json_response(500, { error = "Internal Server Error" }) end
-  return to_response(res, result)
+  end }
 end
 
 --- Called by C before a request creates or wakes room ns/id: true when the
@@ -1214,6 +1365,10 @@ end
 ------------------------------------------------------------------ registration
 
 function M.forget_room(srv, key)
+  local cancelled = tasks.cancel_room(srv, key)
+  if cancelled > 0 then
+    log("warn", "room %s: disposed while %d handler(s) waited: cancelled", key, cancelled)
+  end
   local room, slept = srv.rooms[key], srv.sleeping[key]
   if room then
     M.unaccount(room)

@@ -63,6 +63,9 @@ local RO = {
   lunaroom = wrap(lr, "lunaroom"),
 }
 RO.schema = wrap(lr.v, "lunaroom.schema")
+-- require "lunaroom.io" in a room: the waits of handlers (lunaroom.tasks).
+local lio = require "lunaroom.io"
+local ROOM_IO = ro({ sleep = lio.sleep, request = lio.request }, "lunaroom.io")
 
 local SAFE = { "assert", "error", "ipairs", "pairs", "pcall", "select", "tonumber",
   "tostring", "type", "xpcall", "rawequal", "rawlen", "_VERSION" }
@@ -164,6 +167,7 @@ end
 function M.require(name, ctx)
   if name == "lunaroom" then return RO.lunaroom end
   if name == "lunaroom.schema" then return RO.schema end
+  if name == "lunaroom.io" then return ROOM_IO end
   if type(name) ~= "string" or not name:match("^[%w_][%w_%.%-]*$") then
     error("require: bad module name " .. tostring(name), 2)
   end
@@ -217,7 +221,11 @@ function M.load_room_source(src, chunkname, dir)
     deps[#deps + 1] = ctx.loaded[name].file
   end
   res.deps = deps
-  return res, core.hash(table.concat(parts, "\0")), deps
+  local all = table.concat(parts, "\0")
+  -- Room code that never mentions lunaroom.io nor fetch cannot wait: its
+  -- handlers are called directly, without a coroutine (lunaroom.tasks).
+  res.direct = not (all:find("lunaroom.io", 1, true) or all:find("fetch", 1, true))
+  return res, core.hash(all), deps
 end
 
 --- Load a room file. Returns def, version or nil, error.

@@ -178,6 +178,73 @@ function T:http(method, path, opts)
   return res
 end
 
+-- An answer of the fake HTTP service -> the table lunaroom.io.request returns.
+local function to_res(res)
+  if type(res) == "number" then res = { status = res } end
+  if type(res) ~= "table" then error("t:http_service: an answer is a table {status, body} or a status", 3) end
+  local body = res.body
+  local ctype = res.contentType
+  if type(body) == "table" then
+    body = core.encode(body)
+    ctype = ctype or "application/json"
+  end
+  return { status = res.status or 200, body = body or "", contentType = ctype, error = res.error }
+end
+
+--- A fake HTTP service answering lunaroom.io.request in the room's
+--- handlers, on the virtual clock (no sockets). service is
+---   function(req) -> answer [, delay_ms]   req = {method, url, headers, body, timeout}
+--- or a routing table { ["GET http://h/path"] = answer | function(req) }
+--- (an unknown route answers 404). answer = {status = 200, body = string |
+--- table (sent as JSON), contentType = ...} or a status number. The answer
+--- arrives after delay_ms of virtual time (default 0: at the next
+--- t:advance). An answer of nil keeps the request pending:
+--- t:http_pending() lists them, p:respond(answer) answers one. Every request
+--- is recorded in t.http_requests.
+function T:http_service(service)
+  local t = self
+  t.http_requests = {}
+  t._http_pending = {}
+  local handler = service
+  if type(service) == "table" then
+    handler = function(req)
+      local route = service[req.method .. " " .. req.url]
+      if type(route) == "function" then return route(req) end
+      if route == nil then return { status = 404, body = "no route " .. req.method .. " " .. req.url } end
+      return route
+    end
+  end
+  t.srv.http_service = function(req, reply, room)
+    t.http_requests[#t.http_requests + 1] = req
+    local answer, delay = handler(req)
+    local function deliver(res)
+      core.timer(t.srv.h, rawget(room, "h"), math.floor(delay or 0), function() reply(res) end)
+    end
+    if answer == nil then
+      local p = { request = req }
+      function p.respond(_, a, d)
+        delay = d
+        for i, q in ipairs(t._http_pending) do
+          if q == p then table.remove(t._http_pending, i) break end
+        end
+        deliver(to_res(a))
+      end
+      t._http_pending[#t._http_pending + 1] = p
+      return
+    end
+    deliver(to_res(answer))
+  end
+  return self
+end
+
+--- Requests of the fake HTTP service that wait for p:respond(answer [, delay_ms]).
+function T:http_pending() return self._http_pending or {} end
+
+--- Handlers of the room (or the process: all = true) that wait now.
+function T:waiting(all)
+  return require("lunaroom.tasks").waiting(self.srv, not all and (self.party .. "/" .. self.id) or nil)
+end
+
 --- The live room instance (state proxies, plain fields, methods).
 function T:instance(id)
   return self.srv.rooms[self.party .. "/" .. (id or self.id)]

@@ -31,6 +31,7 @@
 ---@field guards function[]?
 ---@field throttleSync integer?
 ---@field hibernate boolean?
+---@field waits {max: integer?, timeout: integer?, handlerTimeout: integer?}?  handlers that wait (lunaroom.io)
 ---@field onCreate fun(room: lunaroom.Room)?
 ---@field onJoin fun(room: lunaroom.Room, user: table, conn: lunaroom.Conn)?
 ---@field onLeave fun(room: lunaroom.Room, user: table, conn: lunaroom.Conn)?
@@ -308,6 +309,18 @@ function T:close() end
 ---Hot-reload the room's code.
 ---@param src string|lunaroom.RoomDef
 function T:reload(src) end
+---A fake HTTP service answering lunaroom.io.request on the virtual clock:
+---function(req) -> answer, delay_ms | {["METHOD url"] = answer|function}. nil answer: pending.
+---@param service function|table
+---@return lunaroom.TestRoom
+function T:http_service(service) end
+---Requests of the fake service waiting for p:respond(answer, delay_ms).
+---@return {request: table, respond: fun(self, answer: table|integer, delay: integer?)}[]
+function T:http_pending() end
+---Handlers of the room (all: of the process) that wait now.
+---@param all boolean?
+---@return integer
+function T:waiting(all) end
 
 ---@class lunaroom.TestClient
 ---@field packets table[]

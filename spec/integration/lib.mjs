@@ -42,6 +42,23 @@ export function tempDir(prefix) {
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
+ * Assert that log lines of one lr_warn_limited key keep its bound: at most `burst` lines per window
+ * of `windowMs` (a window starts at the first line after the previous one ended). Lines start with
+ * the log's ISO timestamp. 999 of 1000: the log's wall-clock milliseconds against the limiter's
+ * monotonic ones.
+ */
+export function assertLimitedLines(lines, { burst = 10, windowMs = 1000 } = {}) {
+  let start = -Infinity, n = 0;
+  for (const l of lines) {
+    const t = Date.parse(l.slice(0, 24));
+    if (Number.isNaN(t)) throw new Error(`no timestamp: ${l}`);
+    if (t - start >= windowMs - 1) [start, n] = [t, 0];
+    if (++n > burst)
+      throw new Error(`more than ${burst} lines within ${windowMs} ms of ${new Date(start).toISOString()}:\n${lines.join("\n")}`);
+  }
+}
+
+/**
  * Start `lunaroom serve <rooms> --port 0 --storage memory ...args`.
  *
  * options: rooms (folder, relative to the repo root; default "rooms"),

@@ -53,6 +53,31 @@ function get(url, ca) {
   });
 }
 
+/** A shard id assigned by the world of the TLS server on port (POST .../connect for roomId), over
+ * https:// trusting the CA file ca for the certificate name `name`. Shard processes serve only ids
+ * the world assigned. */
+function assignShard(port, roomId, ca, name = "localhost") {
+  return new Promise((resolve, reject) => {
+    const body = JSON.stringify({ roomId });
+    const req = https.request({
+      host: "127.0.0.1", port, servername: name, method: "POST", path: "/parties/world/world-default/connect",
+      headers: { host: `${name}:${port}`, "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+      ca: fs.readFileSync(ca), timeout: 3000, agent: false,
+    }, (res) => {
+      let data = "";
+      res.on("data", (d) => (data += d));
+      res.on("end", () => {
+        const id = res.statusCode === 200 && JSON.parse(data).shardId;
+        if (id) resolve(id);
+        else reject(new Error(`connect: ${res.statusCode} ${data}`));
+      });
+    });
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
 /** curl --cacert ca url: {code (curl's exit status), out}. */
 function curl(url, ca) {
   const r = spawnSync("curl", ["-sS", "--max-time", "5", "--cacert", ca, url], { encoding: "utf8" });
@@ -182,6 +207,41 @@ return lr.room { path = "big", rateLimit = { rate = 100000, burst = 100000 }, st
     }
   });
 
+  test("the per-address message budget holds over wss:// too: held messages all arrive, at its rate", async () => {
+    // 10 sockets of one address send 200 actions each in a burst: past the budget (--msgs-per-ip
+    // 500, burst 1000) and the fair share of a loop pass, messages are held on TLS sockets whose
+    // decrypted bytes wait inside OpenSSL; every one must still reach the room, and SIGTERM must
+    // still stop the server.
+    const rooms = tempDir("lunaroom-tls-rooms-");
+    fs.writeFileSync(path.join(rooms, "tally.lua"), `local lr = require "lunaroom"
+return lr.room { path = "tally", rateLimit = { rate = 100000, burst = 100000 }, state = { n = lr.sync(0) },
+  actions = { inc = function(r, _, v) r.n = r.n + 1; return v end } }\n`);
+    const RATE = 500, S = 10, K = 200;
+    const srv2 = await startServer({ rooms, args: ["--tls-cert", f("srv.pem"), "--tls-key", f("srv.key"), "--no-watch", "--msgs-per-ip", String(RATE)] });
+    try {
+      const socks = [];
+      for (let i = 0; i < S; i++) {
+        const ws = new (trusting(f("ca.pem")))(`${srv2.wsUrl}/parties/main/tally?id=t${i}`);
+        await new Promise((res, rej) => { ws.on("open", res); ws.on("error", rej); });
+        socks.push(ws);
+      }
+      let last = 0;
+      socks[0].on("message", (d) => { const n = JSON.parse(d).value?.n; if (n > last) last = n; });
+      const t0 = Date.now();
+      for (const ws of socks) for (let j = 0; j < K; j++) ws.send(JSON.stringify({ action: "inc", value: j }));
+      for (let i = 0; i < 500 && last < S * K; i++) await sleep(20);
+      const ms = Date.now() - t0;
+      console.log(`# ${S * K} actions over wss:// from one address at --msgs-per-ip ${RATE}: all in after ${ms} ms`);
+      assert.equal(last, S * K, `the room counted ${last} of ${S * K}`);
+      // burst 2 x RATE, then RATE a second: the budget was applied over TLS
+      assert.ok(ms >= ((S * K - 2 * RATE) / RATE) * 1000 * 0.8, `all in after ${ms} ms: the budget did not hold`);
+      assert.match(srv2.logs(), /messages from 127\.0\.0\.1 held/);
+      for (const ws of socks) ws.close();
+    } finally {
+      assert.equal(await srv2.stop("SIGTERM"), 0, srv2.logs());
+    }
+  });
+
   test("tls_cert and tls_key from the --config file", async () => {
     fs.writeFileSync(f("conf.lua"), `return { tls_cert = ${JSON.stringify(f("srv.pem"))}, tls_key = ${JSON.stringify(f("srv.key"))}, watch = false }\n`);
     const c = await startServer({ args: ["--config", f("conf.lua")] });
@@ -199,13 +259,16 @@ return lr.room { path = "big", rateLimit = { rate = 100000, burst = 100000 }, st
 
   test("a shard's wss:// uplink verifies the main server against --tls-ca (chain and name)", async () => {
     const SHARD_SECRET = "tls-test-shard-secret";
+    // Both main servers run the world: a shard process opens its uplink only for a shard id the
+    // world assigned, so each client below uses a real id and only the TLS check can refuse it.
+    const worldEnv = { SHARD_SECRET, AUTH_JWT_SECRET: "tls-test-jwt-secret" };
     const main = await startServer({
-      args: ["--tls-cert", f("srv.pem"), "--tls-key", f("srv.key"), "--no-watch"],
-      env: { SHARD_SECRET },
+      args: ["--tls-cert", f("srv.pem"), "--tls-key", f("srv.key"), "--world", "--no-watch"],
+      env: worldEnv,
     });
     const misnamed = await startServer({
-      args: ["--tls-cert", f("elsewhere.pem"), "--tls-key", f("elsewhere.key"), "--no-watch"],
-      env: { SHARD_SECRET },
+      args: ["--tls-cert", f("elsewhere.pem"), "--tls-key", f("elsewhere.key"), "--world", "--no-watch"],
+      env: worldEnv,
     });
     const shard = (ca, port = main.port) =>
       startServer({
@@ -217,19 +280,20 @@ return lr.room { path = "big", rateLimit = { rate = 100000, burst = 100000 }, st
     const bad = await shard("other.pem");
     const wrongName = await shard("ca.pem", misnamed.port);
     try {
-      const c = wsClient(`${good.wsUrl}/parties/shard/demo:w:1?id=tls-up`);
+      const c = wsClient(`${good.wsUrl}/parties/shard/${await assignShard(main.port, "demo", f("ca.pem"))}?id=tls-up`);
       await c.opened;
       const first = await c.next((m) => m?.type === "sync" && m.value.pId !== undefined, 5000);
       assert.equal(first.value.count, 0);
       await c.close();
       // trusting the other CA: the uplink's handshake fails, the client is closed
-      const b = wsClient(`${bad.wsUrl}/parties/shard/demo:w:2?id=tls-bad`);
+      const b = wsClient(`${bad.wsUrl}/parties/shard/${await assignShard(main.port, "demo", f("ca.pem"))}?id=tls-bad`);
       await b.opened;
       const closed = await Promise.race([b.closed, sleep(5000).then(() => "still open")]);
       assert.notEqual(closed, "still open", bad.logs());
       assert.equal(b.messages.filter((m) => m?.type === "sync").length, 0);
       // a certificate from the trusted CA for another name: refused too
-      const w = wsClient(`${wrongName.wsUrl}/parties/shard/demo:w:3?id=tls-name`);
+      const wid = await assignShard(misnamed.port, "demo", f("ca.pem"), "elsewhere.example");
+      const w = wsClient(`${wrongName.wsUrl}/parties/shard/${wid}?id=tls-name`);
       await w.opened;
       const wclosed = await Promise.race([w.closed, sleep(5000).then(() => "still open")]);
       assert.notEqual(wclosed, "still open", wrongName.logs());

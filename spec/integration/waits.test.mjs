@@ -1,0 +1,223 @@
+/*
+ * waits.test.mjs - handlers that wait for an outside service (lunaroom.io
+ * in room handlers; README "Waiting for outside services"), with the real
+ * binary and a slow HTTP service (500 ms): another room's round trips are
+ * not delayed; 1,000 actions waiting at once all complete; a room capped at
+ * 100 waiting handlers refuses the 900 others with the "busy" error.
+ *
+ * Owns: the wire checks of issue 17 (handlers that wait).
+ */
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import nodeHttp from "node:http";
+import https from "node:https";
+import path from "node:path";
+import { describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { http, sleep, startServer, tempDir, wsClient } from "./lib.mjs";
+
+const ROOMS = path.join(path.dirname(fileURLToPath(import.meta.url)), "waits-rooms");
+
+// A service answering every request after delayMs; counts what it saw.
+// barrier: hold every answer until that many requests are open at once
+// (then each is answered delayMs later), or until s.release().
+function slowService(delayMs, barrier = 0) {
+  const s = { hits: 0, open: 0, maxOpen: 0 };
+  const held = [];
+  const answer = (res) =>
+    setTimeout(() => {
+      s.open--;
+      res.writeHead(200, { "content-type": "application/json" }).end('{"ok":true}');
+    }, delayMs);
+  const server = nodeHttp.createServer((req, res) => {
+    s.hits++;
+    s.open++;
+    s.maxOpen = Math.max(s.maxOpen, s.open);
+    if (!barrier) return answer(res);
+    held.push(res);
+    if (s.open >= barrier) held.splice(0).forEach(answer);
+  });
+  s.release = () => {
+    barrier = 0;
+    held.splice(0).forEach(answer);
+  };
+  server.maxConnections = 5000;
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () => {
+      s.url = `http://127.0.0.1:${server.address().port}/check`;
+      s.close = () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); });
+      resolve(s);
+    }),
+  );
+}
+
+const serve = (env = {}) =>
+  startServer({ rooms: ROOMS, args: ["--no-watch", "--max-conns-per-ip", "-1", "--session-rate", "0"], env });
+
+async function join(srv, room) {
+  const c = wsClient(`${srv.wsUrl}/parties/main/${room}`);
+  await c.opened;
+  await c.next((m) => m?.type === "sync" && m.value.pId !== undefined, 10000);
+  return c;
+}
+
+async function joinMany(srv, room, n) {
+  const out = [];
+  for (let i = 0; i < n; i += 100) {
+    const batch = [];
+    for (let k = i; k < Math.min(n, i + 100); k++) batch.push(join(srv, room));
+    out.push(...(await Promise.all(batch)));
+  }
+  return out;
+}
+
+const p99 = (xs) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.99))];
+
+describe("handlers that wait, over the wire", () => {
+  test("a 500 ms service call in one room does not delay another room's round trips", async () => {
+    const svc = await slowService(500);
+    const srv = await serve();
+    try {
+      const slow = await join(srv, "slow-a");
+      const fast = await join(srv, "fast-a");
+      const t0 = Date.now();
+      slow.send({ action: "buy", value: { url: svc.url } });
+      await sleep(20); // the request is out
+      const rtts = [];
+      for (let i = 1; Date.now() - t0 < 450; i++) {
+        const s = Date.now();
+        fast.send({ action: "ping", value: i });
+        await fast.next((m) => m?.type === "sync" && m.value.n === i);
+        rtts.push(Date.now() - s);
+      }
+      assert.ok(rtts.length >= 20, `round trips while the slow action waited: ${rtts.length}`);
+      assert.ok(p99(rtts) < 50, `p99 ${p99(rtts)} ms (${rtts.join(",")})`);
+      const done = await slow.next((m) => m?.type === "sync" && m.value.done === 1, 3000);
+      assert.ok(done);
+      const took = Date.now() - t0;
+      assert.ok(took >= 480 && took < 1500, `the slow action finished after ${took} ms`);
+      assert.equal(svc.hits, 1);
+      assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await svc.close();
+    }
+  });
+
+  test("1,000 actions waiting at once on one process all complete", { timeout: 120000 }, async () => {
+    const svc = await slowService(500, 1000); // nobody is answered before all 1,000 wait
+    const srv = await serve({ LUNAROOM_MAX_WAITING: "5000" });
+    try {
+      const cs = await joinMany(srv, "bulk-a", 1000);
+      const t0 = Date.now();
+      cs.forEach((c, i) => c.send({ action: "buy", value: { url: svc.url, i } }));
+      const got = await Promise.all(cs.map((c) => c.next((m) => m?.type === "bought" || m?.type === "error", 60000)));
+      const took = Date.now() - t0;
+      assert.deepEqual(got.map((m) => m.type === "bought" && m.value), cs.map((_, i) => i));
+      assert.equal(svc.hits, 1000);
+      assert.equal(svc.maxOpen, 1000, "1,000 handlers waited at once");
+      const counts = await http("GET", `${srv.url}/parties/main/bulk-a/counts`);
+      assert.deepEqual(counts.json, { started: 1000, done: 1000 });
+      assert.ok(took < 30000, `1,000 waits took ${took} ms`);
+      console.log(`# 1,000 waiting actions: all done in ${took} ms, ${svc.maxOpen} open at once`);
+      assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await svc.close();
+    }
+  });
+
+  test("a room capped at 100 waiting handlers answers the 900 others 'busy'", { timeout: 120000 }, async () => {
+    const svc = await slowService(0, Infinity); // held until released: the 100 wait for sure
+    const srv = await serve();
+    try {
+      const cs = await joinMany(srv, "capped-a", 1000);
+      for (const c of cs) c.send({ action: "buy", value: { url: svc.url } });
+      const refused = [];
+      for (let i = 0; i < 600 && refused.length < 900; i++) {
+        await sleep(50);
+        refused.length = 0;
+        cs.forEach((c, k) => c.messages.some((m) => m?.type === "error") && refused.push(k));
+      }
+      assert.equal(refused.length, 900);
+      assert.equal(svc.open, 100, "100 handlers wait");
+      svc.release();
+      const outcomes = await Promise.all(
+        cs.map((c, k) => c.next((m) => m?.type === (refused.includes(k) ? "error" : "bought"), 30000)),
+      );
+      const busy = outcomes.filter((m) => m.type === "error");
+      assert.equal(busy.length, 900);
+      for (const e of busy) {
+        assert.equal(e.value.code, "busy");
+        assert.equal(e.value.action, "buy");
+        assert.match(e.value.message, /100 handlers of room main\/capped-a are waiting already \(waits\.max\)/);
+      }
+      assert.equal(outcomes.filter((m) => m.type === "bought").length, 100);
+      assert.deepEqual((await http("GET", `${srv.url}/parties/main/capped-a/counts`)).json, { done: 100 });
+      assert.equal(svc.hits, 100);
+      assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await svc.close();
+    }
+  });
+
+  test("SIGTERM: a waiting route still answers; handlers still waiting after the drain are cancelled", async () => {
+    const svc = await slowService(300);
+    const stuck = await slowService(8000);
+    const srv = await serve();
+    try {
+      const slow = await join(srv, "slow-s");
+      slow.send({ action: "buy", value: { url: stuck.url } }); // will not finish in time
+      const answer = http("GET", `${srv.url}/parties/main/route-a/check?url=${encodeURIComponent(svc.url)}`);
+      for (let i = 0; i < 200 && (svc.hits < 1 || stuck.hits < 1); i++) await sleep(10); // both wait now
+      const t0 = Date.now();
+      const code = srv.stop("SIGTERM");
+      const res = await answer;
+      assert.equal(res.status, 200, res.body);
+      assert.deepEqual(res.json, { status: 200, n: 1 });
+      assert.equal(await code, 0);
+      const took = Date.now() - t0;
+      assert.ok(took < 3000, `exit after ${took} ms`);
+      assert.match(srv.logs(), /1 room handler\(s\) still waiting after 1000 ms, cancelled/);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      await svc.close();
+      await stuck.close();
+    }
+  });
+
+  test("https:// from a handler: verified against --tls-ca; another CA is refused", async () => {
+    const dir = tempDir("lunaroom-waits-tls-");
+    const f = (n) => path.join(dir, n);
+    const ossl = (...a) => execFileSync("openssl", a, { stdio: ["ignore", "pipe", "pipe"] });
+    for (const ca of ["ca", "other"])
+      ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f(`${ca}.key`), "-out", f(`${ca}.pem`),
+        "-days", "2", "-subj", `/CN=lunaroom waits ${ca}`);
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f("srv.key"), "-out", f("srv.csr"), "-subj", "/CN=localhost");
+    fs.writeFileSync(f("srv.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n");
+    ossl("x509", "-req", "-in", f("srv.csr"), "-CA", f("ca.pem"), "-CAkey", f("ca.key"), "-CAcreateserial",
+      "-out", f("srv.pem"), "-days", "2", "-extfile", f("srv.ext"));
+    const svc = https.createServer({ key: fs.readFileSync(f("srv.key")), cert: fs.readFileSync(f("srv.pem")) },
+      (req, res) => setTimeout(() => res.end("secret"), 50));
+    await new Promise((r) => svc.listen(0, "127.0.0.1", r));
+    const target = encodeURIComponent(`https://localhost:${svc.address().port}/x`);
+    const run = async (ca) => {
+      const srv = await startServer({ rooms: ROOMS, args: ["--no-watch", "--tls-ca", f(ca)] });
+      try {
+        return (await http("GET", `${srv.url}/parties/main/tls-a/call?url=${target}`)).json;
+      } finally {
+        await srv.stop("SIGKILL").catch(() => {});
+      }
+    };
+    try {
+      assert.deepEqual(await run("ca.pem"), { status: 200, body: "secret" });
+      const refused = await run("other.pem");
+      assert.equal(refused.status, 0);
+      assert.ok(refused.error, JSON.stringify(refused));
+    } finally {
+      svc.close();
+    }
+  });
+});
