@@ -43,6 +43,7 @@ test: ensure-test-deps build asan test-c test-spec test-asan test-valgrind test-
 	@echo "all test suites passed"
 
 test-c: build
+	lua5.4 host/tests/include_cycles.lua host
 	./$(BUILD)/lr_tests
 
 test-spec: build

@@ -1,9 +1,26 @@
 /*
- * engine.h - the room engine's own types, shared by room.c (lifecycle, sync
- * and storage scheduling), lua_api.c (what Lua sees of them) and headless.c.
+ * engine.h - the room engine's own types, shared by the engine files
+ * (room.c and its neighbours), the rules bridge (bridge.c), what Lua sees
+ * of them (lua_api.c) and the features that hang off the engine (uplink.c,
+ * shard.c).
  *
  * Owns: lr_server, lr_room, lr_conn and timer structures.
- * Must not: be included by transports (they use server.h only).
+ * Must not: be included by transports (they use server.h only), name Lua
+ * (lua_State is opaque here; rules.h is the engine's only way to the rules).
+ *
+ * Conventions of the host's functions (style):
+ * - int results: 0 success, a negative value failure (-1, or a negative
+ *   code such as LR_STORE_E*), with the reason written into a caller's
+ *   err/errlen buffer when the function takes one; a positive value only
+ *   where documented (an HTTP status towards transports, server.h; "handled
+ *   / answered" in rules.h).
+ * - bool results answer a question (served?, failing?), never report an error.
+ * - Pointers: NULL = not found / refused; the caller owns what a *_new or
+ *   *_open returns, and references are counted (retain/release) where noted.
+ * - Lua: the engine reaches it only through s->rules (bridge.c); features
+ *   that call Lua themselves (fetch.c, storage_lua.c, reload.c) do it
+ *   through lr_vm_pcall; the engine releases the references it holds
+ *   (room, conn, timer callbacks) through rules->unref.
  */
 #ifndef LR_ENGINE_H
 #define LR_ENGINE_H
@@ -11,16 +28,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <lua.h>
-
 #include "addr_rate.h"
 #include "buf.h"
 #include "rand.h"
+#include "rules.h"
 #include "server.h"
 #include "storage.h"
 #include "value.h"
-
-typedef struct lr_room lr_room;
 
 /* ---- timers ---- */
 typedef enum { LR_T_SYNC = 1, LR_T_STORE, LR_T_LUA, LR_T_IDLE, LR_T_C } lr_timer_kind;
@@ -40,6 +54,29 @@ typedef struct lr_timer {
 } lr_timer;
 
 /* ---- connections ---- */
+
+/* What a connection is, when it is not a plain client of a room (a direct
+ * socket or a headless one: ops NULL). Features give their connections
+ * their own operations (uplink.c: a shard uplink, a client relayed through
+ * one; shard.c: a client of this shard process), so the engine never asks
+ * what a connection is. Each function may be NULL: the engine's own path. */
+typedef struct lr_conn_ops {
+  /* A frame from the socket, instead of the room's action path. */
+  void (*message)(lr_conn *c, const char *data, size_t len);
+  /* The socket is gone: called first in lr_conn_closed. */
+  void (*closed)(lr_conn *c);
+  /* Free the kind's state (idempotent): when c is freed, and at the end of
+   * lr_conn_closed when forget_on_close. */
+  void (*forget)(lr_conn *c);
+  /* Deliver m to what c stands for (through the interceptor, skipping the
+   * conn ids in except), instead of one send of m to c: used when the room
+   * has an interceptor or a broadcast excludes connections. */
+  void (*fanout)(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept);
+  bool via_uplink;      /* in the room list but skipped by broadcasts and sync patches */
+  bool uncounted;       /* not in stats.conns_open */
+  bool relay;           /* carries many clients (lr_conn_is_relay) */
+  bool forget_on_close; /* forget() once closed, not only when freed */
+} lr_conn_ops;
 typedef enum { LR_C_JOINING = 0, LR_C_JOINED, LR_C_CLOSING, LR_C_GONE } lr_conn_phase;
 
 typedef struct lr_early {
@@ -69,20 +106,19 @@ struct lr_conn {
    * meanwhile waits in `held` and follows its snapshot. */
   bool batched;
   bool in_room_list;
-  /* A client relayed by a shard (uplink.c): in the room list (connections(),
-   * hibernation, shutdown) but skipped by broadcasts and sync patches, which
-   * reach it through its uplink. */
-  bool relayed;
+  /* What c is beyond a plain client (see lr_conn_ops), NULL for that. */
+  const lr_conn_ops *ops;
   /* Frames received while joining (handled in order once joined); NULL
    * until the first one (most clients wait for their first packet). */
   lr_early *early;
-  lr_held *held; /* batched: packets waiting for the snapshot, newest first */
-  lua_State *L;  /* for releasing ref even after the server is gone */
-  double tokens; /* rate limit: token bucket, refilled at room->rate per second */
+  lr_held *held;            /* batched: packets waiting for the snapshot, newest first */
+  lua_State *L;             /* for releasing ref even after the server is gone */
+  const lr_rules_vt *rules; /* the server's, kept for the same reason */
+  double tokens;            /* rate limit: token bucket, refilled at room->rate per second */
   int64_t tokens_at;
   lr_conn **box;      /* the Lua handle's weak slot, cleared when c is freed */
-  void *uplink;       /* shard uplink state (uplink.c), NULL for clients */
-  void *shard_client; /* a client of this shard process (shard.c), NULL otherwise */
+  void *uplink;       /* uplink.c's state of an uplink (the engine never reads it) */
+  void *shard_client; /* shard.c's state of its client (the engine never reads it) */
   size_t gated_bytes; /* bytes of its packets waiting in the room's outbox */
 };
 
@@ -165,9 +201,35 @@ typedef struct lr_stats {
   double call_seconds;
 } lr_stats;
 extern const double lr_hist_bounds[LR_HIST_N - 1];
+/* The error codes of the LR_REJ_* counters, in order (room.c). */
+extern const char *const lr_rej_names[LR_NREJ];
+/* The CORS headers of every HTTP answer the host writes itself (router.c;
+ * shard.c's forwarded answers too). */
+#define LR_CORS_N 4
+extern const lr_header lr_cors_headers[LR_CORS_N];
+
+/* A process mode that takes over some requests before the engine routes
+ * them (shard.c sets s->mode in lr_shard_enable). */
+typedef struct lr_mode_vt {
+  /* A WebSocket on /parties/shard/{shard_id}: lr_server_ws_open's contract. */
+  int (*ws_open)(lr_server *s, const lr_request *req, const char *shard_id,
+                 const lr_transport_vt *vt, void *tp, lr_conn **out);
+  /* HTTP on /parties/{ns}/{id}{rest}: true when taken (answered later),
+   * false to route it as usual. */
+  bool (*http)(lr_server *s, const lr_request *req, const char *ns, const char *id,
+               const char *rest, lr_response_cb done, void *ud);
+  /* Server shutdown: close its sockets (1001), final reports. */
+  void (*shutdown)(lr_server *s);
+} lr_mode_vt;
+
+/* A WebSocket with an x-shard-id header opened on room r (a shard process
+ * relaying its clients): 0 with *out set, or an HTTP status. */
+typedef int (*lr_relay_open_fn)(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
+                                void *tp, lr_conn **out);
 
 struct lr_server {
   lr_stats stats;
+  const lr_rules_vt *rules; /* what the rooms do (bridge.c over runtime.lua); NULL = none */
   lua_State *L;
   int ref; /* registry ref of the Lua server table (runtime.lua) */
   lr_store *store;
@@ -196,9 +258,11 @@ struct lr_server {
   struct lr_wait *waits; /* requests waiting for a room's storage (room.c) */
   lr_conn **pending_close;
   uint32_t npending_close, cappending_close;
-  char parties_prefix[32]; /* "/parties" */
-  long max_rooms;          /* refuse to create rooms past this (default 100000) */
-  void *shard;             /* shard mode state (shard.c), NULL unless `serve --shard` */
+  char parties_prefix[32];     /* "/parties" */
+  long max_rooms;              /* refuse to create rooms past this (default 100000) */
+  void *shard;                 /* shard mode state (shard.c), NULL unless `serve --shard` */
+  const lr_mode_vt *mode;      /* shard.c's, with shard; NULL otherwise */
+  lr_relay_open_fn relay_open; /* uplink.c's (lr_uplink_install); NULL = refused (404) */
   char *wanted_headers[LR_WANTED_HEADERS]; /* lr_server_want_header (room.c) */
   uint32_t nwanted_headers;
   lr_room *failing; /* rooms whose writes fail (/readyz), newest first */
@@ -209,6 +273,11 @@ struct lr_server {
 lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool virtual_clock,
                          uint64_t seed);
 void lr_server_free(lr_server *s);
+/* Called at the end of every lr_server_new when set: the composition root
+ * (lua_core.c, once lunaroom.core is loaded) gives new servers their rules
+ * and the features they serve. NULL: servers start without rules (the
+ * caller sets s->rules, as the C tests do). */
+extern void (*lr_server_init_hook)(lr_server *s);
 int64_t lr_now(const lr_server *s);
 void lr_random_id(lr_server *s, char *out, size_t n, const char *alphabet);
 
@@ -294,21 +363,17 @@ void lr_timer_cancel(lr_server *s, uint64_t id);
 uint64_t lr_timer_add_c(lr_server *s, int64_t delay_ms, lr_timer_cb cb, void *ud);
 /* Virtual clock: advance by ms, firing timers in order. */
 void lr_server_advance(lr_server *s, int64_t ms);
-/* Call the Lua function runtime[name] with the server table, then nargs
- * values already pushed; returns lr_vm_pcall's status. Stack [-nargs, +nres]. */
-int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what, int nargs,
-                    int nres, char *err, size_t errlen);
-/* srv.env[name] of the Lua server table (the environment the host passed),
- * copied into buf; "" when unset. */
+/* srv.env[name] of the server (the environment the host passed), copied
+ * into buf; "" when unset. */
 const char *lr_server_env(lr_server *s, const char *name, char *buf, size_t n);
 
 /* Open a client connection on r (connect, guards, snapshot). The returned
  * conn holds one reference for the caller's transport (see server.h). */
 lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp);
-/* The same for a client relayed by a shard: flagged relayed before its
- * connect runs (see lr_conn.relayed). */
-lr_conn *lr_room_open_relayed(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
-                              void *tp);
+/* The same for a connection of another kind (ops set before its connect
+ * runs: a client relayed by a shard). */
+lr_conn *lr_room_open_kind(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                           const lr_conn_ops *ops);
 /* Add a raw member to r's broadcast list: joined at once, no connect, no
  * session, no snapshot (a shard uplink). One reference for the transport. */
 lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp);
@@ -322,51 +387,5 @@ void lr_room_idle_config(lr_room *r);
 
 /* Wake a hibernated room (rebuild it from storage) and note activity. */
 bool lr_room_activity(lr_room *r); /* false: r could not wake (its sockets are closed) */
-
-/* ---- uplink.c: shard processes relaying their clients to this room ---- */
-/* A WebSocket with an x-shard-id header opened on room r. Returns 0 with *out
- * set when accepted (the conn's uplink field is set), or an HTTP status to
- * refuse it before the upgrade. */
-int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                   lr_conn **out);
-void lr_uplink_message(lr_conn *c, const char *data, size_t len);
-void lr_uplink_closed(lr_conn *c);
-/* Free the uplink state of c (an uplink or a relayed client): room.c calls
- * it when a relayed client is closed and when any such conn is freed (a
- * server freed without closing its sockets). Idempotent. */
-void lr_uplink_forget(lr_conn *c);
-/* Deliver m to each joined client relayed by uplink c, one targetClientId
- * frame each and through the room's interceptor, skipping the conn ids in
- * except. Used instead of one shared frame when the room has an interceptor
- * or the broadcast excludes connections. */
-void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept);
-
-/* ---- shard.c: hooks room.c calls when s->shard is set (shard.h) ---- */
-/* A WebSocket on /parties/shard/{shard_id}: same contract as lr_server_ws_open. */
-int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
-                     const lr_transport_vt *vt, void *tp, lr_conn **out);
-/* HTTP on /parties/{ns}/{id}{rest} for ns "shard" (and "world" when
- * forwarded): answered later, after the upstream answered. Returns false if
- * ns is not the shard's (room.c routes it as usual). */
-bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
-                   const char *rest, lr_response_cb done, void *ud);
-void lr_shard_client_message(lr_conn *c, const char *data, size_t len);
-void lr_shard_client_closed(lr_conn *c);
-/* Server shutdown: close client sockets (1001) and uplinks, final reports. */
-void lr_shard_shutdown(lr_server *s);
-
-/* ---- lua_api.c ---- */
-/* Push the Lua value of n (scalars as Lua values, containers as live proxies
- * bound to room r; r may be NULL for plain copies). [-0,+1] */
-void lr_lua_push_node(lua_State *L, lr_node *n, lr_room *r);
-/* Push a plain Lua copy of n (tables; arrays marked). [-0,+1] */
-void lr_lua_push_copy(lua_State *L, const lr_node *n);
-/* Convert the Lua value at idx to a new node tree; NULL with err on failure
- * (function, cycle, NaN, invalid UTF-8, ...). where names the path for errors. */
-lr_node *lr_lua_to_node(lua_State *L, int idx, const char *where, char *err, size_t errlen);
-/* Push the Lua conn table of c. [-0,+1] */
-void lr_lua_push_conn(lua_State *L, lr_conn *c);
-/* Create a conn's Lua table (id, sessionId, state, handle). [-0,+0] */
-void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id);
 
 #endif

@@ -3,8 +3,9 @@
  *
  * Owns: state proxies (userdata "lunaroom.node": reads and writes of the C
  * state tree, with undo records and path-naming errors), Lua <-> lr_node
- * conversion, handles for servers, rooms and connections, the headless
- * transport used by specs, and JSON encode/decode that keep numbers exact.
+ * conversion, handles for servers, rooms and connections, and JSON
+ * encode/decode that keep numbers exact. The headless transport used by
+ * specs is headless.c (registered into the same module).
  * Must not: decide room rules (runtime.lua) or schedule flushes (room.c).
  *
  * Handles are weak: a room or connection handle whose C object is gone
@@ -22,6 +23,7 @@
 #include <lua.h>
 
 #include "engine.h"
+#include "lua_api.h"
 #include "json.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -31,7 +33,6 @@
 #define SERVER_MT "lunaroom.server"
 #define ROOM_MT "lunaroom.roomh"
 #define CONN_MT "lunaroom.connh"
-#define HL_MT "lunaroom.headless"
 #define ARRAY_MT_KEY "lunaroom.array_mt"
 #define CACHE_KEY "lunaroom.proxies"
 #define MAX_DEPTH 64
@@ -527,7 +528,7 @@ typedef struct srv_box {
   bool owned;
 } srv_box;
 
-static lr_server *check_server(lua_State *L, int idx) {
+lr_server *lr_lua_check_server(lua_State *L, int idx) {
   srv_box *b = luaL_checkudata(L, idx, SERVER_MT);
   if (!b->s) luaL_error(L, "server is closed");
   return b->s;
@@ -608,10 +609,18 @@ void lr_lua_push_conn(lua_State *L, lr_conn *c) {
 
 /* ------------------------------------------------------------ core functions */
 
+/* The hook core.set_runtime calls (lua_core.c sets it: bridge.c's). */
+static void (*api_bind)(lua_State *L, int idx);
+
+void lr_lua_api_set_bind(void (*bind)(lua_State *L, int idx)) {
+  api_bind = bind;
+}
+
 static int l_set_runtime(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_pushvalue(L, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.runtime");
+  if (api_bind) api_bind(L, 1);
   if (lua_istable(L, 2)) {
     lua_pushvalue(L, 2);
     lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
@@ -640,7 +649,7 @@ static void server_limits(lua_State *L, int idx, lr_server *s) {
 /* core.server_limits(srv, {evict_after=, room_rate=, room_burst=,
  * session_rate=, session_burst=}): change them on a running server. */
 static int l_server_limits(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   server_limits(L, 2, s);
   return 0;
@@ -649,7 +658,7 @@ static int l_server_limits(lua_State *L) {
 /* core.addr_take(srv, "room"|"session", ip) -> bool: a token of ip's
  * bucket (true without an ip: in-process callers are not counted). */
 static int l_addr_take(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   const char *kind = luaL_checkstring(L, 2);
   const char *ip = luaL_optstring(L, 3, NULL);
   lr_addr_rate *ar = strcmp(kind, "room") == 0 ? s->room_rate : s->session_rate;
@@ -691,7 +700,7 @@ static int l_server_close(lua_State *L) {
 /* core.want_header(srv, name) -> true | nil, err: the transport copies this
  * request header too (server.h, lr_server_want_header). */
 static int l_want_header(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   const char *name = luaL_checkstring(L, 2);
   if (lr_server_want_header(s, name) != 0) {
     lua_pushnil(L);
@@ -706,7 +715,7 @@ static int l_want_header(lua_State *L) {
 }
 
 static int l_server_bind(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   if (s->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
   lua_pushvalue(L, 2);
@@ -715,12 +724,12 @@ static int l_server_bind(lua_State *L) {
 }
 
 static int l_now(lua_State *L) {
-  lua_pushinteger(L, lr_now(check_server(L, 1)));
+  lua_pushinteger(L, lr_now(lr_lua_check_server(L, 1)));
   return 1;
 }
 
 static int l_random_id(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   lua_Integer n = luaL_optinteger(L, 2, 8);
   const char *alpha =
       luaL_optstring(L, 3, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789");
@@ -733,7 +742,7 @@ static int l_random_id(lua_State *L) {
 
 /* core.timer(srv, roomh|nil, ms, fn) -> id */
 static int l_timer(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   lr_room *r = lua_isnil(L, 2) ? NULL : check_room(L, 2);
   lua_Integer ms = luaL_checkinteger(L, 3);
   luaL_checktype(L, 4, LUA_TFUNCTION);
@@ -745,32 +754,32 @@ static int l_timer(lua_State *L) {
 }
 
 static int l_cancel(lua_State *L) {
-  lr_timer_cancel(check_server(L, 1), (uint64_t)luaL_checkinteger(L, 2));
+  lr_timer_cancel(lr_lua_check_server(L, 1), (uint64_t)luaL_checkinteger(L, 2));
   return 0;
 }
 
 static int l_advance(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   if (!s->virtual_clock) return luaL_error(L, "advance() needs a virtual clock");
   lr_server_advance(s, luaL_checkinteger(L, 2));
   return 0;
 }
 
 static int l_tick(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   lr_server_tick(s);
   return 0;
 }
 
 /* core.batch_joins(srv, on): as the network loop does around a pass. */
 static int l_batch_joins(lua_State *L) {
-  lr_server_batch_joins(check_server(L, 1), lua_toboolean(L, 2));
+  lr_server_batch_joins(lr_lua_check_server(L, 1), lua_toboolean(L, 2));
   return 0;
 }
 
 /* core.room_new(srv, ns, id, instance) -> roomh */
 static int l_room_new(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   const char *ns = luaL_checkstring(L, 2), *id = luaL_checkstring(L, 3);
   luaL_checktype(L, 4, LUA_TTABLE);
   if (lr_room_find(s, ns, id)) return luaL_error(L, "room %s/%s exists", ns, id);
@@ -788,7 +797,7 @@ static int l_room_new(lua_State *L) {
 /* core.room_rebind(srv, ns, id, instance) -> roomh: a hibernated room gets
  * its new Lua instance (runtime.wake). */
 static int l_room_rebind(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   const char *ns = luaL_checkstring(L, 2), *id = luaL_checkstring(L, 3);
   luaL_checktype(L, 4, LUA_TTABLE);
   lr_room *r = lr_room_find(s, ns, id);
@@ -805,7 +814,7 @@ static int l_room_rebind(lua_State *L) {
 
 /* core.stats(srv) -> table of the engine's counters (see lr_stats). */
 static int l_stats(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   const lr_stats *st = &s->stats;
   lua_createtable(L, 0, 16);
 #define F(name, v)                                                                                 \
@@ -830,13 +839,10 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "rooms");
   lua_pushinteger(L, (lua_Integer)s->nhibernated);
   lua_setfield(L, -2, "rooms_hibernated");
-  static const char *const rej[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
-                                           "validation",     "handler",        "rate_limit",
-                                           "too_large",      "other"};
   lua_createtable(L, 0, LR_NREJ);
   for (int i = 0; i < LR_NREJ; i++) {
     lua_pushinteger(L, (lua_Integer)st->rejected[i]);
-    lua_setfield(L, -2, rej[i]);
+    lua_setfield(L, -2, lr_rej_names[i]);
   }
   lua_setfield(L, -2, "rejected");
   lua_createtable(L, LR_HIST_N, 0);
@@ -1019,7 +1025,7 @@ static store_target check_target(lua_State *L, int idx) {
   store_target t;
   if (lua_istable(L, idx)) {
     lua_getfield(L, idx, "server");
-    lr_server *s = check_server(L, -1);
+    lr_server *s = lr_lua_check_server(L, -1);
     lua_getfield(L, idx, "ns");
     lua_getfield(L, idx, "id");
     t.ns = luaL_checkstring(L, -2);
@@ -1163,7 +1169,7 @@ static int l_store_list(lua_State *L) {
 
 /* core.store_fail_next(srv, n): test hook of the memory store. */
 static int l_store_fail_next(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   if (lr_store_memory_fail_next(s->store, (int)luaL_checkinteger(L, 2)) != 0)
     return luaL_error(L, "store_fail_next needs memory storage");
   return 0;
@@ -1172,7 +1178,7 @@ static int l_store_fail_next(lua_State *L) {
 /* core.storage_failing(srv) -> n, { {room = key, error = why}, ... } (the
  * first 10 rooms whose storage writes fail; /readyz). */
 static int l_storage_failing(lua_State *L) {
-  lr_server *s = check_server(L, 1);
+  lr_server *s = lr_lua_check_server(L, 1);
   lua_pushinteger(L, s->nfailing);
   lua_createtable(L, 0, 0);
   int i = 0;
@@ -1189,14 +1195,14 @@ static int l_storage_failing(lua_State *L) {
 
 /* core.store_pending(srv): write batches not yet on the backend. */
 static int l_store_pending(lua_State *L) {
-  lua_pushinteger(L, lr_store_pending(check_server(L, 1)->store));
+  lua_pushinteger(L, lr_store_pending(lr_lua_check_server(L, 1)->store));
   return 1;
 }
 
 /* core.store_stats(srv): { {name, kind, help, value}, ... } of the storage
  * backend (/metrics; storage_postgres.c), {} when it has none. */
 static int l_store_stats(lua_State *L) {
-  lr_store *st = check_server(L, 1)->store;
+  lr_store *st = lr_lua_check_server(L, 1)->store;
   lr_store_stat v[32];
   size_t n = st && st->vt->stats ? st->vt->stats(st, v, 32) : 0;
   lua_createtable(L, (int)n, 0);
@@ -1450,250 +1456,6 @@ static int l_hash(lua_State *L) {
   return 1;
 }
 
-/* ------------------------------------------------------------ headless */
-
-typedef struct hl {
-  lr_conn *c; /* retained */
-  lr_msg **q;
-  uint32_t nq, capq;
-  bool discard;   /* drop what is sent (benchmarks) */
-  int close_code; /* -1 while open */
-  char reason[124];
-  bool closed; /* lr_conn_closed has been delivered */
-} hl;
-
-static int hl_send(lr_conn *c, lr_msg *m) {
-  hl *h = c->tp;
-  if (!h || h->closed) return -1;
-  if (h->discard) return 0;
-  if (h->nq == h->capq) {
-    h->capq = h->capq ? h->capq * 2 : 16;
-    h->q = lr_xrealloc(h->q, h->capq * sizeof *h->q);
-  }
-  h->q[h->nq++] = lr_msg_retain(m);
-  return 0;
-}
-
-static void hl_close(lr_conn *c, int code, const char *reason) {
-  hl *h = c->tp;
-  lr_server *s = c->srv;
-  if (h && h->close_code < 0) {
-    h->close_code = code;
-    snprintf(h->reason, sizeof h->reason, "%s", reason ? reason : "");
-  }
-  /* Deliver the close on the next tick (never re-enter the engine). */
-  if (s->npending_close == s->cappending_close) {
-    s->cappending_close = s->cappending_close ? s->cappending_close * 2 : 8;
-    s->pending_close =
-        lr_xrealloc(s->pending_close, s->cappending_close * sizeof *s->pending_close);
-  }
-  s->pending_close[s->npending_close++] = c;
-  if (h) h->closed = true;
-}
-
-static const lr_transport_vt hl_vt = {hl_send, hl_close};
-
-static int hl_gc(lua_State *L) {
-  hl *h = luaL_checkudata(L, 1, HL_MT);
-  for (uint32_t i = 0; i < h->nq; i++)
-    lr_msg_release(h->q[i]);
-  free(h->q);
-  h->q = NULL;
-  h->nq = 0;
-  if (h->c) {
-    h->c->tp = NULL;
-    lr_conn_release(h->c);
-    h->c = NULL;
-  }
-  return 0;
-}
-
-/* Parse "a=1&b=x%20y" into headers-free request and call ws_open.
- * core.hl_connect(srv, path, query, headers[, ip]) -> hl | nil, status */
-static int l_hl_connect(lua_State *L) {
-  lr_server *s = check_server(L, 1);
-  const char *path = luaL_checkstring(L, 2);
-  const char *query = luaL_optstring(L, 3, "");
-  lr_header hs[64];
-  size_t nh = 0;
-  if (lua_istable(L, 4)) {
-    lua_pushnil(L);
-    while (lua_next(L, 4) && nh < 64) {
-      if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
-        hs[nh++] = (lr_header){lua_tostring(L, -2), lua_tostring(L, -1)};
-      lua_pop(L, 1);
-    }
-  }
-  /* ip: the client address per-address limits count; none (in-process) by
-   * default. Read before the userdata below lands at index 5. */
-  const char *ip = luaL_optstring(L, 5, NULL);
-  lua_settop(L, 5);
-  hl *h = lua_newuserdatauv(L, sizeof *h, 0);
-  memset(h, 0, sizeof *h);
-  h->close_code = -1;
-  luaL_setmetatable(L, HL_MT);
-  lr_request req = {"GET", path, query, hs, nh, NULL, 0, ip && *ip ? ip : NULL};
-  lr_conn *c = NULL;
-  int status = lr_server_ws_open(s, &req, &hl_vt, h, &c);
-  if (status) {
-    lua_pushnil(L);
-    lua_pushinteger(L, status);
-    return 2;
-  }
-  lr_conn_retain(c);
-  h->c = c;
-  lr_server_tick(s);
-  return 1;
-}
-
-static int l_hl_send(lua_State *L) {
-  hl *h = luaL_checkudata(L, 1, HL_MT);
-  size_t n;
-  const char *s = luaL_checklstring(L, 2, &n);
-  if (!h->c || h->closed) return luaL_error(L, "client is closed");
-  lr_server *srv = h->c->srv;
-  lr_conn_message(h->c, s, n);
-  lr_server_tick(srv);
-  return 0;
-}
-
-static int l_hl_close(lua_State *L) {
-  hl *h = luaL_checkudata(L, 1, HL_MT);
-  if (!h->c || h->closed) return 0;
-  h->closed = true;
-  if (h->close_code < 0) h->close_code = 1000;
-  lr_server *s = h->c->srv;
-  lr_conn_closed(h->c);
-  lr_server_tick(s);
-  return 0;
-}
-
-/* core.hl_drain(hl) -> {raw strings...}, close_code|nil, reason */
-static int l_hl_drain(lua_State *L) {
-  hl *h = luaL_checkudata(L, 1, HL_MT);
-  lua_createtable(L, (int)h->nq, 0);
-  for (uint32_t i = 0; i < h->nq; i++) {
-    lua_pushlstring(L, lr_msg_payload(h->q[i]), h->q[i]->len);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-    lr_msg_release(h->q[i]);
-  }
-  h->nq = 0;
-  if (h->close_code >= 0) {
-    lua_pushinteger(L, h->close_code);
-    lua_pushstring(L, h->reason);
-    return 3;
-  }
-  return 1;
-}
-
-static int l_hl_discard(lua_State *L) {
-  hl *h = luaL_checkudata(L, 1, HL_MT);
-  h->discard = lua_toboolean(L, 2);
-  return 0;
-}
-
-static int l_hl_id(lua_State *L) {
-  hl *h = luaL_checkudata(L, 1, HL_MT);
-  if (!h->c) return 0;
-  lr_lua_push_conn(L, h->c);
-  return 1;
-}
-
-/* A headless request's answer. When it did not come synchronously (the
- * room's storage is loading), o is handed over to the pending table: the
- * answer is stored in registry "lunaroom.http_pending"[id] for
- * core.http_take(id). */
-typedef struct http_out {
-  lua_State *L;
-  int done;
-  int ref;
-  lua_Integer pending_id; /* 0 while the caller waits on the stack */
-} http_out;
-
-static void http_done(void *ud, const lr_response *r) {
-  http_out *o = ud;
-  lua_State *L = o->L;
-  lua_createtable(L, 0, 3);
-  lua_pushinteger(L, r->status);
-  lua_setfield(L, -2, "status");
-  lua_pushlstring(L, r->body ? r->body : "", r->bodylen);
-  lua_setfield(L, -2, "body");
-  lua_createtable(L, 0, (int)r->nheaders);
-  for (size_t i = 0; i < r->nheaders; i++) {
-    char lower[128];
-    size_t j = 0;
-    for (; r->headers[i].name[j] && j < sizeof lower - 1; j++)
-      lower[j] = (char)((r->headers[i].name[j] >= 'A' && r->headers[i].name[j] <= 'Z')
-                            ? r->headers[i].name[j] + 32
-                            : r->headers[i].name[j]);
-    lower[j] = 0;
-    lua_pushstring(L, r->headers[i].value);
-    lua_setfield(L, -2, lower);
-  }
-  lua_setfield(L, -2, "headers");
-  if (o->pending_id) {
-    lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending");
-    lua_insert(L, -2);
-    lua_rawseti(L, -2, o->pending_id);
-    lua_pop(L, 1);
-    free(o);
-    return;
-  }
-  o->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the caller's stack is not ours */
-  o->done = 1;
-}
-
-/* core.http_take(id) -> the answer of a request that was pending, or nil. */
-static int l_http_take(lua_State *L) {
-  lua_Integer id = luaL_checkinteger(L, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending");
-  lua_rawgeti(L, -1, id);
-  lua_pushnil(L);
-  lua_rawseti(L, -3, id);
-  return 1;
-}
-
-/* core.http(srv, method, path, query, headers, body[, ip]) -> {status, headers, body},
- * or nil, id when the answer comes later (core.http_take(id)). */
-static int l_http(lua_State *L) {
-  lr_server *s = check_server(L, 1);
-  lr_header hs[64];
-  size_t nh = 0;
-  if (lua_istable(L, 5)) {
-    lua_pushnil(L);
-    while (lua_next(L, 5) && nh < 64) {
-      if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
-        hs[nh++] = (lr_header){lua_tostring(L, -2), lua_tostring(L, -1)};
-      lua_pop(L, 1);
-    }
-  }
-  size_t bl = 0;
-  const char *body = luaL_optlstring(L, 6, NULL, &bl);
-  const char *ip = luaL_optstring(L, 7, NULL); /* none: in-process (room to room) */
-  lr_request req = {
-      luaL_checkstring(L, 2), luaL_checkstring(L, 3), luaL_optstring(L, 4, ""), hs, nh, body, bl,
-      ip && *ip ? ip : NULL};
-  http_out *o = lr_xcalloc(1, sizeof *o);
-  *o = (http_out){L, 0, LUA_NOREF, 0};
-  lr_server_http(s, &req, http_done, o);
-  lr_server_tick(s);
-  if (!o->done) {
-    static lua_Integer next_id;
-    o->pending_id = ++next_id;
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending") != LUA_TTABLE) {
-      lua_newtable(L);
-      lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending");
-    }
-    lua_pushnil(L);
-    lua_pushinteger(L, o->pending_id);
-    return 2;
-  }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, o->ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, o->ref);
-  free(o);
-  return 1;
-}
-
 /* ------------------------------------------------------------ module */
 
 static const luaL_Reg core_fns[] = {
@@ -1701,7 +1463,6 @@ static const luaL_Reg core_fns[] = {
     {"server_new", l_server_new},
     {"server_limits", l_server_limits},
     {"addr_take", l_addr_take},
-    {"http_take", l_http_take},
     {"server_close", l_server_close},
     {"server_bind", l_server_bind},
     {"want_header", l_want_header},
@@ -1749,20 +1510,13 @@ static const luaL_Reg core_fns[] = {
     {"log_lines", l_log_lines},
     {"log_limit", l_log_limit},
     {"pcall", l_pcall},
-    {"hl_connect", l_hl_connect},
-    {"hl_send", l_hl_send},
-    {"hl_close", l_hl_close},
-    {"hl_drain", l_hl_drain},
-    {"hl_conn", l_hl_id},
-    {"hl_discard", l_hl_discard},
-    {"http", l_http},
     {"listdir", l_listdir},
     {"readfile", l_readfile},
     {"hash", l_hash},
     {NULL, NULL},
 };
 
-int luaopen_lunaroom_core(lua_State *L) {
+int lr_lua_api_open(lua_State *L) {
   if (luaL_newmetatable(L, NODE_MT)) {
     const luaL_Reg m[] = {{"__index", node_index},
                           {"__newindex", node_newindex},
@@ -1780,7 +1534,7 @@ int luaopen_lunaroom_core(lua_State *L) {
   lua_pop(L, 1);
   /* Handles: a metatable each, with only a finalizer. */
   static const luaL_Reg handles[] = {
-      {SERVER_MT, server_gc}, {ROOM_MT, room_gc}, {CONN_MT, conn_gc}, {HL_MT, hl_gc}};
+      {SERVER_MT, server_gc}, {ROOM_MT, room_gc}, {CONN_MT, conn_gc}};
   for (size_t i = 0; i < sizeof handles / sizeof *handles; i++) {
     luaL_newmetatable(L, handles[i].name);
     lua_pushcfunction(L, handles[i].func);

@@ -30,6 +30,7 @@
 
 #include "buf.h"
 #include "engine.h"
+#include "lua_api.h"
 #include "json.h"
 #include "lr_jwt.h"
 

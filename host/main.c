@@ -19,6 +19,7 @@
 #include <lualib.h>
 #include <sqlite3.h>
 
+#include "bridge.h"
 #include "engine.h"
 #include "fetch.h"
 #include "log.h"
@@ -27,6 +28,7 @@
 #include "storage_postgres.h"
 #include "reload.h"
 #include "shard.h"
+#include "uplink.h"
 
 void lr_lua_push_server(lua_State *L, lr_server *s, bool owned);
 
@@ -706,6 +708,8 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     return 1;
   }
   lr_server *s = lr_server_new(L, st, true, false, 0);
+  s->rules = &lr_bridge_rules;
+  lr_uplink_install(s);
   if (max_rooms) s->max_rooms = max_rooms;
   for (const char *p = headers; p && *p;) {
     size_t n = strcspn(p, ", ");

@@ -1,15 +1,14 @@
 /*
- * room.c - the room engine: servers, room instances, connections, the timer
- * heap and virtual clock, and the flush pass that turns state writes into
- * sync packets (encoded once per flush) and storage batches.
+ * room.c - the room engine's lifecycle: servers, room instances (the room
+ * table), connections (open, messages in, close) and shutdown. Its
+ * neighbours (engine_int.h): sync.c (the flush pass and the storage gate),
+ * timer.c (clock and timers), idle.c (hibernation, eviction), router.c
+ * (paths, room creation, WebSocket opens, HTTP).
  *
- * Owns: lifecycle of lr_server / lr_room / lr_conn, the server.h functions
- * transports call, sync throttling (leading edge + trailing window),
- * autoSync/applySync, storage throttling (max-delay, never a debounce that a
- * busy room could postpone forever), retries of failed storage writes, idle
- * rooms (hibernation; eviction of rooms nothing holds), who may create a
- * room (a route it serves, the per-address creation rate), and the storage
- * gate below.
+ * Owns: lifecycle of lr_server / lr_room / lr_conn, the per-connection
+ * input checks (early frames, rate limit, frame size, packet shape) before
+ * an action reaches the rules, error packets, the storage gate's rule
+ * below (sync.c carries it out).
  *
  * The storage gate (one rule for every backend): with throttleStorage 0 a
  * packet a room sends while it has changes that are not committed waits in
@@ -23,9 +22,11 @@
  * not wait for the throttled write (by design), but a failing room waits
  * and refuses like any other. Error packets never wait.
  * Must not: implement room rules (sessions, guards, dispatch: runtime.lua),
- * talk to sockets (net.c), or build Lua values itself (lua_api.c).
+ * talk to sockets (net.c), schedule flushes or timers itself (sync.c,
+ * timer.c), or name Lua: the rules are reached through
+ * s->rules (rules.h; bridge.c implements them over runtime.lua).
  */
-#include "engine.h"
+#include "engine_int.h"
 
 #include <ctype.h>
 #include <fcntl.h>
@@ -35,48 +36,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <lauxlib.h>
-
 #include "json.h"
 #include "log.h"
-#include "lua_vm.h"
 #include "rand.h"
-#include "reload.h"
 
 #define MAX_EARLY_FRAMES 256
 
+void (*lr_server_init_hook)(lr_server *s);
+
 const double lr_hist_bounds[LR_HIST_N - 1] = {0.0001, 0.0005, 0.001, 0.005, 0.01,
                                               0.05,   0.1,    0.5,   1.0};
-
-static double mono_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* ------------------------------------------------------------------ clock */
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t lr_now(const lr_server *s) {
-  return s->virtual_clock ? s->vnow : s->wall0 + (mono_ms() - s->mono0);
-}
-
-/* Ids come from the kernel CSPRNG (rand.c); only the headless test host has
- * a seeded, reproducible generator (see lr_server_new). */
-void lr_random_id(lr_server *s, char *out, size_t n, const char *alphabet) {
-  lr_rand_id(s->rng_seeded ? &s->test_rng : NULL, out, n, alphabet);
-}
 
 /* ----------------------------------------------------------------- server */
 
@@ -84,13 +53,13 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
                          uint64_t seed) {
   lr_server *s = lr_xcalloc(1, sizeof *s);
   s->L = L;
-  s->ref = LUA_NOREF;
+  s->ref = LR_NOREF;
   s->store = store;
   s->own_store = own_store;
   s->virtual_clock = virtual_clock;
   s->vnow = 1767225600000LL; /* 2026-01-01T00:00:00Z: a fixed, readable start */
-  s->wall0 = wall_ms();
-  s->mono0 = mono_ms();
+  s->wall0 = lr_wall_ms();
+  s->mono0 = lr_mono_ms();
   s->nbuckets = 64;
   s->rooms = lr_xcalloc(s->nbuckets, sizeof *s->rooms);
   /* A seed is honoured only by the headless test host (virtual clock), so
@@ -104,27 +73,17 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
   s->room_rate = lr_addr_rate_new(2, 20);
   s->session_rate = lr_addr_rate_new(10, 100);
   if (store && store->vt->bind) store->vt->bind(store, s);
+  if (lr_server_init_hook) lr_server_init_hook(s);
   return s;
 }
-
-static void timer_unhold(lr_timer *t);
-
-static void timer_free(lr_server *s, lr_timer *t) {
-  timer_unhold(t);
-  if (t->fn_ref != LUA_NOREF && t->fn_ref != 0) luaL_unref(s->L, LUA_REGISTRYINDEX, t->fn_ref);
-  if (t->room) lr_room_release(t->room);
-  free(t);
-}
-
-static void waits_free(lr_server *s);
 
 void lr_server_free(lr_server *s) {
   if (!s) return;
   s->shutting_down = true;
   if (s->store && s->store->vt->bind) s->store->vt->bind(s->store, NULL);
-  waits_free(s);
+  lr_waits_free(s);
   for (uint32_t i = 0; i < s->nheap; i++)
-    timer_free(s, s->heap[i]);
+    lr_timer_free(s, s->heap[i]);
   free(s->heap);
   s->heap = NULL;
   s->nheap = 0;
@@ -140,7 +99,7 @@ void lr_server_free(lr_server *s) {
   free(s->rooms);
   lr_addr_rate_free(s->room_rate);
   lr_addr_rate_free(s->session_rate);
-  if (s->ref != LUA_NOREF) luaL_unref(s->L, LUA_REGISTRYINDEX, s->ref);
+  if (s->ref != LR_NOREF && s->rules) s->rules->unref(s->L, s->ref);
   if (s->own_store) lr_store_close(s->store);
   for (uint32_t i = 0; i < s->nwanted_headers; i++)
     free(s->wanted_headers[i]);
@@ -170,256 +129,10 @@ const char *const *lr_server_wanted_headers(const lr_server *s, size_t *n) {
   return (const char *const *)s->wanted_headers;
 }
 
-/* ----------------------------------------------------------------- timers */
-
-static bool timer_before(const lr_timer *a, const lr_timer *b) {
-  return a->when < b->when || (a->when == b->when && a->seq < b->seq);
-}
-
-static void heap_set(lr_server *s, uint32_t i, lr_timer *t) {
-  s->heap[i] = t;
-  t->hidx = i;
-}
-
-static void heap_up(lr_server *s, uint32_t i) {
-  while (i > 0) {
-    uint32_t p = (i - 1) / 2;
-    if (!timer_before(s->heap[i], s->heap[p])) break;
-    lr_timer *t = s->heap[i];
-    heap_set(s, i, s->heap[p]);
-    heap_set(s, p, t);
-    i = p;
-  }
-}
-
-static void heap_down(lr_server *s, uint32_t i) {
-  for (;;) {
-    uint32_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < s->nheap && timer_before(s->heap[l], s->heap[m])) m = l;
-    if (r < s->nheap && timer_before(s->heap[r], s->heap[m])) m = r;
-    if (m == i) break;
-    lr_timer *t = s->heap[i];
-    heap_set(s, i, s->heap[m]);
-    heap_set(s, m, t);
-    i = m;
-  }
-}
-
-/* The id -> timer map (chained, power-of-two buckets, grown with the heap):
- * lr_timer_cancel finds a timer in O(1) and removes it in O(log n), so
- * cancelling (a reconnect cancels its session's expiry) does not scan every
- * pending timer of the process. A timer is in the map while it is in the
- * heap. */
-static lr_timer **map_slot(lr_server *s, uint64_t id) {
-  return &s->timer_map[(id * 0x9E3779B97F4A7C15ULL >> 20) & (s->timer_map_cap - 1)];
-}
-
-static void map_grow(lr_server *s) {
-  uint32_t cap = s->timer_map_cap ? s->timer_map_cap * 2 : 64;
-  lr_timer **old = s->timer_map;
-  uint32_t oldcap = s->timer_map_cap;
-  s->timer_map = lr_xcalloc(cap, sizeof *s->timer_map);
-  s->timer_map_cap = cap;
-  for (uint32_t b = 0; b < oldcap; b++) {
-    for (lr_timer *t = old[b], *next; t; t = next) {
-      next = t->map_next;
-      lr_timer **sl = map_slot(s, t->seq);
-      t->map_next = *sl;
-      *sl = t;
-    }
-  }
-  free(old);
-}
-
-static void map_remove(lr_server *s, lr_timer *t) {
-  for (lr_timer **pp = map_slot(s, t->seq); *pp; pp = &(*pp)->map_next) {
-    if (*pp == t) {
-      *pp = t->map_next;
-      t->map_next = NULL;
-      return;
-    }
-  }
-}
-
-static void arm_idle(lr_room *r);
-
-/* t no longer keeps its room from being evicted (it fired or was cancelled). */
-static void timer_unhold(lr_timer *t) {
-  if (!t->holds_room) return;
-  t->holds_room = false;
-  lr_room *r = t->room;
-  if (r->ntimers) r->ntimers--;
-  if (r->ntimers == 0) arm_idle(r);
-}
-
-lr_timer *lr_timer_add(lr_server *s, int64_t delay_ms, lr_timer_kind kind, lr_room *r, int fn_ref) {
-  lr_timer *t = lr_xcalloc(1, sizeof *t);
-  t->when = lr_now(s) + (delay_ms > 0 ? delay_ms : 0);
-  t->seq = ++s->timer_seq;
-  t->kind = kind;
-  t->room = r ? lr_room_retain(r) : NULL;
-  t->fn_ref = fn_ref;
-  if (r && kind == LR_T_LUA) { /* the room's own timer: it is not idle */
-    t->holds_room = true;
-    r->ntimers++;
-  }
-  if (s->nheap == s->capheap) {
-    s->capheap = s->capheap ? s->capheap * 2 : 64;
-    s->heap = lr_xrealloc(s->heap, s->capheap * sizeof *s->heap);
-  }
-  if (s->nheap >= s->timer_map_cap) map_grow(s);
-  lr_timer **sl = map_slot(s, t->seq);
-  t->map_next = *sl;
-  *sl = t;
-  heap_set(s, s->nheap++, t);
-  heap_up(s, s->nheap - 1);
-  return t;
-}
-
-uint64_t lr_timer_add_c(lr_server *s, int64_t delay_ms, lr_timer_cb cb, void *ud) {
-  lr_timer *t = lr_timer_add(s, delay_ms, LR_T_C, NULL, LUA_NOREF);
-  t->cb = cb;
-  t->ud = ud;
-  return t->seq;
-}
-
-/* Take t out of the heap (and the map). */
-static void heap_remove(lr_server *s, lr_timer *t) {
-  uint32_t i = t->hidx;
-  map_remove(s, t);
-  lr_timer *last = s->heap[--s->nheap];
-  if (i < s->nheap) {
-    heap_set(s, i, last);
-    heap_down(s, i);
-    if (s->heap[i] == last) heap_up(s, i);
-  }
-}
-
-/* A timer that is pending is removed and freed (no-op for an id that fired
- * or is unknown). */
-void lr_timer_cancel(lr_server *s, uint64_t id) {
-  if (!s->timer_map_cap) return;
-  lr_timer *t = *map_slot(s, id);
-  while (t && t->seq != id)
-    t = t->map_next;
-  if (!t) return;
-  t->cancelled = true;
-  heap_remove(s, t);
-  timer_free(s, t);
-}
-
-static lr_timer *heap_pop(lr_server *s) {
-  lr_timer *t = s->heap[0];
-  heap_remove(s, t);
-  return t;
-}
-
-static void retry_storage(lr_room *r);
-static void idle_check(lr_room *r);
-static void outbox_free(lr_room *r);
-static void set_failing(lr_room *r, bool engine, bool on, const char *err);
-static void gate_settle(lr_room *r);
-static void report_unwritten(lr_room *r, const char *what);
-
-static void fire(lr_server *s, lr_timer *t) {
-  lr_room *r = t->room;
-  if (t->cancelled || (r && r->disposed)) return;
-  switch (t->kind) {
-  case LR_T_SYNC:
-    r->sync_timer = false;
-    if (r->auto_sync && lr_state_dirty(r->root, LR_CH_SYNC)) {
-      lr_room_flush_sync(r, false);
-      r->sync_window_end = lr_now(s) + r->throttle_sync;
-    }
-    break;
-  case LR_T_STORE:
-    r->store_timer = false;
-    if (lr_room_flush_storage(r) != 0) retry_storage(r);
-    gate_settle(r);
-    break;
-  case LR_T_IDLE:
-    if (r->idle_at != t->when) break; /* superseded by an earlier one */
-    r->idle_at = 0;
-    idle_check(r);
-    break;
-  case LR_T_C:
-    t->cb(t->ud);
-    break;
-  case LR_T_LUA: {
-    if (r && !lr_room_activity(r)) {
-      lr_warn("room %s: a timer was dropped, the room could not be rebuilt", r->key);
-      break;
-    }
-    lua_State *L = s->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
-    lr_callinfo ci = {.room = r ? r->key : NULL,
-                      .what = "timer",
-                      .budget = r ? r->budget : 0,
-                      .memory = r ? r->memory : 0};
-    lr_vm_pcall(L, 0, 0, &ci);
-    break;
-  }
-  }
-}
-
-static void run_due(lr_server *s, int64_t now) {
-  while (s->nheap && s->heap[0]->when <= now) {
-    lr_timer *t = heap_pop(s);
-    timer_unhold(t);
-    fire(s, t);
-    timer_free(s, t);
-    lr_server_flush_touched(s);
-  }
-}
-
-int64_t lr_server_next_timeout(lr_server *s) {
-  while (s->nheap && s->heap[0]->cancelled)
-    timer_free(s, heap_pop(s));
-  if (!s->nheap) return -1;
-  int64_t d = s->heap[0]->when - lr_now(s);
-  return d < 0 ? 0 : d;
-}
-
-static void deliver_pending_closes(lr_server *s);
-
-void lr_server_tick(lr_server *s) {
-  if (s->in_tick) return;
-  s->in_tick = true;
-  if (!s->virtual_clock) run_due(s, lr_now(s));
-  lr_reload_poll(s); /* hot reload: read the watcher, reload after the debounce */
-  lr_server_flush_touched(s);
-  deliver_pending_closes(s);
-  s->in_tick = false;
-}
-
-/* A join burst leaves its Lua garbage (handshake tables, query strings,
- * snapshot pieces) uncollected until the incremental collector's next cycle,
- * which may never come on an idle server: finish a cycle now, while nothing
- * is happening. Bounded: a full collection of a heap past LR_QUIET_GC_MAX
- * would stall the loop, so larger heaps are left to the incremental GC. */
-#define LR_QUIET_GC_MAX ((size_t)16 << 20) /* about 10 ms of collection */
-void lr_server_quiet(lr_server *s) {
-  if (lr_vm_memory(s->L) <= LR_QUIET_GC_MAX) lua_gc(s->L, LUA_GCCOLLECT);
-}
-
-void lr_server_advance(lr_server *s, int64_t ms) {
-  int64_t target = s->vnow + (ms > 0 ? ms : 0);
-  while (s->nheap && s->heap[0]->when <= target) {
-    if (s->heap[0]->when > s->vnow) s->vnow = s->heap[0]->when;
-    run_due(s, s->vnow);
-  }
-  s->vnow = target;
-  lr_server_flush_touched(s);
-  deliver_pending_closes(s);
-}
-
 /* ------------------------------------------------------------------ rooms */
 
 static uint32_t hash_str(const char *k) {
-  uint32_t h = 2166136261u;
-  for (; *k; k++)
-    h = (h ^ (unsigned char)*k) * 16777619u;
-  return h;
+  return lr_fnv1a(LR_FNV1A_INIT, k, strlen(k));
 }
 
 static char *room_key(const char *ns, const char *id) {
@@ -473,7 +186,7 @@ lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
   memcpy(r->key + a + 1, id, b + 1);
   r->refs = 1; /* the server's hash holds this one */
   r->root = lr_node_new(LR_OBJECT);
-  r->ref = LUA_NOREF;
+  r->ref = LR_NOREF;
   r->auto_sync = true;
   r->store_retry_ms = 1000;
   r->rate = 100;
@@ -491,15 +204,13 @@ lr_room *lr_room_new(lr_server *s, const char *ns, const char *id) {
 void lr_room_release(lr_room *r) {
   if (--r->refs) return;
   if (r->box) *r->box = NULL;
-  outbox_free(r);
+  lr_room_outbox_free(r);
   free(r->store_err);
   lr_node_release(r->root);
   free(r->conns);
   free(r->ns); /* with id and key */
   free(r);
 }
-
-static void set_hibernated(lr_room *r, bool on);
 
 static void unlink_room(lr_room *r) {
   lr_server *s = r->srv;
@@ -527,13 +238,13 @@ void lr_room_dispose(lr_room *r) {
   lr_server *s = r->srv;
   lr_room_retain(r);
   if (lr_state_dirty(r->root, LR_CH_PERSIST) && lr_room_flush_storage(r) != 0)
-    report_unwritten(r, "disposed");
+    lr_room_report_unwritten(r, "disposed");
   if (s->store) lr_store_forget(s->store, r->ns, r->id);
   r->disposed = true;
-  set_hibernated(r, false);
-  set_failing(r, true, false, NULL);
-  set_failing(r, false, false, NULL);
-  outbox_free(r);
+  lr_room_set_hibernated(r, false);
+  lr_room_set_failing(r, true, false, NULL);
+  lr_room_set_failing(r, false, false, NULL);
+  lr_room_outbox_free(r);
   unlink_room(r);
   while (r->nconns) {
     lr_conn *c = r->conns[r->nconns - 1];
@@ -541,616 +252,14 @@ void lr_room_dispose(lr_room *r) {
     c->in_room_list = false;
     if (c->phase != LR_C_GONE) lr_conn_close(c, 1001, "room disposed");
   }
-  if (r->ref != LUA_NOREF) {
-    luaL_unref(s->L, LUA_REGISTRYINDEX, r->ref);
-    r->ref = LUA_NOREF;
+  if (r->ref != LR_NOREF) {
+    s->rules->unref(s->L, r->ref);
+    r->ref = LR_NOREF;
   }
-  if (s->ref != LUA_NOREF && !s->shutting_down) {
-    lua_pushstring(s->L, r->key);
-    lr_runtime_call(s, NULL, "forget_room", "dispose", 1, 0, NULL, 0);
-  }
+  if (s->ref != LR_NOREF && !s->shutting_down) s->rules->forget(r);
   lr_info("room %s disposed", r->key);
   r->refs--; /* the hash's reference (ours, taken above, keeps r alive) */
   lr_room_release(r);
-}
-
-void lr_room_touch(lr_room *r) {
-  if (r->touched || r->disposed) return;
-  r->touched = true;
-  r->touched_next = r->srv->touched;
-  r->srv->touched = r;
-}
-
-/* Arm the retry of a failed storage write: 1 s, doubling up to 30 s. A
- * server that is shutting down retries every 100 ms (main.c bounds it). */
-static void retry_storage(lr_room *r) {
-  if (r->srv->shutting_down) return; /* lr_server_drain_storage retries */
-  if (r->store_timer) return;
-  r->store_timer = true;
-  lr_timer_add(r->srv, r->store_retry_ms, LR_T_STORE, r, LUA_NOREF);
-  if (r->store_retry_ms < 30000) r->store_retry_ms *= 2;
-}
-
-static void schedule_storage(lr_room *r) {
-  lr_server *s = r->srv;
-  if (!lr_state_dirty(r->root, LR_CH_PERSIST) || r->store_timer) return;
-  if (r->throttle_storage <= 0 || s->shutting_down) {
-    if (lr_room_flush_storage(r) != 0) retry_storage(r);
-    return;
-  }
-  r->store_timer = true;
-  lr_timer_add(s, r->throttle_storage, LR_T_STORE, r, LUA_NOREF);
-}
-
-static void schedule_sync(lr_room *r) {
-  lr_server *s = r->srv;
-  if (!r->auto_sync) return;
-  if (r->batched_joins) { /* end of the pass (unthrottled rooms only) */
-    lr_room_flush_sync(r, false);
-    return;
-  }
-  if (!lr_state_dirty(r->root, LR_CH_SYNC)) return;
-  if (r->throttle_sync <= 0) {
-    lr_room_flush_sync(r, false);
-    return;
-  }
-  int64_t now = lr_now(s);
-  if (now >= r->sync_window_end && !r->sync_timer) {
-    /* Leading edge: send now and open a window. */
-    lr_room_flush_sync(r, false);
-    r->sync_window_end = now + r->throttle_sync;
-    return;
-  }
-  if (!r->sync_timer) {
-    r->sync_timer = true;
-    lr_timer_add(s, r->sync_window_end - now, LR_T_SYNC, r, LUA_NOREF);
-  }
-}
-
-void lr_server_flush_touched(lr_server *s) {
-  lr_room *later = NULL; /* rooms with batched joiners: flushed at the end of the pass */
-  while (s->touched) {
-    lr_room *r = s->touched;
-    s->touched = r->touched_next;
-    if (s->batch_joins && r->batched_joins) {
-      r->touched_next = later;
-      later = r;
-      continue;
-    }
-    r->touched = false;
-    lr_room_retain(r);
-    /* Storage first: with throttleStorage 0, what a client is sent has
-     * already been written. */
-    schedule_storage(r);
-    gate_settle(r);
-    schedule_sync(r);
-    lr_room_release(r);
-  }
-  s->touched = later;
-}
-
-void lr_server_batch_joins(lr_server *s, bool on) {
-  s->batch_joins = on;
-}
-
-/* ------------------------------------------------------------ storage gate */
-
-#define LR_GATED_MAX                                                                               \
-  ((size_t)4 << 20)            /* bytes waiting per connection (the default --max-queue)           \
-                                */
-#define TAG_PENDING UINT64_MAX /* waits for the room's next write of its state */
-
-/* Packets of r must wait: it has changes not committed, or older packets wait. */
-static bool room_gated(const lr_room *r) {
-  return r->outhead < r->nout || lr_room_store_failing(r) || r->st_committed < r->st_accepted ||
-         (r->throttle_storage <= 0 && r->srv->store && lr_state_dirty(r->root, LR_CH_PERSIST));
-}
-
-static uint64_t gate_tag(const lr_room *r) {
-  if (lr_state_dirty(r->root, LR_CH_PERSIST) &&
-      (r->throttle_storage <= 0 || lr_room_store_failing(r)))
-    return TAG_PENDING;
-  return r->st_accepted;
-}
-
-static void transport_send(lr_conn *c, lr_msg *m) {
-  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
-  c->srv->stats.packets_out++;
-  c->srv->stats.bytes_out += m->len;
-  if (c->vt->send(c, m) != 0) lr_conn_close(c, 1008, "outgoing queue full");
-}
-
-static void gate_hold(lr_room *r, lr_conn *c, lr_msg *m) {
-  if (c->gated_bytes + m->len > LR_GATED_MAX) {
-    lr_warn("conn %s room %s: %zu bytes wait for storage; closing it", c->id, r->key,
-            c->gated_bytes + m->len);
-    lr_conn_close(c, 1013, "storage unavailable");
-    return;
-  }
-  if (r->nout == r->capout) {
-    if (r->outhead > 0) {
-      memmove(r->outbox, r->outbox + r->outhead, (r->nout - r->outhead) * sizeof *r->outbox);
-      r->nout -= r->outhead;
-      r->outhead = 0;
-    } else {
-      r->capout = r->capout ? r->capout * 2 : 16;
-      r->outbox = lr_xrealloc(r->outbox, r->capout * sizeof *r->outbox);
-    }
-  }
-  lr_conn_retain(c);
-  r->outbox[r->nout++] = (lr_gated){c, lr_msg_retain(m), gate_tag(r)};
-  c->gated_bytes += m->len;
-  lr_room_touch(r);
-}
-
-/* Send, in order, what waited for writes that are now committed. */
-static void outbox_release(lr_room *r) {
-  if (r->outhead == r->nout) return;
-  lr_room_retain(r);
-  while (r->outhead < r->nout && r->outbox[r->outhead].tag <= r->st_committed) {
-    lr_gated g = r->outbox[r->outhead++];
-    g.c->gated_bytes -= g.m->len;
-    transport_send(g.c, g.m);
-    lr_msg_release(g.m);
-    lr_conn_release(g.c);
-  }
-  if (r->outhead == r->nout) r->outhead = r->nout = 0;
-  lr_room_release(r);
-}
-
-static void outbox_free(lr_room *r) {
-  for (uint32_t i = r->outhead; i < r->nout; i++) {
-    r->outbox[i].c->gated_bytes -= r->outbox[i].m->len;
-    lr_msg_release(r->outbox[i].m);
-    lr_conn_release(r->outbox[i].c);
-  }
-  free(r->outbox);
-  r->outbox = NULL;
-  r->outhead = r->nout = r->capout = 0;
-}
-
-/* The state of r is written (or was clean): what waited for that write now
- * waits for the batch that carried it; then release what is committed. */
-static void gate_settle(lr_room *r) {
-  if (r->outhead == r->nout) return;
-  if (!lr_state_dirty(r->root, LR_CH_PERSIST)) {
-    for (uint32_t i = r->nout; i > r->outhead && r->outbox[i - 1].tag == TAG_PENDING; i--)
-      r->outbox[i - 1].tag = r->st_accepted;
-  }
-  outbox_release(r);
-}
-
-static void set_failing(lr_room *r, bool engine, bool on, const char *err) {
-  lr_server *s = r->srv;
-  bool was = lr_room_store_failing(r);
-  if (engine)
-    r->flush_failed = on;
-  else
-    r->backend_failed = on;
-  bool now = lr_room_store_failing(r);
-  if (now && err && *err) {
-    free(r->store_err);
-    r->store_err = lr_xstrndup(err, strlen(err));
-  }
-  if (was == now) return;
-  if (now) {
-    r->failing_next = s->failing;
-    if (s->failing) s->failing->failing_pprev = &r->failing_next;
-    r->failing_pprev = &s->failing;
-    s->failing = r;
-    s->nfailing++;
-    lr_error("room %s: its storage writes fail (%s): it refuses actions, joins and requests, and "
-             "holds what it sends, until they commit",
-             r->key, r->store_err ? r->store_err : "-");
-  } else {
-    *r->failing_pprev = r->failing_next;
-    if (r->failing_next) r->failing_next->failing_pprev = r->failing_pprev;
-    r->failing_next = NULL;
-    r->failing_pprev = NULL;
-    s->nfailing--;
-    free(r->store_err);
-    r->store_err = NULL;
-    if (!r->disposed)
-      lr_info("room %s: its storage writes commit again; held packets go out", r->key);
-  }
-}
-
-/* Ask a write-behind store how far r's writes got. */
-static void refresh_progress(lr_room *r) {
-  lr_store *st = r->srv->store;
-  if (!st || !st->vt->progress) return; /* synchronous: committed when apply returns */
-  char err[256] = "";
-  uint64_t a = 0, c = 0;
-  int rc = st->vt->progress(st, r->ns, r->id, &a, &c, err, sizeof err);
-  r->st_accepted = a;
-  r->st_committed = c;
-  set_failing(r, false, rc < 0, err);
-}
-
-void lr_server_store_progress(lr_server *s, const char *ns, const char *id) {
-  lr_room *r = lr_room_find(s, ns, id);
-  if (!r || r->disposed) return;
-  lr_room_retain(r);
-  refresh_progress(r);
-  gate_settle(r);
-  lr_room_release(r);
-}
-
-void lr_server_store_lost(lr_server *s, const char *ns, const char *id, int code, const char *why) {
-  lr_room *r = lr_room_find(s, ns, id);
-  if (!r || r->disposed) return;
-  lr_warn("room %s: %s; its connections are closed (%d) and it is dropped here", r->key, why, code);
-  lr_room_retain(r);
-  outbox_free(r); /* held packets show writes that were never stored */
-  for (uint32_t i = r->nconns; i-- > 0;)
-    lr_conn_close(r->conns[i], code, why);
-  lr_room_dispose(r);
-  lr_room_release(r);
-}
-
-void lr_room_store_written(lr_room *r, int rc, const char *err) {
-  if (r->disposed) return;
-  if (rc == 0) {
-    refresh_progress(r);
-  } else if (rc != LR_STORE_EARG) { /* bad arguments are the caller's error */
-    set_failing(r, true, true, err);
-    retry_storage(r);
-  }
-}
-
-/* ------------------------------------------------------------ sending */
-
-static void conn_send_raw(lr_conn *c, lr_msg *m) {
-  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
-  if (c->batched) { /* its snapshot goes first (lr_room_flush_sync) */
-    lr_held *h = lr_xmalloc(sizeof *h);
-    h->m = lr_msg_retain(m);
-    h->next = c->held; /* newest first; deliver_held reverses */
-    c->held = h;
-    return;
-  }
-  if (c->room && room_gated(c->room)) {
-    gate_hold(c->room, c, m);
-    return;
-  }
-  transport_send(c, m);
-}
-
-/* Send an already-encoded packet to c, through the room's interceptor when it
- * has one (the only per-connection Lua work on the send path). */
-void lr_conn_send_msg(lr_conn *c, lr_msg *m, const char *json, size_t len) {
-  lr_room *r = c->room;
-  if (c->uplink && r && r->has_interceptor) {
-    /* One interceptor call per relayed client, not one for the whole shard. */
-    lr_msg *own = m ? lr_msg_retain(m) : lr_msg_new(json, len);
-    lr_uplink_fanout(c, own, NULL, 0);
-    lr_msg_release(own);
-    return;
-  }
-  if (!r || !r->has_interceptor) {
-    lr_msg *own = m ? m : lr_msg_new(json, len);
-    conn_send_raw(c, own);
-    if (!m) lr_msg_release(own);
-    return;
-  }
-  lua_State *L = c->srv->L;
-  int top = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  lr_lua_push_conn(L, c);
-  if (m)
-    lua_pushlstring(L, lr_msg_payload(m), m->len);
-  else
-    lua_pushlstring(L, json, len);
-  char err[256];
-  if (lr_runtime_call(c->srv, r, "intercept", "interceptorPacket", 3, 1, err, sizeof err) != 0) {
-    lua_settop(L, top);
-    return; /* a failing interceptor drops the packet (logged) */
-  }
-  if (lua_type(L, -1) == LUA_TSTRING) {
-    size_t n;
-    const char *s = lua_tolstring(L, -1, &n);
-    if (m && n == m->len && memcmp(s, lr_msg_payload(m), n) == 0) {
-      conn_send_raw(c, m);
-    } else {
-      lr_msg *own = lr_msg_new(s, n);
-      conn_send_raw(c, own);
-      lr_msg_release(own);
-    }
-  }
-  lua_settop(L, top);
-}
-
-void lr_conn_send_value(lr_conn *c, const lr_node *v) {
-  lr_buf b;
-  lr_buf_init(&b);
-  lr_json_encode(v, 0, &b);
-  lr_conn_send_msg(c, NULL, b.data, b.len);
-  lr_buf_free(&b);
-}
-
-static bool excluded(const lr_conn *c, const char *const *except, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (strcmp(c->id, except[i]) == 0) return true;
-  return false;
-}
-
-void lr_room_broadcast(lr_room *r, const lr_node *v, const char *const *except, size_t nexcept) {
-  lr_buf b;
-  lr_buf_init(&b);
-  lr_json_encode(v, 0, &b);
-  lr_msg *m = lr_msg_new(b.data, b.len);
-  lr_buf_free(&b);
-  lr_room_retain(r);
-  for (uint32_t i = 0; i < r->nconns; i++) {
-    lr_conn *c = r->conns[i];
-    if ((c->parked && !c->batched) || c->relayed || excluded(c, except, nexcept)) continue;
-    if (c->uplink && nexcept)
-      lr_uplink_fanout(c, m, except, nexcept); /* some of its clients may be excluded */
-    else
-      lr_conn_send_msg(c, m, NULL, 0);
-  }
-  lr_room_release(r);
-  lr_msg_release(m);
-}
-
-/* The full synced state, {...}, as a snapshot carries it. */
-static void encode_state(lr_room *r, lr_buf *st) {
-  lr_json_encode(r->root, LR_F_NOSYNC, st);
-}
-
-/* Full-state packet for one connection, {"type":"sync","value":{"pId":..,...}},
- * around st from encode_state. */
-static void snapshot_packet(const lr_buf *st, const char *public_id, lr_buf *out) {
-  lr_buf_puts(out, "{\"type\":\"sync\",\"value\":{");
-  if (public_id) {
-    lr_buf_puts(out, "\"pId\":");
-    lr_json_put_string(out, public_id, strlen(public_id));
-    if (st->len > 2) lr_buf_putc(out, ',');
-  }
-  if (st->len > 2)
-    lr_buf_put(out, st->data + 1, st->len - 1);
-  else
-    lr_buf_putc(out, '}');
-  lr_buf_putc(out, '}');
-}
-
-static void encode_snapshot(lr_room *r, const char *public_id, lr_buf *out) {
-  lr_buf st;
-  lr_buf_init(&st);
-  encode_state(r, &st);
-  snapshot_packet(&st, public_id, out);
-  lr_buf_free(&st);
-}
-
-static const char *conn_public_id(lr_conn *c, char *buf, size_t n) {
-  lua_State *L = c->srv->L;
-  lr_lua_push_conn(L, c);
-  const char *res = NULL;
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "state");
-    if (lua_istable(L, -1)) {
-      lua_getfield(L, -1, "publicId");
-      if (lua_type(L, -1) == LUA_TSTRING) {
-        snprintf(buf, n, "%s", lua_tostring(L, -1));
-        res = buf;
-      }
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  return res;
-}
-
-/* A batched joiner got its snapshot: what was sent to it meanwhile follows,
- * in order. */
-static void deliver_held(lr_conn *c) {
-  lr_held *h = NULL;
-  for (lr_held *x = c->held, *next; x; x = next) { /* oldest first */
-    next = x->next;
-    x->next = h;
-    h = x;
-  }
-  c->held = NULL;
-  while (h) {
-    lr_held *next = h->next;
-    conn_send_raw(c, h->m);
-    lr_msg_release(h->m);
-    free(h);
-    h = next;
-  }
-}
-
-void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
-  bool dirty = lr_state_dirty(r->root, LR_CH_SYNC);
-  bool parked = false;
-  for (uint32_t i = 0; i < r->nconns; i++)
-    parked |= r->conns[i]->parked;
-  r->batched_joins = false;
-  if (!dirty && !full_if_clean && !parked) return;
-  lr_room_retain(r);
-  lr_msg *m = NULL;
-  lr_buf b;
-  lr_buf_init(&b);
-  if (dirty) {
-    lr_buf_puts(&b, "{\"type\":\"sync\",\"value\":");
-    lr_json_encode_patch(r->root, LR_CH_SYNC, &b);
-    lr_buf_putc(&b, '}');
-    lr_state_clear_dirty(r->root, LR_CH_SYNC);
-  } else if (full_if_clean) {
-    encode_snapshot(r, NULL, &b);
-  }
-  if (b.len) m = lr_msg_new(b.data, b.len);
-  lr_buf st; /* the state, encoded once for every parked connection */
-  lr_buf_init(&st);
-  if (parked) encode_state(r, &st);
-  for (uint32_t i = 0; i < r->nconns; i++) {
-    lr_conn *c = r->conns[i];
-    if (c->parked) {
-      char pid[64];
-      lr_buf snap;
-      lr_buf_init(&snap);
-      snapshot_packet(&st, conn_public_id(c, pid, sizeof pid), &snap);
-      c->parked = false;
-      c->batched = false;
-      lr_conn_send_msg(c, NULL, snap.data, snap.len);
-      lr_buf_free(&snap);
-      deliver_held(c);
-    } else if (m && !c->relayed) {
-      lr_conn_send_msg(c, m, NULL, 0);
-    }
-  }
-  lr_buf_free(&st);
-  lr_msg_release(m);
-  lr_buf_free(&b);
-  lr_room_release(r);
-}
-
-/* ------------------------------------------------------------ storage */
-
-typedef struct {
-  lr_store_op *ops;
-  size_t n, cap;
-  lr_buf keys;  /* all keys and values, NUL-separated; ops point into it */
-  size_t *offs; /* (keyoff, valoff) pairs, fixed up before apply */
-} opsbuf;
-
-static void ops_push(opsbuf *o, lr_store_op_kind kind, const char *k1, const char *k2, size_t k2len,
-                     const char *val, size_t vallen) {
-  if (o->n == o->cap) {
-    o->cap = o->cap ? o->cap * 2 : 16;
-    o->ops = lr_xrealloc(o->ops, o->cap * sizeof *o->ops);
-    o->offs = lr_xrealloc(o->offs, o->cap * 2 * sizeof *o->offs);
-  }
-  size_t koff = o->keys.len;
-  lr_buf_puts(&o->keys, k1);
-  lr_buf_put(&o->keys, k2, k2len);
-  size_t klen = o->keys.len - koff;
-  lr_buf_putc(&o->keys, 0);
-  size_t voff = o->keys.len;
-  if (val) {
-    lr_buf_put(&o->keys, val, vallen);
-    lr_buf_putc(&o->keys, 0);
-  }
-  o->ops[o->n] = (lr_store_op){kind, NULL, klen, NULL, vallen};
-  o->offs[2 * o->n] = koff;
-  o->offs[2 * o->n + 1] = val ? voff : (size_t)-1;
-  o->n++;
-}
-
-static void on_put(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen) {
-  opsbuf *o = ud;
-  if (pathlen == 0) { /* the whole state: compacted form */
-    ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
-    ops_push(o, LR_STORE_PUT, "state:", ".", 1, json, jsonlen);
-    return;
-  }
-  /* A value replaces everything stored below its path. */
-  lr_buf tmp;
-  lr_buf_init(&tmp);
-  lr_buf_put(&tmp, path, pathlen);
-  lr_buf_putc(&tmp, '.');
-  ops_push(o, LR_STORE_DEL_PREFIX, "state:", tmp.data, tmp.len, NULL, 0);
-  lr_buf_free(&tmp);
-  ops_push(o, LR_STORE_PUT, "state:", path, pathlen, json, jsonlen);
-}
-
-static void on_del(void *ud, const char *path, size_t pathlen) {
-  (void)ud;
-  (void)path;
-  (void)pathlen; /* deletions compact the whole state (below) */
-}
-
-/* The batch that writes r's pending persisted changes. */
-static void build_ops(lr_room *r, opsbuf *o) {
-  lr_buf_init(&o->keys);
-  if (lr_state_has_dels(r->root, LR_CH_PERSIST)) {
-    /* Compaction, as the reference does after a delete: every state: key
-     * goes, the whole persisted state is written at state:. */
-    lr_buf full;
-    lr_buf_init(&full);
-    lr_json_encode(r->root, LR_F_NOPERSIST, &full);
-    ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
-    ops_push(o, LR_STORE_PUT, "state:", ".", 1, full.data, full.len);
-    lr_buf_free(&full);
-  } else {
-    lr_persist_ops cb = {o, on_put, on_del};
-    lr_json_walk_persist(r->root, &cb);
-  }
-  for (size_t i = 0; i < o->n; i++) {
-    o->ops[i].key = o->keys.data + o->offs[2 * i];
-    o->ops[i].val = o->offs[2 * i + 1] == (size_t)-1 ? NULL : o->keys.data + o->offs[2 * i + 1];
-  }
-}
-
-static void ops_free(opsbuf *o) {
-  free(o->ops);
-  free(o->offs);
-  lr_buf_free(&o->keys);
-}
-
-int lr_room_flush_storage(lr_room *r) {
-  lr_server *s = r->srv;
-  if (!lr_state_dirty(r->root, LR_CH_PERSIST)) {
-    if (r->flush_failed) set_failing(r, true, false, NULL); /* a failed direct write, retried */
-    return 0;
-  }
-  if (!s->store) {
-    lr_state_clear_dirty(r->root, LR_CH_PERSIST);
-    return 0;
-  }
-  opsbuf o = {0};
-  build_ops(r, &o);
-  char err[256] = "";
-  double t0 = mono_s();
-  int rc = o.n ? lr_store_apply(s->store, r->ns, r->id, o.ops, o.n, err, sizeof err) : 0;
-  s->stats.storage_seconds += mono_s() - t0;
-  s->stats.storage_flushes++;
-  if (rc) s->stats.storage_failures++;
-  if (rc == 0) {
-    lr_state_clear_dirty(r->root, LR_CH_PERSIST);
-    r->store_retry_ms = 1000;
-    if (o.n) refresh_progress(r);
-    set_failing(r, true, false, NULL);
-    gate_settle(r);
-  } else {
-    lr_error("room %s: storage write of %zu ops failed (%s); kept pending, retry in %lld ms",
-             r->key, o.n, err, (long long)(s->shutting_down ? 100 : r->store_retry_ms));
-    set_failing(r, true, true, err);
-  }
-  ops_free(&o);
-  return rc;
-}
-
-bool lr_room_has_unwritten(lr_room *r) {
-  return r->srv->store && lr_state_dirty(r->root, LR_CH_PERSIST);
-}
-
-/* Log what r loses: its unwritten keys (the first 10) and their count. */
-static void report_unwritten(lr_room *r, const char *what) {
-  opsbuf o = {0};
-  build_ops(r, &o);
-  lr_buf keys;
-  lr_buf_init(&keys);
-  size_t nkeys = 0;
-  for (size_t i = 0; i < o.n; i++) {
-    if (o.ops[i].kind != LR_STORE_PUT) continue;
-    if (nkeys++ < 10)
-      lr_buf_printf(&keys, "%s%.*s", nkeys > 1 ? ", " : "", (int)o.ops[i].keylen, o.ops[i].key);
-  }
-  if (nkeys > 10) lr_buf_printf(&keys, ", ... %zu more", nkeys - 10);
-  lr_error("room %s: %s with %zu unwritten key(s), LOST: %s (%s)", r->key, what, nkeys,
-           keys.len ? lr_buf_cstr(&keys) : "-", r->store_err ? r->store_err : "storage failed");
-  lr_buf_free(&keys);
-  ops_free(&o);
-}
-
-long lr_server_retry_unwritten(lr_server *s) {
-  long left = 0;
-  for (uint32_t b = 0; b < s->nbuckets; b++)
-    for (lr_room *r = s->rooms[b]; r; r = r->hash_next)
-      if (lr_room_has_unwritten(r) && lr_room_flush_storage(r) != 0) left++;
-  return left;
 }
 
 /* ------------------------------------------------------------ connections */
@@ -1168,9 +277,9 @@ static void early_free(lr_early *e) {
 
 void lr_conn_release(lr_conn *c) {
   if (--c->refs) return;
-  if (c->uplink || c->relayed) lr_uplink_forget(c);
+  if (c->ops && c->ops->forget) c->ops->forget(c);
   if (c->box) *c->box = NULL;
-  if (c->ref != LUA_NOREF) luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
+  if (c->ref != LR_NOREF && c->rules) c->rules->unref(c->L, c->ref);
   if (c->room) lr_room_release(c->room);
   early_free(c->early);
   for (lr_held *h = c->held, *next; h; h = next) {
@@ -1183,6 +292,10 @@ void lr_conn_release(lr_conn *c) {
 
 void *lr_conn_transport(lr_conn *c) {
   return c->tp;
+}
+
+bool lr_conn_is_relay(const lr_conn *c) {
+  return c && c->ops && c->ops->relay;
 }
 
 const char *lr_conn_id(const lr_conn *c) {
@@ -1221,7 +334,7 @@ static void room_list_add(lr_room *r, lr_conn *c) {
 
 void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   if (c->phase != LR_C_JOINING) return;
-  if (r->srv->batch_joins && r->auto_sync && r->throttle_sync <= 0 && !c->uplink && !c->relayed) {
+  if (r->srv->batch_joins && r->auto_sync && r->throttle_sync <= 0 && !c->ops) {
     /* A pass of the network loop often accepts dozens of sockets into one
      * room: they all join at the room's flush at the end of the pass (see
      * lr_server_flush_touched), where the others get one patch with every
@@ -1240,7 +353,7 @@ void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   if (r->auto_sync) {
     lr_buf b;
     lr_buf_init(&b);
-    encode_snapshot(r, public_id, &b);
+    lr_room_encode_snapshot(r, public_id, &b);
     lr_conn_send_msg(c, NULL, b.data, b.len);
     lr_buf_free(&b);
   } else {
@@ -1250,226 +363,19 @@ void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
   c->phase = LR_C_JOINED;
 }
 
-/* ------------------------------------------------------------ hibernation and eviction */
-
-/* Nothing of r's own keeps it: no connection (clients, shard uplinks,
- * relayed clients), no pending timer (room:timer, session expiry). Its
- * unwritten state is flushed by the eviction itself. */
-static bool evictable(const lr_room *r) {
-  return r->evict_ms > 0 && r->nconns == 0 && r->ntimers == 0 && r->nwaits == 0 && !r->disposed &&
-         !r->srv->shutting_down;
-}
-
-/* When r's next idle step is due (hibernation or eviction), or -1. */
-static int64_t idle_due(const lr_room *r) {
-  int64_t due = -1;
-  if (r->hibernate_ms > 0 && !r->hibernated) due = r->last_active + r->hibernate_ms;
-  if (evictable(r)) {
-    int64_t e = r->last_active + r->evict_ms;
-    if (due < 0 || e < due) due = e;
-  }
-  return due;
-}
-
-/* Arm r's idle timer for its next idle step, unless one is armed that fires
- * no later (a later one is superseded: it fires and does nothing). */
-static void arm_idle(lr_room *r) {
-  lr_server *s = r->srv;
-  if (r->disposed || s->shutting_down) return;
-  int64_t due = idle_due(r);
-  if (due < 0 || (r->idle_at && r->idle_at <= due)) return;
-  int64_t now = lr_now(s);
-  if (due < now) due = now;
-  r->idle_at = due;
-  lr_timer_add(s, due - now, LR_T_IDLE, r, LUA_NOREF);
-}
-
-void lr_room_idle_config(lr_room *r) {
-  r->last_active = lr_now(r->srv);
-  r->idle_at = 0; /* a timer armed for the old settings does nothing */
-  arm_idle(r);
-}
-
-static void set_hibernated(lr_room *r, bool on) {
-  if (r->hibernated == on) return;
-  r->hibernated = on;
-  if (on)
-    r->srv->nhibernated++;
-  else if (r->srv->nhibernated)
-    r->srv->nhibernated--;
-}
-
-/* Free r's state tree and Lua instance (hibernation, or a wake that failed
- * half-way): r keeps its sockets and waits, hibernated, for the next event. */
-static void drop_instance(lr_room *r) {
-  if (r->box) *r->box = NULL; /* the old instance's handle is dead */
-  r->box = NULL;
-  if (r->ref != LUA_NOREF) luaL_unref(r->srv->L, LUA_REGISTRYINDEX, r->ref);
-  r->ref = LUA_NOREF;
-  lr_node_release(r->root);
-  r->root = lr_node_new(LR_OBJECT);
-  set_hibernated(r, true);
-}
-
-bool lr_room_activity(lr_room *r) {
-  lr_server *s = r->srv;
-  if (r->disposed) return false;
-  if (r->hibernated) {
-    if (s->shutting_down) return false;
-    set_hibernated(r, false);
-    lua_State *L = s->L;
-    int top = lua_gettop(L);
-    lua_pushstring(L, r->ns);
-    lua_pushstring(L, r->id);
-    if (lr_runtime_call(s, NULL, "wake", "wake", 2, 0, NULL, 0) != 0) {
-      lr_error("room %s: could not be rebuilt from storage; closing its connections (the next "
-               "client or request tries again)",
-               r->key);
-      lua_settop(L, top);
-      lr_room_retain(r);
-      lua_pushstring(L, r->key); /* forget whatever the failed wake built */
-      lr_runtime_call(s, NULL, "hibernate_room", "hibernate", 1, 0, NULL, 0);
-      drop_instance(r);
-      for (uint32_t i = r->nconns; i-- > 0;)
-        lr_conn_close(r->conns[i], 1011, "room failed");
-      lr_room_release(r);
-      return false;
-    }
-    lr_info("room %s woke up (%u connections)", r->key, r->nconns);
-  }
-  r->last_active = lr_now(s);
-  arm_idle(r);
-  return true;
-}
-
-/* Hibernate r: flush, then free the state tree and the Lua instance. A room
- * whose storage cannot be written stays (and tries again later). */
-static void hibernate(lr_room *r, int64_t idle) {
-  lr_server *s = r->srv;
-  if (r->auto_sync) lr_room_flush_sync(r, false);
-  if (lr_room_flush_storage(r) != 0 || lr_state_dirty(r->root, LR_CH_PERSIST)) {
-    lr_warn("room %s: not hibernated, its storage could not be written", r->key);
-    r->last_active = lr_now(s); /* the next try after another idle period */
-    return;
-  }
-  lua_State *L = s->L;
-  lua_pushstring(L, r->key);
-  lr_runtime_call(s, NULL, "hibernate_room", "hibernate", 1, 0, NULL, 0);
-  drop_instance(r);
-  lr_info("room %s hibernated after %lld ms idle (%u connections kept)", r->key, (long long)idle,
-          r->nconns);
-}
-
-/* Dispose of r: its state is written first (a room whose storage cannot be
- * written stays and tries again later); the next client or request builds
- * it again from storage. Returns true when r is gone. */
-static bool evict(lr_room *r, int64_t idle) {
-  lr_server *s = r->srv;
-  if (!r->hibernated && (lr_room_flush_storage(r) != 0 || lr_state_dirty(r->root, LR_CH_PERSIST))) {
-    lr_warn("room %s: not evicted, its storage could not be written", r->key);
-    r->last_active = lr_now(s);
-    return false;
-  }
-  lr_info("room %s evicted after %lld ms idle (no connection, no timer)", r->key, (long long)idle);
-  lr_room_dispose(r);
-  return true;
-}
-
-/* r's idle timer fired: evict or hibernate it if it has been idle long
- * enough, then arm the timer for the next step. */
-static void idle_check(lr_room *r) {
-  lr_server *s = r->srv;
-  if (r->disposed || s->shutting_down) return;
-  if (r->nwaits) { /* a handler waits on this instance: it stays (lr_room_wait_hold) */
-    r->last_active = lr_now(s);
-    arm_idle(r);
-    return;
-  }
-  int64_t idle = lr_now(s) - r->last_active;
-  if (evictable(r) && idle >= r->evict_ms) {
-    if (evict(r, idle)) return;
-  } else if (r->hibernate_ms > 0 && !r->hibernated && idle >= r->hibernate_ms) {
-    hibernate(r, idle);
-  }
-  arm_idle(r);
-}
-
-void lr_room_wait_hold(lr_room *r, int delta) {
-  if (delta > 0) {
-    r->nwaits++;
-  } else if (r->nwaits) {
-    r->nwaits--;
-    if (r->nwaits == 0 && !r->disposed) {
-      r->last_active = lr_now(r->srv);
-      arm_idle(r);
-    }
-  }
-}
-
-/* ------------------------------------------------------------ runtime glue */
-
-int lr_runtime_call(lr_server *s, lr_room *r, const char *name, const char *what, int nargs,
-                    int nres, char *err, size_t errlen) {
-  lua_State *L = s->L;
-  lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.runtime");
-  lua_getfield(L, -1, name);
-  lua_remove(L, -2);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
-  lua_rotate(L, -(nargs + 2), 2); /* fn, srv, args... */
-  lr_callinfo ci = {.room = r ? r->key : NULL,
-                    .what = what,
-                    .budget = r ? r->budget : 0,
-                    .memory = r ? r->memory : 0};
-  bool was_dirty[LR_NCH] = {false, false};
-  if (r) {
-    lr_room_retain(r);
-    for (int ch = 0; ch < LR_NCH; ch++)
-      was_dirty[ch] = lr_state_dirty(r->root, ch);
-  }
-  double t0 = mono_s();
-  int rc = lr_vm_pcall(L, nargs + 1, nres, &ci);
-  double dt = mono_s() - t0;
-  s->stats.calls++;
-  s->stats.call_seconds += dt;
-  int b = 0;
-  while (b < LR_HIST_N - 1 && dt > lr_hist_bounds[b])
-    b++;
-  s->stats.hist[b]++;
-  if (rc && r) {
-    /* The failed call was rolled back. If nothing was pending before it, the
-     * marks the rollback left describe no change: drop them, so a failed
-     * handler sends nothing and writes nothing. */
-    for (int ch = 0; ch < LR_NCH; ch++)
-      if (!was_dirty[ch]) lr_state_clear_dirty(r->root, ch);
-  }
-  if (r) lr_room_release(r);
-  if (rc && err)
-    snprintf(err, errlen, "%s", ci.budget_hit ? "instruction budget exceeded" : ci.err);
-  return rc;
-}
+/* ------------------------------------------------------------ rules glue */
 
 const char *lr_server_env(lr_server *s, const char *name, char *buf, size_t n) {
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  buf[0] = 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "env");
-    if (lua_istable(L, -1)) {
-      lua_getfield(L, -1, name);
-      if (lua_type(L, -1) == LUA_TSTRING) snprintf(buf, n, "%s", lua_tostring(L, -1));
-    }
-  }
-  lua_settop(L, top);
-  return buf;
+  return s->rules->env(s, name, buf, n);
 }
 
+const char *const lr_rej_names[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
+                                           "validation",     "handler",        "rate_limit",
+                                           "too_large",      "other"};
+
 static void count_rejected(lr_server *s, const char *code) {
-  static const char *const names[LR_NREJ] = {"invalid_packet", "unknown_action", "guard",
-                                             "validation",     "handler",        "rate_limit",
-                                             "too_large",      "other"};
   int i = 0;
-  while (i < LR_REJ_OTHER && strcmp(names[i], code) != 0)
+  while (i < LR_REJ_OTHER && strcmp(lr_rej_names[i], code) != 0)
     i++;
   s->stats.rejected[i]++;
 }
@@ -1489,119 +395,31 @@ static void send_error(lr_conn *c, const char *code, const char *action, const c
   lr_buf_puts(&b, "}}");
   lr_msg *m = lr_msg_new(b.data, b.len);
   if (c->batched)
-    conn_send_raw(c, m); /* after its snapshot */
+    lr_conn_send_raw(c, m); /* after its snapshot */
   else
-    transport_send(c, m); /* errors bypass the interceptor and the storage gate: they are ours */
+    lr_conn_transport_send(
+        c, m); /* errors bypass the interceptor and the storage gate: they are ours */
   lr_msg_release(m);
   lr_buf_free(&b);
-}
-
-/* Split "/parties/{ns}/{room}[/rest]" (percent-decoding ns and room). */
-static int parse_party_path(const lr_server *s, const char *path, char *ns, size_t nsz, char *id,
-                            size_t idsz, const char **rest) {
-  size_t pl = strlen(s->parties_prefix);
-  if (strncmp(path, s->parties_prefix, pl) != 0 || path[pl] != '/') return -1;
-  const char *p = path + pl + 1;
-  char *outs[2] = {ns, id};
-  size_t sz[2] = {nsz, idsz};
-  for (int part = 0; part < 2; part++) {
-    size_t j = 0;
-    while (*p && *p != '/') {
-      int ch = (unsigned char)*p;
-      if (ch == '%') {
-        if (!isxdigit((unsigned char)p[1]) || !isxdigit((unsigned char)p[2])) return -1;
-        char hex[3] = {p[1], p[2], 0};
-        ch = (int)strtol(hex, NULL, 16);
-        p += 3;
-      } else {
-        p++;
-      }
-      if (ch < 0x20 || ch == 0x7f) return -1; /* no control bytes in names (logs, storage) */
-      if (j + 1 >= sz[part]) return -1;
-      outs[part][j++] = (char)ch;
-    }
-    outs[part][j] = 0;
-    if (j == 0 || !lr_utf8_valid(outs[part], j)) return -1;
-    if (part == 0) {
-      if (*p != '/') return -1;
-      p++;
-    }
-  }
-  if (rest) *rest = p;
-  return 0;
-}
-
-/* Find or create the room for ns/id. NULL if no definition matches. */
-/* The room ns/id, woken or created as needed. NULL with *status the HTTP
- * status to answer: 404 no definition serves it (nothing logged), 503 the
- * room limit is reached, the server is stopping or the room could not be
- * rebuilt from storage, 500 creating it failed (both logged). */
-static lr_room *get_room(lr_server *s, const char *ns, const char *id, int *status) {
-  lr_room *r = lr_room_find(s, ns, id);
-  *status = 503;
-  if (r) return lr_room_activity(r) ? r : NULL;
-  if (s->shutting_down) return NULL;
-  if (s->max_rooms > 0 && s->nrooms >= (uint32_t)s->max_rooms) {
-    lr_warn_limited("room limit", "room %s/%s not created: %u rooms live (max %ld)", ns, id,
-                    s->nrooms, s->max_rooms);
-    return NULL;
-  }
-  lua_State *L = s->L;
-  lua_pushstring(L, ns);
-  lua_pushstring(L, id);
-  char err[256];
-  if (lr_runtime_call(s, NULL, "create_room", "create room", 2, 0, err, sizeof err) != 0) {
-    lr_error("room %s/%s: could not be created: %s", ns, id, err);
-    r = lr_room_find(s, ns, id);
-    if (r) lr_room_dispose(r);
-    *status = 500;
-    return NULL;
-  }
-  lr_server_flush_touched(s);
-  r = lr_room_find(s, ns, id);
-  if (!r) *status = 404;
-  return r;
-}
-
-/* Push the request as a Lua table {method, path, query, headers, url, ip}. */
-static void push_request(lua_State *L, const lr_request *req) {
-  lua_createtable(L, 0, 8);
-  lua_pushstring(L, req->method ? req->method : "GET");
-  lua_setfield(L, -2, "method");
-  lua_pushstring(L, req->path ? req->path : "/");
-  lua_setfield(L, -2, "path");
-  lua_pushstring(L, req->query ? req->query : "");
-  lua_setfield(L, -2, "query");
-  lua_createtable(L, 0, (int)req->nheaders);
-  for (size_t i = 0; i < req->nheaders; i++) {
-    lua_pushstring(L, req->headers[i].value ? req->headers[i].value : "");
-    lua_setfield(L, -2, req->headers[i].name);
-  }
-  lua_setfield(L, -2, "headers");
-  if (req->body) {
-    lua_pushlstring(L, req->body, req->bodylen);
-    lua_setfield(L, -2, "body");
-  }
-  lua_pushstring(L, req->remote_addr ? req->remote_addr : "");
-  lua_setfield(L, -2, "ip");
 }
 
 lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *tp) {
   lr_conn *c = lr_xcalloc(1, sizeof *c);
   c->srv = s;
   c->L = s->L;
+  c->rules = s->rules;
   c->room = r ? lr_room_retain(r) : NULL;
   c->vt = vt;
   c->tp = tp;
   c->refs = 1; /* the transport's */
-  c->ref = LUA_NOREF;
+  c->ref = LR_NOREF;
   lr_random_id(s, c->id, 10, "0123456789abcdefghijklmnopqrstuvwxyz");
   return c;
 }
 
 lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp) {
   lr_conn *c = lr_conn_new(r->srv, r, vt, tp);
-  lr_lua_new_conn(r->srv->L, c, NULL);
+  r->srv->rules->attach(c);
   room_list_add(r, c);
   c->phase = LR_C_JOINED;
   return c;
@@ -1625,23 +443,14 @@ static void replay_early(lr_conn *c) {
   early_free(e);
 }
 
-static void connect_conn(lr_conn *c, const lr_request *req) {
+void lr_conn_connect(lr_conn *c, const lr_request *req) {
   lr_room *r = c->room;
   lr_server *s = r->srv;
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lr_lua_new_conn(L, c, NULL);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  lr_lua_push_conn(L, c);
-  push_request(L, req);
   lr_info("conn %s room %s: open from %s", c->id, r->key,
           req->remote_addr ? req->remote_addr : "-");
   lr_conn_retain(c);
   char err[256];
-  if (lr_runtime_call(s, r, "connect", "connect", 3, 0, err, sizeof err) != 0) {
-    lua_settop(L, top);
-    lr_conn_close(c, 1011, "connect failed");
-  }
+  if (s->rules->connect(c, req, err, sizeof err) != 0) lr_conn_close(c, 1011, "connect failed");
   lr_server_flush_touched(s);
   replay_early(c); /* frames that arrived while the room handled the connect */
   lr_conn_release(c);
@@ -1665,304 +474,56 @@ void lr_conn_send_error(lr_conn *c, const char *code, const char *action, const 
 }
 
 static lr_conn *open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                          bool relayed) {
+                          const lr_conn_ops *ops) {
   lr_server *s = r->srv;
   s->stats.conns_open++;
   s->stats.conns_total++;
   lr_conn *c = lr_conn_new(s, r, vt, tp);
-  c->relayed = relayed;
+  c->ops = ops;
   if (lr_room_store_failing(r)) { /* a snapshot would show what is not stored */
     lr_conn_close(c, 1013, "storage unavailable");
     return c;
   }
-  connect_conn(c, req);
+  lr_conn_connect(c, req);
   return c;
 }
 
 lr_conn *lr_room_open_conn(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp) {
-  return open_conn(r, req, vt, tp, false);
+  return open_conn(r, req, vt, tp, NULL);
 }
 
-lr_conn *lr_room_open_relayed(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
-                              void *tp) {
-  return open_conn(r, req, vt, tp, true);
+lr_conn *lr_room_open_kind(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                           const lr_conn_ops *ops) {
+  return open_conn(r, req, vt, tp, ops);
 }
 
-static const char *header_of(const lr_request *req, const char *name) {
-  for (size_t i = 0; i < req->nheaders; i++)
-    if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
-  return NULL;
-}
-
-/* ------------------------------------------------------------ waiting for storage */
-
-/* A WebSocket or HTTP request for a room whose storage is still loading (a
- * Lua backend that waits for I/O, storage_lua.c): kept here until the store
- * is ready, then handled as if it had just arrived. The WebSocket is already
- * accepted: its frames wait in the connection's early buffer. */
-typedef struct lr_wait {
-  struct lr_wait *next, **pprev;
-  lr_server *s;
-  char *ns, *id;
-  lr_request req; /* deep copy */
-  lr_header *headers;
-  lr_conn *conn;       /* WebSocket: joining, no room yet (one reference) */
-  lr_response_cb done; /* HTTP */
-  void *ud;
-} lr_wait;
-
-static void respond_simple(lr_response_cb done, void *ud, int status, const char *body);
-static bool served(lr_server *s, const char *ns, const char *id);
-
-static char *dup_str(const char *p) {
-  return p ? lr_xstrndup(p, strlen(p)) : NULL;
-}
-
-static lr_wait *wait_new(lr_server *s, const char *ns, const char *id, const lr_request *req) {
-  lr_wait *w = lr_xcalloc(1, sizeof *w);
-  w->s = s;
-  w->ns = dup_str(ns);
-  w->id = dup_str(id);
-  lr_request *q = &w->req;
-  q->method = dup_str(req->method);
-  q->path = dup_str(req->path);
-  q->query = dup_str(req->query);
-  q->remote_addr = dup_str(req->remote_addr);
-  q->body = req->body ? lr_xstrndup(req->body, req->bodylen) : NULL;
-  q->bodylen = req->bodylen;
-  w->headers = lr_xcalloc(req->nheaders + 1, sizeof *w->headers);
-  for (size_t i = 0; i < req->nheaders; i++) {
-    w->headers[i].name = dup_str(req->headers[i].name);
-    w->headers[i].value = dup_str(req->headers[i].value ? req->headers[i].value : "");
+/* A frame that arrived while c joins: kept, in order, for after the join
+ * (lr_conn_connect); too many close c with 4008. */
+static void early_push(lr_conn *c, const char *data, size_t len) {
+  lr_early *e = c->early;
+  if (!e) {
+    e = c->early = lr_xcalloc(1, sizeof *e);
+    lr_buf_init(&e->buf);
   }
-  q->headers = w->headers;
-  q->nheaders = req->nheaders;
-  return w;
-}
-
-static void wait_free(lr_wait *w) {
-  if (w->pprev) {
-    *w->pprev = w->next;
-    if (w->next) w->next->pprev = w->pprev;
-  }
-  for (size_t i = 0; i < w->req.nheaders; i++) {
-    free((char *)w->headers[i].name);
-    free((char *)w->headers[i].value);
-  }
-  free(w->headers);
-  free((char *)w->req.method);
-  free((char *)w->req.path);
-  free((char *)w->req.query);
-  free((char *)w->req.remote_addr);
-  free((char *)w->req.body);
-  free(w->ns);
-  free(w->id);
-  free(w);
-}
-
-/* The server goes away: drop what still waits, without answering. */
-static void waits_free(lr_server *s) {
-  while (s->waits) {
-    lr_wait *w = s->waits;
-    if (w->conn) lr_conn_release(w->conn);
-    wait_free(w);
-  }
-}
-
-static void wait_done(void *ud, int ok, const char *err) {
-  lr_wait *w = ud;
-  lr_server *s = w->s;
-  if (ok == LR_STORE_READY_ELSEWHERE) { /* a cluster node holds it: refused here */
-    if (w->conn && w->conn->phase == LR_C_JOINING)
-      lr_conn_close(w->conn, 4409, "room owned by another node");
-    else if (!w->conn)
-      respond_simple(w->done, w->ud, 409, "{\"error\":\"Room owned by another node\"}");
-    if (w->conn) lr_conn_release(w->conn);
-    wait_free(w);
+  if (e->n >= MAX_EARLY_FRAMES) {
+    lr_conn_close(c, 4008, "too many frames before join");
     return;
   }
-  if (!ok) lr_warn("room %s/%s: storage not available (%s)", w->ns, w->id, err ? err : "-");
-  if (w->conn) {
-    lr_conn *c = w->conn;
-    if (c->phase == LR_C_JOINING) {
-      int status;
-      lr_room *r = ok && !s->shutting_down ? get_room(s, w->ns, w->id, &status) : NULL;
-      if (!r) {
-        lr_conn_close(c, 1011, ok ? "room unavailable" : "storage unavailable");
-      } else if (lr_room_store_failing(r)) {
-        lr_conn_close(c, 1013, "storage unavailable");
-      } else {
-        c->room = lr_room_retain(r);
-        connect_conn(c, &w->req);
-      }
-    }
-    lr_conn_release(c);
-  } else if (ok) {
-    lr_server_http(s, &w->req, w->done, w->ud);
-  } else {
-    respond_simple(w->done, w->ud, 503, "{\"error\":\"Storage unavailable\"}");
+  if (e->n == e->cap) {
+    e->cap = e->cap ? e->cap * 2 : 8;
+    e->len = lr_xrealloc(e->len, e->cap * sizeof *e->len);
   }
-  wait_free(w);
+  lr_buf_put(&e->buf, data, len);
+  e->len[e->n++] = (uint32_t)len;
 }
 
-/* Before creating room ns/id: when its storage is still loading, park the
- * request (WebSocket: vt/tp, *out set; HTTP: done/ud) and return 1; 0 when
- * the room can be created now (or no definition serves it); -1 when the
- * storage failed (answer 503). */
-static int wait_for_storage(lr_server *s, const char *ns, const char *id, const lr_request *req,
-                            const lr_transport_vt *vt, void *tp, lr_response_cb done, void *ud,
-                            lr_conn **out) {
-  if (!s->store->vt->ready || s->shutting_down || lr_room_find(s, ns, id)) return 0;
-  if (!served(s, ns, id)) return 0; /* get_room answers 404 */
-  lr_wait *w = wait_new(s, ns, id, req);
-  char err[256];
-  int rc = lr_store_ready(s->store, ns, id, wait_done, w, err, sizeof err);
-  if (rc != 0) {
-    if (rc < 0) lr_error("room %s/%s: storage not available: %s", ns, id, err);
-    wait_free(w);
-    return rc > 0 ? 0 : -1;
-  }
-  w->next = s->waits;
-  if (w->next) w->next->pprev = &w->next;
-  w->pprev = &s->waits;
-  s->waits = w;
-  if (vt) {
-    lr_conn *c = lr_conn_new(s, NULL, vt, tp);
-    s->stats.conns_open++;
-    s->stats.conns_total++;
-    lr_conn_retain(c);
-    w->conn = c;
-    *out = c;
-    lr_info("conn %s: waits for the storage of %s/%s", c->id, ns, id);
-  } else {
-    w->done = done;
-    w->ud = ud;
-  }
-  return 1;
-}
-
-/* ------------------------------------------------------------ who may create a room */
-
-/* Whether a definition serves ns/id (runtime.has_room). */
-static bool served(lr_server *s, const char *ns, const char *id) {
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lua_pushstring(L, ns);
-  lua_pushstring(L, id);
-  bool ok =
-      lr_runtime_call(s, NULL, "has_room", "route", 2, 1, NULL, 0) == 0 && lua_toboolean(L, -1);
-  lua_settop(L, top);
-  return ok;
-}
-
-/* req carries the shard secret (a shard process relaying its clients). */
-static bool from_shard(lr_server *s, const lr_request *req) {
-  const char *given = header_of(req, "x-access-shard");
-  if (!given || !(header_of(req, "x-shard-id") || header_of(req, "x-forwarded-by-shard")))
-    return false;
-  char secret[512];
-  lr_server_env(s, "SHARD_SECRET", secret, sizeof secret);
-  if (!secret[0]) return false;
-  size_t a = strlen(given), b = strlen(secret);
-  unsigned d = a != b;
-  for (size_t i = 0; i < b; i++) /* constant time in the secret's length */
-    d |= (unsigned char)secret[i] ^ (unsigned char)(i < a ? given[i] : 0);
-  return d == 0;
-}
-
-/* A request is about to create room ns/id: take a token of its client
- * address's room-creation bucket (--room-create-rate), so that one address
- * cannot fill the room table. The address is the socket's; for a request
- * relayed by an authenticated shard, the client address it carries
- * (x-forwarded-for); a shard uplink and in-process requests (room to room,
- * no address) are not counted. false: refused (logged). */
-static bool may_create(lr_server *s, const char *ns, const char *id, const lr_request *req) {
-  char buf[64];
-  const char *addr = req->remote_addr;
-  if (from_shard(s, req)) {
-    const char *xff = header_of(req, "x-forwarded-for");
-    if (header_of(req, "x-shard-id") || !xff || !*xff) return true;
-    size_t n = strcspn(xff, ", ");
-    snprintf(buf, sizeof buf, "%.*s", (int)(n < sizeof buf ? n : sizeof buf - 1), xff);
-    addr = buf;
-  }
-  if (lr_addr_rate_take(s->room_rate, addr, lr_now(s))) return true;
-  lr_warn("room %s/%s not created: %s creates rooms faster than %g/s (burst %g)", ns, id, addr,
-          lr_addr_rate_rate(s->room_rate), lr_addr_rate_burst(s->room_rate));
-  return false;
-}
-
-int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                      lr_conn **out) {
-  *out = NULL;
-  char ns[256], id[256];
-  const char *rest;
-  if (s->shutting_down) return 503;
-  if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
-    lr_warn_limited("websocket path", "websocket refused: path %s is not /parties/{party}/{room}",
-                    req->path);
-    return 404;
-  }
-  if (s->shard && strcmp(ns, "shard") == 0) return lr_shard_ws_open(s, req, id, vt, tp, out);
-  if (!lr_room_find(s, ns, id)) {
-    if (!served(s, ns, id)) {
-      lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
-      return 404;
-    }
-    if (!may_create(s, ns, id, req)) return 429;
-  }
-  if (!header_of(req, "x-shard-id")) {
-    int w = wait_for_storage(s, ns, id, req, vt, tp, NULL, NULL, out);
-    if (w > 0) return 0;
-    if (w < 0) return 503;
-  }
-  int status;
-  lr_room *r = get_room(s, ns, id, &status);
-  if (!r) {
-    if (status == 404)
-      lr_warn_limited("no such room", "websocket refused: no room definition matches %s/%s", ns,
-                      id);
-    return status;
-  }
-  if (header_of(req, "x-shard-id")) {
-    /* A shard process relaying its clients (uplink.c). */
-    return lr_uplink_open(r, req, vt, tp, out);
-  }
-  *out = lr_room_open_conn(r, req, vt, tp);
-  return 0;
-}
-
-void lr_conn_message(lr_conn *c, const char *data, size_t len) {
+/* Take a token of c's bucket (the room's rate per second, its burst): false
+ * when the message is dropped (an error packet now and then; a client that
+ * keeps flooding is closed with 4008). */
+static bool rate_take(lr_conn *c) {
   lr_server *s = c->srv;
-  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
-  if (c->uplink) {
-    lr_uplink_message(c, data, len);
-    return;
-  }
-  if (c->shard_client) {
-    lr_shard_client_message(c, data, len);
-    return;
-  }
-  if (c->phase == LR_C_JOINING || c->early) { /* early: joined, replay pending (in order) */
-    lr_early *e = c->early;
-    if (!e) {
-      e = c->early = lr_xcalloc(1, sizeof *e);
-      lr_buf_init(&e->buf);
-    }
-    if (e->n >= MAX_EARLY_FRAMES) {
-      lr_conn_close(c, 4008, "too many frames before join");
-      return;
-    }
-    if (e->n == e->cap) {
-      e->cap = e->cap ? e->cap * 2 : 8;
-      e->len = lr_xrealloc(e->len, e->cap * sizeof *e->len);
-    }
-    lr_buf_put(&e->buf, data, len);
-    e->len[e->n++] = (uint32_t)len;
-    return;
-  }
-  /* Token bucket per connection; a client that keeps flooding is closed. */
   lr_room *rr = c->room;
+  /* Token bucket per connection; a client that keeps flooding is closed. */
   if (rr->rate > 0) {
     int64_t now = lr_now(s);
     if (c->tokens_at == 0)
@@ -1979,7 +540,7 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
       } else if (c->drops == 1 || c->drops % 100 == 0) {
         send_error(c, "rate_limit", NULL, "too many messages: dropped");
       }
-      return;
+      return false;
     }
     c->tokens -= 1;
     /* Drops are forgiven once the client has slowed down (its bucket half
@@ -1988,6 +549,22 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
      * net.c hands them over a few per loop pass) is still closed. */
     if (c->tokens >= rr->burst / 2) c->drops = 0;
   }
+  return true;
+}
+
+void lr_conn_message(lr_conn *c, const char *data, size_t len) {
+  lr_server *s = c->srv;
+  if (c->phase == LR_C_GONE || c->phase == LR_C_CLOSING) return;
+  if (c->ops && c->ops->message) { /* a shard uplink, a client of this shard */
+    c->ops->message(c, data, len);
+    return;
+  }
+  if (c->phase == LR_C_JOINING || c->early) { /* early: joined, replay pending (in order) */
+    early_push(c, data, len);
+    return;
+  }
+  lr_room *rr = c->room;
+  if (!rate_take(c)) return;
   char err[256];
   if (rr->max_frame && len > rr->max_frame) {
     lr_warn("conn %s room %s: frame of %zu bytes over the room's limit (%u)", c->id, rr->key, len,
@@ -2025,29 +602,11 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
     lr_node_release(pkt);
     return;
   }
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
   lr_room *r = lr_room_retain(c->room);
   lr_conn_retain(c);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  lr_lua_push_conn(L, c);
-  lua_pushlstring(L, action->u.str.s, action->u.str.len);
-  if (value)
-    lr_lua_push_copy(L, value);
-  else
-    lua_pushnil(L);
-  char what[160];
-  snprintf(what, sizeof what, "action %.120s", action->u.str.s);
-  if (lr_runtime_call(s, r, "message", what, 4, 2, err, sizeof err) != 0) {
+  if (s->rules->message(c, action->u.str.s, action->u.str.len, value, send_error, err, sizeof err) <
+      0)
     send_error(c, "handler", action->u.str.s, err);
-  } else if (lua_type(L, -2) == LUA_TSTRING) {
-    const char *code = lua_tostring(L, -2);
-    const char *msg = lua_tostring(L, -1);
-    lr_info("conn %s room %s: action %s rejected (%s: %s)", c->id, r->key, action->u.str.s, code,
-            msg ? msg : "");
-    send_error(c, code, action->u.str.s, msg ? msg : code);
-  }
-  lua_settop(L, top);
   lr_server_flush_touched(s);
   if (lr_room_store_failing(r) && c->phase == LR_C_JOINED)
     send_error(c, "storage", action->u.str.s,
@@ -2061,11 +620,8 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
 void lr_conn_closed(lr_conn *c) {
   lr_server *s = c->srv;
   if (c->phase == LR_C_GONE) return;
-  if (c->uplink)
-    lr_uplink_closed(c);
-  else if (s->stats.conns_open)
-    s->stats.conns_open--;
-  if (c->shard_client) lr_shard_client_closed(c);
+  if (c->ops && c->ops->closed) c->ops->closed(c);
+  if ((!c->ops || !c->ops->uncounted) && s->stats.conns_open) s->stats.conns_open--;
   bool was_member = c->in_room_list || c->phase == LR_C_JOINING || c->phase == LR_C_CLOSING;
   c->phase = LR_C_GONE;
   remove_from_room(c); /* before onLeave: the reference's adapters do the same */
@@ -2073,192 +629,21 @@ void lr_conn_closed(lr_conn *c) {
   if (was_member && r && !r->disposed && !s->shutting_down) {
     lr_room_activity(r);
   }
-  if (was_member && r && !r->disposed && !s->shutting_down && r->ref != LUA_NOREF) {
-    lua_State *L = s->L;
-    int top = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-    lr_lua_push_conn(L, c);
-    lr_runtime_call(s, r, "close", "close", 2, 0, NULL, 0);
-    lua_settop(L, top);
+  if (was_member && r && !r->disposed && !s->shutting_down && r->ref != LR_NOREF) {
+    s->rules->close(c);
     lr_server_flush_touched(s);
   }
   lr_info("conn %s room %s: closed", c->id, r ? r->key : "-");
-  if (c->relayed) lr_uplink_forget(c);
+  if (c->ops && c->ops->forget_on_close) c->ops->forget(c);
   lr_conn_release(c); /* the transport's reference */
 }
 
-static void deliver_pending_closes(lr_server *s) {
+void lr_server_deliver_closes(lr_server *s) {
   while (s->npending_close) {
     lr_conn *c = s->pending_close[0];
     memmove(s->pending_close, s->pending_close + 1, --s->npending_close * sizeof *s->pending_close);
     lr_conn_closed(c);
   }
-}
-
-/* ------------------------------------------------------------ HTTP */
-
-static const lr_header cors_headers[] = {
-    {"Access-Control-Allow-Origin", "*"},
-    {"Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS"},
-    {"Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With"},
-    {"Access-Control-Max-Age", "86400"},
-};
-
-#define respond_table lr_respond_table
-
-static void respond_simple(lr_response_cb done, void *ud, int status, const char *body) {
-  lr_header h[5];
-  memcpy(h, cors_headers, sizeof cors_headers);
-  h[4] = (lr_header){"Content-Type", "application/json"};
-  lr_response resp = {status, h, 5, body, strlen(body)};
-  done(ud, &resp);
-}
-
-/* /healthz, /readyz, /metrics, /admin...: answered by runtime.operations,
- * which returns {status, headers, body} like a room route. */
-static void ops_request(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  push_request(L, req);
-  char err[256];
-  if (lr_runtime_call(s, NULL, "operations", "operations", 1, 1, err, sizeof err) != 0 ||
-      !lua_istable(L, -1)) {
-    lua_settop(L, top);
-    respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
-    return;
-  }
-  respond_table(L, done, ud);
-  lua_settop(L, top);
-}
-
-/* Before a request creates or wakes room ns/id: runtime.preroute matches
- * it against the routes of the definition that serves the room. Returns 1
- * when it answered (no such route: 404; bad shard credentials: 401), 0 when
- * the room serves it, -1 when no definition serves ns/id. */
-static int preroute(lr_server *s, const char *ns, const char *id, const lr_request *req,
-                    const char *rest, lr_response_cb done, void *ud) {
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lua_pushstring(L, ns);
-  lua_pushstring(L, id);
-  push_request(L, req);
-  lua_pushstring(L, *rest ? rest : "/");
-  int rc = 0;
-  if (lr_runtime_call(s, NULL, "preroute", "route", 4, 1, NULL, 0) == 0) {
-    if (lua_istable(L, -1)) {
-      respond_table(L, done, ud);
-      rc = 1;
-    } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
-      rc = -1;
-    }
-  }
-  lua_settop(L, top);
-  return rc;
-}
-
-void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
-  char ns[256], id[256];
-  const char *rest;
-  if (strcmp(req->method, "OPTIONS") == 0) {
-    respond_simple(done, ud, 200, "{}");
-    return;
-  }
-  if (strncmp(req->path, "/parties/", 9) != 0) {
-    ops_request(s, req, done, ud);
-    return;
-  }
-  if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
-    lr_header h[1] = {{"Content-Type", "text/plain"}};
-    lr_response resp = {404, h, 1, "Not Found", 9};
-    done(ud, &resp);
-    return;
-  }
-  if (s->shard && lr_shard_http(s, req, ns, id, rest, done, ud)) return;
-  lr_room *live = lr_room_find(s, ns, id);
-  if (!live || live->hibernated) {
-    /* Nothing is created, woken or read from storage for a request the
-     * room does not serve. */
-    int pr = preroute(s, ns, id, req, rest, done, ud);
-    if (pr > 0) return;
-    if (pr == 0 && !live && !may_create(s, ns, id, req)) {
-      respond_simple(done, ud, 429, "{\"error\":\"Too Many Requests\"}");
-      return;
-    }
-  }
-  int w = wait_for_storage(s, ns, id, req, NULL, NULL, done, ud, NULL);
-  if (w > 0) return;
-  if (w < 0) {
-    respond_simple(done, ud, 503, "{\"error\":\"Storage unavailable\"}");
-    return;
-  }
-  int status;
-  lr_room *r = get_room(s, ns, id, &status);
-  if (!r) {
-    if (status == 404)
-      lr_warn_limited("no such room", "http %s %s: no room definition matches %s/%s", req->method,
-                      req->path, ns, id);
-    respond_simple(done, ud, status,
-                   status == 404   ? "{\"error\":\"Not found\"}"
-                   : status == 500 ? "{\"error\":\"Internal Server Error\"}"
-                                   : "{\"error\":\"Service Unavailable\"}");
-    return;
-  }
-  static const char storage_503[] = "{\"error\":\"Storage unavailable\",\"code\":\"storage\"}";
-  if (lr_room_store_failing(r)) {
-    respond_simple(done, ud, 503, storage_503);
-    return;
-  }
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lr_room_retain(r);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  push_request(L, req);
-  lua_pushstring(L, *rest ? rest : "/"); /* routed path, leading '/' */
-  char err[256];
-  if (lr_runtime_call(s, r, "request", "request", 3, 1, err, sizeof err) != 0 ||
-      !lua_istable(L, -1)) {
-    lua_settop(L, top);
-    lr_server_flush_touched(s);
-    respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
-  } else if (lr_wait_http_defer(s, L, done, ud)) {
-    lua_settop(L, top); /* a guard or the route waits: answered when it finished */
-  } else {
-    /* Write first: an answer must not show what could not be stored. */
-    lr_server_flush_touched(s);
-    if (lr_room_store_failing(r))
-      respond_simple(done, ud, 503, storage_503);
-    else
-      respond_table(L, done, ud);
-    lua_settop(L, top);
-  }
-  lr_room_release(r);
-}
-
-/* Answer with the response table on top of the stack:
- * {status=, headers={{name,value},...}, body=string}. [-0,+0] */
-void lr_respond_table(lua_State *L, lr_response_cb done, void *ud) {
-  lua_getfield(L, -1, "status");
-  int status = (int)luaL_optinteger(L, -1, 200);
-  lua_pop(L, 1);
-  lua_getfield(L, -1, "body");
-  size_t blen = 0;
-  const char *body = lua_tolstring(L, -1, &blen);
-  lua_getfield(L, -2, "headers");
-  size_t nh = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
-  lr_header *h = lr_xcalloc(nh + 1, sizeof *h);
-  size_t k = 0;
-  for (size_t i = 1; i <= nh; i++) {
-    lua_rawgeti(L, -1, (lua_Integer)i);
-    lua_rawgeti(L, -1, 1);
-    lua_rawgeti(L, -2, 2);
-    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
-      h[k++] = (lr_header){lua_tostring(L, -2), lua_tostring(L, -1)};
-    lua_pop(L, 3); /* the strings stay alive: the header table holds them */
-  }
-  lr_response resp = {status, h, k, body ? body : "", body ? blen : 0};
-  done(ud, &resp);
-  free(h);
-  lua_pop(L, 2);
 }
 
 /* ------------------------------------------------------------ shutdown */
@@ -2267,9 +652,8 @@ void lr_server_shutdown(lr_server *s) {
   if (s->shutting_down) return;
   lr_info("shutting down: flushing rooms and closing connections");
   s->shutting_down = true;
-  if (s->shard) lr_shard_shutdown(s);
-  for (lr_wait *w = s->waits; w; w = w->next)
-    if (w->conn) lr_conn_close(w->conn, 1001, "server shutdown");
+  if (s->mode) s->mode->shutdown(s);
+  lr_waits_close(s);
   for (uint32_t b = 0; b < s->nbuckets; b++) {
     for (lr_room *r = s->rooms[b]; r; r = r->hash_next) {
       lr_room_retain(r);

@@ -124,13 +124,6 @@ struct shard_proc {
   uint32_t unknown_next;
 };
 
-static const lr_header cors[] = {
-    {"Access-Control-Allow-Origin", "*"},
-    {"Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS"},
-    {"Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With"},
-    {"Access-Control-Max-Age", "86400"},
-};
-
 /* Client headers that only a shard may set: never passed on from a client. */
 static bool shard_header(const char *name) {
   return strcasecmp(name, "x-access-shard") == 0 || strcasecmp(name, "x-shard-id") == 0 ||
@@ -585,8 +578,22 @@ static int tick_cb(lua_State *L) {
 
 /* ------------------------------------------------------------ client sockets */
 
-int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
-                     const lr_transport_vt *vt, void *tp, lr_conn **out) {
+static int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
+                            const lr_transport_vt *vt, void *tp, lr_conn **out);
+static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
+                          const char *rest, lr_response_cb done, void *ud);
+static void lr_shard_shutdown(lr_server *s);
+/* What a shard process takes over from the engine (lr_server.mode). */
+static const lr_mode_vt shard_mode = {lr_shard_ws_open, lr_shard_http, lr_shard_shutdown};
+
+/* A client of this shard process: its frames go up the instance's uplink. */
+static void lr_shard_client_message(lr_conn *c, const char *data, size_t len);
+static void lr_shard_client_closed(lr_conn *c);
+static const lr_conn_ops shard_client_ops = {.message = lr_shard_client_message,
+                                             .closed = lr_shard_client_closed};
+
+static int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
+                            const lr_transport_vt *vt, void *tp, lr_conn **out) {
   shard_proc *sp = s->shard;
   *out = NULL;
   if (sp->shutting_down) return 503;
@@ -618,6 +625,7 @@ int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
   lr_conn *c = lr_conn_new(s, NULL, vt, tp);
   c->phase = LR_C_JOINED;
   c->shard_client = sc;
+  c->ops = &shard_client_ops;
   sc->c = c;
   s->stats.conns_open++;
   s->stats.conns_total++;
@@ -671,7 +679,7 @@ int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *shard_id,
   return 0;
 }
 
-void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
+static void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
   sclient *sc = c->shard_client;
   shard_inst *si = sc->si;
   if (!si || si->dead) return;
@@ -712,7 +720,7 @@ void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
   lr_buf_free(&b);
 }
 
-void lr_shard_client_closed(lr_conn *c) {
+static void lr_shard_client_closed(lr_conn *c) {
   sclient *sc = c->shard_client;
   c->shard_client = NULL;
   shard_inst *si = sc->si;
@@ -752,7 +760,7 @@ void lr_shard_client_closed(lr_conn *c) {
 
 static void respond_json(lr_response_cb done, void *ud, int status, const char *body) {
   lr_header h[5];
-  memcpy(h, cors, sizeof cors);
+  memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
   h[4] = (lr_header){"Content-Type", "application/json"};
   lr_response resp = {status, h, 5, body, strlen(body)};
   done(ud, &resp);
@@ -780,7 +788,7 @@ static void forward_done(void *ud, const lr_fetch_result *r) {
   } else {
     lr_header h[6];
     size_t nh = 0;
-    memcpy(h, cors, sizeof cors);
+    memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
     nh = 4;
     if (r->content_type) h[nh++] = (lr_header){"Content-Type", r->content_type};
     if (r->location) h[nh++] = (lr_header){"Location", r->location};
@@ -790,8 +798,8 @@ static void forward_done(void *ud, const lr_fetch_result *r) {
   free(f);
 }
 
-bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
-                   const char *rest, lr_response_cb done, void *ud) {
+static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
+                          const char *rest, lr_response_cb done, void *ud) {
   shard_proc *sp = s->shard;
   bool to_world = strcmp(ns, "world") == 0;
   if (!to_world && strcmp(ns, "shard") != 0) return false;
@@ -914,12 +922,13 @@ int lr_shard_enable(lr_server *s, const lr_shard_opts *o, char *err, size_t errl
   size_t mf = o->max_frame ? o->max_frame : 64 * 1024;
   sp->max_client_frame = mf > 2 * FRAME_OVERHEAD ? mf - FRAME_OVERHEAD : mf / 2;
   s->shard = sp;
+  s->mode = &shard_mode;
   lr_info("shard mode: main server %s, world %s, reports every %lld ms", sp->main_url,
           sp->world_url, (long long)sp->stats_interval);
   return 0;
 }
 
-void lr_shard_shutdown(lr_server *s) {
+static void lr_shard_shutdown(lr_server *s) {
   shard_proc *sp = s->shard;
   if (!sp || sp->shutting_down) return;
   sp->shutting_down = true;
@@ -955,6 +964,7 @@ void lr_shard_free(lr_server *s) {
     report_forget(sp->reports);
   }
   s->shard = NULL;
+  s->mode = NULL;
   free(sp->main_url);
   free(sp->world_url);
   free(sp->world_id_opt);

@@ -34,7 +34,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "uplink.h"
+
 #include "engine.h"
+#include "lua_api.h"
 #include "json.h"
 #include "log.h"
 #include "net.h"
@@ -150,6 +153,24 @@ static void v_close(lr_conn *c, int code, const char *reason) {
 
 static const lr_transport_vt virtual_vt = {v_send, v_close};
 
+/* The two kinds of connection this file gives the engine (lr_conn_ops). */
+static void lr_uplink_message(lr_conn *c, const char *data, size_t len);
+static void lr_uplink_closed(lr_conn *c);
+static void lr_uplink_forget(lr_conn *c);
+static void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept);
+/* A shard uplink: frames are envelopes for its clients; not a client itself. */
+static const lr_conn_ops uplink_ops = {.message = lr_uplink_message,
+                                       .closed = lr_uplink_closed,
+                                       .forget = lr_uplink_forget,
+                                       .fanout = lr_uplink_fanout,
+                                       .uncounted = true,
+                                       .relay = true};
+/* A client relayed by an uplink: in the room list (connections(),
+ * hibernation, shutdown) but broadcasts and sync patches reach it through
+ * its uplink. */
+static const lr_conn_ops relayed_ops = {
+    .forget = lr_uplink_forget, .via_uplink = true, .forget_on_close = true};
+
 static void uplink_free(uplink *u) {
   for (uint32_t i = 0; i < u->nv; i++)
     u->v[i]->up = NULL; /* each frees itself with its connection */
@@ -161,9 +182,9 @@ static void uplink_free(uplink *u) {
   free(u);
 }
 
-void lr_uplink_forget(lr_conn *c) {
+static void lr_uplink_forget(lr_conn *c) {
   if (c->uplink) uplink_free(c->uplink);
-  vclient *v = c->relayed && c->vt == &virtual_vt ? c->tp : NULL;
+  vclient *v = c->ops == &relayed_ops && c->vt == &virtual_vt ? c->tp : NULL;
   if (!v) return;
   if (v->up) list_remove(v->up, v);
   c->tp = NULL;
@@ -173,14 +194,10 @@ void lr_uplink_forget(lr_conn *c) {
   free(v);
 }
 
-bool lr_conn_is_relay(const lr_conn *c) {
-  return c && c->uplink != NULL;
-}
-
 /* ------------------------------------------------------------ uplink transport side */
 
-int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                   lr_conn **out) {
+static int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                          lr_conn **out) {
   lr_server *s = r->srv;
   *out = NULL;
   char secret[512];
@@ -206,6 +223,7 @@ int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
   lr_room_activity(r);
   lr_conn *c = lr_room_attach(r, vt, tp);
   c->uplink = u;
+  c->ops = &uplink_ops;
   u->conn = c;
   /* conn.state = {shard = true, shardId, worldId}, as the reference sets it. */
   lua_State *L = s->L;
@@ -349,7 +367,7 @@ static void client_connected(uplink *u, const char *priv, const lr_node *info) {
   lr_info("room %s: shard %s relays client %s", r->key, u->shard_id, priv);
   /* A refused client is closed during its own connect: v->close_queued is
    * then set and v is freed when that close is delivered (next tick). */
-  v->c = lr_room_open_relayed(r, &req, &virtual_vt, v);
+  v->c = lr_room_open_kind(r, &req, &virtual_vt, v, &relayed_ops);
   lr_buf_free(&path);
   lr_buf_free(&query);
   lr_buf_free(&names);
@@ -367,7 +385,7 @@ static uint32_t find_clients(uplink *u, const char *priv, vclient ***out) {
   return n;
 }
 
-void lr_uplink_message(lr_conn *c, const char *data, size_t len) {
+static void lr_uplink_message(lr_conn *c, const char *data, size_t len) {
   uplink *u = c->uplink;
   char err[200];
   lr_json_limits lim = {LR_JSON_DEFAULT_LIMITS.max_depth + 2, LR_JSON_DEFAULT_LIMITS.max_elements};
@@ -423,7 +441,7 @@ void lr_uplink_message(lr_conn *c, const char *data, size_t len) {
   lr_node_release(msg);
 }
 
-void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept) {
+static void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept) {
   uplink *u = c->uplink;
   bool intercept = c->room && c->room->has_interceptor;
   bool hit = false;
@@ -454,7 +472,7 @@ void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, size_t n
   free(vs);
 }
 
-void lr_uplink_closed(lr_conn *c) {
+static void lr_uplink_closed(lr_conn *c) {
   uplink *u = c->uplink;
   if (!u) return;
   /* Nothing more goes out on it; its clients leave their rooms. */
@@ -471,4 +489,8 @@ void lr_uplink_closed(lr_conn *c) {
     lr_conn_closed(v->c); /* removes v from the list */
   }
   uplink_free(u);
+}
+
+void lr_uplink_install(lr_server *s) {
+  s->relay_open = lr_uplink_open;
 }

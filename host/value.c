@@ -43,11 +43,7 @@ static bool is_container(uint8_t t) {
 
 /* FNV-1a with a final avalanche so the low bits used as slot are well mixed. */
 static uint32_t key_hash(const char *k, size_t n) {
-  uint32_t h = 2166136261u;
-  for (size_t i = 0; i < n; i++) {
-    h ^= (unsigned char)k[i];
-    h *= 16777619u;
-  }
+  uint32_t h = lr_fnv1a(LR_FNV1A_INIT, k, n);
   h ^= h >> 16;
   h *= 0x7feb352du;
   h ^= h >> 15;

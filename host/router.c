@@ -1,0 +1,424 @@
+/*
+ * router.c - what a request for /parties/... becomes: the party path, the
+ * room it names (found, woken or created, within the room limit and the
+ * per-address creation rate), WebSocket opens (lr_server_ws_open) and HTTP
+ * requests (lr_server_http, CORS preflight, operations paths), and the
+ * requests that wait for a room's storage to load.
+ *
+ * Owns: parse_party_path, lr_room_get, the lr_wait list, lr_server_ws_open,
+ * lr_server_http.
+ * Must not: run room rules itself (s->rules), send packets, or know what a
+ * transport is beyond server.h.
+ */
+#include "engine_int.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "log.h"
+
+/* Split "/parties/{ns}/{room}[/rest]" (percent-decoding ns and room). */
+static int parse_party_path(const lr_server *s, const char *path, char *ns, size_t nsz, char *id,
+                            size_t idsz, const char **rest) {
+  size_t pl = strlen(s->parties_prefix);
+  if (strncmp(path, s->parties_prefix, pl) != 0 || path[pl] != '/') return -1;
+  const char *p = path + pl + 1;
+  char *outs[2] = {ns, id};
+  size_t sz[2] = {nsz, idsz};
+  for (int part = 0; part < 2; part++) {
+    size_t j = 0;
+    while (*p && *p != '/') {
+      int ch = (unsigned char)*p;
+      if (ch == '%') {
+        if (!isxdigit((unsigned char)p[1]) || !isxdigit((unsigned char)p[2])) return -1;
+        char hex[3] = {p[1], p[2], 0};
+        ch = (int)strtol(hex, NULL, 16);
+        p += 3;
+      } else {
+        p++;
+      }
+      if (ch < 0x20 || ch == 0x7f) return -1; /* no control bytes in names (logs, storage) */
+      if (j + 1 >= sz[part]) return -1;
+      outs[part][j++] = (char)ch;
+    }
+    outs[part][j] = 0;
+    if (j == 0 || !lr_utf8_valid(outs[part], j)) return -1;
+    if (part == 0) {
+      if (*p != '/') return -1;
+      p++;
+    }
+  }
+  if (rest) *rest = p;
+  return 0;
+}
+
+/* Find or create the room for ns/id. NULL if no definition matches. */
+/* The room ns/id, woken or created as needed. NULL with *status the HTTP
+ * status to answer: 404 no definition serves it (nothing logged), 503 the
+ * room limit is reached, the server is stopping or the room could not be
+ * rebuilt from storage, 500 creating it failed (both logged). */
+static lr_room *get_room(lr_server *s, const char *ns, const char *id, int *status) {
+  lr_room *r = lr_room_find(s, ns, id);
+  *status = 503;
+  if (r) return lr_room_activity(r) ? r : NULL;
+  if (s->shutting_down) return NULL;
+  if (s->max_rooms > 0 && s->nrooms >= (uint32_t)s->max_rooms) {
+    lr_warn_limited("room limit", "room %s/%s not created: %u rooms live (max %ld)", ns, id,
+                    s->nrooms, s->max_rooms);
+    return NULL;
+  }
+  char err[256];
+  if (s->rules->create(s, ns, id, err, sizeof err) != 0) {
+    lr_error("room %s/%s: could not be created: %s", ns, id, err);
+    r = lr_room_find(s, ns, id);
+    if (r) lr_room_dispose(r);
+    *status = 500;
+    return NULL;
+  }
+  lr_server_flush_touched(s);
+  r = lr_room_find(s, ns, id);
+  if (!r) *status = 404;
+  return r;
+}
+
+static const char *header_of(const lr_request *req, const char *name) {
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+  return NULL;
+}
+
+/* ------------------------------------------------------------ waiting for storage */
+
+/* A WebSocket or HTTP request for a room whose storage is still loading (a
+ * Lua backend that waits for I/O, storage_lua.c): kept here until the store
+ * is ready, then handled as if it had just arrived. The WebSocket is already
+ * accepted: its frames wait in the connection's early buffer. */
+typedef struct lr_wait {
+  struct lr_wait *next, **pprev;
+  lr_server *s;
+  char *ns, *id;
+  lr_request req; /* deep copy */
+  lr_header *headers;
+  lr_conn *conn;       /* WebSocket: joining, no room yet (one reference) */
+  lr_response_cb done; /* HTTP */
+  void *ud;
+} lr_wait;
+
+static void respond_simple(lr_response_cb done, void *ud, int status, const char *body);
+static bool served(lr_server *s, const char *ns, const char *id);
+
+static char *dup_str(const char *p) {
+  return p ? lr_xstrndup(p, strlen(p)) : NULL;
+}
+
+static lr_wait *wait_new(lr_server *s, const char *ns, const char *id, const lr_request *req) {
+  lr_wait *w = lr_xcalloc(1, sizeof *w);
+  w->s = s;
+  w->ns = dup_str(ns);
+  w->id = dup_str(id);
+  lr_request *q = &w->req;
+  q->method = dup_str(req->method);
+  q->path = dup_str(req->path);
+  q->query = dup_str(req->query);
+  q->remote_addr = dup_str(req->remote_addr);
+  q->body = req->body ? lr_xstrndup(req->body, req->bodylen) : NULL;
+  q->bodylen = req->bodylen;
+  w->headers = lr_xcalloc(req->nheaders + 1, sizeof *w->headers);
+  for (size_t i = 0; i < req->nheaders; i++) {
+    w->headers[i].name = dup_str(req->headers[i].name);
+    w->headers[i].value = dup_str(req->headers[i].value ? req->headers[i].value : "");
+  }
+  q->headers = w->headers;
+  q->nheaders = req->nheaders;
+  return w;
+}
+
+static void wait_free(lr_wait *w) {
+  if (w->pprev) {
+    *w->pprev = w->next;
+    if (w->next) w->next->pprev = w->pprev;
+  }
+  for (size_t i = 0; i < w->req.nheaders; i++) {
+    free((char *)w->headers[i].name);
+    free((char *)w->headers[i].value);
+  }
+  free(w->headers);
+  free((char *)w->req.method);
+  free((char *)w->req.path);
+  free((char *)w->req.query);
+  free((char *)w->req.remote_addr);
+  free((char *)w->req.body);
+  free(w->ns);
+  free(w->id);
+  free(w);
+}
+
+/* The server goes away: drop what still waits, without answering. */
+/* Shutdown: close the WebSockets that wait for a room's storage. */
+void lr_waits_close(lr_server *s) {
+  for (lr_wait *w = s->waits; w; w = w->next)
+    if (w->conn) lr_conn_close(w->conn, 1001, "server shutdown");
+}
+
+void lr_waits_free(lr_server *s) {
+  while (s->waits) {
+    lr_wait *w = s->waits;
+    if (w->conn) lr_conn_release(w->conn);
+    wait_free(w);
+  }
+}
+
+static void wait_done(void *ud, int ok, const char *err) {
+  lr_wait *w = ud;
+  lr_server *s = w->s;
+  if (ok == LR_STORE_READY_ELSEWHERE) { /* a cluster node holds it: refused here */
+    if (w->conn && w->conn->phase == LR_C_JOINING)
+      lr_conn_close(w->conn, 4409, "room owned by another node");
+    else if (!w->conn)
+      respond_simple(w->done, w->ud, 409, "{\"error\":\"Room owned by another node\"}");
+    if (w->conn) lr_conn_release(w->conn);
+    wait_free(w);
+    return;
+  }
+  if (!ok) lr_warn("room %s/%s: storage not available (%s)", w->ns, w->id, err ? err : "-");
+  if (w->conn) {
+    lr_conn *c = w->conn;
+    if (c->phase == LR_C_JOINING) {
+      int status;
+      lr_room *r = ok && !s->shutting_down ? get_room(s, w->ns, w->id, &status) : NULL;
+      if (!r) {
+        lr_conn_close(c, 1011, ok ? "room unavailable" : "storage unavailable");
+      } else if (lr_room_store_failing(r)) {
+        lr_conn_close(c, 1013, "storage unavailable");
+      } else {
+        c->room = lr_room_retain(r);
+        lr_conn_connect(c, &w->req);
+      }
+    }
+    lr_conn_release(c);
+  } else if (ok) {
+    lr_server_http(s, &w->req, w->done, w->ud);
+  } else {
+    respond_simple(w->done, w->ud, 503, "{\"error\":\"Storage unavailable\"}");
+  }
+  wait_free(w);
+}
+
+/* Before creating room ns/id: when its storage is still loading, park the
+ * request (WebSocket: vt/tp, *out set; HTTP: done/ud) and return 1; 0 when
+ * the room can be created now (or no definition serves it); -1 when the
+ * storage failed (answer 503). */
+static int wait_for_storage(lr_server *s, const char *ns, const char *id, const lr_request *req,
+                            const lr_transport_vt *vt, void *tp, lr_response_cb done, void *ud,
+                            lr_conn **out) {
+  if (!s->store->vt->ready || s->shutting_down || lr_room_find(s, ns, id)) return 0;
+  if (!served(s, ns, id)) return 0; /* get_room answers 404 */
+  lr_wait *w = wait_new(s, ns, id, req);
+  char err[256];
+  int rc = lr_store_ready(s->store, ns, id, wait_done, w, err, sizeof err);
+  if (rc != 0) {
+    if (rc < 0) lr_error("room %s/%s: storage not available: %s", ns, id, err);
+    wait_free(w);
+    return rc > 0 ? 0 : -1;
+  }
+  w->next = s->waits;
+  if (w->next) w->next->pprev = &w->next;
+  w->pprev = &s->waits;
+  s->waits = w;
+  if (vt) {
+    lr_conn *c = lr_conn_new(s, NULL, vt, tp);
+    s->stats.conns_open++;
+    s->stats.conns_total++;
+    lr_conn_retain(c);
+    w->conn = c;
+    *out = c;
+    lr_info("conn %s: waits for the storage of %s/%s", c->id, ns, id);
+  } else {
+    w->done = done;
+    w->ud = ud;
+  }
+  return 1;
+}
+
+/* ------------------------------------------------------------ who may create a room */
+
+/* Whether a definition serves ns/id (runtime.has_room). */
+static bool served(lr_server *s, const char *ns, const char *id) {
+  return s->rules->serves(s, ns, id);
+}
+
+/* req carries the shard secret (a shard process relaying its clients). */
+static bool from_shard(lr_server *s, const lr_request *req) {
+  const char *given = header_of(req, "x-access-shard");
+  if (!given || !(header_of(req, "x-shard-id") || header_of(req, "x-forwarded-by-shard")))
+    return false;
+  char secret[512];
+  lr_server_env(s, "SHARD_SECRET", secret, sizeof secret);
+  if (!secret[0]) return false;
+  size_t a = strlen(given), b = strlen(secret);
+  unsigned d = a != b;
+  for (size_t i = 0; i < b; i++) /* constant time in the secret's length */
+    d |= (unsigned char)secret[i] ^ (unsigned char)(i < a ? given[i] : 0);
+  return d == 0;
+}
+
+/* A request is about to create room ns/id: take a token of its client
+ * address's room-creation bucket (--room-create-rate), so that one address
+ * cannot fill the room table. The address is the socket's; for a request
+ * relayed by an authenticated shard, the client address it carries
+ * (x-forwarded-for); a shard uplink and in-process requests (room to room,
+ * no address) are not counted. false: refused (logged). */
+static bool may_create(lr_server *s, const char *ns, const char *id, const lr_request *req) {
+  char buf[64];
+  const char *addr = req->remote_addr;
+  if (from_shard(s, req)) {
+    const char *xff = header_of(req, "x-forwarded-for");
+    if (header_of(req, "x-shard-id") || !xff || !*xff) return true;
+    size_t n = strcspn(xff, ", ");
+    snprintf(buf, sizeof buf, "%.*s", (int)(n < sizeof buf ? n : sizeof buf - 1), xff);
+    addr = buf;
+  }
+  if (lr_addr_rate_take(s->room_rate, addr, lr_now(s))) return true;
+  lr_warn("room %s/%s not created: %s creates rooms faster than %g/s (burst %g)", ns, id, addr,
+          lr_addr_rate_rate(s->room_rate), lr_addr_rate_burst(s->room_rate));
+  return false;
+}
+
+int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                      lr_conn **out) {
+  *out = NULL;
+  char ns[256], id[256];
+  const char *rest;
+  if (s->shutting_down) return 503;
+  if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
+    lr_warn_limited("websocket path", "websocket refused: path %s is not /parties/{party}/{room}",
+                    req->path);
+    return 404;
+  }
+  if (s->mode && strcmp(ns, "shard") == 0) return s->mode->ws_open(s, req, id, vt, tp, out);
+  if (!lr_room_find(s, ns, id)) {
+    if (!served(s, ns, id)) {
+      lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
+      return 404;
+    }
+    if (!may_create(s, ns, id, req)) return 429;
+  }
+  if (!header_of(req, "x-shard-id")) {
+    int w = wait_for_storage(s, ns, id, req, vt, tp, NULL, NULL, out);
+    if (w > 0) return 0;
+    if (w < 0) return 503;
+  }
+  int status;
+  lr_room *r = get_room(s, ns, id, &status);
+  if (!r) {
+    if (status == 404)
+      lr_warn_limited("no such room", "websocket refused: no room definition matches %s/%s", ns,
+                      id);
+    return status;
+  }
+  if (header_of(req, "x-shard-id")) {
+    /* A shard process relaying its clients (uplink.c). */
+    return s->relay_open ? s->relay_open(r, req, vt, tp, out) : 404;
+  }
+  *out = lr_room_open_conn(r, req, vt, tp);
+  return 0;
+}
+
+/* ------------------------------------------------------------ HTTP */
+
+const lr_header lr_cors_headers[LR_CORS_N] = {
+    {"Access-Control-Allow-Origin", "*"},
+    {"Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS"},
+    {"Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With"},
+    {"Access-Control-Max-Age", "86400"},
+};
+
+static void respond_simple(lr_response_cb done, void *ud, int status, const char *body) {
+  lr_header h[5];
+  memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
+  h[4] = (lr_header){"Content-Type", "application/json"};
+  lr_response resp = {status, h, 5, body, strlen(body)};
+  done(ud, &resp);
+}
+
+/* /healthz, /readyz, /metrics, /admin...: answered by runtime.operations,
+ * which returns {status, headers, body} like a room route. */
+static void ops_request(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
+  if (s->rules->operations(s, req, done, ud) < 0)
+    respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
+}
+
+static const char storage_503[] = "{\"error\":\"Storage unavailable\",\"code\":\"storage\"}";
+
+/* A room's handler answered: write first (an answer must not show what
+ * could not be stored); true when the engine answered 503 instead. */
+static bool http_settle(lr_room *r, lr_response_cb done, void *ud) {
+  lr_server_flush_touched(r->srv);
+  if (!lr_room_store_failing(r)) return false;
+  respond_simple(done, ud, 503, storage_503);
+  return true;
+}
+
+void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
+  char ns[256], id[256];
+  const char *rest;
+  if (strcmp(req->method, "OPTIONS") == 0) {
+    respond_simple(done, ud, 200, "{}");
+    return;
+  }
+  if (strncmp(req->path, "/parties/", 9) != 0) {
+    ops_request(s, req, done, ud);
+    return;
+  }
+  if (parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, &rest) != 0) {
+    lr_header h[1] = {{"Content-Type", "text/plain"}};
+    lr_response resp = {404, h, 1, "Not Found", 9};
+    done(ud, &resp);
+    return;
+  }
+  if (s->mode && s->mode->http(s, req, ns, id, rest, done, ud)) return;
+  lr_room *live = lr_room_find(s, ns, id);
+  if (!live || live->hibernated) {
+    /* Nothing is created, woken or read from storage for a request the
+     * room does not serve. */
+    /* 1 answered (no such route, bad shard credentials), 0 the room
+     * serves it, -1 no definition serves ns/id. */
+    int pr = s->rules->preroute(s, ns, id, req, rest, done, ud);
+    if (pr > 0) return;
+    if (pr == 0 && !live && !may_create(s, ns, id, req)) {
+      respond_simple(done, ud, 429, "{\"error\":\"Too Many Requests\"}");
+      return;
+    }
+  }
+  int w = wait_for_storage(s, ns, id, req, NULL, NULL, done, ud, NULL);
+  if (w > 0) return;
+  if (w < 0) {
+    respond_simple(done, ud, 503, "{\"error\":\"Storage unavailable\"}");
+    return;
+  }
+  int status;
+  lr_room *r = get_room(s, ns, id, &status);
+  if (!r) {
+    if (status == 404)
+      lr_warn_limited("no such room", "http %s %s: no room definition matches %s/%s", req->method,
+                      req->path, ns, id);
+    respond_simple(done, ud, status,
+                   status == 404   ? "{\"error\":\"Not found\"}"
+                   : status == 500 ? "{\"error\":\"Internal Server Error\"}"
+                                   : "{\"error\":\"Service Unavailable\"}");
+    return;
+  }
+  if (lr_room_store_failing(r)) {
+    respond_simple(done, ud, 503, storage_503);
+    return;
+  }
+  lr_room_retain(r);
+  if (s->rules->request(r, req, rest, http_settle, done, ud) < 0) {
+    lr_server_flush_touched(s);
+    respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
+  }
+  lr_room_release(r);
+}
