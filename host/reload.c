@@ -378,6 +378,24 @@ static int l_watch_folders(lua_State *L) {
   return 1;
 }
 
+/* Push the burst's changed paths as a list ("*" last after an overflow or
+ * a new folder) and empty it. [-0,+1] */
+static void take_batch(lua_State *L, lr_watch *w) {
+  lua_createtable(L, (int)w->npending + 1, 0);
+  lua_Integer k = 0;
+  for (size_t i = 0; i < w->npending; i++) {
+    lua_pushstring(L, w->pending[i]);
+    lua_rawseti(L, -2, ++k);
+    free(w->pending[i]);
+  }
+  if (w->rescan) {
+    lua_pushliteral(L, "*");
+    lua_rawseti(L, -2, ++k);
+  }
+  w->npending = 0;
+  w->rescan = false;
+}
+
 /* Milliseconds on the monotonic clock (w:wait's deadlines). */
 static int64_t mono_ms(void) {
   struct timespec ts;
@@ -417,19 +435,7 @@ static int l_watch_wait(lua_State *L) {
       break; /* the burst went quiet */
     }
   }
-  lua_createtable(L, (int)w->npending + 1, 0);
-  lua_Integer k = 0;
-  for (size_t i = 0; i < w->npending; i++) {
-    lua_pushstring(L, w->pending[i]);
-    lua_rawseti(L, -2, ++k);
-    free(w->pending[i]);
-  }
-  if (w->rescan) {
-    lua_pushliteral(L, "*");
-    lua_rawseti(L, -2, ++k);
-  }
-  w->npending = 0;
-  w->rescan = false;
+  take_batch(L, w);
   return 1;
 }
 
@@ -675,19 +681,7 @@ void lr_reload_poll(lr_server *s) {
     /* Real clock: a batch due within the margin is run now (see rearm). */
     if (now + (s->virtual_clock ? 0 : LR_RELOAD_MARGIN_MS) >= due) {
       /* Take the batch first: events during the reload form the next one. */
-      lua_createtable(L, (int)w->npending + 1, 0);
-      lua_Integer k = 0;
-      for (size_t i = 0; i < w->npending; i++) {
-        lua_pushstring(L, w->pending[i]);
-        lua_rawseti(L, -2, ++k);
-        free(w->pending[i]);
-      }
-      if (w->rescan) {
-        lua_pushliteral(L, "*");
-        lua_rawseti(L, -2, ++k);
-      }
-      w->npending = 0;
-      w->rescan = false;
+      take_batch(L, w);
       run_jobs(L, srv, -1);
       now = lr_now(s);
       next = w->thr_on ? -1 : now + LR_RELOAD_WAKE_MS;
