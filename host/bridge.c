@@ -198,25 +198,24 @@ static int b_preroute(lr_server *s, const char *ns, const char *id, const lr_req
   return rc;
 }
 
-static int b_create(lr_server *s, const char *ns, const char *id, char *err, size_t errlen) {
+/* runtime[fn](ns, id): 0, or -1 (logged; err filled when given). */
+static int call_ns_id(lr_server *s, const char *fn, const char *what, const char *ns,
+                      const char *id, char *err, size_t errlen) {
   lua_State *L = s->L;
   int top = lua_gettop(L);
   lua_pushstring(L, ns);
   lua_pushstring(L, id);
-  int rc = runtime_call(s, NULL, -1, "create_room", "create room", 2, 0, err, errlen);
+  int rc = runtime_call(s, NULL, -1, fn, what, 2, 0, err, errlen);
   lua_settop(L, top);
   return rc ? -1 : 0;
 }
 
+static int b_create(lr_server *s, const char *ns, const char *id, char *err, size_t errlen) {
+  return call_ns_id(s, "create_room", "create room", ns, id, err, errlen);
+}
+
 static int b_wake(lr_room *r) {
-  lr_server *s = r->srv;
-  lua_State *L = s->L;
-  int top = lua_gettop(L);
-  lua_pushstring(L, r->ns);
-  lua_pushstring(L, r->id);
-  int rc = runtime_call(s, NULL, -1, "wake", "wake", 2, 0, NULL, 0);
-  lua_settop(L, top);
-  return rc ? -1 : 0;
+  return call_ns_id(r->srv, "wake", "wake", r->ns, r->id, NULL, 0);
 }
 
 static void b_hibernate(lr_room *r) {
