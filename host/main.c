@@ -494,6 +494,14 @@ static int add_world(lua_State *L, int rt, int srv, const char *lua_dir) {
   return 0;
 }
 
+/* The hot reload watcher's inotify fd, watched by the one event loop. */
+static void *reload_watch_fd(int fd, void (*cb)(void *ud, int revents), void *ud) {
+  return lr_net_watch_fd(fd, cb, ud);
+}
+static void reload_unwatch_fd(void *nw) {
+  lr_net_unwatch_fd(nw);
+}
+
 /* "R" or "R,B": a per-address rate (per second) and burst. */
 static void set_rate(lr_addr_rate *ar, const char *spec) {
   char *end;
@@ -783,7 +791,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     }
     lr_info("%lld room definition(s) from %s, storage %s", (long long)lua_tointeger(L, -2), dir,
             storage);
-    lr_reload_set_waker(lr_net_wake);        /* a save wakes the loop at once */
+    lr_reload_set_fd_watch(reload_watch_fd, reload_unwatch_fd); /* a save wakes the loop */
     if (watch) lr_reload_watch(s, srv, dir); /* hot reload; logs and goes on if it cannot */
   }
   if (shard_main) {

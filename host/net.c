@@ -2192,7 +2192,7 @@ void lr_net_addr_release(const char *addr) {
   net_addr_put(L, a);
 }
 
-/* lr_net_wake may run on another thread (the hot reload watcher's): the
+/* lr_net_wake may run on another thread: the
  * context it wakes is read and cleared under this lock. */
 static pthread_mutex_t net_wake_mu = PTHREAD_MUTEX_INITIALIZER;
 

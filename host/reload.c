@@ -5,13 +5,14 @@
  *
  * Owns: the watcher userdata ("lunaroom.watcher": an inotify fd with one
  * watch per folder under the rooms folder, the changed *.lua paths of the
- * current burst, the debounce, the waker thread), the engine wake-up timer
+ * current burst, the debounce, its watch on the event loop), the engine
+ * wake-up timer
  * while watching, and the order of the protected calls that make up one
  * reload.
  * Must not: interpret a change (which rooms a module affects, what a new
  * field means: reload.lua), write room state, call Lua other than through
- * lr_vm_pcall, or block (the fd is non-blocking; only the waker thread
- * sleeps, and it touches nothing but its fds and the waker).
+ * lr_vm_pcall, or block (the fd is non-blocking and read only by the loop
+ * thread).
  *
  * Events. The watch mask is IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE |
  * IN_DELETE | IN_MOVED_FROM, which covers in-place writes (the event comes
@@ -23,11 +24,10 @@
  * rooms/lib/), and IN_Q_OVERFLOW asks reload.lua for a full rescan ("*").
  *
  * Timing. lr_reload_poll() runs on every lr_server_tick(). A real-clock
- * server with a waker (lr_reload_set_waker: the transport's thread-safe
- * wake-up) gives each watcher a thread that sleeps in poll() on the inotify
- * fd; when an event is queued it wakes the loop and then sleeps until the
- * loop has read the fd (an eventfd ack), so it never spins and never reads
- * the fd itself. A batch whose every path got a finished save (its last
+ * server with an fd watcher (lr_reload_set_fd_watch: the transport's
+ * lr_net_watch_fd) has the inotify fd watched by the event loop itself:
+ * when an event is queued the loop wakes, and the tick that follows reads
+ * the fd. No thread, no periodic wake-up. A batch whose every path got a finished save (its last
  * event was IN_CLOSE_WRITE or IN_MOVED_TO) is reloaded on that very tick:
  * a save is live after the read, the load, the swap and the flush
  * (bench/reload_bench.mjs: p50 0.5 ms, p99 9 ms with 3 clients on a busy
@@ -38,11 +38,11 @@
  * rescan waits until no event came for LR_RELOAD_DEBOUNCE_MS (at most
  * LR_RELOAD_MAX_DELAY_MS after its first event); one engine timer is armed
  * for that deadline, never closer than LR_RELOAD_MARGIN_MS (see rearm() for
- * the lws 4.1 pitfall this avoids). Without a waker (or if the thread
- * cannot start) the timer instead wakes the loop every LR_RELOAD_WAKE_MS to
- * read the fd. Under load the fd is read at most once per millisecond
- * unless the thread asked. With a virtual clock (specs) there is no thread,
- * no timer and no margin: the spec drives time with advance() and calls
+ * the lws 4.1 pitfall this avoids). Without an fd watcher (or if the
+ * watch cannot be made) the timer instead wakes the loop every
+ * LR_RELOAD_WAKE_MS to read the fd. Under load the fd is read at most once
+ * per millisecond unless the loop saw it readable. With a virtual clock
+ * (specs) there is no watch, no timer and no margin: the spec drives time with advance() and calls
  * tick().
  *
  * Transaction. run_jobs() makes every step an outermost lr_vm_pcall: plan
@@ -60,13 +60,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -101,15 +98,14 @@ typedef struct lr_watch {
   int64_t wake_at;           /* when our wake-up timer is due (0 = none) */
   uint64_t wake_seq;         /* its engine timer id */
   int64_t drained_ms;        /* last read of the fd: at most one per ms under load */
-  /* The waker thread (real clock only, see "Timing" above). */
-  bool thr_on;
-  pthread_t thr;
-  int stop_fd, ack_fd; /* eventfds: stop the thread; "drained, wait again" */
-  atomic_int waiting;  /* the thread woke the loop and waits for the ack */
+  /* The loop's watch of fd (real clock only, see "Timing" above). */
+  void *nw;   /* the transport's watch handle, NULL = none */
+  bool ready; /* the loop saw fd readable since the last read */
 } lr_watch;
 
-/* How the waker thread ends the transport's wait (lr_reload_set_waker). */
-static void (*g_waker)(void);
+/* How the transport watches a descriptor (lr_reload_set_fd_watch). */
+static void *(*g_watch)(int fd, void (*cb)(void *ud, int revents), void *ud);
+static void (*g_unwatch)(void *nw);
 
 /* Open watchers in the process: lr_reload_poll's fast path when 0. */
 static int g_open;
@@ -292,10 +288,9 @@ static void drain(lr_watch *w, int64_t now) {
   }
 }
 
-static void thread_stop(lr_watch *w);
-
 static void watch_free(lr_watch *w) {
-  thread_stop(w);
+  if (w->nw && g_unwatch) g_unwatch(w->nw);
+  w->nw = NULL;
   if (w->fd >= 0) {
     close(w->fd);
     w->fd = -1;
@@ -334,7 +329,7 @@ static int l_watch(lua_State *L) {
     n--; /* "rooms/" -> "rooms": paths are dir "/" rel name */
   lr_watch *w = lua_newuserdatauv(L, sizeof *w, 0);
   memset(w, 0, sizeof *w);
-  w->fd = w->stop_fd = w->ack_fd = -1;
+  w->fd = -1;
   luaL_setmetatable(L, WATCH_MT);
   w->dir = lr_xstrndup(dir, n);
   w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -409,11 +404,11 @@ static int64_t mono_ms(void) {
  * returns as soon as every path got a finished save and the fd stayed
  * quiet for 5 ms, else after LR_RELOAD_DEBOUNCE_MS of quiet. For a process
  * that does nothing else (lunaroom test --watch); a server uses
- * lr_reload_poll. Not for a watcher the loop's waker thread watches. [-2,+1] */
+ * lr_reload_poll. Not for a watcher the server's loop watches. [-2,+1] */
 static int l_watch_wait(lua_State *L) {
   lr_watch *w = luaL_checkudata(L, 1, WATCH_MT);
   lua_Integer timeout = luaL_optinteger(L, 2, -1);
-  luaL_argcheck(L, w->fd >= 0 && !w->thr_on, 1, "watcher is closed or owned by a server");
+  luaL_argcheck(L, w->fd >= 0 && !w->nw, 1, "watcher is closed or owned by a server");
   int64_t end = timeout < 0 ? -1 : mono_ms() + timeout;
   for (;;) {
     bool any = w->npending || w->rescan;
@@ -439,81 +434,19 @@ static int l_watch_wait(lua_State *L) {
   return 1;
 }
 
-/* ------------------------------------------------------------- waker */
+/* ------------------------------------------------------------- fd watch */
 
-void lr_reload_set_waker(void (*wake)(void)) {
-  g_waker = wake;
+void lr_reload_set_fd_watch(void *(*watch)(int fd, void (*cb)(void *ud, int revents), void *ud),
+                            void (*unwatch)(void *nw)) {
+  g_watch = watch;
+  g_unwatch = unwatch;
 }
 
-/* The waker thread: sleeps in poll() on the inotify fd and, when an event
- * is queued, ends the transport's wait (g_waker) and sleeps until the loop
- * has read the events (ack_fd), so it never spins on a readable fd. It
- * never reads the inotify fd, touches Lua or the engine: the loop thread
- * does all of that in lr_reload_poll(). */
-static void *waker_main(void *arg) {
-  lr_watch *w = arg;
-  for (;;) {
-    struct pollfd p[2] = {{.fd = w->fd, .events = POLLIN}, {.fd = w->stop_fd, .events = POLLIN}};
-    if (poll(p, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      return NULL;
-    }
-    if (p[1].revents) return NULL;
-    if (!(p[0].revents & POLLIN)) continue;
-    atomic_store(&w->waiting, 1);
-    g_waker();
-    struct pollfd q[2] = {{.fd = w->ack_fd, .events = POLLIN},
-                          {.fd = w->stop_fd, .events = POLLIN}};
-    for (;;) {
-      if (poll(q, 2, -1) >= 0) break;
-      if (errno != EINTR) return NULL;
-    }
-    if (q[1].revents) return NULL;
-    uint64_t v;
-    if (read(w->ack_fd, &v, sizeof v) < 0) { /* EAGAIN: nothing to clear */
-    }
-  }
-}
-
-/* Start the waker thread (signals stay with the loop thread). Returns 0, or
- * -1 (the caller falls back to the periodic wake-up). */
-static int thread_start(lr_watch *w) {
-  w->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  w->ack_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (w->stop_fd < 0 || w->ack_fd < 0) {
-    thread_stop(w);
-    return -1;
-  }
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int rc = pthread_create(&w->thr, NULL, waker_main, w);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (rc != 0) {
-    thread_stop(w);
-    return -1;
-  }
-  w->thr_on = true;
-  return 0;
-}
-
-static void thread_stop(lr_watch *w) {
-  if (w->thr_on) {
-    uint64_t one = 1;
-    if (write(w->stop_fd, &one, sizeof one) < 0) lr_warn("hot reload: cannot stop the waker");
-    pthread_join(w->thr, NULL);
-    w->thr_on = false;
-  }
-  if (w->stop_fd >= 0) close(w->stop_fd);
-  if (w->ack_fd >= 0) close(w->ack_fd);
-  w->stop_fd = w->ack_fd = -1;
-}
-
-/* The loop read the fd: let a waiting waker thread watch it again. */
-static void thread_ack(lr_watch *w) {
-  if (!w->thr_on || !atomic_exchange(&w->waiting, 0)) return;
-  uint64_t one = 1;
-  if (write(w->ack_fd, &one, sizeof one) < 0) lr_warn("hot reload: cannot wake the waker");
+/* The loop saw the inotify fd readable: the tick that follows this pass of
+ * the loop reads it (lr_reload_poll). Runs on the loop thread. */
+static void on_ready(void *ud, int revents) {
+  (void)revents;
+  ((lr_watch *)ud)->ready = true;
 }
 
 /* ------------------------------------------------------------- driver */
@@ -661,17 +594,21 @@ void lr_reload_poll(lr_server *s) {
     lua_settop(L, top);
     return;
   }
-  if (!w->thr_on && !s->virtual_clock && g_waker && thread_start(w) != 0)
-    lr_warn("hot reload: no waker thread, changes are read every %d ms", LR_RELOAD_WAKE_MS);
+  if (!w->nw && !s->virtual_clock && g_watch) {
+    w->nw = g_watch(w->fd, on_ready, w);
+    if (!w->nw)
+      lr_warn("hot reload: the loop cannot watch the folder, changes are read every %d ms",
+              LR_RELOAD_WAKE_MS);
+  }
   int64_t now = lr_now(s);
-  if (now != w->drained_ms || s->virtual_clock || atomic_load(&w->waiting)) {
+  if (now != w->drained_ms || s->virtual_clock || w->ready) {
+    w->ready = false;
     drain(w, now);
     w->drained_ms = now;
-    thread_ack(w);
   }
-  /* Without the waker thread the loop comes back every LR_RELOAD_WAKE_MS to
+  /* Without the loop's watch the loop comes back every LR_RELOAD_WAKE_MS to
    * read the fd; with it, only for a debounce deadline. */
-  int64_t next = w->thr_on ? -1 : now + LR_RELOAD_WAKE_MS;
+  int64_t next = w->nw ? -1 : now + LR_RELOAD_WAKE_MS;
   if (w->npending || w->rescan) {
     bool settled = !w->rescan;
     for (size_t i = 0; i < w->npending && settled; i++)
@@ -684,7 +621,7 @@ void lr_reload_poll(lr_server *s) {
       take_batch(L, w);
       run_jobs(L, srv, -1);
       now = lr_now(s);
-      next = w->thr_on ? -1 : now + LR_RELOAD_WAKE_MS;
+      next = w->nw ? -1 : now + LR_RELOAD_WAKE_MS;
     } else if (next < 0 || due < next) {
       next = due;
     }

@@ -4,7 +4,7 @@
  * lua/lunaroom/reload.lua).
  *
  * Owns: the watcher (inotify fd, one watch per folder under the rooms folder,
- * pending changed paths, the debounce, the waker thread), the engine wake-up
+ * pending changed paths, the debounce, its watch on the event loop), the engine wake-up
  * that keeps a change from waiting for the next socket event, and the
  * sequence of protected calls of one reload (plan, then per room file: load
  * under the load budget, swap, onReload hooks, log).
@@ -26,7 +26,7 @@
 #define LR_RELOAD_DEBOUNCE_MS 30
 /* A burst that never goes quiet is reloaded after this long anyway. */
 #define LR_RELOAD_MAX_DELAY_MS 250
-/* Without a waker (lr_reload_set_waker) the engine wakes this often to
+/* Without an fd watch (lr_reload_set_fd_watch) the engine wakes this often to
  * read events. */
 #define LR_RELOAD_WAKE_MS 25
 /* Instruction budget of compiling and running one room file (and the
@@ -44,19 +44,21 @@ int lr_reload_watch(lr_server *s, int srv, const char *dir);
 /* Called by lr_server_tick() on every loop iteration: reads the watcher's
  * pending events without blocking and runs the reload of the changed files
  * as outermost protected calls, at once for finished saves, after the
- * debounce otherwise. Starts the waker thread on a real-clock server when a
- * waker is set, else keeps an engine timer armed (LR_RELOAD_WAKE_MS). Does
+ * debounce otherwise. Has the event loop watch the inotify fd on a
+ * real-clock server when an fd watch is set, else keeps an engine timer
+ * armed (LR_RELOAD_WAKE_MS). Does
  * nothing (one branch) when no watcher is open or the server is shutting
  * down. Never raises. */
 void lr_reload_poll(lr_server *s);
 
-/* Set how a watcher's thread ends the transport's wait from another thread
- * (the transport's thread-safe wake-up, e.g. lr_net_wake). With a waker,
- * a real-clock server's watcher gets a thread that sleeps in poll() on the
- * inotify fd and calls wake() when an event is queued: a save is read as
- * soon as it happens instead of on the next periodic wake-up. Call before
- * lr_reload_watch. */
-void lr_reload_set_waker(void (*wake)(void));
+/* Set how a real-clock server's watcher has its inotify fd watched by the
+ * transport's event loop (e.g. lr_net_watch_fd / lr_net_unwatch_fd): watch
+ * returns a handle (NULL if it cannot), and cb(ud, revents) runs on the loop
+ * thread when the fd is readable; the next lr_reload_poll reads it. A save
+ * is then read as soon as it happens instead of on the next periodic
+ * wake-up. Call before lr_reload_watch. */
+void lr_reload_set_fd_watch(void *(*watch)(int fd, void (*cb)(void *ud, int revents), void *ud),
+                            void (*unwatch)(void *nw));
 
 /* package.preload["lunaroom.reload_c"]: watch(dir), run(srv, changes),
  * is_file(path). [-0,+1] */
