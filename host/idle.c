@@ -47,8 +47,10 @@ void lr_room_arm_idle(lr_room *r) {
   if (due < 0 || (r->idle_at && r->idle_at <= due)) return;
   int64_t now = lr_now(s);
   if (due < now) due = now;
-  r->idle_at = due;
-  lr_timer_add(s, due - now, LR_T_IDLE, r, LR_NOREF);
+  /* The timer's own time, not due: the clock may tick between the two
+   * readings, and a timer whose time differs from idle_at counts as
+   * superseded (timer.c), which left the room without an idle timer. */
+  r->idle_at = lr_timer_add(s, due - now, LR_T_IDLE, r, LR_NOREF)->when;
 }
 
 void lr_room_idle_config(lr_room *r) {
