@@ -105,6 +105,39 @@ describe("handlers that wait, over the wire", () => {
     }
   });
 
+  test("a hostile service's endless answer is cut at 16 MiB: the handler fails, the server goes on", async () => {
+    // io.request input path: the response body is bounded (fetch.c FETCH_MAX_MESSAGE).
+    let sent = 0;
+    const chunk = Buffer.alloc(1 << 20, 120);
+    const evil = nodeHttp.createServer((req, res) => {
+      res.writeHead(200, { "content-type": "text/plain" });
+      const pump = () => {
+        while (sent < (64 << 20) && res.write(chunk)) sent += chunk.length;
+        if (sent < (64 << 20)) res.once("drain", () => { sent += chunk.length; pump(); });
+        else res.end();
+      };
+      res.on("error", () => {});
+      pump();
+    });
+    await new Promise((r) => evil.listen(0, "127.0.0.1", r));
+    const srv = await serve();
+    try {
+      const c = await join(srv, "slow-evil");
+      c.send({ action: "buy", value: { url: `http://127.0.0.1:${evil.address().port}/big` } });
+      const err = await c.next((m) => m?.type === "error", 20000);
+      assert.equal(err.value.code, "handler");
+      assert.match(err.value.message, /too large/);
+      assert.ok(sent < (40 << 20), `the server read on after the bound: ${sent} bytes sent`);
+      c.send({ action: "ping", value: { n: 7 } });
+      assert.ok(await c.next((m) => m?.type === "sync" && m.value.done === 7, 5000));
+      assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+      evil.closeAllConnections?.();
+      await new Promise((r) => evil.close(r));
+    }
+  });
+
   test("1,000 actions waiting at once on one process all complete", { timeout: 120000 }, async () => {
     const svc = await slowService(500, 1000); // nobody is answered before all 1,000 wait
     const srv = await serve({ LUNAROOM_MAX_WAITING: "5000" });
