@@ -84,6 +84,9 @@ static const char *usage =
     "  --session-rate R[,B]  new sessions per client address per second, burst B (default\n"
     "                        10,100; 0 = no limit)\n"
     "  --lua-memory BYTES    Lua heap limit; handlers past it fail cleanly (default 1 GiB)\n"
+    "  --max-waiting N       handlers waiting for I/O at once in the process (lunaroom.io,\n"
+    "                        fetch); past it a wait fails with code busy (default 10000,\n"
+    "                        else $LUNAROOM_MAX_WAITING; per room: waits.max)\n"
     "  --shutdown-timeout MS on SIGTERM, how long failed storage writes are retried before\n"
     "                        the server exits with status 1 and logs what is lost (default 5000)\n"
     "  --no-watch            do not hot-reload room files when they change\n"
@@ -566,6 +569,9 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   const char *cluster = NULL, *node_url = NULL;
   long long lease_ms = 0;
   size_t lua_memory = (size_t)1 << 30;
+  /* handlers waiting at once (lunaroom.tasks); the environment is the
+   * fallback it was before the flag (0: the runtime's default) */
+  const char *max_waiting = getenv("LUNAROOM_MAX_WAITING");
   lr_net_opts no;
   lr_net_defaults(&no);
   for (int i = 0; i < argc; i++) {
@@ -615,6 +621,8 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       shutdown_ms = atoll(argv[++i]);
     else if (strcmp(a, "--lua-memory") == 0 && v)
       lua_memory = (size_t)atoll(argv[++i]);
+    else if (strcmp(a, "--max-waiting") == 0 && v)
+      max_waiting = argv[++i];
     else if (strcmp(a, "--log-format") == 0 && v)
       lr_log_set_json(strcmp(argv[++i], "json") == 0);
     else if (strcmp(a, "--no-watch") == 0)
@@ -690,6 +698,18 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       return 2;
     }
   }
+  long long max_waiting_n = 0;
+  if (max_waiting && *max_waiting) {
+    char *end;
+    max_waiting_n = strtoll(max_waiting, &end, 10);
+    if (*end || max_waiting_n < 1 || max_waiting_n > 100000000) {
+      fprintf(stderr,
+              "lunaroom serve: --max-waiting (or LUNAROOM_MAX_WAITING) must be a whole "
+              "number from 1 to 100000000, got '%s'\n",
+              max_waiting);
+      return 2;
+    }
+  }
   if (!no.tls_cert != !no.tls_key) {
     fprintf(stderr, "lunaroom serve: --tls-cert and --tls-key go together\n");
     return 2;
@@ -761,6 +781,10 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
     lua_setfield(L, -2, "WORLD_SHARD_TIMEOUT_MS");
   }
   lua_setfield(L, -2, "env");
+  if (max_waiting_n > 0) {
+    lua_pushinteger(L, (lua_Integer)max_waiting_n);
+    lua_setfield(L, -2, "max_waiting");
+  }
   lr_callinfo ci = {.what = "startup"};
   if (lr_vm_pcall(L, 2, 1, &ci) != 0) return 1;
   int srv = lua_gettop(L);
