@@ -94,12 +94,22 @@ static proxy *test_proxy(lua_State *L, int idx) {
   return luaL_testudata(L, idx, NODE_MT);
 }
 
+/* A Lua value converted to a tree is charged to the running call's budget:
+ * LR_VALUE_COST instructions per value (about what one array element takes,
+ * measured: 370 ns; an object member costs more), so that converting a big
+ * or shared table ({t, t} nested n deep is 2^n values) is cut like any
+ * loop. lr.json.encode adds its output, decode its input (l_encode). */
+#define LR_VALUE_COST 200
+#define LR_JSON_DECODE_COST 2 /* instructions per byte decoded (measured 1-6 ns a byte) */
+#define LR_JSON_ENCODE_DIV 2  /* bytes encoded per instruction (strings: 1.2 ns a byte) */
+
 typedef struct conv {
   lua_State *L;
   char *err;
   size_t errlen;
   lr_buf path;
   int depth;
+  int64_t left; /* values the budget still pays for */
 } conv;
 
 static lr_node *conv_fail(conv *cv, const char *what) {
@@ -150,6 +160,7 @@ static int table_is_array(lua_State *L, int idx, lua_Integer *len) {
 static lr_node *to_node(conv *cv, int idx) {
   lua_State *L = cv->L;
   idx = lua_absindex(L, idx);
+  if (--cv->left < 0) return conv_fail(cv, "instruction budget exceeded (value too large)");
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
     return lr_node_null();
@@ -294,7 +305,8 @@ static int to_node_tramp(lua_State *L) {
 lr_node *lr_lua_to_node(lua_State *L, int idx, const char *where, char *err, size_t errlen) {
   /* Scalars need no cycle set; tables go through a closure that owns one. */
   idx = lua_absindex(L, idx);
-  conv cv = {L, err, errlen, {0}, 0};
+  int64_t budget = lr_vm_budget_left(L) / LR_VALUE_COST;
+  conv cv = {L, err, errlen, {0}, 0, budget};
   lr_buf_init(&cv.path);
   if (where) lr_buf_puts(&cv.path, where);
   lr_node *n;
@@ -312,6 +324,8 @@ lr_node *lr_lua_to_node(lua_State *L, int idx, const char *where, char *err, siz
     lua_pop(L, 1);
   }
   lr_buf_free(&cv.path);
+  if (budget < INT64_MAX / LR_VALUE_COST) /* inside a budgeted call */
+    lr_vm_spend(L, cv.left < 0 ? INT64_MAX : (budget - cv.left) * LR_VALUE_COST);
   return n;
 }
 
@@ -1237,8 +1251,10 @@ static int l_encode(lua_State *L) {
   lr_buf_init(&b);
   lr_json_encode(v, (uint8_t)luaL_optinteger(L, 2, 0), &b);
   lua_pushlstring(L, b.data ? b.data : "", b.len);
+  size_t len = b.len;
   lr_buf_free(&b);
   lr_node_release(v);
+  lr_vm_charge(L, (int64_t)(len / LR_JSON_ENCODE_DIV)); /* the text (the values: above) */
   return 1;
 }
 
@@ -1249,6 +1265,7 @@ static int l_encode(lua_State *L) {
 static int l_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
+  lr_vm_charge(L, (int64_t)n * LR_JSON_DECODE_COST); /* before the work */
   char err[256];
   lr_node *v = lua_toboolean(L, 2) ? lr_json_decode(s, n, NULL, err, sizeof err)
                                    : lr_json_decode_exact(s, n, NULL, err, sizeof err);
