@@ -89,10 +89,15 @@ describe("bounded C functions", function()
     shared = function(r) r.n = 1; local t = { 1 }; for _ = 1, 40 do t = { t, t } end; return lr.json.encode(t) end,
     send = function(r, _, _, conn) r.n = 1; local t = { 1 }; for _ = 1, 40 do t = { t, t } end; conn:send({ type = "x", value = t }) end,
     state = function(r) r.n = 1; local t = { 1 }; for _ = 1, 40 do t = { t, t } end; r.n = t end,
+    once = function(r) r.n = 1; local t = {}; for i = 1, 50000 do t[i] = i end; return lr.json.encode(t) end,
+    write = function(r) local t = {}; for i = 1, 50000 do t[i] = i end; r.n = t; r.n = #r.n end,
     ok = function(r) local s = lr.json.encode({ a = { 1, 2, 3 }, b = "x" }); r.n = #s + #lr.json.decode(s).a end,
     ]]
     c = t:client { id = "s" }
-    for _, a in ipairs { "encode", "caught", "decode", "shared", "send", "state" } do expect_stopped(a) end
+    -- budget 5,000,000: one encode of 50,000 values (200 each) is over it
+    for _, a in ipairs { "encode", "caught", "decode", "shared", "send", "state", "once" } do expect_stopped(a) end
+    c:send("write") -- a table met once is paid by the loop that built it: writing it is not charged
+    assert.are.equal(50000, t.room.n)
     c:send("ok")
     assert.are.equal(#'{"a":[1,2,3],"b":"x"}' + 3, t.room.n) -- the server goes on; small values as before
   end)
