@@ -419,6 +419,24 @@ onReload = function(room, old) room.title = "from " .. old .. " to " .. tostring
       assert.are.equal(0, #dev_packets(t:client { room = "other-2" }))
     end)
 
+    it("a new room file whose first save fails: its clients wait too", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      t.srv.dev = true
+      local f = dir .. "/lib/fresh.lua"
+      write(f, (counter(1):gsub("game%-{id}", "fresh-{id}"):gsub("inc = function", "inc = = function")))
+      reload.run(t.srv, { { file = f, new = true } })
+      local c = t:client { room = "fresh-1" }
+      assert.is_nil(c.closed)
+      assert.are.equal(6, c:last("dev_error").value.line)
+      write(f, (counter(3):gsub("game%-{id}", "fresh-{id}")))
+      reload.run(t.srv, { { file = f, new = true } })
+      t:advance(0)
+      assert.are.equal("sync", c:last("sync").type)
+      c:send("inc")
+      assert.are.equal(3, t.srv.rooms["main/fresh-1"].root.count)
+    end)
+
     it("sends nothing outside development mode", function()
       write(dir .. "/game.lua", counter(1))
       t = testing.room(dir .. "/game.lua")

@@ -5,7 +5,8 @@
 -- reload transaction of one room file (prepare: compile + validate in a
 -- fresh sandbox; commit: migrate the state of every live room of that file,
 -- then swap its definition; after: onReload hooks), the per-server reload
--- bookkeeping (srv.reload) and the log lines.
+-- bookkeeping (srv.reload), development mode (dev_error packets; the room
+-- types declared by room files that never loaded) and the log lines.
 -- Must not: read inotify or schedule anything (host/reload.c does, and calls
 -- the steps below each as an outermost protected call), touch sockets, or
 -- be reachable from room scripts.
