@@ -325,14 +325,9 @@ int lr_room_flush_storage(lr_room *r);
 /* A write of r's storage outside the flush (core.store_apply) returned rc:
  * keeps the gate's counters and the failing state up to date. */
 void lr_room_store_written(lr_room *r, int rc, const char *err);
-/* A write-behind store (storage_lua.c) committed or failed writes of
- * (ns, id): the room, if live, releases what waited for them. Called from
- * the store's own callbacks, never from inside one of its vtable calls. */
-void lr_server_store_progress(lr_server *s, const char *ns, const char *id);
-/* A cluster store lost the lease of (ns, id): the room, if live, closes its
- * sockets with code (held packets are dropped: never stored) and is
- * disposed without writing. From the store's own callbacks only. */
-void lr_server_store_lost(lr_server *s, const char *ns, const char *id, int code, const char *why);
+/* A store that waits for I/O reports progress and lost leases through the
+ * host functions it is bound with (lr_engine_store_host, sync.c), never by
+ * calling the engine. */
 /* True while r's writes fail (it refuses actions, joins and requests). */
 static inline bool lr_room_store_failing(const lr_room *r) {
   return r->flush_failed || r->backend_failed;
