@@ -263,6 +263,7 @@ struct lr_server {
   void *shard;                 /* shard mode state (shard.c), NULL unless `serve --shard` */
   const lr_mode_vt *mode;      /* shard.c's, with shard; NULL otherwise */
   lr_relay_open_fn relay_open; /* uplink.c's (lr_uplink_install); NULL = refused (404) */
+  const lr_loop_fds *loop_fds; /* the transport's (lr_server_set_loop_fds); NULL = none */
   char *wanted_headers[LR_WANTED_HEADERS]; /* lr_server_want_header (room.c) */
   uint32_t nwanted_headers;
   lr_room *failing; /* rooms whose writes fail (/readyz), newest first */

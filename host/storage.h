@@ -83,6 +83,13 @@ typedef struct lr_store_host {
    * cb(arg) after ms; returns its id for cancel. */
   uint64_t (*timer)(void *ud, int64_t ms, lr_store_timer_cb cb, void *arg);
   void (*cancel)(void *ud, uint64_t id);
+  /* The loop's watch of another library's socket (a database connection):
+   * cb(arg, revents) when fd is readable (POLLIN), writable (POLLOUT, once
+   * per watch_write(w, 1)) or broken (POLLHUP). NULL when the loop offers
+   * none (yet). The fd stays the caller's. */
+  void *(*watch)(void *ud, int fd, void (*cb)(void *arg, int revents), void *arg);
+  void (*watch_write)(void *ud, void *w, int on);
+  void (*unwatch)(void *ud, void *w);
   /* Stores written in Lua (storage_lua.c, on the engine's Lua state): call
    * the function below nargs values through the rules' call helper (counted
    * in the handler metrics, rolled back on failure, as every call into

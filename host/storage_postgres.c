@@ -7,8 +7,8 @@
  * jsonb: numbers and key order stay byte for byte). Created if missing.
  *
  * The loop never waits for the database. One connection, non-blocking, in
- * pipeline mode; its socket is watched by the server's event loop
- * (lr_net_watch_fd). No PQexec, no thread, no timer that polls: timers are
+ * pipeline mode; its socket is watched by the server's event loop (the
+ * host's watch, lr_store_host). No PQexec, no thread, no timer that polls: timers are
  * only "run this at the end of the current loop turn" (0 ms) and the
  * reconnect and retry backoffs.
  *
@@ -489,10 +489,11 @@ static int p_progress(lr_store *st, const char *ns, const char *room, uint64_t *
 
 static void p_bind(lr_store *st, const lr_store_host *host, void *ud) {
   pstore *s = (pstore *)st;
+  if (!host) pg_unwatch(s); /* the loop goes with the engine */
   s->host = host;
   s->hud = ud;
-  if (host) {
-    if (!s->conn) pg_conn_start(s);
+  if (host) { /* from a timer: the transport offers its watches by then */
+    pg_conn_soon(s);
     return;
   }
   /* The engine's timers are about to be freed without firing. */

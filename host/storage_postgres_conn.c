@@ -1,7 +1,7 @@
 /*
  * storage_postgres_conn.c - the PostgreSQL store's one connection: opened
  * with PQconnectStart/PQconnectPoll, in pipeline mode, non-blocking, its
- * socket watched by the server's loop (lr_net_watch_fd); statements sent,
+ * socket watched by the server's loop (its host's watch); statements sent,
  * results read in order and handed to the job they belong to; a broken
  * connection fails what was in flight and is reopened with a backoff.
  *
@@ -36,7 +36,7 @@ static void no_notices(void *arg, const char *msg) {
 }
 
 static void want_write(pstore *s, bool on) {
-  if (s->watch) lr_net_watch_write(s->watch, on);
+  if (s->watch && s->host) s->host->watch_write(s->hud, s->watch, on);
 }
 
 /* Send what libpq buffered; 0, or -1 when the connection broke. */
@@ -140,18 +140,22 @@ static void on_fd(void *ud, int revents) {
   }
 }
 
+void pg_unwatch(pstore *s) {
+  if (s->watch && s->host) s->host->unwatch(s->hud, s->watch);
+  s->watch = NULL;
+  s->watched_fd = -1;
+}
+
 static void watch_socket(pstore *s) {
   int fd = PQsocket(s->conn);
   if (s->watch && fd == s->watched_fd) return;
-  lr_net_unwatch_fd(s->watch);
-  s->watch = fd >= 0 ? lr_net_watch_fd(fd, on_fd, s) : NULL;
-  s->watched_fd = fd;
+  pg_unwatch(s);
+  s->watch = fd >= 0 && s->host ? s->host->watch(s->hud, fd, on_fd, s) : NULL;
+  s->watched_fd = s->watch ? fd : -1;
 }
 
 void pg_drop_conn(pstore *s) {
-  lr_net_unwatch_fd(s->watch);
-  s->watch = NULL;
-  s->watched_fd = -1;
+  pg_unwatch(s);
   if (s->conn) PQfinish(s->conn);
   s->conn = NULL;
   s->connecting = s->ready = false;
@@ -161,6 +165,10 @@ static void on_reconnect(void *ud) {
   pstore *s = ud;
   s->reconnect_timer = 0;
   pg_conn_start(s);
+}
+
+void pg_conn_soon(pstore *s) {
+  if (!s->conn && !s->reconnect_timer) s->reconnect_timer = pg_timer_add(s, 0, on_reconnect);
 }
 
 typedef struct conn_failure {
@@ -275,6 +283,10 @@ void pg_conn_start(pstore *s) {
     return;
   }
   watch_socket(s);
+  if (!s->watch) {
+    pg_conn_fail(s, "no event loop watches the connection");
+    return;
+  }
   if (st == PGRES_POLLING_OK) {
     want_write(s, false);
     conn_ready(s);

@@ -15,7 +15,6 @@
 
 #include <libpq-fe.h>
 
-#include "net.h"
 #include "storage.h"
 #include "storage_cache.h"
 #include "storage_postgres.h"
@@ -97,7 +96,7 @@ struct pstore {
   const lr_store_host *host; /* the engine's, while bound */
   void *hud;
   PGconn *conn;
-  lr_net_watch *watch;
+  void *watch; /* the loop's watch of the socket (host->watch) */
   int watched_fd;
   bool connecting, ready;
   int64_t backoff;
@@ -131,6 +130,10 @@ void pg_conn_start(pstore *s);
 /* Everything in flight failed; reconnect after the backoff. */
 void pg_conn_fail(pstore *s, const char *why);
 void pg_drop_conn(pstore *s);
+/* Stop watching the socket (the engine's loop goes away, or it changed). */
+void pg_unwatch(pstore *s);
+/* Open the connection from a 0 ms timer (the loop's watches exist then). */
+void pg_conn_soon(pstore *s);
 int pg_pump_out(pstore *s);
 int pg_send_q(pstore *s, const char *sql, int n, const char *const *v, const int *len);
 void pg_job_push(pstore *s, pjob *j);

@@ -276,6 +276,25 @@ static void store_cancel(void *ud, uint64_t id) {
   lr_timer_cancel(ud, id);
 }
 
+static void *store_watch(void *ud, int fd, void (*cb)(void *arg, int revents), void *arg) {
+  lr_server *s = ud;
+  return s->loop_fds ? s->loop_fds->watch(fd, cb, arg) : NULL;
+}
+
+static void store_watch_write(void *ud, void *w, int on) {
+  lr_server *s = ud;
+  if (s->loop_fds && w) s->loop_fds->write(w, on);
+}
+
+static void store_unwatch(void *ud, void *w) {
+  lr_server *s = ud;
+  if (s->loop_fds && w) s->loop_fds->unwatch(w);
+}
+
+void lr_server_set_loop_fds(lr_server *s, const lr_loop_fds *fds) {
+  s->loop_fds = fds;
+}
+
 static int store_call(void *ud, const char *what, int nargs, int nres, char *err, size_t errlen) {
   lr_server *s = ud;
   if (!s->rules || !s->rules->call) {
@@ -297,6 +316,9 @@ const lr_store_host lr_engine_store_host = {
     .holds = store_holds,
     .timer = store_timer,
     .cancel = store_cancel,
+    .watch = store_watch,
+    .watch_write = store_watch_write,
+    .unwatch = store_unwatch,
     .call = store_call,
     .lua_server = store_lua_server,
 };
