@@ -18,9 +18,12 @@
  * - Pointers: NULL = not found / refused; the caller owns what a *_new or
  *   *_open returns, and references are counted (retain/release) where noted.
  * - Lua: the engine reaches it only through s->rules (bridge.c); features
- *   that call Lua themselves (fetch.c, storage_lua.c, reload.c) do it
- *   through lr_vm_pcall; the engine releases the references it holds
- *   (room, conn, timer callbacks) through rules->unref.
+ *   that call Lua themselves (fetch.c, reload.c) do it through lr_vm_pcall,
+ *   a Lua store through its host's call (rules->call: counted and rolled
+ *   back as the rules' own calls); the engine releases the references it
+ *   holds (room, conn, timer callbacks) through rules->unref.
+ * - Stores never call the engine: they report through the lr_store_host
+ *   (storage.h) the engine binds them with (sync.c).
  */
 #ifndef LR_ENGINE_H
 #define LR_ENGINE_H
