@@ -184,6 +184,7 @@ static int job_done_cb(lua_State *L) {
   h->j = NULL;
   j->h = NULL;
   job_result(j, L, lua_toboolean(L, 1), 2);
+  if (j->kind == J_LOAD) j->r->b.state = LR_WB_LOADING; /* until its waiters are told */
   /* Ended from the engine's timer, not from inside this Lua call: the
    * engine's ready callbacks and progress run as they do for any timer. */
   lstore *s = j->s;

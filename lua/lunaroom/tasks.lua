@@ -56,6 +56,14 @@ local function worker(fn, a, b, c, d, e)
 end
 
 local pool, npool = {}, 0
+local function take()
+  if npool == 0 then return coroutine.create(worker) end
+  local co = pool[npool]
+  pool[npool] = nil
+  npool = npool - 1
+  return co
+end
+
 local function give(co)
   if npool < POOL_MAX then
     npool = npool + 1
@@ -308,14 +316,7 @@ end
 --- finished without waiting; "wait" when it waits: done(true, result) or
 --- done(false, message) runs once it finished.
 function M.backend(srv, key, what, done, fn, a, b, c, d, e)
-  local co
-  if npool > 0 then
-    co = pool[npool]
-    pool[npool] = nil
-    npool = npool - 1
-  else
-    co = coroutine.create(worker)
-  end
+  local co = take()
   return backend_first(srv, key, what, done, co, resume(co, nil, key, what, fn, a, b, c, d, e))
 end
 
