@@ -4,9 +4,7 @@
  *
  * Owns: lr_store_open_spec(), error formatting, UTF-8 validation, the
  * allocation-free JSON grammar scanner used to validate PUT values and to
- * find raw value spans in memory snapshots, lr__store_check_ops(), and the
- * text coding of memory snapshots (encodeURIComponent and its inverse, JSON
- * string quoting).
+ * find raw value spans in memory snapshots, and lr__store_check_ops().
  * Must not: hold state, know about SQLite or the memory maps, build JSON
  * trees, or know the key layout of rooms.
  */
@@ -460,90 +458,4 @@ lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
     }
   }
   return lr_store_sqlite_open(&o, err, errlen);
-}
-
-/* ---- snapshot text (storage_memory.c) ---- */
-
-/* encodeURIComponent: everything but A-Z a-z 0-9 - _ . ! ~ * ' ( ) as %XX. */
-void lr__store_uri_encode(lr_buf *out, const char *s, size_t n) {
-  static const char hex[] = "0123456789ABCDEF";
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-        (c && strchr("-_.!~*'()", c))) {
-      lr_buf_putc(out, (char)c);
-      continue;
-    }
-    char e[3] = {'%', hex[c >> 4], hex[c & 15]};
-    lr_buf_put(out, e, 3);
-  }
-}
-
-int lr__store_hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/* decodeURIComponent into out (reset first). The result must be valid UTF-8
- * without NUL (it becomes a C string). Returns 0 or -1. */
-int lr__store_uri_decode(lr_buf *out, const char *s, size_t n) {
-  lr_buf_reset(out);
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] != '%') {
-      lr_buf_putc(out, s[i]);
-      continue;
-    }
-    int hi = i + 2 < n ? lr__store_hexval(s[i + 1]) : -1,
-        lo = i + 2 < n ? lr__store_hexval(s[i + 2]) : -1;
-    if (hi < 0 || lo < 0) return -1;
-    lr_buf_putc(out, (char)(hi << 4 | lo));
-    i += 2;
-  }
-  lr_buf_cstr(out);
-  if (memchr(out->data, '\0', out->len)) return -1;
-  return lr__store_utf8_valid(out->data, out->len) ? 0 : -1;
-}
-
-/* Append s as a JSON string literal (the escapes of JSON.stringify). */
-void lr__store_json_quote(lr_buf *out, const char *s, size_t n) {
-  static const char hex[] = "0123456789abcdef";
-  lr_buf_putc(out, '"');
-  size_t run = 0; /* start of the pending unescaped run */
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    lr_buf_put(out, s + run, i - run);
-    run = i + 1;
-    switch (c) {
-    case '"':
-      lr_buf_puts(out, "\\\"");
-      break;
-    case '\\':
-      lr_buf_puts(out, "\\\\");
-      break;
-    case '\b':
-      lr_buf_puts(out, "\\b");
-      break;
-    case '\f':
-      lr_buf_puts(out, "\\f");
-      break;
-    case '\n':
-      lr_buf_puts(out, "\\n");
-      break;
-    case '\r':
-      lr_buf_puts(out, "\\r");
-      break;
-    case '\t':
-      lr_buf_puts(out, "\\t");
-      break;
-    default: {
-      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-      lr_buf_put(out, e, 6);
-    }
-    }
-  }
-  lr_buf_put(out, s + run, n - run);
-  lr_buf_putc(out, '"');
 }

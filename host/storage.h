@@ -239,14 +239,6 @@ int lr__store_json_scan(const char *s, size_t len, size_t *pos, char *err, size_
 /* Create the parent directory of path (and its parents) if missing.
  * 0, or LR_STORE_EIO with the failing directory and strerror in err. */
 int lr__store_mkdir_parent(const char *path, char *err, size_t errlen);
-/* The memory store's snapshot text: encodeURIComponent (everything but
- * A-Z a-z 0-9 - _ . ! ~ * ' ( ) as %XX) and its inverse into out (reset
- * first; -1 unless the result is valid UTF-8 without NUL); a hex digit's
- * value or -1; s as a JSON string literal (the escapes of JSON.stringify). */
-void lr__store_uri_encode(lr_buf *out, const char *s, size_t n);
-int lr__store_uri_decode(lr_buf *out, const char *s, size_t n);
-int lr__store_hexval(char c);
-void lr__store_json_quote(lr_buf *out, const char *s, size_t n);
 /* The validation described at the top of this file; LR_STORE_EARG or 0. */
 int lr__store_check_ops(const char *ns, const char *room, const lr_store_op *ops, size_t n,
                         char *err, size_t errlen);

@@ -449,6 +449,91 @@ static const lr_store_vt memory_vt = {
     .close = mem_close,
 };
 
+/* ---- snapshot text helpers ---- */
+
+/* encodeURIComponent: everything but A-Z a-z 0-9 - _ . ! ~ * ' ( ) as %XX. */
+static void uri_encode(lr_buf *out, const char *s, size_t n) {
+  static const char hex[] = "0123456789ABCDEF";
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+        (c && strchr("-_.!~*'()", c))) {
+      lr_buf_putc(out, (char)c);
+      continue;
+    }
+    char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+    lr_buf_put(out, e, 3);
+  }
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* decodeURIComponent into out (reset first). The result must be valid UTF-8
+ * without NUL (it becomes a C string). Returns 0 or -1. */
+static int uri_decode(lr_buf *out, const char *s, size_t n) {
+  lr_buf_reset(out);
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] != '%') {
+      lr_buf_putc(out, s[i]);
+      continue;
+    }
+    int hi = i + 2 < n ? hexval(s[i + 1]) : -1, lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+    if (hi < 0 || lo < 0) return -1;
+    lr_buf_putc(out, (char)(hi << 4 | lo));
+    i += 2;
+  }
+  lr_buf_cstr(out);
+  if (memchr(out->data, '\0', out->len)) return -1;
+  return lr__store_utf8_valid(out->data, out->len) ? 0 : -1;
+}
+
+/* Append s as a JSON string literal (the escapes of JSON.stringify). */
+static void put_json_string(lr_buf *out, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  lr_buf_putc(out, '"');
+  size_t run = 0; /* start of the pending unescaped run */
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    lr_buf_put(out, s + run, i - run);
+    run = i + 1;
+    switch (c) {
+    case '"':
+      lr_buf_puts(out, "\\\"");
+      break;
+    case '\\':
+      lr_buf_puts(out, "\\\\");
+      break;
+    case '\b':
+      lr_buf_puts(out, "\\b");
+      break;
+    case '\f':
+      lr_buf_puts(out, "\\f");
+      break;
+    case '\n':
+      lr_buf_puts(out, "\\n");
+      break;
+    case '\r':
+      lr_buf_puts(out, "\\r");
+      break;
+    case '\t':
+      lr_buf_puts(out, "\\t");
+      break;
+    default: {
+      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+      lr_buf_put(out, e, 6);
+    }
+    }
+  }
+  lr_buf_put(out, s + run, n - run);
+  lr_buf_putc(out, '"');
+}
+
 /* ---- snapshot load ---- */
 
 typedef struct snap {
@@ -483,7 +568,7 @@ static int peek(snap *x) {
 static int hex4(const char *s, unsigned *v) {
   *v = 0;
   for (int i = 0; i < 4; i++) {
-    int h = lr__store_hexval(s[i]);
+    int h = hexval(s[i]);
     if (h < 0) return -1;
     *v = *v << 4 | (unsigned)h;
   }
@@ -604,8 +689,8 @@ static int parse_snapshot(mstore *m, snap *x) {
       size_t name_at = x->p;
       if (parse_string(x, &name)) goto done;
       const char *colon = memchr(name.data, ':', name.len);
-      if (!colon || lr__store_uri_decode(&ns, name.data, (size_t)(colon - name.data)) ||
-          lr__store_uri_decode(&room, colon + 1, name.len - (size_t)(colon - name.data) - 1)) {
+      if (!colon || uri_decode(&ns, name.data, (size_t)(colon - name.data)) ||
+          uri_decode(&room, colon + 1, name.len - (size_t)(colon - name.data) - 1)) {
         x->p = name_at;
         x->why = "room name is not \"encodeURIComponent(ns):encodeURIComponent(room)\"";
         goto done;
@@ -730,7 +815,7 @@ static int by_name(const void *a, const void *b) {
 
 /* Write one room's pairs; flushes the buffer to f when it grows. */
 static int write_room(FILE *f, lr_buf *b, const named_room *nr) {
-  lr__store_json_quote(b, nr->name, nr->len);
+  put_json_string(b, nr->name, nr->len);
   lr_buf_puts(b, ":[");
   miter it;
   it_seek(&it, nr->r->root, "", 0);
@@ -739,7 +824,7 @@ static int write_room(FILE *f, lr_buf *b, const named_room *nr) {
     if (!first) lr_buf_putc(b, ',');
     first = 0;
     lr_buf_putc(b, '[');
-    lr__store_json_quote(b, x->key, x->klen);
+    put_json_string(b, x->key, x->klen);
     lr_buf_putc(b, ',');
     lr_buf_put(b, MVAL(x), x->vlen);
     lr_buf_putc(b, ']');
@@ -786,9 +871,9 @@ int lr_store_memory_save(lr_store *s, const char *path, char *err, size_t errlen
   for (size_t i = 0; i < m->nbuckets; i++) {
     for (mroom *r = m->buckets[i]; r; r = r->next) {
       lr_buf_reset(&b);
-      lr__store_uri_encode(&b, r->ns, r->nslen);
+      uri_encode(&b, r->ns, r->nslen);
       lr_buf_putc(&b, ':');
-      lr__store_uri_encode(&b, r->room, r->roomlen);
+      uri_encode(&b, r->room, r->roomlen);
       rooms[nr++] = (named_room){lr_xstrndup(b.data, b.len), b.len, r};
     }
   }
