@@ -63,7 +63,6 @@ typedef int (*lr_store_list_cb)(void *ud, const char *key, size_t keylen, const 
 typedef void (*lr_store_ready_cb)(void *ud, int ok, const char *err);
 
 typedef struct lr_store lr_store;
-struct lua_State;
 
 /* What the engine gives a store whose backend waits for I/O when it binds
  * it (vt->bind): every way such a store reports back or waits, so that the
@@ -217,6 +216,7 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
  * list/put/delete(/apply) functions over JSON text that may wait for I/O
  * (lunaroom.io). Reads are served from a cache loaded per room (ready);
  * writes go to the cache at once and to the backend in order, behind. */
+struct lua_State;
 lr_store *lr_store_lua_open(struct lua_State *L, const char *path, char *err, size_t errlen);
 
 /* Parse a --storage spec: "memory", "memory:SNAPSHOT", "sqlite:PATH",
