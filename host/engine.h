@@ -329,9 +329,6 @@ int lr_room_flush_storage(lr_room *r);
 /* A write of r's storage outside the flush (core.store_apply) returned rc:
  * keeps the gate's counters and the failing state up to date. */
 void lr_room_store_written(lr_room *r, int rc, const char *err);
-/* A store that waits for I/O reports progress and lost leases through the
- * host functions it is bound with (lr_engine_store_host, sync.c), never by
- * calling the engine. */
 /* True while r's writes fail (it refuses actions, joins and requests). */
 static inline bool lr_room_store_failing(const lr_room *r) {
   return r->flush_failed || r->backend_failed;
