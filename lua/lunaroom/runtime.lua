@@ -214,7 +214,12 @@ function Stub:fetch(path, init)
     "/parties/" .. self.ns .. "/" .. self.id .. (p == "/" and "" or p), q, headers, body)
   if not res then -- the target's route waits: so does this handler (lunaroom.tasks)
     if not coroutine.isyieldable() then error("fetch: the target room's route waits, and this call cannot", 2) end
-    local ok, got = coroutine.yield("lunaroom.http_take", pending, init.timeout)
+    -- Resumed by the answer itself (core.http_take's callback), not a poll.
+    local ok, got = coroutine.yield("lunaroom.await", function(done)
+      local now_res = core.http_take(pending, done)
+      if now_res then return done(now_res) end
+      return function() core.http_take(pending, false) end
+    end, init.timeout, "fetch")
     if ok == require("lunaroom.io").ERROR then error(got, 0) end
     res = ok
   end
