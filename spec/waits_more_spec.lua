@@ -3,6 +3,8 @@
 -- wait. On the virtual clock, README "Waiting for outside services".
 local testing = require "lunaroom.testing"
 local core = require "lunaroom.core"
+local lr = require "lunaroom"
+local runtime = require "lunaroom.runtime"
 
 local function last_error(c)
   local p = c:last("error")
@@ -99,6 +101,215 @@ describe("room-to-room fetch to a route that waits", function()
     end)
     assert.are.equal("balance 42", table.concat(t.room.trail, ","))
     assert.are.equal(6, armed) -- 3 deadlines, 2 fetch timeouts, 1 sleep
+    t:close()
+  end)
+end)
+
+local Player = lr.schema { hp = lr.sync(10), online = lr.connected() }
+
+local function tmpdb()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+local function rm(p) os.remove(p); os.remove(p .. "-wal"); os.remove(p .. "-shm") end
+
+-- A room whose restore hooks may wait (extra adds them), with a trail of
+-- what ran, persisted.
+local function rdef(extra)
+  local d = { path = "p", rateLimit = { rate = 0, burst = 0 },
+    state = { players = lr.users(Player), count = 0, trail = {} },
+    actions = {
+      inc = function(r) r.count = r.count + 1 end,
+      mark = function(r, _, v) r.trail[#r.trail + 1] = tostring(v) end,
+      hp = function(_, u, v) u.hp = v end,
+    },
+    requests = { ["GET /count"] = function(r) return { count = r.count, trail = #r.trail } end },
+    onJoin = function(r, _, conn) r.trail[#r.trail + 1] = "join " .. tostring(conn.sessionId) end,
+  }
+  for k, v in pairs(extra or {}) do d[k] = v end
+  return lr.room(d)
+end
+
+local function trail(t) return table.concat(t.room.trail, ",") end
+
+-- Stored state: count 3, two players (hp 4 and 5), trail {"before"}.
+local function stored(path)
+  local t = testing.room(rdef(), { storage = "sqlite:" .. path })
+  local a, b = t:client { id = "pa" }, t:client { id = "pb" }
+  a:send("hp", 4); b:send("hp", 5)
+  for _ = 1, 3 do a:send("inc") end
+  a:send("mark", "before")
+  local pids = { a.publicId, b.publicId }
+  t:close()
+  return pids
+end
+
+describe("restore hooks that wait", function()
+  local path
+  before_each(function() path = tmpdb() end)
+  after_each(function() rm(path) end)
+
+  it("onStorageRestore waits; joins, frames and requests meanwhile queue and run once, in order, after it", function()
+    stored(path)
+    local t = testing.room(rdef { onStorageRestore = function(ctx)
+      require("lunaroom.io").sleep(50)
+      ctx.snapshot.count = ctx.snapshot.count * 10
+      return ctx.snapshot
+    end }, { storage = "sqlite:" .. path })
+    assert.are.equal(1, t:waiting())
+    local c = t:client { id = "pc" }
+    c:send("inc")
+    c:send("mark", "early")
+    assert.is_nil(c:last("sync"), "not joined while the room restores")
+    assert.are.equal(0, t.room.count) -- nothing applied to a half-built room
+    t:advance(49)
+    assert.is_nil(c:last("sync"))
+    t:advance(1)
+    assert.are.equal(31, t.room.count) -- restored (30), then the queued inc, once
+    assert.are.equal("join pa,join pb,before,join pc,early", trail(t))
+    assert.truthy(c:last("sync"))
+    t:close()
+  end)
+
+  it("an HTTP request during a waiting restore is answered after it, with the restored state", function()
+    stored(path)
+    local t = testing.room(rdef { onStorageRestore = function(ctx)
+      require("lunaroom.io").sleep(20)
+      return ctx.snapshot
+    end }, { storage = "sqlite:" .. path })
+    local t0 = t:now()
+    local res = t:http("GET", "/count")
+    assert.are.equal(20, t:now() - t0)
+    assert.are.same({ count = 3, trail = 3 }, res.json)
+    t:close()
+  end)
+
+  it("onUserStorageRestore waits per user, in a fixed order; the snapshot is applied once all finished", function()
+    local pids = stored(path)
+    table.sort(pids)
+    local seen = {}
+    local t = testing.room(rdef { onUserStorageRestore = function(ctx)
+      seen[#seen + 1] = ctx.publicId
+      local res = require("lunaroom.io").request("GET", "http://profiles.test/" .. ctx.publicId)
+      ctx.userSnapshot.hp = tonumber(res.body)
+      return ctx.userSnapshot
+    end }, { storage = "sqlite:" .. path, create = false })
+    t:http_service(function(req) return { status = 200, body = req.url:match("/(%w+)$") == pids[1] and "40" or "50" }, 10 end)
+    runtime.create_room(t.srv, t.party, t.id)
+    assert.are.same({ pids[1] }, seen) -- one at a time
+    t:advance(10)
+    assert.are.same(pids, seen)
+    assert.is_nil(t.room.players[pids[1]]) -- not applied before the last one finished
+    t:advance(10)
+    assert.are.equal(40, t.room.players[pids[1]].hp)
+    assert.are.equal(50, t.room.players[pids[2]].hp)
+    assert.are.equal(0, t:waiting())
+    t:close()
+  end)
+
+  it("a restore hook that fails or times out after a wait: logged, the stored snapshot is used, queued events run", function()
+    local pids = stored(path)
+    testing.logs()
+    local t = testing.room(rdef {
+      waits = { timeout = 100 },
+      onStorageRestore = function(ctx)
+        require("lunaroom.io").request("GET", "http://never.test/") -- never answered: times out
+        ctx.snapshot.count = 1000
+        return ctx.snapshot
+      end,
+      onUserStorageRestore = function(ctx)
+        require("lunaroom.io").sleep(5)
+        error("profile service down")
+      end,
+    }, { storage = "sqlite:" .. path, create = false })
+    t:http_service(function() return nil end) -- keeps every request pending
+    local c = t:client { id = "pc" }
+    c:send("inc")
+    t:advance(100)
+    t:advance(10)
+    assert.are.equal(4, t.room.count) -- stored 3 (the hook's 1000 is not used) + the queued inc
+    assert.are.equal(4, t.room.players[pids[1]].hp) -- stored snapshots
+    assert.are.equal(5, t.room.players[pids[2]].hp)
+    local logs = table.concat(testing.logs(), "\n")
+    assert.truthy(logs:find("onStorageRestore failed: the stored snapshot is used", 1, true), logs)
+    assert.truthy(logs:find("no answer after 100 ms (timeout)", 1, true), logs)
+    assert.truthy(logs:find("onUserStorageRestore failed", 1, true), logs)
+    assert.truthy(c:last("sync"))
+    assert.are.equal("join pa,join pb,before,join pc", trail(t))
+    t:close()
+  end)
+
+  it("writes a hook made before its wait do not leave storage apart from the restored state", function()
+    stored(path)
+    local t = testing.room(rdef { onStorageRestore = function(ctx)
+      ctx.room.count = 99 -- committed at the wait, then replaced by the snapshot
+      require("lunaroom.io").sleep(10)
+      return ctx.snapshot
+    end }, { storage = "sqlite:" .. path })
+    t:advance(10)
+    t:advance(0)
+    assert.are.equal(3, t.room.count)
+    t:close()
+    local t2 = testing.room(rdef(), { storage = "sqlite:" .. path })
+    assert.are.equal(3, t2.room.count)
+    t2:close()
+  end)
+
+  it("a room disposed while its restore waits: queued requests get 503, queued joins are closed", function()
+    stored(path)
+    local t = testing.room(rdef { onStorageRestore = function() require("lunaroom.io").sleep(1000) end },
+      { storage = "sqlite:" .. path })
+    local c = t:client { id = "pc" }
+    local res, pending = core.http(t.srv.h, "GET", "/parties/main/p/count", "", {}, nil)
+    assert.is_nil(res)
+    t.room:dispose()
+    t:advance(0)
+    local answer = core.http_take(pending)
+    assert.are.equal(503, answer.status)
+    assert.truthy(answer.body:find("disposed", 1, true))
+    assert.truthy(c.closed, "the queued join is closed")
+    assert.is_nil(c:last("sync"))
+    assert.are.equal(0, t:waiting(true))
+    t:close()
+  end)
+
+  it("a room woken from hibernation whose restore waits: its clients' actions queue, nothing lost or applied twice", function()
+    local t = testing.room(rdef {
+      hibernate = true, hibernateAfter = 100,
+      onStorageRestore = function(ctx)
+        require("lunaroom.io").sleep(30)
+        return ctx.snapshot
+      end,
+    })
+    t:advance(30) -- the first restore (empty storage) waits too
+    local a = t:client { id = "pa" }
+    a:send("mark", "m1")
+    t:advance(200)
+    assert.is_nil(t.room, "hibernated")
+    a:send("mark", "m2") -- wakes it: the restore waits
+    a:send("inc")
+    local b = t:client { id = "pb" }
+    b:send("mark", "b1")
+    assert.is_truthy(t.room)
+    assert.are.equal("", trail(t))
+    t:advance(30)
+    assert.are.equal("join pa,m1,m2,join pb,b1", trail(t))
+    assert.are.equal(1, t.room.count)
+    assert.is_nil(last_error(a))
+    t:close()
+  end)
+end)
+
+describe("a join that waits on a room that is disposed", function()
+  it("is closed (1001), not left open outside the room", function()
+    local t = testing.room({ path = "j", state = { n = 0 },
+      onJoin = function() require("lunaroom.io").sleep(100) end })
+    local c = t:client { id = "a" }
+    assert.are.equal(1, t:waiting())
+    t.room:dispose()
+    assert.truthy(c.closed, "closed")
+    assert.are.equal(0, t:waiting(true))
     t:close()
   end)
 end)

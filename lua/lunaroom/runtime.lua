@@ -169,6 +169,11 @@ function Room:timer(ms, fn)
   return core.timer(srv.h, rawget(self, "h"), math.floor(ms), function()
     local room = srv.rooms[key] -- C woke it before calling us
     if not room then return end
+    if M.defer(room, function()
+      if srv.rooms[key] ~= room then return end
+      local ok, err = tasks.run(srv, room, "timer", fn, room)
+      if ok == false then log("warn", "room %s: timer failed: %s", key, err) end
+    end) then return end
     local ok, err = tasks.run(srv, room, "timer", fn, room)
     if ok == false then log("warn", "room %s: timer failed: %s", key, err) end
   end)
@@ -441,43 +446,111 @@ local function read_snapshot(room)
   return root, legacy, compact
 end
 
-local function restore(room, d)
+-- Restore hooks (onStorageRestore, then onUserStorageRestore for each
+-- user) run one after another, each as a task: any of them may wait. Their
+-- results are applied to the state only once the last one finished (a
+-- snapshot is never half applied); a hook that fails (an error, a wait that
+-- timed out, its time limit) is logged and the snapshot as stored is used
+-- for its part, as for a hook that does not wait. done(needs_write, waited)
+-- runs when the state is restored: at once when no hook waited.
+local function restore(room, d, done)
   local snapshot, legacy, compact = read_snapshot(room)
   local key = rawget(room, "key")
-  if d.onStorageRestore then
-    local ok, res = core.pcall(d.onStorageRestore, key, "onStorageRestore",
-      { snapshot = snapshot, room = room, legacy = legacy })
-    if ok and type(res) == "table" then snapshot = res end
-  end
+  local srv = SRV[room]
   local root = rawget(room, "root")
-  for _, k in ipairs(d.field_order) do
-    local f = d.fields[k]
-    local val = snapshot[k]
-    if val ~= nil then
-      if f.kind == "users" then
-        local users = root[k]
-        for pid, usnap in pairs(val) do
-          if type(usnap) == "table" then
-            if d.onUserStorageRestore then
-              local helper = user_defaults(f.schema)
-              local ok, res = core.pcall(d.onUserStorageRestore, key, "onUserStorageRestore",
-                { userSnapshot = usnap, user = helper, publicId = pid, room = room, legacy = legacy })
-              if ok and type(res) == "table" then usnap = res end
+  local waited = false
+  local order = d.field_order
+  -- users[i] = {field, pid, snap}: the user snapshots, in a fixed order
+  local users, ui = nil, 0
+  local step -- runs the next hook; false when one waits (resumed by its after)
+
+  local function took(name, ok, res, code)
+    if not ok then
+      log("warn", "room %s: %s failed: the stored snapshot is used", key, name)
+      return nil
+    end
+    return type(res) == "table" and res or nil
+  end
+
+  -- Run hook fn(ctx) as a task; k(result or nil). false when it waits.
+  local function hook(name, fn, ctx, k)
+    local st, a, b = tasks.run(srv, room, name, fn, ctx)
+    if st == tasks.PENDING then
+      waited = true
+      a.after = function(ok, res, code)
+        k(took(name, ok, res, code))
+        return step()
+      end
+      return false
+    end
+    k(took(name, st, a, b))
+    return true
+  end
+
+  local function apply()
+    for _, k in ipairs(order) do
+      local f = d.fields[k]
+      local val = snapshot[k]
+      if val ~= nil then
+        if f.kind == "users" then
+          local us = root[k]
+          for _, e in ipairs(users) do
+            if e[1] == k then
+              local u = user_defaults(f.schema)
+              for fk, fv in pairs(e[3]) do
+                if f.schema.fields[fk] and fk ~= f.schema.connected then u[fk] = fv end
+              end
+              us[e[2]] = u
+              apply_user_flags(us[e[2]], f.schema)
             end
-            local u = user_defaults(f.schema)
-            for fk, fv in pairs(usnap) do
-              if f.schema.fields[fk] and fk ~= f.schema.connected then u[fk] = fv end
-            end
-            users[pid] = u
-            apply_user_flags(users[pid], f.schema)
           end
+        elseif f.persist then
+          root[k] = val
         end
-      elseif f.persist then
-        root[k] = val
+      end
+    end
+    return done(compact or legacy, waited)
+  end
+
+  local function list_users()
+    users = {}
+    for _, k in ipairs(order) do
+      local f = d.fields[k]
+      local val = snapshot[k]
+      if f.kind == "users" and type(val) == "table" then
+        local pids = {}
+        for pid, usnap in pairs(val) do
+          if type(usnap) == "table" then pids[#pids + 1] = pid end
+        end
+        table.sort(pids, function(x, y) return tostring(x) < tostring(y) end)
+        for _, pid in ipairs(pids) do users[#users + 1] = { k, pid, val[pid] } end
       end
     end
   end
-  return compact or legacy
+
+  function step()
+    if not users then list_users() end
+    while ui < #users do
+      ui = ui + 1
+      local e = users[ui]
+      if d.onUserStorageRestore then
+        local f = d.fields[e[1]]
+        local ctx = { userSnapshot = e[3], user = user_defaults(f.schema), publicId = e[2], room = room, legacy = legacy }
+        if not hook("onUserStorageRestore", d.onUserStorageRestore, ctx, function(res)
+          if res then e[3] = res end
+        end) then return end
+      end
+    end
+    return apply()
+  end
+
+  if d.onStorageRestore then
+    if not hook("onStorageRestore", d.onStorageRestore, { snapshot = snapshot, room = room, legacy = legacy },
+      function(res) if res then snapshot = res end end) then
+      return
+    end
+  end
+  return step()
 end
 
 --- The engine settings of a definition (core.room_config), also used when a
@@ -519,37 +592,64 @@ function M.create_room(srv, ns, id, rebind, entry)
     local fl = flags_of(f)
     if fl ~= 0 then core.set_flags(root, k, fl) end
   end
-  local needs_write = restore(room, d)
-  core.room_clear_dirty(h)
-  if needs_write then core.room_mark_all(h) end -- compaction / migration writes state:.
+  core.room_clear_dirty(h) -- the defaults are not a change (written again by a hook that waits otherwise)
   local cfg = M.config_of(d)
   cfg.autoSync = d.autoSync
-  core.room_config(h, cfg)
   srv.rooms[room.key] = room
   rawset(room, "online", 0) -- sessions with an open socket (keys of sockets)
   if not rebind then M.census(srv, d.path, e.version, 1) end
-  local live = {}
-  if rebind then
-    -- Woken from hibernation: its sockets are still open; the clients have
-    -- this state already, so nothing is sent.
-    local sockets = rawget(room, "sockets")
-    local users = users_of(room)
-    local schema = users and d.fields[d.users_field].schema
-    for _, conn in ipairs(core.room_conns(h)) do
-      local priv, pid = conn.state.privateId, conn.state.publicId
-      if priv then
-        if not sockets[priv] then M.online(room, 1) end
-        sockets[priv] = (sockets[priv] or 0) + 1
-        live[priv] = true
-        if schema and schema.connected and users[pid] ~= nil then users[pid][schema.connected] = true end
+  -- While a restore hook waits, the events that reach the room (joins,
+  -- actions, closes, HTTP requests, timers) queue here, in arrival order;
+  -- they run once it is restored (M.defer).
+  local queue = {}
+  rawset(room, "_restoring", queue)
+  local function restored(needs_write, waited)
+    rawset(room, "_restoring", nil)
+    core.room_clear_dirty(h)
+    -- A restore that waited may have committed writes of its hooks at their
+    -- waits; the restored state is written once so that storage matches it.
+    if needs_write or waited then core.room_mark_all(h) end
+    core.room_config(h, cfg)
+    local live = {}
+    if rebind then
+      -- Woken from hibernation: its sockets are still open; the clients have
+      -- this state already, so nothing is sent.
+      local sockets = rawget(room, "sockets")
+      local users = users_of(room)
+      local schema = users and d.fields[d.users_field].schema
+      for _, conn in ipairs(core.room_conns(h)) do
+        local priv, pid = conn.state.privateId, conn.state.publicId
+        if priv then
+          if not sockets[priv] then M.online(room, 1) end
+          sockets[priv] = (sockets[priv] or 0) + 1
+          live[priv] = true
+          if schema and schema.connected and users[pid] ~= nil then users[pid][schema.connected] = true end
+        end
+      end
+      core.room_clear_dirty(h)
+      if needs_write or waited then core.room_mark_all(h) end
+    end
+    M.restore_sessions(room, rebind, live)
+    if d.onCreate and not rebind then tasks.run(srv, room, "onCreate", d.onCreate, room) end
+    if waited then
+      for i = 1, #queue do
+        local ok, err = pcall(queue[i].run)
+        if not ok then log("error", "room %s: an event queued during its restore failed: %s", room.key, tostring(err)) end
       end
     end
-    core.room_clear_dirty(h)
-    if needs_write then core.room_mark_all(h) end
   end
-  M.restore_sessions(room, rebind, live)
-  if d.onCreate and not rebind then tasks.run(srv, room, "onCreate", d.onCreate, room) end
+  restore(room, d, restored)
   return room
+end
+
+--- Run fn now, or, while room's restore hooks wait, once it is restored
+--- (in arrival order). cancel runs instead when the room goes away first.
+--- Returns true when it was queued.
+function M.defer(room, fn, cancel)
+  local q = rawget(room, "_restoring")
+  if not q then return false end
+  q[#q + 1] = { run = fn, cancel = cancel }
+  return true
 end
 
 --- Whether a definition serves ns/id (the engine asks before it waits for
@@ -595,7 +695,10 @@ function M.wake(srv, ns, id)
   local room = M.create_room(srv, ns, id, true, slept)
   if not room then error("no definition serves " .. key .. " any more") end
   srv.sleeping[key] = nil -- forgotten only once the room is rebuilt
-  if slept and now and now.def ~= slept.def then require("lunaroom.reload").upgrade(room, now) end
+  if slept and now and now.def ~= slept.def then
+    local function up() require("lunaroom.reload").upgrade(room, now) end
+    if not M.defer(room, up) then up() end -- first in its queue when its restore waits
+  end
 end
 
 
@@ -794,6 +897,7 @@ function M.arm_expiry(room, priv, ms)
   exp[priv] = core.timer(srv.h, rawget(room, "h"), math.floor(ms), function()
     local cur = srv.rooms[key] -- the instance may have been rebuilt meanwhile
     if not cur then return end
+    if M.defer(cur, function() if srv.rooms[key] == cur then expire_session(cur, priv) end end) then return end
     local cexp = rawget(cur, "expiry")
     if cexp then cexp[priv] = nil end
     expire_session(cur, priv)
@@ -826,12 +930,30 @@ end
 -- session}. They are not joined yet: their frames wait in the host (early
 -- frames) and run in order after the join; a close meanwhile abandons it.
 local JOINING = setmetatable({}, { __mode = "k" })
+
+-- A join that waited (room guard, onJoin, restore) on a room that was
+-- disposed meanwhile: the connection, not in the room's list yet, is closed.
+local function disposed_join(conn)
+  JOINING[conn] = nil
+  if wait_c.alive(conn) then conn:close(1001, "room disposed") end
+end
 local connect_guarded, connect_joined
 
 --- A socket opened on room. Runs guards, restores or creates the session and
 --- the user, runs onJoin and sends the pId snapshot (core.join). Guards and
 --- onJoin may wait (the rest of the connect follows when they finished).
-function M.connect(srv, room, conn, req)
+function M.connect(srv, room, conn, req, waited)
+  if rawget(room, "_restoring") then -- its restore hooks wait: the join waits too
+    local held = { closed = false }
+    JOINING[conn] = held
+    M.defer(room, function()
+      if JOINING[conn] ~= held then return end
+      JOINING[conn] = nil
+      if held.closed then return end
+      return M.connect(srv, room, conn, req, true)
+    end, function() return disposed_join(conn) end)
+    return
+  end
   local d = rawget(room, "def")
   local key = rawget(room, "key")
   local q = parse_query(req.query)
@@ -857,12 +979,13 @@ function M.connect(srv, room, conn, req)
       path = req.path, headers = req.headers, query = q, ip = req.ip,
     },
   }
-  local pend = { closed = false }
+  local pend = { closed = false, waited = waited }
   JOINING[conn] = pend
   local st, w = tasks.run(srv, room, "guard", run_guards, d.guards, conn, ctx, room)
   if st == tasks.PENDING then
     pend.waited = true
     w.after = function(ok, passed) return connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed) end
+    w.cancel = function() return disposed_join(conn) end
     return
   end
   return connect_guarded(srv, room, conn, q, req, ctx, pend, st, w)
@@ -942,6 +1065,7 @@ function connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed)
     if st == tasks.PENDING then
       pend.waited = true
       w.after = function(okj) return connect_joined(srv, room, conn, pid, pend, okj) end
+      w.cancel = function() return disposed_join(conn) end
       return
     end
     return connect_joined(srv, room, conn, pid, pend, st)
@@ -973,6 +1097,7 @@ function M.close(srv, room, conn)
     pj.closed = true
     return
   end
+  if M.defer(room, function() return M.close(srv, room, conn) end) then return end
   local d = rawget(room, "def")
   local priv = conn.state and conn.state.privateId
   if not priv then return end
@@ -1076,6 +1201,14 @@ end
 --- handled after that one (errors then go out when it ran).
 function M.message(srv, room, conn, action, value)
   if room.def.direct then return dispatch(srv, room, conn, action, value) end -- cannot wait
+  if rawget(room, "_restoring") then -- woken from hibernation, its restore hooks wait
+    M.defer(room, function()
+      if not wait_c.alive(conn) then return end
+      local code, msg = M.message(srv, room, conn, action, value)
+      if code then wait_c.send_error(conn, code, action, msg or code) end
+    end)
+    return nil
+  end
   local q = BUSY[conn]
   if q then
     if q.n - q.head + 1 >= M.MAX_QUEUED then
@@ -1216,6 +1349,17 @@ end
 --- An HTTP request for room, routed on path (the part after the room id).
 --- Its guards and handler may wait (the answer follows when they finished).
 function M.request(srv, room, req, path)
+  if rawget(room, "_restoring") then -- answered once its restore hooks finished
+    return { _wait = function(responder)
+      M.defer(room, function()
+        local resp = M.request(srv, room, req, path)
+        if type(resp) == "table" and resp._wait then return resp._wait(responder) end
+        wait_c.respond(responder, resp)
+      end, function()
+        wait_c.respond(responder, json_response(503, { error = "Service Unavailable", code = "disposed" }))
+      end)
+    end }
+  end
   local d = rawget(room, "def")
   local key = rawget(room, "key")
   -- A request forwarded by a shard process (host/shard.c) must carry the
@@ -1310,9 +1454,20 @@ function M.transfer_request(srv, room, req)
   end
   local data = core.decode(req.body or "")
   local code, body = M.transfer_in(srv, room, data)
+  if code == tasks.PENDING then -- onSessionRestore waits: answered when it finished
+    return { _wait = function(responder)
+      body.then_ = function(c2, b2) wait_c.respond(responder, json_response(c2, b2)) end
+      body.cancel = function()
+        wait_c.respond(responder, json_response(503, { error = "Service Unavailable", code = "disposed" }))
+      end
+    end }
+  end
   return json_response(code, body)
 end
 
+--- A session moves into room: 200, {transferToken} | 400, {error}; or,
+--- when onSessionRestore waits, tasks.PENDING, w: w.then_(code, body) runs
+--- once it finished (w.cancel if the room goes away first).
 function M.transfer_in(srv, room, data)
   if type(data) ~= "table" or type(data.privateId) ~= "string" or type(data.publicId) ~= "string" then
     return 400, { error = "Missing privateId or publicId in transfer data" }
@@ -1326,24 +1481,41 @@ function M.transfer_in(srv, room, data)
   M.arm_expiry(room, data.privateId, d.transferExpiryTime)
   offline_add(room, data.privateId)
   local users = users_of(room)
+  local function finish(snap)
+    if snap then
+      local schema = d.fields[d.users_field].schema
+      local u = user_defaults(schema)
+      for k, val in pairs(snap) do if schema.fields[k] and k ~= schema.connected then u[k] = val end end
+      users[data.publicId] = u
+      apply_user_flags(users[data.publicId], schema)
+    end
+    local token = core.random_id(srv.h, SECRET_LEN, PID_ALPHABET) -- a bearer secret: 130 bits
+    core.store_apply(h, { { "put", "transfer:" .. token,
+      { privateId = data.privateId, publicId = data.publicId, restored = true, created = t } } })
+    return 200, { transferToken = token }
+  end
   if type(data.userSnapshot) == "table" and users then
     local snap = data.userSnapshot
     if d.onSessionRestore then
-      local ok, res = core.pcall(d.onSessionRestore, rawget(room, "key"), "onSessionRestore", {
+      local st, a = tasks.run(srv, room, "onSessionRestore", d.onSessionRestore, {
         userSnapshot = snap, user = user_defaults(d.fields[d.users_field].schema), publicId = data.publicId,
         privateId = data.privateId, sessionState = data.sessionState, room = room })
-      if ok and type(res) == "table" then snap = res end
+      if st == tasks.PENDING then
+        a.after = function(ok, res)
+          if ok and type(res) == "table" then snap = res end
+          if not ok then
+            log("warn", "room %s: onSessionRestore failed (%s): the transferred snapshot is used", rawget(room, "key"), tostring(res))
+          end
+          local code, body = finish(snap)
+          if a.then_ then return a.then_(code, body) end
+        end
+        return tasks.PENDING, a
+      end
+      if st == true and type(a) == "table" then snap = a end
     end
-    local schema = d.fields[d.users_field].schema
-    local u = user_defaults(schema)
-    for k, val in pairs(snap) do if schema.fields[k] and k ~= schema.connected then u[k] = val end end
-    users[data.publicId] = u
-    apply_user_flags(users[data.publicId], schema)
+    return finish(snap)
   end
-  local token = core.random_id(srv.h, SECRET_LEN, PID_ALPHABET) -- a bearer secret: 130 bits
-  core.store_apply(h, { { "put", "transfer:" .. token,
-    { privateId = data.privateId, publicId = data.publicId, restored = true, created = t } } })
-  return 200, { transferToken = token }
+  return finish(nil)
 end
 
 -- POST {url}/parties/{party}/{target}/session-transfer on another process
@@ -1387,11 +1559,40 @@ function M.session_transfer(srv, room, conn, target_id, opts, done)
     target = M.create_room(srv, rawget(room, "_party"), target_id)
     if not target then return nil, "Room not available" end
   end
-  local snap = core.copy(users[pid], NOPERSIST)
-  local code, body = M.transfer_in(srv, target, {
-    privateId = conn.state.privateId, publicId = pid, userSnapshot = snap })
-  if code ~= 200 then return nil, body.error end
-  return body.transferToken
+  local data = { privateId = conn.state.privateId, publicId = pid, userSnapshot = core.copy(users[pid], NOPERSIST) }
+  local code, body
+  if not rawget(target, "_restoring") then
+    code, body = M.transfer_in(srv, target, data)
+    if code ~= tasks.PENDING then
+      if code ~= 200 then return nil, body.error end
+      return body.transferToken
+    end
+  end
+  -- The target's restore hooks or its onSessionRestore wait: so does this
+  -- handler (resumed by their completion).
+  if not coroutine.isyieldable() then
+    local why = code and "its onSessionRestore waits" or "its restore hooks wait"
+    if body then body.then_ = nil end -- it completes on its own; nobody gets the token
+    return nil, "the target room is not ready (" .. why .. ") and this call cannot wait"
+  end
+  local gone = { 503, { error = "Room not available" } }
+  local function start(done)
+    local function hand(c2, b2) done({ c2, b2 }) end
+    local function go()
+      local c2, b2 = M.transfer_in(srv, target, data)
+      if c2 ~= tasks.PENDING then return hand(c2, b2) end
+      b2.then_, b2.cancel = hand, function() done(gone) end
+    end
+    if code == tasks.PENDING then
+      body.then_, body.cancel = hand, function() done(gone) end
+    elseif not M.defer(target, go, function() done(gone) end) then
+      go()
+    end
+  end
+  local res = coroutine.yield("lunaroom.await", start, nil, "sessionTransfer")
+  if res == require("lunaroom.io").ERROR then return nil, "the target room did not answer in time" end
+  if res[1] ~= 200 then return nil, res[2].error end
+  return res[2].transferToken
 end
 
 ------------------------------------------------------------------ registration
@@ -1402,6 +1603,13 @@ function M.forget_room(srv, key)
     log("warn", "room %s: disposed while %d handler(s) waited: cancelled", key, cancelled)
   end
   local room, slept = srv.rooms[key], srv.sleeping[key]
+  local q = room and rawget(room, "_restoring")
+  if q then -- disposed while its restore hooks waited: what queued is refused
+    rawset(room, "_restoring", nil)
+    for _, e in ipairs(q) do
+      if e.cancel then pcall(e.cancel) end
+    end
+  end
   if room then
     M.unaccount(room)
     M.census(srv, rawget(room, "def").path, rawget(room, "version"), -1)
