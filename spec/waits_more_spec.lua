@@ -313,3 +313,73 @@ describe("a join that waits on a room that is disposed", function()
     t:close()
   end)
 end)
+
+describe("onSessionRestore that waits", function()
+  local function tdef(extra)
+    local d = { path = "room-{n}", state = { players = lr.users(lr.schema { name = "anon", gold = 0 }) },
+      actions = {
+        rich = function(_, p) p.gold = 100 end,
+        go = function(room, _, target, conn)
+          local token, err = room:sessionTransfer(conn, target)
+          room:send(conn, { type = "transfer", value = { token = token, err = err } })
+        end,
+      },
+      onSessionRestore = function(ctx)
+        require("lunaroom.io").sleep(25)
+        ctx.userSnapshot.gold = ctx.userSnapshot.gold + 1
+        return ctx.userSnapshot
+      end }
+    for k, v in pairs(extra or {}) do d[k] = v end
+    return lr.room(d)
+  end
+
+  it("room:sessionTransfer waits for the target's onSessionRestore; the token then works", function()
+    local t = testing.room(tdef(), { id = "room-a" })
+    local c = t:client { id = "priv-1" }
+    local pid = c.publicId
+    c:send("rich")
+    t:client { room = "room-b", id = "x" } -- the target is live
+    c:send("go", "room-b")
+    assert.is_nil(c:last("transfer"))
+    t:advance(25)
+    local got = c:last("transfer").value
+    assert.is_nil(got.err)
+    assert.are.equal(22, #got.token)
+    local c2 = t:client { room = "room-b", id = "other-id", query = { transferToken = got.token } }
+    assert.are.equal(pid, c2.publicId)
+    assert.are.equal(101, c2:last("sync").value.players[pid].gold)
+    t:close()
+  end)
+
+  it("room:sessionTransfer to a room whose restore waits waits for it, then for onSessionRestore", function()
+    local t = testing.room(tdef { onStorageRestore = function(ctx)
+      require("lunaroom.io").sleep(10)
+      return ctx.snapshot
+    end }, { id = "room-a" })
+    t:advance(10)
+    local c = t:client { id = "priv-1" }
+    c:send("rich")
+    c:send("go", "room-c") -- created now: restore 10 ms, then onSessionRestore 25 ms
+    t:advance(34)
+    assert.is_nil(c:last("transfer"))
+    t:advance(1)
+    local got = c:last("transfer").value
+    assert.is_nil(got.err)
+    local c2 = t:client { room = "room-c", id = "o", query = { transferToken = got.token } }
+    assert.are.equal(101, c2:last("sync").value.players[c.publicId].gold)
+    t:close()
+  end)
+
+  it("POST /session-transfer is answered once onSessionRestore finished", function()
+    local t = testing.room(tdef(), { id = "room-a", env = { SHARD_SECRET = "s3" } })
+    local t0 = t:now()
+    local res = t:http("POST", "/session-transfer", { body = { privateId = "p1", publicId = "q1",
+      userSnapshot = { gold = 5 } }, headers = { ["x-access-shard"] = "s3" } })
+    assert.are.equal(200, res.status)
+    assert.are.equal(25, t:now() - t0)
+    assert.are.equal(6, t.room.players.q1.gold)
+    local c = t:client { id = "o", query = { transferToken = res.json.transferToken } }
+    assert.are.equal("q1", c.publicId)
+    t:close()
+  end)
+end)
