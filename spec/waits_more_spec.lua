@@ -383,3 +383,77 @@ describe("onSessionRestore that waits", function()
     t:close()
   end)
 end)
+
+describe("interceptorPacket that waits", function()
+  local function idef(extra)
+    local d = { path = "i", state = { n = 0 },
+      actions = {
+        say = function(room, _, v) room:broadcast({ type = "msg", value = v }) end,
+      },
+      interceptorPacket = function(_, _, packet, conn)
+        if packet.type == "msg" then
+          if packet.value.slow and conn.sessionId == "a" then require("lunaroom.io").sleep(packet.value.slow) end
+          if packet.value.fail and conn.sessionId == "a" then
+            require("lunaroom.io").sleep(1)
+            error("interceptor down")
+          end
+          packet.value.to = conn.sessionId
+        end
+        return packet
+      end }
+    for k, v in pairs(extra or {}) do d[k] = v end
+    return d
+  end
+  local function msgs(c)
+    local out = {}
+    for _, p in ipairs(c:take()) do
+      if p.type == "msg" then out[#out + 1] = p.value.n .. ">" .. p.value.to end
+    end
+    return table.concat(out, ",")
+  end
+
+  it("packets to a connection stay in order behind one its interceptor waits on; others are not held", function()
+    local t = testing.room(idef())
+    local a, b = t:client { id = "a" }, t:client { id = "b" }
+    a:clear(); b:clear()
+    b:send("say", { n = 1, slow = 20 })
+    b:send("say", { n = 2 })
+    b:send("say", { n = 3, slow = 5 })
+    b:send("say", { n = 4 })
+    assert.are.equal("1>b,2>b,3>b,4>b", msgs(b)) -- b's interceptor does not wait
+    assert.are.equal("", msgs(a))
+    t:advance(20)
+    assert.are.equal("1>a,2>a", msgs(a)) -- 3 waits in turn, 4 behind it
+    t:advance(5)
+    assert.are.equal("3>a,4>a", msgs(a))
+    b:send("say", { n = 5 })
+    assert.are.equal("5>a", msgs(a)) -- nothing waits any more: sent at once
+    assert.are.equal(0, t:waiting())
+    t:close()
+  end)
+
+  it("an interceptor that fails after a wait drops that packet only", function()
+    local t = testing.room(idef())
+    local a, b = t:client { id = "a" }, t:client { id = "b" }
+    a:clear()
+    b:send("say", { n = 1, fail = true })
+    b:send("say", { n = 2 })
+    t:advance(1)
+    assert.are.equal("2>a", msgs(a))
+    t:close()
+  end)
+
+  it("a connection with too many packets behind its waiting interceptor is closed", function()
+    local old = runtime.MAX_HELD_PACKETS
+    runtime.MAX_HELD_PACKETS = 3
+    local t = testing.room(idef())
+    local a, b = t:client { id = "a" }, t:client { id = "b" }
+    b:send("say", { n = 1, slow = 100 })
+    for i = 2, 5 do b:send("say", { n = i }) end
+    runtime.MAX_HELD_PACKETS = old
+    assert.truthy(a.closed, "closed")
+    assert.falsy(b.closed)
+    t:advance(100)
+    t:close()
+  end)
+end)

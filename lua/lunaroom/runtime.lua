@@ -1226,13 +1226,74 @@ function M.message(srv, room, conn, action, value)
   return code, msg
 end
 
---- Per-recipient packet filter. Returns the JSON to send, or nil to drop.
-function M.intercept(srv, room, conn, json)
-  local d = rawget(room, "def")
+-- interceptorPacket on one packet for one connection: the JSON to send or nil.
+local function intercept_one(room, conn, json)
   local packet = core.decode(json)
-  local res = d.interceptorPacket(room, user_of(room, conn), packet, conn)
+  local res = rawget(room, "def").interceptorPacket(room, user_of(room, conn), packet, conn)
   if res == nil or res == null then return nil end
   return core.encode(res)
+end
+
+-- Connections whose interceptor waits on a packet: conn -> the packets sent
+-- to it meanwhile (JSON, in order), intercepted and sent once it finished.
+local HELD = setmetatable({}, { __mode = "k" })
+M.MAX_HELD_PACKETS = 1024 -- per connection; past it the connection is closed (1011)
+local intercept_done
+
+-- Intercept json for conn as a task: the JSON to send now, or nil (dropped,
+-- or PENDING: sent by intercept_done).
+local function intercept_start(srv, room, conn, json)
+  local st, out = tasks.run(srv, room, "interceptorPacket", intercept_one, room, conn, json)
+  if st == PENDING then
+    out.after = function(ok, res) return intercept_done(srv, room, conn, ok, res) end
+    return PENDING
+  end
+  if st == true then return out end
+  return nil -- a failing interceptor drops the packet (logged)
+end
+
+-- The interceptor that waited finished: its packet, then the ones queued
+-- behind it (each may wait in turn).
+function intercept_done(srv, room, conn, ok, out)
+  if ok and type(out) == "string" then wait_c.send_raw(conn, out) end
+  local q = HELD[conn]
+  while q and q.head <= q.n do
+    local json = q[q.head]
+    q[q.head] = nil
+    q.head = q.head + 1
+    if not wait_c.alive(conn) or srv.rooms[rawget(room, "key")] ~= room then break end
+    local res = intercept_start(srv, room, conn, json)
+    if res == PENDING then return end
+    if res then wait_c.send_raw(conn, res) end
+  end
+  HELD[conn] = nil
+end
+
+--- Per-recipient packet filter. Returns the JSON to send, or nil to drop.
+--- The interceptor may wait: the packets to that connection then wait
+--- behind it, in order (sent by intercept_done; nil is returned for them).
+function M.intercept(srv, room, conn, json)
+  local d = rawget(room, "def")
+  if d.direct then return intercept_one(room, conn, json) end -- cannot wait
+  local q = HELD[conn]
+  if q then
+    if q.n - q.head + 1 >= M.MAX_HELD_PACKETS then
+      HELD[conn] = nil
+      log("warn", "room %s: connection %s closed: %d packets wait for its interceptor (max %d)",
+        rawget(room, "key"), conn.id, q.n - q.head + 1, M.MAX_HELD_PACKETS)
+      conn:close(1011, "too many packets wait for the interceptor")
+      return nil
+    end
+    q.n = q.n + 1
+    q[q.n] = json
+    return nil
+  end
+  local res = intercept_start(srv, room, conn, json)
+  if res == PENDING then
+    HELD[conn] = { head = 1, n = 0 }
+    return nil
+  end
+  return res
 end
 
 ------------------------------------------------------------------ HTTP
