@@ -152,6 +152,17 @@ local Room = {} -- methods seen by handlers as room:method(...)
 -- room code sees the object (next/rawget), and the server table is shared
 -- by every room of the process.
 local SRV = setmetatable({}, { __mode = "k" })
+-- Rooms whose restore hooks wait: room -> the events that reached it
+-- meanwhile (M.defer). A table of its own, not a field of the room object:
+-- M.message checks it on every action.
+local RESTORING = setmetatable({}, { __mode = "k" })
+-- Connections with an action that waits: conn -> queue of the actions they
+-- sent meanwhile ({action, value}, handled in order once it finished), or
+-- RESTORE_MARK while the room of a connection that stayed open through
+-- hibernation is restored (its actions go to the room's queue then: M.message
+-- pays nothing more for it).
+local BUSY = setmetatable({}, { __mode = "k" })
+local RESTORE_MARK = { restoring = true }
 --- The server a room (or party stub) belongs to, for host modules (reload).
 function M.server_of(room) return SRV[room] end
 
@@ -601,10 +612,22 @@ function M.create_room(srv, ns, id, rebind, entry)
   -- While a restore hook waits, the events that reach the room (joins,
   -- actions, closes, HTTP requests, timers) queue here, in arrival order;
   -- they run once it is restored (M.defer).
-  local queue = {}
-  rawset(room, "_restoring", queue)
+  local queue, marked
+  if not d.direct and (d.onStorageRestore or d.onUserStorageRestore) then -- else it cannot wait
+    queue = {}
+    RESTORING[room] = queue
+    if rebind then -- its open connections: their actions queue until it is restored
+      marked = core.room_conns(h)
+      for _, conn in ipairs(marked) do
+        if BUSY[conn] == nil then BUSY[conn] = RESTORE_MARK end
+      end
+    end
+  end
   local function restored(needs_write, waited)
-    rawset(room, "_restoring", nil)
+    if queue then RESTORING[room] = nil end
+    for _, conn in ipairs(marked or {}) do
+      if BUSY[conn] == RESTORE_MARK then BUSY[conn] = nil end
+    end
     core.room_clear_dirty(h)
     -- A restore that waited may have committed writes of its hooks at their
     -- waits; the restored state is written once so that storage matches it.
@@ -631,7 +654,7 @@ function M.create_room(srv, ns, id, rebind, entry)
     end
     M.restore_sessions(room, rebind, live)
     if d.onCreate and not rebind then tasks.run(srv, room, "onCreate", d.onCreate, room) end
-    if waited then
+    if waited and queue then
       for i = 1, #queue do
         local ok, err = pcall(queue[i].run)
         if not ok then log("error", "room %s: an event queued during its restore failed: %s", room.key, tostring(err)) end
@@ -646,7 +669,7 @@ end
 --- (in arrival order). cancel runs instead when the room goes away first.
 --- Returns true when it was queued.
 function M.defer(room, fn, cancel)
-  local q = rawget(room, "_restoring")
+  local q = RESTORING[room]
   if not q then return false end
   q[#q + 1] = { run = fn, cancel = cancel }
   return true
@@ -943,7 +966,7 @@ local connect_guarded, connect_joined
 --- the user, runs onJoin and sends the pId snapshot (core.join). Guards and
 --- onJoin may wait (the rest of the connect follows when they finished).
 function M.connect(srv, room, conn, req, waited)
-  if rawget(room, "_restoring") then -- its restore hooks wait: the join waits too
+  if RESTORING[room] then -- its restore hooks wait: the join waits too
     local held = { closed = false }
     JOINING[conn] = held
     M.defer(room, function()
@@ -1161,7 +1184,8 @@ end
 
 -- Connections with an action that waits: conn -> queue of the actions they
 -- sent meanwhile ({action, value}, handled in order once it finished).
-local BUSY = setmetatable({}, { __mode = "k" })
+-- (BUSY is declared with RESTORING, above: a room whose restore waits marks
+-- its open connections with RESTORE_MARK.)
 M.MAX_QUEUED = 256 -- actions queued per connection behind one that waits
 local PENDING = tasks.PENDING
 local action_done
@@ -1196,21 +1220,26 @@ function action_done(srv, room, conn, action, ok, a, b)
   BUSY[conn] = nil
 end
 
+-- An action for a room woken from hibernation whose restore hooks wait:
+-- handled once it is restored (a function of its own: the closure would
+-- slow M.message down for every action).
+local function defer_message(srv, room, conn, action, value)
+  M.defer(room, function()
+    if not wait_c.alive(conn) then return end
+    local code, msg = M.message(srv, room, conn, action, value)
+    if code then wait_c.send_error(conn, code, action, msg or code) end
+  end)
+  return nil
+end
+
 --- An action packet. Returns nil, or an error code and message for the
 --- sender. While an action of the same connection waits, it is queued and
 --- handled after that one (errors then go out when it ran).
 function M.message(srv, room, conn, action, value)
   if room.def.direct then return dispatch(srv, room, conn, action, value) end -- cannot wait
-  if rawget(room, "_restoring") then -- woken from hibernation, its restore hooks wait
-    M.defer(room, function()
-      if not wait_c.alive(conn) then return end
-      local code, msg = M.message(srv, room, conn, action, value)
-      if code then wait_c.send_error(conn, code, action, msg or code) end
-    end)
-    return nil
-  end
   local q = BUSY[conn]
   if q then
+    if q == RESTORE_MARK then return defer_message(srv, room, conn, action, value) end -- its restore waits
     if q.n - q.head + 1 >= M.MAX_QUEUED then
       return "busy", "too many actions of this connection wait for the one before (max " .. M.MAX_QUEUED .. ")"
     end
@@ -1274,7 +1303,11 @@ end
 --- behind it, in order (sent by intercept_done; nil is returned for them).
 function M.intercept(srv, room, conn, json)
   local d = rawget(room, "def")
-  if d.direct then return intercept_one(room, conn, json) end -- cannot wait
+  if d.direct then -- cannot wait: as before (inline, once per packet and recipient)
+    local res = d.interceptorPacket(room, user_of(room, conn), core.decode(json), conn)
+    if res == nil or res == null then return nil end
+    return core.encode(res)
+  end
   local q = HELD[conn]
   if q then
     if q.n - q.head + 1 >= M.MAX_HELD_PACKETS then
@@ -1410,7 +1443,7 @@ end
 --- An HTTP request for room, routed on path (the part after the room id).
 --- Its guards and handler may wait (the answer follows when they finished).
 function M.request(srv, room, req, path)
-  if rawget(room, "_restoring") then -- answered once its restore hooks finished
+  if RESTORING[room] then -- answered once its restore hooks finished
     return { _wait = function(responder)
       M.defer(room, function()
         local resp = M.request(srv, room, req, path)
@@ -1622,7 +1655,7 @@ function M.session_transfer(srv, room, conn, target_id, opts, done)
   end
   local data = { privateId = conn.state.privateId, publicId = pid, userSnapshot = core.copy(users[pid], NOPERSIST) }
   local code, body
-  if not rawget(target, "_restoring") then
+  if not RESTORING[target] then
     code, body = M.transfer_in(srv, target, data)
     if code ~= tasks.PENDING then
       if code ~= 200 then return nil, body.error end
@@ -1664,9 +1697,9 @@ function M.forget_room(srv, key)
     log("warn", "room %s: disposed while %d handler(s) waited: cancelled", key, cancelled)
   end
   local room, slept = srv.rooms[key], srv.sleeping[key]
-  local q = room and rawget(room, "_restoring")
+  local q = room and RESTORING[room]
   if q then -- disposed while its restore hooks waited: what queued is refused
-    rawset(room, "_restoring", nil)
+    RESTORING[room] = nil
     for _, e in ipairs(q) do
       if e.cancel then pcall(e.cancel) end
     end
