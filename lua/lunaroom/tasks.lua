@@ -9,6 +9,11 @@
 -- lr_vm_resume (lunaroom.wait_c), which rolls back that step alone on an
 -- error; a step that reaches a wait is committed (its writes join the
 -- pending sync and storage flush when the host call that ran it returns).
+-- Waits: "lunaroom.sleep" and "lunaroom.request" (lunaroom.io), and
+-- "lunaroom.await" (start, timeout, label): a completion in this process
+-- (room-to-room fetch, session transfer); start(done) subscribes, done(res)
+-- resumes the handler directly (no timer, no poll), start may return a
+-- function that drops the subscription (timeout, cancel).
 -- Must not: know what a handler is for (runtime.lua decides what happens
 -- when it finishes), or touch sockets.
 --
