@@ -247,6 +247,29 @@ describe("handlers that wait, over the wire", () => {
     }
   });
 
+  test("an interceptor that waits on a packet for one connection: its packets stay in order, others are not held", async () => {
+    const srv = await serve();
+    try {
+      const slow = wsClient(`${srv.wsUrl}/parties/main/icept-1?id=slow`);
+      await slow.opened;
+      await slow.next((m) => m?.type === "sync" && m.value.pId !== undefined, 5000);
+      const fast = await join(srv, "icept-1");
+      const t0 = Date.now();
+      fast.send({ action: "say", value: { n: 1, slow: 300 } });
+      for (let n = 2; n <= 20; n++) fast.send({ action: "say", value: { n } });
+      await fast.next((m) => m?.type === "m" && m.value.n === 20, 5000);
+      const fastDone = Date.now() - t0;
+      await slow.next((m) => m?.type === "m" && m.value.n === 20, 5000);
+      const slowDone = Date.now() - t0;
+      assert.ok(fastDone < 250, `the other connection was held: ${fastDone} ms`);
+      assert.ok(slowDone >= 290, `answered before the interceptor's wait: ${slowDone} ms`);
+      const order = slow.messages.filter((m) => m?.type === "m").map((m) => m.value.n);
+      assert.deepEqual(order, Array.from({ length: 20 }, (_, i) => i + 1));
+    } finally {
+      await srv.stop();
+    }
+  });
+
   test("SIGTERM: a waiting route still answers; handlers still waiting after the drain are cancelled", async () => {
     const svc = await slowService(300);
     const stuck = await slowService(8000);
