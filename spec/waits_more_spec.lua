@@ -301,6 +301,58 @@ describe("restore hooks that wait", function()
   end)
 end)
 
+describe("a hibernated room whose restore waits, woken by a timer or with a close meanwhile", function()
+  local function hdef(extra)
+    local d = { path = "h", hibernate = true, hibernateAfter = 100,
+      state = { players = lr.users(Player), trail = {} },
+      actions = {
+        later = function(r, _, ms)
+          r:timer(ms, function(room) room.trail[#room.trail + 1] = "timer" end)
+        end,
+        mark = function(r, _, v) r.trail[#r.trail + 1] = v end,
+      },
+      onLeave = function(r) r.trail[#r.trail + 1] = "leave" end,
+      onStorageRestore = function(ctx)
+        if ctx.snapshot.trail and next(ctx.snapshot.trail) then require("lunaroom.io").sleep(20) end
+        return ctx.snapshot
+      end }
+    for k, v in pairs(extra or {}) do d[k] = v end
+    return lr.room(d)
+  end
+
+  it("a timer that wakes it runs once the restore finished", function()
+    local t = testing.room(hdef())
+    local a = t:client { id = "a" }
+    a:send("mark", "m")
+    a:send("later", 300)
+    t:advance(200)
+    assert.is_nil(t.room, "hibernated")
+    t:advance(100) -- the timer wakes it: the restore waits 20 ms, the timer waits for it
+    assert.are.equal("", trail(t))
+    t:advance(20)
+    assert.are.equal("m,timer", trail(t))
+    t:close()
+  end)
+
+  it("a connection that closes while the restore waits goes offline once, after it", function()
+    local t = testing.room(hdef())
+    local a = t:client { id = "a" }
+    a:send("mark", "m")
+    local pid = a.publicId
+    t:advance(200)
+    assert.is_nil(t.room, "hibernated")
+    local b = t:client { id = "b" } -- wakes it
+    a:close()
+    assert.are.equal("", trail(t))
+    t:advance(20)
+    assert.are.equal("m,leave", trail(t))
+    assert.is_false(t.room.players[pid].online)
+    assert.truthy(b:last("sync"))
+    assert.are.equal(1, t.room.online)
+    t:close()
+  end)
+end)
+
 describe("a join that waits on a room that is disposed", function()
   it("is closed (1001), not left open outside the room", function()
     local t = testing.room({ path = "j", state = { n = 0 },
