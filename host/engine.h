@@ -298,6 +298,9 @@ void lr_room_touch(lr_room *r);
 /* Run the flush pass for every touched room (sync per throttle/autoSync,
  * storage per throttle). Called after every entry into Lua. */
 void lr_server_flush_touched(lr_server *s);
+/* m to c as it is (sync.c): through the storage gate, not the interceptor.
+ * lua_wait.c sends with it a packet whose interceptor waited. */
+void lr_conn_send_raw(lr_conn *c, lr_msg *m);
 /* Handlers that wait (lua_wait.c, runtime.lua): r does not hibernate or get
  * evicted while r->nwaits > 0 (delta +1 when a handler of r starts waiting,
  * -1 when it finished). */

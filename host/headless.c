@@ -20,6 +20,7 @@
 #include "headless.h"
 #include "log.h"
 #include "lua_api.h"
+#include "lua_vm.h"
 
 #define HL_MT "lunaroom.headless"
 
@@ -171,19 +172,22 @@ static int l_hl_id(lua_State *L) {
 }
 
 /* A headless request's answer. When it did not come synchronously (the
- * room's storage is loading), o is handed over to the pending table: the
- * answer is stored in registry "lunaroom.http_pending"[id] for
- * core.http_take(id). */
+ * room's storage is loading, or the route waits), o is handed over to the
+ * pending table "lunaroom.http_pending" of the registry: the answer is kept
+ * there under its id for core.http_take(id), or, when the caller subscribed
+ * with core.http_take(id, fn), fn(answer) is called as soon as the answer
+ * is there (a room-to-room fetch whose target waits resumes the fetching
+ * handler this way: no timer, no poll). A pending answer is built on the
+ * main thread: the thread that made the request may be a coroutine that is
+ * suspended, dead or collected by then. */
 typedef struct http_out {
-  lua_State *L;
+  lua_State *L; /* the caller's thread while it waits on the stack; the main thread once pending */
   int done;
   int ref;
   lua_Integer pending_id; /* 0 while the caller waits on the stack */
 } http_out;
 
-static void http_done(void *ud, const lr_response *r) {
-  http_out *o = ud;
-  lua_State *L = o->L;
+static void push_answer(lua_State *L, const lr_response *r) {
   lua_createtable(L, 0, 3);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
@@ -202,25 +206,62 @@ static void http_done(void *ud, const lr_response *r) {
     lua_setfield(L, -2, lower);
   }
   lua_setfield(L, -2, "headers");
+}
+
+static void http_done(void *ud, const lr_response *r) {
+  http_out *o = ud;
+  lua_State *L = o->L;
   if (o->pending_id) {
+    int top = lua_gettop(L);
     lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending");
-    lua_insert(L, -2);
-    lua_rawseti(L, -2, o->pending_id);
-    lua_pop(L, 1);
+    int t = lua_gettop(L);
+    int kind = lua_rawgeti(L, t, o->pending_id);
+    if (kind == LUA_TFUNCTION) { /* subscribed: called now */
+      lua_pushnil(L);
+      lua_rawseti(L, t, o->pending_id);
+      push_answer(L, r);
+      lr_callinfo ci = {.what = "fetch answer"};
+      lr_vm_pcall(L, 1, 0, &ci);
+    } else if (kind == LUA_TBOOLEAN) { /* given up (timed out, cancelled): dropped */
+      lua_pushnil(L);
+      lua_rawseti(L, t, o->pending_id);
+    } else {
+      push_answer(L, r);
+      lua_rawseti(L, t, o->pending_id);
+    }
+    lua_settop(L, top);
     free(o);
     return;
   }
+  push_answer(L, r);
   o->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the caller's stack is not ours */
   o->done = 1;
 }
 
-/* core.http_take(id) -> the answer of a request that was pending, or nil. */
+/* core.http_take(id[, fn | false]) -> the answer of a request that was
+ * pending, or nil. With fn and no answer yet: fn(answer) is called when it
+ * comes. With false: the answer is dropped when it comes. */
 static int l_http_take(lua_State *L) {
   lua_Integer id = luaL_checkinteger(L, 1);
+  int sub = lua_type(L, 2);
+  luaL_argcheck(L,
+                sub == LUA_TNONE || sub == LUA_TNIL || sub == LUA_TFUNCTION ||
+                    (sub == LUA_TBOOLEAN && !lua_toboolean(L, 2)),
+                2, "a function or false expected");
   lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending");
-  lua_rawgeti(L, -1, id);
+  luaL_checktype(L, -1, LUA_TTABLE);
+  int t = lua_gettop(L);
+  if (lua_rawgeti(L, t, id) == LUA_TTABLE) { /* the answer is there */
+    lua_pushnil(L);
+    lua_rawseti(L, t, id);
+    return 1;
+  }
+  lua_pop(L, 1);
+  if (sub == LUA_TFUNCTION || sub == LUA_TBOOLEAN) {
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, t, id);
+  }
   lua_pushnil(L);
-  lua_rawseti(L, -3, id);
   return 1;
 }
 
@@ -251,6 +292,9 @@ static int l_http(lua_State *L) {
   if (!o->done) {
     static lua_Integer next_id;
     o->pending_id = ++next_id;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    o->L = lua_tothread(L, -1); /* the answer comes later: not on this thread */
+    lua_pop(L, 1);
     if (lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending") != LUA_TTABLE) {
       lua_newtable(L);
       lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.http_pending");

@@ -16,6 +16,9 @@
  *   send_error(conn, code, action|nil, message)   the error packet of an
  *                        action whose handler finished after a wait
  *   alive(conn)          whether the connection is still open
+ *   send_raw(conn, json) a packet whose interceptor waited, to the connection
+ *                        as it is (the storage gate applies; the interceptor
+ *                        ran already)
  *   respond(responder, response)   answers an HTTP request whose guard or
  *                        route waited (lr_wait_http_defer made the responder;
  *                        one nobody answers is answered 503 when collected)
@@ -116,6 +119,18 @@ static int w_alive(lua_State *L) {
   return 1;
 }
 
+static int w_send_raw(lua_State *L) {
+  lr_conn *c = opt_conn(L, 1);
+  size_t n;
+  const char *json = luaL_checklstring(L, 2, &n);
+  if (c && c->phase != LR_C_GONE && c->phase != LR_C_CLOSING) {
+    lr_msg *m = lr_msg_new(json, n);
+    lr_conn_send_raw(c, m);
+    lr_msg_release(m);
+  }
+  return 0;
+}
+
 static int w_send_error(lua_State *L) {
   lr_conn *c = opt_conn(L, 1);
   const char *code = luaL_checkstring(L, 2);
@@ -195,10 +210,10 @@ bool lr_wait_http_defer(lr_server *s, lua_State *L, lr_response_cb done, void *u
 }
 
 int luaopen_lunaroom_wait_c(lua_State *L) {
-  static const luaL_Reg fns[] = {{"resume", w_resume}, {"hold", w_hold},
-                                 {"replay", w_replay}, {"send_error", w_send_error},
-                                 {"alive", w_alive},   {"respond", w_respond},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"resume", w_resume},     {"hold", w_hold},
+                                 {"replay", w_replay},     {"send_error", w_send_error},
+                                 {"alive", w_alive},       {"respond", w_respond},
+                                 {"send_raw", w_send_raw}, {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

@@ -309,14 +309,6 @@ describe("handlers that wait", function()
     t:close()
   end)
 
-  it("restore hooks cannot wait (they run while the room is built): the wait fails, the hook fails", function()
-    local t = testing.room(shop {
-      onStorageRestore = function() require("lunaroom.io").sleep(1) end,
-    })
-    assert.truthy(table.concat(testing.logs(), "\n"):find("cannot wait here", 1, true))
-    t:close()
-  end)
-
   it("a reload lets a waiting handler finish on the old code", function()
     local src = [[
       local lr = require "lunaroom"

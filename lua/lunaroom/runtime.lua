@@ -152,6 +152,17 @@ local Room = {} -- methods seen by handlers as room:method(...)
 -- room code sees the object (next/rawget), and the server table is shared
 -- by every room of the process.
 local SRV = setmetatable({}, { __mode = "k" })
+-- Rooms whose restore hooks wait: room -> the events that reached it
+-- meanwhile (M.defer). A table of its own, not a field of the room object:
+-- M.message checks it on every action.
+local RESTORING = setmetatable({}, { __mode = "k" })
+-- Connections with an action that waits: conn -> queue of the actions they
+-- sent meanwhile ({action, value}, handled in order once it finished), or
+-- RESTORE_MARK while the room of a connection that stayed open through
+-- hibernation is restored (its actions go to the room's queue then: M.message
+-- pays nothing more for it).
+local BUSY = setmetatable({}, { __mode = "k" })
+local RESTORE_MARK = { restoring = true }
 --- The server a room (or party stub) belongs to, for host modules (reload).
 function M.server_of(room) return SRV[room] end
 
@@ -169,6 +180,11 @@ function Room:timer(ms, fn)
   return core.timer(srv.h, rawget(self, "h"), math.floor(ms), function()
     local room = srv.rooms[key] -- C woke it before calling us
     if not room then return end
+    if M.defer(room, function()
+      if srv.rooms[key] ~= room then return end
+      local ok, err = tasks.run(srv, room, "timer", fn, room)
+      if ok == false then log("warn", "room %s: timer failed: %s", key, err) end
+    end) then return end
     local ok, err = tasks.run(srv, room, "timer", fn, room)
     if ok == false then log("warn", "room %s: timer failed: %s", key, err) end
   end)
@@ -214,7 +230,12 @@ function Stub:fetch(path, init)
     "/parties/" .. self.ns .. "/" .. self.id .. (p == "/" and "" or p), q, headers, body)
   if not res then -- the target's route waits: so does this handler (lunaroom.tasks)
     if not coroutine.isyieldable() then error("fetch: the target room's route waits, and this call cannot", 2) end
-    local ok, got = coroutine.yield("lunaroom.http_take", pending, init.timeout)
+    -- Resumed by the answer itself (core.http_take's callback), not a poll.
+    local ok, got = coroutine.yield("lunaroom.await", function(done)
+      local now_res = core.http_take(pending, done)
+      if now_res then return done(now_res) end
+      return function() core.http_take(pending, false) end
+    end, init.timeout, "fetch")
     if ok == require("lunaroom.io").ERROR then error(got, 0) end
     res = ok
   end
@@ -436,43 +457,111 @@ local function read_snapshot(room)
   return root, legacy, compact
 end
 
-local function restore(room, d)
+-- Restore hooks (onStorageRestore, then onUserStorageRestore for each
+-- user) run one after another, each as a task: any of them may wait. Their
+-- results are applied to the state only once the last one finished (a
+-- snapshot is never half applied); a hook that fails (an error, a wait that
+-- timed out, its time limit) is logged and the snapshot as stored is used
+-- for its part, as for a hook that does not wait. done(needs_write, waited)
+-- runs when the state is restored: at once when no hook waited.
+local function restore(room, d, done)
   local snapshot, legacy, compact = read_snapshot(room)
   local key = rawget(room, "key")
-  if d.onStorageRestore then
-    local ok, res = core.pcall(d.onStorageRestore, key, "onStorageRestore",
-      { snapshot = snapshot, room = room, legacy = legacy })
-    if ok and type(res) == "table" then snapshot = res end
-  end
+  local srv = SRV[room]
   local root = rawget(room, "root")
-  for _, k in ipairs(d.field_order) do
-    local f = d.fields[k]
-    local val = snapshot[k]
-    if val ~= nil then
-      if f.kind == "users" then
-        local users = root[k]
-        for pid, usnap in pairs(val) do
-          if type(usnap) == "table" then
-            if d.onUserStorageRestore then
-              local helper = user_defaults(f.schema)
-              local ok, res = core.pcall(d.onUserStorageRestore, key, "onUserStorageRestore",
-                { userSnapshot = usnap, user = helper, publicId = pid, room = room, legacy = legacy })
-              if ok and type(res) == "table" then usnap = res end
+  local waited = false
+  local order = d.field_order
+  -- users[i] = {field, pid, snap}: the user snapshots, in a fixed order
+  local users, ui = nil, 0
+  local step -- runs the next hook; false when one waits (resumed by its after)
+
+  local function took(name, ok, res, code)
+    if not ok then
+      log("warn", "room %s: %s failed: the stored snapshot is used", key, name)
+      return nil
+    end
+    return type(res) == "table" and res or nil
+  end
+
+  -- Run hook fn(ctx) as a task; k(result or nil). false when it waits.
+  local function hook(name, fn, ctx, k)
+    local st, a, b = tasks.run(srv, room, name, fn, ctx)
+    if st == tasks.PENDING then
+      waited = true
+      a.after = function(ok, res, code)
+        k(took(name, ok, res, code))
+        return step()
+      end
+      return false
+    end
+    k(took(name, st, a, b))
+    return true
+  end
+
+  local function apply()
+    for _, k in ipairs(order) do
+      local f = d.fields[k]
+      local val = snapshot[k]
+      if val ~= nil then
+        if f.kind == "users" then
+          local us = root[k]
+          for _, e in ipairs(users) do
+            if e[1] == k then
+              local u = user_defaults(f.schema)
+              for fk, fv in pairs(e[3]) do
+                if f.schema.fields[fk] and fk ~= f.schema.connected then u[fk] = fv end
+              end
+              us[e[2]] = u
+              apply_user_flags(us[e[2]], f.schema)
             end
-            local u = user_defaults(f.schema)
-            for fk, fv in pairs(usnap) do
-              if f.schema.fields[fk] and fk ~= f.schema.connected then u[fk] = fv end
-            end
-            users[pid] = u
-            apply_user_flags(users[pid], f.schema)
           end
+        elseif f.persist then
+          root[k] = val
         end
-      elseif f.persist then
-        root[k] = val
+      end
+    end
+    return done(compact or legacy, waited)
+  end
+
+  local function list_users()
+    users = {}
+    for _, k in ipairs(order) do
+      local f = d.fields[k]
+      local val = snapshot[k]
+      if f.kind == "users" and type(val) == "table" then
+        local pids = {}
+        for pid, usnap in pairs(val) do
+          if type(usnap) == "table" then pids[#pids + 1] = pid end
+        end
+        table.sort(pids, function(x, y) return tostring(x) < tostring(y) end)
+        for _, pid in ipairs(pids) do users[#users + 1] = { k, pid, val[pid] } end
       end
     end
   end
-  return compact or legacy
+
+  function step()
+    if not users then list_users() end
+    while ui < #users do
+      ui = ui + 1
+      local e = users[ui]
+      if d.onUserStorageRestore then
+        local f = d.fields[e[1]]
+        local ctx = { userSnapshot = e[3], user = user_defaults(f.schema), publicId = e[2], room = room, legacy = legacy }
+        if not hook("onUserStorageRestore", d.onUserStorageRestore, ctx, function(res)
+          if res then e[3] = res end
+        end) then return end
+      end
+    end
+    return apply()
+  end
+
+  if d.onStorageRestore then
+    if not hook("onStorageRestore", d.onStorageRestore, { snapshot = snapshot, room = room, legacy = legacy },
+      function(res) if res then snapshot = res end end) then
+      return
+    end
+  end
+  return step()
 end
 
 --- The engine settings of a definition (core.room_config), also used when a
@@ -514,37 +603,76 @@ function M.create_room(srv, ns, id, rebind, entry)
     local fl = flags_of(f)
     if fl ~= 0 then core.set_flags(root, k, fl) end
   end
-  local needs_write = restore(room, d)
-  core.room_clear_dirty(h)
-  if needs_write then core.room_mark_all(h) end -- compaction / migration writes state:.
+  core.room_clear_dirty(h) -- the defaults are not a change (written again by a hook that waits otherwise)
   local cfg = M.config_of(d)
   cfg.autoSync = d.autoSync
-  core.room_config(h, cfg)
   srv.rooms[room.key] = room
   rawset(room, "online", 0) -- sessions with an open socket (keys of sockets)
   if not rebind then M.census(srv, d.path, e.version, 1) end
-  local live = {}
-  if rebind then
-    -- Woken from hibernation: its sockets are still open; the clients have
-    -- this state already, so nothing is sent.
-    local sockets = rawget(room, "sockets")
-    local users = users_of(room)
-    local schema = users and d.fields[d.users_field].schema
-    for _, conn in ipairs(core.room_conns(h)) do
-      local priv, pid = conn.state.privateId, conn.state.publicId
-      if priv then
-        if not sockets[priv] then M.online(room, 1) end
-        sockets[priv] = (sockets[priv] or 0) + 1
-        live[priv] = true
-        if schema and schema.connected and users[pid] ~= nil then users[pid][schema.connected] = true end
+  -- While a restore hook waits, the events that reach the room (joins,
+  -- actions, closes, HTTP requests, timers) queue here, in arrival order;
+  -- they run once it is restored (M.defer).
+  local queue, marked
+  if not d.direct and (d.onStorageRestore or d.onUserStorageRestore) then -- else it cannot wait
+    queue = {}
+    RESTORING[room] = queue
+    if rebind then -- its open connections: their actions queue until it is restored
+      marked = core.room_conns(h)
+      for _, conn in ipairs(marked) do
+        if BUSY[conn] == nil then BUSY[conn] = RESTORE_MARK end
       end
     end
-    core.room_clear_dirty(h)
-    if needs_write then core.room_mark_all(h) end
   end
-  M.restore_sessions(room, rebind, live)
-  if d.onCreate and not rebind then tasks.run(srv, room, "onCreate", d.onCreate, room) end
+  local function restored(needs_write, waited)
+    if queue then RESTORING[room] = nil end
+    for _, conn in ipairs(marked or {}) do
+      if BUSY[conn] == RESTORE_MARK then BUSY[conn] = nil end
+    end
+    core.room_clear_dirty(h)
+    -- A restore that waited may have committed writes of its hooks at their
+    -- waits; the restored state is written once so that storage matches it.
+    if needs_write or waited then core.room_mark_all(h) end
+    core.room_config(h, cfg)
+    local live = {}
+    if rebind then
+      -- Woken from hibernation: its sockets are still open; the clients have
+      -- this state already, so nothing is sent.
+      local sockets = rawget(room, "sockets")
+      local users = users_of(room)
+      local schema = users and d.fields[d.users_field].schema
+      for _, conn in ipairs(core.room_conns(h)) do
+        local priv, pid = conn.state.privateId, conn.state.publicId
+        if priv then
+          if not sockets[priv] then M.online(room, 1) end
+          sockets[priv] = (sockets[priv] or 0) + 1
+          live[priv] = true
+          if schema and schema.connected and users[pid] ~= nil then users[pid][schema.connected] = true end
+        end
+      end
+      core.room_clear_dirty(h)
+      if needs_write or waited then core.room_mark_all(h) end
+    end
+    M.restore_sessions(room, rebind, live)
+    if d.onCreate and not rebind then tasks.run(srv, room, "onCreate", d.onCreate, room) end
+    if waited and queue then
+      for i = 1, #queue do
+        local ok, err = pcall(queue[i].run)
+        if not ok then log("error", "room %s: an event queued during its restore failed: %s", room.key, tostring(err)) end
+      end
+    end
+  end
+  restore(room, d, restored)
   return room
+end
+
+--- Run fn now, or, while room's restore hooks wait, once it is restored
+--- (in arrival order). cancel runs instead when the room goes away first.
+--- Returns true when it was queued.
+function M.defer(room, fn, cancel)
+  local q = RESTORING[room]
+  if not q then return false end
+  q[#q + 1] = { run = fn, cancel = cancel }
+  return true
 end
 
 --- Whether a definition serves ns/id (the engine asks before it waits for
@@ -590,7 +718,10 @@ function M.wake(srv, ns, id)
   local room = M.create_room(srv, ns, id, true, slept)
   if not room then error("no definition serves " .. key .. " any more") end
   srv.sleeping[key] = nil -- forgotten only once the room is rebuilt
-  if slept and now and now.def ~= slept.def then require("lunaroom.reload").upgrade(room, now) end
+  if slept and now and now.def ~= slept.def then
+    local function up() require("lunaroom.reload").upgrade(room, now) end
+    if not M.defer(room, up) then up() end -- first in its queue when its restore waits
+  end
 end
 
 
@@ -789,6 +920,7 @@ function M.arm_expiry(room, priv, ms)
   exp[priv] = core.timer(srv.h, rawget(room, "h"), math.floor(ms), function()
     local cur = srv.rooms[key] -- the instance may have been rebuilt meanwhile
     if not cur then return end
+    if M.defer(cur, function() if srv.rooms[key] == cur then expire_session(cur, priv) end end) then return end
     local cexp = rawget(cur, "expiry")
     if cexp then cexp[priv] = nil end
     expire_session(cur, priv)
@@ -821,12 +953,30 @@ end
 -- session}. They are not joined yet: their frames wait in the host (early
 -- frames) and run in order after the join; a close meanwhile abandons it.
 local JOINING = setmetatable({}, { __mode = "k" })
+
+-- A join that waited (room guard, onJoin, restore) on a room that was
+-- disposed meanwhile: the connection, not in the room's list yet, is closed.
+local function disposed_join(conn)
+  JOINING[conn] = nil
+  if wait_c.alive(conn) then conn:close(1001, "room disposed") end
+end
 local connect_guarded, connect_joined
 
 --- A socket opened on room. Runs guards, restores or creates the session and
 --- the user, runs onJoin and sends the pId snapshot (core.join). Guards and
 --- onJoin may wait (the rest of the connect follows when they finished).
-function M.connect(srv, room, conn, req)
+function M.connect(srv, room, conn, req, waited)
+  if RESTORING[room] then -- its restore hooks wait: the join waits too
+    local held = { closed = false }
+    JOINING[conn] = held
+    M.defer(room, function()
+      if JOINING[conn] ~= held then return end
+      JOINING[conn] = nil
+      if held.closed then return end
+      return M.connect(srv, room, conn, req, true)
+    end, function() return disposed_join(conn) end)
+    return
+  end
   local d = rawget(room, "def")
   local key = rawget(room, "key")
   local q = parse_query(req.query)
@@ -852,12 +1002,13 @@ function M.connect(srv, room, conn, req)
       path = req.path, headers = req.headers, query = q, ip = req.ip,
     },
   }
-  local pend = { closed = false }
+  local pend = { closed = false, waited = waited }
   JOINING[conn] = pend
   local st, w = tasks.run(srv, room, "guard", run_guards, d.guards, conn, ctx, room)
   if st == tasks.PENDING then
     pend.waited = true
     w.after = function(ok, passed) return connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed) end
+    w.cancel = function() return disposed_join(conn) end
     return
   end
   return connect_guarded(srv, room, conn, q, req, ctx, pend, st, w)
@@ -937,6 +1088,7 @@ function connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed)
     if st == tasks.PENDING then
       pend.waited = true
       w.after = function(okj) return connect_joined(srv, room, conn, pid, pend, okj) end
+      w.cancel = function() return disposed_join(conn) end
       return
     end
     return connect_joined(srv, room, conn, pid, pend, st)
@@ -968,6 +1120,7 @@ function M.close(srv, room, conn)
     pj.closed = true
     return
   end
+  if M.defer(room, function() return M.close(srv, room, conn) end) then return end
   local d = rawget(room, "def")
   local priv = conn.state and conn.state.privateId
   if not priv then return end
@@ -1031,7 +1184,8 @@ end
 
 -- Connections with an action that waits: conn -> queue of the actions they
 -- sent meanwhile ({action, value}, handled in order once it finished).
-local BUSY = setmetatable({}, { __mode = "k" })
+-- (BUSY is declared with RESTORING, above: a room whose restore waits marks
+-- its open connections with RESTORE_MARK.)
 M.MAX_QUEUED = 256 -- actions queued per connection behind one that waits
 local PENDING = tasks.PENDING
 local action_done
@@ -1066,6 +1220,18 @@ function action_done(srv, room, conn, action, ok, a, b)
   BUSY[conn] = nil
 end
 
+-- An action for a room woken from hibernation whose restore hooks wait:
+-- handled once it is restored (a function of its own: the closure would
+-- slow M.message down for every action).
+local function defer_message(srv, room, conn, action, value)
+  M.defer(room, function()
+    if not wait_c.alive(conn) then return end
+    local code, msg = M.message(srv, room, conn, action, value)
+    if code then wait_c.send_error(conn, code, action, msg or code) end
+  end)
+  return nil
+end
+
 --- An action packet. Returns nil, or an error code and message for the
 --- sender. While an action of the same connection waits, it is queued and
 --- handled after that one (errors then go out when it ran).
@@ -1073,6 +1239,7 @@ function M.message(srv, room, conn, action, value)
   if room.def.direct then return dispatch(srv, room, conn, action, value) end -- cannot wait
   local q = BUSY[conn]
   if q then
+    if q == RESTORE_MARK then return defer_message(srv, room, conn, action, value) end -- its restore waits
     if q.n - q.head + 1 >= M.MAX_QUEUED then
       return "busy", "too many actions of this connection wait for the one before (max " .. M.MAX_QUEUED .. ")"
     end
@@ -1088,13 +1255,78 @@ function M.message(srv, room, conn, action, value)
   return code, msg
 end
 
---- Per-recipient packet filter. Returns the JSON to send, or nil to drop.
-function M.intercept(srv, room, conn, json)
-  local d = rawget(room, "def")
+-- interceptorPacket on one packet for one connection: the JSON to send or nil.
+local function intercept_one(room, conn, json)
   local packet = core.decode(json)
-  local res = d.interceptorPacket(room, user_of(room, conn), packet, conn)
+  local res = rawget(room, "def").interceptorPacket(room, user_of(room, conn), packet, conn)
   if res == nil or res == null then return nil end
   return core.encode(res)
+end
+
+-- Connections whose interceptor waits on a packet: conn -> the packets sent
+-- to it meanwhile (JSON, in order), intercepted and sent once it finished.
+local HELD = setmetatable({}, { __mode = "k" })
+M.MAX_HELD_PACKETS = 1024 -- per connection; past it the connection is closed (1011)
+local intercept_done
+
+-- Intercept json for conn as a task: the JSON to send now, or nil (dropped,
+-- or PENDING: sent by intercept_done).
+local function intercept_start(srv, room, conn, json)
+  local st, out = tasks.run(srv, room, "interceptorPacket", intercept_one, room, conn, json)
+  if st == PENDING then
+    out.after = function(ok, res) return intercept_done(srv, room, conn, ok, res) end
+    return PENDING
+  end
+  if st == true then return out end
+  return nil -- a failing interceptor drops the packet (logged)
+end
+
+-- The interceptor that waited finished: its packet, then the ones queued
+-- behind it (each may wait in turn).
+function intercept_done(srv, room, conn, ok, out)
+  if ok and type(out) == "string" then wait_c.send_raw(conn, out) end
+  local q = HELD[conn]
+  while q and q.head <= q.n do
+    local json = q[q.head]
+    q[q.head] = nil
+    q.head = q.head + 1
+    if not wait_c.alive(conn) or srv.rooms[rawget(room, "key")] ~= room then break end
+    local res = intercept_start(srv, room, conn, json)
+    if res == PENDING then return end
+    if res then wait_c.send_raw(conn, res) end
+  end
+  HELD[conn] = nil
+end
+
+--- Per-recipient packet filter. Returns the JSON to send, or nil to drop.
+--- The interceptor may wait: the packets to that connection then wait
+--- behind it, in order (sent by intercept_done; nil is returned for them).
+function M.intercept(srv, room, conn, json)
+  local d = rawget(room, "def")
+  if d.direct then -- cannot wait: as before (inline, once per packet and recipient)
+    local res = d.interceptorPacket(room, user_of(room, conn), core.decode(json), conn)
+    if res == nil or res == null then return nil end
+    return core.encode(res)
+  end
+  local q = HELD[conn]
+  if q then
+    if q.n - q.head + 1 >= M.MAX_HELD_PACKETS then
+      HELD[conn] = nil
+      log("warn", "room %s: connection %s closed: %d packets wait for its interceptor (max %d)",
+        rawget(room, "key"), conn.id, q.n - q.head + 1, M.MAX_HELD_PACKETS)
+      conn:close(1011, "too many packets wait for the interceptor")
+      return nil
+    end
+    q.n = q.n + 1
+    q[q.n] = json
+    return nil
+  end
+  local res = intercept_start(srv, room, conn, json)
+  if res == PENDING then
+    HELD[conn] = { head = 1, n = 0 }
+    return nil
+  end
+  return res
 end
 
 ------------------------------------------------------------------ HTTP
@@ -1211,6 +1443,17 @@ end
 --- An HTTP request for room, routed on path (the part after the room id).
 --- Its guards and handler may wait (the answer follows when they finished).
 function M.request(srv, room, req, path)
+  if RESTORING[room] then -- answered once its restore hooks finished
+    return { _wait = function(responder)
+      M.defer(room, function()
+        local resp = M.request(srv, room, req, path)
+        if type(resp) == "table" and resp._wait then return resp._wait(responder) end
+        wait_c.respond(responder, resp)
+      end, function()
+        wait_c.respond(responder, json_response(503, { error = "Service Unavailable", code = "disposed" }))
+      end)
+    end }
+  end
   local d = rawget(room, "def")
   local key = rawget(room, "key")
   -- A request forwarded by a shard process (host/shard.c) must carry the
@@ -1305,9 +1548,20 @@ function M.transfer_request(srv, room, req)
   end
   local data = core.decode(req.body or "")
   local code, body = M.transfer_in(srv, room, data)
+  if code == tasks.PENDING then -- onSessionRestore waits: answered when it finished
+    return { _wait = function(responder)
+      body.then_ = function(c2, b2) wait_c.respond(responder, json_response(c2, b2)) end
+      body.cancel = function()
+        wait_c.respond(responder, json_response(503, { error = "Service Unavailable", code = "disposed" }))
+      end
+    end }
+  end
   return json_response(code, body)
 end
 
+--- A session moves into room: 200, {transferToken} | 400, {error}; or,
+--- when onSessionRestore waits, tasks.PENDING, w: w.then_(code, body) runs
+--- once it finished (w.cancel if the room goes away first).
 function M.transfer_in(srv, room, data)
   if type(data) ~= "table" or type(data.privateId) ~= "string" or type(data.publicId) ~= "string" then
     return 400, { error = "Missing privateId or publicId in transfer data" }
@@ -1321,24 +1575,41 @@ function M.transfer_in(srv, room, data)
   M.arm_expiry(room, data.privateId, d.transferExpiryTime)
   offline_add(room, data.privateId)
   local users = users_of(room)
+  local function finish(snap)
+    if snap then
+      local schema = d.fields[d.users_field].schema
+      local u = user_defaults(schema)
+      for k, val in pairs(snap) do if schema.fields[k] and k ~= schema.connected then u[k] = val end end
+      users[data.publicId] = u
+      apply_user_flags(users[data.publicId], schema)
+    end
+    local token = core.random_id(srv.h, SECRET_LEN, PID_ALPHABET) -- a bearer secret: 130 bits
+    core.store_apply(h, { { "put", "transfer:" .. token,
+      { privateId = data.privateId, publicId = data.publicId, restored = true, created = t } } })
+    return 200, { transferToken = token }
+  end
   if type(data.userSnapshot) == "table" and users then
     local snap = data.userSnapshot
     if d.onSessionRestore then
-      local ok, res = core.pcall(d.onSessionRestore, rawget(room, "key"), "onSessionRestore", {
+      local st, a = tasks.run(srv, room, "onSessionRestore", d.onSessionRestore, {
         userSnapshot = snap, user = user_defaults(d.fields[d.users_field].schema), publicId = data.publicId,
         privateId = data.privateId, sessionState = data.sessionState, room = room })
-      if ok and type(res) == "table" then snap = res end
+      if st == tasks.PENDING then
+        a.after = function(ok, res)
+          if ok and type(res) == "table" then snap = res end
+          if not ok then
+            log("warn", "room %s: onSessionRestore failed (%s): the transferred snapshot is used", rawget(room, "key"), tostring(res))
+          end
+          local code, body = finish(snap)
+          if a.then_ then return a.then_(code, body) end
+        end
+        return tasks.PENDING, a
+      end
+      if st == true and type(a) == "table" then snap = a end
     end
-    local schema = d.fields[d.users_field].schema
-    local u = user_defaults(schema)
-    for k, val in pairs(snap) do if schema.fields[k] and k ~= schema.connected then u[k] = val end end
-    users[data.publicId] = u
-    apply_user_flags(users[data.publicId], schema)
+    return finish(snap)
   end
-  local token = core.random_id(srv.h, SECRET_LEN, PID_ALPHABET) -- a bearer secret: 130 bits
-  core.store_apply(h, { { "put", "transfer:" .. token,
-    { privateId = data.privateId, publicId = data.publicId, restored = true, created = t } } })
-  return 200, { transferToken = token }
+  return finish(nil)
 end
 
 -- POST {url}/parties/{party}/{target}/session-transfer on another process
@@ -1382,11 +1653,40 @@ function M.session_transfer(srv, room, conn, target_id, opts, done)
     target = M.create_room(srv, rawget(room, "_party"), target_id)
     if not target then return nil, "Room not available" end
   end
-  local snap = core.copy(users[pid], NOPERSIST)
-  local code, body = M.transfer_in(srv, target, {
-    privateId = conn.state.privateId, publicId = pid, userSnapshot = snap })
-  if code ~= 200 then return nil, body.error end
-  return body.transferToken
+  local data = { privateId = conn.state.privateId, publicId = pid, userSnapshot = core.copy(users[pid], NOPERSIST) }
+  local code, body
+  if not RESTORING[target] then
+    code, body = M.transfer_in(srv, target, data)
+    if code ~= tasks.PENDING then
+      if code ~= 200 then return nil, body.error end
+      return body.transferToken
+    end
+  end
+  -- The target's restore hooks or its onSessionRestore wait: so does this
+  -- handler (resumed by their completion).
+  if not coroutine.isyieldable() then
+    local why = code and "its onSessionRestore waits" or "its restore hooks wait"
+    if body then body.then_ = nil end -- it completes on its own; nobody gets the token
+    return nil, "the target room is not ready (" .. why .. ") and this call cannot wait"
+  end
+  local gone = { 503, { error = "Room not available" } }
+  local function start(done)
+    local function hand(c2, b2) done({ c2, b2 }) end
+    local function go()
+      local c2, b2 = M.transfer_in(srv, target, data)
+      if c2 ~= tasks.PENDING then return hand(c2, b2) end
+      b2.then_, b2.cancel = hand, function() done(gone) end
+    end
+    if code == tasks.PENDING then
+      body.then_, body.cancel = hand, function() done(gone) end
+    elseif not M.defer(target, go, function() done(gone) end) then
+      go()
+    end
+  end
+  local res = coroutine.yield("lunaroom.await", start, nil, "sessionTransfer")
+  if res == require("lunaroom.io").ERROR then return nil, "the target room did not answer in time" end
+  if res[1] ~= 200 then return nil, res[2].error end
+  return res[2].transferToken
 end
 
 ------------------------------------------------------------------ registration
@@ -1397,6 +1697,13 @@ function M.forget_room(srv, key)
     log("warn", "room %s: disposed while %d handler(s) waited: cancelled", key, cancelled)
   end
   local room, slept = srv.rooms[key], srv.sleeping[key]
+  local q = room and RESTORING[room]
+  if q then -- disposed while its restore hooks waited: what queued is refused
+    RESTORING[room] = nil
+    for _, e in ipairs(q) do
+      if e.cancel then pcall(e.cancel) end
+    end
+  end
   if room then
     M.unaccount(room)
     M.census(srv, rawget(room, "def").path, rawget(room, "version"), -1)

@@ -9,6 +9,11 @@
 -- lr_vm_resume (lunaroom.wait_c), which rolls back that step alone on an
 -- error; a step that reaches a wait is committed (its writes join the
 -- pending sync and storage flush when the host call that ran it returns).
+-- Waits: "lunaroom.sleep" and "lunaroom.request" (lunaroom.io), and
+-- "lunaroom.await" (start, timeout, label): a completion in this process
+-- (room-to-room fetch, session transfer); start(done) subscribes, done(res)
+-- resumes the handler directly (no timer, no poll), start may return a
+-- function that drops the subscription (timeout, cancel).
 -- Must not: know what a handler is for (runtime.lua decides what happens
 -- when it finishes), or touch sockets.
 --
@@ -105,6 +110,11 @@ local function unregister(w)
   if not w.registered then return end
   w.registered = false
   cancel_timers(w)
+  if w.stop then -- an await's subscription (lunaroom.await): dropped
+    local s = w.stop
+    w.stop = nil
+    pcall(s)
+  end
   if w.deadline then core.cancel(w.srv.h, w.deadline); w.deadline = nil end
   local st = state(w.srv)
   st.n = st.n - 1
@@ -226,21 +236,31 @@ function arm(w, status, tag, ...)
     end)
     return PENDING
   end
-  if tag == "lunaroom.http_take" then -- room-to-room fetch whose target waits (in process)
-    local id, t = ...
+  if tag == "lunaroom.await" then -- a completion in this process (room-to-room fetch, session transfer)
+    local start, t, label = ...
+    if type(start) ~= "function" then return fail_wait(w, "lunaroom.await: a start function expected") end
     if type(t) ~= "number" or not (t > 0) then t = timeout end
     t = math.floor(math.min(t, handler_timeout + 1))
-    local waited = 0
-    local function poll()
-      w.t = nil
+    label = type(label) == "string" and label or "wait"
+    -- start(done) subscribes done(result), called once when the result is
+    -- there (it resumes this handler directly: no timer, no poll); it may
+    -- return a function that drops the subscription (timeout, cancel).
+    local okc, stop = pcall(start, function(res)
+      if w.seq ~= seq or not w.co then return end -- timed out or cancelled meanwhile
+      w.stop = nil
+      return step(w, res)
+    end)
+    if not okc then return fail_wait(w, tostring(stop)) end
+    if w.seq ~= seq then return PENDING end -- answered at once
+    w.stop = type(stop) == "function" and stop or nil
+    w.tt = core.timer(srv.h, rawget(room, "h"), t, function()
+      w.tt = nil
       if w.seq ~= seq then return end
-      local res = core.http_take(id)
-      if res then return step(w, res) end
-      waited = waited + 1
-      if waited >= t then return fail_wait(w, ("fetch: no answer after %d ms (timeout)"):format(t)) end
-      w.t = core.timer(srv.h, rawget(room, "h"), 1, poll)
-    end
-    w.t = core.timer(srv.h, rawget(room, "h"), 1, poll)
+      local s = w.stop
+      w.stop = nil
+      if s then pcall(s) end
+      return fail_wait(w, ("%s: no answer after %d ms (timeout)"):format(label, t))
+    end)
     return PENDING
   end
   local co = w.co

@@ -198,6 +198,78 @@ describe("handlers that wait, over the wire", () => {
     }
   });
 
+  test("an action's fetch of a room whose route waits gets the route's answer (no poll)", async () => {
+    const svc = await slowService(300);
+    const srv = await serve();
+    try {
+      const c = await join(srv, "asker-1");
+      const t0 = Date.now();
+      c.send({ action: "ask", value: { room: "route-f1", url: svc.url } });
+      const m = await c.next((p) => p?.type === "sync" && p.value.done === 1, 10000);
+      assert.ok(Date.now() - t0 >= 290, "answered after the service");
+      assert.equal(m.value.status, 200);
+      assert.equal(m.value.n, 1);
+      assert.equal(svc.hits, 1);
+    } finally {
+      await srv.stop();
+      await svc.close();
+    }
+  });
+
+  test("a room woken from hibernation whose restore hook waits: frames sent meanwhile apply once, in order", async () => {
+    const svc = await slowService(300);
+    const srv = await serve();
+    try {
+      const c = await join(srv, "restoring-1");
+      const trail = {}; // the client's view of room.trail, from the sync patches
+      const upTo = (n) => (p) => {
+        if (p?.type === "sync" && p.value.trail) Object.assign(trail, p.value.trail);
+        return trail[n] !== undefined;
+      };
+      c.send({ action: "setup", value: svc.url }); // the restore hook waits on it from now on
+      c.send({ action: "mark", value: "a" });
+      await c.next(upTo("1"), 5000);
+      for (let i = 0; i < 50 && !/hibernated/.test(srv.logs()); i++) await sleep(50);
+      assert.match(srv.logs(), /room main\/restoring-1 hibernated/);
+      const t0 = Date.now();
+      c.send({ action: "mark", value: "b" }); // wakes it: the restore waits 300 ms
+      c.send({ action: "mark", value: "c" });
+      await c.next(upTo("3"), 5000);
+      assert.ok(Date.now() - t0 >= 290, "applied after the restore");
+      await sleep(100); // nothing more comes (no frame applied twice)
+      const all = {};
+      for (const p of c.messages) if (p?.type === "sync" && p.value.trail) Object.assign(all, p.value.trail);
+      assert.deepEqual(all, { 1: "a", 2: "b", 3: "c" });
+      assert.equal(svc.hits, 1);
+    } finally {
+      await srv.stop();
+      await svc.close();
+    }
+  });
+
+  test("an interceptor that waits on a packet for one connection: its packets stay in order, others are not held", async () => {
+    const srv = await serve();
+    try {
+      const slow = wsClient(`${srv.wsUrl}/parties/main/icept-1?id=slow`);
+      await slow.opened;
+      await slow.next((m) => m?.type === "sync" && m.value.pId !== undefined, 5000);
+      const fast = await join(srv, "icept-1");
+      const t0 = Date.now();
+      fast.send({ action: "say", value: { n: 1, slow: 300 } });
+      for (let n = 2; n <= 20; n++) fast.send({ action: "say", value: { n } });
+      await fast.next((m) => m?.type === "m" && m.value.n === 20, 5000);
+      const fastDone = Date.now() - t0;
+      await slow.next((m) => m?.type === "m" && m.value.n === 20, 5000);
+      const slowDone = Date.now() - t0;
+      assert.ok(fastDone < 250, `the other connection was held: ${fastDone} ms`);
+      assert.ok(slowDone >= 290, `answered before the interceptor's wait: ${slowDone} ms`);
+      const order = slow.messages.filter((m) => m?.type === "m").map((m) => m.value.n);
+      assert.deepEqual(order, Array.from({ length: 20 }, (_, i) => i + 1));
+    } finally {
+      await srv.stop();
+    }
+  });
+
   test("SIGTERM: a waiting route still answers; handlers still waiting after the drain are cancelled", async () => {
     const svc = await slowService(300);
     const stuck = await slowService(8000);
