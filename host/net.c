@@ -298,57 +298,61 @@ void lr_net_stop(void) {
   if (net_ctx) lws_cancel_service(net_ctx);
 }
 
-int lr_net_run(lr_server *s, const lr_net_opts *o) {
-  net_loop L;
-  memset(&L, 0, sizeof L);
-  L.srv = s;
-  lr_net_defaults(&L.o);
-  if (o) {
-    L.o.host = o->host;
-    L.o.port = o->port;
-    if (o->max_frame) L.o.max_frame = o->max_frame;
-    if (o->max_queue_bytes) L.o.max_queue_bytes = o->max_queue_bytes;
-    if (o->max_http_body) L.o.max_http_body = o->max_http_body;
-    L.o.static_dir = o->static_dir;
-    if (o->max_conns) L.o.max_conns = o->max_conns;
-    if (o->max_conns_per_ip) L.o.max_conns_per_ip = o->max_conns_per_ip;
-    L.o.tls_cert = o->tls_cert;
-    L.o.tls_key = o->tls_key;
-    L.o.on_hup = o->on_hup;
-    L.o.on_hup_arg = o->on_hup_arg;
-    if (o->max_http_per_ip) L.o.max_http_per_ip = o->max_http_per_ip;
-    if (o->body_timeout_ms > 0) L.o.body_timeout_ms = o->body_timeout_ms;
-    if (o->msgs_per_ip) L.o.msgs_per_ip = o->msgs_per_ip;
-    L.o.trusted_proxies = o->trusted_proxies;
-  }
-  if (!L.o.tls_cert != !L.o.tls_key) {
+/* L->o: the defaults, with what o sets on top. */
+static void net_opts(net_loop *L, const lr_net_opts *o) {
+  lr_net_defaults(&L->o);
+  if (!o) return;
+  L->o.host = o->host;
+  L->o.port = o->port;
+  if (o->max_frame) L->o.max_frame = o->max_frame;
+  if (o->max_queue_bytes) L->o.max_queue_bytes = o->max_queue_bytes;
+  if (o->max_http_body) L->o.max_http_body = o->max_http_body;
+  L->o.static_dir = o->static_dir;
+  if (o->max_conns) L->o.max_conns = o->max_conns;
+  if (o->max_conns_per_ip) L->o.max_conns_per_ip = o->max_conns_per_ip;
+  L->o.tls_cert = o->tls_cert;
+  L->o.tls_key = o->tls_key;
+  L->o.on_hup = o->on_hup;
+  L->o.on_hup_arg = o->on_hup_arg;
+  if (o->max_http_per_ip) L->o.max_http_per_ip = o->max_http_per_ip;
+  if (o->body_timeout_ms > 0) L->o.body_timeout_ms = o->body_timeout_ms;
+  if (o->msgs_per_ip) L->o.msgs_per_ip = o->msgs_per_ip;
+  L->o.trusted_proxies = o->trusted_proxies;
+}
+
+/* Check the options and resolve what they name (trusted proxies, the
+ * static folder). false: logged; what was made is freed by net_free. */
+static bool net_prepare(net_loop *L) {
+  if (!L->o.tls_cert != !L->o.tls_key) {
     lr_error("tls: --tls-cert and --tls-key go together");
-    return 1;
+    return false;
   }
-  if (!net_parse_trusted(&L, L.o.trusted_proxies)) {
-    free(L.trusted);
-    return 1;
+  if (!net_parse_trusted(L, L->o.trusted_proxies)) return false;
+  if (L->o.port < 0 || L->o.port > 65535) {
+    lr_error("invalid port %d", L->o.port);
+    return false;
   }
-  if (L.o.port < 0 || L.o.port > 65535) {
-    lr_error("invalid port %d", L.o.port);
-    return 1;
-  }
-  if (L.o.static_dir) {
-    L.static_root = realpath(L.o.static_dir, NULL);
-    if (!L.static_root) {
-      lr_error("static folder %s: %s", L.o.static_dir, strerror(errno));
-      return 1;
+  if (L->o.static_dir) {
+    L->static_root = realpath(L->o.static_dir, NULL);
+    if (!L->static_root) {
+      lr_error("static folder %s: %s", L->o.static_dir, strerror(errno));
+      return false;
     }
   }
+  return true;
+}
 
+/* Create the context and its listening vhost. Returns the port listened
+ * on, or -1 (logged; no context left). */
+static int net_listen(net_loop *L) {
   lws_set_log_level(LLL_ERR | LLL_WARN, net_lws_log);
   struct lws_context_creation_info info;
   memset(&info, 0, sizeof info);
-  info.port = L.o.port;
-  info.iface = L.o.host;
+  info.port = L->o.port;
+  info.iface = L->o.host;
   info.protocols = net_protocols;
   info.vhost_name = "lunaroom";
-  info.user = &L;
+  info.user = L;
   info.options = 0; /* no UTF-8 validation: text and binary frames reach the engine as bytes */
   info.timeout_secs = NET_TIMEOUT_SECS;
   info.timeout_secs_ah_idle = NET_TIMEOUT_SECS;
@@ -358,28 +362,95 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   info.retry_and_idle_policy = &net_idle_policy;
   info.gid = -1;
   info.uid = -1;
-  if (L.o.tls_cert) {
+  if (L->o.tls_cert) {
     /* https:// and wss:// only: without ALLOW_NON_SSL_ON_SSL_PORT a plain
      * request fails its handshake and is closed. */
     info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-    info.ssl_cert_filepath = L.o.tls_cert;
-    info.ssl_private_key_filepath = L.o.tls_key;
+    info.ssl_cert_filepath = L->o.tls_cert;
+    info.ssl_private_key_filepath = L->o.tls_key;
     info.alpn = "http/1.1";
   }
-
-  net_stop_flag = 0;
-  net_hup_flag = 0;
-  L.ctx = lws_create_context(&info);
-  struct lws_vhost *vh = L.ctx ? lws_get_vhost_by_name(L.ctx, "lunaroom") : NULL;
+  L->ctx = lws_create_context(&info);
+  struct lws_vhost *vh = L->ctx ? lws_get_vhost_by_name(L->ctx, "lunaroom") : NULL;
   int port = vh ? lws_get_vhost_listen_port(vh) : -1;
-  if (!L.ctx || !vh || port <= 0) {
-    lr_error("cannot listen on %s:%d", L.o.host ? L.o.host : "0.0.0.0", L.o.port);
-    if (L.ctx) lws_context_destroy(L.ctx);
-    free(L.static_root);
-    net_addr_free_all(&L);
-    free(L.trusted);
+  if (!L->ctx || !vh || port <= 0) {
+    lr_error("cannot listen on %s:%d", L->o.host ? L->o.host : "0.0.0.0", L->o.port);
+    if (L->ctx) lws_context_destroy(L->ctx);
+    L->ctx = NULL;
+    return -1;
+  }
+  return port;
+}
+
+/* What net_prepare and the loop made (not the context). */
+static void net_free(net_loop *L) {
+  free(L->static_root);
+  net_addr_free_all(L);
+  free(L->trusted);
+}
+
+/* The loop proper, until a stop signal. Returns 0, or 1 if it failed. */
+static int net_serve(net_loop *L) {
+  lr_server *s = L->srv;
+  while (!net_stop_flag) {
+    int64_t trim_in = L->trim_at ? L->trim_at - net_now_ms() : -1;
+    net_arm(L, trim_in < 0 && L->trim_at ? 0 : trim_in);
+    lr_server_batch_joins(s, true);
+    L->pass++;
+    int n = lws_service(L->ctx, 0);
+    lr_server_batch_joins(s, false);
+    if (n < 0) {
+      lr_error("event loop failed");
+      return 1;
+    }
+    if (net_hup_flag) {
+      net_hup_flag = 0;
+      lr_info("SIGHUP: reloading");
+      net_tls_reload(L);
+      if (L->o.on_hup) L->o.on_hup(L->o.on_hup_arg);
+    }
+    lr_server_tick(s);
+    net_trim(L);
+  }
+  return 0;
+}
+
+/* Shutdown: the engine closes every socket with 1001; give the close
+ * frames and pending answers a bounded time to go out. */
+static void net_drain(net_loop *L, int rc) {
+  lr_server *s = L->srv;
+  lr_log_flush_suppressed(); /* summaries of refusal lines still counted */
+  lr_info("shutting down");
+  L->stopping = true;
+  lr_server_shutdown(s);
+  int64_t deadline = net_now_ms() + NET_DRAIN_MS;
+  while (rc == 0 && (L->nconns || L->nreqs || lr_server_waiting(s) > 0)) {
+    int64_t left = deadline - net_now_ms();
+    if (left <= 0) break;
+    net_arm(L, left);
+    if (lws_service(L->ctx, 0) < 0) break;
+    lr_server_tick(s);
+  }
+  if (L->nconns || L->nreqs)
+    lr_warn("shutdown: %zu connections and %zu requests still open after %d ms, dropping them",
+            L->nconns, L->nreqs, NET_DRAIN_MS);
+  if (lr_server_waiting(s) > 0)
+    lr_warn("shutdown: %ld room handler(s) still waiting after %d ms, cancelled",
+            lr_server_waiting(s), NET_DRAIN_MS);
+}
+
+int lr_net_run(lr_server *s, const lr_net_opts *o) {
+  net_loop L;
+  memset(&L, 0, sizeof L);
+  L.srv = s;
+  net_opts(&L, o);
+  int port = net_prepare(&L) ? net_listen(&L) : -1;
+  if (port < 0) {
+    net_free(&L);
     return 1;
   }
+  net_stop_flag = 0;
+  net_hup_flag = 0;
   pthread_mutex_lock(&net_wake_mu);
   net_ctx = L.ctx;
   net_active = &L;
@@ -398,50 +469,9 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
 
   lr_info("listening on %s://%s:%d", L.o.tls_cert ? "https" : "http",
           L.o.host ? L.o.host : "0.0.0.0", port);
+  int rc = net_serve(&L);
+  net_drain(&L, rc);
 
-  int rc = 0;
-  while (!net_stop_flag) {
-    int64_t trim_in = L.trim_at ? L.trim_at - net_now_ms() : -1;
-    net_arm(&L, trim_in < 0 && L.trim_at ? 0 : trim_in);
-    lr_server_batch_joins(s, true);
-    L.pass++;
-    int n = lws_service(L.ctx, 0);
-    lr_server_batch_joins(s, false);
-    if (n < 0) {
-      lr_error("event loop failed");
-      rc = 1;
-      break;
-    }
-    if (net_hup_flag) {
-      net_hup_flag = 0;
-      lr_info("SIGHUP: reloading");
-      net_tls_reload(&L);
-      if (L.o.on_hup) L.o.on_hup(L.o.on_hup_arg);
-    }
-    lr_server_tick(s);
-    net_trim(&L);
-  }
-
-  /* Shutdown: the engine closes every socket with 1001; give the close
-   * frames and pending answers a bounded time to go out. */
-  lr_log_flush_suppressed(); /* summaries of refusal lines still counted */
-  lr_info("shutting down");
-  L.stopping = true;
-  lr_server_shutdown(s);
-  int64_t deadline = net_now_ms() + NET_DRAIN_MS;
-  while (rc == 0 && (L.nconns || L.nreqs || lr_server_waiting(s) > 0)) {
-    int64_t left = deadline - net_now_ms();
-    if (left <= 0) break;
-    net_arm(&L, left);
-    if (lws_service(L.ctx, 0) < 0) break;
-    lr_server_tick(s);
-  }
-  if (L.nconns || L.nreqs)
-    lr_warn("shutdown: %zu connections and %zu requests still open after %d ms, dropping them",
-            L.nconns, L.nreqs, NET_DRAIN_MS);
-  if (lr_server_waiting(s) > 0)
-    lr_warn("shutdown: %ld room handler(s) still waiting after %d ms, cancelled",
-            lr_server_waiting(s), NET_DRAIN_MS);
   lws_sul_cancel(&L.engine_sul);
   lws_sul_cancel(&L.budget_sul);
   pthread_mutex_lock(&net_wake_mu);
@@ -455,8 +485,6 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   sigaction(SIGTERM, &old_term, NULL);
   sigaction(SIGHUP, &old_hup, NULL);
   sigaction(SIGPIPE, &old_pipe, NULL);
-  free(L.static_root);
-  net_addr_free_all(&L);
-  free(L.trusted);
+  net_free(&L);
   return rc;
 }

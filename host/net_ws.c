@@ -228,63 +228,38 @@ static int net_ws_refuse(net_loop *L, struct lws *wsi, const char *peer, int st)
   return 0;
 }
 
-/* HTTP_CONFIRM_UPGRADE: the headers are parsed and we can still answer with
- * an HTTP status. Returns the lws callback result: 0 to go on with the
- * upgrade, 1 after answering, -1 to hang up. */
-int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
-  if (!strcasecmp(up, "h2c")) {
-    /* lws 4.1 upgrades h1 -> h2c fine for body-less requests, but loses the
-     * body of one that has one (curl --http2 -d ...): refuse those. */
-    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 ||
-        lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
-      lws_return_http_status(wsi, HTTP_STATUS_BAD_REQUEST, "h2c upgrade with a body: use HTTP/1.1");
-      return 1;
-    }
-    return 0;
-  }
-  if (strcasecmp(up, "websocket")) return -1; /* lws answers other upgrades with 403 first */
-  bool head;
-  const char *method = net_method(wsi, &head);
-  char *dpath = net_hdr_dup(wsi, WSI_TOKEN_GET_URI);
-  if (!method || strcmp(method, "GET") || !dpath) {
-    free(dpath);
-    return -1;
-  }
-  char peer[64];
-  net_peer(wsi, peer, sizeof peer);
-  /* Connection limits, before the room sees anything. */
+/* The connection limits, before the room sees anything: 0 when the socket
+ * may go on, else the HTTP status it was refused with (answered here). A
+ * shard's uplink (relay: x-shard-id, authenticated by the engine) carries
+ * many clients from one address: it is not counted against that address;
+ * its clients are, each under its own address (lr_net_addr_acquire). */
+static int net_ws_limits(net_loop *L, struct lws *wsi, const char *peer, bool relay) {
   if (L->o.max_conns >= 0 && L->nws >= (size_t)L->o.max_conns) {
     lr_warn_limited("connection limit", "websocket from %s refused: %zu connections open (max %ld)",
                     peer, L->nws, L->o.max_conns);
-    free(dpath);
     lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
-    return 1;
+    return HTTP_STATUS_SERVICE_UNAVAILABLE;
   }
-  /* A shard's uplink (x-shard-id, authenticated by the engine) carries many
-   * clients from one address: it is not counted against that address; its
-   * clients are, each under its own address (lr_net_addr_acquire). */
-  bool relay = lws_hdr_custom_length(wsi, "x-shard-id:", 11) >= 0;
   if (L->o.max_conns_per_ip >= 0 && !relay) {
     struct net_addr *a = net_addr_get(L, peer, false);
     if (a && a->ws >= (uint32_t)L->o.max_conns_per_ip) {
       lr_warn_limited("address limit",
                       "websocket from %s refused: %u connections from this address (max %ld)", peer,
                       a->ws, L->o.max_conns_per_ip);
-      free(dpath);
       lws_return_http_status(wsi, 429, NULL);
-      return 1;
+      return 429;
     }
   }
-  /* Past the limits, a socket is accepted even when there is no room for it
-   * (net_ws_refuse): the page sees a close code, not a failed handshake. */
-  if (strncmp(dpath, "/parties/", 9) || L->stopping) {
-    free(dpath);
-    return net_ws_refuse(L, wsi, peer, L->stopping ? 503 : 404);
-  }
+  return 0;
+}
+
+/* Hand the upgrade of dpath (lws's decoded path, under /parties/) to the
+ * engine. Returns the HTTP_CONFIRM_UPGRADE result. */
+static int net_ws_open(net_loop *L, struct lws *wsi, const char *peer, const char *dpath,
+                       bool relay) {
   lr_request req = {0};
   req.method = "GET";
   char *path = net_path_encode(dpath);
-  free(dpath);
   char *query = net_query_collect(wsi);
   size_t nh = 0;
   lr_header *h = net_hdrs_collect(L, wsi, &nh);
@@ -316,7 +291,7 @@ int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   }
   free(path);
   nc->conn = conn;
-  if (relay && lr_conn_is_relay(conn)) { /* exempt: see above */
+  if (relay && lr_conn_is_relay(conn)) { /* exempt: see net_ws_limits */
     nc->ip->ws--;
     net_addr_put(L, nc->ip);
     nc->ip = NULL;
@@ -324,6 +299,45 @@ int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   net_sock_release(wsi); /* a WebSocket now, counted as one */
   net_churn(L);
   return 0;
+}
+
+/* HTTP_CONFIRM_UPGRADE: the headers are parsed and we can still answer with
+ * an HTTP status. Returns the lws callback result: 0 to go on with the
+ * upgrade, 1 after answering, -1 to hang up. */
+int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
+  if (!strcasecmp(up, "h2c")) {
+    /* lws 4.1 upgrades h1 -> h2c fine for body-less requests, but loses the
+     * body of one that has one (curl --http2 -d ...): refuse those. */
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 ||
+        lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
+      lws_return_http_status(wsi, HTTP_STATUS_BAD_REQUEST, "h2c upgrade with a body: use HTTP/1.1");
+      return 1;
+    }
+    return 0;
+  }
+  if (strcasecmp(up, "websocket")) return -1; /* lws answers other upgrades with 403 first */
+  bool head;
+  const char *method = net_method(wsi, &head);
+  char *dpath = net_hdr_dup(wsi, WSI_TOKEN_GET_URI);
+  if (!method || strcmp(method, "GET") || !dpath) {
+    free(dpath);
+    return -1;
+  }
+  char peer[64];
+  net_peer(wsi, peer, sizeof peer);
+  bool relay = lws_hdr_custom_length(wsi, "x-shard-id:", 11) >= 0;
+  int rc;
+  if (net_ws_limits(L, wsi, peer, relay))
+    rc = 1;
+  else if (strncmp(dpath, "/parties/", 9) || L->stopping)
+    /* Past the limits, a socket is accepted even when there is no room for
+     * it (net_ws_refuse): the page sees a close code, not a failed
+     * handshake. */
+    rc = net_ws_refuse(L, wsi, peer, L->stopping ? 503 : 404);
+  else
+    rc = net_ws_open(L, wsi, peer, dpath, relay);
+  free(dpath);
+  return rc;
 }
 
 /* SERVER_WRITEABLE: one lws_write (a queued message, or the close frame).
