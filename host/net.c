@@ -34,7 +34,6 @@
 #include "net_int.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -279,14 +278,10 @@ void lr_net_defaults(lr_net_opts *o) {
   o->trusted_proxies = NULL;
 }
 
-/* lr_net_wake may run on another thread: the
- * context it wakes is read and cleared under this lock. */
-static pthread_mutex_t net_wake_mu = PTHREAD_MUTEX_INITIALIZER;
+static size_t (*net_drain_busy)(void); /* lr_net_set_drain */
 
-void lr_net_wake(void) {
-  pthread_mutex_lock(&net_wake_mu);
-  if (net_ctx) lws_cancel_service(net_ctx);
-  pthread_mutex_unlock(&net_wake_mu);
+void lr_net_set_drain(size_t (*busy)(void)) {
+  net_drain_busy = busy;
 }
 
 struct lws_context *lr_net_context(void) {
@@ -424,7 +419,8 @@ static void net_drain(net_loop *L, int rc) {
   L->stopping = true;
   lr_server_shutdown(s);
   int64_t deadline = net_now_ms() + NET_DRAIN_MS;
-  while (rc == 0 && (L->nconns || L->nreqs || lr_server_waiting(s) > 0)) {
+  while (rc == 0 && (L->nconns || L->nreqs || lr_server_waiting(s) > 0 ||
+                     (net_drain_busy && net_drain_busy() > 0))) {
     int64_t left = deadline - net_now_ms();
     if (left <= 0) break;
     net_arm(L, left);
@@ -451,10 +447,8 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   }
   net_stop_flag = 0;
   net_hup_flag = 0;
-  pthread_mutex_lock(&net_wake_mu);
   net_ctx = L.ctx;
   net_active = &L;
-  pthread_mutex_unlock(&net_wake_mu);
   net_fd_start(L.ctx);
 
   struct sigaction sa, old_int, old_term, old_pipe, old_hup;
@@ -474,9 +468,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
 
   lws_sul_cancel(&L.engine_sul);
   lws_sul_cancel(&L.budget_sul);
-  pthread_mutex_lock(&net_wake_mu);
   net_ctx = NULL;
-  pthread_mutex_unlock(&net_wake_mu);
   L.destroying = true;
   net_fd_stop();
   lws_context_destroy(L.ctx); /* remaining sockets: CLOSED -> lr_conn_closed */
