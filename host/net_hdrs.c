@@ -83,74 +83,119 @@ static const char *const net_custom_headers[] = {
     "priority",
 };
 
-/* Append the custom header `name` (lower-case) to h[*n] if the request has
- * it and there is room. */
-static void net_hdr_custom(struct lws *wsi, const char *name, lr_header *h, size_t *n) {
-  if (*n >= NET_MAX_HEADERS) return;
-  char key[LR_HEADER_NAME_MAX + 2];
-  int kl = snprintf(key, sizeof key, "%s:", name);
-  if (kl <= 1 || (size_t)kl >= sizeof key) return;
-  for (size_t i = 0; i < *n; i++) /* a registered name that is in the built-in list */
-    if (strcmp(h[i].name, name) == 0) return;
-  int vl = lws_hdr_custom_length(wsi, key, kl);
-  if (vl < 0) return;
-  size_t nl = (size_t)kl; /* name + NUL */
-  char *s = lr_xmalloc(nl + (size_t)vl + 1);
-  memcpy(s, name, nl - 1);
-  s[nl - 1] = '\0';
-  if (lws_hdr_custom_copy(wsi, s + nl, vl + 1, key, kl) < 0) {
-    free(s);
-    return;
-  }
-  h[*n].name = s;
-  h[*n].value = s + nl;
-  (*n)++;
-}
+/* The request headers lws parses into its token table, as they reach the
+ * engine: lower-cased "name" without the colon. Built once (first request):
+ * lws_token_to_string and the name checks are not per request. */
+typedef struct net_tok {
+  uint8_t tok;
+  uint8_t nl;
+  char name[64];
+} net_tok;
+static net_tok net_toks[WSI_TOKEN_COUNT];
+static int net_ntoks = -1;
 
-/* Collect every request header lws kept, lower-cased, into a new array of
- * lr_header whose strings live in one allocation per header. The caller
- * frees with net_hdrs_free. */
-lr_header *net_hdrs_collect(net_loop *L, struct lws *wsi, size_t *nout) {
-  lr_header *h = lr_xcalloc(NET_MAX_HEADERS, sizeof *h);
-  size_t n = 0;
-  for (int t = 0; t < (int)WSI_TOKEN_COUNT && n < NET_MAX_HEADERS; t++) {
+static void net_toks_init(void) {
+  net_ntoks = 0;
+  for (int t = 0; t < (int)WSI_TOKEN_COUNT; t++) {
     if (t == WSI_TOKEN_HTTP_URI_ARGS || t >= (int)_WSI_TOKEN_CLIENT_SENT_PROTOCOLS) continue;
     const char *nm = (const char *)lws_token_to_string((enum lws_token_indexes)t);
     if (!nm) continue;
     size_t nl = strlen(nm);
     /* Header tokens are "name:"; methods, "http/1.1 " and h2 pseudo-headers
      * (":path") are not headers. */
-    if (nl < 2 || nm[nl - 1] != ':' || nm[0] == ':') continue;
-    int vl = lws_hdr_total_length(wsi, (enum lws_token_indexes)t);
-    if (vl <= 0) continue;
-    char *s = lr_xmalloc(nl + (size_t)vl + 1);
-    memcpy(s, nm, nl - 1);
-    s[nl - 1] = '\0';
+    if (nl < 2 || nm[nl - 1] != ':' || nm[0] == ':' || nl > sizeof net_toks[0].name) continue;
+    net_tok *k = &net_toks[net_ntoks++];
+    k->tok = (uint8_t)t;
+    k->nl = (uint8_t)(nl - 1);
     for (size_t i = 0; i < nl - 1; i++)
-      if (s[i] >= 'A' && s[i] <= 'Z') s[i] = (char)(s[i] + 32);
-    if (lws_hdr_copy(wsi, s + nl, vl + 1, (enum lws_token_indexes)t) < 0) {
-      free(s);
-      continue;
-    }
-    h[n].name = s;
-    h[n].value = s + nl;
-    n++;
+      k->name[i] = (char)(nm[i] >= 'A' && nm[i] <= 'Z' ? nm[i] + 32 : nm[i]);
+    k->name[nl - 1] = '\0';
   }
-  for (size_t i = 0; i < sizeof net_custom_headers / sizeof *net_custom_headers; i++)
-    net_hdr_custom(wsi, net_custom_headers[i], h, &n);
+}
+
+/* A header the request has: a token, or (tok -1) a custom header looked up
+ * by "name:"; and the length of its value. */
+typedef struct net_found {
+  const char *name;
+  size_t nl;
+  int vl;
+  int tok;
+} net_found;
+
+/* Look up the custom header `name` (lower-case; key is "name:" of kl
+ * bytes) and add it to f[*n] if the request has it, it is not there yet
+ * (a registered name that is in the built-in list) and there is room.
+ * Returns the bytes its copy takes. */
+static size_t net_hdr_custom(struct lws *wsi, const char *name, const char *key, int kl,
+                             net_found *f, size_t *n) {
+  if (*n >= NET_MAX_HEADERS) return 0;
+  int vl = lws_hdr_custom_length(wsi, key, kl);
+  if (vl < 0) return 0;
+  size_t nl = (size_t)kl - 1;
+  for (size_t i = 0; i < *n; i++)
+    if (f[i].nl == nl && memcmp(f[i].name, name, nl) == 0) return 0;
+  f[(*n)++] = (net_found){name, nl, vl, -1};
+  return nl + (size_t)vl + 2;
+}
+
+/* Collect every request header lws kept, lower-cased, into a new array of
+ * lr_header whose strings live in the same allocation (one per request: the
+ * lengths are looked up first, then the values copied). The caller frees
+ * with net_hdrs_free. */
+lr_header *net_hdrs_collect(net_loop *L, struct lws *wsi, size_t *nout) {
+  if (net_ntoks < 0) net_toks_init();
+  net_found f[NET_MAX_HEADERS];
+  size_t n = 0, bytes = 0;
+  for (int i = 0; i < net_ntoks && n < NET_MAX_HEADERS; i++) {
+    int vl = lws_hdr_total_length(wsi, (enum lws_token_indexes)net_toks[i].tok);
+    if (vl <= 0) continue;
+    f[n++] = (net_found){net_toks[i].name, net_toks[i].nl, vl, net_toks[i].tok};
+    bytes += net_toks[i].nl + (size_t)vl + 2;
+  }
+  char key[LR_HEADER_NAME_MAX + 2];
+  for (size_t i = 0; i < sizeof net_custom_headers / sizeof *net_custom_headers; i++) {
+    size_t nl = strlen(net_custom_headers[i]);
+    memcpy(key, net_custom_headers[i], nl);
+    key[nl] = ':';
+    bytes += net_hdr_custom(wsi, net_custom_headers[i], key, (int)nl + 1, f, &n);
+  }
   size_t nw;
   const char *const *wanted = lr_server_wanted_headers(L->srv, &nw);
-  for (size_t i = 0; i < nw; i++)
-    net_hdr_custom(wsi, wanted[i], h, &n);
-  *nout = n;
+  for (size_t i = 0; i < nw; i++) {
+    size_t nl = strlen(wanted[i]);
+    if (nl == 0 || nl + 1 >= sizeof key) continue;
+    memcpy(key, wanted[i], nl);
+    key[nl] = ':';
+    bytes += net_hdr_custom(wsi, wanted[i], key, (int)nl + 1, f, &n);
+  }
+  lr_header *h = lr_xmalloc(sizeof *h * (n ? n : 1) + bytes);
+  char *s = (char *)(h + (n ? n : 1));
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++) {
+    memcpy(s, f[i].name, f[i].nl);
+    s[f[i].nl] = '\0';
+    char *v = s + f[i].nl + 1;
+    int r;
+    if (f[i].tok < 0) {
+      memcpy(key, f[i].name, f[i].nl);
+      key[f[i].nl] = ':';
+      r = lws_hdr_custom_copy(wsi, v, f[i].vl + 1, key, (int)f[i].nl + 1);
+    } else {
+      r = lws_hdr_copy(wsi, v, f[i].vl + 1, (enum lws_token_indexes)f[i].tok);
+    }
+    if (r < 0) continue; /* as if absent */
+    h[m].name = s;
+    h[m].value = v;
+    m++;
+    s = v + f[i].vl + 1;
+  }
+  *nout = m;
   return h;
 }
 
-/* Free what net_hdrs_collect returned. NULL is ignored. */
+/* Free what net_hdrs_collect returned (one allocation). NULL is ignored. */
 void net_hdrs_free(lr_header *h, size_t n) {
-  if (!h) return;
-  for (size_t i = 0; i < n; i++)
-    free((char *)h[i].name);
+  (void)n;
   free(h);
 }
 
