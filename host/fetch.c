@@ -356,25 +356,12 @@ static int append_headers(conn_common *cc, struct lws *wsi, unsigned char **p, u
   return 0;
 }
 
-static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
-                          size_t len) {
-  (void)user;
-  conn_common *cc = lws_get_opaque_user_data(wsi);
-  http_req *r = cc && cc->kind == OBJ_HTTP ? (http_req *)cc : NULL;
-  lr_wsc *w = cc && cc->kind == OBJ_WS ? (lr_wsc *)cc : NULL;
+#define FETCH_NOT_MINE (-99) /* a reason the event handler below does not handle */
 
+/* The HTTP client events of r (NULL: an object already gone). */
+static int http_event(struct lws *wsi, enum lws_callback_reasons reason, http_req *r, void *in,
+                      size_t len) {
   switch (reason) {
-  case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
-    if (!cc) return 0;
-    unsigned char **p = (unsigned char **)in, *end = (*p) + len;
-    append_headers(cc, wsi, p, end);
-    if (r && r->body) {
-      if (lws_add_http_header_content_length(wsi, r->bodylen, p, end)) return -1;
-      lws_client_http_body_pending(wsi, 1);
-      lws_callback_on_writable(wsi);
-    }
-    return 0;
-  }
   case LWS_CALLBACK_CLIENT_HTTP_WRITEABLE: {
     if (!r || !r->body) return 0;
     unsigned char *buf = lr_xmalloc(LWS_PRE + r->bodylen + 1);
@@ -410,17 +397,19 @@ static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
   case LWS_CALLBACK_COMPLETED_CLIENT_HTTP:
     if (r) http_finish(r, NULL);
     return 0;
-  case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
-    char why[200];
-    snprintf(why, sizeof why, "connect failed: %s", in && len ? (const char *)in : "error");
-    if (r) http_finish(r, why);
-    if (w) ws_closed(w, 1006, why);
-    return 0;
-  }
   case LWS_CALLBACK_CLOSED_CLIENT_HTTP:
     if (r) http_finish(r, "connection closed before the response ended");
     return 0;
+  default:
+    return FETCH_NOT_MINE;
+  }
+}
 
+/* The WebSocket client events of w (NULL: an object already gone). */
+static int ws_event(struct lws *wsi, enum lws_callback_reasons reason, lr_wsc *w, void *in,
+                    size_t len) {
+  conn_common *cc = w ? &w->cc : NULL;
+  switch (reason) {
   case LWS_CALLBACK_CLIENT_ESTABLISHED:
     if (!w) return 0;
     w->opened = true;
@@ -473,7 +462,37 @@ static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
   case LWS_CALLBACK_CLIENT_CLOSED:
     if (w) ws_closed(w, w->peer_code ? w->peer_code : 1006, w->peer_code ? w->peer_reason : "");
     return 0;
+  default:
+    return FETCH_NOT_MINE;
+  }
+}
 
+static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                          size_t len) {
+  (void)user;
+  conn_common *cc = lws_get_opaque_user_data(wsi);
+  http_req *r = cc && cc->kind == OBJ_HTTP ? (http_req *)cc : NULL;
+  lr_wsc *w = cc && cc->kind == OBJ_WS ? (lr_wsc *)cc : NULL;
+
+  switch (reason) {
+  case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
+    if (!cc) return 0;
+    unsigned char **p = (unsigned char **)in, *end = (*p) + len;
+    append_headers(cc, wsi, p, end);
+    if (r && r->body) {
+      if (lws_add_http_header_content_length(wsi, r->bodylen, p, end)) return -1;
+      lws_client_http_body_pending(wsi, 1);
+      lws_callback_on_writable(wsi);
+    }
+    return 0;
+  }
+  case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
+    char why[200];
+    snprintf(why, sizeof why, "connect failed: %s", in && len ? (const char *)in : "error");
+    if (r) http_finish(r, why);
+    if (w) ws_closed(w, 1006, why);
+    return 0;
+  }
   case LWS_CALLBACK_WSI_DESTROY:
     if (!cc) return 0;
     if (r) http_finish(r, "connection closed");
@@ -482,8 +501,11 @@ static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     cc->wsi_gone = true;
     lws_set_opaque_user_data(wsi, NULL);
     return 0;
-  default:
-    return 0;
+  default: {
+    int rc = http_event(wsi, reason, r, in, len);
+    if (rc == FETCH_NOT_MINE) rc = ws_event(wsi, reason, w, in, len);
+    return rc == FETCH_NOT_MINE ? 0 : rc;
+  }
   }
 }
 
