@@ -500,6 +500,7 @@ static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     cc->wsi = NULL;
     cc->wsi_gone = true;
     lws_set_opaque_user_data(wsi, NULL);
+    arm_dispatch(); /* sweeps it if nothing else is queued for it */
     return 0;
   default: {
     int rc = http_event(wsi, reason, r, in, len);
@@ -676,7 +677,8 @@ static void connect_obj(conn_common *cc) {
 static void connect_pending(void) {
   for (conn_common *cc = G.all; cc; cc = cc->next_all) {
     if (!cc->pending) continue;
-    bool gone = cc->kind == OBJ_HTTP ? ((http_req *)cc)->cancelled : ((lr_wsc *)cc)->user_closed;
+    http_req *r = cc->kind == OBJ_HTTP ? (http_req *)cc : NULL;
+    bool gone = r ? r->cancelled || r->finished : ((lr_wsc *)cc)->user_closed;
     if (gone) {
       cc->pending = false;
       cc->wsi_gone = true; /* never had one */
