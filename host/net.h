@@ -4,7 +4,10 @@
  *
  * Owns: listening, frame assembly and size limits, per-connection outgoing
  * queues of lr_msg references written from WRITEABLE, HTTP request bodies and
- * responses, slowloris/idle timeouts, signals to stop the loop.
+ * responses, slowloris/idle timeouts, per-address limits, signals to stop the
+ * loop, the one event loop other descriptors and client connections join
+ * (fd watches, lr_net_context). Implemented by host/net*.c (net_int.h lists
+ * which file owns what).
  * Must not: parse JSON, call Lua, or know about rooms beyond server.h.
  */
 #ifndef LR_NET_H
