@@ -32,9 +32,40 @@
 
 #include "log.h"
 
+/* An IPv4 peer (or one mapped into IPv6 by a dual-stack socket) as
+ * "a.b.c.d" into buf, formatted by hand: lws_get_peer_simple formats it with
+ * three snprintf calls, and every join asks twice (accept, upgrade). false:
+ * not IPv4 (the caller asks lws). */
+static bool net_peer_v4(struct lws *wsi, char *buf, size_t len) {
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  int fd = lws_get_socket_fd(wsi);
+  if (len < 16 || fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &sl) != 0) return false;
+  const unsigned char *b;
+  if (ss.ss_family == AF_INET) {
+    b = (const unsigned char *)&((struct sockaddr_in *)&ss)->sin_addr;
+  } else if (ss.ss_family == AF_INET6 &&
+             IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)&ss)->sin6_addr)) {
+    b = (const unsigned char *)&((struct sockaddr_in6 *)&ss)->sin6_addr + 12;
+  } else {
+    return false;
+  }
+  char *p = buf;
+  for (int i = 0; i < 4; i++) {
+    unsigned v = b[i];
+    if (v >= 100) *p++ = (char)('0' + v / 100);
+    if (v >= 10) *p++ = (char)('0' + v / 10 % 10);
+    *p++ = (char)('0' + v % 10);
+    if (i < 3) *p++ = '.';
+  }
+  *p = '\0';
+  return true;
+}
+
 /* The TCP peer's numeric address into buf ("unknown" if lws cannot tell). */
 static void net_peer_tcp(struct lws *wsi, char *buf, size_t len) {
   buf[0] = '\0';
+  if (net_peer_v4(wsi, buf, len)) return;
   if (!lws_get_peer_simple(wsi, buf, len)) {
     snprintf(buf, len, "unknown");
     return;
@@ -109,7 +140,9 @@ static void net_addr_key(const char *ip, char out[64]) {
       return;
     }
   }
-  snprintf(out, 64, "%s", ip);
+  size_t n = strnlen(ip, 63);
+  memcpy(out, ip, n);
+  out[n] = '\0';
 }
 
 static uint32_t net_addr_hash(const char *k) {
