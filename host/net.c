@@ -439,6 +439,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   net_loop L;
   memset(&L, 0, sizeof L);
   L.srv = s;
+  lr_server_set_loop_fds(s, &net_loop_fds);
   net_opts(&L, o);
   int port = net_prepare(&L) ? net_listen(&L) : -1;
   if (port < 0) {

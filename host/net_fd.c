@@ -3,7 +3,8 @@
  * the one event loop (net.h lr_net_watch_fd).
  *
  * Owns: the watch list, the raw-file vhost of the loop's context, the dups
- * lws closes; lr_net_poll_watched while no loop runs.
+ * lws closes; lr_net_poll_watched while no loop runs; the same watches as
+ * the engine's lr_loop_fds (net_loop_fds, handed over by lr_net_run).
  * Must not: close the caller's fd, or run a callback from inside another
  * watch's teardown.
  */
@@ -169,6 +170,20 @@ int lr_net_poll_watched(int timeout_ms) {
     if (--ws[i]->busy == 0 && ws[i]->dead) free(ws[i]);
   return fired;
 }
+
+/* The same watches as the engine's lr_loop_fds (server.h): a store's
+ * database socket reaches this loop through the engine, never through
+ * net.h (lr_net_run hands them to the server it runs). */
+static void *net_fds_watch(int fd, void (*cb)(void *ud, int revents), void *ud) {
+  return lr_net_watch_fd(fd, cb, ud);
+}
+static void net_fds_write(void *w, int on) {
+  lr_net_watch_write(w, on);
+}
+static void net_fds_unwatch(void *w) {
+  lr_net_unwatch_fd(w);
+}
+const lr_loop_fds net_loop_fds = {net_fds_watch, net_fds_write, net_fds_unwatch};
 
 /* The loop starts: a vhost for the watches, and every watch made before. */
 void net_fd_start(struct lws_context *ctx) {

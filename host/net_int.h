@@ -221,6 +221,7 @@ int net_http_body(net_req *nr, const char *in, size_t len);
 int net_http_writeable(net_req *nr);
 
 /* ---- net_fd.c: fd watches ---- */
+extern const lr_loop_fds net_loop_fds; /* handed to the server by lr_net_run */
 void net_fd_start(struct lws_context *ctx);
 void net_fd_stop(void);
 
