@@ -1,41 +1,37 @@
 /*
- * fetch.c - outgoing HTTP requests and WebSocket client connections on a
- * second, client-only libwebsockets context (see fetch.h).
+ * fetch.c - outgoing HTTP requests and WebSocket client connections on the
+ * server loop's own libwebsockets context (see fetch.h).
  *
- * Owns: the client vhost in the server loop's context, the second context
- * (created on first use, destroyed by lr_fetch_shutdown),
- * URL parsing (http://, ws://, and https://, wss:// verified against the
- * system CAs or --tls-ca; no redirects followed), the
+ * Owns: the client vhost in the server loop's context, the client-only
+ * context used when no loop runs (created on first use, destroyed by
+ * lr_fetch_shutdown), URL parsing (http://, ws://, and https://, wss://
+ * verified against the system CAs or --tls-ca; no redirects followed), the
  * request and connection objects, their send queues and receive buffers, and
  * the deferred event queue that runs user callbacks.
  * Must not: know rooms, shards or JSON; run user code from inside an lws
- * callback.
+ * callback; poll.
  *
- * Two contexts. While the server loop runs (net.h lr_net_context), HTTP
- * requests are client connections of a client-only vhost added to the loop's
- * own context: their sockets are in the loop's poll set, so an answer wakes
- * the loop at once; their events run from a 0 ms engine timer armed when one
- * is queued, and each request's deadline is an engine timer. Nothing polls.
- * WebSocket client links (a shard's uplinks), and HTTP requests made when no
- * loop runs (headless hosts, the shutdown after the loop ended: a Lua
- * backend's last writes), use a second, client-only context of our own,
- * serviced from an engine timer on the loop thread: while one of its
- * connections is alive, the timer runs a non-blocking lws_service() (poll
- * with timeout 0) and then the callbacks it produced. Its period is
- * FETCH_POLL_MS after any activity and doubles while the links are idle, up
- * to FETCH_POLL_MAX_MS; sending (lr_wsc_send, lr_fetch) services at once.
- * Cost: incoming uplink frames wait up to the current period (1 ms while
- * busy, at most 8 ms after idling). Requests on the loop's context still in
- * flight when the loop ends are destroyed with it (they fail with
- * "connection closed"; a Lua backend retries its write on the second
- * context).
-
+ * One loop. While the server loop runs (net.h lr_net_context), requests and
+ * WebSocket links (a shard's uplinks) are client connections of a
+ * client-only vhost added to the loop's own context: their sockets are in
+ * the loop's poll set, so an answer or a frame wakes the loop at once; their
+ * events run from a 0 ms engine timer armed when one is queued, and each
+ * request's deadline is an engine timer. The loop's shutdown drain waits
+ * (bounded) for requests in flight and close handshakes (lr_net_set_drain);
+ * what is still open when the loop ends is destroyed with its context
+ * (requests fail with "connection closed", links close with 1006).
+ * Work started while no loop runs (before it starts, or after it ended: a
+ * shard's last reports, a Lua backend's last writes) waits for the next
+ * engine timer: if a loop runs by then it goes there; if not, it connects on
+ * a client-only context of our own, which only lr_fetch_flush services
+ * (the shutdown after the loop calls it). Nothing polls while the loop runs.
+ *
  * Events. lws callbacks only record what happened (open, one complete
- * message, closed, an HTTP result) in a FIFO; after each service the FIFO is
- * drained and the user callbacks run, so they may freely open, send or
- * close. Objects are freed once lws destroyed their wsi and the user can no
- * longer see them (closed callback returned, or closed/cancelled by the
- * user).
+ * message, closed, an HTTP result) in a FIFO; the FIFO is drained from an
+ * engine timer (or lr_fetch_flush) and the user callbacks run then, so they
+ * may freely open, send or close. Objects are freed once lws destroyed their
+ * wsi and the user can no longer see them (closed callback returned, or
+ * closed/cancelled by the user).
  */
 #include "fetch.h"
 
@@ -56,8 +52,6 @@
 #include "lua_vm.h"
 #include "net.h"
 
-#define FETCH_POLL_MS 1                /* service period right after activity */
-#define FETCH_POLL_MAX_MS 8            /* idle links: the period doubles up to this */
 #define FETCH_RX 65536                 /* lws receive buffer per connection */
 #define FETCH_MAX_MESSAGE (16u << 20)  /* largest WebSocket message or HTTP body kept */
 #define FETCH_DEFAULT_TIMEOUT_MS 30000 /* whole HTTP exchange */
@@ -80,6 +74,7 @@ typedef struct conn_common {
   int port;
   bool tls;       /* https:// or wss:// */
   bool shared;    /* on the server loop's context (the fetch vhost), not on ours */
+  bool pending;   /* not connected yet: no loop ran when it was made (connect_pending) */
   lr_buf headers; /* "name:\0value\0" pairs for the handshake */
   struct conn_common *next_all;
 } conn_common;
@@ -99,7 +94,7 @@ typedef struct http_req {
   bool delivered; /* the result event was taken off the queue */
   bool cancelled;
   int64_t deadline;        /* lr_now() past which the request fails */
-  uint64_t deadline_timer; /* shared: the engine timer at the deadline */
+  uint64_t deadline_timer; /* the engine timer at the deadline (0 = none) */
   bool called;             /* cb ran */
 } http_req;
 
@@ -137,20 +132,16 @@ static struct {
   conn_common *all; /* every live object */
   event *ev_head, *ev_tail;
   uint64_t next_id;
-  uint64_t timer_id;   /* the armed engine timer (0 = none) */
-  int64_t timer_delay; /* its delay */
-  int64_t period;      /* current poll period (ms) */
-  uint64_t activity;   /* events and writes so far */
-  bool timer_armed;
+  uint64_t connect_timer; /* armed 0 ms timer for pending objects (0 = none) */
   bool shutting_down;
   const char *tls_ca; /* --tls-ca, or NULL = the system's CAs */
-  /* HTTP requests while the server loop runs: a client-only vhost in the
-   * loop's own context (net.h lr_net_context), so an answer wakes the loop
-   * at once; events go out from a 0 ms engine timer (never from inside an
-   * lws callback). */
+  /* While the server loop runs: a client-only vhost in the loop's own
+   * context (net.h lr_net_context), so an answer wakes the loop at once;
+   * events go out from a 0 ms engine timer (never from inside an lws
+   * callback). */
   struct lws_context *net; /* the loop's context the vhost belongs to */
   struct lws_vhost *vh;    /* the fetch vhost in it */
-  uint64_t dispatch_timer; /* armed 0 ms timer for shared events */
+  uint64_t dispatch_timer; /* armed 0 ms timer for queued events */
 } G;
 
 void lr_fetch_set_tls_ca(const char *path) {
@@ -266,7 +257,6 @@ static void arm_dispatch(void);
 static void push_event(ev_kind kind, conn_common *obj, int code, const char *reason,
                        const void *data, size_t len) {
   event *e = lr_xcalloc(1, sizeof *e);
-  G.activity++;
   e->kind = kind;
   e->obj = obj;
   obj->nev++;
@@ -279,7 +269,7 @@ static void push_event(ev_kind kind, conn_common *obj, int code, const char *rea
   else
     G.ev_head = e;
   G.ev_tail = e;
-  if (obj->shared) arm_dispatch();
+  arm_dispatch();
 }
 
 static void free_common(conn_common *cc) {
@@ -366,25 +356,12 @@ static int append_headers(conn_common *cc, struct lws *wsi, unsigned char **p, u
   return 0;
 }
 
-static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
-                          size_t len) {
-  (void)user;
-  conn_common *cc = lws_get_opaque_user_data(wsi);
-  http_req *r = cc && cc->kind == OBJ_HTTP ? (http_req *)cc : NULL;
-  lr_wsc *w = cc && cc->kind == OBJ_WS ? (lr_wsc *)cc : NULL;
+#define FETCH_NOT_MINE (-99) /* a reason the event handler below does not handle */
 
+/* The HTTP client events of r (NULL: an object already gone). */
+static int http_event(struct lws *wsi, enum lws_callback_reasons reason, http_req *r, void *in,
+                      size_t len) {
   switch (reason) {
-  case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
-    if (!cc) return 0;
-    unsigned char **p = (unsigned char **)in, *end = (*p) + len;
-    append_headers(cc, wsi, p, end);
-    if (r && r->body) {
-      if (lws_add_http_header_content_length(wsi, r->bodylen, p, end)) return -1;
-      lws_client_http_body_pending(wsi, 1);
-      lws_callback_on_writable(wsi);
-    }
-    return 0;
-  }
   case LWS_CALLBACK_CLIENT_HTTP_WRITEABLE: {
     if (!r || !r->body) return 0;
     unsigned char *buf = lr_xmalloc(LWS_PRE + r->bodylen + 1);
@@ -420,17 +397,19 @@ static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
   case LWS_CALLBACK_COMPLETED_CLIENT_HTTP:
     if (r) http_finish(r, NULL);
     return 0;
-  case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
-    char why[200];
-    snprintf(why, sizeof why, "connect failed: %s", in && len ? (const char *)in : "error");
-    if (r) http_finish(r, why);
-    if (w) ws_closed(w, 1006, why);
-    return 0;
-  }
   case LWS_CALLBACK_CLOSED_CLIENT_HTTP:
     if (r) http_finish(r, "connection closed before the response ended");
     return 0;
+  default:
+    return FETCH_NOT_MINE;
+  }
+}
 
+/* The WebSocket client events of w (NULL: an object already gone). */
+static int ws_event(struct lws *wsi, enum lws_callback_reasons reason, lr_wsc *w, void *in,
+                    size_t len) {
+  conn_common *cc = w ? &w->cc : NULL;
+  switch (reason) {
   case LWS_CALLBACK_CLIENT_ESTABLISHED:
     if (!w) return 0;
     w->opened = true;
@@ -461,7 +440,6 @@ static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
       w->out_bytes -= f->len;
       int n = lws_write(wsi, f->data + LWS_PRE, f->len, LWS_WRITE_TEXT);
       free(f);
-      G.activity++;
       if (n < 0) return -1;
       if (w->out_head || w->user_closed) lws_callback_on_writable(wsi);
       return 0;
@@ -484,7 +462,37 @@ static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
   case LWS_CALLBACK_CLIENT_CLOSED:
     if (w) ws_closed(w, w->peer_code ? w->peer_code : 1006, w->peer_code ? w->peer_reason : "");
     return 0;
+  default:
+    return FETCH_NOT_MINE;
+  }
+}
 
+static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                          size_t len) {
+  (void)user;
+  conn_common *cc = lws_get_opaque_user_data(wsi);
+  http_req *r = cc && cc->kind == OBJ_HTTP ? (http_req *)cc : NULL;
+  lr_wsc *w = cc && cc->kind == OBJ_WS ? (lr_wsc *)cc : NULL;
+
+  switch (reason) {
+  case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
+    if (!cc) return 0;
+    unsigned char **p = (unsigned char **)in, *end = (*p) + len;
+    append_headers(cc, wsi, p, end);
+    if (r && r->body) {
+      if (lws_add_http_header_content_length(wsi, r->bodylen, p, end)) return -1;
+      lws_client_http_body_pending(wsi, 1);
+      lws_callback_on_writable(wsi);
+    }
+    return 0;
+  }
+  case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
+    char why[200];
+    snprintf(why, sizeof why, "connect failed: %s", in && len ? (const char *)in : "error");
+    if (r) http_finish(r, why);
+    if (w) ws_closed(w, 1006, why);
+    return 0;
+  }
   case LWS_CALLBACK_WSI_DESTROY:
     if (!cc) return 0;
     if (r) http_finish(r, "connection closed");
@@ -492,9 +500,13 @@ static int fetch_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     cc->wsi = NULL;
     cc->wsi_gone = true;
     lws_set_opaque_user_data(wsi, NULL);
+    arm_dispatch(); /* sweeps it if nothing else is queued for it */
     return 0;
-  default:
-    return 0;
+  default: {
+    int rc = http_event(wsi, reason, r, in, len);
+    if (rc == FETCH_NOT_MINE) rc = ws_event(wsi, reason, w, in, len);
+    return rc == FETCH_NOT_MINE ? 0 : rc;
+  }
   }
 }
 
@@ -504,8 +516,6 @@ static const struct lws_protocols fetch_protocols[] = {
 };
 
 /* ------------------------------------------------------------ service */
-
-static void arm(void);
 
 static void dispatch(void) {
   while (G.ev_head) {
@@ -544,69 +554,6 @@ static void dispatch(void) {
   }
 }
 
-/* The engine timer: one non-blocking service, then the callbacks. */
-static int service_tick(lua_State *L) {
-  (void)L;
-  G.timer_armed = false;
-  G.timer_id = 0;
-  if (!G.ctx) return 0;
-  uint64_t before = G.activity;
-  lws_service(G.ctx, -1);
-  int64_t now = lr_now(G.srv);
-  for (conn_common *cc = G.all; cc; cc = cc->next_all) {
-    http_req *r = cc->kind == OBJ_HTTP ? (http_req *)cc : NULL;
-    if (r && !r->finished && now >= r->deadline) {
-      http_finish(r, "timeout");
-      if (cc->wsi) lws_set_timeout(cc->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
-    }
-  }
-  if (G.activity != before || G.ev_head)
-    G.period = FETCH_POLL_MS;
-  else if (G.period < FETCH_POLL_MAX_MS)
-    G.period *= 2;
-  dispatch();
-  sweep();
-  arm();
-  return 0;
-}
-
-/* Work on the private context: objects on it, or events to run. */
-static bool private_work(void) {
-  if (G.ev_head) return true;
-  for (conn_common *cc = G.all; cc; cc = cc->next_all)
-    if (!cc->shared) return true;
-  return false;
-}
-
-static void arm(void) {
-  if (G.timer_armed || !G.ctx || !G.srv || G.shutting_down || !private_work()) return;
-  if (G.period < FETCH_POLL_MS) G.period = FETCH_POLL_MS;
-  lua_State *L = G.srv->L;
-  lua_pushcfunction(L, service_tick);
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  G.timer_delay = G.ev_head ? 0 : G.period;
-  G.timer_id = lr_timer_add(G.srv, G.timer_delay, LR_T_LUA, NULL, ref)->seq;
-  G.timer_armed = true;
-}
-
-/* Outgoing work: service on the next loop iteration, and poll fast again. */
-static void kick(void) {
-  G.period = FETCH_POLL_MS;
-  if (G.timer_armed && G.timer_delay > 0) {
-    lr_timer_cancel(G.srv, G.timer_id);
-    G.timer_armed = false;
-    G.timer_id = 0;
-  }
-  if (!G.timer_armed && G.ctx && G.srv && !G.shutting_down) {
-    lua_State *L = G.srv->L;
-    lua_pushcfunction(L, service_tick);
-    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    G.timer_delay = 0;
-    G.timer_id = lr_timer_add(G.srv, 0, LR_T_LUA, NULL, ref)->seq;
-    G.timer_armed = true;
-  }
-}
-
 static void dispatch_cb(void *ud) {
   (void)ud;
   G.dispatch_timer = 0;
@@ -619,8 +566,19 @@ static void arm_dispatch(void) {
   G.dispatch_timer = lr_timer_add_c(G.srv, 0, dispatch_cb, NULL);
 }
 
-/* The fetch vhost of the running server loop, or NULL (no loop runs: the
- * private context is used). */
+/* Client connections on the loop's context that its shutdown drain waits
+ * for: requests in flight and links closing (lr_net_set_drain). Open links
+ * nobody closed do not hold the drain. */
+static size_t drain_busy(void) {
+  size_t n = 0;
+  for (conn_common *cc = G.all; cc; cc = cc->next_all) {
+    if (!cc->shared || cc->wsi_gone || !cc->wsi) continue;
+    if (cc->kind == OBJ_HTTP ? !((http_req *)cc)->finished : ((lr_wsc *)cc)->user_closed) n++;
+  }
+  return n;
+}
+
+/* The fetch vhost of the running server loop, or NULL (no loop runs). */
 static struct lws_vhost *shared_vhost(lr_server *s) {
   struct lws_context *nc = lr_net_context();
   if (!nc || G.shutting_down) return NULL;
@@ -630,20 +588,23 @@ static struct lws_vhost *shared_vhost(lr_server *s) {
   ci.port = CONTEXT_PORT_NO_LISTEN;
   ci.protocols = fetch_protocols;
   ci.vhost_name = "lunaroom-fetch";
+  /* https:// and wss:// verify the peer (chain and host name) against
+   * --tls-ca, else the system's CA store. */
   ci.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
   ci.client_ssl_ca_filepath = G.tls_ca;
   struct lws_vhost *vh = lws_create_vhost(nc, &ci);
   if (!vh) {
-    lr_warn("fetch: cannot add a client vhost to the server loop; using a polled context");
+    lr_warn("fetch: cannot add a client vhost to the server loop");
     return NULL;
   }
   G.net = nc;
   G.vh = vh;
   if (!G.srv) G.srv = s;
+  lr_net_set_drain(drain_busy);
   return vh;
 }
 
-/* A shared request's deadline passed. */
+/* A request's deadline passed. */
 static void deadline_cb(void *ud) {
   http_req *r = ud;
   r->deadline_timer = 0;
@@ -652,9 +613,10 @@ static void deadline_cb(void *ud) {
   if (r->cc.wsi) lws_set_timeout(r->cc.wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 }
 
-static int ensure_context(lr_server *s) {
+/* The client-only context for work made while no loop runs (serviced by
+ * lr_fetch_flush). */
+static int ensure_context(void) {
   if (G.shutting_down) return -1;
-  if (!G.srv) G.srv = s;
   if (G.ctx) return 0;
   struct lws_context_creation_info ci;
   memset(&ci, 0, sizeof ci);
@@ -676,29 +638,78 @@ static int ensure_context(lr_server *s) {
   return 0;
 }
 
-static struct lws *connect_obj(conn_common *cc, const char *method, bool ws) {
+/* Connect cc on the loop's context when one runs, else on ours. Its
+ * connect failure is an event like any other. */
+static void connect_obj(conn_common *cc) {
+  bool ws = cc->kind == OBJ_WS;
+  http_req *r = ws ? NULL : (http_req *)cc;
+  cc->pending = false;
+  cc->shared = shared_vhost(G.srv) != NULL;
   struct lws_client_connect_info i;
   memset(&i, 0, sizeof i);
-  i.context = cc->shared ? G.net : G.ctx;
-  if (cc->shared) i.vhost = G.vh;
+  if (cc->shared) {
+    i.context = G.net;
+    i.vhost = G.vh;
+  } else if (ensure_context() == 0) {
+    i.context = G.ctx;
+  }
   i.address = cc->host;
   i.port = cc->port;
   i.path = cc->path;
   i.host = cc->hostport;
-  i.method = ws ? NULL : method;
+  i.method = ws ? NULL : r->method;
   i.local_protocol_name = "lunaroom-fetch";
   i.ssl_connection = ws ? 0 : LCCSCF_HTTP_NO_FOLLOW_REDIRECT;
   if (cc->tls) i.ssl_connection |= LCCSCF_USE_SSL;
   i.opaque_user_data = cc;
   i.pwsi = &cc->wsi;
+  struct lws *wsi = i.context ? lws_client_connect_via_info(&i) : NULL;
+  if (wsi) return;
+  cc->wsi = NULL;
+  cc->wsi_gone = true;
+  if (r)
+    http_finish(r, "connect failed");
+  else
+    ws_closed((lr_wsc *)cc, 1006, "connect failed");
+}
+
+/* Objects made while no loop ran: connect them now (see the top). */
+static void connect_pending(void) {
+  for (conn_common *cc = G.all; cc; cc = cc->next_all) {
+    if (!cc->pending) continue;
+    http_req *r = cc->kind == OBJ_HTTP ? (http_req *)cc : NULL;
+    bool gone = r ? r->cancelled || r->finished : ((lr_wsc *)cc)->user_closed;
+    if (gone) {
+      cc->pending = false;
+      cc->wsi_gone = true; /* never had one */
+    } else {
+      connect_obj(cc);
+    }
+  }
+  sweep();
+}
+
+static void connect_cb(void *ud) {
+  (void)ud;
+  G.connect_timer = 0;
+  connect_pending();
+}
+
+/* A new object: connect it now on the loop's context, or, while no loop
+ * runs, on the next engine timer (or lr_fetch_flush). Returns -1 when
+ * shutting down (cc is not kept). */
+static int start_obj(lr_server *s, conn_common *cc) {
+  if (G.shutting_down) return -1;
+  if (!G.srv) G.srv = s;
   cc->next_all = G.all;
   G.all = cc;
-  struct lws *wsi = lws_client_connect_via_info(&i);
-  if (!wsi) {
-    cc->wsi = NULL;
-    cc->wsi_gone = true;
+  if (shared_vhost(s)) {
+    connect_obj(cc);
+    return 0;
   }
-  return wsi;
+  cc->pending = true;
+  if (!G.connect_timer) G.connect_timer = lr_timer_add_c(G.srv, 0, connect_cb, NULL);
+  return 0;
 }
 
 /* ------------------------------------------------------------ HTTP API */
@@ -714,8 +725,7 @@ uint64_t lr_fetch(lr_server *s, const char *method, const char *url, const lr_he
     free_obj(&r->cc);
     return 0;
   }
-  r->cc.shared = shared_vhost(s) != NULL;
-  if (!r->cc.shared && ensure_context(s) != 0) {
+  if (G.shutting_down) {
     free_obj(&r->cc);
     return 0;
   }
@@ -732,9 +742,8 @@ uint64_t lr_fetch(lr_server *s, const char *method, const char *url, const lr_he
   r->deadline = lr_now(s) + (timeout_ms > 0 ? timeout_ms : FETCH_DEFAULT_TIMEOUT_MS);
   keep_headers(&r->cc, headers, nheaders);
   lr_buf_init(&r->resp);
-  if (r->cc.shared) r->deadline_timer = lr_timer_add_c(s, r->deadline - lr_now(s), deadline_cb, r);
-  if (!connect_obj(&r->cc, r->method, false)) http_finish(r, "connect failed");
-  if (!r->cc.shared) kick();
+  r->deadline_timer = lr_timer_add_c(s, r->deadline - lr_now(s), deadline_cb, r);
+  start_obj(s, &r->cc);
   return r->id;
 }
 
@@ -744,6 +753,10 @@ void lr_fetch_cancel(uint64_t id) {
     http_req *r = (http_req *)cc;
     r->cancelled = true;
     if (cc->wsi) lws_set_timeout(cc->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    if (cc->pending) { /* never connected: nothing of lws to wait for */
+      cc->pending = false;
+      cc->wsi_gone = true;
+    }
     return;
   }
 }
@@ -759,16 +772,14 @@ lr_wsc *lr_wsc_open(lr_server *s, const char *url, const lr_header *headers, siz
     free_obj(&w->cc);
     return NULL;
   }
-  if (ensure_context(s) != 0) {
-    free_obj(&w->cc);
-    return NULL;
-  }
   w->cbs = cbs;
   w->ud = ud;
   lr_buf_init(&w->rx);
   keep_headers(&w->cc, headers, nheaders);
-  if (!connect_obj(&w->cc, NULL, true)) ws_closed(w, 1006, "connect failed");
-  kick();
+  if (start_obj(s, &w->cc) != 0) {
+    free_obj(&w->cc);
+    return NULL;
+  }
   return w;
 }
 
@@ -785,7 +796,6 @@ int lr_wsc_send(lr_wsc *w, const char *data, size_t len) {
   w->out_tail = f;
   w->out_bytes += len;
   if (w->opened && w->cc.wsi) lws_callback_on_writable(w->cc.wsi);
-  kick();
   return 0;
 }
 
@@ -803,8 +813,10 @@ void lr_wsc_close(lr_wsc *w, int code, const char *reason) {
       lws_callback_on_writable(w->cc.wsi);
     else
       lws_set_timeout(w->cc.wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+  } else if (w->cc.pending) { /* never connected */
+    w->cc.pending = false;
+    w->cc.wsi_gone = true;
   }
-  arm();
 }
 
 /* ------------------------------------------------------------ Lua */
@@ -894,13 +906,22 @@ void lr_fetch_lua_register(lua_State *L, lr_server *s) {
 }
 
 void lr_fetch_flush(int64_t max_ms) {
-  if (!G.ctx || !G.srv) return;
+  if (!G.srv) return;
+  connect_pending(); /* no loop runs now: on our own context */
   int64_t deadline = lr_now(G.srv) + max_ms;
   while ((G.all || G.ev_head) && lr_now(G.srv) < deadline) {
-    lws_service(G.ctx, -1);
+    if (G.ctx) lws_service(G.ctx, -1);
+    int64_t now = lr_now(G.srv);
+    for (conn_common *cc = G.all; cc; cc = cc->next_all) {
+      http_req *r = cc->kind == OBJ_HTTP ? (http_req *)cc : NULL;
+      if (r && !r->finished && now >= r->deadline) {
+        if (r->deadline_timer) lr_timer_cancel(G.srv, r->deadline_timer);
+        deadline_cb(r);
+      }
+    }
     dispatch();
     sweep();
-    usleep(1000);
+    if (G.all || G.ev_head) usleep(1000);
   }
 }
 
@@ -908,7 +929,9 @@ void lr_fetch_shutdown(void) {
   if (!G.ctx && !G.all && !G.ev_head) return;
   G.shutting_down = true;
   if (G.dispatch_timer && G.srv) lr_timer_cancel(G.srv, G.dispatch_timer);
-  G.dispatch_timer = 0;
+  if (G.connect_timer && G.srv) lr_timer_cancel(G.srv, G.connect_timer);
+  G.dispatch_timer = G.connect_timer = 0;
+  lr_net_set_drain(NULL);
   for (conn_common *cc = G.all; cc; cc = cc->next_all) {
     if (cc->kind == OBJ_HTTP)
       ((http_req *)cc)->cancelled = true;

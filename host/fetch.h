@@ -4,14 +4,15 @@
  * requests; remote session transfers), http:// and ws://, or https:// and
  * wss:// with the peer verified (lr_fetch_set_tls_ca).
  *
- * Owns: a client-only vhost in the server loop's libwebsockets context (HTTP
- * requests while the loop runs) and a second, client-only context serviced
- * from an engine timer (WebSocket links; requests when no loop runs);
- * fetch.c says how;
+ * Owns: a client-only vhost in the server loop's libwebsockets context
+ * (requests and WebSocket links while the loop runs: nothing polls) and a
+ * client-only context for work made while no loop runs, serviced by
+ * lr_fetch_flush; fetch.c says how;
  * the request and connection objects and their callbacks.
  * Must not: know rooms, shards or JSON; call a user callback from inside an
  * lws callback or from inside the call that started the work (callbacks
- * always run later, from the service timer, so callers never re-enter).
+ * always run later, from an engine timer or lr_fetch_flush, so callers never
+ * re-enter).
  *
  * Threading: loop thread only. Every callback runs on the loop thread.
  */
@@ -88,14 +89,15 @@ void lr_wsc_close(lr_wsc *w, int code, const char *reason);
 /* Make `require "lunaroom.fetch"` available (runtime.lua, not room
  * scripts): fetch.request(method, url, headers, body, timeout_ms,
  * function(res) end) -> id | nil, err, where res = {status, body, error,
- * contentType}. The callback runs later, protected, from the service timer. */
+ * contentType}. The callback runs later, protected, from an engine timer. */
 void lr_fetch_lua_register(lua_State *L, lr_server *s);
 
 /* Push r as the Lua table {status, body, error?, contentType?}. */
 void lr_fetch_push_result(lua_State *L, const lr_fetch_result *r);
 
-/* After the server loop ended: keep servicing outgoing work (last reports,
- * close handshakes) until none is left or max_ms passed. Callbacks run. */
+/* While no loop runs (after the server loop ended): connect the work made
+ * meanwhile and service it (last reports, a Lua backend's writes, close
+ * handshakes) until none is left or max_ms passed. Callbacks run. */
 void lr_fetch_flush(int64_t max_ms);
 
 /* Destroy the client context: every connection is dropped and no callback

@@ -170,8 +170,34 @@ void lr_log(int level, const char *fmt, ...) {
   emit(level, msg);
 }
 
+/* "2026-01-02T03:04:05.678Z" into ts (at least 25 bytes); returns its
+ * length. The part to the second is formatted once a second, not per line:
+ * a join writes a line, and strftime cost more than the rest of it. */
+static size_t timestamp(char *ts) {
+  static time_t sec = -1;
+  static char cached[24];
+  static size_t cl;
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  if (tv.tv_sec != sec) {
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    cl = strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &tm);
+    sec = tv.tv_sec;
+  }
+  int ms = (int)(tv.tv_usec / 1000);
+  memcpy(ts, cached, cl);
+  ts[cl] = '.';
+  ts[cl + 1] = (char)('0' + ms / 100);
+  ts[cl + 2] = (char)('0' + ms / 10 % 10);
+  ts[cl + 3] = (char)('0' + ms % 10);
+  ts[cl + 4] = 'Z';
+  ts[cl + 5] = '\0';
+  return cl + 5;
+}
+
 static void emit(int level, const char *msg) {
-  char line[8192], ts[40];
+  char line[8192];
   if (capture) {
     if (ncaptured == NCAP) {
       free(captured[0]);
@@ -183,12 +209,8 @@ static void emit(int level, const char *msg) {
     if (captured[ncaptured]) snprintf(captured[ncaptured++], n, "%s %s", level_name(level), msg);
     return;
   }
-  struct timeval tv;
-  gettimeofday(&tv, NULL);
-  struct tm tm;
-  gmtime_r(&tv.tv_sec, &tm);
-  size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(ts + n, sizeof ts - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+  char ts[40];
+  size_t tl = timestamp(ts);
   int len;
   if (json_lines) {
     /* Escape the message as a JSON string. */
@@ -208,7 +230,22 @@ static void emit(int level, const char *msg) {
     len = snprintf(line, sizeof line, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n", ts,
                    level_name(level), esc);
   } else {
-    len = snprintf(line, sizeof line, "%s %-5s %s\n", ts, level_name(level), msg);
+    /* "TS LEVEL MSG\n" as snprintf's "%s %-5s %s\n" wrote it, by hand. */
+    const char *lv = level_name(level);
+    size_t vl = strlen(lv), ml = strlen(msg), at;
+    memcpy(line, ts, tl);
+    at = tl;
+    line[at++] = ' ';
+    memcpy(line + at, lv, vl);
+    at += vl;
+    while (vl++ < 5)
+      line[at++] = ' ';
+    line[at++] = ' ';
+    if (ml > sizeof line - at - 1) ml = sizeof line - at - 1;
+    memcpy(line + at, msg, ml);
+    at += ml;
+    if (at < sizeof line - 1) line[at++] = '\n';
+    len = (int)at;
   }
   if (len > (int)sizeof line - 1) len = (int)sizeof line - 1;
   ssize_t w = write(2, line, (size_t)len);

@@ -4,7 +4,10 @@
  *
  * Owns: listening, frame assembly and size limits, per-connection outgoing
  * queues of lr_msg references written from WRITEABLE, HTTP request bodies and
- * responses, slowloris/idle timeouts, signals to stop the loop.
+ * responses, slowloris/idle timeouts, per-address limits, signals to stop the
+ * loop, the one event loop other descriptors and client connections join
+ * (fd watches, lr_net_context). Implemented by host/net*.c (net_int.h lists
+ * which file owns what).
  * Must not: parse JSON, call Lua, or know about rooms beyond server.h.
  */
 #ifndef LR_NET_H
@@ -55,16 +58,18 @@ void lr_net_defaults(lr_net_opts *o);
  * if it cannot listen (the error is logged). */
 int lr_net_run(lr_server *s, const lr_net_opts *o);
 void lr_net_stop(void);
-/* End the loop's current wait so that lr_server_tick() runs now. Safe to
- * call from any thread; does nothing when no loop runs. */
-void lr_net_wake(void);
-
 /* The running loop's libwebsockets context, or NULL when no loop runs (before
- * lr_net_run, after it returned). Loop thread only. For outgoing client
- * connections on the same event loop (fetch.c adds a client-only vhost to
- * it); they are destroyed with the context when the loop ends. */
+ * lr_net_run, after it returned, and while the context is being destroyed).
+ * Loop thread only. For outgoing client connections on the same event loop
+ * (fetch.c adds a client-only vhost to it); they are destroyed with the
+ * context when the loop ends. */
 struct lws_context;
 struct lws_context *lr_net_context(void);
+/* Outgoing work on that context that the shutdown drain waits for (within
+ * its ~1 s, like the server's own sockets): busy() returns how many client
+ * connections are still finishing (a request in flight, a close handshake).
+ * One hook per process; NULL removes it. */
+void lr_net_set_drain(size_t (*busy)(void));
 
 /* A client relayed by an authenticated shard uplink (uplink.c) counts under
  * its own address against max_conns_per_ip, like a direct WebSocket.
