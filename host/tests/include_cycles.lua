@@ -13,7 +13,8 @@ engine, and no two modules of the checked layers may include each other
 through any path:
   base       buf log value json rand undo addr_rate storage* lua_vm ...
   engine     server.h rules.h engine.h engine_int.h room sync timer idle router
-  rules      bridge lua_api lua_core lua_wait (the runtime.lua side)
+  rules      bridge lua_api lua_proxy lua_store lua_admin lua_core lua_wait
+             (the runtime.lua side)
   transports net headless
   features   uplink shard reload fetch storage_lua storage_postgres lua_jwt
   top        main
@@ -26,6 +27,7 @@ local layer_of = {
   server = "engine", rules = "engine", engine = "engine", engine_int = "engine",
   room = "engine", sync = "engine", timer = "engine", idle = "engine", router = "engine",
   bridge = "rules", lua_api = "rules", lua_core = "rules", lua_wait = "rules",
+  lua_proxy = "rules", lua_store = "rules", lua_admin = "rules",
   net = "transports", headless = "transports",
   uplink = "features", shard = "features", reload = "features", fetch = "features",
   storage_lua = "features", storage_postgres = "features", lua_jwt = "features",
