@@ -140,6 +140,121 @@ static int table_is_array(lua_State *L, int idx, lua_Integer *len) {
   return 1;
 }
 
+static lr_node *to_node(conv *cv, int idx);
+
+/* The array table at idx (len items) as an LR_ARRAY; NULL with cv->err. */
+static lr_node *array_to_node(conv *cv, int idx, lua_Integer len, size_t mark) {
+  lua_State *L = cv->L;
+  lr_node *out = lr_node_new(LR_ARRAY);
+  for (lua_Integer i = 1; i <= len; i++) {
+    if (mark) lr_buf_putc(&cv->path, '.');
+    lr_buf_printf(&cv->path, "%lld", (long long)(i - 1));
+    lua_rawgeti(L, idx, i);
+    lr_node *c = to_node(cv, -1);
+    lua_pop(L, 1);
+    cv->path.len = mark;
+    if (!c) {
+      lr_node_release(out);
+      out = NULL;
+      break;
+    }
+    lr_arr_push(out, c);
+  }
+  return out;
+}
+
+/* The table at idx as an LR_OBJECT; NULL with cv->err. Objects: keys
+ * sorted, so packets and storage are deterministic. */
+static lr_node *object_to_node(conv *cv, int idx, size_t mark) {
+  lua_State *L = cv->L;
+  lr_node *out = NULL;
+  size_t nkeys = 0, cap = 16;
+  char **keys = lr_xmalloc(cap * sizeof *keys);
+  int bad = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    char kb[64];
+    const char *k;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      k = lua_tostring(L, -1);
+    } else if (lua_isinteger(L, -1)) {
+      snprintf(kb, sizeof kb, "%lld", (long long)lua_tointeger(L, -1));
+      k = kb;
+    } else {
+      bad = 1;
+      lua_pop(L, 1);
+      break;
+    }
+    if (nkeys == cap) keys = lr_xrealloc(keys, (cap *= 2) * sizeof *keys);
+    keys[nkeys++] = lr_xstrndup(k, strlen(k));
+  }
+  if (bad) {
+    out = conv_fail(cv, "cannot store a table key that is not a string or integer");
+  } else {
+    qsort(keys, nkeys, sizeof *keys, cmp_keys);
+    out = lr_node_new(LR_OBJECT);
+    for (size_t i = 0; i < nkeys; i++) {
+      if (mark) lr_buf_putc(&cv->path, '.');
+      lr_buf_puts(&cv->path, keys[i]);
+      lua_getfield(L, idx, keys[i]);
+      if (lua_isnil(L, -1)) { /* integer key */
+        lua_pop(L, 1);
+        lua_rawgeti(L, idx, strtoll(keys[i], NULL, 10));
+      }
+      lr_node *c = to_node(cv, -1);
+      lua_pop(L, 1);
+      cv->path.len = mark;
+      if (!c) {
+        lr_node_release(out);
+        out = NULL;
+        break;
+      }
+      size_t kl = strlen(keys[i]);
+      if (!lr_utf8_valid(keys[i], kl)) {
+        lr_node_release(c);
+        lr_node_release(out);
+        out = conv_fail(cv, "cannot store a key that is not valid UTF-8");
+        break;
+      }
+      lr_obj_put(out, keys[i], kl, c);
+    }
+  }
+  for (size_t i = 0; i < nkeys; i++)
+    free(keys[i]);
+  free(keys);
+  return out;
+}
+
+/* The table at idx: depth and cycle checks around the array or object
+ * conversion. */
+static lr_node *table_to_node(conv *cv, int idx) {
+  lua_State *L = cv->L;
+  if (cv->depth >= MAX_DEPTH) return conv_fail(cv, "table nested too deep (or cyclic)");
+  luaL_checkstack(L, 8, "table too deep");
+  /* Cycle detection: a "visiting" set keyed by the table. */
+  lua_pushvalue(L, idx);
+  lua_rawget(L, lua_upvalueindex(1));
+  if (!lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return conv_fail(cv, "cannot store a cyclic table");
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, idx);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, lua_upvalueindex(1));
+  cv->depth++;
+  size_t mark = cv->path.len;
+  lua_Integer len;
+  lr_node *out = table_is_array(L, idx, &len) ? array_to_node(cv, idx, len, mark)
+                                              : object_to_node(cv, idx, mark);
+  cv->depth--;
+  lua_pushvalue(L, idx);
+  lua_pushnil(L);
+  lua_rawset(L, lua_upvalueindex(1));
+  return out;
+}
+
 static lr_node *to_node(conv *cv, int idx) {
   lua_State *L = cv->L;
   idx = lua_absindex(L, idx);
@@ -171,109 +286,13 @@ static lr_node *to_node(conv *cv, int idx) {
     return conv_fail(cv, "cannot store a userdata");
   }
   case LUA_TTABLE:
-    break;
+    return table_to_node(cv, idx);
   default: {
     char what[64];
     snprintf(what, sizeof what, "cannot store a %s", luaL_typename(L, idx));
     return conv_fail(cv, what);
   }
   }
-  if (cv->depth >= MAX_DEPTH) return conv_fail(cv, "table nested too deep (or cyclic)");
-  luaL_checkstack(L, 8, "table too deep");
-  /* Cycle detection: a "visiting" set keyed by the table. */
-  lua_pushvalue(L, idx);
-  lua_rawget(L, lua_upvalueindex(1));
-  if (!lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return conv_fail(cv, "cannot store a cyclic table");
-  }
-  lua_pop(L, 1);
-  lua_pushvalue(L, idx);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, lua_upvalueindex(1));
-  cv->depth++;
-  size_t mark = cv->path.len;
-  lr_node *out = NULL;
-  lua_Integer len;
-  if (table_is_array(L, idx, &len)) {
-    out = lr_node_new(LR_ARRAY);
-    for (lua_Integer i = 1; i <= len; i++) {
-      if (mark) lr_buf_putc(&cv->path, '.');
-      lr_buf_printf(&cv->path, "%lld", (long long)(i - 1));
-      lua_rawgeti(L, idx, i);
-      lr_node *c = to_node(cv, -1);
-      lua_pop(L, 1);
-      cv->path.len = mark;
-      if (!c) {
-        lr_node_release(out);
-        out = NULL;
-        break;
-      }
-      lr_arr_push(out, c);
-    }
-  } else {
-    /* Objects: keys sorted, so packets and storage are deterministic. */
-    size_t nkeys = 0, cap = 16;
-    char **keys = lr_xmalloc(cap * sizeof *keys);
-    int bad = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-      lua_pop(L, 1);
-      char kb[64];
-      const char *k;
-      if (lua_type(L, -1) == LUA_TSTRING) {
-        k = lua_tostring(L, -1);
-      } else if (lua_isinteger(L, -1)) {
-        snprintf(kb, sizeof kb, "%lld", (long long)lua_tointeger(L, -1));
-        k = kb;
-      } else {
-        bad = 1;
-        lua_pop(L, 1);
-        break;
-      }
-      if (nkeys == cap) keys = lr_xrealloc(keys, (cap *= 2) * sizeof *keys);
-      keys[nkeys++] = lr_xstrndup(k, strlen(k));
-    }
-    if (bad) {
-      out = conv_fail(cv, "cannot store a table key that is not a string or integer");
-    } else {
-      qsort(keys, nkeys, sizeof *keys, cmp_keys);
-      out = lr_node_new(LR_OBJECT);
-      for (size_t i = 0; i < nkeys; i++) {
-        if (mark) lr_buf_putc(&cv->path, '.');
-        lr_buf_puts(&cv->path, keys[i]);
-        lua_getfield(L, idx, keys[i]);
-        if (lua_isnil(L, -1)) { /* integer key */
-          lua_pop(L, 1);
-          lua_rawgeti(L, idx, strtoll(keys[i], NULL, 10));
-        }
-        lr_node *c = to_node(cv, -1);
-        lua_pop(L, 1);
-        cv->path.len = mark;
-        if (!c) {
-          lr_node_release(out);
-          out = NULL;
-          break;
-        }
-        size_t kl = strlen(keys[i]);
-        if (!lr_utf8_valid(keys[i], kl)) {
-          lr_node_release(c);
-          lr_node_release(out);
-          out = conv_fail(cv, "cannot store a key that is not valid UTF-8");
-          break;
-        }
-        lr_obj_put(out, keys[i], kl, c);
-      }
-    }
-    for (size_t i = 0; i < nkeys; i++)
-      free(keys[i]);
-    free(keys);
-  }
-  cv->depth--;
-  lua_pushvalue(L, idx);
-  lua_pushnil(L);
-  lua_rawset(L, lua_upvalueindex(1));
-  return out;
 }
 
 static int to_node_tramp(lua_State *L) {
