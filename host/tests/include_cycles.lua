@@ -17,7 +17,7 @@ through any path:
              (the runtime.lua side)
   transports net headless
   features   uplink shard reload fetch storage_lua storage_postgres lua_jwt
-  top        main
+  top        main cli serve
 Usage: lua5.4 host/tests/include_cycles.lua [host-dir]
 ]]
 
@@ -31,7 +31,7 @@ local layer_of = {
   net = "transports", headless = "transports",
   uplink = "features", shard = "features", reload = "features", fetch = "features",
   storage_lua = "features", storage_postgres = "features", lua_jwt = "features",
-  main = "top",
+  main = "top", cli = "top", serve = "top",
 }
 local rank = { base = 1, engine = 2, rules = 3, transports = 3, features = 4, top = 5 }
 local checked = { engine = true, rules = true, transports = true, features = true }
