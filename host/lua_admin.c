@@ -18,6 +18,7 @@
 #include <lua.h>
 
 #include "engine.h"
+#include "hash.h"
 #include "log.h"
 #include "lua_api.h"
 #include "lua_vm.h"
@@ -208,9 +209,7 @@ static int l_readfile(lua_State *L) {
 static int l_hash(lua_State *L) {
   size_t n;
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ s[i]) * 1099511628211ULL;
+  uint64_t h = lr_fnv1a64(LR_FNV1A64_INIT, s, n);
   char out[17];
   snprintf(out, sizeof out, "%016llx", (unsigned long long)h);
   lua_pushlstring(L, out, 12);

@@ -42,6 +42,7 @@
 #include "fetch.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "hash.h"
 #include "storage.h"
 
 #define NBUCKETS 1024
@@ -108,13 +109,9 @@ struct lstore {
 };
 
 static uint32_t hash2(const char *a, const char *b) {
-  uint32_t h = 2166136261u;
-  for (; *a; a++)
-    h = (h ^ (unsigned char)*a) * 16777619u;
-  h = (h ^ 0xff) * 16777619u;
-  for (; *b; b++)
-    h = (h ^ (unsigned char)*b) * 16777619u;
-  return h;
+  uint32_t h = lr_fnv1a(LR_FNV1A_INIT, a, strlen(a));
+  h = lr_fnv1a(h, "\xff", 1);
+  return lr_fnv1a(h, b, strlen(b));
 }
 
 static lroom *room_get(lstore *s, const char *ns, const char *id, bool create) {

@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hash.h"
 #include "storage.h"
 
 /* ---- AVL tree of keys ---- */
@@ -229,13 +230,13 @@ typedef struct mstore {
 static const lr_store_vt memory_vt;
 
 static uint64_t room_hash(const char *ns, size_t nslen, const char *room, size_t roomlen) {
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < nslen; i++)
-    h = (h ^ (unsigned char)ns[i]) * 1099511628211ULL;
-  h = (h ^ 0xFFu) * 1099511628211ULL; /* 0xFF never occurs in UTF-8 */
-  for (size_t i = 0; i < roomlen; i++)
-    h = (h ^ (unsigned char)room[i]) * 1099511628211ULL;
-  return h;
+  uint64_t h = lr_fnv1a64(LR_FNV1A64_INIT, ns, nslen);
+  h = lr_fnv1a64(h, "\xff", 1); /* 0xFF never occurs in UTF-8 */
+  return lr_fnv1a64(h, room, roomlen);
+}
+
+static size_t mroom_bucket(const mroom *x, size_t nb) {
+  return x->hash & (nb - 1);
 }
 
 static mroom *room_find(mstore *m, const char *ns, size_t nslen, const char *room, size_t roomlen) {
@@ -253,18 +254,7 @@ static mroom *room_get_or_add(mstore *m, const char *ns, size_t nslen, const cha
   if (r) return r;
   if (m->nrooms >= m->nbuckets) { /* grow at load factor 1 */
     size_t nb = m->nbuckets * 2;
-    mroom **b = lr_xcalloc(nb, sizeof *b);
-    for (size_t i = 0; i < m->nbuckets; i++) {
-      mroom *x = m->buckets[i];
-      while (x) {
-        mroom *next = x->next;
-        x->next = b[x->hash & (nb - 1)];
-        b[x->hash & (nb - 1)] = x;
-        x = next;
-      }
-    }
-    free(m->buckets);
-    m->buckets = b;
+    LR_CHAIN_REHASH(mroom, m->buckets, m->nbuckets, nb, next, mroom_bucket);
     m->nbuckets = nb;
   }
   r = lr_xcalloc(1, sizeof *r + nslen + roomlen + 2);

@@ -56,6 +56,7 @@
 #include "engine.h"
 #include "log.h"
 #include "net.h"
+#include "hash.h"
 #include "storage.h"
 #include "storage_postgres.h"
 
@@ -209,13 +210,9 @@ static char *sql_fmt(const char *fmt, const char *table) {
 }
 
 static uint32_t hash2(const char *a, const char *b) {
-  uint32_t h = 2166136261u;
-  for (; *a; a++)
-    h = (h ^ (unsigned char)*a) * 16777619u;
-  h = (h ^ 0xff) * 16777619u;
-  for (; *b; b++)
-    h = (h ^ (unsigned char)*b) * 16777619u;
-  return h;
+  uint32_t h = lr_fnv1a(LR_FNV1A_INIT, a, strlen(a));
+  h = lr_fnv1a(h, "\xff", 1);
+  return lr_fnv1a(h, b, strlen(b));
 }
 
 static proom *room_get(pstore *s, const char *ns, const char *id, bool create) {
