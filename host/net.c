@@ -135,6 +135,7 @@
 #endif
 
 #include "buf.h"
+#include "hash.h"
 #include "log.h"
 
 _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame header");
@@ -720,10 +721,7 @@ static void net_addr_key(const char *ip, char out[64]) {
 }
 
 static uint32_t net_addr_hash(const char *k) {
-  uint32_t h = 2166136261u;
-  for (const char *p = k; *p; p++)
-    h = (h ^ (unsigned char)*p) * 16777619u;
-  return h;
+  return lr_fnv1a(LR_FNV1A_INIT, k, strlen(k));
 }
 
 /* Rebuild the table with room for twice its live entries (no tombstones). */
