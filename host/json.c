@@ -24,77 +24,6 @@
 static const uint8_t ch_excl[LR_NCH] = {LR_F_NOSYNC, LR_F_NOPERSIST};
 
 /* ---------------------------------------------------------------------------
- * UTF-8
- */
-
-/* Length of the well-formed UTF-8 sequence at s (first byte >= 0x80, n bytes
- * available), or 0 if it is invalid: stray continuation byte, overlong form,
- * surrogate (U+D800..DFFF), above U+10FFFF, or truncated. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-  unsigned c = s[0], lo = 0x80, hi = 0xBF;
-  if (c < 0xC2) return 0;
-  if (c < 0xE0) return n >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
-  if (c < 0xF0) {
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-    return n >= 3 && s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 ? 3 : 0;
-  }
-  if (c < 0xF5) {
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-    if (n < 4 || s[1] < lo || s[1] > hi) return 0;
-    return (s[2] & 0xC0) == 0x80 && (s[3] & 0xC0) == 0x80 ? 4 : 0;
-  }
-  return 0;
-}
-
-bool lr_utf8_valid(const char *s, size_t len) {
-  const unsigned char *p = (const unsigned char *)s, *end = p + len;
-  while (p < end) {
-    while (end - p >= 8) { /* ASCII fast path, 8 bytes at a time */
-      uint64_t w;
-      memcpy(&w, p, 8);
-      if (w & 0x8080808080808080ull) break;
-      p += 8;
-    }
-    if (p == end) break;
-    if (*p < 0x80) {
-      p++;
-      continue;
-    }
-    size_t k = utf8_seq(p, (size_t)(end - p));
-    if (!k) return false;
-    p += k;
-  }
-  return true;
-}
-
-static void put_utf8(lr_buf *b, uint32_t cp) {
-  char t[4];
-  size_t n;
-  if (cp < 0x80) {
-    t[0] = (char)cp;
-    n = 1;
-  } else if (cp < 0x800) {
-    t[0] = (char)(0xC0 | (cp >> 6));
-    t[1] = (char)(0x80 | (cp & 0x3F));
-    n = 2;
-  } else if (cp < 0x10000) {
-    t[0] = (char)(0xE0 | (cp >> 12));
-    t[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    t[2] = (char)(0x80 | (cp & 0x3F));
-    n = 3;
-  } else {
-    t[0] = (char)(0xF0 | (cp >> 18));
-    t[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    t[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    t[3] = (char)(0x80 | (cp & 0x3F));
-    n = 4;
-  }
-  lr_buf_put(b, t, n);
-}
-
-/* ---------------------------------------------------------------------------
  * Output helpers
  *
  * The encoders append through these instead of the lr_buf_* calls: capacity
@@ -542,7 +471,7 @@ static size_t scan_plain(parser *p, size_t i) {
       i++;
       continue;
     }
-    size_t k = utf8_seq(s + i, p->len - i);
+    size_t k = lr_utf8_seq(s + i, p->len - i);
     if (!k) {
       failf(p, "invalid UTF-8 at offset %zu", i);
       return (size_t)-1;
@@ -606,7 +535,7 @@ static bool parse_string(parser *p, lr_buf *scratch, const char **out, size_t *o
         cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
         i += 6;
       }
-      put_utf8(scratch, (uint32_t)cp);
+      lr_utf8_put(scratch, (uint32_t)cp);
       i += 6;
       break;
     }

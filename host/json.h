@@ -28,6 +28,7 @@
 #define LR_JSON_H
 
 #include "buf.h"
+#include "utf8.h"
 #include "value.h"
 
 typedef struct lr_json_limits {
@@ -48,8 +49,8 @@ lr_node *lr_json_decode(const char *text, size_t len, const lr_json_limits *limi
 lr_node *lr_json_decode_exact(const char *text, size_t len, const lr_json_limits *limits, char *err,
                               size_t errlen);
 
-/* True if s[0..len) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-bool lr_utf8_valid(const char *s, size_t len);
+/* lr_utf8_valid (utf8.h) is included for the callers that validate text
+ * they hand to the codec. */
 
 /* Append a JSON string literal for s (quotes included). */
 void lr_json_put_string(lr_buf *out, const char *s, size_t len);

@@ -2,7 +2,7 @@
  * storage.c - the backend-neutral part of storage: the --storage spec parser
  * and the checks every backend runs before it writes anything.
  *
- * Owns: lr_store_open_spec(), error formatting, UTF-8 validation, the
+ * Owns: lr_store_open_spec(), error formatting, the
  * allocation-free JSON grammar scanner used to validate PUT values and to
  * find raw value spans in memory snapshots, and lr__store_check_ops().
  * Must not: hold state, know about SQLite or the memory maps, build JSON
@@ -17,6 +17,7 @@
 
 #include "storage.h"
 #include "storage_postgres.h"
+#include "utf8.h"
 
 void lr__store_errf(char *err, size_t errlen, const char *fmt, ...) {
   if (!err || errlen == 0) return;
@@ -24,49 +25,6 @@ void lr__store_errf(char *err, size_t errlen, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(err, errlen, fmt, ap);
   va_end(ap);
-}
-
-/* ---- UTF-8 ---- */
-
-size_t lr__store_utf8_seq(const unsigned char *p, size_t n) {
-  if (n == 0) return 0;
-  unsigned c = p[0];
-  if (c < 0x80) return 1;
-  size_t len;
-  unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-  if (c >= 0xC2 && c <= 0xDF) {
-    len = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    len = 3;
-    if (c == 0xE0) lo = 0xA0; /* no overlongs */
-    if (c == 0xED) hi = 0x9F; /* no surrogates */
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    len = 4;
-    if (c == 0xF0) lo = 0x90; /* no overlongs */
-    if (c == 0xF4) hi = 0x8F; /* <= U+10FFFF */
-  } else {
-    return 0;
-  }
-  if (n < len) return 0;
-  if (p[1] < lo || p[1] > hi) return 0;
-  for (size_t i = 2; i < len; i++)
-    if ((p[i] & 0xC0) != 0x80) return 0;
-  return len;
-}
-
-int lr__store_utf8_valid(const char *s, size_t n) {
-  const unsigned char *p = (const unsigned char *)s;
-  size_t i = 0;
-  while (i < n) {
-    if (p[i] < 0x80) {
-      i++;
-      continue;
-    }
-    size_t k = lr__store_utf8_seq(p + i, n - i);
-    if (!k) return 0;
-    i += k;
-  }
-  return 1;
 }
 
 /* ---- JSON grammar scanner ---- */
@@ -130,7 +88,7 @@ static int scan_string(const char *s, size_t len, size_t *p, const char **why) {
     } else if (c < 0x80) {
       i++;
     } else {
-      size_t k = lr__store_utf8_seq(u + i, len - i);
+      size_t k = lr_utf8_seq(u + i, len - i);
       if (!k) {
         *why = "invalid UTF-8";
         *p = i;
@@ -308,7 +266,7 @@ int lr__store_check_ops(const char *ns, const char *room, const lr_store_op *ops
     lr__store_errf(err, errlen, "storage: namespace and room id are required");
     return LR_STORE_EARG;
   }
-  if (!lr__store_utf8_valid(ns, strlen(ns)) || !lr__store_utf8_valid(room, strlen(room))) {
+  if (!lr_utf8_valid(ns, strlen(ns)) || !lr_utf8_valid(room, strlen(room))) {
     lr__store_errf(err, errlen, "storage: namespace or room id is not valid UTF-8");
     return LR_STORE_EARG;
   }
@@ -329,7 +287,7 @@ int lr__store_check_ops(const char *ns, const char *room, const lr_store_op *ops
     }
     const char *key = o->key ? o->key : "";
     key_preview(key, o->keylen, kp, sizeof kp);
-    if (memchr(key, '\0', o->keylen) || !lr__store_utf8_valid(key, o->keylen)) {
+    if (memchr(key, '\0', o->keylen) || !lr_utf8_valid(key, o->keylen)) {
       lr__store_errf(err, errlen, "storage: op %zu (%s \"%s\"): key is not valid UTF-8 text", i,
                      kind_name(o->kind), kp);
       return LR_STORE_EARG;

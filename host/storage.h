@@ -192,10 +192,6 @@ lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen);
 /* printf into err (no-op when err is NULL or errlen is 0). */
 void lr__store_errf(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0 if invalid
- * (overlong, surrogate, > U+10FFFF, truncated). */
-size_t lr__store_utf8_seq(const unsigned char *p, size_t n);
-int lr__store_utf8_valid(const char *s, size_t n);
 /* Scan one JSON value in s[*pos..len) (leading whitespace skipped) without
  * allocating a tree; on success *pos is just past the value and 0 is
  * returned, else -1 with "... at offset N" in err. Depth is unbounded. */

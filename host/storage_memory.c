@@ -25,6 +25,7 @@
 
 #include "hash.h"
 #include "storage.h"
+#include "utf8.h"
 
 /* ---- AVL tree of keys ---- */
 
@@ -479,7 +480,7 @@ static int uri_decode(lr_buf *out, const char *s, size_t n) {
   }
   lr_buf_cstr(out);
   if (memchr(out->data, '\0', out->len)) return -1;
-  return lr__store_utf8_valid(out->data, out->len) ? 0 : -1;
+  return lr_utf8_valid(out->data, out->len) ? 0 : -1;
 }
 
 /* Append s as a JSON string literal (the escapes of JSON.stringify). */
@@ -565,31 +566,6 @@ static int hex4(const char *s, unsigned *v) {
   return 0;
 }
 
-static void put_utf8(lr_buf *out, unsigned cp) {
-  char b[4];
-  size_t n;
-  if (cp < 0x80) {
-    b[0] = (char)cp;
-    n = 1;
-  } else if (cp < 0x800) {
-    b[0] = (char)(0xC0 | cp >> 6);
-    b[1] = (char)(0x80 | (cp & 0x3F));
-    n = 2;
-  } else if (cp < 0x10000) {
-    b[0] = (char)(0xE0 | cp >> 12);
-    b[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-    b[2] = (char)(0x80 | (cp & 0x3F));
-    n = 3;
-  } else {
-    b[0] = (char)(0xF0 | cp >> 18);
-    b[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-    b[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-    b[3] = (char)(0x80 | (cp & 0x3F));
-    n = 4;
-  }
-  lr_buf_put(out, b, n);
-}
-
 /* Decode the JSON string at x->p into out (reset first). Keys and names
  * become C strings, so "\u0000" and lone surrogates are refused. */
 static int parse_string(snap *x, lr_buf *out) {
@@ -611,7 +587,7 @@ static int parse_string(snap *x, lr_buf *out) {
       return -1;
     }
     if (c >= 0x80) {
-      size_t k = lr__store_utf8_seq((const unsigned char *)s + x->p, x->len - x->p);
+      size_t k = lr_utf8_seq((const unsigned char *)s + x->p, x->len - x->p);
       if (!k) {
         x->why = "invalid UTF-8";
         return -1;
@@ -656,7 +632,7 @@ static int parse_string(snap *x, lr_buf *out) {
       x->why = cp ? "lone surrogate in string" : "NUL character in string";
       return -1;
     }
-    put_utf8(out, cp);
+    lr_utf8_put(out, cp);
   }
   lr_buf_cstr(out);
   return 0;
