@@ -186,8 +186,7 @@ static int l_server_new(lua_State *L) {
   uint64_t seed = (uint64_t)luaL_optinteger(L, -1, 0);
   lua_pop(L, 3);
   char err[256];
-  lr_store *st = strncmp(spec, "lua:", 4) == 0 ? lr_store_lua_open(L, spec + 4, err, sizeof err)
-                                               : lr_store_open_spec(spec, err, sizeof err);
+  lr_store *st = lr_store_open_spec_L(L, spec, err, sizeof err);
   if (!st) return luaL_error(L, "cannot open storage %s: %s", spec, err);
   lr_server *s = lr_server_new(L, st, true, virt, seed);
   server_limits(L, 1, s);

@@ -387,9 +387,7 @@ static int check_cfg(serve_cfg *c) {
 /* The storage of c (--cluster's PostgreSQL, or the --storage spec); NULL
  * with err. */
 static lr_store *open_store(serve_cfg *c, lua_State *L, char *err, size_t errlen) {
-  if (!c->cluster)
-    return strncmp(c->storage, "lua:", 4) == 0 ? lr_store_lua_open(L, c->storage + 4, err, errlen)
-                                               : lr_store_open_spec(c->storage, err, errlen);
+  if (!c->cluster) return lr_store_open_spec_L(L, c->storage, err, errlen);
   lr_pg_opts po = {.conninfo = c->cluster, .node_id = c->node_url, .lease_ms = c->lease_ms};
   c->storage = c->cluster;
   lr_store *st = lr_store_postgres_open(&po, err, errlen);

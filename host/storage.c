@@ -2,7 +2,8 @@
  * storage.c - the backend-neutral part of storage: the --storage spec parser
  * and the checks every backend runs before it writes anything.
  *
- * Owns: lr_store_open_spec(), error formatting, the
+ * Owns: lr_store_open_spec_L() (the one parser of storage specs), error
+ * formatting, the
  * allocation-free JSON grammar scanner used to validate PUT values and to
  * find raw value spans in memory snapshots, and lr__store_check_ops().
  * Must not: hold state, know about SQLite or the memory maps, build JSON
@@ -344,8 +345,17 @@ int lr__store_mkdir_parent(const char *path, char *err, size_t errlen) {
 /* ---- spec ---- */
 
 lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
+  return lr_store_open_spec_L(NULL, spec, err, errlen);
+}
+
+lr_store *lr_store_open_spec_L(struct lua_State *L, const char *spec, char *err, size_t errlen) {
   if (!spec) {
     lr__store_errf(err, errlen, "storage: no storage spec given");
+    return NULL;
+  }
+  if (strncmp(spec, "lua:", 4) == 0) {
+    if (L) return lr_store_lua_open(L, spec + 4, err, errlen);
+    lr__store_errf(err, errlen, "storage spec '%s' needs a Lua state", spec);
     return NULL;
   }
   if (strcmp(spec, "memory") == 0) return lr_store_memory_open(NULL, err, errlen);

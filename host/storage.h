@@ -183,8 +183,13 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
 struct lua_State;
 lr_store *lr_store_lua_open(struct lua_State *L, const char *path, char *err, size_t errlen);
 
-/* Parse a --storage spec: "memory", "memory:SNAPSHOT", "sqlite:PATH",
- * "postgres://..." / "postgresql://..." (storage_postgres.h). */
+/* Open the store a --storage spec names: "memory", "memory:SNAPSHOT",
+ * "sqlite:PATH[?...]", "postgres://..." / "postgresql://..."
+ * (storage_postgres.h), or "lua:FILE" (a backend written in Lua, run in L).
+ * The host's one parser of storage specs (serve, core.server_new, tests).
+ * NULL with err on failure; "lua:" without a Lua state (L NULL) is one. */
+lr_store *lr_store_open_spec_L(struct lua_State *L, const char *spec, char *err, size_t errlen);
+/* lr_store_open_spec_L with no Lua state (every spec but "lua:"). */
 lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen);
 
 /* ---- for the backends only (defined in storage.c) ---- */
