@@ -203,10 +203,6 @@ typedef struct lr_stats {
 extern const double lr_hist_bounds[LR_HIST_N - 1];
 /* The error codes of the LR_REJ_* counters, in order (room.c). */
 extern const char *const lr_rej_names[LR_NREJ];
-/* The CORS headers of every HTTP answer the host writes itself (router.c;
- * shard.c's forwarded answers and net.c's own answers too). */
-#define LR_CORS_N 4
-extern const lr_header lr_cors_headers[LR_CORS_N];
 /* The host's one responder of its own JSON answers: status, body, the CORS
  * headers and Content-Type: application/json (router.c). */
 void lr_respond_json(lr_response_cb done, void *ud, int status, const char *body);
