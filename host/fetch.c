@@ -573,7 +573,7 @@ static void arm(void) {
   if (G.period < FETCH_POLL_MS) G.period = FETCH_POLL_MS;
   lua_State *L = G.srv->L;
   lua_pushcfunction(L, service_tick);
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int ref = lr_ref_take(L);
   G.timer_delay = G.ev_head ? 0 : G.period;
   G.timer_id = lr_timer_add(G.srv, G.timer_delay, LR_T_LUA, NULL, ref)->seq;
   G.timer_armed = true;
@@ -590,7 +590,7 @@ static void kick(void) {
   if (!G.timer_armed && G.ctx && G.srv && !G.shutting_down) {
     lua_State *L = G.srv->L;
     lua_pushcfunction(L, service_tick);
-    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    int ref = lr_ref_take(L);
     G.timer_delay = 0;
     G.timer_id = lr_timer_add(G.srv, 0, LR_T_LUA, NULL, ref)->seq;
     G.timer_armed = true;
@@ -827,7 +827,7 @@ static void lua_done(void *ud, const lr_fetch_result *r) {
   lr_fetch_push_result(L, r);
   lr_callinfo ci = {.what = "fetch callback"};
   lr_vm_pcall(L, 1, 0, &ci);
-  luaL_unref(L, LUA_REGISTRYINDEX, q->fn);
+  lr_ref_release(L, q->fn);
   free(q);
 }
 
@@ -853,10 +853,10 @@ static int l_request(lua_State *L) {
   lua_req *q = lr_xcalloc(1, sizeof *q);
   q->L = L;
   lua_pushvalue(L, 6);
-  q->fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  q->fn = lr_ref_take(L);
   uint64_t id = lr_fetch(s, method, url, hs, nh, body, blen, timeout, lua_done, q);
   if (!id) {
-    luaL_unref(L, LUA_REGISTRYINDEX, q->fn);
+    lr_ref_release(L, q->fn);
     free(q);
     lua_pushnil(L);
     lua_pushfstring(L, "cannot fetch %s (only http(s)://HOST:PORT/... URLs)", url);

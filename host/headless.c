@@ -20,6 +20,7 @@
 #include "headless.h"
 #include "log.h"
 #include "lua_api.h"
+#include "lua_vm.h"
 
 #define HL_MT "lunaroom.headless"
 
@@ -210,7 +211,7 @@ static void http_done(void *ud, const lr_response *r) {
     free(o);
     return;
   }
-  o->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the caller's stack is not ours */
+  o->ref = lr_ref_take(L); /* the caller's stack is not ours */
   o->done = 1;
 }
 
@@ -260,7 +261,7 @@ static int l_http(lua_State *L) {
     return 2;
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, o->ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, o->ref);
+  lr_ref_release(L, o->ref);
   free(o);
   return 1;
 }

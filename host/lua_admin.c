@@ -71,6 +71,13 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
+/* core.refs_live() -> the registry references the host holds (lua_vm.h:
+ * lr_ref_live; specs assert that a room's life leaks none). */
+static int l_refs_live(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)lr_ref_live(L));
+  return 1;
+}
+
 static int l_live_nodes(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)lr_node_live());
   return 1;
@@ -219,6 +226,7 @@ static int l_hash(lua_State *L) {
 static const luaL_Reg admin_fns[] = {
     {"stats", l_stats},
     {"live_nodes", l_live_nodes},
+    {"refs_live", l_refs_live},
     {"memory", l_memory},
     {"set_memory_limit", l_set_memory_limit},
     {"log", l_log},

@@ -24,6 +24,7 @@
 #include "engine.h"
 #include "lua_api.h"
 #include "log.h"
+#include "lua_vm.h"
 
 #define SERVER_MT "lunaroom.server"
 #define ROOM_MT "lunaroom.roomh"
@@ -108,7 +109,7 @@ void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id) {
   lua_setfield(L, -2, "_h");
   lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
   lua_setmetatable(L, -2);
-  c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->ref = lr_ref_take(L);
 }
 
 void lr_lua_push_conn(lua_State *L, lr_conn *c) {
@@ -224,9 +225,9 @@ static int l_want_header(lua_State *L) {
 static int l_server_bind(lua_State *L) {
   lr_server *s = lr_lua_check_server(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  if (s->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
+  if (s->ref != LUA_NOREF) lr_ref_release(L, s->ref);
   lua_pushvalue(L, 2);
-  s->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->ref = lr_ref_take(L);
   return 0;
 }
 
@@ -254,7 +255,7 @@ static int l_timer(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 3);
   luaL_checktype(L, 4, LUA_TFUNCTION);
   lua_pushvalue(L, 4);
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int ref = lr_ref_take(L);
   lr_timer *t = lr_timer_add(s, ms, LR_T_LUA, r, ref);
   lua_pushinteger(L, (lua_Integer)t->seq);
   return 1;
@@ -292,7 +293,7 @@ static int l_room_new(lua_State *L) {
   if (lr_room_find(s, ns, id)) return luaL_error(L, "room %s/%s exists", ns, id);
   lr_room *r = lr_room_new(s, ns, id);
   lua_pushvalue(L, 4);
-  r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  r->ref = lr_ref_take(L);
   lr_room **b = lua_newuserdatauv(L, sizeof *b, 0);
   *b = r;
   r->box = b;
@@ -309,9 +310,9 @@ static int l_room_rebind(lua_State *L) {
   luaL_checktype(L, 4, LUA_TTABLE);
   lr_room *r = lr_room_find(s, ns, id);
   if (!r) return luaL_error(L, "no room %s/%s", ns, id);
-  if (r->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+  if (r->ref != LUA_NOREF) lr_ref_release(L, r->ref);
   lua_pushvalue(L, 4);
-  r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  r->ref = lr_ref_take(L);
   lr_room **b = lua_newuserdatauv(L, sizeof *b, 0);
   *b = r;
   r->box = b;

@@ -23,6 +23,7 @@
 #include "engine.h"
 #include "json.h"
 #include "lua_proxy.h"
+#include "lua_vm.h"
 #include "undo.h"
 
 #define NODE_MT "lunaroom.node"
@@ -433,7 +434,7 @@ static int node_newindex(lua_State *L) {
     if (!lr_utf8_valid(k, kl)) return write_error(L, n, NULL, "key is not valid UTF-8");
     if (lua_isnil(L, 3)) {
       if (lr_obj_get(n, k, kl)) {
-        if (p->r) lr_undo_record_key(n, k, kl);
+        if (p->r) lr_undo_record_key(lr_vm_undo(L), n, k, kl);
         lr_state_delete(n, k, kl);
       }
     } else {
@@ -445,7 +446,7 @@ static int node_newindex(lua_State *L) {
       lr_node *v = lr_lua_to_node(L, 3, lr_buf_cstr(&where), err, sizeof err);
       lr_buf_free(&where);
       if (!v) return luaL_error(L, "%s", err);
-      if (p->r) lr_undo_record_key(n, k, kl);
+      if (p->r) lr_undo_record_key(lr_vm_undo(L), n, k, kl);
       lr_state_set(n, k, kl, v, 0);
       lr_node_release(v);
     }
@@ -455,7 +456,7 @@ static int node_newindex(lua_State *L) {
     lua_Integer len = (lua_Integer)n->u.arr.len;
     if (i < 1 || i > len + 1)
       return write_error(L, n, NULL, "array index out of range (arrays have no holes)");
-    if (p->r) lr_undo_record_array(n);
+    if (p->r) lr_undo_record_array(lr_vm_undo(L), n);
     if (lua_isnil(L, 3)) {
       if (i == len)
         lr_state_arr_remove(n, (uint32_t)(i - 1));

@@ -50,6 +50,7 @@
 #include "fetch.h"
 #include "json.h"
 #include "log.h"
+#include "lua_vm.h"
 
 #define SHARD_TICK_MS 250       /* resolution of reports and lingering */
 #define REPORT_TIMEOUT_MS 10000 /* one /update-shard exchange */
@@ -222,7 +223,7 @@ static void arm_tick(shard_proc *sp, int64_t delay) {
   lua_State *L = sp->s->L;
   lua_pushlightuserdata(L, sp);
   lua_pushcclosure(L, tick_cb, 1);
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int ref = lr_ref_take(L);
   sp->tick_timer = lr_timer_add(sp->s, delay, LR_T_LUA, NULL, ref)->seq;
 }
 

@@ -144,7 +144,7 @@ static void room_free(lstore *s, lroom *r) {
   }
   for (batch *q = r->qhead, *n; q; q = n) {
     n = q->next;
-    luaL_unref(s->L, LUA_REGISTRYINDEX, q->ref);
+    lr_ref_release(s->L, q->ref);
     free(q);
   }
   free(r->ns);
@@ -280,7 +280,7 @@ static job *job_start(lstore *s, lroom *r, int kind) {
   j->r = r;
   j->kind = kind;
   j->co = lua_newthread(L);
-  j->coref = luaL_ref(L, LUA_REGISTRYINDEX);
+  j->coref = lr_ref_take(L);
   lua_rawgeti(j->co, LUA_REGISTRYINDEX, s->drv);
   lua_rawgeti(j->co, LUA_REGISTRYINDEX, s->ref);
   lua_pushstring(j->co, kind == J_LOAD ? "load" : "apply");
@@ -300,7 +300,7 @@ static job *job_start(lstore *s, lroom *r, int kind) {
 static void job_free(job *j) {
   if (j->timer && j->s->srv) lr_timer_cancel(j->s->srv, j->timer);
   if (j->fetch) lr_fetch_cancel(j->fetch);
-  luaL_unref(j->s->L, LUA_REGISTRYINDEX, j->coref);
+  lr_ref_release(j->s->L, j->coref);
   free(j);
 }
 
@@ -376,7 +376,7 @@ static void job_end(job *j) {
       batch *q = r->qhead;
       r->qhead = q->next;
       if (!r->qhead) r->qtail = &r->qhead;
-      luaL_unref(s->L, LUA_REGISTRYINDEX, q->ref);
+      lr_ref_release(s->L, q->ref);
       free(q);
       r->nqueued--;
       s->pending--;
@@ -498,7 +498,7 @@ static int l_apply(lr_store *st, const char *ns, const char *room, const lr_stor
   lroom *r = room_get(s, ns, room, true);
   if ((rc = ensure_loaded(s, r, err, errlen)) != 0) return rc;
   push_ops(L, ops, n);
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int ref = lr_ref_take(L);
   if (!r->inflight && !r->qhead && !r->retry_timer) {
     /* Nothing ahead of it: try it now; a backend that answers at once
      * reports its error to the caller, as a synchronous store does. */
@@ -507,7 +507,7 @@ static int l_apply(lr_store *st, const char *ns, const char *room, const lr_stor
     j->nbatches = 1;
     if (j->done) {
       r->inflight = NULL;
-      luaL_unref(L, LUA_REGISTRYINDEX, ref);
+      lr_ref_release(L, ref);
       int ok = j->ok;
       if (!ok) lr__store_errf(err, errlen, "lua storage apply: %s", j->err);
       job_free(j);
@@ -613,8 +613,8 @@ static void l_close(lr_store *st) {
       room_free(s, r);
     }
   lr_store_close(s->cache);
-  luaL_unref(s->L, LUA_REGISTRYINDEX, s->drv);
-  luaL_unref(s->L, LUA_REGISTRYINDEX, s->ref);
+  lr_ref_release(s->L, s->drv);
+  lr_ref_release(s->L, s->ref);
   free(s);
 }
 
@@ -686,7 +686,7 @@ lr_store *lr_store_lua_open(lua_State *L, const char *path, char *err, size_t er
   s->base.vt = &lua_vt;
   s->L = L;
   s->cache = cache;
-  s->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  s->drv = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->ref = lr_ref_take(L);
+  s->drv = lr_ref_take(L);
   return &s->base;
 }
