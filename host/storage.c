@@ -3,8 +3,8 @@
  * and the checks every backend runs before it writes anything.
  *
  * Owns: lr_store_open_spec_L() (the one parser of storage specs), error
- * formatting, the
- * allocation-free JSON grammar scanner used to validate PUT values and to
+ * formatting, the allocation-free JSON grammar scanner (strings: json.c's
+ * lr_json_scan_string) used to validate PUT values and to
  * find raw value spans in memory snapshots, and lr__store_check_ops().
  * Must not: hold state, know about SQLite or the memory maps, build JSON
  * trees, or know the key layout of rooms.
@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "json.h"
 #include "storage.h"
 #include "storage_postgres.h"
 #include "utf8.h"
@@ -36,9 +37,6 @@ static int is_ws(char c) {
 static int is_digit(char c) {
   return c >= '0' && c <= '9';
 }
-static int is_hex(char c) {
-  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
 
 static size_t skip_ws(const char *s, size_t len, size_t p) {
   while (p < len && is_ws(s[p]))
@@ -46,60 +44,16 @@ static size_t skip_ws(const char *s, size_t len, size_t p) {
   return p;
 }
 
-/* s[*p] == '"'. Validates the string (escapes, raw UTF-8, no control
- * characters) and leaves *p past the closing quote. Returns 0 or -1. */
+/* s[*p] == '"'. Validates the string (json.c's scanner: escapes, raw
+ * UTF-8, no control characters; a lone surrogate escape is stored as the
+ * reference stores it) and leaves *p past the closing quote, or at the
+ * fault. Returns 0 or -1. */
 static int scan_string(const char *s, size_t len, size_t *p, const char **why) {
-  const unsigned char *u = (const unsigned char *)s;
-  size_t i = *p + 1;
-  for (;;) {
-    if (i >= len) {
-      *why = "unterminated string";
-      *p = i;
-      return -1;
-    }
-    unsigned char c = u[i];
-    if (c == '"') break;
-    if (c == '\\') {
-      if (i + 1 >= len) {
-        *why = "unterminated string";
-        *p = i + 1;
-        return -1;
-      }
-      char e = s[i + 1];
-      if (e == 'u') {
-        for (size_t k = 2; k < 6; k++) {
-          if (i + k >= len || !is_hex(s[i + k])) {
-            *why = "invalid \\u escape";
-            *p = i;
-            return -1;
-          }
-        }
-        i += 6;
-      } else if (e && strchr("\"\\/bfnrt", e)) {
-        i += 2;
-      } else {
-        *why = "invalid escape";
-        *p = i;
-        return -1;
-      }
-    } else if (c < 0x20) {
-      *why = "control character in string";
-      *p = i;
-      return -1;
-    } else if (c < 0x80) {
-      i++;
-    } else {
-      size_t k = lr_utf8_seq(u + i, len - i);
-      if (!k) {
-        *why = "invalid UTF-8";
-        *p = i;
-        return -1;
-      }
-      i += k;
-    }
-  }
-  *p = i + 1;
-  return 0;
+  size_t at;
+  if (lr_json_scan_string(s, len, p, LR_JSON_SCAN_SURROGATES, NULL, NULL, NULL, why, &at) == 0)
+    return 0;
+  *p = at;
+  return -1;
 }
 
 /* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "hash.h"
+#include "json.h"
 #include "storage.h"
 #include "utf8.h"
 
@@ -483,48 +484,6 @@ static int uri_decode(lr_buf *out, const char *s, size_t n) {
   return lr_utf8_valid(out->data, out->len) ? 0 : -1;
 }
 
-/* Append s as a JSON string literal (the escapes of JSON.stringify). */
-static void put_json_string(lr_buf *out, const char *s, size_t n) {
-  static const char hex[] = "0123456789abcdef";
-  lr_buf_putc(out, '"');
-  size_t run = 0; /* start of the pending unescaped run */
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    lr_buf_put(out, s + run, i - run);
-    run = i + 1;
-    switch (c) {
-    case '"':
-      lr_buf_puts(out, "\\\"");
-      break;
-    case '\\':
-      lr_buf_puts(out, "\\\\");
-      break;
-    case '\b':
-      lr_buf_puts(out, "\\b");
-      break;
-    case '\f':
-      lr_buf_puts(out, "\\f");
-      break;
-    case '\n':
-      lr_buf_puts(out, "\\n");
-      break;
-    case '\r':
-      lr_buf_puts(out, "\\r");
-      break;
-    case '\t':
-      lr_buf_puts(out, "\\t");
-      break;
-    default: {
-      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-      lr_buf_put(out, e, 6);
-    }
-    }
-  }
-  lr_buf_put(out, s + run, n - run);
-  lr_buf_putc(out, '"');
-}
-
 /* ---- snapshot load ---- */
 
 typedef struct snap {
@@ -556,83 +515,26 @@ static int peek(snap *x) {
   return x->p < x->len ? (unsigned char)x->s[x->p] : -1;
 }
 
-static int hex4(const char *s, unsigned *v) {
-  *v = 0;
-  for (int i = 0; i < 4; i++) {
-    int h = hexval(s[i]);
-    if (h < 0) return -1;
-    *v = *v << 4 | (unsigned)h;
-  }
-  return 0;
-}
-
-/* Decode the JSON string at x->p into out (reset first). Keys and names
- * become C strings, so "\u0000" and lone surrogates are refused. */
+/* Decode the JSON string at x->p into out (json.c's scanner). Keys and
+ * names become C strings, so "\u0000" is refused. */
 static int parse_string(snap *x, lr_buf *out) {
   lr_buf_reset(out);
-  if (expect(x, '"', "expected a string")) return -1;
-  const char *s = x->s;
-  for (;;) {
-    if (x->p >= x->len) {
-      x->why = "unterminated string";
-      return -1;
-    }
-    unsigned char c = (unsigned char)s[x->p];
-    if (c == '"') {
-      x->p++;
-      break;
-    }
-    if (c < 0x20) {
-      x->why = "control character in string";
-      return -1;
-    }
-    if (c >= 0x80) {
-      size_t k = lr_utf8_seq((const unsigned char *)s + x->p, x->len - x->p);
-      if (!k) {
-        x->why = "invalid UTF-8";
-        return -1;
-      }
-      lr_buf_put(out, s + x->p, k);
-      x->p += k;
-      continue;
-    }
-    if (c != '\\') {
-      lr_buf_putc(out, (char)c);
-      x->p++;
-      continue;
-    }
-    if (x->p + 1 >= x->len) {
-      x->why = "unterminated string";
-      return -1;
-    }
-    char e = s[x->p + 1];
-    const char *simple = strchr("\"\\/bfnrt", e);
-    if (e && simple) {
-      static const char map[] = "\"\\/\b\f\n\r\t";
-      lr_buf_putc(out, map[simple - "\"\\/bfnrt"]);
-      x->p += 2;
-      continue;
-    }
-    unsigned cp;
-    if (e != 'u' || x->p + 6 > x->len || hex4(s + x->p + 2, &cp)) {
-      x->why = "invalid escape";
-      return -1;
-    }
-    x->p += 6;
-    if (cp >= 0xD800 && cp <= 0xDBFF) {
-      unsigned lo;
-      if (x->p + 6 > x->len || s[x->p] != '\\' || s[x->p + 1] != 'u' || hex4(s + x->p + 2, &lo) ||
-          lo < 0xDC00 || lo > 0xDFFF) {
-        x->why = "lone surrogate in string";
-        return -1;
-      }
-      x->p += 6;
-      cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-    } else if ((cp >= 0xDC00 && cp <= 0xDFFF) || cp == 0) {
-      x->why = cp ? "lone surrogate in string" : "NUL character in string";
-      return -1;
-    }
-    lr_utf8_put(out, cp);
+  sws(x);
+  if (x->p >= x->len || x->s[x->p] != '"') {
+    x->why = "expected a string";
+    return -1;
+  }
+  size_t start = x->p, n, at;
+  const char *str;
+  if (lr_json_scan_string(x->s, x->len, &x->p, 0, out, &str, &n, &x->why, &at) != 0) {
+    x->p = at;
+    return -1;
+  }
+  if (str != out->data) lr_buf_put(out, str, n); /* no escape: str is in the text */
+  if (n && memchr(out->data, '\0', n)) {
+    x->p = start;
+    x->why = "NUL character in string";
+    return -1;
   }
   lr_buf_cstr(out);
   return 0;
@@ -781,7 +683,7 @@ static int by_name(const void *a, const void *b) {
 
 /* Write one room's pairs; flushes the buffer to f when it grows. */
 static int write_room(FILE *f, lr_buf *b, const named_room *nr) {
-  put_json_string(b, nr->name, nr->len);
+  lr_json_put_string(b, nr->name, nr->len);
   lr_buf_puts(b, ":[");
   miter it;
   it_seek(&it, nr->r->root, "", 0);
@@ -790,7 +692,7 @@ static int write_room(FILE *f, lr_buf *b, const named_room *nr) {
     if (!first) lr_buf_putc(b, ',');
     first = 0;
     lr_buf_putc(b, '[');
-    put_json_string(b, x->key, x->klen);
+    lr_json_put_string(b, x->key, x->klen);
     lr_buf_putc(b, ',');
     lr_buf_put(b, MVAL(x), x->vlen);
     lr_buf_putc(b, ']');
