@@ -20,7 +20,19 @@
  * - Lua: the engine reaches it only through s->rules (bridge.c); features
  *   that call Lua themselves (fetch.c, storage_lua.c, reload.c) do it
  *   through lr_vm_pcall; the engine releases the references it holds
- *   (room, conn, timer callbacks) through rules->unref.
+ *   (room, conn, timer callbacks) through rules->unref. Every registry
+ *   reference is taken and released through lr_ref_take/lr_ref_release
+ *   (lua_vm.h), never luaL_ref/luaL_unref directly.
+ * - Failures without an err buffer name themselves with a static message
+ *   (const char **why) and, for text, the offset (size_t *at).
+ * - Lua status codes stay Lua's: lr_vm_pcall and lr_vm_resume return 0 or
+ *   a positive LUA_ERR* (callers test != 0), as lua_pcall does.
+ * - Functions Lua calls (core.*, lua_*.c): a caller's mistake (a bad
+ *   argument, a closed handle) raises; a failure of the world (storage,
+ *   files, a refused name) returns nil, message; success returns the value,
+ *   or true when there is none.
+ * - The command's drivers (cli.c, serve.c) return the process exit status:
+ *   0, 1 a failure, 2 a usage error.
  */
 #ifndef LR_ENGINE_H
 #define LR_ENGINE_H
