@@ -89,6 +89,36 @@ bad:
   return -1;
 }
 
+/* A string, number or literal at s[*p] (not whitespace). 0 or -1. */
+static int scan_scalar(const char *s, size_t len, size_t *p, const char **why) {
+  char c = s[*p];
+  if (c == '"') return scan_string(s, len, p, why);
+  if (c == '-' || is_digit(c)) return scan_number(s, len, p, why);
+  static const char *const lits[] = {"true", "false", "null"};
+  for (size_t i = 0; i < 3; i++) {
+    size_t l = strlen(lits[i]);
+    if (len - *p >= l && memcmp(s + *p, lits[i], l) == 0) {
+      *p += l;
+      return 0;
+    }
+  }
+  *why = "unexpected character";
+  return -1;
+}
+
+/* Push c on the container stack, moving it onto the heap when full. */
+static void stack_push(char **stack, size_t *depth, size_t *cap, const char *small, char c) {
+  if (*depth == *cap) {
+    size_t ncap = *cap * 2;
+    char *ns = lr_xmalloc(ncap);
+    memcpy(ns, *stack, *depth);
+    if (*stack != small) free(*stack);
+    *stack = ns;
+    *cap = ncap;
+  }
+  (*stack)[(*depth)++] = c;
+}
+
 enum { SC_VALUE, SC_KEY, SC_AFTER };
 
 int lr__store_json_scan(const char *s, size_t len, size_t *pos, char *err, size_t errlen) {
@@ -114,38 +144,12 @@ int lr__store_json_scan(const char *s, size_t len, size_t *pos, char *err, size_
           state = SC_AFTER;
           continue;
         }
-        if (depth == cap) {
-          size_t ncap = cap * 2;
-          char *ns = lr_xmalloc(ncap);
-          memcpy(ns, stack, depth);
-          if (stack != small) free(stack);
-          stack = ns;
-          cap = ncap;
-        }
-        stack[depth++] = c;
+        stack_push(&stack, &depth, &cap, small, c);
         p++;
         state = c == '{' ? SC_KEY : SC_VALUE;
         continue;
       }
-      if (c == '"') {
-        if (scan_string(s, len, &p, &why)) goto fail;
-      } else if (c == '-' || is_digit(c)) {
-        if (scan_number(s, len, &p, &why)) goto fail;
-      } else {
-        static const char *const lits[] = {"true", "false", "null"};
-        size_t i;
-        for (i = 0; i < 3; i++) {
-          size_t l = strlen(lits[i]);
-          if (len - p >= l && memcmp(s + p, lits[i], l) == 0) {
-            p += l;
-            break;
-          }
-        }
-        if (i == 3) {
-          why = "unexpected character";
-          goto fail;
-        }
-      }
+      if (scan_scalar(s, len, &p, &why)) goto fail;
       state = SC_AFTER;
     } else if (state == SC_KEY) {
       p = skip_ws(s, len, p);
