@@ -177,6 +177,22 @@ static bool b_serves(lr_server *s, const char *ns, const char *id) {
   return ok;
 }
 
+static char *b_dev_failed(lr_server *s, const char *ns, const char *id) {
+  lua_State *L = s->L;
+  int top = lua_gettop(L);
+  lua_pushstring(L, ns);
+  lua_pushstring(L, id);
+  char *pkt = NULL;
+  if (runtime_call(s, NULL, -1, "dev_failed", "route", 2, 1, NULL, 0) == 0 &&
+      lua_type(L, -1) == LUA_TSTRING) {
+    size_t n;
+    const char *p = lua_tolstring(L, -1, &n);
+    pkt = lr_xstrndup(p, n);
+  }
+  lua_settop(L, top);
+  return pkt;
+}
+
 static int b_preroute(lr_server *s, const char *ns, const char *id, const lr_request *req,
                       const char *rest, lr_response_cb done, void *ud) {
   lua_State *L = s->L;
@@ -425,6 +441,7 @@ static const char *b_env(lr_server *s, const char *name, char *buf, size_t n) {
 const lr_rules_vt lr_bridge_rules = {
     .serves = b_serves,
     .preroute = b_preroute,
+    .dev_failed = b_dev_failed,
     .create = b_create,
     .wake = b_wake,
     .hibernate = b_hibernate,

@@ -316,6 +316,10 @@ void lr_conn_replay_early_later(lr_conn *c);
 /* The error packet {type:"error", value:{code, action?, message}} to c
  * (counted in the rejected stats; bypasses the interceptor and the gate). */
 void lr_conn_send_error(lr_conn *c, const char *code, const char *action, const char *message);
+/* Development mode: after a reload, look again at the WebSockets that wait
+ * for a room file that did not load (router.c), from a 0 ms timer. A no-op
+ * when none waits. */
+void lr_server_dev_recheck_later(lr_server *s);
 /* Answer with the response table on top of L's stack: {status=,
  * headers={{name,value},...}, body=string}. [-0,+0] */
 void lr_respond_table(lua_State *L, lr_response_cb done, void *ud);

@@ -51,6 +51,7 @@
 
 #include "buf.h"
 #include "engine.h"
+#include "fetch_url.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "net.h"
@@ -162,22 +163,27 @@ static char *xdup(const char *s, size_t n) {
   return lr_xstrndup(s, n);
 }
 
-/* Split http://host[:port]/path?query (or ws://, https://, wss://).
- * Returns 0 or -1. */
+/* Split http://host[:port]/path?query (or ws://, https://, wss://); the
+ * rules are fetch_url.h's (host/tests/fuzz/fuzz_url.c checks them). Returns
+ * 0 or -1 (nothing allocated). */
 static int parse_url(const char *url, conn_common *cc) {
+  for (const char *q = url; *q; q++) /* no spaces, controls or fragment: it goes on the wire */
+    if ((unsigned char)*q < 0x21 || *q == 0x7f || *q == '#') return -1;
   const char *p;
+  bool tls = false;
   if (strncmp(url, "http://", 7) == 0)
     p = url + 7;
   else if (strncmp(url, "ws://", 5) == 0)
     p = url + 5;
   else if (strncmp(url, "https://", 8) == 0)
-    p = url + 8, cc->tls = true;
+    p = url + 8, tls = true;
   else if (strncmp(url, "wss://", 6) == 0)
-    p = url + 6, cc->tls = true;
+    p = url + 6, tls = true;
   else
     return -1;
   const char *host = p, *host_end;
-  if (*p == '[') { /* [v6]:port */
+  bool v6 = *p == '[';
+  if (v6) { /* [v6]:port */
     const char *close = strchr(p, ']');
     if (!close) return -1;
     host = p + 1;
@@ -188,15 +194,21 @@ static int parse_url(const char *url, conn_common *cc) {
       p++;
     host_end = p;
   }
-  if (host_end == host) return -1;
-  int port = cc->tls ? 443 : 80;
+  if (host_end == host || host_end - host > LR_URL_HOST_MAX) return -1;
+  for (const char *q = host; q < host_end; q++)
+    if (strchr("/?@[]", *q) || (*q & 0x80)) return -1; /* no userinfo; names in ASCII */
+  int port = tls ? 443 : 80;
   if (*p == ':') {
-    char *end;
-    long v = strtol(p + 1, &end, 10);
-    if (end == p + 1 || v <= 0 || v > 65535) return -1;
+    long v = 0;
+    const char *d = p + 1;
+    while (*d >= '0' && *d <= '9' && v <= 65535)
+      v = v * 10 + (*d++ - '0');
+    if (d == p + 1 || v <= 0 || v > 65535) return -1;
     port = (int)v;
-    p = end;
+    p = d;
   }
+  if (*p && *p != '/' && *p != '?') return -1;
+  cc->tls = tls;
   cc->host = xdup(host, (size_t)(host_end - host));
   cc->port = port;
   if (*p == '/') {
@@ -207,11 +219,9 @@ static int parse_url(const char *url, conn_common *cc) {
     cc->path[0] = '/';
     memcpy(cc->path + 1, p, n + 1);
   }
-  char hp[300];
-  if (port == (cc->tls ? 443 : 80))
-    snprintf(hp, sizeof hp, "%s", cc->host);
-  else
-    snprintf(hp, sizeof hp, "%s:%d", cc->host, port);
+  char hp[LR_URL_HOST_MAX + 16];
+  snprintf(hp, sizeof hp, strchr(cc->host, ':') ? "[%s]" : "%s", cc->host); /* v6 */
+  if (port != (tls ? 443 : 80)) snprintf(hp + strlen(hp), sizeof hp - strlen(hp), ":%d", port);
   cc->hostport = xdup(hp, strlen(hp));
   return 0;
 }
@@ -922,4 +932,21 @@ void lr_fetch_shutdown(void) {
     G.all = cc->next_all;
     free_obj(cc);
   }
+}
+
+/* ------------------------------------------------------------ fetch_url.h */
+
+int lr_url_parse(const char *url, lr_url *out) {
+  conn_common cc = {0};
+  *out = (lr_url){0};
+  if (parse_url(url, &cc) != 0) return -1;
+  *out = (lr_url){cc.host, cc.path, cc.hostport, cc.port, cc.tls};
+  return 0;
+}
+
+void lr_url_free(lr_url *u) {
+  free(u->host);
+  free(u->path);
+  free(u->hostport);
+  *u = (lr_url){0};
 }

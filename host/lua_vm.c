@@ -214,6 +214,16 @@ void lr_vm_charge(lua_State *L, int64_t cost) {
   if (v->killed || v->remaining <= 0) stop(L, v);
 }
 
+void lr_vm_spend(lua_State *L, int64_t cost) {
+  vm *v = get_vm(L);
+  if (v->depth == 0 || cost <= 0) return;
+  v->remaining = cost >= v->remaining ? 0 : v->remaining - cost;
+  if (v->remaining <= 0 && !v->killed) { /* stop() without raising here */
+    v->killed = 1;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+  }
+}
+
 int64_t lr_vm_budget_left(lua_State *L) {
   vm *v = get_vm(L);
   if (v->depth == 0) return INT64_MAX;

@@ -57,6 +57,10 @@ int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callin
  * work. Raises the budget error when the budget is spent (or the call was
  * already stopped). A no-op outside lr_vm_pcall/lr_vm_resume. */
 void lr_vm_charge(lua_State *L, int64_t cost);
+/* The same charge for C code that must clean up before an error: never
+ * raises; when the budget is spent, the call is stopped at its next Lua
+ * instruction (as by the budget: a pcall in the script cannot catch it). */
+void lr_vm_spend(lua_State *L, int64_t cost);
 /* Instructions left in the running call's budget; INT64_MAX outside a
  * call (nothing is limited there), 0 once the call is stopped. */
 int64_t lr_vm_budget_left(lua_State *L);

@@ -73,6 +73,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "lua_api.h"
 #include "lua_vm.h"
 
 #define WATCH_MT "lunaroom.watcher"
@@ -532,7 +533,11 @@ static void run_jobs(lua_State *L, int srv, int input) {
 static int l_run(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 1, "h");
+  lr_server *s = lua_isnil(L, -1) ? NULL : lr_lua_check_server(L, -1);
+  lua_pop(L, 1);
   run_jobs(L, 1, 2);
+  if (s) lr_server_dev_recheck_later(s); /* --dev: sockets waiting for a room file */
   return 1;
 }
 
@@ -621,6 +626,7 @@ void lr_reload_poll(lr_server *s) {
       /* Take the batch first: events during the reload form the next one. */
       take_batch(L, w);
       run_jobs(L, srv, -1);
+      lr_server_dev_recheck_later(s); /* --dev: sockets waiting for a room file */
       now = lr_now(s);
       next = w->nw ? -1 : now + LR_RELOAD_WAKE_MS;
     } else if (next < 0 || due < next) {

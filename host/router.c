@@ -5,8 +5,9 @@
  * requests (lr_server_http, CORS preflight, operations paths), and the
  * requests that wait for a room's storage to load.
  *
- * Owns: parse_party_path, lr_room_get, the lr_wait list, lr_server_ws_open,
- * lr_server_http.
+ * Owns: parse_party_path, lr_room_get, the lr_wait list (requests waiting for
+ * a room's storage; under --dev also WebSockets of a room type whose file
+ * does not load), lr_server_ws_open, lr_server_http.
  * Must not: run room rules itself (s->rules), send packets, or know what a
  * transport is beyond server.h.
  */
@@ -105,6 +106,7 @@ typedef struct lr_wait {
   lr_conn *conn;       /* WebSocket: joining, no room yet (one reference) */
   lr_response_cb done; /* HTTP */
   void *ud;
+  char *dev; /* a dev wait (rules->dev_failed): the dev_error packet last sent */
 } lr_wait;
 
 static bool served(lr_server *s, const char *ns, const char *id);
@@ -152,6 +154,7 @@ static void wait_free(lr_wait *w) {
   free((char *)w->req.body);
   free(w->ns);
   free(w->id);
+  free(w->dev);
   free(w);
 }
 
@@ -242,6 +245,125 @@ static int wait_for_storage(lr_server *s, const char *ns, const char *id, const 
   return 1;
 }
 
+/* ------------------------------------------------------------ development mode */
+
+/* Under --dev a room file that does not load (it failed at start, or a new
+ * file's first save failed) still names its room type: rules->dev_failed
+ * gives the dev_error packet for ns/id. A WebSocket for it is accepted,
+ * gets that packet and waits here, joining (its frames wait in its early
+ * buffer as for a storage wait), instead of closing with 4004. After each
+ * reload (lr_server_dev_recheck_later, from a 0 ms timer: outside any Lua
+ * call) every dev wait is looked at again: a room type that loads now sends
+ * {"type":"dev_error","value":null} and the connection goes on as a new one
+ * (storage wait, then the room's connect: session, onJoin, snapshot); a
+ * still failing one gets the new packet if it changed; one nobody declares
+ * any more closes with 4004. Bounded by the connection limits (each is an
+ * open socket); waits whose socket is gone are dropped on each new one. */
+
+static const char dev_cleared[] = "{\"type\":\"dev_error\",\"value\":null}";
+
+static void dev_send(lr_conn *c, const char *pkt) {
+  lr_conn_send_msg(c, NULL, pkt, strlen(pkt));
+}
+
+/* Drop the dev waits whose socket closed. */
+static void dev_prune(lr_server *s) {
+  for (lr_wait *w = s->waits, *next; w; w = next) {
+    next = w->next;
+    if (w->dev && w->conn->phase != LR_C_JOINING) {
+      lr_conn_release(w->conn);
+      wait_free(w);
+    }
+  }
+}
+
+/* ws_open for ns/id that no definition serves: park it when a room file
+ * that does not load declares it (development mode). True: *out is set. */
+static bool dev_park(lr_server *s, const char *ns, const char *id, const lr_request *req,
+                     const lr_transport_vt *vt, void *tp, lr_conn **out) {
+  char *pkt = s->rules->dev_failed ? s->rules->dev_failed(s, ns, id) : NULL;
+  if (!pkt) return false;
+  dev_prune(s);
+  lr_wait *w = wait_new(s, ns, id, req);
+  w->dev = pkt;
+  w->next = s->waits;
+  if (w->next) w->next->pprev = &w->next;
+  w->pprev = &s->waits;
+  s->waits = w;
+  lr_conn *c = lr_conn_new(s, NULL, vt, tp);
+  s->stats.conns_open++;
+  s->stats.conns_total++;
+  lr_conn_retain(c);
+  w->conn = c;
+  *out = c;
+  lr_info("conn %s: %s/%s is declared by a room file that does not load (development mode): it "
+          "waits for a good save",
+          c->id, ns, id);
+  dev_send(c, pkt);
+  return true;
+}
+
+/* The room type of dev wait w loads now: clear the error, then go on as a
+ * WebSocket that waits for the room's storage (wait_done connects it). */
+static void dev_release(lr_server *s, lr_wait *w) {
+  free(w->dev);
+  w->dev = NULL;
+  dev_send(w->conn, dev_cleared);
+  char err[256] = "";
+  int rc = 1;
+  if (s->store->vt->ready && !lr_room_find(s, w->ns, w->id)) /* as wait_for_storage */
+    rc = lr_store_ready(s->store, w->ns, w->id, wait_done, w, err, sizeof err);
+  if (rc > 0)
+    wait_done(w, 1, NULL);
+  else if (rc < 0)
+    wait_done(w, 0, err);
+  /* rc == 0: wait_done runs when the storage is ready */
+}
+
+static void dev_recheck(void *ud) {
+  lr_server *s = ud;
+  if (s->shutting_down) return;
+  /* First pass, no engine change: send changed errors, mark what moves on.
+   * Second pass: one at a time from the head (a connect runs room code,
+   * which may add waits). */
+  for (lr_wait *w = s->waits; w; w = w->next) {
+    if (!w->dev || w->conn->phase != LR_C_JOINING) continue;
+    if (served(s, w->ns, w->id)) continue;
+    char *pkt = s->rules->dev_failed ? s->rules->dev_failed(s, w->ns, w->id) : NULL;
+    if (!pkt) {
+      lr_info("conn %s: %s/%s: no room file declares it any more", w->conn->id, w->ns, w->id);
+      lr_conn_close(w->conn, 4004, "no such room");
+    } else if (strcmp(pkt, w->dev) != 0) {
+      dev_send(w->conn, pkt);
+      free(w->dev);
+      w->dev = pkt;
+    } else {
+      free(pkt);
+    }
+  }
+  for (;;) {
+    lr_wait *w = s->waits;
+    while (w && !(w->dev && (w->conn->phase != LR_C_JOINING || served(s, w->ns, w->id))))
+      w = w->next;
+    if (!w) break;
+    if (w->conn->phase != LR_C_JOINING) {
+      lr_conn_release(w->conn);
+      wait_free(w);
+    } else {
+      lr_info("conn %s: %s/%s loads now: joining", w->conn->id, w->ns, w->id);
+      dev_release(s, w);
+    }
+  }
+}
+
+void lr_server_dev_recheck_later(lr_server *s) {
+  for (lr_wait *w = s->waits; w; w = w->next)
+    if (w->dev) {
+      lr_timer_add_c(s, 0, dev_recheck, s);
+      return;
+    }
+}
+
 /* ------------------------------------------------------------ who may create a room */
 
 /* Whether a definition serves ns/id (runtime.has_room). */
@@ -300,6 +422,7 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
   if (s->mode && strcmp(ns, "shard") == 0) return s->mode->ws_open(s, req, id, vt, tp, out);
   if (!lr_room_find(s, ns, id)) {
     if (!served(s, ns, id)) {
+      if (dev_park(s, ns, id, req, vt, tp, out)) return 0;
       lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
       return 404;
     }

@@ -52,6 +52,10 @@ typedef struct lr_rules_vt {
   /* Rebuild hibernated r from storage: 0, or -1 (what it built is left for
    * hibernate() to forget). */
   int (*wake)(lr_room *r);
+  /* Development mode, for ns/id that no definition serves: the dev_error
+   * packet when a room file that does not load declares ns/id (malloc'd,
+   * the caller frees it), else NULL. Optional (NULL: never). */
+  char *(*dev_failed)(lr_server *s, const char *ns, const char *id);
   /* Forget r's instance (hibernation; a failed wake). */
   void (*hibernate)(lr_room *r);
   /* r is disposed: forget everything about it. */

@@ -219,6 +219,10 @@ typedef struct serve_cfg {
   const char *cluster, *node_url;
   long long lease_ms;
   size_t lua_memory;
+  /* handlers waiting at once (lunaroom.tasks); the environment is the
+   * fallback it was before the flag (0: the runtime's default) */
+  const char *max_waiting;
+  long long max_waiting_n;
   lr_net_opts no;
 } serve_cfg;
 
@@ -232,6 +236,7 @@ static void cfg_defaults(serve_cfg *c) {
   c->evict_after = -1;
   c->shutdown_ms = 5000;
   c->lua_memory = (size_t)1 << 30;
+  c->max_waiting = getenv("LUNAROOM_MAX_WAITING");
   lr_net_defaults(&c->no);
 }
 
@@ -299,6 +304,8 @@ static int parse_args(serve_cfg *c, int argc, char **argv) {
       c->shutdown_ms = atoll(argv[++i]);
     else if (strcmp(a, "--lua-memory") == 0 && v)
       c->lua_memory = (size_t)atoll(argv[++i]);
+    else if (strcmp(a, "--max-waiting") == 0 && v)
+      c->max_waiting = argv[++i];
     else if (strcmp(a, "--log-format") == 0 && v)
       lr_log_set_json(strcmp(argv[++i], "json") == 0);
     else if (strcmp(a, "--no-watch") == 0)
@@ -377,6 +384,17 @@ static int check_cfg(serve_cfg *c) {
       return 2;
     }
   }
+  if (c->max_waiting && *c->max_waiting) {
+    char *end;
+    c->max_waiting_n = strtoll(c->max_waiting, &end, 10);
+    if (*end || c->max_waiting_n < 1 || c->max_waiting_n > 100000000) {
+      fprintf(stderr,
+              "lunaroom serve: --max-waiting (or LUNAROOM_MAX_WAITING) must be a whole "
+              "number from 1 to 100000000, got '%s'\n",
+              c->max_waiting);
+      return 2;
+    }
+  }
   if (!c->no.tls_cert != !c->no.tls_key) {
     fprintf(stderr, "lunaroom serve: --tls-cert and --tls-key go together\n");
     return 2;
@@ -443,6 +461,10 @@ static void push_server_opts(lua_State *L, const serve_cfg *c) {
     lua_setfield(L, -2, "WORLD_SHARD_TIMEOUT_MS");
   }
   lua_setfield(L, -2, "env");
+  if (c->max_waiting_n > 0) {
+    lua_pushinteger(L, (lua_Integer)c->max_waiting_n);
+    lua_setfield(L, -2, "max_waiting");
+  }
 }
 
 /* runtime.load_dir(srv, dir) and the hot reload watcher: 0 or 1 (logged). */

@@ -377,6 +377,66 @@ onReload = function(room, old) room.title = "from " .. old .. " to " .. tostring
       assert.are.equal('{"type":"dev_error","value":null}', d[2])
     end)
 
+    it("a room file that failed at start: its clients wait with the error, a good save joins them", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      t.srv.dev = true
+      write(dir .. "/lib/other.lua", (counter(1):gsub("game%-{id}", "other-{id}"):gsub("count = lr", "count = = lr")))
+      local n, errors = runtime.load_dir(t.srv, dir .. "/lib")
+      assert.are.equal(1, n)
+      assert.are.equal(1, #errors)
+      assert.truthy(has_line(testing.logs(), "clients of main/other%-{id} wait for a save of .*other%.lua"))
+      local c = t:client { room = "other-1" }
+      assert.is_nil(c.closed)
+      assert.are.same({ file = dir .. "/lib/other.lua", line = 4, message = "unexpected symbol near '='" },
+        c:last("dev_error").value)
+      c:send("inc") -- kept until the room is there
+      local res = t:http("GET", "/", { room = "other-1" })
+      assert.are.equal(503, res.status)
+      assert.are.equal("dev_error", res.json.code)
+      assert.are.equal(4, res.json.line)
+      local none = t:client { room = "nothing" } -- no file declares it
+      assert.are.equal(4004, none.closed and none.closed.code)
+      -- a broken save with another error: sent; the same again: not
+      write(dir .. "/lib/other.lua", (counter(1):gsub("game%-{id}", "other-{id}"):gsub("EXTRA", ""):gsub("  },\n", "  }\n  x = = 1,\n")))
+      reload.run(t.srv, { dir .. "/lib/other.lua" })
+      t:advance(0)
+      assert.are.equal(8, c:last("dev_error").value.line)
+      reload.run(t.srv, { dir .. "/lib/other.lua" })
+      t:advance(0)
+      assert.are.equal(2, #dev_packets(c))
+      assert.is_nil(t.srv.rooms["main/other-1"])
+      -- the fix: null, then the usual join
+      write(dir .. "/lib/other.lua", (counter(10):gsub("game%-{id}", "other-{id}")))
+      reload.run(t.srv, { dir .. "/lib/other.lua" })
+      t:advance(0)
+      local d = dev_packets(c)
+      assert.are.equal('{"type":"dev_error","value":null}', d[3])
+      assert.are.equal("sync", c:last("sync").type)
+      assert.are.equal(10, t.srv.rooms["main/other-1"].root.count) -- the early "inc" ran on the new code
+      assert.is_nil(c.closed)
+      assert.are.equal(404, t:http("GET", "/", { room = "other-1" }).status)
+      assert.are.equal(0, #dev_packets(t:client { room = "other-2" }))
+    end)
+
+    it("a new room file whose first save fails: its clients wait too", function()
+      write(dir .. "/game.lua", counter(1))
+      t = testing.room(dir .. "/game.lua")
+      t.srv.dev = true
+      local f = dir .. "/lib/fresh.lua"
+      write(f, (counter(1):gsub("game%-{id}", "fresh-{id}"):gsub("inc = function", "inc = = function")))
+      reload.run(t.srv, { { file = f, new = true } })
+      local c = t:client { room = "fresh-1" }
+      assert.is_nil(c.closed)
+      assert.are.equal(6, c:last("dev_error").value.line)
+      write(f, (counter(3):gsub("game%-{id}", "fresh-{id}")))
+      reload.run(t.srv, { { file = f, new = true } })
+      t:advance(0)
+      assert.are.equal("sync", c:last("sync").type)
+      c:send("inc")
+      assert.are.equal(3, t.srv.rooms["main/fresh-1"].root.count)
+    end)
+
     it("sends nothing outside development mode", function()
       write(dir .. "/game.lua", counter(1))
       t = testing.room(dir .. "/game.lua")

@@ -79,6 +79,29 @@ describe("bounded C functions", function()
     assert.are.equal(11, t.room.n)
   end)
 
+  it("lr.json encode and decode, and values handed to the host, are charged by size", function()
+    t = room [[
+    encode = function(r) r.n = 1; local big = {}; for i = 1, 20000 do big[i] = { id = i, name = "p" .. i } end
+      while true do lr.json.encode(big) end end,
+    caught = function(r) r.n = 1; local big = {}; for i = 1, 20000 do big[i] = i end
+      while true do pcall(lr.json.encode, big) end end,
+    decode = function(r) r.n = 1; local s = lr.json.encode({ ("x"):rep(1000000) }); while true do lr.json.decode(s) end end,
+    shared = function(r) r.n = 1; local t = { 1 }; for _ = 1, 40 do t = { t, t } end; return lr.json.encode(t) end,
+    send = function(r, _, _, conn) r.n = 1; local t = { 1 }; for _ = 1, 40 do t = { t, t } end; conn:send({ type = "x", value = t }) end,
+    state = function(r) r.n = 1; local t = { 1 }; for _ = 1, 40 do t = { t, t } end; r.n = t end,
+    once = function(r) r.n = 1; local t = {}; for i = 1, 50000 do t[i] = i end; return lr.json.encode(t) end,
+    write = function(r) local t = {}; for i = 1, 50000 do t[i] = i end; r.n = t; r.n = #r.n end,
+    ok = function(r) local s = lr.json.encode({ a = { 1, 2, 3 }, b = "x" }); r.n = #s + #lr.json.decode(s).a end,
+    ]]
+    c = t:client { id = "s" }
+    -- budget 5,000,000: one encode of 50,000 values (200 each) is over it
+    for _, a in ipairs { "encode", "caught", "decode", "shared", "send", "state", "once" } do expect_stopped(a) end
+    c:send("write") -- a table met once is paid by the loop that built it: writing it is not charged
+    assert.are.equal(50000, t.room.n)
+    c:send("ok")
+    assert.are.equal(#'{"a":[1,2,3],"b":"x"}' + 3, t.room.n) -- the server goes on; small values as before
+  end)
+
   it("__gc is refused, and a __gc added later is never run", function()
     t = room [[
     gc = function(r) r.n = 1; setmetatable({}, { __gc = function() while true do end end }) end,

@@ -58,87 +58,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/genlib.h"
+
 #define FG_MAX_CLIENTS 20000
 #define FG_MAX_MSG (16u << 20) /* one message (a join snapshot may be big) */
 #define FG_MAX_OUT (1u << 20)  /* bytes a client may have waiting to be written */
 #define FG_WRING (1u << 20)    /* send times kept for the fan-out writer */
 #define FG_CRING 1024          /* ... and per mover */
 #define FG_SEQ_MOD 1000000     /* x = (seq % FG_SEQ_MOD) / 1000 */
-#define FG_MAX_STEPS 40
 #define FG_QUIET_MS 300
 #define FG_RBUF (1u << 20)
-
-/* ---------------------------------------------------------------- time */
-
-static uint64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static double self_cpu_s(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-         ru.ru_stime.tv_usec / 1e6;
-}
-
-static double proc_cpu_s(long pid) {
-  if (pid <= 0) return -1;
-  char path[64], buf[2048];
-  snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return -1;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = 0;
-  char *p = strrchr(buf, ')');
-  if (!p) return -1;
-  unsigned long long ut = 0, st = 0;
-  if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-    return -1;
-  return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* ---------------------------------------------------------------- histogram */
-
-#define H_SUB 64
-#define H_BUCKETS (128 + 40 * H_SUB)
-typedef struct {
-  uint64_t n, max, sum;
-  uint64_t b[H_BUCKETS];
-} hist;
-
-static int h_index(uint64_t v) {
-  if (v < 128) return (int)v;
-  int e = 63 - __builtin_clzll(v), shift = e - 6;
-  int i = 128 + (e - 7) * H_SUB + (int)((v >> shift) - H_SUB);
-  return i < H_BUCKETS ? i : H_BUCKETS - 1;
-}
-static uint64_t h_value(int i) {
-  if (i < 128) return (uint64_t)i;
-  int e = (i - 128) / H_SUB + 7, m = (i - 128) % H_SUB + H_SUB, shift = e - 6;
-  return ((uint64_t)m << shift) + ((1ull << shift) >> 1);
-}
-static inline void h_add(hist *h, uint64_t v, uint64_t count) {
-  h->b[h_index(v)] += count;
-  h->n += count;
-  h->sum += v * count;
-  if (v > h->max) h->max = v;
-}
-static double h_pct_ms(const hist *h, double p) {
-  if (!h->n) return -1;
-  uint64_t want = (uint64_t)ceil(p * (double)h->n), acc = 0;
-  if (want < 1) want = 1;
-  for (int i = 0; i < H_BUCKETS; i++) {
-    acc += h->b[i];
-    if (acc >= want) {
-      uint64_t v = h_value(i);
-      return (double)(v > h->max ? h->max : v) / 1000.0;
-    }
-  }
-  return (double)h->max / 1000.0;
-}
 
 /* ---------------------------------------------------------------- state */
 
@@ -170,22 +99,6 @@ typedef struct client {
   uint32_t due;   /* actions scheduled, not yet written */
 } client;
 
-typedef struct {
-  double offered, sent, actions, delivered, mbps, p50, p90, p99, max_ms;
-  uint64_t samples, backlog;
-  double srv_cpu_pct, lg_cpu_pct;
-  bool ok, retried;
-  const char *why;
-} step_t;
-
-typedef struct {
-  const char *name;
-  double rates[FG_MAX_STEPS];
-  int nrates, nsteps, sat;
-  step_t steps[FG_MAX_STEPS];
-  const char *sat_why;
-} phase_t;
-
 static struct {
   char host[256], room[128], base[128], label[300];
   struct sockaddr_storage sa;
@@ -214,29 +127,9 @@ static struct {
   uint64_t maxcount;
   bool measuring;
   uint64_t m_t0, m_msgs, m_bytes, m_acts, m_sent;
-  hist lat, ready_h;
+  gen_hist lat, ready_h;
   uint8_t rbuf[FG_RBUF];
 } G;
-
-static void die(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fputs("fastgen: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-  exit(2);
-}
-
-static void note(const char *fmt, ...) {
-  if (G.quiet) return;
-  va_list ap;
-  va_start(ap, fmt);
-  fputs("fastgen: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-}
 
 static void fail(const char *why) {
   if (!G.first_error[0]) snprintf(G.first_error, sizeof G.first_error, "%s", why);
@@ -244,7 +137,7 @@ static void fail(const char *why) {
 
 static void *xrealloc(void *p, size_t n) {
   p = realloc(p, n);
-  if (!p) die("out of memory");
+  if (!p) gen_die("out of memory");
   return p;
 }
 
@@ -359,16 +252,16 @@ static size_t frame(uint8_t *dst, int opcode, const uint8_t *p, size_t len) {
 static void client_start(int i) {
   client *c = &G.c[i];
   c->fd = socket(G.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (c->fd < 0) die("socket: %s", strerror(errno));
+  if (c->fd < 0) gen_die("socket: %s", strerror(errno));
   int one = 1;
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c->st = C_CONNECTING;
-  c->t_start = now_us();
+  c->t_start = gen_now_us();
   G.inflight++;
   G.started++;
   struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
   c->want_out = true;
-  if (epoll_ctl(G.ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl: %s", strerror(errno));
+  if (epoll_ctl(G.ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) gen_die("epoll_ctl: %s", strerror(errno));
   if (connect(c->fd, (struct sockaddr *)&G.sa, G.salen) < 0 && errno != EINPROGRESS)
     client_close(c, strerror(errno));
 }
@@ -418,7 +311,7 @@ static void deliver(client *c, uint64_t full, const uint64_t *ring, uint64_t rin
     for (uint64_t j = from; j <= full; j++) {
       uint64_t t = ring[j % ringsz];
       if (t >= G.m_t0) {
-        h_add(&G.lat, now - t, 1);
+        gen_h_add(&G.lat, now - t, 1);
         if (own) G.m_acts++;
       }
     }
@@ -434,7 +327,7 @@ static uint64_t x_to_seq(double x, uint64_t cur) {
 }
 
 static void on_message(client *c, const uint8_t *m, size_t len) {
-  uint64_t now = now_us();
+  uint64_t now = gen_now_us();
   G.last_rx = now;
   double v;
   if (c->st == C_OPEN) {
@@ -449,7 +342,7 @@ static void on_message(client *c, const uint8_t *m, size_t len) {
     c->st = C_READY;
     G.ready++;
     G.inflight--;
-    h_add(&G.ready_h, now - c->t_start, 1);
+    gen_h_add(&G.ready_h, now - c->t_start, 1);
     if (num_after(m, len, "\"count\":", 8, &v) && v > (double)G.maxcount) G.maxcount = (uint64_t)v;
     return;
   }
@@ -682,7 +575,7 @@ static void flush_due(client *c) {
   if (c->st != C_READY || !c->due || c->olen) return;
   uint8_t buf[64 * 80];
   size_t used = 0;
-  uint64_t t = now_us();
+  uint64_t t = gen_now_us();
   while (c->due && used + 80 <= sizeof buf) {
     char text[80];
     int n;
@@ -710,7 +603,7 @@ static void flush_due(client *c) {
 
 static void send_tick(void) {
   if (!G.sending || G.rate <= 0) return;
-  uint64_t due = (uint64_t)((double)(now_us() - G.send_t0) * G.rate / 1e6);
+  uint64_t due = (uint64_t)((double)(gen_now_us() - G.send_t0) * G.rate / 1e6);
   if (due <= G.issued) return;
   uint64_t k = due - G.issued;
   G.issued = due;
@@ -729,7 +622,7 @@ static void send_tick(void) {
 }
 
 static void service_until(uint64_t t) {
-  uint64_t now = now_us(), wake = t;
+  uint64_t now = gen_now_us(), wake = t;
   if (G.sending && G.rate > 0) {
     uint64_t due = G.send_t0 + (uint64_t)((double)(G.issued + 1) * 1e6 / G.rate);
     if (due < wake) wake = due;
@@ -749,41 +642,41 @@ static void service_until(uint64_t t) {
       on_readable(c);
   }
   send_tick();
-  if (!G.interrupted && now_us() > G.deadline) {
+  if (!G.interrupted && gen_now_us() > G.deadline) {
     G.interrupted = true;
-    note("--max-time reached: stopping with what was measured");
+    gen_note("--max-time reached: stopping with what was measured");
   }
 }
 
 static void run_for(double s) {
-  uint64_t end = now_us() + (uint64_t)(s * 1e6);
-  while (!G.interrupted && now_us() < end)
+  uint64_t end = gen_now_us() + (uint64_t)(s * 1e6);
+  while (!G.interrupted && gen_now_us() < end)
     service_until(end);
 }
 
 static double connect_all(double timeout_s) {
-  uint64_t t0 = now_us(), end = t0 + (uint64_t)(timeout_s * 1e6);
+  uint64_t t0 = gen_now_us(), end = t0 + (uint64_t)(timeout_s * 1e6);
   int next = 0;
   while (!G.interrupted) {
     while (next < G.n && G.inflight < G.inflight_cap)
       client_start(next++);
     if (next >= G.n && G.inflight <= 0) break;
-    if (now_us() > end) {
-      note("timeout: %d of %d clients joined after %.1f s", G.ready, G.n, timeout_s);
+    if (gen_now_us() > end) {
+      gen_note("timeout: %d of %d clients joined after %.1f s", G.ready, G.n, timeout_s);
       break;
     }
     service_until(end);
   }
-  return (double)(now_us() - t0) / 1e6;
+  return (double)(gen_now_us() - t0) / 1e6;
 }
 
 static double wait_quiet(double max_s) {
-  uint64_t t0 = now_us(), end = t0 + (uint64_t)(max_s * 1e6);
-  while (!G.interrupted && now_us() < end && now_us() - G.last_rx < FG_QUIET_MS * 1000u) {
+  uint64_t t0 = gen_now_us(), end = t0 + (uint64_t)(max_s * 1e6);
+  while (!G.interrupted && gen_now_us() < end && gen_now_us() - G.last_rx < FG_QUIET_MS * 1000u) {
     uint64_t q = G.last_rx + FG_QUIET_MS * 1000u;
     service_until(q < end ? q : end);
   }
-  return (double)(now_us() - t0) / 1e6;
+  return (double)(gen_now_us() - t0) / 1e6;
 }
 
 static uint64_t backlog(void) {
@@ -796,25 +689,25 @@ static uint64_t backlog(void) {
   return b;
 }
 
-static step_t run_step(double r) {
-  step_t s;
+static gen_step run_step(double r) {
+  gen_step s;
   memset(&s, 0, sizeof s);
   s.offered = r;
   G.rate = r;
-  G.send_t0 = now_us();
+  G.send_t0 = gen_now_us();
   G.issued = 0;
   G.sending = true;
   run_for(G.warm_s);
   memset(&G.lat, 0, sizeof G.lat);
   G.m_msgs = G.m_bytes = G.m_acts = G.m_sent = 0;
-  double srv0 = proc_cpu_s(G.pid), lg0 = self_cpu_s();
-  G.m_t0 = now_us();
+  double srv0 = gen_proc_cpu_s(G.pid), lg0 = gen_self_cpu_s();
+  G.m_t0 = gen_now_us();
   G.measuring = true;
   double win = G.dur_s;
   if (G.min_samples > 0 && G.min_samples / r > win) win = fmin(G.min_samples / r, 30);
   run_for(win);
-  double el = (double)(now_us() - G.m_t0) / 1e6;
-  double srv1 = proc_cpu_s(G.pid), lg1 = self_cpu_s();
+  double el = (double)(gen_now_us() - G.m_t0) / 1e6;
+  double srv1 = gen_proc_cpu_s(G.pid), lg1 = gen_self_cpu_s();
   G.sending = false;
   for (int i = 0; i < G.n; i++)
     G.c[i].due = 0;
@@ -822,34 +715,17 @@ static step_t run_step(double r) {
   s.actions = (double)G.m_acts / el;
   s.delivered = (double)G.m_msgs / el;
   s.mbps = (double)G.m_bytes / el / 1e6;
-  uint64_t end = now_us() + (uint64_t)(G.drain_s * 1e6);
-  while (!G.interrupted && now_us() < end && backlog())
+  uint64_t end = gen_now_us() + (uint64_t)(G.drain_s * 1e6);
+  while (!G.interrupted && gen_now_us() < end && backlog())
     service_until(end);
   G.measuring = false;
   s.backlog = backlog();
-  s.samples = G.lat.n;
-  s.p50 = h_pct_ms(&G.lat, 0.5);
-  s.p90 = h_pct_ms(&G.lat, 0.9);
-  s.p99 = h_pct_ms(&G.lat, 0.99);
-  s.max_ms = G.lat.n ? (double)G.lat.max / 1000.0 : -1;
-  s.srv_cpu_pct = srv0 >= 0 && srv1 >= 0 ? 100.0 * (srv1 - srv0) / el : -1;
-  s.lg_cpu_pct = 100.0 * (lg1 - lg0) / el;
-  s.ok = true;
-  s.why = "ok";
-  if (!s.samples)
-    s.ok = false, s.why = "no packet came back";
-  else if (s.p99 > 100.0)
-    s.ok = false, s.why = "p99 > 100 ms";
-  else if (s.actions < 0.9 * r)
-    s.ok = false, s.why = "throughput < 90% of offered";
-  else if (s.backlog)
-    s.ok = false, s.why = "backlog did not drain";
+  gen_step_finish(&s, &G.lat, el, G.m_acts, srv0, srv1, lg0, lg1);
   return s;
 }
 
-static void run_phase(phase_t *ph, int mode) {
+static void run_phase(gen_phase *ph, int mode) {
   G.mode = mode;
-  ph->sat = -1;
   if (mode == M_FANOUT) {
     G.cbase = G.maxcount; /* every reader has seen it: the join traffic is over */
     G.writer->seq = 0;
@@ -859,125 +735,9 @@ static void run_phase(phase_t *ph, int mode) {
     for (int i = 0; i < G.n; i++)
       G.c[i].acked = G.c[i].seq;
   }
-  for (int k = 0; k < ph->nrates && !G.interrupted; k++) {
-    step_t s = run_step(ph->rates[k]);
-    if (!s.ok && s.samples && s.actions >= 0.9 * s.offered && !G.interrupted) {
-      note("%s %.0f/s: %s, running the step again", ph->name, s.offered, s.why);
-      s = run_step(ph->rates[k]);
-      s.retried = true;
-    }
-    ph->steps[ph->nsteps++] = s;
-    note("%s %.0f/s: %.0f actions/s, %.0f packets/s, p50 %.2f ms, p99 %.2f ms, gen CPU %.0f%%, "
-         "server CPU %.0f%%: %s",
-         ph->name, s.offered, s.actions, s.delivered, s.p50, s.p99, s.lg_cpu_pct, s.srv_cpu_pct,
-         s.why);
-    if (!s.ok) {
-      ph->sat_why = s.why;
-      break;
-    }
-    ph->sat = ph->nsteps - 1;
-  }
-  if (!ph->sat_why && ph->nrates > 1) ph->sat_why = "not saturated at the largest rate";
+  gen_run_phase(ph, run_step, &G.interrupted, false);
   if (mode == M_FANOUT) G.maxcount = G.cbase + G.writer->seq;
   G.mode = M_NONE;
-}
-
-/* ---------------------------------------------------------------- output */
-
-static FILE *jf;
-static bool jfirst;
-static void jkey(const char *k) {
-  fprintf(jf, "%s\"%s\":", jfirst ? "" : ",", k);
-  jfirst = false;
-}
-static void jnum(const char *k, double v) {
-  jkey(k);
-  if (v < 0 || isnan(v) || isinf(v))
-    fputs("null", jf);
-  else
-    fprintf(jf, "%.6g", v);
-}
-static void jstr(const char *k, const char *v) {
-  jkey(k);
-  fputc('"', jf);
-  for (const char *p = v; *p; p++)
-    if (*p == '"' || *p == '\\')
-      fprintf(jf, "\\%c", *p);
-    else if ((unsigned char)*p < 0x20)
-      fprintf(jf, "\\u%04x", *p);
-    else
-      fputc(*p, jf);
-  fputc('"', jf);
-}
-static void jopen(const char *k) {
-  if (k) jkey(k);
-  fputc('{', jf);
-  jfirst = true;
-}
-static void jclose(void) {
-  fputc('}', jf);
-  jfirst = false;
-}
-static void json_step(const char *k, const step_t *s) {
-  jopen(k);
-  jnum("offered", s->offered);
-  jnum("sent", s->sent);
-  jnum("actions_per_s", s->actions);
-  jnum("delivered_per_s", s->delivered);
-  jnum("mb_per_s", s->mbps);
-  jnum("p50_ms", s->p50);
-  jnum("p90_ms", s->p90);
-  jnum("p99_ms", s->p99);
-  jnum("max_ms", s->max_ms);
-  jnum("samples", (double)s->samples);
-  jnum("server_cpu_pct", s->srv_cpu_pct);
-  jnum("loadgen_cpu_pct", s->lg_cpu_pct);
-  jnum("backlog", (double)s->backlog);
-  jkey("retried");
-  fputs(s->retried ? "true" : "false", jf);
-  jkey("ok");
-  fputs(s->ok ? "true" : "false", jf);
-  jstr("verdict", s->why);
-  jclose();
-}
-static void json_phase(const phase_t *ph) {
-  jopen(ph->name);
-  jkey("steps");
-  fputc('[', jf);
-  for (int k = 0; k < ph->nsteps; k++) {
-    if (k) fputc(',', jf);
-    jfirst = true;
-    json_step(NULL, &ph->steps[k]);
-  }
-  fputc(']', jf);
-  jfirst = false;
-  if (ph->sat >= 0)
-    json_step("saturation", &ph->steps[ph->sat]);
-  else {
-    jkey("saturation");
-    fputs("null", jf);
-  }
-  jstr("saturation_reason", ph->sat_why ? ph->sat_why : "");
-  jclose();
-}
-
-static void print_phase(const phase_t *ph) {
-  printf(
-      "%s:\n| offered/s | actions/s | delivered/s | MB/s | p50 ms | p99 ms | max ms | srv CPU%% | "
-      "gen CPU%% | verdict |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
-      ph->name);
-  for (int k = 0; k < ph->nsteps; k++) {
-    const step_t *s = &ph->steps[k];
-    printf("| %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f | %s%s |\n", s->offered,
-           s->actions, s->delivered, s->mbps, s->p50, s->p99, s->max_ms, s->srv_cpu_pct,
-           s->lg_cpu_pct, s->why, k == ph->sat && ph->nrates > 1 ? " (best)" : "");
-  }
-  if (ph->sat >= 0)
-    printf("saturation: %.0f actions/s, %.0f delivered/s, p99 %.2f ms (then: %s)\n",
-           ph->steps[ph->sat].actions, ph->steps[ph->sat].delivered, ph->steps[ph->sat].p99,
-           ph->sat_why ? ph->sat_why : "-");
-  else
-    printf("saturation: below the first step (%s)\n", ph->sat_why ? ph->sat_why : "-");
 }
 
 /* ---------------------------------------------------------------- main */
@@ -996,71 +756,8 @@ static void usage(void) {
   exit(2);
 }
 
-static void parse_url(const char *url) {
-  const char *p = url;
-  if (!strncmp(p, "ws://", 5))
-    p += 5;
-  else if (!strncmp(p, "http://", 7))
-    p += 7;
-  else
-    die("--url must be ws://HOST:PORT");
-  const char *hs = p, *he;
-  if (*p == '[') {
-    hs = p + 1;
-    he = strchr(hs, ']');
-    if (!he) die("bad URL %s", url);
-    p = he + 1;
-  } else {
-    for (he = p; *he && *he != ':' && *he != '/'; he++)
-      ;
-    p = he;
-  }
-  if (he == hs || (size_t)(he - hs) >= sizeof G.host) die("bad host in %s", url);
-  memcpy(G.host, hs, (size_t)(he - hs));
-  G.host[he - hs] = 0;
-  if (*p != ':') die("--url needs a port: %s", url);
-  G.port = atoi(p + 1);
-  if (G.port <= 0 || G.port > 65535) die("bad port in %s", url);
-  struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-  int e = getaddrinfo(G.host, NULL, &hints, &res);
-  if (e || !res) die("cannot resolve %s: %s", G.host, gai_strerror(e));
-  bool have = false;
-  for (struct addrinfo *a = res; a; a = a->ai_next) {
-    bool loop = false;
-    if (a->ai_family == AF_INET)
-      loop = (ntohl(((struct sockaddr_in *)a->ai_addr)->sin_addr.s_addr) >> 24) == 127;
-    else if (a->ai_family == AF_INET6)
-      loop = IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr);
-    if (!loop) {
-      freeaddrinfo(res);
-      die("refusing %s: the load generator only targets loopback addresses", G.host);
-    }
-    if (!have || a->ai_family == AF_INET) {
-      memcpy(&G.sa, a->ai_addr, a->ai_addrlen);
-      G.salen = a->ai_addrlen;
-      have = true;
-    }
-  }
-  freeaddrinfo(res);
-  if (G.sa.ss_family == AF_INET)
-    ((struct sockaddr_in *)&G.sa)->sin_port = htons((uint16_t)G.port);
-  else
-    ((struct sockaddr_in6 *)&G.sa)->sin6_port = htons((uint16_t)G.port);
-}
-
-static void parse_sweep(phase_t *ph, const char *sweep, double rate) {
-  if (sweep) {
-    double a = 0, f = 0, m = 0;
-    if (sscanf(sweep, "%lf:%lf:%lf", &a, &f, &m) != 3 || a <= 0 || f <= 1 || m < a)
-      die("a sweep is FROM:FACTOR:MAX with FACTOR > 1");
-    for (double r = a; r <= m * 1.0001 && ph->nrates < FG_MAX_STEPS; r *= f)
-      ph->rates[ph->nrates++] = r;
-  } else {
-    ph->rates[ph->nrates++] = rate;
-  }
-}
-
 int main(int argc, char **argv) {
+  gen_prog = "fastgen";
   const char *url = NULL, *scen = NULL, *sweep = NULL;
   double rate = 100;
   G.n = 100;
@@ -1094,7 +791,7 @@ int main(int argc, char **argv) {
       else if (!strcmp(v, "move"))
         G.action = A_MOVE;
       else
-        die("--action is increment or move");
+        gen_die("--action is increment or move");
     } else if (OPT("--sweep"))
       sweep = v;
     else if (OPT("--rate"))
@@ -1120,7 +817,7 @@ int main(int argc, char **argv) {
     else if (OPT("--json"))
       G.json = v;
     else if (!strcmp(a, "--quiet"))
-      G.quiet = true;
+      G.quiet = gen_quiet = true;
     else
       usage();
 #undef OPT
@@ -1128,25 +825,25 @@ int main(int argc, char **argv) {
   if (!url || !scen) usage();
   if (strstr(scen, "fanout")) G.do_fanout = true;
   if (strstr(scen, "move")) G.do_move = true;
-  if (!G.do_fanout && !G.do_move && !strstr(scen, "ramp")) die("unknown scenario %s", scen);
-  if (G.n < 1 || G.n > FG_MAX_CLIENTS) die("--clients must be 1..%d", FG_MAX_CLIENTS);
+  if (!G.do_fanout && !G.do_move && !strstr(scen, "ramp")) gen_die("unknown scenario %s", scen);
+  if (G.n < 1 || G.n > FG_MAX_CLIENTS) gen_die("--clients must be 1..%d", FG_MAX_CLIENTS);
   if (G.dur_s <= 0 || G.dur_s > 600 || G.warm_s < 0 || G.warm_s > 600 || G.drain_s < 0 ||
       G.drain_s > 60 || G.timeout_s <= 0 || G.timeout_s > 600 || G.max_time_s <= 0 ||
       G.max_time_s > 3600 || rate <= 0)
-    die("durations or rate out of range");
+    gen_die("durations or rate out of range");
   if (G.inflight_cap < 1) G.inflight_cap = 1;
-  parse_url(url);
+  gen_parse_url(url, G.host, sizeof G.host, &G.port, &G.sa, &G.salen, NULL);
   if (!G.room[0]) snprintf(G.room, sizeof G.room, "bench-%ld", (long)getpid());
   if (!G.label[0]) snprintf(G.label, sizeof G.label, "%s:%d", G.host, G.port);
   if (G.cpu >= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(G.cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) < 0) note("cannot pin to CPU %d", G.cpu);
+    if (sched_setaffinity(0, sizeof set, &set) < 0) gen_note("cannot pin to CPU %d", G.cpu);
   }
-  phase_t fan = {.name = "fanout"}, mv = {.name = "move"};
-  parse_sweep(&fan, sweep, rate);
-  parse_sweep(&mv, sweep, rate);
+  gen_phase fan = {.name = "fanout"}, mv = {.name = "move"};
+  gen_parse_rates(&fan, sweep, NULL, rate);
+  gen_parse_rates(&mv, sweep, NULL, rate);
 
   struct rlimit rl;
   if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
@@ -1154,13 +851,13 @@ int main(int argc, char **argv) {
     setrlimit(RLIMIT_NOFILE, &rl);
   }
   getrlimit(RLIMIT_NOFILE, &rl);
-  if (rl.rlim_cur < (rlim_t)G.n + 16) die("open-file limit too low for %d connections", G.n);
+  if (rl.rlim_cur < (rlim_t)G.n + 16) gen_die("open-file limit too low for %d connections", G.n);
   signal(SIGPIPE, SIG_IGN);
-  G.rng = now_us() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+  G.rng = gen_now_us() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
   G.ep = epoll_create1(EPOLL_CLOEXEC);
-  if (G.ep < 0) die("epoll_create1: %s", strerror(errno));
+  if (G.ep < 0) gen_die("epoll_create1: %s", strerror(errno));
   G.c = calloc((size_t)G.n, sizeof *G.c);
-  if (!G.c) die("out of memory");
+  if (!G.c) gen_die("out of memory");
   for (int i = 0; i < G.n; i++) {
     G.c[i].idx = i;
     G.c[i].fd = -1;
@@ -1168,20 +865,20 @@ int main(int argc, char **argv) {
   G.writer = &G.c[0];
   if (G.do_fanout) {
     G.wring = calloc(FG_WRING, sizeof *G.wring);
-    if (!G.wring) die("out of memory");
+    if (!G.wring) gen_die("out of memory");
   }
   if (G.do_move)
     for (int i = 0; i < G.n; i++) {
       G.c[i].ring = calloc(FG_CRING, sizeof *G.c[i].ring);
-      if (!G.c[i].ring) die("out of memory");
+      if (!G.c[i].ring) gen_die("out of memory");
     }
-  G.t_begin = now_us();
+  G.t_begin = gen_now_us();
   G.deadline = G.t_begin + (uint64_t)(G.max_time_s * 1e6);
 
   double join_s = connect_all(G.timeout_s), quiet_s = -1;
   bool all = G.ready == G.n;
   if (all && (G.do_fanout || G.do_move)) quiet_s = wait_quiet(G.timeout_s);
-  note("%d/%d joined in %.3f s (%.0f joins/s)", G.ready, G.n, join_s, G.ready / join_s);
+  gen_note("%d/%d joined in %.3f s (%.0f joins/s)", G.ready, G.n, join_s, G.ready / join_s);
   if (all && G.do_fanout) run_phase(&fan, M_FANOUT);
   if (all && G.do_move && !G.interrupted) run_phase(&mv, M_MOVE);
   int rc = all ? 0 : 1;
@@ -1190,43 +887,38 @@ int main(int argc, char **argv) {
 
   printf("\n%s  scenario %s  clients %d  room %s\n", G.label, scen, G.n, G.room);
   printf("joined %d/%d in %.3f s (%.0f joins/s), connect->first packet p50 %.2f ms p99 %.2f ms",
-         G.ready, G.n, join_s, G.ready / join_s, h_pct_ms(&G.ready_h, 0.5),
-         h_pct_ms(&G.ready_h, 0.99));
+         G.ready, G.n, join_s, G.ready / join_s, gen_h_pct_ms(&G.ready_h, 0.5),
+         gen_h_pct_ms(&G.ready_h, 0.99));
   if (G.failed) printf(", %d failed (%s)", G.failed, G.first_error);
   if (G.closed_after_ready) printf(", %d closed (%s)", G.closed_after_ready, G.first_error);
   printf("\n");
-  if (fan.nsteps) print_phase(&fan);
-  if (mv.nsteps) print_phase(&mv);
+  if (fan.nsteps) gen_print_phase(&fan);
+  if (mv.nsteps) gen_print_phase(&mv);
   if (G.interrupted) printf("(interrupted by --max-time)\n");
   fflush(stdout);
 
   if (G.json) {
-    jf = strcmp(G.json, "-") ? fopen(G.json, "w") : stdout;
-    if (!jf) die("cannot write %s: %s", G.json, strerror(errno));
-    jopen(NULL);
-    jstr("generator", "fastgen");
-    jstr("label", G.label);
-    jstr("scenario", scen);
-    jnum("clients", G.n);
-    jstr("room", G.room);
-    jopen("ramp");
-    jnum("joined", G.ready);
-    jnum("failed", G.failed);
-    jnum("closed_by_server", G.closed_after_ready);
-    jnum("join_s", join_s);
-    jnum("joins_per_s", G.ready > 0 ? G.ready / join_s : -1);
-    jnum("first_packet_p50_ms", h_pct_ms(&G.ready_h, 0.5));
-    jnum("first_packet_p99_ms", h_pct_ms(&G.ready_h, 0.99));
-    jnum("join_traffic_s", quiet_s);
-    jclose();
-    if (fan.nsteps) json_phase(&fan);
-    if (mv.nsteps) json_phase(&mv);
-    jkey("interrupted");
-    fputs(G.interrupted ? "true" : "false", jf);
-    jnum("exit", rc);
-    jclose();
-    fputc('\n', jf);
-    if (jf != stdout) fclose(jf);
+    gen_json_begin(G.json);
+    gen_jstr("generator", "fastgen");
+    gen_jstr("label", G.label);
+    gen_jstr("scenario", scen);
+    gen_jnum("clients", G.n);
+    gen_jstr("room", G.room);
+    gen_jopen("ramp");
+    gen_jnum("joined", G.ready);
+    gen_jnum("failed", G.failed);
+    gen_jnum("closed_by_server", G.closed_after_ready);
+    gen_jnum("join_s", join_s);
+    gen_jnum("joins_per_s", G.ready > 0 ? G.ready / join_s : -1);
+    gen_jnum("first_packet_p50_ms", gen_h_pct_ms(&G.ready_h, 0.5));
+    gen_jnum("first_packet_p99_ms", gen_h_pct_ms(&G.ready_h, 0.99));
+    gen_jnum("join_traffic_s", quiet_s);
+    gen_jclose();
+    if (fan.nsteps) gen_json_phase(&fan);
+    if (mv.nsteps) gen_json_phase(&mv);
+    gen_jbool("interrupted", G.interrupted);
+    gen_jint("exit", rc);
+    gen_json_end();
   }
   for (int i = 0; i < G.n; i++) {
     if (G.c[i].fd >= 0) close(G.c[i].fd);

@@ -5,7 +5,8 @@
 -- reload transaction of one room file (prepare: compile + validate in a
 -- fresh sandbox; commit: migrate the state of every live room of that file,
 -- then swap its definition; after: onReload hooks), the per-server reload
--- bookkeeping (srv.reload) and the log lines.
+-- bookkeeping (srv.reload), development mode (dev_error packets; the room
+-- types declared by room files that never loaded) and the log lines.
 -- Must not: read inotify or schedule anything (host/reload.c does, and calls
 -- the steps below each as an outermost protected call), touch sockets, or
 -- be reachable from room scripts.
@@ -26,6 +27,7 @@
 -- the code they have (and are listed by runtime.room_info).
 
 local core = require "lunaroom.core"
+local lr = require "lunaroom"
 local sandbox = require "lunaroom.sandbox"
 local runtime = require "lunaroom.runtime"
 local reload_c = require "lunaroom.reload_c"
@@ -149,6 +151,10 @@ function M.plan(srv, changes)
       add { file = f, new = true, retry = not explicit[f] }
     elseif not exists then
       st.broken[f] = nil
+      if st.failed and st.failed[f] ~= nil then -- a deleted file that never loaded: its clients go
+        st.failed[f] = nil
+        if st.dev_errors then st.dev_errors[f] = nil end
+      end
     end
     -- A module: every room file that required it, and the files whose last
     -- load failed (the fix may be in this module).
@@ -492,6 +498,16 @@ end
 --- version), which sends {"type":"dev_error","value":null}. The npm
 --- client ignores packet types it does not know; the demo page draws it.
 --- Never sent without srv.dev.
+---
+--- A room file that has no definition (it failed at start, or a new file's
+--- first save failed) has no room type yet, so its clients would be told
+--- "no such room". Under srv.dev its room type is taken from its source
+--- text instead: the first `path = "..."` and `party = "..."` string
+--- literals, compiled by lr.room as a good file's are (st.failed[file] =
+--- {path, party, match}). A WebSocket for it is kept open by the engine
+--- (host/router.c, M.dev_failed) with the dev_error packet, and joins the
+--- room once a save loads (after {"type":"dev_error","value":null}); an HTTP
+--- request gets 503 with the error (runtime.preroute).
 local DEV_MESSAGE_MAX = 2000
 local function dev_send(srv, file, value)
   local e = find_entry(srv, file)
@@ -500,22 +516,98 @@ local function dev_send(srv, file, value)
   end
 end
 
+local function dev_value(f, msg)
+  msg = tostring(msg)
+  local file, line, text = msg:match("^(.-):(%d+): (.*)$")
+  if not file then
+    file, text = f, msg
+    if text:sub(1, #f + 2) == f .. ": " then text = text:sub(#f + 3) end
+  end
+  if #text > DEV_MESSAGE_MAX then text = text:sub(1, DEV_MESSAGE_MAX) .. "..." end
+  return { file = file, line = line and tonumber(line) or core.null, message = text }
+end
+
+--- The string value of `key = "..."` (or '...') first written in src.
+local function declared(src, key)
+  local at, val
+  for _, q in ipairs { '"', "'" } do
+    local i, _, v = src:find("%f[%w_]" .. key .. "%s*=%s*" .. q .. "([^" .. q .. "\n]*)" .. q)
+    if i and (not at or i < at) then at, val = i, v end
+  end
+  return val
+end
+
+-- Register f (no definition, failed with value) as a failed room type.
+local function dev_failed_type(srv, st, f, src)
+  st.failed = st.failed or {}
+  src = src or core.readfile(f)
+  local path = type(src) == "string" and declared(src, "path")
+  local ok, d = false, nil
+  if path and path ~= "" then ok, d = pcall(lr.room, { path = path, party = declared(src, "party") }) end
+  local before = st.failed[f]
+  if not ok then
+    if before ~= false then
+      log("warn", "%s: no path = \"...\" in its text: its clients are told \"no such room\" until it loads", f)
+    end
+    st.failed[f] = false -- known, without a room type
+    return
+  end
+  st.failed[f] = { path = d.path, party = d.party, match = d.match }
+  if not (before and before.path == d.path and before.party == d.party) then
+    log("info", "development mode: clients of %s/%s wait for a save of %s that loads", d.party, d.path, f)
+  end
+end
+
 local function dev_report(srv, st, job)
   local f = job.file
   if not f then return end
   st.dev_errors = st.dev_errors or {}
   if not job.ok then
-    local msg = tostring(job.err)
-    local file, line, text = msg:match("^(.-):(%d+): (.*)$")
-    if not file then file, text = f, msg end
-    if #text > DEV_MESSAGE_MAX then text = text:sub(1, DEV_MESSAGE_MAX) .. "..." end
-    local value = { file = file, line = line and tonumber(line) or core.null, message = text }
+    local value = dev_value(f, job.err)
     st.dev_errors[f] = value
     dev_send(srv, f, value)
-  elseif st.dev_errors[f] then
-    st.dev_errors[f] = nil
-    dev_send(srv, f, core.null)
+    if not find_entry(srv, f) then dev_failed_type(srv, st, f, job.src) end
+  else
+    if st.failed then st.failed[f] = nil end
+    if st.dev_errors[f] then
+      st.dev_errors[f] = nil
+      dev_send(srv, f, core.null)
+    end
   end
+end
+
+--- runtime.load_dir under srv.dev: room file f did not load at start (err:
+--- its message). Its clients get the error and wait for a good save.
+function M.dev_start_failure(srv, f, err)
+  local st = state(srv)
+  f = norm(f)
+  local src = core.readfile(f)
+  local msg = type(src) == "string" and M.locate(err, src, f) or tostring(err)
+  st.broken[f] = tostring(err)
+  st.dev_errors = st.dev_errors or {}
+  st.dev_errors[f] = dev_value(f, msg)
+  dev_failed_type(srv, st, f, src)
+end
+
+--- The dev_error value for a client of ns/id that no definition serves,
+--- when a room file that does not load declares it (srv.dev only), or nil.
+--- Parties resolve as runtime's resolve does: a party no room type names
+--- is "main".
+function M.dev_failed(srv, ns, id)
+  local st = srv.reload
+  if not (srv.dev and st and st.failed and next(st.failed)) then return nil end
+  local files = sorted_keys(st.failed)
+  local named = false
+  for _, e in ipairs(srv.defs) do if e.def.party == ns then named = true end end
+  for _, f in ipairs(files) do if st.failed[f] and st.failed[f].party == ns then named = true end end
+  local want = named and ns or "main"
+  for _, f in ipairs(files) do
+    local ft = st.failed[f]
+    if ft and ft.party == want and ft.match(id) then
+      return (st.dev_errors and st.dev_errors[f]) or { file = f, line = core.null, message = "does not load" }
+    end
+  end
+  return nil
 end
 
 --- The dev_error value a new socket of room gets on join (runtime.connect

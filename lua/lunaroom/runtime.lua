@@ -351,6 +351,8 @@ function M.load_dir(srv, dir)
     elseif version_or_err ~= sandbox.NOT_A_ROOM then
       errors[#errors + 1] = version_or_err
       log("error", "%s", version_or_err)
+      -- --dev: its clients get the error and wait for a good save
+      if srv.dev then require("lunaroom.reload").dev_start_failure(srv, f, version_or_err) end
     end
   end
   return #srv.defs, errors
@@ -548,6 +550,23 @@ end
 --- Whether a definition serves ns/id (the engine asks before it waits for
 --- a room's storage to load).
 function M.has_room(srv, ns, id) return resolve(srv, ns, id) ~= nil end
+
+-- Development mode: the dev_error value for ns/id when no definition serves
+-- it but a room file that does not load declares it (lunaroom.reload).
+local function dev_failed(srv, ns, id)
+  if not srv.dev then return nil end
+  local reload = package.loaded["lunaroom.reload"]
+  return reload and reload.dev_failed(srv, ns, id) or nil
+end
+
+--- Asked by the engine (host/router.c) for a WebSocket to ns/id that no
+--- definition serves: the dev_error packet (JSON) when the room file that
+--- declares ns/id does not load (--dev), else nil. The socket then waits
+--- for a save that loads.
+function M.dev_failed(srv, ns, id)
+  local v = dev_failed(srv, ns, id)
+  return v and core.encode { type = "dev_error", value = v } or nil
+end
 
 --- A room is evicted (C, hibernation): remember the code it ran.
 function M.hibernate_room(srv, key)
@@ -1243,7 +1262,15 @@ function M.preroute(srv, ns, id, req, path)
   local e = resolve(srv, ns, id)
   if not e then
     local slept = srv.sleeping[ns .. "/" .. id] -- its file was removed; the room lives on
-    if not slept then return false end
+    if not slept then
+      local v = dev_failed(srv, ns, id) -- --dev: its room file does not load
+      if v then
+        local where = v.file .. (v.line ~= core.null and (":" .. v.line) or "")
+        return json_response(503, { error = "room file " .. where .. " does not load: " .. v.message,
+          code = "dev_error", file = v.file, line = v.line, message = v.message })
+      end
+      return false
+    end
     e = slept
   end
   local via_shard = req.headers["x-forwarded-by-shard"] ~= nil or req.headers["x-shard-id"] ~= nil

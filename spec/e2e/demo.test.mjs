@@ -229,6 +229,7 @@ describe("browser demo", () => {
       const text = await page.textContent("#dev-error");
       assert.match(text, /game\.lua:\d+/, "file:line in the overlay");
       assert.match(text, /unexpected symbol/);
+      assert.match(text, /The room failed to reload: .*The previous code is still running/s);
       await page.screenshot({ path: path.join(ARTIFACTS, "dev-error.png") });
       // A page opened (or reloaded) while the file is broken shows it too.
       await page.reload();
@@ -237,6 +238,37 @@ describe("browser demo", () => {
 
       fs.writeFileSync(file, good + "\n-- saved again\n");
       await page.waitForSelector("#dev-error", { ...WAIT, state: "detached" });
+      assert.equal(await page.evaluate(() => window.__demo.devError), null);
+      assert.equal(await page.evaluate(() => document.body.dataset.status), "connected");
+    } finally {
+      await page.close();
+      await dev.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("development mode: a room file that fails at start shows the overlay; a good save joins the page", async () => {
+    const dir = tempDir("lunaroom-e2e-dev-start-");
+    fs.cpSync(path.join(ROOT, "rooms"), dir, { recursive: true, filter: (src) => !src.includes(`${path.sep}static`) });
+    const file = path.join(dir, "game.lua");
+    const good = fs.readFileSync(file, "utf8");
+    fs.writeFileSync(file, good.replace("return lr.room {", "return lr.room {\n  broken = = 1,"));
+    const dev = await startServer({ rooms: dir, args: ["--dev", "--static", "rooms/static"] });
+    const page = await context.newPage();
+    page.on("pageerror", (e) => pageErrors.push(`${page.url()}: ${e.message}`));
+    try {
+      await page.goto(`${dev.url}/`);
+      await page.waitForSelector("#dev-error", { ...WAIT, state: "visible" });
+      const text = await page.textContent("#dev-error");
+      assert.match(text, /game\.lua:\d+/, "file:line in the overlay");
+      assert.match(text, /unexpected symbol/);
+      assert.match(text, /The room file does not load: .*The room is not running yet/s);
+      assert.notEqual(await page.evaluate(() => window.__demo.placed), true, "no room yet");
+      await page.screenshot({ path: path.join(ARTIFACTS, "dev-error-at-start.png") });
+
+      fs.writeFileSync(file, good + "\n-- fixed\n");
+      await page.waitForSelector("#dev-error", { ...WAIT, state: "detached" });
+      await page.waitForFunction(() => window.__demo.placed, null, WAIT);
       assert.equal(await page.evaluate(() => window.__demo.devError), null);
       assert.equal(await page.evaluate(() => document.body.dataset.status), "connected");
     } finally {

@@ -3,7 +3,9 @@
  * in room handlers; README "Waiting for outside services"), with the real
  * binary and a slow HTTP service (500 ms): another room's round trips are
  * not delayed; 1,000 actions waiting at once all complete; a room capped at
- * 100 waiting handlers refuses the 900 others with the "busy" error.
+ * 100 waiting handlers refuses the 900 others with the "busy" error; the
+ * process cap (--max-waiting, the config key max_waiting, the environment
+ * LUNAROOM_MAX_WAITING as a fallback) refuses the waits past it.
  *
  * Owns: the wire checks of issue 17 (handlers that wait).
  */
@@ -15,7 +17,7 @@ import https from "node:https";
 import path from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { http, sleep, startServer, tempDir, wsClient } from "./lib.mjs";
+import { BIN, ROOT, http, sleep, startServer, tempDir, wsClient } from "./lib.mjs";
 
 const ROOMS = path.join(path.dirname(fileURLToPath(import.meta.url)), "waits-rooms");
 
@@ -251,6 +253,93 @@ describe("handlers that wait, over the wire", () => {
       assert.ok(refused.error, JSON.stringify(refused));
     } finally {
       svc.close();
+    }
+  });
+});
+
+describe("the process cap on waiting handlers (--max-waiting)", () => {
+  // n clients of one room each start a waiting action (the service holds
+  // every answer): returns the messages of the refused ones once `expect`
+  // refusals are in and the others are waiting, then lets them finish.
+  async function waitsPast(srv, n, expect) {
+    const svc = await slowService(0, Infinity);
+    try {
+      const cs = await joinMany(srv, "bulk-cap", n);
+      cs.forEach((c, i) => c.send({ action: "buy", value: { url: svc.url, i } }));
+      let refused = [];
+      for (let i = 0; i < 200; i++) {
+        refused = cs.flatMap((c) => c.messages.filter((m) => m?.type === "error"));
+        if (refused.length >= expect && svc.open >= n - expect) break;
+        await sleep(25);
+      }
+      await sleep(50); // nothing more is refused
+      refused = cs.flatMap((c) => c.messages.filter((m) => m?.type === "error"));
+      const open = svc.open;
+      svc.release();
+      const done = await Promise.all(
+        cs.filter((c) => !c.messages.some((m) => m?.type === "error")).map((c) => c.next((m) => m?.type === "bought", 10000)),
+      );
+      cs.forEach((c) => c.ws.terminate());
+      return { refused, open, done: done.length };
+    } finally {
+      await svc.close();
+    }
+  }
+
+  test("--max-waiting N: the wait past N fails with 'busy'; the others complete", async () => {
+    const srv = await startServer({
+      rooms: ROOMS,
+      args: ["--no-watch", "--max-conns-per-ip", "-1", "--session-rate", "0", "--max-waiting", "3"],
+      env: { LUNAROOM_MAX_WAITING: "100" }, // the flag wins
+    });
+    try {
+      const r = await waitsPast(srv, 5, 2);
+      assert.equal(r.refused.length, 2);
+      assert.equal(r.open, 3);
+      assert.equal(r.done, 3);
+      for (const e of r.refused) {
+        assert.equal(e.value.code, "busy");
+        assert.match(e.value.message, /3 handlers are waiting in this process \(the process cap\)/);
+      }
+      assert.equal(await srv.stop("SIGTERM"), 0);
+    } finally {
+      await srv.stop("SIGKILL").catch(() => {});
+    }
+  });
+
+  test("the config file key max_waiting, and LUNAROOM_MAX_WAITING as a fallback", async () => {
+    const dir = tempDir("lr-maxwait-");
+    const conf = path.join(dir, "lunaroom.lua");
+    fs.writeFileSync(conf, "return { max_waiting = 2, watch = false, session_rate = 0 }\n");
+    try {
+      const viaConf = await startServer({ rooms: ROOMS, args: ["--config", conf] });
+      try {
+        const r = await waitsPast(viaConf, 4, 2);
+        assert.deepEqual([r.refused.length, r.open, r.done], [2, 2, 2]);
+      } finally {
+        assert.equal(await viaConf.stop("SIGTERM"), 0);
+      }
+      const viaEnv = await startServer({ rooms: ROOMS, args: ["--no-watch"], env: { LUNAROOM_MAX_WAITING: "1" } });
+      try {
+        const r = await waitsPast(viaEnv, 3, 2);
+        assert.deepEqual([r.refused.length, r.open, r.done], [2, 1, 1]);
+        assert.match(r.refused[0].value.message, /1 handlers are waiting in this process/);
+      } finally {
+        assert.equal(await viaEnv.stop("SIGTERM"), 0);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("serve --help shows it; a bad value is refused", () => {
+    const help = execFileSync(BIN, ["serve", "--help"], { cwd: ROOT, encoding: "utf8" });
+    assert.match(help, /--max-waiting N +handlers waiting for I\/O at once/);
+    for (const bad of ["0", "-5", "12x"]) {
+      assert.throws(
+        () => execFileSync(BIN, ["serve", ROOMS, "--storage", "memory", "--port", "0", "--max-waiting", bad], { cwd: ROOT, stdio: "pipe" }),
+        (e) => e.status === 2 && /--max-waiting .* must be a whole number/.test(e.stderr.toString()),
+      );
     }
   });
 });

@@ -10,7 +10,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS  seconds per target (default 60)
-#   FUZZ_TARGETS  targets to run (default "json packet http jwt bounded ids")
+#   FUZZ_TARGETS  targets to run (default "json packet http jwt bounded ids url")
 #   FUZZ_BUILD    build directory (default <repo>/build-fuzz)
 #   CC            compiler (default clang)
 #   FUZZ_JOBS     parallel compiles (default nproc)
@@ -22,7 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 OUT=${FUZZ_BUILD:-$ROOT/build-fuzz}
 SECS=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-"json packet http jwt bounded ids"}
+TARGETS=${FUZZ_TARGETS:-"json packet http jwt bounded ids url"}
 CC=${CC:-clang}
 case "$CC" in cc | gcc | */gcc) CC=clang ;; esac
 JOBS=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}

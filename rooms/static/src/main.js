@@ -135,13 +135,18 @@ function showDevError(err) {
   }
   const where = `${err.file ?? "?"}${err.line != null ? `:${err.line}` : ""}`;
   box.replaceChildren();
+  /* No sync yet: the room file did not load at start, so no code of this
+   * room runs; the server keeps the socket and joins it after a good save. */
+  const running = demo.publicId != null;
   const head = document.createElement("strong");
-  head.textContent = `The room failed to reload: ${where}`;
+  head.textContent = `${running ? "The room failed to reload" : "The room file does not load"}: ${where}`;
   const msg = document.createElement("div");
   msg.textContent = String(err.message ?? "");
   const note = document.createElement("div");
   note.style.opacity = "0.7";
-  note.textContent = "The previous code is still running. Save a fixed file to clear this.";
+  note.textContent = running
+    ? "The previous code is still running. Save a fixed file to clear this."
+    : "The room is not running yet. Save a fixed file: this page joins it then.";
   box.append(head, msg, note);
 }
 
