@@ -9,7 +9,8 @@
  * failed call, clearing the dirty marks the rollback left (a failed handler
  * sends and writes nothing); the Lua values the engine hands to the rules
  * (requests, packets, conn tables) and reading their answers (HTTP response
- * tables, rejections, interceptor output).
+ * tables, rejections, interceptor output); the same call helper for a
+ * feature's own calls into Lua (rules->call: the Lua storage backends).
  * Must not: schedule flushes or send packets itself (the engine does, after
  * each call), know transports or features, or implement room rules.
  */
@@ -438,6 +439,10 @@ static const char *b_env(lr_server *s, const char *name, char *buf, size_t n) {
   return buf;
 }
 
+static int b_call(lr_server *s, const char *what, int nargs, int nres, char *err, size_t errlen) {
+  return call(s, NULL, what, nargs, nres, err, errlen);
+}
+
 const lr_rules_vt lr_bridge_rules = {
     .serves = b_serves,
     .preroute = b_preroute,
@@ -459,4 +464,5 @@ const lr_rules_vt lr_bridge_rules = {
     .quiet = b_quiet,
     .unref = b_unref,
     .env = b_env,
+    .call = b_call,
 };

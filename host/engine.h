@@ -18,11 +18,14 @@
  * - Pointers: NULL = not found / refused; the caller owns what a *_new or
  *   *_open returns, and references are counted (retain/release) where noted.
  * - Lua: the engine reaches it only through s->rules (bridge.c); features
- *   that call Lua themselves (fetch.c, storage_lua.c, reload.c) do it
- *   through lr_vm_pcall; the engine releases the references it holds
- *   (room, conn, timer callbacks) through rules->unref. Every registry
+ *   that call Lua themselves (fetch.c, reload.c) do it through lr_vm_pcall,
+ *   a Lua store through its host's call (rules->call: counted and rolled
+ *   back as the rules' own calls); the engine releases the references it
+ *   holds (room, conn, timer callbacks) through rules->unref. Every registry
  *   reference is taken and released through lr_ref_take/lr_ref_release
  *   (lua_vm.h), never luaL_ref/luaL_unref directly.
+ * - Stores never call the engine: they report through the lr_store_host
+ *   (storage.h) the engine binds them with (sync.c).
  * - Failures without an err buffer name themselves with a static message
  *   (const char **why) and, for text, the offset (size_t *at).
  * - Lua status codes stay Lua's: lr_vm_pcall and lr_vm_resume return 0 or
@@ -274,6 +277,7 @@ struct lr_server {
   void *shard;                 /* shard mode state (shard.c), NULL unless `serve --shard` */
   const lr_mode_vt *mode;      /* shard.c's, with shard; NULL otherwise */
   lr_relay_open_fn relay_open; /* uplink.c's (lr_uplink_install); NULL = refused (404) */
+  const lr_loop_fds *loop_fds; /* the transport's (lr_server_set_loop_fds); NULL = none */
   char *wanted_headers[LR_WANTED_HEADERS]; /* lr_server_want_header (room.c) */
   uint32_t nwanted_headers;
   lr_room *failing; /* rooms whose writes fail (/readyz), newest first */
@@ -336,14 +340,6 @@ int lr_room_flush_storage(lr_room *r);
 /* A write of r's storage outside the flush (core.store_apply) returned rc:
  * keeps the gate's counters and the failing state up to date. */
 void lr_room_store_written(lr_room *r, int rc, const char *err);
-/* A write-behind store (storage_lua.c) committed or failed writes of
- * (ns, id): the room, if live, releases what waited for them. Called from
- * the store's own callbacks, never from inside one of its vtable calls. */
-void lr_server_store_progress(lr_server *s, const char *ns, const char *id);
-/* A cluster store lost the lease of (ns, id): the room, if live, closes its
- * sockets with code (held packets are dropped: never stored) and is
- * disposed without writing. From the store's own callbacks only. */
-void lr_server_store_lost(lr_server *s, const char *ns, const char *id, int code, const char *why);
 /* True while r's writes fail (it refuses actions, joins and requests). */
 static inline bool lr_room_store_failing(const lr_room *r) {
   return r->flush_failed || r->backend_failed;

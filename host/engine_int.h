@@ -24,6 +24,8 @@ void lr_conn_send_raw(lr_conn *c, lr_msg *m);
 void lr_conn_transport_send(lr_conn *c, lr_msg *m);
 void lr_room_retry_storage(lr_room *r);
 void lr_room_gate_settle(lr_room *r);
+/* Bound to the server's store with the server as ud (lr_server_new). */
+extern const lr_store_host lr_engine_store_host;
 
 /* ---- timer.c ---- */
 int64_t lr_wall_ms(void);

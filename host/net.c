@@ -2018,6 +2018,20 @@ int lr_net_poll_watched(int timeout_ms) {
   return fired;
 }
 
+/* The same watches as the engine's lr_loop_fds (server.h): a store's
+ * database socket reaches this loop through the engine, never through
+ * net.h (lr_net_run hands them to the server it runs). */
+static void *net_fds_watch(int fd, void (*cb)(void *ud, int revents), void *ud) {
+  return lr_net_watch_fd(fd, cb, ud);
+}
+static void net_fds_write(void *w, int on) {
+  lr_net_watch_write(w, on);
+}
+static void net_fds_unwatch(void *w) {
+  lr_net_unwatch_fd(w);
+}
+static const lr_loop_fds net_loop_fds = {net_fds_watch, net_fds_write, net_fds_unwatch};
+
 /* The loop starts: a vhost for the watches, and every watch made before. */
 static void net_fd_start(struct lws_context *ctx) {
   struct lws_context_creation_info vi;
@@ -2207,6 +2221,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   net_loop L;
   memset(&L, 0, sizeof L);
   L.srv = s;
+  lr_server_set_loop_fds(s, &net_loop_fds);
   lr_net_defaults(&L.o);
   if (o) {
     L.o.host = o->host;

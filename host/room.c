@@ -73,7 +73,7 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
   s->evict_after = 60000;
   s->room_rate = lr_addr_rate_new(2, 20);
   s->session_rate = lr_addr_rate_new(10, 100);
-  if (store && store->vt->bind) store->vt->bind(store, s);
+  if (store && store->vt->bind) store->vt->bind(store, &lr_engine_store_host, s);
   if (lr_server_init_hook) lr_server_init_hook(s);
   return s;
 }
@@ -81,7 +81,7 @@ lr_server *lr_server_new(lua_State *L, lr_store *store, bool own_store, bool vir
 void lr_server_free(lr_server *s) {
   if (!s) return;
   s->shutting_down = true;
-  if (s->store && s->store->vt->bind) s->store->vt->bind(s->store, NULL);
+  if (s->store && s->store->vt->bind) s->store->vt->bind(s->store, NULL, NULL);
   lr_waits_free(s);
   for (uint32_t i = 0; i < s->nheap; i++)
     lr_timer_free(s, s->heap[i]);

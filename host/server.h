@@ -132,6 +132,21 @@ void lr_server_quiet(lr_server *s);
  * flushed at once. */
 void lr_server_batch_joins(lr_server *s, bool on);
 
+/* ---- descriptors of other libraries ---- */
+
+/* The loop that drives the server watches another library's socket for the
+ * engine (a store's database connection, storage.h lr_store_host.watch):
+ * cb(ud, revents) on the loop thread when fd is readable (POLLIN), writable
+ * (POLLOUT, once per write(w, 1)) or broken (POLLHUP). The transport that
+ * runs the loop offers them (net.c, when it starts); without it nothing is
+ * watched (the headless host). */
+typedef struct lr_loop_fds {
+  void *(*watch)(int fd, void (*cb)(void *ud, int revents), void *ud);
+  void (*write)(void *w, int on);
+  void (*unwatch)(void *w);
+} lr_loop_fds;
+void lr_server_set_loop_fds(lr_server *s, const lr_loop_fds *fds);
+
 /* ---- shutdown ---- */
 
 /* Flush pending syncs and storage writes, close every connection with code

@@ -63,7 +63,43 @@ typedef int (*lr_store_list_cb)(void *ud, const char *key, size_t keylen, const 
 typedef void (*lr_store_ready_cb)(void *ud, int ok, const char *err);
 
 typedef struct lr_store lr_store;
-struct lr_server;
+
+/* What the engine gives a store whose backend waits for I/O when it binds
+ * it (vt->bind): every way such a store reports back or waits, so that the
+ * store never calls the engine itself. Each function gets the ud given
+ * with it at bind. */
+typedef void (*lr_store_timer_cb)(void *arg);
+typedef struct lr_store_host {
+  /* (ns, room)'s write progress changed: progress() answers anew. From the
+   * store's own callbacks (timers, I/O), never from inside a vtable call. */
+  void (*progress)(void *ud, const char *ns, const char *room);
+  /* A cluster store lost the lease of (ns, room): the engine closes its
+   * sockets with code and drops it without writing. Same rule as progress. */
+  void (*lost)(void *ud, const char *ns, const char *room, int code, const char *why);
+  /* Whether the engine holds a live room (ns, room). */
+  int (*holds)(void *ud, const char *ns, const char *room);
+  /* A one-shot timer on the engine's clock (the virtual one in specs):
+   * cb(arg) after ms; returns its id for cancel. */
+  uint64_t (*timer)(void *ud, int64_t ms, lr_store_timer_cb cb, void *arg);
+  void (*cancel)(void *ud, uint64_t id);
+  /* The loop's watch of another library's socket (a database connection):
+   * cb(arg, revents) when fd is readable (POLLIN), writable (POLLOUT, once
+   * per watch_write(w, 1)) or broken (POLLHUP). NULL when the loop offers
+   * none (yet). The fd stays the caller's. */
+  void *(*watch)(void *ud, int fd, void (*cb)(void *arg, int revents), void *arg);
+  void (*watch_write)(void *ud, void *w, int on);
+  void (*unwatch)(void *ud, void *w);
+  /* Stores written in Lua (storage_lua.c, on the engine's Lua state): call
+   * the function below nargs values through the rules' call helper (counted
+   * in the handler metrics, rolled back on failure, as every call into
+   * Lua); what names it in the log. [-(nargs+1), +nres] on success,
+   * [-(nargs+1), +0] on failure (non-zero, the message in err). */
+  int (*call)(void *ud, const char *what, int nargs, int nres, char *err, size_t errlen);
+  /* The registry reference of the server's Lua object (the runtime's
+   * `srv`), or LUA_NOREF before the runtime made it. */
+  int (*lua_server)(void *ud);
+} lr_store_host;
+
 /* One figure of a backend for /metrics (Prometheus text). */
 typedef struct lr_store_stat {
   const char *name, *kind, *help; /* static strings; kind "counter" or "gauge" */
@@ -86,9 +122,9 @@ typedef struct lr_store_vt {
   void (*close)(lr_store *s); /* frees s */
   /* ---- optional: stores whose backend waits for I/O (storage_lua.c).
    * NULL means synchronous and always ready. ---- */
-  /* The engine whose timers and outgoing HTTP the store may wait on; called
-   * with NULL before the engine goes away. */
-  void (*bind)(lr_store *s, struct lr_server *srv);
+  /* The engine's host functions (above) and their ud; called with NULL
+   * before the engine goes away (its timers are then freed unfired). */
+  void (*bind)(lr_store *s, const lr_store_host *host, void *ud);
   /* 1: (ns, room) can be read now. 0: it is loading; cb runs later (never
    * from inside this call), exactly once, unless the store is closed first.
    * < 0: loading failed (message in err). */

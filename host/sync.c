@@ -235,7 +235,10 @@ static void refresh_progress(lr_room *r) {
   lr_room_set_failing(r, false, rc < 0, err);
 }
 
-void lr_server_store_progress(lr_server *s, const char *ns, const char *id) {
+/* A write-behind store committed or failed writes of (ns, id): the room, if
+ * live, releases what waited for them. */
+static void store_progress(void *ud, const char *ns, const char *id) {
+  lr_server *s = ud;
   lr_room *r = lr_room_find(s, ns, id);
   if (!r || r->disposed) return;
   lr_room_retain(r);
@@ -244,7 +247,11 @@ void lr_server_store_progress(lr_server *s, const char *ns, const char *id) {
   lr_room_release(r);
 }
 
-void lr_server_store_lost(lr_server *s, const char *ns, const char *id, int code, const char *why) {
+/* A cluster store lost the lease of (ns, id): the room, if live, closes its
+ * sockets with code (held packets are dropped: never stored) and is
+ * disposed without writing. */
+static void store_lost(void *ud, const char *ns, const char *id, int code, const char *why) {
+  lr_server *s = ud;
   lr_room *r = lr_room_find(s, ns, id);
   if (!r || r->disposed) return;
   lr_warn("room %s: %s; its connections are closed (%d) and it is dropped here", r->key, why, code);
@@ -255,6 +262,66 @@ void lr_server_store_lost(lr_server *s, const char *ns, const char *id, int code
   lr_room_dispose(r);
   lr_room_release(r);
 }
+
+static int store_holds(void *ud, const char *ns, const char *id) {
+  lr_room *r = lr_room_find(ud, ns, id);
+  return r && !r->disposed;
+}
+
+static uint64_t store_timer(void *ud, int64_t ms, lr_store_timer_cb cb, void *arg) {
+  return lr_timer_add_c(ud, ms, cb, arg);
+}
+
+static void store_cancel(void *ud, uint64_t id) {
+  lr_timer_cancel(ud, id);
+}
+
+static void *store_watch(void *ud, int fd, void (*cb)(void *arg, int revents), void *arg) {
+  lr_server *s = ud;
+  return s->loop_fds ? s->loop_fds->watch(fd, cb, arg) : NULL;
+}
+
+static void store_watch_write(void *ud, void *w, int on) {
+  lr_server *s = ud;
+  if (s->loop_fds && w) s->loop_fds->write(w, on);
+}
+
+static void store_unwatch(void *ud, void *w) {
+  lr_server *s = ud;
+  if (s->loop_fds && w) s->loop_fds->unwatch(w);
+}
+
+void lr_server_set_loop_fds(lr_server *s, const lr_loop_fds *fds) {
+  s->loop_fds = fds;
+}
+
+static int store_call(void *ud, const char *what, int nargs, int nres, char *err, size_t errlen) {
+  lr_server *s = ud;
+  if (!s->rules || !s->rules->call) {
+    snprintf(err, errlen, "%s: no runtime to call", what);
+    return -1;
+  }
+  return s->rules->call(s, what, nargs, nres, err, errlen);
+}
+
+static int store_lua_server(void *ud) {
+  return ((lr_server *)ud)->ref;
+}
+
+/* What a store that waits for I/O reports through and waits on (storage.h):
+ * bound with the server as ud (lr_server_new). */
+const lr_store_host lr_engine_store_host = {
+    .progress = store_progress,
+    .lost = store_lost,
+    .holds = store_holds,
+    .timer = store_timer,
+    .cancel = store_cancel,
+    .watch = store_watch,
+    .watch_write = store_watch_write,
+    .unwatch = store_unwatch,
+    .call = store_call,
+    .lua_server = store_lua_server,
+};
 
 void lr_room_store_written(lr_room *r, int rc, const char *err) {
   if (r->disposed) return;

@@ -2,10 +2,11 @@
 -- timers: lunaroom.tasks) and from storage backends written in Lua
 -- (`--storage lua:FILE`, host/storage_lua.c).
 --
--- Owns: the waits (sleep, request) and the driver that runs one backend
--- operation. A wait yields the coroutine the host runs the handler or the
--- backend call in; the host resumes it when the timer fires or the HTTP
--- answer arrives, and the event loop serves everything else meanwhile.
+-- Owns: the waits (sleep, request) and what one backend operation does
+-- (run). A wait yields the coroutine the handler or the backend call runs
+-- in (lunaroom.tasks drives both); it is resumed when the timer fires or
+-- the HTTP answer arrives, and the event loop serves everything else
+-- meanwhile.
 -- Must not: be used where nothing can be suspended (inside core.pcall, a
 -- coroutine of the room's own, module loading): the wait fails with
 -- "cannot wait here".
@@ -19,7 +20,9 @@
 --   -- are answers with status 0 and res.error.
 local M = {}
 -- Resumed with (ERROR, message): the wait raises message (timeout, a full
--- cap, a cancelled handler). Storage backends are never resumed with it.
+-- cap, a cancelled handler). A storage backend's call is resumed with it
+-- only for a malformed wait (its call fails, as before); a request that
+-- times out is answered (status 0, res.error), never raised there.
 local ERROR = setmetatable({}, { __tostring = function() return "lunaroom.io.ERROR" end })
 M.ERROR = ERROR
 
@@ -58,7 +61,7 @@ function M.request(method, url, opts)
   return (check(coroutine.yield("lunaroom.request", method, url, opts.headers or {}, opts.body, opts.timeout)))
 end
 
---- The host's driver: one operation of backend b, run inside a coroutine.
+--- One operation of backend b, run inside a coroutine (tasks.backend).
 ---   "load"  -> every {key, json} of the room, sorted by key
 ---   "apply" -> ops applied ({"put", k, json} | {"del", k} | {"delprefix", k}),
 ---              with b.apply when the backend has it, else one by one.

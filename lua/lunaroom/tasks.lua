@@ -20,6 +20,10 @@
 --     first wait). Waiting: returns tasks.PENDING, w; the caller sets
 --     w.after = function(ok, ...) end, run with the same values once the
 --     handler finished (from the timer or the HTTP answer that resumed it).
+--
+--   tasks.backend(srv, key, what, done, fn, a, b, c, d, e)
+--     the same driver for one call of a storage backend written in Lua
+--     (host/storage_lua.c): see the function.
 local wait_c = require "lunaroom.wait_c"
 local core = require "lunaroom.core"
 local io = require "lunaroom.io"
@@ -52,6 +56,14 @@ local function worker(fn, a, b, c, d, e)
 end
 
 local pool, npool = {}, 0
+local function take()
+  if npool == 0 then return coroutine.create(worker) end
+  local co = pool[npool]
+  pool[npool] = nil
+  npool = npool - 1
+  return co
+end
+
 local function give(co)
   if npool < POOL_MAX then
     npool = npool + 1
@@ -155,7 +167,8 @@ function arm(w, status, tag, ...)
   -- A wait. The first one registers the task (caps, hold, deadline).
   local srv, room = w.srv, w.room
   local room_max, timeout, handler_timeout = limits(room)
-  if not w.registered then
+  if w.backend and not srv then return finish(w, false, tostring(tag) .. ": no event loop to wait on") end
+  if not w.registered and not w.backend then
     local st = state(srv)
     local rs = st.rooms[w.key]
     if rs and rs.n >= room_max then
@@ -206,7 +219,10 @@ function arm(w, status, tag, ...)
     if w.seq ~= seq then return PENDING end -- answered at once (a test service)
     w.tt = core.timer(srv.h, rawget(room, "h"), t, function()
       w.tt = nil
-      if w.seq == seq then return fail_wait(w, ("lunaroom.io.request %s %s: no answer after %d ms (timeout)"):format(method, url, t)) end
+      if w.seq ~= seq then return end
+      local why = ("lunaroom.io.request %s %s: no answer after %d ms (timeout)"):format(method, url, t)
+      if w.backend then return step(w, { status = 0, body = "", error = why }) end -- an answer, as fetch gives
+      return fail_wait(w, why)
     end)
     return PENDING
   end
@@ -230,6 +246,7 @@ function arm(w, status, tag, ...)
   local co = w.co
   w.co = nil
   coroutine.close(co)
+  if w.backend then return finish(w, false, "the backend yielded outside lunaroom.io (sleep, request)") end
   core.log("error", ("room %s: %s failed: it yielded outside lunaroom.io (sleep, request)"):format(w.key, w.what))
   return finish(w, false, "yielded outside lunaroom.io (sleep, request)", "handler")
 end
@@ -270,6 +287,37 @@ function M.run(srv, room, what, fn, a, b, c, d, e)
   if early then return table.unpack(early, 1, early.n) end
   w.after = nil -- the caller sets it: after(ok, results...) or after(false, message, code)
   return res, w
+end
+
+-- A storage backend's call waits as a handler does, without the caps, the
+-- time limit or a room to hold; a request that gets no answer in time is
+-- answered (status 0), never raised.
+local BACKEND_ROOM = { def = { waits = { max = math.huge, timeout = M.DEFAULT_TIMEOUT, handlerTimeout = math.huge } } }
+
+local function backend_first(srv, key, what, done, co, status, tag, ...)
+  if tag == DONE then
+    give(co)
+    return "done", (...)
+  end
+  if status == "error" then return "error", tag end
+  local w = { srv = srv, room = BACKEND_ROOM, key = key, what = what, co = co, seq = 0, backend = true }
+  local early
+  w.after = function(ok, res) early = { ok, res } end -- finished before it waited
+  arm(w, status, tag, ...)
+  if early then return early[1] and "done" or "error", early[2] end
+  w.after = done
+  return "wait"
+end
+
+--- One call of a storage backend written in Lua (host/storage_lua.c):
+--- fn(a..e) in a pooled coroutine; its waits (lunaroom.io) are armed on
+--- srv's timers and HTTP client as a handler's are (srv nil: no server yet,
+--- a wait fails). Returns "done", result | "error", message when it
+--- finished without waiting; "wait" when it waits: done(true, result) or
+--- done(false, message) runs once it finished.
+function M.backend(srv, key, what, done, fn, a, b, c, d, e)
+  local co = take()
+  return backend_first(srv, key, what, done, co, resume(co, nil, key, what, fn, a, b, c, d, e))
 end
 
 --- Handlers of room key that wait: cancelled (the room is disposed or
