@@ -44,9 +44,9 @@ static lua_State *hot_L;
 void lr_bridge_bind(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   for (int i = 0; i < F_N; i++) {
-    if (hot_L && hot_refs[i] != LUA_NOREF) luaL_unref(hot_L, LUA_REGISTRYINDEX, hot_refs[i]);
+    if (hot_L && hot_refs[i] != LUA_NOREF) lr_ref_release(hot_L, hot_refs[i]);
     lua_getfield(L, idx, hot_names[i]);
-    hot_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    hot_refs[i] = lr_ref_take(L);
   }
   hot_L = L;
 }
@@ -420,7 +420,7 @@ static void b_quiet(lr_server *s) {
 }
 
 static void b_unref(lua_State *L, int ref) {
-  if (L && ref != LUA_NOREF && ref != 0) luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  if (L) lr_ref_release(L, ref); /* ignores LR_NOREF and 0 */
 }
 
 static const char *b_env(lr_server *s, const char *name, char *buf, size_t n) {

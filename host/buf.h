@@ -64,14 +64,4 @@ void *lr_xcalloc(size_t n, size_t sz);
 void *lr_xrealloc(void *p, size_t n);
 char *lr_xstrndup(const char *s, size_t n);
 
-/* FNV-1a over n bytes of p, continuing from h (LR_FNV1A_INIT to start): the
- * host's one string hash (room table, object index). */
-#define LR_FNV1A_INIT 2166136261u
-static inline uint32_t lr_fnv1a(uint32_t h, const void *p, size_t n) {
-  const unsigned char *s = p;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ s[i]) * 16777619u;
-  return h;
-}
-
 #endif

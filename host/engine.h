@@ -21,9 +21,21 @@
  *   that call Lua themselves (fetch.c, reload.c) do it through lr_vm_pcall,
  *   a Lua store through its host's call (rules->call: counted and rolled
  *   back as the rules' own calls); the engine releases the references it
- *   holds (room, conn, timer callbacks) through rules->unref.
+ *   holds (room, conn, timer callbacks) through rules->unref. Every registry
+ *   reference is taken and released through lr_ref_take/lr_ref_release
+ *   (lua_vm.h), never luaL_ref/luaL_unref directly.
  * - Stores never call the engine: they report through the lr_store_host
  *   (storage.h) the engine binds them with (sync.c).
+ * - Failures without an err buffer name themselves with a static message
+ *   (const char **why) and, for text, the offset (size_t *at).
+ * - Lua status codes stay Lua's: lr_vm_pcall and lr_vm_resume return 0 or
+ *   a positive LUA_ERR* (callers test != 0), as lua_pcall does.
+ * - Functions Lua calls (core.*, lua_*.c): a caller's mistake (a bad
+ *   argument, a closed handle) raises; a failure of the world (storage,
+ *   files, a refused name) returns nil, message; success returns the value,
+ *   or true when there is none.
+ * - The command's drivers (cli.c, serve.c) return the process exit status:
+ *   0, 1 a failure, 2 a usage error.
  */
 #ifndef LR_ENGINE_H
 #define LR_ENGINE_H
@@ -206,10 +218,9 @@ typedef struct lr_stats {
 extern const double lr_hist_bounds[LR_HIST_N - 1];
 /* The error codes of the LR_REJ_* counters, in order (room.c). */
 extern const char *const lr_rej_names[LR_NREJ];
-/* The CORS headers of every HTTP answer the host writes itself (router.c;
- * shard.c's forwarded answers too). */
-#define LR_CORS_N 4
-extern const lr_header lr_cors_headers[LR_CORS_N];
+/* The host's one responder of its own JSON answers: status, body, the CORS
+ * headers and Content-Type: application/json (router.c). */
+void lr_respond_json(lr_response_cb done, void *ud, int status, const char *body);
 
 /* A process mode that takes over some requests before the engine routes
  * them (shard.c sets s->mode in lr_shard_enable). */

@@ -849,7 +849,7 @@ static void lua_done(void *ud, const lr_fetch_result *r) {
   lr_fetch_push_result(L, r);
   lr_callinfo ci = {.what = "fetch callback"};
   lr_vm_pcall(L, 1, 0, &ci);
-  luaL_unref(L, LUA_REGISTRYINDEX, q->fn);
+  lr_ref_release(L, q->fn);
   free(q);
 }
 
@@ -875,10 +875,10 @@ static int l_request(lua_State *L) {
   lua_req *q = lr_xcalloc(1, sizeof *q);
   q->L = L;
   lua_pushvalue(L, 6);
-  q->fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  q->fn = lr_ref_take(L);
   uint64_t id = lr_fetch(s, method, url, hs, nh, body, blen, timeout, lua_done, q);
   if (!id) {
-    luaL_unref(L, LUA_REGISTRYINDEX, q->fn);
+    lr_ref_release(L, q->fn);
     free(q);
     lua_pushnil(L);
     lua_pushfstring(L, "cannot fetch %s (only http(s)://HOST:PORT/... URLs)", url);

@@ -234,7 +234,7 @@ static void http_done(void *ud, const lr_response *r) {
     return;
   }
   push_answer(L, r);
-  o->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the caller's stack is not ours */
+  o->ref = lr_ref_take(L); /* the caller's stack is not ours */
   o->done = 1;
 }
 
@@ -304,7 +304,7 @@ static int l_http(lua_State *L) {
     return 2;
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, o->ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, o->ref);
+  lr_ref_release(L, o->ref);
   free(o);
   return 1;
 }

@@ -24,77 +24,6 @@
 static const uint8_t ch_excl[LR_NCH] = {LR_F_NOSYNC, LR_F_NOPERSIST};
 
 /* ---------------------------------------------------------------------------
- * UTF-8
- */
-
-/* Length of the well-formed UTF-8 sequence at s (first byte >= 0x80, n bytes
- * available), or 0 if it is invalid: stray continuation byte, overlong form,
- * surrogate (U+D800..DFFF), above U+10FFFF, or truncated. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-  unsigned c = s[0], lo = 0x80, hi = 0xBF;
-  if (c < 0xC2) return 0;
-  if (c < 0xE0) return n >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
-  if (c < 0xF0) {
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-    return n >= 3 && s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 ? 3 : 0;
-  }
-  if (c < 0xF5) {
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-    if (n < 4 || s[1] < lo || s[1] > hi) return 0;
-    return (s[2] & 0xC0) == 0x80 && (s[3] & 0xC0) == 0x80 ? 4 : 0;
-  }
-  return 0;
-}
-
-bool lr_utf8_valid(const char *s, size_t len) {
-  const unsigned char *p = (const unsigned char *)s, *end = p + len;
-  while (p < end) {
-    while (end - p >= 8) { /* ASCII fast path, 8 bytes at a time */
-      uint64_t w;
-      memcpy(&w, p, 8);
-      if (w & 0x8080808080808080ull) break;
-      p += 8;
-    }
-    if (p == end) break;
-    if (*p < 0x80) {
-      p++;
-      continue;
-    }
-    size_t k = utf8_seq(p, (size_t)(end - p));
-    if (!k) return false;
-    p += k;
-  }
-  return true;
-}
-
-static void put_utf8(lr_buf *b, uint32_t cp) {
-  char t[4];
-  size_t n;
-  if (cp < 0x80) {
-    t[0] = (char)cp;
-    n = 1;
-  } else if (cp < 0x800) {
-    t[0] = (char)(0xC0 | (cp >> 6));
-    t[1] = (char)(0x80 | (cp & 0x3F));
-    n = 2;
-  } else if (cp < 0x10000) {
-    t[0] = (char)(0xE0 | (cp >> 12));
-    t[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    t[2] = (char)(0x80 | (cp & 0x3F));
-    n = 3;
-  } else {
-    t[0] = (char)(0xF0 | (cp >> 18));
-    t[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    t[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    t[3] = (char)(0x80 | (cp & 0x3F));
-    n = 4;
-  }
-  lr_buf_put(b, t, n);
-}
-
-/* ---------------------------------------------------------------------------
  * Output helpers
  *
  * The encoders append through these instead of the lr_buf_* calls: capacity
@@ -519,32 +448,34 @@ static int hexval(unsigned char c) {
 }
 
 /* The 4 hex digits at s[at..at+4) as a code unit, or -1. */
-static int32_t hex4(const parser *p, size_t at) {
-  if (at > p->len || p->len - at < 4) return -1;
+static int32_t hex4(const char *s, size_t len, size_t at) {
+  if (at > len || len - at < 4) return -1;
   int32_t v = 0;
   for (int i = 0; i < 4; i++) {
-    int h = hexval((unsigned char)p->s[at + i]);
+    int h = hexval((unsigned char)s[at + i]);
     if (h < 0) return -1;
     v = v * 16 + h;
   }
   return v;
 }
 
+const char lr_json_bad_utf8[] = "invalid UTF-8";
+
 /* Skip a run of plain string bytes from i (validating UTF-8); returns the
  * index of the first '"', '\\' or control byte, or (size_t)-1 on invalid
- * UTF-8 (error set). */
-static size_t scan_plain(parser *p, size_t i) {
-  const unsigned char *s = (const unsigned char *)p->s;
-  while (i < p->len) {
+ * UTF-8 (its offset in *at). */
+static size_t scan_plain(const char *str, size_t len, size_t i, size_t *at) {
+  const unsigned char *s = (const unsigned char *)str;
+  while (i < len) {
     unsigned c = s[i];
     if (c == '"' || c == '\\' || c < 0x20) return i;
     if (c < 0x80) {
       i++;
       continue;
     }
-    size_t k = utf8_seq(s + i, p->len - i);
+    size_t k = lr_utf8_seq(s + i, len - i);
     if (!k) {
-      failf(p, "invalid UTF-8 at offset %zu", i);
+      *at = i;
       return (size_t)-1;
     }
     i += k;
@@ -552,80 +483,88 @@ static size_t scan_plain(parser *p, size_t i) {
   return i;
 }
 
+#define STR_FAIL(where, what)                                                                      \
+  do {                                                                                             \
+    *at = (where);                                                                                 \
+    *why = (what);                                                                                 \
+    return -1;                                                                                     \
+  } while (0)
+
+/* The code point of the \u escape at s[i] (a surrogate pair joined, *i
+ * moved past what it used); -1 with *why on a bad escape. */
+static int32_t scan_u_escape(const char *s, size_t len, size_t *i, int flags, const char **why) {
+  int32_t cp = hex4(s, len, *i + 2);
+  if (cp < 0) return *why = "invalid \\u escape", -1;
+  if (flags & LR_JSON_SCAN_SURROGATES) return *i += 6, cp;
+  if (cp >= 0xDC00 && cp <= 0xDFFF) return *why = "lone surrogate in \\u escape", -1;
+  if (cp >= 0xD800 && cp <= 0xDBFF) {
+    int32_t lo = *i + 7 < len && s[*i + 6] == '\\' && s[*i + 7] == 'u' ? hex4(s, len, *i + 8) : -1;
+    if (lo < 0xDC00 || lo > 0xDFFF) return *why = "lone surrogate in \\u escape", -1;
+    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+    *i += 6;
+  }
+  *i += 6;
+  return cp;
+}
+
+int lr_json_scan_string(const char *s, size_t len, size_t *pos, int flags, lr_buf *scratch,
+                        const char **out, size_t *outlen, const char **why, size_t *at) {
+  size_t start = *pos + 1;
+  size_t i = scan_plain(s, len, start, at);
+  if (i == (size_t)-1) return *why = lr_json_bad_utf8, -1;
+  if (i < len && s[i] == '"') {
+    if (out) *out = s + start, *outlen = i - start;
+    *pos = i + 1;
+    return 0;
+  }
+  if (scratch) {
+    lr_buf_reset(scratch);
+    lr_buf_put(scratch, s + start, i - start);
+  }
+  for (;;) {
+    if (i >= len) STR_FAIL(start - 1, "unterminated string");
+    unsigned char c = (unsigned char)s[i];
+    if (c == '"') break;
+    if (c < 0x20) STR_FAIL(i, "control character in string");
+    /* c == '\\' */
+    if (i + 1 >= len) STR_FAIL(start - 1, "unterminated string");
+    static const char esc[] = "\"\\/bfnrt", lit[] = "\"\\/\b\f\n\r\t";
+    char e = s[i + 1];
+    const char *k = e ? strchr(esc, e) : NULL;
+    if (k) {
+      if (scratch) lr_buf_putc(scratch, lit[k - esc]);
+      i += 2;
+    } else if (e == 'u') {
+      size_t u = i;
+      int32_t cp = scan_u_escape(s, len, &i, flags, why);
+      if (cp < 0) {
+        *at = u;
+        return -1;
+      }
+      if (scratch) lr_utf8_put(scratch, (uint32_t)cp);
+    } else {
+      STR_FAIL(i, "invalid escape");
+    }
+    size_t j = scan_plain(s, len, i, at);
+    if (j == (size_t)-1) return *why = lr_json_bad_utf8, -1;
+    if (scratch) lr_buf_put(scratch, s + i, j - i);
+    i = j;
+  }
+  *pos = i + 1;
+  if (out)
+    *out = scratch && scratch->data ? scratch->data : "", *outlen = scratch ? scratch->len : 0;
+  return 0;
+}
+
 /* Parse the string literal at p->pos (which is '"'). On success *out points
  * into the input when there were no escapes, else into scratch. */
 static bool parse_string(parser *p, lr_buf *scratch, const char **out, size_t *outlen) {
-  size_t start = ++p->pos;
-  size_t i = scan_plain(p, start);
-  if (i == (size_t)-1) return false;
-  if (i < p->len && p->s[i] == '"') {
-    *out = p->s + start;
-    *outlen = i - start;
-    p->pos = i + 1;
+  const char *why;
+  size_t at;
+  if (lr_json_scan_string(p->s, p->len, &p->pos, 0, scratch, out, outlen, &why, &at) == 0)
     return true;
-  }
-  lr_buf_reset(scratch);
-  lr_buf_put(scratch, p->s + start, i - start);
-  for (;;) {
-    if (i >= p->len) return fail_at(p, start - 1, "unterminated string");
-    unsigned char c = (unsigned char)p->s[i];
-    if (c == '"') break;
-    if (c < 0x20) return fail_at(p, i, "control character in string");
-    /* c == '\\' */
-    if (i + 1 >= p->len) return fail_at(p, start - 1, "unterminated string");
-    char e = p->s[i + 1], lit = 0;
-    switch (e) {
-    case '"':
-    case '\\':
-    case '/':
-      lit = e;
-      break;
-    case 'b':
-      lit = '\b';
-      break;
-    case 'f':
-      lit = '\f';
-      break;
-    case 'n':
-      lit = '\n';
-      break;
-    case 'r':
-      lit = '\r';
-      break;
-    case 't':
-      lit = '\t';
-      break;
-    case 'u': {
-      int32_t cp = hex4(p, i + 2);
-      if (cp < 0) return fail_at(p, i, "invalid \\u escape");
-      if (cp >= 0xDC00 && cp <= 0xDFFF) return fail_at(p, i, "lone surrogate in \\u escape");
-      if (cp >= 0xD800 && cp <= 0xDBFF) {
-        int32_t lo =
-            i + 7 < p->len && p->s[i + 6] == '\\' && p->s[i + 7] == 'u' ? hex4(p, i + 8) : -1;
-        if (lo < 0xDC00 || lo > 0xDFFF) return fail_at(p, i, "lone surrogate in \\u escape");
-        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        i += 6;
-      }
-      put_utf8(scratch, (uint32_t)cp);
-      i += 6;
-      break;
-    }
-    default:
-      return fail_at(p, i, "invalid escape");
-    }
-    if (lit) {
-      lr_buf_putc(scratch, lit);
-      i += 2;
-    }
-    size_t j = scan_plain(p, i);
-    if (j == (size_t)-1) return false;
-    lr_buf_put(scratch, p->s + i, j - i);
-    i = j;
-  }
-  p->pos = i + 1;
-  *out = scratch->data ? scratch->data : "";
-  *outlen = scratch->len;
-  return true;
+  if (why == lr_json_bad_utf8) return failf(p, "invalid UTF-8 at offset %zu", at);
+  return fail_at(p, at, why);
 }
 
 static lr_node *bad_number(parser *p, size_t at) {

@@ -28,6 +28,7 @@
 #define LR_JSON_H
 
 #include "buf.h"
+#include "utf8.h"
 #include "value.h"
 
 typedef struct lr_json_limits {
@@ -48,8 +49,25 @@ lr_node *lr_json_decode(const char *text, size_t len, const lr_json_limits *limi
 lr_node *lr_json_decode_exact(const char *text, size_t len, const lr_json_limits *limits, char *err,
                               size_t errlen);
 
-/* True if s[0..len) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-bool lr_utf8_valid(const char *s, size_t len);
+/* lr_utf8_valid (utf8.h) is included for the callers that validate text
+ * they hand to the codec. */
+
+/* The host's one JSON string scanner (the parser here, storage.c's value
+ * check, storage_memory.c's snapshot loader): the string literal at s[*pos]
+ * (which must be '"') with every escape (surrogate pairs joined), raw UTF-8
+ * checked (utf8.h), no raw control character. A NULL scratch validates only.
+ * Otherwise *out and *outlen give the unescaped text: into s when it had no
+ * escape, else into scratch (reset first). Returns 0 with *pos just past
+ * the closing quote, or -1 with *why (a static message; lr_json_bad_utf8
+ * for invalid UTF-8) and *at (the offending offset; the opening quote for
+ * an unterminated string). out/outlen may be NULL.
+ * flags LR_JSON_SCAN_SURROGATES (validate only, scratch NULL): a \u escape
+ * of a lone surrogate is accepted, as JavaScript's JSON.stringify writes it
+ * (storage values written by the reference server). */
+#define LR_JSON_SCAN_SURROGATES 1
+int lr_json_scan_string(const char *s, size_t len, size_t *pos, int flags, lr_buf *scratch,
+                        const char **out, size_t *outlen, const char **why, size_t *at);
+extern const char lr_json_bad_utf8[]; /* "invalid UTF-8" */
 
 /* Append a JSON string literal for s (quotes included). */
 void lr_json_put_string(lr_buf *out, const char *s, size_t len);

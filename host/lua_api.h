@@ -1,9 +1,11 @@
 /*
  * lua_api.h - what the host shares of lua_api.c with the files that build
- * Lua values of engine objects (bridge.c, headless.c, uplink.c, lua_jwt.c)
- * and with lua_core.c, which assembles the module.
+ * Lua values of engine objects (bridge.c, headless.c, uplink.c, lua_jwt.c,
+ * lua_store.c, lua_admin.c) and with lua_core.c, which assembles the module
+ * from lua_api.c, lua_proxy.c, lua_store.c, lua_admin.c and headless.c.
  *
- * Owns: the conversion and conn-table functions below.
+ * Owns: the handle and conn-table functions below (the conversion ones are
+ * lua_proxy.h's, included here).
  * Must not: be included by the engine files (room.c and its neighbours go
  * through rules.h).
  */
@@ -13,15 +15,8 @@
 #include <lua.h>
 
 #include "engine.h"
+#include "lua_proxy.h"
 
-/* Push the Lua value of n (scalars as Lua values, containers as live proxies
- * bound to room r; r may be NULL for plain copies). [-0,+1] */
-void lr_lua_push_node(lua_State *L, lr_node *n, lr_room *r);
-/* Push a plain Lua copy of n (tables; arrays marked). [-0,+1] */
-void lr_lua_push_copy(lua_State *L, const lr_node *n);
-/* Convert the Lua value at idx to a new node tree; NULL with err on failure
- * (function, cycle, NaN, invalid UTF-8, ...). where names the path for errors. */
-lr_node *lr_lua_to_node(lua_State *L, int idx, const char *where, char *err, size_t errlen);
 /* Push the Lua conn table of c. [-0,+1] */
 void lr_lua_push_conn(lua_State *L, lr_conn *c);
 /* Create a conn's Lua table (id, sessionId, state, handle). [-0,+0] */
@@ -29,10 +24,19 @@ void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id);
 
 /* The server of the handle at idx (raises "server is closed"). */
 lr_server *lr_lua_check_server(lua_State *L, int idx);
+/* Wrap an existing server (serve mode: main.c owns it unless owned). [-0,+1] */
+void lr_lua_push_server(lua_State *L, lr_server *s, bool owned);
+/* The room of the handle at idx (raises "room disposed"). */
+lr_room *lr_lua_check_room(lua_State *L, int idx);
 /* The function core.set_runtime(runtime) calls with the runtime table's
  * index (lua_core.c: lr_bridge_bind). */
 void lr_lua_api_set_bind(void (*bind)(lua_State *L, int idx));
-/* Build the lunaroom.core module table (metatables, functions). [-0,+1] */
+/* Build the lunaroom.core module table with the handle metatables and the
+ * functions of lua_api.c. [-0,+1] */
 int lr_lua_api_open(lua_State *L);
+/* Add lua_store.c's storage functions to the module table on top. [-0,+0] */
+void lr_lua_store_register(lua_State *L);
+/* Add lua_admin.c's admin and ops functions to the module table on top. [-0,+0] */
+void lr_lua_admin_register(lua_State *L);
 
 #endif

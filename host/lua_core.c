@@ -1,6 +1,7 @@
 /*
  * lua_core.c - the "lunaroom.core" module as Lua requires it: the one place
  * that puts its pieces together (lua_api.c's functions and handles,
+ * lua_proxy.c's values, lua_store.c's storage, lua_admin.c's ops,
  * headless.c's transport, bridge.c's rules for the servers it creates).
  *
  * Owns: luaopen_lunaroom_core (lua_vm.c preloads it).
@@ -27,6 +28,9 @@ int luaopen_lunaroom_core(lua_State *L) {
   lr_server_init_hook = server_init;
   lr_lua_api_set_bind(lr_bridge_bind);
   lr_lua_api_open(L);
+  lr_lua_proxy_register(L);
+  lr_lua_store_register(L);
+  lr_lua_admin_register(L);
   lr_headless_register(L);
   return 1;
 }

@@ -54,6 +54,8 @@ typedef struct vm {
   int mem_hit;       /* the call went over call_limit */
   int heap_hit;      /* the call was refused memory at the heap limit */
   lua_State *main;   /* the main thread (its hook is switched on mem_hit) */
+  lr_undo *undo;     /* the state's undo log (undo.h) */
+  long refs;         /* live registry references (lr_ref_take) */
 } vm;
 
 static vm *get_vm(lua_State *L) {
@@ -113,8 +115,10 @@ lua_State *lr_vm_open(const char *lua_dir, size_t mem_limit) {
   vm *v = lr_xcalloc(1, sizeof *v);
   v->limit = mem_limit;
   v->lua_dir = lr_xstrndup(lua_dir, strlen(lua_dir));
+  v->undo = lr_undo_new();
   lua_State *L = lua_newstate(vm_alloc, v);
   if (!L) {
+    lr_undo_free(v->undo);
     free(v->lua_dir);
     free(v);
     return NULL;
@@ -146,6 +150,7 @@ void lr_vm_close(lua_State *L) {
   if (!L) return;
   vm *v = get_vm(L);
   lua_close(L);
+  lr_undo_free(v->undo);
   free(v->lua_dir);
   free(v);
 }
@@ -158,6 +163,23 @@ void lr_vm_set_memory_limit(lua_State *L, size_t limit) {
 }
 const char *lr_vm_lua_dir(lua_State *L) {
   return get_vm(L)->lua_dir;
+}
+lr_undo *lr_vm_undo(lua_State *L) {
+  return get_vm(L)->undo;
+}
+
+int lr_ref_take(lua_State *L) {
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (ref > 0) get_vm(L)->refs++;
+  return ref;
+}
+void lr_ref_release(lua_State *L, int ref) {
+  if (ref <= 0) return;
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  get_vm(L)->refs--;
+}
+long lr_ref_live(lua_State *L) {
+  return get_vm(L)->refs;
 }
 
 /* Stop the running call: from now on the hook fires on every line too, so
@@ -266,7 +288,7 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   int outer = budget_enter(v, ci);
   if (outer) lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
   v->depth++;
-  size_t mark = lr_undo_mark();
+  size_t mark = lr_undo_mark(v->undo);
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
@@ -280,10 +302,10 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
     v->killed = 0;
   }
   if (rc == LUA_OK) {
-    lr_undo_release(mark);
+    lr_undo_release(v->undo, mark);
     return 0;
   }
-  lr_undo_rollback(mark);
+  lr_undo_rollback(v->undo, mark);
   const char *msg = lua_tostring(L, -1);
   report(v, ci, "call", rc, killed, msg ? msg : "(no message)");
   lua_pop(L, 1);
@@ -296,7 +318,7 @@ int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callin
   lua_sethook(co, budget_hook, v->killed ? (LUA_MASKCOUNT | LUA_MASKLINE) : LUA_MASKCOUNT,
               v->killed ? 1 : HOOK_EVERY);
   v->depth++;
-  size_t mark = lr_undo_mark();
+  size_t mark = lr_undo_mark(v->undo);
   *nres = 0;
   int rc = lua_resume(co, from, nargs, nres);
   v->depth--;
@@ -307,10 +329,10 @@ int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callin
     v->killed = 0;
   }
   if (rc == LUA_OK || rc == LUA_YIELD) {
-    lr_undo_release(mark);
+    lr_undo_release(v->undo, mark);
     return rc;
   }
-  lr_undo_rollback(mark);
+  lr_undo_rollback(v->undo, mark);
   const char *msg = lua_tostring(co, -1);
   luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
   report(v, ci, "coroutine", rc, killed, lua_tostring(co, -1));

@@ -68,4 +68,21 @@ int64_t lr_vm_budget_left(lua_State *L);
 /* The lua_dir the state was opened with. */
 const char *lr_vm_lua_dir(lua_State *L);
 
+/* The undo log of the state (undo.h): lr_vm_pcall and lr_vm_resume open
+ * and close its transactions; proxy writes record into it. */
+struct lr_undo;
+struct lr_undo *lr_vm_undo(lua_State *L);
+
+/* Registry references: the one wrapper every luaL_ref/luaL_unref of the
+ * host goes through. lr_ref_take pops the value on top and returns its
+ * reference (LUA_REFNIL for nil); lr_ref_release frees one (references
+ * <= 0 are not references and are ignored); lr_ref_live counts the live
+ * references the state's host code holds, so a test can assert that
+ * creating and disposing a room leaks none. Counted in every build: one
+ * addition per reference, the price of running the leak test in the build
+ * `make test` uses. */
+int lr_ref_take(lua_State *L);
+void lr_ref_release(lua_State *L, int ref);
+long lr_ref_live(lua_State *L);
+
 #endif

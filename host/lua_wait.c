@@ -151,11 +151,9 @@ typedef struct responder {
 } responder;
 
 static void answer_simple(responder *p, int status, const char *body) {
-  lr_header h[] = {{"Content-Type", "application/json"}, {"Access-Control-Allow-Origin", "*"}};
-  lr_response resp = {status, h, 2, body, strlen(body)};
   lr_response_cb done = p->done;
   p->done = NULL;
-  done(p->ud, &resp);
+  lr_respond_json(done, p->ud, status, body); /* router.c: the CORS headers too */
 }
 
 /* respond(responder, response) -> answered now (false: it was already) */

@@ -20,6 +20,7 @@
  * Refusals are logged through lr_warn_limited (log.c): a flood of them
  * cannot flood the log.
  */
+#include "hash.h"
 #include "net_int.h"
 
 #include <stdio.h>
@@ -146,10 +147,7 @@ static void net_addr_key(const char *ip, char out[64]) {
 }
 
 static uint32_t net_addr_hash(const char *k) {
-  uint32_t h = 2166136261u;
-  for (const char *p = k; *p; p++)
-    h = (h ^ (unsigned char)*p) * 16777619u;
-  return h;
+  return lr_fnv1a(LR_FNV1A_INIT, k, strlen(k));
 }
 
 /* Rebuild the table with room for twice its live entries (no tombstones). */

@@ -106,16 +106,10 @@ static void net_http_simple(net_req *nr, int status, const char *ctype, const ch
   nr->answered = true;
   nr->status = status;
   net_req_add_header(nr, "content-type", ctype, strlen(ctype));
-  if (cors) {
-    static const char *const c[][2] = {
-        {"access-control-allow-origin", "*"},
-        {"access-control-allow-methods", "GET, POST, PUT, DELETE, PATCH, OPTIONS"},
-        {"access-control-allow-headers", "Content-Type, Authorization, X-Requested-With"},
-        {"access-control-max-age", "86400"},
-    };
-    for (size_t i = 0; i < sizeof c / sizeof *c; i++)
-      net_req_add_header(nr, c[i][0], c[i][1], strlen(c[i][1]));
-  }
+  if (cors) /* the engine's own answers' headers (router.c) */
+    for (size_t i = 0; i < LR_CORS_N; i++)
+      net_req_add_header(nr, lr_cors_headers[i].name, lr_cors_headers[i].value,
+                         strlen(lr_cors_headers[i].value));
   net_req_set_body(nr, body, strlen(body));
   nr->close_after = close_after;
   nr->ready = true;

@@ -74,6 +74,7 @@
 #include "buf.h"
 #include "log.h"
 #include "lua_api.h"
+#include "lua_vm.h"
 
 #define WATCH_MT "lunaroom.watcher"
 #define WATCH_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM)
@@ -577,7 +578,7 @@ static void rearm(lr_server *s, lr_watch *w, int64_t now, int64_t when) {
   if (live && w->wake_at <= when) return;           /* the armed one comes first and is safe */
   if (w->wake_seq) lr_timer_cancel(s, w->wake_seq); /* no-op if it already fired */
   lua_pushcfunction(s->L, wake_noop);
-  int ref = luaL_ref(s->L, LUA_REGISTRYINDEX); /* the timer owns (and unrefs) it */
+  int ref = lr_ref_take(s->L); /* the timer owns (and unrefs) it */
   w->wake_seq = lr_timer_add(s, when - lr_now(s), LR_T_LUA, NULL, ref)->seq;
   w->wake_at = when;
 }

@@ -27,6 +27,7 @@
  * s->rules (rules.h; bridge.c implements them over runtime.lua).
  */
 #include "engine_int.h"
+#include "hash.h"
 
 #include <ctype.h>
 #include <fcntl.h>
@@ -153,21 +154,13 @@ lr_room *lr_room_find(lr_server *s, const char *ns, const char *id) {
   return r;
 }
 
+static uint32_t room_bucket(const lr_room *r, uint32_t nb) {
+  return hash_str(r->key) % nb;
+}
+
 static void rehash(lr_server *s) {
   uint32_t nb = s->nbuckets * 2;
-  lr_room **b = lr_xcalloc(nb, sizeof *b);
-  for (uint32_t i = 0; i < s->nbuckets; i++) {
-    lr_room *r = s->rooms[i];
-    while (r) {
-      lr_room *next = r->hash_next;
-      uint32_t h = hash_str(r->key) % nb;
-      r->hash_next = b[h];
-      b[h] = r;
-      r = next;
-    }
-  }
-  free(s->rooms);
-  s->rooms = b;
+  LR_CHAIN_REHASH(lr_room, s->rooms, s->nbuckets, nb, hash_next, room_bucket);
   s->nbuckets = nb;
 }
 

@@ -109,7 +109,6 @@ typedef struct lr_wait {
   char *dev; /* a dev wait (rules->dev_failed): the dev_error packet last sent */
 } lr_wait;
 
-static void respond_simple(lr_response_cb done, void *ud, int status, const char *body);
 static bool served(lr_server *s, const char *ns, const char *id);
 
 static char *dup_str(const char *p) {
@@ -181,7 +180,7 @@ static void wait_done(void *ud, int ok, const char *err) {
     if (w->conn && w->conn->phase == LR_C_JOINING)
       lr_conn_close(w->conn, 4409, "room owned by another node");
     else if (!w->conn)
-      respond_simple(w->done, w->ud, 409, "{\"error\":\"Room owned by another node\"}");
+      lr_respond_json(w->done, w->ud, 409, "{\"error\":\"Room owned by another node\"}");
     if (w->conn) lr_conn_release(w->conn);
     wait_free(w);
     return;
@@ -205,7 +204,7 @@ static void wait_done(void *ud, int ok, const char *err) {
   } else if (ok) {
     lr_server_http(s, &w->req, w->done, w->ud);
   } else {
-    respond_simple(w->done, w->ud, 503, "{\"error\":\"Storage unavailable\"}");
+    lr_respond_json(w->done, w->ud, 503, "{\"error\":\"Storage unavailable\"}");
   }
   wait_free(w);
 }
@@ -459,7 +458,7 @@ const lr_header lr_cors_headers[LR_CORS_N] = {
     {"Access-Control-Max-Age", "86400"},
 };
 
-static void respond_simple(lr_response_cb done, void *ud, int status, const char *body) {
+void lr_respond_json(lr_response_cb done, void *ud, int status, const char *body) {
   lr_header h[5];
   memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
   h[4] = (lr_header){"Content-Type", "application/json"};
@@ -471,7 +470,7 @@ static void respond_simple(lr_response_cb done, void *ud, int status, const char
  * which returns {status, headers, body} like a room route. */
 static void ops_request(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
   if (s->rules->operations(s, req, done, ud) < 0)
-    respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
+    lr_respond_json(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
 }
 
 static const char storage_503[] = "{\"error\":\"Storage unavailable\",\"code\":\"storage\"}";
@@ -481,7 +480,7 @@ static const char storage_503[] = "{\"error\":\"Storage unavailable\",\"code\":\
 static bool http_settle(lr_room *r, lr_response_cb done, void *ud) {
   lr_server_flush_touched(r->srv);
   if (!lr_room_store_failing(r)) return false;
-  respond_simple(done, ud, 503, storage_503);
+  lr_respond_json(done, ud, 503, storage_503);
   return true;
 }
 
@@ -489,7 +488,7 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
   char ns[256], id[256];
   const char *rest;
   if (strcmp(req->method, "OPTIONS") == 0) {
-    respond_simple(done, ud, 200, "{}");
+    lr_respond_json(done, ud, 200, "{}");
     return;
   }
   if (strncmp(req->path, "/parties/", 9) != 0) {
@@ -512,14 +511,14 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     int pr = s->rules->preroute(s, ns, id, req, rest, done, ud);
     if (pr > 0) return;
     if (pr == 0 && !live && !may_create(s, ns, id, req)) {
-      respond_simple(done, ud, 429, "{\"error\":\"Too Many Requests\"}");
+      lr_respond_json(done, ud, 429, "{\"error\":\"Too Many Requests\"}");
       return;
     }
   }
   int w = wait_for_storage(s, ns, id, req, NULL, NULL, done, ud, NULL);
   if (w > 0) return;
   if (w < 0) {
-    respond_simple(done, ud, 503, "{\"error\":\"Storage unavailable\"}");
+    lr_respond_json(done, ud, 503, "{\"error\":\"Storage unavailable\"}");
     return;
   }
   int status;
@@ -528,20 +527,20 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
     if (status == 404)
       lr_warn_limited("no such room", "http %s %s: no room definition matches %s/%s", req->method,
                       req->path, ns, id);
-    respond_simple(done, ud, status,
-                   status == 404   ? "{\"error\":\"Not found\"}"
-                   : status == 500 ? "{\"error\":\"Internal Server Error\"}"
-                                   : "{\"error\":\"Service Unavailable\"}");
+    lr_respond_json(done, ud, status,
+                    status == 404   ? "{\"error\":\"Not found\"}"
+                    : status == 500 ? "{\"error\":\"Internal Server Error\"}"
+                                    : "{\"error\":\"Service Unavailable\"}");
     return;
   }
   if (lr_room_store_failing(r)) {
-    respond_simple(done, ud, 503, storage_503);
+    lr_respond_json(done, ud, 503, storage_503);
     return;
   }
   lr_room_retain(r);
   if (s->rules->request(r, req, rest, http_settle, done, ud) < 0) {
     lr_server_flush_touched(s);
-    respond_simple(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
+    lr_respond_json(done, ud, 500, "{\"error\":\"Internal Server Error\"}");
   }
   lr_room_release(r);
 }

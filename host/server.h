@@ -42,6 +42,12 @@ typedef struct lr_header {
   const char *value;
 } lr_header;
 
+/* The CORS headers of every HTTP answer the host writes itself (router.c
+ * defines them; shard.c's forwarded answers and net.c's own answers use
+ * them too). */
+#define LR_CORS_N 4
+extern const lr_header lr_cors_headers[LR_CORS_N];
+
 typedef struct lr_request {
   const char *method; /* "GET", "POST", ... */
   const char *path;   /* URL path, still percent-encoded, e.g. /parties/main/game */

@@ -50,6 +50,7 @@
 #include "fetch.h"
 #include "json.h"
 #include "log.h"
+#include "lua_vm.h"
 
 #define SHARD_TICK_MS 250       /* resolution of reports and lingering */
 #define REPORT_TIMEOUT_MS 10000 /* one /update-shard exchange */
@@ -222,7 +223,7 @@ static void arm_tick(shard_proc *sp, int64_t delay) {
   lua_State *L = sp->s->L;
   lua_pushlightuserdata(L, sp);
   lua_pushcclosure(L, tick_cb, 1);
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int ref = lr_ref_take(L);
   sp->tick_timer = lr_timer_add(sp->s, delay, LR_T_LUA, NULL, ref)->seq;
 }
 
@@ -758,14 +759,6 @@ static void lr_shard_client_closed(lr_conn *c) {
 
 /* ------------------------------------------------------------ HTTP */
 
-static void respond_json(lr_response_cb done, void *ud, int status, const char *body) {
-  lr_header h[5];
-  memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
-  h[4] = (lr_header){"Content-Type", "application/json"};
-  lr_response resp = {status, h, 5, body, strlen(body)};
-  done(ud, &resp);
-}
-
 static void forward_done(void *ud, const lr_fetch_result *r) {
   forward *f = ud;
   shard_proc *sp = f->sp;
@@ -780,11 +773,11 @@ static void forward_done(void *ud, const lr_fetch_result *r) {
             r->error);
     bool no_connection = strncmp(r->error, "connect failed", 14) == 0;
     if (f->to_world)
-      respond_json(f->done, f->ud, 502, "{\"error\":\"World service unreachable\"}");
+      lr_respond_json(f->done, f->ud, 502, "{\"error\":\"World service unreachable\"}");
     else if (no_connection)
-      respond_json(f->done, f->ud, 503, "{\"error\":\"Shard not connected to main server\"}");
+      lr_respond_json(f->done, f->ud, 503, "{\"error\":\"Shard not connected to main server\"}");
     else
-      respond_json(f->done, f->ud, 500, "{\"error\":\"Error forwarding request\"}");
+      lr_respond_json(f->done, f->ud, 500, "{\"error\":\"Error forwarding request\"}");
   } else {
     lr_header h[6];
     size_t nh = 0;
@@ -805,7 +798,7 @@ static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, c
   if (!to_world && strcmp(ns, "shard") != 0) return false;
   if (to_world && !sp->forward_world) return false;
   if (sp->shutting_down) {
-    respond_json(done, ud, 503, "{\"error\":\"Shard is shutting down\"}");
+    lr_respond_json(done, ud, 503, "{\"error\":\"Shard is shutting down\"}");
     return true;
   }
   lr_buf url;
@@ -819,7 +812,7 @@ static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, c
     size_t rl = strlen(rest);
     if (rl >= 17 && strcmp(rest + rl - 17, "/session-transfer") == 0) {
       lr_buf_free(&url);
-      respond_json(done, ud, 404, "{\"error\":\"Not found\"}");
+      lr_respond_json(done, ud, 404, "{\"error\":\"Not found\"}");
       return true;
     }
     const char *colon = strchr(id, ':');
@@ -875,7 +868,7 @@ static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, c
   lr_buf_free(&xf);
   if (!f->id) {
     free(f);
-    respond_json(done, ud, 500, "{\"error\":\"Error forwarding request\"}");
+    lr_respond_json(done, ud, 500, "{\"error\":\"Error forwarding request\"}");
     return true;
   }
   f->next = sp->forwards;
@@ -948,7 +941,7 @@ static void lr_shard_shutdown(lr_server *s) {
     forward *f = sp->forwards;
     sp->forwards = f->next;
     lr_fetch_cancel(f->id);
-    respond_json(f->done, f->ud, 503, "{\"error\":\"Shard is shutting down\"}");
+    lr_respond_json(f->done, f->ud, 503, "{\"error\":\"Shard is shutting down\"}");
     free(f);
   }
 }

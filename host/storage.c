@@ -2,8 +2,9 @@
  * storage.c - the backend-neutral part of storage: the --storage spec parser
  * and the checks every backend runs before it writes anything.
  *
- * Owns: lr_store_open_spec(), error formatting, UTF-8 validation, the
- * allocation-free JSON grammar scanner used to validate PUT values and to
+ * Owns: lr_store_open_spec_L() (the one parser of storage specs), error
+ * formatting, the allocation-free JSON grammar scanner (strings: json.c's
+ * lr_json_scan_string) used to validate PUT values and to
  * find raw value spans in memory snapshots, and lr__store_check_ops().
  * Must not: hold state, know about SQLite or the memory maps, build JSON
  * trees, or know the key layout of rooms.
@@ -15,8 +16,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "json.h"
 #include "storage.h"
 #include "storage_postgres.h"
+#include "utf8.h"
 
 void lr__store_errf(char *err, size_t errlen, const char *fmt, ...) {
   if (!err || errlen == 0) return;
@@ -24,49 +27,6 @@ void lr__store_errf(char *err, size_t errlen, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(err, errlen, fmt, ap);
   va_end(ap);
-}
-
-/* ---- UTF-8 ---- */
-
-size_t lr__store_utf8_seq(const unsigned char *p, size_t n) {
-  if (n == 0) return 0;
-  unsigned c = p[0];
-  if (c < 0x80) return 1;
-  size_t len;
-  unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-  if (c >= 0xC2 && c <= 0xDF) {
-    len = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    len = 3;
-    if (c == 0xE0) lo = 0xA0; /* no overlongs */
-    if (c == 0xED) hi = 0x9F; /* no surrogates */
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    len = 4;
-    if (c == 0xF0) lo = 0x90; /* no overlongs */
-    if (c == 0xF4) hi = 0x8F; /* <= U+10FFFF */
-  } else {
-    return 0;
-  }
-  if (n < len) return 0;
-  if (p[1] < lo || p[1] > hi) return 0;
-  for (size_t i = 2; i < len; i++)
-    if ((p[i] & 0xC0) != 0x80) return 0;
-  return len;
-}
-
-int lr__store_utf8_valid(const char *s, size_t n) {
-  const unsigned char *p = (const unsigned char *)s;
-  size_t i = 0;
-  while (i < n) {
-    if (p[i] < 0x80) {
-      i++;
-      continue;
-    }
-    size_t k = lr__store_utf8_seq(p + i, n - i);
-    if (!k) return 0;
-    i += k;
-  }
-  return 1;
 }
 
 /* ---- JSON grammar scanner ---- */
@@ -77,9 +37,6 @@ static int is_ws(char c) {
 static int is_digit(char c) {
   return c >= '0' && c <= '9';
 }
-static int is_hex(char c) {
-  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
 
 static size_t skip_ws(const char *s, size_t len, size_t p) {
   while (p < len && is_ws(s[p]))
@@ -87,60 +44,16 @@ static size_t skip_ws(const char *s, size_t len, size_t p) {
   return p;
 }
 
-/* s[*p] == '"'. Validates the string (escapes, raw UTF-8, no control
- * characters) and leaves *p past the closing quote. Returns 0 or -1. */
+/* s[*p] == '"'. Validates the string (json.c's scanner: escapes, raw
+ * UTF-8, no control characters; a lone surrogate escape is stored as the
+ * reference stores it) and leaves *p past the closing quote, or at the
+ * fault. Returns 0 or -1. */
 static int scan_string(const char *s, size_t len, size_t *p, const char **why) {
-  const unsigned char *u = (const unsigned char *)s;
-  size_t i = *p + 1;
-  for (;;) {
-    if (i >= len) {
-      *why = "unterminated string";
-      *p = i;
-      return -1;
-    }
-    unsigned char c = u[i];
-    if (c == '"') break;
-    if (c == '\\') {
-      if (i + 1 >= len) {
-        *why = "unterminated string";
-        *p = i + 1;
-        return -1;
-      }
-      char e = s[i + 1];
-      if (e == 'u') {
-        for (size_t k = 2; k < 6; k++) {
-          if (i + k >= len || !is_hex(s[i + k])) {
-            *why = "invalid \\u escape";
-            *p = i;
-            return -1;
-          }
-        }
-        i += 6;
-      } else if (e && strchr("\"\\/bfnrt", e)) {
-        i += 2;
-      } else {
-        *why = "invalid escape";
-        *p = i;
-        return -1;
-      }
-    } else if (c < 0x20) {
-      *why = "control character in string";
-      *p = i;
-      return -1;
-    } else if (c < 0x80) {
-      i++;
-    } else {
-      size_t k = lr__store_utf8_seq(u + i, len - i);
-      if (!k) {
-        *why = "invalid UTF-8";
-        *p = i;
-        return -1;
-      }
-      i += k;
-    }
-  }
-  *p = i + 1;
-  return 0;
+  size_t at;
+  if (lr_json_scan_string(s, len, p, LR_JSON_SCAN_SURROGATES, NULL, NULL, NULL, why, &at) == 0)
+    return 0;
+  *p = at;
+  return -1;
 }
 
 /* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
@@ -176,6 +89,36 @@ bad:
   return -1;
 }
 
+/* A string, number or literal at s[*p] (not whitespace). 0 or -1. */
+static int scan_scalar(const char *s, size_t len, size_t *p, const char **why) {
+  char c = s[*p];
+  if (c == '"') return scan_string(s, len, p, why);
+  if (c == '-' || is_digit(c)) return scan_number(s, len, p, why);
+  static const char *const lits[] = {"true", "false", "null"};
+  for (size_t i = 0; i < 3; i++) {
+    size_t l = strlen(lits[i]);
+    if (len - *p >= l && memcmp(s + *p, lits[i], l) == 0) {
+      *p += l;
+      return 0;
+    }
+  }
+  *why = "unexpected character";
+  return -1;
+}
+
+/* Push c on the container stack, moving it onto the heap when full. */
+static void stack_push(char **stack, size_t *depth, size_t *cap, const char *small, char c) {
+  if (*depth == *cap) {
+    size_t ncap = *cap * 2;
+    char *ns = lr_xmalloc(ncap);
+    memcpy(ns, *stack, *depth);
+    if (*stack != small) free(*stack);
+    *stack = ns;
+    *cap = ncap;
+  }
+  (*stack)[(*depth)++] = c;
+}
+
 enum { SC_VALUE, SC_KEY, SC_AFTER };
 
 int lr__store_json_scan(const char *s, size_t len, size_t *pos, char *err, size_t errlen) {
@@ -201,38 +144,12 @@ int lr__store_json_scan(const char *s, size_t len, size_t *pos, char *err, size_
           state = SC_AFTER;
           continue;
         }
-        if (depth == cap) {
-          size_t ncap = cap * 2;
-          char *ns = lr_xmalloc(ncap);
-          memcpy(ns, stack, depth);
-          if (stack != small) free(stack);
-          stack = ns;
-          cap = ncap;
-        }
-        stack[depth++] = c;
+        stack_push(&stack, &depth, &cap, small, c);
         p++;
         state = c == '{' ? SC_KEY : SC_VALUE;
         continue;
       }
-      if (c == '"') {
-        if (scan_string(s, len, &p, &why)) goto fail;
-      } else if (c == '-' || is_digit(c)) {
-        if (scan_number(s, len, &p, &why)) goto fail;
-      } else {
-        static const char *const lits[] = {"true", "false", "null"};
-        size_t i;
-        for (i = 0; i < 3; i++) {
-          size_t l = strlen(lits[i]);
-          if (len - p >= l && memcmp(s + p, lits[i], l) == 0) {
-            p += l;
-            break;
-          }
-        }
-        if (i == 3) {
-          why = "unexpected character";
-          goto fail;
-        }
-      }
+      if (scan_scalar(s, len, &p, &why)) goto fail;
       state = SC_AFTER;
     } else if (state == SC_KEY) {
       p = skip_ws(s, len, p);
@@ -308,7 +225,7 @@ int lr__store_check_ops(const char *ns, const char *room, const lr_store_op *ops
     lr__store_errf(err, errlen, "storage: namespace and room id are required");
     return LR_STORE_EARG;
   }
-  if (!lr__store_utf8_valid(ns, strlen(ns)) || !lr__store_utf8_valid(room, strlen(room))) {
+  if (!lr_utf8_valid(ns, strlen(ns)) || !lr_utf8_valid(room, strlen(room))) {
     lr__store_errf(err, errlen, "storage: namespace or room id is not valid UTF-8");
     return LR_STORE_EARG;
   }
@@ -329,7 +246,7 @@ int lr__store_check_ops(const char *ns, const char *room, const lr_store_op *ops
     }
     const char *key = o->key ? o->key : "";
     key_preview(key, o->keylen, kp, sizeof kp);
-    if (memchr(key, '\0', o->keylen) || !lr__store_utf8_valid(key, o->keylen)) {
+    if (memchr(key, '\0', o->keylen) || !lr_utf8_valid(key, o->keylen)) {
       lr__store_errf(err, errlen, "storage: op %zu (%s \"%s\"): key is not valid UTF-8 text", i,
                      kind_name(o->kind), kp);
       return LR_STORE_EARG;
@@ -386,8 +303,17 @@ int lr__store_mkdir_parent(const char *path, char *err, size_t errlen) {
 /* ---- spec ---- */
 
 lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen) {
+  return lr_store_open_spec_L(NULL, spec, err, errlen);
+}
+
+lr_store *lr_store_open_spec_L(struct lua_State *L, const char *spec, char *err, size_t errlen) {
   if (!spec) {
     lr__store_errf(err, errlen, "storage: no storage spec given");
+    return NULL;
+  }
+  if (strncmp(spec, "lua:", 4) == 0) {
+    if (L) return lr_store_lua_open(L, spec + 4, err, errlen);
+    lr__store_errf(err, errlen, "storage spec '%s' needs a Lua state", spec);
     return NULL;
   }
   if (strcmp(spec, "memory") == 0) return lr_store_memory_open(NULL, err, errlen);

@@ -219,8 +219,13 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
 struct lua_State;
 lr_store *lr_store_lua_open(struct lua_State *L, const char *path, char *err, size_t errlen);
 
-/* Parse a --storage spec: "memory", "memory:SNAPSHOT", "sqlite:PATH",
- * "postgres://..." / "postgresql://..." (storage_postgres.h). */
+/* Open the store a --storage spec names: "memory", "memory:SNAPSHOT",
+ * "sqlite:PATH[?...]", "postgres://..." / "postgresql://..."
+ * (storage_postgres.h), or "lua:FILE" (a backend written in Lua, run in L).
+ * The host's one parser of storage specs (serve, core.server_new, tests).
+ * NULL with err on failure; "lua:" without a Lua state (L NULL) is one. */
+lr_store *lr_store_open_spec_L(struct lua_State *L, const char *spec, char *err, size_t errlen);
+/* lr_store_open_spec_L with no Lua state (every spec but "lua:"). */
 lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen);
 
 /* ---- for the backends only (defined in storage.c) ---- */
@@ -228,10 +233,6 @@ lr_store *lr_store_open_spec(const char *spec, char *err, size_t errlen);
 /* printf into err (no-op when err is NULL or errlen is 0). */
 void lr__store_errf(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0 if invalid
- * (overlong, surrogate, > U+10FFFF, truncated). */
-size_t lr__store_utf8_seq(const unsigned char *p, size_t n);
-int lr__store_utf8_valid(const char *s, size_t n);
 /* Scan one JSON value in s[*pos..len) (leading whitespace skipped) without
  * allocating a tree; on success *pos is just past the value and 0 is
  * returned, else -1 with "... at offset N" in err. Depth is unbounded. */

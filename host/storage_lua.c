@@ -459,9 +459,9 @@ static void l_close(lr_store *st) {
   lr_wb_report_lost(s->wb);
   lr_wb_each(s->wb, free_job, NULL);
   lr_wb_free(s->wb);
-  luaL_unref(s->L, LUA_REGISTRYINDEX, s->backend);
-  luaL_unref(s->L, LUA_REGISTRYINDEX, s->run);
-  luaL_unref(s->L, LUA_REGISTRYINDEX, s->ref);
+  lr_ref_release(s->L, s->backend);
+  lr_ref_release(s->L, s->run);
+  lr_ref_release(s->L, s->ref);
   free(s);
 }
 
@@ -554,8 +554,8 @@ lr_store *lr_store_lua_open(lua_State *L, const char *path, char *err, size_t er
   }
   s->base.vt = &lua_vt;
   s->L = L;
-  s->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  s->backend = luaL_ref(L, LUA_REGISTRYINDEX);
-  s->run = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->ref = lr_ref_take(L);
+  s->backend = lr_ref_take(L);
+  s->run = lr_ref_take(L);
   return &s->base;
 }

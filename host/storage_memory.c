@@ -23,7 +23,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hash.h"
+#include "json.h"
 #include "storage.h"
+#include "utf8.h"
 
 /* ---- AVL tree of keys ---- */
 
@@ -229,13 +232,13 @@ typedef struct mstore {
 static const lr_store_vt memory_vt;
 
 static uint64_t room_hash(const char *ns, size_t nslen, const char *room, size_t roomlen) {
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < nslen; i++)
-    h = (h ^ (unsigned char)ns[i]) * 1099511628211ULL;
-  h = (h ^ 0xFFu) * 1099511628211ULL; /* 0xFF never occurs in UTF-8 */
-  for (size_t i = 0; i < roomlen; i++)
-    h = (h ^ (unsigned char)room[i]) * 1099511628211ULL;
-  return h;
+  uint64_t h = lr_fnv1a64(LR_FNV1A64_INIT, ns, nslen);
+  h = lr_fnv1a64(h, "\xff", 1); /* 0xFF never occurs in UTF-8 */
+  return lr_fnv1a64(h, room, roomlen);
+}
+
+static size_t mroom_bucket(const mroom *x, size_t nb) {
+  return x->hash & (nb - 1);
 }
 
 static mroom *room_find(mstore *m, const char *ns, size_t nslen, const char *room, size_t roomlen) {
@@ -253,18 +256,7 @@ static mroom *room_get_or_add(mstore *m, const char *ns, size_t nslen, const cha
   if (r) return r;
   if (m->nrooms >= m->nbuckets) { /* grow at load factor 1 */
     size_t nb = m->nbuckets * 2;
-    mroom **b = lr_xcalloc(nb, sizeof *b);
-    for (size_t i = 0; i < m->nbuckets; i++) {
-      mroom *x = m->buckets[i];
-      while (x) {
-        mroom *next = x->next;
-        x->next = b[x->hash & (nb - 1)];
-        b[x->hash & (nb - 1)] = x;
-        x = next;
-      }
-    }
-    free(m->buckets);
-    m->buckets = b;
+    LR_CHAIN_REHASH(mroom, m->buckets, m->nbuckets, nb, next, mroom_bucket);
     m->nbuckets = nb;
   }
   r = lr_xcalloc(1, sizeof *r + nslen + roomlen + 2);
@@ -489,49 +481,7 @@ static int uri_decode(lr_buf *out, const char *s, size_t n) {
   }
   lr_buf_cstr(out);
   if (memchr(out->data, '\0', out->len)) return -1;
-  return lr__store_utf8_valid(out->data, out->len) ? 0 : -1;
-}
-
-/* Append s as a JSON string literal (the escapes of JSON.stringify). */
-static void put_json_string(lr_buf *out, const char *s, size_t n) {
-  static const char hex[] = "0123456789abcdef";
-  lr_buf_putc(out, '"');
-  size_t run = 0; /* start of the pending unescaped run */
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    lr_buf_put(out, s + run, i - run);
-    run = i + 1;
-    switch (c) {
-    case '"':
-      lr_buf_puts(out, "\\\"");
-      break;
-    case '\\':
-      lr_buf_puts(out, "\\\\");
-      break;
-    case '\b':
-      lr_buf_puts(out, "\\b");
-      break;
-    case '\f':
-      lr_buf_puts(out, "\\f");
-      break;
-    case '\n':
-      lr_buf_puts(out, "\\n");
-      break;
-    case '\r':
-      lr_buf_puts(out, "\\r");
-      break;
-    case '\t':
-      lr_buf_puts(out, "\\t");
-      break;
-    default: {
-      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-      lr_buf_put(out, e, 6);
-    }
-    }
-  }
-  lr_buf_put(out, s + run, n - run);
-  lr_buf_putc(out, '"');
+  return lr_utf8_valid(out->data, out->len) ? 0 : -1;
 }
 
 /* ---- snapshot load ---- */
@@ -565,108 +515,26 @@ static int peek(snap *x) {
   return x->p < x->len ? (unsigned char)x->s[x->p] : -1;
 }
 
-static int hex4(const char *s, unsigned *v) {
-  *v = 0;
-  for (int i = 0; i < 4; i++) {
-    int h = hexval(s[i]);
-    if (h < 0) return -1;
-    *v = *v << 4 | (unsigned)h;
-  }
-  return 0;
-}
-
-static void put_utf8(lr_buf *out, unsigned cp) {
-  char b[4];
-  size_t n;
-  if (cp < 0x80) {
-    b[0] = (char)cp;
-    n = 1;
-  } else if (cp < 0x800) {
-    b[0] = (char)(0xC0 | cp >> 6);
-    b[1] = (char)(0x80 | (cp & 0x3F));
-    n = 2;
-  } else if (cp < 0x10000) {
-    b[0] = (char)(0xE0 | cp >> 12);
-    b[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-    b[2] = (char)(0x80 | (cp & 0x3F));
-    n = 3;
-  } else {
-    b[0] = (char)(0xF0 | cp >> 18);
-    b[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-    b[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-    b[3] = (char)(0x80 | (cp & 0x3F));
-    n = 4;
-  }
-  lr_buf_put(out, b, n);
-}
-
-/* Decode the JSON string at x->p into out (reset first). Keys and names
- * become C strings, so "\u0000" and lone surrogates are refused. */
+/* Decode the JSON string at x->p into out (json.c's scanner). Keys and
+ * names become C strings, so "\u0000" is refused. */
 static int parse_string(snap *x, lr_buf *out) {
   lr_buf_reset(out);
-  if (expect(x, '"', "expected a string")) return -1;
-  const char *s = x->s;
-  for (;;) {
-    if (x->p >= x->len) {
-      x->why = "unterminated string";
-      return -1;
-    }
-    unsigned char c = (unsigned char)s[x->p];
-    if (c == '"') {
-      x->p++;
-      break;
-    }
-    if (c < 0x20) {
-      x->why = "control character in string";
-      return -1;
-    }
-    if (c >= 0x80) {
-      size_t k = lr__store_utf8_seq((const unsigned char *)s + x->p, x->len - x->p);
-      if (!k) {
-        x->why = "invalid UTF-8";
-        return -1;
-      }
-      lr_buf_put(out, s + x->p, k);
-      x->p += k;
-      continue;
-    }
-    if (c != '\\') {
-      lr_buf_putc(out, (char)c);
-      x->p++;
-      continue;
-    }
-    if (x->p + 1 >= x->len) {
-      x->why = "unterminated string";
-      return -1;
-    }
-    char e = s[x->p + 1];
-    const char *simple = strchr("\"\\/bfnrt", e);
-    if (e && simple) {
-      static const char map[] = "\"\\/\b\f\n\r\t";
-      lr_buf_putc(out, map[simple - "\"\\/bfnrt"]);
-      x->p += 2;
-      continue;
-    }
-    unsigned cp;
-    if (e != 'u' || x->p + 6 > x->len || hex4(s + x->p + 2, &cp)) {
-      x->why = "invalid escape";
-      return -1;
-    }
-    x->p += 6;
-    if (cp >= 0xD800 && cp <= 0xDBFF) {
-      unsigned lo;
-      if (x->p + 6 > x->len || s[x->p] != '\\' || s[x->p + 1] != 'u' || hex4(s + x->p + 2, &lo) ||
-          lo < 0xDC00 || lo > 0xDFFF) {
-        x->why = "lone surrogate in string";
-        return -1;
-      }
-      x->p += 6;
-      cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-    } else if ((cp >= 0xDC00 && cp <= 0xDFFF) || cp == 0) {
-      x->why = cp ? "lone surrogate in string" : "NUL character in string";
-      return -1;
-    }
-    put_utf8(out, cp);
+  sws(x);
+  if (x->p >= x->len || x->s[x->p] != '"') {
+    x->why = "expected a string";
+    return -1;
+  }
+  size_t start = x->p, n, at;
+  const char *str;
+  if (lr_json_scan_string(x->s, x->len, &x->p, 0, out, &str, &n, &x->why, &at) != 0) {
+    x->p = at;
+    return -1;
+  }
+  if (str != out->data) lr_buf_put(out, str, n); /* no escape: str is in the text */
+  if (n && memchr(out->data, '\0', n)) {
+    x->p = start;
+    x->why = "NUL character in string";
+    return -1;
   }
   lr_buf_cstr(out);
   return 0;
@@ -815,7 +683,7 @@ static int by_name(const void *a, const void *b) {
 
 /* Write one room's pairs; flushes the buffer to f when it grows. */
 static int write_room(FILE *f, lr_buf *b, const named_room *nr) {
-  put_json_string(b, nr->name, nr->len);
+  lr_json_put_string(b, nr->name, nr->len);
   lr_buf_puts(b, ":[");
   miter it;
   it_seek(&it, nr->r->root, "", 0);
@@ -824,7 +692,7 @@ static int write_room(FILE *f, lr_buf *b, const named_room *nr) {
     if (!first) lr_buf_putc(b, ',');
     first = 0;
     lr_buf_putc(b, '[');
-    put_json_string(b, x->key, x->klen);
+    lr_json_put_string(b, x->key, x->klen);
     lr_buf_putc(b, ',');
     lr_buf_put(b, MVAL(x), x->vlen);
     lr_buf_putc(b, ']');

@@ -25,21 +25,41 @@ typedef struct {
   lr_node *old; /* retained: a clone (ASSIGN, ARRAY) or the detached node (REATTACH) */
 } urec;
 
-static urec *log_;
-static size_t nlog, caplog;
-static int depth; /* open transactions; writes outside any are not recorded */
+struct lr_undo {
+  urec *log;
+  size_t nlog, caplog;
+  int depth; /* open transactions; writes outside any are not recorded */
+};
 
-size_t lr_undo_mark(void) {
-  depth++;
-  return nlog;
+lr_undo *lr_undo_new(void) {
+  return lr_xcalloc(1, sizeof(lr_undo));
 }
 
-static void push(urec r) {
-  if (nlog == caplog) {
-    caplog = caplog ? caplog * 2 : 64;
-    log_ = lr_xrealloc(log_, caplog * sizeof *log_);
+static void free_rec(urec *r);
+
+void lr_undo_free(lr_undo *u) {
+  if (!u) return;
+  while (u->nlog > 0)
+    free_rec(&u->log[--u->nlog]);
+  free(u->log);
+  free(u);
+}
+
+size_t lr_undo_records(const lr_undo *u) {
+  return u->nlog;
+}
+
+size_t lr_undo_mark(lr_undo *u) {
+  u->depth++;
+  return u->nlog;
+}
+
+static void push(lr_undo *u, urec r) {
+  if (u->nlog == u->caplog) {
+    u->caplog = u->caplog ? u->caplog * 2 : 64;
+    u->log = lr_xrealloc(u->log, u->caplog * sizeof *u->log);
   }
-  log_[nlog++] = r;
+  u->log[u->nlog++] = r;
 }
 
 static lr_node *outermost_array(lr_node *n) {
@@ -49,18 +69,18 @@ static lr_node *outermost_array(lr_node *n) {
   return found;
 }
 
-void lr_undo_record_array(lr_node *arr) {
-  if (!depth) return;
+void lr_undo_record_array(lr_undo *u, lr_node *arr) {
+  if (!u->depth) return;
   lr_node *outer = outermost_array(arr);
   if (!outer) outer = arr;
-  push((urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer)});
+  push(u, (urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer)});
 }
 
-void lr_undo_record_key(lr_node *obj, const char *key, size_t keylen) {
-  if (!depth) return;
+void lr_undo_record_key(lr_undo *u, lr_node *obj, const char *key, size_t keylen) {
+  if (!u->depth) return;
   lr_node *arr = outermost_array(obj);
   if (arr) {
-    push((urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr)});
+    push(u, (urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr)});
     return;
   }
   lr_node *cur = lr_obj_get(obj, key, keylen);
@@ -70,12 +90,12 @@ void lr_undo_record_key(lr_node *obj, const char *key, size_t keylen) {
      * (assign). Keep both: the node itself to reattach, and its contents. */
     r.kind = U_REATTACH;
     r.old = lr_node_retain(cur);
-    push(r);
+    push(u, r);
     urec a = {U_ASSIGN, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, lr_node_clone(cur)};
-    push(a);
+    push(u, a);
     return;
   }
-  push(r);
+  push(u, r);
 }
 
 /* Remove key from obj's pending deletions (it is about to exist again). */
@@ -98,10 +118,10 @@ static void free_rec(urec *r) {
   free(r->key);
 }
 
-void lr_undo_rollback(size_t mark) {
-  depth--;
-  while (nlog > mark) {
-    urec *r = &log_[--nlog];
+void lr_undo_rollback(lr_undo *u, size_t mark) {
+  u->depth--;
+  while (u->nlog > mark) {
+    urec *r = &u->log[--u->nlog];
     switch (r->kind) {
     case U_ARRAY:
       lr_state_assign(r->container, r->old);
@@ -134,15 +154,15 @@ void lr_undo_rollback(size_t mark) {
   }
 }
 
-void lr_undo_release(size_t mark) {
+void lr_undo_release(lr_undo *u, size_t mark) {
   /* A nested call that succeeded hands its records to the enclosing one: if
    * that fails later, these writes are rolled back with it. */
-  if (--depth > 0) return;
-  while (nlog > mark)
-    free_rec(&log_[--nlog]);
-  if (nlog == 0 && caplog > 1024) {
-    free(log_);
-    log_ = NULL;
-    caplog = 0;
+  if (--u->depth > 0) return;
+  while (u->nlog > mark)
+    free_rec(&u->log[--u->nlog]);
+  if (u->nlog == 0 && u->caplog > 1024) {
+    free(u->log);
+    u->log = NULL;
+    u->caplog = 0;
   }
 }

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "hash.h"
 
 /* Objects with more members than this get an open-addressing hash index. */
 #define LR_OBJ_INDEX_MIN 8

@@ -23,10 +23,11 @@ through any path:
              storage_postgres(_conn, _lease): below the engine; includes base
              headers only (reports and waits through lr_store_host)
   engine     server.h rules.h engine.h engine_int.h room sync timer idle router
-  rules      bridge lua_api lua_core lua_wait (the runtime.lua side)
+  rules      bridge lua_api lua_proxy lua_store lua_admin lua_core lua_wait
+             (the runtime.lua side)
   transports net headless
   features   uplink shard reload fetch lua_jwt
-  top        main
+  top        main cli serve
 Usage: lua5.4 host/tests/include_cycles.lua [host-dir]
 ]]
 
@@ -36,10 +37,11 @@ local layer_of = {
   server = "engine", rules = "engine", engine = "engine", engine_int = "engine",
   room = "engine", sync = "engine", timer = "engine", idle = "engine", router = "engine",
   bridge = "rules", lua_api = "rules", lua_core = "rules", lua_wait = "rules",
+  lua_proxy = "rules", lua_store = "rules", lua_admin = "rules",
   net = "transports", headless = "transports",
   uplink = "features", shard = "features", reload = "features", fetch = "features",
   lua_jwt = "features",
-  main = "top",
+  main = "top", cli = "top", serve = "top",
   storage = "storage", storage_memory = "storage", storage_sqlite = "storage",
   storage_cache = "storage",
 }

@@ -503,3 +503,54 @@ TEST(buf_msg_refcount) {
   ASSERT_EQ_STR(lr_msg_payload(e), "");
   lr_msg_release(e);
 }
+
+/* The one string scanner: the parser, storage.c's value check and the memory
+ * snapshot loader call it in its three modes. */
+TEST(json_scan_string_modes) {
+  const char *why = NULL, *out = NULL;
+  size_t at = 0, n = 0, pos;
+  lr_buf scratch;
+  lr_buf_init(&scratch);
+  const char *plain = "x\"abc\"y";
+  pos = 1; /* no escape: *out points into the text */
+  ASSERT_EQ_INT(lr_json_scan_string(plain, 7, &pos, 0, &scratch, &out, &n, &why, &at), 0);
+  ASSERT_EQ_INT(pos, 6);
+  ASSERT(out == plain + 2 && n == 3);
+  const char *esc = "\"a\\n\\u00e9\\ud83d\\ude00b\"";
+  size_t len = strlen(esc);
+  pos = 0; /* escapes: the unescaped text in scratch */
+  ASSERT_EQ_INT(lr_json_scan_string(esc, len, &pos, 0, &scratch, &out, &n, &why, &at), 0);
+  ASSERT_EQ_INT(pos, len);
+  ASSERT(out == scratch.data && n == 9 &&
+         memcmp(out,
+                "a\n\xc3\xa9\xf0\x9f\x98\x80"
+                "b",
+                9) == 0);
+  pos = 0; /* validate only */
+  ASSERT_EQ_INT(lr_json_scan_string(esc, len, &pos, 0, NULL, NULL, NULL, &why, &at), 0);
+  ASSERT_EQ_INT(pos, len);
+  /* Faults: the message and the offset. */
+  pos = 0;
+  ASSERT_EQ_INT(lr_json_scan_string("\"ab", 3, &pos, 0, NULL, NULL, NULL, &why, &at), -1);
+  ASSERT_EQ_STR(why, "unterminated string");
+  ASSERT_EQ_INT(at, 0);
+  pos = 0;
+  ASSERT_EQ_INT(lr_json_scan_string("\"a\xff\"", 4, &pos, 0, NULL, NULL, NULL, &why, &at), -1);
+  ASSERT(why == lr_json_bad_utf8);
+  ASSERT_EQ_INT(at, 2);
+  pos = 0;
+  ASSERT_EQ_INT(lr_json_scan_string("\"a\\q\"", 5, &pos, 0, &scratch, &out, &n, &why, &at), -1);
+  ASSERT_EQ_STR(why, "invalid escape");
+  ASSERT_EQ_INT(at, 2);
+  /* A lone surrogate escape: refused, unless the caller stores what
+   * JavaScript's JSON.stringify writes (storage values). */
+  const char *lone = "\"\\ud800\"";
+  pos = 0;
+  ASSERT_EQ_INT(lr_json_scan_string(lone, 8, &pos, 0, NULL, NULL, NULL, &why, &at), -1);
+  ASSERT_EQ_STR(why, "lone surrogate in \\u escape");
+  pos = 0;
+  ASSERT_EQ_INT(
+      lr_json_scan_string(lone, 8, &pos, LR_JSON_SCAN_SURROGATES, NULL, NULL, NULL, &why, &at), 0);
+  ASSERT_EQ_INT(pos, 8);
+  lr_buf_free(&scratch);
+}

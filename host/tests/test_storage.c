@@ -476,6 +476,12 @@ ONE(storage_open_spec, 0) {
   ASSERT(s);
   lr_store_close(s);
   ASSERT(!lr_store_open_spec(NULL, NULL, 0));
+  /* lua:FILE is the same parser's, and needs the Lua state it runs in */
+  ASSERT(!lr_store_open_spec("lua:backend.lua", err, sizeof err));
+  ASSERT(strstr(err, "'lua:backend.lua' needs a Lua state"));
+  s = lr_store_open_spec_L(NULL, "memory", err, sizeof err);
+  ASSERT(s);
+  lr_store_close(s);
 }
 
 /* ---- memory snapshots ---- */
