@@ -487,9 +487,17 @@ void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
   lr_buf st; /* the state, encoded once for every parked connection */
   lr_buf_init(&st);
   if (parked) encode_state(r, &st);
+  /* The common case, decided once for the whole fan-out instead of per
+   * recipient: no interceptor and nothing held by the storage gate, so the
+   * patch goes straight to each member's transport. Sending cannot change
+   * either (a transport never calls the engine; only gate_hold makes a room
+   * gated, and it runs only when the room already is). */
+  bool direct = m && !r->has_interceptor && !room_gated(r);
   for (uint32_t i = 0; i < r->nconns; i++) {
     lr_conn *c = r->conns[i];
-    if (c->parked) {
+    if (direct && !c->parked && !c->batched && !c->ops) {
+      lr_conn_transport_send(c, m); /* = lr_conn_send_msg's path for this case */
+    } else if (c->parked) {
       char pid[64];
       lr_buf snap;
       lr_buf_init(&snap);
