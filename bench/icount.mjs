@@ -3,7 +3,7 @@
 // only instruction counts compare between runs).
 //
 //   node bench/icount.mjs [--bin build/lunaroom] [--clients 100] [--actions 200]
-//                         [--room counter|bench] [--joins-only] [--limit]
+//                         [--room counter|bench] [--joins-only] [--limit] [--lua-path DIR]
 //
 // Starts `valgrind --tool=callgrind BIN serve bench/rooms ...` on a free
 // loopback port, then, in lockstep (deterministic: one action in flight, the
@@ -40,7 +40,8 @@ const KIND = opt("--room", "counter");
 const OUT = opt("--out", "/tmp/icount");
 const TIMEOUT = Number(opt("--timeout", "120")) * 1000;
 const JOINS_ONLY = args.includes("--joins-only");
-const LIMIT = args.includes("--limit"); // the bare server (build/bench/limit) instead
+const LIMIT = args.includes("--limit");
+const LUA_PATH = opt("--lua-path", null); // the Lua half to serve with (default: the binary's) // the bare server (build/bench/limit) instead
 if (!(N >= 1 && N <= 2000) || !(K >= 0 && K <= 100000)) throw new Error("bad --clients/--actions");
 if (KIND !== "counter" && KIND !== "bench") throw new Error("--room counter|bench");
 
@@ -72,7 +73,7 @@ const srv = spawn(
     "-1",
     "--msgs-per-ip",
     "-1",
-  ]),
+  ], LUA_PATH ? ["--lua-path", path.resolve(LUA_PATH)] : []),
   { cwd: ROOT, stdio: ["ignore", fd, fd] },
 );
 const killAll = () => {

@@ -289,7 +289,9 @@ function KIND.object(s, x, ctx)
     return bad_type(s, x, ctx, "must be an object")
   end
   local out = setmetatable({}, OBJECT_MT)
-  for _, key in ipairs(s.keys) do
+  local keys = s.keys -- a sequence (sorted_keys): no ipairs calls per field
+  for i = 1, #keys do
+    local key = keys[i]
     push(ctx, key)
     out[key] = check(s.fields[key], x[key], ctx)
     pop(ctx)
@@ -524,13 +526,15 @@ function Schema:parse(value)
   if getmetatable(self) ~= Schema then
     error("parse must be called as schema:parse(value)", 2)
   end
-  local ctx = { path = {}, depth = 0, issues = setmetatable({}, ARRAY_MT) }
+  -- issues gets its array mark only when it is handed out (a valid value,
+  -- the common case, costs no setmetatable call)
+  local ctx = { path = {}, depth = 0, issues = {} }
   local out = check(self, value, ctx)
   local first = ctx.issues[1]
   if not first then return true, out end
   local message = first.message
   if #first.path > 0 then message = concat(first.path, ".") .. ": " .. message end
-  return false, setmetatable({ message = message, issues = ctx.issues }, ERROR_MT)
+  return false, setmetatable({ message = message, issues = setmetatable(ctx.issues, ARRAY_MT) }, ERROR_MT)
 end
 
 local function length_suffix(s)
