@@ -853,15 +853,22 @@ function M.connect(srv, room, conn, req)
   -- is 128+ bits from the CSPRNG, not conn.id (conn.id is logged and shown
   -- to room code; the reference uses conn.id here).
   conn.sessionId = sid or core.random_id(srv.h, SECRET_LEN, PID_ALPHABET)
-  local ctx = {
-    request = {
-      method = req.method, url = "http://" .. (req.headers.host or "localhost") .. req.path
-        .. (req.query ~= "" and ("?" .. req.query) or ""),
-      path = req.path, headers = req.headers, query = q, ip = req.ip,
-    },
-  }
+  -- The connection context exists for room guards and onJoin only: a room
+  -- with neither makes no garbage for it on every join.
+  local ctx = nil
+  if d.guards[1] ~= nil or d.onJoin then
+    ctx = {
+      request = {
+        method = req.method, url = "http://" .. (req.headers.host or "localhost") .. req.path
+          .. (req.query ~= "" and ("?" .. req.query) or ""),
+        path = req.path, headers = req.headers, query = q, ip = req.ip,
+      },
+    }
+  end
   local pend = { closed = false }
   JOINING[conn] = pend
+  -- No room guard: they all passed (no task to run them in).
+  if d.guards[1] == nil then return connect_guarded(srv, room, conn, q, req, ctx, pend, true, true) end
   local st, w = tasks.run(srv, room, "guard", run_guards, d.guards, conn, ctx, room)
   if st == tasks.PENDING then
     pend.waited = true

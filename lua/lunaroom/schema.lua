@@ -139,7 +139,8 @@ local function check_schema(x, what)
 end
 
 ---------------------------------------------------------------------------
--- Validation core. ctx = { path = {...}, depth = n, issues = {...} }
+-- Validation core. ctx = { path = {...}, depth = n, issues = {...} or nil
+-- until the first issue }
 ---------------------------------------------------------------------------
 
 local function add_issue(ctx, code, message, extra)
@@ -149,7 +150,12 @@ local function add_issue(ctx, code, message, extra)
   if extra then
     for k, val in next, extra do issue[k] = val end
   end
-  ctx.issues[#ctx.issues + 1] = issue
+  local issues = ctx.issues
+  if not issues then
+    issues = {}
+    ctx.issues = issues
+  end
+  issues[#issues + 1] = issue
 end
 
 local function push(ctx, key)
@@ -337,6 +343,10 @@ function KIND.union(s, x, ctx)
   end
   ctx.issues = saved
   if dirty then
+    if not saved then
+      saved = {}
+      ctx.issues = saved
+    end
     for _, issue in ipairs(dirty) do saved[#saved + 1] = issue end
     return
   end
@@ -526,15 +536,16 @@ function Schema:parse(value)
   if getmetatable(self) ~= Schema then
     error("parse must be called as schema:parse(value)", 2)
   end
-  -- issues gets its array mark only when it is handed out (a valid value,
-  -- the common case, costs no setmetatable call)
-  local ctx = { path = {}, depth = 0, issues = {} }
+  -- The issue list is made by the first issue and marked as an array when
+  -- it is handed out: a valid value (the common case) costs neither.
+  local ctx = { path = {}, depth = 0 }
   local out = check(self, value, ctx)
-  local first = ctx.issues[1]
+  local issues = ctx.issues
+  local first = issues and issues[1]
   if not first then return true, out end
   local message = first.message
   if #first.path > 0 then message = concat(first.path, ".") .. ": " .. message end
-  return false, setmetatable({ message = message, issues = setmetatable(ctx.issues, ARRAY_MT) }, ERROR_MT)
+  return false, setmetatable({ message = message, issues = setmetatable(issues, ARRAY_MT) }, ERROR_MT)
 end
 
 local function length_suffix(s)
