@@ -218,7 +218,7 @@ function KIND.number(s, x, ctx)
   if type(x) ~= "number" then
     return bad_type(s, x, ctx, s.is_int and "must be an integer" or "must be a number")
   end
-  if not is_finite(x) then
+  if x ~= x or x == huge or x == -huge then -- not is_finite(x), without the call
     return add_issue(ctx, "not_finite", "must be a finite number")
   end
   if s.is_int then
@@ -295,12 +295,17 @@ function KIND.object(s, x, ctx)
     return bad_type(s, x, ctx, "must be an object")
   end
   local out = setmetatable({}, OBJECT_MT)
-  local keys = s.keys -- a sequence (sorted_keys): no ipairs calls per field
+  -- Every field of every action packet passes here: push/pop inlined, and
+  -- s.keys walked as the sequence it is (sorted_keys), without ipairs.
+  local keys, fields, path = s.keys, s.fields, ctx.path
+  local depth = ctx.depth + 1
   for i = 1, #keys do
     local key = keys[i]
-    push(ctx, key)
-    out[key] = check(s.fields[key], x[key], ctx)
-    pop(ctx)
+    ctx.depth = depth
+    path[depth] = key
+    out[key] = check(fields[key], x[key], ctx)
+    path[depth] = nil
+    ctx.depth = depth - 1
   end
   if s.is_strict then
     local unknown = {}
