@@ -263,9 +263,9 @@ RoomMT.__newindex = function(self, k, value)
 end
 RoomMT.__tostring = function(self) return "room " .. rawget(self, "key") end
 
-local function users_of(room)
-  local d = rawget(room, "def")
-  return d.users_field and rawget(room, "root")[d.users_field] or nil
+local function users_of(room) -- every action of a room with users: raw fields, no rawget calls
+  local d = room.def
+  return d.users_field and room.root[d.users_field] or nil
 end
 
 local function user_of(room, conn)
@@ -1018,7 +1018,7 @@ end
 -- The hot path of every action: no call, table or C function that the
 -- common case (no guards, no users field) does not need.
 local function dispatch(srv, room, conn, action, value)
-  local d = rawget(room, "def")
+  local d = room.def -- a raw field (see RoomMT): no metamethod, no rawget call
   if value == null then value = nil end
   local guards = d.guards
   if guards[1] ~= nil and not run_guards(guards, conn, value, room) then return "guard", "rejected by a room guard" end
