@@ -196,12 +196,13 @@ typedef struct net_loop {
   lr_net_opts o;
   struct lws_context *ctx;
   lws_sorted_usec_list_t engine_sul;
-  int64_t engine_due; /* net_now_ms() at which engine_sul is armed to fire, 0 = not armed */
-  char *static_root;  /* realpath of o.static_dir, or NULL */
-  size_t nconns;      /* net_conn objects alive */
-  size_t nreqs;       /* net_req objects attached to a wsi */
-  bool stopping;      /* lr_server_shutdown was called: refuse new upgrades */
-  size_t nws;         /* accepted WebSockets (for max_conns) */
+  char *static_root; /* realpath of o.static_dir, or NULL */
+  size_t nconns;     /* net_conn objects alive */
+  size_t nreqs;      /* net_req objects attached to a wsi */
+  bool stopping;     /* lr_server_shutdown was called: refuse new upgrades */
+  size_t nws;        /* accepted WebSockets (for max_conns) */
+  /* net_now_ms() at which engine_sul is armed to fire (0: not armed) */
+  int64_t engine_due;
   /* Per-address accounting (see "Per-address limits" above): open
    * addressing of pointers, linear probing, tombstones; entries are freed
    * when nothing counts on them any more. */
