@@ -41,7 +41,10 @@ const OUT = opt("--out", "/tmp/icount");
 const TIMEOUT = Number(opt("--timeout", "120")) * 1000;
 const JOINS_ONLY = args.includes("--joins-only");
 const LIMIT = args.includes("--limit");
-const LUA_PATH = opt("--lua-path", null); // the Lua half to serve with (default: the binary's) // the bare server (build/bench/limit) instead
+// The Lua half to serve with. Without it the server runs from this checkout
+// (cwd) and takes ./lua whatever binary it is: pass the binary's own lua/ when
+// comparing builds.
+const LUA_PATH = opt("--lua-path", null); // the bare server (build/bench/limit) instead
 if (!(N >= 1 && N <= 2000) || !(K >= 0 && K <= 100000)) throw new Error("bad --clients/--actions");
 if (KIND !== "counter" && KIND !== "bench") throw new Error("--room counter|bench");
 
