@@ -689,8 +689,10 @@ static lr_node *decode(const char *text, size_t len, const lr_json_limits *limit
   lr_buf_init(&p->strbuf);
   if (err && errlen) err[0] = '\0';
 
-  lr_node *root = NULL, **stack = NULL;
-  uint32_t depth = 0, stackcap = 0;
+  /* The open containers: on the C stack up to 16 deep (every packet a
+   * client sends), on the heap past that. */
+  lr_node *root = NULL, *stack0[16], **stack = stack0;
+  uint32_t depth = 0, stackcap = 16;
   bool ok = false;
 
   for (;;) {
@@ -725,8 +727,13 @@ static lr_node *decode(const char *text, size_t len, const lr_json_limits *limit
       lr_obj_put(stack[depth - 1], p->key, p->keylen, v);
     if (open) {
       if (depth == stackcap) {
-        stackcap = stackcap ? stackcap * 2 : 16;
-        stack = lr_xrealloc(stack, stackcap * sizeof *stack);
+        stackcap *= 2;
+        if (stack == stack0) {
+          stack = lr_xmalloc(stackcap * sizeof *stack);
+          memcpy(stack, stack0, sizeof stack0);
+        } else {
+          stack = lr_xrealloc(stack, stackcap * sizeof *stack);
+        }
       }
       stack[depth++] = v;
       skip_ws(p);
@@ -770,7 +777,7 @@ static lr_node *decode(const char *text, size_t len, const lr_json_limits *limit
   }
 
 done:
-  free(stack);
+  if (stack != stack0) free(stack);
   lr_buf_free(&p->keybuf);
   lr_buf_free(&p->strbuf);
   if (!ok) {

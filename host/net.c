@@ -212,7 +212,9 @@ static void net_engine_sul_cb(lws_sorted_usec_list_t *sul) {
   /* lws 4.1 runs due timers before it waits, then waits for its next one:
    * a wake-up that was already due would be spent before the wait, and the
    * loop would sleep until a socket event. Make the coming wait return. */
-  lws_cancel_service(lws_container_of(sul, net_loop, engine_sul)->ctx);
+  net_loop *L = lws_container_of(sul, net_loop, engine_sul);
+  L->engine_due = 0;
+  lws_cancel_service(L->ctx);
 }
 
 /* Schedule the engine wake-up, at most max_ms away (-1 = no cap). */
@@ -221,9 +223,15 @@ static void net_arm(net_loop *L, int64_t max_ms) {
   if (max_ms >= 0 && (t < 0 || t > max_ms)) t = max_ms;
   if (t < 0) {
     lws_sul_cancel(&L->engine_sul);
+    L->engine_due = 0;
     return;
   }
+  /* Re-arming walks lws's sorted list of every timer (one or two per
+   * connection): skip it when the wake-up is already set for that ms. */
+  int64_t due = net_now_ms() + t;
+  if (due == L->engine_due) return;
   lws_sul_schedule(L->ctx, 0, &L->engine_sul, net_engine_sul_cb, (lws_usec_t)t * LWS_US_PER_MS);
+  L->engine_due = due;
 }
 
 static void net_on_signal(int sig) {

@@ -90,6 +90,8 @@ typedef struct net_loop {
   size_t nreqs;      /* net_req objects attached to a wsi */
   bool stopping;     /* lr_server_shutdown was called: refuse new upgrades */
   size_t nws;        /* accepted WebSockets (for max_conns) */
+  /* net_now_ms() at which engine_sul is armed to fire (0: not armed) */
+  int64_t engine_due;
   /* Per-address accounting (see "Per-address limits" above): open
    * addressing of pointers, linear probing, tombstones; entries are freed
    * when nothing counts on them any more. */

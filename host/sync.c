@@ -487,9 +487,17 @@ void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
   lr_buf st; /* the state, encoded once for every parked connection */
   lr_buf_init(&st);
   if (parked) encode_state(r, &st);
+  /* The common case, decided once for the whole fan-out instead of per
+   * recipient: no interceptor and nothing held by the storage gate, so the
+   * patch goes straight to each member's transport. Sending cannot change
+   * either (a transport never calls the engine; only gate_hold makes a room
+   * gated, and it runs only when the room already is). */
+  bool direct = m && !r->has_interceptor && !room_gated(r);
   for (uint32_t i = 0; i < r->nconns; i++) {
     lr_conn *c = r->conns[i];
-    if (c->parked) {
+    if (direct && !c->parked && !c->batched && !c->ops) {
+      lr_conn_transport_send(c, m); /* = lr_conn_send_msg's path for this case */
+    } else if (c->parked) {
       char pid[64];
       lr_buf snap;
       lr_buf_init(&snap);
@@ -511,23 +519,41 @@ void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
 
 /* ------------------------------------------------------------ storage */
 
+#define OPS_INLINE 4 /* a flush of one or two changed keys allocates no op arrays */
+
 typedef struct {
-  lr_store_op *ops;
+  lr_store_op *ops; /* ops_in, or the heap past OPS_INLINE */
   size_t n, cap;
   lr_buf keys;  /* all keys and values, NUL-separated; ops point into it */
   size_t *offs; /* (keyoff, valoff) pairs, fixed up before apply */
-} opsbuf;
+  lr_store_op ops_in[OPS_INLINE];
+  size_t offs_in[2 * OPS_INLINE];
+} opsbuf; /* zero-initialised in place; not copied once used */
 
+/* Append an op whose key is k1 k2 (and then tail, when not 0). */
 static void ops_push(opsbuf *o, lr_store_op_kind kind, const char *k1, const char *k2, size_t k2len,
-                     const char *val, size_t vallen) {
+                     char tail, const char *val, size_t vallen) {
   if (o->n == o->cap) {
-    o->cap = o->cap ? o->cap * 2 : 16;
-    o->ops = lr_xrealloc(o->ops, o->cap * sizeof *o->ops);
-    o->offs = lr_xrealloc(o->offs, o->cap * 2 * sizeof *o->offs);
+    if (!o->cap) {
+      o->ops = o->ops_in;
+      o->offs = o->offs_in;
+      o->cap = OPS_INLINE;
+    } else if (o->ops == o->ops_in) {
+      o->cap *= 2;
+      o->ops = lr_xmalloc(o->cap * sizeof *o->ops);
+      o->offs = lr_xmalloc(o->cap * 2 * sizeof *o->offs);
+      memcpy(o->ops, o->ops_in, sizeof o->ops_in);
+      memcpy(o->offs, o->offs_in, sizeof o->offs_in);
+    } else {
+      o->cap *= 2;
+      o->ops = lr_xrealloc(o->ops, o->cap * sizeof *o->ops);
+      o->offs = lr_xrealloc(o->offs, o->cap * 2 * sizeof *o->offs);
+    }
   }
   size_t koff = o->keys.len;
   lr_buf_puts(&o->keys, k1);
   lr_buf_put(&o->keys, k2, k2len);
+  if (tail) lr_buf_putc(&o->keys, tail);
   size_t klen = o->keys.len - koff;
   lr_buf_putc(&o->keys, 0);
   size_t voff = o->keys.len;
@@ -544,18 +570,13 @@ static void ops_push(opsbuf *o, lr_store_op_kind kind, const char *k1, const cha
 static void on_put(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen) {
   opsbuf *o = ud;
   if (pathlen == 0) { /* the whole state: compacted form */
-    ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
-    ops_push(o, LR_STORE_PUT, "state:", ".", 1, json, jsonlen);
+    ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, 0, NULL, 0);
+    ops_push(o, LR_STORE_PUT, "state:", ".", 1, 0, json, jsonlen);
     return;
   }
-  /* A value replaces everything stored below its path. */
-  lr_buf tmp;
-  lr_buf_init(&tmp);
-  lr_buf_put(&tmp, path, pathlen);
-  lr_buf_putc(&tmp, '.');
-  ops_push(o, LR_STORE_DEL_PREFIX, "state:", tmp.data, tmp.len, NULL, 0);
-  lr_buf_free(&tmp);
-  ops_push(o, LR_STORE_PUT, "state:", path, pathlen, json, jsonlen);
+  /* A value replaces everything stored below its path: "state:<path>." */
+  ops_push(o, LR_STORE_DEL_PREFIX, "state:", path, pathlen, '.', NULL, 0);
+  ops_push(o, LR_STORE_PUT, "state:", path, pathlen, 0, json, jsonlen);
 }
 
 /* The batch that writes r's pending persisted changes. */
@@ -567,8 +588,8 @@ static void build_ops(lr_room *r, opsbuf *o) {
     lr_buf full;
     lr_buf_init(&full);
     lr_json_encode(r->root, LR_F_NOPERSIST, &full);
-    ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, NULL, 0);
-    ops_push(o, LR_STORE_PUT, "state:", ".", 1, full.data, full.len);
+    ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, 0, NULL, 0);
+    ops_push(o, LR_STORE_PUT, "state:", ".", 1, 0, full.data, full.len);
     lr_buf_free(&full);
   } else {
     /* No deletion is pending here (they compact, above): no del callback. */
@@ -582,8 +603,10 @@ static void build_ops(lr_room *r, opsbuf *o) {
 }
 
 static void ops_free(opsbuf *o) {
-  free(o->ops);
-  free(o->offs);
+  if (o->ops != o->ops_in) {
+    free(o->ops);
+    free(o->offs);
+  }
   lr_buf_free(&o->keys);
 }
 

@@ -252,9 +252,12 @@ end
 
 local Storage = {} -- room.storage (below); declared before RoomMT uses it
 local RoomMT = {}
+-- "def" and "root" are raw fields of every instance (create_room sets them
+-- before any access), so self.def / self.root read them without running a
+-- metamethod, and without rawget's C call on every state access.
 RoomMT.__index = function(self, k)
-  local d = rawget(self, "def")
-  if d.fields[k] then return rawget(self, "root")[k] end
+  local d = self.def
+  if d.fields[k] then return self.root[k] end
   if k == "autoSync" then return rawget(self, "_autoSync") end
   if k == "parties" then return parties_of(self) end
   if k == "storage" then -- made on first use: most rooms never touch it
@@ -269,9 +272,9 @@ RoomMT.__index = function(self, k)
   return Room[k]
 end
 RoomMT.__newindex = function(self, k, value)
-  local d = rawget(self, "def")
+  local d = self.def
   if d.fields[k] then
-    rawget(self, "root")[k] = value
+    self.root[k] = value
   elseif k == "autoSync" then
     rawset(self, "_autoSync", value and true or false)
     core.room_config(rawget(self, "h"), { autoSync = value and true or false })
@@ -281,9 +284,9 @@ RoomMT.__newindex = function(self, k, value)
 end
 RoomMT.__tostring = function(self) return "room " .. rawget(self, "key") end
 
-local function users_of(room)
-  local d = rawget(room, "def")
-  return d.users_field and rawget(room, "root")[d.users_field] or nil
+local function users_of(room) -- every action of a room with users: raw fields, no rawget calls
+  local d = room.def
+  return d.users_field and room.root[d.users_field] or nil
 end
 
 local function user_of(room, conn)
@@ -928,8 +931,13 @@ function M.arm_expiry(room, priv, ms)
 end
 
 local function run_guards(guards, a, b, room)
-  for _, g in ipairs(guards) do
+  -- ipairs' walk (up to the first nil) without its two C calls per guard:
+  -- this runs twice for every action, most often on an empty list.
+  local i, g = 1, guards[1]
+  while g ~= nil do
     if not g(a, b, room) then return false end
+    i = i + 1
+    g = guards[i]
   end
   return true
 end
@@ -995,15 +1003,22 @@ function M.connect(srv, room, conn, req, waited)
   -- is 128+ bits from the CSPRNG, not conn.id (conn.id is logged and shown
   -- to room code; the reference uses conn.id here).
   conn.sessionId = sid or core.random_id(srv.h, SECRET_LEN, PID_ALPHABET)
-  local ctx = {
-    request = {
-      method = req.method, url = "http://" .. (req.headers.host or "localhost") .. req.path
-        .. (req.query ~= "" and ("?" .. req.query) or ""),
-      path = req.path, headers = req.headers, query = q, ip = req.ip,
-    },
-  }
+  -- The connection context exists for room guards and onJoin only: a room
+  -- with neither makes no garbage for it on every join.
+  local ctx = nil
+  if d.guards[1] ~= nil or d.onJoin then
+    ctx = {
+      request = {
+        method = req.method, url = "http://" .. (req.headers.host or "localhost") .. req.path
+          .. (req.query ~= "" and ("?" .. req.query) or ""),
+        path = req.path, headers = req.headers, query = q, ip = req.ip,
+      },
+    }
+  end
   local pend = { closed = false, waited = waited }
   JOINING[conn] = pend
+  -- No room guard: they all passed (no task to run them in).
+  if d.guards[1] == nil then return connect_guarded(srv, room, conn, q, req, ctx, pend, true, true) end
   local st, w = tasks.run(srv, room, "guard", run_guards, d.guards, conn, ctx, room)
   if st == tasks.PENDING then
     pend.waited = true
@@ -1153,17 +1168,26 @@ end
 
 -- Room guards, action guards, schema and handler of one action packet, as
 -- one task. Returns nil, or an error code and message for the sender.
+-- The hot path of every action: no call, table or C function that the
+-- common case (no guards, no users field) does not need.
 local function dispatch(srv, room, conn, action, value)
-  local d = rawget(room, "def")
+  local d = room.def -- a raw field (see RoomMT): no metamethod, no rawget call
   if value == null then value = nil end
-  if not run_guards(d.guards, conn, value, room) then return "guard", "rejected by a room guard" end
-  local user = user_of(room, conn)
-  local counts = srv.actions or {}
-  srv.actions = counts
-  counts[d.path] = (counts[d.path] or 0) + 1
+  local guards = d.guards
+  if guards[1] ~= nil and not run_guards(guards, conn, value, room) then return "guard", "rejected by a room guard" end
+  local user = nil
+  if d.users_field then user = user_of(room, conn) end
+  local counts = srv.actions
+  if not counts then
+    counts = {}
+    srv.actions = counts
+  end
+  local path = d.path
+  counts[path] = (counts[path] or 0) + 1
   local a = d.actions[action]
   if a then
-    if not run_guards(a.guards, conn, value, room) then return "guard", "rejected by an action guard" end
+    guards = a.guards
+    if guards[1] ~= nil and not run_guards(guards, conn, value, room) then return "guard", "rejected by an action guard" end
     if a.schema then
       local ok, res = a.schema:parse(value)
       if not ok then return "validation", res.message end

@@ -139,7 +139,8 @@ local function check_schema(x, what)
 end
 
 ---------------------------------------------------------------------------
--- Validation core. ctx = { path = {...}, depth = n, issues = {...} }
+-- Validation core. ctx = { path = {...}, depth = n, issues = {...} or nil
+-- until the first issue }
 ---------------------------------------------------------------------------
 
 local function add_issue(ctx, code, message, extra)
@@ -149,7 +150,12 @@ local function add_issue(ctx, code, message, extra)
   if extra then
     for k, val in next, extra do issue[k] = val end
   end
-  ctx.issues[#ctx.issues + 1] = issue
+  local issues = ctx.issues
+  if not issues then
+    issues = {}
+    ctx.issues = issues
+  end
+  issues[#issues + 1] = issue
 end
 
 local function push(ctx, key)
@@ -212,7 +218,7 @@ function KIND.number(s, x, ctx)
   if type(x) ~= "number" then
     return bad_type(s, x, ctx, s.is_int and "must be an integer" or "must be a number")
   end
-  if not is_finite(x) then
+  if x ~= x or x == huge or x == -huge then -- not is_finite(x), without the call
     return add_issue(ctx, "not_finite", "must be a finite number")
   end
   if s.is_int then
@@ -289,10 +295,17 @@ function KIND.object(s, x, ctx)
     return bad_type(s, x, ctx, "must be an object")
   end
   local out = setmetatable({}, OBJECT_MT)
-  for _, key in ipairs(s.keys) do
-    push(ctx, key)
-    out[key] = check(s.fields[key], x[key], ctx)
-    pop(ctx)
+  -- Every field of every action packet passes here: push/pop inlined, and
+  -- s.keys walked as the sequence it is (sorted_keys), without ipairs.
+  local keys, fields, path = s.keys, s.fields, ctx.path
+  local depth = ctx.depth + 1
+  for i = 1, #keys do
+    local key = keys[i]
+    ctx.depth = depth
+    path[depth] = key
+    out[key] = check(fields[key], x[key], ctx)
+    path[depth] = nil
+    ctx.depth = depth - 1
   end
   if s.is_strict then
     local unknown = {}
@@ -335,6 +348,10 @@ function KIND.union(s, x, ctx)
   end
   ctx.issues = saved
   if dirty then
+    if not saved then
+      saved = {}
+      ctx.issues = saved
+    end
     for _, issue in ipairs(dirty) do saved[#saved + 1] = issue end
     return
   end
@@ -524,13 +541,16 @@ function Schema:parse(value)
   if getmetatable(self) ~= Schema then
     error("parse must be called as schema:parse(value)", 2)
   end
-  local ctx = { path = {}, depth = 0, issues = setmetatable({}, ARRAY_MT) }
+  -- The issue list is made by the first issue and marked as an array when
+  -- it is handed out: a valid value (the common case) costs neither.
+  local ctx = { path = {}, depth = 0 }
   local out = check(self, value, ctx)
-  local first = ctx.issues[1]
+  local issues = ctx.issues
+  local first = issues and issues[1]
   if not first then return true, out end
   local message = first.message
   if #first.path > 0 then message = concat(first.path, ".") .. ": " .. message end
-  return false, setmetatable({ message = message, issues = ctx.issues }, ERROR_MT)
+  return false, setmetatable({ message = message, issues = setmetatable(issues, ARRAY_MT) }, ERROR_MT)
 end
 
 local function length_suffix(s)

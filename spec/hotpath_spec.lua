@@ -1,0 +1,81 @@
+-- The join path does no work a room does not ask for (issue 19: "no
+-- per-join Lua garbage beyond the session itself"): a room without room
+-- guards runs no guard task, and a room without guards or onJoin builds no
+-- connection context (ctx.request: the URL string, the request table).
+-- Garbage is measured with the collector stopped (collectgarbage("count")
+-- before and after N joins, then what a full collection frees); headless
+-- joins are deterministic, so the figures only move when the code does.
+local testing = require "lunaroom.testing"
+local tasks = require "lunaroom.tasks"
+local lr = require "lunaroom"
+
+local function counter(extra)
+  local def = {
+    path = "c-{id}",
+    state = { count = lr.sync(0) },
+    actions = { increment = function(room) room.count = room.count + 1 end },
+  }
+  for k, v in pairs(extra or {}) do def[k] = v end
+  return lr.room(def)
+end
+
+-- Bytes of Lua garbage one join leaves (the session itself is not garbage).
+local function garbage_per_join(def)
+  local t = testing.room(def)
+  local warm = {}
+  for i = 1, 10 do warm[i] = t:client { id = "w" .. i } end
+  local n = 100
+  collectgarbage("collect")
+  collectgarbage("collect")
+  collectgarbage("stop")
+  local c0 = collectgarbage("count")
+  local cs = {}
+  for i = 1, n do cs[i] = t:client { id = "s" .. i } end
+  local c1 = collectgarbage("count")
+  collectgarbage("restart")
+  collectgarbage("collect")
+  collectgarbage("collect")
+  local c2 = collectgarbage("count")
+  assert.is_true(c2 >= c0) -- the sessions stay
+  for i = 1, n do assert.are.equal(0, cs[i].packets[1].value.count) end
+  return (c1 - c2) * 1024 / n
+end
+
+describe("join hot path", function()
+  it("a room without room guards runs no guard task per join", function()
+    local real, whats = tasks.run, {}
+    tasks.run = function(srv, room, what, ...)
+      whats[#whats + 1] = what
+      return real(srv, room, what, ...)
+    end
+    local ok, err = pcall(function()
+      local t = testing.room(counter())
+      for i = 1, 5 do t:client { id = "s" .. i } end
+    end)
+    tasks.run = real
+    assert(ok, err)
+    for _, w in ipairs(whats) do assert.are_not.equal("guard", w) end
+  end)
+
+  it("a room with a room guard still runs it, with the connection context", function()
+    local seen
+    local t = testing.room(counter {
+      guards = { function(_conn, ctx) seen = ctx.request; return ctx.request.query.id ~= "bad" end },
+    })
+    local c = t:client { id = "good" }
+    assert.are.equal(0, c.packets[1].value.count)
+    assert.are.equal("good", seen.query.id)
+    assert.truthy(seen.url:find("id=good", 1, true))
+    local bad = t:client { id = "bad" }
+    assert.are.equal(4001, bad.closed.code)
+  end)
+
+  it("a room without guards or onJoin makes no connection context per join", function()
+    local plain = garbage_per_join(counter())
+    local with_onjoin = garbage_per_join(counter { onJoin = function() end })
+    -- The context (a table, the request table, the URL string) is a few
+    -- hundred bytes per join; before, both rooms made it.
+    assert.is_true(plain + 200 < with_onjoin,
+      string.format("garbage per join: %.0f B without onJoin, %.0f B with", plain, with_onjoin))
+  end)
+end)
