@@ -28,6 +28,7 @@
 #include "storage_postgres.h"
 #include "reload.h"
 #include "shard.h"
+#include "cluster.h"
 #include "uplink.h"
 
 void lr_lua_push_server(lua_State *L, lr_server *s, bool owned);
@@ -806,6 +807,17 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       return 1;
     }
   }
+  if (cluster) { /* any node serves any client: relay rooms owned elsewhere (cluster.c) */
+    const char *sec = getenv("SHARD_SECRET");
+    lr_cluster_opts co = {.node_url = node_url, .max_frame = no.max_frame};
+    if (!sec || !*sec)
+      lr_warn("cluster: SHARD_SECRET is not set: clients of rooms other nodes own are refused "
+              "(4409, 409) instead of relayed");
+    else if (lr_cluster_enable(s, &co, err, sizeof err) != 0) {
+      lr_error("%s", err);
+      return 1;
+    }
+  }
   lua_settop(L, 0);
   hup_ctx hup = {.s = s, .dir = dir, .rooms = !shard_main || dir_given};
   no.on_hup = on_hup;
@@ -843,6 +855,7 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   }
   lr_fetch_flush(1000); /* a shard's last reports and uplink closes */
   lr_shard_free(s);
+  lr_cluster_free(s);
   lr_fetch_shutdown();
   if (strncmp(storage, "memory:", 7) == 0) {
     /* A memory store seeded from a snapshot file is saved back on shutdown. */

@@ -53,6 +53,7 @@
 
 #include <libpq-fe.h>
 
+#include "cluster.h"
 #include "engine.h"
 #include "log.h"
 #include "net.h"
@@ -131,7 +132,7 @@ typedef struct pjob {
   size_t ck;       /* the next of them to come */
   bool *lost;      /* J_FLUSH, cluster: the check found no lease */
   long long epoch; /* J_LOAD, cluster: the lease taken (0: refused) */
-  char owner[256]; /* J_LOAD, cluster: who holds it when refused */
+  char owner[256]; /* J_LOAD, cluster: who holds it when refused: "NODE_URL VALID_MS" */
   uint64_t gen;    /* J_RENEW */
   int64_t sent_at; /* J_RENEW, J_LOAD: monotonic ms */
 } pjob;
@@ -909,8 +910,10 @@ static int send_load(pstore *s, proom *r) {
               "expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() OR l.node_id = "
               "EXCLUDED.node_id RETURNING epoch",
               4, v, NULL) != 0 ||
-       send_q(s, "SELECT node_id FROM lunaroom_leases WHERE namespace = $1 AND room_id = $2", 2, v,
-              NULL) != 0))
+       send_q(s,
+              "SELECT node_id || ' ' || GREATEST(0, floor(extract(epoch FROM expires_at - now()) * "
+              "1000))::bigint FROM lunaroom_leases WHERE namespace = $1 AND room_id = $2",
+              2, v, NULL) != 0))
     return -1;
   if (send_q(s, s->sql_load, 2, v, NULL) != 0 || !PQpipelineSync(s->conn)) return -1;
   pjob *j = lr_xcalloc(1, sizeof *j);
@@ -1415,5 +1418,6 @@ static size_t p_stats(lr_store *st, lr_store_stat *out, size_t max) {
   size_t n = s->node_id ? sizeof all / sizeof *all : 5;
   if (n > max) n = max;
   memcpy(out, all, n * sizeof *out);
+  if (s->node_id && s->srv) n += lr_cluster_stats(s->srv, out + n, max - n); /* relaying */
   return n;
 }

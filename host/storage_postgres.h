@@ -20,7 +20,8 @@ typedef struct lr_pg_opts {
    * rooms of the node in one statement every renew_ms, and every write is
    * fenced by it in the same transaction. A room whose lease is held by
    * another node is refused (ready() callback ok = LR_STORE_READY_ELSEWHERE,
-   * err = the holder's node id); a room whose lease is lost is dropped
+   * err = "NODE_URL VALID_MS": the holder's node id and how long its lease
+ * is valid by the database's clock); a room whose lease is lost is dropped
    * (lr_server_store_lost). */
   const char *node_id; /* this node's URL (--node-url) */
   long long lease_ms;  /* default LR_PG_LEASE_DEFAULT */
