@@ -71,7 +71,7 @@ async function node(rooms, { leaseMs = LEASE, port, extra = [] } = {}) {
     rooms,
     env: { SHARD_SECRET: SECRET },
     args: ["--port", String(port), "--host", "127.0.0.1", "--cluster", pg.url, "--node-url", url,
-      "--lease-ms", String(leaseMs), "--no-watch", ...extra],
+      "--lease-ms", String(leaseMs), "--no-watch", "--room-create-rate", "1000,1000", ...extra],
   });
   srv.nodeUrl = url;
   srv.port = port;
@@ -240,6 +240,123 @@ describe("cluster relaying: any node serves any client", { skip: skip ?? false }
     } finally {
       await a.stop();
       await b.stop();
+    }
+  });
+
+  test("three nodes, 30 rooms, npm clients on every node: one owner per room, every action reaches every client", async () => {
+    const rooms = roomsDir();
+    const nodes = [await node(rooms), await node(rooms), await node(rooms)];
+    const clients = [];
+    try {
+      const T = performance.now();
+      const N = 30;
+      const per = [];
+      for (let i = 0; i < N; i++) {
+        const room = `clu-t${i}`;
+        // The first client (on node i % 3) makes that node the owner.
+        const first = await npmClient(nodes[i % 3], room, `t${i}-n${i % 3}`, FAST);
+        clients.push(first);
+        await until(() => first.state.pId, 5000, `room ${i}'s first sync`);
+        per[i] = [first];
+      }
+      await Promise.all(
+        per.map(async (list, i) => {
+          for (const k of [1, 2]) {
+            const n = (i + k) % 3;
+            const c = await npmClient(nodes[n], `clu-t${i}`, `t${i}-n${n}`, FAST);
+            clients.push(c);
+            list.push(c);
+          }
+          await until(() => list.every((c) => c.state.pId), 5000, `room ${i}'s clients`);
+        }),
+      );
+      console.log(`# joined in ${(performance.now() - T).toFixed(0)} ms`);
+      // An action on any node reaches the room's clients on every node.
+      for (let i = 0; i < N; i++) per[i][1 + (i % 2)].conn.emit("inc");
+      for (let i = 0; i < N; i++) per[i][0].conn.emit("inc");
+      await until(() => per.every((list) => list.every((c) => c.state.count === 2)), 8000, "every client of every room sees both actions");
+      // Exactly one owner per room: the node its first client reached.
+      const rows = pg.sql("SELECT l.room_id || ' ' || l.node_id || ' ' || s.value FROM lunaroom_leases l LEFT JOIN signe_room_storage s " +
+        "ON s.namespace = l.namespace AND s.room_id = l.room_id AND s.key = 'state:count' WHERE l.namespace = 'main' AND l.room_id LIKE 'clu-t%' " +
+        "AND l.expires_at > now()").split("\n");
+      assert.equal(rows.length, N, rows.join("\n"));
+      const want = Array.from({ length: N }, (_, i) => `clu-t${i} ${nodes[i % 3].nodeUrl} 2`).sort();
+      assert.deepEqual(rows.sort(), want, "each room owned by the node its first client reached, its count stored");
+      let owned = 0, relayed = 0;
+      for (const n of nodes) {
+        const m = (await http("GET", `${n.url}/metrics`)).body;
+        assert.equal(metric(m, "lunaroom_cluster_rooms_owned"), N / 3, m);
+        owned += metric(m, "lunaroom_cluster_rooms_owned");
+        relayed += metric(m, "lunaroom_cluster_relayed_connections");
+      }
+      assert.equal(owned, N);
+      assert.equal(relayed, 2 * N, "two of each room's three clients are relayed");
+      console.log(`# checked at ${(performance.now() - T).toFixed(0)} ms`);
+      console.log(`# ${N} rooms on 3 nodes: ${clients.length} npm clients, ${relayed} relayed, each room owned once`);
+    } finally {
+      for (const c of clients) c.conn.close();
+      for (const n of nodes) await n.stop();
+    }
+  });
+
+  test("kill -9 of a busy room's owner: clients reconnect through the other nodes, the room is re-homed with its state", async () => {
+    const rooms = roomsDir();
+    const nodes = [await node(rooms), await node(rooms), await node(rooms)];
+    const lb = await balancer(nodes);
+    const clients = [];
+    let writing = true;
+    let t0 = 0;
+    try {
+      const room = "clu-busy";
+      for (let i = 0; i < 6; i++) {
+        const c = await npmClient({ port: lb.port }, room, `busy${i}`, FAST);
+        c.max = 0;
+        c.conn.conn.addEventListener("message", (e) => {
+          const m = JSON.parse(e.data);
+          if (m.type === "sync" && typeof m.value.count === "number") c.max = Math.max(c.max, m.value.count);
+          // A snapshot (sync with pId) after the kill: served again, by the new owner.
+          if (m.type === "sync" && m.value.pId !== undefined && t0 && !c.back) c.back = performance.now();
+        });
+        clients.push(c);
+      }
+      await until(() => clients.every((c) => c.state.pId), 5000, "six clients");
+      const victimUrl = owner(room);
+      const victim = nodes.find((n) => n.nodeUrl === victimUrl);
+      assert.ok(victim, `owner ${victimUrl}`);
+      const writers = clients.map(async (c) => {
+        while (writing) {
+          c.conn.emit("inc");
+          await sleep(25);
+        }
+      });
+      await sleep(600);
+      const seenBefore = Math.max(...clients.map((c) => c.max));
+      assert.ok(seenBefore > 20, `only ${seenBefore} actions before the kill`);
+      t0 = performance.now();
+      victim.proc.kill("SIGKILL");
+      // Re-homed: every client gets a snapshot again (from a survivor: the only ones left).
+      await until(() => clients.every((c) => c.back), 10000, "every client served again");
+      const first = Math.min(...clients.map((c) => c.back)) - t0;
+      const all = Math.max(...clients.map((c) => c.back)) - t0;
+      const newOwner = owner(room);
+      assert.ok(newOwner && newOwner !== victimUrl, `owner after the kill: ${newOwner}`);
+      await until(() => clients.every((c) => c.max > seenBefore), 5000, "actions applied after the fail-over");
+      writing = false;
+      await Promise.all(writers);
+      await sleep(300);
+      const final = clients.map((c) => c.state.count);
+      await until(() => clients.every((c) => c.state.count === clients[0].state.count), 5000, "clients agree");
+      const count = clients[0].state.count;
+      assert.ok(count >= seenBefore, `state lost: ${count} < ${seenBefore} seen before the kill`);
+      await until(() => stored(room) === String(count), 3000, "stored = shown");
+      console.log(`# fail-over (kill -9 of the owner, lease ${LEASE} ms, clients through a TCP balancer): ` +
+        `first client served again by ${newOwner} after ${first.toFixed(0)} ms, all 6 after ${all.toFixed(0)} ms; ` +
+        `count ${seenBefore} seen before the kill, ${count} at the end (${final.join(",")})`);
+    } finally {
+      writing = false;
+      for (const c of clients) c.conn.close();
+      lb.close();
+      for (const n of nodes) await n.stop();
     }
   });
 
