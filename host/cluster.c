@@ -44,6 +44,9 @@
 #define FRAME_OVERHEAD 1024      /* envelope bytes around a relayed client frame */
 #define FORWARD_TIMEOUT_MS 30000 /* one forwarded HTTP exchange */
 #define MAX_HEADERS 64
+#define MAX_HELD (1u << 20)   /* bytes held per room while its next owner is looked up */
+#define REPOINT_RETRY_MS 100  /* the old owner still holds the lease: look again after */
+#define REPOINT_MAX_MS 15000  /* ... and give up (clients reconnect) after this */
 
 typedef struct cluster cluster;
 typedef struct rlink rlink;
@@ -59,15 +62,35 @@ typedef struct rclient {
   rlink *l; /* NULL once its link is gone */
   lr_conn *c;
   char *priv;
+  lr_request req; /* deep copy: sent again when the room moves, or opened here */
+  lr_header *headers;
 } rclient;
+
+/* A client frame held while the room's next owner is looked up. */
+typedef struct held {
+  struct held *next;
+  rclient *rc; /* NULL once that client left */
+  size_t len;
+  char data[];
+} held;
+
+typedef struct resolve {
+  rlink *l; /* NULL once the link is gone */
+} resolve;
 
 /* The WebSocket to the owner of one room, carrying its clients here. */
 struct rlink {
   cluster *cl;
-  char *key, *owner;
-  lr_wsc *w;   /* NULL once closed */
-  bool open;   /* handshake done */
-  bool dead;   /* closed or failed: no new clients; freed when empty */
+  char *key, *ns, *id, *owner;
+  lr_wsc *w;      /* NULL once closed */
+  bool open;      /* handshake done */
+  bool dead;      /* closed or failed: no new clients; freed when empty */
+  bool resolving; /* the owner went: looking up the next one, clients held */
+  int64_t give_up_at;
+  uint64_t retry_timer;
+  resolve *res;       /* a lookup in flight (the store's ready callback) */
+  held *hq, **htail;  /* frames held while resolving, in arrival order */
+  size_t hbytes;
   rclient **v; /* in connect order */
   uint32_t n, cap;
   rlink *next;
@@ -92,6 +115,7 @@ struct cluster {
   fwd *fwds;
   bool shutting_down;
   uint64_t n_relayed_total, n_links_total, n_link_losses, n_http_forwarded;
+  uint64_t n_repointed, n_taken_over; /* rooms moved under relayed clients */
   uint32_t n_relayed_open;
   char learned[512]; /* learn()'s answer */
 };
@@ -218,8 +242,17 @@ static void link_free(rlink *l) {
   for (uint32_t i = 0; i < l->n; i++)
     l->v[i]->l = NULL;
   if (l->w) lr_wsc_close(l->w, 1000, "no more clients");
+  if (l->retry_timer) lr_timer_cancel(cl->s, l->retry_timer);
+  if (l->res) l->res->l = NULL;
+  while (l->hq) {
+    held *h = l->hq;
+    l->hq = h->next;
+    free(h);
+  }
   free(l->v);
   free(l->key);
+  free(l->ns);
+  free(l->id);
   free(l->owner);
   free(l);
 }
@@ -291,22 +324,40 @@ static void l_message(void *ud, const char *data, size_t len) {
   lr_node_release(n);
 }
 
-/* The owner closed the link or could not be reached: the room's clients
- * here reconnect (1012), which finds the room's next owner. */
+static void resolve_start(rlink *l);
+
+/* The owner closed the link or could not be reached. Closes that mean the
+ * room leaves that node (its shutdown or drain 1001, a lost lease 1012, not
+ * the owner 4409, gone 1006) keep the clients here: the next owner is looked
+ * up (resolve_start) and their frames wait meanwhile. Other closes (refused
+ * credentials, errors) close the clients with 1012: they reconnect. */
 static void l_closed(void *ud, int code, const char *reason) {
   rlink *l = ud;
   cluster *cl = l->cl;
   l->w = NULL; /* freed by fetch.c when this returns */
-  l->dead = true;
+  l->open = false;
   dir_forget(cl, l->key, l->owner);
-  if (!cl->shutting_down) {
-    cl->n_link_losses++;
+  if (cl->shutting_down || !l->n) {
+    l->dead = true;
+    if (!l->n) link_free(l);
+    return;
+  }
+  cl->n_link_losses++;
+  bool moved = code == 1001 || code == 1006 || code == 1012 || code == 4409;
+  if (!moved) {
+    l->dead = true;
     lr_warn("cluster: link to %s for room %s closed (%d %s); closing its %u relayed client(s) "
             "(1012, they reconnect)",
             l->owner, l->key, code, reason && *reason ? reason : "-", l->n);
     close_clients(l, NULL, 1012, "room moved to another node");
+    return;
   }
-  if (!l->n) link_free(l);
+  lr_info("cluster: link to %s for room %s closed (%d %s): looking up its next owner for %u "
+          "relayed client(s)",
+          l->owner, l->key, code, reason && *reason ? reason : "-", l->n);
+  l->resolving = true;
+  l->give_up_at = lr_now(cl->s) + REPOINT_MAX_MS;
+  resolve_start(l);
 }
 
 static const lr_wsc_cbs link_cbs = {l_open, l_message, l_closed};
@@ -314,7 +365,7 @@ static const lr_wsc_cbs link_cbs = {l_open, l_message, l_closed};
 static rlink *link_get(cluster *cl, const char *ns, const char *id, const char *owner) {
   char *key = room_key(ns, id);
   for (rlink *l = cl->links; l; l = l->next) {
-    if (!l->dead && strcmp(l->key, key) == 0 && strcmp(l->owner, owner) == 0) {
+    if (!l->dead && strcmp(l->key, key) == 0 && strcmp(l->owner, owner) == 0) { /* or resolving */
       free(key);
       return l;
     }
@@ -322,7 +373,10 @@ static rlink *link_get(cluster *cl, const char *ns, const char *id, const char *
   rlink *l = lr_xcalloc(1, sizeof *l);
   l->cl = cl;
   l->key = key;
+  l->ns = xstrdup(ns);
+  l->id = xstrdup(id);
   l->owner = xstrdup(owner);
+  l->htail = &l->hq;
   l->next = cl->links;
   cl->links = l;
   lr_buf url;
@@ -414,40 +468,44 @@ static void close_later_cb(void *ud) {
   lr_conn_release(c);
 }
 
-static void c_relay_ws(lr_server *s, lr_conn *c, const lr_request *req, const char *ns,
-                       const char *id, const char *owner) {
-  cluster *cl = s->cluster_state;
-  char *priv = private_id(s, req->query);
-  rlink *l = strlen(priv) <= MAX_PRIVATE_ID ? link_get(cl, ns, id, owner) : NULL;
-  rclient *rc = lr_xcalloc(1, sizeof *rc);
-  rc->c = c;
-  rc->priv = priv;
-  c->relay_client = rc;
-  c->ops = &relay_client_ops;
-  c->phase = LR_C_JOINED;
-  cl->n_relayed_open++;
-  cl->n_relayed_total++;
-  if (!l || l->dead) { /* closed on the next turn, never inside the caller's open */
-    lr_warn("cluster: client for %s/%s not relayed to %s (%s)", ns, id, owner,
-            l ? "the link could not be opened" : "its id is too long");
-    lr_conn_retain(c);
-    lr_timer_add_c(s, 0, close_later_cb, c);
-    if (l && !l->n) link_free(l);
-    return;
+static void req_copy(rclient *rc, const lr_request *req) {
+  lr_request *q = &rc->req;
+  q->method = xstrdup(req->method ? req->method : "GET");
+  q->path = xstrdup(req->path ? req->path : "/");
+  q->query = xstrdup(req->query ? req->query : "");
+  q->remote_addr = req->remote_addr ? xstrdup(req->remote_addr) : NULL;
+  rc->headers = lr_xcalloc(req->nheaders + 1, sizeof *rc->headers);
+  for (size_t i = 0; i < req->nheaders; i++) {
+    rc->headers[i].name = xstrdup(req->headers[i].name);
+    rc->headers[i].value = xstrdup(req->headers[i].value ? req->headers[i].value : "");
   }
-  rc->l = l;
-  if (l->n == l->cap) {
-    l->cap = l->cap ? l->cap * 2 : 8;
-    l->v = lr_xrealloc(l->v, l->cap * sizeof *l->v);
+  q->headers = rc->headers;
+  q->nheaders = req->nheaders;
+}
+
+static void rc_free(rclient *rc) {
+  for (size_t i = 0; i < rc->req.nheaders; i++) {
+    free((char *)rc->headers[i].name);
+    free((char *)rc->headers[i].value);
   }
-  l->v[l->n++] = rc;
-  /* shard.clientConnected with the request as the owner's room should see it. */
+  free(rc->headers);
+  free((char *)rc->req.method);
+  free((char *)rc->req.path);
+  free((char *)rc->req.query);
+  free((char *)rc->req.remote_addr);
+  free(rc->priv);
+  free(rc);
+}
+
+/* shard.clientConnected for rc, with the request as the owner's room should see it. */
+static void send_connected(rlink *l, rclient *rc) {
+  const lr_request *req = &rc->req;
   const char *host = header_of(req, "host");
   const char *xff = header_of(req, "x-forwarded-for");
   lr_buf b;
   lr_buf_init(&b);
   lr_buf_puts(&b, "{\"type\":\"shard.clientConnected\",\"privateId\":");
-  lr_json_put_string(&b, priv, strlen(priv));
+  lr_json_put_string(&b, rc->priv, strlen(rc->priv));
   lr_buf_puts(&b, ",\"requestInfo\":{\"headers\":{");
   bool first = true;
   for (size_t i = 0; i < req->nheaders; i++) {
@@ -477,6 +535,53 @@ static void c_relay_ws(lr_server *s, lr_conn *c, const lr_request *req, const ch
   lr_buf_puts(&b, ",\"method\":\"GET\"}}");
   link_send(l, b.data, b.len);
   lr_buf_free(&b);
+}
+
+static void send_message(rlink *l, rclient *rc, const char *data, size_t len) {
+  lr_buf b;
+  lr_buf_init(&b);
+  lr_buf_puts(&b, "{\"type\":\"shard.clientMessage\",\"privateId\":");
+  lr_json_put_string(&b, rc->priv, strlen(rc->priv));
+  lr_buf_puts(&b, ",\"payload\":");
+  lr_buf_put(&b, data, len);
+  lr_buf_putc(&b, '}');
+  link_send(l, b.data, b.len);
+  lr_buf_free(&b);
+}
+
+static void link_add(rlink *l, rclient *rc) {
+  if (l->n == l->cap) {
+    l->cap = l->cap ? l->cap * 2 : 8;
+    l->v = lr_xrealloc(l->v, l->cap * sizeof *l->v);
+  }
+  l->v[l->n++] = rc;
+  rc->l = l;
+}
+
+static void c_relay_ws(lr_server *s, lr_conn *c, const lr_request *req, const char *ns,
+                       const char *id, const char *owner) {
+  cluster *cl = s->cluster_state;
+  char *priv = private_id(s, req->query);
+  rlink *l = strlen(priv) <= MAX_PRIVATE_ID ? link_get(cl, ns, id, owner) : NULL;
+  rclient *rc = lr_xcalloc(1, sizeof *rc);
+  rc->c = c;
+  rc->priv = priv;
+  req_copy(rc, req);
+  c->relay_client = rc;
+  c->ops = &relay_client_ops;
+  c->phase = LR_C_JOINED;
+  cl->n_relayed_open++;
+  cl->n_relayed_total++;
+  if (!l || l->dead) { /* closed on the next turn, never inside the caller's open */
+    lr_warn("cluster: client for %s/%s not relayed to %s (%s)", ns, id, owner,
+            l ? "the link could not be opened" : "its id is too long");
+    lr_conn_retain(c);
+    lr_timer_add_c(s, 0, close_later_cb, c);
+    if (l && !l->n) link_free(l);
+    return;
+  }
+  link_add(l, rc);
+  if (!l->resolving) send_connected(l, rc); /* else: sent to the next owner */
   lr_info("cluster: conn %s (client %s) of %s relayed to %s", c->id, priv, l->key, owner);
   lr_conn_replay_early(c); /* what it sent while the lease was looked up, in order */
 }
@@ -484,7 +589,7 @@ static void c_relay_ws(lr_server *s, lr_conn *c, const lr_request *req, const ch
 static void rc_message(lr_conn *c, const char *data, size_t len) {
   rclient *rc = c->relay_client;
   rlink *l = rc ? rc->l : NULL;
-  if (!l || l->dead) return;
+  if (!l || (l->dead && !l->resolving)) return;
   cluster *cl = l->cl;
   if (len > cl->max_client_frame) {
     lr_warn("cluster: client %s of %s sent %zu bytes (max %zu when relayed); closing", rc->priv,
@@ -500,21 +605,31 @@ static void rc_message(lr_conn *c, const char *data, size_t len) {
     return;
   }
   lr_node_release(n);
+  if (l->resolving) { /* in order, after its clientConnected to the next owner */
+    if (l->hbytes + len > MAX_HELD) {
+      lr_warn("cluster: %zu bytes held for %s while its next owner is looked up; closing "
+              "client %s",
+              l->hbytes + len, l->key, rc->priv);
+      lr_conn_close(c, 1013, "relay backlog");
+      return;
+    }
+    held *h = lr_xmalloc(sizeof *h + len);
+    h->next = NULL;
+    h->rc = rc;
+    h->len = len;
+    memcpy(h->data, data, len);
+    *l->htail = h;
+    l->htail = &h->next;
+    l->hbytes += len;
+    return;
+  }
   if (l->w && lr_wsc_queued(l->w) > MAX_BACKLOG) {
     lr_warn("cluster: %zu bytes wait for %s; closing client %s of %s", lr_wsc_queued(l->w),
             l->owner, rc->priv, l->key);
     lr_conn_close(c, 1013, "relay backlog");
     return;
   }
-  lr_buf b;
-  lr_buf_init(&b);
-  lr_buf_puts(&b, "{\"type\":\"shard.clientMessage\",\"privateId\":");
-  lr_json_put_string(&b, rc->priv, strlen(rc->priv));
-  lr_buf_puts(&b, ",\"payload\":");
-  lr_buf_put(&b, data, len);
-  lr_buf_putc(&b, '}');
-  link_send(l, b.data, b.len);
-  lr_buf_free(&b);
+  send_message(l, rc, data, len);
 }
 
 static void rc_closed(lr_conn *c) {
@@ -532,10 +647,12 @@ static void rc_closed(lr_conn *c) {
         break;
       }
     }
+    for (held *h = l->hq; h; h = h->next)
+      if (h->rc == rc) h->rc = NULL;
     bool last = true;
     for (uint32_t i = 0; i < l->n && last; i++)
       last = strcmp(l->v[i]->priv, rc->priv) != 0;
-    if (last && !l->dead) {
+    if (last && !l->dead && !l->resolving) {
       lr_buf b;
       lr_buf_init(&b);
       lr_buf_puts(&b, "{\"type\":\"shard.clientDisconnected\",\"privateId\":");
@@ -546,8 +663,139 @@ static void rc_closed(lr_conn *c) {
     }
     if (!l->n) link_free(l); /* the owner sees the link close: nothing of it is left there */
   }
-  free(rc->priv);
-  free(rc);
+  rc_free(rc);
+}
+
+/* ------------------------------------------------------------ the room moves */
+
+/* The room's lease was taken here: its relayed clients become clients of the
+ * local room, with the frames they sent meanwhile, in order; their sockets
+ * stay open. */
+static void make_local(rlink *l) {
+  cluster *cl = l->cl;
+  lr_server *s = cl->s;
+  uint32_t n = l->n;
+  rclient **v = l->v;
+  l->v = NULL;
+  l->n = l->cap = 0;
+  held *hq = l->hq;
+  l->hq = NULL;
+  l->htail = &l->hq;
+  l->dead = true;
+  lr_info("cluster: room %s taken over here: its %u relayed client(s) join it locally", l->key, n);
+  cl->n_taken_over++;
+  link_free(l);
+  for (uint32_t i = 0; i < n; i++) {
+    rclient *rc = v[i];
+    lr_conn *c = rc->c;
+    c->relay_client = NULL;
+    c->ops = NULL;
+    c->phase = LR_C_JOINING;
+    if (cl->n_relayed_open) cl->n_relayed_open--;
+    lr_conn_retain(c);
+    for (held *h = hq; h; h = h->next)
+      if (h->rc == rc) lr_conn_message(c, h->data, h->len); /* to its early frames */
+    lr_server_open_conn(s, c, &rc->req);
+    lr_conn_release(c);
+    rc_free(rc);
+  }
+  while (hq) {
+    held *h = hq;
+    hq = h->next;
+    free(h);
+  }
+  free(v);
+}
+
+/* Another node owns the room now: the clients move to a link to it, each
+ * announced again (the new owner sends each a snapshot), then the frames
+ * they sent meanwhile, in order. */
+static bool repoint(rlink *l, const char *owner) {
+  cluster *cl = l->cl;
+  rlink *nl = link_get(cl, l->ns, l->id, owner);
+  if (nl == l || nl->dead) { /* no link to it could be opened: looked up again */
+    if (!nl->n && nl != l) link_free(nl);
+    return false;
+  }
+  lr_info("cluster: room %s moved to %s: its %u relayed client(s) follow it", l->key, owner, l->n);
+  cl->n_repointed++;
+  for (uint32_t i = 0; i < l->n; i++) {
+    rclient *rc = l->v[i];
+    link_add(nl, rc);
+    if (!nl->resolving) send_connected(nl, rc);
+  }
+  l->n = 0;
+  for (held *h = l->hq; h; h = h->next) {
+    if (!h->rc || h->rc->l != nl) continue;
+    if (nl->resolving) { /* (it lost its owner too: held there, in order) */
+      held *c = lr_xmalloc(sizeof *c + h->len);
+      memcpy(c, h, sizeof *c + h->len);
+      c->next = NULL;
+      *nl->htail = c;
+      nl->htail = &c->next;
+      nl->hbytes += h->len;
+    } else {
+      send_message(nl, h->rc, h->data, h->len);
+    }
+  }
+  l->dead = true;
+  link_free(l);
+  return true;
+}
+
+static void give_up(rlink *l, const char *why) {
+  lr_warn("cluster: no next owner for room %s (%s): closing its %u relayed client(s) (1012, they "
+          "reconnect)",
+          l->key, why, l->n);
+  l->resolving = false;
+  l->dead = true;
+  close_clients(l, NULL, 1012, "room moved to another node");
+}
+
+static void retry_cb(void *ud) {
+  rlink *l = ud;
+  l->retry_timer = 0;
+  resolve_start(l);
+}
+
+static void resolved(void *ud, int ok, const char *err) {
+  resolve *res = ud;
+  rlink *l = res->l;
+  free(res);
+  if (!l) return; /* its clients left meanwhile */
+  l->res = NULL;
+  cluster *cl = l->cl;
+  if (cl->shutting_down) {
+    give_up(l, "shutting down");
+    return;
+  }
+  if (ok == 1) {
+    make_local(l);
+    return;
+  }
+  if (ok == LR_STORE_READY_ELSEWHERE && err) {
+    const char *owner = c_learn(cl->s, l->ns, l->id, err);
+    if (owner && strcmp(owner, l->owner) != 0 && repoint(l, owner)) return;
+  }
+  /* The old owner still holds the lease (it is handing off, or it died and
+   * the lease has not expired yet), or the database failed: again shortly. */
+  if (lr_now(cl->s) >= l->give_up_at) {
+    give_up(l, ok == 0 && err ? err : "the old owner kept the lease");
+    return;
+  }
+  l->retry_timer = lr_timer_add_c(cl->s, REPOINT_RETRY_MS, retry_cb, l);
+}
+
+/* Ask the store for the room: it takes the lease (the room is then ours)
+ * or says who holds it. */
+static void resolve_start(rlink *l) {
+  cluster *cl = l->cl;
+  resolve *res = lr_xcalloc(1, sizeof *res);
+  res->l = l;
+  l->res = res;
+  char err[256] = "";
+  int rc = lr_store_ready(cl->s->store, l->ns, l->id, resolved, res, err, sizeof err);
+  if (rc != 0) resolved(res, rc > 0 ? 1 : 0, rc > 0 ? NULL : err);
 }
 
 /* ------------------------------------------------------------ HTTP */

@@ -411,6 +411,10 @@ lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp);
 /* The same for an existing bare connection c (lr_conn_new, no room yet:
  * a cluster node's link that waited for the room's lease). */
 void lr_room_attach_conn(lr_room *r, lr_conn *c);
+/* c (a bare joining connection, no room, frames in c->early) opens on the
+ * room req names as if it had just arrived, whose storage is ready (a
+ * cluster node takes over the clients it relayed, the room's lease taken). */
+void lr_server_open_conn(lr_server *s, lr_conn *c, const lr_request *req);
 /* Handle the frames c received before it joined, in order, now (c joined,
  * or its ops->message set: they go there). */
 void lr_conn_replay_early(lr_conn *c);

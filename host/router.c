@@ -359,6 +359,23 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
   return 0;
 }
 
+void lr_server_open_conn(lr_server *s, lr_conn *c, const lr_request *req) {
+  char ns[256], id[256];
+  int status = 404;
+  lr_room *r = NULL;
+  if (!s->shutting_down &&
+      parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, NULL) == 0)
+    r = get_room(s, ns, id, &status);
+  if (!r)
+    lr_conn_close(c, 1011, "room unavailable");
+  else if (lr_room_store_failing(r))
+    lr_conn_close(c, 1013, "storage unavailable");
+  else {
+    c->room = lr_room_retain(r);
+    lr_conn_connect(c, req);
+  }
+}
+
 /* ------------------------------------------------------------ HTTP */
 
 const lr_header lr_cors_headers[LR_CORS_N] = {
