@@ -44,9 +44,9 @@
 #define FRAME_OVERHEAD 1024      /* envelope bytes around a relayed client frame */
 #define FORWARD_TIMEOUT_MS 30000 /* one forwarded HTTP exchange */
 #define MAX_HEADERS 64
-#define MAX_HELD (1u << 20)   /* bytes held per room while its next owner is looked up */
-#define REPOINT_RETRY_MS 100  /* the old owner still holds the lease: look again after */
-#define REPOINT_MAX_MS 15000  /* ... and give up (clients reconnect) after this */
+#define MAX_HELD (1u << 20)  /* bytes held per room while its next owner is looked up */
+#define REPOINT_RETRY_MS 100 /* the old owner still holds the lease: look again after */
+#define REPOINT_MAX_MS 15000 /* ... and give up (clients reconnect) after this */
 
 typedef struct cluster cluster;
 typedef struct rlink rlink;
@@ -88,8 +88,8 @@ struct rlink {
   bool resolving; /* the owner went: looking up the next one, clients held */
   int64_t give_up_at;
   uint64_t retry_timer;
-  resolve *res;       /* a lookup in flight (the store's ready callback) */
-  held *hq, **htail;  /* frames held while resolving, in arrival order */
+  resolve *res;      /* a lookup in flight (the store's ready callback) */
+  held *hq, **htail; /* frames held while resolving, in arrival order */
   size_t hbytes;
   rclient **v; /* in connect order */
   uint32_t n, cap;
@@ -283,6 +283,8 @@ static void l_open(void *ud) {
   lr_info("cluster: link to %s for room %s open", l->owner, l->key);
 }
 
+static void link_lost(rlink *l, int code, const char *reason);
+
 static void l_message(void *ud, const char *data, size_t len) {
   rlink *l = ud;
   /* Broadcasts are relayed verbatim; only the two envelope shapes (they
@@ -318,6 +320,14 @@ static void l_message(void *ud, const char *data, size_t len) {
                   *reason = lr_obj_get(n, "reason", 6);
     int cc = code && code->type == LR_INT ? (int)code->u.i : 1000;
     if (cc < 1000 || cc > 4999 || cc == 1004 || cc == 1005 || cc == 1006 || cc == 1015) cc = 1000;
+    if (cc == 1001 || cc == 1012) {
+      /* The owner is going away (shutdown, drain) or lost the room: every
+       * client of the link goes with it; they stay here and follow the
+       * room to its next owner (the link's own close would follow). */
+      lr_node_release(n);
+      link_lost(l, cc, "the owner let the room go");
+      return;
+    }
     if (p && p->type == LR_STRING)
       close_clients(l, p->u.str.s, cc, reason && reason->type == LR_STRING ? reason->u.str.s : "");
   }
@@ -331,10 +341,10 @@ static void resolve_start(rlink *l);
  * the owner 4409, gone 1006) keep the clients here: the next owner is looked
  * up (resolve_start) and their frames wait meanwhile. Other closes (refused
  * credentials, errors) close the clients with 1012: they reconnect. */
-static void l_closed(void *ud, int code, const char *reason) {
-  rlink *l = ud;
+static void link_lost(rlink *l, int code, const char *reason) {
   cluster *cl = l->cl;
-  l->w = NULL; /* freed by fetch.c when this returns */
+  if (l->w) lr_wsc_close(l->w, 1000, "room moved"); /* no callback after this */
+  l->w = NULL;
   l->open = false;
   dir_forget(cl, l->key, l->owner);
   if (cl->shutting_down || !l->n) {
@@ -358,6 +368,12 @@ static void l_closed(void *ud, int code, const char *reason) {
   l->resolving = true;
   l->give_up_at = lr_now(cl->s) + REPOINT_MAX_MS;
   resolve_start(l);
+}
+
+static void l_closed(void *ud, int code, const char *reason) {
+  rlink *l = ud;
+  l->w = NULL; /* freed by fetch.c when this returns */
+  link_lost(l, code, reason);
 }
 
 static const lr_wsc_cbs link_cbs = {l_open, l_message, l_closed};

@@ -47,7 +47,7 @@ function roomsDir() {
   fs.writeFileSync(
     path.join(dir, "clu.lua"),
     `local lr = require "lunaroom"
-local Player = lr.schema { score = lr.sync(0) }
+local Player = lr.schema { score = lr.sync(0), list = lr.sync("") }
 return lr.room {
   path = "clu-{id}",
   state = { count = 0, players = lr.users(Player) },
@@ -56,6 +56,8 @@ return lr.room {
       room.count = room.count + 1
       player.score = player.score + 1
     end,
+    -- The client's k-th action: its list says which arrived, in which order, how often.
+    add = function(room, player, k) player.list = player.list .. tostring(k) .. "," end,
   },
   requests = { ["GET /count"] = function(room) return { count = room.count } end },
 }
@@ -117,6 +119,7 @@ function npmClient(srv, room, id, opts = {}) {
 function balancer(nodes, start = 0) {
   let next = start;
   const socks = new Set();
+  const lb = { current: null }; // the index of the node the live connection reached
   const server = net.createServer((client) => {
     socks.add(client);
     client.on("close", () => socks.delete(client));
@@ -127,7 +130,12 @@ function balancer(nodes, start = 0) {
       const n = nodes[(next + k) % nodes.length];
       const up = net.connect(n.port, "127.0.0.1");
       up.once("connect", () => {
+        const idx = (next + k) % nodes.length;
         next = (next + k + 1) % nodes.length;
+        lb.current = idx;
+        up.on("close", () => {
+          if (lb.current === idx) lb.current = null;
+        });
         socks.add(up);
         up.on("close", () => socks.delete(up));
         client.pipe(up).pipe(client);
@@ -144,13 +152,13 @@ function balancer(nodes, start = 0) {
   });
   return new Promise((res) =>
     server.listen(0, "127.0.0.1", () =>
-      res({
+      res(Object.assign(lb, {
         port: server.address().port,
         close: () => {
           for (const x of socks) x.destroy();
           server.close();
         },
-      }),
+      })),
     ),
   );
 }
@@ -360,6 +368,80 @@ describe("cluster relaying: any node serves any client", { skip: skip ?? false }
       console.log(`# fail-over (kill -9 of the owner, lease ${LEASE} ms): first client served again by ${newOwner} after ` +
         `${first.toFixed(0)} ms, all 6 after ${all.toFixed(0)} ms; the 4 relayed clients kept their sockets; ` +
         `count ${seenBefore} seen before the kill, ${count} at the end`);
+    } finally {
+      writing = false;
+      for (const c of clients) c.conn.close();
+      for (const lb of lbs) lb.close();
+      for (const n of nodes) await n.stop();
+    }
+  });
+
+  test("rolling restart of 3 nodes under steady load: every acknowledged action is in the final state, none twice; relayed clients keep their sockets", async () => {
+    const rooms = roomsDir();
+    const nodes = [await node(rooms), await node(rooms), await node(rooms)];
+    const clients = [];
+    const lbs = [];
+    let writing = true;
+    const room = "clu-roll";
+    try {
+      for (let i = 0; i < 6; i++) {
+        const lb = await balancer(nodes, i % 3);
+        lbs.push(lb);
+        const c = await npmClient({ port: lb.port }, room, `roll${i}`, FAST);
+        Object.assign(c, { i, lb, k: 0, closes: [], seen: "", bad: [], snaps: [] });
+        c.conn.conn.addEventListener("close", () => c.closes.push(performance.now()));
+        c.conn.conn.addEventListener("message", (e) => {
+          if (e.data.includes('"pId"')) c.snaps.push(performance.now()); // a snapshot: (re)joined the room
+          // What this client sees of its own list: each view extends the previous one.
+          const l = c.state.players?.[c.state.pId]?.list;
+          if (typeof l !== "string" || l === c.seen) return;
+          if (!l.startsWith(c.seen)) c.bad.push(`${c.seen} -> ${l}`);
+          if (l.length > c.seen.length) c.seen = l;
+        });
+        clients.push(c);
+        await until(() => c.state.pId, 5000, `client ${i}`);
+      }
+      const writers = clients.map(async (c) => {
+        while (writing) {
+          c.conn.emit("add", ++c.k);
+          await sleep(40);
+        }
+      });
+      await sleep(500);
+      const restarts = [];
+      for (let k = 0; k < 3; k++) {
+        const direct = clients.filter((c) => c.lb.current === k).map((c) => c.i);
+        const t = performance.now();
+        assert.equal(await nodes[k].stop("SIGTERM"), 0, nodes[k].logs());
+        nodes[k] = await node(rooms, { port: nodes[k].port });
+        await sleep(800);
+        const closed = clients.filter((c) => c.closes.some((x) => x >= t)).map((c) => c.i);
+        assert.deepEqual(closed, direct, `restart of node ${k}: clients closed ${closed}, directly on it ${direct}`);
+        const kept = clients.filter((c) => !direct.includes(c.i));
+        const back = kept.map((c) => c.snaps.find((x) => x >= t)).filter(Boolean);
+        const gap = back.length ? `, served again ${(Math.max(...back) - t).toFixed(0)} ms after the SIGTERM` : "";
+        restarts.push(`node ${k}: ${direct.length} direct client(s) reconnected, ${kept.length} kept their sockets${gap}`);
+      }
+      writing = false;
+      await Promise.all(writers);
+      await sleep(300);
+      // Every client's view of every list agrees, and matches what each client saw.
+      const lists = (c) => clients.map((o) => c.state.players?.[o.state.pId]?.list);
+      await until(() => clients.every((c) => JSON.stringify(lists(c)) === JSON.stringify(lists(clients[0]))), 5000, "clients agree");
+      const final = lists(clients[0]);
+      let acked = 0, sent = 0;
+      for (const c of clients) {
+        assert.deepEqual(c.bad, [], `client ${c.i} saw its list go back`);
+        const mine = final[c.i];
+        assert.ok(mine.startsWith(c.seen), `client ${c.i}: an acknowledged action is missing\nseen  ${c.seen}\nfinal ${mine}`);
+        const ks = mine.split(",").filter(Boolean).map(Number);
+        assert.equal(new Set(ks).size, ks.length, `client ${c.i}: an action applied twice: ${mine}`);
+        assert.deepEqual(ks, [...ks].sort((a, b) => a - b), `client ${c.i}: out of order: ${mine}`);
+        acked += ks.length;
+        sent += c.k;
+      }
+      console.log(`# rolling restart of 3 nodes under load (6 clients, 25 actions/s each): ${sent} actions sent, ` +
+        `${acked} in the final state, none twice; ${restarts.join("; ")}`);
     } finally {
       writing = false;
       for (const c of clients) c.conn.close();
