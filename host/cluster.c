@@ -32,10 +32,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include <lua.h>
+
 #include "engine.h"
 #include "fetch.h"
 #include "json.h"
 #include "log.h"
+#include "storage_postgres.h"
 
 #define DIR_BUCKETS 4096
 #define DIR_MAX 65536            /* rooms remembered at once; past it, not cached */
@@ -114,6 +117,8 @@ struct cluster {
   rlink *links;
   fwd *fwds;
   bool shutting_down;
+  bool draining; /* POST /admin/drain: no more leases taken here */
+  uint64_t n_drains;
   uint64_t n_relayed_total, n_links_total, n_link_losses, n_http_forwarded;
   uint64_t n_repointed, n_taken_over; /* rooms moved under relayed clients */
   uint32_t n_relayed_open;
@@ -911,6 +916,47 @@ static void c_relay_http(lr_server *s, const lr_request *req, const char *ns, co
   cl->fwds = f;
 }
 
+/* ------------------------------------------------------------ drain */
+
+int lr_cluster_drain(lr_server *s) {
+  cluster *cl = s->cluster_state;
+  if (!cl) return -1;
+  if (!cl->draining) lr_info("cluster: draining: this node takes no more leases");
+  cl->draining = true;
+  lr_store_postgres_drain(s->store);
+  uint32_t n = 0, cap = s->nrooms ? s->nrooms : 1;
+  lr_room **rs = lr_xmalloc(cap * sizeof *rs);
+  for (uint32_t b = 0; b < s->nbuckets; b++)
+    for (lr_room *r = s->rooms[b]; r && n < cap; r = r->hash_next)
+      if (!r->disposed) rs[n++] = lr_room_retain(r);
+  /* Each room: written (its lease given back once committed), its sockets
+   * closed with 1001: direct clients reconnect (elsewhere), other nodes'
+   * links follow the room to whichever node takes it next. */
+  for (uint32_t i = 0; i < n; i++) {
+    if (!rs[i]->disposed) lr_room_dispose(rs[i]);
+    lr_room_release(rs[i]);
+  }
+  free(rs);
+  cl->n_drains++;
+  lr_info("cluster: drained %u room(s)", n);
+  return (int)n;
+}
+
+/* require("lunaroom.cluster").drain() -> rooms handed off (ops.lua, POST /admin/drain). */
+static int l_drain(lua_State *L) {
+  lr_server *s = lua_touserdata(L, lua_upvalueindex(1));
+  lua_pushinteger(L, lr_cluster_drain(s));
+  return 1;
+}
+
+static int luaopen_cluster(lua_State *L) {
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, l_drain, 1);
+  lua_setfield(L, -2, "drain");
+  return 1;
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 static void c_shutdown(lr_server *s) {
@@ -954,6 +1000,13 @@ int lr_cluster_enable(lr_server *s, const lr_cluster_opts *o, char *err, size_t 
   cl->max_client_frame = mf > 2 * FRAME_OVERHEAD ? mf - FRAME_OVERHEAD : mf / 2;
   s->cluster_state = cl;
   s->cluster = &cluster_vt;
+  lua_State *L = s->L;
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  lua_pushlightuserdata(L, s);
+  lua_pushcclosure(L, luaopen_cluster, 1);
+  lua_setfield(L, -2, "lunaroom.cluster");
+  lua_pop(L, 2);
   return 0;
 }
 

@@ -25,6 +25,11 @@ typedef struct lr_cluster_opts {
  * the server's env (nodes authenticate to each other with it, as shards
  * do); returns 0, or -1 with a message in err. */
 int lr_cluster_enable(lr_server *s, const lr_cluster_opts *o, char *err, size_t errlen);
+/* Hand every room of this node to the others (POST /admin/drain): each is
+ * written, its lease given back once committed, its sockets closed (1001;
+ * other nodes' links follow the room); from now on this node takes no
+ * lease. Returns the number of rooms, or -1 when s is not a cluster node. */
+int lr_cluster_drain(lr_server *s);
 /* The relay figures for /metrics (at most max; returns how many). */
 size_t lr_cluster_stats(lr_server *s, lr_store_stat *out, size_t max);
 /* Free the relay state (after the loop ended). */

@@ -149,6 +149,7 @@ struct pstore {
   bool renewing;
   int64_t renewed_at; /* monotonic ms when the last successful renewal was sent */
   uint64_t n_taken, n_refused, n_lost, n_renewals;
+  bool draining; /* takes no lease (lr_store_postgres_drain): rooms go to other nodes */
   long n_owned; /* rooms whose lease this node holds */
   prel *rel;    /* leases to give back (sent with the next kick, or at close) */
   /* The rooms the next kick looks at (never a walk over every room on the
@@ -896,7 +897,7 @@ static void job_done(pstore *s, pjob *j) {
 }
 
 static int send_load(pstore *s, proom *r) {
-  const char *v[4] = {r->ns, r->id, s->node_id, NULL};
+  const char *v[5] = {r->ns, r->id, s->node_id, NULL, s->draining ? "t" : "f"};
   char ttl[32];
   snprintf(ttl, sizeof ttl, "%lld", (long long)s->lease_ms);
   v[3] = ttl;
@@ -905,11 +906,12 @@ static int send_load(pstore *s, proom *r) {
   if (s->node_id &&
       (send_q(s,
               "INSERT INTO lunaroom_leases AS l (namespace, room_id, node_id, epoch, expires_at) "
-              "VALUES ($1, $2, $3, 1, now() + $4::bigint * interval '1 millisecond') ON CONFLICT "
+              "SELECT $1::text, $2::text, $3::text, 1, now() + $4::bigint * interval '1 "
+              "millisecond' WHERE NOT $5::boolean ON CONFLICT "
               "(namespace, room_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = l.epoch + 1, "
               "expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() OR l.node_id = "
               "EXCLUDED.node_id RETURNING epoch",
-              4, v, NULL) != 0 ||
+              5, v, NULL) != 0 ||
        send_q(s,
               "SELECT node_id || ' ' || GREATEST(0, floor(extract(epoch FROM expires_at - now()) * "
               "1000))::bigint FROM lunaroom_leases WHERE namespace = $1 AND room_id = $2",
@@ -1380,6 +1382,10 @@ void lr_store_postgres_stats(lr_store *st, uint64_t *txns, uint64_t *stmts, uint
   *txns = s->n_txn;
   *stmts = s->n_stmt;
   *fails = s->n_fail;
+}
+
+void lr_store_postgres_drain(lr_store *st) {
+  ((pstore *)st)->draining = true;
 }
 
 void lr_store_postgres_cluster_stats(lr_store *st, uint64_t *taken, uint64_t *refused,

@@ -34,6 +34,9 @@ typedef struct lr_pg_opts {
 lr_store *lr_store_postgres_open(const lr_pg_opts *o, char *err, size_t errlen);
 /* Transactions sent, statements sent, transactions failed. */
 void lr_store_postgres_stats(lr_store *s, uint64_t *txns, uint64_t *stmts, uint64_t *fails);
+/* Cluster: take no lease from now on (a drained node: its rooms go to the
+ * other nodes; a room nobody holds is refused here). */
+void lr_store_postgres_drain(lr_store *s);
 /* Cluster figures: leases taken, rooms refused (held elsewhere), leases
  * lost, renewal statements sent. */
 void lr_store_postgres_cluster_stats(lr_store *s, uint64_t *taken, uint64_t *refused,

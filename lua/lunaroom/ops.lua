@@ -165,6 +165,12 @@ function M.handle(srv, req, runtime, json_response, response)
     end
     if not allowed then return json_response(403, { error = "Not permitted" }) end
     local action = path:match("^/admin/(.*)$")
+    if req.method == "POST" and action == "drain" then
+      -- A cluster node hands its rooms to the other nodes (host/cluster.c).
+      local has, cluster = pcall(require, "lunaroom.cluster")
+      if not has then return json_response(404, { error = "Not a cluster node" }) end
+      return json_response(200, { drained = cluster.drain() })
+    end
     if req.method == "POST" and action then
       if action ~= "dispose" and action ~= "kick" then return json_response(404, { error = "Not found" }) end
       -- The body must be {"room": "<party>/<id>"} (kick: and "publicId"): anything else is

@@ -15,6 +15,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -25,6 +26,16 @@ import { pgMissing, startPg } from "./pg.mjs";
 
 const LEASE = 1000;
 const SECRET = "cluster3-test-secret-0123456789";
+const JWT_SECRET = "cluster3-admin-secret-0123456789";
+
+/** An HS256 JWT as JWTAuth.sign makes it (admin: worlds ["*"]). */
+function sign(claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const data = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ ...claims, iat: now, exp: now + 3600 })}`;
+  return `${data}.${crypto.createHmac("sha256", JWT_SECRET).update(data).digest("base64url")}`;
+}
+const ADMIN = { authorization: `Bearer ${sign({ worlds: ["*"] })}` };
 const skip = pgMissing();
 if (skip) console.log(`# skipped: ${skip}`);
 
@@ -71,7 +82,7 @@ async function node(rooms, { leaseMs = LEASE, port, extra = [] } = {}) {
   const url = `http://127.0.0.1:${port}`;
   const srv = await startServer({
     rooms,
-    env: { SHARD_SECRET: SECRET },
+    env: { SHARD_SECRET: SECRET, AUTH_JWT_SECRET: JWT_SECRET },
     args: ["--port", String(port), "--host", "127.0.0.1", "--cluster", pg.url, "--node-url", url,
       "--lease-ms", String(leaseMs), "--no-watch", "--room-create-rate", "1000,1000", ...extra],
   });
@@ -164,6 +175,66 @@ function balancer(nodes, start = 0) {
 }
 
 const FAST = { minReconnectionDelay: 50, maxReconnectionDelay: 300, reconnectionDelayGrowFactor: 1.3, connectionTimeout: 2000 };
+
+/** Client i of room through its own balancer (first node i % 3), sending add(k) for k = 1, 2, ... */
+async function listClients(nodes, room, n, lbs) {
+  const clients = [];
+  for (let i = 0; i < n; i++) {
+    const lb = await balancer(nodes, i % 3);
+    lbs.push(lb);
+    const c = await npmClient({ port: lb.port }, room, `${room}-${i}`, FAST);
+    Object.assign(c, { i, lb, k: 0, closes: [], seen: "", bad: [], snaps: [] });
+    c.conn.conn.addEventListener("close", () => c.closes.push(performance.now()));
+    c.conn.conn.addEventListener("message", (e) => {
+      if (e.data.includes('"pId"')) c.snaps.push(performance.now()); // a snapshot: (re)joined the room
+      // What this client sees of its own list: each view extends the previous one.
+      const l = c.state.players?.[c.state.pId]?.list;
+      if (typeof l !== "string" || l === c.seen) return;
+      if (!l.startsWith(c.seen)) c.bad.push(`${c.seen} -> ${l}`);
+      if (l.length > c.seen.length) c.seen = l;
+    });
+    clients.push(c);
+    await until(() => c.state.pId, 5000, `client ${i}`);
+  }
+  return clients;
+}
+
+function write(clients, everyMs = 40) {
+  const w = { on: true };
+  w.done = Promise.all(
+    clients.map(async (c) => {
+      while (w.on) {
+        c.conn.emit("add", ++c.k);
+        await sleep(everyMs);
+      }
+    }),
+  );
+  w.stop = async () => {
+    w.on = false;
+    await w.done;
+  };
+  return w;
+}
+
+/** Every acknowledged action in the final state, none twice, in order: {sent, kept}. */
+async function checkLists(clients) {
+  await sleep(300);
+  const lists = (c) => clients.map((o) => c.state.players?.[o.state.pId]?.list);
+  await until(() => clients.every((c) => JSON.stringify(lists(c)) === JSON.stringify(lists(clients[0]))), 5000, "clients agree");
+  const final = lists(clients[0]);
+  let kept = 0, sent = 0;
+  for (const c of clients) {
+    assert.deepEqual(c.bad, [], `client ${c.i} saw its list go back`);
+    const mine = final[c.i];
+    assert.ok(mine.startsWith(c.seen), `client ${c.i}: an acknowledged action is missing\nseen  ${c.seen}\nfinal ${mine}`);
+    const ks = mine.split(",").filter(Boolean).map(Number);
+    assert.equal(new Set(ks).size, ks.length, `client ${c.i}: an action applied twice: ${mine}`);
+    assert.deepEqual(ks, [...ks].sort((a, b) => a - b), `client ${c.i}: out of order: ${mine}`);
+    kept += ks.length;
+    sent += c.k;
+  }
+  return { sent, kept };
+}
 
 describe("cluster relaying: any node serves any client", { skip: skip ?? false }, () => {
   before(() => {
@@ -379,34 +450,11 @@ describe("cluster relaying: any node serves any client", { skip: skip ?? false }
   test("rolling restart of 3 nodes under steady load: every acknowledged action is in the final state, none twice; relayed clients keep their sockets", async () => {
     const rooms = roomsDir();
     const nodes = [await node(rooms), await node(rooms), await node(rooms)];
-    const clients = [];
     const lbs = [];
-    let writing = true;
-    const room = "clu-roll";
+    let clients = [], w;
     try {
-      for (let i = 0; i < 6; i++) {
-        const lb = await balancer(nodes, i % 3);
-        lbs.push(lb);
-        const c = await npmClient({ port: lb.port }, room, `roll${i}`, FAST);
-        Object.assign(c, { i, lb, k: 0, closes: [], seen: "", bad: [], snaps: [] });
-        c.conn.conn.addEventListener("close", () => c.closes.push(performance.now()));
-        c.conn.conn.addEventListener("message", (e) => {
-          if (e.data.includes('"pId"')) c.snaps.push(performance.now()); // a snapshot: (re)joined the room
-          // What this client sees of its own list: each view extends the previous one.
-          const l = c.state.players?.[c.state.pId]?.list;
-          if (typeof l !== "string" || l === c.seen) return;
-          if (!l.startsWith(c.seen)) c.bad.push(`${c.seen} -> ${l}`);
-          if (l.length > c.seen.length) c.seen = l;
-        });
-        clients.push(c);
-        await until(() => c.state.pId, 5000, `client ${i}`);
-      }
-      const writers = clients.map(async (c) => {
-        while (writing) {
-          c.conn.emit("add", ++c.k);
-          await sleep(40);
-        }
-      });
+      clients = await listClients(nodes, "clu-roll", 6, lbs);
+      w = write(clients);
       await sleep(500);
       const restarts = [];
       for (let k = 0; k < 3; k++) {
@@ -422,28 +470,48 @@ describe("cluster relaying: any node serves any client", { skip: skip ?? false }
         const gap = back.length ? `, served again ${(Math.max(...back) - t).toFixed(0)} ms after the SIGTERM` : "";
         restarts.push(`node ${k}: ${direct.length} direct client(s) reconnected, ${kept.length} kept their sockets${gap}`);
       }
-      writing = false;
-      await Promise.all(writers);
-      await sleep(300);
-      // Every client's view of every list agrees, and matches what each client saw.
-      const lists = (c) => clients.map((o) => c.state.players?.[o.state.pId]?.list);
-      await until(() => clients.every((c) => JSON.stringify(lists(c)) === JSON.stringify(lists(clients[0]))), 5000, "clients agree");
-      const final = lists(clients[0]);
-      let acked = 0, sent = 0;
-      for (const c of clients) {
-        assert.deepEqual(c.bad, [], `client ${c.i} saw its list go back`);
-        const mine = final[c.i];
-        assert.ok(mine.startsWith(c.seen), `client ${c.i}: an acknowledged action is missing\nseen  ${c.seen}\nfinal ${mine}`);
-        const ks = mine.split(",").filter(Boolean).map(Number);
-        assert.equal(new Set(ks).size, ks.length, `client ${c.i}: an action applied twice: ${mine}`);
-        assert.deepEqual(ks, [...ks].sort((a, b) => a - b), `client ${c.i}: out of order: ${mine}`);
-        acked += ks.length;
-        sent += c.k;
-      }
+      await w.stop();
+      const { sent, kept } = await checkLists(clients);
       console.log(`# rolling restart of 3 nodes under load (6 clients, 25 actions/s each): ${sent} actions sent, ` +
-        `${acked} in the final state, none twice; ${restarts.join("; ")}`);
+        `${kept} in the final state, none twice; ${restarts.join("; ")}`);
     } finally {
-      writing = false;
+      await w?.stop();
+      for (const c of clients) c.conn.close();
+      for (const lb of lbs) lb.close();
+      for (const n of nodes) await n.stop();
+    }
+  });
+
+  test("POST /admin/drain hands the node's rooms to the others without stopping it", async () => {
+    const rooms = roomsDir();
+    const nodes = [await node(rooms), await node(rooms), await node(rooms)];
+    const lbs = [];
+    let clients = [], w;
+    try {
+      clients = await listClients(nodes, "clu-drain", 6, lbs); // client 0 first: node 0 owns it
+      assert.equal(owner("clu-drain"), nodes[0].nodeUrl);
+      w = write(clients);
+      await sleep(400);
+      assert.equal((await http("POST", `${nodes[0].url}/admin/drain`)).status, 403, "drain without a token");
+      const direct = clients.filter((c) => c.lb.current === 0).map((c) => c.i);
+      const t = performance.now();
+      const r = await http("POST", `${nodes[0].url}/admin/drain`, undefined, ADMIN);
+      assert.equal(r.status, 200, r.body);
+      assert.equal(r.json.drained, 1);
+      await until(() => { const o = owner("clu-drain"); return o && o !== nodes[0].nodeUrl; }, 5000, "another node takes the room");
+      await sleep(600);
+      const closed = clients.filter((c) => c.closes.some((x) => x >= t)).map((c) => c.i);
+      assert.deepEqual(closed, direct, `clients closed ${closed}, directly on the drained node ${direct}`);
+      await w.stop();
+      const { sent, kept } = await checkLists(clients);
+      const m = (await http("GET", `${nodes[0].url}/metrics`)).body;
+      assert.equal(metric(m, "lunaroom_cluster_rooms_owned"), 0, "the drained node took the room back");
+      const back = clients.filter((c) => !direct.includes(c.i)).map((c) => c.snaps.find((x) => x >= t)).filter(Boolean);
+      console.log(`# drain: room moved to ${owner("clu-drain")}, the ${6 - direct.length} relayed clients kept their sockets ` +
+        `(served again ${(Math.max(...back) - t).toFixed(0)} ms after the drain), ${direct.length} direct reconnected; ` +
+        `${sent} actions sent, ${kept} in the final state, none twice`);
+    } finally {
+      await w?.stop();
       for (const c of clients) c.conn.close();
       for (const lb of lbs) lb.close();
       for (const n of nodes) await n.stop();
