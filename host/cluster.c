@@ -32,12 +32,14 @@
 #include <string.h>
 #include <strings.h>
 
+#include <lauxlib.h>
 #include <lua.h>
 
 #include "engine.h"
 #include "fetch.h"
 #include "json.h"
 #include "log.h"
+#include "lua_vm.h"
 #include "storage_postgres.h"
 
 #define DIR_BUCKETS 4096
@@ -949,11 +951,70 @@ static int l_drain(lua_State *L) {
   return 1;
 }
 
+typedef struct rooms_req {
+  lr_server *s;
+  int fn; /* registry ref of the Lua callback */
+} rooms_req;
+
+static void rooms_done(void *ud, const char *rows, size_t len, const char *err) {
+  rooms_req *q = ud;
+  lua_State *L = q->s->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, q->fn);
+  luaL_unref(L, LUA_REGISTRYINDEX, q->fn);
+  if (rows) {
+    lr_buf b;
+    lr_buf_init(&b);
+    lr_buf_puts(&b, "[");
+    lr_buf_put(&b, rows, len);
+    lr_buf_puts(&b, "]");
+    lua_pushlstring(L, b.data, b.len);
+    lr_buf_free(&b);
+    lua_pushnil(L);
+  } else {
+    lua_pushnil(L);
+    lua_pushstring(L, err ? err : "failed");
+  }
+  lr_callinfo ci = {.what = "cluster rooms"};
+  lr_vm_pcall(L, 2, 0, &ci);
+  lua_settop(L, top);
+  free(q);
+}
+
+/* require("lunaroom.cluster").rooms(limit, function(json_array | nil, err) end)
+ * -> true, or nil, err: the rooms every node holds, from the lease table
+ * (ops.lua, GET /admin/cluster). */
+static int l_rooms(lua_State *L) {
+  lr_server *s = lua_touserdata(L, lua_upvalueindex(1));
+  lua_Integer limit = luaL_checkinteger(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  rooms_req *q = lr_xcalloc(1, sizeof *q);
+  q->s = s;
+  lua_pushvalue(L, 2);
+  q->fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (lr_store_postgres_leases(s->store, (long)limit, rooms_done, q) != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, q->fn);
+    free(q);
+    lua_pushnil(L);
+    lua_pushstring(L, "the database is not connected");
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int luaopen_cluster(lua_State *L) {
-  lua_createtable(L, 0, 1);
+  lua_createtable(L, 0, 2);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushcclosure(L, l_drain, 1);
   lua_setfield(L, -2, "drain");
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, l_rooms, 1);
+  lua_setfield(L, -2, "rooms");
+  lua_pushstring(
+      L,
+      ((cluster *)((lr_server *)lua_touserdata(L, lua_upvalueindex(1)))->cluster_state)->node_url);
+  lua_setfield(L, -2, "node");
   return 1;
 }
 

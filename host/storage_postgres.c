@@ -55,6 +55,7 @@
 
 #include "cluster.h"
 #include "engine.h"
+#include "json.h"
 #include "log.h"
 #include "net.h"
 #include "storage.h"
@@ -82,7 +83,7 @@ typedef struct pbatch {
 } pbatch;
 
 enum { R_NONE = 0, R_LOADING, R_LOADED };
-enum { J_SCHEMA = 1, J_LOAD, J_FLUSH, J_RENEW, J_RELEASE };
+enum { J_SCHEMA = 1, J_LOAD, J_FLUSH, J_RENEW, J_RELEASE, J_LEASES };
 
 struct proom {
   proom *next;  /* hash bucket */
@@ -134,6 +135,9 @@ typedef struct pjob {
   long long epoch; /* J_LOAD, cluster: the lease taken (0: refused) */
   char owner[256]; /* J_LOAD, cluster: who holds it when refused: "NODE_URL VALID_MS" */
   uint64_t gen;    /* J_RENEW */
+  lr_pg_leases_cb leases_cb; /* J_LEASES: the valid leases as JSON rows */
+  void *leases_ud;
+  lr_buf rows;
   int64_t sent_at; /* J_RENEW, J_LOAD: monotonic ms */
 } pjob;
 
@@ -346,6 +350,21 @@ static void on_result(pstore *s, PGresult *res) {
   }
   if (s->node_id && j->kind == J_LOAD && idx == 1) { /* the holder after the take */
     if (PQntuples(res) == 1) snprintf(j->owner, sizeof j->owner, "%s", PQgetvalue(res, 0, 0));
+    return;
+  }
+  if (j->kind == J_LEASES) {
+    for (int i = 0; i < PQntuples(res); i++) {
+      lr_buf_puts(&j->rows, j->rows.len ? ",{\"room\":" : "{\"room\":");
+      lr_buf key;
+      lr_buf_init(&key);
+      lr_buf_printf(&key, "%s/%s", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+      lr_json_put_string(&j->rows, key.data, key.len);
+      lr_buf_free(&key);
+      lr_buf_puts(&j->rows, ",\"node\":");
+      lr_json_put_string(&j->rows, PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2));
+      lr_buf_printf(&j->rows, ",\"epoch\":%lld,\"validMs\":%lld}",
+                    strtoll(PQgetvalue(res, i, 3), NULL, 10), strtoll(PQgetvalue(res, i, 4), NULL, 10));
+    }
     return;
   }
   if (j->kind == J_RENEW) {
@@ -810,6 +829,10 @@ static void job_done(pstore *s, pjob *j) {
     }
     r->pin--;
     maybe_drop(s, r);
+  } else if (j->kind == J_LEASES) {
+    j->leases_cb(j->leases_ud, j->failed ? NULL : lr_buf_cstr(&j->rows), j->rows.len,
+                 j->failed ? (j->err[0] ? j->err : "the database connection was lost") : NULL);
+    lr_buf_free(&j->rows);
   } else if (j->kind == J_RELEASE) {
     if (j->failed) lr_warn("postgres storage: giving leases back failed (they expire): %s", j->err);
   } else if (j->kind == J_RENEW) {
@@ -1382,6 +1405,31 @@ void lr_store_postgres_stats(lr_store *st, uint64_t *txns, uint64_t *stmts, uint
   *txns = s->n_txn;
   *stmts = s->n_stmt;
   *fails = s->n_fail;
+}
+
+int lr_store_postgres_leases(lr_store *st, long limit, lr_pg_leases_cb cb, void *ud) {
+  pstore *s = (pstore *)st;
+  if (!s->node_id || !s->ready || !s->conn) return -1;
+  char lim[32];
+  snprintf(lim, sizeof lim, "%ld", limit > 0 ? limit : 1000);
+  const char *v[1] = {lim};
+  if (send_q(s,
+             "SELECT namespace, room_id, node_id, epoch, GREATEST(0, floor(extract(epoch FROM "
+             "expires_at - now()) * 1000))::bigint FROM lunaroom_leases WHERE expires_at > now() "
+             "ORDER BY namespace, room_id LIMIT $1::bigint",
+             1, v, NULL) != 0 ||
+      !PQpipelineSync(s->conn)) {
+    conn_fail(s, PQerrorMessage(s->conn));
+    return -1;
+  }
+  pjob *j = lr_xcalloc(1, sizeof *j);
+  j->kind = J_LEASES;
+  j->leases_cb = cb;
+  j->leases_ud = ud;
+  lr_buf_init(&j->rows);
+  job_push(s, j);
+  if (pump_out(s) != 0) conn_fail(s, PQerrorMessage(s->conn)); /* fails the job: cb runs */
+  return 0;
 }
 
 void lr_store_postgres_drain(lr_store *st) {

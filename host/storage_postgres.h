@@ -37,6 +37,12 @@ void lr_store_postgres_stats(lr_store *s, uint64_t *txns, uint64_t *stmts, uint6
 /* Cluster: take no lease from now on (a drained node: its rooms go to the
  * other nodes; a room nobody holds is refused here). */
 void lr_store_postgres_drain(lr_store *s);
+/* Cluster: the valid leases (at most limit, by room), asynchronously: cb
+ * gets JSON objects {"room","node","epoch","validMs"} separated by commas
+ * (no brackets), or NULL and why. Returns -1 (cb not called) when the
+ * database is not connected. */
+typedef void (*lr_pg_leases_cb)(void *ud, const char *rows, size_t len, const char *err);
+int lr_store_postgres_leases(lr_store *s, long limit, lr_pg_leases_cb cb, void *ud);
 /* Cluster figures: leases taken, rooms refused (held elsewhere), leases
  * lost, renewal statements sent. */
 void lr_store_postgres_cluster_stats(lr_store *s, uint64_t *taken, uint64_t *refused,

@@ -165,6 +165,26 @@ function M.handle(srv, req, runtime, json_response, response)
     end
     if not allowed then return json_response(403, { error = "Not permitted" }) end
     local action = path:match("^/admin/(.*)$")
+    if req.method == "GET" and action == "cluster" then
+      -- Every node's rooms, from the lease table (answered when the database did).
+      local has, cluster = pcall(require, "lunaroom.cluster")
+      if not has then return json_response(404, { error = "Not a cluster node" }) end
+      local limit = math.min(10000, math.max(1, math.floor(tonumber(q.limit) or 1000)))
+      return { _wait = function(responder)
+        local wait_c = require "lunaroom.wait_c"
+        local ok, err = cluster.rooms(limit, function(rows, why)
+          if not rows then
+            wait_c.respond(responder, json_response(503, { error = "cluster directory unavailable", details = why }))
+          else
+            wait_c.respond(responder, response(200, '{"node":' .. core.encode(cluster.node) .. ',"limit":' .. limit ..
+              ',"rooms":' .. rows .. "}", "application/json"))
+          end
+        end)
+        if not ok then
+          wait_c.respond(responder, json_response(503, { error = "cluster directory unavailable", details = err }))
+        end
+      end }
+    end
     if req.method == "POST" and action == "drain" then
       -- A cluster node hands its rooms to the other nodes (host/cluster.c).
       local has, cluster = pcall(require, "lunaroom.cluster")

@@ -370,6 +370,14 @@ describe("cluster relaying: any node serves any client", { skip: skip ?? false }
       }
       assert.equal(owned, N);
       assert.equal(relayed, 2 * N, "two of each room's three clients are relayed");
+      // /admin/cluster lists every node's rooms, from the lease table, on any node.
+      assert.equal((await http("GET", `${nodes[1].url}/admin/cluster`)).status, 403);
+      const adm = await http("GET", `${nodes[1].url}/admin/cluster`, undefined, ADMIN);
+      assert.equal(adm.status, 200, adm.body);
+      assert.equal(adm.json.node, nodes[1].nodeUrl);
+      const listed = adm.json.rooms.filter((r) => r.room.startsWith("main/clu-t")).map((r) => `${r.room.slice(5)} ${r.node}`).sort();
+      assert.deepEqual(listed, Array.from({ length: N }, (_, i) => `clu-t${i} ${nodes[i % 3].nodeUrl}`).sort());
+      assert.ok(adm.json.rooms.every((r) => r.epoch >= 1 && r.validMs > 0), adm.body);
       console.log(`# checked at ${(performance.now() - T).toFixed(0)} ms`);
       console.log(`# ${N} rooms on 3 nodes: ${clients.length} npm clients, ${relayed} relayed, each room owned once`);
     } finally {
