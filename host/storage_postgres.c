@@ -135,6 +135,7 @@ typedef struct pjob {
   long long epoch; /* J_LOAD, cluster: the lease taken (0: refused) */
   char owner[256]; /* J_LOAD, cluster: who holds it when refused: "NODE_URL VALID_MS" */
   uint64_t gen;    /* J_RENEW */
+  bool from_other; /* J_LOAD, cluster: the lease was another node's before */
   lr_pg_leases_cb leases_cb; /* J_LEASES: the valid leases as JSON rows */
   void *leases_ud;
   lr_buf rows;
@@ -153,6 +154,7 @@ struct pstore {
   bool renewing;
   int64_t renewed_at; /* monotonic ms when the last successful renewal was sent */
   uint64_t n_taken, n_refused, n_lost, n_renewals;
+  uint64_t n_takeovers; /* taken from another node (fail-over or hand-off) */
   bool draining; /* takes no lease (lr_store_postgres_drain): rooms go to other nodes */
   long n_owned; /* rooms whose lease this node holds */
   prel *rel;    /* leases to give back (sent with the next kick, or at close) */
@@ -345,7 +347,11 @@ static void on_result(pstore *s, PGresult *res) {
   }
   if (st != PGRES_TUPLES_OK || j->failed) return;
   if (s->node_id && j->kind == J_LOAD && idx == 0) { /* the take */
-    if (PQntuples(res) == 1) j->epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    if (PQntuples(res) == 1) {
+      j->epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+      const char *prev = PQgetvalue(res, 0, 1);
+      j->from_other = prev[0] && strcmp(prev, s->node_id) != 0;
+    }
     return;
   }
   if (s->node_id && j->kind == J_LOAD && idx == 1) { /* the holder after the take */
@@ -811,6 +817,7 @@ static void job_done(pstore *s, pjob *j) {
         }
         r->failed[0] = 0;
         s->n_taken++;
+        if (j->from_other) s->n_takeovers++;
         lr_info("storage %s/%s: lease taken (epoch %lld)", r->ns, r->id, r->epoch);
       }
     } else {
@@ -928,12 +935,14 @@ static int send_load(pstore *s, proom *r) {
    * holds it, then read; one implicit transaction. */
   if (s->node_id &&
       (send_q(s,
+              "WITH prev AS (SELECT node_id FROM lunaroom_leases WHERE namespace = $1 AND "
+              "room_id = $2) "
               "INSERT INTO lunaroom_leases AS l (namespace, room_id, node_id, epoch, expires_at) "
               "SELECT $1::text, $2::text, $3::text, 1, now() + $4::bigint * interval '1 "
               "millisecond' WHERE NOT $5::boolean ON CONFLICT "
               "(namespace, room_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = l.epoch + 1, "
               "expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() OR l.node_id = "
-              "EXCLUDED.node_id RETURNING epoch",
+              "EXCLUDED.node_id RETURNING epoch, COALESCE((SELECT node_id FROM prev), '')",
               5, v, NULL) != 0 ||
        send_q(s,
               "SELECT node_id || ' ' || GREATEST(0, floor(extract(epoch FROM expires_at - now()) * "
@@ -1468,6 +1477,9 @@ static size_t p_stats(lr_store *st, lr_store_stat *out, size_t max) {
        "Leases lost (fenced, not renewed in time): rooms dropped here.", (double)s->n_lost},
       {"lunaroom_cluster_lease_renewals_total", "counter",
        "Renewal statements sent (one per period for all rooms).", (double)s->n_renewals},
+      {"lunaroom_cluster_failovers_total", "counter",
+       "Rooms taken here from another node (its lease expired or was given back).",
+       (double)s->n_takeovers},
   };
   size_t n = s->node_id ? sizeof all / sizeof *all : 5;
   if (n > max) n = max;

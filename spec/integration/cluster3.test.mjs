@@ -441,6 +441,10 @@ describe("cluster relaying: any node serves any client", { skip: skip ?? false }
       });
       const count = clients[0].state.count;
       assert.ok(count >= seenBefore, `state lost: ${count} < ${seenBefore} seen before the kill`);
+      const survivor = nodes.find((n) => n.nodeUrl === newOwner);
+      const ms = (await http("GET", `${survivor.url}/metrics`)).body;
+      assert.equal(metric(ms, "lunaroom_cluster_failovers_total"), 1, ms);
+      assert.equal(metric(ms, "lunaroom_cluster_rooms_owned"), 1, ms);
       // Clients relayed by the survivors kept their sockets; the victim's own reconnected.
       assert.deepEqual(clients.map((c) => c.closes > 0), [true, false, false, true, false, false],
         `closes per client: ${clients.map((c) => c.closes)}`);
