@@ -337,7 +337,12 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     }
   }
   /* A shard's uplink goes to the room at once; a cluster node's link
-   * waits for the room's lease like a client. */
+   * waits for the room's lease like a client, once its credentials are
+   * checked (a request without them takes no lease, creates no room). */
+  if (s->cluster && header_of(req, "x-shard-id") && !from_shard(s, req)) {
+    lr_warn("websocket for %s/%s refused: x-shard-id without the node secret", ns, id);
+    return 401;
+  }
   if (!header_of(req, "x-shard-id") || s->cluster) {
     int w = wait_for_storage(s, ns, id, req, vt, tp, NULL, NULL, out);
     if (w > 0) return 0;

@@ -536,11 +536,18 @@ describe("cluster relaying: any node serves any client", { skip: skip ?? false }
     const b = await node(rooms);
     try {
       const ca = await join(a, "fill-loop", "l1");
-      const fake = wsClient(`${b.wsUrl}/parties/main/fill-loop?id=x`, { headers: { "x-shard-id": "http://127.0.0.1:1" } });
-      const closed = await fake.closed;
-      assert.equal(closed.code, 4409);
-      const r = await http("GET", `${b.url}/parties/main/fill-loop/count`, undefined, { "x-forwarded-by-shard": "true" });
-      assert.ok(r.status === 409 || r.status === 401, `status ${r.status}`);
+      // A link from a node (right secret) that reached a node that is not the owner: refused, not relayed on.
+      const link = wsClient(`${b.wsUrl}/parties/main/fill-loop?id=x`, { headers: { "x-shard-id": "http://127.0.0.1:1", "x-access-shard": SECRET } });
+      assert.equal((await link.closed).code, 4409);
+      const r = await http("GET", `${b.url}/parties/main/fill-loop/count`, undefined, { "x-forwarded-by-shard": "true", "x-access-shard": SECRET });
+      assert.equal(r.status, 409);
+      // Without the secret: refused before anything is loaded or any lease taken.
+      const fake = wsClient(`${b.wsUrl}/parties/main/fill-nolease?id=x`, { headers: { "x-shard-id": "http://127.0.0.1:1" } });
+      const refused = await fake.opened.then(() => fake.closed, (e) => ({ status: e.status }));
+      assert.ok(refused.status === 401 || refused.code === 4401 || refused.code === 1008, JSON.stringify(refused));
+      assert.equal(pg.sql("SELECT count(*) FROM lunaroom_leases WHERE room_id = 'fill-nolease'"), "0");
+      const r2 = await http("GET", `${b.url}/parties/main/fill-loop/count`, undefined, { "x-forwarded-by-shard": "true" });
+      assert.equal(r2.status, 401);
       assert.equal(metric((await http("GET", `${b.url}/metrics`)).body, "lunaroom_cluster_relayed_connections_total"), 0);
       await ca.close();
     } finally {
