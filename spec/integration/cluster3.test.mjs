@@ -530,6 +530,43 @@ describe("cluster relaying: any node serves any client", { skip: skip ?? false }
     }
   });
 
+  test("limits of a relay: a frame too large for the owner, and what a client may send while its room has no owner", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms, { leaseMs: 4000 });
+    const b = await node(rooms, { leaseMs: 4000 });
+    try {
+      const ca = await join(a, "fill-lim", "own");
+      // Larger than the owner takes once wrapped (64 KiB - 1 KiB envelope): 1009 from the relay.
+      const big = await join(b, "fill-lim", "big");
+      assert.ok(!big.refused);
+      big.send({ action: "fill", value: "x".repeat(65000) }); // under the node's own 64 KiB frame limit
+      assert.equal((await big.closed).code, 1009);
+      // The owner dies; its lease holds for up to 4 s, during which a relayed
+      // client's frames wait on B, at most 1 MiB per room: past it, 1013.
+      const c = await join(b, "fill-lim", "flood");
+      const calm = await join(b, "fill-lim", "calm");
+      a.proc.kill("SIGKILL");
+      await sleep(100);
+      const t = performance.now();
+      const frame = JSON.stringify({ action: "fill", value: "y".repeat(30000) });
+      for (let i = 0; i < 40 && c.ws.readyState === 1; i++) c.ws.send(frame);
+      // 1013; or 1006 when the client's own flood makes the close frame race a reset.
+      const closed = await Promise.race([c.closed, sleep(3000).then(() => ({ code: "still open after 3 s" }))]);
+      assert.ok([1013, 1006].includes(closed.code), `flood client: ${closed.code}`);
+      assert.match(b.logs(), /bytes held for main\/fill-lim while its next owner is looked up; closing client flood/);
+      assert.ok(performance.now() - t < 3000, "not closed while the room had no owner");
+      assert.equal((await http("GET", `${b.url}/healthz`)).status, 200);
+      // The calm client kept its socket and is served by B once A's lease expired.
+      calm.send({ action: "inc" });
+      await calm.next((m) => m?.type === "sync" && m.value.count === 1, 8000); // (in its new snapshot)
+      assert.equal(owner("fill-lim"), b.nodeUrl);
+      await ca.close().catch(() => {});
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+
   test("a request that claims to come from a node is never relayed on (no relay loops)", async () => {
     const rooms = roomsDir();
     const a = await node(rooms);
