@@ -144,7 +144,7 @@ static void pct_encode(lr_buf *b, const char *s) {
 /* Client headers only a node or shard may set: never passed on. */
 static bool node_header(const char *name) {
   return strcasecmp(name, "x-access-shard") == 0 || strcasecmp(name, "x-shard-id") == 0 ||
-         strcasecmp(name, "x-shard-world-id") == 0 ||
+         strcasecmp(name, "x-lunaroom-node") == 0 || strcasecmp(name, "x-shard-world-id") == 0 ||
          strcasecmp(name, "x-forwarded-by-shard") == 0 ||
          strcasecmp(name, "x-original-client-ip") == 0;
 }
@@ -870,10 +870,20 @@ static void c_relay_http(lr_server *s, const lr_request *req, const char *ns, co
                          const char *owner, lr_response_cb done, void *ud) {
   cluster *cl = s->cluster_state;
   size_t pl = strlen(req->path);
-  if (pl >= 17 && strcmp(req->path + pl - 17, "/session-transfer") == 0) {
-    /* In-process (same node) only; another node's rooms are not reached this way. */
-    respond_json(done, ud, 404, "{\"error\":\"Not found\"}");
-    return;
+  /* A session transfer (room:sessionTransfer with {url = a node}) carries
+   * the node secret: it is forwarded with it, as a node's own request
+   * (x-lunaroom-node: not relayed again); without the secret, refused. */
+  bool transfer = pl >= 17 && strcmp(req->path + pl - 17, "/session-transfer") == 0;
+  if (transfer) {
+    const char *given = header_of(req, "x-access-shard");
+    size_t a = given ? strlen(given) : 0, b = strlen(cl->secret);
+    unsigned d = !given || a != b;
+    for (size_t i = 0; i < b; i++) /* constant time in the secret's length */
+      d |= (unsigned char)cl->secret[i] ^ (unsigned char)(i < a ? given[i] : 0);
+    if (d) {
+      respond_json(done, ud, 401, "{\"error\":\"Invalid shard credentials\"}");
+      return;
+    }
   }
   lr_buf url, xf;
   lr_buf_init(&url);
@@ -894,7 +904,8 @@ static void c_relay_http(lr_server *s, const lr_request *req, const char *ns, co
   if (xff && *xff) lr_buf_printf(&xf, "%s, ", xff);
   lr_buf_puts(&xf, req->remote_addr ? req->remote_addr : "unknown");
   hs[nh++] = (lr_header){"x-forwarded-for", lr_buf_cstr(&xf)};
-  hs[nh++] = (lr_header){"x-forwarded-by-shard", "true"};
+  hs[nh++] = transfer ? (lr_header){"x-lunaroom-node", cl->node_url}
+                      : (lr_header){"x-forwarded-by-shard", "true"};
   hs[nh++] = (lr_header){"x-access-shard", cl->secret};
   hs[nh++] = (lr_header){"x-original-client-ip",
                          xff && *xff ? xff : (req->remote_addr ? req->remote_addr : "unknown")};

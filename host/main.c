@@ -753,6 +753,10 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
       lua_setfield(L, -2, envs[i]);
     }
   }
+  if (cluster) { /* runtime.lua: rooms are created under a lease only (cluster.c) */
+    lua_pushstring(L, node_url);
+    lua_setfield(L, -2, "LUNAROOM_CLUSTER");
+  }
   /* The world's cleanup timings (lua/lunaroom/world.lua reads room.env). */
   if (cleanup_ms) {
     lua_pushstring(L, cleanup_ms);

@@ -173,7 +173,8 @@ void lr_waits_free(lr_server *s) {
 
 /* req came from another node of a cluster (or a shard): never relayed on. */
 static bool from_node(const lr_request *req) {
-  return header_of(req, "x-shard-id") || header_of(req, "x-forwarded-by-shard");
+  return header_of(req, "x-shard-id") || header_of(req, "x-forwarded-by-shard") ||
+         header_of(req, "x-lunaroom-node");
 }
 
 static void wait_done(void *ud, int ok, const char *err) {
@@ -368,8 +369,7 @@ void lr_server_open_conn(lr_server *s, lr_conn *c, const lr_request *req) {
   char ns[256], id[256];
   int status = 404;
   lr_room *r = NULL;
-  if (!s->shutting_down &&
-      parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, NULL) == 0)
+  if (!s->shutting_down && parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, NULL) == 0)
     r = get_room(s, ns, id, &status);
   if (!r)
     lr_conn_close(c, 1011, "room unavailable");

@@ -54,6 +54,7 @@ function freePort() {
 function roomsDir() {
   const dir = tempDir("lunaroom-cluster3-");
   fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/fill.lua"), path.join(dir, "fill.lua"));
+  fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/xfer.lua"), path.join(dir, "xfer.lua"));
   // A room with users: sessions survive a reconnect (same public id).
   fs.writeFileSync(
     path.join(dir, "clu.lua"),
@@ -527,6 +528,41 @@ describe("cluster relaying: any node serves any client", { skip: skip ?? false }
       for (const c of clients) c.conn.close();
       for (const lb of lbs) lb.close();
       for (const n of nodes) await n.stop();
+    }
+  });
+
+  test("session transfer to a room another node owns ({url = a node}): the session arrives there", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms);
+    const b = await node(rooms);
+    try {
+      const dst = await join(b, "xfer-dst", "d0"); // B owns the target room
+      const src = await join(a, "xfer-src", "mover"); // A owns the source room
+      src.send({ action: "rename", value: "zed" });
+      await src.next((m) => m?.type === "sync" && JSON.stringify(m.value).includes("zed"));
+      // The local form cannot create a room another node may own.
+      src.send({ action: "go", value: { target: "xfer-elsewhere" } });
+      const local = await src.next((m) => m?.type === "transfer" || m?.type === "error");
+      assert.notEqual(typeof local.value?.token, "string", JSON.stringify(local));
+      // Through A's own URL: A forwards it to B, the owner.
+      src.send({ action: "go", value: { target: "xfer-dst", url: a.nodeUrl } });
+      const t = await src.next((m) => m?.type === "transfer" && (m.value.token || m.value.error), 5000);
+      assert.equal(typeof t.value.token, "string", JSON.stringify(t));
+      const moved = await join(a, "xfer-dst", `mover2&transferToken=${t.value.token}`); // relayed to B
+      assert.ok(!moved.refused, JSON.stringify(moved.refused));
+      const snap = moved.messages.find((m) => m?.type === "sync" && m.value.pId);
+      const me = snap.value.players?.[snap.value.pId];
+      assert.equal(me?.name, "zed", JSON.stringify(snap));
+      assert.equal(me?.level, 11, "onSessionRestore ran on the owner");
+      // A transfer request without the secret is not forwarded.
+      const r = await http("POST", `${a.url}/parties/main/xfer-dst/session-transfer`, { privateId: "p", publicId: "q" });
+      assert.equal(r.status, 401);
+      await dst.close();
+      await src.close();
+      await moved.close();
+    } finally {
+      await a.stop();
+      await b.stop();
     }
   });
 
