@@ -1014,8 +1014,33 @@ static int l_rooms(lua_State *L) {
   return 1;
 }
 
+/* require("lunaroom.cluster").stats() -> { {name, kind, help, value}, ... }
+ * (ops.lua adds them to /metrics, after the store's). */
+static int l_stats(lua_State *L) {
+  lr_server *s = lua_touserdata(L, lua_upvalueindex(1));
+  lr_store_stat v[16];
+  size_t n = lr_cluster_stats(s, v, 16);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, v[i].name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, v[i].kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, v[i].help);
+    lua_setfield(L, -2, "help");
+    lua_pushnumber(L, v[i].value);
+    lua_setfield(L, -2, "value");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
 static int luaopen_cluster(lua_State *L) {
-  lua_createtable(L, 0, 2);
+  lua_createtable(L, 0, 4);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, l_stats, 1);
+  lua_setfield(L, -2, "stats");
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushcclosure(L, l_drain, 1);
   lua_setfield(L, -2, "drain");

@@ -53,7 +53,6 @@
 
 #include <libpq-fe.h>
 
-#include "cluster.h"
 #include "engine.h"
 #include "json.h"
 #include "log.h"
@@ -1484,6 +1483,5 @@ static size_t p_stats(lr_store *st, lr_store_stat *out, size_t max) {
   size_t n = s->node_id ? sizeof all / sizeof *all : 5;
   if (n > max) n = max;
   memcpy(out, all, n * sizeof *out);
-  if (s->node_id && s->srv) n += lr_cluster_stats(s->srv, out + n, max - n); /* relaying */
   return n;
 }

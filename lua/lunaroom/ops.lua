@@ -98,6 +98,11 @@ function M.metrics_text(srv, runtime)
   for _, m in ipairs(core.store_stats and core.store_stats(srv.h) or {}) do
     metric(m.name, m.kind, m.help, { { m.value } })
   end
+  -- A cluster node's relaying (host/cluster.c).
+  local has, cluster = pcall(require, "lunaroom.cluster")
+  for _, m in ipairs(has and cluster.stats() or {}) do
+    metric(m.name, m.kind, m.help, { { m.value } })
+  end
   return table.concat(out, "\n") .. "\n"
 end
 
