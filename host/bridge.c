@@ -391,7 +391,8 @@ static int b_operations(lr_server *s, const lr_request *req, lr_response_cb done
   int rc = -1;
   if (runtime_call(s, NULL, -1, "operations", "operations", 1, 1, err, sizeof err) == 0 &&
       lua_istable(L, -1)) {
-    respond_table(L, done, ud);
+    if (!lr_wait_http_defer(s, L, done, ud)) /* answered later: GET /admin/cluster */
+      respond_table(L, done, ud);
     rc = 1;
   }
   lua_settop(L, top);

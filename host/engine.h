@@ -134,6 +134,7 @@ struct lr_conn {
   lr_conn **box;      /* the Lua handle's weak slot, cleared when c is freed */
   void *uplink;       /* uplink.c's state of an uplink (the engine never reads it) */
   void *shard_client; /* shard.c's state of its client (the engine never reads it) */
+  void *relay_client; /* cluster.c's state of a client it relays (the engine never reads it) */
   size_t gated_bytes; /* bytes of its packets waiting in the room's outbox */
 };
 
@@ -241,6 +242,33 @@ typedef struct lr_mode_vt {
 typedef int (*lr_relay_open_fn)(lr_room *r, const lr_request *req, const lr_transport_vt *vt,
                                 void *tp, lr_conn **out);
 
+/* The same for a bare connection (lr_conn_new, no room) whose request
+ * waited for r's storage: 0, or an HTTP status (c is left to the caller). */
+typedef int (*lr_relay_adopt_fn)(lr_room *r, const lr_request *req, lr_conn *c);
+
+/* A cluster node's relaying of rooms other nodes own (cluster.c sets
+ * s->cluster in lr_cluster_enable). The engine asks it only about requests
+ * that did not come from another node (router.c). */
+typedef struct lr_cluster_vt {
+  /* The owner of ns/id by the directory cache (a lease seen valid, not
+   * expired since), or NULL: then the room is loaded here, which takes its
+   * lease or learns who holds it. */
+  const char *(*owner)(lr_server *s, const char *ns, const char *id);
+  /* The store said holder ("NODE_URL VALID_MS") has ns/id: remember it;
+   * returns the owner's URL (valid until the next call), or NULL when the
+   * room cannot be relayed there (e.g. holder is this node). */
+  const char *(*learn)(lr_server *s, const char *ns, const char *id, const char *holder);
+  /* Relay c (a bare joining connection, frames in c->early, no room) to
+   * owner; a failure closes c later (never from inside this call). */
+  void (*relay_ws)(lr_server *s, lr_conn *c, const lr_request *req, const char *ns, const char *id,
+                   const char *owner);
+  /* Forward an HTTP request for ns/id to the owner (answered later). */
+  void (*relay_http)(lr_server *s, const lr_request *req, const char *ns, const char *id,
+                     const char *owner, lr_response_cb done, void *ud);
+  /* Server shutdown: close relayed sockets (1001) and links. */
+  void (*shutdown)(lr_server *s);
+} lr_cluster_vt;
+
 struct lr_server {
   lr_stats stats;
   const lr_rules_vt *rules; /* what the rooms do (bridge.c over runtime.lua); NULL = none */
@@ -278,6 +306,9 @@ struct lr_server {
   const lr_mode_vt *mode;      /* shard.c's, with shard; NULL otherwise */
   lr_relay_open_fn relay_open; /* uplink.c's (lr_uplink_install); NULL = refused (404) */
   const lr_loop_fds *loop_fds; /* the transport's (lr_server_set_loop_fds); NULL = none */
+  lr_relay_adopt_fn relay_adopt; /* uplink.c's too */
+  const lr_cluster_vt *cluster;  /* cluster.c's (lr_cluster_enable), NULL = not relaying */
+  void *cluster_state;
   char *wanted_headers[LR_WANTED_HEADERS]; /* lr_server_want_header (room.c) */
   uint32_t nwanted_headers;
   lr_room *failing; /* rooms whose writes fail (/readyz), newest first */
@@ -391,6 +422,16 @@ lr_conn *lr_room_open_kind(lr_room *r, const lr_request *req, const lr_transport
 /* Add a raw member to r's broadcast list: joined at once, no connect, no
  * session, no snapshot (a shard uplink). One reference for the transport. */
 lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp);
+/* The same for an existing bare connection c (lr_conn_new, no room yet:
+ * a cluster node's link that waited for the room's lease). */
+void lr_room_attach_conn(lr_room *r, lr_conn *c);
+/* c (a bare joining connection, no room, frames in c->early) opens on the
+ * room req names as if it had just arrived, whose storage is ready (a
+ * cluster node takes over the clients it relayed, the room's lease taken). */
+void lr_server_open_conn(lr_server *s, lr_conn *c, const lr_request *req);
+/* Handle the frames c received before it joined, in order, now (c joined,
+ * or its ops->message set: they go there). */
+void lr_conn_replay_early(lr_conn *c);
 /* A bare connection object (no Lua table, no room list); r may be NULL.
  * One reference for the transport. */
 lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *tp);

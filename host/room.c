@@ -412,10 +412,15 @@ lr_conn *lr_conn_new(lr_server *s, lr_room *r, const lr_transport_vt *vt, void *
 
 lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp) {
   lr_conn *c = lr_conn_new(r->srv, r, vt, tp);
+  lr_room_attach_conn(r, c);
+  return c;
+}
+
+void lr_room_attach_conn(lr_room *r, lr_conn *c) {
+  if (!c->room) c->room = lr_room_retain(r);
   r->srv->rules->attach(c);
   room_list_add(r, c);
   c->phase = LR_C_JOINED;
-  return c;
 }
 
 /* Open a connection on room r: run the room's connect (guards, session,
@@ -424,7 +429,7 @@ lr_conn *lr_room_attach(lr_room *r, const lr_transport_vt *vt, void *tp) {
 /* Run the room's connect for c (joining, c->room set): guards, session,
  * onJoin, snapshot; then the frames that arrived meanwhile. */
 /* Handle the frames c sent before it joined, in order. */
-static void replay_early(lr_conn *c) {
+void lr_conn_replay_early(lr_conn *c) {
   if (c->phase != LR_C_JOINED || !c->early) return;
   lr_early *e = c->early;
   c->early = NULL;
@@ -445,13 +450,13 @@ void lr_conn_connect(lr_conn *c, const lr_request *req) {
   char err[256];
   if (s->rules->connect(c, req, err, sizeof err) != 0) lr_conn_close(c, 1011, "connect failed");
   lr_server_flush_touched(s);
-  replay_early(c); /* frames that arrived while the room handled the connect */
+  lr_conn_replay_early(c); /* frames that arrived while the room handled the connect */
   lr_conn_release(c);
 }
 
 static void replay_cb(void *ud) {
   lr_conn *c = ud;
-  replay_early(c);
+  lr_conn_replay_early(c);
   lr_conn_release(c);
 }
 
@@ -646,6 +651,7 @@ void lr_server_shutdown(lr_server *s) {
   lr_info("shutting down: flushing rooms and closing connections");
   s->shutting_down = true;
   if (s->mode) s->mode->shutdown(s);
+  if (s->cluster) s->cluster->shutdown(s);
   lr_waits_close(s);
   for (uint32_t b = 0; b < s->nbuckets; b++) {
     for (lr_room *r = s->rooms[b]; r; r = r->hash_next) {

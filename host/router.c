@@ -173,14 +173,31 @@ void lr_waits_free(lr_server *s) {
   }
 }
 
+/* req came from another node of a cluster (or a shard): never relayed on. */
+static bool from_node(const lr_request *req) {
+  return header_of(req, "x-shard-id") || header_of(req, "x-forwarded-by-shard") ||
+         header_of(req, "x-lunaroom-node");
+}
+
 static void wait_done(void *ud, int ok, const char *err) {
   lr_wait *w = ud;
   lr_server *s = w->s;
-  if (ok == LR_STORE_READY_ELSEWHERE) { /* a cluster node holds it: refused here */
-    if (w->conn && w->conn->phase == LR_C_JOINING)
-      lr_conn_close(w->conn, 4409, "room owned by another node");
-    else if (!w->conn)
-      lr_respond_json(w->done, w->ud, 409, "{\"error\":\"Room owned by another node\"}");
+  if (ok == LR_STORE_READY_ELSEWHERE) {
+    /* A cluster node holds it: relayed there, or refused here when this
+     * node does not relay or the request came from another node. */
+    const char *owner = s->cluster && err ? s->cluster->learn(s, w->ns, w->id, err) : NULL;
+    if (from_node(&w->req)) owner = NULL;
+    if (w->conn && w->conn->phase == LR_C_JOINING) {
+      if (owner)
+        s->cluster->relay_ws(s, w->conn, &w->req, w->ns, w->id, owner);
+      else
+        lr_conn_close(w->conn, 4409, "room owned by another node");
+    } else if (!w->conn) {
+      if (owner)
+        s->cluster->relay_http(s, &w->req, w->ns, w->id, owner, w->done, w->ud);
+      else
+        lr_respond_json(w->done, w->ud, 409, "{\"error\":\"Room owned by another node\"}");
+    }
     if (w->conn) lr_conn_release(w->conn);
     wait_free(w);
     return;
@@ -195,6 +212,9 @@ static void wait_done(void *ud, int ok, const char *err) {
         lr_conn_close(c, 1011, ok ? "room unavailable" : "storage unavailable");
       } else if (lr_room_store_failing(r)) {
         lr_conn_close(c, 1013, "storage unavailable");
+      } else if (header_of(&w->req, "x-shard-id")) { /* a cluster node's link (uplink.c) */
+        int st = s->relay_adopt ? s->relay_adopt(r, &w->req, c) : 404;
+        if (st) lr_conn_close(c, st == 401 ? 4401 : 1011, "link refused");
       } else {
         c->room = lr_room_retain(r);
         lr_conn_connect(c, &w->req);
@@ -428,7 +448,25 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     }
     if (!may_create(s, ns, id, req)) return 429;
   }
-  if (!header_of(req, "x-shard-id")) {
+  if (s->cluster && !from_node(req) && !lr_room_find(s, ns, id)) {
+    const char *owner = s->cluster->owner(s, ns, id);
+    if (owner) { /* another node holds it (its lease, cached): relayed there */
+      lr_conn *c = lr_conn_new(s, NULL, vt, tp);
+      s->stats.conns_open++;
+      s->stats.conns_total++;
+      s->cluster->relay_ws(s, c, req, ns, id, owner);
+      *out = c;
+      return 0;
+    }
+  }
+  /* A shard's uplink goes to the room at once; a cluster node's link
+   * waits for the room's lease like a client, once its credentials are
+   * checked (a request without them takes no lease, creates no room). */
+  if (s->cluster && header_of(req, "x-shard-id") && !from_shard(s, req)) {
+    lr_warn("websocket for %s/%s refused: x-shard-id without the node secret", ns, id);
+    return 401;
+  }
+  if (!header_of(req, "x-shard-id") || s->cluster) {
     int w = wait_for_storage(s, ns, id, req, vt, tp, NULL, NULL, out);
     if (w > 0) return 0;
     if (w < 0) return 503;
@@ -447,6 +485,22 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
   }
   *out = lr_room_open_conn(r, req, vt, tp);
   return 0;
+}
+
+void lr_server_open_conn(lr_server *s, lr_conn *c, const lr_request *req) {
+  char ns[256], id[256];
+  int status = 404;
+  lr_room *r = NULL;
+  if (!s->shutting_down && parse_party_path(s, req->path, ns, sizeof ns, id, sizeof id, NULL) == 0)
+    r = get_room(s, ns, id, &status);
+  if (!r)
+    lr_conn_close(c, 1011, "room unavailable");
+  else if (lr_room_store_failing(r))
+    lr_conn_close(c, 1013, "storage unavailable");
+  else {
+    c->room = lr_room_retain(r);
+    lr_conn_connect(c, req);
+  }
 }
 
 /* ------------------------------------------------------------ HTTP */
@@ -503,6 +557,13 @@ void lr_server_http(lr_server *s, const lr_request *req, lr_response_cb done, vo
   }
   if (s->mode && s->mode->http(s, req, ns, id, rest, done, ud)) return;
   lr_room *live = lr_room_find(s, ns, id);
+  if (s->cluster && !live && !from_node(req)) {
+    const char *owner = s->cluster->owner(s, ns, id);
+    if (owner) { /* another node holds it (its lease, cached): forwarded there */
+      s->cluster->relay_http(s, req, ns, id, owner, done, ud);
+      return;
+    }
+  }
   if (!live || live->hibernated) {
     /* Nothing is created, woken or read from storage for a request the
      * room does not serve. */

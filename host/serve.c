@@ -27,6 +27,7 @@
 #include "storage_postgres.h"
 #include "reload.h"
 #include "shard.h"
+#include "cluster.h"
 #include "uplink.h"
 
 /* --config FILE: a Lua file returning a table of the serve options, e.g.
@@ -451,6 +452,10 @@ static void push_server_opts(lua_State *L, const serve_cfg *c) {
       lua_setfield(L, -2, envs[i]);
     }
   }
+  if (c->cluster) { /* runtime.lua: rooms are created under a lease only (cluster.c) */
+    lua_pushstring(L, c->node_url);
+    lua_setfield(L, -2, "LUNAROOM_CLUSTER");
+  }
   /* The world's cleanup timings (lua/lunaroom/world.lua reads room.env). */
   if (c->cleanup_ms) {
     lua_pushstring(L, c->cleanup_ms);
@@ -528,6 +533,18 @@ static int start_runtime(serve_cfg *c, lua_State *L, lr_server *s, const char *l
       return 1;
     }
   }
+  if (c->cluster) { /* any node serves any client: relay rooms owned elsewhere (cluster.c) */
+    char err[256];
+    const char *sec = getenv("SHARD_SECRET");
+    lr_cluster_opts co = {.node_url = c->node_url, .max_frame = c->no.max_frame};
+    if (!sec || !*sec)
+      lr_warn("cluster: SHARD_SECRET is not set: clients of rooms other nodes own are refused "
+              "(4409, 409) instead of relayed");
+    else if (lr_cluster_enable(s, &co, err, sizeof err) != 0) {
+      lr_error("%s", err);
+      return 1;
+    }
+  }
   lua_settop(L, 0);
   return 0;
 }
@@ -571,6 +588,7 @@ static int serve_stop(serve_cfg *c, lua_State *L, lr_server *s, lr_store *st, in
   if (retry_unwritten(c, s, st) != 0) rc = 1;
   lr_fetch_flush(1000); /* a shard's last reports and uplink closes */
   lr_shard_free(s);
+  lr_cluster_free(s);
   lr_fetch_shutdown();
   if (strncmp(c->storage, "memory:", 7) == 0) {
     /* A memory store seeded from a snapshot file is saved back on shutdown. */

@@ -142,6 +142,7 @@ static void load_done(pstore *s, pjob *j) {
       }
       r->b.failed[0] = 0;
       s->n_taken++;
+      if (j->from_other) s->n_takeovers++;
       lr_info("storage %s/%s: lease taken (epoch %lld)", r->b.ns, r->b.id, r->epoch);
     }
   } else {
@@ -216,6 +217,11 @@ void pg_job_done(pstore *s, pjob *j) {
     return;
   }
   if (j->kind == J_LOAD) load_done(s, j);
+  if (j->kind == J_LEASES) {
+    j->leases_cb(j->leases_ud, j->failed ? NULL : lr_buf_cstr(&j->rows), j->rows.len,
+                 j->failed ? (j->err[0] ? j->err : "the database connection was lost") : NULL);
+    lr_buf_free(&j->rows);
+  }
   if (j->kind == J_RELEASE && j->failed)
     lr_warn("postgres storage: giving leases back failed (they expire): %s", j->err);
   if (j->kind == J_RENEW) pg_renew_done(s, j);
@@ -224,7 +230,7 @@ void pg_job_done(pstore *s, pjob *j) {
 }
 
 static int send_load(pstore *s, proom *r) {
-  const char *v[4] = {r->b.ns, r->b.id, s->node_id, NULL};
+  const char *v[5] = {r->b.ns, r->b.id, s->node_id, NULL, s->draining ? "t" : "f"};
   char ttl[32];
   snprintf(ttl, sizeof ttl, "%lld", (long long)s->lease_ms);
   v[3] = ttl;
@@ -233,14 +239,19 @@ static int send_load(pstore *s, proom *r) {
   if (s->node_id &&
       (pg_send_q(
            s,
+           "WITH prev AS (SELECT node_id FROM lunaroom_leases WHERE namespace = $1 AND "
+           "room_id = $2) "
            "INSERT INTO lunaroom_leases AS l (namespace, room_id, node_id, epoch, expires_at) "
-           "VALUES ($1, $2, $3, 1, now() + $4::bigint * interval '1 millisecond') ON CONFLICT "
+           "SELECT $1::text, $2::text, $3::text, 1, now() + $4::bigint * interval '1 "
+           "millisecond' WHERE NOT $5::boolean ON CONFLICT "
            "(namespace, room_id) DO UPDATE SET node_id = EXCLUDED.node_id, epoch = l.epoch + 1, "
            "expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() OR l.node_id = "
-           "EXCLUDED.node_id RETURNING epoch",
-           4, v, NULL) != 0 ||
-       pg_send_q(s, "SELECT node_id FROM lunaroom_leases WHERE namespace = $1 AND room_id = $2", 2,
-                 v, NULL) != 0))
+           "EXCLUDED.node_id RETURNING epoch, COALESCE((SELECT node_id FROM prev), '')",
+           5, v, NULL) != 0 ||
+       pg_send_q(s,
+                 "SELECT node_id || ' ' || GREATEST(0, floor(extract(epoch FROM expires_at - "
+                 "now()) * 1000))::bigint FROM lunaroom_leases WHERE namespace = $1 AND room_id = $2",
+                 2, v, NULL) != 0))
     return -1;
   if (pg_send_q(s, s->sql_load, 2, v, NULL) != 0 || !PQpipelineSync(s->conn)) return -1;
   pjob *j = lr_xcalloc(1, sizeof *j);
@@ -643,6 +654,9 @@ static size_t p_stats(lr_store *st, lr_store_stat *out, size_t max) {
        "Leases lost (fenced, not renewed in time): rooms dropped here.", (double)s->n_lost},
       {"lunaroom_cluster_lease_renewals_total", "counter",
        "Renewal statements sent (one per period for all rooms).", (double)s->n_renewals},
+      {"lunaroom_cluster_failovers_total", "counter",
+       "Rooms taken here from another node (its lease expired or was given back).",
+       (double)s->n_takeovers},
   };
   size_t n = s->node_id ? sizeof all / sizeof *all : 5;
   if (n > max) n = max;

@@ -20,7 +20,8 @@ typedef struct lr_pg_opts {
    * rooms of the node in one statement every renew_ms, and every write is
    * fenced by it in the same transaction. A room whose lease is held by
    * another node is refused (ready() callback ok = LR_STORE_READY_ELSEWHERE,
-   * err = the holder's node id); a room whose lease is lost is dropped
+   * err = "NODE_URL VALID_MS": the holder's node id and how long its lease
+ * is valid by the database's clock); a room whose lease is lost is dropped
    * (lr_server_store_lost). */
   const char *node_id; /* this node's URL (--node-url) */
   long long lease_ms;  /* default LR_PG_LEASE_DEFAULT */
@@ -33,6 +34,15 @@ typedef struct lr_pg_opts {
 lr_store *lr_store_postgres_open(const lr_pg_opts *o, char *err, size_t errlen);
 /* Transactions sent, statements sent, transactions failed. */
 void lr_store_postgres_stats(lr_store *s, uint64_t *txns, uint64_t *stmts, uint64_t *fails);
+/* Cluster: take no lease from now on (a drained node: its rooms go to the
+ * other nodes; a room nobody holds is refused here). */
+void lr_store_postgres_drain(lr_store *s);
+/* Cluster: the valid leases (at most limit, by room), asynchronously: cb
+ * gets JSON objects {"room","node","epoch","validMs"} separated by commas
+ * (no brackets), or NULL and why. Returns -1 (cb not called) when the
+ * database is not connected. */
+typedef void (*lr_pg_leases_cb)(void *ud, const char *rows, size_t len, const char *err);
+int lr_store_postgres_leases(lr_store *s, long limit, lr_pg_leases_cb cb, void *ud);
 /* Cluster figures: leases taken, rooms refused (held elsewhere), leases
  * lost, renewal statements sent. */
 void lr_store_postgres_cluster_stats(lr_store *s, uint64_t *taken, uint64_t *refused,

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "log.h"
 #include "storage_postgres_int.h"
 
@@ -68,11 +69,30 @@ static void on_result(pstore *s, PGresult *res) {
   }
   if (st != PGRES_TUPLES_OK || j->failed) return;
   if (s->node_id && j->kind == J_LOAD && idx == 0) { /* the take */
-    if (PQntuples(res) == 1) j->epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    if (PQntuples(res) == 1) {
+      j->epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+      const char *prev = PQgetvalue(res, 0, 1);
+      j->from_other = prev[0] && strcmp(prev, s->node_id) != 0;
+    }
     return;
   }
   if (s->node_id && j->kind == J_LOAD && idx == 1) { /* the holder after the take */
     if (PQntuples(res) == 1) snprintf(j->owner, sizeof j->owner, "%s", PQgetvalue(res, 0, 0));
+    return;
+  }
+  if (j->kind == J_LEASES) {
+    for (int i = 0; i < PQntuples(res); i++) {
+      lr_buf_puts(&j->rows, j->rows.len ? ",{\"room\":" : "{\"room\":");
+      lr_buf key;
+      lr_buf_init(&key);
+      lr_buf_printf(&key, "%s/%s", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+      lr_json_put_string(&j->rows, key.data, key.len);
+      lr_buf_free(&key);
+      lr_buf_puts(&j->rows, ",\"node\":");
+      lr_json_put_string(&j->rows, PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2));
+      lr_buf_printf(&j->rows, ",\"epoch\":%lld,\"validMs\":%lld}",
+                    strtoll(PQgetvalue(res, i, 3), NULL, 10), strtoll(PQgetvalue(res, i, 4), NULL, 10));
+    }
     return;
   }
   if (j->kind == J_RENEW) {

@@ -30,7 +30,7 @@ typedef struct proom proom;
 typedef lr_wb_batch pbatch;
 
 enum { R_NONE = LR_WB_NONE, R_LOADING = LR_WB_LOADING, R_LOADED = LR_WB_LOADED };
-enum { J_SCHEMA = 1, J_LOAD, J_FLUSH, J_RENEW, J_RELEASE };
+enum { J_SCHEMA = 1, J_LOAD, J_FLUSH, J_RENEW, J_RELEASE, J_LEASES };
 
 struct proom {
   lr_wb_room
@@ -70,8 +70,12 @@ typedef struct pjob {
   size_t ck;       /* the next of them to come */
   bool *lost;      /* J_FLUSH, cluster: the check found no lease */
   long long epoch; /* J_LOAD, cluster: the lease taken (0: refused) */
-  char owner[256]; /* J_LOAD, cluster: who holds it when refused */
+  char owner[256]; /* J_LOAD, cluster: who holds it when refused: "NODE_URL VALID_MS" */
   uint64_t gen;    /* J_RENEW */
+  bool from_other; /* J_LOAD, cluster: the lease was another node's before */
+  lr_pg_leases_cb leases_cb; /* J_LEASES: the valid leases as JSON rows */
+  void *leases_ud;
+  lr_buf rows;
   int64_t sent_at; /* J_RENEW, J_LOAD: monotonic ms */
 } pjob;
 
@@ -87,6 +91,8 @@ struct pstore {
   bool renewing;
   int64_t renewed_at; /* monotonic ms when the last successful renewal was sent */
   uint64_t n_taken, n_refused, n_lost, n_renewals;
+  uint64_t n_takeovers; /* taken from another node (fail-over or hand-off) */
+  bool draining; /* takes no lease (lr_store_postgres_drain): rooms go to other nodes */
   long n_owned; /* rooms whose lease this node holds */
   prel *rel;    /* leases to give back (sent with the next kick, or at close) */
   /* The rooms the next kick looks at (never a walk over every room on the

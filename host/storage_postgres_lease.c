@@ -273,6 +273,35 @@ void pg_release_held(void *ud, lr_wb_room *b) {
   s->rel = l;
 }
 
+int lr_store_postgres_leases(lr_store *st, long limit, lr_pg_leases_cb cb, void *ud) {
+  pstore *s = (pstore *)st;
+  if (!s->node_id || !s->ready || !s->conn) return -1;
+  char lim[32];
+  snprintf(lim, sizeof lim, "%ld", limit > 0 ? limit : 1000);
+  const char *v[1] = {lim};
+  if (pg_send_q(s,
+                "SELECT namespace, room_id, node_id, epoch, GREATEST(0, floor(extract(epoch FROM "
+                "expires_at - now()) * 1000))::bigint FROM lunaroom_leases WHERE expires_at > "
+                "now() ORDER BY namespace, room_id LIMIT $1::bigint",
+                1, v, NULL) != 0 ||
+      !PQpipelineSync(s->conn)) {
+    pg_conn_fail(s, PQerrorMessage(s->conn));
+    return -1;
+  }
+  pjob *j = lr_xcalloc(1, sizeof *j);
+  j->kind = J_LEASES;
+  j->leases_cb = cb;
+  j->leases_ud = ud;
+  lr_buf_init(&j->rows);
+  pg_job_push(s, j);
+  if (pg_pump_out(s) != 0) pg_conn_fail(s, PQerrorMessage(s->conn)); /* fails the job: cb runs */
+  return 0;
+}
+
+void lr_store_postgres_drain(lr_store *st) {
+  ((pstore *)st)->draining = true;
+}
+
 void lr_store_postgres_cluster_stats(lr_store *st, uint64_t *taken, uint64_t *refused,
                                      uint64_t *lost, uint64_t *renewals) {
   pstore *s = (pstore *)st;

@@ -196,10 +196,9 @@ static void lr_uplink_forget(lr_conn *c) {
 
 /* ------------------------------------------------------------ uplink transport side */
 
-static int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
-                          lr_conn **out) {
+/* 0 when req carries the server's SHARD_SECRET, else the HTTP status. */
+static int uplink_auth(lr_room *r, const lr_request *req) {
   lr_server *s = r->srv;
-  *out = NULL;
   char secret[512];
   const char *addr = req->remote_addr ? req->remote_addr : "-";
   const char *shard_id = header_of(req, "x-shard-id");
@@ -215,13 +214,19 @@ static int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_
             shard_id ? shard_id : "-", addr, given ? "wrong" : "no");
     return 401;
   }
+  return 0;
+}
+
+/* c (attached to r) becomes the uplink of the shard or node req comes from. */
+static void uplink_setup(lr_room *r, const lr_request *req, lr_conn *c) {
+  lr_server *s = r->srv;
+  const char *addr = req->remote_addr ? req->remote_addr : "-";
+  const char *shard_id = header_of(req, "x-shard-id");
   const char *world_id = header_of(req, "x-shard-world-id");
   uplink *u = lr_xcalloc(1, sizeof *u);
   u->shard_id = xstrdup(shard_id ? shard_id : "");
   u->world_id = xstrdup(world_id ? world_id : "");
   u->addr = xstrdup(addr);
-  lr_room_activity(r);
-  lr_conn *c = lr_room_attach(r, vt, tp);
   c->uplink = u;
   c->ops = &uplink_ops;
   u->conn = c;
@@ -241,7 +246,31 @@ static int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_
   lua_settop(L, top);
   lr_info("room %s: shard %s (world %s) attached from %s as conn %s", r->key, u->shard_id,
           u->world_id, addr, c->id);
+}
+
+static int lr_uplink_open(lr_room *r, const lr_request *req, const lr_transport_vt *vt, void *tp,
+                          lr_conn **out) {
+  *out = NULL;
+  int st = uplink_auth(r, req);
+  if (st) return st;
+  lr_room_activity(r);
+  lr_conn *c = lr_room_attach(r, vt, tp);
+  uplink_setup(r, req, c);
   *out = c;
+  return 0;
+}
+
+/* The same for a bare connection that waited for r's storage (a cluster
+ * node's link: the room's lease was taken meanwhile); the frames it got
+ * meanwhile are handled now, in order. */
+static int lr_uplink_adopt(lr_room *r, const lr_request *req, lr_conn *c) {
+  int st = uplink_auth(r, req);
+  if (st) return st;
+  lr_room_activity(r);
+  if (r->srv->stats.conns_open) r->srv->stats.conns_open--; /* counted as a client while it waited */
+  lr_room_attach_conn(r, c);
+  uplink_setup(r, req, c);
+  lr_conn_replay_early(c);
   return 0;
 }
 
@@ -493,4 +522,5 @@ static void lr_uplink_closed(lr_conn *c) {
 
 void lr_uplink_install(lr_server *s) {
   s->relay_open = lr_uplink_open;
+  s->relay_adopt = lr_uplink_adopt;
 }

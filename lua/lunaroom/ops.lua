@@ -98,6 +98,11 @@ function M.metrics_text(srv, runtime)
   for _, m in ipairs(core.store_stats and core.store_stats(srv.h) or {}) do
     metric(m.name, m.kind, m.help, { { m.value } })
   end
+  -- A cluster node's relaying (host/cluster.c).
+  local has, cluster = pcall(require, "lunaroom.cluster")
+  for _, m in ipairs(has and cluster.stats() or {}) do
+    metric(m.name, m.kind, m.help, { { m.value } })
+  end
   return table.concat(out, "\n") .. "\n"
 end
 
@@ -165,6 +170,32 @@ function M.handle(srv, req, runtime, json_response, response)
     end
     if not allowed then return json_response(403, { error = "Not permitted" }) end
     local action = path:match("^/admin/(.*)$")
+    if req.method == "GET" and action == "cluster" then
+      -- Every node's rooms, from the lease table (answered when the database did).
+      local has, cluster = pcall(require, "lunaroom.cluster")
+      if not has then return json_response(404, { error = "Not a cluster node" }) end
+      local limit = math.min(10000, math.max(1, math.floor(tonumber(q.limit) or 1000)))
+      return { _wait = function(responder)
+        local wait_c = require "lunaroom.wait_c"
+        local ok, err = cluster.rooms(limit, function(rows, why)
+          if not rows then
+            wait_c.respond(responder, json_response(503, { error = "cluster directory unavailable", details = why }))
+          else
+            wait_c.respond(responder, response(200, '{"node":' .. core.encode(cluster.node) .. ',"limit":' .. limit ..
+              ',"rooms":' .. rows .. "}", "application/json"))
+          end
+        end)
+        if not ok then
+          wait_c.respond(responder, json_response(503, { error = "cluster directory unavailable", details = err }))
+        end
+      end }
+    end
+    if req.method == "POST" and action == "drain" then
+      -- A cluster node hands its rooms to the other nodes (host/cluster.c).
+      local has, cluster = pcall(require, "lunaroom.cluster")
+      if not has then return json_response(404, { error = "Not a cluster node" }) end
+      return json_response(200, { drained = cluster.drain() })
+    end
     if req.method == "POST" and action then
       if action ~= "dispose" and action ~= "kick" then return json_response(404, { error = "Not found" }) end
       -- The body must be {"room": "<party>/<id>"} (kick: and "publicId"): anything else is

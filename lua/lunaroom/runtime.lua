@@ -1673,6 +1673,11 @@ function M.session_transfer(srv, room, conn, target_id, opts, done)
       userSnapshot = core.copy(users[pid], NOPERSIST) }, opts, done)
   end
   local target = srv.rooms[rawget(room, "_party") .. "/" .. target_id]
+  if not target and srv.env.LUNAROOM_CLUSTER then
+    -- A cluster node creates a room only under its lease (taken when a
+    -- request for it arrives): a room not live here may be another node's.
+    return nil, "Room not on this node: in a cluster, pass { url = <any node's URL> }"
+  end
   if not target then
     target = M.create_room(srv, rawget(room, "_party"), target_id)
     if not target then return nil, "Room not available" end

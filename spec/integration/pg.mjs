@@ -32,6 +32,17 @@ function psqlBin() {
 }
 
 /**
+ * Why PostgreSQL tests cannot run here (no initdb: `make deps` installs the
+ * postgresql package), or null when they can.
+ */
+export function pgMissing() {
+  if (process.env.PG_BIN && fs.existsSync(path.join(process.env.PG_BIN, "initdb"))) return null;
+  for (const v of ["17", "16", "15", "14", "13"])
+    if (fs.existsSync(`/usr/lib/postgresql/${v}/bin/initdb`)) return null;
+  return "PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or $PG_BIN; `make deps` installs it)";
+}
+
+/**
  * Start a fresh PostgreSQL. Resolves with { url, dir, stop(), start(),
  * sql(text) -> stdout (psql -At), sqlOn(url, text), session() -> { send(sql), close() } }.
  */

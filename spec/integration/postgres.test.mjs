@@ -13,11 +13,14 @@ import { after, before, describe, test } from "node:test";
 import fs from "node:fs";
 import path from "node:path";
 import { ROOT, http, sleep, startServer, tempDir, wsClient } from "./lib.mjs";
-import { startPg } from "./pg.mjs";
+import { pgMissing, startPg } from "./pg.mjs";
+
+const skip = pgMissing();
+if (skip) console.log(`# skipped: ${skip}`);
 
 let pg;
 before(() => {
-  pg = startPg();
+  if (!skip) pg = startPg();
 });
 after(() => pg?.stop());
 
@@ -60,7 +63,7 @@ return lr.room { path = "kv-{name}", rateLimit = { rate = 0, burst = 0 },
   requests = { ["GET /m"] = function(r) return { count = r.count, m = r.m } end },
 }`;
 
-describe("storage on PostgreSQL, on the wire", () => {
+describe("storage on PostgreSQL, on the wire", { skip: skip ?? false }, () => {
   test("the checks of backends_spec.lua: exact numbers, compacted deletes (prefix), sessions, odd keys, restart", async () => {
     const rooms = roomsDir();
     fs.writeFileSync(path.join(rooms, "kv.lua"), KV_ROOM);
