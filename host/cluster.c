@@ -37,6 +37,7 @@
 
 #include "engine.h"
 #include "fetch.h"
+#include "hash.h"
 #include "json.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -167,10 +168,7 @@ static char *room_key(const char *ns, const char *id) {
 /* ------------------------------------------------------------ directory */
 
 static uint32_t dir_hash(const char *k) {
-  uint32_t h = 2166136261u;
-  for (; *k; k++)
-    h = (h ^ (unsigned char)*k) * 16777619u;
-  return h % DIR_BUCKETS;
+  return lr_fnv1a(LR_FNV1A_INIT, k, strlen(k)) % DIR_BUCKETS;
 }
 
 static dentry **dir_slot(cluster *cl, const char *key) {
@@ -972,7 +970,7 @@ static void rooms_done(void *ud, const char *rows, size_t len, const char *err) 
   lua_State *L = q->s->L;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, q->fn);
-  luaL_unref(L, LUA_REGISTRYINDEX, q->fn);
+  lr_ref_release(L, q->fn);
   if (rows) {
     lr_buf b;
     lr_buf_init(&b);
@@ -986,8 +984,13 @@ static void rooms_done(void *ud, const char *rows, size_t len, const char *err) 
     lua_pushnil(L);
     lua_pushstring(L, err ? err : "failed");
   }
-  lr_callinfo ci = {.what = "cluster rooms"};
-  lr_vm_pcall(L, 2, 0, &ci);
+  if (q->s->rules && q->s->rules->call) { /* counted like every call into Lua */
+    char why[256];
+    q->s->rules->call(q->s, "cluster rooms", 2, 0, why, sizeof why);
+  } else {
+    lr_callinfo ci = {.what = "cluster rooms"};
+    lr_vm_pcall(L, 2, 0, &ci);
+  }
   lua_settop(L, top);
   free(q);
 }
@@ -1002,9 +1005,9 @@ static int l_rooms(lua_State *L) {
   rooms_req *q = lr_xcalloc(1, sizeof *q);
   q->s = s;
   lua_pushvalue(L, 2);
-  q->fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  q->fn = lr_ref_take(L);
   if (lr_store_postgres_leases(s->store, (long)limit, rooms_done, q) != 0) {
-    luaL_unref(L, LUA_REGISTRYINDEX, q->fn);
+    lr_ref_release(L, q->fn);
     free(q);
     lua_pushnil(L);
     lua_pushstring(L, "the database is not connected");

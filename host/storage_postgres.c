@@ -248,10 +248,11 @@ static int send_load(pstore *s, proom *r) {
            "expires_at = EXCLUDED.expires_at WHERE l.expires_at <= now() OR l.node_id = "
            "EXCLUDED.node_id RETURNING epoch, COALESCE((SELECT node_id FROM prev), '')",
            5, v, NULL) != 0 ||
-       pg_send_q(s,
-                 "SELECT node_id || ' ' || GREATEST(0, floor(extract(epoch FROM expires_at - "
-                 "now()) * 1000))::bigint FROM lunaroom_leases WHERE namespace = $1 AND room_id = $2",
-                 2, v, NULL) != 0))
+       pg_send_q(
+           s,
+           "SELECT node_id || ' ' || GREATEST(0, floor(extract(epoch FROM expires_at - "
+           "now()) * 1000))::bigint FROM lunaroom_leases WHERE namespace = $1 AND room_id = $2",
+           2, v, NULL) != 0))
     return -1;
   if (pg_send_q(s, s->sql_load, 2, v, NULL) != 0 || !PQpipelineSync(s->conn)) return -1;
   pjob *j = lr_xcalloc(1, sizeof *j);

@@ -91,7 +91,8 @@ static void on_result(pstore *s, PGresult *res) {
       lr_buf_puts(&j->rows, ",\"node\":");
       lr_json_put_string(&j->rows, PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2));
       lr_buf_printf(&j->rows, ",\"epoch\":%lld,\"validMs\":%lld}",
-                    strtoll(PQgetvalue(res, i, 3), NULL, 10), strtoll(PQgetvalue(res, i, 4), NULL, 10));
+                    strtoll(PQgetvalue(res, i, 3), NULL, 10),
+                    strtoll(PQgetvalue(res, i, 4), NULL, 10));
     }
     return;
   }
