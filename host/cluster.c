@@ -36,6 +36,7 @@
 #include <lua.h>
 
 #include "engine.h"
+#include "relay_id.h"
 #include "fetch.h"
 #include "hash.h"
 #include "json.h"
@@ -132,28 +133,12 @@ static char *xstrdup(const char *s) {
   return lr_xstrndup(s, strlen(s));
 }
 
-static void pct_encode(lr_buf *b, const char *s) {
-  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-    if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
-        *c == '-' || *c == '_' || *c == '.' || *c == '~')
-      lr_buf_putc(b, (char)*c);
-    else
-      lr_buf_printf(b, "%%%02X", *c);
-  }
-}
-
 /* Client headers only a node or shard may set: never passed on. */
 static bool node_header(const char *name) {
   return strcasecmp(name, "x-access-shard") == 0 || strcasecmp(name, "x-shard-id") == 0 ||
          strcasecmp(name, "x-lunaroom-node") == 0 || strcasecmp(name, "x-shard-world-id") == 0 ||
          strcasecmp(name, "x-forwarded-by-shard") == 0 ||
          strcasecmp(name, "x-original-client-ip") == 0;
-}
-
-static const char *header_of(const lr_request *req, const char *name) {
-  for (size_t i = 0; i < req->nheaders; i++)
-    if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
-  return NULL;
 }
 
 static char *room_key(const char *ns, const char *id) {
@@ -403,9 +388,9 @@ static rlink *link_get(cluster *cl, const char *ns, const char *id, const char *
   lr_buf url;
   lr_buf_init(&url);
   lr_buf_printf(&url, "%s%s/", owner, cl->s->parties_prefix);
-  pct_encode(&url, ns);
+  lr_pct_encode(&url, ns);
   lr_buf_putc(&url, '/');
-  pct_encode(&url, id);
+  lr_pct_encode(&url, id);
   lr_header h[3] = {
       {"x-shard-id", cl->node_url}, {"x-shard-world-id", ""}, {"x-access-shard", cl->secret}};
   l->w = lr_wsc_open(cl->s, lr_buf_cstr(&url), h, 3, &link_cbs, l);
@@ -421,67 +406,6 @@ static rlink *link_get(cluster *cl, const char *ns, const char *id, const char *
 static void rc_message(lr_conn *c, const char *data, size_t len);
 static void rc_closed(lr_conn *c);
 static const lr_conn_ops relay_client_ops = {.message = rc_message, .closed = rc_closed};
-
-/* The value of query parameter name (raw), or NULL. */
-static const char *query_param(const char *q, const char *name, size_t *len) {
-  size_t nl = strlen(name);
-  while (q && *q) {
-    const char *end = strchr(q, '&');
-    size_t n = end ? (size_t)(end - q) : strlen(q);
-    if (n > nl && strncmp(q, name, nl) == 0 && q[nl] == '=') {
-      *len = n - nl - 1;
-      return q + nl + 1;
-    }
-    q = end ? end + 1 : NULL;
-  }
-  return NULL;
-}
-
-static char *pct_decode(const char *s, size_t n) {
-  char *out = lr_xmalloc(n + 1);
-  size_t j = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '%' && i + 2 < n) {
-      char hex[3] = {s[i + 1], s[i + 2], 0};
-      char *end;
-      long v = strtol(hex, &end, 16);
-      if (*end == 0 && v > 0) {
-        out[j++] = (char)v;
-        i += 2;
-        continue;
-      }
-    }
-    out[j++] = s[i] == '+' ? ' ' : s[i];
-  }
-  out[j] = 0;
-  return out;
-}
-
-/* The client's private id as the owner derives its session id (shard.c's
- * rule): ?id= trimmed, else ?_pk=, else a random secret id. */
-static char *private_id(lr_server *s, const char *query) {
-  size_t n;
-  const char *v = query_param(query, "id", &n);
-  if (v) {
-    char *id = pct_decode(v, n);
-    char *b = id, *e = id + strlen(id);
-    while (*b == ' ' || *b == '\t' || *b == '\n' || *b == '\r')
-      b++;
-    while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
-      e--;
-    if (e > b) {
-      char *out = lr_xstrndup(b, (size_t)(e - b));
-      free(id);
-      return out;
-    }
-    free(id);
-  }
-  v = query_param(query, "_pk", &n);
-  if (v && n) return pct_decode(v, n);
-  char rnd[LR_SECRET_ID_LEN + 1];
-  lr_random_id(s, rnd, LR_SECRET_ID_LEN, LR_ALPHA62);
-  return xstrdup(rnd);
-}
 
 static void close_later_cb(void *ud) {
   lr_conn *c = ud;
@@ -521,8 +445,8 @@ static void rc_free(rclient *rc) {
 /* shard.clientConnected for rc, with the request as the owner's room should see it. */
 static void send_connected(rlink *l, rclient *rc) {
   const lr_request *req = &rc->req;
-  const char *host = header_of(req, "host");
-  const char *xff = header_of(req, "x-forwarded-for");
+  const char *host = lr_request_header(req, "host");
+  const char *xff = lr_request_header(req, "x-forwarded-for");
   lr_buf b;
   lr_buf_init(&b);
   lr_buf_puts(&b, "{\"type\":\"shard.clientConnected\",\"privateId\":");
@@ -582,7 +506,7 @@ static void link_add(rlink *l, rclient *rc) {
 static void c_relay_ws(lr_server *s, lr_conn *c, const lr_request *req, const char *ns,
                        const char *id, const char *owner) {
   cluster *cl = s->cluster_state;
-  char *priv = private_id(s, req->query);
+  char *priv = lr_relay_private_id(s, req->query);
   rlink *l = strlen(priv) <= MAX_PRIVATE_ID ? link_get(cl, ns, id, owner) : NULL;
   rclient *rc = lr_xcalloc(1, sizeof *rc);
   rc->c = c;
@@ -873,7 +797,7 @@ static void c_relay_http(lr_server *s, const lr_request *req, const char *ns, co
    * (x-lunaroom-node: not relayed again); without the secret, refused. */
   bool transfer = pl >= 17 && strcmp(req->path + pl - 17, "/session-transfer") == 0;
   if (transfer) {
-    const char *given = header_of(req, "x-access-shard");
+    const char *given = lr_request_header(req, "x-access-shard");
     size_t a = given ? strlen(given) : 0, b = strlen(cl->secret);
     unsigned d = !given || a != b;
     for (size_t i = 0; i < b; i++) /* constant time in the secret's length */

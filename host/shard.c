@@ -47,6 +47,7 @@
 #include <lauxlib.h>
 
 #include "engine.h"
+#include "relay_id.h"
 #include "fetch.h"
 #include "json.h"
 #include "log.h"
@@ -137,83 +138,6 @@ static char *xstrdup(const char *s) {
   return lr_xstrndup(s, strlen(s));
 }
 
-static void pct_encode(lr_buf *b, const char *s) {
-  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-    if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
-        *c == '-' || *c == '_' || *c == '.' || *c == '~')
-      lr_buf_putc(b, (char)*c);
-    else
-      lr_buf_printf(b, "%%%02X", *c);
-  }
-}
-
-static const char *header_of(const lr_request *req, const char *name) {
-  for (size_t i = 0; i < req->nheaders; i++)
-    if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
-  return NULL;
-}
-
-/* The value of query parameter name (raw, still percent-encoded), or NULL. */
-static const char *query_param(const char *q, const char *name, size_t *len) {
-  size_t nl = strlen(name);
-  while (q && *q) {
-    const char *end = strchr(q, '&');
-    size_t n = end ? (size_t)(end - q) : strlen(q);
-    if (n > nl && strncmp(q, name, nl) == 0 && q[nl] == '=') {
-      *len = n - nl - 1;
-      return q + nl + 1;
-    }
-    q = end ? end + 1 : NULL;
-  }
-  return NULL;
-}
-
-static char *pct_decode(const char *s, size_t n) {
-  char *out = lr_xmalloc(n + 1);
-  size_t j = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '%' && i + 2 < n) {
-      char hex[3] = {s[i + 1], s[i + 2], 0};
-      char *end;
-      long v = strtol(hex, &end, 16);
-      if (*end == 0 && v > 0) {
-        out[j++] = (char)v;
-        i += 2;
-        continue;
-      }
-    }
-    out[j++] = s[i] == '+' ? ' ' : s[i];
-  }
-  out[j] = 0;
-  return out;
-}
-
-/* The client's private id (as the room computes its session id, Part 1 row
- * 1): ?id= trimmed, else ?_pk=, else a random id. */
-static char *private_id(lr_server *s, const char *query) {
-  size_t n;
-  const char *v = query_param(query, "id", &n);
-  if (v) {
-    char *id = pct_decode(v, n);
-    char *b = id, *e = id + strlen(id);
-    while (*b == ' ' || *b == '\t' || *b == '\n' || *b == '\r')
-      b++;
-    while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
-      e--;
-    if (e > b) {
-      char *out = lr_xstrndup(b, (size_t)(e - b));
-      free(id);
-      return out;
-    }
-    free(id);
-  }
-  v = query_param(query, "_pk", &n);
-  if (v && n) return pct_decode(v, n);
-  char rnd[LR_SECRET_ID_LEN + 1]; /* a secret: 131 bits (rand.h) */
-  lr_random_id(s, rnd, LR_SECRET_ID_LEN, LR_ALPHA62);
-  return xstrdup(rnd);
-}
-
 /* ------------------------------------------------------------ timers */
 
 static int tick_cb(lua_State *L);
@@ -300,7 +224,7 @@ static void send_report(shard_inst *si, bool forced, const char *status, int cou
   lr_buf_init(&url);
   lr_buf_init(&body);
   lr_buf_printf(&url, "%s/parties/world/", sp->world_url);
-  pct_encode(&url, si->world_id);
+  lr_pct_encode(&url, si->world_id);
   lr_buf_puts(&url, "/update-shard");
   lr_buf_puts(&body, "{\"shardId\":");
   lr_json_put_string(&body, si->id, strlen(si->id));
@@ -526,7 +450,7 @@ static void inst_checked(shard_inst *si, const lr_fetch_result *r) {
   lr_buf url;
   lr_buf_init(&url);
   lr_buf_printf(&url, "%s/parties/main/", sp->main_url);
-  pct_encode(&url, si->room_id);
+  lr_pct_encode(&url, si->room_id);
   lr_header h[3] = {
       {"x-shard-id", si->id}, {"x-shard-world-id", si->world_id}, {"x-access-shard", sp->secret}};
   si->up = lr_wsc_open(sp->s, lr_buf_cstr(&url), h, 3, &uplink_cbs, si);
@@ -614,7 +538,7 @@ static int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *sha
     if (!si->ncl && !si->up) inst_free(si);
     return 503;
   }
-  char *priv = private_id(s, req->query);
+  char *priv = lr_relay_private_id(s, req->query);
   if (strlen(priv) > MAX_PRIVATE_ID) { /* the main server would not take it */
     lr_warn("shard %s: client refused, its id is longer than %d bytes", shard_id, MAX_PRIVATE_ID);
     free(priv);
@@ -637,8 +561,8 @@ static int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *sha
   si->cl[si->ncl++] = sc;
   si->empty_since = 0;
   /* shard.clientConnected with the request as the room should see it. */
-  const char *host = header_of(req, "host");
-  const char *xff = header_of(req, "x-forwarded-for");
+  const char *host = lr_request_header(req, "host");
+  const char *xff = lr_request_header(req, "x-forwarded-for");
   lr_buf b;
   lr_buf_init(&b);
   lr_buf_puts(&b, "{\"type\":\"shard.clientConnected\",\"privateId\":");
@@ -820,7 +744,7 @@ static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, c
     lr_buf room;
     lr_buf_init(&room);
     lr_buf_put(&room, id, colon ? (size_t)(colon - id) : strlen(id));
-    pct_encode(&url, lr_buf_cstr(&room));
+    lr_pct_encode(&url, lr_buf_cstr(&room));
     lr_buf_free(&room);
     lr_buf_puts(&url, rest);
     shard_inst *si = find_inst(sp, id, false);

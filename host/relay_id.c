@@ -1,0 +1,89 @@
+/*
+ * relay_id.c - the text helpers both relays (shard.c, cluster.c) use to speak
+ * for a client (see relay_id.h). Owns: one copy of them. Must not: keep
+ * state or know about links, rooms or the engine's internals.
+ */
+#include "relay_id.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rand.h"
+
+/* The value of query parameter name (raw, still percent-encoded), or NULL. */
+const char *lr_query_param(const char *q, const char *name, size_t *len) {
+  size_t nl = strlen(name);
+  while (q && *q) {
+    const char *end = strchr(q, '&');
+    size_t n = end ? (size_t)(end - q) : strlen(q);
+    if (n > nl && strncmp(q, name, nl) == 0 && q[nl] == '=') {
+      *len = n - nl - 1;
+      return q + nl + 1;
+    }
+    q = end ? end + 1 : NULL;
+  }
+  return NULL;
+}
+
+char *lr_pct_decode(const char *s, size_t n) {
+  char *out = lr_xmalloc(n + 1);
+  size_t j = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '%' && i + 2 < n) {
+      char hex[3] = {s[i + 1], s[i + 2], 0};
+      char *end;
+      long v = strtol(hex, &end, 16);
+      if (*end == 0 && v > 0) {
+        out[j++] = (char)v;
+        i += 2;
+        continue;
+      }
+    }
+    out[j++] = s[i] == '+' ? ' ' : s[i];
+  }
+  out[j] = 0;
+  return out;
+}
+
+void lr_pct_encode(lr_buf *b, const char *s) {
+  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+    if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+        *c == '-' || *c == '_' || *c == '.' || *c == '~')
+      lr_buf_putc(b, (char)*c);
+    else
+      lr_buf_printf(b, "%%%02X", *c);
+  }
+}
+
+/* The client's private id (as the room computes its session id, Part 1 row
+ * 1): ?id= trimmed, else ?_pk=, else a random id. */
+char *lr_relay_private_id(lr_server *s, const char *query) {
+  size_t n;
+  const char *v = lr_query_param(query, "id", &n);
+  if (v) {
+    char *id = lr_pct_decode(v, n);
+    char *b = id, *e = id + strlen(id);
+    while (*b == ' ' || *b == '\t' || *b == '\n' || *b == '\r')
+      b++;
+    while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
+      e--;
+    if (e > b) {
+      char *out = lr_xstrndup(b, (size_t)(e - b));
+      free(id);
+      return out;
+    }
+    free(id);
+  }
+  v = lr_query_param(query, "_pk", &n);
+  if (v && n) return lr_pct_decode(v, n);
+  char rnd[LR_SECRET_ID_LEN + 1]; /* a secret: 131 bits (rand.h) */
+  lr_random_id(s, rnd, LR_SECRET_ID_LEN, LR_ALPHA62);
+  return lr_xstrndup(rnd, strlen(rnd));
+}
+
+const char *lr_request_header(const lr_request *req, const char *name) {
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+  return NULL;
+}

@@ -1,0 +1,30 @@
+/*
+ * relay_id.h - what a process that relays a client to the room's owner
+ * (shard.c: a shard process; cluster.c: a cluster node that does not own the
+ * room) needs to speak for that client: its private id as the room derives
+ * its session id, query parameters, percent coding, a request header.
+ * Owns: these text helpers, one copy for both relays. Must not: keep state,
+ * know about links, rooms or the engine.
+ */
+#ifndef LR_RELAY_ID_H
+#define LR_RELAY_ID_H
+
+#include <stddef.h>
+
+#include "buf.h"
+#include "engine.h"
+
+/* The value of query parameter name (raw, still percent-encoded; *len is its
+ * length), or NULL. q is the query without '?'. */
+const char *lr_query_param(const char *q, const char *name, size_t *len);
+/* s[0..n) percent-decoded ('+' is a space), NUL-terminated; the caller frees. */
+char *lr_pct_decode(const char *s, size_t n);
+/* Append s percent-encoding every byte outside the RFC 3986 unreserved set. */
+void lr_pct_encode(lr_buf *b, const char *s);
+/* The client's private id as the room computes its session id (Part 1 row
+ * 1): ?id= trimmed, else ?_pk=, else a secret random id. The caller frees. */
+char *lr_relay_private_id(lr_server *s, const char *query);
+/* The value of request header name (lower case), or NULL. */
+const char *lr_request_header(const lr_request *req, const char *name);
+
+#endif
