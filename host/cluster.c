@@ -444,40 +444,9 @@ static void rc_free(rclient *rc) {
 
 /* shard.clientConnected for rc, with the request as the owner's room should see it. */
 static void send_connected(rlink *l, rclient *rc) {
-  const lr_request *req = &rc->req;
-  const char *host = lr_request_header(req, "host");
-  const char *xff = lr_request_header(req, "x-forwarded-for");
   lr_buf b;
   lr_buf_init(&b);
-  lr_buf_puts(&b, "{\"type\":\"shard.clientConnected\",\"privateId\":");
-  lr_json_put_string(&b, rc->priv, strlen(rc->priv));
-  lr_buf_puts(&b, ",\"requestInfo\":{\"headers\":{");
-  bool first = true;
-  for (size_t i = 0; i < req->nheaders; i++) {
-    const lr_header *h = &req->headers[i];
-    if (node_header(h->name) || strcmp(h->name, "x-forwarded-for") == 0) continue;
-    if (!first) lr_buf_putc(&b, ',');
-    first = false;
-    lr_json_put_string(&b, h->name, strlen(h->name));
-    lr_buf_putc(&b, ':');
-    lr_json_put_string(&b, h->value ? h->value : "", h->value ? strlen(h->value) : 0);
-  }
-  lr_buf xf;
-  lr_buf_init(&xf);
-  if (xff && *xff) lr_buf_printf(&xf, "%s, ", xff);
-  lr_buf_puts(&xf, req->remote_addr ? req->remote_addr : "unknown");
-  if (!first) lr_buf_putc(&b, ',');
-  lr_buf_puts(&b, "\"x-forwarded-for\":");
-  lr_json_put_string(&b, xf.data, xf.len);
-  lr_buf_free(&xf);
-  lr_buf_puts(&b, "},\"url\":");
-  lr_buf url;
-  lr_buf_init(&url);
-  lr_buf_printf(&url, "http://%s%s", host ? host : "localhost", req->path);
-  if (req->query && *req->query) lr_buf_printf(&url, "?%s", req->query);
-  lr_json_put_string(&b, url.data, url.len);
-  lr_buf_free(&url);
-  lr_buf_puts(&b, ",\"method\":\"GET\"}}");
+  lr_relay_client_connected(&b, rc->priv, &rc->req, node_header);
   link_send(l, b.data, b.len);
   lr_buf_free(&b);
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "rand.h"
 
 /* The value of query parameter name (raw, still percent-encoded), or NULL. */
@@ -86,4 +87,40 @@ const char *lr_request_header(const lr_request *req, const char *name) {
   for (size_t i = 0; i < req->nheaders; i++)
     if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
   return NULL;
+}
+
+void lr_relay_client_connected(lr_buf *b, const char *priv, const lr_request *req,
+                               bool (*skip)(const char *name)) {
+  const char *host = lr_request_header(req, "host");
+  const char *xff = lr_request_header(req, "x-forwarded-for");
+  lr_buf_puts(b, "{\"type\":\"shard.clientConnected\",\"privateId\":");
+  lr_json_put_string(b, priv, strlen(priv));
+  lr_buf_puts(b, ",\"requestInfo\":{\"headers\":{");
+  bool first = true;
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const lr_header *h = &req->headers[i];
+    if (skip(h->name) || strcmp(h->name, "x-forwarded-for") == 0) continue;
+    if (!first) lr_buf_putc(b, ',');
+    first = false;
+    lr_json_put_string(b, h->name, strlen(h->name));
+    lr_buf_putc(b, ':');
+    lr_json_put_string(b, h->value ? h->value : "", h->value ? strlen(h->value) : 0);
+  }
+  /* The client's address reaches the room as x-forwarded-for. */
+  lr_buf xf;
+  lr_buf_init(&xf);
+  if (xff && *xff) lr_buf_printf(&xf, "%s, ", xff);
+  lr_buf_puts(&xf, req->remote_addr ? req->remote_addr : "unknown");
+  if (!first) lr_buf_putc(b, ',');
+  lr_buf_puts(b, "\"x-forwarded-for\":");
+  lr_json_put_string(b, xf.data, xf.len);
+  lr_buf_free(&xf);
+  lr_buf_puts(b, "},\"url\":");
+  lr_buf url;
+  lr_buf_init(&url);
+  lr_buf_printf(&url, "http://%s%s", host ? host : "localhost", req->path);
+  if (req->query && *req->query) lr_buf_printf(&url, "?%s", req->query);
+  lr_json_put_string(b, url.data, url.len);
+  lr_buf_free(&url);
+  lr_buf_puts(b, ",\"method\":\"GET\"}}");
 }

@@ -9,6 +9,7 @@
 #ifndef LR_RELAY_ID_H
 #define LR_RELAY_ID_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "buf.h"
@@ -26,5 +27,12 @@ void lr_pct_encode(lr_buf *b, const char *s);
 char *lr_relay_private_id(lr_server *s, const char *query);
 /* The value of request header name (lower case), or NULL. */
 const char *lr_request_header(const lr_request *req, const char *name);
+
+/* Append the shard.clientConnected message of the uplink protocol
+ * (protocol.md 7.5) for a client of private id priv: its request as the
+ * owner's room should see it (the headers but those skip() names, its
+ * address in x-forwarded-for after any the request carried, its URL). */
+void lr_relay_client_connected(lr_buf *b, const char *priv, const lr_request *req,
+                               bool (*skip)(const char *name));
 
 #endif

@@ -561,40 +561,9 @@ static int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *sha
   si->cl[si->ncl++] = sc;
   si->empty_since = 0;
   /* shard.clientConnected with the request as the room should see it. */
-  const char *host = lr_request_header(req, "host");
-  const char *xff = lr_request_header(req, "x-forwarded-for");
   lr_buf b;
   lr_buf_init(&b);
-  lr_buf_puts(&b, "{\"type\":\"shard.clientConnected\",\"privateId\":");
-  lr_json_put_string(&b, sc->priv, strlen(sc->priv));
-  lr_buf_puts(&b, ",\"requestInfo\":{\"headers\":{");
-  bool first = true;
-  for (size_t i = 0; i < req->nheaders; i++) {
-    const lr_header *h = &req->headers[i];
-    if (shard_header(h->name) || strcmp(h->name, "x-forwarded-for") == 0) continue;
-    if (!first) lr_buf_putc(&b, ',');
-    first = false;
-    lr_json_put_string(&b, h->name, strlen(h->name));
-    lr_buf_putc(&b, ':');
-    lr_json_put_string(&b, h->value ? h->value : "", h->value ? strlen(h->value) : 0);
-  }
-  /* The client's address reaches the room as x-forwarded-for. */
-  lr_buf xf;
-  lr_buf_init(&xf);
-  if (xff && *xff) lr_buf_printf(&xf, "%s, ", xff);
-  lr_buf_puts(&xf, req->remote_addr ? req->remote_addr : "unknown");
-  if (!first) lr_buf_putc(&b, ',');
-  lr_buf_puts(&b, "\"x-forwarded-for\":");
-  lr_json_put_string(&b, xf.data, xf.len);
-  lr_buf_free(&xf);
-  lr_buf_puts(&b, "},\"url\":");
-  lr_buf url;
-  lr_buf_init(&url);
-  lr_buf_printf(&url, "http://%s%s", host ? host : "localhost", req->path);
-  if (req->query && *req->query) lr_buf_printf(&url, "?%s", req->query);
-  lr_json_put_string(&b, url.data, url.len);
-  lr_buf_free(&url);
-  lr_buf_puts(&b, ",\"method\":\"GET\"}}");
+  lr_relay_client_connected(&b, sc->priv, req, shard_header);
   up_send(si, b.data, b.len);
   lr_buf_free(&b);
   lr_info("shard %s: client %s (conn %s) from %s", si->id, sc->priv, c->id,
