@@ -18,7 +18,7 @@
  * - Pointers: NULL = not found / refused; the caller owns what a *_new or
  *   *_open returns, and references are counted (retain/release) where noted.
  * - Lua: the engine reaches it only through s->rules (bridge.c); features
- *   that call Lua themselves (fetch.c, reload.c) do it through lr_vm_pcall,
+ *   that call Lua themselves (fetch_lua.c, reload.c) do it through lr_vm_pcall,
  *   a Lua store through its host's call (rules->call: counted and rolled
  *   back as the rules' own calls); the engine releases the references it
  *   holds (room, conn, timer callbacks) through rules->unref. Every registry

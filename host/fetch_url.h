@@ -1,10 +1,11 @@
 /*
- * fetch_url.h - the URL parser of outgoing links (fetch.c's parse_url:
+ * fetch_url.h - the URL parser of outgoing links (fetch_url.c:
  * lunaroom.io.request, lunaroom.fetch, shard and world uplinks), reachable
  * for its fuzz target (host/tests/fuzz/fuzz_url.c).
  *
  * Owns: the contract of a parsed URL.
- * Must not: grow a second parser: fetch.c parses, this only exposes it.
+ * Must not: grow a second parser: fetch_url.c parses, fetch.c and the
+ * tests call it.
  *
  * A URL is http://, https://, ws:// or wss:// then a host (a name or an
  * address, or [v6]), an optional :port (1-65535) and an optional path and

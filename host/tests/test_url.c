@@ -1,5 +1,5 @@
 /*
- * test_url.c - unit tests of the URL parser of outgoing links (fetch.c
+ * test_url.c - unit tests of the URL parser of outgoing links (fetch_url.c
  * through fetch_url.h): what must be refused because it would reach the
  * wire as it is (spaces, CR/LF, a fragment, userinfo), ports and garbage
  * after them, long hosts, and the Host header of a v6 address. The fuzz

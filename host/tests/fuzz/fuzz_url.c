@@ -1,6 +1,6 @@
 /*
  * fuzz_url.c - libFuzzer target: the URL parser of outgoing links
- * (fetch.c parse_url through fetch_url.h: lunaroom.io.request,
+ * (fetch_url.c lr_url_parse through fetch_url.h: lunaroom.io.request,
  * lunaroom.fetch, shard and world uplinks).
  *
  * Each input (up to the first NUL byte, as a C caller passes it) is parsed
