@@ -378,95 +378,99 @@ static char *fmt_sql(const char *fmt, const char *table) {
   return b.data;
 }
 
-lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen) {
+/* o checked: the table, the journal mode and the busy deadline (ms) it
+ * asks for, or -1 with the reason in err. */
+static int open_opts(const lr_sqlite_opts *o, const char **table, const char **jm, int *busy,
+                     char *err, size_t errlen) {
   if (!o || !o->path || !*o->path) {
     lr__store_errf(err, errlen, "sqlite: a database path is required");
-    return NULL;
+    return -1;
   }
-  const char *table = o->table ? o->table : "signe_room_storage";
-  if (!valid_table(table)) {
+  *table = o->table ? o->table : "signe_room_storage";
+  if (!valid_table(*table)) {
     lr__store_errf(err, errlen,
-                   "sqlite: invalid table name '%s' (must match [A-Za-z_][A-Za-z0-9_]*)", table);
-    return NULL;
+                   "sqlite: invalid table name '%s' (must match [A-Za-z_][A-Za-z0-9_]*)", *table);
+    return -1;
   }
-  const char *jm = journal_mode(o->journal_mode ? o->journal_mode : "WAL");
-  if (!jm) {
+  *jm = journal_mode(o->journal_mode ? o->journal_mode : "WAL");
+  if (!*jm) {
     lr__store_errf(err, errlen,
                    "sqlite: invalid journal mode '%s' (DELETE, TRUNCATE, PERSIST, MEMORY, WAL or "
                    "OFF)",
                    o->journal_mode);
-    return NULL;
+    return -1;
   }
   if (o->busy_timeout_ms < 0) {
     lr__store_errf(err, errlen, "sqlite: busy_timeout must be 1 to %d ms, not %d",
                    LR_SQLITE_BUSY_MAX, o->busy_timeout_ms);
-    return NULL;
+    return -1;
   }
-  int busy = o->busy_timeout_ms ? o->busy_timeout_ms : LR_SQLITE_BUSY_DEFAULT;
-  if (busy > LR_SQLITE_BUSY_MAX) { /* a config written for the old 5 s wait still starts */
+  *busy = o->busy_timeout_ms ? o->busy_timeout_ms : LR_SQLITE_BUSY_DEFAULT;
+  if (*busy > LR_SQLITE_BUSY_MAX) { /* a config written for the old 5 s wait still starts */
     lr_warn("sqlite: busy_timeout=%d ms lowered to %d ms (the event loop waits that long at "
             "most; a write that finds the file locked is retried later)",
-            busy, LR_SQLITE_BUSY_MAX);
-    busy = LR_SQLITE_BUSY_MAX;
+            *busy, LR_SQLITE_BUSY_MAX);
+    *busy = LR_SQLITE_BUSY_MAX;
   }
   if (o->max_page_count < 0) {
     lr__store_errf(err, errlen, "sqlite: max_page_count must be > 0, not %ld", o->max_page_count);
-    return NULL;
+    return -1;
   }
-  if (lr__store_mkdir_parent(o->path, err, errlen)) return NULL;
+  return 0;
+}
 
-  sqstore *q = lr_xcalloc(1, sizeof *q);
-  sqlite3_stmt *pst = NULL;
-  char sql[128], *create = NULL;
-  int wal = 0;
-  q->base.vt = &sqlite_vt;
-  q->path = lr_xstrndup(o->path, strlen(o->path));
-  int rc = sqlite3_open_v2(o->path, &q->db,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-  const char *what = "open";
-  if (rc != SQLITE_OK) goto fail;
-  sqlite3_extended_result_codes(q->db, 1);
-
-  /* The busy handler (top of the file), then journal_mode: the first
-   * statement that reads the file, so a file that is not a database fails
-   * here ("file is not a database"). Opening waits for locks up to 1 s: it
-   * runs before the loop. */
-  q->busy_ms = busy;
-  q->deadline = mono_ms() + 1000;
-  q->depth = 1;
-  sqlite3_busy_handler(q->db, on_busy, q);
-  snprintf(sql, sizeof sql, "PRAGMA journal_mode = %s", jm);
-  what = "set journal_mode";
-  if ((rc = sqlite3_prepare_v2(q->db, sql, -1, &pst, NULL)) != SQLITE_OK) goto fail;
-  rc = sqlite3_step(pst);
-  if (rc == SQLITE_ROW) {
-    const char *mode = (const char *)sqlite3_column_text(pst, 0);
-    wal = mode && strcasecmp(mode, "wal") == 0;
-  } else {
+/* err = "sqlite PATH: WHAT: why" (rc's text when there is no connection);
+ * returns -1. */
+static int open_failed(sqstore *q, const char *what, int rc, char *err, size_t errlen) {
+  if (q->db)
     lr__store_errf(err, errlen, "sqlite %s: %s: %s", q->path, what, sqlite3_errmsg(q->db));
-    sqlite3_finalize(pst);
-    goto fail_reported;
-  }
-  sqlite3_finalize(pst);
-  if (o->max_page_count > 0) {
-    snprintf(sql, sizeof sql, "PRAGMA max_page_count = %ld", o->max_page_count);
-    what = "set max_page_count";
-    if ((rc = sqlite3_exec(q->db, sql, NULL, NULL, NULL)) != SQLITE_OK) goto fail;
-  }
-  if (wal) {
-    what = "set synchronous";
-    if ((rc = sqlite3_exec(q->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL)) != SQLITE_OK)
-      goto fail;
-  }
-  create = fmt_sql("CREATE TABLE IF NOT EXISTS %s (namespace TEXT NOT NULL, room_id TEXT NOT "
-                   "NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (namespace, "
-                   "room_id, key))",
-                   table);
-  what = "create table";
-  rc = sqlite3_exec(q->db, create, NULL, NULL, NULL);
-  free(create);
-  if (rc != SQLITE_OK) goto fail;
+  else
+    lr__store_errf(err, errlen, "sqlite %s: %s: %s", q->path, what, sqlite3_errstr(rc));
+  return -1;
+}
 
+/* journal_mode first: the first statement that reads the file, so a file
+ * that is not a database fails here ("file is not a database"); then
+ * max_page_count when asked, and synchronous = NORMAL under WAL. */
+static int set_pragmas(sqstore *q, const char *jm, long max_page_count, char *err, size_t errlen) {
+  char sql[128];
+  sqlite3_stmt *pst = NULL;
+  snprintf(sql, sizeof sql, "PRAGMA journal_mode = %s", jm);
+  int rc = sqlite3_prepare_v2(q->db, sql, -1, &pst, NULL);
+  if (rc != SQLITE_OK) return open_failed(q, "set journal_mode", rc, err, errlen);
+  rc = sqlite3_step(pst);
+  if (rc != SQLITE_ROW) {
+    open_failed(q, "set journal_mode", rc, err, errlen);
+    sqlite3_finalize(pst);
+    return -1;
+  }
+  const char *mode = (const char *)sqlite3_column_text(pst, 0);
+  int wal = mode && strcasecmp(mode, "wal") == 0;
+  sqlite3_finalize(pst);
+  if (max_page_count > 0) {
+    snprintf(sql, sizeof sql, "PRAGMA max_page_count = %ld", max_page_count);
+    if ((rc = sqlite3_exec(q->db, sql, NULL, NULL, NULL)) != SQLITE_OK)
+      return open_failed(q, "set max_page_count", rc, err, errlen);
+  }
+  if (wal &&
+      (rc = sqlite3_exec(q->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL)) != SQLITE_OK)
+    return open_failed(q, "set synchronous", rc, err, errlen);
+  return 0;
+}
+
+/* The reference's table, if it is not there yet. */
+static int create_table(sqstore *q, const char *table, char *err, size_t errlen) {
+  char *create = fmt_sql("CREATE TABLE IF NOT EXISTS %s (namespace TEXT NOT NULL, room_id TEXT "
+                         "NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY "
+                         "(namespace, room_id, key))",
+                         table);
+  int rc = sqlite3_exec(q->db, create, NULL, NULL, NULL);
+  free(create);
+  return rc == SQLITE_OK ? 0 : open_failed(q, "create table", rc, err, errlen);
+}
+
+/* Every statement of the store, prepared once (persistent) on table. */
+static int prepare_statements(sqstore *q, const char *table, char *err, size_t errlen) {
   static const char *const fmts[ST_N] = {
       [ST_GET] = "SELECT value FROM %s WHERE namespace = ?1 AND room_id = ?2 AND key = ?3",
       [ST_PUT] = "INSERT INTO %s (namespace, room_id, key, value) VALUES (?1, ?2, ?3, ?4) "
@@ -486,22 +490,44 @@ lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen
       [ST_COMMIT] = "COMMIT",
       [ST_ROLLBACK] = "ROLLBACK",
   };
-  what = "prepare statements";
   for (int i = 0; i < ST_N; i++) {
     q->sql[i] = fmt_sql(fmts[i], table);
-    if ((rc = sqlite3_prepare_v3(q->db, q->sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->st[i],
-                                 NULL)) != SQLITE_OK)
-      goto fail;
+    int rc = sqlite3_prepare_v3(q->db, q->sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->st[i], NULL);
+    if (rc != SQLITE_OK) return open_failed(q, "prepare statements", rc, err, errlen);
+  }
+  return 0;
+}
+
+lr_store *lr_store_sqlite_open(const lr_sqlite_opts *o, char *err, size_t errlen) {
+  const char *table, *jm;
+  int busy;
+  if (open_opts(o, &table, &jm, &busy, err, errlen) != 0) return NULL;
+  if (lr__store_mkdir_parent(o->path, err, errlen)) return NULL;
+
+  sqstore *q = lr_xcalloc(1, sizeof *q);
+  q->base.vt = &sqlite_vt;
+  q->path = lr_xstrndup(o->path, strlen(o->path));
+  int rc = sqlite3_open_v2(o->path, &q->db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK) {
+    open_failed(q, "open", rc, err, errlen);
+    sq_close(&q->base);
+    return NULL;
+  }
+  sqlite3_extended_result_codes(q->db, 1);
+
+  /* The busy handler (top of the file) before the first statement that
+   * reads the file. Opening waits for locks up to 1 s: it runs before the
+   * loop. */
+  q->busy_ms = busy;
+  q->deadline = mono_ms() + 1000;
+  q->depth = 1;
+  sqlite3_busy_handler(q->db, on_busy, q);
+  if (set_pragmas(q, jm, o->max_page_count, err, errlen) != 0 ||
+      create_table(q, table, err, errlen) != 0 || prepare_statements(q, table, err, errlen) != 0) {
+    sq_close(&q->base);
+    return NULL;
   }
   q->depth = 0;
   return &q->base;
-
-fail:
-  if (q->db)
-    lr__store_errf(err, errlen, "sqlite %s: %s: %s", q->path, what, sqlite3_errmsg(q->db));
-  else
-    lr__store_errf(err, errlen, "sqlite %s: %s: %s", q->path, what, sqlite3_errstr(rc));
-fail_reported:
-  sq_close(&q->base);
-  return NULL;
 }
