@@ -92,6 +92,20 @@ static void up_send_text(uplink *u, const char *text, size_t len) {
   lr_msg_release(m);
 }
 
+/* shard.closeClient for priv on the uplink. */
+static void send_close_client(uplink *u, const char *priv, int code, const char *reason) {
+  lr_buf b;
+  lr_buf_init(&b);
+  lr_buf_puts(&b, "{\"type\":\"shard.closeClient\",\"privateId\":");
+  lr_json_put_string(&b, priv, strlen(priv));
+  /* code and reason are Lunaroom extras; a reference shard ignores them. */
+  lr_buf_printf(&b, ",\"code\":%d,\"reason\":", code);
+  lr_json_put_string(&b, reason ? reason : "", reason ? strlen(reason) : 0);
+  lr_buf_putc(&b, '}');
+  up_send_text(u, b.data, b.len);
+  lr_buf_free(&b);
+}
+
 static void list_remove(uplink *u, vclient *v) {
   for (uint32_t i = 0; i < u->nv; i++) {
     if (u->v[i] == v) {
@@ -131,18 +145,7 @@ static void v_close(lr_conn *c, int code, const char *reason) {
   lr_server *s = c->srv;
   if (!v || v->close_queued) return;
   v->close_queued = true;
-  if (v->up) {
-    lr_buf b;
-    lr_buf_init(&b);
-    lr_buf_puts(&b, "{\"type\":\"shard.closeClient\",\"privateId\":");
-    lr_json_put_string(&b, v->priv, strlen(v->priv));
-    /* code and reason are Lunaroom extras; a reference shard ignores them. */
-    lr_buf_printf(&b, ",\"code\":%d,\"reason\":", code);
-    lr_json_put_string(&b, reason ? reason : "", reason ? strlen(reason) : 0);
-    lr_buf_putc(&b, '}');
-    up_send_text(v->up, b.data, b.len);
-    lr_buf_free(&b);
-  }
+  if (v->up) send_close_client(v->up, v->priv, code, reason);
   if (s->npending_close == s->cappending_close) {
     s->cappending_close = s->cappending_close ? s->cappending_close * 2 : 8;
     s->pending_close =
@@ -267,7 +270,8 @@ static int lr_uplink_adopt(lr_room *r, const lr_request *req, lr_conn *c) {
   int st = uplink_auth(r, req);
   if (st) return st;
   lr_room_activity(r);
-  if (r->srv->stats.conns_open) r->srv->stats.conns_open--; /* counted as a client while it waited */
+  if (r->srv->stats.conns_open)
+    r->srv->stats.conns_open--; /* counted as a client while it waited */
   lr_room_attach_conn(r, c);
   uplink_setup(r, req, c);
   lr_conn_replay_early(c);
@@ -313,6 +317,49 @@ static void request_target(const char *url, const char *shard_id, const char *pr
   lr_buf_cstr(query);
 }
 
+/* The headers of requestInfo.headers (string values only, at most
+ * MAX_HEADERS): names lower-cased into names (NUL-separated), values in
+ * the message. Returns how many. */
+static size_t relayed_headers(const lr_node *headers, lr_header *hs, lr_buf *names) {
+  size_t nh = 0;
+  size_t offs[MAX_HEADERS];
+  if (headers && headers->type == LR_OBJECT) {
+    for (uint32_t i = 0; i < headers->u.obj.len && nh < MAX_HEADERS; i++) {
+      const lr_node *val = headers->u.obj.m[i].val;
+      if (val->type != LR_STRING) continue;
+      offs[nh] = names->len;
+      for (uint32_t k = 0; k < headers->u.obj.m[i].keylen; k++) {
+        char ch = lr_member_key(&headers->u.obj.m[i])[k];
+        lr_buf_putc(names, (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch));
+      }
+      lr_buf_putc(names, 0);
+      hs[nh++].value = val->u.str.s;
+    }
+  }
+  for (size_t i = 0; i < nh; i++)
+    hs[i].name = names->data + offs[i];
+  return nh;
+}
+
+/* The client's address: the last x-forwarded-for entry, the one the
+ * authenticated shard appended (what it saw, after its own trusted-proxy
+ * rules); entries before it came from the client and are not believed.
+ * Without one, the uplink's own address. */
+static void client_ip(const uplink *u, const lr_header *hs, size_t nh, char *ip, size_t iplen) {
+  const char *forwarded = NULL;
+  for (size_t i = 0; i < nh; i++)
+    if (strcmp(hs[i].name, "x-forwarded-for") == 0) forwarded = hs[i].value;
+  snprintf(ip, iplen, "%s", u->addr);
+  if (forwarded && *forwarded) {
+    const char *last = strrchr(forwarded, ',');
+    last = last ? last + 1 : forwarded;
+    while (*last == ' ' || *last == '\t')
+      last++;
+    size_t n = strcspn(last, " \t");
+    if (n > 0 && n < iplen) snprintf(ip, iplen, "%.*s", (int)n, last);
+  }
+}
+
 static void client_connected(uplink *u, const char *priv, const lr_node *info) {
   lr_conn *upc = u->conn;
   lr_room *r = upc->room;
@@ -323,50 +370,14 @@ static void client_connected(uplink *u, const char *priv, const lr_node *info) {
     method = lr_obj_get(info, "method", 6);
   }
   lr_header hs[MAX_HEADERS];
-  size_t nh = 0;
   lr_buf names; /* lower-cased names, NUL-separated */
   lr_buf_init(&names);
-  size_t offs[MAX_HEADERS];
-  const char *forwarded = NULL;
-  if (headers && headers->type == LR_OBJECT) {
-    for (uint32_t i = 0; i < headers->u.obj.len && nh < MAX_HEADERS; i++) {
-      const lr_node *val = headers->u.obj.m[i].val;
-      if (val->type != LR_STRING) continue;
-      offs[nh] = names.len;
-      for (uint32_t k = 0; k < headers->u.obj.m[i].keylen; k++) {
-        char ch = lr_member_key(&headers->u.obj.m[i])[k];
-        lr_buf_putc(&names, (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch));
-      }
-      lr_buf_putc(&names, 0);
-      hs[nh++].value = val->u.str.s;
-    }
-  }
-  for (size_t i = 0; i < nh; i++) {
-    hs[i].name = names.data + offs[i];
-    if (strcmp(hs[i].name, "x-forwarded-for") == 0) forwarded = hs[i].value;
-  }
-  /* The client's address: the last x-forwarded-for entry, the one the
-   * authenticated shard appended (what it saw, after its own trusted-proxy
-   * rules); entries before it came from the client and are not believed. */
+  size_t nh = relayed_headers(headers, hs, &names);
   char ip[64];
-  snprintf(ip, sizeof ip, "%s", u->addr);
-  if (forwarded && *forwarded) {
-    const char *last = strrchr(forwarded, ',');
-    last = last ? last + 1 : forwarded;
-    while (*last == ' ' || *last == '\t')
-      last++;
-    size_t n = strcspn(last, " \t");
-    if (n > 0 && n < sizeof ip) snprintf(ip, sizeof ip, "%.*s", (int)n, last);
-  }
+  client_ip(u, hs, nh, ip, sizeof ip);
   /* It counts against its address's connection limit like a direct socket. */
   if (!lr_net_addr_acquire(ip)) {
-    lr_buf b;
-    lr_buf_init(&b);
-    lr_buf_puts(&b, "{\"type\":\"shard.closeClient\",\"privateId\":");
-    lr_json_put_string(&b, priv, strlen(priv));
-    lr_buf_puts(&b, ",\"code\":1013,\"reason\":\"too many connections from this address\"}");
-    up_send_text(u, b.data, b.len);
-    lr_buf_free(&b);
+    send_close_client(u, priv, 1013, "too many connections from this address");
     lr_buf_free(&names);
     return;
   }
