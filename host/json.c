@@ -680,6 +680,46 @@ lr_node *lr_json_decode_exact(const char *text, size_t len, const lr_json_limits
   return decode(text, len, limits, true, err, errlen);
 }
 
+/* The open-container stack of decode, twice as deep: moved off the C stack
+ * (stack0, 16 deep) on its first growth. */
+static lr_node **grow_stack(lr_node **stack, lr_node **stack0, uint32_t *cap) {
+  *cap *= 2;
+  if (stack != stack0) return lr_xrealloc(stack, *cap * sizeof *stack);
+  lr_node **s = lr_xmalloc(*cap * sizeof *s);
+  memcpy(s, stack0, *cap / 2 * sizeof *s);
+  return s;
+}
+
+/* After a value of decode: close the finished containers, stop after the
+ * next ',' (and the key after it in an object). 1: a value follows; 0: the
+ * document ended there; -1: failed (p says why). */
+static int after_value(parser *p, lr_node **stack, uint32_t *depth) {
+  for (;;) {
+    skip_ws(p);
+    if (!*depth) {
+      if (p->pos == p->len) return 0;
+      fail_at(p, p->pos, "trailing characters");
+      return -1;
+    }
+    if (p->pos >= p->len) {
+      fail_at(p, p->pos, "unexpected end of input");
+      return -1;
+    }
+    bool obj = stack[*depth - 1]->type == LR_OBJECT;
+    char c = p->s[p->pos];
+    if (c == ',') {
+      p->pos++;
+      return obj && !parse_key(p) ? -1 : 1;
+    }
+    if (c != (obj ? '}' : ']')) {
+      fail_at(p, p->pos, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+      return -1;
+    }
+    p->pos++;
+    (*depth)--;
+  }
+}
+
 static lr_node *decode(const char *text, size_t len, const lr_json_limits *limits, bool exact,
                        char *err, size_t errlen) {
   parser P = {.s = text, .len = len, .exact_ints = exact, .err = err, .errlen = errlen};
@@ -726,15 +766,7 @@ static lr_node *decode(const char *text, size_t len, const lr_json_limits *limit
     else
       lr_obj_put(stack[depth - 1], p->key, p->keylen, v);
     if (open) {
-      if (depth == stackcap) {
-        stackcap *= 2;
-        if (stack == stack0) {
-          stack = lr_xmalloc(stackcap * sizeof *stack);
-          memcpy(stack, stack0, sizeof stack0);
-        } else {
-          stack = lr_xrealloc(stack, stackcap * sizeof *stack);
-        }
-      }
+      if (depth == stackcap) stack = grow_stack(stack, stack0, &stackcap);
       stack[depth++] = v;
       skip_ws(p);
       if (p->pos < p->len && p->s[p->pos] == (c == '{' ? '}' : ']')) {
@@ -745,34 +777,10 @@ static lr_node *decode(const char *text, size_t len, const lr_json_limits *limit
         continue;
       }
     }
-    /* After a value: close finished containers, stop at the next ','. */
-    for (;;) {
-      if (!depth) {
-        skip_ws(p);
-        if (p->pos != p->len)
-          fail_at(p, p->pos, "trailing characters");
-        else
-          ok = true;
-        goto done;
-      }
-      skip_ws(p);
-      if (p->pos >= p->len) {
-        fail_at(p, p->pos, "unexpected end of input");
-        goto done;
-      }
-      bool obj = stack[depth - 1]->type == LR_OBJECT;
-      c = p->s[p->pos];
-      if (c == ',') {
-        p->pos++;
-        if (obj && !parse_key(p)) goto done;
-        break;
-      }
-      if (c != (obj ? '}' : ']')) {
-        fail_at(p, p->pos, obj ? "expected ',' or '}'" : "expected ',' or ']'");
-        goto done;
-      }
-      p->pos++;
-      depth--;
+    int next = after_value(p, stack, &depth);
+    if (next <= 0) {
+      ok = next == 0;
+      goto done;
     }
   }
 

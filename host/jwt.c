@@ -114,6 +114,18 @@ static int cmp_time(const lr_node *v, int64_t now) {
   return 2;
 }
 
+/* The exp and nbf claims of object c against now. */
+static lr_jwt_status check_times(const lr_node *c, int64_t now, unsigned flags) {
+  const lr_node *exp = lr_obj_get(c, "exp", 3), *nbf = lr_obj_get(c, "nbf", 3);
+  if (!exp && (flags & LR_JWT_REQUIRE_EXP)) return LR_JWT_NO_EXP;
+  int e = exp ? cmp_time(exp, now) : 1; /* no exp: does not expire */
+  int b = nbf ? cmp_time(nbf, now) : -1;
+  if (e == 2 || b == 2) return LR_JWT_MALFORMED;
+  if (e <= 0) return LR_JWT_EXPIRED;
+  if (b > 0) return LR_JWT_NOT_YET;
+  return LR_JWT_OK;
+}
+
 lr_jwt_status lr_jwt_verify(const char *token, size_t len, const char *secret, size_t secret_len,
                             int64_t now, char **claims_json, lr_node **claims) {
   return lr_jwt_verify_flags(token, len, secret, secret_len, now, 0, claims_json, claims);
@@ -168,29 +180,8 @@ lr_jwt_status lr_jwt_verify_flags(const char *token, size_t len, const char *sec
   /* claims are signed with our own secret: their integers are kept exact */
   lr_json_limits lim = {LR_JWT_CLAIMS_DEPTH, LR_JWT_CLAIMS_ELEMENTS};
   lr_node *c = lr_json_decode_exact(json, strlen(json), &lim, NULL, 0);
-  if (!c || c->type != LR_OBJECT) {
-    st = LR_JWT_MALFORMED;
-    goto fail;
-  }
-  lr_node *exp = lr_obj_get(c, "exp", 3), *nbf = lr_obj_get(c, "nbf", 3);
-  if (!exp && (flags & LR_JWT_REQUIRE_EXP)) {
-    st = LR_JWT_NO_EXP;
-    goto fail;
-  }
-  int e = exp ? cmp_time(exp, now) : 1; /* no exp: does not expire */
-  int b = nbf ? cmp_time(nbf, now) : -1;
-  if (e == 2 || b == 2) {
-    st = LR_JWT_MALFORMED;
-    goto fail;
-  }
-  if (e <= 0) {
-    st = LR_JWT_EXPIRED;
-    goto fail;
-  }
-  if (b > 0) {
-    st = LR_JWT_NOT_YET;
-    goto fail;
-  }
+  st = c && c->type == LR_OBJECT ? check_times(c, now, flags) : LR_JWT_MALFORMED;
+  if (st != LR_JWT_OK) goto fail;
   if (claims_json)
     *claims_json = json;
   else

@@ -684,6 +684,28 @@ static void forward_done(void *ud, const lr_fetch_result *r) {
   free(f);
 }
 
+/* The main server's URL of shard id's room (its name before any ':',
+ * then rest) into url, and the shard's world id into world. */
+static void room_target(shard_proc *sp, const char *id, const char *rest, lr_buf *url, char *world,
+                        size_t wlen) {
+  const char *colon = strchr(id, ':');
+  lr_buf_printf(url, "%s/parties/main/", sp->main_url);
+  lr_buf room;
+  lr_buf_init(&room);
+  lr_buf_put(&room, id, colon ? (size_t)(colon - id) : strlen(id));
+  lr_pct_encode(url, lr_buf_cstr(&room));
+  lr_buf_free(&room);
+  lr_buf_puts(url, rest);
+  shard_inst *si = find_inst(sp, id, false);
+  if (si) {
+    snprintf(world, wlen, "%s", si->world_id);
+  } else {
+    char *w = world_id_of(sp, id);
+    snprintf(world, wlen, "%s", w);
+    free(w);
+  }
+}
+
 static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, const char *id,
                           const char *rest, lr_response_cb done, void *ud) {
   shard_proc *sp = s->shard;
@@ -708,22 +730,7 @@ static bool lr_shard_http(lr_server *s, const lr_request *req, const char *ns, c
       lr_respond_json(done, ud, 404, "{\"error\":\"Not found\"}");
       return true;
     }
-    const char *colon = strchr(id, ':');
-    lr_buf_printf(&url, "%s/parties/main/", sp->main_url);
-    lr_buf room;
-    lr_buf_init(&room);
-    lr_buf_put(&room, id, colon ? (size_t)(colon - id) : strlen(id));
-    lr_pct_encode(&url, lr_buf_cstr(&room));
-    lr_buf_free(&room);
-    lr_buf_puts(&url, rest);
-    shard_inst *si = find_inst(sp, id, false);
-    if (si) {
-      snprintf(shard_world, sizeof shard_world, "%s", si->world_id);
-    } else {
-      char *w = world_id_of(sp, id);
-      snprintf(shard_world, sizeof shard_world, "%s", w);
-      free(w);
-    }
+    room_target(sp, id, rest, &url, shard_world, sizeof shard_world);
   }
   if (req->query && *req->query) lr_buf_printf(&url, "?%s", req->query);
   const char *xff = NULL;

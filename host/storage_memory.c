@@ -717,6 +717,28 @@ static int fsync_dir(const char *path) {
   return rc;
 }
 
+/* m's rooms in a stable order: by encoded name (the caller frees the names
+ * and the array; *nr is how many). */
+static named_room *sorted_rooms(mstore *m, size_t *nr) {
+  named_room *rooms = lr_xcalloc(m->nrooms ? m->nrooms : 1, sizeof *rooms);
+  size_t n = 0;
+  lr_buf b;
+  lr_buf_init(&b);
+  for (size_t i = 0; i < m->nbuckets; i++) {
+    for (mroom *r = m->buckets[i]; r; r = r->next) {
+      lr_buf_reset(&b);
+      uri_encode(&b, r->ns, r->nslen);
+      lr_buf_putc(&b, ':');
+      uri_encode(&b, r->room, r->roomlen);
+      rooms[n++] = (named_room){lr_xstrndup(b.data, b.len), b.len, r};
+    }
+  }
+  lr_buf_free(&b);
+  qsort(rooms, n, sizeof *rooms, by_name);
+  *nr = n;
+  return rooms;
+}
+
 int lr_store_memory_save(lr_store *s, const char *path, char *err, size_t errlen) {
   if (!s || s->vt != &memory_vt) {
     lr__store_errf(err, errlen, "storage: snapshot save needs a memory store");
@@ -731,21 +753,10 @@ int lr_store_memory_save(lr_store *s, const char *path, char *err, size_t errlen
   int rc = lr__store_mkdir_parent(path, err, errlen);
   if (rc) return rc;
 
-  /* Rooms in a stable order: by encoded name. */
-  named_room *rooms = lr_xcalloc(m->nrooms ? m->nrooms : 1, sizeof *rooms);
-  size_t nr = 0;
+  size_t nr;
+  named_room *rooms = sorted_rooms(m, &nr);
   lr_buf b;
   lr_buf_init(&b);
-  for (size_t i = 0; i < m->nbuckets; i++) {
-    for (mroom *r = m->buckets[i]; r; r = r->next) {
-      lr_buf_reset(&b);
-      uri_encode(&b, r->ns, r->nslen);
-      lr_buf_putc(&b, ':');
-      uri_encode(&b, r->room, r->roomlen);
-      rooms[nr++] = (named_room){lr_xstrndup(b.data, b.len), b.len, r};
-    }
-  }
-  qsort(rooms, nr, sizeof *rooms, by_name);
 
   size_t plen = strlen(path);
   char *tmp = lr_xmalloc(plen + 16);
