@@ -44,6 +44,7 @@ test: ensure-test-deps build asan test-c test-spec test-asan test-valgrind test-
 
 test-c: build
 	lua5.4 host/tests/include_cycles.lua host
+	lua5.4 host/tests/sizes.lua host
 	./$(BUILD)/lr_tests
 
 test-spec: build

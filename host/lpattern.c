@@ -257,6 +257,7 @@ static const char *back_reference(mstate *ms, const char *s, int d) {
   return NULL;
 }
 
+/* Kept whole (sizes.lua allows it): the port of lstrlib.c match(), diffable with Lua's. */
 static const char *match(mstate *ms, const char *s, const char *p) {
   if (ms->depth-- == 0) luaL_error(ms->L, "pattern too complex");
   while (p != ms->p_end) {
