@@ -69,7 +69,7 @@ test-valgrind: build
 
 # libFuzzer targets (clang, ASan+UBSan): JSON decoder, action packets,
 # URL/routes, JWT, bounded C functions of rooms, pre-auth ids (time-bounded), the URL parser of
-# outgoing requests (fetch.c); FUZZ_SECONDS each (corpora in host/tests/fuzz/corpus).
+# outgoing requests (fetch_url.c); FUZZ_SECONDS each (corpora in host/tests/fuzz/corpus).
 test-fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) host/tests/fuzz/run.sh
 

@@ -1637,7 +1637,7 @@ function M.transfer_in(srv, room, data)
 end
 
 -- POST {url}/parties/{party}/{target}/session-transfer on another process
--- (host/fetch.c); done(room, token, err) runs when it answered.
+-- (host/fetch_lua.c: lunaroom.fetch); done(room, token, err) runs when it answered.
 local function remote_transfer(srv, room, target_id, data, opts, done)
   local secret = srv.env.SHARD_SECRET
   if not secret or secret == "" then return nil, "a remote session transfer needs SHARD_SECRET" end

@@ -108,7 +108,7 @@ describe("handlers that wait, over the wire", () => {
   });
 
   test("a hostile service's endless answer is cut at 16 MiB: the handler fails, the server goes on", async () => {
-    // io.request input path: the response body is bounded (fetch.c FETCH_MAX_MESSAGE).
+    // io.request input path: the response body is bounded (fetch_int.h FETCH_MAX_MESSAGE).
     let sent = 0;
     const chunk = Buffer.alloc(1 << 20, 120);
     const evil = nodeHttp.createServer((req, res) => {
