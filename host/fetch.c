@@ -822,7 +822,7 @@ void lr_wsc_close(lr_wsc *w, int code, const char *reason) {
 /* ------------------------------------------------------------ Lua */
 
 typedef struct lua_req {
-  lua_State *L;
+  lr_server *s;
   int fn; /* registry ref of the callback */
 } lua_req;
 
@@ -844,11 +844,12 @@ void lr_fetch_push_result(lua_State *L, const lr_fetch_result *r) {
 
 static void lua_done(void *ud, const lr_fetch_result *r) {
   lua_req *q = ud;
-  lua_State *L = q->L;
+  lua_State *L = q->s->L; /* the server's: the caller's thread may be gone */
   lua_rawgeti(L, LUA_REGISTRYINDEX, q->fn);
   lr_fetch_push_result(L, r);
-  lr_callinfo ci = {.what = "fetch callback"};
-  lr_vm_pcall(L, 1, 0, &ci);
+  /* Counted and rolled back as the rules' own calls. No room here: the
+   * runtime's callbacks run a room's code through wait_c.resume with it. */
+  q->s->rules->call(q->s, "fetch callback", 1, 0, NULL, 0);
   lr_ref_release(L, q->fn);
   free(q);
 }
@@ -873,7 +874,7 @@ static int l_request(lua_State *L) {
   lua_Integer timeout = luaL_optinteger(L, 5, 10000);
   luaL_checktype(L, 6, LUA_TFUNCTION);
   lua_req *q = lr_xcalloc(1, sizeof *q);
-  q->L = L;
+  q->s = s;
   lua_pushvalue(L, 6);
   q->fn = lr_ref_take(L);
   uint64_t id = lr_fetch(s, method, url, hs, nh, body, blen, timeout, lua_done, q);
