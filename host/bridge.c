@@ -10,7 +10,10 @@
  * sends and writes nothing); the Lua values the engine hands to the rules
  * (requests, packets, conn tables) and reading their answers (HTTP response
  * tables, rejections, interceptor output); the same call helper for a
- * feature's own calls into Lua (rules->call: the Lua storage backends).
+ * feature's own calls into Lua (rules->call: the Lua storage backends, the
+ * Lua callbacks of HTTP answers) and for the rules-side code with its own
+ * call info (lr_bridge_pcall: reload's steps, a deferred HTTP answer); the
+ * room policy around a call (lr_call_guard, also around wait_c.resume).
  * Must not: schedule flushes or send packets itself (the engine does, after
  * each call), know transports or features, or implement room rules.
  */
@@ -26,7 +29,6 @@
 #include "log.h"
 #include "lua_api.h"
 #include "lua_vm.h"
-#include "reload.h"
 
 _Static_assert(LR_NOREF == LUA_NOREF, "rules.h's LR_NOREF is Lua's LUA_NOREF");
 
@@ -67,24 +69,31 @@ static double mono_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Call the function below nargs values with lr_vm_pcall, counted in the
- * handler metrics; on failure the dirty marks the rollback left in r (if
- * any) are cleared when nothing was pending before. [-(nargs+1), +nres] */
-static int call(lr_server *s, lr_room *r, const char *what, int nargs, int nres, char *err,
-                size_t errlen) {
-  lua_State *L = s->L;
-  lr_callinfo ci = {.room = r ? r->key : NULL,
-                    .what = what,
-                    .budget = r ? r->budget : 0,
-                    .memory = r ? r->memory : 0};
-  bool was_dirty[LR_NCH] = {false, false};
-  if (r) {
-    lr_room_retain(r);
+void lr_call_guard_begin(lr_call_guard *g, lr_room *r) {
+  g->r = r;
+  for (int ch = 0; ch < LR_NCH; ch++)
+    g->was_dirty[ch] = r && lr_state_dirty(r->root, ch);
+  if (r) lr_room_retain(r);
+}
+
+void lr_call_guard_end(lr_call_guard *g, bool failed) {
+  lr_room *r = g->r;
+  if (!r) return;
+  /* The failed call was rolled back. If nothing was pending before it, the
+   * marks the rollback left describe no change: drop them, so a failed
+   * handler sends nothing and writes nothing. */
+  if (failed && !r->disposed)
     for (int ch = 0; ch < LR_NCH; ch++)
-      was_dirty[ch] = lr_state_dirty(r->root, ch);
-  }
+      if (!g->was_dirty[ch]) lr_state_clear_dirty(r->root, ch);
+  lr_room_release(r);
+  g->r = NULL;
+}
+
+int lr_bridge_pcall(lr_server *s, lua_State *L, lr_room *r, lr_callinfo *ci, int nargs, int nres) {
+  lr_call_guard g;
+  lr_call_guard_begin(&g, r);
   double t0 = mono_s();
-  int rc = lr_vm_pcall(L, nargs, nres, &ci);
+  int rc = lr_vm_pcall(L, nargs, nres, ci);
   double dt = mono_s() - t0;
   s->stats.calls++;
   s->stats.call_seconds += dt;
@@ -92,14 +101,20 @@ static int call(lr_server *s, lr_room *r, const char *what, int nargs, int nres,
   while (b < LR_HIST_N - 1 && dt > lr_hist_bounds[b])
     b++;
   s->stats.hist[b]++;
-  if (rc && r) {
-    /* The failed call was rolled back. If nothing was pending before it, the
-     * marks the rollback left describe no change: drop them, so a failed
-     * handler sends nothing and writes nothing. */
-    for (int ch = 0; ch < LR_NCH; ch++)
-      if (!was_dirty[ch]) lr_state_clear_dirty(r->root, ch);
-  }
-  if (r) lr_room_release(r);
+  lr_call_guard_end(&g, rc != 0);
+  return rc;
+}
+
+/* lr_bridge_pcall for room r (NULL: none) with the room's budget and memory
+ * cap; on failure the message (or the budget's) in err when given.
+ * [-(nargs+1), +nres|0] */
+static int call(lr_server *s, lr_room *r, const char *what, int nargs, int nres, char *err,
+                size_t errlen) {
+  lr_callinfo ci = {.room = r ? r->key : NULL,
+                    .what = what,
+                    .budget = r ? r->budget : 0,
+                    .memory = r ? r->memory : 0};
+  int rc = lr_bridge_pcall(s, s->L, r, &ci, nargs, nres);
   if (rc && err)
     snprintf(err, errlen, "%s", ci.budget_hit ? "instruction budget exceeded" : ci.err);
   return rc;
@@ -372,7 +387,7 @@ static int b_request(lr_room *r, const lr_request *req, const char *rest, lr_set
   int rc = -1;
   if (runtime_call(s, r, F_REQUEST, "request", "request", 3, 1, err, sizeof err) == 0 &&
       lua_istable(L, -1)) {
-    if (lr_wait_http_defer(s, L, done, ud)) {
+    if (lr_wait_http_defer(s, r, L, done, ud)) {
       /* a guard or the route waits: answered when it finished (lua_wait.c) */
     } else if (!settle(r, done, ud)) {
       respond_table(L, done, ud);
@@ -391,7 +406,7 @@ static int b_operations(lr_server *s, const lr_request *req, lr_response_cb done
   int rc = -1;
   if (runtime_call(s, NULL, -1, "operations", "operations", 1, 1, err, sizeof err) == 0 &&
       lua_istable(L, -1)) {
-    if (!lr_wait_http_defer(s, L, done, ud)) /* answered later: GET /admin/cluster */
+    if (!lr_wait_http_defer(s, NULL, L, done, ud)) /* answered later: GET /admin/cluster */
       respond_table(L, done, ud);
     rc = 1;
   }
@@ -409,8 +424,14 @@ static void b_timer(lr_server *s, lr_room *r, int ref) {
   lua_settop(L, top);
 }
 
+static void (*tick_hook)(lr_server *s);
+
+void lr_bridge_set_tick(void (*fn)(lr_server *s)) {
+  tick_hook = fn;
+}
+
 static void b_tick(lr_server *s) {
-  lr_reload_poll(s); /* hot reload: read the watcher, reload after the debounce */
+  if (tick_hook) tick_hook(s); /* hot reload: read the watcher, reload after the debounce */
 }
 
 /* A join burst leaves its Lua garbage (handshake tables, query strings,

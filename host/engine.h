@@ -17,10 +17,17 @@
  * - bool results answer a question (served?, failing?), never report an error.
  * - Pointers: NULL = not found / refused; the caller owns what a *_new or
  *   *_open returns, and references are counted (retain/release) where noted.
- * - Lua: the engine reaches it only through s->rules (bridge.c); features
- *   that call Lua themselves (fetch_lua.c, reload.c) do it through lr_vm_pcall,
- *   a Lua store through its host's call (rules->call: counted and rolled
- *   back as the rules' own calls); the engine releases the references it
+ * - Lua: the engine reaches it only through s->rules (bridge.c). Every
+ *   other outermost call from the host into Lua for a server is the rules'
+ *   counted call too (handler metrics; a room's rollback with its dirty
+ *   marks cleared): a feature's or transport's callback (fetch_lua.c,
+ *   cluster.c, headless.c) and a Lua store (its host's call) through
+ *   rules->call; rules-side code that needs its own call info (reload.c's
+ *   budgeted steps, lua_wait.c) through lr_bridge_pcall (bridge.h).
+ *   lr_vm_pcall directly only where no server is there to count it (a
+ *   store opening, the command's drivers setting up: cli.c, serve.c) or
+ *   nested inside a counted call (core.pcall, wait_c.resume's
+ *   lr_vm_resume). The engine releases the references it
  *   holds (room, conn, timer callbacks) through rules->unref. Every registry
  *   reference is taken and released through lr_ref_take/lr_ref_release
  *   (lua_vm.h), never luaL_ref/luaL_unref directly.
@@ -362,9 +369,10 @@ void lr_server_dev_recheck_later(lr_server *s);
  * headers={{name,value},...}, body=string}. [-0,+0] */
 void lr_respond_table(lua_State *L, lr_response_cb done, void *ud);
 /* lua_wait.c: the response table on top of L is runtime.lua's "pending"
- * answer (a guard or route handler waits): the request is answered with
- * done/ud when it finished. Returns false for an ordinary response. */
-bool lr_wait_http_defer(lr_server *s, lua_State *L, lr_response_cb done, void *ud);
+ * answer (a guard or route handler of room r, NULL for an operations path,
+ * waits): the request is answered with done/ud when it finished. Returns
+ * false for an ordinary response. */
+bool lr_wait_http_defer(lr_server *s, lr_room *r, lua_State *L, lr_response_cb done, void *ud);
 /* Send the pending sync patch now (applySync / throttle end). If nothing is
  * pending and full_if_clean, every connection gets the full state. Parked
  * connections get pId + full state. */

@@ -6,19 +6,21 @@
  * Owns: the Lua side of a request: the lua_req holding its callback's
  * registry reference (freed after the callback ran, or by the request's
  * drop function when no answer comes: cancelled, shut down).
- * Must not: call the callback other than protected (lr_vm_pcall), or talk
- * to lws: the request is fetch_http.c's.
+ * Must not: call the callback other than through the rules' counted call
+ * (rules->call, engine.h says why), or talk to lws: the request is
+ * fetch_http.c's.
  */
 #include <stdlib.h>
 
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "engine.h"
 #include "fetch_int.h"
 #include "lua_vm.h"
 
 typedef struct lua_req {
-  lua_State *L;
+  lr_server *s;
   int fn; /* registry ref of the callback */
 } lua_req;
 
@@ -40,11 +42,12 @@ void lr_fetch_push_result(lua_State *L, const lr_fetch_result *r) {
 
 static void lua_done(void *ud, const lr_fetch_result *r) {
   lua_req *q = ud;
-  lua_State *L = q->L;
+  lua_State *L = q->s->L; /* the server's: the caller's thread may be gone */
   lua_rawgeti(L, LUA_REGISTRYINDEX, q->fn);
   lr_fetch_push_result(L, r);
-  lr_callinfo ci = {.what = "fetch callback"};
-  lr_vm_pcall(L, 1, 0, &ci);
+  /* Counted and rolled back as the rules' own calls. No room here: the
+   * runtime's callbacks run a room's code through wait_c.resume with it. */
+  q->s->rules->call(q->s, "fetch callback", 1, 0, NULL, 0);
   lr_ref_release(L, q->fn);
   free(q);
 }
@@ -69,7 +72,7 @@ static int l_request(lua_State *L) {
   lua_Integer timeout = luaL_optinteger(L, 5, 10000);
   luaL_checktype(L, 6, LUA_TFUNCTION);
   lua_req *q = lr_xcalloc(1, sizeof *q);
-  q->L = L;
+  q->s = s;
   lua_pushvalue(L, 6);
   q->fn = lr_ref_take(L);
   /* free: a request that goes unanswered (cancelled, shut down) frees q. */

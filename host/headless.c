@@ -7,7 +7,8 @@
  * sent to one connection, its close code), the lr_transport_vt they give
  * the engine, and the answers of in-process HTTP requests.
  * Must not: reach into the engine beyond server.h and the conn/room fields
- * specs inspect, or run room rules.
+ * specs inspect, run room rules, or call Lua other than through the rules'
+ * counted call (s->rules->call).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,6 +182,7 @@ static int l_hl_id(lua_State *L) {
  * main thread: the thread that made the request may be a coroutine that is
  * suspended, dead or collected by then. */
 typedef struct http_out {
+  lr_server *s;
   lua_State *L; /* the caller's thread while it waits on the stack; the main thread once pending */
   int done;
   int ref;
@@ -220,8 +222,10 @@ static void http_done(void *ud, const lr_response *r) {
       lua_pushnil(L);
       lua_rawseti(L, t, o->pending_id);
       push_answer(L, r);
-      lr_callinfo ci = {.what = "fetch answer"};
-      lr_vm_pcall(L, 1, 0, &ci);
+      if (L != o->s->L) lua_xmove(L, o->s->L, 2); /* the rules call on the server's thread */
+      /* Counted and rolled back as the rules' own calls. No room: runtime.lua's
+       * subscriber resumes the waiting handler through wait_c.resume with it. */
+      o->s->rules->call(o->s, "fetch answer", 1, 0, NULL, 0);
     } else if (kind == LUA_TBOOLEAN) { /* given up (timed out, cancelled): dropped */
       lua_pushnil(L);
       lua_rawseti(L, t, o->pending_id);
@@ -286,7 +290,7 @@ static int l_http(lua_State *L) {
       luaL_checkstring(L, 2), luaL_checkstring(L, 3), luaL_optstring(L, 4, ""), hs, nh, body, bl,
       ip && *ip ? ip : NULL};
   http_out *o = lr_xcalloc(1, sizeof *o);
-  *o = (http_out){L, 0, LUA_NOREF, 0};
+  *o = (http_out){s, L, 0, LUA_NOREF, 0};
   lr_server_http(s, &req, http_done, o);
   lr_server_tick(s);
   if (!o->done) {

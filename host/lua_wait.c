@@ -32,6 +32,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "bridge.h"
 #include "engine.h"
 #include "lua_vm.h"
 
@@ -57,23 +58,14 @@ static int w_resume(lua_State *L) {
   int nargs = lua_gettop(L) - 4;
   if (!lua_checkstack(co, nargs + LUA_MINSTACK)) return luaL_error(L, "resume: stack overflow");
   lr_callinfo ci = {.room = lua_tostring(L, 3), .what = lua_tostring(L, 4)};
-  bool was_dirty[LR_NCH] = {false, false};
-  if (r) {
-    lr_room_retain(r);
-    for (int ch = 0; ch < LR_NCH; ch++)
-      was_dirty[ch] = lr_state_dirty(r->root, ch);
-  }
+  /* Not counted: a resume runs inside a call (lr_bridge_pcall) that is.
+   * A failed step was rolled back; the room's marks as after a call. */
+  lr_call_guard g;
+  lr_call_guard_begin(&g, r);
   lua_xmove(L, co, nargs);
   int nres = 0;
   int rc = lr_vm_resume(co, L, nargs, &nres, &ci);
-  if (r) {
-    /* A failed step was rolled back: if nothing was pending before it, its
-     * marks describe no change (as lr_runtime_call does for a call). */
-    if (rc != LUA_OK && rc != LUA_YIELD && !r->disposed)
-      for (int ch = 0; ch < LR_NCH; ch++)
-        if (!was_dirty[ch]) lr_state_clear_dirty(r->root, ch);
-    lr_room_release(r);
-  }
+  lr_call_guard_end(&g, rc != LUA_OK && rc != LUA_YIELD);
   if (rc == LUA_OK || rc == LUA_YIELD) {
     if (!lua_checkstack(L, nres + 1)) {
       lua_pop(co, nres);
@@ -182,7 +174,7 @@ static int responder_gc(lua_State *L) {
   return 0;
 }
 
-bool lr_wait_http_defer(lr_server *s, lua_State *L, lr_response_cb done, void *ud) {
+bool lr_wait_http_defer(lr_server *s, lr_room *r, lua_State *L, lr_response_cb done, void *ud) {
   if (!lua_istable(L, -1)) return false;
   lua_getfield(L, -1, "_wait");
   if (!lua_isfunction(L, -1)) {
@@ -200,8 +192,8 @@ bool lr_wait_http_defer(lr_server *s, lua_State *L, lr_response_cb done, void *u
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   lua_insert(L, -3); /* responder, fn, responder */
-  lr_callinfo ci = {.what = "request (waiting)"};
-  if (lr_vm_pcall(L, 1, 0, &ci) != 0 && p->done)
+  lr_callinfo ci = {.room = r ? r->key : NULL, .what = "request (waiting)"};
+  if (lr_bridge_pcall(s, L, r, &ci, 1, 0) != 0 && p->done)
     answer_simple(p, 500, "{\"error\":\"Internal Server Error\"}");
   lua_pop(L, 1);
   return true;

@@ -324,25 +324,25 @@ static void net_opts(net_loop *L, const lr_net_opts *o) {
 }
 
 /* Check the options and resolve what they name (trusted proxies, the
- * static folder). false: logged; what was made is freed by net_free. */
-static bool net_prepare(net_loop *L) {
+ * static folder). 0, or -1 (logged; what was made is freed by net_free). */
+static int net_prepare(net_loop *L) {
   if (!L->o.tls_cert != !L->o.tls_key) {
     lr_error("tls: --tls-cert and --tls-key go together");
-    return false;
+    return -1;
   }
-  if (!net_parse_trusted(L, L->o.trusted_proxies)) return false;
+  if (net_parse_trusted(L, L->o.trusted_proxies) != 0) return -1;
   if (L->o.port < 0 || L->o.port > 65535) {
     lr_error("invalid port %d", L->o.port);
-    return false;
+    return -1;
   }
   if (L->o.static_dir) {
     L->static_root = realpath(L->o.static_dir, NULL);
     if (!L->static_root) {
       lr_error("static folder %s: %s", L->o.static_dir, strerror(errno));
-      return false;
+      return -1;
     }
   }
-  return true;
+  return 0;
 }
 
 /* Create the context and its listening vhost. Returns the port listened
@@ -404,7 +404,7 @@ static int net_serve(net_loop *L) {
     lr_server_batch_joins(s, false);
     if (n < 0) {
       lr_error("event loop failed");
-      return 1;
+      return -1;
     }
     if (net_hup_flag) {
       net_hup_flag = 0;
@@ -449,10 +449,10 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   L.srv = s;
   lr_server_set_loop_fds(s, &net_loop_fds);
   net_opts(&L, o);
-  int port = net_prepare(&L) ? net_listen(&L) : -1;
+  int port = net_prepare(&L) == 0 ? net_listen(&L) : -1;
   if (port < 0) {
     net_free(&L);
-    return 1;
+    return -1;
   }
   net_stop_flag = 0;
   net_hup_flag = 0;

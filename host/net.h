@@ -54,8 +54,8 @@ void lr_net_defaults(lr_net_opts *o);
 /* Run the loop until SIGINT/SIGTERM (or lr_net_stop); SIGHUP reloads the
  * TLS certificate and calls on_hup. On a stop signal it
  * calls lr_server_shutdown(s) (which closes sockets with 1001), lets the
- * queued close frames go out (bounded, ~1 s), and returns 0. Returns non-zero
- * if it cannot listen (the error is logged). */
+ * queued close frames go out (bounded, ~1 s), and returns 0. Returns -1
+ * if it cannot listen or the loop fails (the error is logged). */
 int lr_net_run(lr_server *s, const lr_net_opts *o);
 void lr_net_stop(void);
 /* The running loop's libwebsockets context, or NULL when no loop runs (before

@@ -279,10 +279,10 @@ void net_sock_release(struct lws *wsi) {
   net_addr_put(net_loop_of(wsi), a);
 }
 
-/* Parse "a.b.c.d, x/24, ::1, 2001:db8::/32" into L->trusted. Returns false
- * (logged) on an entry that is not an address or CIDR. */
-bool net_parse_trusted(net_loop *L, const char *list) {
-  if (!list || !*list) return true;
+/* Parse "a.b.c.d, x/24, ::1, 2001:db8::/32" into L->trusted. Returns 0, or
+ * -1 (logged) on an entry that is not an address or CIDR. */
+int net_parse_trusted(net_loop *L, const char *list) {
+  if (!list || !*list) return 0;
   const char *p = list;
   while (*p) {
     size_t n = strcspn(p, ", ");
@@ -290,7 +290,7 @@ bool net_parse_trusted(net_loop *L, const char *list) {
       char item[80], *slash;
       if (n >= sizeof item) {
         lr_error("--trusted-proxy: entry too long: %.*s", (int)n, p);
-        return false;
+        return -1;
       }
       memcpy(item, p, n);
       item[n] = '\0';
@@ -303,13 +303,13 @@ bool net_parse_trusted(net_loop *L, const char *list) {
         long b = strtol(slash + 1, &end, 10);
         if (*end || end == slash + 1 || b < 0 || b > c.bits) {
           lr_error("--trusted-proxy: bad prefix length in %.*s", (int)n, p);
-          return false;
+          return -1;
         }
         c.bits = (int)b;
       }
       if (inet_pton(c.fam, item, c.a) != 1) {
         lr_error("--trusted-proxy: not a numeric address: %.*s", (int)n, p);
-        return false;
+        return -1;
       }
       L->trusted = lr_xrealloc(L->trusted, (L->ntrusted + 1) * sizeof *L->trusted);
       L->trusted[L->ntrusted++] = c;
@@ -318,7 +318,7 @@ bool net_parse_trusted(net_loop *L, const char *list) {
     while (*p == ',' || *p == ' ')
       p++;
   }
-  return true;
+  return 0;
 }
 
 net_loop *net_active; /* the running loop, for lr_net_addr_* */

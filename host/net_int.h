@@ -195,7 +195,7 @@ const char *net_method(struct lws *wsi, bool *head);
 /* ---- net_addr.c: client addresses, trusted proxies, sockets per address ---- */
 extern net_loop *net_active; /* the running loop, for lr_net_addr_* */
 void net_peer(struct lws *wsi, char *buf, size_t len);
-bool net_parse_trusted(net_loop *L, const char *list);
+int net_parse_trusted(net_loop *L, const char *list);
 struct net_addr *net_addr_get(net_loop *L, const char *ip, bool add);
 void net_addr_put(net_loop *L, struct net_addr *a);
 void net_addr_free_all(net_loop *L);

@@ -11,7 +11,8 @@
  * reload.
  * Must not: interpret a change (which rooms a module affects, what a new
  * field means: reload.lua), write room state, call Lua other than through
- * lr_vm_pcall, or block (the fd is non-blocking and read only by the loop
+ * the rules' counted call (lr_bridge_pcall; lr_vm_pcall only for a srv
+ * table without a server), or block (the fd is non-blocking and read only by the loop
  * thread).
  *
  * Events. The watch mask is IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE |
@@ -45,7 +46,8 @@
  * (specs) there is no watch, no timer and no margin: the spec drives time with advance() and calls
  * tick().
  *
- * Transaction. run_jobs() makes every step an outermost lr_vm_pcall: plan
+ * Transaction. run_jobs() makes every step an outermost protected call
+ * (lr_bridge_pcall: counted in the handler metrics like every call): plan
  * (which room files a batch of paths affects, deletions), then per room
  * file: prepare (compile + validate in a fresh _ENV, under
  * LR_RELOAD_LOAD_BUDGET: a runaway top level is stopped without touching
@@ -71,6 +73,7 @@
 
 #include <lauxlib.h>
 
+#include "bridge.h"
 #include "buf.h"
 #include "log.h"
 #include "lua_api.h"
@@ -342,6 +345,7 @@ static int l_watch(lua_State *L) {
     return 2;
   }
   g_open++;
+  lr_bridge_set_tick(lr_reload_poll); /* the rules' tick polls the watchers */
   /* roots: watch these folders under dir (each "sub/dir", recursively)
    * instead of dir itself. */
   int nroots = lua_istable(L, 2) ? (int)lua_rawlen(L, 2) : 0;
@@ -453,20 +457,30 @@ static void on_ready(void *ud, int revents) {
 
 /* ------------------------------------------------------------- driver */
 
+/* A protected call of the reload: through the rules' counted call for
+ * server s; s NULL (reload_c.run with a srv table of no server: tools) has
+ * no metrics to count it in, so a plain lr_vm_pcall. No room guard: a
+ * commit migrates every live room of a file; a failed one is rolled back
+ * (lr_vm_pcall) and its marks re-send unchanged values, no-ops for
+ * clients. [-(nargs+1), +nres|0] */
+static int pcall(lr_server *s, lua_State *L, int nargs, int nres, lr_callinfo *ci) {
+  return s ? lr_bridge_pcall(s, L, NULL, ci, nargs, nres) : lr_vm_pcall(L, nargs, nres, ci);
+}
+
 /* Push the lunaroom.reload module. Returns 0, or -1 (logged, nothing
  * pushed). [-0,+1|0] */
-static int push_module(lua_State *L) {
+static int push_module(lr_server *s, lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "lunaroom.reload");
   lr_callinfo ci = {.what = "require lunaroom.reload"};
-  return lr_vm_pcall(L, 1, 1, &ci) == 0 ? 0 : -1;
+  return pcall(s, L, 1, 1, &ci) == 0 ? 0 : -1;
 }
 
 /* Call mod[name](srv, job, extra?) as an outermost protected call with the
  * given budget. On success leaves nres results; on failure returns non-zero
  * with the first line of the error in err. [-0,+nres|0] */
-static int step(lua_State *L, int mod, const char *name, int srv, int job, const char *extra,
-                int nres, int64_t budget, char *err, size_t errlen) {
+static int step(lr_server *s, lua_State *L, int mod, const char *name, int srv, int job,
+                const char *extra, int nres, int64_t budget, char *err, size_t errlen) {
   lua_getfield(L, mod, name);
   lua_pushvalue(L, srv);
   lua_pushvalue(L, job);
@@ -478,7 +492,7 @@ static int step(lua_State *L, int mod, const char *name, int srv, int job, const
   char what[64];
   snprintf(what, sizeof what, "reload %s", name);
   lr_callinfo ci = {.what = what, .budget = budget};
-  int rc = lr_vm_pcall(L, nargs, nres, &ci);
+  int rc = pcall(s, L, nargs, nres, &ci);
   if (rc != 0 && err)
     snprintf(err, errlen, "%s%s", ci.err,
              ci.budget_hit && !strstr(ci.err, "budget") ? " (instruction budget exceeded)" : "");
@@ -489,11 +503,11 @@ static int step(lua_State *L, int mod, const char *name, int srv, int job, const
  * paths, "*" (rescan), or job tables (lunaroom.testing). Pushes the list of
  * jobs, each with its outcome (ok, version, err, rooms). Every step is its
  * own outermost protected call (see the top of this file). [-0,+1] */
-static void run_jobs(lua_State *L, int srv, int input) {
+static void run_jobs(lr_server *s, lua_State *L, int srv, int input) {
   srv = lua_absindex(L, srv);
   input = lua_absindex(L, input);
   int base = lua_gettop(L);
-  if (push_module(L) != 0) {
+  if (push_module(s, L) != 0) {
     lua_newtable(L);
     return;
   }
@@ -502,7 +516,7 @@ static void run_jobs(lua_State *L, int srv, int input) {
   lua_pushvalue(L, srv);
   lua_pushvalue(L, input);
   lr_callinfo ci = {.what = "reload plan"};
-  if (lr_vm_pcall(L, 2, 1, &ci) != 0 || !lua_istable(L, -1)) {
+  if (pcall(s, L, 2, 1, &ci) != 0 || !lua_istable(L, -1)) {
     lua_settop(L, base);
     lua_newtable(L);
     return;
@@ -514,13 +528,14 @@ static void run_jobs(lua_State *L, int srv, int input) {
     int job = lua_gettop(L);
     char err[600];
     err[0] = 0;
-    if (step(L, mod, "prepare", srv, job, NULL, 1, LR_RELOAD_LOAD_BUDGET, err, sizeof err) == 0) {
+    if (step(s, L, mod, "prepare", srv, job, NULL, 1, LR_RELOAD_LOAD_BUDGET, err, sizeof err) ==
+        0) {
       int go = lua_toboolean(L, -1);
       lua_pop(L, 1);
-      if (go && step(L, mod, "commit", srv, job, NULL, 0, 0, err, sizeof err) == 0)
-        step(L, mod, "after", srv, job, NULL, 0, 0, NULL, 0);
+      if (go && step(s, L, mod, "commit", srv, job, NULL, 0, 0, err, sizeof err) == 0)
+        step(s, L, mod, "after", srv, job, NULL, 0, 0, NULL, 0);
     }
-    step(L, mod, "done", srv, job, err[0] ? err : NULL, 0, 0, NULL, 0);
+    step(s, L, mod, "done", srv, job, err[0] ? err : NULL, 0, 0, NULL, 0);
     lua_settop(L, job - 1);
   }
   lua_replace(L, mod); /* leave only the jobs */
@@ -536,7 +551,7 @@ static int l_run(lua_State *L) {
   lua_getfield(L, 1, "h");
   lr_server *s = lua_isnil(L, -1) ? NULL : lr_lua_check_server(L, -1);
   lua_pop(L, 1);
-  run_jobs(L, 1, 2);
+  run_jobs(s, L, 1, 2);
   if (s) lr_server_dev_recheck_later(s); /* --dev: sockets waiting for a room file */
   return 1;
 }
@@ -625,7 +640,7 @@ void lr_reload_poll(lr_server *s) {
     if (now + (s->virtual_clock ? 0 : LR_RELOAD_MARGIN_MS) >= due) {
       /* Take the batch first: events during the reload form the next one. */
       take_batch(L, w);
-      run_jobs(L, srv, -1);
+      run_jobs(s, L, srv, -1);
       lr_server_dev_recheck_later(s); /* --dev: sockets waiting for a room file */
       now = lr_now(s);
       next = w->nw ? -1 : now + LR_RELOAD_WAKE_MS;
@@ -641,12 +656,12 @@ int lr_reload_watch(lr_server *s, int srv, const char *dir) {
   lua_State *L = s->L;
   srv = lua_absindex(L, srv);
   int top = lua_gettop(L);
-  if (push_module(L) != 0) return -1;
+  if (push_module(s, L) != 0) return -1;
   lua_getfield(L, -1, "watch");
   lua_pushvalue(L, srv);
   lua_pushstring(L, dir);
   lr_callinfo ci = {.what = "reload watch"};
-  int ok = lr_vm_pcall(L, 2, 2, &ci) == 0 && lua_toboolean(L, -2);
+  int ok = pcall(s, L, 2, 2, &ci) == 0 && lua_toboolean(L, -2);
   if (!ok && lua_gettop(L) > top + 1)
     lr_warn("hot reload is off: %s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "watch failed");
   lua_settop(L, top);

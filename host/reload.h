@@ -41,7 +41,8 @@
  * reload). Stack: [-0,+0]. */
 int lr_reload_watch(lr_server *s, int srv, const char *dir);
 
-/* Called by lr_server_tick() on every loop iteration: reads the watcher's
+/* Called by lr_server_tick() on every loop iteration (the rules' tick, once a
+ * watcher opened: lr_bridge_set_tick): reads the watcher's
  * pending events without blocking and runs the reload of the changed files
  * as outermost protected calls, at once for finished saves, after the
  * debounce otherwise. Has the event loop watch the inotify fd on a

@@ -100,10 +100,13 @@ typedef struct lr_rules_vt {
   void (*unref)(lua_State *L, int ref);
   /* The server's environment variable name ("" when unset), into buf. */
   const char *(*env)(lr_server *s, const char *name, char *buf, size_t n);
-  /* A feature's own call into the rules' runtime (a storage backend written
-   * in Lua: storage.h lr_store_host.call): the function below nargs values
-   * on the server's Lua state, counted and rolled back as the rules' own
-   * calls. 0, or non-zero with the message in err. NULL: refused. */
+  /* A feature's or transport's own call into the rules' runtime (a storage
+   * backend written in Lua: storage.h lr_store_host.call; an HTTP answer's
+   * Lua callback: fetch.c, cluster.c, headless.c): the function below nargs
+   * values on the server's Lua state, counted and rolled back as the rules'
+   * own calls (no room: a callback that runs a room's code does it through
+   * the rules' room-bound calls). 0, or non-zero with the message in err
+   * (err may be NULL). NULL: refused. */
   int (*call)(lr_server *s, const char *what, int nargs, int nres, char *err, size_t errlen);
 } lr_rules_vt;
 

@@ -631,6 +631,6 @@ static int cmd_serve_args(int argc, char **argv, const char *lua_dir) {
   hup_ctx hup = {.s = s, .dir = c->dir, .rooms = !c->shard_main || c->dir_given};
   c->no.on_hup = on_hup;
   c->no.on_hup_arg = &hup;
-  rc = lr_net_run(s, &c->no);
+  rc = lr_net_run(s, &c->no) == 0 ? 0 : 1; /* the exit status */
   return serve_stop(c, L, s, st, rc);
 }

@@ -66,9 +66,12 @@ typedef struct lr_request {
  * engine's connection (the transport stores it and passes it back). On
  * refusal before the socket is accepted (path outside /parties, unknown room
  * or party) returns an HTTP status (404; 503 full, stopping or cannot wake;
- * 500 creation failed) and *out is NULL: net.c then accepts the socket and
- * closes it with 4004 / 1013 / 1011, the headless host reports the same. Guard rejections,
- * maxUsers etc. happen after acceptance, through vt->close(). */
+ * 500 creation failed; 429 the address creates rooms too fast; 401 a node's
+ * link without the node secret; 400 a bad shard request) and *out is NULL:
+ * net.c then accepts the socket and closes it with 4004 / 1013 / 1011 (the
+ * others are answered as HTTP), the headless host reports the same. Guard
+ * rejections, maxUsers etc. happen after acceptance, through vt->close().
+ * Never -1: every refusal is a status (engine.h's conventions). */
 int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt *vt, void *tp,
                       lr_conn **out);
 /* The transport's per-connection pointer given to lr_server_ws_open. */

@@ -504,6 +504,7 @@ static int load_backend(lua_State *L, const char *path, char *err, size_t errlen
     lua_pop(L, 1);
     return -1;
   }
+  /* At open, before any server exists: no rules call to count it in. */
   if (lr_vm_pcall(L, 0, 1, &ci) != 0) {
     lr__store_errf(err, errlen, "%s", ci.err);
     return -1;
