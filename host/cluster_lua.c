@@ -20,6 +20,7 @@
 #include "cluster_int.h"
 #include "engine.h"
 #include "log.h"
+#include "lua_api.h"
 #include "lua_vm.h"
 #include "storage_postgres.h"
 
@@ -118,20 +119,7 @@ static int l_rooms(lua_State *L) {
 static int l_stats(lua_State *L) {
   lr_server *s = lua_touserdata(L, lua_upvalueindex(1));
   lr_store_stat v[16];
-  size_t n = lr_cluster_stats(s, v, 16);
-  lua_createtable(L, (int)n, 0);
-  for (size_t i = 0; i < n; i++) {
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, v[i].name);
-    lua_setfield(L, -2, "name");
-    lua_pushstring(L, v[i].kind);
-    lua_setfield(L, -2, "kind");
-    lua_pushstring(L, v[i].help);
-    lua_setfield(L, -2, "help");
-    lua_pushnumber(L, v[i].value);
-    lua_setfield(L, -2, "value");
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
+  lr_lua_push_stats(L, v, lr_cluster_stats(s, v, 16));
   return 1;
 }
 
