@@ -180,6 +180,12 @@ static void c_relay_http(lr_server *s, const lr_request *req, const char *ns, co
    * the node secret: it is forwarded with it, as a node's own request
    * (x-lunaroom-node: not relayed again); without the secret, refused. */
   bool transfer = pl >= 17 && strcmp(req->path + pl - 17, "/session-transfer") == 0;
+  /* The world (party "world", lua/lunaroom/world.lua) takes the node secret
+   * as an admin's credential: its requests go as a shard forwards them
+   * (shard.c), with the client's own credentials only (its x-access-shard
+   * included: a shard's report), marked as a node's (x-lunaroom-node: not
+   * relayed again), never with the secret. */
+  bool world = strcmp(ns, "world") == 0;
   if (transfer) {
     const char *given = lr_request_header(req, "x-access-shard");
     size_t a = given ? strlen(given) : 0, b = strlen(cl->secret);
@@ -204,17 +210,23 @@ static void c_relay_http(lr_server *s, const lr_request *req, const char *ns, co
       xff = req->headers[i].value;
       continue;
     }
-    if (cl_node_header(req->headers[i].name)) continue;
+    if (cl_node_header(req->headers[i].name) &&
+        !(world && strcasecmp(req->headers[i].name, "x-access-shard") == 0))
+      continue;
     hs[nh++] = req->headers[i];
   }
   if (xff && *xff) lr_buf_printf(&xf, "%s, ", xff);
   lr_buf_puts(&xf, req->remote_addr ? req->remote_addr : "unknown");
   hs[nh++] = (lr_header){"x-forwarded-for", lr_buf_cstr(&xf)};
-  hs[nh++] = transfer ? (lr_header){"x-lunaroom-node", cl->node_url}
-                      : (lr_header){"x-forwarded-by-shard", "true"};
-  hs[nh++] = (lr_header){"x-access-shard", cl->secret};
-  hs[nh++] = (lr_header){"x-original-client-ip",
-                         xff && *xff ? xff : (req->remote_addr ? req->remote_addr : "unknown")};
+  if (world) {
+    hs[nh++] = (lr_header){"x-lunaroom-node", cl->node_url};
+  } else {
+    hs[nh++] = transfer ? (lr_header){"x-lunaroom-node", cl->node_url}
+                        : (lr_header){"x-forwarded-by-shard", "true"};
+    hs[nh++] = (lr_header){"x-access-shard", cl->secret};
+    hs[nh++] = (lr_header){"x-original-client-ip",
+                           xff && *xff ? xff : (req->remote_addr ? req->remote_addr : "unknown")};
+  }
   fwd *f = lr_xcalloc(1, sizeof *f);
   f->cl = cl;
   f->done = done;

@@ -1,0 +1,165 @@
+/*
+ * cluster_rooms.test.mjs - what else a room does keeps working across the
+ * nodes of a cluster (`--cluster`, SHARD_SECRET set: the nodes relay).
+ *
+ * Owns: the world registry in a cluster (it is a room: one owner, its
+ * requests on other nodes forwarded there, its writes fenced by its lease);
+ * hibernation (a hibernated room keeps its lease: it keeps its sockets and
+ * timers on its node, so no other node may serve it meanwhile); a
+ * room-to-room fetch whose target another node owns (forwarded to it); the
+ * local form of room:sessionTransfer to a room not on this node (from a room
+ * that may wait: it reaches the target's owner, or takes the lease when the
+ * target is free).
+ * Skipped (with the reason) when PostgreSQL is not installed.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import fs from "node:fs";
+import path from "node:path";
+import { ROOT, http, sleep, tempDir, wsClient } from "./lib.mjs";
+import { clusterNode, join, metric, sign, until } from "./cluster_lib.mjs";
+import { pgMissing, startPg } from "./pg.mjs";
+
+const LEASE = 1000;
+const SECRET = "cluster-rooms-test-secret-012345";
+const JWT_SECRET = "cluster-rooms-admin-secret-01234";
+const ADMIN = { authorization: `Bearer ${sign({ worlds: ["*"] }, JWT_SECRET)}` };
+const ENV = { SHARD_SECRET: SECRET, AUTH_JWT_SECRET: JWT_SECRET };
+const skip = pgMissing();
+if (skip) console.log(`# skipped: ${skip}`);
+
+let pg;
+
+function roomsDir() {
+  const dir = tempDir("lunaroom-cluster-rooms-");
+  fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/xfer.lua"), path.join(dir, "xfer.lua"));
+  // Hibernates after 200 ms without an event (its sockets stay open).
+  fs.writeFileSync(
+    path.join(dir, "hib.lua"),
+    `local lr = require "lunaroom"
+return lr.room {
+  path = "hib-{id}",
+  hibernate = true,
+  hibernateAfter = 200,
+  state = { count = lr.sync(0) },
+  actions = { inc = function(room) room.count = room.count + 1 end },
+}
+`,
+  );
+  // A room whose code may wait (it mentions fetch): room-to-room fetch and
+  // the local form of sessionTransfer, which wait for another node's answer.
+  fs.writeFileSync(
+    path.join(dir, "hop.lua"),
+    `local lr = require "lunaroom"
+return lr.room {
+  path = "hop-{name}",
+  state = {
+    players = lr.users(lr.schema { name = lr.sync(""), level = lr.sync(1) }),
+    count = lr.sync(0),
+  },
+  actions = {
+    inc = function(room) room.count = room.count + 1 end,
+    rename = function(_, player, name) player.name = name end,
+    go = function(room, _, target, conn)
+      local token, err = room:sessionTransfer(conn, target)
+      conn:send { type = "transfer", value = { token = token or lr.null, error = err or lr.null } }
+    end,
+  },
+  onSessionRestore = function(t)
+    local snap = {}
+    for k, v in pairs(t.userSnapshot) do snap[k] = v end
+    snap.level = (snap.level or 0) + 10
+    return snap
+  end,
+  requests = {
+    ["GET /count"] = function(room) return { count = room.count } end,
+    ["GET /peek/:target"] = function(room, req)
+      local res = room.parties.main:get(req.params.target):fetch("/count")
+      return { status = res.status, count = res.ok and res.json().count or lr.null }
+    end,
+  },
+}
+`,
+  );
+  return dir;
+}
+
+const node = (rooms, { leaseMs = LEASE, extra = [] } = {}) => clusterNode(pg, rooms, { leaseMs, env: ENV, extra });
+const leaseRow = (ns, room) => pg.sql(`SELECT node_id || ' ' || epoch FROM lunaroom_leases WHERE namespace = '${ns}' AND room_id = '${room}'`);
+const leaseValid = (ns, room) => pg.sql(`SELECT expires_at > now() FROM lunaroom_leases WHERE namespace = '${ns}' AND room_id = '${room}'`) === "t";
+const storedText = (ns, room) => pg.sql(`SELECT coalesce(string_agg(key || '=' || value, ' '), '') FROM signe_room_storage WHERE namespace = '${ns}' AND room_id = '${room}'`);
+const metrics = async (srv) => (await http("GET", `${srv.url}/metrics`)).body;
+
+describe("rooms across the nodes of a cluster", { skip: skip ?? false }, () => {
+  before(() => {
+    pg = startPg();
+  });
+  after(() => pg?.stop());
+
+  test("the world registry is a room: one owner, requests on other nodes forwarded to it, its writes fenced by its lease", async () => {
+    const rooms = roomsDir();
+    const world = ["--world", "--world-cleanup-interval", "60000"];
+    const a = await node(rooms, { extra: world });
+    const b = await node(rooms, { extra: world });
+    const W = "world-default";
+    const wurl = (srv, p) => `${srv.url}/parties/world/${W}${p}`;
+    const register = (srv, name) =>
+      http("POST", wurl(srv, "/register-room"), { name, balancingStrategy: "round-robin", public: true, maxPlayersPerShard: 10, minShards: 1 }, ADMIN);
+    const known = (srv, name) => http("POST", wurl(srv, "/connect"), { roomId: name, autoCreate: false });
+    try {
+      let r = await register(a, "room-one");
+      assert.equal(r.status, 200, r.body);
+      assert.equal(leaseRow("world", W), `${a.nodeUrl} 1`, "the world was not taken under a lease");
+      // On B: forwarded to A, the owner; B does not load the world.
+      r = await known(b, "room-one");
+      assert.equal(r.status, 200, r.body);
+      assert.equal(typeof r.json.shardId, "string");
+      r = await register(b, "room-two");
+      assert.equal(r.status, 200, r.body);
+      assert.equal((await known(a, "room-two")).status, 200, "a registration through B did not reach the owner");
+      // Forwarded with the client's own credentials, never the node secret
+      // (the world takes the secret as an admin's): none, refused; a shard's
+      // report (x-access-shard) passes the guard (404: no such shard).
+      const anon = { name: "room-anon", balancingStrategy: "round-robin", public: true, maxPlayersPerShard: 10, minShards: 1 };
+      r = await http("POST", wurl(b, "/register-room"), anon);
+      assert.equal(r.status, 403, `a registration without credentials through another node: ${r.status} ${r.body}`);
+      assert.equal((await known(a, "room-anon")).status, 404);
+      r = await http("POST", wurl(b, "/update-shard"), { shardId: "no-such-shard", connections: 0 }, { "x-access-shard": SECRET });
+      assert.equal(r.status, 404, r.body);
+      r = await http("POST", wurl(b, "/update-shard"), { shardId: "no-such-shard", connections: 0 }, { "x-access-shard": "wrong" });
+      assert.equal(r.status, 403, r.body);
+      const mb = await metrics(b);
+      assert.equal(metric(mb, "lunaroom_cluster_http_forwarded_total"), 5, mb);
+      assert.equal(metric(mb, "lunaroom_cluster_rooms_owned"), 0, mb);
+      assert.equal(leaseRow("world", W), `${a.nodeUrl} 1`);
+      await until(() => /room-two/.test(storedText("world", W)), 5000, "the registry written (throttleStorage 2 s)");
+
+      // A registration on A not written yet (throttleStorage), then A stops
+      // past its lease: B takes the world from storage; A, woken, writes nothing.
+      r = await register(a, "room-three");
+      assert.equal(r.status, 200, r.body);
+      a.proc.kill("SIGSTOP");
+      await sleep(LEASE + 300);
+      r = await known(b, "room-one"); // B takes the expired lease and restores the registry
+      assert.equal(r.status, 200, r.body);
+      assert.equal(leaseRow("world", W), `${b.nodeUrl} 2`);
+      assert.equal((await register(b, "room-four")).status, 200);
+      a.proc.kill("SIGCONT");
+      await until(() => /room world\/world-default: .*dropped here|lease \(epoch 1\) is lost/.test(a.logs()), 5000,
+        "the woken node drops the world");
+      await sleep(2500); // past A's throttleStorage: its queued write of room-three would have gone out
+      const stored = storedText("world", W);
+      assert.match(stored, /room-four/, stored);
+      assert.doesNotMatch(stored, /room-three/, "the node that lost the world's lease wrote its registry");
+      assert.equal(leaseRow("world", W), `${b.nodeUrl} 2`);
+      assert.equal((await known(b, "room-three")).status, 404, "room-three was never stored, and B does not have it");
+      // A forwards to B now.
+      assert.equal((await known(a, "room-four")).status, 200);
+      assert.equal(await b.stop(), 0, b.logs());
+    } finally {
+      a.proc.kill("SIGCONT");
+      await a.stop();
+      await b.stop();
+    }
+  });
+});
