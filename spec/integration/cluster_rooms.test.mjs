@@ -162,4 +162,37 @@ describe("rooms across the nodes of a cluster", { skip: skip ?? false }, () => {
       await b.stop();
     }
   });
+
+  test("a hibernated room keeps its lease: renewed while it sleeps, woken on its node by a client relayed from another", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms);
+    const b = await node(rooms);
+    try {
+      const ca = await join(a, "hib-x", "h1");
+      ca.send({ action: "inc" });
+      await ca.next((m) => m?.type === "sync" && m.value.count === 1);
+      const cb = await join(b, "hib-x", "h2"); // relayed to A
+      assert.ok(!cb.refused, JSON.stringify(cb.refused));
+      await until(() => /room main\/hib-x hibernated/.test(a.logs()), 3000, "the room hibernates");
+      await sleep(2.5 * LEASE); // several renewal periods while it sleeps
+      assert.doesNotMatch(a.logs(), /room main\/hib-x woke up/);
+      assert.equal(leaseRow("main", "hib-x"), `${a.nodeUrl} 1`, "the lease changed while the room slept");
+      assert.ok(leaseValid("main", "hib-x"), "the lease of the hibernated room was not renewed");
+      assert.equal(metric(await metrics(a), "lunaroom_cluster_rooms_owned"), 1);
+      // Another node's client reaches it through its owner, which wakes it.
+      const cb2 = await join(b, "hib-x", "h3");
+      assert.ok(!cb2.refused, JSON.stringify(cb2.refused));
+      cb.send({ action: "inc" });
+      await ca.next((m) => m?.type === "sync" && m.value.count === 2);
+      await cb.next((m) => m?.type === "sync" && m.value.count === 2);
+      await cb2.next((m) => m?.type === "sync" && m.value.count === 2);
+      assert.match(a.logs(), /room main\/hib-x woke up/);
+      assert.equal(leaseRow("main", "hib-x"), `${a.nodeUrl} 1`);
+      assert.equal(pg.sql("SELECT value FROM signe_room_storage WHERE namespace = 'main' AND room_id = 'hib-x' AND key = 'state:count'"), "2");
+      for (const c of [ca, cb, cb2]) await c.close();
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
 });
