@@ -195,4 +195,72 @@ describe("rooms across the nodes of a cluster", { skip: skip ?? false }, () => {
       await b.stop();
     }
   });
+
+  test("room-to-room fetch of a room another node owns: forwarded to the owner, its answer returned", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms);
+    const b = await node(rooms);
+    try {
+      const cb = await join(b, "hop-far", "f1"); // B owns hop-far
+      for (let i = 0; i < 3; i++) cb.send({ action: "inc" });
+      await cb.next((m) => m?.type === "sync" && m.value.count === 3);
+      const m0 = await metrics(a);
+      // hop-near's route (on A, which takes its lease) fetches hop-far's /count.
+      let r = await http("GET", `${a.url}/parties/main/hop-near/peek/hop-far`);
+      assert.equal(r.status, 200, r.body);
+      assert.deepEqual(r.json, { status: 200, count: 3 });
+      assert.equal(leaseRow("main", "hop-near"), `${a.nodeUrl} 1`);
+      assert.equal(leaseRow("main", "hop-far"), `${b.nodeUrl} 1`, "the fetch moved the target's lease");
+      const m1 = await metrics(a);
+      assert.equal(metric(m1, "lunaroom_cluster_http_forwarded_total") - metric(m0, "lunaroom_cluster_http_forwarded_total"), 1, m1);
+      // Again (the owner is cached now), after a change on B.
+      cb.send({ action: "inc" });
+      await cb.next((m) => m?.type === "sync" && m.value.count === 4);
+      r = await http("GET", `${a.url}/parties/main/hop-near/peek/hop-far`);
+      assert.deepEqual(r.json, { status: 200, count: 4 });
+      // A target nobody holds: taken by the fetching node, as a client's request would.
+      r = await http("GET", `${b.url}/parties/main/hop-far/peek/hop-free`);
+      assert.deepEqual(r.json, { status: 200, count: 0 });
+      assert.equal(leaseRow("main", "hop-free"), `${b.nodeUrl} 1`);
+      await cb.close();
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+
+  test("session transfer in its local form to a room on another node: the session arrives at the owner", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms);
+    const b = await node(rooms);
+    try {
+      const dst = await join(b, "hop-dst", "d0"); // B owns the target
+      const src = await join(a, "hop-src", "mover"); // A owns the source
+      src.send({ action: "rename", value: "zed" });
+      await src.next((m) => m?.type === "sync" && JSON.stringify(m.value).includes("zed"));
+      src.send({ action: "go", value: "hop-dst" });
+      const t = await src.next((m) => m?.type === "transfer", 5000);
+      assert.equal(t.value.error, null, JSON.stringify(t));
+      assert.match(t.value.token, /^[A-Za-z0-9]{22}$/);
+      assert.equal(leaseRow("main", "hop-dst"), `${b.nodeUrl} 1`);
+      const moved = await join(a, "hop-dst", `mover2&transferToken=${t.value.token}`); // relayed to B
+      assert.ok(!moved.refused, JSON.stringify(moved.refused));
+      const snap = moved.messages.find((m) => m?.type === "sync" && m.value.pId);
+      const me = snap.value.players?.[snap.value.pId];
+      assert.equal(me?.name, "zed", JSON.stringify(snap));
+      assert.equal(me?.level, 11, "onSessionRestore ran on the owner");
+      // To a room nobody holds: this node takes its lease, as for a client.
+      src.send({ action: "go", value: "hop-new" });
+      const t2 = await src.next((m) => m?.type === "transfer", 5000);
+      assert.equal(t2.value.error, null, JSON.stringify(t2));
+      assert.equal(leaseRow("main", "hop-new"), `${a.nodeUrl} 1`);
+      const there = await join(a, "hop-new", `mover3&transferToken=${t2.value.token}`);
+      const snap2 = there.messages.find((m) => m?.type === "sync" && m.value.pId);
+      assert.equal(snap2.value.players?.[snap2.value.pId]?.name, "zed", JSON.stringify(snap2));
+      for (const c of [dst, src, moved, there]) await c.close();
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
 });
