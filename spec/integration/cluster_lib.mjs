@@ -26,14 +26,16 @@ export function freePort() {
 /**
  * `serve ROOMS --cluster pg.url --node-url http://127.0.0.1:PORT`; resolves with
  * the server of lib.mjs plus nodeUrl and port. env is added to the process
- * environment (e.g. SHARD_SECRET: the nodes relay; without it they refuse).
+ * environment (e.g. SHARD_SECRET: the nodes relay; without it they refuse);
+ * bin, the binary (default: lib.mjs's BIN).
  */
-export async function clusterNode(pg, rooms, { leaseMs = 1000, port, extra = [], env = {} } = {}) {
+export async function clusterNode(pg, rooms, { leaseMs = 1000, port, extra = [], env = {}, bin } = {}) {
   port ??= await freePort();
   const url = `http://127.0.0.1:${port}`;
   const srv = await startServer({
     rooms,
     env,
+    bin,
     args: ["--port", String(port), "--host", "127.0.0.1", "--cluster", pg.url, "--node-url", url,
       "--lease-ms", String(leaseMs), "--no-watch", ...extra],
   });
