@@ -1,10 +1,12 @@
 /*
  * cluster_lua.c - the Lua face of a cluster node (require
  * "lunaroom.cluster", bound by lr_cluster_enable): ops.lua's POST
- * /admin/drain, GET /admin/cluster and the relay figures in /metrics.
+ * /admin/drain and /admin/undrain, GET /admin/cluster and the relay
+ * figures in /metrics.
  *
- * Owns: lr_cluster_drain (hand every room of this node to the others) and
- * the bindings drain(), rooms(limit, fn), stats(), node.
+ * Owns: lr_cluster_drain (hand every room of this node to the others),
+ * lr_cluster_undrain (take leases again) and the bindings drain(),
+ * undrain(), rooms(limit, fn), stats(), node.
  * Must not: decide who may call them (ops.lua checks the admin JWT), or
  * read the lease table itself (the store answers:
  * lr_store_postgres_leases).
@@ -50,10 +52,27 @@ int lr_cluster_drain(lr_server *s) {
   return (int)n;
 }
 
+int lr_cluster_undrain(lr_server *s) {
+  cluster *cl = s->cluster_state;
+  if (!cl) return -1;
+  bool was = cl->draining;
+  cl->draining = false;
+  lr_store_postgres_undrain(s->store);
+  if (was) lr_info("cluster: undrained: this node takes leases again");
+  return was ? 1 : 0;
+}
+
 /* require("lunaroom.cluster").drain() -> rooms handed off (ops.lua, POST /admin/drain). */
 static int l_drain(lua_State *L) {
   lr_server *s = lua_touserdata(L, lua_upvalueindex(1));
   lua_pushinteger(L, lr_cluster_drain(s));
+  return 1;
+}
+
+/* require("lunaroom.cluster").undrain() -> whether it was drained (POST /admin/undrain). */
+static int l_undrain(lua_State *L) {
+  lr_server *s = lua_touserdata(L, lua_upvalueindex(1));
+  lua_pushboolean(L, lr_cluster_undrain(s) == 1);
   return 1;
 }
 
@@ -124,13 +143,16 @@ static int l_stats(lua_State *L) {
 }
 
 int cl_luaopen(lua_State *L) {
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 5);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushcclosure(L, l_stats, 1);
   lua_setfield(L, -2, "stats");
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushcclosure(L, l_drain, 1);
   lua_setfield(L, -2, "drain");
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, l_undrain, 1);
+  lua_setfield(L, -2, "undrain");
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushcclosure(L, l_rooms, 1);
   lua_setfield(L, -2, "rooms");

@@ -37,6 +37,8 @@ void lr_store_postgres_stats(lr_store *s, uint64_t *txns, uint64_t *stmts, uint6
 /* Cluster: take no lease from now on (a drained node: its rooms go to the
  * other nodes; a room nobody holds is refused here). */
 void lr_store_postgres_drain(lr_store *s);
+/* Cluster: take leases again (after lr_store_postgres_drain). */
+void lr_store_postgres_undrain(lr_store *s);
 /* Cluster: the valid leases (at most limit, by room), asynchronously: cb
  * gets JSON objects {"room","node","epoch","validMs"} separated by commas
  * (no brackets), or NULL and why (also when the server stops first: cb

@@ -9,7 +9,8 @@
  * room-to-room fetch whose target another node owns (forwarded to it); the
  * local form of room:sessionTransfer to a room not on this node (from a room
  * that may wait: it reaches the target's owner, or takes the lease when the
- * target is free); a node stopped while GET /admin/cluster waits for the
+ * target is free); POST /admin/undrain (a drained node takes leases
+ * again); a node stopped while GET /admin/cluster waits for the
  * database frees what that request holds (with the ASan build, make asan:
  * no leak at exit).
  * Skipped (with the reason) when PostgreSQL is not installed.
@@ -287,6 +288,34 @@ describe("rooms across the nodes of a cluster", { skip: skip ?? false }, () => {
     } finally {
       lock.send("ROLLBACK;");
       await lock.close();
+      await a.stop();
+    }
+  });
+  test("POST /admin/undrain: a drained node takes leases again", async () => {
+    const rooms = roomsDir();
+    const a = await node(rooms);
+    try {
+      const c1 = await join(a, "hop-d1", "u1");
+      assert.ok(!c1.refused);
+      let r = await http("POST", `${a.url}/admin/drain`, undefined, ADMIN);
+      assert.deepEqual(r.json, { drained: 1 });
+      assert.equal((await c1.closed).code, 1001);
+      await until(() => !leaseValid("main", "hop-d1"), 3000, "the drained room's lease given back");
+      // Drained: a room nobody holds is refused here, no lease taken.
+      const refused = await join(a, "hop-d2", "u2");
+      assert.equal(refused.refused?.code, 4409, JSON.stringify(refused.refused));
+      assert.equal(pg.sql("SELECT count(*) FROM lunaroom_leases WHERE room_id = 'hop-d2' AND expires_at > now()"), "0");
+      assert.equal((await http("POST", `${a.url}/admin/undrain`)).status, 403, "undrain without a token");
+      r = await http("POST", `${a.url}/admin/undrain`, undefined, ADMIN);
+      assert.equal(r.status, 200, r.body);
+      assert.deepEqual(r.json, { undrained: true });
+      const c2 = await join(a, "hop-d2", "u3");
+      assert.ok(!c2.refused, JSON.stringify(c2.refused));
+      assert.equal(leaseRow("main", "hop-d2"), `${a.nodeUrl} 1`);
+      assert.equal(metric(await metrics(a), "lunaroom_cluster_rooms_owned"), 1);
+      assert.deepEqual((await http("POST", `${a.url}/admin/undrain`, undefined, ADMIN)).json, { undrained: false });
+      await c2.close();
+    } finally {
       await a.stop();
     }
   });
