@@ -129,14 +129,6 @@ const char *cl_learn(lr_server *s, const char *ns, const char *id, const char *h
 
 /* ------------------------------------------------------------ HTTP */
 
-static void respond_json(lr_response_cb done, void *ud, int status, const char *body) {
-  lr_header h[5];
-  memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
-  h[4] = (lr_header){"Content-Type", "application/json"};
-  lr_response resp = {status, h, 5, body, strlen(body)};
-  done(ud, &resp);
-}
-
 static void fwd_unlink(fwd *f) {
   for (fwd **pp = &f->cl->fwds; *pp; pp = &(*pp)->next) {
     if (*pp == f) {
@@ -159,15 +151,9 @@ static void forward_done(void *ud, const lr_fetch_result *r) {
     cl_dir_forget(f->cl, f->key, f->owner);
   if (r->error) {
     lr_warn("cluster: forwarding a request for %s to %s failed: %s", f->key, f->owner, r->error);
-    respond_json(f->done, f->ud, 503, "{\"error\":\"Room owner unreachable, try again later\"}");
+    lr_respond_json(f->done, f->ud, 503, "{\"error\":\"Room owner unreachable, try again later\"}");
   } else {
-    lr_header h[6];
-    memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
-    size_t nh = LR_CORS_N;
-    if (r->content_type) h[nh++] = (lr_header){"Content-Type", r->content_type};
-    if (r->location) h[nh++] = (lr_header){"Location", r->location};
-    lr_response resp = {r->status, h, nh, r->body, r->bodylen};
-    f->done(f->ud, &resp);
+    lr_relay_answer(f->done, f->ud, r);
   }
   fwd_free(f);
 }
@@ -193,7 +179,7 @@ static void c_relay_http(lr_server *s, const lr_request *req, const char *ns, co
     for (size_t i = 0; i < b; i++) /* constant time in the secret's length */
       d |= (unsigned char)cl->secret[i] ^ (unsigned char)(i < a ? given[i] : 0);
     if (d) {
-      respond_json(done, ud, 401, "{\"error\":\"Invalid shard credentials\"}");
+      lr_respond_json(done, ud, 401, "{\"error\":\"Invalid shard credentials\"}");
       return;
     }
   }
@@ -239,7 +225,7 @@ static void c_relay_http(lr_server *s, const lr_request *req, const char *ns, co
   lr_buf_free(&xf);
   if (!f->id) {
     fwd_free(f);
-    respond_json(done, ud, 503, "{\"error\":\"Room owner unreachable, try again later\"}");
+    lr_respond_json(done, ud, 503, "{\"error\":\"Room owner unreachable, try again later\"}");
     return;
   }
   cl->n_http_forwarded++;
@@ -259,7 +245,7 @@ static void c_shutdown(lr_server *s) {
     fwd *f = cl->fwds;
     cl->fwds = f->next;
     lr_fetch_cancel(f->id);
-    respond_json(f->done, f->ud, 503, "{\"error\":\"Server is shutting down\"}");
+    lr_respond_json(f->done, f->ud, 503, "{\"error\":\"Server is shutting down\"}");
     fwd_free(f);
   }
 }

@@ -271,11 +271,7 @@ static void send_connected(rlink *l, rclient *rc) {
 static void send_message(rlink *l, rclient *rc, const char *data, size_t len) {
   lr_buf b;
   lr_buf_init(&b);
-  lr_buf_puts(&b, "{\"type\":\"shard.clientMessage\",\"privateId\":");
-  lr_json_put_string(&b, rc->priv, strlen(rc->priv));
-  lr_buf_puts(&b, ",\"payload\":");
-  lr_buf_put(&b, data, len);
-  lr_buf_putc(&b, '}');
+  lr_relay_client_message(&b, rc->priv, data, len);
   link_send(l, b.data, b.len);
   lr_buf_free(&b);
 }
@@ -328,14 +324,10 @@ static void rc_message(lr_conn *c, const char *data, size_t len) {
     lr_conn_close(c, 1009, "frame too large");
     return;
   }
-  /* Only JSON goes to the owner (the envelope embeds it as is). */
-  lr_json_limits lim = LR_JSON_DEFAULT_LIMITS;
-  lr_node *n = lr_json_decode(data, len, &lim, NULL, 0);
-  if (!n) {
+  if (!lr_relay_frame_is_json(data, len)) { /* only JSON goes to the owner */
     lr_debug("cluster: non-JSON frame from client %s of %s dropped", rc->priv, l->key);
     return;
   }
-  lr_node_release(n);
   if (l->resolving) { /* in order, after its clientConnected to the next owner */
     if (l->hbytes + len > MAX_HELD) {
       lr_warn("cluster: %zu bytes held for %s while its next owner is looked up; closing "
@@ -386,9 +378,7 @@ static void rc_closed(lr_conn *c) {
     if (last && !l->dead && !l->resolving) {
       lr_buf b;
       lr_buf_init(&b);
-      lr_buf_puts(&b, "{\"type\":\"shard.clientDisconnected\",\"privateId\":");
-      lr_json_put_string(&b, rc->priv, strlen(rc->priv));
-      lr_buf_putc(&b, '}');
+      lr_relay_client_disconnected(&b, rc->priv);
       link_send(l, b.data, b.len);
       lr_buf_free(&b);
     }
