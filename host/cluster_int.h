@@ -37,8 +37,7 @@ typedef struct rclient {
   rlink *l; /* NULL once its link is gone */
   lr_conn *c;
   char *priv;
-  lr_request req; /* deep copy: sent again when the room moves, or opened here */
-  lr_header *headers;
+  lr_request req; /* deep copy (lr_request_copy): sent again when the room moves, or opened here */
 } rclient;
 
 /* A client frame held while the room's next owner is looked up. */

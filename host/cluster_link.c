@@ -230,31 +230,20 @@ static void close_later_cb(void *ud) {
   lr_conn_release(c);
 }
 
+/* A deep copy of the client's request, with what the owner's uplink needs
+ * never missing (an in-process request may leave them NULL). */
 static void req_copy(rclient *rc, const lr_request *req) {
-  lr_request *q = &rc->req;
-  q->method = xstrdup(req->method ? req->method : "GET");
-  q->path = xstrdup(req->path ? req->path : "/");
-  q->query = xstrdup(req->query ? req->query : "");
-  q->remote_addr = req->remote_addr ? xstrdup(req->remote_addr) : NULL;
-  rc->headers = lr_xcalloc(req->nheaders + 1, sizeof *rc->headers);
-  for (size_t i = 0; i < req->nheaders; i++) {
-    rc->headers[i].name = xstrdup(req->headers[i].name);
-    rc->headers[i].value = xstrdup(req->headers[i].value ? req->headers[i].value : "");
-  }
-  q->headers = rc->headers;
-  q->nheaders = req->nheaders;
+  lr_request v = *req;
+  if (!v.method) v.method = "GET";
+  if (!v.path) v.path = "/";
+  if (!v.query) v.query = "";
+  v.body = NULL; /* a WebSocket upgrade: no body */
+  v.bodylen = 0;
+  lr_request_copy(&rc->req, &v);
 }
 
 static void rc_free(rclient *rc) {
-  for (size_t i = 0; i < rc->req.nheaders; i++) {
-    free((char *)rc->headers[i].name);
-    free((char *)rc->headers[i].value);
-  }
-  free(rc->headers);
-  free((char *)rc->req.method);
-  free((char *)rc->req.path);
-  free((char *)rc->req.query);
-  free((char *)rc->req.remote_addr);
+  lr_request_free(&rc->req);
   free(rc->priv);
   free(rc);
 }
