@@ -10,17 +10,19 @@
  *   2-owner   two nodes, every client of room r on node r % 2 (the node
  *             asked first owns the room: no relaying)
  *   2-spread  two nodes, the clients of each room alternate over the nodes
- *             (a load balancer without affinity: half the clients relayed)
+ *             (a load balancer without affinity: with an even PER_ROOM, half
+ *             the clients relayed)
  * Prints, per layout: saturation actions/s with its p50/p99, the figures at
  * the last rate every layout held, server CPU (both nodes summed; 100% = one
- * core) and fastgen's CPU, rooms owned and relayed connections per node, and
+ * core) and fastgen's CPU, rooms owned, relayed connections and links per
+ * node (/metrics, polled once a second during the run: the highest), and
  * /proc/loadavg before and after.
  *   node bench/cluster_rooms.mjs
  * Pinning (2 cores): node k on CPU k (taskset; one node: CPU 0); fastgen and
  * PostgreSQL not pinned, at normal priority (the scheduler puts fastgen on
  * whichever core has room; with two nodes it shares both with them).
  * GEN_CPU=N pins fastgen to CPU N instead; GEN_NICE=K runs it at nice K.
- * Env: ROOMS (200), PER_ROOM (5), THROTTLE (1000: writes batched per second;
+ * Env: ROOMS (250), PER_ROOM (4), THROTTLE (1000: writes batched per second;
  * 0: every patch waits for its commit), SWEEP (1000:1.25:200000, total
  * moves/s), DURATION (2 s per step), LAYOUTS (1,2-owner,2-spread), PG_FSYNC
  * (on), NO_PIN=1 (nothing pinned), JSON=FILE (every fastgen result).
@@ -34,8 +36,8 @@ import path from "node:path";
 import { http, ROOT, startServer, tempDir } from "../spec/integration/lib.mjs";
 import { startPg } from "../spec/integration/pg.mjs";
 
-const ROOMS = Number(process.env.ROOMS || 200);
-const PER_ROOM = Number(process.env.PER_ROOM || 5);
+const ROOMS = Number(process.env.ROOMS || 250);
+const PER_ROOM = Number(process.env.PER_ROOM || 4);
 const THROTTLE = Number(process.env.THROTTLE ?? 1000);
 const SWEEP = process.env.SWEEP || "1000:1.25:200000";
 const DURATION = process.env.DURATION || "2";
@@ -106,15 +108,24 @@ for (const [li, layout] of LAYOUTS.entries()) {
       "--label", `layout ${layout}`];
     for (const s of nodes) args.push("--url", s.wsUrl, "--pid", String(s.proc.pid));
     if (process.env.GEN_CPU) args.push("--cpu", process.env.GEN_CPU);
-    const table = await fastgen(args);
+    // the gauges while the clients are connected (highest seen, one poll a second)
+    const per = nodes.map(() => ({ owned: 0, relayed: 0, links: 0 }));
+    let running = true;
+    const poll = (async () => {
+      while (running) {
+        await new Promise((r) => setTimeout(r, 1000));
+        for (const [k, s] of nodes.entries()) {
+          if (!running) break;
+          const p = per[k];
+          p.owned = Math.max(p.owned, await metric(s, "lunaroom_cluster_rooms_owned"));
+          p.relayed = Math.max(p.relayed, await metric(s, "lunaroom_cluster_relayed_connections"));
+          p.links = Math.max(p.links, await metric(s, "lunaroom_cluster_links"));
+        }
+      }
+    })();
+    const table = await fastgen(args).finally(() => (running = false));
+    await poll;
     const j = JSON.parse(fs.readFileSync(jsonFile, "utf8"));
-    const per = [];
-    for (const s of nodes)
-      per.push({
-        owned: await metric(s, "lunaroom_cluster_rooms_owned"),
-        relayed: await metric(s, "lunaroom_cluster_relayed_connections"),
-        links: await metric(s, "lunaroom_cluster_links"),
-      });
     results.push({ layout, n, j, per, load0, load1: loadavg(), table });
     console.log(`\n## layout ${layout}  (loadavg before ${load0}, after ${loadavg()})`);
     console.log(table.trim());

@@ -269,8 +269,12 @@ static size_t frame(uint8_t *dst, int opcode, const uint8_t *p, size_t len) {
 }
 
 /* Client i's room number and its rank in that room. */
-static int room_of(int i) { return G.rooms ? i % G.rooms : 0; }
-static int rank_in_room(int i) { return G.rooms ? i / G.rooms : i; }
+static int room_of(int i) {
+  return G.rooms ? i % G.rooms : 0;
+}
+static int rank_in_room(int i) {
+  return G.rooms ? i / G.rooms : i;
+}
 
 /* The --url client i connects to (see --spread). */
 static const target *target_of(int i) {
@@ -835,8 +839,7 @@ int main(int argc, char **argv) {
         G.spread_clients = true;
       else if (strcmp(v, "room"))
         gen_die("--spread is room or client");
-    }
-    else if (OPT("--scenario"))
+    } else if (OPT("--scenario"))
       scen = v;
     else if (OPT("--clients"))
       G.n = atoi(v);
@@ -872,8 +875,7 @@ int main(int argc, char **argv) {
     else if (OPT("--pid")) {
       if (G.npid == FG_MAX_PIDS) gen_die("at most %d --pid", FG_MAX_PIDS);
       G.pids[G.npid++] = atol(v);
-    }
-    else if (OPT("--cpu"))
+    } else if (OPT("--cpu"))
       G.cpu = atoi(v);
     else if (OPT("--label"))
       snprintf(G.label, sizeof G.label, "%s", v);
