@@ -22,7 +22,7 @@
  *   --rooms N           empty rooms for the memory figure (default 1000)
  *   --ramp-timeout S    per ramp (default 30)
  *   --join-timeout S    joining the game rooms (default 90: the reference needs ~40 s for 1,000)
- *   --budget S          whole run, servers included (default 540, + 420 for the fastgen rows)
+ *   --budget S          whole run, servers included (default 540, + 480 for the fastgen rows)
  *   --out FILE          JSON output (default bench/results.json)
  *   --no-build          do not run make / npm ci
  *   --logs DIR          server logs (default build/bench/logs)
@@ -87,8 +87,8 @@ const O = {
   rooms: Number(opt("--rooms", quick ? 300 : 1000)),
   rampTimeout: Number(opt("--ramp-timeout", 30)),
   joinTimeout: Number(opt("--join-timeout", quick ? 30 : 90)),
-  // the fastgen rows take about 6 minutes more (4 with --quick)
-  budget: Number(opt("--budget", (flag("--fast-only") ? 0 : quick ? 240 : 540) + (flag("--no-fast") ? 0 : quick ? 240 : 420))),
+  // the fastgen rows take about 8 minutes more (6 with --quick)
+  budget: Number(opt("--budget", (flag("--fast-only") ? 0 : quick ? 240 : 540) + (flag("--no-fast") ? 0 : quick ? 360 : 480))),
   out: path.resolve(opt("--out", path.join(HERE, "results.json"))),
   build: !flag("--no-build"),
   logs: path.resolve(opt("--logs", path.join(BUILD, "bench", "logs"))),
@@ -240,6 +240,9 @@ RUNS.push({ tag: `rooms-${O.rooms}`, args: ["--scenario", "rooms", "--clients", 
 if (O.fastOnly) RUNS.length = 0;
 /* fastgen rows: lunaroom and the bare server only, pinned (server CPU 0, fastgen CPU 1) */
 const FAST = [
+  // memory first: short, and no figure of theirs depends on the machine's load
+  { tag: `fg-idle-${O.large}`, args: ["--scenario", "idle", "--clients", O.large, "--room", "bench-fi"] },
+  { tag: `fg-rooms-${O.rooms}`, args: ["--scenario", "rooms", "--clients", O.rooms, "--room", "bench-fr"] },
   { tag: `fg-ramp-${O.large}`, args: ["--scenario", "ramp", "--clients", O.large, "--room", "counter-r"] },
   { tag: `fg-counter-${O.small}`, args: ["--scenario", "fanout", "--action", "increment", "--clients", O.small,
     "--room", "counter-s", "--sweep", "1000:1.5:200000"] },
@@ -251,8 +254,6 @@ const FAST = [
     "--sweep", "100:1.5:40000"] },
   { tag: `fg-throttled-${O.large}`, args: ["--scenario", "move", "--clients", O.large, "--room", "throttled-fl",
     "--sweep", "100:1.5:40000"] },
-  { tag: `fg-idle-${O.large}`, args: ["--scenario", "idle", "--clients", O.large, "--room", "bench-fi"] },
-  { tag: `fg-rooms-${O.rooms}`, args: ["--scenario", "rooms", "--clients", O.rooms, "--room", "bench-fr"] },
 ];
 if (O.fast)
   for (const f of FAST)
@@ -403,7 +404,7 @@ if (O.fast) {
   fastRow(`fastgen: game room with throttleSync 50, ${O.large} clients moving`, "actions/s", `fg-throttled-${O.large}`, "move",
     (s) => s.actions_per_s);
   fastRow(`fastgen: game room with throttleSync 50, ${O.large} clients: deliveries at saturation`, "MB/s",
-    `fg-throttled-${O.large}`, "move", (s) => s.mbps);
+    `fg-throttled-${O.large}`, "move", (s) => s.mb_per_s);
   // memory: no generator limit to mark (nothing is timed)
   row(`fastgen: server RSS per idle connection (${O.large} in one room)`, "kB", "lower",
     (t) => J(t, `fg-idle-${O.large}`)?.idle?.kb_per_connection ?? null, "fastgen");
