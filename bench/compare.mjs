@@ -22,7 +22,7 @@
  *   --rooms N           empty rooms for the memory figure (default 1000)
  *   --ramp-timeout S    per ramp (default 30)
  *   --join-timeout S    joining the game rooms (default 90: the reference needs ~40 s for 1,000)
- *   --budget S          whole run, servers included (default 540, + 300 for the fastgen rows)
+ *   --budget S          whole run, servers included (default 540, + 480 for the fastgen rows)
  *   --out FILE          JSON output (default bench/results.json)
  *   --no-build          do not run make / npm ci
  *   --logs DIR          server logs (default build/bench/logs)
@@ -36,10 +36,18 @@
  * client) measure lunaroom and the bare server (not the reference) where
  * the libwebsockets loadgen is the limit: counter fan-out (one client
  * increments, everyone gets every count) with --small and --large clients,
- * moves with --small and --large clients, and the --large join ramp. The
- * server is pinned to CPU 0 (taskset), fastgen to CPU 1. A figure is marked
- * † when fastgen was at >= 95% CPU; when only the bare server's is, its
- * figure is a lower bound and the ratio is shown as "≤".
+ * moves with --small and --large clients, moves in the game room with
+ * throttleSync 50 (bench/rooms/throttled.lua; the bare server batches the
+ * same way on "/throttled-" paths) with --large clients, the --large join
+ * ramp, and RSS per idle connection (--large in one room) and per room
+ * (--rooms rooms). The server is pinned to CPU 0 (taskset), fastgen to CPU
+ * 1. A figure is marked † when fastgen was at >= 95% CPU; when only the
+ * bare server's is, its figure is a lower bound and the ratio is shown as
+ * "≤".
+ *
+ * The bare server always runs with lunaroom's receive buffer per WebSocket
+ * (--rx-buffer NET_RX_BUFFER, read from host/net_int.h), so the memory rows
+ * compare the same lws buffers.
  */
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -79,8 +87,8 @@ const O = {
   rooms: Number(opt("--rooms", quick ? 300 : 1000)),
   rampTimeout: Number(opt("--ramp-timeout", 30)),
   joinTimeout: Number(opt("--join-timeout", quick ? 30 : 90)),
-  // the fastgen rows take about 4 minutes more (2.5 with --quick)
-  budget: Number(opt("--budget", (flag("--fast-only") ? 0 : quick ? 240 : 540) + (flag("--no-fast") ? 0 : quick ? 150 : 300))),
+  // the fastgen rows take about 8 minutes more (6 with --quick)
+  budget: Number(opt("--budget", (flag("--fast-only") ? 0 : quick ? 240 : 540) + (flag("--no-fast") ? 0 : quick ? 360 : 480))),
   out: path.resolve(opt("--out", path.join(HERE, "results.json"))),
   build: !flag("--no-build"),
   logs: path.resolve(opt("--logs", path.join(BUILD, "bench", "logs"))),
@@ -112,6 +120,12 @@ if (O.build) {
 fs.mkdirSync(O.logs, { recursive: true });
 
 /* ---- targets ---- */
+// lunaroom's lws receive buffer per WebSocket: the bare server gets the same
+const RX_BUFFER = (() => {
+  const m = /#define\s+NET_RX_BUFFER\s+(\d+)/.exec(fs.readFileSync(path.join(ROOT, "host", "net_int.h"), "utf8"));
+  if (!m) throw new Error("NET_RX_BUFFER not found in host/net_int.h");
+  return Number(m[1]);
+})();
 const TARGETS = {
   lunaroom: {
     cmd: O.lunaroomBin,
@@ -119,7 +133,7 @@ const TARGETS = {
       "--max-conns", "-1", "--max-conns-per-ip", "-1", "--room-create-rate", "0", "--session-rate", "0",
       "--max-http-per-ip", "-1", "--msgs-per-ip", "-1", ...(O.luaPath ? ["--lua-path", O.luaPath] : [])],
   },
-  limit: { cmd: path.join(BUILD, "bench", "limit"), args: ["--port", "0", "--host", "127.0.0.1"] },
+  limit: { cmd: path.join(BUILD, "bench", "limit"), args: ["--port", "0", "--host", "127.0.0.1", "--rx-buffer", String(RX_BUFFER)] },
   reference: { cmd: process.execPath, args: [path.join(HERE, "reference", "server.mjs"), "--port", "0", "--host", "127.0.0.1"] },
 };
 
@@ -226,6 +240,9 @@ RUNS.push({ tag: `rooms-${O.rooms}`, args: ["--scenario", "rooms", "--clients", 
 if (O.fastOnly) RUNS.length = 0;
 /* fastgen rows: lunaroom and the bare server only, pinned (server CPU 0, fastgen CPU 1) */
 const FAST = [
+  // memory first: short, and no figure of theirs depends on the machine's load
+  { tag: `fg-idle-${O.large}`, args: ["--scenario", "idle", "--clients", O.large, "--room", "bench-fi"] },
+  { tag: `fg-rooms-${O.rooms}`, args: ["--scenario", "rooms", "--clients", O.rooms, "--room", "bench-fr"] },
   { tag: `fg-ramp-${O.large}`, args: ["--scenario", "ramp", "--clients", O.large, "--room", "counter-r"] },
   { tag: `fg-counter-${O.small}`, args: ["--scenario", "fanout", "--action", "increment", "--clients", O.small,
     "--room", "counter-s", "--sweep", "1000:1.5:200000"] },
@@ -235,6 +252,9 @@ const FAST = [
     "--sweep", "500:1.5:200000"] },
   { tag: `fg-move-${O.large}`, args: ["--scenario", "move", "--clients", O.large, "--room", "bench-fl",
     "--sweep", "100:1.5:40000"] },
+  // batched: the servers' cost per move is small, so the sweep goes further
+  { tag: `fg-throttled-${O.large}`, args: ["--scenario", "move", "--clients", O.large, "--room", "throttled-fl",
+    "--sweep", "500:1.5:200000"] },
 ];
 if (O.fast)
   for (const f of FAST)
@@ -382,6 +402,15 @@ if (O.fast) {
   }
   for (const n of [O.small, O.large])
     fastRow(`fastgen: moves, ${n} clients`, "actions/s", `fg-move-${n}`, "move", (s) => s.actions_per_s);
+  fastRow(`fastgen: game room with throttleSync 50, ${O.large} clients moving`, "actions/s", `fg-throttled-${O.large}`, "move",
+    (s) => s.actions_per_s);
+  fastRow(`fastgen: game room with throttleSync 50, ${O.large} clients: deliveries at saturation`, "MB/s",
+    `fg-throttled-${O.large}`, "move", (s) => s.mb_per_s);
+  // memory: no generator limit to mark (nothing is timed)
+  row(`fastgen: server RSS per idle connection (${O.large} in one room)`, "kB", "lower",
+    (t) => J(t, `fg-idle-${O.large}`)?.idle?.kb_per_connection ?? null, "fastgen");
+  row(`fastgen: server RSS per room (${O.rooms} rooms, one connection each)`, "kB", "lower",
+    (t) => J(t, `fg-rooms-${O.rooms}`)?.rooms?.kb_per_room ?? null, "fastgen");
 }
 row(`server RSS per idle connection (${O.large} in one room)`, "kB", "lower", (t) => phase(t, `game-${O.large}`, "idle")?.kb_per_connection ?? null);
 row(`server RSS per room (${O.rooms} rooms, one connection each)`, "kB", "lower", (t) => phase(t, `rooms-${O.rooms}`, "rooms")?.kb_per_room ?? null);
@@ -416,7 +445,13 @@ md += `\n${os.cpus().length} CPUs (${cpuModel}), node ${process.version}, load a
   `† = the load generator was at ≥95% CPU: the figure is the load generator's limit, not the server's. ` +
   `Saturation = the last sweep step with p99 ≤ 100 ms, ≥ 90% of the offered rate processed and a drained backlog.` +
   (O.fast ? ` fastgen rows: server pinned to CPU 0 and bench/fastgen to CPU 1 (${TASKSET ? "taskset" : "no taskset found: server not pinned"}); ` +
-    `a lunaroom figure marked † does not count, "≤" = only the bare server's figure is the generator's limit (a lower bound).` : "") + "\n";
+    `a lunaroom figure marked † does not count, "≤" = only the bare server's figure is the generator's limit (a lower bound). ` +
+    `throttleSync 50 rows: lunaroom runs bench/rooms/throttled.lua; the bare server's equivalent on its "/throttled-" paths keeps each ` +
+    `player's latest move (a joiner's first position too) and sends one packet with every pending player, shared by all members, ` +
+    `at once when no 50 ms window is open and else when the window ends (leading edge + trailing window, as host/sync.c); ` +
+    `the move sweep counts a move delivered when a packet shows it or a later one of the same player.` : "") +
+  ` The bare server runs with lunaroom's receive buffer per WebSocket (--rx-buffer ${RX_BUFFER}, NET_RX_BUFFER in host/net_int.h), ` +
+  `so the RSS rows compare the same lws buffers.\n`;
 
 const git = (...a) => {
   const r = spawnSync("git", a, { cwd: ROOT, encoding: "utf8" });

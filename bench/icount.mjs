@@ -48,6 +48,12 @@ const LUA_PATH = opt("--lua-path", null); // the bare server (build/bench/limit)
 if (!(N >= 1 && N <= 2000) || !(K >= 0 && K <= 100000)) throw new Error("bad --clients/--actions");
 if (KIND !== "counter" && KIND !== "bench") throw new Error("--room counter|bench");
 
+function rxBuffer() {
+  const m = /#define\s+NET_RX_BUFFER\s+(\d+)/.exec(fs.readFileSync(path.join(ROOT, "host", "net_int.h"), "utf8"));
+  if (!m) throw new Error("NET_RX_BUFFER not found in host/net_int.h");
+  return m[1];
+}
+
 fs.mkdirSync(OUT, { recursive: true });
 for (const f of fs.readdirSync(OUT)) if (f.startsWith("cg.")) fs.unlinkSync(path.join(OUT, f));
 const log = path.join(OUT, "server.log");
@@ -58,7 +64,8 @@ const srv = spawn(
     "--tool=callgrind",
     `--callgrind-out-file=${OUT}/cg.%p`,
     "--dump-instr=no",
-    ...(LIMIT ? [path.join(ROOT, "build/bench/limit"), "--port", "0", "--host", "127.0.0.1"] : [BIN, "serve"]),
+    // the bare server with lunaroom's receive buffer per WebSocket, as compare.mjs runs it
+    ...(LIMIT ? [path.join(ROOT, "build/bench/limit"), "--port", "0", "--host", "127.0.0.1", "--rx-buffer", rxBuffer()] : [BIN, "serve"]),
   ].concat(LIMIT ? [] : [
     "bench/rooms",
     "--port",

@@ -106,6 +106,7 @@ static void forget_deletion(lr_node *obj, const char *key, size_t keylen) {
       if (strlen(kl->keys[i]) == keylen && memcmp(kl->keys[i], key, keylen) == 0) {
         free(kl->keys[i]);
         kl->keys[i] = kl->keys[--kl->len];
+        lr_state_dels_dropped(ch, 1);
         i--;
       }
     }

@@ -150,6 +150,17 @@ static void idx_removed(lr_node *o, uint32_t pos) {
  * Deletion key lists
  */
 
+/* Deleted keys pending in every state tree of the process, per channel
+ * (+1 per key recorded, -1 per key dropped: flushed, re-added, rolled back,
+ * freed). 0 lets lr_state_has_dels answer without walking a tree: the walk
+ * visits every member of a dirty object (every player of a room) on each
+ * storage flush. One engine thread owns the trees. */
+static uint64_t pending_dels[LR_NCH];
+
+void lr_state_dels_dropped(int ch, uint32_t n) {
+  pending_dels[ch] -= n;
+}
+
 static bool keylist_has(const lr_keylist *l, const char *key, size_t keylen, uint32_t *at) {
   for (uint32_t i = 0; i < l->len; i++) {
     if (strlen(l->keys[i]) == keylen && memcmp(l->keys[i], key, keylen) == 0) {
@@ -169,6 +180,13 @@ static void keylist_add(lr_keylist *l, const char *key, size_t keylen) {
   l->keys[l->len++] = lr_xstrndup(key, keylen);
 }
 
+/* keylist_add for channel ch's list, counted in pending_dels. */
+static void dels_add(lr_keylist *l, int ch, const char *key, size_t keylen) {
+  uint32_t n = l->len;
+  keylist_add(l, key, keylen);
+  pending_dels[ch] += l->len - n;
+}
+
 /* Remove key, keeping the order of the others. */
 static void keylist_remove(lr_keylist *l, const char *key, size_t keylen) {
   uint32_t at;
@@ -176,6 +194,13 @@ static void keylist_remove(lr_keylist *l, const char *key, size_t keylen) {
   free(l->keys[at]);
   memmove(&l->keys[at], &l->keys[at + 1], (l->len - at - 1) * sizeof(char *));
   l->len--;
+}
+
+/* keylist_remove of channel ch's list, counted in pending_dels. */
+static void dels_remove(lr_keylist *l, int ch, const char *key, size_t keylen) {
+  uint32_t n = l->len;
+  keylist_remove(l, key, keylen);
+  pending_dels[ch] -= n - l->len;
 }
 
 /* Drop every key but keep the array for the next flush window. */
@@ -272,8 +297,10 @@ static void free_contents(lr_node *n) {
     free(n->u.obj.m);
     free(n->u.obj.idx);
     if (n->u.obj.dels) {
-      for (int ch = 0; ch < LR_NCH; ch++)
+      for (int ch = 0; ch < LR_NCH; ch++) {
+        pending_dels[ch] -= n->u.obj.dels[ch].len;
         keylist_free(&n->u.obj.dels[ch]);
+      }
       free(n->u.obj.dels);
     }
     break;
@@ -549,7 +576,10 @@ void lr_state_clear_dirty(lr_node *root, int ch) {
   if (!root->dirty[ch]) return;
   root->dirty[ch] = 0;
   if (root->type == LR_OBJECT) {
-    if (root->u.obj.dels) keylist_clear(&root->u.obj.dels[ch]);
+    if (root->u.obj.dels) {
+      pending_dels[ch] -= root->u.obj.dels[ch].len;
+      keylist_clear(&root->u.obj.dels[ch]);
+    }
     for (uint32_t i = 0; i < root->u.obj.len; i++) {
       lr_node *c = root->u.obj.m[i].val;
       if (c->dirty[ch]) lr_state_clear_dirty(c, ch);
@@ -565,6 +595,7 @@ void lr_state_clear_dirty(lr_node *root, int ch) {
 /* Only deletions the encoders would emit count: those under a SELF node are
  * superseded by the node's whole value. */
 bool lr_state_has_dels(const lr_node *root, int ch) {
+  if (!pending_dels[ch]) return false; /* none in any tree */
   if (root->dirty[ch] != LR_D_CHILD || root->type != LR_OBJECT) return false;
   if (lr_obj_dels(root, ch).len) return true;
   for (uint32_t i = 0; i < root->u.obj.len; i++)
@@ -590,7 +621,7 @@ static void state_delete_at(lr_node *o, uint32_t pos) {
       mark_child_up(t->parent, ch);
     } else {
       if (!o->u.obj.dels) o->u.obj.dels = lr_xcalloc(LR_NCH, sizeof *o->u.obj.dels);
-      keylist_add(&o->u.obj.dels[ch], lr_member_key(e), e->keylen);
+      dels_add(&o->u.obj.dels[ch], ch, lr_member_key(e), e->keylen);
       o->dirty[ch] |= LR_D_CHILD;
       mark_child_up(o->parent, ch);
     }
@@ -615,7 +646,7 @@ static lr_node *insert_new(lr_node *obj, const char *key, size_t keylen, const l
   c->parent = obj;
   obj_append(obj, key, keylen, c);
   for (int ch = 0; ch < LR_NCH && obj->u.obj.dels; ch++)
-    keylist_remove(&obj->u.obj.dels[ch], key, keylen);
+    dels_remove(&obj->u.obj.dels[ch], ch, key, keylen);
   lr_state_mark(c);
   return c;
 }

@@ -201,5 +201,8 @@ static inline bool lr_state_dirty(const lr_node *root, int ch) {
 void lr_state_clear_dirty(lr_node *root, int ch);
 /* True if any pending deletion of channel ch exists below root. */
 bool lr_state_has_dels(const lr_node *root, int ch);
+/* n pending deleted keys of channel ch were dropped outside value.c (the
+ * undo log's forget_deletion): keeps lr_state_has_dels's count exact. */
+void lr_state_dels_dropped(int ch, uint32_t n);
 
 #endif

@@ -25,6 +25,11 @@
  *           the first "x": (only the writer moves).
  *   move    every client sends moves (game room), each recognises the
  *           patch of its own move: "<own pId>":{ ... "x":seq/1000.
+ *   idle    (instead of ramp's one burst; needs --pid) server RSS per idle
+ *           connection: RSS with client 0 alone in the room, then with all
+ *           N, each read --settle s after the join traffic stopped.
+ *   rooms   (alone; needs --pid) server RSS per room: RSS before, then with
+ *           N clients each alone in room <room>-<i>, --settle s later.
  * Many rooms, many servers (cluster benchmarks): --rooms R puts client i in
  * room "<room>-<i % R>"; --url may be given up to FG_MAX_URLS times (the
  * nodes of one cluster): --spread room sends every client of room r to url
@@ -126,7 +131,8 @@ static struct {
   long pids[FG_MAX_PIDS];
   int npid;
   const char *json;
-  bool quiet, do_fanout, do_move;
+  bool quiet, do_fanout, do_move, do_idle, do_rooms;
+  double settle_s;
   /* runtime */
   int ep;
   client *c;
@@ -324,11 +330,14 @@ static void send_upgrade(client *c) {
     key[i] = b64[rnd() % 64];
   key[21] = b64[(rnd() % 4) * 16]; /* 16 random bytes: 22 chars, the last carrying 2 bits */
   key[22] = '=', key[23] = '=', key[24] = 0;
+  char room_sfx[16] = ""; /* rooms: each client in <room>-<i> */
+  if (G.do_rooms) snprintf(room_sfx, sizeof room_sfx, "-%d", c->idx);
   int n = snprintf(req, sizeof req,
-                   "GET %s/%s?id=fg%ld-%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                   "GET %s/%s%s?id=fg%ld-%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
                    "Origin: http://%s:%d\r\n\r\n",
-                   G.base, room, (long)getpid(), c->idx, t->host, t->port, key, t->host, t->port);
+                   G.base, room, room_sfx, (long)getpid(), c->idx, t->host, t->port, key, t->host,
+                   t->port);
   c->st = C_HANDSHAKE;
   client_write(c, req, (size_t)n);
 }
@@ -555,20 +564,22 @@ static bool feed(client *c, const uint8_t *p, size_t n) {
   return c->fd >= 0;
 }
 
-/* The upgrade answer, collected in c->msg until its blank line. */
+/* The upgrade answer, collected in c->msg until its blank line (at most
+ * 16 KiB of headers); what follows it in the same read (a server may send
+ * its first packets right behind the 101) goes to the frame reader. */
 static void feed_handshake(client *c, const uint8_t *p, size_t n) {
-  if (c->mlen + n > 16384) {
-    client_close(c, "upgrade answer too long");
-    return;
-  }
-  if (c->mlen + n > c->mcap) {
+  size_t take = n < 16384 - c->mlen ? n : 16384 - c->mlen;
+  if (!c->mcap) {
     c->mcap = 16384;
     c->msg = xrealloc(c->msg, c->mcap);
   }
-  memcpy(c->msg + c->mlen, p, n);
-  c->mlen += (uint32_t)n;
+  memcpy(c->msg + c->mlen, p, take);
+  c->mlen += (uint32_t)take;
   uint8_t *e = memmem(c->msg, c->mlen, "\r\n\r\n", 4);
-  if (!e) return;
+  if (!e) {
+    if (c->mlen >= 16384) client_close(c, "upgrade answer too long");
+    return;
+  }
   if (c->mlen < 12 || memcmp(c->msg + 9, "101", 3)) {
     char why[64];
     snprintf(why, sizeof why, "upgrade refused: %.12s", (const char *)c->msg);
@@ -583,7 +594,8 @@ static void feed_handshake(client *c, const uint8_t *p, size_t n) {
   free(c->msg);
   c->msg = NULL;
   c->mcap = 0;
-  if (rest) feed(c, tmp, rest);
+  if (rest && !feed(c, tmp, rest)) return;
+  if (take < n) feed(c, p + take, n - take);
 }
 
 static void on_readable(client *c) {
@@ -704,15 +716,16 @@ static void run_for(double s) {
     service_until(end);
 }
 
-static double connect_all(double timeout_s) {
+/* Connect clients from..to-1, at most --inflight pending at once. */
+static double connect_range(int from, int to, double timeout_s) {
   uint64_t t0 = gen_now_us(), end = t0 + (uint64_t)(timeout_s * 1e6);
-  int next = 0;
+  int next = from;
   while (!G.interrupted) {
-    while (next < G.n && G.inflight < G.inflight_cap)
+    while (next < to && G.inflight < G.inflight_cap)
       client_start(next++);
-    if (next >= G.n && G.inflight <= 0) break;
+    if (next >= to && G.inflight <= 0) break;
     if (gen_now_us() > end) {
-      gen_note("timeout: %d of %d clients joined after %.1f s", G.ready, G.n, timeout_s);
+      gen_note("timeout: %d of %d clients joined after %.1f s", G.ready, to, timeout_s);
       break;
     }
     service_until(end);
@@ -793,7 +806,8 @@ static void run_phase(gen_phase *ph, int mode) {
 /* ---------------------------------------------------------------- main */
 
 static void usage(void) {
-  fputs("usage: fastgen --url ws://127.0.0.1:PORT --scenario ramp|fanout|move [options]\n"
+  fputs("usage: fastgen --url ws://127.0.0.1:PORT --scenario ramp|idle|fanout|move|rooms "
+        "[options]\n"
         "  --url again (at most 8): several servers (cluster nodes), see --spread\n"
         "  --clients N (100, at most 20000)   --inflight K (256) joins pending at once\n"
         "  --room NAME (bench-<pid>)  --base PATH (/parties/main)\n"
@@ -806,6 +820,7 @@ static void usage(void) {
         "  --timeout S (30) joining   --max-time S (300) whole run\n"
         "  --pid PID   server CPU from /proc/PID/stat (again: the sum of several)\n"
         "  --cpu N  pin this process to CPU N\n"
+        "  --settle S (2) idle/rooms: wait before reading the server's RSS\n"
         "  --label NAME  --json FILE|-  --quiet\n",
         stderr);
   exit(2);
@@ -824,6 +839,7 @@ int main(int argc, char **argv) {
   G.min_samples = 100;
   G.timeout_s = 30;
   G.max_time_s = 300;
+  G.settle_s = 2;
   G.cpu = -1;
   snprintf(G.base, sizeof G.base, "/parties/main");
   for (int i = 1; i < argc; i++) {
@@ -866,6 +882,8 @@ int main(int argc, char **argv) {
       G.dur_s = atof(v);
     else if (OPT("--drain"))
       G.drain_s = atof(v);
+    else if (OPT("--settle"))
+      G.settle_s = atof(v);
     else if (OPT("--min-samples"))
       G.min_samples = atof(v);
     else if (OPT("--timeout"))
@@ -890,7 +908,16 @@ int main(int argc, char **argv) {
   if (!nurl || !scen) usage();
   if (strstr(scen, "fanout")) G.do_fanout = true;
   if (strstr(scen, "move")) G.do_move = true;
-  if (!G.do_fanout && !G.do_move && !strstr(scen, "ramp")) gen_die("unknown scenario %s", scen);
+  if (strstr(scen, "idle")) G.do_idle = true;
+  if (strstr(scen, "rooms")) G.do_rooms = true;
+  if (!G.do_fanout && !G.do_move && !G.do_idle && !G.do_rooms && !strstr(scen, "ramp"))
+    gen_die("unknown scenario %s", scen);
+  if (G.do_rooms && (G.do_fanout || G.do_move || G.do_idle)) gen_die("rooms runs alone");
+  if ((G.do_idle || G.do_rooms) && G.npid != 1) gen_die("idle and rooms need one --pid");
+  if (G.do_rooms && G.rooms)
+    gen_die("the rooms scenario puts each client in its own room (no --rooms)");
+  if (G.do_idle && G.n < 2) gen_die("idle needs --clients >= 2");
+  if (G.settle_s < 0 || G.settle_s > 60) gen_die("--settle out of range");
   if (G.n < 1 || G.n > FG_MAX_CLIENTS) gen_die("--clients must be 1..%d", FG_MAX_CLIENTS);
   if (G.rooms < 0 || G.rooms > G.n) gen_die("--rooms must be 0..--clients");
   if (G.do_fanout && G.rooms > 1) gen_die("fanout has one writer: one room (no --rooms)");
@@ -951,9 +978,33 @@ int main(int argc, char **argv) {
   G.t_begin = gen_now_us();
   G.deadline = G.t_begin + (uint64_t)(G.max_time_s * 1e6);
 
-  double join_s = connect_all(G.timeout_s), quiet_s = -1;
+  double join_s, quiet_s = -1, per_kb = -1;
+  long rss0 = -1, rss1 = -1;
+  int measured = 0;
+  if (G.do_rooms) {
+    run_for(G.settle_s / 2);
+    rss0 = gen_proc_rss_kb(G.pids[0]);
+    join_s = connect_range(0, G.n, G.timeout_s);
+    quiet_s = wait_quiet(G.timeout_s);
+    run_for(G.settle_s);
+    rss1 = gen_proc_rss_kb(G.pids[0]);
+    measured = G.ready;
+  } else if (G.do_idle) {
+    connect_range(0, 1, G.timeout_s);
+    wait_quiet(G.timeout_s);
+    run_for(G.settle_s / 2);
+    rss0 = gen_proc_rss_kb(G.pids[0]);
+    join_s = connect_range(1, G.n, G.timeout_s);
+    quiet_s = wait_quiet(G.timeout_s);
+    run_for(G.settle_s);
+    rss1 = gen_proc_rss_kb(G.pids[0]);
+    measured = G.ready - 1;
+  } else {
+    join_s = connect_range(0, G.n, G.timeout_s);
+  }
+  if (measured > 0 && rss0 >= 0 && rss1 >= 0) per_kb = (double)(rss1 - rss0) / measured;
   bool all = G.ready == G.n;
-  if (all && (G.do_fanout || G.do_move)) quiet_s = wait_quiet(G.timeout_s);
+  if (all && quiet_s < 0 && (G.do_fanout || G.do_move)) quiet_s = wait_quiet(G.timeout_s);
   gen_note("%d/%d joined in %.3f s (%.0f joins/s)", G.ready, G.n, join_s, G.ready / join_s);
   if (all && G.do_fanout) run_phase(&fan, M_FANOUT);
   if (all && G.do_move && !G.interrupted) run_phase(&mv, M_MOVE);
@@ -971,6 +1022,9 @@ int main(int argc, char **argv) {
   if (G.failed) printf(", %d failed (%s)", G.failed, G.first_error);
   if (G.closed_after_ready) printf(", %d closed (%s)", G.closed_after_ready, G.first_error);
   printf("\n");
+  if (G.do_idle || G.do_rooms)
+    printf("server RSS %ld kB -> %ld kB: %.2f kB per %s (%d measured)\n", rss0, rss1, per_kb,
+           G.do_idle ? "idle connection" : "room (with its one connection)", measured);
   if (fan.nsteps) gen_print_phase(&fan);
   if (mv.nsteps) gen_print_phase(&mv);
   if (G.interrupted) printf("(interrupted by --max-time)\n");
@@ -996,6 +1050,14 @@ int main(int argc, char **argv) {
     gen_jnum("first_packet_p99_ms", gen_h_pct_ms(&G.ready_h, 0.99));
     gen_jnum("join_traffic_s", quiet_s);
     gen_jclose();
+    if (G.do_idle || G.do_rooms) { /* as loadgen's */
+      gen_jopen(G.do_idle ? "idle" : "rooms");
+      gen_jint("rss_before_kb", rss0);
+      gen_jint("rss_after_kb", rss1);
+      gen_jint("measured", measured);
+      gen_jnum(G.do_idle ? "kb_per_connection" : "kb_per_room", per_kb);
+      gen_jclose();
+    }
     if (fan.nsteps) gen_json_phase(&fan);
     if (mv.nsteps) gen_json_phase(&mv);
     gen_jbool("interrupted", G.interrupted);

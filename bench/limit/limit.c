@@ -18,6 +18,17 @@
  * {"count":N+1}} to everyone. One packet per move, built once and shared by
  * reference by every recipient.
  *
+ * A room whose path holds "/throttled-" is the game room with throttleSync
+ * 50 (bench/rooms/throttled.lua), as lunaroom throttles (host/sync.c:
+ * leading edge + trailing window): a move or a join only records the
+ * sender's latest value (its join patch's value for a joiner); when no
+ * window is open the pending players go out at once and a 50 ms window
+ * opens, otherwise they go out when it ends (which opens the next). One
+ * packet carries every pending player, last value each:
+ *   {"type":"sync","value":{"players":{"p7":{...},"p9":{...}}}}
+ * built once and shared by every member. The joiner's first packet is sent
+ * at once, as in the unthrottled room.
+ *
  * Writes are batched: on WRITEABLE a connection frames as many queued
  * packets as fit in 64 KiB (server frames are unmasked: 0x81, length) into
  * one buffer and hands it to lws as one raw write (one send()). That is the
@@ -25,8 +36,11 @@
  * the engine, a drained send ring is freed and the heap is trimmed once
  * connections stop coming and going, so RSS compares live memory.
  *
- * Usage: limit [--port N] [--host 127.0.0.1]; prints
+ * Usage: limit [--port N] [--host 127.0.0.1] [--rx-buffer BYTES]; prints
  * `listening on http://HOST:PORT` on stderr. SIGINT/SIGTERM stop it.
+ * --rx-buffer: the receive buffer lws keeps per WebSocket (default
+ * RX_BUFFER); compare.mjs passes lunaroom's (NET_RX_BUFFER in
+ * host/net_int.h) so the memory rows compare the same buffers.
  */
 #include <malloc.h>
 #include <signal.h>
@@ -43,6 +57,7 @@
 #define RX_BUFFER 4096 /* lws receive buffer per WebSocket (-DRX_BUFFER=N to compare) */
 #endif
 #define BATCH 65536
+#define THROTTLE_MS 50       /* the throttled room's sync window */
 #define MAX_QUEUE (4u << 20) /* bytes queued per connection before it is dropped */
 
 typedef struct msg {
@@ -75,6 +90,8 @@ typedef struct conn {
   size_t qbytes;
   char *rx; /* fragment assembly (rare: moves are small) */
   size_t rxlen, rxcap;
+  char *val; /* throttled room: the pending value (vlen > 0 = pending) */
+  uint32_t vlen, vcap;
   bool dropping;
 } conn;
 
@@ -84,7 +101,12 @@ struct room {
   uint32_t n;
   bool counter; /* a counter room: messages are increments */
   uint64_t count;
-  room *next; /* hash chain */
+  bool throttled;             /* the game room with throttleSync THROTTLE_MS */
+  uint32_t pending;           /* throttled: members with a pending value */
+  int64_t window_end;         /* throttled: ms; a window is open until then */
+  bool timer;                 /* throttled: the window's end is scheduled */
+  lws_sorted_usec_list_t sul; /* ... on this */
+  room *next;                 /* hash chain */
 };
 
 #define ROOM_BUCKETS 4096
@@ -116,6 +138,7 @@ static room *room_get(const char *name) {
   if (!r) abort();
   r->name = strdup(name);
   r->counter = strstr(name, "/counter-") != NULL;
+  r->throttled = strstr(name, "/throttled-") != NULL;
   r->next = rooms[b];
   rooms[b] = r;
   return r;
@@ -160,6 +183,69 @@ static msg *msg_printf(const char *fmt, const char *a, size_t alen, const char *
   return m;
 }
 
+/* Throttled room: one packet with every pending player's latest value. */
+static void throttle_flush(room *r) {
+  if (!r->pending) return;
+  static const char head[] = "{\"type\":\"sync\",\"value\":{\"players\":{";
+  size_t len = sizeof head - 1 + 3; /* "}}}" */
+  for (conn *c = r->head; c; c = c->next)
+    if (c->vlen) len += (size_t)c->pidlen + 4 + c->vlen; /* "pid": , */
+  msg *m = msg_new(len);
+  char *p = m->data;
+  memcpy(p, head, sizeof head - 1);
+  p += sizeof head - 1;
+  bool first = true;
+  for (conn *c = r->head; c; c = c->next) {
+    if (!c->vlen) continue;
+    if (!first) *p++ = ',';
+    first = false;
+    *p++ = '"';
+    memcpy(p, c->pid, c->pidlen);
+    p += c->pidlen;
+    *p++ = '"';
+    *p++ = ':';
+    memcpy(p, c->val, c->vlen);
+    p += c->vlen;
+    c->vlen = 0;
+  }
+  memcpy(p, "}}}", 3);
+  p += 3;
+  m->len = (uint32_t)(p - m->data);
+  r->pending = 0;
+  broadcast(r, m, NULL);
+  msg_release(m);
+}
+
+static void throttle_fire(lws_sorted_usec_list_t *sul) {
+  room *r = lws_container_of(sul, room, sul);
+  r->timer = false;
+  if (!r->pending) return;
+  throttle_flush(r);
+  r->window_end = now_ms() + THROTTLE_MS;
+}
+
+/* Throttled room: c's latest value is v; send now (leading edge) or at
+ * the end of the open window. */
+static void throttle_set(conn *c, const char *v, size_t len) {
+  room *r = c->room;
+  if (len > c->vcap) {
+    c->val = realloc(c->val, len);
+    if (!c->val) abort();
+    c->vcap = (uint32_t)len;
+  }
+  memcpy(c->val, v, len);
+  if (!c->vlen) r->pending++;
+  c->vlen = (uint32_t)len;
+  int64_t now = now_ms();
+  if (now >= r->window_end && !r->timer) {
+    throttle_flush(r);
+    r->window_end = now + THROTTLE_MS;
+  } else if (!r->timer) {
+    r->timer = true;
+    lws_sul_schedule(ctx, 0, &r->sul, throttle_fire, (lws_usec_t)(r->window_end - now) * 1000);
+  }
+}
+
 static void on_move(conn *c, const char *in, size_t len) {
   if (c->room->counter) {
     char num[24];
@@ -178,6 +264,10 @@ static void on_move(conn *c, const char *in, size_t len) {
     end--;
   if (end <= v) return;
   end--; /* the closing brace of the whole message */
+  if (c->room->throttled) {
+    throttle_set(c, v, (size_t)(end - v));
+    return;
+  }
   msg *m = msg_printf("{\"type\":\"sync\",\"value\":{\"players\":{\"%.*s\":%.*s}}}", c->pid,
                       c->pidlen, v, (size_t)(end - v));
   broadcast(c->room, m, NULL);
@@ -261,6 +351,19 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
       msg_release(first);
       break;
     }
+    if (c->room->throttled) {
+      msg *first = msg_printf("{\"type\":\"sync\",\"value\":{\"pId\":\"%.*s\",\"players\":{}%.*s}}",
+                              c->pid, c->pidlen, "", 0);
+      c->next = c->room->head;
+      if (c->next) c->next->prev = c;
+      c->room->head = c;
+      c->room->n++;
+      conn_push(c, first);
+      msg_release(first);
+      static const char zero[] = "{\"x\":0,\"y\":0,\"score\":0}";
+      throttle_set(c, zero, sizeof zero - 1);
+      break;
+    }
     msg *first = msg_printf("{\"type\":\"sync\",\"value\":{\"pId\":\"%.*s\",\"players\":{}%.*s}}",
                             c->pid, c->pidlen, "", 0);
     msg *join = msg_printf(
@@ -312,6 +415,8 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
         c->room->head = c->next;
       if (c->next) c->next->prev = c->prev;
       c->room->n--;
+      if (c->vlen) c->room->pending--;
+      free(c->val);
       while (c->qlen) {
         msg_release(c->q[c->qhead]);
         c->qhead = (c->qhead + 1) % c->qcap;
@@ -328,7 +433,8 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
   return 0;
 }
 
-static const struct lws_protocols protocols[] = {
+static struct lws_protocols protocols[] = {
+    /* rx_buffer_size: --rx-buffer */
     {"limit", cb, sizeof(conn), RX_BUFFER, 0, NULL, BATCH},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
@@ -347,8 +453,10 @@ int main(int argc, char **argv) {
       port = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--host") && i + 1 < argc)
       host = argv[++i];
+    else if (!strcmp(argv[i], "--rx-buffer") && i + 1 < argc && atoi(argv[i + 1]) >= 128)
+      protocols[0].rx_buffer_size = (size_t)atoi(argv[++i]);
     else {
-      fprintf(stderr, "usage: limit [--port N] [--host ADDR]\n");
+      fprintf(stderr, "usage: limit [--port N] [--host ADDR] [--rx-buffer BYTES >= 128]\n");
       return 2;
     }
   }
@@ -372,7 +480,8 @@ int main(int argc, char **argv) {
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   signal(SIGPIPE, SIG_IGN);
-  fprintf(stderr, "listening on http://%s:%d\n", host, p);
+  fprintf(stderr, "listening on http://%s:%d (rx buffer %zu)\n", host, p,
+          protocols[0].rx_buffer_size);
   /* As lunaroom's net.c: once connections stopped coming and going for
    * 500 ms, give wholly free heap pages back (malloc_trim), so RSS figures
    * compare live memory, not what a join burst left behind. */

@@ -522,6 +522,35 @@ TEST(patch_clear_dirty_resets) {
   lr_node_release(root);
 }
 
+/* lr_state_has_dels answers from a process-wide count of pending deleted
+ * keys when it is 0: every way a key leaves a list must lower it. */
+TEST(has_dels_count) {
+  lr_node *a = J("{\"users\":{\"p1\":{\"x\":1},\"p2\":{\"x\":2}}}");
+  lr_node *b = J("{\"n\":1}");
+  clear(a);
+  clear(b);
+  ASSERT(lr_state_delete(at(a, "users"), "p1", 2));
+  ASSERT(lr_state_has_dels(a, LR_CH_SYNC) && lr_state_has_dels(a, LR_CH_PERSIST));
+  set_int(b, "n", 2); /* a change in another tree, no deletion there */
+  ASSERT(!lr_state_has_dels(b, LR_CH_SYNC));
+  set_int(at(a, "users"), "p1", 5); /* re-added before the flush */
+  ASSERT(!lr_state_has_dels(a, LR_CH_SYNC) && !lr_state_has_dels(a, LR_CH_PERSIST));
+  ASSERT(lr_state_delete(at(a, "users"), "p2", 2));
+  clear(a); /* flushed */
+  ASSERT(!lr_state_has_dels(a, LR_CH_SYNC) && !lr_state_has_dels(a, LR_CH_PERSIST));
+  ASSERT(lr_state_delete(at(a, "users"), "p1", 2));
+  ASSERT(lr_state_has_dels(a, LR_CH_SYNC));
+  lr_node_release(a); /* freed with a deletion pending */
+  lr_node *c = J("{\"users\":{\"p3\":{\"x\":1}}}");
+  clear(c);
+  set_int(at(c, "users.p3"), "x", 4);
+  ASSERT(!lr_state_has_dels(c, LR_CH_SYNC) && !lr_state_has_dels(c, LR_CH_PERSIST));
+  ASSERT(lr_state_delete(at(c, "users"), "p3", 2));
+  ASSERT(lr_state_has_dels(c, LR_CH_PERSIST));
+  lr_node_release(c);
+  lr_node_release(b);
+}
+
 TEST(patch_self_covers_later_writes) {
   lr_node *root = J("{\"n\":1}");
   lr_node *cfg = set_json(root, "cfg", "{\"x\":{\"y\":1},\"d\":1}", 0);

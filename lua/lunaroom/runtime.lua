@@ -58,8 +58,11 @@ M.deepcopy, M.flags_of = deepcopy, flags_of -- shared with lunaroom.reload
 
 local function hexbyte(h) return string.char(tonumber(h, 16)) end
 
+-- Plain finds first: a pattern find runs the step-counted matcher
+-- (lpattern.c), ~1k instructions for a short id, and this runs for every
+-- key and value of every connection's query.
 local function urldecode(s)
-  if not s:find("[%%+]") then return s end
+  if not s:find("%", 1, true) and not s:find("+", 1, true) then return s end
   s = s:gsub("+", " ")
   return (s:gsub("%%(%x%x)", hexbyte))
 end
@@ -95,9 +98,13 @@ end
 -- pattern "^%s*(.-)%s*$" is quadratic on "a   ...   b" (every position of
 -- the lazy capture retries the whole run of spaces).
 local function trim(s)
+  -- The usual id has no space at either end: s itself, without the
+  -- step-counted pattern matcher (lpattern.c) on every join.
+  local e = #s
+  local c1, c2 = s:byte(1), s:byte(e)
+  if c1 and c1 ~= 32 and (c1 < 9 or c1 > 13) and c2 ~= 32 and (c2 < 9 or c2 > 13) then return s end
   local b = s:find("%S")
   if not b then return "" end
-  local e = #s
   while e > b do
     local c = s:byte(e)
     if c ~= 32 and (c < 9 or c > 13) then break end
@@ -573,6 +580,9 @@ function M.config_of(d)
   return {
     throttleSync = d.throttleSync, throttleStorage = d.throttleStorage,
     interceptor = d.interceptorPacket ~= nil, budget = d.budget or 0, memory = d.memory or 0,
+    -- no room guard and no onJoin: nothing reads a join's request headers
+    -- (M.connect), so the host does not copy them into Lua
+    joinBare = d.guards[1] == nil and d.onJoin == nil,
     rate = d.rateLimit.rate, burst = d.rateLimit.burst,
     maxFrame = d.limits.frame or 0, maxDepth = d.limits.depth or 0, maxElements = d.limits.elements or 0,
     hibernate = d.hibernate and d.hibernateAfter or 0,
