@@ -130,8 +130,9 @@ static int runtime_call(lr_server *s, lr_room *r, int hot, const char *name, con
   return call(s, r, what, nargs + 1, nres, err, errlen);
 }
 
-/* Push the request as a Lua table {method, path, query, headers, body, ip}. */
-static void push_request(lua_State *L, const lr_request *req) {
+/* Push the request as a Lua table {method, path, query, headers, body, ip};
+ * without headers when not wanted (a join that builds no connect context). */
+static void push_request(lua_State *L, const lr_request *req, bool headers) {
   lua_createtable(L, 0, 8);
   lua_pushstring(L, req->method ? req->method : "GET");
   lua_setfield(L, -2, "method");
@@ -139,12 +140,14 @@ static void push_request(lua_State *L, const lr_request *req) {
   lua_setfield(L, -2, "path");
   lua_pushstring(L, req->query ? req->query : "");
   lua_setfield(L, -2, "query");
-  lua_createtable(L, 0, (int)req->nheaders);
-  for (size_t i = 0; i < req->nheaders; i++) {
-    lua_pushstring(L, req->headers[i].value ? req->headers[i].value : "");
-    lua_setfield(L, -2, req->headers[i].name);
+  if (headers) {
+    lua_createtable(L, 0, (int)req->nheaders);
+    for (size_t i = 0; i < req->nheaders; i++) {
+      lua_pushstring(L, req->headers[i].value ? req->headers[i].value : "");
+      lua_setfield(L, -2, req->headers[i].name);
+    }
+    lua_setfield(L, -2, "headers");
   }
-  lua_setfield(L, -2, "headers");
   if (req->body) {
     lua_pushlstring(L, req->body, req->bodylen);
     lua_setfield(L, -2, "body");
@@ -215,7 +218,7 @@ static int b_preroute(lr_server *s, const char *ns, const char *id, const lr_req
   int top = lua_gettop(L);
   lua_pushstring(L, ns);
   lua_pushstring(L, id);
-  push_request(L, req);
+  push_request(L, req, true);
   lua_pushstring(L, *rest ? rest : "/");
   int rc = 0;
   if (runtime_call(s, NULL, -1, "preroute", "route", 4, 1, NULL, 0) == 0) {
@@ -283,7 +286,7 @@ static int b_connect(lr_conn *c, const lr_request *req, char *err, size_t errlen
   lr_lua_new_conn(L, c, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
   lr_lua_push_conn(L, c);
-  push_request(L, req);
+  push_request(L, req, !r->lean_connect);
   int rc = runtime_call(s, r, F_CONNECT, "connect", "connect", 3, 0, err, errlen);
   lua_settop(L, top);
   return rc ? -1 : 0;
@@ -381,7 +384,7 @@ static int b_request(lr_room *r, const lr_request *req, const char *rest, lr_set
   lua_State *L = s->L;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  push_request(L, req);
+  push_request(L, req, true);
   lua_pushstring(L, *rest ? rest : "/"); /* routed path, leading '/' */
   char err[256];
   int rc = -1;
@@ -401,7 +404,7 @@ static int b_request(lr_room *r, const lr_request *req, const char *rest, lr_set
 static int b_operations(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
   lua_State *L = s->L;
   int top = lua_gettop(L);
-  push_request(L, req);
+  push_request(L, req, true);
   char err[256];
   int rc = -1;
   if (runtime_call(s, NULL, -1, "operations", "operations", 1, 1, err, sizeof err) == 0 &&

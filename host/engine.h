@@ -166,7 +166,8 @@ struct lr_room {
   int64_t throttle_sync, throttle_storage;
   bool auto_sync;
   bool has_interceptor;
-  bool batched_joins;      /* has batched joiners (lr_conn.batched) waiting for its flush */
+  bool lean_connect;  /* joins need no request headers (no room guard, no onJoin): none pushed */
+  bool batched_joins; /* has batched joiners (lr_conn.batched) waiting for its flush */
   int64_t sync_window_end; /* leading edge allowed again at this time */
   bool sync_timer, store_timer;
   int64_t store_retry_ms; /* backoff after a storage failure */
@@ -307,12 +308,12 @@ struct lr_server {
   struct lr_wait *waits; /* requests waiting for a room's storage (room.c) */
   lr_conn **pending_close;
   uint32_t npending_close, cappending_close;
-  char parties_prefix[32];     /* "/parties" */
-  long max_rooms;              /* refuse to create rooms past this (default 100000) */
-  void *shard;                 /* shard mode state (shard.c), NULL unless `serve --shard` */
-  const lr_mode_vt *mode;      /* shard.c's, with shard; NULL otherwise */
-  lr_relay_open_fn relay_open; /* uplink.c's (lr_uplink_install); NULL = refused (404) */
-  const lr_loop_fds *loop_fds; /* the transport's (lr_server_set_loop_fds); NULL = none */
+  char parties_prefix[32];       /* "/parties" */
+  long max_rooms;                /* refuse to create rooms past this (default 100000) */
+  void *shard;                   /* shard mode state (shard.c), NULL unless `serve --shard` */
+  const lr_mode_vt *mode;        /* shard.c's, with shard; NULL otherwise */
+  lr_relay_open_fn relay_open;   /* uplink.c's (lr_uplink_install); NULL = refused (404) */
+  const lr_loop_fds *loop_fds;   /* the transport's (lr_server_set_loop_fds); NULL = none */
   lr_relay_adopt_fn relay_adopt; /* uplink.c's too */
   const lr_cluster_vt *cluster;  /* cluster.c's (lr_cluster_enable), NULL = not relaying */
   void *cluster_state;

@@ -58,8 +58,10 @@ M.deepcopy, M.flags_of = deepcopy, flags_of -- shared with lunaroom.reload
 
 local function hexbyte(h) return string.char(tonumber(h, 16)) end
 
+-- Plain finds first: most keys and values have neither '%' nor '+', and a
+-- pattern with a class costs a matcher set-up per call (every connect).
 local function urldecode(s)
-  if not s:find("[%%+]") then return s end
+  if not (s:find("%", 1, true) or s:find("+", 1, true)) then return s end
   s = s:gsub("+", " ")
   return (s:gsub("%%(%x%x)", hexbyte))
 end
@@ -72,6 +74,8 @@ end
 local function parse_query(q)
   local t = {}
   q = q or ""
+  -- Nothing encoded (the usual "id=..."): no urldecode per key and value.
+  local dec = (q:find("%", 1, true) or q:find("+", 1, true)) and urldecode or nil
   local pos, n = 1, #q
   while pos <= n do
     local amp = q:find("&", pos, true) or n + 1
@@ -84,7 +88,10 @@ local function parse_query(q)
       else
         k, val = piece, ""
       end
-      if k ~= "" then t[urldecode(k)] = urldecode(val) end
+      if k ~= "" then
+        if dec then k, val = dec(k), dec(val) end
+        t[k] = val
+      end
     end
     pos = amp + 1
   end
@@ -95,6 +102,10 @@ end
 -- pattern "^%s*(.-)%s*$" is quadratic on "a   ...   b" (every position of
 -- the lazy capture retries the whole run of spaces).
 local function trim(s)
+  local n = #s
+  if n == 0 then return "" end
+  local c1, cn = s:byte(1), s:byte(n) -- the common case, nothing to trim: no pattern
+  if c1 ~= 32 and (c1 < 9 or c1 > 13) and cn ~= 32 and (cn < 9 or cn > 13) then return s end
   local b = s:find("%S")
   if not b then return "" end
   local e = #s
@@ -577,6 +588,9 @@ function M.config_of(d)
     maxFrame = d.limits.frame or 0, maxDepth = d.limits.depth or 0, maxElements = d.limits.elements or 0,
     hibernate = d.hibernate and d.hibernateAfter or 0,
     evict = d.evictAfter or -1, -- -1: the server's --evict-after
+    -- A join builds a connect context (with the request headers) for room
+    -- guards and onJoin only: without them the host leaves the headers out.
+    leanConnect = d.guards[1] == nil and not d.onJoin,
   }
 end
 
