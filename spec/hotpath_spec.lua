@@ -70,6 +70,33 @@ describe("join hot path", function()
     assert.are.equal(4001, bad.closed.code)
   end)
 
+  it("a room given onJoin by a reload sees the request headers on the next join", function()
+    -- Rooms without room guards or onJoin get no request headers from the
+    -- host on a join (room config leanConnect); a reload that adds onJoin
+    -- must turn them back on.
+    local src = [[
+      local lr = require "lunaroom"
+      return lr.room {
+        path = "c-{id}",
+        state = { count = lr.sync(0), seen = lr.sync("") },
+        %s
+      }
+    ]]
+    local file = os.tmpname()
+    local f = assert(io.open(file, "w"))
+    f:write(src:format(""))
+    f:close()
+    local t = testing.room(file)
+    os.remove(file)
+    t:client { id = "a", headers = { ["x-test"] = "1" } }
+    assert.is_true(t:reload(src:format([[onJoin = function(room, _user, _conn, ctx)
+      room.seen = ctx.request.headers["x-test"] or "none"
+    end,]])))
+    local c = t:client { id = "b", headers = { ["x-test"] = "2" } }
+    assert.are.equal("2", t.room.seen)
+    assert.is_nil(c.closed)
+  end)
+
   it("a room without guards or onJoin makes no connection context per join", function()
     local plain = garbage_per_join(counter())
     local with_onjoin = garbage_per_join(counter { onJoin = function() end })
