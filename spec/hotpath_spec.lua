@@ -97,6 +97,21 @@ describe("join hot path", function()
     assert.is_nil(c.closed)
   end)
 
+  it("a live room keeps at most 8 raw fields (a ninth doubles its hash part)", function()
+    local t = testing.room(lr.room {
+      path = "p-{id}", state = { n = lr.sync(0) }, maxUsers = 4,
+      actions = { noop = function() end },
+    }, { id = "p-x" })
+    local c = t:client { id = "s1" }
+    assert.is_nil(c.closed)
+    local n, keys = 0, {}
+    for k in next, t.room do n = n + 1; keys[#keys + 1] = tostring(k) end
+    table.sort(keys)
+    assert.is_true(n <= 8, table.concat(keys, ","))
+    assert.are.equal("x", t.room.params.id)
+    assert.are.equal(1, require("lunaroom.runtime").online_sessions(t.room))
+  end)
+
   it("a room without guards or onJoin makes no connection context per join", function()
     local plain = garbage_per_join(counter())
     local with_onjoin = garbage_per_join(counter { onJoin = function() end })

@@ -269,7 +269,11 @@ local RoomMT = {}
 RoomMT.__index = function(self, k)
   local d = self.def
   if d.fields[k] then return self.root[k] end
-  if k == "autoSync" then return rawget(self, "_autoSync") end
+  if k == "autoSync" then -- raw _autoSync once room code or a reload set it, else the definition's
+    local v = rawget(self, "_autoSync")
+    if v == nil then v = d.autoSync end
+    return v
+  end
   if k == "parties" then return parties_of(self) end
   if k == "storage" then -- made on first use: most rooms never touch it
     local st = rawget(self, "_storage")
@@ -594,6 +598,26 @@ function M.config_of(d)
   }
 end
 
+-- Where a room's code comes from, {file, version, party}: one table shared
+-- by the rooms of one definition (as room.def is) with the same file,
+-- version and party (own fields would cost each room a bigger hash part).
+-- Replaced, never changed: a reload points each room at its new one.
+local SRCS = setmetatable({}, { __mode = "k" }) -- def -> "file\0version\0party" -> src
+function M.src_of(def, file, version, party)
+  local by = SRCS[def]
+  if not by then
+    by = {}
+    SRCS[def] = by
+  end
+  local k = tostring(file) .. "\0" .. tostring(version) .. "\0" .. party
+  local src = by[k]
+  if not src then
+    src = { file = file, version = version, party = party }
+    by[k] = src
+  end
+  return src
+end
+
 --- Called by C when a client or request names a room that is not live yet.
 --- With rebind, the C room exists (it hibernated) and keeps its connections.
 --- entry ({def, file, version}) builds it with that definition instead of
@@ -603,10 +627,12 @@ function M.create_room(srv, ns, id, rebind, entry)
   if entry then e, params = entry, entry.def.match(id) or {} end
   if not e then return nil end
   local d = e.def
+  -- At most 8 raw fields (def, id, params, key, src, sockets, h, root): a
+  -- ninth doubles the table's hash part, 192 bytes more on every room.
   local room = setmetatable({
-    def = d, id = id, _party = ns, params = params, key = ns .. "/" .. id,
-    file = e.file, version = e.version, _autoSync = d.autoSync,
-    sockets = {},   -- privateId -> number of open sockets
+    def = d, id = id, params = params, key = ns .. "/" .. id,
+    src = M.src_of(d, e.file, e.version, ns),
+    sockets = { 0 }, -- [1]: sessions with an open socket; privateId -> number of its open sockets
     -- expiry: privateId -> timer id, made by the first arm_expiry
   }, RoomMT)
   SRV[room] = srv
@@ -624,7 +650,6 @@ function M.create_room(srv, ns, id, rebind, entry)
   local cfg = M.config_of(d)
   cfg.autoSync = d.autoSync
   srv.rooms[room.key] = room
-  rawset(room, "online", 0) -- sessions with an open socket (keys of sockets)
   if not rebind then M.census(srv, d.path, e.version, 1) end
   -- While a restore hook waits, the events that reach the room (joins,
   -- actions, closes, HTTP requests, timers) queue here, in arrival order;
@@ -718,7 +743,8 @@ function M.hibernate_room(srv, key)
   local room = srv.rooms[key]
   if room then
     M.unaccount(room)
-    srv.sleeping[key] = { def = rawget(room, "def"), file = rawget(room, "file"), version = rawget(room, "version") }
+    local src = rawget(room, "src")
+    srv.sleeping[key] = { def = rawget(room, "def"), file = src.file, version = src.version }
   end
   srv.rooms[key] = nil
 end
@@ -764,8 +790,8 @@ end
 
 ------------------------------------------------------------------ session bookkeeping
 
--- Each room instance counts its online sessions (room.online: sessions with
--- an open socket) and keeps its offline, unexpired sessions in disconnection
+-- Each room instance counts its online sessions (sockets[1]: sessions with
+-- an open socket; M.online_sessions) and keeps its offline, unexpired sessions in disconnection
 -- order (room.offq: a FIFO with lazy deletion), so that
 --   * past d.maxOfflineSessions the oldest offline session is expired early
 --     (a room keeps accepting new players; the ones gone longest lose their
@@ -777,7 +803,8 @@ local expire_session -- below
 
 --- n sessions of room went online (+) or offline (-).
 function M.online(room, n)
-  rawset(room, "online", rawget(room, "online") + n)
+  local sockets = rawget(room, "sockets")
+  sockets[1] = sockets[1] + n
   local st = SRV[room].stat
   st.online = st.online + n
 end
@@ -852,8 +879,9 @@ end
 --- the totals (a rebuilt instance counts them again).
 function M.unaccount(room)
   local st = SRV[room].stat
-  st.online = st.online - (rawget(room, "online") or 0)
-  rawset(room, "online", 0)
+  local sockets = rawget(room, "sockets")
+  st.online = st.online - sockets[1]
+  sockets[1] = 0
   local q = rawget(room, "offq")
   if q then
     st.offline = st.offline - q.n
@@ -957,7 +985,8 @@ local function run_guards(guards, a, b, room)
 end
 
 -- Distinct online sessions (for maxUsers).
-local function online_sessions(room) return rawget(room, "online") end
+local function online_sessions(room) return rawget(room, "sockets")[1] end
+M.online_sessions = online_sessions
 
 local function redeem_transfer(room, token)
   local h = rawget(room, "h")
@@ -1686,14 +1715,14 @@ function M.session_transfer(srv, room, conn, target_id, opts, done)
     return remote_transfer(srv, room, target_id, { privateId = conn.state.privateId, publicId = pid,
       userSnapshot = core.copy(users[pid], NOPERSIST) }, opts, done)
   end
-  local target = srv.rooms[rawget(room, "_party") .. "/" .. target_id]
+  local target = srv.rooms[rawget(room, "src").party .. "/" .. target_id]
   if not target and srv.env.LUNAROOM_CLUSTER then
     -- A cluster node creates a room only under its lease (taken when a
     -- request for it arrives): a room not live here may be another node's.
     return nil, "Room not on this node: in a cluster, pass { url = <any node's URL> }"
   end
   if not target then
-    target = M.create_room(srv, rawget(room, "_party"), target_id)
+    target = M.create_room(srv, rawget(room, "src").party, target_id)
     if not target then return nil, "Room not available" end
   end
   local data = { privateId = conn.state.privateId, publicId = pid, userSnapshot = core.copy(users[pid], NOPERSIST) }
@@ -1749,7 +1778,7 @@ function M.forget_room(srv, key)
   end
   if room then
     M.unaccount(room)
-    M.census(srv, rawget(room, "def").path, rawget(room, "version"), -1)
+    M.census(srv, rawget(room, "def").path, rawget(room, "src").version, -1)
   elseif slept then
     M.census(srv, slept.def.path, slept.version, -1)
   end
@@ -1778,10 +1807,11 @@ end
 --- the modules it required (lunaroom.sandbox), updated by each hot reload.
 function M.room_info_of(key, room)
   local ok, conns = pcall(core.room_conns, rawget(room, "h"))
+  local src = rawget(room, "src")
   return {
-    key = key, party = rawget(room, "_party"), id = rawget(room, "id"),
-    path = rawget(room, "def").path, file = rawget(room, "file"),
-    version = rawget(room, "version"), connections = ok and #conns or 0,
+    key = key, party = src.party, id = rawget(room, "id"),
+    path = rawget(room, "def").path, file = src.file,
+    version = src.version, connections = ok and #conns or 0,
   }
 end
 
