@@ -195,7 +195,8 @@ struct lr_room {
   bool disposed;
   bool auto_sync;
   bool has_interceptor;
-  bool lean_connect;  /* joins need no request headers (no room guard, no onJoin): none pushed */
+  bool lean_connect;  /* joins build no connect context (no room guard, no onJoin): the request as
+                         {query, ip} */
   bool batched_joins; /* has batched joiners (lr_conn.batched) waiting for its flush */
   bool sync_timer, store_timer;
   bool hibernated;

@@ -593,7 +593,8 @@ function M.config_of(d)
     hibernate = d.hibernate and d.hibernateAfter or 0,
     evict = d.evictAfter or -1, -- -1: the server's --evict-after
     -- A join builds a connect context (with the request headers) for room
-    -- guards and onJoin only: without them the host leaves the headers out.
+    -- guards and onJoin only: without them the host passes the request as
+    -- {query, ip}, all M.connect reads then.
     leanConnect = d.guards[1] == nil and not d.onJoin,
   }
 end
