@@ -11,6 +11,10 @@
  * on CPU 1, this script on either), THROTTLE=MS (the room's throttleStorage:
  * 0 = every reply waits for its commit; 1000 = writes batched per second,
  * replies at once: the relay's own cost shows).
+ * The per-address message budget is off (--msgs-per-ip -1): with its default
+ * (2000/s, burst 4000) every client past N = 4000 would be held to 2000/s.
+ * Round trips wait for their count with a listener of their own (not
+ * wsClient.next(), which rescans every packet kept: O(N) per round trip).
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -50,7 +54,7 @@ const node = async (cpu) => {
     rooms,
     env: { SHARD_SECRET: "bench-secret-0123456789abcdef" },
     args: ["--port", String(port), "--host", "127.0.0.1", "--cluster", pg.url, "--node-url",
-      `http://127.0.0.1:${port}`, "--no-watch"],
+      `http://127.0.0.1:${port}`, "--no-watch", "--msgs-per-ip", "-1"],
   });
   if (process.env.PIN) execFileSync("taskset", ["-p", "-c", String(cpu), String(srv.proc.pid)], { stdio: "ignore" });
   return srv;
@@ -74,6 +78,23 @@ try {
   const owner = await join(a, "owner");
   const relayed = await join(b, "relayed");
   let count = Math.max(...owner.messages.filter((m) => m?.type === "sync" && typeof m.value.count === "number").map((m) => m.value.count), 0);
+  // Wait for a count with a listener of our own: wsClient.next() scans every
+  // packet kept so far, O(N) per round trip, which would be the bench's cost.
+  const waitCount = (c, want) =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        c.ws.off("message", on);
+        reject(new Error(`no count ${want} within 5 s`));
+      }, 5000);
+      const on = (data) => {
+        const m = JSON.parse(data.toString());
+        if (m?.type !== "sync" || m.value.count !== want) return;
+        clearTimeout(timer);
+        c.ws.off("message", on);
+        resolve();
+      };
+      c.ws.on("message", on);
+    });
   for (const [label, c] of [["on the owner", owner], ["relayed by another node", relayed]]) {
     const rtts = [];
     const cpu0 = cpuMs(a.proc.pid) + cpuMs(b.proc.pid);
@@ -82,8 +103,9 @@ try {
     for (let i = 0; i < N; i++) {
       const want = ++count;
       const t = performance.now();
+      const got = waitCount(c, want);
       c.send({ action: "inc" });
-      await c.next((m) => m?.type === "sync" && m.value.count === want, 5000);
+      await got;
       rtts.push(performance.now() - t);
     }
     const wall = performance.now() - t0;
@@ -92,7 +114,7 @@ try {
     rtts.sort((x, y) => x - y);
     console.log(
       `client ${label}: ${N} round trips in ${(wall / 1000).toFixed(1)} s: p50 ${pct(rtts, 50).toFixed(2)} ms, ` +
-        `p99 ${pct(rtts, 99).toFixed(2)} ms, mean ${(wall / N).toFixed(2)} ms; server CPU ${((cpu * 1000) / N).toFixed(0)} us/action (both nodes); ` +
+        `p99 ${pct(rtts, 99).toFixed(2)} ms, max ${rtts[rtts.length - 1].toFixed(1)} ms, mean ${(rtts.reduce((x, y) => x + y, 0) / N).toFixed(2)} ms, wall/N ${(wall / N).toFixed(2)} ms; server CPU ${((cpu * 1000) / N).toFixed(0)} us/action (both nodes); ` +
         `statements/action: owner ${((st1[0] - st0[0]) / N).toFixed(2)}, relay ${((st1[1] - st0[1]) / N).toFixed(3)}`,
     );
   }

@@ -30,6 +30,11 @@ int lr_cluster_enable(lr_server *s, const lr_cluster_opts *o, char *err, size_t 
  * other nodes' links follow the room); from now on this node takes no
  * lease. Returns the number of rooms, or -1 when s is not a cluster node. */
 int lr_cluster_drain(lr_server *s);
+/* Take leases again after a drain (POST /admin/undrain): rooms that moved
+ * stay where they are; a room nobody holds asked for here is taken here
+ * again. Returns 1 when the node was drained, 0 when it was not, -1 when s
+ * is not a cluster node. */
+int lr_cluster_undrain(lr_server *s);
 /* The relay figures for /metrics (at most max; returns how many). */
 size_t lr_cluster_stats(lr_server *s, lr_store_stat *out, size_t max);
 /* Free the relay state (after the loop ended). */

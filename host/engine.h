@@ -233,6 +233,10 @@ extern const char *const lr_rej_names[LR_NREJ];
 /* The host's one responder of its own JSON answers: status, body, the CORS
  * headers and Content-Type: application/json (router.c). */
 void lr_respond_json(lr_response_cb done, void *ud, int status, const char *body);
+/* A deep copy of src into *dst (strings, headers, body; NULL stays NULL),
+ * owned by the caller and freed with lr_request_free (router.c). */
+void lr_request_copy(lr_request *dst, const lr_request *src);
+void lr_request_free(lr_request *q);
 
 /* A process mode that takes over some requests before the engine routes
  * them (shard.c sets s->mode in lr_shard_enable). */

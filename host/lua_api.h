@@ -36,6 +36,9 @@ void lr_lua_api_set_bind(void (*bind)(lua_State *L, int idx));
 int lr_lua_api_open(lua_State *L);
 /* Add lua_store.c's storage functions to the module table on top. [-0,+0] */
 void lr_lua_store_register(lua_State *L);
+/* Push n figures as an array of {name, kind, help, value} (/metrics: the
+ * store's, lua_store.c, and a cluster node's relay, cluster_lua.c). [-0,+1] */
+void lr_lua_push_stats(lua_State *L, const lr_store_stat *v, size_t n);
 /* Add lua_admin.c's admin and ops functions to the module table on top. [-0,+0] */
 void lr_lua_admin_register(lua_State *L);
 

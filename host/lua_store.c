@@ -2,7 +2,8 @@
  * lua_store.c - the storage functions of lunaroom.core: what runtime.lua
  * and specs read and write through the server's lr_store (store_get,
  * store_apply, store_list, store_count) and the storage figures of ops
- * (store_pending, store_stats, storage_failing, store_fail_next).
+ * (store_pending, store_stats, storage_failing, store_fail_next), and
+ * lr_lua_push_stats (figures as Lua tables, also for cluster_lua.c).
  *
  * Owns: the Lua <-> storage glue (values stored as JSON text, decoded with
  * exact numbers).
@@ -217,6 +218,11 @@ static int l_store_stats(lua_State *L) {
   lr_store *st = lr_lua_check_server(L, 1)->store;
   lr_store_stat v[32];
   size_t n = st && st->vt->stats ? st->vt->stats(st, v, 32) : 0;
+  lr_lua_push_stats(L, v, n);
+  return 1;
+}
+
+void lr_lua_push_stats(lua_State *L, const lr_store_stat *v, size_t n) {
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
     lua_createtable(L, 0, 4);
@@ -230,7 +236,6 @@ static int l_store_stats(lua_State *L) {
     lua_setfield(L, -2, "value");
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  return 1;
 }
 
 static int l_store_count(lua_State *L) {

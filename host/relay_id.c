@@ -1,6 +1,7 @@
 /*
  * relay_id.c - the text helpers both relays (shard.c, cluster.c) use to speak
- * for a client (see relay_id.h). Owns: one copy of them. Must not: keep
+ * for a client, and the owner's answer to a request they forwarded (see
+ * relay_id.h). Owns: one copy of them. Must not: keep
  * state or know about links, rooms or the engine's internals.
  */
 #include "relay_id.h"
@@ -123,4 +124,36 @@ void lr_relay_client_connected(lr_buf *b, const char *priv, const lr_request *re
   lr_json_put_string(b, url.data, url.len);
   lr_buf_free(&url);
   lr_buf_puts(b, ",\"method\":\"GET\"}}");
+}
+
+void lr_relay_client_message(lr_buf *b, const char *priv, const char *data, size_t len) {
+  lr_buf_puts(b, "{\"type\":\"shard.clientMessage\",\"privateId\":");
+  lr_json_put_string(b, priv, strlen(priv));
+  lr_buf_puts(b, ",\"payload\":");
+  lr_buf_put(b, data, len);
+  lr_buf_putc(b, '}');
+}
+
+void lr_relay_client_disconnected(lr_buf *b, const char *priv) {
+  lr_buf_puts(b, "{\"type\":\"shard.clientDisconnected\",\"privateId\":");
+  lr_json_put_string(b, priv, strlen(priv));
+  lr_buf_putc(b, '}');
+}
+
+bool lr_relay_frame_is_json(const char *data, size_t len) {
+  lr_json_limits lim = LR_JSON_DEFAULT_LIMITS;
+  lr_node *n = lr_json_decode(data, len, &lim, NULL, 0);
+  if (!n) return false;
+  lr_node_release(n);
+  return true;
+}
+
+void lr_relay_answer(lr_response_cb done, void *ud, const lr_fetch_result *r) {
+  lr_header h[LR_CORS_N + 2];
+  memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
+  size_t nh = LR_CORS_N;
+  if (r->content_type) h[nh++] = (lr_header){"Content-Type", r->content_type};
+  if (r->location) h[nh++] = (lr_header){"Location", r->location};
+  lr_response resp = {r->status, h, nh, r->body, r->bodylen};
+  done(ud, &resp);
 }

@@ -101,8 +101,7 @@ typedef struct lr_wait {
   struct lr_wait *next, **pprev;
   lr_server *s;
   char *ns, *id;
-  lr_request req; /* deep copy */
-  lr_header *headers;
+  lr_request req;      /* deep copy (lr_request_copy) */
   lr_conn *conn;       /* WebSocket: joining, no room yet (one reference) */
   lr_response_cb done; /* HTTP */
   void *ud;
@@ -115,25 +114,42 @@ static char *dup_str(const char *p) {
   return p ? lr_xstrndup(p, strlen(p)) : NULL;
 }
 
+void lr_request_copy(lr_request *dst, const lr_request *src) {
+  dst->method = dup_str(src->method);
+  dst->path = dup_str(src->path);
+  dst->query = dup_str(src->query);
+  dst->remote_addr = dup_str(src->remote_addr);
+  dst->body = src->body ? lr_xstrndup(src->body, src->bodylen) : NULL;
+  dst->bodylen = src->bodylen;
+  lr_header *h = lr_xcalloc(src->nheaders + 1, sizeof *h);
+  for (size_t i = 0; i < src->nheaders; i++) {
+    h[i].name = dup_str(src->headers[i].name);
+    h[i].value = dup_str(src->headers[i].value ? src->headers[i].value : "");
+  }
+  dst->headers = h;
+  dst->nheaders = src->nheaders;
+}
+
+void lr_request_free(lr_request *q) {
+  for (size_t i = 0; i < q->nheaders; i++) {
+    free((char *)q->headers[i].name);
+    free((char *)q->headers[i].value);
+  }
+  free((lr_header *)q->headers);
+  free((char *)q->method);
+  free((char *)q->path);
+  free((char *)q->query);
+  free((char *)q->remote_addr);
+  free((char *)q->body);
+  memset(q, 0, sizeof *q);
+}
+
 static lr_wait *wait_new(lr_server *s, const char *ns, const char *id, const lr_request *req) {
   lr_wait *w = lr_xcalloc(1, sizeof *w);
   w->s = s;
   w->ns = dup_str(ns);
   w->id = dup_str(id);
-  lr_request *q = &w->req;
-  q->method = dup_str(req->method);
-  q->path = dup_str(req->path);
-  q->query = dup_str(req->query);
-  q->remote_addr = dup_str(req->remote_addr);
-  q->body = req->body ? lr_xstrndup(req->body, req->bodylen) : NULL;
-  q->bodylen = req->bodylen;
-  w->headers = lr_xcalloc(req->nheaders + 1, sizeof *w->headers);
-  for (size_t i = 0; i < req->nheaders; i++) {
-    w->headers[i].name = dup_str(req->headers[i].name);
-    w->headers[i].value = dup_str(req->headers[i].value ? req->headers[i].value : "");
-  }
-  q->headers = w->headers;
-  q->nheaders = req->nheaders;
+  lr_request_copy(&w->req, req);
   return w;
 }
 
@@ -142,16 +158,7 @@ static void wait_free(lr_wait *w) {
     *w->pprev = w->next;
     if (w->next) w->next->pprev = w->pprev;
   }
-  for (size_t i = 0; i < w->req.nheaders; i++) {
-    free((char *)w->headers[i].name);
-    free((char *)w->headers[i].value);
-  }
-  free(w->headers);
-  free((char *)w->req.method);
-  free((char *)w->req.path);
-  free((char *)w->req.query);
-  free((char *)w->req.remote_addr);
-  free((char *)w->req.body);
+  lr_request_free(&w->req);
   free(w->ns);
   free(w->id);
   free(w->dev);

@@ -583,14 +583,10 @@ static void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
     lr_conn_close(c, 1009, "frame too large");
     return;
   }
-  /* Only JSON goes to the main server (non-JSON frames are dropped here). */
-  lr_json_limits lim = LR_JSON_DEFAULT_LIMITS;
-  lr_node *n = lr_json_decode(data, len, &lim, NULL, 0);
-  if (!n) {
+  if (!lr_relay_frame_is_json(data, len)) { /* only JSON goes to the main server */
     lr_debug("shard %s: non-JSON frame from client %s dropped", si->id, sc->priv);
     return;
   }
-  lr_node_release(n);
   if (!si->verified && si->pend_bytes + len > MAX_PENDING) {
     lr_warn("shard %s: client %s sent %zu bytes before the world confirmed the shard; closing",
             si->id, sc->priv, si->pend_bytes + len);
@@ -605,11 +601,7 @@ static void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
   }
   lr_buf b;
   lr_buf_init(&b);
-  lr_buf_puts(&b, "{\"type\":\"shard.clientMessage\",\"privateId\":");
-  lr_json_put_string(&b, sc->priv, strlen(sc->priv));
-  lr_buf_puts(&b, ",\"payload\":");
-  lr_buf_put(&b, data, len);
-  lr_buf_putc(&b, '}');
+  lr_relay_client_message(&b, sc->priv, data, len);
   up_send(si, b.data, b.len);
   lr_buf_free(&b);
 }
@@ -632,9 +624,7 @@ static void lr_shard_client_closed(lr_conn *c) {
     if (last && !si->dead) {
       lr_buf b;
       lr_buf_init(&b);
-      lr_buf_puts(&b, "{\"type\":\"shard.clientDisconnected\",\"privateId\":");
-      lr_json_put_string(&b, sc->priv, strlen(sc->priv));
-      lr_buf_putc(&b, '}');
+      lr_relay_client_disconnected(&b, sc->priv);
       up_send(si, b.data, b.len);
       lr_buf_free(&b);
     }
@@ -672,14 +662,7 @@ static void forward_done(void *ud, const lr_fetch_result *r) {
     else
       lr_respond_json(f->done, f->ud, 500, "{\"error\":\"Error forwarding request\"}");
   } else {
-    lr_header h[6];
-    size_t nh = 0;
-    memcpy(h, lr_cors_headers, sizeof lr_cors_headers);
-    nh = 4;
-    if (r->content_type) h[nh++] = (lr_header){"Content-Type", r->content_type};
-    if (r->location) h[nh++] = (lr_header){"Location", r->location};
-    lr_response resp = {r->status, h, nh, r->body, r->bodylen};
-    f->done(f->ud, &resp);
+    lr_relay_answer(f->done, f->ud, r);
   }
   free(f);
 }

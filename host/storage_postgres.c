@@ -218,8 +218,9 @@ void pg_job_done(pstore *s, pjob *j) {
   }
   if (j->kind == J_LOAD) load_done(s, j);
   if (j->kind == J_LEASES) {
-    j->leases_cb(j->leases_ud, j->failed ? NULL : lr_buf_cstr(&j->rows), j->rows.len,
-                 j->failed ? (j->err[0] ? j->err : "the database connection was lost") : NULL);
+    if (j->leases_cb)
+      j->leases_cb(j->leases_ud, j->failed ? NULL : lr_buf_cstr(&j->rows), j->rows.len,
+                   j->failed ? (j->err[0] ? j->err : "the database connection was lost") : NULL);
     lr_buf_free(&j->rows);
   }
   if (j->kind == J_RELEASE && j->failed)
@@ -499,9 +500,23 @@ static int p_progress(lr_store *st, const char *ns, const char *room, uint64_t *
   return lr_wb_progress(((pstore *)st)->wb, ns, room, accepted, committed, err, errlen);
 }
 
+/* The lease lists still asked for (J_LEASES in flight) are answered now
+ * with why, and not again: their callers go with the engine. */
+static void fail_leases(pstore *s, const char *why) {
+  for (pjob *j = s->jobs; j; j = j->next) {
+    if (j->kind != J_LEASES || !j->leases_cb) continue;
+    lr_pg_leases_cb cb = j->leases_cb;
+    j->leases_cb = NULL;
+    cb(j->leases_ud, NULL, 0, why);
+  }
+}
+
 static void p_bind(lr_store *st, const lr_store_host *host, void *ud) {
   pstore *s = (pstore *)st;
-  if (!host) pg_unwatch(s); /* the loop goes with the engine */
+  if (!host) { /* the loop goes with the engine */
+    pg_unwatch(s);
+    fail_leases(s, "the server is stopping");
+  }
   s->host = host;
   s->hud = ud;
   if (host) { /* from a timer: the transport offers its watches by then */
@@ -524,6 +539,7 @@ static void p_close(lr_store *st) {
   pg_drop_conn(s);
   for (pjob *j = s->jobs, *n; j; j = n) {
     n = j->next;
+    if (j->kind == J_LEASES) lr_buf_free(&j->rows); /* answered at the unbind */
     free(j->rooms);
     free(j->check_at);
     free(j->lost);

@@ -21,7 +21,7 @@ typedef struct lr_pg_opts {
    * fenced by it in the same transaction. A room whose lease is held by
    * another node is refused (ready() callback ok = LR_STORE_READY_ELSEWHERE,
    * err = "NODE_URL VALID_MS": the holder's node id and how long its lease
- * is valid by the database's clock); a room whose lease is lost is dropped
+   * is valid by the database's clock); a room whose lease is lost is dropped
    * (lr_server_store_lost). */
   const char *node_id; /* this node's URL (--node-url) */
   long long lease_ms;  /* default LR_PG_LEASE_DEFAULT */
@@ -37,10 +37,13 @@ void lr_store_postgres_stats(lr_store *s, uint64_t *txns, uint64_t *stmts, uint6
 /* Cluster: take no lease from now on (a drained node: its rooms go to the
  * other nodes; a room nobody holds is refused here). */
 void lr_store_postgres_drain(lr_store *s);
+/* Cluster: take leases again (after lr_store_postgres_drain). */
+void lr_store_postgres_undrain(lr_store *s);
 /* Cluster: the valid leases (at most limit, by room), asynchronously: cb
  * gets JSON objects {"room","node","epoch","validMs"} separated by commas
- * (no brackets), or NULL and why. Returns -1 (cb not called) when the
- * database is not connected. */
+ * (no brackets), or NULL and why (also when the server stops first: cb
+ * runs once in every case). Returns -1 (cb not called) when the database
+ * is not connected. */
 typedef void (*lr_pg_leases_cb)(void *ud, const char *rows, size_t len, const char *err);
 int lr_store_postgres_leases(lr_store *s, long limit, lr_pg_leases_cb cb, void *ud);
 /* Cluster figures: leases taken, rooms refused (held elsewhere), leases

@@ -302,6 +302,10 @@ void lr_store_postgres_drain(lr_store *st) {
   ((pstore *)st)->draining = true;
 }
 
+void lr_store_postgres_undrain(lr_store *st) {
+  ((pstore *)st)->draining = false;
+}
+
 void lr_store_postgres_cluster_stats(lr_store *st, uint64_t *taken, uint64_t *refused,
                                      uint64_t *lost, uint64_t *renewals) {
   pstore *s = (pstore *)st;

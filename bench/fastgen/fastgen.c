@@ -25,6 +25,14 @@
  *           the first "x": (only the writer moves).
  *   move    every client sends moves (game room), each recognises the
  *           patch of its own move: "<own pId>":{ ... "x":seq/1000.
+ * Many rooms, many servers (cluster benchmarks): --rooms R puts client i in
+ * room "<room>-<i % R>"; --url may be given up to FG_MAX_URLS times (the
+ * nodes of one cluster): --spread room sends every client of room r to url
+ * r % U (the only node asked for the room takes its lease: every client is
+ * on its room's owner), --spread client alternates the clients of a room
+ * over the urls (a load balancer without affinity: with 2 nodes, half the
+ * clients are relayed). --pid may be given up to FG_MAX_PIDS times: the
+ * server CPU of a step is their sum (100% = one core).
  * A rate sweep (--sweep FROM:FACTOR:MAX, total actions/s) stops at the first
  * step that misses: p99 > 100 ms, < 90% of the offered actions processed,
  * or a backlog not drained after --drain s (a step that kept up but missed
@@ -68,6 +76,15 @@
 #define FG_SEQ_MOD 1000000     /* x = (seq % FG_SEQ_MOD) / 1000 */
 #define FG_QUIET_MS 300
 #define FG_RBUF (1u << 20)
+#define FG_MAX_URLS 8
+#define FG_MAX_PIDS 8
+
+typedef struct target { /* one --url */
+  char host[256];
+  int port;
+  struct sockaddr_storage sa;
+  socklen_t salen;
+} target;
 
 /* ---------------------------------------------------------------- state */
 
@@ -100,12 +117,14 @@ typedef struct client {
 } client;
 
 static struct {
-  char host[256], room[128], base[128], label[300];
-  struct sockaddr_storage sa;
-  socklen_t salen;
-  int port, n, inflight_cap, action, cpu;
+  char room[128], base[128], label[300];
+  target t[FG_MAX_URLS];
+  int nurl, rooms; /* rooms 0: every client in --room itself */
+  bool spread_clients;
+  int n, inflight_cap, action, cpu;
   double warm_s, dur_s, drain_s, timeout_s, max_time_s, min_samples;
-  long pid;
+  long pids[FG_MAX_PIDS];
+  int npid;
   const char *json;
   bool quiet, do_fanout, do_move;
   /* runtime */
@@ -249,9 +268,35 @@ static size_t frame(uint8_t *dst, int opcode, const uint8_t *p, size_t len) {
   return h + len;
 }
 
+/* Client i's room number and its rank in that room. */
+static int room_of(int i) {
+  return G.rooms ? i % G.rooms : 0;
+}
+static int rank_in_room(int i) {
+  return G.rooms ? i / G.rooms : i;
+}
+
+/* The --url client i connects to (see --spread). */
+static const target *target_of(int i) {
+  int r = room_of(i), k = G.spread_clients ? r + rank_in_room(i) : r;
+  return &G.t[k % G.nurl];
+}
+
+/* The servers' CPU seconds (the sum over --pid), -1 if any is unknown. */
+static double servers_cpu_s(void) {
+  double sum = 0;
+  for (int i = 0; i < G.npid; i++) {
+    double v = gen_proc_cpu_s(G.pids[i]);
+    if (v < 0) return -1;
+    sum += v;
+  }
+  return G.npid ? sum : -1;
+}
+
 static void client_start(int i) {
   client *c = &G.c[i];
-  c->fd = socket(G.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const target *t = target_of(i);
+  c->fd = socket(t->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (c->fd < 0) gen_die("socket: %s", strerror(errno));
   int one = 1;
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -262,14 +307,19 @@ static void client_start(int i) {
   struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
   c->want_out = true;
   if (epoll_ctl(G.ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) gen_die("epoll_ctl: %s", strerror(errno));
-  if (connect(c->fd, (struct sockaddr *)&G.sa, G.salen) < 0 && errno != EINPROGRESS)
+  if (connect(c->fd, (const struct sockaddr *)&t->sa, t->salen) < 0 && errno != EINPROGRESS)
     client_close(c, strerror(errno));
 }
 
 static void send_upgrade(client *c) {
-  char req[700];
+  char req[1100];
   static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  char key[25];
+  char key[25], room[160];
+  const target *t = target_of(c->idx);
+  if (G.rooms)
+    snprintf(room, sizeof room, "%s-%d", G.room, room_of(c->idx));
+  else
+    snprintf(room, sizeof room, "%s", G.room);
   for (int i = 0; i < 21; i++)
     key[i] = b64[rnd() % 64];
   key[21] = b64[(rnd() % 4) * 16]; /* 16 random bytes: 22 chars, the last carrying 2 bits */
@@ -278,7 +328,7 @@ static void send_upgrade(client *c) {
                    "GET %s/%s?id=fg%ld-%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
                    "Origin: http://%s:%d\r\n\r\n",
-                   G.base, G.room, (long)getpid(), c->idx, G.host, G.port, key, G.host, G.port);
+                   G.base, room, (long)getpid(), c->idx, t->host, t->port, key, t->host, t->port);
   c->st = C_HANDSHAKE;
   client_write(c, req, (size_t)n);
 }
@@ -700,14 +750,14 @@ static gen_step run_step(double r) {
   run_for(G.warm_s);
   memset(&G.lat, 0, sizeof G.lat);
   G.m_msgs = G.m_bytes = G.m_acts = G.m_sent = 0;
-  double srv0 = gen_proc_cpu_s(G.pid), lg0 = gen_self_cpu_s();
+  double srv0 = servers_cpu_s(), lg0 = gen_self_cpu_s();
   G.m_t0 = gen_now_us();
   G.measuring = true;
   double win = G.dur_s;
   if (G.min_samples > 0 && G.min_samples / r > win) win = fmin(G.min_samples / r, 30);
   run_for(win);
   double el = (double)(gen_now_us() - G.m_t0) / 1e6;
-  double srv1 = gen_proc_cpu_s(G.pid), lg1 = gen_self_cpu_s();
+  double srv1 = servers_cpu_s(), lg1 = gen_self_cpu_s();
   G.sending = false;
   for (int i = 0; i < G.n; i++)
     G.c[i].due = 0;
@@ -744,13 +794,18 @@ static void run_phase(gen_phase *ph, int mode) {
 
 static void usage(void) {
   fputs("usage: fastgen --url ws://127.0.0.1:PORT --scenario ramp|fanout|move [options]\n"
+        "  --url again (at most 8): several servers (cluster nodes), see --spread\n"
         "  --clients N (100, at most 20000)   --inflight K (256) joins pending at once\n"
         "  --room NAME (bench-<pid>)  --base PATH (/parties/main)\n"
+        "  --rooms R   client i in room NAME-<i % R> (move: every client moves in its room)\n"
+        "  --spread room|client   room (default): every client of room r on url r % U;\n"
+        "            client: the clients of a room alternate over the urls\n"
         "  --action increment|move   fanout: what the writer sends (default increment)\n"
         "  --sweep FROM:FACTOR:MAX   total actions/s per step; --rate R: one step\n"
         "  --warmup S (1) --duration S (2) --drain S (2) --min-samples K (100)\n"
         "  --timeout S (30) joining   --max-time S (300) whole run\n"
-        "  --pid PID   server CPU from /proc/PID/stat   --cpu N  pin this process to CPU N\n"
+        "  --pid PID   server CPU from /proc/PID/stat (again: the sum of several)\n"
+        "  --cpu N  pin this process to CPU N\n"
         "  --label NAME  --json FILE|-  --quiet\n",
         stderr);
   exit(2);
@@ -758,7 +813,8 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
   gen_prog = "fastgen";
-  const char *url = NULL, *scen = NULL, *sweep = NULL;
+  const char *urls[FG_MAX_URLS], *scen = NULL, *sweep = NULL;
+  int nurl = 0;
   double rate = 100;
   G.n = 100;
   G.inflight_cap = 256;
@@ -773,9 +829,17 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define OPT(name) (!strcmp(a, name) && v && (i++, 1))
-    if (OPT("--url"))
-      url = v;
-    else if (OPT("--scenario"))
+    if (OPT("--url")) {
+      if (nurl == FG_MAX_URLS) gen_die("at most %d --url", FG_MAX_URLS);
+      urls[nurl++] = v;
+    } else if (OPT("--rooms"))
+      G.rooms = atoi(v);
+    else if (OPT("--spread")) {
+      if (!strcmp(v, "client"))
+        G.spread_clients = true;
+      else if (strcmp(v, "room"))
+        gen_die("--spread is room or client");
+    } else if (OPT("--scenario"))
       scen = v;
     else if (OPT("--clients"))
       G.n = atoi(v);
@@ -808,9 +872,10 @@ int main(int argc, char **argv) {
       G.timeout_s = atof(v);
     else if (OPT("--max-time"))
       G.max_time_s = atof(v);
-    else if (OPT("--pid"))
-      G.pid = atol(v);
-    else if (OPT("--cpu"))
+    else if (OPT("--pid")) {
+      if (G.npid == FG_MAX_PIDS) gen_die("at most %d --pid", FG_MAX_PIDS);
+      G.pids[G.npid++] = atol(v);
+    } else if (OPT("--cpu"))
       G.cpu = atoi(v);
     else if (OPT("--label"))
       snprintf(G.label, sizeof G.label, "%s", v);
@@ -822,19 +887,30 @@ int main(int argc, char **argv) {
       usage();
 #undef OPT
   }
-  if (!url || !scen) usage();
+  if (!nurl || !scen) usage();
   if (strstr(scen, "fanout")) G.do_fanout = true;
   if (strstr(scen, "move")) G.do_move = true;
   if (!G.do_fanout && !G.do_move && !strstr(scen, "ramp")) gen_die("unknown scenario %s", scen);
   if (G.n < 1 || G.n > FG_MAX_CLIENTS) gen_die("--clients must be 1..%d", FG_MAX_CLIENTS);
+  if (G.rooms < 0 || G.rooms > G.n) gen_die("--rooms must be 0..--clients");
+  if (G.do_fanout && G.rooms > 1) gen_die("fanout has one writer: one room (no --rooms)");
   if (G.dur_s <= 0 || G.dur_s > 600 || G.warm_s < 0 || G.warm_s > 600 || G.drain_s < 0 ||
       G.drain_s > 60 || G.timeout_s <= 0 || G.timeout_s > 600 || G.max_time_s <= 0 ||
       G.max_time_s > 3600 || rate <= 0)
     gen_die("durations or rate out of range");
   if (G.inflight_cap < 1) G.inflight_cap = 1;
-  gen_parse_url(url, G.host, sizeof G.host, &G.port, &G.sa, &G.salen, NULL);
+  G.nurl = nurl;
+  for (int i = 0; i < nurl; i++) {
+    target *t = &G.t[i];
+    gen_parse_url(urls[i], t->host, sizeof t->host, &t->port, &t->sa, &t->salen, NULL);
+  }
   if (!G.room[0]) snprintf(G.room, sizeof G.room, "bench-%ld", (long)getpid());
-  if (!G.label[0]) snprintf(G.label, sizeof G.label, "%s:%d", G.host, G.port);
+  if (!G.label[0]) {
+    size_t used = 0;
+    for (int i = 0; i < nurl && used < sizeof G.label; i++)
+      used += (size_t)snprintf(G.label + used, sizeof G.label - used, "%s%s:%d", i ? "," : "",
+                               G.t[i].host, G.t[i].port);
+  }
   if (G.cpu >= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -885,7 +961,10 @@ int main(int argc, char **argv) {
   if (G.do_fanout && (!fan.nsteps || !fan.steps[0].samples)) rc = 1;
   if (G.do_move && (!mv.nsteps || !mv.steps[0].samples)) rc = 1;
 
-  printf("\n%s  scenario %s  clients %d  room %s\n", G.label, scen, G.n, G.room);
+  printf("\n%s  scenario %s  clients %d  room %s", G.label, scen, G.n, G.room);
+  if (G.rooms) printf("-0..%d (%d rooms)", G.rooms - 1, G.rooms);
+  if (G.nurl > 1) printf("  spread %s over %d urls", G.spread_clients ? "client" : "room", G.nurl);
+  printf("\n");
   printf("joined %d/%d in %.3f s (%.0f joins/s), connect->first packet p50 %.2f ms p99 %.2f ms",
          G.ready, G.n, join_s, G.ready / join_s, gen_h_pct_ms(&G.ready_h, 0.5),
          gen_h_pct_ms(&G.ready_h, 0.99));
@@ -904,6 +983,9 @@ int main(int argc, char **argv) {
     gen_jstr("scenario", scen);
     gen_jnum("clients", G.n);
     gen_jstr("room", G.room);
+    gen_jnum("rooms", G.rooms);
+    gen_jnum("urls", G.nurl);
+    gen_jstr("spread", G.spread_clients ? "client" : "room");
     gen_jopen("ramp");
     gen_jnum("joined", G.ready);
     gen_jnum("failed", G.failed);

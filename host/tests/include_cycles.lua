@@ -26,7 +26,8 @@ through any path:
   rules      bridge lua_api lua_proxy lua_store lua_admin lua_core lua_wait
              (the runtime.lua side)
   transports net headless
-  features   uplink shard reload fetch (_http, _ws, _lua, _url) lua_jwt
+  features   uplink shard reload fetch (_http, _ws, _lua, _url) lua_jwt relay_id
+             cluster (cluster_link, cluster_lua)
   top        main cli serve
 Usage: lua5.4 host/tests/include_cycles.lua [host-dir]
 ]]
@@ -41,7 +42,8 @@ local layer_of = {
   net = "transports", headless = "transports", net_ws = "transports", net_http = "transports",
   net_hdrs = "transports", net_addr = "transports", net_budget = "transports", net_fd = "transports",
   net_int = "transports",
-  uplink = "features", shard = "features", cluster = "features", relay_id = "features", reload = "features", fetch = "features",
+  uplink = "features", shard = "features", cluster = "features", cluster_link = "features", cluster_lua = "features",
+  relay_id = "features", reload = "features", fetch = "features",
   fetch_http = "features", fetch_ws = "features", fetch_lua = "features", fetch_url = "features",
   lua_jwt = "features",
   main = "top", cli = "top", serve = "top",

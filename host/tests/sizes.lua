@@ -23,11 +23,7 @@ local MAX_FILE_LINES = 900
 local MAX_FUNCTION_LINES = 80
 
 -- Over the limits on purpose, with why.
-local allow_files = {
-  -- The cluster helper splits it (issue 21); the lead drops this entry when
-  -- that split is merged.
-  ["cluster.c"] = "split by the cluster helper",
-}
+local allow_files = {}
 local allow_functions = {
   ["lpattern.c:match"] = "the port of Lua's lstrlib.c match(): kept whole so it diffs against Lua's",
 }

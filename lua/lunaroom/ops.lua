@@ -196,6 +196,12 @@ function M.handle(srv, req, runtime, json_response, response)
       if not has then return json_response(404, { error = "Not a cluster node" }) end
       return json_response(200, { drained = cluster.drain() })
     end
+    if req.method == "POST" and action == "undrain" then
+      -- A drained node takes leases again (its rooms stay where they went).
+      local has, cluster = pcall(require, "lunaroom.cluster")
+      if not has then return json_response(404, { error = "Not a cluster node" }) end
+      return json_response(200, { undrained = cluster.undrain() })
+    end
     if req.method == "POST" and action then
       if action ~= "dispose" and action ~= "kick" then return json_response(404, { error = "Not found" }) end
       -- The body must be {"room": "<party>/<id>"} (kick: and "publicId"): anything else is

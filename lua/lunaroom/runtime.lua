@@ -1708,6 +1708,41 @@ local function remote_transfer(srv, room, target_id, data, opts, done)
   return true
 end
 
+-- A cluster node creates a room only under its lease, taken when a request
+-- for it arrives: a target not live here may be another node's. The
+-- transfer goes as an in-process POST .../session-transfer with the node
+-- secret (core.http), routed like a client's request: this node takes the
+-- lease when it is free, else the request is forwarded to the owner
+-- (host/cluster.c). The handler waits for the answer.
+local function cluster_transfer(srv, room, target_id, data)
+  local secret = srv.env.SHARD_SECRET
+  if not secret or secret == "" then
+    return nil, "Room not on this node, and without SHARD_SECRET nodes do not reach each other"
+  end
+  if not coroutine.isyieldable() then
+    return nil, "Room not on this node, and this call cannot wait for its owner (the room's code " ..
+      "cannot wait): in a cluster, pass { url = <any node's URL> } and a callback"
+  end
+  local res, pending = core.http(srv.h, "POST",
+    "/parties/" .. rawget(room, "_party") .. "/" .. target_id .. "/session-transfer", "",
+    { ["content-type"] = "application/json", ["x-access-shard"] = secret }, core.encode(data))
+  if not res then -- resumed by the answer itself (core.http_take's callback)
+    local got, why = coroutine.yield("lunaroom.await", function(resume)
+      local now_res = core.http_take(pending, resume)
+      if now_res then return resume(now_res) end
+      return function() core.http_take(pending, false) end
+    end, nil, "sessionTransfer")
+    if got == require("lunaroom.io").ERROR then return nil, why end
+    res = got
+  end
+  local body = core.decode(res.body or "")
+  if res.status == 200 and type(body) == "table" and type(body.transferToken) == "string" then
+    return body.transferToken
+  end
+  return nil, "HTTP " .. res.status .. (type(body) == "table" and type(body.error) == "string"
+    and (": " .. body.error) or "")
+end
+
 function M.session_transfer(srv, room, conn, target_id, opts, done)
   local users = users_of(room)
   local pid = conn.state and conn.state.publicId
@@ -1718,9 +1753,8 @@ function M.session_transfer(srv, room, conn, target_id, opts, done)
   end
   local target = srv.rooms[rawget(room, "src").party .. "/" .. target_id]
   if not target and srv.env.LUNAROOM_CLUSTER then
-    -- A cluster node creates a room only under its lease (taken when a
-    -- request for it arrives): a room not live here may be another node's.
-    return nil, "Room not on this node: in a cluster, pass { url = <any node's URL> }"
+    return cluster_transfer(srv, room, target_id, { privateId = conn.state.privateId, publicId = pid,
+      userSnapshot = core.copy(users[pid], NOPERSIST) })
   end
   if not target then
     target = M.create_room(srv, rawget(room, "src").party, target_id)

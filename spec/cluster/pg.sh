@@ -46,14 +46,19 @@ url() { echo "postgresql://postgres@127.0.0.1:$(cat "$dir/port")/lunaroom"; }
 case "$cmd" in
 start)
   port=${3:-}
-  if [ -z "$port" ]; then
-    # A free loopback port: try random ones until nothing answers there.
+  # A free loopback port below the kernel's ephemeral range (32768+ by
+  # default, where --port 0 servers and outgoing sockets land): random ones
+  # until nothing answers there.
+  pick_port() {
+    port=
     for _ in 1 2 3 4 5 6 7 8 9 10; do
-      p=$(( 20000 + $(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % 30000 ))
+      p=$(( 20000 + $(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % 12000 ))
       if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then port=$p; break; fi
     done
-  fi
-  [ -n "$port" ] || { echo "pg.sh: no free port" >&2; exit 1; }
+    [ -n "$port" ] || { echo "pg.sh: no free port" >&2; exit 1; }
+  }
+  fixed=$port
+  [ -n "$port" ] || pick_port
   if [ "$(id -u)" = 0 ]; then
     if id postgres >/dev/null 2>&1; then chown postgres "$dir"; else chown nobody "$dir"; fi
   fi
@@ -62,10 +67,22 @@ start)
     as_user "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 \
       --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
   fi
-  echo "$port" >"$dir/port"
-  as_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o \
-    "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=${PG_FSYNC:-on} -c max_connections=100" \
-    >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+  # The port may be taken between the check and the bind: a picked one is
+  # picked again (up to 5 tries), a given one fails.
+  for try in 1 2 3 4 5; do
+    echo "$port" >"$dir/port"
+    if as_user "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o \
+      "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=${PG_FSYNC:-on} -c max_connections=100" \
+      >/dev/null; then
+      break
+    fi
+    if [ -n "$fixed" ] || [ "$try" = 5 ] || ! grep -q "already in use" "$dir/server.log"; then
+      cat "$dir/server.log" >&2
+      exit 1
+    fi
+    echo "pg.sh: port $port taken meanwhile, another one" >&2
+    pick_port
+  done
   "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -qAt \
     -c "SELECT 1 FROM pg_database WHERE datname = 'lunaroom'" | grep -q 1 ||
     "$bin/createdb" -h "$dir" -p "$port" -U postgres lunaroom

@@ -13,9 +13,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import fs from "node:fs";
-import net from "node:net";
 import path from "node:path";
-import { ROOT, http, sleep, startServer, tempDir, wsClient } from "./lib.mjs";
+import { ROOT, http, sleep, tempDir, wsClient } from "./lib.mjs";
+import { clusterNode, join } from "./cluster_lib.mjs";
 import { pgMissing, startPg } from "./pg.mjs";
 
 const skip = pgMissing();
@@ -28,43 +28,13 @@ before(() => {
 });
 after(() => pg?.stop());
 
-function freePort() {
-  return new Promise((res) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-
 function roomsDir() {
   const dir = tempDir("lunaroom-cluster-");
   fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/fill.lua"), path.join(dir, "fill.lua"));
   return dir;
 }
 
-async function node(rooms, leaseMs = LEASE, extra = []) {
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const srv = await startServer({
-    rooms,
-    args: ["--port", String(port), "--host", "127.0.0.1", "--cluster", pg.url, "--node-url", url,
-      "--lease-ms", String(leaseMs), "--no-watch", ...extra],
-  });
-  srv.nodeUrl = url;
-  await sleep(150); // its tables exist before the next node starts
-  return srv;
-}
-
-async function join(srv, room, id) {
-  const c = wsClient(`${srv.wsUrl}/parties/main/${room}?id=${id}`);
-  await c.opened;
-  const closedEarly = c.closed.then((e) => ({ closed: e }));
-  const r = await Promise.race([c.next((m) => m?.type === "sync" && m.value.pId !== undefined, 5000), closedEarly]);
-  if (r?.closed) return { refused: r.closed, c };
-  return c;
-}
+const node = (rooms, leaseMs = LEASE, extra = []) => clusterNode(pg, rooms, { leaseMs, extra });
 
 const maxCount = (c) =>
   Math.max(0, ...c.messages.filter((m) => m?.type === "sync" && typeof m.value.count === "number").map((m) => m.value.count));

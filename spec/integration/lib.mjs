@@ -63,7 +63,8 @@ export function assertLimitedLines(lines, { burst = 10, windowMs = 1000 } = {}) 
  *
  * options: rooms (folder, relative to the repo root; default "rooms"),
  * args (extra command-line arguments), env (added to process.env),
- * timeoutMs (to see the listen line, default 10000).
+ * timeoutMs (to see the listen line, default 10000), bin (the binary,
+ * default BIN: e.g. the ASan build's).
  *
  * Resolves when the server logged `listening on http://HOST:PORT`, with
  * { url, wsUrl, port, proc, logs(), stop(signal = "SIGTERM", timeoutMs) }.
@@ -71,14 +72,14 @@ export function assertLimitedLines(lines, { burst = 10, windowMs = 1000 } = {}) 
  * as 128 + signal number; SIGKILL after timeoutMs).
  * Rejects (and kills the process) if it exits or stays silent first.
  */
-export function startServer({ rooms = "rooms", args = [], env = {}, timeoutMs = 10000 } = {}) {
-  if (!fs.existsSync(BIN)) {
+export function startServer({ rooms = "rooms", args = [], env = {}, timeoutMs = 10000, bin = BIN } = {}) {
+  if (!fs.existsSync(bin)) {
     return Promise.reject(
-      new Error(`server binary not found: ${BIN} (build it: cmake -B build && cmake --build build)`),
+      new Error(`server binary not found: ${bin} (build it: cmake -B build && cmake --build build)`),
     );
   }
   const argv = ["serve", rooms, "--port", "0", "--storage", "memory", ...args];
-  const proc = spawn(BIN, argv, {
+  const proc = spawn(bin, argv, {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],

@@ -21,7 +21,8 @@ return lr.room {
         end)
         if not ok then conn:send { type = "transfer", value = { error = err } } end
       else
-        conn:send { type = "transfer", value = { token = room:sessionTransfer(conn, v.target) } }
+        local token, err = room:sessionTransfer(conn, v.target)
+        conn:send { type = "transfer", value = { token = token or lr.null, error = err or lr.null } }
       end
     end,
   },
