@@ -1724,7 +1724,7 @@ local function cluster_transfer(srv, room, target_id, data)
       "cannot wait): in a cluster, pass { url = <any node's URL> } and a callback"
   end
   local res, pending = core.http(srv.h, "POST",
-    "/parties/" .. rawget(room, "_party") .. "/" .. target_id .. "/session-transfer", "",
+    "/parties/" .. rawget(room, "src").party .. "/" .. target_id .. "/session-transfer", "",
     { ["content-type"] = "application/json", ["x-access-shard"] = secret }, core.encode(data))
   if not res then -- resumed by the answer itself (core.http_take's callback)
     local got, why = coroutine.yield("lunaroom.await", function(resume)
