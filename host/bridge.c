@@ -130,25 +130,27 @@ static int runtime_call(lr_server *s, lr_room *r, int hot, const char *name, con
   return call(s, r, what, nargs + 1, nres, err, errlen);
 }
 
-/* Push the request as a Lua table {method, path, query, headers, body, ip}. */
-/* The request table of a join or an HTTP request. Without headers (a join
- * into a room whose rules never read them: lr_room.join_bare) its headers
- * field is an empty table: a join's headers are most of this table's cost
- * (one Lua string per header value, the WebSocket key among them). */
-static void push_request(lua_State *L, const lr_request *req, bool headers) {
-  lua_createtable(L, 0, 8);
-  lua_pushstring(L, req->method ? req->method : "GET");
-  lua_setfield(L, -2, "method");
-  lua_pushstring(L, req->path ? req->path : "/");
-  lua_setfield(L, -2, "path");
+/* Push the request as a Lua table {method, path, query, headers, body, ip};
+ * lean (a join that builds no connect context: runtime.connect reads the
+ * query and the address only): {query, ip}, a smaller table, no headers. */
+static void push_request(lua_State *L, const lr_request *req, bool lean) {
+  lua_createtable(L, 0, lean ? 2 : 8);
+  if (!lean) {
+    lua_pushstring(L, req->method ? req->method : "GET");
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, req->path ? req->path : "/");
+    lua_setfield(L, -2, "path");
+  }
   lua_pushstring(L, req->query ? req->query : "");
   lua_setfield(L, -2, "query");
-  lua_createtable(L, 0, headers ? (int)req->nheaders : 0);
-  for (size_t i = 0; headers && i < req->nheaders; i++) {
-    lua_pushstring(L, req->headers[i].value ? req->headers[i].value : "");
-    lua_setfield(L, -2, req->headers[i].name);
+  if (!lean) {
+    lua_createtable(L, 0, (int)req->nheaders);
+    for (size_t i = 0; i < req->nheaders; i++) {
+      lua_pushstring(L, req->headers[i].value ? req->headers[i].value : "");
+      lua_setfield(L, -2, req->headers[i].name);
+    }
+    lua_setfield(L, -2, "headers");
   }
-  lua_setfield(L, -2, "headers");
   if (req->body) {
     lua_pushlstring(L, req->body, req->bodylen);
     lua_setfield(L, -2, "body");
@@ -219,7 +221,7 @@ static int b_preroute(lr_server *s, const char *ns, const char *id, const lr_req
   int top = lua_gettop(L);
   lua_pushstring(L, ns);
   lua_pushstring(L, id);
-  push_request(L, req, true);
+  push_request(L, req, false);
   lua_pushstring(L, *rest ? rest : "/");
   int rc = 0;
   if (runtime_call(s, NULL, -1, "preroute", "route", 4, 1, NULL, 0) == 0) {
@@ -287,7 +289,7 @@ static int b_connect(lr_conn *c, const lr_request *req, char *err, size_t errlen
   lr_lua_new_conn(L, c, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
   lr_lua_push_conn(L, c);
-  push_request(L, req, !r->join_bare);
+  push_request(L, req, r->lean_connect);
   int rc = runtime_call(s, r, F_CONNECT, "connect", "connect", 3, 0, err, errlen);
   lua_settop(L, top);
   return rc ? -1 : 0;
@@ -385,7 +387,7 @@ static int b_request(lr_room *r, const lr_request *req, const char *rest, lr_set
   lua_State *L = s->L;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  push_request(L, req, true);
+  push_request(L, req, false);
   lua_pushstring(L, *rest ? rest : "/"); /* routed path, leading '/' */
   char err[256];
   int rc = -1;
@@ -405,7 +407,7 @@ static int b_request(lr_room *r, const lr_request *req, const char *rest, lr_set
 static int b_operations(lr_server *s, const lr_request *req, lr_response_cb done, void *ud) {
   lua_State *L = s->L;
   int top = lua_gettop(L);
-  push_request(L, req, true);
+  push_request(L, req, false);
   char err[256];
   int rc = -1;
   if (runtime_call(s, NULL, -1, "operations", "operations", 1, 1, err, sizeof err) == 0 &&

@@ -154,52 +154,55 @@ typedef struct lr_gated {
 
 /* ---- rooms ---- */
 struct lr_room {
+  /* Fields grouped by size (8-byte, then 4-byte, then the flags): no
+   * padding holes, one malloc size class less on every room. */
   lr_server *srv;
   char *ns, *id, *key; /* key = ns "/" id; one allocation, owned through ns */
-  uint32_t refs;
-  bool disposed;
-  lr_node *root;   /* the state tree */
-  int ref;         /* registry ref of the Lua room instance */
-  lr_conn **conns; /* joined connections, in join order */
-  uint32_t nconns, capconns;
+  lr_node *root;       /* the state tree */
+  lr_conn **conns;     /* joined connections, in join order */
   /* sync */
   int64_t throttle_sync, throttle_storage;
-  bool auto_sync;
-  bool has_interceptor;
-  bool join_bare;     /* no room guard, no onJoin: a join's request reaches Lua without headers */
-  bool batched_joins; /* has batched joiners (lr_conn.batched) waiting for its flush */
   int64_t sync_window_end; /* leading edge allowed again at this time */
-  bool sync_timer, store_timer;
-  int64_t store_retry_ms; /* backoff after a storage failure */
-  int64_t budget;         /* instructions per call, 0 = default */
-  int64_t memory;         /* bytes allocated per call, 0 = default */
+  int64_t store_retry_ms;  /* backoff after a storage failure */
+  int64_t budget;          /* instructions per call, 0 = default */
+  int64_t memory;          /* bytes allocated per call, 0 = default */
   /* Hibernation: after hibernate_ms without activity the state tree and the
    * Lua instance are freed (storage flushed first); connections stay.
    * Eviction: after evict_ms without activity, a room with no connection
    * and no timer of its own is flushed and disposed (0 = never). idle_at is
    * when the armed LR_T_IDLE timer fires (0: none armed). */
   int64_t hibernate_ms, evict_ms, last_active, idle_at;
-  bool hibernated;
-  uint32_t ntimers;   /* pending LR_T_LUA timers of this room (room:timer, session expiry) */
-  uint32_t nwaits;    /* handlers of this room waiting for I/O (lua_wait.c): no hibernation */
   double rate, burst; /* messages per second and bucket size per connection */
-  /* Per-room input limits (0 = the process defaults): largest action frame
-   * in bytes, JSON nesting depth and values per packet. */
-  uint32_t max_frame, json_depth, json_elements;
   /* the "touched" list of the server (rooms written since the last pass) */
-  bool touched;
   lr_room *touched_next;
   lr_room *hash_next;
   lr_room **box; /* the Lua handle's weak slot, cleared when r is freed */
   /* Storage gate (room.c, "a failed storage write"): packets sent while the
    * room has writes that are not committed wait here, in order. */
   lr_gated *outbox;
-  uint32_t outhead, nout, capout;     /* entries [outhead, nout) are live */
-  uint64_t st_accepted, st_committed; /* write batches handed to / committed by the store */
+  uint64_t st_accepted, st_committed;     /* write batches handed to / committed by the store */
+  char *store_err;                        /* why, while failing */
+  lr_room *failing_next, **failing_pprev; /* the server's list of failing rooms */
+  uint32_t refs;
+  int ref; /* registry ref of the Lua room instance */
+  uint32_t nconns, capconns;
+  uint32_t ntimers; /* pending LR_T_LUA timers of this room (room:timer, session expiry) */
+  uint32_t nwaits;  /* handlers of this room waiting for I/O (lua_wait.c): no hibernation */
+  /* Per-room input limits (0 = the process defaults): largest action frame
+   * in bytes, JSON nesting depth and values per packet. */
+  uint32_t max_frame, json_depth, json_elements;
+  uint32_t outhead, nout, capout; /* outbox entries [outhead, nout) are live */
+  bool disposed;
+  bool auto_sync;
+  bool has_interceptor;
+  bool lean_connect;  /* joins build no connect context (no room guard, no onJoin): the request as
+                         {query, ip} */
+  bool batched_joins; /* has batched joiners (lr_conn.batched) waiting for its flush */
+  bool sync_timer, store_timer;
+  bool hibernated;
+  bool touched;        /* in the touched list */
   bool flush_failed;   /* the engine's last write of its state failed (retry armed) */
   bool backend_failed; /* a write-behind store reports failing writes for this room */
-  char *store_err;     /* why, while failing */
-  lr_room *failing_next, **failing_pprev; /* the server's list of failing rooms */
 };
 
 /* Counters for /metrics (monotonic since start unless noted). */

@@ -338,8 +338,9 @@ static int l_room_config(lua_State *L) {
   if (!lua_isnil(L, -1)) r->auto_sync = lua_toboolean(L, -1);
   lua_getfield(L, 2, "interceptor");
   if (!lua_isnil(L, -1)) r->has_interceptor = lua_toboolean(L, -1);
-  lua_getfield(L, 2, "joinBare");
-  if (!lua_isnil(L, -1)) r->join_bare = lua_toboolean(L, -1);
+  lua_getfield(L, 2, "leanConnect");
+  if (!lua_isnil(L, -1)) r->lean_connect = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, 2, "budget");
   if (!lua_isnil(L, -1)) r->budget = luaL_checkinteger(L, -1);
   lua_getfield(L, 2, "memory");

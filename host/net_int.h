@@ -114,20 +114,21 @@ typedef struct net_loop {
 /* ---- WebSocket connection ---- */
 
 typedef struct net_conn {
-  int kind; /* NET_KIND_WS */
+  int kind;        /* NET_KIND_WS; kind, loop, wsi: the same offsets as net_req's */
+  uint32_t held_n; /* (below) here: no padding hole after kind */
   net_loop *loop;
   struct lws *wsi;
   lr_conn *conn; /* the engine's; NULL once lr_conn_closed was called */
   /* outgoing ring of retained messages */
   lr_msg **q;                 /* qin, a heap ring, or NULL (qcap 0) */
   uint32_t qhead, qlen, qcap; /* qcap: 0 or a power of two */
+  int close_code;
   size_t qbytes;
   lr_msg *qin[NET_RING_INLINE];
   /* incoming message being assembled */
   lr_buf rx;
   struct net_addr *ip; /* its address's entry (counted in ws) */
   char *close_reason;  /* NULL until closed with a reason (at most 123 bytes) */
-  int close_code;
   uint8_t close_reason_len;
   bool rx_in_msg;
   bool established; /* LWS_CALLBACK_ESTABLISHED seen: writes allowed */
@@ -141,7 +142,6 @@ typedef struct net_conn {
    * (held_n > 0: on its address's held list). */
   lr_buf held;
   size_t held_off;
-  uint32_t held_n;
   struct net_conn *held_next;
 } net_conn;
 

@@ -196,7 +196,7 @@ return lr.room { path = "h", hibernate = true, hibernateAfter = 1000,
   it("a room that slept through a reload wakes on the new code; its clients get new and removed fields", function()
     write('title = "old"')
     local t = testing.room(file)
-    local old = rawget(t.room, "version")
+    local old = rawget(t.room, "src").version
     local c = t:client { id = "a" }
     c:send("inc")
     t:advance(1500)
@@ -209,7 +209,7 @@ return lr.room { path = "h", hibernate = true, hibernateAfter = 1000,
     assert.are.same({ '{"type":"sync","value":{"count":2,"level":3,"title":"$delete"}}' }, c.raw)
     assert.are.equal(3, t.room.level)
     assert.is_nil(t.room.title)
-    assert.are_not.equal(old, rawget(t.room, "version"))
+    assert.are_not.equal(old, rawget(t.room, "src").version)
     assert.matches("room main/h woke on version " .. old .. " and took version", table.concat(testing.logs(), "\n"))
     -- the delete compacted the stored state into one row
     assert.are.same({ count = 2, level = 3 }, t.storage:get("state:."))

@@ -70,6 +70,48 @@ describe("join hot path", function()
     assert.are.equal(4001, bad.closed.code)
   end)
 
+  it("a room given onJoin by a reload sees the request headers on the next join", function()
+    -- Rooms without room guards or onJoin get no request headers from the
+    -- host on a join (room config leanConnect); a reload that adds onJoin
+    -- must turn them back on.
+    local src = [[
+      local lr = require "lunaroom"
+      return lr.room {
+        path = "c-{id}",
+        state = { count = lr.sync(0), seen = lr.sync("") },
+        %s
+      }
+    ]]
+    local file = os.tmpname()
+    local f = assert(io.open(file, "w"))
+    f:write(src:format(""))
+    f:close()
+    local t = testing.room(file)
+    os.remove(file)
+    t:client { id = "a", headers = { ["x-test"] = "1" } }
+    assert.is_true(t:reload(src:format([[onJoin = function(room, _user, _conn, ctx)
+      room.seen = ctx.request.headers["x-test"] or "none"
+    end,]])))
+    local c = t:client { id = "b", headers = { ["x-test"] = "2" } }
+    assert.are.equal("2", t.room.seen)
+    assert.is_nil(c.closed)
+  end)
+
+  it("a live room keeps at most 8 raw fields (a ninth doubles its hash part)", function()
+    local t = testing.room(lr.room {
+      path = "p-{id}", state = { n = lr.sync(0) }, maxUsers = 4,
+      actions = { noop = function() end },
+    }, { id = "p-x" })
+    local c = t:client { id = "s1" }
+    assert.is_nil(c.closed)
+    local n, keys = 0, {}
+    for k in next, t.room do n = n + 1; keys[#keys + 1] = tostring(k) end
+    table.sort(keys)
+    assert.is_true(n <= 8, table.concat(keys, ","))
+    assert.are.equal("x", t.room.params.id)
+    assert.are.equal(1, require("lunaroom.runtime").online_sessions(t.room))
+  end)
+
   it("a room without guards or onJoin makes no connection context per join", function()
     local plain = garbage_per_join(counter())
     local with_onjoin = garbage_per_join(counter { onJoin = function() end })

@@ -411,11 +411,11 @@ end
 local function swap(room, nd, version, file)
   local od = rawget(room, "def")
   local srv = runtime.server_of(room)
-  runtime.census(srv, od.path, rawget(room, "version"), -1) -- /metrics: rooms by type and version
+  local src = rawget(room, "src")
+  runtime.census(srv, od.path, src.version, -1) -- /metrics: rooms by type and version
   runtime.census(srv, nd.path, version, 1)
   rawset(room, "def", nd)
-  rawset(room, "version", version)
-  if file then rawset(room, "file", file) end
+  rawset(room, "src", runtime.src_of(nd, file or src.file, version, src.party))
   local cfg = runtime.config_of(nd)
   if od.autoSync ~= nd.autoSync then
     cfg.autoSync = nd.autoSync
@@ -428,7 +428,7 @@ end
 --- it to entry e ({def, file, version}) as commit does for live rooms, then
 --- run onReload. Runs inside the wake's protected call (an error rolls back).
 function M.upgrade(room, e)
-  local prev = rawget(room, "version")
+  local prev = rawget(room, "src").version
   migrate(room, rawget(room, "def"), e.def)
   swap(room, e.def, e.version, e.file)
   log("info", "room %s woke on version %s and took version %s", rawget(room, "key"), prev or "?", e.version or "?")
@@ -440,7 +440,7 @@ end
 local function rooms_of(srv, job, old_def)
   local list = {}
   for _, room in pairs(srv.rooms) do
-    local rd, rf = rawget(room, "def"), rawget(room, "file")
+    local rd, rf = rawget(room, "def"), rawget(room, "src").file
     if (old_def and rd == old_def) or (job.file and rf and norm(rf) == job.file) then
       list[#list + 1] = room
     end
@@ -472,7 +472,7 @@ function M.commit(srv, job)
   end
   job.previous = {}
   for i, room in ipairs(rooms) do
-    job.previous[i] = rawget(room, "version")
+    job.previous[i] = rawget(room, "src").version
     swap(room, nd, job.version, job.file)
   end
   job.rooms = rooms
@@ -614,7 +614,7 @@ end
 --- asks in development mode only), or nil.
 function M.dev_error(srv, room)
   local errs = srv.reload and srv.reload.dev_errors
-  local f = rawget(room, "file")
+  local f = rawget(room, "src").file
   return errs and f and errs[norm(f)] or nil
 end
 

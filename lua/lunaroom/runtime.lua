@@ -58,11 +58,10 @@ M.deepcopy, M.flags_of = deepcopy, flags_of -- shared with lunaroom.reload
 
 local function hexbyte(h) return string.char(tonumber(h, 16)) end
 
--- Plain finds first: a pattern find runs the step-counted matcher
--- (lpattern.c), ~1k instructions for a short id, and this runs for every
--- key and value of every connection's query.
+-- Plain finds first: most keys and values have neither '%' nor '+', and a
+-- pattern with a class costs a matcher set-up per call (every connect).
 local function urldecode(s)
-  if not s:find("%", 1, true) and not s:find("+", 1, true) then return s end
+  if not (s:find("%", 1, true) or s:find("+", 1, true)) then return s end
   s = s:gsub("+", " ")
   return (s:gsub("%%(%x%x)", hexbyte))
 end
@@ -75,6 +74,8 @@ end
 local function parse_query(q)
   local t = {}
   q = q or ""
+  -- Nothing encoded (the usual "id=..."): no urldecode per key and value.
+  local dec = (q:find("%", 1, true) or q:find("+", 1, true)) and urldecode or nil
   local pos, n = 1, #q
   while pos <= n do
     local amp = q:find("&", pos, true) or n + 1
@@ -87,7 +88,10 @@ local function parse_query(q)
       else
         k, val = piece, ""
       end
-      if k ~= "" then t[urldecode(k)] = urldecode(val) end
+      if k ~= "" then
+        if dec then k, val = dec(k), dec(val) end
+        t[k] = val
+      end
     end
     pos = amp + 1
   end
@@ -98,13 +102,13 @@ end
 -- pattern "^%s*(.-)%s*$" is quadratic on "a   ...   b" (every position of
 -- the lazy capture retries the whole run of spaces).
 local function trim(s)
-  -- The usual id has no space at either end: s itself, without the
-  -- step-counted pattern matcher (lpattern.c) on every join.
-  local e = #s
-  local c1, c2 = s:byte(1), s:byte(e)
-  if c1 and c1 ~= 32 and (c1 < 9 or c1 > 13) and c2 ~= 32 and (c2 < 9 or c2 > 13) then return s end
+  local n = #s
+  if n == 0 then return "" end
+  local c1, cn = s:byte(1), s:byte(n) -- the common case, nothing to trim: no pattern
+  if c1 ~= 32 and (c1 < 9 or c1 > 13) and cn ~= 32 and (cn < 9 or cn > 13) then return s end
   local b = s:find("%S")
   if not b then return "" end
+  local e = #s
   while e > b do
     local c = s:byte(e)
     if c ~= 32 and (c < 9 or c > 13) then break end
@@ -265,7 +269,11 @@ local RoomMT = {}
 RoomMT.__index = function(self, k)
   local d = self.def
   if d.fields[k] then return self.root[k] end
-  if k == "autoSync" then return rawget(self, "_autoSync") end
+  if k == "autoSync" then -- raw _autoSync once room code or a reload set it, else the definition's
+    local v = rawget(self, "_autoSync")
+    if v == nil then v = d.autoSync end
+    return v
+  end
   if k == "parties" then return parties_of(self) end
   if k == "storage" then -- made on first use: most rooms never touch it
     local st = rawget(self, "_storage")
@@ -580,14 +588,35 @@ function M.config_of(d)
   return {
     throttleSync = d.throttleSync, throttleStorage = d.throttleStorage,
     interceptor = d.interceptorPacket ~= nil, budget = d.budget or 0, memory = d.memory or 0,
-    -- no room guard and no onJoin: nothing reads a join's request headers
-    -- (M.connect), so the host does not copy them into Lua
-    joinBare = d.guards[1] == nil and d.onJoin == nil,
     rate = d.rateLimit.rate, burst = d.rateLimit.burst,
     maxFrame = d.limits.frame or 0, maxDepth = d.limits.depth or 0, maxElements = d.limits.elements or 0,
     hibernate = d.hibernate and d.hibernateAfter or 0,
     evict = d.evictAfter or -1, -- -1: the server's --evict-after
+    -- A join builds a connect context (with the request headers) for room
+    -- guards and onJoin only: without them the host passes the request as
+    -- {query, ip}, all M.connect reads then.
+    leanConnect = d.guards[1] == nil and not d.onJoin,
   }
+end
+
+-- Where a room's code comes from, {file, version, party}: one table shared
+-- by the rooms of one definition (as room.def is) with the same file,
+-- version and party (own fields would cost each room a bigger hash part).
+-- Replaced, never changed: a reload points each room at its new one.
+local SRCS = setmetatable({}, { __mode = "k" }) -- def -> "file\0version\0party" -> src
+function M.src_of(def, file, version, party)
+  local by = SRCS[def]
+  if not by then
+    by = {}
+    SRCS[def] = by
+  end
+  local k = tostring(file) .. "\0" .. tostring(version) .. "\0" .. party
+  local src = by[k]
+  if not src then
+    src = { file = file, version = version, party = party }
+    by[k] = src
+  end
+  return src
 end
 
 --- Called by C when a client or request names a room that is not live yet.
@@ -599,10 +628,12 @@ function M.create_room(srv, ns, id, rebind, entry)
   if entry then e, params = entry, entry.def.match(id) or {} end
   if not e then return nil end
   local d = e.def
+  -- At most 8 raw fields (def, id, params, key, src, sockets, h, root): a
+  -- ninth doubles the table's hash part, 192 bytes more on every room.
   local room = setmetatable({
-    def = d, id = id, _party = ns, params = params, key = ns .. "/" .. id,
-    file = e.file, version = e.version, _autoSync = d.autoSync,
-    sockets = {},   -- privateId -> number of open sockets
+    def = d, id = id, params = params, key = ns .. "/" .. id,
+    src = M.src_of(d, e.file, e.version, ns),
+    sockets = { 0 }, -- [1]: sessions with an open socket; privateId -> number of its open sockets
     -- expiry: privateId -> timer id, made by the first arm_expiry
   }, RoomMT)
   SRV[room] = srv
@@ -620,7 +651,6 @@ function M.create_room(srv, ns, id, rebind, entry)
   local cfg = M.config_of(d)
   cfg.autoSync = d.autoSync
   srv.rooms[room.key] = room
-  rawset(room, "online", 0) -- sessions with an open socket (keys of sockets)
   if not rebind then M.census(srv, d.path, e.version, 1) end
   -- While a restore hook waits, the events that reach the room (joins,
   -- actions, closes, HTTP requests, timers) queue here, in arrival order;
@@ -714,7 +744,8 @@ function M.hibernate_room(srv, key)
   local room = srv.rooms[key]
   if room then
     M.unaccount(room)
-    srv.sleeping[key] = { def = rawget(room, "def"), file = rawget(room, "file"), version = rawget(room, "version") }
+    local src = rawget(room, "src")
+    srv.sleeping[key] = { def = rawget(room, "def"), file = src.file, version = src.version }
   end
   srv.rooms[key] = nil
 end
@@ -760,8 +791,8 @@ end
 
 ------------------------------------------------------------------ session bookkeeping
 
--- Each room instance counts its online sessions (room.online: sessions with
--- an open socket) and keeps its offline, unexpired sessions in disconnection
+-- Each room instance counts its online sessions (sockets[1]: sessions with
+-- an open socket; M.online_sessions) and keeps its offline, unexpired sessions in disconnection
 -- order (room.offq: a FIFO with lazy deletion), so that
 --   * past d.maxOfflineSessions the oldest offline session is expired early
 --     (a room keeps accepting new players; the ones gone longest lose their
@@ -773,7 +804,8 @@ local expire_session -- below
 
 --- n sessions of room went online (+) or offline (-).
 function M.online(room, n)
-  rawset(room, "online", rawget(room, "online") + n)
+  local sockets = rawget(room, "sockets")
+  sockets[1] = sockets[1] + n
   local st = SRV[room].stat
   st.online = st.online + n
 end
@@ -848,8 +880,9 @@ end
 --- the totals (a rebuilt instance counts them again).
 function M.unaccount(room)
   local st = SRV[room].stat
-  st.online = st.online - (rawget(room, "online") or 0)
-  rawset(room, "online", 0)
+  local sockets = rawget(room, "sockets")
+  st.online = st.online - sockets[1]
+  sockets[1] = 0
   local q = rawget(room, "offq")
   if q then
     st.offline = st.offline - q.n
@@ -953,7 +986,8 @@ local function run_guards(guards, a, b, room)
 end
 
 -- Distinct online sessions (for maxUsers).
-local function online_sessions(room) return rawget(room, "online") end
+local function online_sessions(room) return rawget(room, "sockets")[1] end
+M.online_sessions = online_sessions
 
 local function redeem_transfer(room, token)
   local h = rawget(room, "h")
@@ -1690,7 +1724,7 @@ local function cluster_transfer(srv, room, target_id, data)
       "cannot wait): in a cluster, pass { url = <any node's URL> } and a callback"
   end
   local res, pending = core.http(srv.h, "POST",
-    "/parties/" .. rawget(room, "_party") .. "/" .. target_id .. "/session-transfer", "",
+    "/parties/" .. rawget(room, "src").party .. "/" .. target_id .. "/session-transfer", "",
     { ["content-type"] = "application/json", ["x-access-shard"] = secret }, core.encode(data))
   if not res then -- resumed by the answer itself (core.http_take's callback)
     local got, why = coroutine.yield("lunaroom.await", function(resume)
@@ -1717,13 +1751,13 @@ function M.session_transfer(srv, room, conn, target_id, opts, done)
     return remote_transfer(srv, room, target_id, { privateId = conn.state.privateId, publicId = pid,
       userSnapshot = core.copy(users[pid], NOPERSIST) }, opts, done)
   end
-  local target = srv.rooms[rawget(room, "_party") .. "/" .. target_id]
+  local target = srv.rooms[rawget(room, "src").party .. "/" .. target_id]
   if not target and srv.env.LUNAROOM_CLUSTER then
     return cluster_transfer(srv, room, target_id, { privateId = conn.state.privateId, publicId = pid,
       userSnapshot = core.copy(users[pid], NOPERSIST) })
   end
   if not target then
-    target = M.create_room(srv, rawget(room, "_party"), target_id)
+    target = M.create_room(srv, rawget(room, "src").party, target_id)
     if not target then return nil, "Room not available" end
   end
   local data = { privateId = conn.state.privateId, publicId = pid, userSnapshot = core.copy(users[pid], NOPERSIST) }
@@ -1779,7 +1813,7 @@ function M.forget_room(srv, key)
   end
   if room then
     M.unaccount(room)
-    M.census(srv, rawget(room, "def").path, rawget(room, "version"), -1)
+    M.census(srv, rawget(room, "def").path, rawget(room, "src").version, -1)
   elseif slept then
     M.census(srv, slept.def.path, slept.version, -1)
   end
@@ -1808,10 +1842,11 @@ end
 --- the modules it required (lunaroom.sandbox), updated by each hot reload.
 function M.room_info_of(key, room)
   local ok, conns = pcall(core.room_conns, rawget(room, "h"))
+  local src = rawget(room, "src")
   return {
-    key = key, party = rawget(room, "_party"), id = rawget(room, "id"),
-    path = rawget(room, "def").path, file = rawget(room, "file"),
-    version = rawget(room, "version"), connections = ok and #conns or 0,
+    key = key, party = src.party, id = rawget(room, "id"),
+    path = rawget(room, "def").path, file = src.file,
+    version = src.version, connections = ok and #conns or 0,
   }
 end
 
