@@ -295,3 +295,73 @@ TEST(engine_dispose_closes_members_1001_and_releases_rule_refs) {
   ft_free(&a);
   engine_free(s);
 }
+
+/* ---- a lease store without a database: the memory store whose bind is
+ * kept, so the test can report a lost lease as storage_postgres_lease.c
+ * does (the fencing itself, the epoch in each write's transaction, is
+ * PostgreSQL's: spec/integration/postgres.test.mjs, cluster*.test.mjs) ---- */
+
+static struct {
+  const lr_store_host *host;
+  void *ud;
+  void (*bind)(lr_store *s, const lr_store_host *host, void *ud);
+} fl;
+
+static void fl_bind(lr_store *st, const lr_store_host *host, void *ud) {
+  fl.host = host;
+  fl.ud = ud;
+  if (fl.bind) fl.bind(st, host, ud);
+}
+
+TEST(engine_lost_lease_closes_the_room_and_drops_it_without_writing) {
+  memset(&fl, 0, sizeof fl);
+  memset(&fr, 0, sizeof fr);
+  char err[128];
+  lr_store *st = lr_store_open_spec("memory", err, sizeof err);
+  static lr_store_vt vt;
+  vt = *st->vt;
+  fl.bind = vt.bind;
+  vt.bind = fl_bind;
+  st->vt = &vt;
+  lr_server *s = lr_server_new(NULL, st, true, true, 7);
+  s->rules = &fake_rules;
+  lr_log_capture(1);
+  ASSERT(fl.host != NULL && fl.host->lost != NULL && fl.host->holds != NULL);
+  ft a, b;
+  ft_open(s, &a, "/parties/main/r1", "");
+  ft_open(s, &b, "/parties/main/r1", "");
+  ft_free(&a);
+  ft_free(&b);
+  ASSERT_EQ_INT(1, fl.host->holds(fl.ud, "main", "r1"));
+  const char pkt[] = "{\"action\":\"inc\",\"value\":2}";
+  lr_conn_message(a.c, pkt, sizeof pkt - 1);
+  ASSERT_EQ_INT(1, b.nout);
+  ft_free(&a);
+  ft_free(&b);
+  uint64_t flushes = s->stats.storage_flushes;
+  /* Another node took the room: this one must show and write nothing more. */
+  fl.host->lost(fl.ud, "main", "r1", 1012, "lease lost");
+  ASSERT_EQ_INT(1012, a.close_code);
+  ASSERT_EQ_INT(1012, b.close_code);
+  ASSERT_EQ_INT(0, a.nout);
+  ASSERT_EQ_INT(0, b.nout);
+  ASSERT_EQ_INT(0, fl.host->holds(fl.ud, "main", "r1"));
+  ASSERT(flushes == s->stats.storage_flushes); /* dropped without writing */
+  ASSERT(fr.unrefs >= 1);                      /* the room instance is released */
+  /* A late frame of a closed socket reaches no room. */
+  lr_conn_message(a.c, pkt, sizeof pkt - 1);
+  ASSERT_EQ_INT(1, fr.messages);
+  ASSERT_EQ_INT(0, b.nout);
+  /* A report for a room this node does not hold changes nothing. */
+  fl.host->lost(fl.ud, "main", "other", 1012, "lease lost");
+  lr_conn_closed(a.c);
+  lr_conn_closed(b.c);
+  /* The next client finds the room anew (taken again when this node wins the lease). */
+  ft c;
+  ASSERT_EQ_INT(0, ft_open(s, &c, "/parties/main/r1", ""));
+  ASSERT_EQ_INT(2, fr.creates);
+  ASSERT_EQ_INT(1, fl.host->holds(fl.ud, "main", "r1"));
+  lr_conn_closed(c.c);
+  ft_free(&c);
+  engine_free(s);
+}
