@@ -18,11 +18,11 @@
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { http, startServer, tempDir, wsClient } from "../spec/integration/lib.mjs";
 import { startPg } from "../spec/integration/pg.mjs";
+import { freePort } from "../spec/integration/cluster_lib.mjs";
 
 const N = Number(process.env.N || 2000);
 const THROTTLE = Number(process.env.THROTTLE || 0);
@@ -40,14 +40,6 @@ return lr.room {
 }
 `,
 );
-const freePort = () =>
-  new Promise((res) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
 const node = async (cpu) => {
   const port = await freePort();
   const srv = await startServer({

@@ -30,11 +30,11 @@
  */
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { http, ROOT, startServer, tempDir } from "../spec/integration/lib.mjs";
 import { startPg } from "../spec/integration/pg.mjs";
+import { freePort } from "../spec/integration/cluster_lib.mjs";
 
 const ROOMS = Number(process.env.ROOMS || 250);
 const PER_ROOM = Number(process.env.PER_ROOM || 4);
@@ -54,14 +54,6 @@ const room = src.replace(/^(\s*path = "bench-\{id\}",)$/m, `$1\n  throttleStorag
 if (room === src) throw new Error("bench/rooms/bench.lua: no path line to add throttleStorage after");
 fs.writeFileSync(path.join(rooms, "bench.lua"), room);
 
-const freePort = () =>
-  new Promise((res) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
 const loadavg = () => fs.readFileSync("/proc/loadavg", "utf8").trim().split(" ").slice(0, 3).join(" ");
 const metric = async (srv, name) =>
   Number(new RegExp(`^${name} (\\S+)$`, "m").exec((await http("GET", `${srv.url}/metrics`)).body)?.[1] ?? NaN);

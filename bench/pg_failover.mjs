@@ -18,10 +18,10 @@
  * MODE (direct | relayed).
  */
 import fs from "node:fs";
-import net from "node:net";
 import path from "node:path";
 import { ROOT, sleep, startServer, tempDir, wsClient } from "../spec/integration/lib.mjs";
 import { startPg } from "../spec/integration/pg.mjs";
+import { freePort } from "../spec/integration/cluster_lib.mjs";
 
 const TRIES = Number(process.env.TRIES || 20);
 const RETRY_MS = Number(process.env.RETRY_MS || 50);
@@ -31,14 +31,6 @@ if (!["direct", "relayed"].includes(MODE)) throw new Error(`MODE is direct or re
 const pg = startPg();
 const rooms = tempDir("lunaroom-failover-");
 fs.copyFileSync(path.join(ROOT, "spec/integration/rooms/fill.lua"), path.join(rooms, "fill.lua"));
-const freePort = () =>
-  new Promise((res) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
 const portA = await freePort();
 const portB = await freePort();
 const node = (port) =>

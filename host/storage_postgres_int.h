@@ -65,14 +65,14 @@ typedef struct pjob {
   long nbatches;
   bool failed;
   char err[256];
-  int nres;        /* results seen (statements answered) */
-  int *check_at;   /* J_FLUSH, cluster: the result index of each room's lease check */
-  size_t ck;       /* the next of them to come */
-  bool *lost;      /* J_FLUSH, cluster: the check found no lease */
-  long long epoch; /* J_LOAD, cluster: the lease taken (0: refused) */
-  char owner[256]; /* J_LOAD, cluster: who holds it when refused: "NODE_URL VALID_MS" */
-  uint64_t gen;    /* J_RENEW */
-  bool from_other; /* J_LOAD, cluster: the lease was another node's before */
+  int nres;                  /* results seen (statements answered) */
+  int *check_at;             /* J_FLUSH, cluster: the result index of each room's lease check */
+  size_t ck;                 /* the next of them to come */
+  bool *lost;                /* J_FLUSH, cluster: the check found no lease */
+  long long epoch;           /* J_LOAD, cluster: the lease taken (0: refused) */
+  char owner[256];           /* J_LOAD, cluster: who holds it when refused: "NODE_URL VALID_MS" */
+  uint64_t gen;              /* J_RENEW */
+  bool from_other;           /* J_LOAD, cluster: the lease was another node's before */
   lr_pg_leases_cb leases_cb; /* J_LEASES: the valid leases as JSON rows */
   void *leases_ud;
   lr_buf rows;
@@ -92,9 +92,9 @@ struct pstore {
   int64_t renewed_at; /* monotonic ms when the last successful renewal was sent */
   uint64_t n_taken, n_refused, n_lost, n_renewals;
   uint64_t n_takeovers; /* taken from another node (fail-over or hand-off) */
-  bool draining; /* takes no lease (lr_store_postgres_drain): rooms go to other nodes */
-  long n_owned; /* rooms whose lease this node holds */
-  prel *rel;    /* leases to give back (sent with the next kick, or at close) */
+  bool draining;        /* takes no lease (lr_store_postgres_drain): rooms go to other nodes */
+  long n_owned;         /* rooms whose lease this node holds */
+  prel *rel;            /* leases to give back (sent with the next kick, or at close) */
   /* The rooms the next kick looks at (never a walk over every room on the
    * write path): a load asked for, batches queued. */
   proom *work, **wtail;
