@@ -10,7 +10,9 @@
  * SIGINT/SIGTERM and the bounded shutdown drain; SIGHUP (TLS certificate
  * reload, then the caller's on_hup); the TLS options of the vhost (https/wss
  * only when a certificate is given); giving freed heap pages back to the OS
- * after connection churn; lr_net_run, lr_net_stop, lr_net_defaults.
+ * after connection churn; the lws retry policies (none on the listening
+ * vhost: net_idle.c watches silent sockets); lr_net_run, lr_net_stop,
+ * lr_net_defaults.
  * Must not: parse JSON, call Lua, know rooms beyond server.h, call back into
  * the engine from inside an lr_transport_vt function (they only queue), or
  * write to a socket outside a WRITEABLE callback (the exceptions, refused
@@ -124,15 +126,15 @@ static int net_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     return net_ws_upgrade(L, wsi, in ? (const char *)in : "");
 
   case LWS_CALLBACK_ESTABLISHED:
-    if (!nc) return -1;
-    nc->established = true;
-    if (nc->dropping) lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, NET_DROP_SECS);
-    if (nc->qlen || nc->closing || nc->dropping) lws_callback_on_writable(wsi);
-    return 0;
+    return nc ? net_ws_established(nc) : -1;
 
   case LWS_CALLBACK_RECEIVE:
     if (!nc) return -1;
     return net_ws_receive(nc, in, len);
+
+  case LWS_CALLBACK_RECEIVE_PONG:
+    if (nc) net_idle_touch(nc);
+    return 0;
 
   case LWS_CALLBACK_SERVER_WRITEABLE:
     if (!nc) return 0;
@@ -199,12 +201,17 @@ static const struct lws_protocols net_protocols[] = {
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
-/* Idle WebSocket connections get a ping, and are dropped if nothing valid
- * (pong or data) arrives for NET_HANGUP_SECS. */
-static const lws_retry_bo_t net_idle_policy = {
+/* Outgoing WebSockets (fetch.c's client vhost in this context: shard
+ * uplinks, cluster links, room fetches) keep lws's validity timer: a ping
+ * after NET_PING_SECS without a pong, hung up after NET_HANGUP_SECS. */
+static const lws_retry_bo_t net_client_policy = {
     .secs_since_valid_ping = NET_PING_SECS,
     .secs_since_valid_hangup = NET_HANGUP_SECS,
 };
+
+/* The listening vhost's sockets have none (no hang-up time: lws arms no
+ * timer); net_idle.c pings and hangs up silent ones instead. */
+static const lws_retry_bo_t net_server_policy = {0};
 
 /* ======================= the loop ======================= */
 
@@ -226,8 +233,9 @@ static void net_arm(net_loop *L, int64_t max_ms) {
     L->engine_due = 0;
     return;
   }
-  /* Re-arming walks lws's sorted list of every timer (one or two per
-   * connection): skip it when the wake-up is already set for that ms. */
+  /* Re-arming walks lws's sorted list of every timer (a socket has one
+   * while its handshake or close is under way): skip it when the wake-up is
+   * already set for that ms. */
   int64_t due = net_now_ms() + t;
   if (due == L->engine_due) return;
   lws_sul_schedule(L->ctx, 0, &L->engine_sul, net_engine_sul_cb, (lws_usec_t)t * LWS_US_PER_MS);
@@ -283,6 +291,8 @@ void lr_net_defaults(lr_net_opts *o) {
   o->max_http_per_ip = 256;
   o->body_timeout_ms = 10000;
   o->msgs_per_ip = 2000;
+  o->ws_ping_ms = NET_PING_SECS * 1000L;
+  o->ws_hangup_ms = NET_HANGUP_SECS * 1000L;
   o->trusted_proxies = NULL;
 }
 
@@ -320,6 +330,8 @@ static void net_opts(net_loop *L, const lr_net_opts *o) {
   if (o->max_http_per_ip) L->o.max_http_per_ip = o->max_http_per_ip;
   if (o->body_timeout_ms > 0) L->o.body_timeout_ms = o->body_timeout_ms;
   if (o->msgs_per_ip) L->o.msgs_per_ip = o->msgs_per_ip;
+  if (o->ws_ping_ms) L->o.ws_ping_ms = o->ws_ping_ms;
+  if (o->ws_hangup_ms) L->o.ws_hangup_ms = o->ws_hangup_ms;
   L->o.trusted_proxies = o->trusted_proxies;
 }
 
@@ -356,13 +368,15 @@ static int net_listen(net_loop *L) {
   info.protocols = net_protocols;
   info.vhost_name = "lunaroom";
   info.user = L;
-  info.options = 0; /* no UTF-8 validation: text and binary frames reach the engine as bytes */
+  /* No UTF-8 validation: text and binary frames reach the engine as bytes.
+   * The vhost is made below, with its own retry policy. */
+  info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
   info.timeout_secs = NET_TIMEOUT_SECS;
   info.timeout_secs_ah_idle = NET_TIMEOUT_SECS;
   info.keepalive_timeout = 10; /* longer than the 5 s idle of Node's keep-alive agent */
   info.max_http_header_data = NET_HEADER_DATA;
   info.pt_serv_buf_size = NET_SERV_BUF;
-  info.retry_and_idle_policy = &net_idle_policy;
+  info.retry_and_idle_policy = &net_client_policy; /* the context's default: client sockets */
   info.gid = -1;
   info.uid = -1;
   if (L->o.tls_cert) {
@@ -374,7 +388,8 @@ static int net_listen(net_loop *L) {
     info.alpn = "http/1.1";
   }
   L->ctx = lws_create_context(&info);
-  struct lws_vhost *vh = L->ctx ? lws_get_vhost_by_name(L->ctx, "lunaroom") : NULL;
+  info.retry_and_idle_policy = &net_server_policy;
+  struct lws_vhost *vh = L->ctx ? lws_create_vhost(L->ctx, &info) : NULL;
   int port = vh ? lws_get_vhost_listen_port(vh) : -1;
   if (!L->ctx || !vh || port <= 0) {
     lr_error("cannot listen on %s:%d", L->o.host ? L->o.host : "0.0.0.0", L->o.port);
@@ -449,6 +464,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
   L.srv = s;
   lr_server_set_loop_fds(s, &net_loop_fds);
   net_opts(&L, o);
+  net_idle_init(&L);
   int port = net_prepare(&L) == 0 ? net_listen(&L) : -1;
   if (port < 0) {
     net_free(&L);
@@ -477,6 +493,7 @@ int lr_net_run(lr_server *s, const lr_net_opts *o) {
 
   lws_sul_cancel(&L.engine_sul);
   lws_sul_cancel(&L.budget_sul);
+  net_idle_stop(&L);
   net_ctx = NULL;
   L.destroying = true;
   net_fd_stop();

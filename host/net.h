@@ -35,6 +35,10 @@ typedef struct lr_net_opts {
                              default 10000 (not restarted by arriving bytes) */
   long msgs_per_ip;       /* WebSocket messages per second per client address over all its
                              sockets (burst 2x), default 2000; -1 = no budget */
+  long ws_ping_ms;        /* a WebSocket silent this long (no message, no pong) is pinged, default
+                            30000; -1 = never */
+  long ws_hangup_ms;      /* one silent this long is hung up (no close frame), default 75000;
+                             -1 = never (and no ping either) */
   const char *trusted_proxies; /* comma-separated addresses or CIDRs whose X-Forwarded-For is
                                   believed, NULL = none */
   /* TLS (https:// and wss:// on the same port; plain connections refused):

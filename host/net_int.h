@@ -8,7 +8,8 @@
  * WebSocket sessions and send queues; net_http.c: HTTP requests and static
  * files; net_hdrs.c: request headers, path, query; net_addr.c: client
  * addresses, trusted proxies, per-address socket limits; net_budget.c: the
- * per-address message budget; net_fd.c: fd watches).
+ * per-address message budget; net_fd.c: fd watches; net_idle.c: the ping
+ * and hang-up of silent WebSockets).
  * Must not: be included outside host/net*.c (the transport's public face is
  * net.h), or declare anything that calls Lua or parses JSON.
  */
@@ -19,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <libwebsockets.h>
 #include <openssl/ssl.h>
@@ -49,12 +51,16 @@ _Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame h
 _Static_assert((NET_RING_INLINE & (NET_RING_INLINE - 1)) == 0, "ring sizes are powers of two");
 #define NET_FAIR_SHARE 16          /* messages one address hands the engine per loop pass */
 #define NET_HOLD_EXTRA (64u << 10) /* held bytes a socket may keep past max_frame */
-#ifndef NET_PING_SECS              /* idle WebSocket: ping after, hang up after */
-#define NET_PING_SECS 30
+#ifndef NET_PING_SECS              /* silent WebSocket: ping after, hang up after (the */
+#define NET_PING_SECS 30           /* defaults of --ws-ping and --ws-hangup) */
 #endif
 #ifndef NET_HANGUP_SECS
 #define NET_HANGUP_SECS 75
 #endif
+#define NET_IDLE_GRAIN_MS                                                                          \
+  1000 /* idle sweep: at most one wake-up per grain (less for short pings) */
+
+enum { NET_IDLE_NONE = 0, NET_IDLE_ACTIVE = 1, NET_IDLE_PINGED = 2 }; /* net_conn.idle_list */
 
 enum { NET_KIND_WS = 0x5753, NET_KIND_HTTP = 0x4854 };
 
@@ -109,6 +115,15 @@ typedef struct net_loop {
   bool destroying;                   /* inside lws_context_destroy: no more lws calls from vt */
   int64_t trim_at;  /* return free heap pages to the OS at this time (0 = not due) */
   SSL_CTX *tls_ctx; /* the vhost's server context (TLS only), for the SIGHUP reload */
+  /* Silent WebSockets (net_idle.c): the lists [NET_IDLE_ACTIVE] (not pinged
+   * since their last activity) and [NET_IDLE_PINGED], each oldest activity
+   * first; the sweep timer, armed while a list is not empty. */
+  struct net_conn *idle_head[3], *idle_tail[3];
+  lws_sorted_usec_list_t idle_sul;
+  bool idle_armed;
+  uint32_t idle_grain;  /* ms: activity this close to the recorded one is not recorded */
+  uint32_t idle_ping;   /* ms of silence before the ping (= idle_hangup: no ping) */
+  uint32_t idle_hangup; /* ms of silence before the hang-up (0: the sweep is off) */
 } net_loop;
 
 /* ---- WebSocket connection ---- */
@@ -143,6 +158,12 @@ typedef struct net_conn {
   lr_buf held;
   size_t held_off;
   struct net_conn *held_next;
+  /* Idle sweep (net_idle.c): its place in the loop's list that idle_list names, and
+   * the time of its last activity (net_idle_now, ms, cut to 32 bits). */
+  struct net_conn *idle_prev, *idle_next;
+  uint32_t idle_at;
+  uint8_t idle_list; /* NET_IDLE_* */
+  bool ping_due;     /* the sweep asked for a ping: written by the next WRITEABLE */
 } net_conn;
 
 /* ---- HTTP request ---- */
@@ -212,6 +233,7 @@ void net_resume(net_conn *nc);
 /* ---- net_ws.c: WebSocket sessions ---- */
 void net_conn_finish(net_conn *nc);
 int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up);
+int net_ws_established(net_conn *nc);
 int net_ws_writeable(net_conn *nc);
 int net_ws_receive(net_conn *nc, const char *in, size_t len);
 
@@ -221,6 +243,31 @@ void net_http_dispatch(net_req *nr);
 int net_http_begin(net_loop *L, struct lws *wsi);
 int net_http_body(net_req *nr, const char *in, size_t len);
 int net_http_writeable(net_req *nr);
+
+/* ---- net_idle.c: silent WebSockets ---- */
+void net_idle_init(net_loop *L);
+void net_idle_add(net_conn *nc);
+void net_idle_remove(net_conn *nc);
+void net_idle_move(net_conn *nc, uint32_t now);
+void net_idle_stop(net_loop *L);
+
+/* Milliseconds of the coarse monotonic clock (a few ns, ms-grained), cut to
+ * 32 bits: differences of two readings less than 24 days apart are right. */
+static inline uint32_t net_idle_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint32_t)((uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
+}
+
+/* A frame arrived on nc (a message piece, a pong): it is not silent. Costs
+ * a clock read and a compare unless a grain has passed since the recorded
+ * activity (or nc was pinged): then nc moves to the tail of the active list. */
+static inline void net_idle_touch(net_conn *nc) {
+  if (!nc->idle_list) return; /* the sweep is off, or nc is being hung up */
+  uint32_t now = net_idle_now();
+  if (nc->idle_list != NET_IDLE_ACTIVE || now - nc->idle_at >= nc->loop->idle_grain)
+    net_idle_move(nc, now);
+}
 
 /* ---- net_fd.c: fd watches ---- */
 extern const lr_loop_fds net_loop_fds; /* handed to the server by lr_net_run */

@@ -4,8 +4,9 @@
  * WRITEABLE (the engine's lr_transport_vt).
  *
  * Owns: net_conn (per-connection WebSocket state: frame assembly, the
- * outgoing FIFO of lr_msg references, close handshake), the transport vt
- * (net_ws_send, net_ws_close).
+ * outgoing FIFO of lr_msg references, close handshake; its idle_* fields
+ * are net_idle.c's), the transport vt (net_ws_send, net_ws_close), writing
+ * the idle sweep's ping.
  * Must not: call back into the engine from inside net_ws_send/net_ws_close
  * (they only queue), or write to a socket outside a WRITEABLE callback (the
  * exceptions: the refusal of an upgrade, answered with
@@ -172,6 +173,7 @@ void net_conn_finish(net_conn *nc) {
     nc->conn = NULL;
     lr_conn_closed(c);
   }
+  net_idle_remove(nc);
   net_conn_release_queue(nc);
   lr_buf_free(&nc->rx);
   if (nc->held_n) net_unhold(nc);
@@ -340,10 +342,57 @@ int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up) {
   return rc;
 }
 
-/* SERVER_WRITEABLE: one lws_write (a queued message, or the close frame).
- * Returns the lws callback result (-1 closes the connection). */
+/* ESTABLISHED: writes are allowed from now on; the idle sweep watches nc.
+ * Returns the lws callback result. */
+int net_ws_established(net_conn *nc) {
+  nc->established = true;
+  net_idle_add(nc);
+  if (nc->dropping) lws_set_timeout(nc->wsi, PENDING_TIMEOUT_USER_OK, NET_DROP_SECS);
+  if (nc->qlen || nc->closing || nc->dropping) lws_callback_on_writable(nc->wsi);
+  return 0;
+}
+
 #define NET_BATCH 65536 /* bytes of frames written by one lws_write */
 
+/* Frame the queued messages ourselves (server frames are not masked, and
+ * no extension is negotiated) into out, after the used bytes already there,
+ * as many as fit in NET_BATCH; they leave the ring. Returns the bytes used
+ * now. One raw lws_write of them: one send() for several messages, and for
+ * one message ~280 instructions less than lws's own framing
+ * (LWS_WRITE_TEXT). */
+static size_t net_ws_batch(net_conn *nc, unsigned char *out, size_t used) {
+  while (nc->qlen) {
+    lr_msg *m = nc->q[nc->qhead];
+    size_t len = m->len, hdr = len < 126 ? 2 : len < 65536 ? 4 : 10;
+    if (used + hdr + len > NET_BATCH) break;
+    unsigned char *p = out + used;
+    p[0] = 0x81; /* FIN, text */
+    if (len < 126) {
+      p[1] = (unsigned char)len;
+    } else if (len < 65536) {
+      p[1] = 126;
+      p[2] = (unsigned char)(len >> 8);
+      p[3] = (unsigned char)len;
+    } else {
+      p[1] = 127;
+      for (int i = 0; i < 8; i++)
+        p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    }
+    memcpy(p + hdr, lr_msg_payload(m), len);
+    used += hdr + len;
+    nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
+    nc->qlen--;
+    nc->qbytes -= len + NET_MSG_OVERHEAD;
+    lr_msg_release(m);
+  }
+  return used;
+}
+
+/* SERVER_WRITEABLE: one lws_write (queued messages, or the close frame).
+ * The idle sweep's ping (net_idle.c), a ping frame of 2 bytes, goes first in
+ * the batch: WRITEABLE comes only once lws holds nothing unwritten, so this
+ * starts on a frame boundary. A message too big for the batch goes alone.
+ * Returns the lws callback result (-1 closes the connection). */
 int net_ws_writeable(net_conn *nc) {
   struct lws *wsi = nc->wsi;
   if (nc->dropping) {
@@ -351,44 +400,21 @@ int net_ws_writeable(net_conn *nc) {
                      nc->close_reason_len);
     return -1;
   }
-  if (nc->qlen) {
-    /* Frame the queued messages ourselves (server frames are not masked,
-     * and no extension is negotiated) into one buffer and write it with one
-     * raw lws_write: one send() for several messages, and for one message
-     * ~280 instructions less than lws's own framing (LWS_WRITE_TEXT). A
-     * message too big for the batch goes alone, below. */
-    static unsigned char batch[LWS_PRE + NET_BATCH];
-    size_t used = 0;
-    while (nc->qlen) {
-      lr_msg *m = nc->q[nc->qhead];
-      size_t len = m->len, hdr = len < 126 ? 2 : len < 65536 ? 4 : 10;
-      if (used + hdr + len > NET_BATCH) break;
-      unsigned char *p = batch + LWS_PRE + used;
-      p[0] = 0x81; /* FIN, text */
-      if (len < 126) {
-        p[1] = (unsigned char)len;
-      } else if (len < 65536) {
-        p[1] = 126;
-        p[2] = (unsigned char)(len >> 8);
-        p[3] = (unsigned char)len;
-      } else {
-        p[1] = 127;
-        for (int i = 0; i < 8; i++)
-          p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-      }
-      memcpy(p + hdr, lr_msg_payload(m), len);
-      used += hdr + len;
-      nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
-      nc->qlen--;
-      nc->qbytes -= len + NET_MSG_OVERHEAD;
-      lr_msg_release(m);
+  static unsigned char batch[LWS_PRE + NET_BATCH];
+  size_t used = 0;
+  if (nc->ping_due) {
+    nc->ping_due = false;
+    if (!nc->closing) { /* FIN, ping, 2 bytes: lws drops an empty pong before our callback */
+      memcpy(batch + LWS_PRE, "\x89\x02lr", 4);
+      used = 4;
     }
-    if (used) {
-      net_conn_ring_trim(nc);
-      if (lws_write(wsi, batch + LWS_PRE, used, LWS_WRITE_RAW) < 0) return -1;
-      if (nc->qlen || nc->closing) lws_callback_on_writable(wsi);
-      return 0;
-    }
+  }
+  used = net_ws_batch(nc, batch + LWS_PRE, used);
+  if (used) {
+    net_conn_ring_trim(nc);
+    if (lws_write(wsi, batch + LWS_PRE, used, LWS_WRITE_RAW) < 0) return -1;
+    if (nc->qlen || nc->closing) lws_callback_on_writable(wsi);
+    return 0;
   }
   if (nc->qlen) {
     lr_msg *m = nc->q[nc->qhead];
@@ -423,6 +449,7 @@ int net_ws_writeable(net_conn *nc) {
  * as they are). Over max_frame: close with 1009, nothing reaches the engine.
  * Returns the lws callback result. */
 int net_ws_receive(net_conn *nc, const char *in, size_t len) {
+  net_idle_touch(nc);                                     /* not silent */
   if (!nc->conn || nc->closing || nc->dropping) return 0; /* closing: drop input */
   struct lws *wsi = nc->wsi;
   if (!nc->rx_in_msg) {

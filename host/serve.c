@@ -241,6 +241,12 @@ static void cfg_defaults(serve_cfg *c) {
   lr_net_defaults(&c->no);
 }
 
+/* A time in ms where 0 means never (lr_net_opts says -1 for that). */
+static long ms_or_never(const char *v) {
+  long ms = atol(v);
+  return ms > 0 ? ms : -1;
+}
+
 /* The flags of the network loop (net.h): 1 if argv[*i] was one. */
 static int net_flag(lr_net_opts *no, int argc, char **argv, int *i) {
   const char *a = argv[*i];
@@ -265,6 +271,10 @@ static int net_flag(lr_net_opts *no, int argc, char **argv, int *i) {
     no->body_timeout_ms = atol(argv[++*i]);
   else if (strcmp(a, "--msgs-per-ip") == 0 && v)
     no->msgs_per_ip = atol(argv[++*i]);
+  else if (strcmp(a, "--ws-ping") == 0 && v)
+    no->ws_ping_ms = ms_or_never(argv[++*i]);
+  else if (strcmp(a, "--ws-hangup") == 0 && v)
+    no->ws_hangup_ms = ms_or_never(argv[++*i]);
   else if (strcmp(a, "--trusted-proxy") == 0 && v)
     no->trusted_proxies = argv[++*i];
   else if (strcmp(a, "--tls-cert") == 0 && v)

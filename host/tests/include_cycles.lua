@@ -41,6 +41,7 @@ local layer_of = {
   lua_proxy = "rules", lua_store = "rules", lua_admin = "rules",
   net = "transports", headless = "transports", net_ws = "transports", net_http = "transports",
   net_hdrs = "transports", net_addr = "transports", net_budget = "transports", net_fd = "transports",
+  net_idle = "transports",
   net_int = "transports",
   uplink = "features", shard = "features", cluster = "features", cluster_link = "features", cluster_lua = "features",
   relay_id = "features", reload = "features", fetch = "features",

@@ -101,3 +101,61 @@ describe("shutdown", () => {
     assert.equal(exit, 0, srv.logs());
   });
 });
+
+// Silent sockets (host/net_idle.c), with short times: --ws-ping 400 --ws-hangup 1600.
+describe("silent sockets", () => {
+  const PING = 400, HANGUP = 1600;
+  let srv;
+  before(async () => {
+    srv = await startServer({ rooms: "rooms", args: ["--ws-ping", String(PING), "--ws-hangup", String(HANGUP)] });
+  });
+  after(async () => {
+    if (!srv) return;
+    assert.equal(await srv.stop("SIGTERM"), 0, srv.logs());
+  });
+
+  // A socket to main/demo that records the pings it gets; autoPong: whether
+  // ws answers them (it does by default, as browsers do).
+  async function socket(id, autoPong) {
+    const ws = new WebSocket(`${srv.wsUrl}/parties/main/demo?id=${id}`, { autoPong });
+    const s = { ws, pings: [], t0: 0 };
+    ws.on("ping", () => s.pings.push(Date.now() - s.t0));
+    s.closed = new Promise((res) => ws.once("close", (code) => res({ code, at: Date.now() - s.t0 })));
+    const snapshot = new Promise((res) => ws.once("message", res));
+    await new Promise((res, rej) => {
+      ws.once("open", res);
+      ws.once("error", rej);
+    });
+    s.t0 = Date.now();
+    await snapshot;
+    return s;
+  }
+  const within = (p, ms) => Promise.race([p, new Promise((res) => setTimeout(() => res(null), ms))]);
+
+  test("a socket that does not answer pings is pinged, then hung up", async () => {
+    const s = await socket("idle-silent", false);
+    const closed = await within(s.closed, HANGUP + 5000);
+    assert.ok(closed, `still open ${HANGUP + 5000} ms after its snapshot (pings at ${s.pings})`);
+    assert.ok(s.pings.length >= 1, `hung up at ${closed.at} ms without a ping`);
+    assert.ok(s.pings[0] >= PING - 100, `pinged after ${s.pings[0]} ms of silence (--ws-ping ${PING})`);
+    assert.ok(closed.at >= HANGUP - 100, `hung up after ${closed.at} ms (--ws-hangup ${HANGUP})`);
+    assert.ok(s.pings[0] < closed.at);
+  });
+
+  test("a socket that answers pings stays open", async () => {
+    const s = await socket("idle-pong", true);
+    const closed = await within(s.closed, 2.5 * HANGUP);
+    assert.equal(closed, null, `closed after ${closed?.at} ms (pings at ${s.pings})`);
+    assert.ok(s.pings.length >= 2, `pings: ${s.pings}`);
+    s.ws.close();
+  });
+
+  test("a socket that sends messages stays open without answering pings", async () => {
+    const s = await socket("idle-talk", false);
+    const t = setInterval(() => s.ws.send(JSON.stringify({ action: "increment" })), PING / 2);
+    const closed = await within(s.closed, 2.5 * HANGUP);
+    clearInterval(t);
+    assert.equal(closed, null, `closed after ${closed?.at} ms`);
+    s.ws.close();
+  });
+});
