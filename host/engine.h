@@ -186,6 +186,7 @@ struct lr_room {
   uint32_t refs;
   int ref; /* registry ref of the Lua room instance */
   uint32_t nconns, capconns;
+  uint32_t nparked; /* members with parked set: a join's flush visits only the last ones */
   uint32_t ntimers; /* pending LR_T_LUA timers of this room (room:timer, session expiry) */
   uint32_t nwaits;  /* handlers of this room waiting for I/O (lua_wait.c): no hibernation */
   /* Per-room input limits (0 = the process defaults): largest action frame

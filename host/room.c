@@ -245,6 +245,7 @@ void lr_room_dispose(lr_room *r) {
     c->in_room_list = false;
     if (c->phase != LR_C_GONE) lr_conn_close(c, 1001, "room disposed");
   }
+  r->nparked = 0;
   if (r->ref != LR_NOREF) {
     s->rules->unref(s->L, r->ref);
     r->ref = LR_NOREF;
@@ -302,6 +303,7 @@ static void remove_from_room(lr_conn *c) {
     if (r->conns[i] == c) {
       memmove(&r->conns[i], &r->conns[i + 1], (r->nconns - i - 1) * sizeof *r->conns);
       r->nconns--;
+      if (c->parked) r->nparked--;
       break;
     }
   }
@@ -334,6 +336,7 @@ void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
      * new user and the joiners snapshots of one encoding, instead of one
      * patch to everyone and one full encoding per join. */
     c->parked = c->batched = true;
+    r->nparked++;
     r->batched_joins = true;
     room_list_add(r, c);
     c->phase = LR_C_JOINED;
@@ -351,6 +354,7 @@ void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {
     lr_buf_free(&b);
   } else {
     c->parked = true;
+    r->nparked++;
   }
   room_list_add(r, c);
   c->phase = LR_C_JOINED;

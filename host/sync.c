@@ -466,9 +466,7 @@ static void deliver_held(lr_conn *c) {
 
 void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
   bool dirty = lr_state_dirty(r->root, LR_CH_SYNC);
-  bool parked = false;
-  for (uint32_t i = 0; i < r->nconns; i++)
-    parked |= r->conns[i]->parked;
+  bool parked = r->nparked > 0;
   r->batched_joins = false;
   if (!dirty && !full_if_clean && !parked) return;
   lr_room_retain(r);
@@ -493,7 +491,16 @@ void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
    * either (a transport never calls the engine; only gate_hold makes a room
    * gated, and it runs only when the room already is). */
   bool direct = m && !r->has_interceptor && !room_gated(r);
-  for (uint32_t i = 0; i < r->nconns; i++) {
+  /* Without a packet for everyone (a join's flush) only the parked get
+   * anything: start at the first of them. Joiners are appended, so a join
+   * does not visit the room's other members. */
+  uint32_t from = 0;
+  if (!m) {
+    from = r->nconns;
+    for (uint32_t left = r->nparked; left && from > 0;)
+      if (r->conns[--from]->parked) left--;
+  }
+  for (uint32_t i = from; i < r->nconns; i++) {
     lr_conn *c = r->conns[i];
     if (direct && !c->parked && !c->batched && !c->ops) {
       lr_conn_transport_send(c, m); /* = lr_conn_send_msg's path for this case */
@@ -504,6 +511,7 @@ void lr_room_flush_sync(lr_room *r, bool full_if_clean) {
       snapshot_packet(&st, conn_public_id(c, pid, sizeof pid), &snap);
       c->parked = false;
       c->batched = false;
+      r->nparked--;
       lr_conn_send_msg(c, NULL, snap.data, snap.len);
       lr_buf_free(&snap);
       deliver_held(c);
