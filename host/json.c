@@ -108,7 +108,43 @@ static void put_int(lr_buf *out, int64_t i) {
  * two the rounding interval is lopsided and a 16-digit form can be missed:
  * then 17 digits are printed, which is still exact.) Both calls use the
  * current locale, so the round trip is consistent; only digits are read back. */
+/* Exact powers of ten as doubles (10^22 is the largest). */
+static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* The usual non-integral number, one with at most 9 decimals and under
+ * 10^14 (12.345, 0.1), without printf: the smallest p for which
+ * m = round(a * 10^p) gives back a as m / 10^p (one correctly rounded
+ * division, as strtod of "m e-p" would) has the shortest digits. Below 10^15
+ * the decimals of that size are more than 4 ulps of a apart, so at most one
+ * of them reads back as a, and the rounded product (off by at most 0.22)
+ * finds it. false: use the printf search. */
+static bool shortest_digits_fast(double a, char d[20], int *nd, int *k) {
+  if (!(a >= 1e-7 && a < 1e14)) return false;
+  for (int p = 1; p <= 9; p++) {
+    double s = a * pow10_exact[p];
+    if (s >= 1e15) return false;
+    double m = (double)(uint64_t)(s + 0.5);
+    if (m / pow10_exact[p] != a) continue;
+    char r[20];
+    int n = 0;
+    for (uint64_t v = (uint64_t)m; v; v /= 10)
+      r[n++] = (char)('0' + v % 10);
+    int z = 0; /* trailing zeros (none when p is the smallest; kept safe) */
+    while (z < n - 1 && r[z] == '0')
+      z++;
+    for (int i = 0; i < n - z; i++)
+      d[i] = r[n - 1 - i];
+    *nd = n - z;
+    *k = n - p;
+    return true;
+  }
+  return false;
+}
+
 static void shortest_digits(double a, char d[20], int *nd, int *k) {
+  if (shortest_digits_fast(a, d, nd, k)) return;
   char t[48];
   for (int prec = a < 2.2250738585072014e-308 ? 1 : 15;; prec++) {
     snprintf(t, sizeof t, "%.*e", prec - 1, a);
@@ -576,6 +612,39 @@ static bool is_digit(const parser *p, size_t i) {
   return i < p->len && p->s[i] >= '0' && p->s[i] <= '9';
 }
 
+/* The value of the validated unsigned number [s, end) when it is exact the
+ * fast way (Clinger): at most 2^53 as an integer of all its digits, times or
+ * divided by an exact power of ten up to 10^22, is one correctly rounded
+ * IEEE operation, the same double strtod gives. false: use strtod. */
+static bool fast_decimal(const char *s, const char *end, double *out) {
+  uint64_t m = 0;
+  int e10 = 0;
+  bool frac = false;
+  for (; s < end && *s != 'e' && *s != 'E'; s++) {
+    if (*s == '.') {
+      frac = true;
+      continue;
+    }
+    if (m >= (uint64_t)1 << 49) return false; /* keeps m * 10 + 9 <= 2^53 */
+    m = m * 10 + (uint64_t)(*s - '0');
+    if (frac) e10--;
+  }
+  if (s < end) { /* exponent: small ones only */
+    s++;
+    bool eneg = *s == '-';
+    if (*s == '+' || *s == '-') s++;
+    int e = 0;
+    for (; s < end; s++) {
+      if (e > 400) return false;
+      e = e * 10 + (*s - '0');
+    }
+    e10 += eneg ? -e : e;
+  }
+  if (e10 < -22 || e10 > 22) return false;
+  *out = e10 < 0 ? (double)m / pow10_exact[-e10] : (double)m * pow10_exact[e10];
+  return true;
+}
+
 /* Strict RFC 8259 number. Integers (no fraction, no exponent) within +-2^53
  * (lr_json_decode_exact: that fit int64) become LR_INT; everything else LR_FLOAT
  * via a correctly rounded strtod (json.h). */
@@ -620,12 +689,14 @@ static lr_node *parse_number(parser *p) {
       return lr_node_int(v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v);
     }
   }
+  double f;
+  if (fast_decimal(p->s + start + (neg ? 1 : 0), p->s + i, &f)) return lr_node_float(neg ? -f : f);
   char small[64], *t = small;
   size_t n = i - start;
   if (n >= sizeof small) t = lr_xmalloc(n + 1);
   memcpy(t, p->s + start, n);
   t[n] = '\0';
-  double f = c_strtod(t);
+  f = c_strtod(t);
   if (t != small) free(t);
   return lr_node_float(f);
 }

@@ -1,7 +1,8 @@
 /*
  * lua_admin.c - the admin and ops functions of lunaroom.core: the engine's
  * counters (stats, live_nodes), the Lua memory figures and limit, logging
- * and its capture for specs, the isolated pcall for runtime code, and the
+ * and its capture for specs, the isolated pcall for runtime code, counted
+ * coroutine constructors for the sandbox (lua_vm.c's watchdog), and the
  * file helpers the runtime loads rooms with (listdir, readfile, hash).
  *
  * Owns: those functions; they read the server and the process, and change
@@ -223,6 +224,14 @@ static int l_hash(lua_State *L) {
   return 1;
 }
 
+/* core.counted(f): f (coroutine.create or wrap) as lr_vm_counted calls it. */
+static int l_counted(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_pushcclosure(L, lr_vm_counted, 1);
+  return 1;
+}
+
 static const luaL_Reg admin_fns[] = {
     {"stats", l_stats},
     {"live_nodes", l_live_nodes},
@@ -234,6 +243,7 @@ static const luaL_Reg admin_fns[] = {
     {"log_lines", l_log_lines},
     {"log_limit", l_log_limit},
     {"pcall", l_pcall},
+    {"counted", l_counted},
     {"listdir", l_listdir},
     {"readfile", l_readfile},
     {"hash", l_hash},

@@ -14,13 +14,29 @@
  * the outermost call; past the call's memory limit the call is stopped like
  * a budget overrun (a little slack lets the error unwind without emergency
  * collections), so no handler can grow the heap by more than that.
+ * The watchdog. A count hook makes Lua 5.4 call luaG_traceexec on every
+ * instruction (13% of the server on a simple action), so a call with a big
+ * budget (over LR_EXACT_BUDGET: the default one) runs without it: a
+ * one-shot POSIX timer signals when a call that started before it was
+ * armed still runs WATCH_MS later, and the signal handler sets the count
+ * hook on the thread the call runs on (lua_sethook may be called from a
+ * signal handler; lua.c does it on SIGINT). Such a call is bounded by
+ * WATCH_MS plus its budget. A call arms the timer only when it is not
+ * armed (one timer_settime per WATCH_MS under load, none while idle).
+ * Coroutines that room code makes count from their first instruction
+ * (lr_vm_counted wraps coroutine.create and wrap: the handler only hooks
+ * the call's own thread); the host's own coroutines (waiting handlers) are
+ * resumed by lr_vm_resume, which points the watchdog at them.
  * Must not: know rooms, sockets or JSON.
  */
 #include "lua_vm.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -43,6 +59,11 @@ int luaopen_lunaroom_wait_c(lua_State *L);   /* lua_wait.c */
  * after that coroutine was stopped by the budget (lr_vm_resume). */
 #define RESUME_GRACE 1000000
 
+/* Budgets up to this many instructions are counted from the first
+ * instruction; bigger ones from WATCH_MS into the call (the watchdog). */
+#define LR_EXACT_BUDGET 20000000LL
+#define WATCH_MS 10
+
 typedef struct vm {
   size_t used, limit;
   char *lua_dir;
@@ -56,7 +77,20 @@ typedef struct vm {
   lua_State *main;   /* the main thread (its hook is switched on mem_hit) */
   lr_undo *undo;     /* the state's undo log (undo.h) */
   long refs;         /* live registry references (lr_ref_take) */
+  int watch;         /* the current outermost call is watched, not counted */
 } vm;
+
+/* The watchdog: one per process (calls into Lua do not overlap). Fields the
+ * signal handler reads or writes are volatile sig_atomic_t or a pointer. */
+static struct {
+  int state; /* 0 not set up, 1 ready, -1 unavailable */
+  timer_t timer;
+  volatile sig_atomic_t armed;     /* the timer runs */
+  volatile sig_atomic_t gen;       /* bumped by each watched outermost call */
+  volatile sig_atomic_t armed_for; /* the gen the timer was armed for */
+  volatile sig_atomic_t counting;  /* the running call went long: hooked */
+  lua_State *volatile watched;     /* the thread the watched call runs on */
+} wd;
 
 static vm *get_vm(lua_State *L) {
   void *ud;
@@ -182,6 +216,11 @@ long lr_ref_live(lua_State *L) {
   return get_vm(L)->refs;
 }
 
+static const char *stopped_message(const vm *v) {
+  if (v->mem_hit) return "memory limit exceeded (script stopped)";
+  return "instruction budget exceeded (script stopped)";
+}
+
 /* Stop the running call: from now on the hook fires on every line too, so
  * a pcall in the script that catches the error cannot keep running. */
 static int stop(lua_State *L, vm *v) {
@@ -205,6 +244,102 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   }
   if (ar->event == LUA_HOOKCOUNT) v->remaining -= HOOK_EVERY;
   if (v->killed || v->remaining <= 0) stop(L, v);
+}
+
+static void wd_arm(void) {
+  struct itimerspec its = {.it_value = {.tv_sec = 0, .tv_nsec = WATCH_MS * 1000000L}};
+  timer_settime(wd.timer, 0, &its, NULL);
+}
+
+/* The timer fired: the call it was armed for still runs (count it from
+ * now), another call runs (give it its WATCH_MS), or none (stay unarmed). */
+static void wd_signal(int sig) {
+  (void)sig;
+  int saved = errno;
+  lua_State *L = wd.watched;
+  if (L && wd.gen == wd.armed_for) {
+    wd.counting = 1;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    wd.armed = 0;
+  } else if (L) {
+    wd.armed_for = wd.gen;
+    wd_arm();
+  } else {
+    wd.armed = 0;
+  }
+  errno = saved;
+}
+
+/* Set up once; -1 (calls are then counted exactly) when the timer or the
+ * signal cannot be had. */
+static int wd_ready(void) {
+  if (wd.state) return wd.state;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = wd_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  struct sigevent sev;
+  memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_SIGNAL;
+  sev.sigev_signo = SIGVTALRM;
+  if (sigaction(SIGVTALRM, &sa, NULL) != 0 || timer_create(CLOCK_MONOTONIC, &sev, &wd.timer) != 0) {
+    lr_warn("lua: no watchdog timer (%s): every Lua instruction is counted", strerror(errno));
+    wd.state = -1;
+  } else {
+    wd.state = 1;
+  }
+  return wd.state;
+}
+
+/* Start watching the outermost call that runs on L. */
+static void wd_enter(vm *v, lua_State *L) {
+  v->watch = 1;
+  wd.counting = 0;
+  wd.gen++;
+  wd.watched = L;
+  if (!wd.armed) {
+    wd.armed = 1;
+    wd.armed_for = wd.gen;
+    wd_arm();
+  }
+}
+
+/* The outermost call is over: nothing to hook any more (the caller clears
+ * the hooks the handler may have set, after this). */
+static void wd_leave(vm *v) {
+  wd.watched = NULL;
+  wd.counting = 0;
+  v->watch = 0;
+}
+
+/* A big budget goes to the watchdog, a small one is counted from here. */
+static void budget_arm(vm *v, lua_State *L, const lr_callinfo *ci) {
+  int64_t b = ci && ci->budget > 0 ? ci->budget : LR_DEFAULT_BUDGET;
+  if (b > LR_EXACT_BUDGET && wd_ready() > 0)
+    wd_enter(v, L);
+  else
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+int lr_vm_counted(lua_State *L) {
+  lua_Hook h = lua_gethook(L);
+  int mask = lua_gethookmask(L), count = lua_gethookcount(L);
+  /* The new thread copies this one's hook (lua_newthread). */
+  if (mask & LUA_MASKLINE)
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+  else
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  int rc = lua_pcall(L, lua_gettop(L) - 1, 1, 0);
+  /* Back to this thread's own hook, unless the watchdog set one meanwhile. */
+  if (!(wd.counting && L == wd.watched)) lua_sethook(L, h, mask, count);
+  if (rc != LUA_OK) return lua_error(L);
+  /* Setting a count hook restarts its count: charge what that may forget,
+   * or a loop of creates would never reach the hook. */
+  if (lua_gethookmask(L) & LUA_MASKCOUNT) lr_vm_charge(L, HOOK_EVERY);
+  return 1;
 }
 
 void lr_vm_charge(lua_State *L, int64_t cost) {
@@ -286,7 +421,7 @@ static int budget_enter(vm *v, const lr_callinfo *ci) {
 int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   vm *v = get_vm(L);
   int outer = budget_enter(v, ci);
-  if (outer) lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  if (outer) budget_arm(v, L, ci);
   v->depth++;
   size_t mark = lr_undo_mark(v->undo);
   int base = lua_gettop(L) - nargs;
@@ -296,7 +431,16 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
   lua_remove(L, base);
   v->depth--;
   int killed = v->killed;
+  if (rc == LUA_OK && outer && (killed || v->mem_hit)) {
+    /* Stopped in a coroutine whose error the script caught (resume
+     * returns false) and returned before its own thread was stopped: the
+     * call failed all the same. */
+    lua_settop(L, base - 1);
+    lua_pushstring(L, stopped_message(v));
+    rc = LUA_ERRRUN;
+  }
   if (outer) {
+    if (v->watch) wd_leave(v);
     lua_sethook(L, NULL, 0, 0);
     if (L != v->main) lua_sethook(v->main, NULL, 0, 0);
     v->killed = 0;
@@ -315,14 +459,31 @@ int lr_vm_pcall(lua_State *L, int nargs, int nres, lr_callinfo *ci) {
 int lr_vm_resume(lua_State *co, lua_State *from, int nargs, int *nres, lr_callinfo *ci) {
   vm *v = get_vm(co);
   int outer = budget_enter(v, ci);
-  lua_sethook(co, budget_hook, v->killed ? (LUA_MASKCOUNT | LUA_MASKLINE) : LUA_MASKCOUNT,
-              v->killed ? 1 : HOOK_EVERY);
+  lua_State *prev = wd.watched; /* the thread the watchdog hooks, restored after */
+  if (outer)
+    budget_arm(v, co, ci);
+  else if (v->watch) /* a nested resume in a watched call: watch co */
+    wd.watched = co;
+  if (!v->watch || wd.counting || v->killed)
+    lua_sethook(co, budget_hook, v->killed ? (LUA_MASKCOUNT | LUA_MASKLINE) : LUA_MASKCOUNT,
+                v->killed ? 1 : HOOK_EVERY);
   v->depth++;
   size_t mark = lr_undo_mark(v->undo);
   *nres = 0;
   int rc = lua_resume(co, from, nargs, nres);
   v->depth--;
   int killed = v->killed;
+  if ((rc == LUA_OK || rc == LUA_YIELD) && outer && (killed || v->mem_hit)) {
+    lua_pop(co, *nres); /* as in lr_vm_pcall: the call failed all the same */
+    lua_pushstring(co, stopped_message(v));
+    rc = LUA_ERRRUN;
+  }
+  if (!outer && v->watch) { /* back on prev: count there too if co went long */
+    wd.watched = prev;
+    if (wd.counting && prev && !v->killed)
+      lua_sethook(prev, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  }
+  if (outer && v->watch) wd_leave(v);
   lua_sethook(co, NULL, 0, 0);
   if (outer) {
     if (v->mem_hit) lua_sethook(v->main, NULL, 0, 0); /* set by the allocator */

@@ -65,6 +65,12 @@ void lr_vm_spend(lua_State *L, int64_t cost);
  * call (nothing is limited there), 0 once the call is stopped. */
 int64_t lr_vm_budget_left(lua_State *L);
 
+/* A C closure over upvalue 1 (coroutine.create or coroutine.wrap, for the
+ * room sandbox): calls it with the count hook on the calling thread, so the
+ * coroutine it makes counts every instruction (the watchdog of a call with
+ * a big budget only hooks the call's own thread). */
+int lr_vm_counted(lua_State *L);
+
 /* The lua_dir the state was opened with. */
 const char *lr_vm_lua_dir(lua_State *L);
 

@@ -403,6 +403,7 @@ static int net_listen(net_loop *L) {
 /* What net_prepare and the loop made (not the context). */
 static void net_free(net_loop *L) {
   free(L->static_root);
+  free(L->answer);
   net_addr_free_all(L);
   free(L->trusted);
 }
@@ -428,6 +429,7 @@ static int net_serve(net_loop *L) {
       if (L->o.on_hup) L->o.on_hup(L->o.on_hup_arg);
     }
     lr_server_tick(s);
+    net_ws_answer_flush(L);
     net_trim(L);
   }
   return 0;
@@ -449,6 +451,7 @@ static void net_drain(net_loop *L, int rc) {
     net_arm(L, left);
     if (lws_service(L->ctx, 0) < 0) break;
     lr_server_tick(s);
+    net_ws_answer_flush(L);
   }
   if (L->nconns || L->nreqs)
     lr_warn("shutdown: %zu connections and %zu requests still open after %d ms, dropping them",

@@ -112,7 +112,11 @@ typedef struct net_loop {
   struct net_addr *waiting;          /* addresses with sockets paused over their budget */
   lws_sorted_usec_list_t budget_sul; /* wakes paused sockets when tokens are back */
   uint64_t pass;                     /* loop passes (lws_service calls) */
-  bool destroying;                   /* inside lws_context_destroy: no more lws calls from vt */
+  /* Sockets that sent a message in this pass: their own answers are written
+   * once the pass is over (net_ws_answer_flush), one send for all of them. */
+  struct net_conn **answer;
+  size_t nanswer, answer_cap;
+  bool destroying;  /* inside lws_context_destroy: no more lws calls from vt */
   int64_t trim_at;  /* return free heap pages to the OS at this time (0 = not due) */
   SSL_CTX *tls_ctx; /* the vhost's server context (TLS only), for the SIGHUP reload */
   /* Silent WebSockets (net_idle.c): the lists [NET_IDLE_ACTIVE] (not pinged
@@ -236,6 +240,7 @@ int net_ws_upgrade(net_loop *L, struct lws *wsi, const char *up);
 int net_ws_established(net_conn *nc);
 int net_ws_writeable(net_conn *nc);
 int net_ws_receive(net_conn *nc, const char *in, size_t len);
+void net_ws_answer_flush(net_loop *L);
 
 /* ---- net_http.c: HTTP requests ---- */
 void net_req_detach(net_req *nr);

@@ -11,7 +11,8 @@
  * (they only queue), or write to a socket outside a WRITEABLE callback (the
  * exceptions: the refusal of an upgrade, answered with
  * lws_return_http_status from HTTP_CONFIRM_UPGRADE as lws documents, and the
- * sender's own answer written from RECEIVE when lws buffers nothing for it).
+ * senders' own answers, written at the end of the loop pass in which their
+ * messages arrived (net_ws_answer_flush) when lws buffers nothing for them).
  *
  * Send queue (net_conn). vt->send retains the lr_msg and appends it to a
  * growable ring of power-of-two size: the first NET_RING_INLINE references
@@ -166,6 +167,8 @@ static const lr_transport_vt net_vt = {net_ws_send, net_ws_close};
  * once, release the queue and free nc. nc must not be used afterwards. */
 void net_conn_finish(net_conn *nc) {
   nc->gone = true;
+  for (size_t i = 0; i < nc->loop->nanswer; i++) /* short: this pass's senders */
+    if (nc->loop->answer[i] == nc) nc->loop->answer[i] = NULL;
   if (nc->wsi) lws_set_opaque_user_data(nc->wsi, NULL);
   nc->wsi = NULL;
   if (nc->conn) {
@@ -444,6 +447,36 @@ int net_ws_writeable(net_conn *nc) {
   return 0;
 }
 
+/* Remember nc for net_ws_answer_flush (once: the messages of one read come
+ * one after the other, so a repeat is the last entry; any other repeat is
+ * harmless, the second flush finds nothing queued). */
+static void net_ws_answer_later(net_conn *nc) {
+  net_loop *L = nc->loop;
+  if (L->nanswer && L->answer[L->nanswer - 1] == nc) return;
+  if (L->nanswer == L->answer_cap) {
+    L->answer_cap = L->answer_cap ? 2 * L->answer_cap : 64;
+    L->answer = lr_xrealloc(L->answer, L->answer_cap * sizeof *L->answer);
+  }
+  L->answer[L->nanswer++] = nc;
+}
+
+/* End of a loop pass: write the queued answers of the sockets that sent
+ * messages in it, outside any callback. Only when lws buffers nothing for
+ * the socket (a write it could not finish waits for WRITEABLE) and no close
+ * is pending; the rest goes out at its POLLOUT as usual. A socket whose
+ * write fails is closed by lws at its next event (lws_write marks it). */
+void net_ws_answer_flush(net_loop *L) {
+  for (size_t i = 0; i < L->nanswer; i++) {
+    net_conn *nc = L->answer[i];
+    if (!nc || !nc->wsi || !nc->qlen || nc->closing || nc->dropping ||
+        lws_partial_buffered(nc->wsi))
+      continue;
+    if (net_ws_writeable(nc) < 0)
+      lws_set_timeout(nc->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+  }
+  L->nanswer = 0;
+}
+
 /* RECEIVE: a piece of a frame. Pieces and fragments are assembled; a
  * complete message goes to lr_conn_message (NUL-terminated, binary frames
  * as they are). Over max_frame: close with 1009, nothing reaches the engine.
@@ -481,13 +514,11 @@ int net_ws_receive(net_conn *nc, const char *in, size_t len) {
     }
     lr_conn_message(nc->conn, lr_buf_cstr(&nc->rx), nc->rx.len);
     /* The sender's own answer (the patch of its action, an error) goes out
-     * now, ahead of the room's other sockets, which wait for their POLLOUT
-     * in the next pass: the acting client sees its effect first. Only when
-     * lws buffers nothing for this socket (a write it could not finish
-     * waits for WRITEABLE) and no close is pending. */
-    if (nc->qlen && !nc->closing && !nc->dropping && !lws_partial_buffered(wsi) &&
-        net_ws_writeable(nc) < 0)
-      return -1;
+     * at the end of this pass (net_ws_answer_flush), ahead of the room's
+     * other sockets, which wait for their POLLOUT in the next pass: the
+     * acting client sees its effect first, and the answers to every message
+     * of this read go out in one send, not one each. */
+    if (nc->qlen) net_ws_answer_later(nc);
     /* Do not keep a big buffer around for an idle connection. */
     if (nc->rx.cap > 16384)
       lr_buf_free(&nc->rx);

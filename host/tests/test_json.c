@@ -6,6 +6,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
 
 #include "json.h"
 #include "test.h"
@@ -207,6 +209,101 @@ TEST(json_double_decode_roundtrip) {
   n = dec(big);
   ASSERT(n && n->type == LR_FLOAT && n->u.f > 1.1e299 && n->u.f < 1.12e299);
   lr_node_release(n);
+}
+
+/* The printf search json.c falls back on, as the reference for its fast
+ * paths: the shortest "%.*e" that strtod reads back as x. */
+static void ref_digits(double x, char *out, size_t n) {
+  for (int prec = 1;; prec++) {
+    snprintf(out, n, "%.*e", prec - 1, x);
+    if (prec >= 17 || strtod(out, NULL) == x) return;
+  }
+}
+
+/* The fast paths (few decimals: no printf to encode, no strtod to decode)
+ * give what the slow ones give: the same shortest digits, and the same
+ * double as strtod, over values near the decimal ones rooms send and random
+ * bit patterns. */
+TEST(json_double_fast_paths_match_printf_and_strtod) {
+  uint64_t seed = 88172645463325252ull;
+  for (int i = 0; i < 200000; i++) {
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    double x;
+    int kind = i % 4;
+    if (kind == 0) { /* a decimal with up to 9 places */
+      int p = (int)(seed % 10);
+      double m = (double)(seed >> 20 & ((1ull << (10 + 4 * (i % 8))) - 1));
+      x = m / pow(10, p);
+    } else if (kind == 1) { /* one ulp off such a decimal */
+      x = nextafter((double)(seed >> 30) / 1000.0, (seed & 1) ? 1e300 : 0);
+    } else if (kind == 2) { /* any finite positive double */
+      uint64_t b = seed & 0x7fefffffffffffffull;
+      memcpy(&x, &b, sizeof x);
+    } else {
+      x = (double)(seed >> 11) / (double)(1ull << 53) * pow(10, (int)(seed % 20) - 8);
+    }
+    if (!(x > 0) || !isfinite(x)) continue;
+    /* encode: the digits and exponent json.c prints match the reference */
+    lr_node *n = lr_node_float(x);
+    lr_buf b;
+    lr_buf_init(&b);
+    lr_json_encode(n, 0, &b);
+    lr_node_release(n);
+    const char *t = lr_buf_cstr(&b);
+    if (strtod(t, NULL) != x) {
+      fprintf(stderr, "encode %.17g -> %s does not read back\n", x, t);
+      ASSERT(0);
+    }
+    /* the same significant digits as the reference's (so the same text) */
+    char ref[48], dref[24], dgot[24];
+    ref_digits(x, ref, sizeof ref);
+    size_t nr = 0, ng = 0;
+    for (const char *q = ref; *q && *q != 'e'; q++)
+      if (*q >= '0' && *q <= '9') dref[nr++] = *q;
+    while (nr > 1 && dref[nr - 1] == '0')
+      nr--;
+    for (const char *q = t; *q && *q != 'e' && ng < sizeof dgot; q++)
+      if ((*q >= '1' && *q <= '9') || (*q == '0' && ng)) dgot[ng++] = *q;
+    while (ng > 1 && dgot[ng - 1] == '0')
+      ng--;
+    if (nr != ng || memcmp(dref, dgot, nr)) {
+      fprintf(stderr, "encode %.17g -> %s, reference %s\n", x, t, ref);
+      ASSERT(0);
+    }
+    /* decode: the text reads as strtod reads it */
+    char err[128];
+    lr_node *d = lr_json_decode(t, strlen(t), NULL, err, sizeof err);
+    ASSERT(d);
+    double dv = d->type == LR_FLOAT ? d->u.f : (double)d->u.i;
+    lr_node_release(d);
+    ASSERT(dv == strtod(t, NULL));
+    lr_buf_free(&b);
+  }
+  /* decode of texts the fast path takes and the ones it must not */
+  const char *texts[] = {"0.1",
+                         "123.456",
+                         "-0.5",
+                         "1.7976931348623157",
+                         "9007199254740993.5",
+                         "0.30000000000000004",
+                         "1e22",
+                         "1e23",
+                         "12345678901234567.5e-3",
+                         "4.35e-7",
+                         "1E+5",
+                         "2.2250738585072011e-308",
+                         "999999999999999.9"};
+  for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+    char err[128];
+    lr_node *d = lr_json_decode(texts[i], strlen(texts[i]), NULL, err, sizeof err);
+    ASSERT(d);
+    double dv = d->type == LR_FLOAT ? d->u.f : (double)d->u.i;
+    lr_node_release(d);
+    if (dv != strtod(texts[i], NULL)) fprintf(stderr, "decode %s: %.17g\n", texts[i], dv);
+    ASSERT(dv == strtod(texts[i], NULL));
+  }
 }
 
 TEST(json_int_encode) {

@@ -56,9 +56,16 @@ M.readonly = wrap
 local ROOM_STRING = {}
 for k, v in pairs(string) do if k ~= "dump" then ROOM_STRING[k] = v end end
 
+-- Coroutines made by room code count every instruction from their first
+-- (lua_vm.c: the watchdog of a call only hooks the call's own thread).
+local ROOM_COROUTINE = {}
+for k, v in pairs(coroutine) do ROOM_COROUTINE[k] = v end
+ROOM_COROUTINE.create = core.counted(coroutine.create)
+ROOM_COROUTINE.wrap = core.counted(coroutine.wrap)
+
 local RO = {
   string = ro(ROOM_STRING, "string"), table = ro(table, "table"), math = ro(math, "math"),
-  utf8 = ro(utf8, "utf8"), coroutine = ro(coroutine, "coroutine"),
+  utf8 = ro(utf8, "utf8"), coroutine = ro(ROOM_COROUTINE, "coroutine"),
   os = ro({ time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }, "os"),
   lunaroom = wrap(lr, "lunaroom"),
 }
