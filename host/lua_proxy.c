@@ -450,6 +450,23 @@ static void check_writable(lua_State *L, proxy *p) {
     write_error(L, p->n, NULL, "cannot write to a value that was removed from the state");
 }
 
+/* The value being written (stack index 3) as a node for key k of n. The
+ * path that names it in an error is built only when it fails (then the
+ * conversion runs again with it): a write costs no path string. */
+static lr_node *value_at(lua_State *L, lr_node *n, const char *k, size_t kl, char *err,
+                         size_t errlen) {
+  lr_node *v = lr_lua_to_node(L, 3, NULL, err, errlen);
+  if (v) return v;
+  lr_buf where;
+  lr_buf_init(&where);
+  path_of(n, &where);
+  if (where.len) lr_buf_putc(&where, '.');
+  lr_buf_put(&where, k, kl);
+  v = lr_lua_to_node(L, 3, lr_buf_cstr(&where), err, errlen);
+  lr_buf_free(&where);
+  return v;
+}
+
 static int node_newindex(lua_State *L) {
   proxy *p = check_proxy(L, 1);
   lr_node *n = p->n;
@@ -468,13 +485,7 @@ static int node_newindex(lua_State *L) {
         lr_state_delete(n, k, kl);
       }
     } else {
-      lr_buf where;
-      lr_buf_init(&where);
-      path_of(n, &where);
-      if (where.len) lr_buf_putc(&where, '.');
-      lr_buf_put(&where, k, kl);
-      lr_node *v = lr_lua_to_node(L, 3, lr_buf_cstr(&where), err, sizeof err);
-      lr_buf_free(&where);
+      lr_node *v = value_at(L, n, k, kl, err, sizeof err);
       if (!v) return luaL_error(L, "%s", err);
       if (p->r) lr_undo_record_key(lr_vm_undo(L), n, k, kl);
       lr_state_set(n, k, kl, v, 0);
@@ -496,13 +507,9 @@ static int node_newindex(lua_State *L) {
         lr_node_release(nul);
       }
     } else {
-      lr_buf where;
-      lr_buf_init(&where);
-      path_of(n, &where);
-      if (where.len) lr_buf_putc(&where, '.');
-      lr_buf_printf(&where, "%lld", (long long)(i - 1));
-      lr_node *v = lr_lua_to_node(L, 3, lr_buf_cstr(&where), err, sizeof err);
-      lr_buf_free(&where);
+      char ib[24];
+      int il = snprintf(ib, sizeof ib, "%lld", (long long)(i - 1));
+      lr_node *v = value_at(L, n, ib, (size_t)il, err, sizeof err);
       if (!v) return luaL_error(L, "%s", err);
       lr_state_arr_set(n, (uint32_t)(i - 1), v);
       lr_node_release(v);

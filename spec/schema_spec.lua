@@ -592,3 +592,77 @@ describe("lr.v", function()
     end)
   end)
 end)
+
+-- parse's fast path (no issue bookkeeping) must accept exactly what the
+-- issue-collecting check accepts and return the same value: random
+-- schemas of every kind against random values, both ways compared.
+describe("schema fast path", function()
+  local v = require("lunaroom").v
+  local seed = 12345
+  local function rnd(n) -- deterministic: the same cases on every run
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    return seed % n + 1
+  end
+  local function rschema(depth)
+    local k = rnd(depth > 2 and 7 or 10)
+    local s
+    if k == 1 then s = v.number()
+    elseif k == 2 then s = v.integer()
+    elseif k == 3 then s = v.string()
+    elseif k == 4 then s = v.boolean()
+    elseif k == 5 then s = v.enum { "a", "b", 3 }
+    elseif k == 6 then s = v.literal(rnd(2) == 1 and "x" or 2)
+    elseif k == 7 then s = v.any()
+    elseif k == 8 then s = v.array(rschema(depth + 1))
+    elseif k == 9 then s = v.object { a = rschema(depth + 1), b = rschema(depth + 1) }
+    else s = v.union { rschema(depth + 1), rschema(depth + 1) } end
+    local m = rnd(8)
+    if m == 1 and (k <= 3 or k == 8) then s = s:min(rnd(3) - 1) end
+    if m == 2 and (k <= 3 or k == 8) then s = s:max(rnd(4)) end
+    if m == 3 and (k == 3 or k == 8) then s = s:length(rnd(3) - 1) end
+    if m == 4 and k == 3 then s = s:pattern("^[a-c]+$") end
+    if m == 5 and k == 9 then s = s:strict() end
+    if m == 6 then s = s:optional() end
+    if m == 7 and k == 1 then s = s:default(1.5) end
+    return s
+  end
+  local function rvalue(depth)
+    local k = rnd(depth > 2 and 8 or 11)
+    if k == 1 then return rnd(7) - 3 end
+    if k == 2 then return (rnd(9) - 5) / 2 end
+    if k == 3 then return ({ 0 / 0, math.huge, -math.huge, 3.0 })[rnd(4)] end
+    if k == 4 then return ({ "", "a", "ab", "abc", "x", "héé", "\255" })[rnd(7)] end
+    if k == 5 then return rnd(2) == 1 end
+    if k == 6 then return nil end
+    if k == 7 then return ({ "a", "b", 3, "x", 2 })[rnd(5)] end
+    if k == 8 then return {} end
+    if k == 9 then local t = {} for i = 1, rnd(4) - 1 do t[i] = rvalue(depth + 1) end return t end
+    if k == 10 then return { a = rvalue(depth + 1), b = rvalue(depth + 1), c = rnd(3) == 1 and 1 or nil } end
+    return setmetatable({}, { __jsontype = rnd(2) == 1 and "array" or "object" })
+  end
+  local function same(a, b)
+    if type(a) ~= type(b) then return false end
+    if type(a) ~= "table" then return a == b or (a ~= a and b ~= b) end
+    if getmetatable(a) ~= getmetatable(b) then return false end
+    for k, x in pairs(a) do if not same(x, b[k]) then return false end end
+    for k in pairs(b) do if a[k] == nil then return false end end
+    return true
+  end
+  it("gives what the slow path gives on 20,000 random cases", function()
+    local accepted, refused = 0, 0
+    for _ = 1, 20000 do
+      local s, x = rschema(0), rvalue(0)
+      local ok1, out1 = s:parse(x)
+      local ok2, out2 = v._parse_slow(s, x)
+      assert.are.equal(ok2, ok1, s:describe())
+      if ok1 then
+        accepted = accepted + 1
+        assert.is_true(same(out1, out2), s:describe())
+      else
+        refused = refused + 1
+        assert.are.equal(out2.message, out1.message)
+      end
+    end
+    assert.is_true(accepted > 2000 and refused > 2000, accepted .. " accepted, " .. refused .. " refused")
+  end)
+end)

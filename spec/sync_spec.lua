@@ -82,6 +82,28 @@ describe("sync packets", function()
     t:close()
   end)
 
+  it("a bad scalar, a bad array item and a bad nested value name their paths in the error", function()
+    local t = room { state = { cfg = lr.sync { a = 1, list = { 1, 2 } } }, actions = {
+      nan = function(r) r.cfg.a = 0 / 0 end,
+      item = function(r) r.cfg.list[2] = "\255" end,
+      deep = function(r) r.cfg.a = { b = { c = math.huge } } end,
+    } }
+    local c = t:client(); c:clear()
+    local want = {
+      nan = "cannot store a non-finite number (JSON has no NaN/inf) at cfg.a",
+      item = "cannot store a string that is not valid UTF-8 at cfg.list.1",
+      deep = "cannot store a non-finite number (JSON has no NaN/inf) at cfg.a.b.c",
+    }
+    for action, msg in pairs(want) do
+      c:send(action)
+      local e = c:last()
+      assert.are.equal("handler", e.value.code)
+      assert.truthy(e.value.message:find(msg, 1, true), e.value.message)
+    end
+    assert.are.equal(1, t.room.cfg.a)
+    t:close()
+  end)
+
   it("writing a function names the path in the error", function()
     local t = room { state = { cfg = lr.sync { a = 1 } }, actions = { bad = function(r) r.cfg.a = print end } }
     local c = t:client(); c:clear()
