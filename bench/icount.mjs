@@ -3,7 +3,8 @@
 // only instruction counts compare between runs).
 //
 //   node bench/icount.mjs [--bin build/lunaroom] [--clients 100] [--actions 200]
-//                         [--room counter|bench] [--joins-only] [--limit] [--lua-path DIR]
+//                         [--room counter|bench|throttled] [--burst 50] [--joins-only] [--limit]
+//                         [--lua-path DIR]
 //
 // Starts `valgrind --tool=callgrind BIN serve bench/rooms ...` on a free
 // loopback port, then, in lockstep (deterministic: one action in flight, the
@@ -12,6 +13,13 @@
 //      snapshot) -> dump "join"
 //   2. actions: K actions (counter room: client 0 increments; bench room:
 //      client i%N moves) -> dump "action"
+//      throttled room (throttleSync 50, bench/rooms/throttled.lua): lockstep
+//      per move would measure one 1-player patch to every client per move,
+//      not the batching the fastgen row drives; so moves go in bursts of
+//      --burst, each from another client, and the next burst is sent once
+//      every client got the packet holding the burst's last move (its x is
+//      a marker), after the 50 ms window closed. Ir per action is then per
+//      move, with the window batching.
 // callgrind_control --zero / --dump around each phase, so each dump holds
 // that phase only. Prints Ir per join, per action and per delivered packet
 // (program totals of the phase's dump, from callgrind_annotate), and leaves
@@ -37,6 +45,7 @@ const BIN = path.resolve(ROOT, opt("--bin", "build/lunaroom"));
 const N = Number(opt("--clients", "100"));
 const K = Number(opt("--actions", "200"));
 const KIND = opt("--room", "counter");
+const BURST = Number(opt("--burst", "50"));
 const OUT = opt("--out", "/tmp/icount");
 const TIMEOUT = Number(opt("--timeout", "120")) * 1000;
 const JOINS_ONLY = args.includes("--joins-only");
@@ -46,7 +55,8 @@ const LIMIT = args.includes("--limit");
 // comparing builds.
 const LUA_PATH = opt("--lua-path", null); // the bare server (build/bench/limit) instead
 if (!(N >= 1 && N <= 2000) || !(K >= 0 && K <= 100000)) throw new Error("bad --clients/--actions");
-if (KIND !== "counter" && KIND !== "bench") throw new Error("--room counter|bench");
+if (!["counter", "bench", "throttled"].includes(KIND)) throw new Error("--room counter|bench|throttled");
+if (!(BURST >= 1 && BURST <= N)) throw new Error("--burst between 1 and --clients");
 
 function rxBuffer() {
   const m = /#define\s+NET_RX_BUFFER\s+(\d+)/.exec(fs.readFileSync(path.join(ROOT, "host", "net_int.h"), "utf8"));
@@ -83,6 +93,11 @@ const srv = spawn(
     "-1",
     "--msgs-per-ip",
     "-1",
+    // as compare.mjs: a game room gives every client a new session
+    "--room-create-rate",
+    "0",
+    "--session-rate",
+    "0",
   ], LUA_PATH ? ["--lua-path", path.resolve(LUA_PATH)] : []),
   { cwd: ROOT, stdio: ["ignore", fd, fd] },
 );
@@ -144,7 +159,10 @@ async function main() {
   ctl("--zero");
   for (let i = 0; i < N; i++) {
     const c = { n: 0, ws: new WebSocket(`ws://127.0.0.1:${port}/parties/main/${room}?id=c${i}`) };
-    c.ws.on("message", () => c.n++);
+    c.ws.on("message", (data) => {
+      c.n++;
+      if (c.marker && String(data).includes(c.marker)) c.seen = true;
+    });
     clients.push(c);
     await waitFor(() => c.n > 0, `join ${i}`);
   }
@@ -157,7 +175,22 @@ async function main() {
   if (!JOINS_ONLY && K > 0) {
     ctl("--zero");
     const before = clients.map((c) => c.n);
-    for (let k = 0; k < K; k++) {
+    for (let k = 0; KIND === "throttled" && k < K; k += BURST) {
+      const last = Math.min(K, k + BURST) - 1;
+      const mx = ((k / BURST) % 1000) + 0.5; // no other move writes a .5
+      const marker = `"x":${mx}`;
+      for (const c of clients) {
+        c.marker = marker;
+        c.seen = false;
+      }
+      for (let j = k; j <= last; j++) {
+        const x = j === last ? mx : (j % 997) + 1;
+        clients[j % N].ws.send(JSON.stringify({ action: "move", value: { x, y: (j % 13) + 1 } }));
+      }
+      await waitFor(() => clients.every((c) => c.seen), `burst at move ${k}`);
+      await new Promise((r) => setTimeout(r, 60)); // the window closes: each burst opens its own
+    }
+    for (let k = 0; KIND !== "throttled" && k < K; k++) {
       const base = clients.map((c) => c.n);
       const sender = KIND === "counter" ? clients[0] : clients[k % N];
       const msg =
@@ -178,6 +211,7 @@ async function main() {
   const res = {
     bin: BIN,
     room: KIND,
+    ...(KIND === "throttled" ? { burst: BURST } : {}),
     clients: N,
     actions: K,
     join_ir: joinIr,

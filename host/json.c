@@ -340,15 +340,35 @@ void lr_json_encode(const lr_node *n, uint8_t skip_flags, lr_buf *out) {
   w_end(out);
 }
 
+/* The members of o a walk on ch visits, in member order: its marked members
+ * when o keeps their list (a large object), else every member (the walk
+ * skips the unmarked ones with one byte test). */
+typedef struct {
+  lr_node *const *list; /* NULL: every member */
+  uint32_t n;
+} visit;
+
+static visit visit_of(const lr_node *o, int ch) {
+  visit v = {NULL, o->u.obj.len};
+  if (!lr_obj_dirty_members(o, ch, &v.list, &v.n)) v.list = NULL;
+  return v;
+}
+
+static inline const lr_member *visit_at(const lr_node *o, const visit *v, uint32_t i) {
+  return &o->u.obj.m[v->list ? v->list[i]->pos : i];
+}
+
 /* Patch of an object marked CHILD only: its marked members (whole value when
  * SELF, recursively otherwise) in member order, then its pending deletions.
- * Unmarked members cost one byte test each; their subtrees are not visited. */
+ * Unmarked members are not visited when o is large (visit_of), else cost one
+ * byte test each; their subtrees are never visited. */
 static void patch_obj(const lr_node *o, int ch, lr_buf *out) {
   uint8_t ex = ch_excl[ch];
   bool first = true;
   w1(out, '{');
-  for (uint32_t i = 0; i < o->u.obj.len; i++) {
-    const lr_member *m = &o->u.obj.m[i];
+  visit v = visit_of(o, ch);
+  for (uint32_t i = 0; i < v.n; i++) {
+    const lr_member *m = visit_at(o, &v, i);
     uint8_t d = m->val->dirty[ch];
     if (!d || (m->val->flags & ex)) continue;
     if (!first) w1(out, ',');
@@ -397,8 +417,9 @@ static void persist_put(persist_walk *w, const lr_node *n) {
  * true for the root (whose children get no leading '.', even if a key is ""). */
 static void persist_obj(persist_walk *w, const lr_node *o, bool top) {
   size_t base = w->path.len;
-  for (uint32_t i = 0; i < o->u.obj.len; i++) {
-    const lr_member *m = &o->u.obj.m[i];
+  visit v = visit_of(o, LR_CH_PERSIST);
+  for (uint32_t i = 0; i < v.n; i++) {
+    const lr_member *m = visit_at(o, &v, i);
     uint8_t d = m->val->dirty[LR_CH_PERSIST];
     if (!d || (m->val->flags & LR_F_NOPERSIST)) continue;
     if (!top) lr_buf_putc(&w->path, '.');

@@ -3,13 +3,16 @@
  * object/array containers (with a hash index for large objects) and the
  * per-channel dirty marks and pending deletions described in value.h.
  *
- * Owns: every lr_node allocation, member keys, the object hash index and the
- * deletion key lists.
+ * Owns: every lr_node allocation, member keys, the object hash index, the
+ * marked-member lists of large objects, and where deletions are recorded
+ * (the key lists themselves: value_dels.c).
  * Must not: encode or parse JSON (json.c), know about Lua, rooms, sockets or
  * storage. The write path (lr_state_set of a scalar on an existing key) must
- * not allocate and must only walk the node's ancestors.
+ * not allocate (beyond growing a large object's marked-member list to the
+ * size of its busiest window once) and must only walk the node's ancestors.
  */
 #include "value.h"
+#include "value_int.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -18,9 +21,6 @@
 
 #include "buf.h"
 #include "hash.h"
-
-/* Objects with more members than this get an open-addressing hash index. */
-#define LR_OBJ_INDEX_MIN 8
 
 /* The node flag that hides a subtree from each channel. */
 static const uint8_t ch_excl[LR_NCH] = {LR_F_NOSYNC, LR_F_NOPERSIST};
@@ -74,7 +74,7 @@ static void member_free_key(lr_member *e) {
 static int64_t obj_find(const lr_node *o, const char *key, size_t keylen) {
   const lr_member *m = o->u.obj.m;
   if (o->u.obj.idx) {
-    uint32_t mask = o->u.obj.idxcap - 1;
+    uint32_t mask = o->idxcap - 1;
     for (uint32_t i = key_hash(key, keylen) & mask;; i = (i + 1) & mask) {
       uint32_t slot = o->u.obj.idx[i];
       if (!slot) return -1;
@@ -87,7 +87,7 @@ static int64_t obj_find(const lr_node *o, const char *key, size_t keylen) {
 }
 
 static void idx_insert(lr_node *o, uint32_t pos) {
-  uint32_t mask = o->u.obj.idxcap - 1;
+  uint32_t mask = o->idxcap - 1;
   const lr_member *e = &o->u.obj.m[pos];
   uint32_t i = key_hash(lr_member_key(e), e->keylen) & mask;
   while (o->u.obj.idx[i])
@@ -98,10 +98,12 @@ static void idx_insert(lr_node *o, uint32_t pos) {
 static void idx_rebuild(lr_node *o, uint32_t cap) {
   free(o->u.obj.idx);
   o->u.obj.idx = lr_xcalloc(cap, sizeof(uint32_t));
-  o->u.obj.idxcap = cap;
+  o->idxcap = cap;
   for (uint32_t i = 0; i < o->u.obj.len; i++)
     idx_insert(o, i);
 }
+
+static void list_build(lr_node *o);
 
 static uint32_t idx_cap_for(uint32_t len) {
   uint32_t cap = 32;
@@ -114,12 +116,13 @@ static uint32_t idx_cap_for(uint32_t len) {
 static void idx_added(lr_node *o) {
   uint32_t len = o->u.obj.len;
   if (o->u.obj.idx) {
-    if ((uint64_t)len * 2 > o->u.obj.idxcap)
-      idx_rebuild(o, o->u.obj.idxcap * 2);
+    if ((uint64_t)len * 2 > o->idxcap)
+      idx_rebuild(o, o->idxcap * 2);
     else
       idx_insert(o, len - 1);
   } else if (len > LR_OBJ_INDEX_MIN) {
     idx_rebuild(o, idx_cap_for(len));
+    list_build(o);
   }
 }
 
@@ -127,7 +130,7 @@ static void idx_added(lr_node *o) {
  * down by one). Backward-shift deletion keeps probe chains intact without
  * tombstones; then every stored position above pos is decremented. */
 static void idx_removed(lr_node *o, uint32_t pos) {
-  uint32_t *idx = o->u.obj.idx, mask = o->u.obj.idxcap - 1;
+  uint32_t *idx = o->u.obj.idx, mask = o->idxcap - 1;
   const lr_member *m = o->u.obj.m;
   uint32_t i = key_hash(lr_member_key(&m[pos]), m[pos].keylen) & mask;
   while (idx[i] != pos + 1)
@@ -147,74 +150,81 @@ static void idx_removed(lr_node *o, uint32_t pos) {
 }
 
 /* ---------------------------------------------------------------------------
- * Deletion key lists
+ * Marked-member lists (objects with a hash index, see value.h)
+ *
+ * Invariant, per channel ch: for an object o with u.obj.idx set, the members
+ * c with c->dirty[ch] != 0 are exactly those in o->u.obj.x->dirty[ch], once
+ * each. A mark goes from none to set only in mark_set; it goes back to none
+ * only in lr_state_clear_dirty; a member leaves in obj_remove_at and
+ * lr_obj_put (unlist_all); the lists go with the object's contents.
  */
 
-/* Deleted keys pending in every state tree of the process, per channel
- * (+1 per key recorded, -1 per key dropped: flushed, re-added, rolled back,
- * freed). 0 lets lr_state_has_dels answer without walking a tree: the walk
- * visits every member of a dirty object (every player of a room) on each
- * storage flush. One engine thread owns the trees. */
-static uint64_t pending_dels[LR_NCH];
-
-void lr_state_dels_dropped(int ch, uint32_t n) {
-  pending_dels[ch] -= n;
+static bool listed(const lr_node *o) {
+  return o && o->type == LR_OBJECT && o->u.obj.idx;
 }
 
-static bool keylist_has(const lr_keylist *l, const char *key, size_t keylen, uint32_t *at) {
-  for (uint32_t i = 0; i < l->len; i++) {
-    if (strlen(l->keys[i]) == keylen && memcmp(l->keys[i], key, keylen) == 0) {
-      if (at) *at = i;
-      return true;
-    }
-  }
-  return false;
+static lr_objx *objx(lr_node *o) {
+  if (!o->u.obj.x) o->u.obj.x = lr_xcalloc(1, sizeof *o->u.obj.x);
+  return o->u.obj.x;
 }
 
-static void keylist_add(lr_keylist *l, const char *key, size_t keylen) {
-  if (keylist_has(l, key, keylen, NULL)) return;
+static void list_add(lr_nodelist *l, lr_node *c) {
   if (l->len == l->cap) {
-    l->cap = l->cap ? l->cap * 2 : 4;
-    l->keys = lr_xrealloc(l->keys, l->cap * sizeof(char *));
+    l->cap = l->cap ? l->cap * 2 : 8;
+    l->v = lr_xrealloc(l->v, l->cap * sizeof *l->v);
   }
-  l->keys[l->len++] = lr_xstrndup(key, keylen);
+  l->v[l->len++] = c;
 }
 
-/* keylist_add for channel ch's list, counted in pending_dels. */
-static void dels_add(lr_keylist *l, int ch, const char *key, size_t keylen) {
-  uint32_t n = l->len;
-  keylist_add(l, key, keylen);
-  pending_dels[ch] += l->len - n;
-}
-
-/* Remove key, keeping the order of the others. */
-static void keylist_remove(lr_keylist *l, const char *key, size_t keylen) {
-  uint32_t at;
-  if (!l->len || !keylist_has(l, key, keylen, &at)) return;
-  free(l->keys[at]);
-  memmove(&l->keys[at], &l->keys[at + 1], (l->len - at - 1) * sizeof(char *));
-  l->len--;
-}
-
-/* keylist_remove of channel ch's list, counted in pending_dels. */
-static void dels_remove(lr_keylist *l, int ch, const char *key, size_t keylen) {
-  uint32_t n = l->len;
-  keylist_remove(l, key, keylen);
-  pending_dels[ch] -= n - l->len;
-}
-
-/* Drop every key but keep the array for the next flush window. */
-static void keylist_clear(lr_keylist *l) {
+/* O(marked members); order is restored by lr_obj_dirty_members. */
+static void list_del(lr_nodelist *l, const lr_node *c) {
   for (uint32_t i = 0; i < l->len; i++)
-    free(l->keys[i]);
-  l->len = 0;
+    if (l->v[i] == c) {
+      l->v[i] = l->v[--l->len];
+      return;
+    }
 }
 
-static void keylist_free(lr_keylist *l) {
-  keylist_clear(l);
-  free(l->keys);
-  l->keys = NULL;
-  l->cap = 0;
+/* Mark n with bits on ch, entering its parent's list when it had no mark. */
+static void mark_set(lr_node *n, int ch, uint8_t bits) {
+  if (!n->dirty[ch] && listed(n->parent)) list_add(&objx(n->parent)->dirty[ch], n);
+  n->dirty[ch] |= bits;
+}
+
+/* n's marks on ch are about to be cleared, or n leaves its parent. */
+static void unlist(lr_node *n, int ch) {
+  if (n->dirty[ch] && listed(n->parent)) list_del(&n->parent->u.obj.x->dirty[ch], n);
+}
+
+static void unlist_all(lr_node *n) {
+  for (int ch = 0; ch < LR_NCH; ch++)
+    unlist(n, ch);
+}
+
+/* o just got its hash index: list the members already marked. */
+static void list_build(lr_node *o) {
+  for (uint32_t i = 0; i < o->u.obj.len; i++)
+    for (int ch = 0; ch < LR_NCH; ch++)
+      if (o->u.obj.m[i].val->dirty[ch]) list_add(&objx(o)->dirty[ch], o->u.obj.m[i].val);
+}
+
+static int by_pos(const void *a, const void *b) {
+  uint32_t x = (*(lr_node *const *)a)->pos, y = (*(lr_node *const *)b)->pos;
+  return (x > y) - (x < y);
+}
+
+bool lr_obj_dirty_members(const lr_node *o, int ch, lr_node *const **list, uint32_t *n) {
+  if (!listed(o)) return false;
+  static lr_nodelist none;
+  lr_nodelist *l = o->u.obj.x ? &o->u.obj.x->dirty[ch] : &none;
+  for (uint32_t i = 1; i < l->len; i++)
+    if (l->v[i - 1]->pos > l->v[i]->pos) {
+      qsort(l->v, l->len, sizeof *l->v, by_pos); /* the list's order is private */
+      break;
+    }
+  *list = l->v;
+  *n = l->len;
+  return true;
 }
 
 /* ---------------------------------------------------------------------------
@@ -296,12 +306,13 @@ static void free_contents(lr_node *n) {
     }
     free(n->u.obj.m);
     free(n->u.obj.idx);
-    if (n->u.obj.dels) {
+    n->idxcap = 0;
+    if (n->u.obj.x) {
       for (int ch = 0; ch < LR_NCH; ch++) {
-        pending_dels[ch] -= n->u.obj.dels[ch].len;
-        keylist_free(&n->u.obj.dels[ch]);
+        lr_dels_free(&n->u.obj.x->dels[ch], ch);
+        free(n->u.obj.x->dirty[ch].v);
       }
-      free(n->u.obj.dels);
+      free(n->u.obj.x);
     }
     break;
   default:
@@ -360,6 +371,7 @@ lr_node *lr_node_clone(const lr_node *n) {
       member_set_key(d, lr_member_key(s), s->keylen);
       d->val = lr_node_clone(s->val);
       d->val->parent = c;
+      d->val->pos = i;
     }
     c->u.obj.len = c->u.obj.cap = len;
     if (len > LR_OBJ_INDEX_MIN) idx_rebuild(c, idx_cap_for(len));
@@ -437,9 +449,10 @@ static void obj_append(lr_node *o, const char *key, size_t keylen, lr_node *chil
     o->u.obj.cap = o->u.obj.cap ? o->u.obj.cap * 2 : 2; /* most objects are small */
     o->u.obj.m = lr_xrealloc(o->u.obj.m, o->u.obj.cap * sizeof(lr_member));
   }
-  lr_member *e = &o->u.obj.m[o->u.obj.len++];
+  lr_member *e = &o->u.obj.m[o->u.obj.len];
   member_set_key(e, key, keylen);
   e->val = child;
+  child->pos = o->u.obj.len++;
   idx_added(o);
 }
 
@@ -449,21 +462,26 @@ void lr_obj_put(lr_node *obj, const char *key, size_t keylen, lr_node *child) {
   int64_t p = obj_find(obj, key, keylen);
   if (p >= 0) {
     lr_node *old = obj->u.obj.m[p].val;
+    unlist_all(old);
     obj->u.obj.m[p].val = child;
+    child->pos = (uint32_t)p;
     detach_release(old);
   } else {
     obj_append(obj, key, keylen, child);
   }
 }
 
-/* Remove member pos: unindex, shift the later members down, release. */
+/* Remove member pos: unindex, unlist, shift the later members down, release. */
 static void obj_remove_at(lr_node *o, uint32_t pos) {
   lr_member *m = o->u.obj.m;
   lr_node *child = m[pos].val;
   if (o->u.obj.idx) idx_removed(o, pos);
+  unlist_all(child);
   member_free_key(&m[pos]);
   memmove(&m[pos], &m[pos + 1], (o->u.obj.len - pos - 1) * sizeof(lr_member));
   o->u.obj.len--;
+  for (uint32_t i = pos; i < o->u.obj.len; i++)
+    m[i].val->pos = i;
   detach_release(child);
 }
 
@@ -496,8 +514,7 @@ int64_t lr_node_index_in_parent(const lr_node *child) {
     for (uint32_t i = 0; i < p->u.arr.len; i++)
       if (p->u.arr.items[i] == child) return i;
   } else if (p->type == LR_OBJECT) {
-    for (uint32_t i = 0; i < p->u.obj.len; i++)
-      if (p->u.obj.m[i].val == child) return i;
+    if (child->pos < p->u.obj.len && p->u.obj.m[child->pos].val == child) return child->pos;
   }
   return -1;
 }
@@ -552,13 +569,13 @@ static lr_node *mark_target(lr_node *n, int ch) {
 /* Set CHILD from p upwards, stopping at the first ancestor already marked. */
 static void mark_child_up(lr_node *p, int ch) {
   for (; p && !p->dirty[ch]; p = p->parent)
-    p->dirty[ch] = LR_D_CHILD;
+    mark_set(p, ch, LR_D_CHILD);
 }
 
 static void mark_ch(lr_node *n, int ch) {
   lr_node *t = mark_target(n, ch);
   if (!t) return;
-  t->dirty[ch] |= LR_D_SELF;
+  mark_set(t, ch, LR_D_SELF);
   mark_child_up(t->parent, ch);
 }
 
@@ -572,32 +589,51 @@ void lr_state_mark(lr_node *n) {
  * Unmarked children are skipped with one byte test (nothing below an
  * unmarked node is marked, see mark_child_up). Deletion arrays keep their
  * capacity for the next window. */
-void lr_state_clear_dirty(lr_node *root, int ch) {
-  if (!root->dirty[ch]) return;
-  root->dirty[ch] = 0;
-  if (root->type == LR_OBJECT) {
-    if (root->u.obj.dels) {
-      pending_dels[ch] -= root->u.obj.dels[ch].len;
-      keylist_clear(&root->u.obj.dels[ch]);
+static void clear_below(lr_node *n, int ch) {
+  n->dirty[ch] = 0;
+  if (n->type == LR_OBJECT) {
+    lr_objx *x = n->u.obj.x;
+    if (x) {
+      lr_dels_clear(&x->dels[ch], ch);
     }
-    for (uint32_t i = 0; i < root->u.obj.len; i++) {
-      lr_node *c = root->u.obj.m[i].val;
-      if (c->dirty[ch]) lr_state_clear_dirty(c, ch);
+    if (listed(n)) { /* the marked members only (a room's players: those that moved) */
+      if (!x) return;
+      for (uint32_t i = 0; i < x->dirty[ch].len; i++)
+        clear_below(x->dirty[ch].v[i], ch);
+      x->dirty[ch].len = 0;
+      return;
     }
-  } else if (root->type == LR_ARRAY) {
-    for (uint32_t i = 0; i < root->u.arr.len; i++) {
-      lr_node *c = root->u.arr.items[i];
-      if (c->dirty[ch]) lr_state_clear_dirty(c, ch);
+    for (uint32_t i = 0; i < n->u.obj.len; i++) {
+      lr_node *c = n->u.obj.m[i].val;
+      if (c->dirty[ch]) clear_below(c, ch);
+    }
+  } else if (n->type == LR_ARRAY) {
+    for (uint32_t i = 0; i < n->u.arr.len; i++) {
+      lr_node *c = n->u.arr.items[i];
+      if (c->dirty[ch]) clear_below(c, ch);
     }
   }
+}
+
+void lr_state_clear_dirty(lr_node *root, int ch) {
+  if (!root->dirty[ch]) return;
+  unlist(root, ch);
+  clear_below(root, ch);
 }
 
 /* Only deletions the encoders would emit count: those under a SELF node are
  * superseded by the node's whole value. */
 bool lr_state_has_dels(const lr_node *root, int ch) {
-  if (!pending_dels[ch]) return false; /* none in any tree */
+  if (!lr_dels_pending(ch)) return false; /* none in any tree */
   if (root->dirty[ch] != LR_D_CHILD || root->type != LR_OBJECT) return false;
   if (lr_obj_dels(root, ch).len) return true;
+  lr_node *const *dl;
+  uint32_t nd;
+  if (lr_obj_dirty_members(root, ch, &dl, &nd)) {
+    for (uint32_t i = 0; i < nd; i++)
+      if (lr_state_has_dels(dl[i], ch)) return true;
+    return false;
+  }
   for (uint32_t i = 0; i < root->u.obj.len; i++)
     if (lr_state_has_dels(root->u.obj.m[i].val, ch)) return true;
   return false;
@@ -617,12 +653,11 @@ static void state_delete_at(lr_node *o, uint32_t pos) {
     lr_node *t = mark_target(o, ch);
     if (!t) continue;
     if (t != o) {
-      t->dirty[ch] |= LR_D_SELF;
+      mark_set(t, ch, LR_D_SELF);
       mark_child_up(t->parent, ch);
     } else {
-      if (!o->u.obj.dels) o->u.obj.dels = lr_xcalloc(LR_NCH, sizeof *o->u.obj.dels);
-      dels_add(&o->u.obj.dels[ch], ch, lr_member_key(e), e->keylen);
-      o->dirty[ch] |= LR_D_CHILD;
+      lr_dels_add(&objx(o)->dels[ch], ch, lr_member_key(e), e->keylen);
+      mark_set(o, ch, LR_D_CHILD);
       mark_child_up(o->parent, ch);
     }
   }
@@ -645,8 +680,8 @@ static lr_node *insert_new(lr_node *obj, const char *key, size_t keylen, const l
   c->flags = flags;
   c->parent = obj;
   obj_append(obj, key, keylen, c);
-  for (int ch = 0; ch < LR_NCH && obj->u.obj.dels; ch++)
-    dels_remove(&obj->u.obj.dels[ch], ch, key, keylen);
+  for (int ch = 0; ch < LR_NCH && obj->u.obj.x; ch++)
+    lr_dels_remove(&obj->u.obj.x->dels[ch], ch, key, keylen);
   lr_state_mark(c);
   return c;
 }
@@ -692,6 +727,7 @@ static void replace_contents(lr_node *t, const lr_node *s) {
   free_contents(t);
   t->type = c->type;
   t->u = c->u;
+  t->idxcap = c->idxcap;
   if (t->type == LR_ARRAY)
     for (uint32_t i = 0; i < t->u.arr.len; i++)
       t->u.arr.items[i]->parent = t;

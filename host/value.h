@@ -19,18 +19,23 @@
  * Dirty tracking (per channel ch in {LR_CH_SYNC, LR_CH_PERSIST})
  * - LR_D_SELF on a node: its whole current value must be emitted at its path.
  * - LR_D_CHILD on a node: descend into it; some child is dirty or it has
- *   pending deletions (obj.dels[ch]).
+ *   pending deletions (obj.x->dels[ch]).
  * - A change under an array marks the OUTERMOST array ancestor LR_D_SELF
  *   (arrays are always re-sent whole, protocol.md Part 1 row 3).
  * - A node whose own flags or any ancestor's flags exclude the channel
  *   (LR_F_NOSYNC for sync, LR_F_NOPERSIST for persist) is never marked on it.
  * - Marking propagates LR_D_CHILD up to the root, stopping early when an
  *   ancestor already has it (or has LR_D_SELF: then nothing more is needed).
- * - Deleting key k from object o records k in o->u.obj.dels[ch] (unless o or
+ * - Deleting key k from object o records k in o->u.obj.x->dels[ch] (unless o or
  *   an ancestor is already SELF on ch, or o is under an array: then the array
  *   is marked SELF instead). Re-adding k before the flush removes it from dels
  *   and marks the new child SELF.
  * - lr_state_clear_dirty(root, ch) clears every mark and deletion of ch.
+ * - An object with a hash index (more than LR_OBJ_INDEX_MIN members once)
+ *   also keeps, per channel, the list of its members marked on it
+ *   (lr_obj_dirty_members), so the walks over a large object (the players of
+ *   a room) visit what changed, not every member. It is exact under every
+ *   mark, clear, delete, replace, re-add and free.
  */
 #ifndef LR_VALUE_H
 #define LR_VALUE_H
@@ -85,12 +90,28 @@ typedef struct lr_keylist { /* pending deleted keys of one channel */
   uint32_t len, cap;
 } lr_keylist;
 
+typedef struct lr_nodelist { /* members of an object marked on one channel */
+  lr_node **v;               /* borrowed: the object holds the references */
+  uint32_t len, cap;
+} lr_nodelist;
+
+/* Objects with more members than this get an open-addressing hash index and
+ * the per-channel lists of marked members. */
+#define LR_OBJ_INDEX_MIN 8
+
+typedef struct lr_objx { /* an object's side data, allocated on first use */
+  lr_keylist dels[LR_NCH];
+  lr_nodelist dirty[LR_NCH]; /* kept only while u.obj.idx is set */
+} lr_objx;
+
 struct lr_node {
   uint8_t type;  /* lr_type */
   uint8_t flags; /* LR_F_* */
   uint8_t dirty[LR_NCH];
   uint32_t refs;
   lr_node *parent; /* NULL for a root or a detached node */
+  uint32_t pos;    /* member index in parent, when parent is an object */
+  uint32_t idxcap; /* LR_OBJECT: slots of u.obj.idx (outside u.obj: the node stays 56 bytes) */
   union {
     bool b;
     int64_t i;
@@ -108,8 +129,7 @@ struct lr_node {
       uint32_t len, cap;
       uint32_t *idx; /* open-addressing hash index (member position + 1, 0 = empty); NULL while len
                         is small */
-      uint32_t idxcap;
-      lr_keylist *dels; /* [LR_NCH]: allocated on the first pending deletion, NULL before */
+      lr_objx *x;    /* deletions and marked-member lists; NULL until first needed */
     } obj;
   } u;
 };
@@ -117,8 +137,14 @@ struct lr_node {
 /* The pending deletions of object o on channel ch (empty when it has none). */
 static inline lr_keylist lr_obj_dels(const lr_node *o, int ch) {
   lr_keylist none = {0};
-  return o->u.obj.dels ? o->u.obj.dels[ch] : none;
+  return o->u.obj.x ? o->u.obj.x->dels[ch] : none;
 }
+
+/* When o keeps marked-member lists (it has a hash index): sets *list to its
+ * members marked on ch, in member order (o's private list is sorted in place
+ * for it), *n to their count, and returns true. Otherwise returns false: the
+ * caller scans every member (o is small). */
+bool lr_obj_dirty_members(const lr_node *o, int ch, lr_node *const **list, uint32_t *n);
 
 /* ---- construction and lifetime (no dirty marking) ---- */
 lr_node *lr_node_new(lr_type t); /* empty container / zero scalar, refs == 1 */

@@ -115,7 +115,7 @@ TEST(value_hash_index_1000_keys) {
     if (i == 8) ASSERT(o->u.obj.idx != NULL);
   }
   ASSERT_EQ_INT(o->u.obj.len, 1000);
-  ASSERT(o->u.obj.idxcap >= 2000);
+  ASSERT(o->idxcap >= 2000);
   for (int i = 0; i < 1000; i++) {
     snprintf(k, sizeof k, "k%d", i);
     lr_node *v = lr_obj_get(o, k, strlen(k));
