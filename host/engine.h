@@ -138,10 +138,11 @@ struct lr_conn {
   const lr_rules_vt *rules; /* the server's, kept for the same reason */
   double tokens;            /* rate limit: token bucket, refilled at room->rate per second */
   int64_t tokens_at;
-  lr_conn **box;      /* the Lua handle's weak slot, cleared when c is freed */
-  void *uplink;       /* uplink.c's state of an uplink (the engine never reads it) */
-  void *shard_client; /* shard.c's state of its client (the engine never reads it) */
-  void *relay_client; /* cluster.c's state of a client it relays (the engine never reads it) */
+  lr_conn **box; /* the Lua handle's weak slot, cleared when c is freed */
+  /* The state of the feature that made c, which c->ops names (the engine
+   * never reads it): uplink.c's uplink, shard.c's client, cluster.c's
+   * relayed client. One field for the three: a conn is at most one of them. */
+  void *ext;
   size_t gated_bytes; /* bytes of its packets waiting in the room's outbox */
 };
 
