@@ -170,9 +170,11 @@ struct lr_room {
   /* Hibernation: after hibernate_ms without activity the state tree and the
    * Lua instance are freed (storage flushed first); connections stay.
    * Eviction: after evict_ms without activity, a room with no connection
-   * and no timer of its own is flushed and disposed (0 = never). idle_at is
-   * when the armed LR_T_IDLE timer fires (0: none armed). */
-  int64_t hibernate_ms, evict_ms, last_active, idle_at;
+   * and no timer of its own is flushed and disposed (0 = never). idle_seq
+   * is the id of the armed LR_T_IDLE timer (0: none armed); a room that
+   * gains a connection and does not hibernate has none (idle.c). */
+  int64_t hibernate_ms, evict_ms, last_active;
+  uint64_t idle_seq;
   double rate, burst; /* messages per second and bucket size per connection */
   /* the "touched" list of the server (rooms written since the last pass) */
   lr_room *touched_next;
