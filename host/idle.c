@@ -39,7 +39,7 @@ static int64_t idle_due(const lr_room *r) {
 }
 
 /* Arm r's idle timer for its next idle step, unless one is armed that fires
- * no later (a later one is superseded: it fires and does nothing). */
+ * no later (one armed for later is cancelled). */
 void lr_room_arm_idle(lr_room *r) {
   lr_server *s = r->srv;
   if (r->disposed || s->shutting_down) return;
@@ -47,8 +47,8 @@ void lr_room_arm_idle(lr_room *r) {
   if (due < 0) return;
   const lr_timer *cur = r->idle_seq ? lr_timer_find(s, r->idle_seq) : NULL;
   if (cur && cur->when <= due) return;
-  /* A later step than the armed one: the armed one goes (not left in the
-   * heap to fire for nothing). */
+  /* An earlier step than the armed one: the armed one goes (not left in
+   * the heap to fire for nothing). */
   if (cur) lr_timer_cancel(s, r->idle_seq);
   int64_t now = lr_now(s);
   if (due < now) due = now;
