@@ -283,7 +283,7 @@ void cl_relay_ws(lr_server *s, lr_conn *c, const lr_request *req, const char *ns
   rc->c = c;
   rc->priv = priv;
   req_copy(rc, req);
-  c->relay_client = rc;
+  c->ext = rc;
   c->ops = &relay_client_ops;
   c->phase = LR_C_JOINED;
   cl->n_relayed_open++;
@@ -303,7 +303,7 @@ void cl_relay_ws(lr_server *s, lr_conn *c, const lr_request *req, const char *ns
 }
 
 static void rc_message(lr_conn *c, const char *data, size_t len) {
-  rclient *rc = c->relay_client;
+  rclient *rc = c->ext;
   rlink *l = rc ? rc->l : NULL;
   if (!l || (l->dead && !l->resolving)) return;
   cluster *cl = l->cl;
@@ -345,9 +345,9 @@ static void rc_message(lr_conn *c, const char *data, size_t len) {
 }
 
 static void rc_closed(lr_conn *c) {
-  rclient *rc = c->relay_client;
+  rclient *rc = c->ext;
   if (!rc) return;
-  c->relay_client = NULL;
+  c->ext = NULL;
   cluster *cl = c->srv->cluster_state;
   if (cl && cl->n_relayed_open) cl->n_relayed_open--;
   rlink *l = rc->l;
@@ -398,7 +398,7 @@ static void make_local(rlink *l) {
   for (uint32_t i = 0; i < n; i++) {
     rclient *rc = v[i];
     lr_conn *c = rc->c;
-    c->relay_client = NULL;
+    c->ext = NULL;
     c->ops = NULL;
     c->phase = LR_C_JOINING;
     if (cl->n_relayed_open) cl->n_relayed_open--;

@@ -138,10 +138,11 @@ struct lr_conn {
   const lr_rules_vt *rules; /* the server's, kept for the same reason */
   double tokens;            /* rate limit: token bucket, refilled at room->rate per second */
   int64_t tokens_at;
-  lr_conn **box;      /* the Lua handle's weak slot, cleared when c is freed */
-  void *uplink;       /* uplink.c's state of an uplink (the engine never reads it) */
-  void *shard_client; /* shard.c's state of its client (the engine never reads it) */
-  void *relay_client; /* cluster.c's state of a client it relays (the engine never reads it) */
+  lr_conn **box; /* the Lua handle's weak slot, cleared when c is freed */
+  /* The state of the feature that made c, which c->ops names (the engine
+   * never reads it): uplink.c's uplink, shard.c's client, cluster.c's
+   * relayed client. One field for the three: a conn is at most one of them. */
+  void *ext;
   size_t gated_bytes; /* bytes of its packets waiting in the room's outbox */
 };
 
@@ -169,9 +170,11 @@ struct lr_room {
   /* Hibernation: after hibernate_ms without activity the state tree and the
    * Lua instance are freed (storage flushed first); connections stay.
    * Eviction: after evict_ms without activity, a room with no connection
-   * and no timer of its own is flushed and disposed (0 = never). idle_at is
-   * when the armed LR_T_IDLE timer fires (0: none armed). */
-  int64_t hibernate_ms, evict_ms, last_active, idle_at;
+   * and no timer of its own is flushed and disposed (0 = never). idle_seq
+   * is the id of the armed LR_T_IDLE timer (0: none armed); a room that
+   * gains a connection and does not hibernate has none (idle.c). */
+  int64_t hibernate_ms, evict_ms, last_active;
+  uint64_t idle_seq;
   double rate, burst; /* messages per second and bucket size per connection */
   /* the "touched" list of the server (rooms written since the last pass) */
   lr_room *touched_next;

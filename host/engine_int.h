@@ -37,6 +37,12 @@ void lr_timer_free(lr_server *s, lr_timer *t);
 void lr_room_set_hibernated(lr_room *r, bool on);
 void lr_room_idle_check(lr_room *r);
 void lr_room_arm_idle(lr_room *r);
+/* r gained a connection: an idle timer armed for its eviction only is
+ * cancelled (the close of its last connection arms it again). */
+void lr_room_idle_joined(lr_room *r);
+/* The pending timer with this id, or NULL (it fired, was cancelled, or is
+ * unknown). */
+lr_timer *lr_timer_find(lr_server *s, uint64_t id);
 
 /* ---- router.c ---- */
 void lr_waits_free(lr_server *s);

@@ -39,24 +39,39 @@ static int64_t idle_due(const lr_room *r) {
 }
 
 /* Arm r's idle timer for its next idle step, unless one is armed that fires
- * no later (a later one is superseded: it fires and does nothing). */
+ * no later (one armed for later is cancelled). */
 void lr_room_arm_idle(lr_room *r) {
   lr_server *s = r->srv;
   if (r->disposed || s->shutting_down) return;
   int64_t due = idle_due(r);
-  if (due < 0 || (r->idle_at && r->idle_at <= due)) return;
+  if (due < 0) return;
+  const lr_timer *cur = r->idle_seq ? lr_timer_find(s, r->idle_seq) : NULL;
+  if (cur && cur->when <= due) return;
+  /* An earlier step than the armed one: the armed one goes (not left in
+   * the heap to fire for nothing). */
+  if (cur) lr_timer_cancel(s, r->idle_seq);
   int64_t now = lr_now(s);
   if (due < now) due = now;
-  /* The timer's own time, not due: the clock may tick between the two
-   * readings, and a timer whose time differs from idle_at counts as
-   * superseded (timer.c), which left the room without an idle timer. */
-  r->idle_at = lr_timer_add(s, due - now, LR_T_IDLE, r, LR_NOREF)->when;
+  r->idle_seq = lr_timer_add(s, due - now, LR_T_IDLE, r, LR_NOREF)->seq;
+}
+
+/* The armed idle timer goes: it holds a timer (and a room reference) that
+ * would fire for nothing. */
+static void idle_disarm(lr_room *r) {
+  if (!r->idle_seq) return;
+  uint64_t id = r->idle_seq;
+  r->idle_seq = 0;
+  lr_timer_cancel(r->srv, id);
 }
 
 void lr_room_idle_config(lr_room *r) {
   r->last_active = lr_now(r->srv);
-  r->idle_at = 0; /* a timer armed for the old settings does nothing */
+  idle_disarm(r); /* armed for the old settings */
   lr_room_arm_idle(r);
+}
+
+void lr_room_idle_joined(lr_room *r) {
+  if (r->idle_seq && idle_due(r) < 0) idle_disarm(r);
 }
 
 void lr_room_set_hibernated(lr_room *r, bool on) {

@@ -92,24 +92,55 @@ static int conn_gc(lua_State *L) {
   return 0;
 }
 
+/* A conn table's handle: the weak slot first (lr_conn.box points at it, the
+ * other handle readers see an lr_conn **), then a copy of the conn's id,
+ * which conn.id reads (core.conn_id) even once the connection is gone: the
+ * id costs no string per connection until something reads it. */
+typedef struct conn_box {
+  lr_conn *c;
+  char id[sizeof((lr_conn *)0)->id];
+} conn_box;
+
 void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id) {
-  lua_createtable(L, 0, 4); /* id, sessionId, state, _h */
-  lua_pushstring(L, c->id);
-  lua_setfield(L, -2, "id");
+  lua_createtable(L, 0, 3); /* sessionId, state, _h; id: the metatable's __index */
   if (session_id) {
     lua_pushstring(L, session_id);
     lua_setfield(L, -2, "sessionId");
   }
   lua_createtable(L, 0, 2); /* publicId, privateId */
   lua_setfield(L, -2, "state");
-  lr_conn **b = lua_newuserdatauv(L, sizeof *b, 0);
-  *b = c;
-  c->box = b;
+  conn_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->c = c;
+  memcpy(b->id, c->id, sizeof b->id);
+  c->box = &b->c;
   luaL_setmetatable(L, CONN_MT);
   lua_setfield(L, -2, "_h");
   lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
   lua_setmetatable(L, -2);
   c->ref = lr_ref_take(L);
+}
+
+/* core.conn_id(conn) -> the id of a conn table (nil for anything else), also
+ * after its connection closed. */
+static int l_conn_id(lua_State *L) {
+  if (lua_istable(L, 1)) {
+    lua_pushliteral(L, "_h");
+    lua_rawget(L, 1);
+    const conn_box *b = luaL_testudata(L, -1, CONN_MT);
+    if (b) {
+      lua_pushstring(L, b->id);
+      return 1;
+    }
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+/* The conn tables' __index before the runtime's: conn.id. */
+static int l_conn_index(lua_State *L) {
+  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "id") == 0) return l_conn_id(L);
+  lua_pushnil(L);
+  return 1;
 }
 
 void lr_lua_push_conn(lua_State *L, lr_conn *c) {
@@ -469,6 +500,7 @@ static int l_room_dispose(lua_State *L) {
 
 static const luaL_Reg core_fns[] = {
     {"set_runtime", l_set_runtime},
+    {"conn_id", l_conn_id},
     {"server_new", l_server_new},
     {"server_limits", l_server_limits},
     {"addr_take", l_addr_take},
@@ -511,7 +543,9 @@ int lr_lua_api_open(lua_State *L) {
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
   }
-  lua_newtable(L);
+  lua_newtable(L); /* until core.set_runtime gives the runtime's: conn.id only */
+  lua_pushcfunction(L, l_conn_index);
+  lua_setfield(L, -2, "__index");
   lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
   luaL_newlib(L, core_fns);
   return 1;

@@ -94,20 +94,21 @@ int net_hold(net_conn *nc) {
   struct net_addr *a = nc->ip;
   uint32_t len = (uint32_t)nc->rx.len;
   if (nc->held_n &&
-      nc->held.len - nc->held_off + sizeof len + len + 1 > L->o.max_frame + NET_HOLD_EXTRA)
+      nc->held->buf.len - nc->held->off + sizeof len + len + 1 > L->o.max_frame + NET_HOLD_EXTRA)
     return -1;
+  if (!nc->held) nc->held = lr_xcalloc(1, sizeof *nc->held); /* its first */
   if (!nc->held_n) {
-    lr_buf_reset(&nc->held);
-    nc->held_off = 0;
+    lr_buf_reset(&nc->held->buf);
+    nc->held->off = 0;
   }
-  lr_buf_put(&nc->held, &len, sizeof len);
-  lr_buf_put(&nc->held, nc->rx.data, len);
-  lr_buf_putc(&nc->held, '\0');
+  lr_buf_put(&nc->held->buf, &len, sizeof len);
+  lr_buf_put(&nc->held->buf, nc->rx.data, len);
+  lr_buf_putc(&nc->held->buf, '\0');
   lr_buf_reset(&nc->rx);
   if (nc->held_n++ == 0) {
-    nc->held_next = NULL;
+    nc->held->next = NULL;
     if (a->held_tail)
-      a->held_tail->held_next = nc;
+      a->held_tail->held->next = nc;
     else
       a->held_head = nc;
     a->held_tail = nc;
@@ -133,18 +134,18 @@ int net_hold(net_conn *nc) {
 void net_unhold(net_conn *nc) {
   struct net_addr *a = nc->ip;
   nc->held_n = 0;
-  nc->held_off = nc->held.len;
+  nc->held->off = nc->held->buf.len;
   if (!a) return;
   net_conn **pp = &a->held_head, *prev = NULL;
   while (*pp && *pp != nc) {
     prev = *pp;
-    pp = &(*pp)->held_next;
+    pp = &(*pp)->held->next;
   }
   if (*pp) {
-    *pp = nc->held_next;
+    *pp = nc->held->next;
     if (a->held_tail == nc) a->held_tail = prev;
   }
-  nc->held_next = NULL;
+  nc->held->next = NULL;
 }
 
 /* Let nc's socket read again. Outside nc's own callbacks: applied now (lws
@@ -182,28 +183,28 @@ static void net_budget_wake(lws_sorted_usec_list_t *sul) {
     while (a->held_head && a->tokens >= 1 && a->pass_n < NET_FAIR_SHARE) {
       net_conn *nc = a->held_head;
       uint32_t len;
-      memcpy(&len, nc->held.data + nc->held_off, sizeof len);
-      size_t at = nc->held_off + sizeof len;
-      nc->held_off = at + len + 1;
+      memcpy(&len, nc->held->buf.data + nc->held->off, sizeof len);
+      size_t at = nc->held->off + sizeof len;
+      nc->held->off = at + len + 1;
       a->tokens -= 1;
       a->pass_n++;
       if (--nc->held_n == 0) {
         net_unhold(nc);
         net_read_again(nc);
-      } else if (nc->held_next) { /* round robin: to the back of the line */
-        a->held_head = nc->held_next;
-        a->held_tail->held_next = nc;
+      } else if (nc->held->next) { /* round robin: to the back of the line */
+        a->held_head = nc->held->next;
+        a->held_tail->held->next = nc;
         a->held_tail = nc;
-        nc->held_next = NULL;
+        nc->held->next = NULL;
       }
       if (nc->conn && !nc->closing && !nc->dropping)
-        lr_conn_message(nc->conn, nc->held.data + at, len);
+        lr_conn_message(nc->conn, nc->held->buf.data + at, len);
       if (!nc->held_n) { /* (a close in the engine may have emptied it) */
-        if (nc->held.cap > 16384)
-          lr_buf_free(&nc->held);
+        if (nc->held->buf.cap > 16384)
+          lr_buf_free(&nc->held->buf);
         else
-          lr_buf_reset(&nc->held);
-        nc->held_off = 0;
+          lr_buf_reset(&nc->held->buf);
+        nc->held->off = 0;
       }
     }
     if (!a->held_head) {

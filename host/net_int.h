@@ -156,12 +156,10 @@ typedef struct net_conn {
   bool dropping;    /* over max_queue_bytes: ring released, close 1008 */
   bool gone;        /* socket closed; vt calls are refused */
   bool paused;      /* rx flow off (lws_rx_flow_control), while it holds messages */
-  /* Messages held over its address's budget, oldest first: records of
-   * [uint32 len][len bytes][NUL] in held from held_off; held_n of them
-   * (held_n > 0: on its address's held list). */
-  lr_buf held;
-  size_t held_off;
-  struct net_conn *held_next;
+  /* Messages held over its address's budget (net_budget.c): NULL until the
+   * first one (most sockets never have one); held_n of them (held_n > 0: on
+   * its address's held list). */
+  struct net_held *held;
   /* Idle sweep (net_idle.c): its place in the loop's list that idle_list names, and
    * the time of its last activity (net_idle_now, ms, cut to 32 bits). */
   struct net_conn *idle_prev, *idle_next;
@@ -169,6 +167,12 @@ typedef struct net_conn {
   uint8_t idle_list; /* NET_IDLE_* */
   bool ping_due;     /* the sweep asked for a ping: written by the next WRITEABLE */
 } net_conn;
+
+typedef struct net_held {
+  lr_buf buf; /* oldest first: records of [uint32 len][len bytes][NUL] from off */
+  size_t off;
+  struct net_conn *next; /* its address's held list */
+} net_held;
 
 /* ---- HTTP request ---- */
 

@@ -180,7 +180,10 @@ void net_conn_finish(net_conn *nc) {
   net_conn_release_queue(nc);
   lr_buf_free(&nc->rx);
   if (nc->held_n) net_unhold(nc);
-  lr_buf_free(&nc->held);
+  if (nc->held) {
+    lr_buf_free(&nc->held->buf);
+    free(nc->held);
+  }
   if (nc->counted) {
     nc->loop->nws--;
     if (nc->ip && nc->ip->ws) nc->ip->ws--;

@@ -325,6 +325,7 @@ static void room_list_add(lr_room *r, lr_conn *c) {
   }
   r->conns[r->nconns++] = c;
   c->in_room_list = true;
+  if (r->nconns == 1) lr_room_idle_joined(r); /* no eviction timer while it has one */
 }
 
 void lr_room_join(lr_room *r, lr_conn *c, const char *public_id) {

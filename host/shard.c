@@ -549,7 +549,7 @@ static int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *sha
   sc->priv = priv;
   lr_conn *c = lr_conn_new(s, NULL, vt, tp);
   c->phase = LR_C_JOINED;
-  c->shard_client = sc;
+  c->ext = sc;
   c->ops = &shard_client_ops;
   sc->c = c;
   s->stats.conns_open++;
@@ -574,7 +574,7 @@ static int lr_shard_ws_open(lr_server *s, const lr_request *req, const char *sha
 }
 
 static void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
-  sclient *sc = c->shard_client;
+  sclient *sc = c->ext;
   shard_inst *si = sc->si;
   if (!si || si->dead) return;
   if (len > si->sp->max_client_frame) {
@@ -607,8 +607,8 @@ static void lr_shard_client_message(lr_conn *c, const char *data, size_t len) {
 }
 
 static void lr_shard_client_closed(lr_conn *c) {
-  sclient *sc = c->shard_client;
-  c->shard_client = NULL;
+  sclient *sc = c->ext;
+  c->ext = NULL;
   shard_inst *si = sc->si;
   if (si) {
     for (uint32_t i = 0; i < si->ncl; i++) {

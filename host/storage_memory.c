@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,15 +31,19 @@
 
 /* ---- AVL tree of keys ---- */
 
-/* One allocation per key: the key and its JSON text follow the header. An
- * overwrite reallocates the node (avl_put returns it to the parent), so a
+/* One allocation per key: the key and its JSON text follow the header
+ * right after h (MNODE_SIZE: no padding up to the struct's alignment, 7
+ * bytes less per key, often one malloc size class less: a session record).
+ * An overwrite reallocates the node (avl_put returns it to the parent), so a
  * node pointer is not kept across a write (listings refuse writes). */
 typedef struct mnode {
   struct mnode *l, *r;
   uint32_t klen, vlen;
-  int h;
+  uint8_t h;  /* AVL height: at most 1.45 log2(n + 2) */
   char key[]; /* klen bytes + NUL, then the value: vlen bytes + NUL (MVAL) */
 } mnode;
+
+#define MNODE_SIZE(klen, vlen) (offsetof(mnode, key) + (klen) + 1 + (vlen) + 1)
 
 #define MVAL(n) ((n)->key + (n)->klen + 1)
 
@@ -53,7 +58,7 @@ static int height(const mnode *n) {
 }
 static void fix_height(mnode *n) {
   int hl = height(n->l), hr = height(n->r);
-  n->h = (hl > hr ? hl : hr) + 1;
+  n->h = (uint8_t)((hl > hr ? hl : hr) + 1);
 }
 static mnode *rot_right(mnode *n) {
   mnode *l = n->l;
@@ -102,7 +107,7 @@ static mnode *avl_put(mnode *t, const char *key, size_t klen, const char *val, s
     abort();
   }
   if (!t) {
-    mnode *n = lr_xmalloc(sizeof *n + klen + 1 + vlen + 1);
+    mnode *n = lr_xmalloc(MNODE_SIZE(klen, vlen));
     n->l = n->r = NULL;
     n->h = 1;
     n->klen = (uint32_t)klen;
@@ -114,7 +119,7 @@ static mnode *avl_put(mnode *t, const char *key, size_t klen, const char *val, s
   }
   int c = key_cmp(key, klen, t->key, t->klen);
   if (c == 0) {
-    if (vlen != t->vlen) t = lr_xrealloc(t, sizeof *t + t->klen + 1 + vlen + 1);
+    if (vlen != t->vlen) t = lr_xrealloc(t, MNODE_SIZE(t->klen, vlen));
     set_val(t, val, vlen);
     return t;
   }

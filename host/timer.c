@@ -183,11 +183,16 @@ static void heap_remove(lr_server *s, lr_timer *t) {
 
 /* A timer that is pending is removed and freed (no-op for an id that fired
  * or is unknown). */
-void lr_timer_cancel(lr_server *s, uint64_t id) {
-  if (!s->timer_map_cap) return;
+lr_timer *lr_timer_find(lr_server *s, uint64_t id) {
+  if (!s->timer_map_cap) return NULL;
   lr_timer *t = *map_slot(s, id);
   while (t && t->seq != id)
     t = t->map_next;
+  return t;
+}
+
+void lr_timer_cancel(lr_server *s, uint64_t id) {
+  lr_timer *t = lr_timer_find(s, id);
   if (!t) return;
   t->cancelled = true;
   heap_remove(s, t);
@@ -217,8 +222,8 @@ static void fire(lr_server *s, lr_timer *t) {
     lr_room_gate_settle(r);
     break;
   case LR_T_IDLE:
-    if (r->idle_at != t->when) break; /* superseded by an earlier one */
-    r->idle_at = 0;
+    if (r->idle_seq != t->seq) break; /* superseded (not left armed: defensive) */
+    r->idle_seq = 0;
     lr_room_idle_check(r);
     break;
   case LR_T_C:

@@ -177,7 +177,7 @@ static const lr_conn_ops relayed_ops = {
 static void uplink_free(uplink *u) {
   for (uint32_t i = 0; i < u->nv; i++)
     u->v[i]->up = NULL; /* each frees itself with its connection */
-  u->conn->uplink = NULL;
+  u->conn->ext = NULL;
   free(u->v);
   free(u->shard_id);
   free(u->world_id);
@@ -186,7 +186,7 @@ static void uplink_free(uplink *u) {
 }
 
 static void lr_uplink_forget(lr_conn *c) {
-  if (c->uplink) uplink_free(c->uplink);
+  if (c->ops == &uplink_ops && c->ext) uplink_free(c->ext);
   vclient *v = c->ops == &relayed_ops && c->vt == &virtual_vt ? c->tp : NULL;
   if (!v) return;
   if (v->up) list_remove(v->up, v);
@@ -230,7 +230,7 @@ static void uplink_setup(lr_room *r, const lr_request *req, lr_conn *c) {
   u->shard_id = xstrdup(shard_id ? shard_id : "");
   u->world_id = xstrdup(world_id ? world_id : "");
   u->addr = xstrdup(addr);
-  c->uplink = u;
+  c->ext = u;
   c->ops = &uplink_ops;
   u->conn = c;
   /* conn.state = {shard = true, shardId, worldId}, as the reference sets it. */
@@ -426,7 +426,7 @@ static uint32_t find_clients(uplink *u, const char *priv, vclient ***out) {
 }
 
 static void lr_uplink_message(lr_conn *c, const char *data, size_t len) {
-  uplink *u = c->uplink;
+  uplink *u = c->ext;
   char err[200];
   lr_json_limits lim = {LR_JSON_DEFAULT_LIMITS.max_depth + 2, LR_JSON_DEFAULT_LIMITS.max_elements};
   lr_node *msg = lr_json_decode(data, len, &lim, err, sizeof err);
@@ -482,7 +482,7 @@ static void lr_uplink_message(lr_conn *c, const char *data, size_t len) {
 }
 
 static void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, size_t nexcept) {
-  uplink *u = c->uplink;
+  uplink *u = c->ext;
   bool intercept = c->room && c->room->has_interceptor;
   bool hit = false;
   for (uint32_t i = 0; i < u->nv && !hit; i++)
@@ -513,7 +513,7 @@ static void lr_uplink_fanout(lr_conn *c, lr_msg *m, const char *const *except, s
 }
 
 static void lr_uplink_closed(lr_conn *c) {
-  uplink *u = c->uplink;
+  uplink *u = c->ext;
   if (!u) return;
   /* Nothing more goes out on it; its clients leave their rooms. */
   if (c->phase != LR_C_GONE) c->phase = LR_C_CLOSING;

@@ -112,6 +112,35 @@ describe("join hot path", function()
     assert.are.equal(1, require("lunaroom.runtime").online_sessions(t.room))
   end)
 
+  it("a room makes its params table on first read, from its id (mem19: a table less per room)", function()
+    local t = testing.room(lr.room { path = "p-{id}", state = { n = lr.sync(0) } }, { id = "p-x" })
+    assert.is_nil(rawget(t.room, "params"))
+    local p = t.room.params
+    assert.are.same({ id = "x" }, p)
+    assert.are.equal(p, rawget(t.room, "params")) -- kept: the same table on the next read
+    p.extra = 1
+    assert.are.equal(1, t.room.params.extra)
+  end)
+
+  it("a connection's id is read through its handle, also once it closed (mem19: no id string per conn)", function()
+    local seen
+    local t = testing.room(lr.room {
+      path = "q-{id}", state = { n = lr.sync(0) },
+      onLeave = function(_room, _user, conn) seen = conn end,
+    }, { id = "q-x" })
+    local c = t:client { id = "s1" }
+    local conn = t.room:connections()[1]
+    assert.is_nil(rawget(conn, "id"))
+    local id = conn.id
+    assert.are.equal("string", type(id))
+    assert.truthy(#id >= 8, id)
+    assert.are.equal("function", type(conn.send)) -- methods still resolve
+    c:close()
+    assert.are.equal(conn, seen)
+    assert.are.equal(id, seen.id) -- the handle is dead, the id is not
+    assert.is_nil(seen.other)
+  end)
+
   it("a room without guards or onJoin makes no connection context per join", function()
     local plain = garbage_per_join(counter())
     local with_onjoin = garbage_per_join(counter { onJoin = function() end })

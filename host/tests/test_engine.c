@@ -296,6 +296,33 @@ TEST(engine_dispose_closes_members_1001_and_releases_rule_refs) {
   engine_free(s);
 }
 
+/* A room with a connection holds no eviction timer (mem19: a timer and a
+ * room reference less per room); the close of its last connection arms it
+ * again, and the room is evicted after evict_after. */
+TEST(engine_joined_room_holds_no_eviction_timer_until_its_last_close) {
+  lr_server *s = engine_new();
+  ft a, b;
+  ft_open(s, &a, "/parties/main/r1", "");
+  lr_room *r = lr_room_find(s, "main", "r1");
+  ASSERT(r != NULL);
+  lr_conn_closed(a.c); /* no connection: its eviction timer is armed */
+  ASSERT(r->idle_seq != 0);
+  uint32_t armed = s->nheap;
+  ASSERT_EQ_INT(0, ft_open(s, &b, "/parties/main/r1", ""));
+  ASSERT(lr_room_find(s, "main", "r1") == r);
+  ASSERT(r->idle_seq == 0);
+  ASSERT_EQ_INT((int)armed - 1, (int)s->nheap);
+  lr_server_advance(s, s->evict_after * 2); /* nothing to evict while b is in */
+  ASSERT(lr_room_find(s, "main", "r1") == r);
+  lr_conn_closed(b.c);
+  ASSERT(r->idle_seq != 0);
+  lr_server_advance(s, s->evict_after + 1);
+  ASSERT(lr_room_find(s, "main", "r1") == NULL);
+  ft_free(&a);
+  ft_free(&b);
+  engine_free(s);
+}
+
 /* ---- a lease store without a database: the memory store whose bind is
  * kept, so the test can report a lost lease as storage_postgres_lease.c
  * does (the fencing itself, the epoch in each write's transaction, is

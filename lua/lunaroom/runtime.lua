@@ -28,9 +28,16 @@ local NOSYNC, NOPERSIST = core.NOSYNC, core.NOPERSIST
 local PID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 local SECRET_LEN = 22 -- secrets (made-up session ids, transfer tokens): 22 x log2(62) = 131 bits
 
--- Connection tables share this metatable: conn:send(v), conn:close().
+-- Connection tables share this metatable: conn:send(v), conn:close(), and
+-- conn.id, which the table does not hold (its handle does: core.conn_id, a
+-- string less per connection until something reads it).
 local Conn = {}
-Conn.__index = Conn
+local conn_id = core.conn_id
+Conn.__index = function(self, k)
+  local m = Conn[k]
+  if m == nil and k == "id" then return conn_id(self) end
+  return m
+end
 function Conn:send(v) core.send(self, v) end
 function Conn:close(code, reason) core.conn_close(self, code or 1000, reason or "") end
 
@@ -273,6 +280,11 @@ RoomMT.__index = function(self, k)
     local v = rawget(self, "_autoSync")
     if v == nil then v = d.autoSync end
     return v
+  end
+  if k == "params" then -- made on first use (the path's captures): most rooms never read them
+    local params = d.match(rawget(self, "id")) or {}
+    rawset(self, "params", params)
+    return params
   end
   if k == "parties" then return parties_of(self) end
   if k == "storage" then -- made on first use: most rooms never touch it
@@ -624,14 +636,16 @@ end
 --- entry ({def, file, version}) builds it with that definition instead of
 --- the one that serves ns/id now.
 function M.create_room(srv, ns, id, rebind, entry)
-  local e, params = resolve(srv, ns, id)
-  if entry then e, params = entry, entry.def.match(id) or {} end
+  local e = resolve(srv, ns, id)
+  if entry then e = entry end
   if not e then return nil end
   local d = e.def
-  -- At most 8 raw fields (def, id, params, key, src, sockets, h, root): a
-  -- ninth doubles the table's hash part, 192 bytes more on every room.
+  -- At most 8 raw fields (def, id, key, src, sockets, h, root, and params
+  -- once read): a ninth doubles the table's hash part, 192 bytes more on
+  -- every room. params (the path's captures) is made by RoomMT.__index on
+  -- first use: a table and a string less on every room that never reads it.
   local room = setmetatable({
-    def = d, id = id, params = params, key = ns .. "/" .. id,
+    def = d, id = id, key = ns .. "/" .. id,
     src = M.src_of(d, e.file, e.version, ns),
     sockets = { 0 }, -- [1]: sessions with an open socket; privateId -> number of its open sockets
     -- expiry: privateId -> timer id, made by the first arm_expiry
