@@ -11,9 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Bytes of headroom in front of every lr_msg payload. libwebsockets needs
- * LWS_PRE (16 on 4.1) bytes in front of what it writes; net.c asserts this. */
-#define LR_MSG_PRE 16
+/* Bytes of headroom in front of every lr_msg payload: the transport writes
+ * a frame header (at most 10 bytes) into it and hands libwebsockets the
+ * header + payload, which needs LWS_PRE (16 on 4.1) more bytes in front of
+ * what it writes; net_int.h asserts that both fit. */
+#define LR_MSG_PRE 32
 
 typedef struct lr_buf {
   char *data; /* NUL-terminated when len > 0 or after lr_buf_cstr() */

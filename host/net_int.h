@@ -28,7 +28,8 @@
 #include "buf.h"
 #include "net.h"
 
-_Static_assert(LWS_PRE <= LR_MSG_PRE, "lr_msg headroom must hold the lws frame header");
+_Static_assert(LWS_PRE + 10 <= LR_MSG_PRE,
+               "lr_msg headroom must hold a frame header and lws's LWS_PRE in front of it");
 
 /* ---- limits that are not options ---- */
 

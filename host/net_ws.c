@@ -23,10 +23,11 @@
  * WRITEABLE is requested when the ring goes from empty to non-empty and again
  * after a WRITEABLE that left messages queued. SERVER_WRITEABLE with several
  * messages queued frames as many as fit in NET_BATCH into one static buffer
- * and writes them with one raw lws_write; a lone message (or one too big for
- * the batch) is written straight from its LR_MSG_PRE headroom (the shared
- * payload is never copied or modified; lws writes the frame header into the
- * headroom, which is the same for every server->client frame). Written
+ * and writes them with one raw lws_write; a lone message, one of at least
+ * NET_ZEROCOPY_MIN bytes at the head of the ring, or one too big for the
+ * batch is written alone straight from the shared lr_msg (the payload is
+ * never copied or modified; its frame header goes into the LR_MSG_PRE
+ * headroom, the same bytes for every server->client frame). Written
  * messages are released; another WRITEABLE is asked if more is queued. A partial
  * kernel write is kept by lws, which withholds WRITEABLE until it drains, so a
  * client that stops reading makes the ring grow: past max_queue_bytes the ring
@@ -358,7 +359,28 @@ int net_ws_established(net_conn *nc) {
   return 0;
 }
 
-#define NET_BATCH 65536 /* bytes of frames written by one lws_write */
+#define NET_BATCH 65536       /* bytes of frames written by one lws_write */
+#define NET_ZEROCOPY_MIN 8192 /* a message at least this big at the head is written alone */
+
+/* Write the header of an unmasked text frame of len bytes that ends at
+ * end (the payload follows it); returns its size (2, 4 or 10 bytes). */
+static size_t net_ws_frame_hdr(unsigned char *end, size_t len) {
+  size_t hdr = len < 126 ? 2 : len < 65536 ? 4 : 10;
+  unsigned char *p = end - hdr;
+  p[0] = 0x81; /* FIN, text */
+  if (len < 126) {
+    p[1] = (unsigned char)len;
+  } else if (len < 65536) {
+    p[1] = 126;
+    p[2] = (unsigned char)(len >> 8);
+    p[3] = (unsigned char)len;
+  } else {
+    p[1] = 127;
+    for (int i = 0; i < 8; i++)
+      p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+  }
+  return hdr;
+}
 
 /* Frame the queued messages ourselves (server frames are not masked, and
  * no extension is negotiated) into out, after the used bytes already there,
@@ -371,20 +393,8 @@ static size_t net_ws_batch(net_conn *nc, unsigned char *out, size_t used) {
     lr_msg *m = nc->q[nc->qhead];
     size_t len = m->len, hdr = len < 126 ? 2 : len < 65536 ? 4 : 10;
     if (used + hdr + len > NET_BATCH) break;
-    unsigned char *p = out + used;
-    p[0] = 0x81; /* FIN, text */
-    if (len < 126) {
-      p[1] = (unsigned char)len;
-    } else if (len < 65536) {
-      p[1] = 126;
-      p[2] = (unsigned char)(len >> 8);
-      p[3] = (unsigned char)len;
-    } else {
-      p[1] = 127;
-      for (int i = 0; i < 8; i++)
-        p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-    }
-    memcpy(p + hdr, lr_msg_payload(m), len);
+    net_ws_frame_hdr(out + used + hdr, len);
+    memcpy(out + used + hdr, lr_msg_payload(m), len);
     used += hdr + len;
     nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
     nc->qlen--;
@@ -392,6 +402,25 @@ static size_t net_ws_batch(net_conn *nc, unsigned char *out, size_t used) {
     lr_msg_release(m);
   }
   return used;
+}
+
+/* Write the message at the head of the ring alone, straight from the shared
+ * lr_msg: its frame header goes into the headroom in front of the payload
+ * (the same bytes for every connection it is queued on: server frames are
+ * not masked) and lws gets header + payload with LWS_PRE bytes still in
+ * front (buf.h, net_int.h). No copy; a partial kernel write is copied by
+ * lws into its own buffer (it withholds WRITEABLE until that drains), so
+ * the message can be released at once. Returns the lws_write result. */
+static int net_ws_write_head(net_conn *nc) {
+  lr_msg *m = nc->q[nc->qhead];
+  nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
+  nc->qlen--;
+  nc->qbytes -= (size_t)m->len + NET_MSG_OVERHEAD;
+  net_conn_ring_trim(nc);
+  size_t hdr = net_ws_frame_hdr(m->data + LR_MSG_PRE, m->len);
+  int n = lws_write(nc->wsi, m->data + LR_MSG_PRE - hdr, hdr + m->len, LWS_WRITE_RAW);
+  lr_msg_release(m);
+  return n;
 }
 
 /* SERVER_WRITEABLE: one lws_write (queued messages, or the close frame).
@@ -415,6 +444,14 @@ int net_ws_writeable(net_conn *nc) {
       used = 4;
     }
   }
+  /* A lone message, or a big one at the head (a full patch of a big room:
+   * copying it costs more than the send of the messages after it on the
+   * next WRITEABLE), goes out without a copy; the rest is batched. */
+  if (!used && nc->qlen && (nc->qlen == 1 || nc->q[nc->qhead]->len >= NET_ZEROCOPY_MIN)) {
+    if (net_ws_write_head(nc) < 0) return -1;
+    if (nc->qlen || nc->closing) lws_callback_on_writable(wsi);
+    return 0;
+  }
   used = net_ws_batch(nc, batch + LWS_PRE, used);
   if (used) {
     net_conn_ring_trim(nc);
@@ -422,15 +459,8 @@ int net_ws_writeable(net_conn *nc) {
     if (nc->qlen || nc->closing) lws_callback_on_writable(wsi);
     return 0;
   }
-  if (nc->qlen) {
-    lr_msg *m = nc->q[nc->qhead];
-    nc->qhead = (nc->qhead + 1) & (nc->qcap - 1);
-    nc->qlen--;
-    nc->qbytes -= (size_t)m->len + NET_MSG_OVERHEAD;
-    net_conn_ring_trim(nc);
-    int n = lws_write(wsi, m->data + LR_MSG_PRE, m->len, LWS_WRITE_TEXT);
-    lr_msg_release(m);
-    if (n < 0) return -1;
+  if (nc->qlen) { /* too big for the batch */
+    if (net_ws_write_head(nc) < 0) return -1;
     if (nc->qlen || nc->closing) lws_callback_on_writable(wsi);
     return 0;
   }

@@ -168,6 +168,38 @@ describe("network", () => {
     assert.match(srv.logs(), /slow consumer|outgoing queue/);
   });
 
+  test("shared packets of every frame size arrive whole and in order, to a reader and a paused one", async () => {
+    // Each packet is queued on both connections: written alone from the
+    // shared message (lone, or big at the head), batched behind others, or
+    // bigger than a batch; 2-, 4- and 10-byte frame headers.
+    const a = await open(srv, "limited-6", "?id=a");
+    const b = await open(srv, "limited-6", "?id=b");
+    b.c.ws._socket.pause(); // b's packets pile up in its queue meanwhile
+    const sizes = [10, 200, 9000, 70000, 30000, 5, 100000, 125, 126, 65535, 65536, 8192, 8191, 3];
+    for (let k = 0; k < 2; k++) a.c.send({ action: "sizes", value: sizes });
+    const want = [];
+    for (let k = 0; k < 2; k++) // ~0.7 MB: under this server's --max-queue even if the kernel takes none
+      sizes.forEach((n, j) => want.push([j + 1, String.fromCharCode(96 + ((j + 1) % 26)).repeat(n)]));
+    const got = async (c) => {
+      const out = [];
+      while (out.length < want.length) {
+        const m = await c.next((m) => m?.type === "sized");
+        out.push([m.value.i, m.value.data]);
+      }
+      return out;
+    };
+    const ra = got(a.c);
+    await sleep(300);
+    b.c.ws._socket.resume();
+    const rb = got(b.c);
+    for (const r of [await ra, await rb]) {
+      assert.equal(r.length, want.length);
+      r.forEach((x, k) => assert.ok(x[0] === want[k][0] && x[1] === want[k][1], `packet ${k}`));
+    }
+    await a.c.close();
+    await b.c.close();
+  });
+
   test("HTTP routes: GET, params, POST with validation and guard, 404", async () => {
     const u = `${srv.url}/parties/main/api`;
     const s = await http("GET", `${u}/status`);

@@ -1,5 +1,5 @@
 -- A room for the wire tests: maxUsers 2, users with lr.connected(), a slow
--- consumer trigger and an action that fails.
+-- consumer trigger, packets of given sizes and an action that fails.
 local lr = require "lunaroom"
 
 return lr.room {
@@ -17,6 +17,11 @@ return lr.room {
     flood = function(room, _, n, conn)
       local blob = string.rep("x", 60000)
       for i = 1, n do room:send(conn, { type = "blob", value = { i = i, data = blob } }) end
+    end,
+    -- Broadcast one packet per entry of sizes, its data that many bytes
+    -- (frames of every header size, shared by every member's queue).
+    sizes = function(room, _, sizes)
+      for i, n in ipairs(sizes) do room:broadcast({ type = "sized", value = { i = i, data = string.rep(string.char(96 + i % 26), n) } }) end
     end,
   },
 }
