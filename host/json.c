@@ -445,6 +445,8 @@ void lr_json_walk_persist(const lr_node *root, const lr_persist_ops *ops) {
   persist_walk w = {.ops = ops};
   lr_buf_init(&w.path);
   lr_buf_init(&w.json);
+  lr_buf_reserve(&w.path, 100); /* one allocation each for the usual paths and values */
+  lr_buf_reserve(&w.json, 200);
   if ((d & LR_D_SELF) || root->type != LR_OBJECT)
     persist_put(&w, root);
   else

@@ -245,14 +245,15 @@ int lr__store_check_ops(const char *ns, const char *room, const lr_store_op *ops
       return LR_STORE_EARG;
     }
     const char *key = o->key ? o->key : "";
-    key_preview(key, o->keylen, kp, sizeof kp);
     if (memchr(key, '\0', o->keylen) || !lr_utf8_valid(key, o->keylen)) {
+      key_preview(key, o->keylen, kp, sizeof kp);
       lr__store_errf(err, errlen, "storage: op %zu (%s \"%s\"): key is not valid UTF-8 text", i,
                      kind_name(o->kind), kp);
       return LR_STORE_EARG;
     }
     if (o->kind != LR_STORE_PUT) continue;
     if (!o->val) {
+      key_preview(key, o->keylen, kp, sizeof kp);
       lr__store_errf(err, errlen, "storage: op %zu (PUT \"%s\"): value is NULL", i, kp);
       return LR_STORE_EARG;
     }
@@ -262,6 +263,7 @@ int lr__store_check_ops(const char *ns, const char *room, const lr_store_op *ops
       if (p == o->vallen) continue;
       snprintf(why, sizeof why, "trailing characters at offset %zu", p);
     }
+    key_preview(key, o->keylen, kp, sizeof kp);
     lr__store_errf(err, errlen, "storage: op %zu (PUT \"%s\"): value is not valid JSON: %s", i, kp,
                    why);
     return LR_STORE_EARG;

@@ -295,6 +295,20 @@ static void room_remove(mstore *m, mroom *r) {
 }
 
 static void room_put(mroom *r, const char *key, size_t klen, const char *val, size_t vlen) {
+  /* Overwriting a key (the usual write: a room's state rows) changes no
+   * shape: find its link and replace the value there, without the
+   * recursion's rebalance of every node on the path. */
+  for (mnode **link = &r->root; *link;) {
+    mnode *t = *link;
+    int c = key_cmp(key, klen, t->key, t->klen);
+    if (c == 0) {
+      if (vlen >= UINT32_MAX) break; /* avl_put aborts */
+      if (vlen != t->vlen) *link = t = lr_xrealloc(t, MNODE_SIZE(t->klen, vlen));
+      set_val(t, val, vlen);
+      return;
+    }
+    link = c < 0 ? &t->l : &t->r;
+  }
   int added = 0;
   r->root = avl_put(r->root, key, klen, val, vlen, &added);
   r->count += (size_t)added;

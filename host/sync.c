@@ -590,6 +590,7 @@ static void on_put(void *ud, const char *path, size_t pathlen, const char *json,
 /* The batch that writes r's pending persisted changes. */
 static void build_ops(lr_room *r, opsbuf *o) {
   lr_buf_init(&o->keys);
+  lr_buf_reserve(&o->keys, 500); /* a flush of a few keys: one allocation, no regrowth */
   if (lr_state_has_dels(r->root, LR_CH_PERSIST)) {
     /* Compaction, as the reference does after a delete: every state: key
      * goes, the whole persisted state is written at state:. */

@@ -437,6 +437,37 @@ BOTH(many_keys_ordered) {
   ASSERT_EQ_STR(dump(fx, s, "main", "big", "", 3), "k01001=1;k01003=1;k01005=1;");
 }
 
+/* Overwriting keys anywhere in a big room (inner nodes and leaves) with
+ * values that grow and shrink keeps every key, its value and the order. */
+BOTH(overwrite_resizes_values_in_a_big_room) {
+  char key[32], val[64];
+  for (int i = 0; i < 300; i++) {
+    snprintf(key, sizeof key, "k%03d", i * 7 % 300);
+    ASSERT_EQ_INT(put(s, "main", "ow", key, "1"), 0);
+  }
+  for (int round = 0; round < 3; round++)
+    for (int i = 0; i < 300; i++) {
+      snprintf(key, sizeof key, "k%03d", i);
+      snprintf(val, sizeof val, "\"%.*s\"", (i + round * 17) % 40,
+               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+      ASSERT_EQ_INT(put(s, "main", "ow", key, val), 0);
+    }
+  ASSERT_EQ_INT(lr_store_count(s, "main", "ow"), 300);
+  for (int i = 0; i < 300; i++) {
+    snprintf(key, sizeof key, "k%03d", i);
+    snprintf(val, sizeof val, "\"%.*s\"", (i + 34) % 40,
+             "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+    ASSERT_EQ_STR(get(fx, "main", "ow", key), val);
+  }
+  lr_buf want;
+  lr_buf_init(&want);
+  for (int i = 290; i < 300; i++) /* the last round's values, in key order */
+    lr_buf_printf(&want, "k%d=\"%.*s\";", i, (i + 34) % 40,
+                  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+  ASSERT_EQ_STR(dump(fx, s, "main", "ow", "k29", 0), lr_buf_cstr(&want));
+  lr_buf_free(&want);
+}
+
 /* ---- spec ---- */
 
 ONE(storage_open_spec, 0) {
