@@ -10,6 +10,7 @@
  */
 #include "undo.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,9 +21,10 @@ enum { U_ASSIGN, U_REATTACH, U_ABSENT, U_ARRAY };
 typedef struct {
   int kind;
   lr_node *container; /* retained */
-  char *key;          /* owned, objects only */
+  char *key;          /* objects only: owned, or borrowed from the record before it */
   size_t keylen;
-  lr_node *old; /* retained: a clone (ASSIGN, ARRAY) or the detached node (REATTACH) */
+  lr_node *old;  /* retained: a clone (ASSIGN, ARRAY) or the detached node (REATTACH) */
+  bool borrowed; /* key belongs to the record before it (freed after this one) */
 } urec;
 
 struct lr_undo {
@@ -73,25 +75,27 @@ void lr_undo_record_array(lr_undo *u, lr_node *arr) {
   if (!u->depth) return;
   lr_node *outer = outermost_array(arr);
   if (!outer) outer = arr;
-  push(u, (urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer)});
+  push(u, (urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer), false});
 }
 
 void lr_undo_record_key(lr_undo *u, lr_node *obj, const char *key, size_t keylen) {
   if (!u->depth) return;
   lr_node *arr = outermost_array(obj);
   if (arr) {
-    push(u, (urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr)});
+    push(u, (urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr), false});
     return;
   }
   lr_node *cur = lr_obj_get(obj, key, keylen);
-  urec r = {U_ABSENT, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, NULL};
+  urec r = {U_ABSENT, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, NULL, false};
   if (cur) {
     /* The node may be detached by this write (delete) or changed in place
-     * (assign). Keep both: the node itself to reattach, and its contents. */
+     * (assign). Keep both: the node itself to reattach, and its contents.
+     * Records are restored and freed newest first, so the second one can
+     * borrow the first one's key. */
     r.kind = U_REATTACH;
     r.old = lr_node_retain(cur);
     push(u, r);
-    urec a = {U_ASSIGN, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, lr_node_clone(cur)};
+    urec a = {U_ASSIGN, lr_node_retain(obj), r.key, keylen, lr_node_clone(cur), true};
     push(u, a);
     return;
   }
@@ -116,7 +120,7 @@ static void forget_deletion(lr_node *obj, const char *key, size_t keylen) {
 static void free_rec(urec *r) {
   if (r->container) lr_node_release(r->container);
   if (r->old) lr_node_release(r->old);
-  free(r->key);
+  if (!r->borrowed) free(r->key);
 }
 
 void lr_undo_rollback(lr_undo *u, size_t mark) {
