@@ -5,7 +5,9 @@
  * copy of the OUTERMOST array (array nodes keep their identity, so restoring
  * the whole array in place undoes any change below it). A deleted key keeps
  * the detached node itself, so later records that refer to that node still
- * restore into the tree.
+ * restore into the tree. The two records of a write to an existing key
+ * (reattach, assign) share one copy of the key: the newer borrows it, and
+ * records are always restored and freed newest first.
  * Must not: call Lua, encode, or touch storage.
  */
 #include "undo.h"

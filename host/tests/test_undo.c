@@ -2,7 +2,8 @@
  * test_undo.c - unit tests of undo.c: a log per Lua state. Writes recorded
  * in one log are rolled back by it alone; a log with no open transaction
  * records nothing, whatever another log has open; nested marks hand their
- * records to the enclosing transaction.
+ * records to the enclosing transaction; the two records of an existing key
+ * share one copy of the key.
  * Must not: depend on Lua (the logs are driven directly).
  */
 #include "test.h"
@@ -62,6 +63,33 @@ TEST(undo_nested_success_is_rolled_back_with_the_outer_call) {
   /* Records left in a log (a mark never closed) are freed with it. */
   lr_undo_mark(u);
   set_int(u, root, "x", 5);
+  lr_node_release(root);
+  lr_undo_free(u);
+}
+
+/* A recorded write of an existing key keeps two records (the node to
+ * reattach, its contents) that share one copy of the key: rolled back or
+ * released, each key is restored from and freed once (the sanitizer build
+ * checks the frees). */
+TEST(undo_existing_key_records_share_their_key) {
+  lr_undo *u = lr_undo_new();
+  lr_node *root = lr_node_new(LR_OBJECT);
+  set_int(u, root, "player", 1);
+  lr_node *orig = lr_obj_get(root, "player", 6);
+  size_t m = lr_undo_mark(u);
+  set_int(u, root, "player", 2); /* assigned in place */
+  lr_undo_record_key(u, root, "player", 6);
+  lr_state_delete(root, "player", 6); /* then deleted */
+  ASSERT(lr_obj_get(root, "player", 6) == NULL);
+  lr_undo_rollback(u, m);
+  ASSERT(lr_obj_get(root, "player", 6) == orig); /* the same node, its old value */
+  ASSERT_EQ_INT(get_int(root, "player"), 1);
+  ASSERT_EQ_INT(lr_undo_records(u), 0);
+  m = lr_undo_mark(u);
+  set_int(u, root, "player", 3);
+  set_int(u, root, "player", 4);
+  lr_undo_release(u, m);
+  ASSERT_EQ_INT(get_int(root, "player"), 4);
   lr_node_release(root);
   lr_undo_free(u);
 }
