@@ -289,7 +289,8 @@ static int b_connect(lr_conn *c, const lr_request *req, char *err, size_t errlen
   lr_lua_new_conn(L, c, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
   lr_lua_push_conn(L, c);
-  push_request(L, req, r->lean_connect);
+  lr_request full; /* headers on demand: only a room that reads them loads them */
+  push_request(L, r->lean_connect ? req : lr_request_full(req, &full), r->lean_connect);
   int rc = runtime_call(s, r, F_CONNECT, "connect", "connect", 3, 0, err, errlen);
   lua_settop(L, top);
   return rc ? -1 : 0;

@@ -449,8 +449,10 @@ void lr_conn_replay_early(lr_conn *c) {
 void lr_conn_connect(lr_conn *c, const lr_request *req) {
   lr_room *r = c->room;
   lr_server *s = r->srv;
-  lr_info("conn %s room %s: open from %s", c->id, r->key,
-          req->remote_addr ? req->remote_addr : "-");
+  /* "conn %s room %s: open from %s", without printf: a line per join */
+  const char *line[] = {"conn ", c->id,          " room ",
+                        r->key,  ": open from ", req->remote_addr ? req->remote_addr : "-"};
+  lr_log_parts(LR_LOG_INFO, line, sizeof line / sizeof *line);
   lr_conn_retain(c);
   char err[256];
   if (s->rules->connect(c, req, err, sizeof err) != 0) lr_conn_close(c, 1011, "connect failed");
