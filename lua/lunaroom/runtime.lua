@@ -129,6 +129,10 @@ M.trim = trim
 -- ones are refused with 4008 before any guard or storage lookup runs.
 M.MAX_ID_BYTES = 256
 local BOUNDED_PARAMS = { "id", "_pk", "transferToken" }
+-- The query parser the joins use is core.parse_query (host/lua_api.c), the
+-- same rules in C; parse_query above is its reference (spec/parse_query_spec.lua).
+M.parse_query_lua = parse_query
+parse_query = core.parse_query
 M.parse_query = parse_query
 
 -- dset semantics for restore: write value at a dotted path (objects only).
