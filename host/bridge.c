@@ -368,8 +368,12 @@ static const char *b_public_id(lr_conn *c, char *buf, size_t n) {
     lua_getfield(L, -1, "state");
     if (lua_istable(L, -1)) {
       lua_getfield(L, -1, "publicId");
-      if (lua_type(L, -1) == LUA_TSTRING) {
-        snprintf(buf, n, "%s", lua_tostring(L, -1));
+      if (lua_type(L, -1) == LUA_TSTRING && n > 0) { /* snprintf "%s" without its cost */
+        size_t l;
+        const char *p = lua_tolstring(L, -1, &l);
+        l = strnlen(p, l < n - 1 ? l : n - 1);
+        memcpy(buf, p, l);
+        buf[l] = '\0';
         res = buf;
       }
       lua_pop(L, 1);
