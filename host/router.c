@@ -489,8 +489,12 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     if (w > 0) return 0;
     if (w < 0) return 503;
   }
-  int status;
-  lr_room *r = get_room(s, ns, id, &status);
+  int status = 503;
+  lr_room *r = found; /* nothing above runs room code for a found room: no second lookup */
+  if (!r)
+    r = get_room(s, ns, id, &status);
+  else if (!lr_room_activity(r))
+    r = NULL;
   if (!r) {
     if (status == 404)
       lr_warn_limited("no such room", "websocket refused: no room definition matches %s/%s", ns,
