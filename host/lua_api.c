@@ -4,7 +4,8 @@
  *
  * Owns: the handles ("lunaroom.server", "lunaroom.roomh", "lunaroom.connh"),
  * the conn tables, core.set_runtime, the server, clock, timer, room and
- * send functions, and the module table that lua_core.c completes with the
+ * send functions, core.parse_query (a join's URL query; runtime.lua keeps
+ * the Lua reference), and the module table that lua_core.c completes with the
  * pieces of lua_proxy.c (values), lua_store.c (storage), lua_admin.c
  * (counters, logs, files) and headless.c (the headless transport).
  * Must not: decide room rules (runtime.lua), schedule flushes (room.c) or
