@@ -17,7 +17,7 @@ BIN=${1:?usage: join_callgrind.sh BIN [CLIENTS] [OUT]}
 N=${2:-300}
 OUT=${3:-/tmp/join.callgrind}
 GEN=$ROOT/build/bench/fastgen
-FNS=${JOIN_FNS:-"net_callback net_ws_upgrade net_ws_open net_hdrs_collect net_hdr_custom net_query_collect net_path_encode net_peer lr_server_ws_open lr_log emit timestamp __vfprintf_internal __strftime_l net_conn_finish"}
+FNS=${JOIN_FNS:-"net_callback net_ws_upgrade net_ws_open net_hdrs_collect net_hdr_custom net_query_collect net_path_encode net_peer lr_server_ws_open lr_log lr_log_parts emit timestamp __vfprintf_internal __strftime_l net_conn_finish"}
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 rm -f "$OUT"

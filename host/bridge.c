@@ -289,7 +289,8 @@ static int b_connect(lr_conn *c, const lr_request *req, char *err, size_t errlen
   lr_lua_new_conn(L, c, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
   lr_lua_push_conn(L, c);
-  push_request(L, req, r->lean_connect);
+  lr_request full; /* headers on demand: only a room that reads them loads them */
+  push_request(L, r->lean_connect ? req : lr_request_full(req, &full), r->lean_connect);
   int rc = runtime_call(s, r, F_CONNECT, "connect", "connect", 3, 0, err, errlen);
   lua_settop(L, top);
   return rc ? -1 : 0;
@@ -367,8 +368,12 @@ static const char *b_public_id(lr_conn *c, char *buf, size_t n) {
     lua_getfield(L, -1, "state");
     if (lua_istable(L, -1)) {
       lua_getfield(L, -1, "publicId");
-      if (lua_type(L, -1) == LUA_TSTRING) {
-        snprintf(buf, n, "%s", lua_tostring(L, -1));
+      if (lua_type(L, -1) == LUA_TSTRING && n > 0) { /* snprintf "%s" without its cost */
+        size_t l;
+        const char *p = lua_tolstring(L, -1, &l);
+        l = strnlen(p, l < n - 1 ? l : n - 1);
+        memcpy(buf, p, l);
+        buf[l] = '\0';
         res = buf;
       }
       lua_pop(L, 1);

@@ -105,7 +105,7 @@ static int l_hl_connect(lua_State *L) {
   memset(h, 0, sizeof *h);
   h->close_code = -1;
   luaL_setmetatable(L, HL_MT);
-  lr_request req = {"GET", path, query, hs, nh, NULL, 0, ip && *ip ? ip : NULL};
+  lr_request req = {"GET", path, query, hs, nh, NULL, 0, ip && *ip ? ip : NULL, NULL, NULL};
   lr_conn *c = NULL;
   int status = lr_server_ws_open(s, &req, &hl_vt, h, &c);
   if (status) {
@@ -286,9 +286,16 @@ static int l_http(lua_State *L) {
   size_t bl = 0;
   const char *body = luaL_optlstring(L, 6, NULL, &bl);
   const char *ip = luaL_optstring(L, 7, NULL); /* none: in-process (room to room) */
-  lr_request req = {
-      luaL_checkstring(L, 2), luaL_checkstring(L, 3), luaL_optstring(L, 4, ""), hs, nh, body, bl,
-      ip && *ip ? ip : NULL};
+  lr_request req = {luaL_checkstring(L, 2),
+                    luaL_checkstring(L, 3),
+                    luaL_optstring(L, 4, ""),
+                    hs,
+                    nh,
+                    body,
+                    bl,
+                    ip && *ip ? ip : NULL,
+                    NULL,
+                    NULL};
   http_out *o = lr_xcalloc(1, sizeof *o);
   *o = (http_out){s, L, 0, LUA_NOREF, 0};
   lr_server_http(s, &req, http_done, o);

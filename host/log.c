@@ -170,6 +170,21 @@ void lr_log(int level, const char *fmt, ...) {
   emit(level, msg);
 }
 
+void lr_log_parts(int level, const char *const *parts, size_t n) {
+  if (level < min_level && !capture) return;
+  char msg[4096]; /* truncated where lr_log's vsnprintf would */
+  size_t at = 0;
+  for (size_t i = 0; i < n && at < sizeof msg - 1; i++) {
+    const char *p = parts[i] ? parts[i] : "";
+    size_t l = strnlen(p, sizeof msg - 1 - at);
+    memcpy(msg + at, p, l);
+    at += l;
+  }
+  msg[at] = '\0';
+  if (any_suppressed) flush_due(mono_ms(), false);
+  emit(level, msg);
+}
+
 /* "2026-01-02T03:04:05.678Z" into ts (at least 25 bytes); returns its
  * length. The part to the second is formatted once a second, not per line:
  * a join writes a line, and strftime cost more than the rest of it. */

@@ -9,6 +9,8 @@
 #ifndef LR_LOG_H
 #define LR_LOG_H
 
+#include <stddef.h>
+
 enum { LR_LOG_DEBUG = 0, LR_LOG_INFO, LR_LOG_WARN, LR_LOG_ERROR };
 
 void lr_log_set_level(int level);
@@ -20,6 +22,9 @@ void lr_log_capture_clear(void);
 void lr_log_set_json(int on);
 /* Log one line. msg is printf-style. */
 void lr_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Log one line: the n strings of parts joined (NULL counts as ""), the same
+ * text as lr_log with "%s%s..." without printf's cost (a line per join). */
+void lr_log_parts(int level, const char *const *parts, size_t n);
 
 /* Log one line of a refusal that a client can repeat at will (no such room,
  * too many connections, ...): per key, at most `burst` lines (default 10)

@@ -4,7 +4,8 @@
  *
  * Owns: the handles ("lunaroom.server", "lunaroom.roomh", "lunaroom.connh"),
  * the conn tables, core.set_runtime, the server, clock, timer, room and
- * send functions, and the module table that lua_core.c completes with the
+ * send functions, core.parse_query (a join's URL query; runtime.lua keeps
+ * the Lua reference), and the module table that lua_core.c completes with the
  * pieces of lua_proxy.c (values), lua_store.c (storage), lua_admin.c
  * (counters, logs, files) and headless.c (the headless transport).
  * Must not: decide room rules (runtime.lua), schedule flushes (room.c) or
@@ -267,6 +268,72 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Push s[0..n) URL-decoded as runtime.lua's urldecode does it: '+' is a
+ * space, then "%XX" (two hex digits) the byte; any other '%' stays. */
+static void push_urldecoded(lua_State *L, const char *s, size_t n, bool dec) {
+  if (!dec || (!memchr(s, '%', n) && !memchr(s, '+', n))) {
+    lua_pushlstring(L, s, n);
+    return;
+  }
+  luaL_Buffer b;
+  char *o = luaL_buffinitsize(L, &b, n);
+  size_t j = 0;
+  for (size_t i = 0; i < n; i++) {
+    int hi, lo;
+    if (s[i] == '+') {
+      o[j++] = ' ';
+    } else if (s[i] == '%' && i + 2 < n && (hi = hexval(s[i + 1])) >= 0 &&
+               (lo = hexval(s[i + 2])) >= 0) {
+      o[j++] = (char)(hi << 4 | lo);
+      i += 2;
+    } else {
+      o[j++] = s[i];
+    }
+  }
+  luaL_pushresultsize(&b, j);
+}
+
+/* core.parse_query(q) -> {name = value}: runtime.lua's parse_query (its
+ * reference, runtime.parse_query_lua; spec/parse_query_spec.lua compares
+ * them) without a Lua string per piece. "a=1&b=2": pieces split on '&'
+ * (empty ones skipped), the name before the piece's first '=' and the value
+ * after it ("" without '='); an empty name is skipped; a repeated name keeps
+ * its last value; names and values are URL-decoded when q holds a '%' or a
+ * '+'. nil is "". One pass over q: linear, as anything from the network. */
+static int l_parse_query(lua_State *L) {
+  size_t n = 0;
+  const char *q = "";
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TSTRING);
+    q = lua_tolstring(L, 1, &n);
+  }
+  bool dec = memchr(q, '%', n) || memchr(q, '+', n);
+  lua_createtable(L, 0, 1);
+  for (size_t pos = 0; pos < n;) {
+    const char *amp = memchr(q + pos, '&', n - pos);
+    size_t end = amp ? (size_t)(amp - q) : n;
+    const char *eq = memchr(q + pos, '=', end - pos);
+    size_t kend = eq ? (size_t)(eq - q) : end;
+    if (kend > pos) {
+      push_urldecoded(L, q + pos, kend - pos, dec);
+      if (eq)
+        push_urldecoded(L, eq + 1, end - kend - 1, dec);
+      else
+        lua_pushliteral(L, "");
+      lua_rawset(L, -3);
+    }
+    pos = end + 1;
+  }
+  return 1;
+}
+
 static int l_random_id(lua_State *L) {
   lr_server *s = lr_lua_check_server(L, 1);
   lua_Integer n = luaL_optinteger(L, 2, 8);
@@ -509,6 +576,7 @@ static const luaL_Reg core_fns[] = {
     {"want_header", l_want_header},
     {"now", l_now},
     {"random_id", l_random_id},
+    {"parse_query", l_parse_query},
     {"timer", l_timer},
     {"cancel", l_cancel},
     {"advance", l_advance},

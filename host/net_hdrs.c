@@ -3,8 +3,8 @@
  * (lower-cased, for lr_request), the path and query re-encoded for the
  * engine, the method.
  *
- * Owns: the list of custom headers looked up by name; header copies; path
- * and query re-encoding.
+ * Owns: the list of custom headers looked up by name; header copies (at
+ * once, or on demand: net_hdrs_lazy); path and query re-encoding.
  * Must not: keep state between requests, call the engine, or write to a
  * socket.
  *
@@ -28,21 +28,52 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Append s[0..n) percent-encoding every byte outside `keep` and the RFC 3986
- * unreserved set. */
-static void net_pct_encode(lr_buf *b, const char *s, size_t n, const char *keep) {
+/* The bytes net_pct_encode keeps as they are: the RFC 3986 unreserved set
+ * plus `extra`, as a table (filled on first use, then one load per byte). */
+typedef struct net_pct_set {
+  const char *extra;
+  bool ready;
+  bool keep[256];
+} net_pct_set;
+static net_pct_set net_pct_path = {"/!$&'()*+,;=:@", false, {0}};
+static net_pct_set net_pct_qkey = {"!$'()*,:@/?", false, {0}};
+static net_pct_set net_pct_qval = {"!$'()*,:@/?=", false, {0}};
+
+static const bool *net_pct_table(net_pct_set *t) {
+  if (!t->ready) {
+    for (int c = 0; c < 256; c++)
+      t->keep[c] = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                   c == '-' || c == '.' || c == '_' || c == '~' || (c && strchr(t->extra, c));
+    t->ready = true;
+  }
+  return t->keep;
+}
+
+/* Write s[0..n) into out (room for 3n bytes) percent-encoding every byte the
+ * set does not keep; returns the bytes written. */
+static size_t net_pct_put(char *out, const char *s, size_t n, net_pct_set *set) {
   static const char hex[] = "0123456789ABCDEF";
+  const bool *keep = net_pct_table(set);
+  char *o = out;
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
-    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-        c == '.' || c == '_' || c == '~' || (c && strchr(keep, c))) {
-      lr_buf_putc(b, (char)c);
+    if (keep[c]) {
+      *o++ = (char)c;
     } else {
-      lr_buf_putc(b, '%');
-      lr_buf_putc(b, hex[c >> 4]);
-      lr_buf_putc(b, hex[c & 15]);
+      o[0] = '%';
+      o[1] = hex[c >> 4];
+      o[2] = hex[c & 15];
+      o += 3;
     }
   }
+  return (size_t)(o - out);
+}
+
+/* Append s[0..n) to b, percent-encoded (net_pct_put). */
+static void net_pct_encode(lr_buf *b, const char *s, size_t n, net_pct_set *set) {
+  lr_buf_reserve(b, 3 * n); /* n is within lws's header data (NET_HEADER_DATA) */
+  b->len += net_pct_put(b->data + b->len, s, n, set);
+  b->data[b->len] = '\0';
 }
 
 /* Copy a whole header token into a new string, or NULL if absent. */
@@ -193,6 +224,18 @@ lr_header *net_hdrs_collect(net_loop *L, struct lws *wsi, size_t *nout) {
   return h;
 }
 
+/* lr_request.load_headers of a WebSocket upgrade: net_hdrs_collect once,
+ * the same headers on every later call. ud is a net_hdrs_lazy. */
+const lr_header *net_hdrs_lazy_get(void *ud, size_t *n) {
+  net_hdrs_lazy *z = ud;
+  if (!z->done) {
+    z->h = net_hdrs_collect(z->L, z->wsi, &z->n);
+    z->done = true;
+  }
+  *n = z->n;
+  return z->h;
+}
+
 /* Free what net_hdrs_collect returned (one allocation). NULL is ignored. */
 void net_hdrs_free(lr_header *h, size_t n) {
   (void)n;
@@ -202,11 +245,9 @@ void net_hdrs_free(lr_header *h, size_t n) {
 /* The path as the engine wants it: lws's decoded path percent-encoded again
  * (pchar and '/' kept). Returns a new string. */
 char *net_path_encode(const char *decoded) {
-  lr_buf b;
-  lr_buf_init(&b);
-  net_pct_encode(&b, decoded, strlen(decoded), "/!$&'()*+,;=:@");
-  char *s = lr_xstrndup(lr_buf_cstr(&b), b.len);
-  lr_buf_free(&b);
+  size_t n = strlen(decoded); /* within lws's header data (NET_HEADER_DATA) */
+  char *s = lr_xmalloc(3 * n + 1);
+  s[net_pct_put(s, decoded, n, &net_pct_path)] = '\0';
   return s;
 }
 
@@ -225,17 +266,16 @@ char *net_query_collect(struct lws *wsi) {
     if (b.len) lr_buf_putc(&b, '&');
     const char *eq = memchr(frag, '=', (size_t)fl);
     if (eq) {
-      net_pct_encode(&b, frag, (size_t)(eq - frag), "!$'()*,:@/?");
+      net_pct_encode(&b, frag, (size_t)(eq - frag), &net_pct_qkey);
       lr_buf_putc(&b, '=');
-      net_pct_encode(&b, eq + 1, (size_t)(fl - (eq + 1 - frag)), "!$'()*,:@/?=");
+      net_pct_encode(&b, eq + 1, (size_t)(fl - (eq + 1 - frag)), &net_pct_qval);
     } else {
-      net_pct_encode(&b, frag, (size_t)fl, "!$'()*,:@/?");
+      net_pct_encode(&b, frag, (size_t)fl, &net_pct_qkey);
     }
   }
   free(frag);
-  char *s = lr_xstrndup(lr_buf_cstr(&b), b.len);
-  lr_buf_free(&b);
-  return s;
+  if (!b.data) return lr_xstrndup("", 0);
+  return b.data; /* NUL-terminated: net_pct_encode / lr_buf_putc end it */
 }
 
 /* The request method as a static string, or NULL for one lws does not

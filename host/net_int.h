@@ -218,6 +218,16 @@ net_loop *net_loop_of(struct lws *wsi);
 char *net_hdr_dup(struct lws *wsi, enum lws_token_indexes t);
 lr_header *net_hdrs_collect(net_loop *L, struct lws *wsi, size_t *nout);
 void net_hdrs_free(lr_header *h, size_t n);
+/* Headers collected on the first net_hdrs_lazy_get (lr_request.load_headers);
+ * the caller frees h with net_hdrs_free once the request is done. */
+typedef struct net_hdrs_lazy {
+  net_loop *L;
+  struct lws *wsi;
+  lr_header *h;
+  size_t n;
+  bool done;
+} net_hdrs_lazy;
+const lr_header *net_hdrs_lazy_get(void *ud, size_t *n);
 char *net_path_encode(const char *decoded);
 char *net_query_collect(struct lws *wsi);
 const char *net_method(struct lws *wsi, bool *head);

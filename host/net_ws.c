@@ -270,18 +270,23 @@ static int net_ws_open(net_loop *L, struct lws *wsi, const char *peer, const cha
   req.method = "GET";
   char *path = net_path_encode(dpath);
   char *query = net_query_collect(wsi);
-  size_t nh = 0;
-  lr_header *h = net_hdrs_collect(L, wsi, &nh);
+  /* Headers on demand (the engine asks when something reads them); a
+   * shard's uplink is routed by its headers: collected at once. */
+  net_hdrs_lazy hl = {L, wsi, NULL, 0, false};
+  if (relay) {
+    req.headers = net_hdrs_lazy_get(&hl, &req.nheaders);
+  } else {
+    req.load_headers = net_hdrs_lazy_get;
+    req.headers_ud = &hl;
+  }
   req.path = path;
   req.query = query;
-  req.headers = h;
-  req.nheaders = nh;
   req.remote_addr = peer;
 
   net_conn *nc = net_ws_conn_new(L, wsi, peer);
   lr_conn *conn = NULL;
   int st = lr_server_ws_open(L->srv, &req, &net_vt, nc, &conn);
-  net_hdrs_free(h, nh);
+  net_hdrs_free(hl.h, hl.n);
   free(query);
   if (st != 0 || !conn) {
     lr_debug("ws upgrade %s refused with %d", path, st ? st : 404);

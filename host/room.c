@@ -136,21 +136,18 @@ static uint32_t hash_str(const char *k) {
   return lr_fnv1a(LR_FNV1A_INIT, k, strlen(k));
 }
 
-static char *room_key(const char *ns, const char *id) {
+lr_room *lr_room_find(lr_server *s, const char *ns, const char *id) {
+  /* "ns/id" on the stack when it fits (every join looks its room up) */
+  char buf[512];
   size_t a = strlen(ns), b = strlen(id);
-  char *k = lr_xmalloc(a + b + 2);
+  char *k = a + b + 2 <= sizeof buf ? buf : lr_xmalloc(a + b + 2);
   memcpy(k, ns, a);
   k[a] = '/';
   memcpy(k + a + 1, id, b + 1);
-  return k;
-}
-
-lr_room *lr_room_find(lr_server *s, const char *ns, const char *id) {
-  char *k = room_key(ns, id);
   lr_room *r = s->rooms[hash_str(k) % s->nbuckets];
   while (r && strcmp(r->key, k) != 0)
     r = r->hash_next;
-  free(k);
+  if (k != buf) free(k);
   return r;
 }
 
@@ -449,8 +446,10 @@ void lr_conn_replay_early(lr_conn *c) {
 void lr_conn_connect(lr_conn *c, const lr_request *req) {
   lr_room *r = c->room;
   lr_server *s = r->srv;
-  lr_info("conn %s room %s: open from %s", c->id, r->key,
-          req->remote_addr ? req->remote_addr : "-");
+  /* "conn %s room %s: open from %s", without printf: a line per join */
+  const char *line[] = {"conn ", c->id,          " room ",
+                        r->key,  ": open from ", req->remote_addr ? req->remote_addr : "-"};
+  lr_log_parts(LR_LOG_INFO, line, sizeof line / sizeof *line);
   lr_conn_retain(c);
   char err[256];
   if (s->rules->connect(c, req, err, sizeof err) != 0) lr_conn_close(c, 1011, "connect failed");

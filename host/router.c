@@ -115,6 +115,10 @@ static char *dup_str(const char *p) {
 }
 
 void lr_request_copy(lr_request *dst, const lr_request *src) {
+  lr_request full;
+  src = lr_request_full(src, &full);
+  dst->load_headers = NULL;
+  dst->headers_ud = NULL;
   dst->method = dup_str(src->method);
   dst->path = dup_str(src->path);
   dst->query = dup_str(src->query);
@@ -446,8 +450,15 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
                     req->path);
     return 404;
   }
+  /* The routing below reads headers only for a room it has to find, wake,
+   * create or relay, and on a shard or cluster server; a join on a loaded
+   * room leaves them to the rules (b_connect loads them when the room
+   * reads them). */
+  lr_request full;
+  lr_room *found = lr_room_find(s, ns, id);
+  if (!found || s->mode || s->cluster) req = lr_request_full(req, &full);
   if (s->mode && strcmp(ns, "shard") == 0) return s->mode->ws_open(s, req, id, vt, tp, out);
-  if (!lr_room_find(s, ns, id)) {
+  if (!found) {
     if (!served(s, ns, id)) {
       if (dev_park(s, ns, id, req, vt, tp, out)) return 0;
       lr_warn("websocket refused: no room definition matches %s/%s", ns, id);
@@ -478,8 +489,12 @@ int lr_server_ws_open(lr_server *s, const lr_request *req, const lr_transport_vt
     if (w > 0) return 0;
     if (w < 0) return 503;
   }
-  int status;
-  lr_room *r = get_room(s, ns, id, &status);
+  int status = 503;
+  lr_room *r = found; /* nothing above runs room code for a found room: no second lookup */
+  if (!r)
+    r = get_room(s, ns, id, &status);
+  else if (!lr_room_activity(r))
+    r = NULL;
   if (!r) {
     if (status == 404)
       lr_warn_limited("no such room", "websocket refused: no room definition matches %s/%s", ns,

@@ -58,7 +58,25 @@ typedef struct lr_request {
   size_t bodylen;
   const char *remote_addr; /* "127.0.0.1"; NULL: in-process (room to room, headless specs),
                               not counted by the per-address limits */
+  /* Headers on demand (a WebSocket upgrade): when set, headers/nheaders are
+   * empty and load_headers(headers_ud, &n) returns them (collected on the
+   * first call, owned by the transport, valid until lr_server_ws_open
+   * returns). The engine asks only when something may read them: a join on
+   * a room that reads no request headers (lean_connect) never does. */
+  const lr_header *(*load_headers)(void *ud, size_t *n);
+  void *headers_ud;
 } lr_request;
+
+/* req with its headers: req itself, or tmp filled from req with the headers
+ * load_headers gives. */
+static inline const lr_request *lr_request_full(const lr_request *req, lr_request *tmp) {
+  if (!req->load_headers) return req;
+  *tmp = *req;
+  tmp->headers = req->load_headers(req->headers_ud, &tmp->nheaders);
+  tmp->load_headers = NULL;
+  tmp->headers_ud = NULL;
+  return tmp;
+}
 
 /* ---- WebSocket ---- */
 

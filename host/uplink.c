@@ -393,7 +393,9 @@ static void client_connected(uplink *u, const char *priv, const lr_node *info) {
                     nh,
                     NULL,
                     0,
-                    ip};
+                    ip,
+                    NULL,
+                    NULL};
   vclient *v = lr_xcalloc(1, sizeof *v);
   v->up = u;
   v->priv = xstrdup(priv);

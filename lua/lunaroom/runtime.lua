@@ -129,6 +129,10 @@ M.trim = trim
 -- ones are refused with 4008 before any guard or storage lookup runs.
 M.MAX_ID_BYTES = 256
 local BOUNDED_PARAMS = { "id", "_pk", "transferToken" }
+-- The query parser the joins use is core.parse_query (host/lua_api.c), the
+-- same rules in C; parse_query above is its reference (spec/parse_query_spec.lua).
+M.parse_query_lua = parse_query
+parse_query = core.parse_query
 M.parse_query = parse_query
 
 -- dset semantics for restore: write value at a dotted path (objects only).
@@ -818,7 +822,7 @@ local expire_session -- below
 
 --- n sessions of room went online (+) or offline (-).
 function M.online(room, n)
-  local sockets = rawget(room, "sockets")
+  local sockets = room.sockets
   sockets[1] = sockets[1] + n
   local st = SRV[room].stat
   st.online = st.online + n
@@ -1043,10 +1047,10 @@ function M.connect(srv, room, conn, req, waited)
     end, function() return disposed_join(conn) end)
     return
   end
-  local d = rawget(room, "def")
-  local key = rawget(room, "key")
+  local d, key = room.def, room.key -- raw fields of every room: no rawget call
   local q = parse_query(req.query)
-  for _, name in ipairs(BOUNDED_PARAMS) do
+  for i = 1, #BOUNDED_PARAMS do
+    local name = BOUNDED_PARAMS[i]
     if q[name] and #q[name] > M.MAX_ID_BYTES then
       log_refusal("id too long", "room %s: connection %s refused: ?%s= longer than %d bytes", key, conn.id, name,
         M.MAX_ID_BYTES)
@@ -1073,6 +1077,9 @@ function M.connect(srv, room, conn, req, waited)
       },
     }
   end
+  -- No room guard and no onJoin: nothing can wait, so nothing can close the
+  -- join half-way; it needs no pending record (pend nil).
+  if not ctx and not waited then return connect_guarded(srv, room, conn, q, req, nil, nil, true, true) end
   local pend = { closed = false, waited = waited }
   JOINING[conn] = pend
   -- No room guard: they all passed (no task to run them in).
@@ -1094,11 +1101,11 @@ local function abandon(srv, room, conn, pend)
   if pend.session then M.close(srv, room, conn) end
 end
 
--- The room guards of a connect answered (ok false: one failed).
+-- The room guards of a connect answered (ok false: one failed). pend nil: a
+-- join that cannot wait (M.connect).
 function connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed)
-  local d = rawget(room, "def")
-  local key = rawget(room, "key")
-  if pend.closed then return abandon(srv, room, conn, pend) end
+  local d, key = room.def, room.key
+  if pend and pend.closed then return abandon(srv, room, conn, pend) end
   if not ok then
     JOINING[conn] = nil
     conn:close(1011, "connect failed")
@@ -1115,7 +1122,7 @@ function connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed)
   if transfer then priv = transfer.privateId end
   local users = users_of(room)
   local session = users and get_session(room, priv) or nil
-  local sockets = rawget(room, "sockets")
+  local sockets = room.sockets
   if d.maxUsers and (sockets[priv] or 0) == 0 and online_sessions(room) >= d.maxUsers then
     JOINING[conn] = nil
     log_refusal("room full", "room %s: connection %s refused, room full (maxUsers %d)", key, conn.id, d.maxUsers)
@@ -1155,7 +1162,7 @@ function connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed)
   end
   conn.state.publicId = pid
   conn.state.privateId = priv
-  pend.session = true
+  if pend then pend.session = true end
   if d.onJoin then
     local st, w = tasks.run(srv, room, "onJoin", d.onJoin, room, users and users[pid] or nil, conn, ctx)
     if st == tasks.PENDING then
@@ -1172,14 +1179,16 @@ end
 -- onJoin ran (ok false: it failed): the snapshot, then the frames the
 -- client sent meanwhile (when it waited).
 function connect_joined(srv, room, conn, pid, pend, ok)
-  if pend.closed then return abandon(srv, room, conn, pend) end
-  JOINING[conn] = nil
+  if pend then
+    if pend.closed then return abandon(srv, room, conn, pend) end
+    JOINING[conn] = nil
+  end
   if not ok then
     conn:close(1011, "onJoin failed")
     return
   end
-  core.join(rawget(room, "h"), conn, pid)
-  if pend.waited then wait_c.replay(conn) end
+  core.join(room.h, conn, pid)
+  if pend and pend.waited then wait_c.replay(conn) end
   if srv.dev then -- development mode: the room file's last failed save (reload.lua)
     local err = package.loaded["lunaroom.reload"] and package.loaded["lunaroom.reload"].dev_error(srv, room)
     if err then core.send(conn, { type = "dev_error", value = err }) end

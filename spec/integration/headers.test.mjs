@@ -28,6 +28,25 @@ return lr.room {
 }
 `;
 
+// Headers are collected on demand (lr_request.load_headers): a room guard
+// sees them on the join that creates its room and on a join to the loaded
+// room alike.
+const GATE = `local lr = require "lunaroom"
+local seen = {}
+return lr.room {
+  path = "gate-{id}",
+  headers = { "x-wanted-one", "x-test", "x-wanted-two" },
+  state = {},
+  guards = { function(_conn, ctx, room)
+    local l = seen[room.id] or {}
+    seen[room.id] = l
+    l[#l + 1] = ctx.request.headers
+    return true
+  end },
+  requests = { ["GET /seen"] = function(room) return { seen = seen[room.id] or lr.null } end },
+}
+`;
+
 /* GET url with exactly these headers: the parsed JSON body. */
 function get(url, headers) {
   return new Promise((resolve, reject) => {
@@ -69,6 +88,7 @@ describe("request headers", () => {
   before(async () => {
     const dir = tempDir("lunaroom-hdrs-");
     fs.writeFileSync(path.join(dir, "hdrs.lua"), ROOM);
+    fs.writeFileSync(path.join(dir, "gate.lua"), GATE);
     srv = await startServer({ rooms: dir, args: ["--no-watch"] });
   });
   after(async () => {
@@ -91,5 +111,20 @@ describe("request headers", () => {
     assert.equal(r.json.headers.upgrade.toLowerCase(), "websocket");
     assert.ok(r.json.headers["sec-websocket-key"], "sec-websocket-key");
     await c.close();
+  });
+
+  test("a room guard sees the headers on the join that creates the room and on the next", async () => {
+    for (const id of ["g1", "g2"]) {
+      const c = wsClient(`${srv.wsUrl}/parties/main/gate-a?id=${id}`, { headers: SENT });
+      await c.opened;
+      await c.next((m) => m?.type === "sync");
+      await c.close();
+    }
+    const r = await get(`${srv.url}/parties/main/gate-a/seen`, {});
+    assert.equal(r.json.seen.length, 2);
+    for (const h of r.json.seen) {
+      check(h);
+      assert.equal(h.upgrade.toLowerCase(), "websocket");
+    }
   });
 });

@@ -105,7 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       fz_conn_close(s, &c);
     }
   } else {
-    lr_request req = {method, tgt, query, hs, nh, body, bodylen, "127.0.0.1"};
+    lr_request req = {method, tgt, query, hs, nh, body, bodylen, "127.0.0.1", NULL, NULL};
     int calls = 0;
     lr_server_http(s, &req, done, &calls);
     lr_server_tick(s);

@@ -13,7 +13,8 @@
  *      with 4008, a shorter one must not be;
  *   2. the argument of runtime.parse_query and runtime.trim called directly
  *      (through lr_vm_pcall), also within IDS_BUDGET_MS, and trim's result
- *      must have no whitespace at either end;
+ *      must have no whitespace at either end; parse_query (core.parse_query,
+ *      C) must give the table its Lua reference runtime.parse_query_lua does;
  *   3. an alphabet (its distinct bytes) for lr_rand_id from the CSPRNG and
  *      from the test generator: every character drawn is in the alphabet.
  * Must not: keep state across inputs (a new server per input).
@@ -97,6 +98,24 @@ static void call_runtime(lua_State *L, const char *fn, const char *arg) {
   over(fn, now_ms() - t0);
 }
 
+/* Every key of table a is in table b with the same string value. */
+static bool same_table(lua_State *L, int a, int b) {
+  a = lua_absindex(L, a);
+  b = lua_absindex(L, b);
+  lua_pushnil(L);
+  while (lua_next(L, a)) {
+    lua_pushvalue(L, -2);
+    lua_rawget(L, b);
+    bool eq = lua_type(L, -1) == LUA_TSTRING && lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!eq) {
+      lua_pop(L, 1);
+      return false;
+    }
+  }
+  return true;
+}
+
 static bool is_space(unsigned char c) {
   return c == ' ' || (c >= 9 && c <= 13);
 }
@@ -145,6 +164,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int top = lua_gettop(L);
   call_runtime(L, "parse_query", in);
   if (!lua_istable(L, -1)) abort();
+  call_runtime(L, "parse_query_lua", in);
+  if (!same_table(L, -2, -1) || !same_table(L, -1, -2)) {
+    fprintf(stderr, "fuzz_ids: core.parse_query and runtime.parse_query_lua differ\n");
+    abort();
+  }
+  lua_pop(L, 1);
   call_runtime(L, "trim", in);
   size_t tl;
   const char *t = lua_tolstring(L, -1, &tl);

@@ -126,7 +126,8 @@ int fz_conn_open(lr_server *s, fz_conn *fc, const char *path, const char *query,
                  const lr_header *headers, size_t nheaders) {
   memset(fc, 0, sizeof *fc);
   fc->close_code = -1;
-  lr_request req = {"GET", path, query ? query : "", headers, nheaders, NULL, 0, "127.0.0.1"};
+  lr_request req = {"GET", path, query ? query : "", headers, nheaders,
+                    NULL,  0,    "127.0.0.1",        NULL,    NULL};
   lr_conn *c = NULL;
   int status = lr_server_ws_open(s, &req, &fz_vt, fc, &c);
   if (status != 0) return status;
