@@ -73,10 +73,11 @@ static void member_free_key(lr_member *e) {
 /* Position of key in o's members, or -1. O(1) expected with the index. */
 static int64_t obj_find(const lr_node *o, const char *key, size_t keylen) {
   const lr_member *m = o->u.obj.m;
-  if (o->u.obj.idx) {
-    uint32_t mask = o->idxcap - 1;
+  const lr_objx *x = lr_obj_x(o);
+  if (x && x->idx) {
+    uint32_t mask = x->idxcap - 1;
     for (uint32_t i = key_hash(key, keylen) & mask;; i = (i + 1) & mask) {
-      uint32_t slot = o->u.obj.idx[i];
+      uint32_t slot = x->idx[i];
       if (!slot) return -1;
       if (key_eq(&m[slot - 1], key, keylen)) return slot - 1;
     }
@@ -86,21 +87,24 @@ static int64_t obj_find(const lr_node *o, const char *key, size_t keylen) {
   return -1;
 }
 
-static void idx_insert(lr_node *o, uint32_t pos) {
-  uint32_t mask = o->idxcap - 1;
+static lr_objx *objx(lr_node *o);
+
+static void idx_insert(lr_objx *x, const lr_node *o, uint32_t pos) {
+  uint32_t mask = x->idxcap - 1;
   const lr_member *e = &o->u.obj.m[pos];
   uint32_t i = key_hash(lr_member_key(e), e->keylen) & mask;
-  while (o->u.obj.idx[i])
+  while (x->idx[i])
     i = (i + 1) & mask;
-  o->u.obj.idx[i] = pos + 1;
+  x->idx[i] = pos + 1;
 }
 
 static void idx_rebuild(lr_node *o, uint32_t cap) {
-  free(o->u.obj.idx);
-  o->u.obj.idx = lr_xcalloc(cap, sizeof(uint32_t));
-  o->idxcap = cap;
+  lr_objx *x = objx(o);
+  free(x->idx);
+  x->idx = lr_xcalloc(cap, sizeof(uint32_t));
+  x->idxcap = cap;
   for (uint32_t i = 0; i < o->u.obj.len; i++)
-    idx_insert(o, i);
+    idx_insert(x, o, i);
 }
 
 static void list_build(lr_node *o);
@@ -115,11 +119,12 @@ static uint32_t idx_cap_for(uint32_t len) {
 /* Index the member just appended at position len - 1. */
 static void idx_added(lr_node *o) {
   uint32_t len = o->u.obj.len;
-  if (o->u.obj.idx) {
-    if ((uint64_t)len * 2 > o->idxcap)
-      idx_rebuild(o, o->idxcap * 2);
+  lr_objx *x = lr_obj_x(o);
+  if (x && x->idx) {
+    if ((uint64_t)len * 2 > x->idxcap)
+      idx_rebuild(o, x->idxcap * 2);
     else
-      idx_insert(o, len - 1);
+      idx_insert(x, o, len - 1);
   } else if (len > LR_OBJ_INDEX_MIN) {
     idx_rebuild(o, idx_cap_for(len));
     list_build(o);
@@ -130,7 +135,8 @@ static void idx_added(lr_node *o) {
  * down by one). Backward-shift deletion keeps probe chains intact without
  * tombstones; then every stored position above pos is decremented. */
 static void idx_removed(lr_node *o, uint32_t pos) {
-  uint32_t *idx = o->u.obj.idx, mask = o->idxcap - 1;
+  lr_objx *x = lr_obj_x(o);
+  uint32_t *idx = x->idx, mask = x->idxcap - 1;
   const lr_member *m = o->u.obj.m;
   uint32_t i = key_hash(lr_member_key(&m[pos]), m[pos].keylen) & mask;
   while (idx[i] != pos + 1)
@@ -152,20 +158,20 @@ static void idx_removed(lr_node *o, uint32_t pos) {
 /* ---------------------------------------------------------------------------
  * Marked-member lists (objects with a hash index, see value.h)
  *
- * Invariant, per channel ch: for an object o with u.obj.idx set, the members
- * c with c->dirty[ch] != 0 are exactly those in o->u.obj.x->dirty[ch], once
+ * Invariant, per channel ch: for an object o with a hash index, the members
+ * c with c->dirty[ch] != 0 are exactly those in lr_obj_x(o)->dirty[ch], once
  * each. A mark goes from none to set only in mark_set; it goes back to none
  * only in lr_state_clear_dirty; a member leaves in obj_remove_at and
  * lr_obj_put (unlist_all); the lists go with the object's contents.
  */
 
 static bool listed(const lr_node *o) {
-  return o && o->type == LR_OBJECT && o->u.obj.idx;
+  return o && o->type == LR_OBJECT && o->xh && lr_objx_tab[o->xh - 1]->idx;
 }
 
 static lr_objx *objx(lr_node *o) {
-  if (!o->u.obj.x) o->u.obj.x = lr_xcalloc(1, sizeof *o->u.obj.x);
-  return o->u.obj.x;
+  if (!o->xh) o->xh = lr_objx_new();
+  return lr_objx_tab[o->xh - 1];
 }
 
 static void list_add(lr_nodelist *l, lr_node *c) {
@@ -193,7 +199,7 @@ static void mark_set(lr_node *n, int ch, uint8_t bits) {
 
 /* n's marks on ch are about to be cleared, or n leaves its parent. */
 static void unlist(lr_node *n, int ch) {
-  if (n->dirty[ch] && listed(n->parent)) list_del(&n->parent->u.obj.x->dirty[ch], n);
+  if (n->dirty[ch] && listed(n->parent)) list_del(&lr_obj_x(n->parent)->dirty[ch], n);
 }
 
 static void unlist_all(lr_node *n) {
@@ -216,7 +222,8 @@ static int by_pos(const void *a, const void *b) {
 bool lr_obj_dirty_members(const lr_node *o, int ch, lr_node *const **list, uint32_t *n) {
   if (!listed(o)) return false;
   static lr_nodelist none;
-  lr_nodelist *l = o->u.obj.x ? &o->u.obj.x->dirty[ch] : &none;
+  lr_objx *x = lr_obj_x(o);
+  lr_nodelist *l = x ? &x->dirty[ch] : &none;
   for (uint32_t i = 1; i < l->len; i++)
     if (l->v[i - 1]->pos > l->v[i]->pos) {
       qsort(l->v, l->len, sizeof *l->v, by_pos); /* the list's order is private */
@@ -305,14 +312,15 @@ static void free_contents(lr_node *n) {
       detach_release(n->u.obj.m[i].val);
     }
     free(n->u.obj.m);
-    free(n->u.obj.idx);
-    n->idxcap = 0;
-    if (n->u.obj.x) {
+    if (n->xh) {
+      lr_objx *x = lr_obj_x(n);
+      free(x->idx);
       for (int ch = 0; ch < LR_NCH; ch++) {
-        lr_dels_free(&n->u.obj.x->dels[ch], ch);
-        free(n->u.obj.x->dirty[ch].v);
+        lr_dels_free(&x->dels[ch], ch);
+        free(x->dirty[ch].v);
       }
-      free(n->u.obj.x);
+      lr_objx_free(n->xh);
+      n->xh = 0;
     }
     break;
   default:
@@ -475,7 +483,7 @@ void lr_obj_put(lr_node *obj, const char *key, size_t keylen, lr_node *child) {
 static void obj_remove_at(lr_node *o, uint32_t pos) {
   lr_member *m = o->u.obj.m;
   lr_node *child = m[pos].val;
-  if (o->u.obj.idx) idx_removed(o, pos);
+  if (listed(o)) idx_removed(o, pos);
   unlist_all(child);
   member_free_key(&m[pos]);
   memmove(&m[pos], &m[pos + 1], (o->u.obj.len - pos - 1) * sizeof(lr_member));
@@ -592,7 +600,7 @@ void lr_state_mark(lr_node *n) {
 static void clear_below(lr_node *n, int ch) {
   n->dirty[ch] = 0;
   if (n->type == LR_OBJECT) {
-    lr_objx *x = n->u.obj.x;
+    lr_objx *x = lr_obj_x(n);
     if (x) {
       lr_dels_clear(&x->dels[ch], ch);
     }
@@ -680,8 +688,8 @@ static lr_node *insert_new(lr_node *obj, const char *key, size_t keylen, const l
   c->flags = flags;
   c->parent = obj;
   obj_append(obj, key, keylen, c);
-  for (int ch = 0; ch < LR_NCH && obj->u.obj.x; ch++)
-    lr_dels_remove(&obj->u.obj.x->dels[ch], ch, key, keylen);
+  for (int ch = 0; ch < LR_NCH && obj->xh; ch++)
+    lr_dels_remove(&lr_obj_x(obj)->dels[ch], ch, key, keylen);
   lr_state_mark(c);
   return c;
 }
@@ -727,7 +735,7 @@ static void replace_contents(lr_node *t, const lr_node *s) {
   free_contents(t);
   t->type = c->type;
   t->u = c->u;
-  t->idxcap = c->idxcap;
+  t->xh = c->xh; /* free_contents(t) released t's own */
   if (t->type == LR_ARRAY)
     for (uint32_t i = 0; i < t->u.arr.len; i++)
       t->u.arr.items[i]->parent = t;

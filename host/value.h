@@ -19,14 +19,14 @@
  * Dirty tracking (per channel ch in {LR_CH_SYNC, LR_CH_PERSIST})
  * - LR_D_SELF on a node: its whole current value must be emitted at its path.
  * - LR_D_CHILD on a node: descend into it; some child is dirty or it has
- *   pending deletions (obj.x->dels[ch]).
+ *   pending deletions (lr_obj_x(obj)->dels[ch]).
  * - A change under an array marks the OUTERMOST array ancestor LR_D_SELF
  *   (arrays are always re-sent whole, protocol.md Part 1 row 3).
  * - A node whose own flags or any ancestor's flags exclude the channel
  *   (LR_F_NOSYNC for sync, LR_F_NOPERSIST for persist) is never marked on it.
  * - Marking propagates LR_D_CHILD up to the root, stopping early when an
  *   ancestor already has it (or has LR_D_SELF: then nothing more is needed).
- * - Deleting key k from object o records k in o->u.obj.x->dels[ch] (unless o or
+ * - Deleting key k from object o records k in lr_obj_x(o)->dels[ch] (unless o or
  *   an ancestor is already SELF on ch, or o is under an array: then the array
  *   is marked SELF instead). Re-adding k before the flush removes it from dels
  *   and marks the new child SELF.
@@ -99,9 +99,15 @@ typedef struct lr_nodelist { /* members of an object marked on one channel */
  * the per-channel lists of marked members. */
 #define LR_OBJ_INDEX_MIN 8
 
-typedef struct lr_objx { /* an object's side data, allocated on first use */
+/* An object's side data, allocated on first use (value_ext.c) and reached
+ * through the node's 32-bit handle xh: most objects never need it, and a
+ * node (mostly scalars) stays 40 bytes. */
+typedef struct lr_objx {
+  uint32_t *idx;   /* open-addressing hash index (member position + 1, 0 = empty); NULL while the
+                      object is small */
+  uint32_t idxcap; /* slots of idx */
   lr_keylist dels[LR_NCH];
-  lr_nodelist dirty[LR_NCH]; /* kept only while u.obj.idx is set */
+  lr_nodelist dirty[LR_NCH]; /* kept only while idx is set */
 } lr_objx;
 
 struct lr_node {
@@ -111,7 +117,7 @@ struct lr_node {
   uint32_t refs;
   lr_node *parent; /* NULL for a root or a detached node */
   uint32_t pos;    /* member index in parent, when parent is an object */
-  uint32_t idxcap; /* LR_OBJECT: slots of u.obj.idx (outside u.obj: the node stays 56 bytes) */
+  uint32_t xh;     /* LR_OBJECT: handle of its lr_objx (value_ext.c), 0 = none */
   union {
     bool b;
     int64_t i;
@@ -127,17 +133,23 @@ struct lr_node {
     struct {
       lr_member *m; /* members in insertion order */
       uint32_t len, cap;
-      uint32_t *idx; /* open-addressing hash index (member position + 1, 0 = empty); NULL while len
-                        is small */
-      lr_objx *x;    /* deletions and marked-member lists; NULL until first needed */
     } obj;
   } u;
 };
 
+/* The side table of value_ext.c: handle h is lr_objx_tab[h - 1]. */
+extern lr_objx **lr_objx_tab;
+
+/* Object o's side data, or NULL while it has none. */
+static inline lr_objx *lr_obj_x(const lr_node *o) {
+  return o->xh ? lr_objx_tab[o->xh - 1] : NULL;
+}
+
 /* The pending deletions of object o on channel ch (empty when it has none). */
 static inline lr_keylist lr_obj_dels(const lr_node *o, int ch) {
   lr_keylist none = {0};
-  return o->u.obj.x ? o->u.obj.x->dels[ch] : none;
+  const lr_objx *x = lr_obj_x(o);
+  return x ? x->dels[ch] : none;
 }
 
 /* When o keeps marked-member lists (it has a hash index): sets *list to its

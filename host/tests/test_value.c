@@ -105,17 +105,47 @@ TEST(value_set_get_remove) {
   lr_node_release(o);
 }
 
+/* Objects keep their hash index and deletions in the side table of
+ * value_ext.c: a node is 40 bytes on 64-bit, and freed handles are reused. */
+TEST(value_node_size_and_side_handles) {
+  if (sizeof(void *) == 8) ASSERT_EQ_INT(sizeof(lr_node), 40);
+  lr_node *o[3];
+  char k[16];
+  for (int j = 0; j < 3; j++) {
+    o[j] = lr_node_new(LR_OBJECT);
+    ASSERT_EQ_INT(o[j]->xh, 0);
+    for (int i = 0; i < 9; i++) {
+      snprintf(k, sizeof k, "k%d", i);
+      lr_obj_put(o[j], k, strlen(k), lr_node_int(i));
+    }
+    ASSERT(o[j]->xh != 0 && lr_obj_x(o[j])->idx != NULL);
+  }
+  ASSERT(o[0]->xh != o[1]->xh && o[1]->xh != o[2]->xh && o[0]->xh != o[2]->xh);
+  uint32_t h1 = o[1]->xh;
+  lr_node_release(o[1]);
+  lr_node *d = lr_node_new(LR_OBJECT); /* a deletion alone takes a handle too */
+  lr_obj_put(d, "a", 1, lr_node_int(1));
+  ASSERT(lr_state_delete(d, "a", 1));
+  ASSERT_EQ_INT(d->xh, h1);
+  ASSERT_EQ_INT(lr_obj_dels(d, LR_CH_SYNC).len, 1);
+  ASSERT(lr_obj_x(d)->idx == NULL);
+  ASSERT(lr_obj_get(o[2], "k8", 2)->u.i == 8 && lr_obj_get(o[0], "k3", 2)->u.i == 3);
+  lr_node_release(d);
+  lr_node_release(o[0]);
+  lr_node_release(o[2]);
+}
+
 TEST(value_hash_index_1000_keys) {
   lr_node *o = lr_node_new(LR_OBJECT);
   char k[16];
   for (int i = 0; i < 1000; i++) {
     snprintf(k, sizeof k, "k%d", i);
     lr_obj_put(o, k, strlen(k), lr_node_int(i));
-    if (i == 7) ASSERT(o->u.obj.idx == NULL);
-    if (i == 8) ASSERT(o->u.obj.idx != NULL);
+    if (i == 7) ASSERT(lr_obj_x(o) == NULL);
+    if (i == 8) ASSERT(lr_obj_x(o) != NULL && lr_obj_x(o)->idx != NULL);
   }
   ASSERT_EQ_INT(o->u.obj.len, 1000);
-  ASSERT(o->idxcap >= 2000);
+  ASSERT(lr_obj_x(o)->idxcap >= 2000);
   for (int i = 0; i < 1000; i++) {
     snprintf(k, sizeof k, "k%d", i);
     lr_node *v = lr_obj_get(o, k, strlen(k));
@@ -139,7 +169,7 @@ TEST(value_hash_index_1000_keys) {
     ASSERT_EQ_INT(o->u.obj.m[i].val->u.i, 2 * i + 1);
   /* clones of indexed objects are indexed too */
   lr_node *c = lr_node_clone(o);
-  ASSERT(c->u.obj.idx != NULL && lr_obj_get(c, "k999", 4)->u.i == 999);
+  ASSERT(lr_obj_x(c) && lr_obj_x(c)->idx != NULL && lr_obj_get(c, "k999", 4)->u.i == 999);
   ASSERT(lr_node_equal(o, c));
   lr_node_release(c);
   lr_node_release(o);
