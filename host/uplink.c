@@ -328,7 +328,7 @@ static size_t relayed_headers(const lr_node *headers, lr_header *hs, lr_buf *nam
       const lr_node *val = headers->u.obj.m[i].val;
       if (val->type != LR_STRING) continue;
       offs[nh] = names->len;
-      for (uint32_t k = 0; k < headers->u.obj.m[i].keylen; k++) {
+      for (uint32_t k = 0; k < lr_member_keylen(&headers->u.obj.m[i]); k++) {
         char ch = lr_member_key(&headers->u.obj.m[i])[k];
         lr_buf_putc(names, (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch));
       }

@@ -22,6 +22,12 @@
 #include "buf.h"
 #include "hash.h"
 
+/* 40-byte nodes and 24-byte members (value.h), and the byte that tells an
+ * inline key's length from a long key's tag is the same in both layouts. */
+_Static_assert(sizeof(void *) != 8 || sizeof(lr_node) == 40, "lr_node is 40 bytes");
+_Static_assert(sizeof(void *) != 8 || sizeof(lr_member) == 24, "lr_member is 24 bytes");
+_Static_assert(offsetof(lr_member, k.s.len) == offsetof(lr_member, k.l.tag), "key tag");
+
 /* The node flag that hides a subtree from each channel. */
 static const uint8_t ch_excl[LR_NCH] = {LR_F_NOSYNC, LR_F_NOPERSIST};
 
@@ -52,22 +58,24 @@ static uint32_t key_hash(const char *k, size_t n) {
 }
 
 static bool key_eq(const lr_member *m, const char *key, size_t keylen) {
-  return m->keylen == keylen && memcmp(lr_member_key(m), key, keylen) == 0;
+  return lr_member_keylen(m) == keylen && memcmp(lr_member_key(m), key, keylen) == 0;
 }
 
 /* Store key in member e (inline when short). */
 static void member_set_key(lr_member *e, const char *key, size_t keylen) {
-  e->keylen = (uint32_t)keylen;
   if (keylen < LR_KEY_INLINE) {
-    memcpy(e->k.in, key, keylen);
-    e->k.in[keylen] = '\0';
+    memcpy(e->k.s.in, key, keylen);
+    e->k.s.in[keylen] = '\0';
+    e->k.s.len = (uint8_t)keylen;
   } else {
-    e->k.p = lr_xstrndup(key, keylen);
+    e->k.l.p = lr_xstrndup(key, keylen);
+    e->k.l.len = (uint32_t)keylen;
+    e->k.l.tag = LR_KEY_LONG;
   }
 }
 
 static void member_free_key(lr_member *e) {
-  if (e->keylen >= LR_KEY_INLINE) free(e->k.p);
+  if (e->k.s.len == LR_KEY_LONG) free(e->k.l.p);
 }
 
 /* Position of key in o's members, or -1. O(1) expected with the index. */
@@ -92,7 +100,7 @@ static lr_objx *objx(lr_node *o);
 static void idx_insert(lr_objx *x, const lr_node *o, uint32_t pos) {
   uint32_t mask = x->idxcap - 1;
   const lr_member *e = &o->u.obj.m[pos];
-  uint32_t i = key_hash(lr_member_key(e), e->keylen) & mask;
+  uint32_t i = key_hash(lr_member_key(e), lr_member_keylen(e)) & mask;
   while (x->idx[i])
     i = (i + 1) & mask;
   x->idx[i] = pos + 1;
@@ -138,12 +146,12 @@ static void idx_removed(lr_node *o, uint32_t pos) {
   lr_objx *x = lr_obj_x(o);
   uint32_t *idx = x->idx, mask = x->idxcap - 1;
   const lr_member *m = o->u.obj.m;
-  uint32_t i = key_hash(lr_member_key(&m[pos]), m[pos].keylen) & mask;
+  uint32_t i = key_hash(lr_member_key(&m[pos]), lr_member_keylen(&m[pos])) & mask;
   while (idx[i] != pos + 1)
     i = (i + 1) & mask;
   for (uint32_t j = (i + 1) & mask; idx[j]; j = (j + 1) & mask) {
     const lr_member *e = &m[idx[j] - 1];
-    uint32_t home = key_hash(lr_member_key(e), e->keylen) & mask;
+    uint32_t home = key_hash(lr_member_key(e), lr_member_keylen(e)) & mask;
     bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
     if (!stays) {
       idx[i] = idx[j];
@@ -376,7 +384,7 @@ lr_node *lr_node_clone(const lr_node *n) {
     for (uint32_t i = 0; i < len; i++) {
       const lr_member *s = &n->u.obj.m[i];
       lr_member *d = &c->u.obj.m[i];
-      member_set_key(d, lr_member_key(s), s->keylen);
+      member_set_key(d, lr_member_key(s), lr_member_keylen(s));
       d->val = lr_node_clone(s->val);
       d->val->parent = c;
       d->val->pos = i;
@@ -422,7 +430,7 @@ bool lr_node_equal(const lr_node *a, const lr_node *b) {
     if (a->u.obj.len != b->u.obj.len) return false;
     for (uint32_t i = 0; i < a->u.obj.len; i++) {
       const lr_member *m = &a->u.obj.m[i];
-      const lr_node *o = lr_obj_get(b, lr_member_key(m), m->keylen);
+      const lr_node *o = lr_obj_get(b, lr_member_key(m), lr_member_keylen(m));
       if (!o || !lr_node_equal(m->val, o)) return false;
     }
     return true;
@@ -532,7 +540,7 @@ const char *lr_node_key_in_parent(const lr_node *child, uint32_t *keylen) {
   if (!p || p->type != LR_OBJECT) return NULL;
   int64_t i = lr_node_index_in_parent(child);
   if (i < 0) return NULL;
-  if (keylen) *keylen = p->u.obj.m[i].keylen;
+  if (keylen) *keylen = lr_member_keylen(&p->u.obj.m[i]);
   return lr_member_key(&p->u.obj.m[i]);
 }
 
@@ -545,7 +553,7 @@ static void path_append(const lr_node *n, lr_buf *out) {
   if (p->type == LR_ARRAY)
     lr_buf_printf(out, "%lld", (long long)i);
   else if (i >= 0)
-    lr_buf_put(out, lr_member_key(&p->u.obj.m[i]), p->u.obj.m[i].keylen);
+    lr_buf_put(out, lr_member_key(&p->u.obj.m[i]), lr_member_keylen(&p->u.obj.m[i]));
 }
 
 /* Written root first; O(depth * siblings), meant for messages and tests, not
@@ -664,7 +672,7 @@ static void state_delete_at(lr_node *o, uint32_t pos) {
       mark_set(t, ch, LR_D_SELF);
       mark_child_up(t->parent, ch);
     } else {
-      lr_dels_add(&objx(o)->dels[ch], ch, lr_member_key(e), e->keylen);
+      lr_dels_add(&objx(o)->dels[ch], ch, lr_member_key(e), lr_member_keylen(e));
       mark_set(o, ch, LR_D_CHILD);
       mark_child_up(o->parent, ch);
     }
@@ -753,18 +761,18 @@ static void assign(lr_node *t, const lr_node *s);
 static void merge(lr_node *t, const lr_node *s) {
   for (uint32_t i = 0; i < t->u.obj.len;) {
     const lr_member *e = &t->u.obj.m[i];
-    if (obj_find(s, lr_member_key(e), e->keylen) < 0)
+    if (obj_find(s, lr_member_key(e), lr_member_keylen(e)) < 0)
       state_delete_at(t, i);
     else
       i++;
   }
   for (uint32_t i = 0; i < s->u.obj.len; i++) {
     const lr_member *e = &s->u.obj.m[i];
-    int64_t p = obj_find(t, lr_member_key(e), e->keylen);
+    int64_t p = obj_find(t, lr_member_key(e), lr_member_keylen(e));
     if (p >= 0)
       assign(t->u.obj.m[p].val, e->val);
     else
-      insert_new(t, lr_member_key(e), e->keylen, e->val, e->val->flags);
+      insert_new(t, lr_member_key(e), lr_member_keylen(e), e->val, e->val->flags);
   }
 }
 

@@ -69,20 +69,34 @@ typedef struct lr_node lr_node;
 /* A member's key is NUL-terminated and may contain any bytes except NUL. Keys
  * shorter than LR_KEY_INLINE bytes are stored in the member itself (moving
  * with it when the member array grows or shifts), longer ones in an owned
- * allocation: read it with lr_member_key, and do not keep the pointer across
- * a change of the object. */
-#define LR_KEY_INLINE 16
+ * allocation: read it with lr_member_key and lr_member_keylen, and do not
+ * keep the pointer across a change of the object. A member is 24 bytes: an
+ * inline key's length is the last byte of the 16 the key takes (a long key
+ * has LR_KEY_LONG there, its pointer and length before it). */
+#define LR_KEY_INLINE 15
+#define LR_KEY_LONG 0xFF
 typedef struct lr_member {
   lr_node *val; /* owned reference */
-  uint32_t keylen;
   union {
-    char in[LR_KEY_INLINE]; /* keylen < LR_KEY_INLINE */
-    char *p;                /* otherwise */
+    struct {
+      char in[LR_KEY_INLINE]; /* NUL-terminated */
+      uint8_t len;            /* < LR_KEY_INLINE, or LR_KEY_LONG */
+    } s;
+    struct {
+      char *p;
+      uint32_t len;
+      uint8_t pad_[3];
+      uint8_t tag; /* LR_KEY_LONG, the same byte as s.len */
+    } l;
   } k;
 } lr_member;
 
 static inline const char *lr_member_key(const lr_member *m) {
-  return m->keylen < LR_KEY_INLINE ? m->k.in : m->k.p;
+  return m->k.s.len != LR_KEY_LONG ? m->k.s.in : m->k.l.p;
+}
+
+static inline uint32_t lr_member_keylen(const lr_member *m) {
+  return m->k.s.len != LR_KEY_LONG ? m->k.s.len : m->k.l.len;
 }
 
 typedef struct lr_keylist { /* pending deleted keys of one channel */

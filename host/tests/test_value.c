@@ -135,6 +135,36 @@ TEST(value_node_size_and_side_handles) {
   lr_node_release(o[2]);
 }
 
+/* Keys up to 14 bytes live in the 24-byte member, longer ones outside: both
+ * read back (key and length), compare, rename and free alike. */
+TEST(value_member_keys_inline_and_long) {
+  if (sizeof(void *) == 8) ASSERT_EQ_INT(sizeof(lr_member), 24);
+  static const char *keys[] = {"", "a", "abcdefghijklmn", "abcdefghijklmno",
+                               "a much longer key than any inline one, 255 is not special"};
+  lr_node *o = lr_node_new(LR_OBJECT);
+  for (int i = 0; i < 5; i++)
+    lr_obj_put(o, keys[i], strlen(keys[i]), lr_node_int(i));
+  ASSERT_EQ_INT(o->u.obj.len, 5);
+  for (int i = 0; i < 5; i++) {
+    const lr_member *m = &o->u.obj.m[i];
+    ASSERT_EQ_INT(lr_member_keylen(m), strlen(keys[i]));
+    ASSERT_EQ_STR(lr_member_key(m), keys[i]);
+    ASSERT_EQ_INT(m->k.s.len == LR_KEY_LONG, strlen(keys[i]) >= LR_KEY_INLINE);
+    ASSERT(lr_obj_get(o, keys[i], strlen(keys[i]))->u.i == i);
+  }
+  ASSERT(lr_obj_get(o, "abcdefghijklm", 13) == NULL);
+  ASSERT(lr_obj_get(o, "abcdefghijklmnop", 16) == NULL);
+  ASSERT_EQ_STR(ENC(o), "{\"\":0,\"a\":1,\"abcdefghijklmn\":2,\"abcdefghijklmno\":3,"
+                        "\"a much longer key than any inline one, 255 is not special\":4}");
+  ASSERT(lr_obj_remove(o, keys[3], strlen(keys[3])));
+  ASSERT(lr_obj_remove(o, keys[2], strlen(keys[2])));
+  ASSERT_EQ_STR(lr_member_key(&o->u.obj.m[2]), keys[4]);
+  lr_node *c = lr_node_clone(o);
+  ASSERT(lr_node_equal(o, c));
+  lr_node_release(c);
+  lr_node_release(o);
+}
+
 TEST(value_hash_index_1000_keys) {
   lr_node *o = lr_node_new(LR_OBJECT);
   char k[16];
