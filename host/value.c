@@ -58,7 +58,8 @@ static uint32_t key_hash(const char *k, size_t n) {
 }
 
 static bool key_eq(const lr_member *m, const char *key, size_t keylen) {
-  return lr_member_keylen(m) == keylen && memcmp(lr_member_key(m), key, keylen) == 0;
+  if (keylen < LR_KEY_INLINE) return m->k.s.len == keylen && memcmp(m->k.s.in, key, keylen) == 0;
+  return m->k.s.len == LR_KEY_LONG && m->k.l.len == keylen && memcmp(m->k.l.p, key, keylen) == 0;
 }
 
 /* Store key in member e (inline when short). */

@@ -33,6 +33,8 @@ local SECRET_LEN = 22 -- secrets (made-up session ids, transfer tokens): 22 x lo
 -- string less per connection until something reads it). conn.state is made
 -- on first read: until then the session's ids are the raw fields _pid and
 -- _priv (a table less per connection); read them with conn_pid/conn_priv.
+-- _pid/_priv are raw only while conn.state is not (its first read, or an
+-- assignment, drops them).
 local Conn = {}
 local conn_id = core.conn_id
 Conn.__index = function(self, k)
@@ -49,19 +51,28 @@ Conn.__index = function(self, k)
   end
   return m
 end
+Conn.__newindex = function(self, k, v) -- a new raw field; conn.state = t replaces the ids
+  if k == "state" then
+    rawset(self, "_pid", nil)
+    rawset(self, "_priv", nil)
+  end
+  rawset(self, k, v)
+end
 function Conn:send(v) core.send(self, v) end
 function Conn:close(code, reason) core.conn_close(self, code or 1000, reason or "") end
 
 -- conn.state.publicId / privateId without making conn.state.
 local function conn_pid(conn)
+  local pid = conn._pid -- raw, or nil through Conn.__index
+  if pid ~= nil then return pid end
   local st = rawget(conn, "state")
-  if st then return st.publicId end
-  return rawget(conn, "_pid")
+  return st and st.publicId
 end
 local function conn_priv(conn)
+  local priv = conn._priv
+  if priv ~= nil then return priv end
   local st = rawget(conn, "state")
-  if st then return st.privateId end
-  return rawget(conn, "_priv")
+  return st and st.privateId
 end
 M.conn_pid = conn_pid
 
