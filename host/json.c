@@ -307,7 +307,7 @@ static void enc(const lr_node *n, uint8_t skip_flags, lr_buf *out) {
     enc_double(out, n->u.f);
     break;
   case LR_STRING:
-    enc_string(out, n->u.str.s, n->u.str.len);
+    enc_string(out, lr_str(n), lr_strlen(n));
     break;
   case LR_ARRAY:
     w1(out, '[');

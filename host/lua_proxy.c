@@ -62,7 +62,7 @@ void lr_lua_push_copy(lua_State *L, const lr_node *n) {
     lua_pushnumber(L, n->u.f);
     break;
   case LR_STRING:
-    lua_pushlstring(L, n->u.str.s, n->u.str.len);
+    lua_pushlstring(L, lr_str(n), lr_strlen(n));
     break;
   case LR_ARRAY:
     lua_createtable(L, (int)n->u.arr.len, 0);

@@ -27,6 +27,7 @@
 _Static_assert(sizeof(void *) != 8 || sizeof(lr_node) == 40, "lr_node is 40 bytes");
 _Static_assert(sizeof(void *) != 8 || sizeof(lr_member) == 24, "lr_member is 24 bytes");
 _Static_assert(offsetof(lr_member, k.s.len) == offsetof(lr_member, k.l.tag), "key tag");
+_Static_assert(offsetof(lr_node, u.str.in.len) == offsetof(lr_node, u.str.ext.tag), "string tag");
 
 /* The node flag that hides a subtree from each channel. */
 static const uint8_t ch_excl[LR_NCH] = {LR_F_NOSYNC, LR_F_NOPERSIST};
@@ -247,6 +248,24 @@ bool lr_obj_dirty_members(const lr_node *o, int ch, lr_node *const **list, uint3
  * Construction and lifetime
  */
 
+/* Store len bytes of str as n's string (n holds none): in the node when short. */
+static void str_set(lr_node *n, const char *str, size_t len) {
+  if (len < LR_STR_INLINE) {
+    memcpy(n->u.str.in.b, str, len);
+    n->u.str.in.b[len] = '\0';
+    n->u.str.in.len = (uint8_t)len;
+    return;
+  }
+  if (len > UINT32_MAX) fatal("string too long");
+  n->u.str.ext.p = lr_xstrndup(str, len);
+  n->u.str.ext.len = (uint32_t)len;
+  n->u.str.ext.tag = LR_STR_LONG;
+}
+
+static void str_free(lr_node *n) {
+  if (n->u.str.in.len == LR_STR_LONG) free(n->u.str.ext.p);
+}
+
 static size_t live_nodes; /* allocation counter: nodes alive in the process */
 
 size_t lr_node_live(void) {
@@ -263,7 +282,7 @@ static lr_node *node_alloc(lr_type t) {
 
 lr_node *lr_node_new(lr_type t) {
   lr_node *n = node_alloc(t);
-  if (t == LR_STRING) n->u.str.s = lr_xstrndup("", 0);
+  /* a string: "" inline (zeroed) */
   return n;
 }
 
@@ -291,8 +310,7 @@ lr_node *lr_node_float(double f) {
 
 lr_node *lr_node_string(const char *s, size_t len) {
   lr_node *n = node_alloc(LR_STRING);
-  n->u.str.s = lr_xstrndup(s, len);
-  n->u.str.len = len;
+  str_set(n, s, len);
   return n;
 }
 
@@ -308,7 +326,7 @@ static void detach_release(lr_node *child) {
 static void free_contents(lr_node *n) {
   switch (n->type) {
   case LR_STRING:
-    free(n->u.str.s);
+    str_free(n);
     break;
   case LR_ARRAY:
     for (uint32_t i = 0; i < n->u.arr.len; i++)
@@ -364,8 +382,7 @@ lr_node *lr_node_clone(const lr_node *n) {
     c->u.f = n->u.f;
     break;
   case LR_STRING:
-    c->u.str.s = lr_xstrndup(n->u.str.s, n->u.str.len);
-    c->u.str.len = n->u.str.len;
+    str_set(c, lr_str(n), lr_strlen(n));
     break;
   case LR_ARRAY: {
     uint32_t len = n->u.arr.len;
@@ -421,7 +438,7 @@ bool lr_node_equal(const lr_node *a, const lr_node *b) {
   case LR_FLOAT:
     return a->u.f == b->u.f;
   case LR_STRING:
-    return a->u.str.len == b->u.str.len && memcmp(a->u.str.s, b->u.str.s, a->u.str.len) == 0;
+    return lr_strlen(a) == lr_strlen(b) && memcmp(lr_str(a), lr_str(b), lr_strlen(a)) == 0;
   case LR_ARRAY:
     if (a->u.arr.len != b->u.arr.len) return false;
     for (uint32_t i = 0; i < a->u.arr.len; i++)
@@ -707,13 +724,21 @@ static lr_node *insert_new(lr_node *obj, const char *key, size_t keylen, const l
  * stores; a string reuses t's buffer when the new one fits, so shrinking or
  * same-length writes do not allocate. */
 static void set_scalar(lr_node *t, const lr_node *s) {
-  if (t->type == LR_STRING && s->type == LR_STRING && s->u.str.len <= t->u.str.len) {
-    memcpy(t->u.str.s, s->u.str.s, s->u.str.len);
-    t->u.str.s[s->u.str.len] = '\0';
-    t->u.str.len = s->u.str.len;
-    return;
+  if (t->type == LR_STRING && s->type == LR_STRING) {
+    size_t n = lr_strlen(s);
+    bool ext = t->u.str.in.len == LR_STR_LONG;
+    if (ext ? n <= t->u.str.ext.len : n < LR_STR_INLINE) { /* fits where t's bytes are */
+      char *d = ext ? t->u.str.ext.p : t->u.str.in.b;
+      memmove(d, lr_str(s), n);
+      d[n] = '\0';
+      if (ext)
+        t->u.str.ext.len = (uint32_t)n;
+      else
+        t->u.str.in.len = (uint8_t)n;
+      return;
+    }
   }
-  if (t->type == LR_STRING) free(t->u.str.s);
+  if (t->type == LR_STRING) str_free(t);
   t->type = s->type;
   switch (s->type) {
   case LR_NULL:
@@ -729,8 +754,8 @@ static void set_scalar(lr_node *t, const lr_node *s) {
     t->u.f = s->u.f;
     break;
   case LR_STRING:
-    t->u.str.s = lr_xstrndup(s->u.str.s, s->u.str.len);
-    t->u.str.len = s->u.str.len;
+    memset(&t->u, 0, sizeof t->u);
+    str_set(t, lr_str(s), lr_strlen(s));
     break;
   default:
     break;

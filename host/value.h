@@ -124,6 +124,11 @@ typedef struct lr_objx {
   lr_nodelist dirty[LR_NCH]; /* kept only while idx is set */
 } lr_objx;
 
+/* A string value shorter than LR_STR_INLINE bytes is stored in its node
+ * (no allocation of its own), a longer one in an owned allocation. */
+#define LR_STR_INLINE 15
+#define LR_STR_LONG 0xFF
+
 struct lr_node {
   uint8_t type;  /* lr_type */
   uint8_t flags; /* LR_F_* */
@@ -136,9 +141,17 @@ struct lr_node {
     bool b;
     int64_t i;
     double f;
-    struct {
-      char *s; /* owned, NUL-terminated, valid UTF-8 */
-      size_t len;
+    union { /* valid UTF-8, NUL-terminated: read with lr_str and lr_strlen */
+      struct {
+        char b[LR_STR_INLINE]; /* a string shorter than LR_STR_INLINE bytes */
+        uint8_t len;           /* < LR_STR_INLINE, or LR_STR_LONG */
+      } in;
+      struct {
+        char *p; /* owned */
+        uint32_t len;
+        uint8_t pad_[3];
+        uint8_t tag; /* LR_STR_LONG, the same byte as in.len */
+      } ext;
     } str;
     struct {
       lr_node **items; /* owned references */
@@ -150,6 +163,16 @@ struct lr_node {
     } obj;
   } u;
 };
+
+/* The bytes and length of LR_STRING node n (the pointer is valid until n
+ * changes). */
+static inline const char *lr_str(const lr_node *n) {
+  return n->u.str.in.len != LR_STR_LONG ? n->u.str.in.b : n->u.str.ext.p;
+}
+
+static inline size_t lr_strlen(const lr_node *n) {
+  return n->u.str.in.len != LR_STR_LONG ? n->u.str.in.len : n->u.str.ext.len;
+}
 
 /* The side table of value_ext.c: handle h is lr_objx_tab[h - 1]. */
 extern lr_objx **lr_objx_tab;

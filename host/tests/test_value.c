@@ -99,7 +99,7 @@ TEST(value_set_get_remove) {
   ASSERT(lr_arr_get(arr, 1)->type == LR_NULL && lr_arr_get(arr, 2) == NULL);
   ASSERT_EQ_STR(ENC(o), "{\"b\":\"hi\",\"l\":[1.5,null]}");
   lr_node *s = lr_node_new(LR_STRING);
-  ASSERT(s->u.str.s && s->u.str.len == 0 && s->refs == 1);
+  ASSERT(lr_str(s) && lr_strlen(s) == 0 && s->refs == 1);
   lr_node_release(s);
   ASSERT(!lr_state_dirty(o, LR_CH_SYNC) && !lr_state_dirty(o, LR_CH_PERSIST));
   lr_node_release(o);
@@ -133,6 +133,40 @@ TEST(value_node_size_and_side_handles) {
   lr_node_release(d);
   lr_node_release(o[0]);
   lr_node_release(o[2]);
+}
+
+/* Strings up to 14 bytes live in their node, longer ones outside: every
+ * write between the two forms (and other types) reads back the same. */
+TEST(value_strings_inline_and_long) {
+  static const char *v[] = {
+      "",   "abcdefghijklmn", "abcdefghijklmno", "x", "a string well past the inline limit",
+      "yy", "abcdefghijklmn"};
+  lr_node *t = lr_node_string("start", 5);
+  ASSERT_EQ_INT(t->u.str.in.len, 5);
+  for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+    lr_node *s = lr_node_string(v[i], strlen(v[i]));
+    ASSERT_EQ_INT(s->u.str.in.len == LR_STR_LONG, strlen(v[i]) >= LR_STR_INLINE);
+    lr_state_assign(t, s);
+    ASSERT_EQ_INT(lr_strlen(t), strlen(v[i]));
+    ASSERT_EQ_STR(lr_str(t), v[i]);
+    ASSERT(lr_node_equal(t, s));
+    lr_node *c = lr_node_clone(t);
+    ASSERT(lr_node_equal(c, s) && lr_strlen(c) == strlen(v[i]));
+    lr_node_release(c);
+    lr_node_release(s);
+  }
+  lr_node *n = lr_node_int(7); /* string -> int -> string */
+  lr_state_assign(t, n);
+  ASSERT(t->type == LR_INT && t->u.i == 7);
+  lr_node *s = lr_node_string("a\0b", 3);
+  lr_state_assign(t, s);
+  ASSERT(t->type == LR_STRING && lr_strlen(t) == 3 && memcmp(lr_str(t), "a\0b", 3) == 0);
+  lr_node_release(s);
+  lr_node_release(n);
+  lr_node_release(t);
+  lr_node *e = lr_node_new(LR_STRING);
+  ASSERT(lr_strlen(e) == 0 && lr_str(e)[0] == '\0');
+  lr_node_release(e);
 }
 
 /* Keys up to 14 bytes live in the 24-byte member, longer ones outside: both
@@ -360,8 +394,8 @@ TEST(value_assign_in_place_type_change) {
   /* a string shrinking in place */
   set_json(root, "s", "\"a longer string\"", 0);
   set_json(root, "s", "\"short\"", 0);
-  ASSERT_EQ_STR(at(root, "s")->u.str.s, "short");
-  ASSERT_EQ_INT(at(root, "s")->u.str.len, 5);
+  ASSERT_EQ_STR(lr_str(at(root, "s")), "short");
+  ASSERT_EQ_INT(lr_strlen(at(root, "s")), 5);
   lr_node_release(held);
   lr_node_release(root);
 }
