@@ -364,21 +364,23 @@ static const char *b_public_id(lr_conn *c, char *buf, size_t n) {
   lua_State *L = c->srv->L;
   lr_lua_push_conn(L, c);
   const char *res = NULL;
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "state");
-    if (lua_istable(L, -1)) {
+  if (lua_istable(L, -1)) { /* conn.state, or _pid until it is made (runtime.lua) */
+    lua_pushliteral(L, "state");
+    if (lua_rawget(L, -2) == LUA_TTABLE)
       lua_getfield(L, -1, "publicId");
-      if (lua_type(L, -1) == LUA_TSTRING && n > 0) { /* snprintf "%s" without its cost */
-        size_t l;
-        const char *p = lua_tolstring(L, -1, &l);
-        l = strnlen(p, l < n - 1 ? l : n - 1);
-        memcpy(buf, p, l);
-        buf[l] = '\0';
-        res = buf;
-      }
-      lua_pop(L, 1);
+    else {
+      lua_pushliteral(L, "_pid");
+      lua_rawget(L, -3);
     }
-    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING && n > 0) { /* snprintf "%s" without its cost */
+      size_t l;
+      const char *p = lua_tolstring(L, -1, &l);
+      l = strnlen(p, l < n - 1 ? l : n - 1);
+      memcpy(buf, p, l);
+      buf[l] = '\0';
+      res = buf;
+    }
+    lua_pop(L, 2);
   }
   lua_pop(L, 1);
   return res;

@@ -116,9 +116,9 @@ static void l_message(void *ud, const char *data, size_t len) {
   if (target) {
     const lr_node *to = lr_obj_get(n, "targetClientId", 14), *d = lr_obj_get(n, "data", 4);
     if (to && to->type == LR_STRING && d && d->type == LR_STRING) {
-      lr_msg *m = lr_msg_new(d->u.str.s, d->u.str.len);
+      lr_msg *m = lr_msg_new(lr_str(d), lr_strlen(d));
       for (uint32_t i = 0; i < l->n; i++)
-        if (strcmp(l->v[i]->priv, to->u.str.s) == 0) deliver(l->v[i]->c, m);
+        if (strcmp(l->v[i]->priv, lr_str(to)) == 0) deliver(l->v[i]->c, m);
       lr_msg_release(m);
     }
   } else {
@@ -135,8 +135,7 @@ static void l_message(void *ud, const char *data, size_t len) {
       return;
     }
     if (p && p->type == LR_STRING)
-      cl_close_clients(l, p->u.str.s, cc,
-                       reason && reason->type == LR_STRING ? reason->u.str.s : "");
+      cl_close_clients(l, lr_str(p), cc, reason && reason->type == LR_STRING ? lr_str(reason) : "");
   }
   lr_node_release(n);
 }

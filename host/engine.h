@@ -115,19 +115,22 @@ typedef struct lr_held { /* a packet waiting for a batched joiner's snapshot */
 struct lr_conn {
   lr_server *srv;
   lr_room *room; /* retained */
-  char id[16];   /* random base36 */
-  const lr_transport_vt *vt;
-  void *tp;
-  int ref; /* registry ref of the Lua conn table */
-  lr_conn_phase phase;
-  uint32_t refs;
-  uint32_t drops; /* consecutive dropped messages */
-  bool parked;    /* autoSync off: waiting for applySync to get its snapshot */
+  /* The id and the small fields share 16 bytes: the struct is 136 bytes, a
+   * 144-byte malloc chunk (not 160). */
+  char id[12];     /* random base36, 10 characters */
+  uint8_t phase;   /* lr_conn_phase */
+  bool parked : 1; /* autoSync off: waiting for applySync to get its snapshot */
   /* Joined during a pass of the network loop (lr_server_batch_joins): parked
    * until the room's flush at the end of the pass; what is sent to it
    * meanwhile waits in `held` and follows its snapshot. */
-  bool batched;
-  bool in_room_list;
+  bool batched : 1;
+  bool in_room_list : 1;
+  const lr_transport_vt *vt;
+  void *tp;
+  int ref; /* registry ref of the Lua conn table */
+  uint32_t refs;
+  uint32_t drops;       /* consecutive dropped messages */
+  uint32_t gated_bytes; /* bytes of its packets waiting in the room's outbox (at most 4 MiB) */
   /* What c is beyond a plain client (see lr_conn_ops), NULL for that. */
   const lr_conn_ops *ops;
   /* Frames received while joining (handled in order once joined); NULL
@@ -143,8 +146,8 @@ struct lr_conn {
    * never reads it): uplink.c's uplink, shard.c's client, cluster.c's
    * relayed client. One field for the three: a conn is at most one of them. */
   void *ext;
-  size_t gated_bytes; /* bytes of its packets waiting in the room's outbox */
 };
+_Static_assert(sizeof(void *) != 8 || sizeof(struct lr_conn) == 136, "lr_conn is 136 bytes");
 
 /* A packet waiting in a room's outbox until the writes before it commit. */
 typedef struct lr_gated {

@@ -307,7 +307,7 @@ static void enc(const lr_node *n, uint8_t skip_flags, lr_buf *out) {
     enc_double(out, n->u.f);
     break;
   case LR_STRING:
-    enc_string(out, n->u.str.s, n->u.str.len);
+    enc_string(out, lr_str(n), lr_strlen(n));
     break;
   case LR_ARRAY:
     w1(out, '[');
@@ -325,7 +325,7 @@ static void enc(const lr_node *n, uint8_t skip_flags, lr_buf *out) {
       if (m->val->flags & skip_flags) continue;
       if (!first) w1(out, ',');
       first = false;
-      enc_string(out, lr_member_key(m), m->keylen);
+      enc_string(out, lr_member_key(m), lr_member_keylen(m));
       w1(out, ':');
       enc(m->val, skip_flags, out);
     }
@@ -373,7 +373,7 @@ static void patch_obj(const lr_node *o, int ch, lr_buf *out) {
     if (!d || (m->val->flags & ex)) continue;
     if (!first) w1(out, ',');
     first = false;
-    enc_string(out, lr_member_key(m), m->keylen);
+    enc_string(out, lr_member_key(m), lr_member_keylen(m));
     w1(out, ':');
     if ((d & LR_D_SELF) || m->val->type != LR_OBJECT)
       enc(m->val, ex, out);
@@ -423,7 +423,7 @@ static void persist_obj(persist_walk *w, const lr_node *o, bool top) {
     uint8_t d = m->val->dirty[LR_CH_PERSIST];
     if (!d || (m->val->flags & LR_F_NOPERSIST)) continue;
     if (!top) lr_buf_putc(&w->path, '.');
-    lr_buf_put(&w->path, lr_member_key(m), m->keylen);
+    lr_buf_put(&w->path, lr_member_key(m), lr_member_keylen(m));
     if ((d & LR_D_SELF) || m->val->type != LR_OBJECT)
       persist_put(w, m->val);
     else

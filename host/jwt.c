@@ -98,7 +98,7 @@ static lr_jwt_status check_header(const char *seg, size_t n) {
   if (!h) return LR_JWT_MALFORMED;
   lr_node *alg = h->type == LR_OBJECT ? lr_obj_get(h, "alg", 3) : NULL;
   if (alg && alg->type == LR_STRING)
-    st = (alg->u.str.len == 5 && memcmp(alg->u.str.s, "HS256", 5) == 0) ? LR_JWT_OK : LR_JWT_ALG;
+    st = (lr_strlen(alg) == 5 && memcmp(lr_str(alg), "HS256", 5) == 0) ? LR_JWT_OK : LR_JWT_ALG;
   lr_node_release(h);
   return st;
 }

@@ -103,13 +103,13 @@ typedef struct conn_box {
 } conn_box;
 
 void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id) {
-  lua_createtable(L, 0, 3); /* sessionId, state, _h; id: the metatable's __index */
+  /* sessionId, _h, then _pid and _priv (runtime.lua); id and state (made on
+   * first read): the metatable's __index */
+  lua_createtable(L, 0, 4);
   if (session_id) {
     lua_pushstring(L, session_id);
     lua_setfield(L, -2, "sessionId");
   }
-  lua_createtable(L, 0, 2); /* publicId, privateId */
-  lua_setfield(L, -2, "state");
   conn_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->c = c;
   memcpy(b->id, c->id, sizeof b->id);

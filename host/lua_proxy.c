@@ -62,7 +62,7 @@ void lr_lua_push_copy(lua_State *L, const lr_node *n) {
     lua_pushnumber(L, n->u.f);
     break;
   case LR_STRING:
-    lua_pushlstring(L, n->u.str.s, n->u.str.len);
+    lua_pushlstring(L, lr_str(n), lr_strlen(n));
     break;
   case LR_ARRAY:
     lua_createtable(L, (int)n->u.arr.len, 0);
@@ -76,7 +76,7 @@ void lr_lua_push_copy(lua_State *L, const lr_node *n) {
   case LR_OBJECT:
     lua_createtable(L, 0, (int)n->u.obj.len);
     for (uint32_t i = 0; i < n->u.obj.len; i++) {
-      lua_pushlstring(L, lr_member_key(&n->u.obj.m[i]), n->u.obj.m[i].keylen);
+      lua_pushlstring(L, lr_member_key(&n->u.obj.m[i]), lr_member_keylen(&n->u.obj.m[i]));
       lr_lua_push_copy(L, n->u.obj.m[i].val);
       lua_rawset(L, -3);
     }
@@ -548,7 +548,7 @@ static int node_next(lua_State *L) {
     return 2;
   }
   if (pos >= (lua_Integer)n->u.obj.len) return 0;
-  lua_pushlstring(L, lr_member_key(&n->u.obj.m[pos]), n->u.obj.m[pos].keylen);
+  lua_pushlstring(L, lr_member_key(&n->u.obj.m[pos]), lr_member_keylen(&n->u.obj.m[pos]));
   lr_lua_push_node(L, n->u.obj.m[pos].val, p->r);
   return 2;
 }

@@ -150,24 +150,28 @@ typedef struct net_conn {
   struct net_addr *ip; /* its address's entry (counted in ws) */
   char *close_reason;  /* NULL until closed with a reason (at most 123 bytes) */
   uint8_t close_reason_len;
-  bool rx_in_msg;
-  bool established; /* LWS_CALLBACK_ESTABLISHED seen: writes allowed */
-  bool closing;     /* vt->close called: drain, then close frame */
-  bool counted;     /* counted in nws and (with ip) the per-peer table */
-  bool dropping;    /* over max_queue_bytes: ring released, close 1008 */
-  bool gone;        /* socket closed; vt calls are refused */
-  bool paused;      /* rx flow off (lws_rx_flow_control), while it holds messages */
+  /* One bit each, and the idle sweep's small fields below in the same 8
+   * bytes: the struct is 168 bytes, a 176-byte malloc chunk (not 192). */
+  bool rx_in_msg : 1;
+  bool established : 1; /* LWS_CALLBACK_ESTABLISHED seen: writes allowed */
+  bool closing : 1;     /* vt->close called: drain, then close frame */
+  bool counted : 1;     /* counted in nws and (with ip) the per-peer table */
+  bool dropping : 1;    /* over max_queue_bytes: ring released, close 1008 */
+  bool gone : 1;        /* socket closed; vt calls are refused */
+  bool paused : 1;      /* rx flow off (lws_rx_flow_control), while it holds messages */
+  bool ping_due : 1;    /* idle sweep: it asked for a ping, written by the next WRITEABLE */
+  /* Idle sweep (net_idle.c): the list of the loop idle_list names (its
+   * place: idle_prev, idle_next), the time of its last activity
+   * (net_idle_now, ms, cut to 32 bits). */
+  uint8_t idle_list; /* NET_IDLE_* */
+  uint32_t idle_at;
   /* Messages held over its address's budget (net_budget.c): NULL until the
    * first one (most sockets never have one); held_n of them (held_n > 0: on
    * its address's held list). */
   struct net_held *held;
-  /* Idle sweep (net_idle.c): its place in the loop's list that idle_list names, and
-   * the time of its last activity (net_idle_now, ms, cut to 32 bits). */
   struct net_conn *idle_prev, *idle_next;
-  uint32_t idle_at;
-  uint8_t idle_list; /* NET_IDLE_* */
-  bool ping_due;     /* the sweep asked for a ping: written by the next WRITEABLE */
 } net_conn;
+_Static_assert(sizeof(void *) != 8 || sizeof(net_conn) == 168, "net_conn is 168 bytes");
 
 typedef struct net_held {
   lr_buf buf; /* oldest first: records of [uint32 len][len bytes][NUL] from off */

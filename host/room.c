@@ -594,7 +594,7 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
   lr_node *value = lr_obj_get(pkt, "value", 5);
   s->stats.msgs_in++;
   if (lr_room_store_failing(rr)) {
-    send_error(c, "storage", action->u.str.s,
+    send_error(c, "storage", lr_str(action),
                "the room cannot write its storage: action refused, try again later");
     lr_node_release(pkt);
     return;
@@ -606,12 +606,12 @@ void lr_conn_message(lr_conn *c, const char *data, size_t len) {
   }
   lr_room *r = lr_room_retain(c->room);
   lr_conn_retain(c);
-  if (s->rules->message(c, action->u.str.s, action->u.str.len, value, send_error, err, sizeof err) <
+  if (s->rules->message(c, lr_str(action), lr_strlen(action), value, send_error, err, sizeof err) <
       0)
-    send_error(c, "handler", action->u.str.s, err);
+    send_error(c, "handler", lr_str(action), err);
   lr_server_flush_touched(s);
   if (lr_room_store_failing(r) && c->phase == LR_C_JOINED)
-    send_error(c, "storage", action->u.str.s,
+    send_error(c, "storage", lr_str(action),
                "the room cannot write its storage: this action's changes are kept and sent "
                "once written; other actions are refused until then");
   lr_node_release(pkt);

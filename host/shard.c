@@ -351,10 +351,10 @@ static void up_message(void *ud, const char *data, size_t len) {
   if (target) {
     const lr_node *to = lr_obj_get(n, "targetClientId", 14), *d = lr_obj_get(n, "data", 4);
     if (to && to->type == LR_STRING && d && d->type == LR_STRING) {
-      lr_msg *m = lr_msg_new(d->u.str.s, d->u.str.len);
+      lr_msg *m = lr_msg_new(lr_str(d), lr_strlen(d));
       for (uint32_t i = 0; i < si->ncl; i++) {
         lr_conn *c = si->cl[i]->c;
-        if (strcmp(si->cl[i]->priv, to->u.str.s) == 0 && c->phase == LR_C_JOINED &&
+        if (strcmp(si->cl[i]->priv, lr_str(to)) == 0 && c->phase == LR_C_JOINED &&
             c->vt->send(c, m) != 0)
           lr_conn_close(c, 1008, "slow consumer");
       }
@@ -367,7 +367,7 @@ static void up_message(void *ud, const char *data, size_t len) {
     int cc = code && code->type == LR_INT ? (int)code->u.i : 1000;
     if (cc < 1000 || cc > 4999 || cc == 1004 || cc == 1005 || cc == 1006 || cc == 1015) cc = 1000;
     if (p && p->type == LR_STRING)
-      close_clients(si, p->u.str.s, cc, reason && reason->type == LR_STRING ? reason->u.str.s : "");
+      close_clients(si, lr_str(p), cc, reason && reason->type == LR_STRING ? lr_str(reason) : "");
   }
   lr_node_release(n);
 }

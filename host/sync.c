@@ -129,9 +129,9 @@ void lr_conn_transport_send(lr_conn *c, lr_msg *m) {
 }
 
 static void gate_hold(lr_room *r, lr_conn *c, lr_msg *m) {
-  if (c->gated_bytes + m->len > LR_GATED_MAX) {
+  if ((size_t)c->gated_bytes + m->len > LR_GATED_MAX) {
     lr_warn("conn %s room %s: %zu bytes wait for storage; closing it", c->id, r->key,
-            c->gated_bytes + m->len);
+            (size_t)c->gated_bytes + m->len);
     lr_conn_close(c, 1013, "storage unavailable");
     return;
   }

@@ -106,8 +106,8 @@ void lr_undo_record_key(lr_undo *u, lr_node *obj, const char *key, size_t keylen
 
 /* Remove key from obj's pending deletions (it is about to exist again). */
 static void forget_deletion(lr_node *obj, const char *key, size_t keylen) {
-  for (int ch = 0; ch < LR_NCH && obj->u.obj.x; ch++) {
-    lr_keylist *kl = &obj->u.obj.x->dels[ch];
+  for (int ch = 0; ch < LR_NCH && obj->xh; ch++) {
+    lr_keylist *kl = &lr_obj_x(obj)->dels[ch];
     for (uint32_t i = 0; i < kl->len; i++) {
       if (strlen(kl->keys[i]) == keylen && memcmp(kl->keys[i], key, keylen) == 0) {
         free(kl->keys[i]);

@@ -328,12 +328,12 @@ static size_t relayed_headers(const lr_node *headers, lr_header *hs, lr_buf *nam
       const lr_node *val = headers->u.obj.m[i].val;
       if (val->type != LR_STRING) continue;
       offs[nh] = names->len;
-      for (uint32_t k = 0; k < headers->u.obj.m[i].keylen; k++) {
+      for (uint32_t k = 0; k < lr_member_keylen(&headers->u.obj.m[i]); k++) {
         char ch = lr_member_key(&headers->u.obj.m[i])[k];
         lr_buf_putc(names, (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch));
       }
       lr_buf_putc(names, 0);
-      hs[nh++].value = val->u.str.s;
+      hs[nh++].value = lr_str(val);
     }
   }
   for (size_t i = 0; i < nh; i++)
@@ -384,9 +384,9 @@ static void client_connected(uplink *u, const char *priv, const lr_node *info) {
   lr_buf path, query;
   lr_buf_init(&path);
   lr_buf_init(&query);
-  request_target(url && url->type == LR_STRING ? url->u.str.s : NULL, u->shard_id, priv, &path,
+  request_target(url && url->type == LR_STRING ? lr_str(url) : NULL, u->shard_id, priv, &path,
                  &query);
-  lr_request req = {method && method->type == LR_STRING ? method->u.str.s : "GET",
+  lr_request req = {method && method->type == LR_STRING ? lr_str(method) : "GET",
                     path.data,
                     query.data,
                     hs,
@@ -441,14 +441,14 @@ static void lr_uplink_message(lr_conn *c, const char *data, size_t len) {
   const lr_node *type = lr_obj_get(msg, "type", 4);
   const lr_node *priv = lr_obj_get(msg, "privateId", 9);
   if (!type || type->type != LR_STRING || !priv || priv->type != LR_STRING ||
-      priv->u.str.len == 0 || priv->u.str.len > MAX_PRIVATE_ID ||
-      memchr(priv->u.str.s, 0, priv->u.str.len)) {
+      lr_strlen(priv) == 0 || lr_strlen(priv) > MAX_PRIVATE_ID ||
+      memchr(lr_str(priv), 0, lr_strlen(priv))) {
     lr_warn("room %s: shard %s sent a frame without type or privateId; ignored", c->room->key,
             u->shard_id);
     lr_node_release(msg);
     return;
   }
-  const char *t = type->u.str.s, *p = priv->u.str.s;
+  const char *t = lr_str(type), *p = lr_str(priv);
   lr_conn_retain(c);
   if (strcmp(t, "shard.clientConnected") == 0) {
     client_connected(u, p, lr_obj_get(msg, "requestInfo", 11));

@@ -22,6 +22,13 @@
 #include "buf.h"
 #include "hash.h"
 
+/* 40-byte nodes and 24-byte members (value.h), and the byte that tells an
+ * inline key's length from a long key's tag is the same in both layouts. */
+_Static_assert(sizeof(void *) != 8 || sizeof(lr_node) == 40, "lr_node is 40 bytes");
+_Static_assert(sizeof(void *) != 8 || sizeof(lr_member) == 24, "lr_member is 24 bytes");
+_Static_assert(offsetof(lr_member, k.s.len) == offsetof(lr_member, k.l.tag), "key tag");
+_Static_assert(offsetof(lr_node, u.str.in.len) == offsetof(lr_node, u.str.ext.tag), "string tag");
+
 /* The node flag that hides a subtree from each channel. */
 static const uint8_t ch_excl[LR_NCH] = {LR_F_NOSYNC, LR_F_NOPERSIST};
 
@@ -52,31 +59,35 @@ static uint32_t key_hash(const char *k, size_t n) {
 }
 
 static bool key_eq(const lr_member *m, const char *key, size_t keylen) {
-  return m->keylen == keylen && memcmp(lr_member_key(m), key, keylen) == 0;
+  if (keylen < LR_KEY_INLINE) return m->k.s.len == keylen && memcmp(m->k.s.in, key, keylen) == 0;
+  return m->k.s.len == LR_KEY_LONG && m->k.l.len == keylen && memcmp(m->k.l.p, key, keylen) == 0;
 }
 
 /* Store key in member e (inline when short). */
 static void member_set_key(lr_member *e, const char *key, size_t keylen) {
-  e->keylen = (uint32_t)keylen;
   if (keylen < LR_KEY_INLINE) {
-    memcpy(e->k.in, key, keylen);
-    e->k.in[keylen] = '\0';
+    memcpy(e->k.s.in, key, keylen);
+    e->k.s.in[keylen] = '\0';
+    e->k.s.len = (uint8_t)keylen;
   } else {
-    e->k.p = lr_xstrndup(key, keylen);
+    e->k.l.p = lr_xstrndup(key, keylen);
+    e->k.l.len = (uint32_t)keylen;
+    e->k.l.tag = LR_KEY_LONG;
   }
 }
 
 static void member_free_key(lr_member *e) {
-  if (e->keylen >= LR_KEY_INLINE) free(e->k.p);
+  if (e->k.s.len == LR_KEY_LONG) free(e->k.l.p);
 }
 
 /* Position of key in o's members, or -1. O(1) expected with the index. */
 static int64_t obj_find(const lr_node *o, const char *key, size_t keylen) {
   const lr_member *m = o->u.obj.m;
-  if (o->u.obj.idx) {
-    uint32_t mask = o->idxcap - 1;
+  const lr_objx *x = lr_obj_x(o);
+  if (x && x->idx) {
+    uint32_t mask = x->idxcap - 1;
     for (uint32_t i = key_hash(key, keylen) & mask;; i = (i + 1) & mask) {
-      uint32_t slot = o->u.obj.idx[i];
+      uint32_t slot = x->idx[i];
       if (!slot) return -1;
       if (key_eq(&m[slot - 1], key, keylen)) return slot - 1;
     }
@@ -86,21 +97,24 @@ static int64_t obj_find(const lr_node *o, const char *key, size_t keylen) {
   return -1;
 }
 
-static void idx_insert(lr_node *o, uint32_t pos) {
-  uint32_t mask = o->idxcap - 1;
+static lr_objx *objx(lr_node *o);
+
+static void idx_insert(lr_objx *x, const lr_node *o, uint32_t pos) {
+  uint32_t mask = x->idxcap - 1;
   const lr_member *e = &o->u.obj.m[pos];
-  uint32_t i = key_hash(lr_member_key(e), e->keylen) & mask;
-  while (o->u.obj.idx[i])
+  uint32_t i = key_hash(lr_member_key(e), lr_member_keylen(e)) & mask;
+  while (x->idx[i])
     i = (i + 1) & mask;
-  o->u.obj.idx[i] = pos + 1;
+  x->idx[i] = pos + 1;
 }
 
 static void idx_rebuild(lr_node *o, uint32_t cap) {
-  free(o->u.obj.idx);
-  o->u.obj.idx = lr_xcalloc(cap, sizeof(uint32_t));
-  o->idxcap = cap;
+  lr_objx *x = objx(o);
+  free(x->idx);
+  x->idx = lr_xcalloc(cap, sizeof(uint32_t));
+  x->idxcap = cap;
   for (uint32_t i = 0; i < o->u.obj.len; i++)
-    idx_insert(o, i);
+    idx_insert(x, o, i);
 }
 
 static void list_build(lr_node *o);
@@ -115,11 +129,12 @@ static uint32_t idx_cap_for(uint32_t len) {
 /* Index the member just appended at position len - 1. */
 static void idx_added(lr_node *o) {
   uint32_t len = o->u.obj.len;
-  if (o->u.obj.idx) {
-    if ((uint64_t)len * 2 > o->idxcap)
-      idx_rebuild(o, o->idxcap * 2);
+  lr_objx *x = lr_obj_x(o);
+  if (x && x->idx) {
+    if ((uint64_t)len * 2 > x->idxcap)
+      idx_rebuild(o, x->idxcap * 2);
     else
-      idx_insert(o, len - 1);
+      idx_insert(x, o, len - 1);
   } else if (len > LR_OBJ_INDEX_MIN) {
     idx_rebuild(o, idx_cap_for(len));
     list_build(o);
@@ -130,14 +145,15 @@ static void idx_added(lr_node *o) {
  * down by one). Backward-shift deletion keeps probe chains intact without
  * tombstones; then every stored position above pos is decremented. */
 static void idx_removed(lr_node *o, uint32_t pos) {
-  uint32_t *idx = o->u.obj.idx, mask = o->idxcap - 1;
+  lr_objx *x = lr_obj_x(o);
+  uint32_t *idx = x->idx, mask = x->idxcap - 1;
   const lr_member *m = o->u.obj.m;
-  uint32_t i = key_hash(lr_member_key(&m[pos]), m[pos].keylen) & mask;
+  uint32_t i = key_hash(lr_member_key(&m[pos]), lr_member_keylen(&m[pos])) & mask;
   while (idx[i] != pos + 1)
     i = (i + 1) & mask;
   for (uint32_t j = (i + 1) & mask; idx[j]; j = (j + 1) & mask) {
     const lr_member *e = &m[idx[j] - 1];
-    uint32_t home = key_hash(lr_member_key(e), e->keylen) & mask;
+    uint32_t home = key_hash(lr_member_key(e), lr_member_keylen(e)) & mask;
     bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
     if (!stays) {
       idx[i] = idx[j];
@@ -152,20 +168,20 @@ static void idx_removed(lr_node *o, uint32_t pos) {
 /* ---------------------------------------------------------------------------
  * Marked-member lists (objects with a hash index, see value.h)
  *
- * Invariant, per channel ch: for an object o with u.obj.idx set, the members
- * c with c->dirty[ch] != 0 are exactly those in o->u.obj.x->dirty[ch], once
+ * Invariant, per channel ch: for an object o with a hash index, the members
+ * c with c->dirty[ch] != 0 are exactly those in lr_obj_x(o)->dirty[ch], once
  * each. A mark goes from none to set only in mark_set; it goes back to none
  * only in lr_state_clear_dirty; a member leaves in obj_remove_at and
  * lr_obj_put (unlist_all); the lists go with the object's contents.
  */
 
 static bool listed(const lr_node *o) {
-  return o && o->type == LR_OBJECT && o->u.obj.idx;
+  return o && o->type == LR_OBJECT && o->xh && lr_objx_tab[o->xh - 1]->idx;
 }
 
 static lr_objx *objx(lr_node *o) {
-  if (!o->u.obj.x) o->u.obj.x = lr_xcalloc(1, sizeof *o->u.obj.x);
-  return o->u.obj.x;
+  if (!o->xh) o->xh = lr_objx_new();
+  return lr_objx_tab[o->xh - 1];
 }
 
 static void list_add(lr_nodelist *l, lr_node *c) {
@@ -193,7 +209,7 @@ static void mark_set(lr_node *n, int ch, uint8_t bits) {
 
 /* n's marks on ch are about to be cleared, or n leaves its parent. */
 static void unlist(lr_node *n, int ch) {
-  if (n->dirty[ch] && listed(n->parent)) list_del(&n->parent->u.obj.x->dirty[ch], n);
+  if (n->dirty[ch] && listed(n->parent)) list_del(&lr_obj_x(n->parent)->dirty[ch], n);
 }
 
 static void unlist_all(lr_node *n) {
@@ -216,7 +232,8 @@ static int by_pos(const void *a, const void *b) {
 bool lr_obj_dirty_members(const lr_node *o, int ch, lr_node *const **list, uint32_t *n) {
   if (!listed(o)) return false;
   static lr_nodelist none;
-  lr_nodelist *l = o->u.obj.x ? &o->u.obj.x->dirty[ch] : &none;
+  lr_objx *x = lr_obj_x(o);
+  lr_nodelist *l = x ? &x->dirty[ch] : &none;
   for (uint32_t i = 1; i < l->len; i++)
     if (l->v[i - 1]->pos > l->v[i]->pos) {
       qsort(l->v, l->len, sizeof *l->v, by_pos); /* the list's order is private */
@@ -230,6 +247,24 @@ bool lr_obj_dirty_members(const lr_node *o, int ch, lr_node *const **list, uint3
 /* ---------------------------------------------------------------------------
  * Construction and lifetime
  */
+
+/* Store len bytes of str as n's string (n holds none): in the node when short. */
+static void str_set(lr_node *n, const char *str, size_t len) {
+  if (len < LR_STR_INLINE) {
+    memcpy(n->u.str.in.b, str, len);
+    n->u.str.in.b[len] = '\0';
+    n->u.str.in.len = (uint8_t)len;
+    return;
+  }
+  if (len > UINT32_MAX) fatal("string too long");
+  n->u.str.ext.p = lr_xstrndup(str, len);
+  n->u.str.ext.len = (uint32_t)len;
+  n->u.str.ext.tag = LR_STR_LONG;
+}
+
+static void str_free(lr_node *n) {
+  if (n->u.str.in.len == LR_STR_LONG) free(n->u.str.ext.p);
+}
 
 static size_t live_nodes; /* allocation counter: nodes alive in the process */
 
@@ -247,7 +282,7 @@ static lr_node *node_alloc(lr_type t) {
 
 lr_node *lr_node_new(lr_type t) {
   lr_node *n = node_alloc(t);
-  if (t == LR_STRING) n->u.str.s = lr_xstrndup("", 0);
+  /* a string: "" inline (zeroed) */
   return n;
 }
 
@@ -275,8 +310,7 @@ lr_node *lr_node_float(double f) {
 
 lr_node *lr_node_string(const char *s, size_t len) {
   lr_node *n = node_alloc(LR_STRING);
-  n->u.str.s = lr_xstrndup(s, len);
-  n->u.str.len = len;
+  str_set(n, s, len);
   return n;
 }
 
@@ -292,7 +326,7 @@ static void detach_release(lr_node *child) {
 static void free_contents(lr_node *n) {
   switch (n->type) {
   case LR_STRING:
-    free(n->u.str.s);
+    str_free(n);
     break;
   case LR_ARRAY:
     for (uint32_t i = 0; i < n->u.arr.len; i++)
@@ -305,14 +339,15 @@ static void free_contents(lr_node *n) {
       detach_release(n->u.obj.m[i].val);
     }
     free(n->u.obj.m);
-    free(n->u.obj.idx);
-    n->idxcap = 0;
-    if (n->u.obj.x) {
+    if (n->xh) {
+      lr_objx *x = lr_obj_x(n);
+      free(x->idx);
       for (int ch = 0; ch < LR_NCH; ch++) {
-        lr_dels_free(&n->u.obj.x->dels[ch], ch);
-        free(n->u.obj.x->dirty[ch].v);
+        lr_dels_free(&x->dels[ch], ch);
+        free(x->dirty[ch].v);
       }
-      free(n->u.obj.x);
+      lr_objx_free(n->xh);
+      n->xh = 0;
     }
     break;
   default:
@@ -347,8 +382,7 @@ lr_node *lr_node_clone(const lr_node *n) {
     c->u.f = n->u.f;
     break;
   case LR_STRING:
-    c->u.str.s = lr_xstrndup(n->u.str.s, n->u.str.len);
-    c->u.str.len = n->u.str.len;
+    str_set(c, lr_str(n), lr_strlen(n));
     break;
   case LR_ARRAY: {
     uint32_t len = n->u.arr.len;
@@ -368,7 +402,7 @@ lr_node *lr_node_clone(const lr_node *n) {
     for (uint32_t i = 0; i < len; i++) {
       const lr_member *s = &n->u.obj.m[i];
       lr_member *d = &c->u.obj.m[i];
-      member_set_key(d, lr_member_key(s), s->keylen);
+      member_set_key(d, lr_member_key(s), lr_member_keylen(s));
       d->val = lr_node_clone(s->val);
       d->val->parent = c;
       d->val->pos = i;
@@ -404,7 +438,7 @@ bool lr_node_equal(const lr_node *a, const lr_node *b) {
   case LR_FLOAT:
     return a->u.f == b->u.f;
   case LR_STRING:
-    return a->u.str.len == b->u.str.len && memcmp(a->u.str.s, b->u.str.s, a->u.str.len) == 0;
+    return lr_strlen(a) == lr_strlen(b) && memcmp(lr_str(a), lr_str(b), lr_strlen(a)) == 0;
   case LR_ARRAY:
     if (a->u.arr.len != b->u.arr.len) return false;
     for (uint32_t i = 0; i < a->u.arr.len; i++)
@@ -414,7 +448,7 @@ bool lr_node_equal(const lr_node *a, const lr_node *b) {
     if (a->u.obj.len != b->u.obj.len) return false;
     for (uint32_t i = 0; i < a->u.obj.len; i++) {
       const lr_member *m = &a->u.obj.m[i];
-      const lr_node *o = lr_obj_get(b, lr_member_key(m), m->keylen);
+      const lr_node *o = lr_obj_get(b, lr_member_key(m), lr_member_keylen(m));
       if (!o || !lr_node_equal(m->val, o)) return false;
     }
     return true;
@@ -475,7 +509,7 @@ void lr_obj_put(lr_node *obj, const char *key, size_t keylen, lr_node *child) {
 static void obj_remove_at(lr_node *o, uint32_t pos) {
   lr_member *m = o->u.obj.m;
   lr_node *child = m[pos].val;
-  if (o->u.obj.idx) idx_removed(o, pos);
+  if (listed(o)) idx_removed(o, pos);
   unlist_all(child);
   member_free_key(&m[pos]);
   memmove(&m[pos], &m[pos + 1], (o->u.obj.len - pos - 1) * sizeof(lr_member));
@@ -524,7 +558,7 @@ const char *lr_node_key_in_parent(const lr_node *child, uint32_t *keylen) {
   if (!p || p->type != LR_OBJECT) return NULL;
   int64_t i = lr_node_index_in_parent(child);
   if (i < 0) return NULL;
-  if (keylen) *keylen = p->u.obj.m[i].keylen;
+  if (keylen) *keylen = lr_member_keylen(&p->u.obj.m[i]);
   return lr_member_key(&p->u.obj.m[i]);
 }
 
@@ -537,7 +571,7 @@ static void path_append(const lr_node *n, lr_buf *out) {
   if (p->type == LR_ARRAY)
     lr_buf_printf(out, "%lld", (long long)i);
   else if (i >= 0)
-    lr_buf_put(out, lr_member_key(&p->u.obj.m[i]), p->u.obj.m[i].keylen);
+    lr_buf_put(out, lr_member_key(&p->u.obj.m[i]), lr_member_keylen(&p->u.obj.m[i]));
 }
 
 /* Written root first; O(depth * siblings), meant for messages and tests, not
@@ -592,7 +626,7 @@ void lr_state_mark(lr_node *n) {
 static void clear_below(lr_node *n, int ch) {
   n->dirty[ch] = 0;
   if (n->type == LR_OBJECT) {
-    lr_objx *x = n->u.obj.x;
+    lr_objx *x = lr_obj_x(n);
     if (x) {
       lr_dels_clear(&x->dels[ch], ch);
     }
@@ -656,7 +690,7 @@ static void state_delete_at(lr_node *o, uint32_t pos) {
       mark_set(t, ch, LR_D_SELF);
       mark_child_up(t->parent, ch);
     } else {
-      lr_dels_add(&objx(o)->dels[ch], ch, lr_member_key(e), e->keylen);
+      lr_dels_add(&objx(o)->dels[ch], ch, lr_member_key(e), lr_member_keylen(e));
       mark_set(o, ch, LR_D_CHILD);
       mark_child_up(o->parent, ch);
     }
@@ -680,8 +714,8 @@ static lr_node *insert_new(lr_node *obj, const char *key, size_t keylen, const l
   c->flags = flags;
   c->parent = obj;
   obj_append(obj, key, keylen, c);
-  for (int ch = 0; ch < LR_NCH && obj->u.obj.x; ch++)
-    lr_dels_remove(&obj->u.obj.x->dels[ch], ch, key, keylen);
+  for (int ch = 0; ch < LR_NCH && obj->xh; ch++)
+    lr_dels_remove(&lr_obj_x(obj)->dels[ch], ch, key, keylen);
   lr_state_mark(c);
   return c;
 }
@@ -690,13 +724,21 @@ static lr_node *insert_new(lr_node *obj, const char *key, size_t keylen, const l
  * stores; a string reuses t's buffer when the new one fits, so shrinking or
  * same-length writes do not allocate. */
 static void set_scalar(lr_node *t, const lr_node *s) {
-  if (t->type == LR_STRING && s->type == LR_STRING && s->u.str.len <= t->u.str.len) {
-    memcpy(t->u.str.s, s->u.str.s, s->u.str.len);
-    t->u.str.s[s->u.str.len] = '\0';
-    t->u.str.len = s->u.str.len;
-    return;
+  if (t->type == LR_STRING && s->type == LR_STRING) {
+    size_t n = lr_strlen(s);
+    bool ext = t->u.str.in.len == LR_STR_LONG;
+    if (ext ? n <= t->u.str.ext.len : n < LR_STR_INLINE) { /* fits where t's bytes are */
+      char *d = ext ? t->u.str.ext.p : t->u.str.in.b;
+      memmove(d, lr_str(s), n);
+      d[n] = '\0';
+      if (ext)
+        t->u.str.ext.len = (uint32_t)n;
+      else
+        t->u.str.in.len = (uint8_t)n;
+      return;
+    }
   }
-  if (t->type == LR_STRING) free(t->u.str.s);
+  if (t->type == LR_STRING) str_free(t);
   t->type = s->type;
   switch (s->type) {
   case LR_NULL:
@@ -712,8 +754,8 @@ static void set_scalar(lr_node *t, const lr_node *s) {
     t->u.f = s->u.f;
     break;
   case LR_STRING:
-    t->u.str.s = lr_xstrndup(s->u.str.s, s->u.str.len);
-    t->u.str.len = s->u.str.len;
+    memset(&t->u, 0, sizeof t->u);
+    str_set(t, lr_str(s), lr_strlen(s));
     break;
   default:
     break;
@@ -727,7 +769,7 @@ static void replace_contents(lr_node *t, const lr_node *s) {
   free_contents(t);
   t->type = c->type;
   t->u = c->u;
-  t->idxcap = c->idxcap;
+  t->xh = c->xh; /* free_contents(t) released t's own */
   if (t->type == LR_ARRAY)
     for (uint32_t i = 0; i < t->u.arr.len; i++)
       t->u.arr.items[i]->parent = t;
@@ -745,18 +787,18 @@ static void assign(lr_node *t, const lr_node *s);
 static void merge(lr_node *t, const lr_node *s) {
   for (uint32_t i = 0; i < t->u.obj.len;) {
     const lr_member *e = &t->u.obj.m[i];
-    if (obj_find(s, lr_member_key(e), e->keylen) < 0)
+    if (obj_find(s, lr_member_key(e), lr_member_keylen(e)) < 0)
       state_delete_at(t, i);
     else
       i++;
   }
   for (uint32_t i = 0; i < s->u.obj.len; i++) {
     const lr_member *e = &s->u.obj.m[i];
-    int64_t p = obj_find(t, lr_member_key(e), e->keylen);
+    int64_t p = obj_find(t, lr_member_key(e), lr_member_keylen(e));
     if (p >= 0)
       assign(t->u.obj.m[p].val, e->val);
     else
-      insert_new(t, lr_member_key(e), e->keylen, e->val, e->val->flags);
+      insert_new(t, lr_member_key(e), lr_member_keylen(e), e->val, e->val->flags);
   }
 }
 

@@ -19,14 +19,14 @@
  * Dirty tracking (per channel ch in {LR_CH_SYNC, LR_CH_PERSIST})
  * - LR_D_SELF on a node: its whole current value must be emitted at its path.
  * - LR_D_CHILD on a node: descend into it; some child is dirty or it has
- *   pending deletions (obj.x->dels[ch]).
+ *   pending deletions (lr_obj_x(obj)->dels[ch]).
  * - A change under an array marks the OUTERMOST array ancestor LR_D_SELF
  *   (arrays are always re-sent whole, protocol.md Part 1 row 3).
  * - A node whose own flags or any ancestor's flags exclude the channel
  *   (LR_F_NOSYNC for sync, LR_F_NOPERSIST for persist) is never marked on it.
  * - Marking propagates LR_D_CHILD up to the root, stopping early when an
  *   ancestor already has it (or has LR_D_SELF: then nothing more is needed).
- * - Deleting key k from object o records k in o->u.obj.x->dels[ch] (unless o or
+ * - Deleting key k from object o records k in lr_obj_x(o)->dels[ch] (unless o or
  *   an ancestor is already SELF on ch, or o is under an array: then the array
  *   is marked SELF instead). Re-adding k before the flush removes it from dels
  *   and marks the new child SELF.
@@ -69,20 +69,34 @@ typedef struct lr_node lr_node;
 /* A member's key is NUL-terminated and may contain any bytes except NUL. Keys
  * shorter than LR_KEY_INLINE bytes are stored in the member itself (moving
  * with it when the member array grows or shifts), longer ones in an owned
- * allocation: read it with lr_member_key, and do not keep the pointer across
- * a change of the object. */
-#define LR_KEY_INLINE 16
+ * allocation: read it with lr_member_key and lr_member_keylen, and do not
+ * keep the pointer across a change of the object. A member is 24 bytes: an
+ * inline key's length is the last byte of the 16 the key takes (a long key
+ * has LR_KEY_LONG there, its pointer and length before it). */
+#define LR_KEY_INLINE 15
+#define LR_KEY_LONG 0xFF
 typedef struct lr_member {
   lr_node *val; /* owned reference */
-  uint32_t keylen;
   union {
-    char in[LR_KEY_INLINE]; /* keylen < LR_KEY_INLINE */
-    char *p;                /* otherwise */
+    struct {
+      char in[LR_KEY_INLINE]; /* NUL-terminated */
+      uint8_t len;            /* < LR_KEY_INLINE, or LR_KEY_LONG */
+    } s;
+    struct {
+      char *p;
+      uint32_t len;
+      uint8_t pad_[3];
+      uint8_t tag; /* LR_KEY_LONG, the same byte as s.len */
+    } l;
   } k;
 } lr_member;
 
 static inline const char *lr_member_key(const lr_member *m) {
-  return m->keylen < LR_KEY_INLINE ? m->k.in : m->k.p;
+  return m->k.s.len != LR_KEY_LONG ? m->k.s.in : m->k.l.p;
+}
+
+static inline uint32_t lr_member_keylen(const lr_member *m) {
+  return m->k.s.len != LR_KEY_LONG ? m->k.s.len : m->k.l.len;
 }
 
 typedef struct lr_keylist { /* pending deleted keys of one channel */
@@ -99,10 +113,21 @@ typedef struct lr_nodelist { /* members of an object marked on one channel */
  * the per-channel lists of marked members. */
 #define LR_OBJ_INDEX_MIN 8
 
-typedef struct lr_objx { /* an object's side data, allocated on first use */
+/* An object's side data, allocated on first use (value_ext.c) and reached
+ * through the node's 32-bit handle xh: most objects never need it, and a
+ * node (mostly scalars) stays 40 bytes. */
+typedef struct lr_objx {
+  uint32_t *idx;   /* open-addressing hash index (member position + 1, 0 = empty); NULL while the
+                      object is small */
+  uint32_t idxcap; /* slots of idx */
   lr_keylist dels[LR_NCH];
-  lr_nodelist dirty[LR_NCH]; /* kept only while u.obj.idx is set */
+  lr_nodelist dirty[LR_NCH]; /* kept only while idx is set */
 } lr_objx;
+
+/* A string value shorter than LR_STR_INLINE bytes is stored in its node
+ * (no allocation of its own), a longer one in an owned allocation. */
+#define LR_STR_INLINE 15
+#define LR_STR_LONG 0xFF
 
 struct lr_node {
   uint8_t type;  /* lr_type */
@@ -111,14 +136,22 @@ struct lr_node {
   uint32_t refs;
   lr_node *parent; /* NULL for a root or a detached node */
   uint32_t pos;    /* member index in parent, when parent is an object */
-  uint32_t idxcap; /* LR_OBJECT: slots of u.obj.idx (outside u.obj: the node stays 56 bytes) */
+  uint32_t xh;     /* LR_OBJECT: handle of its lr_objx (value_ext.c), 0 = none */
   union {
     bool b;
     int64_t i;
     double f;
-    struct {
-      char *s; /* owned, NUL-terminated, valid UTF-8 */
-      size_t len;
+    union { /* valid UTF-8, NUL-terminated: read with lr_str and lr_strlen */
+      struct {
+        char b[LR_STR_INLINE]; /* a string shorter than LR_STR_INLINE bytes */
+        uint8_t len;           /* < LR_STR_INLINE, or LR_STR_LONG */
+      } in;
+      struct {
+        char *p; /* owned */
+        uint32_t len;
+        uint8_t pad_[3];
+        uint8_t tag; /* LR_STR_LONG, the same byte as in.len */
+      } ext;
     } str;
     struct {
       lr_node **items; /* owned references */
@@ -127,17 +160,33 @@ struct lr_node {
     struct {
       lr_member *m; /* members in insertion order */
       uint32_t len, cap;
-      uint32_t *idx; /* open-addressing hash index (member position + 1, 0 = empty); NULL while len
-                        is small */
-      lr_objx *x;    /* deletions and marked-member lists; NULL until first needed */
     } obj;
   } u;
 };
 
+/* The bytes and length of LR_STRING node n (the pointer is valid until n
+ * changes). */
+static inline const char *lr_str(const lr_node *n) {
+  return n->u.str.in.len != LR_STR_LONG ? n->u.str.in.b : n->u.str.ext.p;
+}
+
+static inline size_t lr_strlen(const lr_node *n) {
+  return n->u.str.in.len != LR_STR_LONG ? n->u.str.in.len : n->u.str.ext.len;
+}
+
+/* The side table of value_ext.c: handle h is lr_objx_tab[h - 1]. */
+extern lr_objx **lr_objx_tab;
+
+/* Object o's side data, or NULL while it has none. */
+static inline lr_objx *lr_obj_x(const lr_node *o) {
+  return o->xh ? lr_objx_tab[o->xh - 1] : NULL;
+}
+
 /* The pending deletions of object o on channel ch (empty when it has none). */
 static inline lr_keylist lr_obj_dels(const lr_node *o, int ch) {
   lr_keylist none = {0};
-  return o->u.obj.x ? o->u.obj.x->dels[ch] : none;
+  const lr_objx *x = lr_obj_x(o);
+  return x ? x->dels[ch] : none;
 }
 
 /* When o keeps marked-member lists (it has a hash index): sets *list to its

@@ -141,6 +141,44 @@ describe("join hot path", function()
     assert.is_nil(seen.other)
   end)
 
+  it("conn.state is made on first read, with the session's ids (mem19b: a table less per conn)", function()
+    local t = testing.room(lr.room {
+      path = "s-{id}", state = { players = lr.users(lr.schema { x = lr.sync(0) }) },
+      actions = {
+        role = function(_room, _user, value, conn) conn.state.role = value end,
+        replace = function(_room, _user, _value, conn) conn.state = { role = "new" } end,
+        who = function(room, user, _value, conn)
+          room:send(conn, { pid = conn.state.publicId, priv = conn.state.privateId, role = conn.state.role,
+            user = user ~= nil })
+        end,
+      },
+    }, { id = "s-x" })
+    local c = t:client { id = "sess1" }
+    local conn = t.room:connections()[1]
+    assert.is_nil(rawget(conn, "state"))
+    local pid = c:last("sync") and rawget(conn, "_pid")
+    assert.are.equal("string", type(pid))
+    assert.are.equal("sess1", rawget(conn, "_priv"))
+    c:clear()
+    c:send("who")
+    assert.are.same({ pid = pid, priv = "sess1", user = true }, c:take()[1])
+    assert.truthy(rawget(conn, "state")) -- made by that read, and the raw ids dropped
+    assert.is_nil(rawget(conn, "_pid"))
+    assert.is_nil(rawget(conn, "_priv"))
+    c:send("role", "admin")
+    c:send("who")
+    assert.are.same({ pid = pid, priv = "sess1", role = "admin", user = true }, c:take()[1])
+    -- before the first read, an assignment replaces the ids as it always did
+    local c2 = t:client { id = "sess2" }
+    local conn2 = t.room:connections()[2]
+    assert.truthy(rawget(conn2, "_pid"))
+    c2:clear()
+    c2:send("replace")
+    assert.is_nil(rawget(conn2, "_pid"))
+    c2:send("who")
+    assert.are.same({ role = "new", user = false }, c2:take()[1])
+  end)
+
   it("a room without guards or onJoin makes no connection context per join", function()
     local plain = garbage_per_join(counter())
     local with_onjoin = garbage_per_join(counter { onJoin = function() end })

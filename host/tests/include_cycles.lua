@@ -18,7 +18,7 @@ of its own).
 Layers, lowest first; an include may go down or sideways, never up from the
 engine, and no two modules of the checked layers may include each other
 through any path:
-  base       buf log value (value_dels) json rand undo addr_rate lua_vm ...
+  base       buf log value (value_dels, value_ext) json rand undo addr_rate lua_vm ...
   storage    storage storage_memory storage_sqlite storage_cache storage_lua
              storage_postgres(_conn, _lease): below the engine; includes base
              headers only (reports and waits through lr_store_host)

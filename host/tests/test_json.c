@@ -348,8 +348,8 @@ TEST(json_string_escapes) {
   ASSERT_EQ_STR(RT("\"abc\\ndef\\tg\xc3\xa9h\""), "\"abc\\ndef\\tg\xc3\xa9h\"");
   lr_node *n = dec("\"x\\u0000y\"");
   ASSERT(n && n->type == LR_STRING);
-  ASSERT_EQ_INT(n->u.str.len, 3);
-  ASSERT(memcmp(n->u.str.s, "x\0y", 3) == 0);
+  ASSERT_EQ_INT(lr_strlen(n), 3);
+  ASSERT(memcmp(lr_str(n), "x\0y", 3) == 0);
   lr_buf b;
   lr_buf_init(&b);
   lr_json_encode(n, 0, &b);

@@ -99,9 +99,103 @@ TEST(value_set_get_remove) {
   ASSERT(lr_arr_get(arr, 1)->type == LR_NULL && lr_arr_get(arr, 2) == NULL);
   ASSERT_EQ_STR(ENC(o), "{\"b\":\"hi\",\"l\":[1.5,null]}");
   lr_node *s = lr_node_new(LR_STRING);
-  ASSERT(s->u.str.s && s->u.str.len == 0 && s->refs == 1);
+  ASSERT(lr_str(s) && lr_strlen(s) == 0 && s->refs == 1);
   lr_node_release(s);
   ASSERT(!lr_state_dirty(o, LR_CH_SYNC) && !lr_state_dirty(o, LR_CH_PERSIST));
+  lr_node_release(o);
+}
+
+/* Objects keep their hash index and deletions in the side table of
+ * value_ext.c: a node is 40 bytes on 64-bit, and freed handles are reused. */
+TEST(value_node_size_and_side_handles) {
+  if (sizeof(void *) == 8) ASSERT_EQ_INT(sizeof(lr_node), 40);
+  lr_node *o[3];
+  char k[16];
+  for (int j = 0; j < 3; j++) {
+    o[j] = lr_node_new(LR_OBJECT);
+    ASSERT_EQ_INT(o[j]->xh, 0);
+    for (int i = 0; i < 9; i++) {
+      snprintf(k, sizeof k, "k%d", i);
+      lr_obj_put(o[j], k, strlen(k), lr_node_int(i));
+    }
+    ASSERT(o[j]->xh != 0 && lr_obj_x(o[j])->idx != NULL);
+  }
+  ASSERT(o[0]->xh != o[1]->xh && o[1]->xh != o[2]->xh && o[0]->xh != o[2]->xh);
+  uint32_t h1 = o[1]->xh;
+  lr_node_release(o[1]);
+  lr_node *d = lr_node_new(LR_OBJECT); /* a deletion alone takes a handle too */
+  lr_obj_put(d, "a", 1, lr_node_int(1));
+  ASSERT(lr_state_delete(d, "a", 1));
+  ASSERT_EQ_INT(d->xh, h1);
+  ASSERT_EQ_INT(lr_obj_dels(d, LR_CH_SYNC).len, 1);
+  ASSERT(lr_obj_x(d)->idx == NULL);
+  ASSERT(lr_obj_get(o[2], "k8", 2)->u.i == 8 && lr_obj_get(o[0], "k3", 2)->u.i == 3);
+  lr_node_release(d);
+  lr_node_release(o[0]);
+  lr_node_release(o[2]);
+}
+
+/* Strings up to 14 bytes live in their node, longer ones outside: every
+ * write between the two forms (and other types) reads back the same. */
+TEST(value_strings_inline_and_long) {
+  static const char *v[] = {
+      "",   "abcdefghijklmn", "abcdefghijklmno", "x", "a string well past the inline limit",
+      "yy", "abcdefghijklmn"};
+  lr_node *t = lr_node_string("start", 5);
+  ASSERT_EQ_INT(t->u.str.in.len, 5);
+  for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+    lr_node *s = lr_node_string(v[i], strlen(v[i]));
+    ASSERT_EQ_INT(s->u.str.in.len == LR_STR_LONG, strlen(v[i]) >= LR_STR_INLINE);
+    lr_state_assign(t, s);
+    ASSERT_EQ_INT(lr_strlen(t), strlen(v[i]));
+    ASSERT_EQ_STR(lr_str(t), v[i]);
+    ASSERT(lr_node_equal(t, s));
+    lr_node *c = lr_node_clone(t);
+    ASSERT(lr_node_equal(c, s) && lr_strlen(c) == strlen(v[i]));
+    lr_node_release(c);
+    lr_node_release(s);
+  }
+  lr_node *n = lr_node_int(7); /* string -> int -> string */
+  lr_state_assign(t, n);
+  ASSERT(t->type == LR_INT && t->u.i == 7);
+  lr_node *s = lr_node_string("a\0b", 3);
+  lr_state_assign(t, s);
+  ASSERT(t->type == LR_STRING && lr_strlen(t) == 3 && memcmp(lr_str(t), "a\0b", 3) == 0);
+  lr_node_release(s);
+  lr_node_release(n);
+  lr_node_release(t);
+  lr_node *e = lr_node_new(LR_STRING);
+  ASSERT(lr_strlen(e) == 0 && lr_str(e)[0] == '\0');
+  lr_node_release(e);
+}
+
+/* Keys up to 14 bytes live in the 24-byte member, longer ones outside: both
+ * read back (key and length), compare, rename and free alike. */
+TEST(value_member_keys_inline_and_long) {
+  if (sizeof(void *) == 8) ASSERT_EQ_INT(sizeof(lr_member), 24);
+  static const char *keys[] = {"", "a", "abcdefghijklmn", "abcdefghijklmno",
+                               "a much longer key than any inline one, 255 is not special"};
+  lr_node *o = lr_node_new(LR_OBJECT);
+  for (int i = 0; i < 5; i++)
+    lr_obj_put(o, keys[i], strlen(keys[i]), lr_node_int(i));
+  ASSERT_EQ_INT(o->u.obj.len, 5);
+  for (int i = 0; i < 5; i++) {
+    const lr_member *m = &o->u.obj.m[i];
+    ASSERT_EQ_INT(lr_member_keylen(m), strlen(keys[i]));
+    ASSERT_EQ_STR(lr_member_key(m), keys[i]);
+    ASSERT_EQ_INT(m->k.s.len == LR_KEY_LONG, strlen(keys[i]) >= LR_KEY_INLINE);
+    ASSERT(lr_obj_get(o, keys[i], strlen(keys[i]))->u.i == i);
+  }
+  ASSERT(lr_obj_get(o, "abcdefghijklm", 13) == NULL);
+  ASSERT(lr_obj_get(o, "abcdefghijklmnop", 16) == NULL);
+  ASSERT_EQ_STR(ENC(o), "{\"\":0,\"a\":1,\"abcdefghijklmn\":2,\"abcdefghijklmno\":3,"
+                        "\"a much longer key than any inline one, 255 is not special\":4}");
+  ASSERT(lr_obj_remove(o, keys[3], strlen(keys[3])));
+  ASSERT(lr_obj_remove(o, keys[2], strlen(keys[2])));
+  ASSERT_EQ_STR(lr_member_key(&o->u.obj.m[2]), keys[4]);
+  lr_node *c = lr_node_clone(o);
+  ASSERT(lr_node_equal(o, c));
+  lr_node_release(c);
   lr_node_release(o);
 }
 
@@ -111,11 +205,11 @@ TEST(value_hash_index_1000_keys) {
   for (int i = 0; i < 1000; i++) {
     snprintf(k, sizeof k, "k%d", i);
     lr_obj_put(o, k, strlen(k), lr_node_int(i));
-    if (i == 7) ASSERT(o->u.obj.idx == NULL);
-    if (i == 8) ASSERT(o->u.obj.idx != NULL);
+    if (i == 7) ASSERT(lr_obj_x(o) == NULL);
+    if (i == 8) ASSERT(lr_obj_x(o) != NULL && lr_obj_x(o)->idx != NULL);
   }
   ASSERT_EQ_INT(o->u.obj.len, 1000);
-  ASSERT(o->idxcap >= 2000);
+  ASSERT(lr_obj_x(o)->idxcap >= 2000);
   for (int i = 0; i < 1000; i++) {
     snprintf(k, sizeof k, "k%d", i);
     lr_node *v = lr_obj_get(o, k, strlen(k));
@@ -139,7 +233,7 @@ TEST(value_hash_index_1000_keys) {
     ASSERT_EQ_INT(o->u.obj.m[i].val->u.i, 2 * i + 1);
   /* clones of indexed objects are indexed too */
   lr_node *c = lr_node_clone(o);
-  ASSERT(c->u.obj.idx != NULL && lr_obj_get(c, "k999", 4)->u.i == 999);
+  ASSERT(lr_obj_x(c) && lr_obj_x(c)->idx != NULL && lr_obj_get(c, "k999", 4)->u.i == 999);
   ASSERT(lr_node_equal(o, c));
   lr_node_release(c);
   lr_node_release(o);
@@ -300,8 +394,8 @@ TEST(value_assign_in_place_type_change) {
   /* a string shrinking in place */
   set_json(root, "s", "\"a longer string\"", 0);
   set_json(root, "s", "\"short\"", 0);
-  ASSERT_EQ_STR(at(root, "s")->u.str.s, "short");
-  ASSERT_EQ_INT(at(root, "s")->u.str.len, 5);
+  ASSERT_EQ_STR(lr_str(at(root, "s")), "short");
+  ASSERT_EQ_INT(lr_strlen(at(root, "s")), 5);
   lr_node_release(held);
   lr_node_release(root);
 }

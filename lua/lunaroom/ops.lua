@@ -224,7 +224,7 @@ function M.handle(srv, req, runtime, json_response, response)
       elseif action == "kick" then
         local n = 0
         for _, conn in ipairs(core.room_conns(rawget(room, "h"))) do
-          if conn.state.publicId == body.publicId then conn:close(4003, "kicked"); n = n + 1 end
+          if runtime.conn_pid(conn) == body.publicId then conn:close(4003, "kicked"); n = n + 1 end
         end
         return json_response(200, { kicked = n })
       end

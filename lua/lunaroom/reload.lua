@@ -309,7 +309,9 @@ local function online_pids(room)
   local on = {}
   local ok, conns = pcall(core.room_conns, rawget(room, "h"))
   for _, c in ipairs(ok and conns or {}) do
-    local pid = c.state and c.state.publicId
+    local st = rawget(c, "state") -- conn.state is made on first read (runtime.lua)
+    local pid
+    if st then pid = st.publicId else pid = rawget(c, "_pid") end
     if pid then on[pid] = true end
   end
   return on

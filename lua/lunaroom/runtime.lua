@@ -30,16 +30,51 @@ local SECRET_LEN = 22 -- secrets (made-up session ids, transfer tokens): 22 x lo
 
 -- Connection tables share this metatable: conn:send(v), conn:close(), and
 -- conn.id, which the table does not hold (its handle does: core.conn_id, a
--- string less per connection until something reads it).
+-- string less per connection until something reads it). conn.state is made
+-- on first read: until then the session's ids are the raw fields _pid and
+-- _priv (a table less per connection); read them with conn_pid/conn_priv.
+-- _pid/_priv are raw only while conn.state is not (its first read, or an
+-- assignment, drops them).
 local Conn = {}
 local conn_id = core.conn_id
 Conn.__index = function(self, k)
   local m = Conn[k]
-  if m == nil and k == "id" then return conn_id(self) end
+  if m == nil then
+    if k == "id" then return conn_id(self) end
+    if k == "state" then
+      local st = { publicId = rawget(self, "_pid"), privateId = rawget(self, "_priv") }
+      rawset(self, "_pid", nil)
+      rawset(self, "_priv", nil)
+      rawset(self, "state", st)
+      return st
+    end
+  end
   return m
+end
+Conn.__newindex = function(self, k, v) -- a new raw field; conn.state = t replaces the ids
+  if k == "state" then
+    rawset(self, "_pid", nil)
+    rawset(self, "_priv", nil)
+  end
+  rawset(self, k, v)
 end
 function Conn:send(v) core.send(self, v) end
 function Conn:close(code, reason) core.conn_close(self, code or 1000, reason or "") end
+
+-- conn.state.publicId / privateId without making conn.state.
+local function conn_pid(conn)
+  local pid = conn._pid -- raw, or nil through Conn.__index
+  if pid ~= nil then return pid end
+  local st = rawget(conn, "state")
+  return st and st.publicId
+end
+local function conn_priv(conn)
+  local priv = conn._priv
+  if priv ~= nil then return priv end
+  local st = rawget(conn, "state")
+  return st and st.privateId
+end
+M.conn_pid = conn_pid
 
 ------------------------------------------------------------------ helpers
 
@@ -322,7 +357,7 @@ end
 
 local function user_of(room, conn)
   local users = users_of(room)
-  local pid = conn.state and conn.state.publicId
+  local pid = conn_pid(conn)
   if users and pid then return users[pid] end
   return nil
 end
@@ -702,7 +737,7 @@ function M.create_room(srv, ns, id, rebind, entry)
       local users = users_of(room)
       local schema = users and d.fields[d.users_field].schema
       for _, conn in ipairs(core.room_conns(h)) do
-        local priv, pid = conn.state.privateId, conn.state.publicId
+        local priv, pid = conn_priv(conn), conn_pid(conn)
         if priv then
           if not sockets[priv] then M.online(room, 1) end
           sockets[priv] = (sockets[priv] or 0) + 1
@@ -1160,8 +1195,13 @@ function connect_guarded(srv, room, conn, q, req, ctx, pend, ok, passed)
     offline_remove(room, priv)
     if schema.connected then users[pid][schema.connected] = true end
   end
-  conn.state.publicId = pid
-  conn.state.privateId = priv
+  local st = rawget(conn, "state")
+  if st then
+    st.publicId, st.privateId = pid, priv
+  else
+    rawset(conn, "_pid", pid)
+    rawset(conn, "_priv", priv)
+  end
   if pend then pend.session = true end
   if d.onJoin then
     local st, w = tasks.run(srv, room, "onJoin", d.onJoin, room, users and users[pid] or nil, conn, ctx)
@@ -1204,7 +1244,7 @@ function M.close(srv, room, conn)
   end
   if M.defer(room, function() return M.close(srv, room, conn) end) then return end
   local d = rawget(room, "def")
-  local priv = conn.state and conn.state.privateId
+  local priv = conn_priv(conn)
   if not priv then return end
   local sockets = rawget(room, "sockets")
   local open = sockets[priv]
@@ -1213,7 +1253,7 @@ function M.close(srv, room, conn)
   if n > 0 then return end -- another socket of this session is still open
   if open then M.online(room, -1) end
   local users = users_of(room)
-  local pid = conn.state.publicId
+  local pid = conn_pid(conn)
   local user = users and users[pid] or nil
   if users then
     local s = get_session(room, priv) or { publicId = pid, created = now(room) }
@@ -1768,22 +1808,22 @@ end
 
 function M.session_transfer(srv, room, conn, target_id, opts, done)
   local users = users_of(room)
-  local pid = conn.state and conn.state.publicId
+  local pid = conn_pid(conn)
   if not users or not pid or users[pid] == nil then return nil, "no user for this connection" end
   if type(opts) == "table" and opts.url then
-    return remote_transfer(srv, room, target_id, { privateId = conn.state.privateId, publicId = pid,
+    return remote_transfer(srv, room, target_id, { privateId = conn_priv(conn), publicId = pid,
       userSnapshot = core.copy(users[pid], NOPERSIST) }, opts, done)
   end
   local target = srv.rooms[rawget(room, "src").party .. "/" .. target_id]
   if not target and srv.env.LUNAROOM_CLUSTER then
-    return cluster_transfer(srv, room, target_id, { privateId = conn.state.privateId, publicId = pid,
+    return cluster_transfer(srv, room, target_id, { privateId = conn_priv(conn), publicId = pid,
       userSnapshot = core.copy(users[pid], NOPERSIST) })
   end
   if not target then
     target = M.create_room(srv, rawget(room, "src").party, target_id)
     if not target then return nil, "Room not available" end
   end
-  local data = { privateId = conn.state.privateId, publicId = pid, userSnapshot = core.copy(users[pid], NOPERSIST) }
+  local data = { privateId = conn_priv(conn), publicId = pid, userSnapshot = core.copy(users[pid], NOPERSIST) }
   local code, body
   if not RESTORING[target] then
     code, body = M.transfer_in(srv, target, data)
