@@ -58,7 +58,7 @@ static bool js_equal(const lr_node *a, const lr_node *b) {
     if (a->u.obj.len != b->u.obj.len) return false;
     for (uint32_t i = 0; i < a->u.obj.len; i++) {
       const lr_member *m = &a->u.obj.m[i];
-      const lr_node *o = lr_obj_get(b, lr_member_key(m), m->keylen);
+      const lr_node *o = lr_obj_get(b, lr_member_key(m), lr_member_keylen(m));
       if (!o || !js_equal(m->val, o)) return false;
     }
     return true;
