@@ -74,6 +74,7 @@ const srv = spawn(
     "--tool=callgrind",
     `--callgrind-out-file=${OUT}/cg.%p`,
     "--dump-instr=no",
+    "--compress-strings=no", // each dump names its functions: callgrind_annotate reads one alone
     // the bare server with lunaroom's receive buffer per WebSocket, as compare.mjs runs it
     ...(LIMIT ? [path.join(ROOT, "build/bench/limit"), "--port", "0", "--host", "127.0.0.1", "--rx-buffer", rxBuffer()] : [BIN, "serve"]),
   ].concat(LIMIT ? [] : [

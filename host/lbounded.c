@@ -128,19 +128,25 @@ static int bounded_call(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* setmetatable(t, mt) without finalizers. upvalue 1: the stock function. */
+/* setmetatable(t, mt) without finalizers: the base library's, with a
+ * metatable holding __gc refused (done here, not by calling the stock
+ * function: every schema object and room table goes through it). */
 static int guarded_setmetatable(lua_State *L) {
-  if (lua_type(L, 2) == LUA_TTABLE) {
+  int t = lua_type(L, 2);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+  if (t == LUA_TTABLE) {
     lua_pushliteral(L, "__gc");
     if (lua_rawget(L, 2) != LUA_TNIL)
       return luaL_error(L, "setmetatable: a metatable with __gc is not allowed (finalizers "
                            "would run outside the instruction budget)");
     lua_pop(L, 1);
   }
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  return lua_gettop(L);
+  if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+    return luaL_error(L, "cannot change a protected metatable");
+  lua_settop(L, 2);
+  lua_setmetatable(L, 1);
+  return 1;
 }
 
 void lr_bounded_install(lua_State *L) {
@@ -155,7 +161,6 @@ void lr_bounded_install(lua_State *L) {
   lua_getglobal(L, "string");
   lr_pattern_install(L, -1);
   lua_pop(L, 1);
-  lua_getglobal(L, "setmetatable");
-  lua_pushcclosure(L, guarded_setmetatable, 1);
+  lua_pushcfunction(L, guarded_setmetatable);
   lua_setglobal(L, "setmetatable");
 }

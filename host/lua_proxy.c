@@ -84,8 +84,18 @@ void lr_lua_push_copy(lua_State *L, const lr_node *n) {
   }
 }
 
+/* The proxy at idx, or NULL: luaL_testudata, with the metatable compared
+ * by the address lr_lua_proxy_register kept (no registry lookup by name:
+ * every field read and write of room code checks its proxy). */
 static proxy *test_proxy(lua_State *L, int idx) {
-  return luaL_testudata(L, idx, NODE_MT);
+  const lr_vm_hot *hot = lr_vm_hot_of(L);
+  if (!hot || !hot->node_mt) return luaL_testudata(L, idx, NODE_MT);
+  void *p = lua_touserdata(L, idx);
+  if (!p || !lua_getmetatable(L, idx)) return NULL;
+  bool ok =
+      lua_topointer(L, -1) == hot->node_mt; /* the registry holds it: the address is its own */
+  lua_pop(L, 1);
+  return ok ? p : NULL;
 }
 
 /* Converting a Lua value to a tree is work the running call's budget pays
@@ -365,7 +375,11 @@ void lr_lua_push_node(lua_State *L, lr_node *n, lr_room *r) {
     lr_lua_push_copy(L, n);
     return;
   }
-  lua_getfield(L, LUA_REGISTRYINDEX, CACHE_KEY);
+  const lr_vm_hot *hot = lr_vm_hot_of(L);
+  if (hot && hot->proxies)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, hot->proxies);
+  else
+    lua_getfield(L, LUA_REGISTRYINDEX, CACHE_KEY);
   lua_rawgetp(L, -1, n);
   if (!lua_isnil(L, -1)) {
     lua_remove(L, -2);
@@ -382,7 +396,9 @@ void lr_lua_push_node(lua_State *L, lr_node *n, lr_room *r) {
 }
 
 static proxy *check_proxy(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, NODE_MT);
+  proxy *p = test_proxy(L, idx);
+  if (!p) luaL_typeerror(L, idx, NODE_MT);
+  return p;
 }
 
 static int node_gc(lua_State *L) {
@@ -682,6 +698,8 @@ void lr_lua_proxy_register(lua_State *L) {
     lua_pushboolean(L, 0); /* getmetatable from Lua: false (room code shares it) */
     lua_setfield(L, -2, "__metatable");
   }
+  lr_vm_hot *hot = lr_vm_hot_of(L);
+  if (hot) hot->node_mt = lua_topointer(L, -1);
   lua_pop(L, 1);
   /* Proxy cache: weak values, keyed by node address. */
   lua_newtable(L);
@@ -689,6 +707,13 @@ void lr_lua_proxy_register(lua_State *L) {
   lua_pushliteral(L, "v");
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
+  if (hot) { /* the same table at a number too: lr_lua_push_node's lookup */
+    lua_pushvalue(L, -1);
+    if (hot->proxies)
+      lua_rawseti(L, LUA_REGISTRYINDEX, hot->proxies);
+    else
+      hot->proxies = lr_ref_take(L);
+  }
   lua_setfield(L, LUA_REGISTRYINDEX, CACHE_KEY);
   /* The array marker metatable shared with lua/lunaroom (lr.array). */
   lua_newtable(L);

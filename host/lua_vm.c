@@ -27,6 +27,8 @@
  * (lr_vm_counted wraps coroutine.create and wrap: the handler only hooks
  * the call's own thread); the host's own coroutines (waiting handlers) are
  * resumed by lr_vm_resume, which points the watchdog at them.
+ * The state's type() is fast_type (the stock one's results from upvalues),
+ * and lr_vm_hot_of gives the per-state addresses the hot C functions keep.
  * Must not: know rooms, sockets or JSON.
  */
 #include "lua_vm.h"
@@ -78,6 +80,7 @@ typedef struct vm {
   lr_undo *undo;     /* the state's undo log (undo.h) */
   long refs;         /* live registry references (lr_ref_take) */
   int watch;         /* the current outermost call is watched, not counted */
+  lr_vm_hot hot;     /* lua_vm.h */
 } vm;
 
 /* The watchdog: one per process (calls into Lua do not overlap). Fields the
@@ -139,6 +142,23 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return p;
 }
 
+/* type(v), as the base library's, with the nine names held as upvalues:
+ * the stock one pushes its result with lua_pushstring, a hash lookup on
+ * every call (about 300 instructions; schema checks call it per field). */
+static int fast_type(lua_State *L) {
+  int t = lua_type(L, 1);
+  luaL_argcheck(L, t != LUA_TNONE, 1, "value expected");
+  lua_pushvalue(L, lua_upvalueindex(t + 1));
+  return 1;
+}
+
+static void install_fast_type(lua_State *L) {
+  for (int t = 0; t < LUA_NUMTYPES; t++)
+    lua_pushstring(L, lua_typename(L, t));
+  lua_pushcclosure(L, fast_type, LUA_NUMTYPES);
+  lua_setglobal(L, "type");
+}
+
 static int vm_panic(lua_State *L) {
   lr_error("lua panic: %s", lua_tostring(L, -1));
   abort();
@@ -160,6 +180,7 @@ lua_State *lr_vm_open(const char *lua_dir, size_t mem_limit) {
   v->main = L;
   lua_atpanic(L, vm_panic);
   luaL_openlibs(L);
+  install_fast_type(L);
   lr_bounded_install(L);
   /* package.path: our Lua half first. */
   lua_getglobal(L, "package");
@@ -195,6 +216,11 @@ size_t lr_vm_memory(lua_State *L) {
 void lr_vm_set_memory_limit(lua_State *L, size_t limit) {
   get_vm(L)->limit = limit;
 }
+lr_vm_hot *lr_vm_hot_of(lua_State *L) {
+  void *ud;
+  return lua_getallocf(L, &ud) == vm_alloc ? &((vm *)ud)->hot : NULL;
+}
+
 const char *lr_vm_lua_dir(lua_State *L) {
   return get_vm(L)->lua_dir;
 }

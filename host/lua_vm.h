@@ -74,6 +74,16 @@ int lr_vm_counted(lua_State *L);
 /* The lua_dir the state was opened with. */
 const char *lr_vm_lua_dir(lua_State *L);
 
+/* What the hot C functions of a state keep so they need no registry lookup
+ * by name: set by the module that owns each field (lua_proxy.c: the node
+ * metatable's address and its proxy cache's reference). NULL for a state
+ * not opened by lr_vm_open (the caller takes its slow path). */
+typedef struct lr_vm_hot {
+  const void *node_mt; /* lua_topointer of the proxy metatable, NULL until registered */
+  int proxies;         /* registry reference of the proxy cache, 0 until registered */
+} lr_vm_hot;
+lr_vm_hot *lr_vm_hot_of(lua_State *L);
+
 /* The undo log of the state (undo.h): lr_vm_pcall and lr_vm_resume open
  * and close its transactions; proxy writes record into it. */
 struct lr_undo;
