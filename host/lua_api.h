@@ -34,6 +34,8 @@ void lr_lua_api_set_bind(void (*bind)(lua_State *L, int idx));
 /* Build the lunaroom.core module table with the handle metatables and the
  * functions of lua_api.c. [-0,+1] */
 int lr_lua_api_open(lua_State *L);
+/* Add lua_schema.c's core.schema_fast to the module table on top. [-0,+0] */
+void lr_lua_schema_register(lua_State *L);
 /* Add lua_store.c's storage functions to the module table on top. [-0,+0] */
 void lr_lua_store_register(lua_State *L);
 /* Push n figures as an array of {name, kind, help, value} (/metrics: the

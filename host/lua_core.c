@@ -29,6 +29,7 @@ int luaopen_lunaroom_core(lua_State *L) {
   lr_lua_api_set_bind(lr_bridge_bind);
   lr_lua_api_open(L);
   lr_lua_proxy_register(L);
+  lr_lua_schema_register(L);
   lr_lua_store_register(L);
   lr_lua_admin_register(L);
   lr_headless_register(L);

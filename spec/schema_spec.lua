@@ -665,4 +665,103 @@ describe("schema fast path", function()
     end
     assert.is_true(accepted > 2000 and refused > 2000, accepted .. " accepted, " .. refused .. " refused")
   end)
+
+  -- host/lua_schema.c: FAST in C. It answers true, out / false, or nil
+  -- (left to the Lua fast path): where it answers, it must be the Lua one.
+  it("in C gives what the Lua fast path gives on 50,000 random cases", function()
+    local yes, no, left = 0, 0, 0
+    for _ = 1, 50000 do
+      local s, x = rschema(0), rvalue(0)
+      local ok1, out1 = v._fast_c(s, x)
+      assert.are_not.equal("none", out1, "the host has core.schema_fast")
+      if ok1 == nil then
+        left = left + 1
+      else
+        local ok2, out2 = v._fast_lua(s, x)
+        assert.are.equal(ok2, ok1, s:describe())
+        if ok1 then
+          yes = yes + 1
+          assert.is_true(same(out1, out2), s:describe())
+        else
+          no = no + 1
+        end
+      end
+    end
+    assert.is_true(yes > 5000 and no > 5000 and left < 10000, yes .. " accepted, " .. no .. " refused, " .. left .. " left")
+  end)
+
+  it("in C: integers, bounds, metamethods, hidden metatables, strictness, depth", function()
+    local function both(s, x)
+      local ok1, out1 = v._fast_c(s, x)
+      local ok2, out2 = v._fast_lua(s, x)
+      assert.are.equal(ok2, ok1, s:describe())
+      if ok1 then assert.is_true(same(out1, out2), s:describe()) end
+      return ok1, out1
+    end
+    local ok, out = both(v.integer(), 3.0)
+    assert.is_true(ok)
+    assert.are.equal("integer", math.type(out))
+    ok, out = both(v.integer(), 2.0 ^ 63) -- no integer holds it: the float stays
+    assert.is_true(ok)
+    assert.are.equal("float", math.type(out))
+    ok, out = both(v.integer(), -2.0 ^ 63)
+    assert.are.equal("integer", math.type(out))
+    assert.is_false((both(v.integer(), 2.5)))
+    assert.is_false((both(v.number():max(1), 1 + 2 ^ -52)))
+    assert.is_true((both(v.number():max(1), 1)))
+    assert.is_true((both(v.number():min(0), -0.0)))
+    assert.is_false((both(v.number():min(math.mininteger + 1), math.mininteger)))
+    assert.is_false((both(v.number(), 0 / 0)))
+    assert.is_false((both(v.number(), -math.huge)))
+    assert.is_true((both(v.string():max(3), "héé")))       -- 3 characters, 5 bytes
+    assert.is_false((both(v.string():max(3), "hé\255")))  -- invalid UTF-8: its bytes count
+    assert.is_true((both(v.string():length(0), "")))
+    -- values read as Lua reads them: x[k] through __index, #x through __len
+    local proxy = setmetatable({}, { __index = function(_, k) return k == "a" and 7 or nil end })
+    ok, out = both(v.object { a = v.number() }, proxy)
+    assert.are.equal(7, out.a)
+    local arr = setmetatable({}, { __jsontype = "array", __len = function() return 2 end,
+      __index = function(_, i) return i * 10 end })
+    ok, out = both(v.array(v.number()), arr)
+    assert.are.same({ 10, 20 }, { out[1], out[2] })
+    -- getmetatable's __metatable hides __jsontype
+    local hidden = setmetatable({}, { __jsontype = "array", __metatable = "locked" })
+    both(v.array(v.any()), hidden)
+    both(v.object {}, hidden)
+    local shown = setmetatable({}, { __metatable = { __jsontype = "array" } })
+    assert.is_false((both(v.object {}, shown)))
+    -- strict: a number key, an unknown key
+    assert.is_false((both(v.object { a = v.any() }:strict(), { a = 1, [1] = 2 })))
+    assert.is_false((both(v.object { a = v.any() }:strict(), { a = 1, b = 2 })))
+    assert.is_true((both(v.object { a = v.any() }:strict(), { a = 1 })))
+    -- left to Lua: a pattern, a default; deeper than the C path goes
+    assert.is_nil((v._fast_c(v.string():pattern("^a"), "a")))
+    assert.is_nil((v._fast_c(v.number():default(1), nil)))
+    local deep, val = v.number(), 5
+    for _ = 1, 150 do deep, val = v.array(deep), { val } end
+    assert.is_nil((v._fast_c(deep, val)))
+    assert.is_true((deep:parse(val)))
+    assert.is_true((both(v.union { v.number(), v.string() }, "s")))
+    assert.is_false((both(v.union { v.number(), v.string() }, true)))
+  end)
+
+  it("in C is charged to the handler's budget", function()
+    local sandbox = require "lunaroom.sandbox"
+    local testing = require "lunaroom.testing"
+    local def = assert(sandbox.load_room_source([[
+local lr = require "lunaroom"
+local big = {}
+for i = 1, 2000000 do big[i] = i end
+local s = lr.v.array(lr.v.number())
+return lr.room { path = "sb", budget = 1000000, state = { n = 0 },
+  actions = { big = function(room) room.n = 1; s:parse(big) end } }
+]], "@sb.lua", nil))
+    local t = testing.room(def)
+    local c = t:client { id = "a" }
+    c:send("big")
+    local e = c:last("error")
+    assert.is_truthy(e and e.value.message:find("instruction budget exceeded", 1, true), e and e.value.message)
+    assert.are.equal(0, t.room.n)
+    t:close()
+  end)
 end)

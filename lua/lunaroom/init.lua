@@ -10,6 +10,7 @@ local core = require "lunaroom.core"
 local v = require "lunaroom.schema"
 
 v.set_null(core.null)
+v.set_fast(core.schema_fast) -- host/lua_schema.c
 
 local lr = {}
 

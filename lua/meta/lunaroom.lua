@@ -211,6 +211,9 @@ function lr.v.is_schema(x) end
 ---(host) the null sentinel schemas accept.
 ---@param null any
 function lr.v.set_null(null) end
+---(host) the fast path of parse in C (core.schema_fast); nil: the Lua one alone.
+---@param factory fun(array_mt: table, object_mt: table, null: any): function|nil
+function lr.v.set_fast(factory) end
 
 ---What handlers get as `room`: the state fields of the definition, and:
 ---@class lunaroom.Room
