@@ -483,6 +483,31 @@ static lr_node *value_at(lua_State *L, lr_node *n, const char *k, size_t kl, cha
   return v;
 }
 
+/* The number (finite) or boolean at idx as *tmp, a node that lives on the
+ * caller's stack: what to_node makes of it, without an allocation. false:
+ * any other value (to_node converts it, or says why it cannot). */
+static bool scalar_at(lua_State *L, int idx, lr_node *tmp) {
+  memset(tmp, 0, sizeof *tmp);
+  tmp->refs = 1;
+  switch (lua_type(L, idx)) {
+  case LUA_TBOOLEAN:
+    tmp->type = LR_BOOL;
+    tmp->u.b = lua_toboolean(L, idx);
+    return true;
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) {
+      tmp->type = LR_INT;
+      tmp->u.i = (int64_t)lua_tointeger(L, idx);
+      return true;
+    }
+    tmp->type = LR_FLOAT;
+    tmp->u.f = lua_tonumber(L, idx);
+    return isfinite(tmp->u.f);
+  default:
+    return false;
+  }
+}
+
 static int node_newindex(lua_State *L) {
   proxy *p = check_proxy(L, 1);
   lr_node *n = p->n;
@@ -501,11 +526,12 @@ static int node_newindex(lua_State *L) {
         lr_state_delete(n, k, kl);
       }
     } else {
-      lr_node *v = value_at(L, n, k, kl, err, sizeof err);
+      lr_node tmp; /* a number or a boolean: a node on the C stack (lr_state_set copies it) */
+      lr_node *v = scalar_at(L, 3, &tmp) ? &tmp : value_at(L, n, k, kl, err, sizeof err);
       if (!v) return luaL_error(L, "%s", err);
-      if (p->r) lr_undo_record_key(lr_vm_undo(L), n, k, kl);
+      if (p->r) lr_undo_record_set(lr_vm_undo(L), n, k, kl);
       lr_state_set(n, k, kl, v, 0);
-      lr_node_release(v);
+      if (v != &tmp) lr_node_release(v);
     }
   } else {
     if (!lua_isinteger(L, 2)) return write_error(L, n, NULL, "array index must be an integer");

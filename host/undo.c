@@ -7,26 +7,35 @@
  * the detached node itself, so later records that refer to that node still
  * restore into the tree. The two records of a write to an existing key
  * (reattach, assign) share one copy of the key: the newer borrows it, and
- * records are always restored and freed newest first.
+ * records are always restored and freed newest first. A set of a key that
+ * holds null, a boolean or a number is one record: the node and its old
+ * value (lr_undo_record_set).
  * Must not: call Lua, encode, or touch storage.
  */
 #include "undo.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "buf.h"
 
-enum { U_ASSIGN, U_REATTACH, U_ABSENT, U_ARRAY };
+enum { U_ASSIGN, U_REATTACH, U_ABSENT, U_ARRAY, U_SCALAR };
 
 typedef struct {
   int kind;
-  lr_node *container; /* retained */
+  lr_node *container; /* retained; SCALAR: the node that was set */
   char *key;          /* objects only: owned, or borrowed from the record before it */
   size_t keylen;
   lr_node *old;  /* retained: a clone (ASSIGN, ARRAY) or the detached node (REATTACH) */
   bool borrowed; /* key belongs to the record before it (freed after this one) */
+  uint8_t stype; /* SCALAR: the node's old type (LR_NULL, LR_BOOL, LR_INT, LR_FLOAT) ... */
+  union {        /* ... and value */
+    bool b;
+    int64_t i;
+    double f;
+  } sv;
 } urec;
 
 struct lr_undo {
@@ -77,18 +86,18 @@ void lr_undo_record_array(lr_undo *u, lr_node *arr) {
   if (!u->depth) return;
   lr_node *outer = outermost_array(arr);
   if (!outer) outer = arr;
-  push(u, (urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer), false});
+  push(u, (urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer), false, 0, {0}});
 }
 
 void lr_undo_record_key(lr_undo *u, lr_node *obj, const char *key, size_t keylen) {
   if (!u->depth) return;
   lr_node *arr = outermost_array(obj);
   if (arr) {
-    push(u, (urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr), false});
+    push(u, (urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr), false, 0, {0}});
     return;
   }
   lr_node *cur = lr_obj_get(obj, key, keylen);
-  urec r = {U_ABSENT, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, NULL, false};
+  urec r = {U_ABSENT, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, NULL, false, 0, {0}};
   if (cur) {
     /* The node may be detached by this write (delete) or changed in place
      * (assign). Keep both: the node itself to reattach, and its contents.
@@ -97,10 +106,30 @@ void lr_undo_record_key(lr_undo *u, lr_node *obj, const char *key, size_t keylen
     r.kind = U_REATTACH;
     r.old = lr_node_retain(cur);
     push(u, r);
-    urec a = {U_ASSIGN, lr_node_retain(obj), r.key, keylen, lr_node_clone(cur), true};
+    urec a = {U_ASSIGN, lr_node_retain(obj), r.key, keylen, lr_node_clone(cur), true, 0, {0}};
     push(u, a);
     return;
   }
+  push(u, r);
+}
+
+void lr_undo_record_set(lr_undo *u, lr_node *obj, const char *key, size_t keylen) {
+  if (!u->depth) return;
+  lr_node *cur = outermost_array(obj) ? NULL : lr_obj_get(obj, key, keylen);
+  if (!cur || cur->type == LR_STRING || cur->type == LR_ARRAY || cur->type == LR_OBJECT) {
+    lr_undo_record_key(u, obj, key, keylen);
+    return;
+  }
+  /* A set keeps the node where it is (lr_state_assign changes it in place):
+   * restoring its old value into it undoes the write, once the newer records
+   * (a later delete of the key among them) put it back where it was. */
+  urec r = {U_SCALAR, lr_node_retain(cur), NULL, 0, NULL, false, cur->type, {0}};
+  if (cur->type == LR_BOOL)
+    r.sv.b = cur->u.b;
+  else if (cur->type == LR_INT)
+    r.sv.i = cur->u.i;
+  else if (cur->type == LR_FLOAT)
+    r.sv.f = cur->u.f;
   push(u, r);
 }
 
@@ -154,6 +183,17 @@ void lr_undo_rollback(lr_undo *u, size_t mark) {
     case U_ASSIGN: {
       lr_node *cur = lr_obj_get(r->container, r->key, r->keylen);
       if (cur) lr_state_assign(cur, r->old);
+      break;
+    }
+    case U_SCALAR: {
+      lr_node old = {.type = r->stype, .refs = 1}; /* lr_state_assign copies it */
+      if (r->stype == LR_BOOL)
+        old.u.b = r->sv.b;
+      else if (r->stype == LR_INT)
+        old.u.i = r->sv.i;
+      else if (r->stype == LR_FLOAT)
+        old.u.f = r->sv.f;
+      lr_state_assign(r->container, &old);
       break;
     }
     }

@@ -38,6 +38,11 @@ void lr_undo_free(lr_undo *u);
 size_t lr_undo_mark(lr_undo *u);
 /* Before obj[key] is set or deleted (obj is an object). */
 void lr_undo_record_key(lr_undo *u, lr_node *obj, const char *key, size_t keylen);
+/* Before obj[key] is set (lr_state_set: never a delete). When the key holds
+ * null, a boolean or a number (the common write: a field of a player), one
+ * record keeps the node and its old value, no copy; otherwise as
+ * lr_undo_record_key. */
+void lr_undo_record_set(lr_undo *u, lr_node *obj, const char *key, size_t keylen);
 /* Before any change to array arr (records the whole array once per mark). */
 void lr_undo_record_array(lr_undo *u, lr_node *arr);
 void lr_undo_rollback(lr_undo *u, size_t mark);
