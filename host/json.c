@@ -410,7 +410,7 @@ static void persist_put(persist_walk *w, const lr_node *n) {
   lr_buf_reset(&w->json);
   lr_json_encode(n, LR_F_NOPERSIST, &w->json);
   if (w->ops->put)
-    w->ops->put(w->ops->ud, lr_buf_cstr(&w->path), w->path.len, w->json.data, w->json.len);
+    w->ops->put(w->ops->ud, lr_buf_cstr(&w->path), w->path.len, w->json.data, w->json.len, n);
 }
 
 /* Same traversal as patch_obj; the path of o is w->path[0..len), and top is

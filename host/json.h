@@ -96,7 +96,9 @@ void lr_json_encode_patch(const lr_node *root, int ch, lr_buf *out);
  * only valid during the call. Does not clear the marks. */
 typedef struct lr_persist_ops {
   void *ud;
-  void (*put)(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen);
+  /* n: the node written (valid during the call) */
+  void (*put)(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen,
+              const lr_node *n);
   void (*del)(void *ud, const char *path, size_t pathlen);
 } lr_persist_ops;
 void lr_json_walk_persist(const lr_node *root, const lr_persist_ops *ops);

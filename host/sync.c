@@ -536,6 +536,11 @@ typedef struct {
   size_t *offs; /* (keyoff, valoff) pairs, fixed up before apply */
   lr_store_op ops_in[OPS_INLINE];
   size_t offs_in[2 * OPS_INLINE];
+  /* Scalars written with their prefix deletion: LR_F_STORED_FLAT once the
+   * batch is committed (flat_in, or the heap past OPS_INLINE). */
+  lr_node **flat;
+  size_t nflat, capflat;
+  lr_node *flat_in[OPS_INLINE];
 } opsbuf; /* zero-initialised in place; not copied once used */
 
 /* Append an op whose key is k1 k2 (and then tail, when not 0). */
@@ -575,15 +580,39 @@ static void ops_push(opsbuf *o, lr_store_op_kind kind, const char *k1, const cha
   o->n++;
 }
 
-static void on_put(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen) {
+static bool is_scalar(const lr_node *n) {
+  return n->type != LR_OBJECT && n->type != LR_ARRAY;
+}
+
+static void on_put(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen,
+                   const lr_node *n) {
   opsbuf *o = ud;
   if (pathlen == 0) { /* the whole state: compacted form */
     ops_push(o, LR_STORE_DEL_PREFIX, "state:", "", 0, 0, NULL, 0);
     ops_push(o, LR_STORE_PUT, "state:", ".", 1, 0, json, jsonlen);
     return;
   }
-  /* A value replaces everything stored below its path: "state:<path>." */
-  ops_push(o, LR_STORE_DEL_PREFIX, "state:", path, pathlen, '.', NULL, 0);
+  /* A value replaces everything stored below its path: "state:<path>." --
+   * unless it is a scalar the store already holds nothing below (a player's
+   * x written again: one op, not two). */
+  if (!(is_scalar(n) && (n->flags & LR_F_STORED_FLAT))) {
+    ops_push(o, LR_STORE_DEL_PREFIX, "state:", path, pathlen, '.', NULL, 0);
+    if (is_scalar(n)) {
+      if (o->nflat == o->capflat) {
+        if (!o->capflat) {
+          o->flat = o->flat_in;
+          o->capflat = OPS_INLINE;
+        } else {
+          o->capflat *= 2;
+          lr_node **f = lr_xmalloc(o->capflat * sizeof *f);
+          memcpy(f, o->flat, o->nflat * sizeof *f);
+          if (o->flat != o->flat_in) free(o->flat);
+          o->flat = f;
+        }
+      }
+      o->flat[o->nflat++] = (lr_node *)n; /* the room's own tree: flagged once committed */
+    }
+  }
   ops_push(o, LR_STORE_PUT, "state:", path, pathlen, 0, json, jsonlen);
 }
 
@@ -616,6 +645,7 @@ static void ops_free(opsbuf *o) {
     free(o->ops);
     free(o->offs);
   }
+  if (o->flat != o->flat_in) free(o->flat);
   lr_buf_free(&o->keys);
 }
 
@@ -639,6 +669,8 @@ int lr_room_flush_storage(lr_room *r) {
   s->stats.storage_flushes++;
   if (rc) s->stats.storage_failures++;
   if (rc == 0) {
+    for (size_t i = 0; i < o.nflat; i++)
+      o.flat[i]->flags |= LR_F_STORED_FLAT; /* committed: nothing below their paths */
     lr_state_clear_dirty(r->root, LR_CH_PERSIST);
     r->store_retry_ms = 1000;
     if (o.n) refresh_progress(r);

@@ -368,7 +368,7 @@ void lr_node_release(lr_node *n) {
 /* Deep copy: flags copied, dirty marks and deletions not, parent NULL. */
 lr_node *lr_node_clone(const lr_node *n) {
   lr_node *c = node_alloc((lr_type)n->type);
-  c->flags = n->flags;
+  c->flags = n->flags & ~LR_F_STORED_FLAT;
   switch (n->type) {
   case LR_NULL:
     break;
@@ -711,7 +711,7 @@ bool lr_state_delete(lr_node *obj, const char *key, size_t keylen) {
 static lr_node *insert_new(lr_node *obj, const char *key, size_t keylen, const lr_node *src,
                            uint8_t flags) {
   lr_node *c = lr_node_clone(src);
-  c->flags = flags;
+  c->flags = flags & ~LR_F_STORED_FLAT;
   c->parent = obj;
   obj_append(obj, key, keylen, c);
   for (int ch = 0; ch < LR_NCH && obj->xh; ch++)
@@ -767,6 +767,7 @@ static void set_scalar(lr_node *t, const lr_node *s) {
 static void replace_contents(lr_node *t, const lr_node *s) {
   lr_node *c = lr_node_clone(s);
   free_contents(t);
+  t->flags &= ~LR_F_STORED_FLAT; /* may become a container: the store may get keys below it */
   t->type = c->type;
   t->u = c->u;
   t->xh = c->xh; /* free_contents(t) released t's own */

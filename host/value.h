@@ -59,6 +59,12 @@ enum { LR_CH_SYNC = 0, LR_CH_PERSIST = 1, LR_NCH = 2 };
 /* node->flags */
 #define LR_F_NOSYNC 0x01    /* subtree never sent to clients */
 #define LR_F_NOPERSIST 0x02 /* subtree never written to storage */
+/* The store holds nothing below this scalar's path: its last write there
+ * deleted the path's prefix and was committed (sync.c sets it then). A node
+ * that becomes an object or an array loses it (replace_contents), and no
+ * copy carries it (lr_node_clone, insert_new): a copy goes where the store
+ * may hold anything. Its next write of a scalar needs no prefix deletion. */
+#define LR_F_STORED_FLAT 0x04
 
 /* node->dirty[ch] */
 #define LR_D_SELF 0x01

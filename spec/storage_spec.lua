@@ -220,3 +220,113 @@ describe("restore", function()
     t2:close()
   end)
 end)
+
+-- A scalar written again at a path the store holds nothing below is one PUT
+-- (LR_F_STORED_FLAT, host/value.h): no prefix deletion. Every way a path can
+-- get keys below it again (the value becomes an object, the key is deleted
+-- and set again in one handler, a copy of another subtree lands there, a
+-- failed write) still deletes them: what is stored always reloads as the state.
+describe("scalar writes without a prefix deletion", function()
+  local core = require "lunaroom.core"
+  local backend = os.tmpname() .. ".lua"
+  local f = assert(io.open(backend, "w"))
+  f:write([[
+local mem = dofile("lua/lunaroom/backends/memory.lua")
+local M = {}
+for k, fn in pairs(mem) do M[k] = fn end
+function M.apply(ns, id, ops)
+  for _, op in ipairs(ops) do
+    local log = rawget(_G, "FLAT_SPEC_OPS")
+    if log then log[#log + 1] = op[1] .. " " .. op[2] end
+  end
+  return mem.apply(ns, id, ops)
+end
+return M
+]])
+  f:close()
+  local d = lr.room { path = "flat-{n}", rateLimit = { rate = 0, burst = 0 },
+    state = { players = lr.users(lr.schema { x = 0 }), p = lr.sync(0), q = lr.sync {} },
+    actions = {
+      x = function(_, pl, v) pl.x = v end,
+      p = function(r, _, v) r.p = v end,
+      pa = function(r, _, v) r.p.a = v end,
+      renew = function(r, _, v) r.p = nil; r.p = v end,
+      copy2 = function(r) r.p.z = nil; r.p = r.q end,
+      q = function(r, _, v) r.q = v end,
+      qz = function(r, _, v) r.q.z = v end,
+      pzd = function(r, _, v) r.p.z.deep = v end,
+    } }
+  local function ops_of(t, fn)
+    _G.FLAT_SPEC_OPS = {}
+    fn()
+    t:advance(0)
+    local ops = _G.FLAT_SPEC_OPS
+    _G.FLAT_SPEC_OPS = nil
+    return ops
+  end
+  local function reloaded(t)
+    local out = {}
+    for _, kv in ipairs(t.storage:entries("state:")) do out[#out + 1] = kv[1] end
+    return out
+  end
+
+  it("writes a player's field again with one op", function()
+    local t = testing.room(d, { storage = "lua:" .. backend, id = "flat-1" })
+    local c = t:client { id = "a" }
+    local pid = c.publicId
+    assert.are.same({ "delprefix state:players." .. pid .. ".x.", "put state:players." .. pid .. ".x" },
+      ops_of(t, function() c:send("x", 1) end))
+    assert.are.same({ "put state:players." .. pid .. ".x" }, ops_of(t, function() c:send("x", 2) end))
+    assert.are.same({ "put state:players." .. pid .. ".x" }, ops_of(t, function() c:send("x", 2.5) end))
+    assert.are.equal(2.5, t.storage:get("state:players." .. pid .. ".x"))
+    t:close()
+  end)
+
+  it("deletes below a path that became an object and then a scalar again", function()
+    local t = testing.room(d, { storage = "lua:" .. backend, id = "flat-2" })
+    local c = t:client { id = "a" }
+    c:send("p", 5); c:send("p", 6)  -- flat now
+    c:send("p", { a = 1 }); c:send("pa", 2) -- state:p.a is stored
+    assert.are.equal(2, t.storage:get("state:p.a"))
+    local ops = ops_of(t, function() c:send("p", 7) end)
+    assert.are.same({ "delprefix state:p.", "put state:p" }, ops)
+    assert.is_nil(t.storage:get("state:p.a"))
+    -- deleted and set again in one handler (no compaction): the new node
+    -- deletes below its path too
+    c:send("p", { a = 1 }); c:send("pa", 3)
+    assert.are.same({ "delprefix state:p.", "put state:p" }, ops_of(t, function() c:send("renew", 8) end))
+    assert.is_nil(t.storage:get("state:p.a"))
+    assert.are.equal(8, t.storage:get("state:p"))
+    t:close()
+  end)
+
+  it("does not carry the mark with a copy", function()
+    local path = tmpdb()
+    local t = testing.room(d, { storage = "sqlite:" .. path, id = "flat-3" })
+    local c = t:client { id = "a" }
+    c:send("q", { z = 1 }); c:send("qz", 2)            -- state:q.z written: q.z is marked
+    c:send("p", { z = { deep = 1 } }); c:send("pzd", 5) -- state:p.z.deep is stored
+    assert.are.equal(5, t.storage:get("state:p.z.deep"))
+    c:send("copy2")                                     -- p.z = nil, then p = q: z comes as a copy of q.z
+    for _, k in ipairs(reloaded(t)) do assert.is_nil(k:find("^state:p%.z%."), k) end
+    t:close()
+    local t2 = testing.room(d, { storage = "sqlite:" .. path, id = "flat-3" })
+    assert.are.equal(2, t2.room.p.z)
+    t2:close()
+    rm(path)
+  end)
+
+  it("marks a scalar only once its write is committed", function()
+    local t = testing.room(d, { id = "flat-4" })
+    local c = t:client { id = "a" }
+    c:send("p", { a = 1 }); c:send("pa", 2)
+    assert.are.equal(2, t.storage:get("state:p.a"))
+    t:fail_storage(1)
+    c:send("p", 7) -- fails: kept pending, retried with its prefix deletion
+    t:advance(1000)
+    c:send("p", 8)
+    assert.are.equal(8, t.storage:get("state:p"))
+    for _, k in ipairs(reloaded(t)) do assert.is_nil(k:find("^state:p%."), k) end
+    t:close()
+  end)
+end)

@@ -40,7 +40,9 @@ static text patch(const lr_node *root, int ch) {
 #define PERSIST(root) patch(root, LR_CH_PERSIST).s
 
 /* The persist walk's puts and deletes, "path=json" / "-path", joined by ' '. */
-static void on_put(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen) {
+static void on_put(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen,
+                   const lr_node *node) {
+  (void)node;
   size_t n = strlen(ud);
   snprintf((char *)ud + n, 4096 - n, "%s%.*s=%.*s", n ? " " : "", (int)pathlen, path, (int)jsonlen,
            json);

@@ -690,7 +690,9 @@ typedef struct {
   lr_buf log;
 } plog;
 
-static void on_put(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen) {
+static void on_put(void *ud, const char *path, size_t pathlen, const char *json, size_t jsonlen,
+                   const lr_node *n) {
+  (void)n;
   plog *l = ud;
   ASSERT(path[pathlen] == '\0');
   lr_buf_printf(&l->log, "put %.*s=%.*s;", (int)pathlen, path, (int)jsonlen, json);
