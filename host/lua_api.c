@@ -39,13 +39,13 @@ typedef struct srv_box {
 } srv_box;
 
 lr_server *lr_lua_check_server(lua_State *L, int idx) {
-  srv_box *b = luaL_checkudata(L, idx, SERVER_MT);
+  srv_box *b = lr_vm_checkudata(L, idx, LR_HOT_SERVER, SERVER_MT);
   if (!b->s) luaL_error(L, "server is closed");
   return b->s;
 }
 
 static int server_gc(lua_State *L) {
-  srv_box *b = luaL_checkudata(L, 1, SERVER_MT);
+  srv_box *b = lr_vm_checkudata(L, 1, LR_HOT_SERVER, SERVER_MT);
   if (b->s && b->owned) lr_server_free(b->s);
   b->s = NULL;
   return 0;
@@ -60,13 +60,13 @@ void lr_lua_push_server(lua_State *L, lr_server *s, bool owned) {
 }
 
 lr_room *lr_lua_check_room(lua_State *L, int idx) {
-  lr_room **b = luaL_checkudata(L, idx, ROOM_MT);
+  lr_room **b = lr_vm_checkudata(L, idx, LR_HOT_ROOM, ROOM_MT);
   if (!*b || (*b)->disposed) luaL_error(L, "room disposed");
   return *b;
 }
 
 static int room_gc(lua_State *L) {
-  lr_room **b = luaL_checkudata(L, 1, ROOM_MT);
+  lr_room **b = lr_vm_checkudata(L, 1, LR_HOT_ROOM, ROOM_MT);
   if (*b && (*b)->box == b) (*b)->box = NULL;
   *b = NULL;
   return 0;
@@ -75,19 +75,19 @@ static int room_gc(lua_State *L) {
 static lr_conn *check_conn(lua_State *L, int idx) {
   if (lua_istable(L, idx)) {
     lua_getfield(L, idx, "_h");
-    lr_conn **b = luaL_testudata(L, -1, CONN_MT);
+    lr_conn **b = lr_vm_testudata(L, -1, LR_HOT_CONN, CONN_MT);
     lua_pop(L, 1);
     if (!b) luaL_error(L, "not a connection");
     if (!*b) luaL_error(L, "connection closed");
     return *b;
   }
-  lr_conn **b = luaL_checkudata(L, idx, CONN_MT);
+  lr_conn **b = lr_vm_checkudata(L, idx, LR_HOT_CONN, CONN_MT);
   if (!*b) luaL_error(L, "connection closed");
   return *b;
 }
 
 static int conn_gc(lua_State *L) {
-  lr_conn **b = luaL_checkudata(L, 1, CONN_MT);
+  lr_conn **b = lr_vm_checkudata(L, 1, LR_HOT_CONN, CONN_MT);
   if (*b) (*b)->box = NULL;
   *b = NULL;
   return 0;
@@ -114,9 +114,17 @@ void lr_lua_new_conn(lua_State *L, lr_conn *c, const char *session_id) {
   b->c = c;
   memcpy(b->id, c->id, sizeof b->id);
   c->box = &b->c;
-  luaL_setmetatable(L, CONN_MT);
+  const lr_vm_hot *hot = lr_vm_hot_of(L); /* metatables by reference, not by name */
+  if (hot && hot->connh_mt)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, hot->connh_mt);
+  else
+    luaL_getmetatable(L, CONN_MT);
+  lua_setmetatable(L, -2);
   lua_setfield(L, -2, "_h");
-  lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
+  if (hot && hot->conn_mt)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, hot->conn_mt);
+  else
+    lua_getfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
   lua_setmetatable(L, -2);
   c->ref = lr_ref_take(L);
 }
@@ -127,7 +135,7 @@ static int l_conn_id(lua_State *L) {
   if (lua_istable(L, 1)) {
     lua_pushliteral(L, "_h");
     lua_rawget(L, 1);
-    const conn_box *b = luaL_testudata(L, -1, CONN_MT);
+    const conn_box *b = lr_vm_testudata(L, -1, LR_HOT_CONN, CONN_MT);
     if (b) {
       lua_pushstring(L, b->id);
       return 1;
@@ -157,6 +165,20 @@ void lr_lua_api_set_bind(void (*bind)(lua_State *L, int idx)) {
   api_bind = bind;
 }
 
+/* Pop the conn tables' metatable into the registry ("lunaroom.conn_mt",
+ * and lr_vm_hot's conn_mt reference). */
+static void set_conn_mt(lua_State *L) {
+  lr_vm_hot *hot = lr_vm_hot_of(L);
+  if (hot) {
+    lua_pushvalue(L, -1);
+    if (hot->conn_mt)
+      lua_rawseti(L, LUA_REGISTRYINDEX, hot->conn_mt);
+    else
+      hot->conn_mt = lr_ref_take(L);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
+}
+
 static int l_set_runtime(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_pushvalue(L, 1);
@@ -164,7 +186,7 @@ static int l_set_runtime(lua_State *L) {
   if (api_bind) api_bind(L, 1);
   if (lua_istable(L, 2)) {
     lua_pushvalue(L, 2);
-    lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
+    set_conn_mt(L);
   }
   return 0;
 }
@@ -228,7 +250,7 @@ static int l_server_new(lua_State *L) {
 }
 
 static int l_server_close(lua_State *L) {
-  srv_box *b = luaL_checkudata(L, 1, SERVER_MT);
+  srv_box *b = lr_vm_checkudata(L, 1, LR_HOT_SERVER, SERVER_MT);
   if (b->s && b->owned) {
     lr_server_shutdown(b->s);
     lr_server_free(b->s);
@@ -558,7 +580,7 @@ static int l_room_conns(lua_State *L) {
 }
 
 static int l_room_dispose(lua_State *L) {
-  lr_room **b = luaL_checkudata(L, 1, ROOM_MT);
+  lr_room **b = lr_vm_checkudata(L, 1, LR_HOT_ROOM, ROOM_MT);
   if (*b && !(*b)->disposed) lr_room_dispose(*b);
   return 0;
 }
@@ -603,18 +625,27 @@ int lr_lua_api_open(lua_State *L) {
   /* Handles: a metatable each, with only a finalizer. */
   static const luaL_Reg handles[] = {
       {SERVER_MT, server_gc}, {ROOM_MT, room_gc}, {CONN_MT, conn_gc}};
+  static const int kinds[] = {LR_HOT_SERVER, LR_HOT_ROOM, LR_HOT_CONN};
+  lr_vm_hot *hot = lr_vm_hot_of(L);
   for (size_t i = 0; i < sizeof handles / sizeof *handles; i++) {
     luaL_newmetatable(L, handles[i].name);
     lua_pushcfunction(L, handles[i].func);
     lua_setfield(L, -2, "__gc");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
+    if (hot) {
+      hot->mt[kinds[i]] = lua_topointer(L, -1);
+      if (kinds[i] == LR_HOT_CONN && !hot->connh_mt) {
+        lua_pushvalue(L, -1);
+        hot->connh_mt = lr_ref_take(L);
+      }
+    }
     lua_pop(L, 1);
   }
   lua_newtable(L); /* until core.set_runtime gives the runtime's: conn.id only */
   lua_pushcfunction(L, l_conn_index);
   lua_setfield(L, -2, "__index");
-  lua_setfield(L, LUA_REGISTRYINDEX, "lunaroom.conn_mt");
+  set_conn_mt(L);
   luaL_newlib(L, core_fns);
   return 1;
 }

@@ -88,14 +88,7 @@ void lr_lua_push_copy(lua_State *L, const lr_node *n) {
  * by the address lr_lua_proxy_register kept (no registry lookup by name:
  * every field read and write of room code checks its proxy). */
 static proxy *test_proxy(lua_State *L, int idx) {
-  const lr_vm_hot *hot = lr_vm_hot_of(L);
-  if (!hot || !hot->node_mt) return luaL_testudata(L, idx, NODE_MT);
-  void *p = lua_touserdata(L, idx);
-  if (!p || !lua_getmetatable(L, idx)) return NULL;
-  bool ok =
-      lua_topointer(L, -1) == hot->node_mt; /* the registry holds it: the address is its own */
-  lua_pop(L, 1);
-  return ok ? p : NULL;
+  return lr_vm_testudata(L, idx, LR_HOT_NODE, NODE_MT);
 }
 
 /* Converting a Lua value to a tree is work the running call's budget pays
@@ -396,9 +389,7 @@ void lr_lua_push_node(lua_State *L, lr_node *n, lr_room *r) {
 }
 
 static proxy *check_proxy(lua_State *L, int idx) {
-  proxy *p = test_proxy(L, idx);
-  if (!p) luaL_typeerror(L, idx, NODE_MT);
-  return p;
+  return lr_vm_checkudata(L, idx, LR_HOT_NODE, NODE_MT);
 }
 
 static int node_gc(lua_State *L) {
@@ -725,7 +716,7 @@ void lr_lua_proxy_register(lua_State *L) {
     lua_setfield(L, -2, "__metatable");
   }
   lr_vm_hot *hot = lr_vm_hot_of(L);
-  if (hot) hot->node_mt = lua_topointer(L, -1);
+  if (hot) hot->mt[LR_HOT_NODE] = lua_topointer(L, -1);
   lua_pop(L, 1);
   /* Proxy cache: weak values, keyed by node address. */
   lua_newtable(L);

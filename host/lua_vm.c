@@ -34,6 +34,7 @@
 #include "lua_vm.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -219,6 +220,22 @@ void lr_vm_set_memory_limit(lua_State *L, size_t limit) {
 lr_vm_hot *lr_vm_hot_of(lua_State *L) {
   void *ud;
   return lua_getallocf(L, &ud) == vm_alloc ? &((vm *)ud)->hot : NULL;
+}
+
+void *lr_vm_testudata(lua_State *L, int idx, int k, const char *tname) {
+  const lr_vm_hot *hot = lr_vm_hot_of(L);
+  if (!hot || !hot->mt[k]) return luaL_testudata(L, idx, tname);
+  void *p = lua_touserdata(L, idx);
+  if (!p || !lua_getmetatable(L, idx)) return NULL;
+  bool ok = lua_topointer(L, -1) == hot->mt[k];
+  lua_pop(L, 1);
+  return ok ? p : NULL;
+}
+
+void *lr_vm_checkudata(lua_State *L, int idx, int k, const char *tname) {
+  void *p = lr_vm_testudata(L, idx, k, tname);
+  if (!p) luaL_typeerror(L, idx, tname);
+  return p;
 }
 
 const char *lr_vm_lua_dir(lua_State *L) {

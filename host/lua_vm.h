@@ -76,13 +76,22 @@ const char *lr_vm_lua_dir(lua_State *L);
 
 /* What the hot C functions of a state keep so they need no registry lookup
  * by name: set by the module that owns each field (lua_proxy.c: the node
- * metatable's address and its proxy cache's reference). NULL for a state
- * not opened by lr_vm_open (the caller takes its slow path). */
+ * metatable and the proxy cache; lua_api.c: the handle metatables and the
+ * conn tables' metatable). NULL for a state not opened by lr_vm_open (the
+ * callers take their slow path). */
+enum { LR_HOT_NODE, LR_HOT_SERVER, LR_HOT_ROOM, LR_HOT_CONN, LR_HOT_NMT };
 typedef struct lr_vm_hot {
-  const void *node_mt; /* lua_topointer of the proxy metatable, NULL until registered */
-  int proxies;         /* registry reference of the proxy cache, 0 until registered */
+  const void *mt[LR_HOT_NMT]; /* lua_topointer of each kind's metatable, NULL until registered */
+  int proxies;                /* registry reference of the proxy cache, 0 until registered */
+  int conn_mt;                /* registry reference of the conn tables' metatable, 0 until set */
+  int connh_mt;               /* registry reference of LR_HOT_CONN's metatable, 0 until set */
 } lr_vm_hot;
 lr_vm_hot *lr_vm_hot_of(lua_State *L);
+/* luaL_testudata / luaL_checkudata for a userdata of kind k (LR_HOT_*,
+ * registered under tname): its metatable compared by address (the registry
+ * keeps it: the address is its own), by name while k is not registered. */
+void *lr_vm_testudata(lua_State *L, int idx, int k, const char *tname);
+void *lr_vm_checkudata(lua_State *L, int idx, int k, const char *tname);
 
 /* The undo log of the state (undo.h): lr_vm_pcall and lr_vm_resume open
  * and close its transactions; proxy writes record into it. */

@@ -43,7 +43,7 @@
 static lr_conn *opt_conn(lua_State *L, int idx) {
   luaL_checktype(L, idx, LUA_TTABLE);
   lua_getfield(L, idx, "_h");
-  lr_conn **b = luaL_testudata(L, -1, CONN_MT);
+  lr_conn **b = lr_vm_testudata(L, -1, LR_HOT_CONN, CONN_MT);
   lua_pop(L, 1);
   return b ? *b : NULL; /* NULL: the connection is gone */
 }
@@ -92,7 +92,7 @@ long lr_server_waiting(lr_server *s) {
 }
 
 static int w_hold(lua_State *L) {
-  lr_room **b = luaL_checkudata(L, 1, ROOM_MT);
+  lr_room **b = lr_vm_checkudata(L, 1, LR_HOT_ROOM, ROOM_MT);
   int delta = (int)luaL_checkinteger(L, 2);
   waiting += delta > 0 ? 1 : (waiting > 0 ? -1 : 0);
   if (*b) lr_room_wait_hold(*b, delta);

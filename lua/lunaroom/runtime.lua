@@ -1099,7 +1099,7 @@ function M.connect(srv, room, conn, req, waited)
   -- No id given: the session id is a secret the client never learns, so it
   -- is 128+ bits from the CSPRNG, not conn.id (conn.id is logged and shown
   -- to room code; the reference uses conn.id here).
-  conn.sessionId = sid or core.random_id(srv.h, SECRET_LEN, PID_ALPHABET)
+  rawset(conn, "sessionId", sid or core.random_id(srv.h, SECRET_LEN, PID_ALPHABET)) -- its own field: no __newindex call
   -- The connection context exists for room guards and onJoin only: a room
   -- with neither makes no garbage for it on every join.
   local ctx = nil
