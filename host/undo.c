@@ -31,11 +31,7 @@ typedef struct {
   lr_node *old;  /* retained: a clone (ASSIGN, ARRAY) or the detached node (REATTACH) */
   bool borrowed; /* key belongs to the record before it (freed after this one) */
   uint8_t stype; /* SCALAR: the node's old type (LR_NULL, LR_BOOL, LR_INT, LR_FLOAT) ... */
-  union {        /* ... and value */
-    bool b;
-    int64_t i;
-    double f;
-  } sv;
+  int64_t sv;    /* ... and the 8 bytes of its value (u.b, u.i or u.f) */
 } urec;
 
 struct lr_undo {
@@ -86,18 +82,18 @@ void lr_undo_record_array(lr_undo *u, lr_node *arr) {
   if (!u->depth) return;
   lr_node *outer = outermost_array(arr);
   if (!outer) outer = arr;
-  push(u, (urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer), false, 0, {0}});
+  push(u, (urec){U_ARRAY, lr_node_retain(outer), NULL, 0, lr_node_clone(outer), false, 0, 0});
 }
 
 void lr_undo_record_key(lr_undo *u, lr_node *obj, const char *key, size_t keylen) {
   if (!u->depth) return;
   lr_node *arr = outermost_array(obj);
   if (arr) {
-    push(u, (urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr), false, 0, {0}});
+    push(u, (urec){U_ARRAY, lr_node_retain(arr), NULL, 0, lr_node_clone(arr), false, 0, 0});
     return;
   }
   lr_node *cur = lr_obj_get(obj, key, keylen);
-  urec r = {U_ABSENT, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, NULL, false, 0, {0}};
+  urec r = {U_ABSENT, lr_node_retain(obj), lr_xstrndup(key, keylen), keylen, NULL, false, 0, 0};
   if (cur) {
     /* The node may be detached by this write (delete) or changed in place
      * (assign). Keep both: the node itself to reattach, and its contents.
@@ -106,7 +102,7 @@ void lr_undo_record_key(lr_undo *u, lr_node *obj, const char *key, size_t keylen
     r.kind = U_REATTACH;
     r.old = lr_node_retain(cur);
     push(u, r);
-    urec a = {U_ASSIGN, lr_node_retain(obj), r.key, keylen, lr_node_clone(cur), true, 0, {0}};
+    urec a = {U_ASSIGN, lr_node_retain(obj), r.key, keylen, lr_node_clone(cur), true, 0, 0};
     push(u, a);
     return;
   }
@@ -123,13 +119,10 @@ void lr_undo_record_set(lr_undo *u, lr_node *obj, const char *key, size_t keylen
   /* A set keeps the node where it is (lr_state_assign changes it in place):
    * restoring its old value into it undoes the write, once the newer records
    * (a later delete of the key among them) put it back where it was. */
-  urec r = {U_SCALAR, lr_node_retain(cur), NULL, 0, NULL, false, cur->type, {0}};
-  if (cur->type == LR_BOOL)
-    r.sv.b = cur->u.b;
-  else if (cur->type == LR_INT)
-    r.sv.i = cur->u.i;
-  else if (cur->type == LR_FLOAT)
-    r.sv.f = cur->u.f;
+  urec r = {U_SCALAR, lr_node_retain(cur), NULL, 0, NULL, false, cur->type, 0};
+  _Static_assert(sizeof r.sv == sizeof cur->u.i && sizeof cur->u.f == sizeof r.sv,
+                 "a scalar's value is 8 bytes");
+  memcpy(&r.sv, &cur->u, sizeof r.sv);
   push(u, r);
 }
 
@@ -187,12 +180,7 @@ void lr_undo_rollback(lr_undo *u, size_t mark) {
     }
     case U_SCALAR: {
       lr_node old = {.type = r->stype, .refs = 1}; /* lr_state_assign copies it */
-      if (r->stype == LR_BOOL)
-        old.u.b = r->sv.b;
-      else if (r->stype == LR_INT)
-        old.u.i = r->sv.i;
-      else if (r->stype == LR_FLOAT)
-        old.u.f = r->sv.f;
+      memcpy(&old.u, &r->sv, sizeof r->sv);
       lr_state_assign(r->container, &old);
       break;
     }
