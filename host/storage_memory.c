@@ -4,7 +4,8 @@
  *
  * Owns: one AVL tree (key -> JSON text, bytewise order) per (namespace, room)
  * found through a hash table, so get/put/delete are O(log n) and a listing
- * only walks the keys of its room; snapshot load and atomic save in the
+ * only walks the keys of its room; the exact-key index of a room with many
+ * keys (an overwrite in place without a walk); snapshot load and atomic save in the
  * reference's format {"ns:room":[[key,value],...]} with encodeURIComponent
  * names and values embedded as raw JSON text (byte for byte).
  * Must not: parse values into trees, know the key layout of rooms, or leave a
@@ -16,6 +17,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -98,10 +101,10 @@ static void set_val(mnode *n, const char *val, size_t vlen) {
   MVAL(n)[vlen] = '\0';
 }
 
-/* Insert or overwrite key. Copies key and val. *added is set to 1 when the
- * key was new. Returns the new subtree root. */
+/* Insert or overwrite key. Copies key and val. *added is set to the new
+ * node when the key was new. Returns the new subtree root. */
 static mnode *avl_put(mnode *t, const char *key, size_t klen, const char *val, size_t vlen,
-                      int *added) {
+                      mnode **added) {
   if (klen >= UINT32_MAX || vlen >= UINT32_MAX) {
     fprintf(stderr, "lunaroom: memory storage: key or value of 4 GiB or more\n");
     abort();
@@ -114,7 +117,7 @@ static mnode *avl_put(mnode *t, const char *key, size_t klen, const char *val, s
     memcpy(n->key, key, klen);
     n->key[klen] = '\0';
     set_val(n, val, vlen);
-    *added = 1;
+    *added = n;
     return n;
   }
   int c = key_cmp(key, klen, t->key, t->klen);
@@ -222,6 +225,12 @@ typedef struct mroom {
   size_t nslen, roomlen;
   mnode *root;
   size_t count;
+  /* Exact-key index of a room with IDX_MIN keys or more (open addressing,
+   * linear probing, at most half full; NULL below that): a write of an
+   * existing key (a state row written again) finds its node in one probe
+   * instead of a walk down the tree, a cache miss per level. */
+  mnode **idx;
+  size_t idxcap, idxn;
   char names[]; /* ns NUL room NUL */
 } mroom;
 
@@ -280,6 +289,7 @@ static mroom *room_get_or_add(mstore *m, const char *ns, size_t nslen, const cha
 
 static void room_free(mroom *r) {
   avl_free(r->root);
+  free(r->idx);
   free(r);
 }
 
@@ -294,7 +304,84 @@ static void room_remove(mstore *m, mroom *r) {
   room_free(r);
 }
 
+/* ---- the exact-key index of a room (mroom.idx) ---- */
+
+#define IDX_MIN 64 /* keys of a room before it gets an index */
+
+static size_t idx_home(const mroom *r, const char *key, size_t klen) {
+  return (size_t)lr_fnv1a64(LR_FNV1A64_INIT, key, klen) & (r->idxcap - 1);
+}
+
+/* The slot of key in r's index, or of the empty slot where it would go. */
+static size_t idx_slot(const mroom *r, const char *key, size_t klen) {
+  size_t mask = r->idxcap - 1;
+  for (size_t i = idx_home(r, key, klen);; i = (i + 1) & mask) {
+    const mnode *n = r->idx[i];
+    if (!n || (n->klen == klen && memcmp(n->key, key, klen) == 0)) return i;
+  }
+}
+
+static void idx_add(mroom *r, mnode *n);
+
+/* Build r's index of capacity cap from its tree. */
+static void idx_build(mroom *r, size_t cap) {
+  free(r->idx);
+  r->idx = lr_xcalloc(cap, sizeof *r->idx);
+  r->idxcap = cap;
+  r->idxn = 0;
+  miter it;
+  it_seek(&it, r->root, "", 0);
+  for (mnode *x; (x = it_next(&it));)
+    idx_add(r, x);
+}
+
+static void idx_add(mroom *r, mnode *n) {
+  if ((r->idxn + 1) * 2 > r->idxcap) {
+    idx_build(r, r->idxcap * 2); /* n is in the tree already: indexed by the build */
+    return;
+  }
+  r->idx[idx_slot(r, n->key, n->klen)] = n;
+  r->idxn++;
+}
+
+/* Drop n (about to be freed) from r's index: backward-shift deletion keeps
+ * every probe chain whole without tombstones. */
+static void idx_del(mroom *r, const mnode *n) {
+  if (!r->idx) return;
+  size_t mask = r->idxcap - 1, i = idx_slot(r, n->key, n->klen);
+  if (r->idx[i] != n) return;
+  r->idx[i] = NULL;
+  r->idxn--;
+  for (size_t j = (i + 1) & mask; r->idx[j]; j = (j + 1) & mask) {
+    size_t home = idx_home(r, r->idx[j]->key, r->idx[j]->klen);
+    bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+    if (!stays) {
+      r->idx[i] = r->idx[j];
+      r->idx[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+static void idx_drop(mroom *r) {
+  free(r->idx);
+  r->idx = NULL;
+  r->idxcap = r->idxn = 0;
+}
+
+/* ---- room writes ---- */
+
 static void room_put(mroom *r, const char *key, size_t klen, const char *val, size_t vlen) {
+  size_t slot = 0;
+  if (r->idx) {
+    slot = idx_slot(r, key, klen);
+    mnode *t = r->idx[slot];
+    if (!t) goto insert; /* the index holds every key: a new one */
+    if (vlen < UINT32_MAX && MNODE_SIZE(t->klen, vlen) <= malloc_usable_size(t)) {
+      set_val(t, val, vlen); /* fits where it is: no walk, no reallocation */
+      return;
+    }
+  }
   /* Overwriting a key (the usual write: a room's state rows) changes no
    * shape: find its link and replace the value there, without the
    * recursion's rebalance of every node on the path. */
@@ -305,19 +392,27 @@ static void room_put(mroom *r, const char *key, size_t klen, const char *val, si
       if (vlen >= UINT32_MAX) break; /* avl_put aborts */
       if (vlen != t->vlen) *link = t = lr_xrealloc(t, MNODE_SIZE(t->klen, vlen));
       set_val(t, val, vlen);
+      if (r->idx) r->idx[slot] = t; /* it may have moved */
       return;
     }
     link = c < 0 ? &t->l : &t->r;
   }
-  int added = 0;
+insert:;
+  mnode *added = NULL;
   r->root = avl_put(r->root, key, klen, val, vlen, &added);
-  r->count += (size_t)added;
+  if (!added) return;
+  r->count++;
+  if (r->idx)
+    idx_add(r, added);
+  else if (r->count >= IDX_MIN)
+    idx_build(r, 4 * IDX_MIN);
 }
 
 static void room_del(mroom *r, const char *key, size_t klen) {
   mnode *out = NULL;
   r->root = avl_unlink(r->root, key, klen, &out);
   if (out) {
+    idx_del(r, out);
     node_free(out);
     r->count--;
   }
@@ -328,6 +423,7 @@ static void room_del_prefix(mroom *r, const char *p, size_t plen) {
     avl_free(r->root);
     r->root = NULL;
     r->count = 0;
+    idx_drop(r);
     return;
   }
   /* The matching keys are contiguous in order: collect, then unlink each. */
@@ -344,6 +440,7 @@ static void room_del_prefix(mroom *r, const char *p, size_t plen) {
   }
   for (size_t i = 0; i < n; i++) {
     mnode *out = NULL;
+    idx_del(r, v[i]);
     r->root = avl_unlink(r->root, v[i]->key, v[i]->klen, &out);
     node_free(out);
   }
