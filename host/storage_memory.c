@@ -37,8 +37,9 @@
 /* One allocation per key: the key and its JSON text follow the header
  * right after h (MNODE_SIZE: no padding up to the struct's alignment, 7
  * bytes less per key, often one malloc size class less: a session record).
- * An overwrite reallocates the node (avl_put returns it to the parent), so a
- * node pointer is not kept across a write (listings refuse writes). */
+ * An overwrite whose value does not fit the node reallocates it (the walk
+ * relinks it to its parent and room_put updates the room's index), so no
+ * other node pointer is kept across a write (listings refuse writes). */
 typedef struct mnode {
   struct mnode *l, *r;
   uint32_t klen, vlen;
