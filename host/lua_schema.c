@@ -26,6 +26,7 @@
  */
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -160,6 +161,12 @@ static bool length_refused(lua_State *L, int s, lua_Integer n) {
 
 static int fast(lua_State *L, int s, int x, int depth);
 
+/* The budget n elements take (#x may be anything a __len answers): saturated. */
+static int64_t per_element(lua_Integer n) {
+  if (n <= 0) return 0;
+  return n > INT64_MAX / NODE_COST ? INT64_MAX : (int64_t)n * NODE_COST;
+}
+
 static int k_number(lua_State *L, int s, int x) {
   if (lua_type(L, x) != LUA_TNUMBER) return R_FAIL;
   if (!lua_isinteger(L, x) && !isfinite(lua_tonumber(L, x))) return R_FAIL;
@@ -240,7 +247,7 @@ static int k_array(lua_State *L, int s, int x, int depth) {
   if (!table_of(L, x, K_OBJECT)) return R_FAIL;
   lua_Integer n = luaL_len(L, x); /* #x */
   if (length_refused(L, s, n)) return R_FAIL;
-  lr_vm_charge(L, n > 0 ? n * NODE_COST : 0);
+  lr_vm_charge(L, per_element(n));
   field(L, s, N_ITEM);
   int item = lua_gettop(L);
   lua_createtable(L, n > 0 && n < 1024 ? (int)n : 0, 0);
@@ -268,7 +275,7 @@ static int k_object(lua_State *L, int s, int x, int depth) {
   field(L, s, N_FIELDS);
   int keys = base + 1, fields = base + 2;
   lua_Integer n = (lua_Integer)lua_rawlen(L, keys);
-  lr_vm_charge(L, n * NODE_COST);
+  lr_vm_charge(L, per_element(n));
   lua_createtable(L, 0, n < 1024 ? (int)n : 0);
   lua_pushvalue(L, UP_OBJECT_MT);
   lua_setmetatable(L, -2);

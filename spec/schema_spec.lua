@@ -754,14 +754,21 @@ local big = {}
 for i = 1, 2000000 do big[i] = i end
 local s = lr.v.array(lr.v.number())
 return lr.room { path = "sb", budget = 1000000, state = { n = 0 },
-  actions = { big = function(room) room.n = 1; s:parse(big) end } }
+  actions = { big = function(room) room.n = 1; s:parse(big) end,
+    huge = function(room) -- a length no loop could walk: refused by the charge, before the loop
+      room.n = 2
+      s:parse(setmetatable({}, { __len = function() return math.maxinteger end }))
+    end } }
 ]], "@sb.lua", nil))
     local t = testing.room(def)
     local c = t:client { id = "a" }
-    c:send("big")
-    local e = c:last("error")
-    assert.is_truthy(e and e.value.message:find("instruction budget exceeded", 1, true), e and e.value.message)
-    assert.are.equal(0, t.room.n)
+    for _, action in ipairs { "big", "huge" } do
+      c:clear()
+      c:send(action)
+      local e = c:last("error")
+      assert.is_truthy(e and e.value.message:find("instruction budget exceeded", 1, true), e and e.value.message)
+      assert.are.equal(0, t.room.n)
+    end
     t:close()
   end)
 end)
