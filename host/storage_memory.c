@@ -2,10 +2,11 @@
  * storage_memory.c - the in-memory storage backend and its JSON snapshot file
  * (the reference's createMemoryNodeRoomStorage, protocol.md §9.2).
  *
- * Owns: one AVL tree (key -> JSON text, bytewise order) per (namespace, room)
- * found through a hash table, so get/put/delete are O(log n) and a listing
- * only walks the keys of its room; the exact-key index of a room with many
- * keys (an overwrite in place without a walk); snapshot load and atomic save in the
+ * Owns: the rooms, one per (namespace, room) found through a hash table,
+ * each an AVL tree of its keys (storage_memtree.c: key -> JSON text,
+ * bytewise order), so get/put/delete are O(log n) and a listing only walks
+ * the keys of its room; the exact-key index of a room with many keys (an
+ * overwrite in place without a walk); snapshot load and atomic save in the
  * reference's format {"ns:room":[[key,value],...]} with encodeURIComponent
  * names and values embedded as raw JSON text (byte for byte).
  * Must not: parse values into trees, know the key layout of rooms, or leave a
@@ -30,192 +31,8 @@
 #include "hash.h"
 #include "json.h"
 #include "storage.h"
+#include "storage_memtree.h"
 #include "utf8.h"
-
-/* ---- AVL tree of keys ---- */
-
-/* One allocation per key: the key and its JSON text follow the header
- * right after h (MNODE_SIZE: no padding up to the struct's alignment, 7
- * bytes less per key, often one malloc size class less: a session record).
- * An overwrite whose value does not fit the node reallocates it (the walk
- * relinks it to its parent and room_put updates the room's index), so no
- * other node pointer is kept across a write (listings refuse writes). */
-typedef struct mnode {
-  struct mnode *l, *r;
-  uint32_t klen, vlen;
-  uint8_t h;  /* AVL height: at most 1.45 log2(n + 2) */
-  char key[]; /* klen bytes + NUL, then the value: vlen bytes + NUL (MVAL) */
-} mnode;
-
-#define MNODE_SIZE(klen, vlen) (offsetof(mnode, key) + (klen) + 1 + (vlen) + 1)
-
-#define MVAL(n) ((n)->key + (n)->klen + 1)
-
-static int key_cmp(const char *a, size_t alen, const char *b, size_t blen) {
-  int c = memcmp(a, b, alen < blen ? alen : blen);
-  if (c) return c;
-  return alen < blen ? -1 : alen > blen;
-}
-
-static int height(const mnode *n) {
-  return n ? n->h : 0;
-}
-static void fix_height(mnode *n) {
-  int hl = height(n->l), hr = height(n->r);
-  n->h = (uint8_t)((hl > hr ? hl : hr) + 1);
-}
-static mnode *rot_right(mnode *n) {
-  mnode *l = n->l;
-  n->l = l->r;
-  l->r = n;
-  fix_height(n);
-  fix_height(l);
-  return l;
-}
-static mnode *rot_left(mnode *n) {
-  mnode *r = n->r;
-  n->r = r->l;
-  r->l = n;
-  fix_height(n);
-  fix_height(r);
-  return r;
-}
-/* Restore the AVL invariant at n (children already balanced). */
-static mnode *rebalance(mnode *n) {
-  fix_height(n);
-  int bf = height(n->l) - height(n->r);
-  if (bf > 1) {
-    if (height(n->l->l) < height(n->l->r)) n->l = rot_left(n->l);
-    return rot_right(n);
-  }
-  if (bf < -1) {
-    if (height(n->r->r) < height(n->r->l)) n->r = rot_right(n->r);
-    return rot_left(n);
-  }
-  return n;
-}
-
-/* Store val as n's value (n is sized for it). */
-static void set_val(mnode *n, const char *val, size_t vlen) {
-  n->vlen = (uint32_t)vlen;
-  memcpy(MVAL(n), val, vlen);
-  MVAL(n)[vlen] = '\0';
-}
-
-/* Insert or overwrite key. Copies key and val. *added is set to the new
- * node when the key was new. Returns the new subtree root. */
-static mnode *avl_put(mnode *t, const char *key, size_t klen, const char *val, size_t vlen,
-                      mnode **added) {
-  if (klen >= UINT32_MAX || vlen >= UINT32_MAX) {
-    fprintf(stderr, "lunaroom: memory storage: key or value of 4 GiB or more\n");
-    abort();
-  }
-  if (!t) {
-    mnode *n = lr_xmalloc(MNODE_SIZE(klen, vlen));
-    n->l = n->r = NULL;
-    n->h = 1;
-    n->klen = (uint32_t)klen;
-    memcpy(n->key, key, klen);
-    n->key[klen] = '\0';
-    set_val(n, val, vlen);
-    *added = n;
-    return n;
-  }
-  int c = key_cmp(key, klen, t->key, t->klen);
-  if (c == 0) {
-    if (vlen != t->vlen) t = lr_xrealloc(t, MNODE_SIZE(t->klen, vlen));
-    set_val(t, val, vlen);
-    return t;
-  }
-  if (c < 0)
-    t->l = avl_put(t->l, key, klen, val, vlen, added);
-  else
-    t->r = avl_put(t->r, key, klen, val, vlen, added);
-  return rebalance(t);
-}
-
-/* Unlink the smallest node of t into *min; returns the new subtree root. */
-static mnode *avl_unlink_min(mnode *t, mnode **min) {
-  if (!t->l) {
-    *min = t;
-    return t->r;
-  }
-  t->l = avl_unlink_min(t->l, min);
-  return rebalance(t);
-}
-
-/* Unlink key from t into *out (NULL if absent; the caller frees it). key may
- * point into the node being removed: it is not read after the match. */
-static mnode *avl_unlink(mnode *t, const char *key, size_t klen, mnode **out) {
-  if (!t) return NULL;
-  int c = key_cmp(key, klen, t->key, t->klen);
-  if (c < 0) {
-    t->l = avl_unlink(t->l, key, klen, out);
-  } else if (c > 0) {
-    t->r = avl_unlink(t->r, key, klen, out);
-  } else {
-    *out = t;
-    if (!t->l) return t->r;
-    if (!t->r) return t->l;
-    mnode *m;
-    mnode *r = avl_unlink_min(t->r, &m);
-    m->l = t->l;
-    m->r = r;
-    return rebalance(m);
-  }
-  return rebalance(t);
-}
-
-static mnode *avl_find(mnode *t, const char *key, size_t klen) {
-  while (t) {
-    int c = key_cmp(key, klen, t->key, t->klen);
-    if (c == 0) return t;
-    t = c < 0 ? t->l : t->r;
-  }
-  return NULL;
-}
-
-static void node_free(mnode *n) {
-  free(n);
-}
-
-static void avl_free(mnode *t) {
-  if (!t) return;
-  avl_free(t->l);
-  avl_free(t->r);
-  node_free(t);
-}
-
-/* In-order iterator from the first key >= a bound. The stack holds at most
- * the tree height (< 1.45 log2(n + 2)), so 96 covers any addressable tree. */
-typedef struct miter {
-  mnode *st[96];
-  int n;
-} miter;
-
-static void it_seek(miter *it, mnode *t, const char *key, size_t klen) {
-  it->n = 0;
-  while (t) {
-    if (key_cmp(t->key, t->klen, key, klen) >= 0) {
-      it->st[it->n++] = t;
-      t = t->l;
-    } else {
-      t = t->r;
-    }
-  }
-}
-
-static mnode *it_next(miter *it) {
-  if (it->n == 0) return NULL;
-  mnode *x = it->st[--it->n];
-  for (mnode *t = x->r; t; t = t->l)
-    it->st[it->n++] = t;
-  return x;
-}
-
-static int has_prefix(const mnode *n, const char *p, size_t plen) {
-  return n->klen >= plen && memcmp(n->key, p, plen) == 0;
-}
 
 /* ---- rooms ---- */
 
@@ -289,7 +106,7 @@ static mroom *room_get_or_add(mstore *m, const char *ns, size_t nslen, const cha
 }
 
 static void room_free(mroom *r) {
-  avl_free(r->root);
+  mt_free(r->root);
   free(r->idx);
   free(r);
 }
@@ -330,9 +147,9 @@ static void idx_build(mroom *r, size_t cap) {
   r->idx = lr_xcalloc(cap, sizeof *r->idx);
   r->idxcap = cap;
   r->idxn = 0;
-  miter it;
-  it_seek(&it, r->root, "", 0);
-  for (mnode *x; (x = it_next(&it));)
+  mt_iter it;
+  mt_seek(&it, r->root, "", 0);
+  for (mnode *x; (x = mt_next(&it));)
     idx_add(r, x);
 }
 
@@ -379,7 +196,7 @@ static void room_put(mroom *r, const char *key, size_t klen, const char *val, si
     mnode *t = r->idx[slot];
     if (!t) goto insert; /* the index holds every key: a new one */
     if (vlen < UINT32_MAX && MNODE_SIZE(t->klen, vlen) <= malloc_usable_size(t)) {
-      set_val(t, val, vlen); /* fits where it is: no walk, no reallocation */
+      mt_set_val(t, val, vlen); /* fits where it is: no walk, no reallocation */
       return;
     }
   }
@@ -388,11 +205,11 @@ static void room_put(mroom *r, const char *key, size_t klen, const char *val, si
    * recursion's rebalance of every node on the path. */
   for (mnode **link = &r->root; *link;) {
     mnode *t = *link;
-    int c = key_cmp(key, klen, t->key, t->klen);
+    int c = mt_key_cmp(key, klen, t->key, t->klen);
     if (c == 0) {
-      if (vlen >= UINT32_MAX) break; /* avl_put aborts */
+      if (vlen >= UINT32_MAX) break; /* mt_put aborts */
       if (vlen != t->vlen) *link = t = lr_xrealloc(t, MNODE_SIZE(t->klen, vlen));
-      set_val(t, val, vlen);
+      mt_set_val(t, val, vlen);
       if (r->idx) r->idx[slot] = t; /* it may have moved */
       return;
     }
@@ -400,7 +217,7 @@ static void room_put(mroom *r, const char *key, size_t klen, const char *val, si
   }
 insert:;
   mnode *added = NULL;
-  r->root = avl_put(r->root, key, klen, val, vlen, &added);
+  r->root = mt_put(r->root, key, klen, val, vlen, &added);
   if (!added) return;
   r->count++;
   if (r->idx)
@@ -411,17 +228,17 @@ insert:;
 
 static void room_del(mroom *r, const char *key, size_t klen) {
   mnode *out = NULL;
-  r->root = avl_unlink(r->root, key, klen, &out);
+  r->root = mt_unlink(r->root, key, klen, &out);
   if (out) {
     idx_del(r, out);
-    node_free(out);
+    mt_node_free(out);
     r->count--;
   }
 }
 
 static void room_del_prefix(mroom *r, const char *p, size_t plen) {
   if (plen == 0) {
-    avl_free(r->root);
+    mt_free(r->root);
     r->root = NULL;
     r->count = 0;
     idx_drop(r);
@@ -430,9 +247,9 @@ static void room_del_prefix(mroom *r, const char *p, size_t plen) {
   /* The matching keys are contiguous in order: collect, then unlink each. */
   mnode **v = NULL;
   size_t n = 0, cap = 0;
-  miter it;
-  it_seek(&it, r->root, p, plen);
-  for (mnode *x; (x = it_next(&it)) && has_prefix(x, p, plen);) {
+  mt_iter it;
+  mt_seek(&it, r->root, p, plen);
+  for (mnode *x; (x = mt_next(&it)) && mt_has_prefix(x, p, plen);) {
     if (n == cap) {
       cap = cap ? cap * 2 : 16;
       v = lr_xrealloc(v, cap * sizeof *v);
@@ -442,8 +259,8 @@ static void room_del_prefix(mroom *r, const char *p, size_t plen) {
   for (size_t i = 0; i < n; i++) {
     mnode *out = NULL;
     idx_del(r, v[i]);
-    r->root = avl_unlink(r->root, v[i]->key, v[i]->klen, &out);
-    node_free(out);
+    r->root = mt_unlink(r->root, v[i]->key, v[i]->klen, &out);
+    mt_node_free(out);
   }
   r->count -= n;
   free(v);
@@ -460,7 +277,7 @@ static int mem_get(lr_store *s, const char *ns, const char *room, const char *ke
   }
   lr_buf_reset(out);
   mroom *r = room_find(m, ns, strlen(ns), room, strlen(room));
-  mnode *n = r ? avl_find(r->root, key, strlen(key)) : NULL;
+  mnode *n = r ? mt_find(r->root, key, strlen(key)) : NULL;
   if (!n) return LR_STORE_NOTFOUND;
   lr_buf_put(out, MVAL(n), n->vlen);
   lr_buf_cstr(out);
@@ -478,10 +295,10 @@ static int mem_list(lr_store *s, const char *ns, const char *room, const char *p
   size_t plen = strlen(prefix);
   mroom *r = room_find(m, ns, strlen(ns), room, strlen(room));
   if (!r) return 0;
-  miter it;
-  it_seek(&it, r->root, prefix, plen);
+  mt_iter it;
+  mt_seek(&it, r->root, prefix, plen);
   m->listing++;
-  for (mnode *x; (x = it_next(&it)) && has_prefix(x, prefix, plen);)
+  for (mnode *x; (x = mt_next(&it)) && mt_has_prefix(x, prefix, plen);)
     if (cb(ud, x->key, x->klen, MVAL(x), x->vlen)) break;
   m->listing--;
   return 0;
@@ -795,17 +612,17 @@ typedef struct named_room {
 
 static int by_name(const void *a, const void *b) {
   const named_room *x = a, *y = b;
-  return key_cmp(x->name, x->len, y->name, y->len);
+  return mt_key_cmp(x->name, x->len, y->name, y->len);
 }
 
 /* Write one room's pairs; flushes the buffer to f when it grows. */
 static int write_room(FILE *f, lr_buf *b, const named_room *nr) {
   lr_json_put_string(b, nr->name, nr->len);
   lr_buf_puts(b, ":[");
-  miter it;
-  it_seek(&it, nr->r->root, "", 0);
+  mt_iter it;
+  mt_seek(&it, nr->r->root, "", 0);
   int first = 1;
-  for (mnode *x; (x = it_next(&it));) {
+  for (mnode *x; (x = mt_next(&it));) {
     if (!first) lr_buf_putc(b, ',');
     first = 0;
     lr_buf_putc(b, '[');

@@ -49,7 +49,7 @@ local layer_of = {
   lua_jwt = "features",
   main = "top", cli = "top", serve = "top",
   storage = "storage", storage_memory = "storage", storage_sqlite = "storage",
-  storage_cache = "storage",
+  storage_cache = "storage", storage_memtree = "storage",
 }
 -- The stores (storage*): below the engine, which calls them through
 -- storage.h. The ones whose backend waits for I/O report back and wait
