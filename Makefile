@@ -87,6 +87,7 @@ bench: build
 	./$(BUILD)/bench/storage_bench 1
 	./$(BUILD)/lunaroom lua bench/persist_bench.lua
 	./$(BUILD)/lunaroom lua bench/hibernate_bench.lua
+	./$(BUILD)/lunaroom lua bench/schema_bench.lua
 	node bench/compare.mjs $(BENCH_ARGS)
 
 format:

@@ -298,7 +298,8 @@ static int hexval(char c) {
 }
 
 /* Push s[0..n) URL-decoded as runtime.lua's urldecode does it: '+' is a
- * space, then "%XX" (two hex digits) the byte; any other '%' stays. */
+ * space, then "%XX" (two hex digits) the byte; any other '%' stays. dec
+ * false: pushed as it is (the caller knows there is nothing to decode). */
 static void push_urldecoded(lua_State *L, const char *s, size_t n, bool dec) {
   if (!dec || (!memchr(s, '%', n) && !memchr(s, '+', n))) {
     lua_pushlstring(L, s, n);
@@ -320,6 +321,10 @@ static void push_urldecoded(lua_State *L, const char *s, size_t n, bool dec) {
     }
   }
   luaL_pushresultsize(&b, j);
+}
+
+void lr_lua_push_urldecoded(lua_State *L, const char *s, size_t n) {
+  push_urldecoded(L, s, n, true);
 }
 
 /* core.parse_query(q) -> {name = value}: runtime.lua's parse_query (its

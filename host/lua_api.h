@@ -34,6 +34,10 @@ void lr_lua_api_set_bind(void (*bind)(lua_State *L, int idx));
 /* Build the lunaroom.core module table with the handle metatables and the
  * functions of lua_api.c. [-0,+1] */
 int lr_lua_api_open(lua_State *L);
+/* Push s[0..n) URL-decoded ('+' a space, "%XX" the byte, any other '%'
+ * kept): the one decoder of query strings (core.parse_query, jwt.bearer).
+ * [-0,+1] */
+void lr_lua_push_urldecoded(lua_State *L, const char *s, size_t n);
 /* Add lua_schema.c's core.schema_fast to the module table on top. [-0,+0] */
 void lr_lua_schema_register(lua_State *L);
 /* Add lua_store.c's storage functions to the module table on top. [-0,+0] */

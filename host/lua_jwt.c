@@ -253,27 +253,6 @@ static int push_from_authorization(lua_State *L, const char *v, size_t n) {
   return 1;
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/* Percent-decode s[0..n) ('+' is a space) into b. */
-static void urldecode(luaL_Buffer *b, const char *s, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '+') {
-      luaL_addchar(b, ' ');
-    } else if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-      luaL_addchar(b, (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2])));
-      i += 2;
-    } else {
-      luaL_addchar(b, s[i]);
-    }
-  }
-}
-
 /* Push the decoded value of parameter name in the raw query string q, if it
  * is there and not empty. Returns 1 if pushed. */
 static int push_from_raw_query(lua_State *L, const char *q, size_t n, const char *name) {
@@ -285,16 +264,11 @@ static int push_from_raw_query(lua_State *L, const char *q, size_t n, const char
     size_t eq = i;
     while (eq < end && q[eq] != '=')
       eq++;
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    urldecode(&b, q + i, eq - i);
-    luaL_pushresult(&b);
+    lr_lua_push_urldecoded(L, q + i, eq - i);
     int match = strcmp(lua_tostring(L, -1), name) == 0;
     lua_pop(L, 1);
     if (match && eq < end && end - eq > 1) {
-      luaL_buffinit(L, &b);
-      urldecode(&b, q + eq + 1, end - eq - 1);
-      luaL_pushresult(&b);
+      lr_lua_push_urldecoded(L, q + eq + 1, end - eq - 1);
       return 1;
     }
     i = end + 1;

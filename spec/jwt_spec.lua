@@ -224,6 +224,8 @@ describe("lr.jwt.bearer", function()
     -- A raw query string (what lunaroom.ops sees).
     assert.are.equal("a+b c", jwt.bearer({ headers = {}, query = "x=1&token=a%2Bb+c" }))
     assert.are.equal("w", jwt.bearer({ headers = {}, query = "world-auth-token=w" }))
+    -- names decoded too, an escape that is not two hex digits kept (the decoder of core.parse_query)
+    assert.are.equal("k%zz%4", jwt.bearer({ headers = {}, query = "to%6Ben=k%zz%4" }))
     assert.is_nil(jwt.bearer({ headers = {}, query = "token=&x=1" }))
     assert.is_nil(jwt.bearer({ headers = { authorization = "Bearer " }, query = {} }))
     assert.is_nil(jwt.bearer({}))
