@@ -188,3 +188,37 @@ describe("join hot path", function()
       string.format("garbage per join: %.0f B without onJoin, %.0f B with", plain, with_onjoin))
   end)
 end)
+
+-- An action's value is parsed in place (schema.lua v._parse_owned): the
+-- handler gets the table decoded for this packet, its unknown keys cleared,
+-- unless a guard saw it first (then the handler's value is the schema's copy).
+describe("action hot path", function()
+  it("the handler gets the schema's fields only; a guard's table is not the handler's", function()
+    local seen, got = {}, {}
+    local keep = function(_, value) seen[#seen + 1] = value; return true end
+    local def = lr.room {
+      path = "a-{id}",
+      state = { n = lr.sync(0) },
+      actions = {
+        plain = { schema = lr.v.object { x = lr.v.number() },
+          run = function(room, _, value) got[#got + 1] = value; room.n = value.x end },
+        guarded = { schema = lr.v.object { x = lr.v.number() }, guards = { keep },
+          run = function(room, _, value) got[#got + 1] = value; room.n = value.x end },
+      },
+    }
+    local t = testing.room(def)
+    local c = t:client { id = "a" }
+    c:send("plain", { x = 1, extra = "dropped" })
+    assert.are.same({ x = 1 }, { x = got[1].x, extra = got[1].extra })
+    assert.is_nil(rawget(got[1], "extra"))
+    c:send("guarded", { x = 2, extra = "kept by the guard's table" })
+    assert.are.equal(2, t.room.n)
+    assert.are_not.equal(seen[1], got[2])
+    assert.are.equal("kept by the guard's table", seen[1].extra)
+    assert.is_nil(rawget(got[2], "extra"))
+    c:send("plain", { x = "not a number" })
+    assert.are.equal("validation", c:last("error").value.code)
+    assert.are.equal(2, t.room.n)
+    t:close()
+  end)
+end)

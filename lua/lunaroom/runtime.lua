@@ -21,6 +21,7 @@ local lr = require "lunaroom"
 local sandbox = require "lunaroom.sandbox"
 local tasks = require "lunaroom.tasks"
 local wait_c = require "lunaroom.wait_c"
+local parse_owned = require("lunaroom.schema")._parse_owned
 
 local M = {}
 local null = core.null
@@ -1293,10 +1294,15 @@ local function dispatch(srv, room, conn, action, value)
   counts[path] = (counts[path] or 0) + 1
   local a = d.actions[action]
   if a then
+    local seen = guards[1] ~= nil -- a guard saw value: the schema's output is a copy
     guards = a.guards
-    if guards[1] ~= nil and not run_guards(guards, conn, value, room) then return "guard", "rejected by an action guard" end
+    if guards[1] ~= nil then
+      if not run_guards(guards, conn, value, room) then return "guard", "rejected by an action guard" end
+      seen = true
+    end
     if a.schema then
-      local ok, res = a.schema:parse(value)
+      local ok, res
+      if seen then ok, res = a.schema:parse(value) else ok, res = parse_owned(a.schema, value) end
       if not ok then return "validation", res.message end
       value = res
     end
