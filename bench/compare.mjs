@@ -22,7 +22,7 @@
  *   --rooms N           empty rooms for the memory figure (default 1000)
  *   --ramp-timeout S    per ramp (default 30)
  *   --join-timeout S    joining the game rooms (default 90: the reference needs ~40 s for 1,000)
- *   --budget S          whole run, servers included (default 540, + 480 for the fastgen rows)
+ *   --budget S          whole run, servers included (default 540, + 600 for the fastgen rows)
  *   --out FILE          JSON output (default bench/results.json)
  *   --no-build          do not run make / npm ci
  *   --logs DIR          server logs (default build/bench/logs)
@@ -88,7 +88,7 @@ const O = {
   rampTimeout: Number(opt("--ramp-timeout", 30)),
   joinTimeout: Number(opt("--join-timeout", quick ? 30 : 90)),
   // the fastgen rows take about 8 minutes more (6 with --quick)
-  budget: Number(opt("--budget", (flag("--fast-only") ? 0 : quick ? 240 : 540) + (flag("--no-fast") ? 0 : quick ? 360 : 480))),
+  budget: Number(opt("--budget", (flag("--fast-only") ? 0 : quick ? 240 : 540) + (flag("--no-fast") ? 0 : quick ? 360 : 600))),
   out: path.resolve(opt("--out", path.join(HERE, "results.json"))),
   build: !flag("--no-build"),
   logs: path.resolve(opt("--logs", path.join(BUILD, "bench", "logs"))),
@@ -259,7 +259,10 @@ const FAST = [
 if (O.fast)
   for (const f of FAST)
     RUNS.push({ ...f, fast: true, only: ["lunaroom", "limit"], args: [...f.args, "--cpu", "1", "--warmup", "0.5",
-      "--duration", "2", "--drain", "2", "--timeout", O.joinTimeout], est: 40 });
+      "--duration", "2", "--drain", "2", "--timeout", O.joinTimeout,
+      // sweeps step by 1.5: two bisection steps after the first miss bring a
+      // server's figure within a factor 1.11 of the rate it holds (fastgen --refine)
+      ...(f.args.includes("--sweep") ? ["--refine", "2"] : [])], est: 50 });
 
 const results = Object.fromEntries(O.targets.map((t) => [t, {}]));
 for (const r of RUNS) {
@@ -445,7 +448,8 @@ md += `\n${os.cpus().length} CPUs (${cpuModel}), node ${process.version}, load a
   `† = the load generator was at ≥95% CPU: the figure is the load generator's limit, not the server's. ` +
   `Saturation = the last sweep step with p99 ≤ 100 ms, ≥ 90% of the offered rate processed and a drained backlog.` +
   (O.fast ? ` fastgen rows: server pinned to CPU 0 and bench/fastgen to CPU 1 (${TASKSET ? "taskset" : "no taskset found: server not pinned"}); ` +
-    `a lunaroom figure marked † does not count, "≤" = only the bare server's figure is the generator's limit (a lower bound). ` +
+    `a lunaroom figure marked † does not count, "≤" = only the bare server's figure is the generator's limit (a lower bound); ` +
+    `their sweeps (×1.5 per step) are refined by two bisection steps after the first miss (fastgen --refine 2), and the best is the highest rate that held. ` +
     `throttleSync 50 rows: lunaroom runs bench/rooms/throttled.lua; the bare server's equivalent on its "/throttled-" paths keeps each ` +
     `player's latest move (a joiner's first position too) and sends one packet with every pending player, shared by all members, ` +
     `at once when no 50 ms window is open and else when the window ends (leading edge + trailing window, as host/sync.c); ` +

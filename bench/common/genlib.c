@@ -232,23 +232,52 @@ void gen_step_finish(gen_step *s, const gen_hist *lat, double el, uint64_t acts,
     s->ok = true, s->why = "ok";
 }
 
+/* One step at rate (again once when it kept up but missed on latency
+ * only), appended to ph. */
+static gen_step step_at(gen_phase *ph, gen_step (*run)(double rate), double rate,
+                        const volatile bool *interrupted, bool refined) {
+  gen_step s = run(rate);
+  if (!s.ok && s.samples && s.actions >= 0.9 * s.offered && !*interrupted) {
+    gen_note("%s %.0f/s: %s, running the step again", ph->name, s.offered, s.why);
+    s = run(rate);
+    s.retried = true;
+  }
+  s.refined = refined;
+  ph->steps[ph->nsteps++] = s;
+  gen_note("%s %.0f/s: %.0f actions/s, %.0f packets/s, p50 %.2f ms, p99 %.2f ms, gen CPU %.0f%%, "
+           "server CPU %.0f%%: %s%s",
+           ph->name, s.offered, s.actions, s.delivered, s.p50, s.p99, s.lg_cpu_pct, s.srv_cpu_pct,
+           s.why, refined ? " (refining)" : "");
+  return s;
+}
+
+/* A sweep steps by its factor: the figure it reports may be up to a
+ * factor below the rate the server holds. --refine K bisects (in the log)
+ * between the last rate that held and the first that missed, K times; the
+ * best step is the highest rate that held. */
+static void refine(gen_phase *ph, gen_step (*run)(double rate), double lo, double hi,
+                   const volatile bool *interrupted) {
+  for (int i = 0; i < ph->refine && ph->nsteps < GEN_MAX_STEPS && !*interrupted; i++) {
+    double r = sqrt(lo * hi);
+    gen_step s = step_at(ph, run, r, interrupted, true);
+    if (s.ok) {
+      lo = r;
+      ph->sat = ph->nsteps - 1;
+    } else {
+      hi = r;
+      ph->sat_why = s.why;
+    }
+  }
+}
+
 void gen_run_phase(gen_phase *ph, gen_step (*run)(double rate), const volatile bool *interrupted,
                    bool plateau) {
   ph->sat = -1;
   for (int k = 0; k < ph->nrates && !*interrupted; k++) {
-    gen_step s = run(ph->rates[k]);
-    if (!s.ok && s.samples && s.actions >= 0.9 * s.offered && !*interrupted) {
-      gen_note("%s %.0f/s: %s, running the step again", ph->name, s.offered, s.why);
-      s = run(ph->rates[k]);
-      s.retried = true;
-    }
-    ph->steps[ph->nsteps++] = s;
-    gen_note("%s %.0f/s: %.0f actions/s, %.0f packets/s, p50 %.2f ms, p99 %.2f ms, gen CPU %.0f%%, "
-             "server CPU %.0f%%: %s",
-             ph->name, s.offered, s.actions, s.delivered, s.p50, s.p99, s.lg_cpu_pct, s.srv_cpu_pct,
-             s.why);
+    gen_step s = step_at(ph, run, ph->rates[k], interrupted, false);
     if (!s.ok) {
       ph->sat_why = s.why;
+      if (k > 0 && ph->sat >= 0) refine(ph, run, ph->rates[k - 1], ph->rates[k], interrupted);
       break;
     }
     ph->sat = ph->nsteps - 1;
@@ -283,9 +312,10 @@ void gen_print_phase(const gen_phase *ph) {
     gen_fmt_ms(a, sizeof a, s->p50);
     gen_fmt_ms(b, sizeof b, s->p99);
     gen_fmt_ms(c, sizeof c, s->max_ms);
-    printf("| %.0f | %.0f | %.0f | %.0f | %.2f | %s | %s | %s | %.0f | %.3f | %.0f | %s%s |\n",
+    printf("| %.0f | %.0f | %.0f | %.0f | %.2f | %s | %s | %s | %.0f | %.3f | %.0f | %s%s%s |\n",
            s->offered, s->sent, s->actions, s->delivered, s->mbps, a, b, c, s->srv_cpu_pct,
-           s->cpu_per_100k, s->lg_cpu_pct, s->why, k == ph->sat && ph->nrates > 1 ? " (best)" : "");
+           s->cpu_per_100k, s->lg_cpu_pct, s->refined ? "refining: " : "", s->why,
+           k == ph->sat && ph->nrates > 1 ? " (best)" : "");
   }
   if (ph->nrates > 1) {
     if (ph->sat >= 0)
@@ -381,6 +411,7 @@ static void json_step(const char *k, const gen_step *s) {
   gen_jnum("loadgen_cpu_pct", s->lg_cpu_pct);
   gen_jint("backlog", (long long)s->backlog);
   gen_jbool("retried", s->retried);
+  gen_jbool("refined", s->refined);
   gen_jbool("ok", s->ok);
   gen_jstr("verdict", s->why);
   gen_jclose();

@@ -71,6 +71,7 @@ typedef struct {
   double cpu_s, cpu_per_100k, srv_cpu_pct, lg_cpu_pct;
   uint64_t backlog; /* actions (x readers in a fan-out) not seen back after the drain */
   bool retried;     /* the first attempt missed only on latency; this is the second */
+  bool refined;     /* a bisection step between the last step that held and the first miss */
   bool ok;
   const char *why;
 } gen_step;
@@ -79,6 +80,7 @@ typedef struct {
   const char *name;
   double rates[GEN_MAX_STEPS];
   int nrates, nsteps, sat;
+  int refine; /* --refine K: K bisection steps after the first miss (0: none) */
   gen_step steps[GEN_MAX_STEPS];
   const char *sat_why;
 } gen_phase;

@@ -41,7 +41,8 @@
  * A rate sweep (--sweep FROM:FACTOR:MAX, total actions/s) stops at the first
  * step that misses: p99 > 100 ms, < 90% of the offered actions processed,
  * or a backlog not drained after --drain s (a step that kept up but missed
- * only on latency is run once more). Saturation = the last step that held.
+ * only on latency is run once more). Saturation = the last step that held;
+ * with --refine K, K more steps bisect between it and the first miss.
  * A server that folds several actions into one packet delivers the older
  * ones late, not never: every action up to the one a packet shows counts
  * as delivered when that packet arrives.
@@ -816,6 +817,8 @@ static void usage(void) {
         "            client: the clients of a room alternate over the urls\n"
         "  --action increment|move   fanout: what the writer sends (default increment)\n"
         "  --sweep FROM:FACTOR:MAX   total actions/s per step; --rate R: one step\n"
+        "  --refine K (0)  after the first step that misses, K steps bisecting the rate\n"
+        "            between it and the last one that held (the best: the highest that held)\n"
         "  --warmup S (1) --duration S (2) --drain S (2) --min-samples K (100)\n"
         "  --timeout S (30) joining   --max-time S (300) whole run\n"
         "  --pid PID   server CPU from /proc/PID/stat (again: the sum of several)\n"
@@ -831,6 +834,7 @@ int main(int argc, char **argv) {
   const char *urls[FG_MAX_URLS], *scen = NULL, *sweep = NULL;
   int nurl = 0;
   double rate = 100;
+  int refine_steps = 0;
   G.n = 100;
   G.inflight_cap = 256;
   G.warm_s = 1;
@@ -874,6 +878,8 @@ int main(int argc, char **argv) {
         gen_die("--action is increment or move");
     } else if (OPT("--sweep"))
       sweep = v;
+    else if (OPT("--refine"))
+      refine_steps = atoi(v);
     else if (OPT("--rate"))
       rate = atof(v);
     else if (OPT("--warmup"))
@@ -947,6 +953,8 @@ int main(int argc, char **argv) {
   gen_phase fan = {.name = "fanout"}, mv = {.name = "move"};
   gen_parse_rates(&fan, sweep, NULL, rate);
   gen_parse_rates(&mv, sweep, NULL, rate);
+  if (refine_steps < 0 || refine_steps > 8) gen_die("--refine is 0..8");
+  fan.refine = mv.refine = refine_steps;
 
   struct rlimit rl;
   if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
