@@ -643,10 +643,14 @@ static int l_fast(lua_State *L) {
   lua_settop(L, 2);
   cnode *c = cnode_of(L, 1, 0);
   int r;
+  bool plain = false; /* a table without a metatable (what an action's value is) */
+  if (owned && lua_type(L, 2) == LUA_TTABLE) {
+    plain = !lua_getmetatable(L, 2);
+    lua_settop(L, 3);
+  }
   if (!c)
     r = R_PUNT;
-  else if (owned && c->kind == N_OBJECT && !c->deep && c->n <= OWNED_MAX &&
-           lua_type(L, 2) == LUA_TTABLE && !lua_getmetatable(L, 2)) {
+  else if (plain && c->kind == N_OBJECT && !c->deep && c->n <= OWNED_MAX) {
     lr_vm_charge(L, NODE_COST); /* check()'s charge for the node */
     r = k_object_owned(L, c, 3, 2, 0);
   } else

@@ -669,30 +669,31 @@ local function parse_slow(self, value)
   return false, setmetatable({ message = message, issues = setmetatable(issues, ARRAY_MT) }, ERROR_MT)
 end
 
+-- parse's body: owned is cfast's third argument (see v._parse_owned).
+local function parse(s, value, owned)
+  if cfast then
+    local ok, out = cfast(s, value, owned)
+    if ok then return true, out end
+    if ok == false then return parse_slow(s, value) end -- invalid: again, for the issues
+  end
+  local out = fast(s, value)
+  if out ~= FAIL then return true, out end
+  return parse_slow(s, value) -- invalid: again, for the issues
+end
+
 function Schema:parse(value)
   if getmetatable(self) ~= Schema then
     error("parse must be called as schema:parse(value)", 2)
   end
-  if cfast then
-    local ok, out = cfast(self, value)
-    if ok then return true, out end
-    if ok == false then return parse_slow(self, value) end -- invalid: again, for the issues
-  end
-  local out = fast(self, value)
-  if out ~= FAIL then return true, out end
-  return parse_slow(self, value) -- invalid: again, for the issues
+  return parse(self, value, false)
 end
 
 --- parse for the runtime, of a value nobody else holds (an action's value,
 --- fresh off the wire, that no guard saw): an object schema's C fast path
 --- returns that table itself (unknown keys cleared) instead of a copy.
 function v._parse_owned(s, value)
-  if cfast and getmetatable(s) == Schema then
-    local ok, out = cfast(s, value, true)
-    if ok then return true, out end
-    if ok == false then return parse_slow(s, value) end -- invalid: again, for the issues
-  end
-  return s:parse(value)
+  if getmetatable(s) ~= Schema then return s:parse(value) end
+  return parse(s, value, true)
 end
 
 --- parse without the fast path (specs compare the two).
