@@ -14,7 +14,7 @@
  * -> true, out (accepted: out is what the Lua fast path returns, a fresh
  * table for an array or an object, marked with ARRAY_MT / OBJECT_MT; with
  * owned, for an object schema and a plain table nobody else holds, x itself
- * made into that output, see k_object_owned) | false (refused)
+ * made into that output, see k_object) | false (refused)
  * | nil (left to the Lua fast path: a string with a pattern, a default to
  * copy, a schema nested deeper than MAX_DEPTH). Values are read as Lua
  * reads them (x[k] and #x through metamethods, getmetatable's __metatable);
@@ -464,8 +464,10 @@ static int k_array(lua_State *L, const cnode *c, int cu, int x, int depth) {
   return R_OK;
 }
 
-/* strict: every key of x is a string that names a field. */
-static bool only_fields(lua_State *L, int uv, lua_Integer n, int x) {
+/* The keys of x that name no field (not a string, or not in fields):
+ * strict (clear false), the first one refuses, false; clear, each is
+ * removed from x (clearing a key is allowed mid-traversal), true. */
+static bool unknown_keys(lua_State *L, int uv, lua_Integer n, int x, bool clear) {
   lua_rawgeti(L, uv, 2 * n + 1);
   int fields = lua_gettop(L);
   bool ok = true;
@@ -473,102 +475,71 @@ static bool only_fields(lua_State *L, int uv, lua_Integer n, int x) {
   while (ok && lua_next(L, x)) {
     lr_vm_charge(L, 2);
     lua_pop(L, 1);
-    ok = lua_type(L, -1) == LUA_TSTRING && lua_type(L, fields) == LUA_TTABLE;
-    if (ok) {
+    bool known = lua_type(L, -1) == LUA_TSTRING && lua_type(L, fields) == LUA_TTABLE;
+    if (known) {
       lua_pushvalue(L, -1);
-      ok = lua_rawget(L, fields) != LUA_TNIL;
+      known = lua_rawget(L, fields) != LUA_TNIL;
       lua_pop(L, 1);
+    }
+    if (known) continue;
+    if (!clear) {
+      ok = false;
+    } else {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, x);
     }
   }
   lua_settop(L, fields - 1);
   return ok;
 }
 
-static int k_object(lua_State *L, const cnode *c, int cu, int x, int depth) {
-  if (!table_of(L, x, K_ARRAY)) return R_FAIL;
-  lua_Integer n = c->n;
-  lr_vm_charge(L, per_element(n));
-  lua_getiuservalue(L, cu, 1);
-  int uv = lua_gettop(L);
-  lua_createtable(L, 0, n < 1024 ? (int)n : 0);
-  lua_pushvalue(L, UP_OBJECT_MT);
-  lua_setmetatable(L, -2);
-  int out = uv + 1;
-  for (lua_Integer i = 0; i < n; i++) {
-    lua_rawgeti(L, uv, i + 1); /* key (out + 1) */
-    lua_pushvalue(L, -1);
-    lua_gettable(L, x); /* x[key] (out + 2) */
-    int r = check_child(L, c, uv, i, out + 2, depth + 1);
-    if (r != R_OK) {
-      lua_settop(L, uv - 1);
-      return r;
-    }
-    lua_replace(L, out + 2);
-    lua_rawset(L, out); /* out[key] = r (nil: nothing) */
-  }
-  if (c->strict && !only_fields(L, uv, n, x)) {
-    lua_settop(L, uv - 1);
-    return R_FAIL;
-  }
-  lua_remove(L, uv);
-  return R_OK;
-}
-
-/* k_object for an x the caller owns (a table made for this call and held
- * by nobody else: an action's value off the wire): x itself becomes the
- * output, its unknown keys cleared, instead of a copy; nothing of x changes
- * unless it is accepted. The fields' outputs wait on the stack meanwhile. */
+/* owned: x is a table made for this call and held by nobody else (an
+ * action's value off the wire): x itself becomes the output, its unknown
+ * keys cleared, instead of a copy. Nothing of x changes unless it is
+ * accepted: the fields' outputs wait on the stack, [key, output] pairs,
+ * until every check passed. */
 #define OWNED_MAX 32 /* fields checked in place at most: more take the copy */
 
-static int k_object_owned(lua_State *L, const cnode *c, int cu, int x, int depth) {
+static int k_object(lua_State *L, const cnode *c, int cu, int x, int depth, bool owned) {
   if (!table_of(L, x, K_ARRAY)) return R_FAIL;
   lua_Integer n = c->n;
   lr_vm_charge(L, per_element(n));
-  luaL_checkstack(L, 2 * OWNED_MAX + 8, "schema fields");
+  if (owned) luaL_checkstack(L, 2 * OWNED_MAX + 8, "schema fields");
   lua_getiuservalue(L, cu, 1);
-  int uv = lua_gettop(L);
-  for (lua_Integer i = 0; i < n; i++) { /* [key, output] pairs above uv */
-    lua_rawgeti(L, uv, i + 1);
+  int uv = lua_gettop(L), out = 0;
+  if (!owned) {
+    lua_createtable(L, 0, n < 1024 ? (int)n : 0);
+    lua_pushvalue(L, UP_OBJECT_MT);
+    lua_setmetatable(L, -2);
+    out = uv + 1;
+  }
+  for (lua_Integer i = 0; i < n; i++) {
+    lua_rawgeti(L, uv, i + 1); /* key */
     lua_pushvalue(L, -1);
-    lua_gettable(L, x);
-    int r = check_child(L, c, uv, i, lua_gettop(L), depth + 1);
+    lua_gettable(L, x); /* x[key] */
+    int xv = lua_gettop(L);
+    int r = check_child(L, c, uv, i, xv, depth + 1);
     if (r != R_OK) {
       lua_settop(L, uv - 1);
       return r;
     }
-    lua_remove(L, -2);
+    lua_replace(L, xv);          /* [key, output] */
+    if (out) lua_rawset(L, out); /* out[key] = output (nil: nothing) */
   }
-  if (c->strict && !only_fields(L, uv, n, x)) {
+  if (c->strict && !unknown_keys(L, uv, n, x, false)) {
     lua_settop(L, uv - 1);
     return R_FAIL;
   }
-  if (!c->strict) { /* accepted: x keeps the fields only (clearing is allowed mid-traversal) */
-    lua_rawgeti(L, uv, 2 * n + 1);
-    int fields = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, x)) {
-      lr_vm_charge(L, 2);
-      lua_pop(L, 1);
-      bool known = lua_type(L, -1) == LUA_TSTRING && lua_type(L, fields) == LUA_TTABLE;
-      if (known) {
-        lua_pushvalue(L, -1);
-        known = lua_rawget(L, fields) != LUA_TNIL;
-        lua_pop(L, 1);
-      }
-      if (!known) {
-        lua_pushvalue(L, -1);
-        lua_pushnil(L);
-        lua_rawset(L, x);
-      }
-    }
-    lua_pop(L, 1);
+  if (owned) { /* accepted: now x becomes the output */
+    if (!c->strict) unknown_keys(L, uv, n, x, true);
+    while (lua_gettop(L) > uv)
+      lua_rawset(L, x); /* x[key] = output (nil: cleared) */
+    lua_pushvalue(L, UP_OBJECT_MT);
+    lua_setmetatable(L, x);
+    lua_pushvalue(L, x);
   }
-  while (lua_gettop(L) > uv)
-    lua_rawset(L, x); /* x[key] = output (nil: cleared) */
-  lua_pushvalue(L, UP_OBJECT_MT);
-  lua_setmetatable(L, x);
-  lua_pop(L, 1);
-  lua_pushvalue(L, x);
+  lua_remove(L, uv);
   return R_OK;
 }
 
@@ -613,7 +584,7 @@ static int check(lua_State *L, const cnode *c, int cu, int x, int depth) {
   case N_STRING:
     return k_string(L, c, x);
   case N_OBJECT:
-    return k_object(L, c, cu, x, depth);
+    return k_object(L, c, cu, x, depth, false);
   case N_BOOLEAN:
     if (!lua_isboolean(L, x)) return R_FAIL;
     lua_pushvalue(L, x);
@@ -652,7 +623,7 @@ static int l_fast(lua_State *L) {
     r = R_PUNT;
   else if (plain && c->kind == N_OBJECT && !c->deep && c->n <= OWNED_MAX) {
     lr_vm_charge(L, NODE_COST); /* check()'s charge for the node */
-    r = k_object_owned(L, c, 3, 2, 0);
+    r = k_object(L, c, 3, 2, 0, true);
   } else
     r = check(L, c, 3, 2, 0);
   if (r == R_OK) {
