@@ -109,7 +109,9 @@ typedef struct cnode cnode;
 struct cnode {
   uint8_t kind; /* N_NUMBER .. N_UNION, N_OTHER, N_NOKIND */
   bool is_int, opt, has_def, strict, pat;
-  bool deep; /* compiled past MAX_DEPTH: no children, answers nil */
+  bool deep;  /* compiled past MAX_DEPTH: no children, answers nil */
+  bool ready; /* compiled to the end: an error mid-compile (memory, stack)
+                 leaves the cached node answering nil, not half read */
   cbound lo, hi, len;
   lua_Integer n;  /* object: keys; union: options; array: 1 (the item) */
   cnode *child[]; /* per key / option / the item; NULL: not a schema table */
@@ -316,6 +318,7 @@ static int compile(lua_State *L, int s, int depth) {
   }
   if (!deep) compile_children(L, s, c, uv, depth);
   lua_setiuservalue(L, cu, 1);
+  c->ready = true;
   return 1;
 }
 
@@ -567,7 +570,7 @@ static int k_union(lua_State *L, const cnode *c, int cu, int x, int depth) {
  * 0 for a leaf) and the value at x: R_OK with the output pushed, otherwise
  * nothing pushed. */
 static int check(lua_State *L, const cnode *c, int cu, int x, int depth) {
-  if (depth > MAX_DEPTH || c->deep || c->kind == N_NOKIND) return R_PUNT;
+  if (depth > MAX_DEPTH || !c->ready || c->deep || c->kind == N_NOKIND) return R_PUNT;
   luaL_checkstack(L, 12, "schema nesting");
   lr_vm_charge(L, NODE_COST);
   if (lua_isnil(L, x)) {
@@ -621,7 +624,7 @@ static int l_fast(lua_State *L) {
   }
   if (!c)
     r = R_PUNT;
-  else if (plain && c->kind == N_OBJECT && !c->deep && c->n <= OWNED_MAX) {
+  else if (plain && c->ready && c->kind == N_OBJECT && !c->deep && c->n <= OWNED_MAX) {
     lr_vm_charge(L, NODE_COST); /* check()'s charge for the node */
     r = k_object(L, c, 3, 2, 0, true);
   } else

@@ -821,6 +821,34 @@ describe("schema fast path", function()
     assert.is_nil((v._fast_c(self, deep)))
   end)
 
+  it("in C: a compile stopped by the handler's memory limit leaves the schema to Lua, not half read", function()
+    local sandbox = require "lunaroom.sandbox"
+    local testing = require "lunaroom.testing"
+    local def = assert(sandbox.load_room_source([[
+local lr = require "lunaroom"
+local fields = {}
+for i = 1, 5000 do fields["f" .. i] = lr.v.number():optional() end
+local s = lr.v.object(fields)
+return lr.room { path = "mc", memory = 200000, state = { n = 0 },
+  actions = { p = function(room)
+    room.n = room.n + 1
+    local ok, out = s:parse { f7 = 7 }
+    assert(ok and out.f7 == 7)
+  end } }
+]], "@mc.lua", nil))
+    local t = testing.room(def)
+    local c = t:client { id = "a" }
+    c:send("p") -- compiling 5,000 fields takes more than the call may allocate
+    local e = c:last("error")
+    assert.is_truthy(e and e.value.message:find("memory limit exceeded", 1, true), e and e.value.message)
+    assert.are.equal(0, t.room.n)
+    c:clear()
+    c:send("p") -- the node cached before its children answers nil: the Lua path parses
+    assert.is_nil(c:last("error"))
+    assert.are.equal(1, t.room.n)
+    t:close()
+  end)
+
   it("in C is charged to the handler's budget", function()
     local sandbox = require "lunaroom.sandbox"
     local testing = require "lunaroom.testing"
