@@ -289,6 +289,7 @@ static void compile_children(lua_State *L, int s, cnode *c, int uv, int depth) {
  * gets its own node. */
 static int compile(lua_State *L, int s, int depth) {
   luaL_checkstack(L, 16, "schema nesting");
+  lr_vm_charge(L, NODE_COST); /* once per schema node, like a check of it */
   lua_Integer n;
   int k = kind_of(L, s, &n);
   bool deep = depth > MAX_DEPTH;
